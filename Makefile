@@ -1,0 +1,94 @@
+# The two commands: `make run` (serve locally) and `make test` (every check). Both set up their
+# own environment on a fresh machine: a virtualenv in .venv for the project and one in
+# .venv-sam for the AWS SAM CLI (kept apart: its pinned dependencies clash with moto's).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_CLI_VERSION := 1.170.0
+export SAM_CLI_TELEMETRY := 0
+
+# `sam build` for python3.13 needs a python3.13 on PATH: take pyenv's when there is none.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+PY313_BIN := $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13*/bin)))
+ifeq ($(shell command -v python3.13 2>/dev/null),)
+ifneq ($(PY313_BIN),)
+export PATH := $(abspath $(PY313_BIN)):$(PATH)
+endif
+endif
+LOCAL_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
+LOCAL_BUILD := .aws-sam/build-local
+# pip here warns about optional local package folders that do not exist; hide just that
+PIP := python -m pip install --quiet --disable-pip-version-check
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+
+.PHONY: help run test check lint format types unit functional e2e validate build build-local bench clean
+
+help:
+	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
+	@echo "make test   lint, types, sam validate --lint, sam build, unit/functional/e2e tests"
+	@echo "make bench  print benchmark figures (bench/)"
+
+$(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing project dependencies into $(VENV)"
+	@$(BIN)/$(PIP) -r requirements-dev.txt $(QUIET_PIP)
+	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest"
+	@touch $@
+
+$(SAM_VENV)/.ready:
+	@test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	@echo "installing AWS SAM CLI $(SAM_CLI_VERSION) into $(SAM_VENV)"
+	@$(SAM_VENV)/bin/$(PIP) aws-sam-cli==$(SAM_CLI_VERSION) $(QUIET_PIP)
+	@$(SAM) --version
+	@touch $@
+
+run: $(BIN)/.ready
+	PYTHONPATH=layers/common $(BIN)/python -m imagegw.local
+
+lint: $(BIN)/.ready
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.ready
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+types: $(BIN)/.ready
+	$(BIN)/mypy
+
+validate: $(SAM_VENV)/.ready
+	$(SAM) validate --lint
+
+build: $(SAM_VENV)/.ready
+	@command -v python3.13 >/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
+	$(SAM) build
+
+# the same build for this machine's architecture, which the deployed-build test boots
+build-local: $(SAM_VENV)/.ready
+	$(SAM) build --build-dir $(LOCAL_BUILD) --parameter-overrides Architecture=$(LOCAL_ARCH)
+
+unit: $(BIN)/.ready
+	$(BIN)/pytest tests/unit
+
+functional: $(BIN)/.ready
+	$(BIN)/pytest tests/functional
+
+e2e: $(BIN)/.ready
+	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest tests/e2e
+
+check: lint types validate
+
+test: check build build-local
+	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest
+
+bench: $(BIN)/.ready
+	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
+
+clean:
+	rm -rf .aws-sam .mypy_cache .ruff_cache

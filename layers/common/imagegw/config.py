@@ -1,0 +1,82 @@
+"""Settings read from environment variables (one pydantic model, read once per process)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: environment variable -> settings field
+ENV_NAMES: dict[str, str] = {
+    "BUCKET": "bucket",
+    "S3_ENDPOINT_URL": "s3_endpoint_url",
+    "AWS_REGION": "aws_region",
+    "DEFAULT_PROVIDER": "default_provider",
+    "MODELSCOPE_BASE_URL": "modelscope_base_url",
+    "GENERATION_TIMEOUT": "generation_timeout",
+    "POLL_INTERVAL": "poll_interval",
+    "POLL_INTERVAL_MAX": "poll_interval_max",
+    "PROGRESS_INTERVAL": "progress_interval",
+    "KEEPALIVE_INTERVAL": "keepalive_interval",
+    "PROVIDER_TIMEOUT": "provider_timeout",
+    "PRESIGN_TTL": "presign_ttl",
+    "MAX_IMAGE_BYTES": "max_image_bytes",
+    "MAX_BODY_BYTES": "max_body_bytes",
+    "CORS_ALLOW_ORIGINS": "cors_allow_origins",
+}
+
+
+class Settings(BaseModel):
+    """Everything the gateway can be configured with. See README "Configuration"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    default_provider: str = "modelscope"
+    modelscope_base_url: str = "https://api-inference.modelscope.cn/v1"
+    generation_timeout: float = Field(default=840.0, gt=0)
+    poll_interval: float = Field(default=0.75, gt=0)
+    poll_interval_max: float = Field(default=3.0, gt=0)
+    progress_interval: float = Field(default=5.0, gt=0)
+    keepalive_interval: float = Field(default=10.0, gt=0, le=15.0)
+    provider_timeout: float = Field(default=30.0, gt=0)
+    presign_ttl: int = Field(default=900, ge=60, le=604800)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    cors_allow_origins: str = "*"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.poll_interval_max < self.poll_interval:
+            raise ValueError("POLL_INTERVAL_MAX must be >= POLL_INTERVAL")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default: the process environment); empty values are unset."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, field in ENV_NAMES.items():
+            raw = source.get(name)
+            if raw is not None and raw.strip() != "":
+                values[field] = raw.strip()
+        if "AWS_REGION" not in values and source.get("AWS_DEFAULT_REGION"):
+            values["aws_region"] = source["AWS_DEFAULT_REGION"]
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            reverse = {v: k for k, v in ENV_NAMES.items()}
+            problems = "; ".join(
+                f"{reverse.get(str(e['loc'][0]), 'settings') if e['loc'] else 'settings'}: "
+                f"{e['msg']}"
+                for e in exc.errors()
+            )
+            raise ValueError(f"invalid configuration: {problems}") from None
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]

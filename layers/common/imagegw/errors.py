@@ -1,0 +1,131 @@
+"""The gateway's one error hierarchy and its rendering in the OpenAI error shape.
+
+Every failure a client can see is a `GatewayError`; `render()` is the one place that turns an
+error into a status, an `{"error": {...}}` body and headers. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every error a client sees."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    #: whether an OpenAI SDK may retry the request on its own (x-should-retry)
+    retryable: bool | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+        if retryable is not None:
+            self.retryable = retryable
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+
+
+class RateLimitError(GatewayError):
+    """The provider refused for quota or rate; nothing was started, so retrying is safe."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    retryable = True
+
+
+class ProviderError(GatewayError):
+    """The provider failed (a failed task, a 5xx, an answer we cannot read)."""
+
+    status = 502
+    error_type = "provider_error"
+    retryable = False
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth trying again later (connection error, 5xx while polling)."""
+
+
+class DeadlineExceededError(GatewayError):
+    status = 504
+    error_type = "timeout_error"
+    retryable = False
+
+
+class ConfigurationError(GatewayError):
+    status = 500
+    error_type = "server_error"
+    retryable = False
+
+
+def render(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers for any exception; unknown ones become an opaque 500."""
+    if not isinstance(exc, GatewayError):
+        exc = GatewayError("The gateway failed unexpectedly. See its logs.", code="internal_error")
+        exc.retryable = False
+    headers = dict(exc.headers)
+    if exc.retryable is not None:
+        headers["x-should-retry"] = "true" if exc.retryable else "false"
+    return exc.status, exc.body(), headers
+
+
+def for_status(status: int) -> type[GatewayError]:
+    """The error class that fits a provider's HTTP status."""
+    return {
+        400: InvalidRequestError,
+        401: AuthenticationError,
+        403: PermissionDeniedError,
+        404: NotFoundError,
+        413: PayloadTooLargeError,
+        422: InvalidRequestError,
+        429: RateLimitError,
+    }.get(status, ProviderError)

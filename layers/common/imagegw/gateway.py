@@ -1,0 +1,57 @@
+"""The gateway's shared state: settings, the HTTP client, the image store and providers.
+
+Everything is created on first use, so building the app does no I/O, and tests inject fakes.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from imagegw.config import Settings
+from imagegw.errors import NotFoundError
+from imagegw.providers import PROVIDERS, Provider
+from imagegw.storage import ImageStore
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        store: ImageStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client = http_client
+        self.store = store or ImageStore(settings)
+        self._providers: dict[str, Provider] = {}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.provider_timeout, connect=10.0),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                follow_redirects=False,
+            )
+        return self._client
+
+    def provider(self, name: str | None) -> Provider:
+        """The provider a route names, or the default one."""
+        key = (name or self.settings.default_provider).lower()
+        if key not in self._providers:
+            cls = PROVIDERS.get(key)
+            if cls is None:
+                known = ", ".join(sorted(PROVIDERS))
+                raise NotFoundError(
+                    f"Unknown provider '{key}'. Known providers: {known}.",
+                    code="unknown_provider",
+                )
+            self._providers[key] = cls(self.settings, self.client)
+        return self._providers[key]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+            self._providers.clear()

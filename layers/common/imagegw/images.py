@@ -1,0 +1,108 @@
+"""Input images: data-URI decoding, type detection by content, size checks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imagegw.errors import InvalidRequestError, PayloadTooLargeError
+
+#: MIME type -> file extension, for the formats providers accept
+EXTENSIONS: dict[str, str] = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+}
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The image type told by the bytes themselves (PNG, JPEG, WEBP or GIF), else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    return None
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    """A checked image: its bytes and the type its bytes show."""
+
+    data: bytes
+    mime: str
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.mime]
+
+    def data_uri(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+def is_data_uri(ref: str) -> bool:
+    return ref[:5].lower() == "data:"
+
+
+def is_http_url(ref: str) -> bool:
+    return ref[:7].lower() == "http://" or ref[:8].lower() == "https://"
+
+
+def check_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageBytes:
+    """Check size and type of raw image bytes."""
+    if len(data) == 0:
+        raise InvalidRequestError(f"The {what} is empty.", code="invalid_image")
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(
+            f"The {what} is {len(data)} bytes; the limit is {max_bytes} bytes.",
+            code="image_too_large",
+        )
+    mime = sniff_mime(data)
+    if mime is None:
+        raise InvalidRequestError(
+            f"The {what} is not a PNG, JPEG, WEBP or GIF image.", code="invalid_image"
+        )
+    return ImageBytes(data, mime)
+
+
+def decode_data_uri(uri: str, *, max_bytes: int, what: str = "image") -> ImageBytes:
+    """Decode a `data:image/...;base64,...` URI and check what it holds."""
+    match = _DATA_URI.match(uri)
+    if match is None or ";base64" not in match.group("params").lower():
+        raise InvalidRequestError(
+            f"The {what} is not a base64 data URI (expected data:image/png;base64,...).",
+            code="invalid_image",
+        )
+    payload = uri[match.end() :]
+    # a base64 payload of N chars decodes to about 3N/4 bytes: refuse huge ones before decoding
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise PayloadTooLargeError(
+            f"The {what} is larger than the limit of {max_bytes} bytes.", code="image_too_large"
+        )
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequestError(
+            f"The {what} has invalid base64 data.", code="invalid_image"
+        ) from None
+    return check_image(data, max_bytes=max_bytes, what=what)
+
+
+def decode_refs(refs: Sequence[str], *, max_bytes: int) -> tuple[str | ImageBytes, ...]:
+    """Data URIs decoded and checked; http(s) URLs kept as they are (the provider fetches them)."""
+    many = len(refs) > 1
+    return tuple(
+        decode_data_uri(ref, max_bytes=max_bytes, what=f"image {i + 1}" if many else "image")
+        if is_data_uri(ref)
+        else ref
+        for i, ref in enumerate(refs)
+    )

@@ -1,0 +1,134 @@
+"""The provider interface: one module per provider implements it.
+
+A provider has two calls that serve both the interactive poll loop and the durable-job state
+machine: `start(request)` submits work (`Started(task_id)`, or `Finished(images)` for
+synchronous providers) and `check(request, task_id)` asks about it (`Running`, `Finished`,
+`Failed`). Providers know nothing of HTTP frameworks, SSE or the OpenAI chat shape; they raise
+the gateway's own errors (`imagegw.errors`).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import SecretStr
+
+from imagegw.config import Settings
+from imagegw.images import ImageBytes
+
+
+class ModelKind(StrEnum):
+    """What a model does: makes images from text, edits images, or chats."""
+
+    GENERATE = "image"
+    EDIT = "edit"
+    CHAT = "chat"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of a provider's model catalog (data, not code)."""
+
+    id: str
+    kind: ModelKind
+
+
+# ids not in a catalog: these words mark an image model (see README "Model classes")
+_IMAGE_WORDS = re.compile(
+    r"image|flux|kolors|diffusion|stable|(?<![a-z])sd|dall-e|cogview|majic|hunyuan-?dit|"
+    r"seedream|kandinsky|playground|wanx|imagen",
+    re.IGNORECASE,
+)
+
+
+def classify(model: str, catalog: tuple[ModelInfo, ...]) -> ModelKind:
+    """A model's kind: from the catalog when listed, else guessed from its id."""
+    for info in catalog:
+        if info.id.lower() == model.lower():
+            return info.kind
+    if _IMAGE_WORDS.search(model):
+        return ModelKind.EDIT if "edit" in model.lower() else ModelKind.GENERATE
+    return ModelKind.CHAT
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input image as providers may need it: a URL they can fetch, and bytes when known."""
+
+    url: str
+    image: ImageBytes | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A provider-agnostic image job. `options` are already checked and in the provider's names."""
+
+    provider: str
+    model: str
+    kind: ModelKind
+    prompt: str
+    api_key: SecretStr
+    options: Mapping[str, Any] = field(default_factory=dict)
+    images: tuple[InputImage, ...] = ()
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Started:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Running:
+    state: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    images: tuple[str, ...]
+    state: str = "SUCCEED"
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+    state: str = "FAILED"
+
+
+TaskStatus = Running | Finished | Failed
+
+
+class Provider(ABC):
+    """Base of every provider module."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    catalog: ClassVar[tuple[ModelInfo, ...]]
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
+
+    def classify(self, model: str) -> ModelKind:
+        return classify(model, self.catalog)
+
+    @abstractmethod
+    def prepare(
+        self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
+    ) -> dict[str, Any]:
+        """Check the request's options and input-image count; the options in wire names."""
+
+    @abstractmethod
+    async def start(self, request: GenerationRequest) -> Started | Finished:
+        """Submit one image job."""
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        """Ask about a submitted job (only providers whose `start` returns `Started`)."""
+        raise NotImplementedError(f"{self.name} has no tasks to check")

@@ -1,0 +1,241 @@
+"""ModelScope API-Inference image generation.
+
+Upstream docs: https://modelscope.cn/docs/model-service/API-Inference/intro
+Protocol (see shared/docs/provider-wire.md): `POST /images/generations` with
+`X-ModelScope-Async-Mode: true` answers a `task_id`; `GET /tasks/{id}` with
+`X-ModelScope-Task-Type: image_generation` answers PENDING/RUNNING/... then SUCCEED with
+`output_images` or FAILED with `errors.message`. Edits are the same call with `image_url`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from imagegw.errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderError,
+    RateLimitError,
+    TransientProviderError,
+    for_status,
+)
+from imagegw.options import as_float, as_int, as_text, common_options, parse_size
+from imagegw.providers.base import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    ModelInfo,
+    ModelKind,
+    Provider,
+    Running,
+    Started,
+    TaskStatus,
+)
+
+ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
+TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"
+TASK_TYPE: Final = "image_generation"
+SUCCEED: Final = "SUCCEED"
+FAILED: Final = "FAILED"
+MAX_TEXT: Final = 2000
+MAX_SEED: Final = 2**31 - 1
+MAX_LORAS: Final = 6
+#: headers of a 429 worth passing on to the client
+RATE_LIMIT_HEADERS: Final = (
+    "retry-after",
+    "modelscope-ratelimit-requests-limit",
+    "modelscope-ratelimit-requests-remaining",
+    "modelscope-ratelimit-model-requests-limit",
+    "modelscope-ratelimit-model-requests-remaining",
+)
+
+# size ranges by model family, first match wins (seed 002's parameter table)
+SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
+    ("z-image", 512, 2048),
+    ("qwen-image", 64, 1664),
+    ("flux", 64, 1024),
+    ("", 64, 2048),  # SD family and anything else
+)
+
+
+class _Submitted(BaseModel):
+    task_id: str
+
+
+class _Task(BaseModel):
+    task_status: str
+    output_images: list[str] | None = None
+    errors: dict[str, Any] | None = None
+
+
+def size_range(model: str) -> tuple[int, int]:
+    lowered = model.lower()
+    return next((lo, hi) for key, lo, hi in SIZE_RANGES if key in lowered)
+
+
+def _loras(value: Any) -> str | dict[str, float]:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, dict) and 1 <= len(value) <= MAX_LORAS:
+        weights = {str(k): as_float(f"loras.{k}", v, 0.0, 1.0) for k, v in value.items()}
+        if abs(sum(weights.values()) - 1.0) > 1e-6:
+            raise InvalidRequestError(
+                f"'loras' weights must sum to 1.0; they sum to {sum(weights.values()):g}.",
+                param="loras",
+            )
+        return weights
+    raise InvalidRequestError(
+        "'loras' must be a LoRA repo id, or an object of at most 6 repo ids to weights "
+        'summing to 1.0, e.g. {"repo-a": 0.6, "repo-b": 0.4}.',
+        param="loras",
+    )
+
+
+def _message(response: httpx.Response) -> str:
+    """The provider's own message from any of its error bodies."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        for key in ("errors", "error"):
+            inner = body.get(key)
+            if isinstance(inner, dict) and inner.get("message"):
+                return str(inner["message"])
+            if isinstance(inner, str) and inner:
+                return inner
+        if body.get("message"):
+            return str(body["message"])
+    return str(body)[:500]
+
+
+class ModelScope(Provider):
+    name = "modelscope"
+    title = "ModelScope"
+    catalog = (
+        ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE),
+        ModelInfo("Tongyi-MAI/Z-Image-Turbo", ModelKind.GENERATE),
+        ModelInfo("Qwen/Qwen-Image-Edit", ModelKind.EDIT),
+        ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT),
+        ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT),
+    )
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.modelscope_base_url.rstrip("/")
+
+    def prepare(
+        self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
+    ) -> dict[str, Any]:
+        if kind is ModelKind.GENERATE and image_count:
+            raise InvalidRequestError(
+                f"{model} makes images from text and takes no input image; "
+                "use an edit model such as Qwen/Qwen-Image-Edit.",
+                param="messages",
+                code="unexpected_image",
+            )
+        if kind is ModelKind.EDIT and not image_count:
+            raise InvalidRequestError(
+                f"{model} edits an image: attach one, or send it after a generated image.",
+                param="messages",
+                code="image_required",
+            )
+        opts = common_options(fields)
+        body: dict[str, Any] = {}
+        if "negative_prompt" in opts:
+            body["negative_prompt"] = as_text("negative_prompt", opts["negative_prompt"], MAX_TEXT)
+        if "size" in opts:
+            width, height = parse_size("size", opts["size"], *size_range(model))
+            body["size"] = f"{width}x{height}"
+        if "seed" in opts:
+            body["seed"] = as_int("seed", opts["seed"], 0, MAX_SEED)
+        if "steps" in opts:
+            body["steps"] = as_int("steps", opts["steps"], 1, 100)
+        if "guidance" in opts:
+            body["guidance"] = as_float("guidance", opts["guidance"], 1.5, 20.0)
+        if "loras" in opts:
+            body["loras"] = _loras(opts["loras"])
+        return body
+
+    def _headers(self, request: GenerationRequest) -> dict[str, str]:
+        return {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
+
+    def _error(self, response: httpx.Response) -> GatewayError:
+        message = f"ModelScope: {_message(response)}"
+        status = response.status_code
+        if status == 429:
+            kept = {h: response.headers[h] for h in RATE_LIMIT_HEADERS if h in response.headers}
+            return RateLimitError(message, code="rate_limit_exceeded", headers=kept)
+        if status == 404:
+            return NotFoundError(message, param="model", code="model_not_found")
+        if status >= 500:
+            return ProviderError(message, code="provider_unavailable")
+        return for_status(status)(message, code="provider_error")
+
+    async def start(self, request: GenerationRequest) -> Started:
+        body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
+        body.update(request.options)
+        if request.images:
+            body["image_url"] = [image.url for image in request.images]
+        try:
+            response = await self.client.post(
+                f"{self.base_url}/images/generations",
+                json=body,
+                headers={**self._headers(request), ASYNC_MODE_HEADER: "true"},
+                timeout=self.timeout,
+            )
+        except httpx.TransportError as exc:
+            raise ProviderError(
+                f"ModelScope could not be reached: {type(exc).__name__}.",
+                code="provider_unreachable",
+            ) from None
+        if response.status_code != 200:
+            raise self._error(response)
+        try:
+            return Started(_Submitted.model_validate_json(response.content).task_id)
+        except ValidationError:
+            raise ProviderError(
+                "ModelScope answered the submission without a task id.", code="provider_error"
+            ) from None
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        try:
+            response = await self.client.get(
+                f"{self.base_url}/tasks/{task_id}",
+                headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
+                timeout=self.timeout,
+            )
+        except httpx.TransportError as exc:
+            raise TransientProviderError(
+                f"ModelScope could not be reached while polling task {task_id}: "
+                f"{type(exc).__name__}.",
+                code="provider_unreachable",
+            ) from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientProviderError(
+                f"ModelScope answered {response.status_code} while polling task {task_id}.",
+                code="provider_unavailable",
+            )
+        if response.status_code != 200:
+            raise self._error(response)
+        try:
+            task = _Task.model_validate_json(response.content)
+        except ValidationError:
+            raise TransientProviderError(
+                f"ModelScope answered an unreadable status for task {task_id}.",
+                code="provider_error",
+            ) from None
+        status = task.task_status.upper()
+        if status == SUCCEED:
+            if not task.output_images:
+                return Failed("the task succeeded but returned no image")
+            return Finished(tuple(task.output_images))
+        if status == FAILED:
+            reason = (task.errors or {}).get("message") or "no reason given"
+            return Failed(str(reason))
+        return Running(status)  # PENDING, RUNNING, PROCESSING, or any name to come
