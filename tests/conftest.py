@@ -1,0 +1,103 @@
+"""Shared fixtures: an S3 stand-in (moto server), a fake ModelScope and the gateway, all on
+loopback, each served over real HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fakes.modelscope import FakeModelScope
+from fakes.server import ServerThread, SwappableApp
+from imagegw.app import create_app
+from imagegw.config import Settings
+from imagegw.local import start_s3_stand_in
+
+TOKEN = "ms-test-token"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def s3_env() -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback with one bucket; AWS credentials point at it."""
+    server, env = start_s3_stand_in("gateway-test-bucket")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    yield env
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def _fake_ms_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
+    swappable = SwappableApp()
+    with ServerThread(swappable) as server:
+        yield server, swappable
+
+
+@pytest.fixture
+def fake_ms(_fake_ms_server: tuple[ServerThread, SwappableApp]) -> FakeModelScope:
+    """A fresh fake ModelScope for this test; `fake_ms.base_url` is its API base URL."""
+    server, swappable = _fake_ms_server
+    fake = FakeModelScope()
+    swappable.app = fake
+    fake.base_url = f"{server.url}/v1"  # type: ignore[attr-defined]
+    return fake
+
+
+@pytest.fixture
+def make_settings(s3_env: dict[str, str], fake_ms: FakeModelScope) -> Callable[..., Settings]:
+    """Settings wired to the stand-ins, with fast polling; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "bucket": s3_env["BUCKET"],
+            "s3_endpoint_url": s3_env["S3_ENDPOINT_URL"],
+            "modelscope_base_url": fake_ms.base_url,  # type: ignore[attr-defined]
+            "poll_interval": 0.05,
+            "poll_interval_max": 0.2,
+            "progress_interval": 1.0,
+            "keepalive_interval": 5.0,
+            "generation_timeout": 20.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def _gateway_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
+    swappable = SwappableApp()
+    with ServerThread(swappable) as server:
+        yield server, swappable
+
+
+@pytest.fixture
+def gateway(
+    _gateway_server: tuple[ServerThread, SwappableApp], make_settings: Callable[..., Settings]
+) -> Callable[..., str]:
+    """Serve a gateway app built from `make_settings(**overrides)`; its base URL."""
+    server, swappable = _gateway_server
+
+    def serve(**overrides: Any) -> str:
+        swappable.app = create_app(make_settings(**overrides))
+        return server.url
+
+    return serve
+
+
+@pytest.fixture
+def gateway_url(gateway: Callable[..., str]) -> str:
+    """The gateway with the default test settings."""
+    return gateway()
