@@ -15,13 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.modelscope import AUTH_FAILED, FakeModelScope
-from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png, png_size, sniff_image
-from fakes.server import ServerThread, SwappableApp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from fakes.modelscope import AUTH_FAILED, FakeModelScope
+from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png, png_size, sniff_image
+from fakes.server import ServerThread, SwappableApp
 
 TOKEN = "ms-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
