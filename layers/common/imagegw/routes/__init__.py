@@ -1,0 +1,2 @@
+"""Routes, one module per front end; each exposes `routes(prefix)` for `/v1` and
+`/{provider}/v1`."""

@@ -1,0 +1,81 @@
+"""POST /v1/chat/completions: chat messages -> image job -> markdown images (SSE or JSON)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from imagegw import pipeline
+from imagegw.images import decode_refs
+from imagegw.log import logger
+from imagegw.messages import parse_messages
+from imagegw.options import image_count
+from imagegw.providers.base import GenerationRequest, ModelKind
+from imagegw.schemas import ChatRequest, Completion
+from imagegw.streaming import chat_stream, collect, markdown
+from imagegw.web import api_key, gateway_of, read_json, validation_error
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway = gateway_of(request)
+    settings = gateway.settings
+    provider = gateway.provider(request.path_params.get("provider"))
+    key = api_key(request)
+    body = await read_json(request, settings.max_body_bytes)
+    try:
+        chat = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    kind = provider.classify(chat.model)
+    parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
+    n = image_count(chat.fields.get("n"))
+    options = provider.prepare(chat.model, kind, chat.fields, len(parsed.images))
+    inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
+    job = GenerationRequest(
+        provider=provider.name,
+        model=chat.model,
+        kind=kind,
+        prompt=parsed.prompt,
+        api_key=key,
+        options=options,
+        n=n,
+    )
+    logger.info(
+        "chat generation",
+        extra={
+            "provider": provider.name,
+            "model": chat.model,
+            "kind": str(kind),
+            "images": len(inputs),
+            "from_history": parsed.from_history,
+            "n": n,
+            "stream": chat.stream,
+        },
+    )
+    events = pipeline.events(gateway.store, provider, job, inputs, settings)
+    completion = Completion(chat.model)
+    if not chat.stream:
+        result = await collect(events)
+        return JSONResponse(completion.message(markdown(result)))
+    intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
+    if parsed.from_history:
+        intro += " · editing the previous image"
+    return StreamingResponse(
+        chat_stream(
+            events,
+            completion,
+            include_usage=chat.include_usage,
+            keepalive_interval=settings.keepalive_interval,
+            intro=intro + "\n",
+        ),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+def routes(prefix: str) -> list[Route]:
+    return [Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -1,0 +1,91 @@
+"""Helpers shared by the routes: the client's key, JSON bodies, error responses."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from imagegw.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    render,
+)
+from imagegw.gateway import Gateway
+
+_BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, body, headers = render(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def api_key(request: Request) -> SecretStr:
+    """The client's bearer token, passed on to the provider as its key."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationError(
+            "Missing Authorization header: send your provider key as 'Bearer <key>'.",
+            code="missing_api_key",
+        )
+    match = _BEARER.match(header)
+    if match is None:
+        raise AuthenticationError(
+            "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key"
+        )
+    return SecretStr(match.group(1))
+
+
+def check_length(request: Request, limit: int) -> None:
+    """Refuse a body whose declared length is over `limit` bytes before reading it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"The request body is {declared} bytes; the limit is {limit} bytes.",
+            code="request_too_large",
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refusing bodies over `limit` bytes."""
+    check_length(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"The request body is over the limit of {limit} bytes.", code="request_too_large"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over `limit` bytes."""
+    raw = await read_body(request, limit)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    """A pydantic error as a 400 naming the first bad field."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return InvalidRequestError(f"Invalid '{param}': {first['msg']}.", param=param)
