@@ -1,0 +1,399 @@
+"""Boot the `sam build` output the way Lambda runs it, and call it over HTTP on loopback.
+
+Lambda, with the Web Adapter layer, runs the function's handler script (`run.sh`) from
+`LAMBDA_TASK_ROOT` with the layers under /opt; the adapter then waits for the readiness path and
+forwards requests over HTTP. This test does the same without Docker: it starts
+`<build>/ApiFunction/run.sh` with
+
+- a clean Python 3.13 (a venv without pip made from pyenv's 3.13: the Lambda runtime version),
+  whose site-packages holds only what the Lambda runtime ships (boto3 and its dependencies,
+  symlinked from the dev venv); nothing else of the dev venv is importable;
+- `PYTHONPATH` = `<build>/CommonLayer/python`, where /opt/python would be (run.sh appends
+  /opt/python, which does not exist here);
+- the function's environment variables read from the built template (parameter defaults for
+  `Ref`s), with loopback stand-ins for the outside world, plus Lambda's own variables.
+
+So it catches what unit tests cannot: a dependency missing from `layers/common/requirements.txt`,
+wheels built for the wrong architecture, a broken `run.sh`, an app that fails to start.
+
+The Makefile runs `sam build --build-dir .aws-sam/build-local --parameter-overrides
+Architecture=<local arch>` and exports `SAM_LOCAL_BUILD_DIR`. Without it the test is skipped,
+except on CI (`CI=true`) where it fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+from fakes.modelscope import FakeModelScope
+from fakes.server import ServerThread, SwappableApp
+from lambda_events import to_http_request
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EVENTS_DIR = REPO_ROOT / "events"
+BUILD_DIR_ENV = "SAM_LOCAL_BUILD_DIR"
+FUNCTION = "ApiFunction"
+LAYER = "CommonLayer"
+READY_TIMEOUT = 20.0
+
+# What the Lambda Python runtime ships besides the standard library (import names).
+RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
+
+# Environment values that must not reach the real world in a test, whatever the template says.
+STAND_INS: dict[str, str] = {
+    "BUCKET": "imagegw-e2e-uploads",
+    # Nothing listens on the discard port: a provider call fails fast instead of leaving loopback.
+    "MODELSCOPE_BASE_URL": "http://127.0.0.1:9/v1",
+    "GENERATION_TIMEOUT": "30",
+}
+
+
+@dataclass(frozen=True)
+class DeployedApp:
+    """The booted build: its base URL and where its output goes."""
+
+    url: str
+    log: Path
+
+
+def _fail_or_skip(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _build_dir() -> Path:
+    value = os.environ.get(BUILD_DIR_ENV)
+    if not value:
+        _fail_or_skip(
+            f"{BUILD_DIR_ENV} is not set: run `make test-e2e` (it runs `sam build --build-dir "
+            ".aws-sam/build-local --parameter-overrides Architecture=<local arch>` first)"
+        )
+    build = Path(value)
+    build = build if build.is_absolute() else REPO_ROOT / build
+    missing = [
+        str(p)
+        for p in (build / FUNCTION / "run.sh", build / LAYER / "python", build / "template.yaml")
+        if not p.exists()
+    ]
+    if missing:
+        pytest.fail(f"{build} is not a complete `sam build` output; missing: {', '.join(missing)}")
+    return build
+
+
+def _check_architecture(layer_python: Path) -> None:
+    """Fail clearly when the layer's compiled wheels are for another machine."""
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
+    machine = machine or platform.machine().lower()
+    compiled = sorted(layer_python.glob("pydantic_core/_pydantic_core*.so"))
+    wrong = [p.name for p in compiled if machine not in p.name]
+    if wrong:
+        arch = "arm64" if machine == "aarch64" else machine
+        pytest.fail(
+            f"the layer in {layer_python} was built for another architecture ({wrong[0]}); "
+            f"build with `--parameter-overrides Architecture={arch}` to boot it here"
+        )
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name))
+
+
+def _python313() -> Path:
+    """A CPython 3.13 interpreter: pyenv's newest 3.13.x, else python3.13 on PATH."""
+    root = os.environ.get("PYENV_ROOT")
+    if not root and shutil.which("pyenv"):
+        root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    candidates: list[Path] = []
+    if root:
+        candidates = sorted(
+            (
+                p
+                for p in Path(root, "versions").glob("3.13.*/bin/python3.13")
+                if re.fullmatch(r"3\.13\.\d+", p.parent.parent.name)
+            ),
+            key=_version_key,
+        )
+    if candidates:
+        return candidates[-1]
+    on_path = shutil.which("python3.13")
+    if on_path:
+        return Path(on_path)
+    pytest.fail(
+        "no Python 3.13 found (the Lambda runtime is python3.13): install one with "
+        "`pyenv install 3.13` or put python3.13 on PATH"
+    )
+
+
+def _lambda_python(tmp: Path) -> Path:
+    """A clean 3.13 venv whose site-packages holds only the Lambda runtime's packages."""
+    venv = tmp / "runtime"
+    subprocess.run(
+        [str(_python313()), "-m", "venv", "--without-pip", str(venv)],
+        check=True,
+        capture_output=True,
+    )
+    site = next((venv / "lib").glob("python3.13/site-packages"))
+    for name in RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            pytest.fail(f"{name} (part of the Lambda runtime) is not installed in the dev venv")
+        if spec.submodule_search_locations:
+            source = Path(next(iter(spec.submodule_search_locations)))
+        else:
+            assert spec.origin is not None
+            source = Path(spec.origin)
+        (site / source.name).symlink_to(source)
+    return venv / "bin"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _template_environment(template: Mapping[str, Any]) -> dict[str, str]:
+    """The function's environment variables from the built template.
+
+    `Ref`s to parameters take the parameter's default; values not decidable offline (Refs to
+    resources, other intrinsics) must have a stand-in in STAND_INS.
+    """
+    parameters: Mapping[str, Any] = template.get("Parameters") or {}
+    function = template["Resources"][FUNCTION]["Properties"]
+    variables: Mapping[str, Any] = function.get("Environment", {}).get("Variables", {})
+    env: dict[str, str] = {}
+    undecided: list[str] = []
+    for name, value in variables.items():
+        if name in STAND_INS:
+            env[name] = STAND_INS[name]
+        elif isinstance(value, str | int | float | bool):
+            env[name] = str(value)
+        elif isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
+            default = parameters[value["Ref"]].get("Default")
+            if default is None:
+                undecided.append(name)
+            else:
+                env[name] = str(default)
+        else:
+            undecided.append(name)
+    if undecided:
+        pytest.fail(f"give these template variables a stand-in in STAND_INS: {undecided}")
+    return env
+
+
+def _lambda_environment(
+    build: Path, python_bin: Path, runtime_dir: Path, port: int
+) -> dict[str, str]:
+    template = yaml.safe_load((build / "template.yaml").read_text())
+    task_root = build / FUNCTION
+    env = {
+        # What Lambda sets for every function (credentials are fakes: no AWS call is made).
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_SESSION_TOKEN": "e2e-session-token",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+        "AWS_LAMBDA_FUNCTION_NAME": "lambda-image-gateway-api",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/lambda-image-gateway-api",
+        "AWS_LAMBDA_LOG_STREAM_NAME": "2025/11/22/[$LATEST]e2e",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "LAMBDA_TASK_ROOT": str(task_root),
+        "LAMBDA_RUNTIME_DIR": str(runtime_dir),
+        "LANG": "en_US.UTF-8",
+        "TZ": ":UTC",
+        "PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin",
+        # /opt/python stand-in; run.sh appends /opt/python and LAMBDA_RUNTIME_DIR after it.
+        "PYTHONPATH": str(build / LAYER / "python"),
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.update(_template_environment(template))
+    env["PORT"] = str(port)
+    return env
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"run.sh exited with {process.returncode} before /healthz answered:\n"
+                f"{log.read_text(errors='replace')[-4000:]}"
+            )
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(
+        f"/healthz did not answer 200 within {READY_TIMEOUT:.0f} s:\n"
+        f"{log.read_text(errors='replace')[-4000:]}"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group (as Lambda does at shutdown), then SIGKILL it if it lingers.
+
+    Only while the leader is not yet reaped: its pid (the group id) cannot have been reused.
+    """
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def deployed_app(
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_env: dict[str, str],
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[DeployedApp]:
+    build = _build_dir()
+    _check_architecture(build / LAYER / "python")
+    tmp = tmp_path_factory.mktemp("lambda")
+    runtime_dir = tmp / "var-runtime"
+    runtime_dir.mkdir()
+    port = _free_port()
+    env = _lambda_environment(build, _lambda_python(tmp), runtime_dir, port)
+    # the S3 stand-in and the fake ModelScope of the other tests, both on loopback
+    env.update(
+        {
+            "BUCKET": s3_env["BUCKET"],
+            "S3_ENDPOINT_URL": s3_env["S3_ENDPOINT_URL"],
+            "AWS_ACCESS_KEY_ID": s3_env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": s3_env["AWS_SECRET_ACCESS_KEY"],
+            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
+        }
+    )
+    log = tmp / "function.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(build / FUNCTION / "run.sh")],
+            cwd=build / FUNCTION,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(process, url, log)
+        yield DeployedApp(url=url, log=log)
+    finally:
+        _stop(process)
+
+
+def _model_ids(response: httpx.Response) -> list[str]:
+    body = response.json()
+    assert body["object"] == "list"
+    return [model["id"] for model in body["data"]]
+
+
+def test_models_are_listed(deployed_app: DeployedApp) -> None:
+    # Given the booted build / When a client lists the models
+    response = httpx.get(
+        f"{deployed_app.url}/v1/models",
+        headers={"authorization": "Bearer ms-test-token"},
+        timeout=10.0,
+    )
+
+    # Then the ModelScope image model is among them
+    assert response.status_code == 200, response.text
+    assert "Qwen/Qwen-Image" in _model_ids(response)
+
+
+def test_unknown_path_is_an_openai_error(deployed_app: DeployedApp) -> None:
+    # Given the booted build / When a client calls a path that does not exist
+    response = httpx.get(f"{deployed_app.url}/nope", timeout=10.0)
+
+    # Then it gets a JSON 404 in the OpenAI error shape
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert {"message", "type", "param", "code"} <= set(error)
+    assert isinstance(error["message"], str)
+    assert error["message"]
+
+
+@pytest.mark.parametrize("name", ["function-url-models.json", "apigw-rest-models.json"])
+def test_models_event_replayed_as_the_adapter_forwards_it(
+    deployed_app: DeployedApp, name: str
+) -> None:
+    # Given a sample Lambda event, turned into the request the Web Adapter sends to the app
+    request = to_http_request(json.loads((EVENTS_DIR / name).read_text()))
+
+    # When it is sent to the booted build
+    response = httpx.request(
+        request.method,
+        f"{deployed_app.url}{request.target}",
+        headers=request.headers,
+        content=request.body,
+        timeout=10.0,
+    )
+
+    # Then the models are listed, whether the route carries a provider prefix or not
+    assert response.status_code == 200, response.text
+    assert "Qwen/Qwen-Image" in _model_ids(response)
+
+
+def test_streamed_edit_event_generates_through_the_build(
+    deployed_app: DeployedApp, fake_ms: FakeModelScope
+) -> None:
+    # Given the Function URL edit event (a data-URI photo), streamed, as the adapter forwards it
+    event = json.loads((EVENTS_DIR / "function-url-edit.json").read_text())
+    request = to_http_request(event)
+    body = {**request.json(), "stream": True}
+    headers = {k: v for k, v in request.headers.items() if k != "content-length"}
+
+    # When it is sent to the booted build
+    with httpx.stream(
+        request.method,
+        f"{deployed_app.url}{request.target}",
+        headers=headers,
+        json=body,
+        timeout=30.0,
+    ) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_text())
+
+    # Then the build uploaded the photo to S3, ModelScope fetched it from the presigned URL,
+    # and the streamed answer ends with the edited image and [DONE]
+    frames = [f for f in text.split("\n\n") if f]
+    assert frames[-1] == "data: [DONE]"
+    assert any('"content":"![' in f for f in frames), text[-2000:]
+    (task,) = fake_ms.tasks.values()
+    photo = next(p for p in request.json()["messages"][-1]["content"] if p["type"] == "image_url")
+    assert task.inputs == [base64.b64decode(photo["image_url"]["url"].split(",", 1)[1])]
