@@ -57,7 +57,7 @@ def _is_number(value: Any) -> bool:
 def as_int(name: str, value: Any, lo: int, hi: int) -> int:
     """An integer in [lo, hi]; numeric strings are accepted (custom parameters are often text)."""
     number: Any = value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
         number = int(value)
     if isinstance(number, float) and number.is_integer():
         number = int(number)

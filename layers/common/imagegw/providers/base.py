@@ -20,6 +20,7 @@ import httpx
 from pydantic import SecretStr
 
 from imagegw.config import Settings
+from imagegw.errors import InvalidRequestError
 from imagegw.images import ImageBytes
 
 
@@ -110,6 +111,8 @@ class Provider(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     catalog: ClassVar[tuple[ModelInfo, ...]]
+    #: the longest prompt the provider takes (characters), or None
+    max_prompt_chars: ClassVar[int | None] = None
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self.settings = settings
@@ -118,6 +121,16 @@ class Provider(ABC):
 
     def classify(self, model: str) -> ModelKind:
         return classify(model, self.catalog)
+
+    def check_prompt(self, prompt: str) -> None:
+        limit = self.max_prompt_chars
+        if limit is not None and len(prompt) >= limit:
+            raise InvalidRequestError(
+                f"The prompt has {len(prompt)} characters; {self.title} takes fewer than "
+                f"{limit}.",
+                param="messages",
+                code="prompt_too_long",
+            )
 
     @abstractmethod
     def prepare(

@@ -117,6 +117,7 @@ def _message(response: httpx.Response) -> str:
 class ModelScope(Provider):
     name = "modelscope"
     title = "ModelScope"
+    max_prompt_chars = MAX_TEXT
     catalog = (
         ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE),
         ModelInfo("Tongyi-MAI/Z-Image-Turbo", ModelKind.GENERATE),

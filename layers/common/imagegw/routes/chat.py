@@ -32,6 +32,7 @@ async def chat_completions(request: Request) -> Response:
         raise validation_error(exc) from None
     kind = provider.classify(chat.model)
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
+    provider.check_prompt(parsed.prompt)
     n = image_count(chat.fields.get("n"))
     options = provider.prepare(chat.model, kind, chat.fields, len(parsed.images))
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
