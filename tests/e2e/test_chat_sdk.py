@@ -371,7 +371,7 @@ def test_cors_preflight_allows_browsers(gateway_url: str) -> None:
 def test_prompt_over_modelscope_limit_is_400(gateway_url: str, fake_ms: FakeModelScope) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client(gateway_url).chat.completions.create(
-            model="Qwen/Qwen-Image", messages=[{"role": "user", "content": "cat " * 500}]
+            model="Qwen/Qwen-Image", messages=[{"role": "user", "content": "cats " * 500}]
         )
     assert "fewer than 2000" in caught.value.message
     assert fake_ms.submissions == []
