@@ -79,7 +79,7 @@ unit: $(BIN)/.ready
 functional: $(BIN)/.ready
 	$(BIN)/pytest tests/functional
 
-e2e: $(BIN)/.ready
+e2e: $(BIN)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest tests/e2e
 
 check: lint types validate

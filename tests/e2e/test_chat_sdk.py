@@ -55,7 +55,7 @@ def test_seed_text_to_image_with_options(gateway_url: str, fake_ms: FakeModelSco
     assert answer.choices[0].finish_reason == "stop"
     urls = image_urls(answer.choices[0].message.content)
     assert len(urls) == 1
-    picture = httpx.get(urls[0])
+    picture = httpx.get(urls[0], follow_redirects=True)
     assert picture.status_code == 200
     assert png_size(picture.content) == (928, 1664)
     # And ModelScope got the async header and the options under its own names
@@ -132,9 +132,13 @@ def test_iterative_editing_reuses_the_returned_image(
             {"role": "user", "content": "now make it night"},
         ],
     )
-    # Then the second task edits the image the gateway returned the first time
-    assert fake_ms.submissions[1]["body"]["image_url"] == [returned]
+    # Then the second task edits the image the gateway returned the first time: its stored copy,
+    # handed over as a presigned URL of the object (no redirect for the provider to follow)
+    (sent,) = fake_ms.submissions[1]["body"]["image_url"]
+    assert f"/images/{returned.rsplit('/', 1)[1]}?" in sent
     assert fake_ms.submissions[1]["body"]["prompt"] == "now make it night"
+    second = fake_ms.tasks[fake_ms.submissions[1]["task_id"]]
+    assert second.inputs == [httpx.get(returned, follow_redirects=True).content]
 
 
 def test_stream_with_usage_and_several_images(gateway_url: str, fake_ms: FakeModelScope) -> None:

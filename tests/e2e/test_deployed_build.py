@@ -86,8 +86,9 @@ def _build_dir() -> Path:
     value = os.environ.get(BUILD_DIR_ENV)
     if not value:
         _fail_or_skip(
-            f"{BUILD_DIR_ENV} is not set: run `make test-e2e` (it runs `sam build --build-dir "
-            ".aws-sam/build-local --parameter-overrides Architecture=<local arch>` first)"
+            f"{BUILD_DIR_ENV} is not set: run `make e2e` or `make test` (they run "
+            "`sam build --build-dir .aws-sam/build-local --parameter-overrides "
+            "Architecture=<local arch>` first)"
         )
     build = Path(value)
     build = build if build.is_absolute() else REPO_ROOT / build

@@ -24,13 +24,13 @@ from imagegw.config import Settings
 from imagegw.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from imagegw.gateway import Gateway
 from imagegw.log import logger
-from imagegw.routes import chat, models
+from imagegw.routes import chat, files, models
 from imagegw.storage import ImageStore
 from imagegw.web import error_response
 
 EXPOSED_HEADERS = ["retry-after", "x-request-id", "x-should-retry", "location"]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat)
+FRONT_ENDS = (models, chat, files)
 
 
 async def health(request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -24,7 +24,10 @@ ENV_NAMES: dict[str, str] = {
     "PRESIGN_TTL": "presign_ttl",
     "MAX_IMAGE_BYTES": "max_image_bytes",
     "MAX_BODY_BYTES": "max_body_bytes",
+    "MAX_RESULT_BYTES": "max_result_bytes",
     "CORS_ALLOW_ORIGINS": "cors_allow_origins",
+    "IMAGE_LINKS": "image_links",
+    "PUBLIC_BASE_URL": "public_base_url",
 }
 
 
@@ -47,7 +50,13 @@ class Settings(BaseModel):
     presign_ttl: int = Field(default=900, ge=60, le=604800)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=6 * 1024 * 1024, gt=0)
+    max_result_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     cors_allow_origins: str = "*"
+    #: how result images are linked: the provider's URL, a lasting gateway link to a copy in
+    #: the bucket, or an inline data URI (see README "Image links")
+    image_links: Literal["provider", "stored", "inline"] = "stored"
+    #: the gateway's public URL for lasting links; by default taken from each request
+    public_base_url: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -64,8 +73,8 @@ class Settings(BaseModel):
             raw = source.get(name)
             if raw is not None and raw.strip() != "":
                 values[field] = raw.strip()
-        if "AWS_REGION" not in values and source.get("AWS_DEFAULT_REGION"):
-            values["aws_region"] = source["AWS_DEFAULT_REGION"]
+        if "aws_region" not in values and source.get("AWS_DEFAULT_REGION", "").strip():
+            values["aws_region"] = source["AWS_DEFAULT_REGION"].strip()
         try:
             return cls(**values)
         except ValidationError as exc:

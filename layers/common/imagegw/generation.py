@@ -116,6 +116,16 @@ async def _poll(
         except GatewayError as exc:
             await queue.put((index, exc))
             return
+        except Exception:
+            # report it: a silently dead poller would leave the client waiting for the deadline
+            logger.exception("polling failed unexpectedly", extra={"task_id": task_id})
+            failure = GatewayError(
+                "The gateway failed unexpectedly. See its logs.",
+                code="internal_error",
+                retryable=False,
+            )
+            await queue.put((index, failure))
+            return
         await queue.put((index, status))
         if isinstance(status, Finished | Failed):
             return
@@ -171,6 +181,7 @@ async def run(
     ]
     try:
         yield Progress(tasks.state(), clock() - began, tasks.done, tasks.total)
+        last_progress = clock()
         while tasks.done < tasks.total:
             remaining = deadline - clock()
             if remaining <= 0:
@@ -190,6 +201,7 @@ async def run(
                 )
             except TimeoutError:
                 yield Progress(tasks.state(), clock() - began, tasks.done, tasks.total)
+                last_progress = clock()
                 continue
             before = (tasks.state(), tasks.done)
             if isinstance(answer, GatewayError):
@@ -203,8 +215,13 @@ async def run(
                 )
             else:
                 tasks.states[index] = answer.state
-            if (tasks.state(), tasks.done) != before:
+            # a change at once; an unchanged state every progress_interval even while polls
+            # keep answering (they come more often than that)
+            if (tasks.state(), tasks.done) != before or (
+                clock() - last_progress >= settings.progress_interval
+            ):
                 yield Progress(tasks.state(), clock() - began, tasks.done, tasks.total)
+                last_progress = clock()
     finally:
         for poller in pollers:
             poller.cancel()

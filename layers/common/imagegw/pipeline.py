@@ -1,4 +1,5 @@
-"""One image job from checked inputs to events: stage input images, then run the poll loop."""
+"""One image job from checked inputs to events: stage input images, run the poll loop, and
+turn the results into the links clients get (IMAGE_LINKS)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,38 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from imagegw import generation
-from imagegw.config import Settings
-from imagegw.generation import Event, Progress
+from imagegw import generation, links
+from imagegw.gateway import Gateway
+from imagegw.generation import Event, Progress, Result
 from imagegw.images import ImageBytes
 from imagegw.providers.base import GenerationRequest, Provider
-from imagegw.storage import ImageStore
 
 
 async def events(
-    store: ImageStore,
+    gateway: Gateway,
     provider: Provider,
     request: GenerationRequest,
     inputs: Sequence[str | ImageBytes],
-    settings: Settings,
+    base_url: str,
 ) -> AsyncIterator[Event]:
-    """Upload input images (reported as UPLOADING), then yield the generation's events."""
+    """Upload input images (reported as UPLOADING), yield the generation's progress, then the
+    result with its images delivered as links."""
     began = time.monotonic()
     staged = request
     if any(isinstance(item, ImageBytes) for item in inputs):
         yield Progress("UPLOADING", 0.0, 0, request.n)
     if inputs:
-        staged = replace(request, images=await store.stage(inputs))
-    async for event in generation.run(provider, staged, settings):
-        if isinstance(event, Progress):  # elapsed counts from the request, uploads included
+        staged = replace(request, images=await gateway.store.stage(inputs))
+    async for event in generation.run(provider, staged, gateway.settings):
+        if isinstance(event, Result):
+            delivered = await links.deliver(
+                event.images,
+                settings=gateway.settings,
+                store=gateway.store,
+                client=gateway.client,
+                base_url=base_url,
+            )
+            event = replace(event, images=delivered)
+        else:  # elapsed counts from the request, uploads included
             event = replace(event, elapsed=time.monotonic() - began)
         yield event

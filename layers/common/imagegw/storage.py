@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -17,10 +18,25 @@ import anyio.to_thread
 
 from imagegw.config import Settings
 from imagegw.errors import ConfigurationError, ProviderError
-from imagegw.images import ImageBytes
+from imagegw.images import ImageBytes, check_image
 from imagegw.providers.base import InputImage
 
 UPLOADS = "uploads/"
+RESULTS = "images/"
+#: the path of a stored result's lasting link: /v1/files/{name}
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_-]{24,64}\.(png|jpg|webp|gif)$")
+_OWN_LINK = re.compile(r"/v1/files/([A-Za-z0-9_-]{24,64}\.(?:png|jpg|webp|gif))(?:\?.*)?$")
+
+
+def is_file_name(name: str) -> bool:
+    """Whether `name` has the shape of a stored result's name (unguessable id + extension)."""
+    return _FILE_NAME.match(name) is not None
+
+
+def own_file_name(url: str) -> str | None:
+    """The stored-result name in a gateway link (`.../v1/files/{name}`), else None."""
+    match = _OWN_LINK.search(url)
+    return match.group(1) if match else None
 
 
 class ImageStore:
@@ -86,12 +102,67 @@ class ImageStore:
     async def presign(self, key: str, ttl: int | None = None) -> str:
         return await anyio.to_thread.run_sync(self._presign, key, ttl or self.settings.presign_ttl)
 
+    async def save_result(self, image: ImageBytes) -> str:
+        """Store a generated image under images/ with an unguessable name; the name."""
+        name = f"{secrets.token_urlsafe(24)}.{image.extension}"
+        bucket = self.bucket
+        try:
+            await anyio.to_thread.run_sync(self._put, RESULTS + name, image)
+        except Exception as exc:
+            raise ProviderError(
+                f"Storing the generated image in bucket {bucket} failed: {type(exc).__name__}.",
+                code="storage_error",
+            ) from None
+        return name
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return False
+            raise
+        return True
+
+    async def result_link(self, name: str, ttl: int | None = None) -> str | None:
+        """A fresh presigned URL of a stored result, or None when there is no such result."""
+        key = RESULTS + name
+        if not is_file_name(name) or not await anyio.to_thread.run_sync(self._exists, key):
+            return None
+        return await self.presign(key, ttl)
+
+    async def result_bytes(self, name: str) -> ImageBytes | None:
+        """A stored result's bytes, or None."""
+        if not is_file_name(name):
+            return None
+
+        def get() -> bytes | None:
+            try:
+                answer = self.s3.get_object(Bucket=self.bucket, Key=RESULTS + name)
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if code in ("404", "NoSuchKey"):
+                    return None
+                raise
+            data: bytes = answer["Body"].read()
+            return data
+
+        data = await anyio.to_thread.run_sync(get)
+        return None if data is None else check_image(data, max_bytes=len(data) + 1)
+
     async def stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputImage, ...]:
         """Input images for a provider: decoded images are uploaded and presigned; http(s) URLs
         are passed through as they are."""
 
         async def one(item: str | ImageBytes) -> InputImage:
             if isinstance(item, str):
+                # a lasting link this gateway returned: hand over the object itself, so the
+                # provider needs no redirect (iterative editing of a stored result)
+                name = own_file_name(item)
+                if name and self.settings.bucket:
+                    link = await self.result_link(name)
+                    if link is not None:
+                        return InputImage(url=link, image=await self.result_bytes(name))
                 return InputImage(url=item)
             key = await self.upload(item)
             return InputImage(url=await self.presign(key), image=item)

@@ -10,6 +10,7 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -82,6 +83,31 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return body
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    """The gateway's public URL as the client sees it, for lasting links.
+
+    PUBLIC_BASE_URL wins; else the Host and X-Forwarded-Proto headers (a Function URL and API
+    Gateway set both), plus the stage of an API Gateway REST request (`/Prod`), which the Web
+    Adapter passes in its `x-amzn-request-context` header.
+    """
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    scheme = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    host = request.headers.get("host") or request.url.netloc
+    prefix = ""
+    context = request.headers.get("x-amzn-request-context")
+    if context:
+        try:
+            parsed = json.loads(context)
+        except ValueError:
+            parsed = {}
+        stage = parsed.get("stage") if isinstance(parsed, dict) else None
+        domain = str(parsed.get("domainName", "")) if isinstance(parsed, dict) else ""
+        if stage and stage != "$default" and ".execute-api." in domain and domain == host:
+            prefix = f"/{stage}"
+    return f"{scheme}://{host}{prefix}"
 
 
 def validation_error(exc: ValidationError) -> InvalidRequestError:

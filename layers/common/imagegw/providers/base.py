@@ -126,8 +126,7 @@ class Provider(ABC):
         limit = self.max_prompt_chars
         if limit is not None and len(prompt) >= limit:
             raise InvalidRequestError(
-                f"The prompt has {len(prompt)} characters; {self.title} takes fewer than "
-                f"{limit}.",
+                f"The prompt has {len(prompt)} characters; {self.title} takes fewer than {limit}.",
                 param="messages",
                 code="prompt_too_long",
             )

@@ -15,7 +15,7 @@ from imagegw.options import image_count
 from imagegw.providers.base import GenerationRequest, ModelKind
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
-from imagegw.web import api_key, gateway_of, read_json, validation_error
+from imagegw.web import api_key, gateway_of, public_base_url, read_json, validation_error
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -57,7 +57,7 @@ async def chat_completions(request: Request) -> Response:
             "stream": chat.stream,
         },
     )
-    events = pipeline.events(gateway.store, provider, job, inputs, settings)
+    events = pipeline.events(gateway, provider, job, inputs, public_base_url(request, settings))
     completion = Completion(chat.model)
     if not chat.stream:
         result = await collect(events)

@@ -1,0 +1,77 @@
+"""Result images -> the links clients get, per IMAGE_LINKS.
+
+- `provider`: the provider's own URL (images a provider answered inline are still stored);
+- `stored` (default): a copy in the bucket under images/, linked as `{base}/v1/files/{name}`,
+  which redirects to a fresh presigned URL for as long as the object is kept;
+- `inline`: a PNG/JPEG data URI (other types are stored: Cherry Studio shows only those two).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import httpx
+
+from imagegw.config import Settings
+from imagegw.errors import GatewayError, ProviderError
+from imagegw.images import ImageBytes, check_image, decode_data_uri, is_data_uri
+from imagegw.log import logger
+from imagegw.storage import ImageStore
+
+INLINE_TYPES = frozenset({"image/png", "image/jpeg"})
+
+
+def file_link(base_url: str, name: str) -> str:
+    return f"{base_url.rstrip('/')}/v1/files/{name}"
+
+
+async def fetch_image(client: httpx.AsyncClient, ref: str, settings: Settings) -> ImageBytes:
+    """The bytes of a result image (a data URI, or a URL the gateway downloads)."""
+    limit = settings.max_result_bytes
+    if is_data_uri(ref):
+        return decode_data_uri(ref, max_bytes=limit, what="generated image")
+    try:
+        answer = await client.get(ref, timeout=settings.provider_timeout, follow_redirects=True)
+    except httpx.TransportError as exc:
+        raise ProviderError(
+            f"The generated image could not be downloaded: {type(exc).__name__}.",
+            code="result_unavailable",
+        ) from None
+    if answer.status_code != 200:
+        raise ProviderError(
+            f"The generated image could not be downloaded: HTTP {answer.status_code}.",
+            code="result_unavailable",
+        )
+    return check_image(answer.content, max_bytes=limit, what="generated image")
+
+
+async def deliver(
+    images: Sequence[str],
+    *,
+    settings: Settings,
+    store: ImageStore,
+    client: httpx.AsyncClient,
+    base_url: str,
+) -> tuple[str, ...]:
+    """The links to give the client for `images` (provider URLs or data URIs)."""
+    mode = settings.image_links
+
+    async def one(ref: str) -> str:
+        if mode == "provider" and not is_data_uri(ref):
+            return ref
+        try:
+            image = await fetch_image(client, ref, settings)
+        except GatewayError as exc:
+            if is_data_uri(ref):
+                raise
+            # nothing lost: the provider's own link still works for a while
+            logger.warning(
+                "result not copied; giving the provider's link", extra={"error": exc.message}
+            )
+            return ref
+        if mode == "inline" and image.mime in INLINE_TYPES:
+            return image.data_uri()
+        return file_link(base_url, await store.save_result(image))
+
+    return tuple(await asyncio.gather(*(one(ref) for ref in images)))

@@ -1,0 +1,76 @@
+"""End to end: IMAGE_LINKS decides what links chat answers carry, and stored links outlive the
+provider's own."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from fakes.modelscope import FakeModelScope
+from fakes.png import png_size
+
+pytestmark = pytest.mark.e2e
+TOKEN = "ms-test-token"
+
+
+def generate(base: str, **extra: object) -> str:
+    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=TOKEN, max_retries=0)
+    answer = sdk.chat.completions.create(
+        model="Qwen/Qwen-Image",
+        messages=[{"role": "user", "content": "a red square"}],
+        extra_body={"size": "96x64", **extra},
+    )
+    content = answer.choices[0].message.content
+    assert content is not None
+    match = re.fullmatch(r"!\[[^\]]*\]\((\S+)\)", content)
+    assert match, content
+    return match.group(1)
+
+
+def test_stored_link_outlives_the_providers(gateway_url: str, fake_ms: FakeModelScope) -> None:
+    # Given a generated image, linked the default way (stored)
+    link = generate(gateway_url)
+    assert link.startswith(f"{gateway_url}/v1/files/")
+    # When the provider's own link has expired
+    fake_ms.expire_files = True
+    (task,) = fake_ms.tasks.values()
+    provider_link = f"{fake_ms.base_url.removesuffix('/v1')}/files/{task.output_names[0]}"  # type: ignore[attr-defined]
+    assert httpx.get(provider_link).status_code == 403
+    # Then the gateway's link still redirects to the picture, freshly signed each time
+    first = httpx.get(link)
+    assert first.status_code == 307
+    assert "X-Amz-Signature=" in first.headers["location"]
+    picture = httpx.get(link, follow_redirects=True)
+    assert picture.status_code == 200
+    assert png_size(picture.content) == (96, 64)
+
+
+def test_inline_links_are_png_data_uris(
+    gateway: Callable[..., str], fake_ms: FakeModelScope
+) -> None:
+    link = generate(gateway(image_links="inline"))
+    assert link.startswith("data:image/png;base64,")
+    assert png_size(base64.b64decode(link.split(",", 1)[1])) == (96, 64)
+
+
+def test_provider_links_are_passed_on(gateway: Callable[..., str], fake_ms: FakeModelScope) -> None:
+    link = generate(gateway(image_links="provider"))
+    (task,) = fake_ms.tasks.values()
+    assert link.endswith(f"/files/{task.output_names[0]}")
+
+
+def test_unknown_or_malformed_file_is_404(gateway_url: str) -> None:
+    for name in ("A" * 32 + ".png", "..%2F..%2Fetc.png", "short.png"):
+        answer = httpx.get(f"{gateway_url}/v1/files/{name}")
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] in ("file_not_found", "unknown_url")
+
+
+def test_public_base_url_setting_wins(gateway: Callable[..., str], fake_ms: FakeModelScope) -> None:
+    link = generate(gateway(public_base_url="https://images.example.org/"))
+    assert link.startswith("https://images.example.org/v1/files/")

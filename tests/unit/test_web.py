@@ -1,0 +1,44 @@
+"""The public base URL of lasting links, as a client behind each front door sees it."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+
+from imagegw.config import Settings
+from imagegw.web import public_base_url
+
+
+def request(headers: dict[str, str]) -> Request:
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/chat/completions",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "query_string": b"",
+    }
+    return Request(scope)
+
+
+def test_function_url_uses_host_and_forwarded_proto() -> None:
+    host = "abc123.lambda-url.us-east-1.on.aws"
+    got = public_base_url(request({"host": host, "x-forwarded-proto": "https"}), Settings())
+    assert got == f"https://{host}"
+
+
+def test_api_gateway_rest_keeps_the_stage() -> None:
+    host = "abc.execute-api.us-east-1.amazonaws.com"
+    context = json.dumps({"stage": "Prod", "domainName": host})
+    headers = {"host": host, "x-forwarded-proto": "https", "x-amzn-request-context": context}
+    assert public_base_url(request(headers), Settings()) == f"https://{host}/Prod"
+
+
+def test_custom_domain_has_no_stage_and_setting_wins() -> None:
+    context = json.dumps({"stage": "Prod", "domainName": "abc.execute-api.x.amazonaws.com"})
+    headers = {"host": "img.example.org", "x-amzn-request-context": context}
+    assert public_base_url(request(headers), Settings()) == "http://img.example.org"
+    fixed = Settings(public_base_url="https://gw.example.org/")
+    assert public_base_url(request(headers), fixed) == "https://gw.example.org"
