@@ -1,0 +1,217 @@
+"""Settings from the environment, and errors rendered in the OpenAI shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagegw.config import ENV_NAMES, Settings
+from imagegw.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProviderError,
+    RateLimitError,
+    TransientProviderError,
+    for_status,
+    render,
+)
+
+# ----------------------------------------------------------------------------- Settings
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.modelscope_base_url == "https://api-inference.modelscope.cn/v1"
+    assert settings.default_provider == "modelscope"
+    assert settings.bucket is None
+    assert settings.keepalive_interval <= 15  # issue 2: a keep-alive at least every 15 s
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "BUCKET": "my-bucket",
+        "S3_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "AWS_REGION": "eu-west-1",
+        "DEFAULT_PROVIDER": "modelscope",
+        "MODELSCOPE_BASE_URL": "http://127.0.0.1:9000/v1",
+        "GENERATION_TIMEOUT": "600",
+        "POLL_INTERVAL": "0.5",
+        "POLL_INTERVAL_MAX": "2",
+        "PROGRESS_INTERVAL": "4",
+        "KEEPALIVE_INTERVAL": "12",
+        "PROVIDER_TIMEOUT": "20",
+        "PRESIGN_TTL": "1200",
+        "MAX_IMAGE_BYTES": "1000000",
+        "MAX_BODY_BYTES": "2000000",
+        "CORS_ALLOW_ORIGINS": "https://a.example, https://b.example",
+    }
+    assert set(env) <= set(ENV_NAMES)
+
+    settings = Settings.from_env(env)
+
+    assert settings.bucket == "my-bucket"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:5000"
+    assert settings.aws_region == "eu-west-1"
+    assert settings.modelscope_base_url == "http://127.0.0.1:9000/v1"
+    assert settings.generation_timeout == 600.0
+    assert settings.poll_interval == 0.5
+    assert settings.poll_interval_max == 2.0
+    assert settings.progress_interval == 4.0
+    assert settings.keepalive_interval == 12.0
+    assert settings.provider_timeout == 20.0
+    assert settings.presign_ttl == 1200
+    assert settings.max_image_bytes == 1_000_000
+    assert settings.max_body_bytes == 2_000_000
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_empty_values_are_unset() -> None:
+    settings = Settings.from_env({"BUCKET": "", "POLL_INTERVAL": "   ", "GENERATION_TIMEOUT": ""})
+
+    assert settings == Settings()
+
+
+def test_values_are_stripped() -> None:
+    assert Settings.from_env({"BUCKET": "  b  ", "POLL_INTERVAL": " 1 "}).bucket == "b"
+
+
+def test_aws_default_region_is_the_fallback() -> None:
+    assert Settings.from_env({"AWS_DEFAULT_REGION": "ap-east-1"}).aws_region == "ap-east-1"
+
+
+def test_aws_region_wins_over_aws_default_region() -> None:
+    env = {"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"}
+
+    assert Settings.from_env(env).aws_region == "eu-west-1"
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert Settings.from_env({"PATH": "/bin", "TEMPERATURE": "hot"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("POLL_INTERVAL", "fast"),
+        ("POLL_INTERVAL", "0"),
+        ("GENERATION_TIMEOUT", "-5"),
+        ("KEEPALIVE_INTERVAL", "30"),
+        ("PRESIGN_TTL", "10"),
+        ("PRESIGN_TTL", "1.5"),
+        ("MAX_IMAGE_BYTES", "ten megabytes"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        Settings.from_env({name: value})
+
+
+def test_poll_interval_max_below_poll_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="POLL_INTERVAL_MAX"):
+        Settings.from_env({"POLL_INTERVAL": "2", "POLL_INTERVAL_MAX": "1"})
+
+
+def test_poll_interval_max_equal_to_poll_interval_is_fine() -> None:
+    settings = Settings.from_env({"POLL_INTERVAL": "2", "POLL_INTERVAL_MAX": "2"})
+
+    assert settings.poll_interval == settings.poll_interval_max == 2.0
+
+
+# ----------------------------------------------------------------------------- render
+
+
+def test_render_uses_the_openai_error_shape() -> None:
+    status, body, headers = render(
+        InvalidRequestError("'steps' must be an integer from 1 to 100; got 0.", param="steps")
+    )
+
+    assert status == 400
+    assert body == {
+        "error": {
+            "message": "'steps' must be an integer from 1 to 100; got 0.",
+            "type": "invalid_request_error",
+            "param": "steps",
+            "code": None,
+        }
+    }
+    assert "x-should-retry" not in headers
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind"),
+    [
+        (AuthenticationError("no key"), 401, "authentication_error"),
+        (NotFoundError("no such model", code="model_not_found"), 404, "not_found_error"),
+        (PayloadTooLargeError("too big", code="image_too_large"), 413, "invalid_request_error"),
+    ],
+)
+def test_render_statuses(error: GatewayError, status: int, kind: str) -> None:
+    got_status, body, _ = render(error)
+
+    assert got_status == status
+    assert body["error"]["type"] == kind
+    assert body["error"]["message"] == error.message
+    assert body["error"]["code"] == error.code
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ProviderError("ModelScope task t-1 failed: nsfw", code="generation_failed"), 502),
+        (TransientProviderError("ModelScope answered 503"), 502),
+        (DeadlineExceededError("task t-1 did not finish within 840 s"), 504),
+    ],
+)
+def test_generation_failures_must_not_be_retried_by_sdks(error: GatewayError, status: int) -> None:
+    got_status, _, headers = render(error)
+
+    assert got_status == status
+    assert headers["x-should-retry"] == "false"
+
+
+def test_rate_limit_may_be_retried_and_keeps_retry_after() -> None:
+    error = RateLimitError(
+        "ModelScope: Rate limit exceeded", code="rate_limit_exceeded", headers={"retry-after": "7"}
+    )
+
+    status, body, headers = render(error)
+
+    assert status == 429
+    assert body["error"]["message"] == "ModelScope: Rate limit exceeded"
+    assert headers == {"retry-after": "7", "x-should-retry": "true"}
+    assert error.headers == {"retry-after": "7"}  # rendering does not change the error
+
+
+def test_retryable_can_be_set_per_error() -> None:
+    assert render(ProviderError("x", retryable=True))[2]["x-should-retry"] == "true"
+
+
+def test_unknown_exceptions_are_an_opaque_500() -> None:
+    status, body, headers = render(KeyError("Authorization: Bearer ms-secret-token"))
+
+    assert status == 500
+    assert body["error"]["type"] == "server_error"
+    assert body["error"]["code"] == "internal_error"
+    assert "ms-secret-token" not in body["error"]["message"]
+    assert "KeyError" not in body["error"]["message"]
+    assert headers == {"x-should-retry": "false"}
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, InvalidRequestError),
+        (401, AuthenticationError),
+        (404, NotFoundError),
+        (413, PayloadTooLargeError),
+        (429, RateLimitError),
+        (500, ProviderError),
+        (418, ProviderError),
+    ],
+)
+def test_for_status(status: int, cls: type[GatewayError]) -> None:
+    assert for_status(status) is cls

@@ -1,0 +1,376 @@
+"""The poll loop `generation.run`, driven by a scripted in-memory provider (no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from imagegw.config import Settings
+from imagegw.errors import (
+    AuthenticationError,
+    DeadlineExceededError,
+    GatewayError,
+    ProviderError,
+    RateLimitError,
+    TransientProviderError,
+    render,
+)
+from imagegw.generation import Progress, Result, poll_delay, run
+from imagegw.providers.base import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    ModelKind,
+    Provider,
+    Running,
+    Started,
+    TaskStatus,
+)
+
+pytestmark = pytest.mark.anyio
+
+FAST = Settings(
+    poll_interval=0.01, poll_interval_max=0.05, progress_interval=1.0, generation_timeout=3.0
+)
+
+Step = TaskStatus | Exception
+
+
+def img(i: int) -> str:
+    return f"https://img.example/{i}.png"
+
+
+class Scripted(Provider):
+    """Task i answers the steps of `scripts[i]` in turn; the last step repeats forever."""
+
+    name = "scripted"
+    title = "Scripted"
+    catalog = ()
+
+    def __init__(
+        self,
+        settings: Settings,
+        scripts: Sequence[Sequence[Step]] = (),
+        start_error: GatewayError | None = None,
+    ) -> None:
+        super().__init__(settings, None)  # type: ignore[arg-type]
+        self.scripts = [list(s) for s in scripts]
+        self.start_error = start_error
+        self.started: list[str] = []
+        self.checks: list[str] = []
+        self.log: list[str] = []
+
+    def prepare(
+        self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
+    ) -> dict[str, Any]:
+        return {}
+
+    async def start(self, request: GenerationRequest) -> Started:
+        task_id = f"task-{len(self.started)}"
+        self.started.append(task_id)
+        self.log.append(f"start {task_id}")
+        if self.start_error is not None:
+            raise self.start_error
+        return Started(task_id)
+
+    def next_step(self, task_id: str) -> Step:
+        script = self.scripts[int(task_id.removeprefix("task-"))]
+        return script.pop(0) if len(script) > 1 else script[0]
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        self.checks.append(task_id)
+        step = self.next_step(task_id)
+        if isinstance(step, Exception):
+            raise step
+        if not isinstance(step, Running):
+            self.log.append(f"end {task_id}")
+        return step
+
+
+def job(n: int = 1) -> GenerationRequest:
+    return GenerationRequest(
+        provider="scripted",
+        model="acme/Some-Image",
+        kind=ModelKind.GENERATE,
+        prompt="a cat",
+        api_key=SecretStr("ms-secret"),
+        n=n,
+    )
+
+
+async def events_of(provider: Provider, request: GenerationRequest, settings: Settings) -> list:
+    return [event async for event in run(provider, request, settings)]
+
+
+# ----------------------------------------------------------------------------- one task
+
+
+async def test_progress_events_then_the_result() -> None:
+    provider = Scripted(
+        FAST, [[Running("PENDING"), Running("RUNNING"), Running("RUNNING"), Finished((img(0),))]]
+    )
+
+    events = await events_of(provider, job(), FAST)
+
+    *progress, result = events
+    assert all(isinstance(e, Progress) for e in progress)
+    assert [p.state for p in progress][:3] == ["SUBMITTED", "PENDING", "RUNNING"]
+    assert progress[-1].done == progress[-1].total == 1
+    assert [p.elapsed for p in progress] == sorted(p.elapsed for p in progress)
+    assert isinstance(result, Result)
+    assert result.images == (img(0),)
+    assert result.failures == ()
+    assert result.task_ids == ("task-0",)
+
+
+async def test_progress_repeats_while_the_state_does_not_change() -> None:
+    settings = FAST.model_copy(update={"progress_interval": 0.03})
+    provider = Scripted(settings, [[Running("RUNNING")] * 15 + [Finished((img(0),))]])
+
+    events = await events_of(provider, job(), settings)
+
+    running = [e for e in events if isinstance(e, Progress) and e.state == "RUNNING"]
+    assert len(running) >= 3  # the client keeps hearing how long it has been running
+    assert running[-1].elapsed > running[0].elapsed
+
+
+async def test_transient_poll_errors_are_retried() -> None:
+    provider = Scripted(
+        FAST,
+        [
+            [
+                TransientProviderError("ModelScope answered 503"),
+                TransientProviderError("ModelScope could not be reached"),
+                Running("RUNNING"),
+                Finished((img(0),)),
+            ]
+        ],
+    )
+
+    *_, result = await events_of(provider, job(), FAST)
+
+    assert isinstance(result, Result)
+    assert result.images == (img(0),)
+    assert len(provider.checks) == 4
+
+
+async def test_a_failed_task_is_a_502_with_the_reason_and_task_id() -> None:
+    provider = Scripted(FAST, [[Running("RUNNING"), Failed("the prompt was rejected")]])
+
+    with pytest.raises(ProviderError) as caught:
+        await events_of(provider, job(), FAST)
+
+    error = caught.value
+    assert error.status == 502
+    assert error.code == "generation_failed"
+    assert "the prompt was rejected" in error.message
+    assert "task-0" in error.message
+    assert render(error)[2]["x-should-retry"] == "false"
+
+
+async def test_a_non_transient_poll_error_ends_the_job() -> None:
+    provider = Scripted(FAST, [[AuthenticationError("ModelScope: token revoked")]])
+
+    with pytest.raises(AuthenticationError, match="token revoked"):
+        await events_of(provider, job(), FAST)
+
+    assert len(provider.checks) == 1
+
+
+async def test_an_unexpected_poll_error_ends_the_job_at_once() -> None:
+    # Given a provider whose check crashes, and a generous deadline
+    settings = FAST.model_copy(update={"generation_timeout": 5.0})
+    provider = Scripted(settings, [[RuntimeError("boom: ms-secret")]])
+    began = time.monotonic()
+
+    # Then the job fails promptly with an opaque 500, not a 504 at the deadline
+    with pytest.raises(GatewayError) as caught:
+        await events_of(provider, job(), settings)
+
+    assert time.monotonic() - began < 1.0
+    status, body, headers = render(caught.value)
+    assert status == 500
+    assert "ms-secret" not in body["error"]["message"]
+    assert headers["x-should-retry"] == "false"
+
+
+async def test_deadline_is_a_504_naming_the_task() -> None:
+    settings = FAST.model_copy(update={"generation_timeout": 0.2, "progress_interval": 0.05})
+    provider = Scripted(settings, [[Running("RUNNING")]])
+    began = time.monotonic()
+
+    with pytest.raises(DeadlineExceededError) as caught:
+        await events_of(provider, job(), settings)
+
+    assert time.monotonic() - began < 1.0
+    error = caught.value
+    assert error.status == 504
+    assert error.code == "deadline_exceeded"
+    assert "task-0" in error.message
+    assert render(error)[2]["x-should-retry"] == "false"
+
+
+async def test_rate_limited_start_is_that_error() -> None:
+    limit = RateLimitError(
+        "ModelScope: Rate limit exceeded",
+        code="rate_limit_exceeded",
+        headers={"retry-after": "3"},
+    )
+    provider = Scripted(FAST, start_error=limit)
+
+    with pytest.raises(RateLimitError) as caught:
+        await events_of(provider, job(n=2), FAST)
+
+    assert caught.value.message == "ModelScope: Rate limit exceeded"
+    assert caught.value.headers == {"retry-after": "3"}
+    assert provider.checks == []
+
+
+async def test_closing_the_events_early_stops_polling() -> None:
+    provider = Scripted(FAST, [[Running("RUNNING")]])
+    events = run(provider, job(), FAST)
+
+    first = await anext(events)
+    await asyncio.sleep(0.05)
+    await events.aclose()
+    polled = len(provider.checks)
+    await asyncio.sleep(0.1)
+
+    assert isinstance(first, Progress)
+    assert polled > 0
+    assert len(provider.checks) == polled
+
+
+# ----------------------------------------------------------------------------- several tasks
+
+
+class Concurrent(Scripted):
+    """Starts only return once all `n` starts are in flight; task 0 finishes only after the
+    others, and no task finishes before every task has been polled. Sequential code would hang
+    until the deadline."""
+
+    def __init__(self, settings: Settings, n: int, fail: int | None = None) -> None:
+        super().__init__(settings, [[Finished((img(i),))] for i in range(n)])
+        self.n = n
+        self.fail = fail
+        self.all_started = asyncio.Event()
+        self.ended: set[str] = set()
+
+    async def start(self, request: GenerationRequest) -> Started:
+        task_id = f"task-{len(self.started)}"
+        self.started.append(task_id)
+        self.log.append(f"start {task_id}")
+        if len(self.started) == self.n:
+            self.all_started.set()
+        await self.all_started.wait()
+        return Started(task_id)
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        self.checks.append(task_id)
+        everyone_polled = len(set(self.checks)) == self.n
+        others_ended = len(self.ended - {task_id}) == self.n - 1
+        if not everyone_polled or (task_id == "task-0" and not others_ended):
+            return Running("RUNNING")
+        self.ended.add(task_id)
+        self.log.append(f"end {task_id}")
+        if self.fail is not None and task_id == f"task-{self.fail}":
+            return Failed("out of credits")
+        return Finished((img(int(task_id.removeprefix("task-"))),))
+
+
+async def test_n_tasks_run_concurrently_and_images_keep_their_order() -> None:
+    provider = Concurrent(FAST, 3)
+
+    *progress, result = await events_of(provider, job(n=3), FAST)
+
+    assert isinstance(result, Result)
+    assert result.images == (img(0), img(1), img(2))
+    assert result.failures == ()
+    assert result.task_ids == ("task-0", "task-1", "task-2")
+    # all started before any finished, and task 0 finished last
+    first_end = next(i for i, entry in enumerate(provider.log) if entry.startswith("end"))
+    assert all(entry.startswith("start") for entry in provider.log[:first_end])
+    assert len(provider.started) == 3
+    assert provider.log[-1] == "end task-0"
+    assert progress[-1].done == progress[-1].total == 3
+
+
+async def test_one_of_three_failing_gives_two_images_and_the_failure() -> None:
+    provider = Concurrent(FAST, 3, fail=1)
+
+    *_, result = await events_of(provider, job(n=3), FAST)
+
+    assert isinstance(result, Result)
+    assert result.images == (img(0), img(2))
+    assert len(result.failures) == 1
+    assert "task-1" in result.failures[0]
+    assert "out of credits" in result.failures[0]
+
+
+async def test_all_tasks_failing_is_the_first_failure() -> None:
+    provider = Scripted(FAST, [[Failed("first reason")], [Failed("second reason")]])
+
+    with pytest.raises(ProviderError) as caught:
+        await events_of(provider, job(n=2), FAST)
+
+    assert "first reason" in caught.value.message
+
+
+async def test_some_starts_refused_still_returns_the_others() -> None:
+    class SecondRefused(Scripted):
+        async def start(self, request: GenerationRequest) -> Started:
+            started = await super().start(request)
+            if started.task_id == "task-1":
+                raise RateLimitError("ModelScope: Rate limit exceeded")
+            return started
+
+    provider = SecondRefused(FAST, [[Finished((img(0),))], [], [Finished((img(2),))]])
+
+    *_, result = await events_of(provider, job(n=3), FAST)
+
+    assert isinstance(result, Result)
+    assert result.images == (img(0), img(2))
+    assert result.failures == ("ModelScope: Rate limit exceeded",)
+    assert "task-1" not in provider.checks
+
+
+# ----------------------------------------------------------------------------- poll schedule
+
+
+def test_poll_delay_is_the_base_for_the_first_15_seconds() -> None:
+    for elapsed in (0.0, 1.0, 7.5, 15.0):
+        assert poll_delay(elapsed, 0.75, 3.0) == 0.75
+
+
+def test_poll_delay_grows_after_15_seconds_up_to_the_maximum() -> None:
+    assert poll_delay(22.5, 0.75, 3.0) == pytest.approx(1.125)
+    assert poll_delay(30.0, 0.75, 3.0) == pytest.approx(1.5)
+    assert poll_delay(60.0, 0.75, 3.0) == pytest.approx(3.0)
+    assert poll_delay(600.0, 0.75, 3.0) == 3.0
+
+    delays = [poll_delay(t / 10, 0.75, 3.0) for t in range(0, 6000)]
+    assert delays == sorted(delays)
+    assert max(delays) == 3.0
+
+
+def test_default_schedule_meets_the_lag_and_load_targets() -> None:
+    # issue 2: median lag <= 0.5 s for 2-10 s tasks, at <= 1.5 polls per second on average
+    settings = Settings()
+    lags, rates = [], []
+    for hundredths in range(200, 1001):
+        duration = hundredths / 100
+        now, polls = 0.0, 0
+        while now < duration:
+            now += poll_delay(now, settings.poll_interval, settings.poll_interval_max)
+            polls += 1
+        lags.append(now - duration)
+        rates.append(polls / duration)
+
+    assert statistics.median(lags) <= 0.5
+    assert statistics.mean(rates) <= 1.5

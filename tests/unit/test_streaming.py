@@ -1,0 +1,209 @@
+"""chat_stream: the SSE body of a streamed chat completion, over a scripted event iterator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from imagegw.errors import ProviderError
+from imagegw.generation import Event, Progress, Result
+from imagegw.schemas import Completion
+from imagegw.streaming import chat_stream, collect, markdown
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "Qwen/Qwen-Image"
+URLS = ("https://cdn.example/a.png", "https://cdn.example/b.png")
+RESULT = Result(images=URLS, failures=(), task_ids=("t-1", "t-2"), elapsed=3.2)
+
+Step = Event | float | Exception  # a float is a pause (seconds)
+
+
+async def scripted(steps: Sequence[Step]) -> AsyncIterator[Event]:
+    for step in steps:
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+        elif isinstance(step, Exception):
+            raise step
+        else:
+            yield step
+
+
+async def stream(
+    steps: Sequence[Step], *, include_usage: bool = False, keepalive: float = 5.0
+) -> list[str]:
+    """The SSE frames of a stream (split on blank lines), each checked for well-formedness."""
+    body = "".join(
+        [
+            chunk
+            async for chunk in chat_stream(
+                scripted(steps),
+                Completion(MODEL),
+                include_usage=include_usage,
+                keepalive_interval=keepalive,
+            )
+        ]
+    )
+    assert body.endswith("\n\n")
+    frames = body.split("\n\n")[:-1]
+    for frame in frames:
+        assert frame, "an empty SSE event"
+        for line in frame.split("\n"):
+            assert line.startswith((": ", "data: ")), line
+            assert line.removeprefix("data:").strip(), "an empty data line"
+    return frames
+
+
+def payloads(frames: list[str]) -> list[Any]:
+    """The data of each frame: parsed JSON, or the [DONE] marker (comments left out)."""
+    out: list[Any] = []
+    for frame in frames:
+        if frame.startswith(":"):
+            continue
+        data = frame.removeprefix("data: ")
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def deltas(items: list[Any]) -> list[dict[str, Any]]:
+    return [p["choices"][0]["delta"] for p in items if isinstance(p, dict) and p.get("choices")]
+
+
+async def test_a_complete_stream() -> None:
+    frames = await stream([Progress("PENDING", 0.0), Progress("RUNNING", 1.5), RESULT])
+    items = payloads(frames)
+
+    # the role chunk first
+    first = items[0]
+    assert first["object"] == "chat.completion.chunk"
+    assert first["model"] == MODEL
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert first["choices"][0]["finish_reason"] is None
+    # every chunk belongs to the same completion
+    ids = {p["id"] for p in items if isinstance(p, dict)}
+    assert len(ids) == 1
+    assert ids.pop().startswith("chatcmpl-")
+    # progress as reasoning_content, then the images, one markdown image per line
+    ds = deltas(items)
+    reasoning = [d["reasoning_content"] for d in ds if "reasoning_content" in d]
+    assert reasoning[0].startswith("PENDING")
+    assert "RUNNING" in reasoning[1]
+    assert "1.5 s" in reasoning[1]
+    content = [d["content"] for d in ds if d.get("content")]
+    assert content == [f"![image 1]({URLS[0]})\n![image 2]({URLS[1]})"]
+    # then the finish chunk and [DONE]
+    assert items[-2]["choices"][0]["finish_reason"] == "stop"
+    assert items[-2]["choices"][0]["delta"] == {}
+    assert items[-1] == "[DONE]"
+
+
+async def test_usage_chunk_only_with_include_usage() -> None:
+    without = payloads(await stream([RESULT], include_usage=False))
+    with_usage = payloads(await stream([RESULT], include_usage=True))
+
+    assert not any(isinstance(p, dict) and "usage" in p for p in without)
+    usage = with_usage[-2]
+    assert usage["choices"] == []
+    assert set(usage["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    # after the finish chunk, before [DONE]
+    assert with_usage[-3]["choices"][0]["finish_reason"] == "stop"
+    assert with_usage[-1] == "[DONE]"
+
+
+async def test_progress_of_several_tasks_counts_the_done_ones() -> None:
+    items = payloads(await stream([Progress("RUNNING", 2.0, done=1, total=3), RESULT]))
+
+    reasoning = [d["reasoning_content"] for d in deltas(items) if "reasoning_content" in d]
+    assert "1/3" in reasoning[0]
+
+
+async def test_failed_tasks_are_listed_under_the_images() -> None:
+    partial = Result(
+        images=(URLS[0],), failures=("ModelScope task t-2 failed: nsfw",), task_ids=(), elapsed=1
+    )
+
+    items = payloads(await stream([partial]))
+
+    content = [d["content"] for d in deltas(items) if d.get("content")]
+    assert content == [f"![image 1]({URLS[0]})\n> ModelScope task t-2 failed: nsfw"]
+
+
+async def test_keep_alive_comments_while_events_are_slow() -> None:
+    frames = await stream([Progress("RUNNING", 0.0), 0.3, RESULT], keepalive=0.05)
+
+    keepalives = [f for f in frames if f.startswith(":")]
+    assert len(keepalives) >= 2
+    assert set(keepalives) == {": keep-alive"}
+    # the stream still completes normally
+    items = payloads(frames)
+    assert items[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_no_keep_alive_when_events_are_quick() -> None:
+    frames = await stream([Progress("RUNNING", 0.0), RESULT], keepalive=5.0)
+
+    assert not [f for f in frames if f.startswith(":")]
+
+
+async def test_an_error_mid_stream_is_an_error_event_then_done() -> None:
+    failure = ProviderError(
+        "ModelScope task t-1 failed: the prompt was rejected", code="generation_failed"
+    )
+
+    items = payloads(await stream([Progress("RUNNING", 1.0), failure]))
+
+    assert items[-1] == "[DONE]"
+    assert items[-2] == {
+        "error": {
+            "message": "ModelScope task t-1 failed: the prompt was rejected",
+            "type": "provider_error",
+            "param": None,
+            "code": "generation_failed",
+        }
+    }
+    assert not any(
+        isinstance(p, dict) and p.get("choices") and p["choices"][0]["finish_reason"] for p in items
+    )
+
+
+async def test_an_unexpected_error_mid_stream_is_opaque() -> None:
+    items = payloads(await stream([Progress("RUNNING", 1.0), KeyError("token ms-secret")]))
+
+    error = items[-2]["error"]
+    assert error["code"] == "internal_error"
+    assert "ms-secret" not in error["message"]
+    assert items[-1] == "[DONE]"
+
+
+async def test_closing_the_stream_closes_the_events() -> None:
+    # Given a client that goes away after the first progress event
+    closed = asyncio.Event()
+
+    async def events() -> AsyncIterator[Event]:
+        try:
+            yield Progress("RUNNING", 0.0)
+            await asyncio.sleep(10)
+            yield RESULT
+        finally:
+            closed.set()
+
+    body = chat_stream(events(), Completion(MODEL), include_usage=False, keepalive_interval=5)
+    async for chunk in body:
+        if "reasoning_content" in chunk:
+            break
+    await body.aclose()
+
+    # Then the generation is closed too (its polling stops)
+    await asyncio.wait_for(closed.wait(), timeout=1)
+
+
+async def test_collect_returns_the_result() -> None:
+    assert await collect(scripted([Progress("RUNNING", 0.0), RESULT])) is RESULT
+
+
+async def test_markdown_is_one_image_per_line() -> None:
+    assert markdown(RESULT) == f"![image 1]({URLS[0]})\n![image 2]({URLS[1]})"
