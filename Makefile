@@ -13,13 +13,12 @@ SAM := $(SAM_VENV)/bin/sam
 SAM_CLI_VERSION := 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
-# `sam build` for python3.13 needs a python3.13 on PATH: take pyenv's when there is none.
+# `sam build` for python3.13 needs a working python3.13 on PATH: put pyenv's first when it
+# has one (a pyenv shim alone is not enough: it fails unless 3.13 is the selected version).
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
 PY313_BIN := $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13*/bin)))
-ifeq ($(shell command -v python3.13 2>/dev/null),)
 ifneq ($(PY313_BIN),)
 export PATH := $(abspath $(PY313_BIN)):$(PATH)
-endif
 endif
 LOCAL_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 LOCAL_BUILD := .aws-sam/build-local
@@ -66,7 +65,7 @@ validate: $(SAM_VENV)/.ready
 	$(SAM) validate --lint
 
 build: $(SAM_VENV)/.ready
-	@command -v python3.13 >/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
+	@python3.13 -c pass 2>/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
 	$(SAM) build
 
 # the same build for this machine's architecture, which the deployed-build test boots
