@@ -32,7 +32,9 @@ class ServerThread:
         self.app = app
         self.startup_timeout = startup_timeout
         self.shutdown_timeout = shutdown_timeout
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then;
+        # without it every keep-alive answer waits ~40 ms for a delayed ACK
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.host, self.port = self._socket.getsockname()[:2]

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import re
 import secrets
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,27 +46,34 @@ class ImageStore:
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
         self._s3 = client
+        self._lock = threading.Lock()
 
     @property
     def s3(self) -> Any:
-        if self._s3 is None:
-            import boto3
-            from botocore.config import Config
-
-            # a custom endpoint (moto, MinIO) is addressed by path; AWS by virtual host, which
-            # gives regional URLs a provider can fetch
-            style = "path" if self.settings.s3_endpoint_url else "virtual"
-            self._s3 = boto3.client(
-                "s3",
-                region_name=self.settings.aws_region,
-                endpoint_url=self.settings.s3_endpoint_url,
-                config=Config(
-                    signature_version="s3v4",
-                    s3={"addressing_style": style},
-                    retries={"max_attempts": 3, "mode": "standard"},
-                ),
-            )
+        if self._s3 is not None:
+            return self._s3
+        with self._lock:  # boto3 calls run in worker threads: build the client once
+            if self._s3 is None:
+                self._s3 = self._client()
         return self._s3
+
+    def _client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        # a custom endpoint (moto, MinIO) is addressed by path; AWS by virtual host, which
+        # gives regional URLs a provider can fetch
+        style = "path" if self.settings.s3_endpoint_url else "virtual"
+        return boto3.client(
+            "s3",
+            region_name=self.settings.aws_region,
+            endpoint_url=self.settings.s3_endpoint_url,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": style},
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
 
     @property
     def bucket(self) -> str:
@@ -149,6 +157,24 @@ class ImageStore:
 
         data = await anyio.to_thread.run_sync(get)
         return None if data is None else check_image(data, max_bytes=len(data) + 1)
+
+    async def load(self, key: str) -> InputImage:
+        """An object already in the bucket (an upload, a stored result) as an input image: a
+        fresh presigned URL and its bytes (a durable job's inputs are staged before it runs)."""
+
+        def get() -> bytes:
+            data: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return data
+
+        try:
+            data = await anyio.to_thread.run_sync(get)
+        except Exception as exc:
+            raise ProviderError(
+                f"Reading the input image {key} from the bucket failed: {type(exc).__name__}.",
+                code="storage_error",
+            ) from None
+        image = check_image(data, max_bytes=max(len(data), 1), what="input image")
+        return InputImage(url=await self.presign(key), image=image)
 
     async def stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputImage, ...]:
         """Input images for a provider: decoded images are uploaded and presigned; http(s) URLs
