@@ -1,8 +1,10 @@
 """The interactive poll loop: drive a provider's start/check and yield events.
 
-`run()` starts `n` tasks at once, polls each on a schedule that learns of a finished image
-quickly without hammering the provider, retries transient poll failures within the deadline,
-and yields `Progress` events, then one `Result`. Rendering (SSE or JSON) is someone else's job.
+`run()` starts the provider's calls for the `n` images at once (`Provider.split`: one image a
+call, or batches), polls each task on a schedule that learns of a finished image quickly without
+hammering the provider, retries transient poll failures within the deadline, and yields
+`Progress` events (also while a synchronous provider works inside `start`), then one `Result`.
+Rendering (SSE or JSON) is someone else's job.
 """
 
 from __future__ import annotations
@@ -138,20 +140,31 @@ async def run(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Event]:
-    """Run `request.n` tasks and yield progress, then the result. Raises GatewayError."""
+    """Run the calls that make `request.n` images and yield progress, then the result (images in
+    the order of the calls). Raises GatewayError."""
+    parts = provider.split(request)
     began = clock()
     deadline = began + settings.generation_timeout
-    try:
-        async with asyncio.timeout(settings.generation_timeout):
-            outcomes = await asyncio.gather(
-                *(provider.start(request) for _ in range(request.n)), return_exceptions=True
-            )
-    except TimeoutError:
-        raise DeadlineExceededError(
-            f"{provider.title} did not accept the job within {settings.generation_timeout:g} s.",
-            code="deadline_exceeded",
-        ) from None
-    tasks = _Tasks(request.n)
+    starting = asyncio.ensure_future(
+        asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
+    )
+    try:  # a synchronous provider does the whole job in `start`: report progress meanwhile
+        while not starting.done():
+            remaining = deadline - clock()
+            if remaining <= 0:
+                raise DeadlineExceededError(
+                    f"{provider.title} did not answer within {settings.generation_timeout:g} s.",
+                    code="deadline_exceeded",
+                )
+            await asyncio.wait({starting}, timeout=min(settings.progress_interval, remaining))
+            if not starting.done():
+                yield Progress("RUNNING", clock() - began, 0, len(parts))
+    finally:
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+    outcomes = starting.result()
+    tasks = _Tasks(len(parts))
     task_ids: dict[int, str] = {}
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, GatewayError):
@@ -176,7 +189,7 @@ async def run(
 
     queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]] = asyncio.Queue()
     pollers = [
-        asyncio.create_task(_poll(provider, request, i, tid, settings, queue, clock))
+        asyncio.create_task(_poll(provider, parts[i], i, tid, settings, queue, clock))
         for i, tid in task_ids.items()
     ]
     try:

@@ -50,6 +50,16 @@ def common_options(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {common: value for common, (_, value) in found.items()}
 
 
+def option_names(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Common name -> the name the request used for it (for errors that name the field sent)."""
+    names: dict[str, str] = {}
+    for name in sorted(fields, key=lambda k: k in ALIASES):  # common names first
+        common = name if name in COMMON else ALIASES.get(name)
+        if common is not None and fields[name] is not None:
+            names.setdefault(common, name)
+    return names
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

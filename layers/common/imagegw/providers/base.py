@@ -3,8 +3,9 @@
 A provider has two calls that serve both the interactive poll loop and the durable-job state
 machine: `start(request)` submits work (`Started(task_id)`, or `Finished(images)` for
 synchronous providers) and `check(request, task_id)` asks about it (`Running`, `Finished`,
-`Failed`). Providers know nothing of HTTP frameworks, SSE or the OpenAI chat shape; they raise
-the gateway's own errors (`imagegw.errors`).
+`Failed`). `split(request)` says which calls make a request's `n` images (one image a call,
+unless the provider has a batch parameter). Providers know nothing of HTTP frameworks, SSE or the
+OpenAI chat shape; they raise the gateway's own errors (`imagegw.errors`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from pydantic import SecretStr
 from imagegw.config import Settings
 from imagegw.errors import InvalidRequestError
 from imagegw.images import ImageBytes
+from imagegw.options import image_count
 
 
 class ModelKind(StrEnum):
@@ -58,6 +60,29 @@ def classify(model: str, catalog: tuple[ModelInfo, ...]) -> ModelKind:
     return ModelKind.CHAT
 
 
+def check_image_count(model: str, count: int, fewest: int, most: int | None) -> None:
+    """A 400 that says so when a model is given fewer or more input images than it takes."""
+    if most == 0 and count:
+        raise InvalidRequestError(
+            f"{model} makes images from text and takes no input image; use an edit model.",
+            param="messages",
+            code="unexpected_image",
+        )
+    if count < fewest:
+        raise InvalidRequestError(
+            f"{model} edits an image: attach one, or send it after a generated image.",
+            param="messages",
+            code="image_required",
+        )
+    if most is not None and count > most:
+        takes = f"{most} input image" if fewest == most else f"{fewest} to {most} input images"
+        raise InvalidRequestError(
+            f"{model} takes {takes}; the message has {count}.",
+            param="messages",
+            code="too_many_images",
+        )
+
+
 @dataclass(frozen=True)
 class InputImage:
     """An input image as providers may need it: a URL they can fetch, and bytes when known."""
@@ -78,6 +103,8 @@ class GenerationRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     images: tuple[InputImage, ...] = ()
     n: int = 1
+    #: the Images API's edit mask (only for providers with `supports_masks`)
+    mask: InputImage | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +137,12 @@ class Provider(ABC):
 
     name: ClassVar[str]
     title: ClassVar[str]
-    catalog: ClassVar[tuple[ModelInfo, ...]]
+    #: the listed models; a class attribute, or set per instance from settings
+    catalog: tuple[ModelInfo, ...]
     #: the longest prompt the provider takes (characters), or None
     max_prompt_chars: ClassVar[int | None] = None
+    #: whether edits take a mask (`GenerationRequest.mask`); without, a mask is a 400
+    supports_masks: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self.settings = settings
@@ -122,12 +152,12 @@ class Provider(ABC):
     def classify(self, model: str) -> ModelKind:
         return classify(model, self.catalog)
 
-    def check_prompt(self, prompt: str) -> None:
+    def check_prompt(self, prompt: str, param: str = "messages") -> None:
         limit = self.max_prompt_chars
         if limit is not None and len(prompt) >= limit:
             raise InvalidRequestError(
                 f"The prompt has {len(prompt)} characters; {self.title} takes fewer than {limit}.",
-                param="messages",
+                param=param,
                 code="prompt_too_long",
             )
 
@@ -144,3 +174,19 @@ class Provider(ABC):
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         """Ask about a submitted job (only providers whose `start` returns `Started`)."""
         raise NotImplementedError(f"{self.name} has no tasks to check")
+
+    def requested_images(self, fields: Mapping[str, Any]) -> int:
+        """How many images the request's fields ask for (`n`; a provider may add its names)."""
+        return image_count(fields.get("n"))
+
+    def split(self, request: GenerationRequest) -> list[GenerationRequest]:
+        """The calls that make `request.n` images, one `start` each, in the order of their
+        images. Default: `n` calls of one image; a provider with a batch parameter makes several
+        images a call (its `Finished` then holds them all)."""
+        return [replace(request, n=1) for _ in range(request.n)]
+
+    @property
+    def chat_base_url(self) -> str | None:
+        """Base URL of the provider's OpenAI-compatible chat API, where chat (non-image) models
+        are passed through (`{base}/chat/completions`); None when it has none."""
+        return None

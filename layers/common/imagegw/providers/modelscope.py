@@ -130,6 +130,10 @@ class ModelScope(Provider):
     def base_url(self) -> str:
         return self.settings.modelscope_base_url.rstrip("/")
 
+    @property
+    def chat_base_url(self) -> str:
+        return self.base_url  # seed 004: OpenAI-compatible chat on the same base URL
+
     def prepare(
         self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
     ) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""POST /v1/chat/completions: chat messages -> image job -> markdown images (SSE or JSON)."""
+"""POST /v1/chat/completions: chat messages -> image job -> markdown images (SSE or JSON).
+
+A chat (non-image) model's request is passed through to the provider's own chat API instead.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from imagegw import pipeline
+from imagegw import passthrough, pipeline
 from imagegw.images import decode_refs
 from imagegw.log import logger
 from imagegw.messages import parse_messages
-from imagegw.options import image_count
 from imagegw.providers.base import GenerationRequest, ModelKind
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
@@ -31,9 +33,11 @@ async def chat_completions(request: Request) -> Response:
     except ValidationError as exc:
         raise validation_error(exc) from None
     kind = provider.classify(chat.model)
+    if kind is ModelKind.CHAT:
+        return await passthrough.chat(gateway, provider, body, key)
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
     provider.check_prompt(parsed.prompt)
-    n = image_count(chat.fields.get("n"))
+    n = provider.requested_images(chat.fields)
     options = provider.prepare(chat.model, kind, chat.fields, len(parsed.images))
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     job = GenerationRequest(

@@ -1,0 +1,100 @@
+"""Chat pass-through: a chat model's request goes to the provider's own OpenAI-compatible
+`/chat/completions`, and its answer comes back as it is.
+
+The request body is sent as the client sent it (images in messages included). A streamed
+answer is relayed chunk by chunk as it arrives (never buffered); a JSON answer is passed on.
+An error before the answer starts becomes the gateway's error shape (`imagegw.upstream`); a
+stream that breaks later ends with `data: {"error": {...}}` and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import httpx
+from pydantic import SecretStr
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from imagegw.errors import NotFoundError, ProviderError, render
+from imagegw.gateway import Gateway
+from imagegw.log import logger
+from imagegw.providers.base import Provider
+from imagegw.streaming import DONE, sse
+from imagegw.upstream import error_for, unreachable, work_timeout
+
+EVENT_STREAM: Final = "text/event-stream"
+SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def chat(
+    gateway: Gateway, provider: Provider, body: dict[str, Any], key: SecretStr
+) -> Response:
+    """The provider's answer to a chat request for a chat (non-image) model."""
+    model = body.get("model")
+    base = provider.chat_base_url
+    if base is None:
+        raise NotFoundError(
+            f"'{model}' is not an image model, and {provider.title} has no chat models here.",
+            param="model",
+            code="model_not_found",
+        )
+    client = gateway.client
+    request = client.build_request(
+        "POST",
+        f"{base.rstrip('/')}/chat/completions",
+        json=body,
+        # identity: a compressed stream could be held back by the decoder
+        headers={
+            "authorization": f"Bearer {key.get_secret_value()}",
+            "accept-encoding": "identity",
+        },
+        timeout=work_timeout(gateway.settings),
+    )
+    logger.info(
+        "chat pass-through",
+        extra={"provider": provider.name, "model": model, "stream": body.get("stream") is True},
+    )
+    try:
+        upstream = await client.send(request, stream=True)
+    except httpx.TransportError as exc:
+        raise unreachable(provider.title, exc, gateway.settings) from None
+    media_type = upstream.headers.get("content-type", "application/json")
+    if upstream.status_code >= 400 or not media_type.startswith(EVENT_STREAM):
+        try:
+            await upstream.aread()
+        except httpx.TransportError as exc:
+            raise unreachable(provider.title, exc, gateway.settings) from None
+        finally:
+            await upstream.aclose()
+        if upstream.status_code >= 400:
+            raise error_for(provider.title, upstream, key=key)
+        return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
+    return StreamingResponse(
+        _relay(upstream, provider.title),
+        media_type=media_type,
+        headers=SSE_HEADERS,
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+async def _relay(upstream: httpx.Response, title: str) -> AsyncIterator[bytes]:
+    """The upstream stream's bytes as they arrive; an in-stream error if it breaks."""
+    tail = b"\n\n"
+    try:
+        async for chunk in upstream.aiter_bytes():
+            if chunk:
+                tail = chunk[-2:]
+                yield chunk
+    except httpx.HTTPError as exc:
+        logger.warning("chat stream broke", extra={"error": type(exc).__name__})
+        error = ProviderError(
+            f"{title}: the chat stream broke off ({type(exc).__name__}).", code="stream_broken"
+        )
+        if tail != b"\n\n":  # end a half-sent event first
+            yield b"\n\n"
+        yield sse(render(error)[1]).encode()
+        yield DONE.encode()
+    finally:
+        await upstream.aclose()

@@ -1,0 +1,248 @@
+"""OpenAI-compatible image servers (synchronous): a self-hosted one such as seed 003's Qwen-Image
+server, or OpenAI itself.
+
+Upstream docs: https://platform.openai.com/docs/api-reference/images
+Protocol (see shared/docs/provider-wire.md): `POST /images/generations` (JSON) makes images from
+text; `POST /images/edits` (multipart: one `image` file, or repeated `image[]`, and an optional
+`mask`) edits. Both answer `{"created":..,"data":[{"url":..} or {"b64_json":..}]}`. Seed 003's
+server answers `b64_json` only, ignores `model`/`n`/`size`/`response_format` and takes its own
+names (`width`/`height`, `negative_prompt`, `num_inference_steps`, `true_cfg_scale`, `seed`).
+OpenAI's own models (`gpt-image-*`, `dall-e-*`) refuse names they do not know, so they get
+OpenAI's names only. No `response_format` is sent unless the client gives one: gpt-image models
+refuse it and answer `b64_json`, dall-e answers `url`, seed 003's server ignores it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from imagegw.config import Settings
+from imagegw.errors import InvalidRequestError, ProviderError
+from imagegw.images import ImageBytes, check_image, sniff_mime
+from imagegw.options import as_float, as_int, as_text, common_options, option_names, parse_size
+from imagegw.providers.base import (
+    Finished,
+    GenerationRequest,
+    InputImage,
+    ModelInfo,
+    ModelKind,
+    Provider,
+    check_image_count,
+)
+from imagegw.upstream import error_for, unreachable, work_timeout
+
+#: OpenAI's own image models: OpenAI's parameter names only
+OPENAI_MODELS: Final = re.compile(r"^(gpt-image|chatgpt-image|dall-e)", re.IGNORECASE)
+#: OpenAI image parameters passed on as given (strings)
+PASSED_ON: Final = ("quality", "style", "background", "output_format", "moderation")
+RESPONSE_FORMATS: Final = ("url", "b64_json")
+#: no documented limits on seed 003's server: sanity bounds
+SIDE_RANGE: Final = (64, 4096)
+MAX_STEPS: Final = 200
+MAX_SEED: Final = 2**32 - 1
+MAX_TEXT: Final = 10_000
+_AUTO: Final = "auto"
+
+
+class _Datum(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class _Images(BaseModel):
+    data: list[_Datum]
+
+
+def catalog_of(settings: Settings) -> tuple[ModelInfo, ...]:
+    """OPENAI_IMAGE_MODELS as a catalog: ids containing "edit" are edit models."""
+    ids = [model.strip() for model in settings.openai_image_models.split(",") if model.strip()]
+    return tuple(
+        ModelInfo(model, ModelKind.EDIT if "edit" in model.lower() else ModelKind.GENERATE)
+        for model in dict.fromkeys(ids)
+    )
+
+
+def _data_uri(b64: str) -> str:
+    """A `b64_json` answer as a data URI of the type its bytes show."""
+    try:
+        head = base64.b64decode(b64[:64] + "=" * (-len(b64[:64]) % 4))
+    except (binascii.Error, ValueError):
+        head = b""
+    return f"data:{sniff_mime(head) or 'image/png'};base64,{b64}"
+
+
+class OpenAICompatible(Provider):
+    name = "openai"
+    title = "OpenAI-compatible server"
+    supports_masks = True
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        super().__init__(settings, client)
+        self.catalog = catalog_of(settings)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.openai_base_url.rstrip("/")
+
+    @property
+    def chat_base_url(self) -> str:
+        return self.base_url
+
+    def prepare(
+        self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
+    ) -> dict[str, Any]:
+        # any model edits when given images (/images/edits); an edit model needs one
+        check_image_count(model, image_count, 1 if kind is ModelKind.EDIT else 0, None)
+        body: dict[str, Any] = {
+            name: as_text(name, fields[name], MAX_TEXT)
+            for name in PASSED_ON
+            if fields.get(name) is not None
+        }
+        if fields.get("response_format") in RESPONSE_FORMATS:  # not chat's {"type": ...}
+            body["response_format"] = fields["response_format"]
+        opts = common_options(fields)
+        names = option_names(fields)
+        if OPENAI_MODELS.match(model):
+            if "size" in opts:
+                size = opts["size"]
+                body["size"] = size if size == _AUTO else _wxh(names["size"], size)
+            return body
+        size = self._size(opts, fields, names)
+        if size is not None:
+            body["size"] = f"{size[0]}x{size[1]}"
+            body["width"], body["height"] = size
+        if "negative_prompt" in opts:
+            body["negative_prompt"] = as_text("negative_prompt", opts["negative_prompt"], MAX_TEXT)
+        if "steps" in opts:
+            body["num_inference_steps"] = as_int(names["steps"], opts["steps"], 1, MAX_STEPS)
+        guidance = _guidance(opts, fields, names)
+        if guidance is not None:
+            body["true_cfg_scale"] = guidance
+        if "seed" in opts:
+            body["seed"] = as_int(names["seed"], opts["seed"], 0, MAX_SEED)
+        return body
+
+    @staticmethod
+    def _size(
+        opts: Mapping[str, Any], fields: Mapping[str, Any], names: Mapping[str, str]
+    ) -> tuple[int, int] | None:
+        """`size` (or `image_size`) and seed 003's `width`/`height`, which must agree."""
+        size = parse_size(names["size"], opts["size"], *SIDE_RANGE) if "size" in opts else None
+        width, height = fields.get("width"), fields.get("height")
+        if width is None and height is None:
+            return size
+        if width is None or height is None:
+            raise InvalidRequestError("Send both 'width' and 'height', or 'size'.", param="width")
+        sides = (as_int("width", width, *SIDE_RANGE), as_int("height", height, *SIDE_RANGE))
+        if size is not None and size != sides:
+            raise InvalidRequestError(
+                f"'{names['size']}' and 'width'/'height' give different sizes; send one of them.",
+                param=names["size"],
+            )
+        return sides
+
+    async def _image_bytes(self, image: InputImage, index: int) -> ImageBytes:
+        """The bytes of an input image: known when uploaded, else downloaded from its URL."""
+        if image.image is not None:
+            return image.image
+        problem = ""
+        try:
+            answer = await self.client.get(image.url, timeout=self.timeout, follow_redirects=True)
+        except httpx.TransportError as exc:
+            problem = type(exc).__name__
+        else:
+            if answer.status_code == 200:
+                return check_image(
+                    answer.content,
+                    max_bytes=self.settings.max_image_bytes,
+                    what=f"input image {index}",
+                )
+            problem = f"HTTP {answer.status_code}"
+        raise InvalidRequestError(
+            f"Input image {index} could not be downloaded ({problem}).",
+            param="messages",
+            code="invalid_image",
+        )
+
+    async def _edit_form(
+        self, request: GenerationRequest
+    ) -> tuple[dict[str, str], list[tuple[str, tuple[str, bytes, str]]]]:
+        """Multipart fields and files of an edit: `image` for one image, `image[]` for more."""
+        data = {"model": request.model, "prompt": request.prompt}
+        data.update({name: str(value) for name, value in request.options.items()})
+        field = "image" if len(request.images) == 1 else "image[]"
+        files = []
+        for index, image in enumerate(request.images, 1):
+            picture = await self._image_bytes(image, index)
+            name = f"image-{index}.{picture.extension}"
+            files.append((field, (name, picture.data, picture.mime)))
+        if request.mask is not None:
+            mask = await self._image_bytes(request.mask, len(files) + 1)
+            files.append(("mask", (f"mask.{mask.extension}", mask.data, mask.mime)))
+        return data, files
+
+    async def start(self, request: GenerationRequest) -> Finished:
+        headers = {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
+        timeout = work_timeout(self.settings)
+        if request.images:
+            data, files = await self._edit_form(request)
+            call = self.client.post(
+                f"{self.base_url}/images/edits",
+                data=data,
+                files=files,
+                headers=headers,
+                timeout=timeout,
+            )
+        else:
+            body = {"model": request.model, "prompt": request.prompt, **request.options}
+            call = self.client.post(
+                f"{self.base_url}/images/generations", json=body, headers=headers, timeout=timeout
+            )
+        try:
+            response = await call
+        except httpx.TransportError as exc:
+            raise unreachable(self.title, exc, self.settings) from None
+        if response.status_code != 200:
+            raise error_for(self.title, response, key=request.api_key)
+        try:
+            data_items = _Images.model_validate_json(response.content).data
+        except ValidationError:
+            data_items = []
+        # b64 first: the answer holds the bytes; a url is fetched (and stored) by links.deliver
+        images = [_data_uri(item.b64_json) if item.b64_json else item.url for item in data_items]
+        found = tuple(image for image in images if image)
+        if not found:
+            raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
+        return Finished(found)
+
+
+def _wxh(name: str, value: Any) -> str:
+    width, height = parse_size(name, value, 1, 99_999)
+    return f"{width}x{height}"
+
+
+def _guidance(
+    opts: Mapping[str, Any], fields: Mapping[str, Any], names: Mapping[str, str]
+) -> float | None:
+    """`guidance` (or an alias) and seed 003's own `true_cfg_scale`, which must agree."""
+    given = [
+        (name, as_float(name, value, 0.0, 20.0))
+        for name, value in (
+            (names.get("guidance"), opts.get("guidance")),
+            ("true_cfg_scale", fields.get("true_cfg_scale")),
+        )
+        if name is not None and value is not None
+    ]
+    if len({value for _, value in given}) > 1:
+        raise InvalidRequestError(
+            f"'{given[0][0]}' and 'true_cfg_scale' give different values; send one of them.",
+            param="true_cfg_scale",
+        )
+    return given[0][1] if given else None

@@ -1,0 +1,113 @@
+"""Calls to a provider's HTTP API that wait for the work itself, and their failures.
+
+For providers that answer synchronously (SiliconFlow, OpenAI-compatible image servers) and for
+chat pass-through. Providers disagree on error bodies: a bare JSON string (`"Invalid token"`),
+`{"code":..,"message":..,"data":..}`, OpenAI's `{"error":{"message":..}}`, ModelScope's
+`{"errors":{"message":..}}`, FastAPI's `{"detail":..}`, or plain text. `error_for()` reads any
+of them into the gateway's error for the status, with the provider's own message; the client's
+key never appears in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import httpx
+from pydantic import SecretStr
+
+from imagegw.config import Settings
+from imagegw.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    NotFoundError,
+    ProviderError,
+    RateLimitError,
+    for_status,
+)
+
+#: the longest provider message passed on
+MAX_MESSAGE: Final = 500
+#: headers of a 429 worth passing on besides any `*ratelimit*` one
+RETRY_HEADERS: Final = ("retry-after", "retry-after-ms")
+
+
+def work_timeout(settings: Settings) -> httpx.Timeout:
+    """The timeout of a call whose answer comes when the work is done: connecting and sending
+    as any provider call, waiting for the answer up to the whole generation's deadline."""
+    return httpx.Timeout(
+        connect=10.0,
+        read=settings.generation_timeout,
+        write=settings.provider_timeout,
+        pool=settings.provider_timeout,
+    )
+
+
+def _text(value: Any) -> str | None:
+    """The message in one part of an error body, if it has one."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, dict):
+        for key in ("message", "msg", "detail", "error"):
+            found = _text(value.get(key))
+            if found:
+                return found
+    if isinstance(value, list) and value:  # FastAPI's 422: [{"loc": [...], "msg": ...}, ...]
+        first = value[0]
+        found = _text(first)
+        if found and isinstance(first, dict) and isinstance(first.get("loc"), list):
+            return f"{found} ({'.'.join(str(p) for p in first['loc'])})"
+        return found
+    return None
+
+
+def message_of(response: httpx.Response) -> str:
+    """The provider's own message from any of its error bodies."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:MAX_MESSAGE] or response.reason_phrase
+    if isinstance(body, dict):
+        for key in ("error", "errors", "message", "detail"):
+            found = _text(body.get(key))
+            if found:
+                return found[:MAX_MESSAGE]
+    return (_text(body) or str(body))[:MAX_MESSAGE]
+
+
+def redact(text: str, key: SecretStr | None) -> str:
+    """`text` without the client's key in it (some providers echo what they were sent)."""
+    secret = key.get_secret_value() if key is not None else ""
+    return text.replace(secret, "[key]") if len(secret) >= 4 else text
+
+
+def error_for(
+    title: str, response: httpx.Response, *, key: SecretStr | None = None, note: str = ""
+) -> GatewayError:
+    """The gateway's error for a provider's error answer: the provider's message (and `note`,
+    e.g. a trace id), the status that fits, and a 429's retry headers."""
+    message = redact(f"{title}: {message_of(response)}{note}", key)
+    status = response.status_code
+    if status == 429:
+        kept = {
+            name: value
+            for name, value in response.headers.items()
+            if name in RETRY_HEADERS or "ratelimit" in name
+        }
+        return RateLimitError(message, code="rate_limit_exceeded", headers=kept)
+    if status == 404:
+        return NotFoundError(message, param="model", code="model_not_found")
+    if status >= 500:
+        return ProviderError(message, code="provider_unavailable")
+    return for_status(status)(message, code="provider_error")
+
+
+def unreachable(title: str, exc: httpx.TransportError, settings: Settings) -> GatewayError:
+    """The gateway's error for a call that got no answer."""
+    if isinstance(exc, httpx.ReadTimeout):
+        return DeadlineExceededError(
+            f"{title} did not answer within {settings.generation_timeout:g} s.",
+            code="deadline_exceeded",
+        )
+    return ProviderError(
+        f"{title} could not be reached: {type(exc).__name__}.", code="provider_unreachable"
+    )
