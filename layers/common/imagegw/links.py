@@ -3,13 +3,15 @@
 - `provider`: the provider's own URL (images a provider answered inline are still stored);
 - `stored` (default): a copy in the bucket under images/, linked as `{base}/v1/files/{name}`,
   which redirects to a fresh presigned URL for as long as the object is kept;
-- `inline`: a PNG/JPEG data URI (other types are stored: Cherry Studio shows only those two).
+- `inline`: a PNG/JPEG data URI (other types are stored: Cherry Studio shows only those two);
+- `data`: a data URI of any type, nothing stored (the Images API's `b64_json`; not a setting).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Literal
 
 import httpx
 
@@ -20,6 +22,8 @@ from imagegw.log import logger
 from imagegw.storage import ImageStore
 
 INLINE_TYPES = frozenset({"image/png", "image/jpeg"})
+#: how results are linked: the IMAGE_LINKS values, and `data` for callers that want the bytes
+LinkMode = Literal["provider", "stored", "inline", "data"]
 
 
 def file_link(base_url: str, name: str) -> str:
@@ -53,13 +57,17 @@ async def deliver(
     store: ImageStore,
     client: httpx.AsyncClient,
     base_url: str,
+    mode: LinkMode | None = None,
 ) -> tuple[str, ...]:
-    """The links to give the client for `images` (provider URLs or data URIs)."""
-    mode = settings.image_links
+    """The links to give the client for `images` (provider URLs or data URIs), as `mode` says
+    (default: IMAGE_LINKS)."""
+    mode = mode or settings.image_links
 
     async def one(ref: str) -> str:
         if mode == "provider" and not is_data_uri(ref):
             return ref
+        if mode == "data":  # the bytes are the answer: no link to fall back on
+            return (await fetch_image(client, ref, settings)).data_uri()
         try:
             image = await fetch_image(client, ref, settings)
         except GatewayError as exc:

@@ -20,9 +20,10 @@ async def events(
     request: GenerationRequest,
     inputs: Sequence[str | ImageBytes],
     base_url: str,
+    link_mode: links.LinkMode | None = None,
 ) -> AsyncIterator[Event]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
-    result with its images delivered as links."""
+    result with its images delivered as links (`link_mode`, default IMAGE_LINKS)."""
     began = time.monotonic()
     staged = request
     if any(isinstance(item, ImageBytes) for item in inputs):
@@ -37,6 +38,7 @@ async def events(
                 store=gateway.store,
                 client=gateway.client,
                 base_url=base_url,
+                mode=link_mode,
             )
             event = replace(event, images=delivered)
         else:  # elapsed counts from the request, uploads included

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from imagegw.errors import GatewayError
+from imagegw.images import is_data_uri
 
 
 class ChatMessage(BaseModel):
@@ -85,6 +89,26 @@ class Completion:
             "choices": [],
             "usage": EMPTY_USAGE,
         }
+
+
+#: the Images API's answer forms: links, or the images' bytes in base64
+ResponseFormat = Literal["url", "b64_json"]
+
+
+def images_response(
+    images: Sequence[str], response_format: ResponseFormat, created: int | None = None
+) -> dict[str, Any]:
+    """An Images API answer with only `url` items (`images` are links), or only `b64_json`
+    items (`images` are data URIs; their base64 payload is the item). Never both forms."""
+    if response_format == "b64_json":
+        if not all(is_data_uri(ref) for ref in images):
+            raise GatewayError(
+                "A b64_json answer got a link.", code="internal_error", retryable=False
+            )
+        data = [{"b64_json": ref.partition(",")[2]} for ref in images]
+    else:
+        data = [{"url": ref} for ref in images]
+    return {"created": int(time.time()) if created is None else created, "data": data}
 
 
 def model_list(provider: str, models: list[str]) -> dict[str, Any]:

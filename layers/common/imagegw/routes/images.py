@@ -1,0 +1,52 @@
+"""POST /v1/images/generations (JSON) and POST /v1/images/edits (multipart): the OpenAI
+Images API, answered when the images are done (see `imagegw.images_api`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imagegw import images_api
+from imagegw.config import Settings
+from imagegw.images_api import ImagesCall
+from imagegw.routes.jobs import accept_async
+from imagegw.web import api_key, gateway_of, public_base_url, read_form, read_json
+
+Reader = Callable[[Request, Settings], Awaitable[ImagesCall]]
+
+
+async def _generation(request: Request, settings: Settings) -> ImagesCall:
+    return images_api.generation_call(await read_json(request, settings.max_body_bytes))
+
+
+async def _edit(request: Request, settings: Settings) -> ImagesCall:
+    items = await read_form(request, settings.max_body_bytes)
+    return images_api.edit_call(items, max_image_bytes=settings.max_image_bytes)
+
+
+def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        gateway = gateway_of(request)
+        provider = gateway.provider(request.path_params.get("provider"))
+        key = api_key(request)
+        call = await read(request, gateway.settings)
+        if (accepted := await accept_async(request, provider, call)) is not None:
+            return accepted  # `Prefer: respond-async`: a durable job (routes/jobs.py)
+        base_url = public_base_url(request, gateway.settings)
+        return JSONResponse(await images_api.run(gateway, provider, call, key, base_url))
+
+    return endpoint
+
+
+generations = _endpoint(_generation)
+edits = _endpoint(_edit)
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/v1/images/generations", generations, methods=["POST"]),
+        Route(f"{prefix}/v1/images/edits", edits, methods=["POST"]),
+    ]

@@ -1,0 +1,307 @@
+"""The Images API's pure parts: reading generation bodies and edit forms, the answer's shape,
+how results are delivered, the default model, and the multipart reader's limits."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+from starlette.types import Message
+
+from fakes.png import GIF_1x1, JPEG_1x1, make_png
+from imagegw.config import Settings
+from imagegw.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
+from imagegw.images import ImageBytes
+from imagegw.images_api import (
+    ImagesCall,
+    default_model,
+    edit_call,
+    generation_call,
+    link_mode,
+    provider_options,
+)
+from imagegw.providers.base import ModelKind
+from imagegw.providers.modelscope import ModelScope
+from imagegw.schemas import images_response
+from imagegw.web import read_form
+
+PNG = make_png(4, 4)
+LIMIT = 1_000_000
+OFFLINE = ModelScope(Settings(), None)  # type: ignore[arg-type]
+
+
+def edit(items: Sequence[tuple[str, str | bytes]], limit: int = LIMIT) -> ImagesCall:
+    return edit_call([("prompt", "make it night"), *items], max_image_bytes=limit)
+
+
+def refused_edit(items: Sequence[tuple[str, str | bytes]]) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        edit(items)
+    return caught.value
+
+
+def refused_generation(body: dict[str, Any]) -> InvalidRequestError:
+    with pytest.raises(InvalidRequestError) as caught:
+        generation_call(body)
+    return caught.value
+
+
+# ----------------------------------------------------------------------------- generations
+
+
+def test_generation_defaults_to_url_and_keeps_options() -> None:
+    call = generation_call({"prompt": " a cat ", "n": 2, "steps": "30", "quality": "hd"})
+    assert call.prompt == "a cat"
+    assert call.model is None
+    assert call.response_format == "url"
+    assert call.fields == {"n": 2, "steps": "30", "quality": "hd"}
+    assert not call.edit
+
+
+def test_generation_front_end_fields_are_not_options() -> None:
+    call = generation_call(
+        {"prompt": "a cat", "model": "m", "response_format": "b64_json", "stream": False}
+    )
+    assert call.fields == {}
+    assert (call.model, call.response_format) == ("m", "b64_json")
+
+
+@pytest.mark.parametrize("body", [{}, {"prompt": ""}, {"prompt": "   "}, {"prompt": None}])
+def test_generation_needs_a_prompt(body: dict[str, Any]) -> None:
+    error = refused_generation(body)
+    assert error.param == "prompt"
+    assert "required" in error.message
+
+
+def test_generation_prompt_must_be_text() -> None:
+    assert refused_generation({"prompt": ["a", "cat"]}).param == "prompt"
+
+
+@pytest.mark.parametrize("value", ["base64", "URL", "png", 1])
+def test_bad_response_format_is_named(value: Any) -> None:
+    error = refused_generation({"prompt": "a cat", "response_format": value})
+    assert error.param == "response_format"
+    assert repr(value) in error.message and "'b64_json'" in error.message
+
+
+@pytest.mark.parametrize("value", [True, "true", "1"])
+def test_stream_is_refused(value: Any) -> None:
+    assert refused_generation({"prompt": "a cat", "stream": value}).param == "stream"
+
+
+def test_size_auto_means_the_providers_default() -> None:
+    assert "size" not in generation_call({"prompt": "a cat", "size": "auto"}).fields
+    assert generation_call({"prompt": "a cat", "size": "64x64"}).fields == {"size": "64x64"}
+
+
+def test_blank_model_is_no_model_and_other_types_are_refused() -> None:
+    assert generation_call({"prompt": "a cat", "model": " "}).model is None
+    assert refused_generation({"prompt": "a cat", "model": 3}).param == "model"
+    assert refused_generation({"prompt": "a cat", "model": "m" * 300}).param == "model"
+
+
+# ----------------------------------------------------------------------------- edit forms
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["image"], ["image", "image"], ["image[]", "image[]"], ["image[0]", "image[1]"]],
+)
+def test_edit_images_in_order_under_every_field_name(names: list[str]) -> None:
+    files = [make_png(i + 1, 1) for i in range(len(names))]
+    call = edit(list(zip(names, files, strict=True)))
+    assert call.edit
+    assert [image.data for image in call.images if isinstance(image, ImageBytes)] == files
+
+
+def test_edit_image_may_be_a_url_or_a_data_uri() -> None:
+    uri = "data:image/gif;base64," + base64.b64encode(GIF_1x1).decode()
+    call = edit([("image", " https://example.org/a.png "), ("image[]", uri)])
+    assert call.images[0] == "https://example.org/a.png"
+    assert call.images[1] == ImageBytes(GIF_1x1, "image/gif")
+
+
+def test_edit_form_values_become_options() -> None:
+    call = edit(
+        [
+            ("image", PNG),
+            ("n", "2"),
+            ("size", ""),  # empty form fields count as absent
+            ("loras[repo/a]", "0.6"),
+            ("loras[repo/b]", "0.4"),
+            ("response_format", "b64_json"),
+        ]
+    )
+    assert call.fields == {"n": "2", "loras": {"repo/a": "0.6", "repo/b": "0.4"}}
+    assert call.response_format == "b64_json"
+
+
+def test_edit_loras_may_be_json_text() -> None:
+    call = edit([("image", PNG), ("loras", '{"repo/a": 0.6, "repo/b": 0.4}')])
+    assert call.fields["loras"] == {"repo/a": 0.6, "repo/b": 0.4}
+    assert edit([("image", PNG), ("loras", "repo/a")]).fields["loras"] == "repo/a"
+    assert refused_edit([("image", PNG), ("loras", "{oops")]).param == "loras"
+
+
+def test_edit_needs_an_image() -> None:
+    error = refused_edit([("image", "  ")])
+    assert error.param == "image" and "'image' is required" in error.message
+
+
+def test_edit_checks_each_image_by_its_bytes() -> None:
+    error = refused_edit([("image", PNG), ("image", b"GIF is what I am not")])
+    assert error.param == "image" and "image 2" in error.message
+    error = refused_edit([("image", "ftp://example.org/a.png")])
+    assert error.param == "image" and error.code == "invalid_image"
+
+
+def test_edit_image_over_the_limit_is_413() -> None:
+    with pytest.raises(PayloadTooLargeError):
+        edit([("image", PNG)], limit=len(PNG) - 1)
+
+
+def test_edit_refuses_files_in_text_fields_and_two_masks() -> None:
+    assert refused_edit([("image", PNG), ("prompt", JPEG_1x1)]).param == "prompt"
+    assert refused_edit([("image", PNG), ("mask", PNG), ("mask", PNG)]).param == "mask"
+
+
+def test_edit_keeps_the_mask_unchecked() -> None:
+    # whether a mask is refused depends on the provider, which decides before any check
+    assert edit([("image", PNG), ("mask", b"not an image")]).mask == b"not an image"
+
+
+# ----------------------------------------------------------------------------- the answer
+
+
+def test_url_answer_has_only_urls() -> None:
+    body = images_response(["https://a/1.png", "https://a/2.png"], "url", created=5)
+    assert body == {"created": 5, "data": [{"url": "https://a/1.png"}, {"url": "https://a/2.png"}]}
+
+
+def test_b64_answer_has_only_the_payloads() -> None:
+    payload = base64.b64encode(PNG).decode()
+    body = images_response([f"data:image/png;base64,{payload}"], "b64_json")
+    assert body["data"] == [{"b64_json": payload}]
+    assert isinstance(body["created"], int)
+
+
+def test_b64_answer_never_carries_a_link() -> None:
+    with pytest.raises(GatewayError):
+        images_response(["https://a/1.png"], "b64_json")
+
+
+@pytest.mark.parametrize(
+    ("response_format", "configured", "mode"),
+    [
+        ("b64_json", "stored", "data"),
+        ("b64_json", "provider", "data"),
+        ("b64_json", "inline", "data"),
+        ("url", "stored", "stored"),
+        ("url", "provider", "provider"),
+        ("url", "inline", "stored"),  # a data URI is no URL
+    ],
+)
+def test_link_mode(response_format: str, configured: Any, mode: str) -> None:
+    call = generation_call({"prompt": "a cat", "response_format": response_format})
+    assert link_mode(call, configured) == mode
+
+
+# ----------------------------------------------------------------------------- the provider
+
+
+def test_default_model_is_the_first_listed_of_its_kind() -> None:
+    assert default_model(OFFLINE, ModelKind.GENERATE) == "Qwen/Qwen-Image"
+    assert default_model(OFFLINE, ModelKind.EDIT) == "Qwen/Qwen-Image-Edit"
+    with pytest.raises(InvalidRequestError) as caught:
+        default_model(OFFLINE, ModelKind.CHAT)
+    assert caught.value.param == "model"
+
+
+def test_image_count_refusals_speak_of_this_api() -> None:
+    on_generations = generation_call({"prompt": "a cat"})
+    with pytest.raises(InvalidRequestError) as caught:
+        provider_options(OFFLINE, "Qwen/Qwen-Image-Edit", ModelKind.EDIT, on_generations)
+    assert caught.value.param == "model" and "/v1/images/edits" in caught.value.message
+    on_edits = edit([("image", PNG)])
+    with pytest.raises(InvalidRequestError) as caught:
+        provider_options(OFFLINE, "Qwen/Qwen-Image", ModelKind.GENERATE, on_edits)
+    assert caught.value.param == "model" and "edit model" in caught.value.message
+
+
+def test_option_errors_name_the_field() -> None:
+    call = generation_call({"prompt": "a cat", "steps": 500})
+    with pytest.raises(InvalidRequestError) as caught:
+        provider_options(OFFLINE, "Qwen/Qwen-Image", ModelKind.GENERATE, call)
+    assert caught.value.param == "steps"
+
+
+# ----------------------------------------------------------------------------- multipart reader
+
+
+def form_request(content_type: str, chunks: list[bytes], length: int | None = None) -> Request:
+    headers = [(b"content-type", content_type.encode())]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    pending = [*chunks]
+
+    async def receive() -> Message:
+        body = pending.pop(0) if pending else b""
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
+    return Request(scope, receive)
+
+
+BOUNDARY = "xyz"
+
+
+def multipart(*parts: tuple[str, bytes, str | None]) -> bytes:
+    out = b""
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += value + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.mark.anyio
+async def test_read_form_gives_text_and_file_bytes_in_order() -> None:
+    body = multipart(("prompt", b"night", None), ("image", PNG, "a.png"), ("n", b"2", None))
+    request = form_request(f"multipart/form-data; boundary={BOUNDARY}", [body])
+    assert await read_form(request, LIMIT) == [("prompt", "night"), ("image", PNG), ("n", "2")]
+
+
+@pytest.mark.anyio
+async def test_read_form_stops_a_streamed_body_over_the_limit() -> None:
+    # no content-length (chunked): the limit is enforced while the body arrives
+    body = multipart(("image", PNG * 50, "a.png"))
+    chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+    request = form_request(f"multipart/form-data; boundary={BOUNDARY}", chunks)
+    with pytest.raises(PayloadTooLargeError):
+        await read_form(request, len(body) - 1)
+
+
+@pytest.mark.anyio
+async def test_read_form_refuses_a_declared_length_over_the_limit() -> None:
+    request = form_request(f"multipart/form-data; boundary={BOUNDARY}", [b""], length=10_000)
+    with pytest.raises(PayloadTooLargeError):
+        await read_form(request, 9_999)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b"{}"),
+        ("multipart/form-data", b"--x\r\n"),  # no boundary
+        (f"multipart/form-data; boundary={BOUNDARY}", b"--other\r\ngarbage"),
+    ],
+)
+async def test_read_form_refuses_what_is_no_multipart_form(content_type: str, body: bytes) -> None:
+    with pytest.raises(InvalidRequestError):
+        await read_form(form_request(content_type, [body]), LIMIT)
