@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from fakes.modelscope import FakeModelScope
+from fakes.png import png_size
 from imagegw.app import create_app
 from imagegw.config import Settings
 from lambda_events import HttpRequest, to_http_request
@@ -48,8 +49,10 @@ def test_every_api_event_is_covered() -> None:
         "function-url-chat.json",
         "function-url-chat-stream.json",
         "function-url-edit.json",
+        "function-url-images-generations.json",
         "apigw-rest-models.json",
         "apigw-rest-chat.json",
+        "apigw-rest-images-async.json",  # replayed in test_job_events.py (needs a job runner)
     }
     assert {p.name for p in API_EVENTS} <= covered
 
@@ -101,3 +104,16 @@ async def test_edit_event_uploads_the_image(
     assert answer.status_code == 200, answer.text
     (task,) = fake_ms.tasks.values()
     assert task.inputs == [sent]
+
+
+@pytest.mark.anyio
+async def test_images_generations_event(
+    make_settings: Callable[..., Settings], fake_ms: FakeModelScope
+) -> None:
+    request = load("function-url-images-generations.json")
+    answer = await replay(request, make_settings())
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["data"]
+    assert set(item) == {"b64_json"}
+    assert png_size(base64.b64decode(item["b64_json"])) == (64, 64)
+    assert fake_ms.submissions[0]["body"]["prompt"] == request.json()["prompt"]

@@ -1,0 +1,26 @@
+"""Step Functions task `Store` of the image-job state machine: copy the result images into the
+bucket under images/; the execution's output names them (lasting /v1/files links).
+
+Thin: the work is `imagegw.jobs.steps.store` in the shared layer. It needs no provider key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from imagegw.jobs import steps
+from imagegw.log import logger
+from imagegw.telemetry import metrics, tracer
+
+
+@logger.inject_lambda_context(correlation_id_path="job.id")
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    output = steps.run(steps.store, event)
+    metrics.add_metric(name="JobsSucceeded", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(output["images"]))
+    return output

@@ -1,0 +1,220 @@
+"""What crosses the state machine (`statemachine/image_job.asl.json`), as pydantic models.
+
+The execution input is `JobInput`: the job (`JobSpec`, no secret in it), the provider key
+sealed with KMS, and the loop's pace. Each task gets part of the state and returns JSON that the
+state machine keeps at `$.progress` (`Progress`) or, at the end, as the execution's output
+(`JobOutput`). Images never travel through the state (256 KiB limit): inputs are keys in the
+bucket or URLs, results are provider URLs or names of copies under images/.
+
+A job that fails carries the gateway's error as a Step Functions error name (the error class,
+e.g. `ProviderError`) and cause (its OpenAI-shaped body as JSON), so the status endpoint gives
+the provider's reason in the gateway's error shape (`error_body`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from imagegw.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    ProviderError,
+    TransientJobError,
+)
+from imagegw.providers.base import ModelKind
+
+#: job ids are execution names: `job-` and 32 hex digits (random, or derived from the caller's
+#: Idempotency-Key)
+JOB_ID: Final = re.compile(r"^job-[0-9a-f]{32}$")
+#: Step Functions' limit on the data of one state (and of the execution input)
+STATE_LIMIT: Final = 256 * 1024
+
+JobStatus = Literal["queued", "in_progress", "succeeded", "failed"]
+ResponseFormat = Literal["url", "b64_json"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputRef(_Model):
+    """An input image: a key in the bucket (uploads/, or a stored result), or a URL the provider
+    fetches itself."""
+
+    key: str | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> InputRef:
+        if (self.key is None) == (self.url is None):
+            raise ValueError("an input image has a key or a url")
+        return self
+
+
+class ImageRef(_Model):
+    """A result image: the name of a copy under images/ (a lasting /v1/files link), or the
+    provider's URL (until it is copied, or when it could not be)."""
+
+    name: str | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ImageRef:
+        if (self.name is None) == (self.url is None):
+            raise ValueError("a result image has a name or a url")
+        return self
+
+
+class JobSpec(_Model):
+    """The job as the client asked for it, checked; no secret in it."""
+
+    id: str = Field(pattern=JOB_ID.pattern)
+    #: a hash of the caller's bearer token: who may read the job (never the token)
+    owner: str
+    #: a hash of what was asked, to tell a retried submission from a different one
+    fingerprint: str
+    #: Unix time of the submission
+    created: int
+    provider: str
+    model: str
+    kind: ModelKind
+    prompt: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    n: int = Field(default=1, ge=1)
+    images: tuple[InputRef, ...] = ()
+    response_format: ResponseFormat = "url"
+
+
+class JobInput(_Model):
+    """The execution input."""
+
+    job: JobSpec
+    #: the provider key, sealed with KMS for this job id (`imagegw.jobs.keys`)
+    key: str
+    #: seconds between polls (the Wait state's `SecondsPath`)
+    wait_seconds: int = Field(ge=0)
+    #: polls before the job fails as timed out (the Choice state's limit)
+    max_polls: int = Field(ge=1)
+
+
+class ErrorInfo(_Model):
+    """A gateway error as it travels in the state: its class name and OpenAI-shaped body."""
+
+    name: str
+    body: dict[str, Any]
+
+    @classmethod
+    def of(cls, exc: GatewayError) -> ErrorInfo:
+        return cls(name=type(exc).__name__, body=exc.body())
+
+    @property
+    def message(self) -> str:
+        return str(self.body.get("error", {}).get("message", ""))
+
+
+class TaskProgress(_Model):
+    """One provider call (`Provider.split`): its task while it runs, then its images or why it
+    failed."""
+
+    task_id: str | None = None
+    state: str = "SUBMITTED"
+    images: tuple[ImageRef, ...] = ()
+    error: ErrorInfo | None = None
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.images) or self.error is not None
+
+
+class Progress(_Model):
+    """Where the job stands, kept at `$.progress`. `error` and `cause` are set when it failed:
+    the Fail state's `ErrorPath` and `CausePath`."""
+
+    status: Literal["running", "succeeded", "failed"]
+    polls: int = 0
+    tasks: tuple[TaskProgress, ...]
+    error: str | None = None
+    cause: str | None = None
+
+    @classmethod
+    def of(cls, tasks: list[TaskProgress], polls: int = 0) -> Progress:
+        """Running until every task ended; then succeeded when any made an image, else failed
+        with the first task's error."""
+        if not all(task.ended for task in tasks):
+            return cls(status="running", polls=polls, tasks=tuple(tasks))
+        if any(task.images for task in tasks):
+            return cls(status="succeeded", polls=polls, tasks=tuple(tasks))
+        first = next(task.error for task in tasks if task.error is not None)
+        return cls(
+            status="failed",
+            polls=polls,
+            tasks=tuple(tasks),
+            error=first.name,
+            cause=json.dumps(first.body, separators=(",", ":")),
+        )
+
+
+class SubmitEvent(_Model):
+    job: JobSpec
+    key: str
+
+
+class PollEvent(_Model):
+    job: JobSpec
+    key: str
+    progress: Progress
+
+
+class StoreEvent(_Model):
+    job: JobSpec
+    progress: Progress
+
+
+class JobOutput(_Model):
+    """The execution's output: the images in order, and why the calls that made none failed."""
+
+    images: tuple[ImageRef, ...]
+    failures: tuple[str, ...] = ()
+    task_ids: tuple[str, ...] = ()
+
+
+def error_body(error: str | None, cause: str | None) -> dict[str, Any]:
+    """The OpenAI-shaped error of a failed execution, from its Step Functions error and cause.
+
+    The gateway's own failures carry their body as the cause. A task that kept failing
+    transiently carries Lambda's error document (its message is ours, and holds no secret).
+    Anything else (a crash, a Step Functions error) is not shown as it is.
+    """
+    if cause:
+        try:
+            parsed = json.loads(cause)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            inner = parsed.get("error")
+            if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+                return {"error": inner}
+            if error == TransientJobError.__name__ and isinstance(parsed.get("errorMessage"), str):
+                return ProviderError(parsed["errorMessage"], code="provider_unavailable").body()
+    if error == DeadlineExceededError.__name__ or error == "States.Timeout":
+        return DeadlineExceededError(
+            cause or "The job ran past its time limit.", code="deadline_exceeded"
+        ).body()
+    return GatewayError(
+        f"The job failed unexpectedly ({error or 'no error name'}). See the gateway's logs.",
+        code="job_failed",
+    ).body()
+
+
+def parse_input(text: str | None) -> JobInput | None:
+    """An execution's input, or None when it is not a job's."""
+    if not text:
+        return None
+    try:
+        return JobInput.model_validate_json(text)
+    except ValidationError:
+        return None

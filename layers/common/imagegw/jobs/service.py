@@ -1,0 +1,362 @@
+"""`Jobs`: submit and look up durable image jobs, for the API function.
+
+- A job id is `job-` and 32 hex digits: random, or, with an `Idempotency-Key`, derived from that
+  key and the caller's identity (a hash of the bearer token, never the token), so a retried
+  submission finds its job instead of starting (and paying for) another. The same key with a
+  different request is a 409.
+- Input images are in the bucket before the execution starts; the execution input carries keys
+  and URLs only, and the provider key sealed with KMS (`imagegw.jobs.keys`).
+- Status comes from the execution itself (`JobRunner`); a job is readable only with the bearer
+  token that submitted it (anyone else gets the same 404 as for an unknown id).
+- A finished job answers the `data` the synchronous Images API call gives: lasting links to the
+  copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import anyio.to_thread
+import httpx
+
+from imagegw.config import Settings
+from imagegw.errors import (
+    ConfigurationError,
+    ConflictError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from imagegw.images import ImageBytes
+from imagegw.jobs.keys import KeySealer
+from imagegw.jobs.runner import Execution, JobRunner, StepFunctionsRunner
+from imagegw.jobs.schema import (
+    JOB_ID,
+    STATE_LIMIT,
+    ImageRef,
+    InputRef,
+    JobInput,
+    JobOutput,
+    JobSpec,
+    JobStatus,
+    ResponseFormat,
+    error_body,
+    parse_input,
+)
+from imagegw.links import fetch_image, file_link
+from imagegw.log import logger
+from imagegw.providers.base import GenerationRequest
+from imagegw.schemas import images_response
+from imagegw.storage import RESULTS, ImageStore, own_file_name
+
+OBJECT: Final = "image.job"
+MAX_IDEMPOTENCY_KEY: Final = 255
+_OWNER_DOMAIN: Final = b"imagegw-job-owner\0"
+_JOB_DOMAIN: Final = "imagegw-job-id\0"
+
+
+def owner_of(token: str) -> str:
+    """Who a job belongs to: a hash of the caller's bearer token (the token is never kept)."""
+    return hashlib.sha256(_OWNER_DOMAIN + token.encode()).hexdigest()
+
+
+def job_id_for(owner: str, idempotency_key: str | None) -> str:
+    """A job id: derived from the caller and their Idempotency-Key, else random."""
+    if idempotency_key is None:
+        return f"job-{secrets.token_hex(16)}"
+    digest = hashlib.sha256(f"{_JOB_DOMAIN}{owner}\0{idempotency_key}".encode()).hexdigest()
+    return f"job-{digest[:32]}"
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header's value, checked; None when absent."""
+    if value is None:
+        return None
+    key = value.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidRequestError(
+            f"'Idempotency-Key' must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def fingerprint(
+    request: GenerationRequest,
+    inputs: Sequence[str | ImageBytes],
+    response_format: ResponseFormat,
+) -> str:
+    """A hash of what was asked (not of who asked, nor of the key)."""
+    asked = {
+        "provider": request.provider,
+        "model": request.model,
+        "kind": str(request.kind),
+        "prompt": request.prompt,
+        "options": dict(request.options),
+        "n": request.n,
+        "response_format": response_format,
+        "images": [
+            item if isinstance(item, str) else hashlib.sha256(item.data).hexdigest()
+            for item in inputs
+        ],
+    }
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def max_polls(settings: Settings) -> int:
+    """How many polls JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one)."""
+    return max(1, math.ceil(settings.job_timeout / max(1, settings.job_poll_interval)))
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the API shows it."""
+
+    id: str
+    status: JobStatus
+    created: int
+    model: str
+    response_format: ResponseFormat = "url"
+    n: int = 1
+    output: JobOutput | None = None
+    #: the OpenAI-shaped error body when failed
+    error: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "object": OBJECT, "status": self.status, "created": self.created}
+
+
+class Jobs:
+    """Durable jobs over a `JobRunner` (Step Functions unless one is given)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ImageStore,
+        *,
+        runner: JobRunner | None = None,
+        sealer: KeySealer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._runner = runner
+        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
+
+    @property
+    def enabled(self) -> bool:
+        return self._runner is not None or bool(self.settings.job_state_machine_arn)
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            if not self.settings.job_state_machine_arn:
+                raise NotFoundError(
+                    "Durable jobs are not enabled on this gateway (no JOB_STATE_MACHINE_ARN).",
+                    code="jobs_disabled",
+                )
+            self._runner = StepFunctionsRunner(
+                self.settings.job_state_machine_arn, self.settings.aws_region
+            )
+        return self._runner
+
+    async def _call(self, what: str, function: Any, *args: Any) -> Any:
+        """A runner call in a worker thread; AWS failures become a 5xx that names no secret."""
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            logger.warning("job runner call failed", extra={"call": what, "error": repr(exc)})
+            raise GatewayError(
+                f"The job service failed ({what}: {code or type(exc).__name__}).",
+                code="jobs_unavailable",
+                retryable=False,
+            ) from None
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        inputs: Sequence[str | ImageBytes] = (),
+        response_format: ResponseFormat = "url",
+        idempotency_key: str | None = None,
+    ) -> JobView:
+        """Start a job for `request` (its images given as `inputs`), or find the one this
+        caller started with the same Idempotency-Key."""
+        runner = self.runner
+        owner = owner_of(request.api_key.get_secret_value())
+        asked = fingerprint(request, inputs, response_format)
+        job_id = job_id_for(owner, idempotency_key)
+        if idempotency_key is not None:
+            existing = await self._call("describe", runner.describe, job_id)
+            if existing is not None:
+                return await self._replay(existing, asked)
+        spec = JobSpec(
+            id=job_id,
+            owner=owner,
+            fingerprint=asked,
+            created=int(time.time()),
+            provider=request.provider,
+            model=request.model,
+            kind=request.kind,
+            prompt=request.prompt,
+            options=dict(request.options),
+            n=request.n,
+            images=await self._stage(inputs),
+            response_format=response_format,
+        )
+        sealed = await anyio.to_thread.run_sync(self.sealer.seal, request.api_key, job_id)
+        payload = JobInput(
+            job=spec,
+            key=sealed,
+            wait_seconds=self.settings.job_poll_interval,
+            max_polls=max_polls(self.settings),
+        ).model_dump_json()
+        if len(payload.encode()) > STATE_LIMIT:
+            raise InvalidRequestError(
+                "The job is too large to run asynchronously (Step Functions takes 256 KiB).",
+                code="job_too_large",
+            )
+        if not await self._call("start", runner.start, job_id, payload):
+            existing = await self._call("describe", runner.describe, job_id)
+            if existing is None:
+                raise GatewayError(
+                    "The job could not be started; try again.", code="jobs_unavailable"
+                )
+            return await self._replay(existing, asked)
+        logger.info(
+            "job started",
+            extra={
+                "job_id": job_id,
+                "provider": spec.provider,
+                "model": spec.model,
+                "n": spec.n,
+                "images": len(spec.images),
+            },
+        )
+        return JobView(
+            id=job_id,
+            status="queued",
+            created=spec.created,
+            model=spec.model,
+            response_format=response_format,
+            n=spec.n,
+        )
+
+    async def _stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputRef, ...]:
+        """Input images into the bucket before the execution starts: uploads as keys, this
+        gateway's own lasting links as their stored object, other URLs as they are."""
+
+        async def one(item: str | ImageBytes) -> InputRef:
+            if isinstance(item, ImageBytes):
+                return InputRef(key=await self.store.upload(item))
+            name = own_file_name(item)
+            if name and self.settings.bucket and await self.store.result_link(name):
+                return InputRef(key=RESULTS + name)
+            return InputRef(url=item)
+
+        return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+
+    async def _replay(self, existing: Execution, asked: str) -> JobView:
+        """The job a retried submission (same caller, same Idempotency-Key) already started."""
+        data = parse_input(existing.input)
+        if data is None or data.job.fingerprint != asked:
+            raise ConflictError(
+                "This Idempotency-Key was used for a different request. "
+                "Use a new key for a new job.",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        return await self._view(existing, data)
+
+    async def status(self, job_id: str, token: str) -> JobView:
+        """The job `job_id` if the caller (by bearer token) submitted it; else a 404."""
+        missing = NotFoundError(f"No job '{job_id[:80]}'.", param="id", code="job_not_found")
+        runner = self.runner
+        if not JOB_ID.match(job_id):
+            raise missing
+        existing = await self._call("describe", runner.describe, job_id)
+        data = parse_input(existing.input) if existing is not None else None
+        if existing is None or data is None or data.job.owner != owner_of(token):
+            raise missing
+        return await self._view(existing, data)
+
+    async def _view(self, execution: Execution, data: JobInput) -> JobView:
+        spec = data.job
+        view = JobView(
+            id=spec.id,
+            status="in_progress",
+            created=spec.created,
+            model=spec.model,
+            response_format=spec.response_format,
+            n=spec.n,
+        )
+        status = execution.status
+        if status in ("RUNNING", "PENDING_REDRIVE"):
+            submitted = await self._call("history", self.runner.submitted, spec.id)
+            return view if submitted else replace(view, status="queued")
+        if status == "SUCCEEDED":
+            try:
+                output = JobOutput.model_validate_json(execution.output or "")
+            except ValueError:
+                raise ConfigurationError(
+                    "The job's output cannot be read.", code="job_output_unreadable"
+                ) from None
+            return replace(view, status="succeeded", output=output)
+        if status == "TIMED_OUT":
+            error = error_body("States.Timeout", None)
+        elif status == "ABORTED":
+            error = GatewayError("The job was stopped.", code="job_aborted").body()
+        else:
+            error = error_body(execution.error, execution.cause)
+        return replace(view, status="failed", error=error)
+
+    async def render(
+        self, view: JobView, *, base_url: str, client: httpx.AsyncClient
+    ) -> dict[str, Any]:
+        """The job resource: its summary, with `data` when it succeeded (as the synchronous
+        Images API answers) or `error` when it failed."""
+        body = {**view.summary(), "model": view.model}
+        if view.output is not None:
+            refs = view.output.images[: view.n]
+            images = await asyncio.gather(
+                *(self._deliver(ref, view.response_format, base_url, client) for ref in refs)
+            )
+            body["data"] = images_response(images, view.response_format, view.created)["data"]
+        if view.error is not None:
+            body["error"] = view.error.get("error", view.error)
+        return body
+
+    async def _deliver(
+        self,
+        ref: ImageRef,
+        response_format: ResponseFormat,
+        base_url: str,
+        client: httpx.AsyncClient,
+    ) -> str:
+        """A link to one result image, or for b64_json its bytes as a data URI."""
+        if ref.name is not None:
+            if response_format == "url":
+                return file_link(base_url, ref.name)
+            image = await self.store.result_bytes(ref.name)
+            if image is None:
+                raise NotFoundError(
+                    f"The job's image {ref.name} is no longer stored (ImageRetentionDays).",
+                    code="result_expired",
+                )
+            return image.data_uri()
+        assert ref.url is not None
+        if response_format == "url":
+            return ref.url
+        return (await fetch_image(client, ref.url, self.settings)).data_uri()

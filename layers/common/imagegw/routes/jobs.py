@@ -1,0 +1,95 @@
+"""Durable image jobs over HTTP (README "Async jobs").
+
+- `accept_async`: the branch of `POST /v1/images/generations` and `/v1/images/edits` taken when
+  the client sends `Prefer: respond-async`: the job starts on Step Functions and the answer is a
+  `202` at once, with `Location: .../v1/jobs/{id}`. Where this gateway runs no jobs the
+  preference is ignored (RFC 7240 allows it) and the call is answered as usual.
+- `GET /v1/jobs/{id}` (and `/{provider}/v1/jobs/{id}`): the job, with the same `data` as the
+  synchronous call once it succeeded, or the provider's reason once it failed.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imagegw import images_api
+from imagegw.errors import InvalidRequestError
+from imagegw.images_api import ImagesCall
+from imagegw.jobs.service import check_idempotency_key
+from imagegw.options import image_count
+from imagegw.providers.base import GenerationRequest, ModelKind, Provider
+from imagegw.web import api_key, gateway_of, public_base_url
+
+PREFERENCE = "respond-async"
+
+
+def prefers_async(prefer: str | None) -> bool:
+    """Whether a `Prefer` header asks for `respond-async` (RFC 7240: comma-separated
+    preferences, each with optional parameters; names are case-insensitive)."""
+    if not prefer:
+        return False
+    return any(
+        part.split(";")[0].split("=")[0].strip().lower() == PREFERENCE for part in prefer.split(",")
+    )
+
+
+async def accept_async(request: Request, provider: Provider, call: ImagesCall) -> Response | None:
+    """Start the Images API call `call` as a durable job when the client prefers
+    `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual."""
+    gateway = gateway_of(request)
+    if not prefers_async(request.headers.get("prefer")) or not gateway.jobs.enabled:
+        return None
+    key = api_key(request)
+    idempotency_key = check_idempotency_key(request.headers.get("idempotency-key"))
+    if call.mask is not None:
+        raise InvalidRequestError(
+            "Async jobs take no mask: send this edit without 'Prefer: respond-async'.",
+            param="mask",
+            code="mask_not_supported",
+        )
+    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
+    model = call.model or images_api.default_model(provider, wanted)
+    kind = provider.classify(model)
+    if kind is ModelKind.CHAT:  # as the synchronous call does: the endpoint says what is wanted
+        kind = wanted
+    provider.check_prompt(call.prompt, param="prompt")
+    job = GenerationRequest(
+        provider=provider.name,
+        model=model,
+        kind=kind,
+        prompt=call.prompt,
+        api_key=key,
+        options=images_api.provider_options(provider, model, kind, call),
+        n=image_count(call.fields.get("n")),
+    )
+    view = await gateway.jobs.submit(
+        job,
+        inputs=call.images,
+        response_format=call.response_format,
+        idempotency_key=idempotency_key,
+    )
+    named = request.path_params.get("provider")
+    prefix = f"/{named}" if named else ""
+    location = f"{public_base_url(request, gateway.settings)}{prefix}/v1/jobs/{view.id}"
+    return JSONResponse(
+        view.summary(),
+        status_code=202,
+        headers={"location": location, "preference-applied": PREFERENCE},
+    )
+
+
+async def get_job(request: Request) -> Response:
+    gateway = gateway_of(request)
+    gateway.provider(request.path_params.get("provider"))  # an unknown provider is a 404
+    key = api_key(request)
+    view = await gateway.jobs.status(request.path_params["job_id"], key.get_secret_value())
+    body = await gateway.jobs.render(
+        view, base_url=public_base_url(request, gateway.settings), client=gateway.client
+    )
+    return JSONResponse(body)
+
+
+def routes(prefix: str) -> list[Route]:
+    return [Route(f"{prefix}/v1/jobs/{{job_id}}", get_job, methods=["GET"])]

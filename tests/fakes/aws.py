@@ -1,0 +1,52 @@
+"""A mocked AWS account (moto) for the durable-job steps: a bucket and a KMS key.
+
+moto's mock is started and stopped by hand *without a reset*: a reset would wipe every moto
+backend of the test process, the session's S3 stand-in server (`conftest.s3_env`) included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import boto3
+from moto import mock_aws
+
+REGION: Final = "us-east-1"
+BUCKET: Final = "image-jobs-under-moto"
+#: moto's configuration for running state machines: its interpreter on, no Docker for Lambda
+CONFIG: Final[dict[str, Any]] = {
+    "stepfunctions": {"execute_state_machine": True},
+    "lambda": {"use_docker": False},
+}
+#: variables that would send AWS calls past the mock (to a stand-in server)
+ENDPOINT_VARIABLES: Final = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SFN",
+    "AWS_ENDPOINT_URL_KMS",
+    "S3_ENDPOINT_URL",
+)
+
+
+@dataclass(frozen=True)
+class MockedAws:
+    s3: Any
+    key_id: str
+    bucket: str = BUCKET
+    region: str = REGION
+
+
+@contextmanager
+def mocked_aws() -> Iterator[MockedAws]:
+    """moto's mock for the duration, with a bucket and a KMS key in it."""
+    mock = mock_aws(config=CONFIG)
+    mock.start(reset=False)
+    try:
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET)
+        key_id = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
+        yield MockedAws(s3=s3, key_id=key_id)
+    finally:
+        mock.stop(remove_data=False)

@@ -1,0 +1,28 @@
+"""Fixtures of the functional tests: a mocked AWS account (moto) for the durable-job steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fakes.aws import ENDPOINT_VARIABLES, MockedAws, mocked_aws
+from fakes.modelscope import FakeModelScope
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope) -> Iterator[MockedAws]:
+    """moto's mock (`fakes.aws`), with the environment the task handlers read on Lambda: the
+    bucket, the KMS key, the fake ModelScope."""
+    for name in ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with mocked_aws() as account:
+        for name, value in {
+            "BUCKET": account.bucket,
+            "AWS_REGION": account.region,
+            "MODELSCOPE_BASE_URL": fake_ms.base_url,  # type: ignore[attr-defined]
+            "JOB_KEY_ID": account.key_id,
+            "POWERTOOLS_METRICS_DISABLED": "true",
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield account

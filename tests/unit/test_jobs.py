@@ -1,0 +1,245 @@
+"""Durable jobs, the parts that need no AWS: ids and idempotency, the Prefer header, how an
+execution becomes the job a client sees, and how a failure travels through the state."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from fakes.jobs import MemoryRunner
+from imagegw.config import Settings
+from imagegw.errors import (
+    DeadlineExceededError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderError,
+)
+from imagegw.jobs.keys import KeySealer
+from imagegw.jobs.runner import Execution
+from imagegw.jobs.schema import (
+    JOB_ID,
+    ErrorInfo,
+    ImageRef,
+    JobInput,
+    JobOutput,
+    JobSpec,
+    Progress,
+    TaskProgress,
+    error_body,
+)
+from imagegw.jobs.service import (
+    Jobs,
+    check_idempotency_key,
+    job_id_for,
+    max_polls,
+    owner_of,
+)
+from imagegw.providers.base import ModelKind
+from imagegw.routes.jobs import prefers_async
+from imagegw.storage import ImageStore
+
+TOKEN = "ms-test-token"
+SETTINGS = Settings(job_state_machine_arn="arn:aws:states:us-east-1:1:stateMachine:jobs")
+
+
+class NoKms:
+    """A KMS that must not be called."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"KMS {name} called")
+
+
+def jobs(runner: MemoryRunner) -> Jobs:
+    return Jobs(SETTINGS, ImageStore(SETTINGS), runner=runner, sealer=KeySealer("k", "r", NoKms()))
+
+
+def record(runner: MemoryRunner, status: str, token: str = TOKEN, **fields: Any) -> str:
+    """An execution of a job of `token`'s, in `status`."""
+    job_id = job_id_for(owner_of(token), None)
+    spec = JobSpec(
+        id=job_id,
+        owner=owner_of(token),
+        fingerprint="f",
+        created=1763776600,
+        provider="modelscope",
+        model="Qwen/Qwen-Image",
+        kind=ModelKind.GENERATE,
+        prompt="a fox",
+        n=2,
+    )
+    payload = JobInput(job=spec, key="c2VhbGVk", wait_seconds=0, max_polls=3)
+    runner.executions[job_id] = Execution(
+        job_id, status, 1763776600.5, input=payload.model_dump_json(), **fields
+    )
+    return job_id
+
+
+@pytest.mark.parametrize(
+    ("header", "wanted"),
+    [
+        ("respond-async", True),
+        ("Respond-Async", True),
+        ("return=minimal, respond-async; wait=10", True),
+        ("respond-async=true", True),
+        ("return=representation", False),
+        ("respond-asynchronously", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_the_prefer_header(header: str | None, wanted: bool) -> None:
+    assert prefers_async(header) is wanted
+
+
+def test_job_ids_derive_from_the_caller_and_the_idempotency_key() -> None:
+    mine, theirs = owner_of(TOKEN), owner_of("ms-other")
+    assert TOKEN not in mine and len(mine) == 64
+    assert job_id_for(mine, "k1") == job_id_for(mine, "k1")
+    assert job_id_for(mine, "k1") != job_id_for(mine, "k2")
+    assert job_id_for(mine, "k1") != job_id_for(theirs, "k1")
+    assert job_id_for(mine, None) != job_id_for(mine, None)
+    for job_id in (job_id_for(mine, "k1"), job_id_for(mine, None)):
+        assert JOB_ID.match(job_id)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "x" * 256, "tab\there"])
+def test_bad_idempotency_keys_are_400(value: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        check_idempotency_key(value)
+    assert caught.value.param == "Idempotency-Key"
+
+
+def test_polls_follow_the_job_timeout() -> None:
+    assert max_polls(Settings(job_timeout=3600, job_poll_interval=5)) == 720
+    assert max_polls(Settings(job_timeout=3, job_poll_interval=0)) == 3
+    assert max_polls(Settings(job_timeout=1, job_poll_interval=60)) == 1
+
+
+def test_progress_ends_when_every_task_ended() -> None:
+    image = TaskProgress(task_id="a", state="SUCCEED", images=(ImageRef(url="https://x/1.png"),))
+    failed = TaskProgress(
+        task_id="b", state="FAILED", error=ErrorInfo.of(ProviderError("no", code="x"))
+    )
+    running = TaskProgress(task_id="c", state="RUNNING")
+    assert Progress.of([image, running]).status == "running"
+    assert Progress.of([image, failed]).status == "succeeded"
+    gave_up = Progress.of([failed, failed], polls=4)
+    assert (gave_up.status, gave_up.polls, gave_up.error) == ("failed", 4, "ProviderError")
+    assert json.loads(gave_up.cause or "")["error"]["message"] == "no"
+
+
+def test_a_failure_travels_as_error_and_cause() -> None:
+    body = ProviderError("ModelScope task t failed: nsfw", code="generation_failed").body()
+    assert error_body("ProviderError", json.dumps(body)) == body
+    lambda_error = {"errorMessage": "ModelScope answered 503.", "errorType": "TransientJobError"}
+    kept_failing = error_body("TransientJobError", json.dumps(lambda_error))
+    assert kept_failing["error"]["message"] == "ModelScope answered 503."
+    assert kept_failing["error"]["type"] == "provider_error"
+    timed_out = error_body("DeadlineExceededError", "The provider did not finish in time.")
+    assert (
+        timed_out
+        == DeadlineExceededError(
+            "The provider did not finish in time.", code="deadline_exceeded"
+        ).body()
+    )
+    crash = error_body("Runtime.ExitError", '{"errorMessage": "secret stack"}')
+    assert crash["error"]["code"] == "job_failed" and "secret" not in json.dumps(crash)
+
+
+@pytest.mark.anyio
+async def test_a_running_job_is_queued_until_the_provider_has_it() -> None:
+    runner = MemoryRunner()
+    job_id = record(runner, "RUNNING")
+    assert (await jobs(runner).status(job_id, TOKEN)).status == "queued"
+    runner.in_submit = False
+    view = await jobs(runner).status(job_id, TOKEN)
+    assert view.status == "in_progress"
+    assert view.summary() == {
+        "id": job_id,
+        "object": "image.job",
+        "status": "in_progress",
+        "created": 1763776600,
+    }
+
+
+@pytest.mark.anyio
+async def test_a_succeeded_job_renders_the_images_api_data() -> None:
+    runner = MemoryRunner()
+    output = JobOutput(
+        images=(ImageRef(name="A" * 32 + ".png"), ImageRef(url="https://provider/x.png")),
+        task_ids=("t1", "t2"),
+    )
+    job_id = record(runner, "SUCCEEDED", output=output.model_dump_json())
+    service = jobs(runner)
+    async with httpx.AsyncClient() as client:
+        body = await service.render(
+            await service.status(job_id, TOKEN), base_url="https://gw/Prod", client=client
+        )
+    assert body == {
+        "id": job_id,
+        "object": "image.job",
+        "status": "succeeded",
+        "created": 1763776600,
+        "model": "Qwen/Qwen-Image",
+        "data": [
+            {"url": f"https://gw/Prod/v1/files/{'A' * 32}.png"},
+            {"url": "https://provider/x.png"},
+        ],
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "fields", "code"),
+    [
+        ("FAILED", {"error": "ProviderError", "cause": None}, "job_failed"),
+        ("TIMED_OUT", {}, "deadline_exceeded"),
+        ("ABORTED", {}, "job_aborted"),
+    ],
+)
+async def test_ended_jobs_that_made_nothing_failed(
+    status: str, fields: dict[str, Any], code: str
+) -> None:
+    runner = MemoryRunner()
+    job_id = record(runner, status, **fields)
+    service = jobs(runner)
+    view = await service.status(job_id, TOKEN)
+    async with httpx.AsyncClient() as client:
+        body = await service.render(view, base_url="https://gw", client=client)
+    assert body["status"] == "failed" and "data" not in body
+    assert body["error"]["code"] == code
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.anyio
+async def test_only_the_submitter_sees_a_job() -> None:
+    runner = MemoryRunner()
+    job_id = record(runner, "RUNNING")
+    for asked, token in ((job_id, "ms-other"), ("job-" + "0" * 32, TOKEN), ("../x", TOKEN)):
+        with pytest.raises(NotFoundError) as caught:
+            await jobs(runner).status(asked, token)
+        assert caught.value.code == "job_not_found"
+
+
+@pytest.mark.anyio
+async def test_no_jobs_without_a_state_machine() -> None:
+    service = Jobs(Settings(), ImageStore(Settings()))
+    assert not service.enabled
+    with pytest.raises(NotFoundError) as caught:
+        await service.status("job-" + "0" * 32, TOKEN)
+    assert caught.value.code == "jobs_disabled"
+
+
+def test_sealing_failures_name_no_secret() -> None:
+    class Broken:
+        def encrypt(self, **kwargs: Any) -> Any:
+            raise RuntimeError(f"cannot encrypt {kwargs['Plaintext']!r}")
+
+    with pytest.raises(GatewayError) as caught:
+        KeySealer("key", "us-east-1", Broken()).seal(SecretStr(TOKEN), "job-" + "0" * 32)
+    assert TOKEN not in caught.value.message and caught.value.code == "jobs_unavailable"

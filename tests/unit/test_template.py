@@ -1,0 +1,148 @@
+"""What `sam validate --lint` cannot see in template.yaml and the ASL file: that the REST API
+really streams, that each function holds only the KMS right it needs, and that the state
+machine, its substitutions and the task handlers agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+from imagegw.errors import TransientJobError
+from imagegw.local import ASL_FILE, TASKS
+
+ROOT = Path(__file__).resolve().parents[2]
+STREAMING_URI = re.compile(
+    r"^arn:\$\{AWS::Partition\}:apigateway:\$\{AWS::Region\}:lambda:path/2021-11-15/"
+    r"functions/\$\{ApiFunction\.Arn\}/response-streaming-invocations$"
+)
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (`!Ref x` -> {"Ref": x}, `!Sub s` -> ...)."""
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), _CfnLoader)  # noqa: S506
+    return loaded
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def statements(function: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for policy in function["Properties"].get("Policies", []):
+        if isinstance(policy, dict) and "Statement" in policy:
+            found += policy["Statement"]
+    return found
+
+
+def actions(function: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for statement in statements(function):
+        listed = statement["Action"]
+        found |= {listed} if isinstance(listed, str) else set(listed)
+    return found
+
+
+def test_every_rest_api_method_streams_from_the_api_function(template: dict[str, Any]) -> None:
+    api = template["Resources"]["RestApi"]["Properties"]
+    assert api["EndpointConfiguration"]["Type"] == "REGIONAL"
+    paths = api["DefinitionBody"]["paths"]
+    assert set(paths) == {"/", "/{proxy+}"}
+    for path, methods in paths.items():
+        assert set(methods) == {"x-amazon-apigateway-any-method", "options"}, path
+        for name, method in methods.items():
+            integration = method["x-amazon-apigateway-integration"]
+            assert integration["type"] == "aws_proxy"
+            assert integration["httpMethod"] == "POST"
+            assert STREAMING_URI.match(integration["uri"]["Fn::Sub"]), integration["uri"]
+            assert integration["responseTransferMode"] == "STREAM"
+            if name != "options":  # generations stream for up to 15 minutes
+                assert integration["timeoutInMillis"] == 900000
+    # SAM events, if any come back, must use SAM's value, not the CloudFormation one
+    for function in resources(template, "AWS::Serverless::Function").values():
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "Api":
+                assert event["Properties"].get("ResponseTransferMode") == "RESPONSE_STREAM"
+
+
+def test_api_keys_are_optional_and_preflights_need_none(template: dict[str, Any]) -> None:
+    paths = template["Resources"]["RestApi"]["Properties"]["DefinitionBody"]["paths"]
+    for methods in paths.values():
+        security = methods["x-amazon-apigateway-any-method"]["security"]
+        assert security == {"Fn::If": ["ApiKeysRequired", [{"api_key": []}], []]}
+        assert methods["options"]["security"] == []
+    for name in ("RestApiUsagePlan", "RestApiKey", "RestApiUsagePlanKey"):
+        assert template["Resources"][name]["Condition"] == "ApiKeysRequired"
+    assert template["Resources"]["RestApiUsagePlan"]["Properties"]["Throttle"]
+
+
+def test_each_function_holds_only_its_kms_right(template: dict[str, Any]) -> None:
+    functions = resources(template, "AWS::Serverless::Function")
+    kms = {name: {a for a in actions(f) if a.startswith("kms:")} for name, f in functions.items()}
+    assert kms == {
+        "ApiFunction": {"kms:Encrypt"},
+        "JobSubmitFunction": {"kms:Decrypt"},
+        "JobPollFunction": {"kms:Decrypt"},
+        "JobStoreFunction": set(),
+    }
+    for function in functions.values():
+        for statement in statements(function):
+            if str(statement["Action"]).startswith("kms:"):
+                condition = statement["Condition"]["StringLike"]
+                assert condition == {"kms:EncryptionContext:gateway-job": "job-*"}
+
+
+def test_cors_headers_come_from_one_place_per_entry(template: dict[str, Any]) -> None:
+    api = template["Resources"]["ApiFunction"]["Properties"]
+    env = api["Environment"]["Variables"]
+    assert env["CORS_SCOPE"] == "api-gateway" and env["CORS_ALLOW_ORIGINS"]
+    cors = api["FunctionUrlConfig"]["Cors"]
+    assert {"prefer", "idempotency-key"} <= set(cors["AllowHeaders"])
+    assert {"location", "preference-applied"} <= set(cors["ExposeHeaders"])
+
+
+def test_the_state_machine_and_its_tasks_agree(template: dict[str, Any]) -> None:
+    machine = template["Resources"]["ImageJobStateMachine"]["Properties"]
+    assert machine["Type"] == "STANDARD"
+    assert ROOT / machine["DefinitionUri"] == ASL_FILE
+    substitutions = machine["DefinitionSubstitutions"]
+    text = ASL_FILE.read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == set(substitutions) == set(TASKS)
+    for substitution, folder in TASKS.items():
+        logical_id = substitutions[substitution]["Fn::GetAtt"][0]
+        function = template["Resources"][logical_id]["Properties"]
+        assert function["CodeUri"] == f"functions/{folder}"
+        assert function["Handler"] == "app.lambda_handler"
+        assert (ROOT / function["CodeUri"] / "app.py").exists()
+    # the handlers' error for passing failures is the one the Retry names
+    asl = json.loads(text)
+    for name in ("Submit", "Poll", "Store"):
+        retried = [e for r in asl["States"][name]["Retry"] for e in r["ErrorEquals"]]
+        assert TransientJobError.__name__ in retried
+    assert asl["States"]["Wait"]["SecondsPath"] == "$.wait_seconds"
