@@ -26,11 +26,11 @@ LOCAL_BUILD := .aws-sam/build-local
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: help run test check lint format types unit functional e2e validate build build-local bench clean
+.PHONY: help run test check lint format types unit functional e2e validate asl build build-local bench clean
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
-	@echo "make test   lint, types, sam validate --lint, sam build, unit/functional/e2e tests"
+	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make bench  print benchmark figures (bench/)"
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
@@ -38,6 +38,13 @@ $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@echo "installing project dependencies into $(VENV)"
 	@$(BIN)/$(PIP) -r requirements-dev.txt $(QUIET_PIP)
 	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest"
+	@touch $@
+
+# asl-validator (npm, pinned in package.json / package-lock.json) checks the ASL files offline
+ASL_VALIDATOR := node_modules/.bin/asl-validator
+$(ASL_VALIDATOR): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "the ASL check needs npm (Node.js)"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 $(SAM_VENV)/.ready:
@@ -60,9 +67,14 @@ format: $(BIN)/.ready
 
 types: $(BIN)/.ready
 	$(BIN)/mypy
+	@# the task functions, one at a time (each is a module named app)
+	@for f in functions/job_*/app.py; do $(BIN)/mypy --no-error-summary $$f; done
 
 validate: $(SAM_VENV)/.ready
 	$(SAM) validate --lint
+
+asl: $(ASL_VALIDATOR)
+	$(ASL_VALIDATOR) --json-path statemachine/image_job.asl.json
 
 build: $(SAM_VENV)/.ready
 	@python3.13 -c pass 2>/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
@@ -81,7 +93,7 @@ functional: $(BIN)/.ready
 e2e: $(BIN)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest tests/e2e
 
-check: lint types validate
+check: lint types validate asl
 
 test: check build build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest
@@ -90,4 +102,4 @@ bench: $(BIN)/.ready
 	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
 
 clean:
-	rm -rf .aws-sam .mypy_cache .ruff_cache
+	rm -rf .aws-sam .mypy_cache .ruff_cache node_modules

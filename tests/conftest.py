@@ -1,5 +1,6 @@
-"""Shared fixtures: an S3 stand-in (moto server), a fake ModelScope and the gateway, all on
-loopback, each served over real HTTP."""
+"""Shared fixtures: an S3 stand-in (moto server), fakes of the providers (ModelScope,
+SiliconFlow, an OpenAI-compatible image server) and the gateway, all on loopback, each served
+over real HTTP."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 
 from fakes.modelscope import FakeModelScope
+from fakes.openai_images import FakeOpenAIImages
 from fakes.server import ServerThread, SwappableApp
+from fakes.siliconflow import FakeSiliconFlow
 from imagegw.app import create_app
 from imagegw.config import Settings
 from imagegw.local import start_s3_stand_in
@@ -56,7 +59,12 @@ def fake_ms(_fake_ms_server: tuple[ServerThread, SwappableApp]) -> FakeModelScop
 
 
 @pytest.fixture
-def make_settings(s3_env: dict[str, str], fake_ms: FakeModelScope) -> Callable[..., Settings]:
+def make_settings(
+    s3_env: dict[str, str],
+    fake_ms: FakeModelScope,
+    fake_sf: FakeSiliconFlow,
+    fake_openai: FakeOpenAIImages,
+) -> Callable[..., Settings]:
     """Settings wired to the stand-ins, with fast polling; keyword arguments override."""
 
     def make(**overrides: Any) -> Settings:
@@ -64,6 +72,8 @@ def make_settings(s3_env: dict[str, str], fake_ms: FakeModelScope) -> Callable[.
             "bucket": s3_env["BUCKET"],
             "s3_endpoint_url": s3_env["S3_ENDPOINT_URL"],
             "modelscope_base_url": fake_ms.base_url,  # type: ignore[attr-defined]
+            "siliconflow_base_url": fake_sf.base_url,
+            "openai_base_url": fake_openai.base_url,
             "poll_interval": 0.05,
             "poll_interval_max": 0.2,
             "progress_interval": 1.0,
@@ -101,3 +111,41 @@ def gateway(
 def gateway_url(gateway: Callable[..., str]) -> str:
     """The gateway with the default test settings."""
     return gateway()
+
+
+def _serve_swappable() -> Iterator[tuple[ServerThread, SwappableApp]]:
+    """A loopback server whose app each test swaps for a fresh fake."""
+    swappable = SwappableApp()
+    with ServerThread(swappable) as server:
+        yield server, swappable
+
+
+@pytest.fixture(scope="session")
+def _fake_sf_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
+    yield from _serve_swappable()
+
+
+@pytest.fixture
+def fake_sf(_fake_sf_server: tuple[ServerThread, SwappableApp]) -> FakeSiliconFlow:
+    """A fresh fake SiliconFlow for this test; `fake_sf.base_url` is its API base URL."""
+    server, swappable = _fake_sf_server
+    fake = FakeSiliconFlow()
+    fake.base_url = f"{server.url}/v1"
+    swappable.app = fake
+    return fake
+
+
+@pytest.fixture(scope="session")
+def _fake_openai_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
+    yield from _serve_swappable()
+
+
+@pytest.fixture
+def fake_openai(_fake_openai_server: tuple[ServerThread, SwappableApp]) -> FakeOpenAIImages:
+    """A fresh fake OpenAI-compatible image server (seed 003's style; set `style = "openai"`
+    for OpenAI's own API); `fake_openai.base_url` is its API base URL."""
+    server, swappable = _fake_openai_server
+    fake = FakeOpenAIImages()
+    fake.base_url = f"{server.url}/v1"
+    swappable.app = fake
+    return fake

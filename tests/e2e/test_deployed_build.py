@@ -64,7 +64,12 @@ STAND_INS: dict[str, str] = {
     "BUCKET": "imagegw-e2e-uploads",
     # Nothing listens on the discard port: a provider call fails fast instead of leaving loopback.
     "MODELSCOPE_BASE_URL": "http://127.0.0.1:9/v1",
+    "SILICONFLOW_BASE_URL": "http://127.0.0.1:9/v1",
+    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
     "GENERATION_TIMEOUT": "30",
+    # durable jobs: made-up ARNs (no test here starts a job on the build)
+    "JOB_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:e2e-image-jobs",
+    "JOB_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
 }
 
 

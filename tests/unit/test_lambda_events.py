@@ -12,7 +12,9 @@ import pytest
 from lambda_events import REQUEST_CONTEXT_HEADER, HttpRequest, to_http_request
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
-EVENT_FILES = sorted(EVENTS_DIR.glob("*.json"))
+# the HTTP events (job-*.json are the job state machine's task events, replayed through their
+# handlers in tests/functional/test_job_events.py)
+EVENT_FILES = sorted(p for p in EVENTS_DIR.glob("*.json") if not p.name.startswith("job-"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # (method, path, kind of body) expected for every sample event.
@@ -21,8 +23,10 @@ EXPECTED: dict[str, tuple[str, str, str | None]] = {
     "function-url-chat-stream.json": ("POST", "/v1/chat/completions", "chat-stream"),
     "function-url-edit.json": ("POST", "/v1/chat/completions", "edit"),
     "function-url-models.json": ("GET", "/v1/models", None),
+    "function-url-images-generations.json": ("POST", "/v1/images/generations", "images"),
     "apigw-rest-chat.json": ("POST", "/modelscope/v1/chat/completions", "chat"),
     "apigw-rest-models.json": ("GET", "/modelscope/v1/models", None),
+    "apigw-rest-images-async.json": ("POST", "/modelscope/v1/images/generations", "async"),
 }
 
 
@@ -60,6 +64,20 @@ def test_event_becomes_the_forwarded_request(path: Path) -> None:
     assert int(request.headers["content-length"]) == len(request.body)
     body = request.json()
     assert isinstance(body, dict)
+    if kind == "async":  # a durable job (README "Async jobs")
+        assert request.headers["prefer"] == "respond-async"
+        assert request.headers["idempotency-key"] == "cat-batch-7"
+        assert body["prompt"] == "A golden cat"
+        return
+    if kind == "images":
+        assert body == {
+            "model": "Qwen/Qwen-Image",
+            "prompt": "A golden cat",
+            "n": 1,
+            "size": "64x64",
+            "response_format": "b64_json",
+        }
+        return
     assert body["messages"][-1]["role"] == "user"
     if kind == "chat":
         assert body == {
@@ -83,7 +101,10 @@ def test_event_becomes_the_forwarded_request(path: Path) -> None:
         assert png[16:24] == (8).to_bytes(4, "big") * 2  # 8 x 8 pixels
 
 
-@pytest.mark.parametrize("name", ["function-url-chat.json", "function-url-edit.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["function-url-chat.json", "function-url-edit.json", "function-url-images-generations.json"],
+)
 def test_function_url_events_are_complete_payload_2(name: str) -> None:
     # Given a Function URL event / Then it has the fields of payload format 2.0
     event = load(name)

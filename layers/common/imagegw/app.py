@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,16 +22,23 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegw.config import Settings
+from imagegw.cors import ApiGatewayCORS
 from imagegw.errors import GatewayError, MethodNotAllowedError, NotFoundError
 from imagegw.gateway import Gateway
 from imagegw.log import logger
-from imagegw.routes import chat, files, models
+from imagegw.routes import chat, files, images, jobs, models
 from imagegw.storage import ImageStore
 from imagegw.web import error_response
 
-EXPOSED_HEADERS = ["retry-after", "x-request-id", "x-should-retry", "location"]
+EXPOSED_HEADERS = [
+    "retry-after",
+    "x-request-id",
+    "x-should-retry",
+    "location",
+    "preference-applied",
+]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, files)
+FRONT_ENDS = (models, chat, images, jobs, files)
 
 
 async def health(request: Request) -> Response:
@@ -122,14 +130,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # build the S3 client before the first request needs it (on Lambda: during init,
+        # before the Web Adapter's readiness check passes); it makes no network call
+        if settings.bucket:
+            await anyio.to_thread.run_sync(lambda: gateway.store.s3)
         yield
         await gateway.aclose()
 
     middleware = [Middleware(RequestLog)]
     if settings.cors_origins:
+        # CORS_SCOPE=api-gateway (the stack): the Function URL answers CORS itself
+        cors = CORSMiddleware if settings.cors_scope == "all" else ApiGatewayCORS
         middleware.append(
             Middleware(
-                CORSMiddleware,
+                cors,
                 allow_origins=settings.cors_origins,
                 allow_methods=["*"],
                 allow_headers=["*"],

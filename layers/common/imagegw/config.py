@@ -15,6 +15,9 @@ ENV_NAMES: dict[str, str] = {
     "AWS_REGION": "aws_region",
     "DEFAULT_PROVIDER": "default_provider",
     "MODELSCOPE_BASE_URL": "modelscope_base_url",
+    "SILICONFLOW_BASE_URL": "siliconflow_base_url",
+    "OPENAI_BASE_URL": "openai_base_url",
+    "OPENAI_IMAGE_MODELS": "openai_image_models",
     "GENERATION_TIMEOUT": "generation_timeout",
     "POLL_INTERVAL": "poll_interval",
     "POLL_INTERVAL_MAX": "poll_interval_max",
@@ -28,6 +31,11 @@ ENV_NAMES: dict[str, str] = {
     "CORS_ALLOW_ORIGINS": "cors_allow_origins",
     "IMAGE_LINKS": "image_links",
     "PUBLIC_BASE_URL": "public_base_url",
+    "CORS_SCOPE": "cors_scope",
+    "JOB_STATE_MACHINE_ARN": "job_state_machine_arn",
+    "JOB_KEY_ID": "job_key_id",
+    "JOB_POLL_INTERVAL": "job_poll_interval",
+    "JOB_TIMEOUT": "job_timeout",
 }
 
 
@@ -41,6 +49,12 @@ class Settings(BaseModel):
     aws_region: str = "us-east-1"
     default_provider: str = "modelscope"
     modelscope_base_url: str = "https://api-inference.modelscope.cn/v1"
+    siliconflow_base_url: str = "https://api.siliconflow.cn/v1"
+    #: an OpenAI-compatible image server (a self-hosted one, or OpenAI itself)
+    openai_base_url: str = "https://api.openai.com/v1"
+    #: the image models listed for OPENAI_BASE_URL, comma-separated (ids with "edit" are edit
+    #: models); other ids still work, classed by their id (README "Model classes")
+    openai_image_models: str = "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
     generation_timeout: float = Field(default=840.0, gt=0)
     poll_interval: float = Field(default=0.75, gt=0)
     poll_interval_max: float = Field(default=3.0, gt=0)
@@ -57,6 +71,17 @@ class Settings(BaseModel):
     image_links: Literal["provider", "stored", "inline"] = "stored"
     #: the gateway's public URL for lasting links; by default taken from each request
     public_base_url: str | None = None
+    #: which requests get the app's CORS headers: all, or only those that came through API
+    #: Gateway (on Lambda the Function URL answers CORS itself; README "API Gateway")
+    cors_scope: Literal["all", "api-gateway"] = "all"
+    #: durable jobs (README "Async jobs"): the Step Functions state machine that runs them and
+    #: the KMS key that seals provider keys in its executions; both unset: no jobs
+    job_state_machine_arn: str | None = None
+    job_key_id: str | None = None
+    #: seconds the state machine waits between polls of a job's tasks
+    job_poll_interval: int = Field(default=5, ge=0, le=3600)
+    #: about how long a job may run at the provider before it fails (seconds)
+    job_timeout: int = Field(default=3600, ge=1, le=86400)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -70,6 +70,15 @@ class MethodNotAllowedError(GatewayError):
     error_type = "invalid_request_error"
 
 
+class ConflictError(GatewayError):
+    """The request clashes with the state of a resource (an Idempotency-Key reused for another
+    request). Repeating it cannot help, so SDKs must not retry (they retry 409 by default)."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    retryable = False
+
+
 class PayloadTooLargeError(GatewayError):
     status = 413
     error_type = "invalid_request_error"
@@ -105,6 +114,14 @@ class ConfigurationError(GatewayError):
     status = 500
     error_type = "server_error"
     retryable = False
+
+
+class TransientJobError(Exception):
+    """A durable-job step failed in a way worth trying again later: the provider could not be
+    reached or answered 5xx while polling, refused a submission for rate (nothing started), or
+    the bucket failed. The step's Lambda reports the class name as the error, and the state
+    machine's `Retry` retries it with backoff (`statemachine/image_job.asl.json`). Never seen by
+    clients; its message must hold no secret (it lands in the execution history)."""
 
 
 def render(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:

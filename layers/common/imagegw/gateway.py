@@ -9,6 +9,7 @@ import httpx
 
 from imagegw.config import Settings
 from imagegw.errors import NotFoundError
+from imagegw.jobs.service import Jobs
 from imagegw.providers import PROVIDERS, Provider
 from imagegw.storage import ImageStore
 
@@ -25,6 +26,8 @@ class Gateway:
         self._client = http_client
         self.store = store or ImageStore(settings)
         self._providers: dict[str, Provider] = {}
+        #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
+        self.jobs = Jobs(settings, self.store)
 
     @property
     def client(self) -> httpx.AsyncClient:

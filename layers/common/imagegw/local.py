@@ -1,16 +1,47 @@
-"""`make run`: serve the gateway on http://127.0.0.1:8000 with an embedded S3 stand-in.
+"""`make run`: serve the gateway on http://127.0.0.1:8000 with embedded AWS stand-ins.
 
-Without `BUCKET` (and AWS credentials), a moto S3 server is started in-process on loopback and a
+Without `BUCKET` (and AWS credentials), a moto server is started in-process on loopback and a
 bucket is made in it, so uploads and presigned URLs work with no AWS account. With `BUCKET`
 set, the real bucket is used. `HOST` and `PORT` choose where to listen.
+
+Durable jobs (README "Async jobs") run too, unless `JOB_STATE_MACHINE_ARN` names a real state
+machine: the same moto server runs the repo's ASL file (`statemachine/image_job.asl.json`) on
+moto's Step Functions interpreter (`execute_state_machine`), seals provider keys with moto's
+KMS, and its Lambda tasks are dispatched in this process to the real task handlers
+(`functions/job_*/app.py`) by `LocalLambdas`, in place of moto's own Lambda (which needs
+Docker). The gateway reaches the stand-ins through the AWS SDKs' standard
+`AWS_ENDPOINT_URL_SFN` and `AWS_ENDPOINT_URL_KMS` variables.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import socket
 import sys
-from typing import Any
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+#: the repository's root, where `make run` runs (the functions and the ASL file live there)
+REPO_ROOT: Final = Path(__file__).resolve().parents[3]
+ASL_FILE: Final = REPO_ROOT / "statemachine" / "image_job.asl.json"
+FUNCTIONS_DIR: Final = REPO_ROOT / "functions"
+#: the ASL file's DefinitionSubstitutions -> the function folder of each task
+TASKS: Final = {
+    "JobSubmitFunctionArn": "job_submit",
+    "JobPollFunctionArn": "job_poll",
+    "JobStoreFunctionArn": "job_store",
+}
+LOCAL_ACCOUNT: Final = "123456789012"
+LOCAL_REGION: Final = "us-east-1"
+Handler = Callable[[dict[str, Any], Any], Any]
 
 
 def _free_port() -> int:
@@ -20,17 +51,24 @@ def _free_port() -> int:
         return port
 
 
-def start_s3_stand_in(bucket: str = "image-gateway-local") -> tuple[Any, dict[str, str]]:
-    """Start moto's S3 server on loopback with one bucket; the server and the env to use it."""
-    import boto3
+def start_moto() -> tuple[Any, str]:
+    """Start a moto server on loopback; the server and its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def start_s3_stand_in(bucket: str = "image-gateway-local") -> tuple[Any, dict[str, str]]:
+    """Start moto's S3 server on loopback with one bucket; the server and the env to use it."""
+    import boto3
+
+    server, endpoint = start_moto()
     env = {
         "BUCKET": bucket,
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "S3_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_REGION": "us-east-1",
@@ -43,6 +81,131 @@ def start_s3_stand_in(bucket: str = "image-gateway-local") -> tuple[Any, dict[st
         aws_secret_access_key="local",  # noqa: S106
     ).create_bucket(Bucket=bucket)
     return server, env
+
+
+def state_machine_definition(arns: Mapping[str, str], path: Path = ASL_FILE) -> str:
+    """The ASL file with its `DefinitionSubstitutions` filled in, as SAM does on deploy."""
+    text = path.read_text()
+    for name, value in arns.items():
+        text = text.replace("${" + name + "}", value)
+    if "${" in text:
+        raise ValueError(f"{path} has a substitution no value was given for")
+    return text
+
+
+def load_task_handlers(functions_dir: Path = FUNCTIONS_DIR) -> dict[str, Handler]:
+    """The real task handlers (`functions/job_*/app.py`), by the ASL substitution that names
+    each task's function."""
+    handlers: dict[str, Handler] = {}
+    for substitution, folder in TASKS.items():
+        path = functions_dir / folder / "app.py"
+        spec = importlib.util.spec_from_file_location(f"imagegw_local_{folder}", path)
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        handlers[substitution] = module.lambda_handler
+    return handlers
+
+
+@dataclass
+class LocalContext:
+    """The Lambda context a handler gets (what Powertools reads of it)."""
+
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int = 256
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/local"
+    log_stream_name: str = "local"
+    deadline: float = field(default_factory=lambda: time.monotonic() + 900)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+class LocalLambdas:
+    """Lambda's synchronous Invoke, in this process, for the state machine's tasks: each
+    function ARN runs its real handler, and a handler's exception becomes a function error
+    whose type is the exception's class name, as the Lambda Python runtime reports it (so the
+    ASL `Retry` sees `TransientJobError`)."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self.handlers = dict(handlers)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def invoke(self, function_arn: str, payload: bytes | str | None) -> dict[str, Any]:
+        handler = self.handlers.get(function_arn)
+        if handler is None:
+            raise LookupError(f"no local handler for {function_arn}")
+        event = json.loads(payload or "{}")
+        self.calls.append((function_arn, event))
+        context = LocalContext(function_arn.rsplit(":", 1)[-1], function_arn)
+        try:
+            result = handler(event, context)
+        except Exception as exc:
+            error = {"errorMessage": str(exc), "errorType": type(exc).__name__, "stackTrace": []}
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": error}
+        return {"StatusCode": 200, "Payload": json.loads(json.dumps(result))}
+
+    def moto_invoke(
+        self, parameters: Mapping[str, Any], region: str, state_credentials: Any
+    ) -> dict[str, Any]:
+        """The seam moto's Step Functions interpreter calls for a Lambda task (moto 5.2:
+        `...state_task.lambda_eval_utils._invoke_lambda_function`); it answers like Invoke,
+        with the payload already parsed."""
+        return self.invoke(str(parameters["FunctionName"]), parameters.get("Payload"))
+
+
+def function_arns(region: str = LOCAL_REGION) -> dict[str, str]:
+    """Made-up function ARNs of the tasks, by ASL substitution."""
+    return {
+        name: f"arn:aws:lambda:{region}:{LOCAL_ACCOUNT}:function:image-gateway-{folder}"
+        for name, folder in TASKS.items()
+    }
+
+
+def install_lambda_dispatch(lambdas: LocalLambdas) -> None:
+    """Make moto's Step Functions run Lambda tasks through `lambdas` (for the whole process)."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    if not hasattr(lambda_eval_utils, "_invoke_lambda_function"):
+        raise RuntimeError("this moto version has no Lambda task seam to dispatch in-process")
+    lambda_eval_utils._invoke_lambda_function = lambdas.moto_invoke
+
+
+def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, str]:
+    """Durable jobs on the moto server at `endpoint`: its Step Functions runs the ASL file
+    (tasks dispatched in-process to the real handlers) and its KMS seals provider keys. The
+    env that points the gateway and the handlers at them."""
+    import boto3
+
+    config = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+    # moto's documented server-mode configuration call
+    httpx.post(f"{endpoint}/moto-api/config", json=config, timeout=10).raise_for_status()
+    arns = function_arns(region)
+    handlers = load_task_handlers()
+    install_lambda_dispatch(LocalLambdas({arns[name]: h for name, h in handlers.items()}))
+    credentials = {
+        "region_name": region,
+        "endpoint_url": endpoint,
+        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID") or "local",
+        "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or "local",
+    }
+    key = boto3.client("kms", **credentials).create_key(Description="image-gateway local job key")
+    machine = boto3.client("stepfunctions", **credentials).create_state_machine(
+        name="image-gateway-jobs",
+        definition=state_machine_definition(arns),
+        roleArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:role/image-gateway-jobs",
+        type="STANDARD",
+    )
+    return {
+        "JOB_STATE_MACHINE_ARN": machine["stateMachineArn"],
+        "JOB_KEY_ID": key["KeyMetadata"]["Arn"],
+        "AWS_ENDPOINT_URL_SFN": endpoint,
+        "AWS_ENDPOINT_URL_KMS": endpoint,
+    }
 
 
 def main() -> None:
@@ -58,6 +221,16 @@ def main() -> None:
         where = f"embedded S3 stand-in at {env['S3_ENDPOINT_URL']}, bucket {env['BUCKET']}"
     else:
         where = f"bucket {os.environ['BUCKET']}"
+    if not os.environ.get("JOB_STATE_MACHINE_ARN"):
+        if server is None:
+            server, endpoint = start_moto()
+        else:
+            endpoint = os.environ["S3_ENDPOINT_URL"]
+        # the task handlers run in this process: no EMF metric lines on the console
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        os.environ.update(start_jobs_stand_in(endpoint, region or LOCAL_REGION))
+        where += "; async jobs on the embedded Step Functions stand-in"
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     settings = Settings.from_env()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -58,10 +60,9 @@ def check_length(request: Request, limit: int) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw request body, refusing bodies over `limit` bytes."""
+async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body's chunks, refusing bodies over `limit` bytes as they arrive."""
     check_length(request, limit)
-    chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -69,8 +70,12 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLargeError(
                 f"The request body is over the limit of {limit} bytes.", code="request_too_large"
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refusing bodies over `limit` bytes."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -83,6 +88,32 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     return body
+
+
+async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes]]:
+    """A multipart/form-data body as (name, value) pairs in order: text fields as strings,
+    files as their bytes. Bodies over `limit` bytes are refused while they arrive."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise InvalidRequestError(
+            "The request body must be multipart/form-data "
+            f"(got {content_type[:100] or 'no content type'}).",
+            code="invalid_content_type",
+        )
+    parser = MultiPartParser(request.headers, limited_stream(request, limit), max_part_size=limit)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequestError(
+            f"The multipart body cannot be read: {exc.message}", code="invalid_multipart"
+        ) from None
+    try:
+        return [
+            (name, value if isinstance(value, str) else await value.read())
+            for name, value in form.multi_items()
+        ]
+    finally:
+        await form.close()
 
 
 def public_base_url(request: Request, settings: Settings) -> str:
