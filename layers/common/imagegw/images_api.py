@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from pydantic import SecretStr
@@ -229,6 +229,26 @@ def provider_options(
         raise
 
 
+def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> GenerationRequest:
+    """The checked, provider-agnostic job of an Images API call (its mask not yet staged);
+    the synchronous answer and durable jobs both start from it."""
+    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
+    model = call.model or default_model(provider, wanted)
+    kind = provider.classify(model)
+    if kind is ModelKind.CHAT:  # an id that tells nothing: the endpoint says what is wanted
+        kind = wanted
+    provider.check_prompt(call.prompt, param="prompt")
+    return GenerationRequest(
+        provider=provider.name,
+        model=model,
+        kind=kind,
+        prompt=call.prompt,
+        api_key=api_key,
+        options=provider_options(provider, model, kind, call),
+        n=provider.requested_images(call.fields),
+    )
+
+
 async def run(
     gateway: Gateway, provider: Provider, call: ImagesCall, api_key: SecretStr, base_url: str
 ) -> dict[str, Any]:
@@ -241,36 +261,20 @@ async def run(
             param="mask",
             code="mask_not_supported",
         )
-    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
-    model = call.model or default_model(provider, wanted)
-    kind = provider.classify(model)
-    if kind is ModelKind.CHAT:  # an id that tells nothing: the endpoint says what is wanted
-        kind = wanted
-    provider.check_prompt(call.prompt, param="prompt")
-    n = provider.requested_images(call.fields)
-    options = provider_options(provider, model, kind, call)
-    mask = None
+    job = build_job(provider, call, api_key)
     if call.mask is not None:
         checked = read_image(
             call.mask, max_bytes=settings.max_image_bytes, what="mask", param="mask"
         )
         (mask,) = await gateway.store.stage([checked])
-    job = GenerationRequest(
-        provider=provider.name,
-        model=model,
-        kind=kind,
-        prompt=call.prompt,
-        api_key=api_key,
-        options=options,
-        n=n,
-        mask=mask,
-    )
+        job = replace(job, mask=mask)
+    n = job.n
     logger.info(
         "images generation",
         extra={
             "provider": provider.name,
-            "model": model,
-            "kind": str(kind),
+            "model": job.model,
+            "kind": str(job.kind),
             "images": len(call.images),
             "n": n,
             "response_format": call.response_format,

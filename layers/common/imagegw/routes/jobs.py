@@ -18,8 +18,7 @@ from imagegw import images_api
 from imagegw.errors import InvalidRequestError
 from imagegw.images_api import ImagesCall
 from imagegw.jobs.service import check_idempotency_key
-from imagegw.options import image_count
-from imagegw.providers.base import GenerationRequest, ModelKind, Provider
+from imagegw.providers.base import Provider
 from imagegw.web import api_key, gateway_of, public_base_url
 
 PREFERENCE = "respond-async"
@@ -49,21 +48,7 @@ async def accept_async(request: Request, provider: Provider, call: ImagesCall) -
             param="mask",
             code="mask_not_supported",
         )
-    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
-    model = call.model or images_api.default_model(provider, wanted)
-    kind = provider.classify(model)
-    if kind is ModelKind.CHAT:  # as the synchronous call does: the endpoint says what is wanted
-        kind = wanted
-    provider.check_prompt(call.prompt, param="prompt")
-    job = GenerationRequest(
-        provider=provider.name,
-        model=model,
-        kind=kind,
-        prompt=call.prompt,
-        api_key=key,
-        options=images_api.provider_options(provider, model, kind, call),
-        n=image_count(call.fields.get("n")),
-    )
+    job = images_api.build_job(provider, call, key)
     view = await gateway.jobs.submit(
         job,
         inputs=call.images,
