@@ -42,3 +42,13 @@ def test_custom_domain_has_no_stage_and_setting_wins() -> None:
     assert public_base_url(request(headers), Settings()) == "http://img.example.org"
     fixed = Settings(public_base_url="https://gw.example.org/")
     assert public_base_url(request(headers), fixed) == "https://gw.example.org"
+
+
+def test_client_budget_from_the_sdk_timeout_headers() -> None:
+    from imagegw.web import client_budget
+
+    # Cherry Studio sends x-stainless-timeout: 600; the Python SDK x-stainless-read-timeout
+    assert client_budget(request({"x-stainless-timeout": "600"})) == 570.0
+    assert client_budget(request({"x-stainless-read-timeout": "4.0"})) == 2.0
+    assert client_budget(request({"x-stainless-read-timeout": "junk"})) is None
+    assert client_budget(request({})) is None

@@ -250,9 +250,15 @@ def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> Gener
 
 
 async def run(
-    gateway: Gateway, provider: Provider, call: ImagesCall, api_key: SecretStr, base_url: str
+    gateway: Gateway,
+    provider: Provider,
+    call: ImagesCall,
+    api_key: SecretStr,
+    base_url: str,
+    budget: float | None = None,
 ) -> dict[str, Any]:
-    """Run the job and answer in the Images API's shape. Raises GatewayError."""
+    """Run the job and answer in the Images API's shape (within `budget` seconds when the
+    client said how long it waits). Raises GatewayError."""
     settings = gateway.settings
     if call.mask is not None and not provider.supports_masks:
         raise InvalidRequestError(
@@ -281,7 +287,8 @@ async def run(
         },
     )
     mode = link_mode(call, settings.image_links)
-    result = await collect(pipeline.events(gateway, provider, job, call.images, base_url, mode))
+    events = pipeline.events(gateway, provider, job, call.images, base_url, mode, budget=budget)
+    result = await collect(events)
     if result.failures:
         logger.warning("some images failed", extra={"failures": list(result.failures), "n": n})
     # n images as n items, whatever the provider's batching; fewer only when some task failed

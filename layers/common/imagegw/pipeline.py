@@ -21,16 +21,22 @@ async def events(
     inputs: Sequence[str | ImageBytes],
     base_url: str,
     link_mode: links.LinkMode | None = None,
+    budget: float | None = None,
 ) -> AsyncIterator[Event]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
-    result with its images delivered as links (`link_mode`, default IMAGE_LINKS)."""
+    result with its images delivered as links (`link_mode`, default IMAGE_LINKS).
+
+    `budget` (seconds) shortens GENERATION_TIMEOUT for this request (see `web.client_budget`)."""
     began = time.monotonic()
+    settings = gateway.settings
+    if budget is not None and budget < settings.generation_timeout:
+        settings = settings.model_copy(update={"generation_timeout": budget})
     staged = request
     if any(isinstance(item, ImageBytes) for item in inputs):
         yield Progress("UPLOADING", 0.0, 0, request.n)
     if inputs:
         staged = replace(request, images=await gateway.store.stage(inputs))
-    async for event in generation.run(provider, staged, gateway.settings):
+    async for event in generation.run(provider, staged, settings):
         if isinstance(event, Result):
             delivered = await links.deliver(
                 event.images,

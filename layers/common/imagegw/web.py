@@ -141,6 +141,26 @@ def public_base_url(request: Request, settings: Settings) -> str:
     return f"{scheme}://{host}{prefix}"
 
 
+def client_budget(request: Request) -> float | None:
+    """Seconds a non-streamed answer may take before the client gives up, from the OpenAI SDKs'
+    `x-stainless-read-timeout` (Python) or `x-stainless-timeout` (Cherry Studio sends 600)
+    header, less a margin; None if not said.
+
+    The SDKs retry a timed-out request, which would pay for the generation again: answering a
+    clear 504 (with x-should-retry: false) just before the client's own timer runs out avoids it.
+    """
+    raw = request.headers.get("x-stainless-read-timeout") or request.headers.get(
+        "x-stainless-timeout"
+    )
+    try:
+        seconds = float(raw) if raw else 0.0
+    except ValueError:
+        return None
+    if not 0 < seconds < 86400:
+        return None
+    return max(1.0, seconds - max(2.0, 0.05 * seconds))
+
+
 def validation_error(exc: ValidationError) -> InvalidRequestError:
     """A pydantic error as a 400 naming the first bad field."""
     first = exc.errors()[0]

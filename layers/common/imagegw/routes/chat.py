@@ -17,7 +17,14 @@ from imagegw.messages import parse_messages
 from imagegw.providers.base import GenerationRequest, ModelKind
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
-from imagegw.web import api_key, gateway_of, public_base_url, read_json, validation_error
+from imagegw.web import (
+    api_key,
+    client_budget,
+    gateway_of,
+    public_base_url,
+    read_json,
+    validation_error,
+)
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -61,7 +68,15 @@ async def chat_completions(request: Request) -> Response:
             "stream": chat.stream,
         },
     )
-    events = pipeline.events(gateway, provider, job, inputs, public_base_url(request, settings))
+    events = pipeline.events(
+        gateway,
+        provider,
+        job,
+        inputs,
+        public_base_url(request, settings),
+        # a streamed answer stays alive with keep-alives; a JSON one must beat the client's timer
+        budget=None if chat.stream else client_budget(request),
+    )
     completion = Completion(chat.model)
     if not chat.stream:
         result = await collect(events)

@@ -13,7 +13,14 @@ from imagegw import images_api
 from imagegw.config import Settings
 from imagegw.images_api import ImagesCall
 from imagegw.routes.jobs import accept_async
-from imagegw.web import api_key, gateway_of, public_base_url, read_form, read_json
+from imagegw.web import (
+    api_key,
+    client_budget,
+    gateway_of,
+    public_base_url,
+    read_form,
+    read_json,
+)
 
 Reader = Callable[[Request, Settings], Awaitable[ImagesCall]]
 
@@ -36,7 +43,10 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         if (accepted := await accept_async(request, provider, call)) is not None:
             return accepted  # `Prefer: respond-async`: a durable job (routes/jobs.py)
         base_url = public_base_url(request, gateway.settings)
-        return JSONResponse(await images_api.run(gateway, provider, call, key, base_url))
+        answer = await images_api.run(
+            gateway, provider, call, key, base_url, budget=client_budget(request)
+        )
+        return JSONResponse(answer)
 
     return endpoint
 
