@@ -519,3 +519,13 @@ async def test_submit_answer_without_task_id_is_a_502(
 
     assert caught.value.status == 502
     assert "task id" in caught.value.message
+
+
+def test_chat_families_named_stable_are_chat_and_majicflus_has_flux_sizes() -> None:
+    from imagegw.providers.base import ModelKind, classify
+    from imagegw.providers.modelscope import size_range
+
+    assert classify("stabilityai/stablelm-2-zephyr-1_6b", ()) is ModelKind.CHAT
+    assert classify("stabilityai/stable-code-3b", ()) is ModelKind.CHAT
+    assert classify("stabilityai/stable-diffusion-3.5-large", ()) is ModelKind.GENERATE
+    assert size_range("MAILAND/majicflus_v1") == (64, 1024)

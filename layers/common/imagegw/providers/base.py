@@ -44,7 +44,9 @@ class ModelInfo:
 
 # ids not in a catalog: these words mark an image model (see README "Model classes")
 _IMAGE_WORDS = re.compile(
-    r"image|flux|kolors|diffusion|stable|(?<![a-z])sd|dall-e|cogview|majic|hunyuan-?dit|"
+    # `stable`, but not the StableLM / Stable Code chat models
+    r"image|flux|kolors|diffusion|stable(?!-?lm|-?code)|(?<![a-z])sd|dall-e|cogview|majic|"
+    r"hunyuan-?dit|"
     r"seedream|kandinsky|playground|wanx|imagen",
     re.IGNORECASE,
 )

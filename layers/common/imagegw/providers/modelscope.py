@@ -59,6 +59,7 @@ SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
     ("z-image", 512, 2048),
     ("qwen-image", 64, 1664),
     ("flux", 64, 1024),
+    ("majicflus", 64, 1024),  # a FLUX model without "flux" in its id
     ("", 64, 2048),  # SD family and anything else
 )
 
