@@ -16,13 +16,9 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from imagegw.errors import (
-    GatewayError,
     InvalidRequestError,
-    NotFoundError,
     ProviderError,
-    RateLimitError,
     TransientProviderError,
-    for_status,
 )
 from imagegw.options import as_float, as_int, as_text, common_options, parse_size
 from imagegw.providers.base import (
@@ -35,7 +31,9 @@ from imagegw.providers.base import (
     Running,
     Started,
     TaskStatus,
+    check_image_count,
 )
+from imagegw.upstream import error_for
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"
@@ -45,14 +43,6 @@ FAILED: Final = "FAILED"
 MAX_TEXT: Final = 2000
 MAX_SEED: Final = 2**31 - 1
 MAX_LORAS: Final = 6
-#: headers of a 429 worth passing on to the client
-RATE_LIMIT_HEADERS: Final = (
-    "retry-after",
-    "modelscope-ratelimit-requests-limit",
-    "modelscope-ratelimit-requests-remaining",
-    "modelscope-ratelimit-model-requests-limit",
-    "modelscope-ratelimit-model-requests-remaining",
-)
 
 # size ranges by model family, first match wins (seed 002's parameter table)
 SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
@@ -97,24 +87,6 @@ def _loras(value: Any) -> str | dict[str, float]:
     )
 
 
-def _message(response: httpx.Response) -> str:
-    """The provider's own message from any of its error bodies."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("errors", "error"):
-            inner = body.get(key)
-            if isinstance(inner, dict) and inner.get("message"):
-                return str(inner["message"])
-            if isinstance(inner, str) and inner:
-                return inner
-        if body.get("message"):
-            return str(body["message"])
-    return str(body)[:500]
-
-
 class ModelScope(Provider):
     name = "modelscope"
     title = "ModelScope"
@@ -138,19 +110,12 @@ class ModelScope(Provider):
     def prepare(
         self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
     ) -> dict[str, Any]:
-        if kind is ModelKind.GENERATE and image_count:
-            raise InvalidRequestError(
-                f"{model} makes images from text and takes no input image; "
-                "use an edit model such as Qwen/Qwen-Image-Edit.",
-                param="messages",
-                code="unexpected_image",
-            )
-        if kind is ModelKind.EDIT and not image_count:
-            raise InvalidRequestError(
-                f"{model} edits an image: attach one, or send it after a generated image.",
-                param="messages",
-                code="image_required",
-            )
+        check_image_count(
+            model,
+            image_count,
+            1 if kind is ModelKind.EDIT else 0,
+            0 if kind is ModelKind.GENERATE else None,
+        )
         opts = common_options(fields)
         body: dict[str, Any] = {}
         if "negative_prompt" in opts:
@@ -171,18 +136,6 @@ class ModelScope(Provider):
     def _headers(self, request: GenerationRequest) -> dict[str, str]:
         return {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
 
-    def _error(self, response: httpx.Response) -> GatewayError:
-        message = f"ModelScope: {_message(response)}"
-        status = response.status_code
-        if status == 429:
-            kept = {h: response.headers[h] for h in RATE_LIMIT_HEADERS if h in response.headers}
-            return RateLimitError(message, code="rate_limit_exceeded", headers=kept)
-        if status == 404:
-            return NotFoundError(message, param="model", code="model_not_found")
-        if status >= 500:
-            return ProviderError(message, code="provider_unavailable")
-        return for_status(status)(message, code="provider_error")
-
     async def start(self, request: GenerationRequest) -> Started:
         body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
         body.update(request.options)
@@ -201,7 +154,7 @@ class ModelScope(Provider):
                 code="provider_unreachable",
             ) from None
         if response.status_code != 200:
-            raise self._error(response)
+            raise error_for(self.title, response, key=request.api_key)
         try:
             return Started(_Submitted.model_validate_json(response.content).task_id)
         except ValidationError:
@@ -228,7 +181,7 @@ class ModelScope(Provider):
                 code="provider_unavailable",
             )
         if response.status_code != 200:
-            raise self._error(response)
+            raise error_for(self.title, response, key=request.api_key)
         try:
             task = _Task.model_validate_json(response.content)
         except ValidationError:
