@@ -131,7 +131,7 @@ def test_size_range_per_model_family(model: str, lo: int, hi: int) -> None:
 def test_alias_value_is_checked_against_the_same_range() -> None:
     error = refused({"image_size": "4096x4096"})
 
-    assert error.param == "size"
+    assert error.param == "image_size"  # named as the client sent it
     assert "from 64x64 to 1664x1664" in error.message
 
 
@@ -529,3 +529,16 @@ def test_chat_families_named_stable_are_chat_and_majicflus_has_flux_sizes() -> N
     assert classify("stabilityai/stable-code-3b", ()) is ModelKind.CHAT
     assert classify("stabilityai/stable-diffusion-3.5-large", ()) is ModelKind.GENERATE
     assert size_range("MAILAND/majicflus_v1") == (64, 1024)
+
+
+def test_range_errors_name_the_alias_the_client_sent() -> None:
+    from imagegw.config import Settings
+    from imagegw.errors import InvalidRequestError
+    from imagegw.providers.base import ModelKind
+    from imagegw.providers.modelscope import ModelScope
+
+    provider = ModelScope(Settings(), None)  # type: ignore[arg-type]
+    for field, value in (("image_size", "4096x4096"), ("num_inference_steps", 0), ("cfg", 99)):
+        with pytest.raises(InvalidRequestError) as caught:
+            provider.prepare("Qwen/Qwen-Image", ModelKind.GENERATE, {field: value}, 0)
+        assert caught.value.param == field

@@ -20,7 +20,7 @@ from imagegw.errors import (
     ProviderError,
     TransientProviderError,
 )
-from imagegw.options import as_float, as_int, as_text, common_options, parse_size
+from imagegw.options import as_float, as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -117,18 +117,19 @@ class ModelScope(Provider):
             0 if kind is ModelKind.GENERATE else None,
         )
         opts = common_options(fields)
+        names = option_names(fields)  # errors name the field as the client sent it
         body: dict[str, Any] = {}
         if "negative_prompt" in opts:
             body["negative_prompt"] = as_text("negative_prompt", opts["negative_prompt"], MAX_TEXT)
         if "size" in opts:
-            width, height = parse_size("size", opts["size"], *size_range(model))
+            width, height = parse_size(names["size"], opts["size"], *size_range(model))
             body["size"] = f"{width}x{height}"
         if "seed" in opts:
             body["seed"] = as_int("seed", opts["seed"], 0, MAX_SEED)
         if "steps" in opts:
-            body["steps"] = as_int("steps", opts["steps"], 1, 100)
+            body["steps"] = as_int(names["steps"], opts["steps"], 1, 100)
         if "guidance" in opts:
-            body["guidance"] = as_float("guidance", opts["guidance"], 1.5, 20.0)
+            body["guidance"] = as_float(names["guidance"], opts["guidance"], 1.5, 20.0)
         if "loras" in opts:
             body["loras"] = _loras(opts["loras"])
         return body
