@@ -388,14 +388,16 @@ def test_answer_beats_the_sdk_timeout_instead_of_a_paid_retry(
     # Given a task slower than the client waits, and an SDK that retries timeouts twice
     fake_ms.task_duration = 30.0
     sdk = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=TOKEN, max_retries=2, timeout=4)
-    # When it asks without streaming (the SDK sends x-stainless-timeout: 4)
-    with pytest.raises(openai.APIStatusError) as caught:
+    def ask() -> object:
         if api == "chat":
-            sdk.chat.completions.create(
+            return sdk.chat.completions.create(
                 model="Qwen/Qwen-Image", messages=[{"role": "user", "content": "x"}]
             )
-        else:
-            sdk.images.generate(model="Qwen/Qwen-Image", prompt="x")
+        return sdk.images.generate(model="Qwen/Qwen-Image", prompt="x")
+
+    # When it asks without streaming (the SDK sends x-stainless-read-timeout: 4)
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask()
     # Then the gateway answers a 504 naming the task before the SDK's timer runs out, and the
     # paid job was submitted once, not three times
     assert caught.value.status_code == 504
