@@ -388,6 +388,7 @@ def test_answer_beats_the_sdk_timeout_instead_of_a_paid_retry(
     # Given a task slower than the client waits, and an SDK that retries timeouts twice
     fake_ms.task_duration = 30.0
     sdk = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=TOKEN, max_retries=2, timeout=4)
+
     def ask() -> object:
         if api == "chat":
             return sdk.chat.completions.create(
