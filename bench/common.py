@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from starlette.types import ASGIApp
 
 import fakes.modelscope as fake_module
+from fakes.aws import s3_stand_in_env
 from fakes.modelscope import DEFAULT_TOKENS, Duration, FakeModelScope
 from fakes.png import make_png
 from fakes.server import ServerThread
 from imagegw.app import create_app
 from imagegw.config import Settings
-from imagegw.local import start_s3_stand_in
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the token the fake accepts
@@ -179,34 +178,8 @@ def s3_stand_in() -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback with one bucket; the env that points at it (its AWS_*
     credentials are also set in os.environ meanwhile, as tests/conftest.py does)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request lines
-    server, env = start_s3_stand_in(BUCKET)
-    credentials = {k: v for k, v in env.items() if k.startswith("AWS_")}
-    saved = {k: os.environ.get(k) for k in credentials}
-    os.environ.update(credentials)  # boto3 in an in-process gateway reads them from here
-    try:
+    with s3_stand_in_env(BUCKET) as env:
         yield env
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-class LoopbackServer(ServerThread):
-    """tests/fakes/server.py's ServerThread, with TCP_NODELAY on its connections.
-
-    ServerThread binds a socket made with proto 0, so asyncio does not set TCP_NODELAY on the
-    connections it accepts (it only does for IPPROTO_TCP sockets), and every keep-alive
-    response written in two parts waits ~40 ms for the client's delayed ACK. uvicorn binding
-    its own port (functions/api/run.sh, make run) does get TCP_NODELAY; accepted connections
-    inherit it from the listening socket, which is what this sets.
-    """
-
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
-        super().__init__(app, **options)
-        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _one_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -226,7 +199,7 @@ def fake_modelscope(
     fake = FakeModelScope(task_duration=task_duration, pending_seconds=pending_seconds)
     fake_module.make_png = _one_colour_png  # type: ignore[attr-defined, assignment]
     try:
-        with LoopbackServer(fake) as server:
+        with ServerThread(fake) as server:
             yield fake, f"{server.url}/v1"
     finally:
         fake_module.make_png = make_png  # type: ignore[attr-defined]
@@ -264,7 +237,7 @@ def quiet_gateway_logs() -> Iterator[None]:
 @contextlib.contextmanager
 def gateway_in_process(settings: Settings) -> Iterator[str]:
     """The gateway app under uvicorn in a thread of this process; its base URL."""
-    with quiet_gateway_logs(), LoopbackServer(create_app(settings), lifespan="on") as server:
+    with quiet_gateway_logs(), ServerThread(create_app(settings), lifespan="on") as server:
         yield server.url
 
 

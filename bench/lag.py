@@ -117,7 +117,7 @@ def run() -> Report:
         "downloads the image from the fake and copies it into the S3 stand-in (moto) before it "
         "sends the content chunk.",
         "Client, gateway, fake and moto share one process (one GIL); servers in threads get "
-        "TCP_NODELAY (LoopbackServer) and the fake's images are one colour, encoded once "
+        "TCP_NODELAY (ServerThread) and the fake's images are one colour, encoded once "
         "(fake_modelscope), both in bench/common.py.",
         "Poll detection is spread over one poll period (poll_interval + a poll's round trip), "
         f"so its expected median is about {settings.poll_interval / 2:.2f} s.",

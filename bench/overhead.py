@@ -21,7 +21,6 @@ from starlette.routing import Route
 from bench.common import (
     AUTH,
     MODEL,
-    LoopbackServer,
     Report,
     Table,
     chat_body,
@@ -33,6 +32,7 @@ from bench.common import (
     percentile,
     s3_stand_in,
 )
+from fakes.server import ServerThread
 
 REQUESTS = 200
 WARMUP = 10
@@ -140,7 +140,7 @@ def run() -> Report:
         )
         with gateway_in_process(direct_settings) as url:
             direct = _measure(url, models=False)
-    with LoopbackServer(_noop_app()) as noop_server:
+    with ServerThread(_noop_app()) as noop_server:
         noop = _measure(noop_server.url)
 
     targets = (
@@ -189,7 +189,7 @@ def run() -> Report:
             f"{polls_per_chat:.2f} poll(s) on average to the fake over loopback HTTP, then (with "
             "IMAGE_LINKS=stored) a download of the 1024x1024 PNG from the fake and a put into "
             "the S3 stand-in, then the JSON answer. The fake and moto run in this process.",
-            "Servers in threads get TCP_NODELAY (see LoopbackServer in bench/common.py).",
+            "Servers in threads get TCP_NODELAY (tests/fakes/server.py).",
             "The no-op app (same uvicorn server thread, same client) answers canned bodies: "
             f"gateway chat p50 − no-op chat p50 = {fmt_ms(chat_p50 - noop_chat_p50)} "
             f"({fmt_ms(direct_p50 - noop_chat_p50)} with IMAGE_LINKS=provider).",

@@ -4,19 +4,18 @@ over real HTTP."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from fakes.aws import s3_stand_in_env
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
 from imagegw.app import create_app
 from imagegw.config import Settings
-from imagegw.local import start_s3_stand_in
 
 TOKEN = "ms-test-token"
 
@@ -29,16 +28,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def s3_env() -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback with one bucket; AWS credentials point at it."""
-    server, env = start_s3_stand_in("gateway-test-bucket")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    yield env
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with s3_stand_in_env("gateway-test-bucket") as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ backend of the test process, the session's S3 stand-in server (`conftest.s3_env`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from moto import mock_aws
 REGION: Final = "us-east-1"
 BUCKET: Final = "image-jobs-under-moto"
 #: moto's configuration for running state machines: its interpreter on, no Docker for Lambda
-CONFIG: Final[dict[str, Any]] = {
+CONFIG: Final[Any] = {  # moto types it as a TypedDict
     "stepfunctions": {"execute_state_machine": True},
     "lambda": {"use_docker": False},
 }
@@ -50,3 +51,25 @@ def mocked_aws() -> Iterator[MockedAws]:
         yield MockedAws(s3=s3, key_id=key_id)
     finally:
         mock.stop(remove_data=False)
+
+
+@contextmanager
+def s3_stand_in_env(bucket: str) -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback with one bucket (`imagegw.local.start_s3_stand_in`); the env
+    that points at it. Its AWS_* credentials are in os.environ meanwhile, for boto3 in an
+    in-process gateway; the previous values come back afterwards."""
+    from imagegw.local import start_s3_stand_in
+
+    server, env = start_s3_stand_in(bucket)
+    credentials = {k: v for k, v in env.items() if k.startswith("AWS_")}
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)
+    try:
+        yield env
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
