@@ -13,7 +13,11 @@ from imagegw.errors import (
     NotFoundError,
     PayloadTooLargeError,
     ProviderError,
+    ProviderUnreachableError,
     RateLimitError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    StorageError,
     TransientProviderError,
     for_status,
     render,
@@ -138,7 +142,24 @@ def test_render_uses_the_openai_error_shape() -> None:
             "code": None,
         }
     }
-    assert "x-should-retry" not in headers
+    # said on every error: a bad request is not worth repeating
+    assert headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (RequestTimeoutError("slow body"), "false"),
+        (ServiceUnavailableError("later"), "true"),
+        (StorageError("bucket down"), "true"),
+        (ProviderUnreachableError("connection refused"), "true"),
+        (ProviderError("task failed"), "false"),
+        (RateLimitError("slow down"), "true"),
+        (GatewayError("unexpected"), "false"),
+    ],
+)
+def test_every_error_says_whether_a_retry_is_safe(error: GatewayError, retry: str) -> None:
+    assert render(error)[2]["x-should-retry"] == retry
 
 
 @pytest.mark.parametrize(

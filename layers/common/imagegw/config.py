@@ -36,6 +36,9 @@ ENV_NAMES: dict[str, str] = {
     "JOB_KEY_ID": "job_key_id",
     "JOB_POLL_INTERVAL": "job_poll_interval",
     "JOB_TIMEOUT": "job_timeout",
+    "ALLOW_PRIVATE_URLS": "allow_private_urls",
+    "BODY_TIMEOUT": "body_timeout",
+    "POLL_FAILURE_WINDOW": "poll_failure_window",
 }
 
 
@@ -82,6 +85,15 @@ class Settings(BaseModel):
     job_poll_interval: int = Field(default=5, ge=0, le=3600)
     #: about how long a job may run at the provider before it fails (seconds)
     job_timeout: int = Field(default=3600, ge=1, le=86400)
+
+    #: let the gateway fetch client-supplied URLs on loopback and private addresses: ONLY for
+    #: tests against fakes on loopback; never set by the template (README "Security")
+    allow_private_urls: bool = False
+    #: seconds a client may take to send its whole request body before a 408
+    body_timeout: float = Field(default=30.0, gt=0)
+    #: seconds of nothing but failed polls (5xx, unreadable answers, no connection) after which
+    #: an interactive request gives up with a 502 naming the provider's last error
+    poll_failure_window: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

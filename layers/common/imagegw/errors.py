@@ -79,6 +79,14 @@ class ConflictError(GatewayError):
     retryable = False
 
 
+class RequestTimeoutError(GatewayError):
+    """The client did not send its request body in time (BODY_TIMEOUT); nothing started."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    retryable = False
+
+
 class PayloadTooLargeError(GatewayError):
     status = 413
     error_type = "invalid_request_error"
@@ -102,6 +110,26 @@ class ProviderError(GatewayError):
 
 class TransientProviderError(ProviderError):
     """A failure worth trying again later (connection error, 5xx while polling)."""
+
+
+class ProviderUnreachableError(ProviderError):
+    """The provider could not be reached before anything was sent to it (connection refused,
+    DNS, connect timeout): nothing started, so the client may safely try again."""
+
+    retryable = True
+
+
+class ServiceUnavailableError(GatewayError):
+    """Something the gateway needs failed for now, before anything paid started: retry."""
+
+    status = 503
+    error_type = "server_error"
+    retryable = True
+
+
+class StorageError(ServiceUnavailableError):
+    """The bucket failed (unreachable, throttled, denied). Raised by `ImageStore` only; callers
+    that hold a paid result catch it and deliver the provider's own link instead."""
 
 
 class DeadlineExceededError(GatewayError):
@@ -130,8 +158,10 @@ def render(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         exc = GatewayError("The gateway failed unexpectedly. See its logs.", code="internal_error")
         exc.retryable = False
     headers = dict(exc.headers)
-    if exc.retryable is not None:
-        headers["x-should-retry"] = "true" if exc.retryable else "false"
+    retryable = exc.retryable
+    if retryable is None:  # said for every error, so SDKs never guess
+        retryable = exc.status in (408, 429, 503)
+    headers["x-should-retry"] = "true" if retryable else "false"
     return exc.status, exc.body(), headers
 
 
@@ -142,6 +172,7 @@ def for_status(status: int) -> type[GatewayError]:
         401: AuthenticationError,
         403: PermissionDeniedError,
         404: NotFoundError,
+        408: RequestTimeoutError,
         413: PayloadTooLargeError,
         422: InvalidRequestError,
         429: RateLimitError,

@@ -12,15 +12,17 @@ import datetime as dt
 import re
 import secrets
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
 from imagegw.config import Settings
-from imagegw.errors import ConfigurationError, ProviderError
+from imagegw.errors import ConfigurationError, StorageError
 from imagegw.images import ImageBytes, check_image
 from imagegw.providers.base import InputImage
+
+T = TypeVar("T")
 
 UPLOADS = "uploads/"
 RESULTS = "images/"
@@ -101,14 +103,25 @@ class ImageStore:
         try:
             await anyio.to_thread.run_sync(self._put, key, image)
         except Exception as exc:
-            raise ProviderError(
+            raise StorageError(
                 f"Storing the input image in bucket {bucket} failed: {type(exc).__name__}.",
-                code="storage_error",
+                code="storage_unavailable",
             ) from None
         return key
 
+    async def _run(self, what: str, function: Callable[..., T], *args: Any) -> T:
+        """A boto3 call in a worker thread; any failure of the bucket is a `StorageError`
+        (503, retryable) whose message names no secret."""
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        except Exception as exc:
+            raise StorageError(
+                f"The bucket could not be reached ({what}: {type(exc).__name__}); try again.",
+                code="storage_unavailable",
+            ) from None
+
     async def presign(self, key: str, ttl: int | None = None) -> str:
-        return await anyio.to_thread.run_sync(self._presign, key, ttl or self.settings.presign_ttl)
+        return await self._run("presign", self._presign, key, ttl or self.settings.presign_ttl)
 
     async def save_result(self, image: ImageBytes) -> str:
         """Store a generated image under images/ with an unguessable name; the name."""
@@ -117,9 +130,9 @@ class ImageStore:
         try:
             await anyio.to_thread.run_sync(self._put, RESULTS + name, image)
         except Exception as exc:
-            raise ProviderError(
+            raise StorageError(
                 f"Storing the generated image in bucket {bucket} failed: {type(exc).__name__}.",
-                code="storage_error",
+                code="storage_unavailable",
             ) from None
         return name
 
@@ -135,7 +148,7 @@ class ImageStore:
     async def result_link(self, name: str, ttl: int | None = None) -> str | None:
         """A fresh presigned URL of a stored result, or None when there is no such result."""
         key = RESULTS + name
-        if not is_file_name(name) or not await anyio.to_thread.run_sync(self._exists, key):
+        if not is_file_name(name) or not await self._run("head", self._exists, key):
             return None
         return await self.presign(key, ttl)
 
@@ -155,7 +168,7 @@ class ImageStore:
             data: bytes = answer["Body"].read()
             return data
 
-        data = await anyio.to_thread.run_sync(get)
+        data = await self._run("get", get)
         return None if data is None else check_image(data, max_bytes=len(data) + 1)
 
     async def load(self, key: str) -> InputImage:
@@ -169,9 +182,9 @@ class ImageStore:
         try:
             data = await anyio.to_thread.run_sync(get)
         except Exception as exc:
-            raise ProviderError(
+            raise StorageError(
                 f"Reading the input image {key} from the bucket failed: {type(exc).__name__}.",
-                code="storage_error",
+                code="storage_unavailable",
             ) from None
         image = check_image(data, max_bytes=max(len(data), 1), what="input image")
         return InputImage(url=await self.presign(key), image=image)

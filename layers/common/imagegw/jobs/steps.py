@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -31,6 +31,7 @@ from imagegw.errors import (
     ConfigurationError,
     GatewayError,
     ProviderError,
+    StorageError,
     TransientJobError,
     TransientProviderError,
 )
@@ -60,9 +61,6 @@ from imagegw.providers.base import (
     TaskStatus,
 )
 from imagegw.storage import ImageStore
-
-#: error codes of `ImageStore` failures (the bucket, not the provider)
-STORAGE_ERROR: Final = "storage_error"
 
 Step = Callable[[Mapping[str, Any], "Tools"], Awaitable[dict[str, Any]]]
 
@@ -129,10 +127,8 @@ def _bucket_failures_retried() -> Iterator[None]:
     """The bucket failing is passing trouble: raised as TransientJobError (retried)."""
     try:
         yield
-    except ProviderError as exc:
-        if exc.code == STORAGE_ERROR:
-            raise TransientJobError(exc.message) from None
-        raise
+    except StorageError as exc:
+        raise TransientJobError(exc.message) from None
 
 
 def _failed(exc: GatewayError, state: str = "FAILED") -> TaskProgress:
