@@ -146,3 +146,36 @@ def test_the_state_machine_and_its_tasks_agree(template: dict[str, Any]) -> None
         retried = [e for r in asl["States"][name]["Retry"] for e in r["ErrorEquals"]]
         assert TransientJobError.__name__ in retried
     assert asl["States"]["Wait"]["SecondsPath"] == "$.wait_seconds"
+
+
+def test_listing_the_bucket_is_limited_to_the_prefixes_the_api_uses(
+    template: dict[str, Any],
+) -> None:
+    for name, function in resources(template, "AWS::Serverless::Function").items():
+        for statement in statements(function):
+            if "s3:ListBucket" in str(statement["Action"]):
+                prefixes = statement["Condition"]["StringLike"]["s3:prefix"]
+                assert sorted(prefixes) == ["images/*", "uploads/*"], name
+
+
+def test_an_owner_can_cap_what_a_flood_of_requests_costs(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["ApiReservedConcurrency"]
+    assert parameter["Default"] == ""  # no cap unless the owner sets one
+    assert re.match(parameter["AllowedPattern"], "10")
+    assert not re.match(parameter["AllowedPattern"], "-1")
+    api = template["Resources"]["ApiFunction"]["Properties"]
+    assert api["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["CapApiConcurrency", {"Ref": "ApiReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+
+
+def test_uploads_expire_within_a_day_by_default(template: dict[str, Any]) -> None:
+    assert template["Parameters"]["UploadRetentionDays"]["Default"] == 1
+    rules = template["Resources"]["UploadsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiring = [r for r in rules if r.get("Prefix") == "uploads/"]
+    assert expiring[0]["ExpirationInDays"] == {"Ref": "UploadRetentionDays"}
+
+
+def test_no_function_may_fetch_private_addresses(template: dict[str, Any]) -> None:
+    # ALLOW_PRIVATE_URLS exists only for tests against fakes on loopback
+    assert "ALLOW_PRIVATE_URLS" not in json.dumps(template)

@@ -23,6 +23,8 @@ from imagegw.images import ImageBytes, check_image
 from imagegw.providers.base import InputImage
 
 T = TypeVar("T")
+#: S3 error codes of a HeadObject on a key that is not there
+_MISSING = frozenset({"404", "NoSuchKey", "403", "AccessDenied"})
 
 UPLOADS = "uploads/"
 RESULTS = "images/"
@@ -140,7 +142,10 @@ class ImageStore:
         try:
             self.s3.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            # S3 answers a missing key with 404 only to callers that may list its prefix
+            # (template: ListBucket with an s3:prefix condition); the function may read every
+            # key it asks about, so a 403 here means missing too
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in _MISSING:
                 return False
             raise
         return True

@@ -43,6 +43,9 @@ FAILED: Final = "FAILED"
 MAX_TEXT: Final = 2000
 MAX_SEED: Final = 2**31 - 1
 MAX_LORAS: Final = 6
+#: input images an edit takes: Qwen-Image-Edit-2509/2511 take 1 to 3; the service's own maximum
+#: is undocumented, so this bounds what one request can upload (README "Security")
+MAX_INPUT_IMAGES: Final = 3
 
 # size ranges by model family, first match wins (seed 002's parameter table)
 SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
@@ -114,7 +117,7 @@ class ModelScope(Provider):
             model,
             image_count,
             1 if kind is ModelKind.EDIT else 0,
-            0 if kind is ModelKind.GENERATE else None,
+            0 if kind is ModelKind.GENERATE else MAX_INPUT_IMAGES,
         )
         opts = common_options(fields)
         names = option_names(fields)  # errors name the field as the client sent it

@@ -48,6 +48,9 @@ SIDE_RANGE: Final = (64, 4096)
 MAX_STEPS: Final = 200
 MAX_SEED: Final = 2**32 - 1
 MAX_TEXT: Final = 10_000
+#: input images an edit takes (OpenAI's gpt-image models take up to 16); bounds what one
+#: request can make the gateway upload or download
+MAX_INPUT_IMAGES: Final = 16
 _AUTO: Final = "auto"
 
 
@@ -99,7 +102,7 @@ class OpenAICompatible(Provider):
         self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
     ) -> dict[str, Any]:
         # any model edits when given images (/images/edits); an edit model needs one
-        check_image_count(model, image_count, 1 if kind is ModelKind.EDIT else 0, None)
+        check_image_count(model, image_count, 1 if kind is ModelKind.EDIT else 0, MAX_INPUT_IMAGES)
         body: dict[str, Any] = {
             name: as_text(name, fields[name], MAX_TEXT)
             for name in PASSED_ON
