@@ -5,7 +5,7 @@ the model would never take."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import boto3
 import httpx
@@ -25,7 +25,7 @@ def tiny_image(i: int) -> str:
 
 
 @pytest.fixture
-def uploads(s3_env: dict[str, str]) -> Iterator[Callable[[], int]]:
+def uploads(s3_env: dict[str, str]) -> Callable[[], int]:
     s3 = boto3.client("s3", endpoint_url=s3_env["S3_ENDPOINT_URL"], region_name="us-east-1")
 
     def count() -> int:
@@ -34,7 +34,7 @@ def uploads(s3_env: dict[str, str]) -> Iterator[Callable[[], int]]:
         )
         return sum(page.get("KeyCount", 0) for page in pages)
 
-    yield count
+    return count
 
 
 def test_many_images_for_an_edit_model_are_refused_before_any_upload(
