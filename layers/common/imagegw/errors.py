@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from imagegw.redaction import MAX_MESSAGE, cut
+
 
 class GatewayError(Exception):
     """Base of every error a client sees."""
@@ -35,9 +37,10 @@ class GatewayError(Exception):
             self.retryable = retryable
 
     def body(self) -> dict[str, Any]:
+        """The OpenAI-shaped body; the message redacted of every secret in play, then cut."""
         return {
             "error": {
-                "message": self.message,
+                "message": cut(self.message, MAX_MESSAGE),
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.code,
@@ -149,7 +152,11 @@ class TransientJobError(Exception):
     reached or answered 5xx while polling, refused a submission for rate (nothing started), or
     the bucket failed. The step's Lambda reports the class name as the error, and the state
     machine's `Retry` retries it with backoff (`statemachine/image_job.asl.json`). Never seen by
-    clients; its message must hold no secret (it lands in the execution history)."""
+    clients; its message must hold no secret (it lands in the execution history), so it is
+    redacted here."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(cut(message, MAX_MESSAGE))
 
 
 def render(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:

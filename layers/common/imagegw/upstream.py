@@ -15,6 +15,7 @@ from typing import Any, Final
 import httpx
 from pydantic import SecretStr
 
+from imagegw import redaction
 from imagegw.config import Settings
 from imagegw.errors import (
     DeadlineExceededError,
@@ -27,6 +28,7 @@ from imagegw.errors import (
 
 #: the longest provider message passed on
 MAX_MESSAGE: Final = 500
+MAX_SCAN: Final = redaction.MAX_SCAN
 #: headers of a 429 worth passing on besides any `*ratelimit*` one
 RETRY_HEADERS: Final = ("retry-after", "retry-after-ms")
 
@@ -61,23 +63,24 @@ def _text(value: Any) -> str | None:
 
 
 def message_of(response: httpx.Response) -> str:
-    """The provider's own message from any of its error bodies."""
+    """The provider's own message from any of its error bodies, uncut (up to MAX_SCAN): it is
+    redacted before it is cut to MAX_MESSAGE (`error_for`), so a key cannot straddle the cut."""
     try:
         body = response.json()
     except ValueError:
-        return response.text.strip()[:MAX_MESSAGE] or response.reason_phrase
+        return response.text.strip()[:MAX_SCAN] or response.reason_phrase
     if isinstance(body, dict):
         for key in ("error", "errors", "message", "detail"):
             found = _text(body.get(key))
             if found:
-                return found[:MAX_MESSAGE]
-    return (_text(body) or str(body))[:MAX_MESSAGE]
+                return found[:MAX_SCAN]
+    return (_text(body) or str(body))[:MAX_SCAN]
 
 
 def redact(text: str, key: SecretStr | None) -> str:
-    """`text` without the client's key in it (some providers echo what they were sent)."""
-    secret = key.get_secret_value() if key is not None else ""
-    return text.replace(secret, "[key]") if len(secret) >= 4 else text
+    """`text` without the client's key, nor any run of 8 or more of its characters, in it
+    (some providers echo what they were sent)."""
+    return redaction.redact(text, key.get_secret_value() if key is not None else "")
 
 
 def error_for(
@@ -85,7 +88,8 @@ def error_for(
 ) -> GatewayError:
     """The gateway's error for a provider's error answer: the provider's message (and `note`,
     e.g. a trace id), the status that fits, and a 429's retry headers."""
-    message = redact(f"{title}: {message_of(response)}{note}", key)
+    secret = key.get_secret_value() if key is not None else ""
+    message = redaction.cut(f"{title}: {message_of(response)}{note}", MAX_MESSAGE, secret)
     status = response.status_code
     if status == 429:
         kept = {

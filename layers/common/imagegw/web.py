@@ -20,6 +20,7 @@ from imagegw.errors import (
     render,
 )
 from imagegw.gateway import Gateway
+from imagegw.redaction import protect
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 
@@ -47,7 +48,9 @@ def api_key(request: Request) -> SecretStr:
         raise AuthenticationError(
             "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key"
         )
-    return SecretStr(match.group(1))
+    token = match.group(1)
+    protect(token)  # redacted from every error and log line of this request from now on
+    return SecretStr(token)
 
 
 def check_length(request: Request, limit: int) -> None:

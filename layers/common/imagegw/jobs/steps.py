@@ -60,6 +60,7 @@ from imagegw.providers.base import (
     Started,
     TaskStatus,
 )
+from imagegw.redaction import protect
 from imagegw.storage import ImageStore
 
 Step = Callable[[Mapping[str, Any], "Tools"], Awaitable[dict[str, Any]]]
@@ -157,6 +158,7 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     try:
         provider = _provider(spec, kit)
         key = kit.sealer.open(payload.key, spec.id)
+        protect(key.get_secret_value())
         images = await _inputs(spec, kit)
     except GatewayError as exc:
         return Progress.of([_failed(exc)]).model_dump(mode="json")
@@ -202,6 +204,7 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     try:
         provider = _provider(spec, kit)
         key = kit.sealer.open(payload.key, spec.id)
+        protect(key.get_secret_value())
     except GatewayError as exc:
         return Progress.of([_failed(exc)], progress.polls + 1).model_dump(mode="json")
     parts = provider.split(_request(spec, key))

@@ -1,0 +1,82 @@
+"""Redaction that cannot miss: the secrets a request carries are registered once, and every
+error body the gateway renders and every log line it writes is scrubbed of them.
+
+A provider may echo the key it was sent (whole, or cut anywhere by a length limit), so not only
+the key is removed but any run of `MIN_RUN` or more of its consecutive characters. Text is
+always redacted before it is cut: a cut cannot make a longer run of the key appear.
+
+The registry is a context variable: `protect(key)` in a request (or a job step) covers
+everything that runs in its context, tasks it starts included.
+"""
+
+from __future__ import annotations
+
+import json
+from contextvars import ContextVar
+from typing import Final
+
+#: the shortest run of a key's characters that is redacted wherever it appears
+MIN_RUN: Final = 8
+#: keys shorter than this are not redacted at all (they would blank ordinary words)
+MIN_KEY: Final = 4
+MARK: Final = "[key]"
+#: text longer than this is cut before redaction; callers cut much shorter after it
+MAX_SCAN: Final = 65_536
+#: the longest message a client sees in an error (a provider's included)
+MAX_MESSAGE: Final = 1_000
+
+_secrets: ContextVar[tuple[str, ...]] = ContextVar("imagegw_secrets", default=())
+
+
+def protect(secret: str) -> None:
+    """Redact `secret` from every error and log line of the current context from now on."""
+    if len(secret) >= MIN_KEY and secret not in _secrets.get():
+        _secrets.set((*_secrets.get(), secret))
+
+
+def protected() -> tuple[str, ...]:
+    return _secrets.get()
+
+
+def _runs(text: str, secret: str) -> list[tuple[int, int]]:
+    """Spans of `text` that are runs of MIN_RUN or more consecutive characters of `secret`."""
+    if len(secret) < MIN_RUN:
+        spans, start = [], text.find(secret)
+        while start != -1:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + len(secret))
+        return spans
+    grams = {secret[i : i + MIN_RUN] for i in range(len(secret) - MIN_RUN + 1)}
+    spans = []
+    i, end = 0, len(text) - MIN_RUN + 1
+    while i < end:
+        if text[i : i + MIN_RUN] not in grams:
+            i += 1
+            continue
+        j = i + MIN_RUN  # grow the run while it is still a piece of the secret
+        while j < len(text) and text[i : j + 1] in secret:
+            j += 1
+        spans.append((i, j))
+        i = j
+    return spans
+
+
+def redact(text: str, *secrets: str, limit: int | None = MAX_SCAN) -> str:
+    """`text` (cut to `limit` first) without the given secrets nor the context's, nor any run
+    of MIN_RUN or more of their characters (also in their JSON-escaped form)."""
+    if limit is not None:
+        text = text[:limit]
+    for secret in {*secrets, *_secrets.get()}:
+        if len(secret) < MIN_KEY:
+            continue
+        escaped = json.dumps(secret)[1:-1]
+        for form in {secret, escaped}:
+            spans = _runs(text, form)
+            for start, stop in reversed(spans):
+                text = text[:start] + MARK + text[stop:]
+    return text
+
+
+def cut(text: str, limit: int, *secrets: str) -> str:
+    """Redact, then cut to `limit` characters (never the other way round)."""
+    return redact(text, *secrets)[:limit]
