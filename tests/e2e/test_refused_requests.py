@@ -11,9 +11,15 @@ import boto3
 import httpx
 import pytest
 
+from fakes.jobs import MemoryRunner
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
+from fakes.server import ServerThread, SwappableApp
+from imagegw.app import create_app
+from imagegw.config import Settings
+from imagegw.jobs.keys import KeySealer
+from imagegw.jobs.service import Jobs
 
 pytestmark = pytest.mark.e2e
 STRANGER = "ms-made-up-by-a-stranger"
@@ -95,5 +101,43 @@ def test_a_text_to_image_model_with_images_stores_nothing(
     )
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "unexpected_image"
+    assert uploads() == before
+    assert fake_ms.submissions == []
+
+
+class NoKms:
+    """A KMS that must not be called: nothing is sealed for a refused job."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"KMS {name} called")
+
+
+def test_a_refused_async_job_starts_no_execution_and_stores_nothing(
+    _gateway_server: tuple[ServerThread, SwappableApp],  # noqa: PT019
+    make_settings: Callable[..., Settings],
+    fake_ms: FakeModelScope,
+    uploads: Callable[[], int],
+) -> None:
+    server, swappable = _gateway_server
+    settings = make_settings(job_state_machine_arn="arn:aws:states:us-east-1:1:stateMachine:j")
+    app = create_app(settings)
+    runner = MemoryRunner()
+    gateway = app.state.gateway
+    gateway.jobs = Jobs(
+        settings, gateway.store, runner=runner, sealer=KeySealer("k", "us-east-1", NoKms())
+    )
+    swappable.app = app
+    before = uploads()
+    files = [("image", (f"{i}.png", make_png(1, 1), "image/png")) for i in range(12)]
+    answer = httpx.post(
+        f"{server.url}/v1/images/edits",
+        headers={"authorization": f"Bearer {STRANGER}", "prefer": "respond-async"},
+        data={"model": "Qwen/Qwen-Image-Edit-2509", "prompt": "x"},
+        files=files,
+        timeout=30,
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "too_many_images"
+    assert runner.started == []
     assert uploads() == before
     assert fake_ms.submissions == []
