@@ -8,10 +8,10 @@ Routes:
 - ``GET /away?to=URL``: one redirect (302) to any URL;
 - ``GET /cookie/{name}``: sets a cookie and redirects to ``/files/{name}``;
 - ``GET /slow``: answers after ``slow_seconds``;
-- ``GET /stream/{size}``: ``size`` zero bytes in 64 KiB chunks, chunked (no
-  Content-Length); ``streamed`` counts the bytes handed to the server so far.
+- ``GET /stream/{size}``: ``size`` zero bytes in 64 KiB chunks, chunked (no Content-Length).
 
-Records: ``requests``: every request's path (and query), ``cookies``: Cookie headers received.
+Records: ``requests``: every request's path (and query); ``hosts``: their Host headers;
+``cookies``: Cookie headers received.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class FakeImageHost:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {"x.png": make_png(8, 8)}
         self.requests: list[str] = []
+        self.hosts: list[str] = []
         self.cookies: list[str] = []
-        self.streamed = 0
         self.slow_seconds = 5.0
         self.url = ""  # set by the fixture that serves it
         self._app = Starlette(
@@ -58,7 +58,9 @@ class FakeImageHost:
         if scope["type"] == "http":
             query = scope.get("query_string", b"").decode()
             self.requests.append(scope["path"] + (f"?{query}" if query else ""))
-            cookie = dict(scope["headers"]).get(b"cookie")
+            headers = dict(scope["headers"])
+            self.hosts.append(headers.get(b"host", b"").decode())
+            cookie = headers.get(b"cookie")
             if cookie is not None:
                 self.cookies.append(cookie.decode())
         await self._app(scope, receive, send)
@@ -93,8 +95,8 @@ class FakeImageHost:
             sent = 0
             while sent < size:
                 chunk = bytes(min(CHUNK, size - sent))
-                self.streamed += len(chunk)
                 sent += len(chunk)
                 yield chunk
+                await asyncio.sleep(0)  # let a disconnect stop the stream
 
         return StreamingResponse(body(), media_type="image/png")
