@@ -271,7 +271,7 @@ def _target(url: str | httpx.URL) -> httpx.URL:
 async def _read(answer: httpx.Response, limit: int) -> bytes:
     """The body of `answer`, read no further than `limit` bytes."""
     declared = answer.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise FetchError(f"declares {declared} bytes, over the limit of {limit}")
     encoding = answer.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):  # a small body could expand without bound
