@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fakes.aws import s3_stand_in_env
+from fakes.image_host import FakeImageHost
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.server import ServerThread, SwappableApp
@@ -70,6 +71,9 @@ def make_settings(
             "progress_interval": 1.0,
             "keepalive_interval": 5.0,
             "generation_timeout": 20.0,
+            # the fakes and the test servers holding input images live on loopback; the SSRF
+            # tests turn this off again (allow_private_urls=False)
+            "allow_private_urls": True,
         }
         values.update(overrides)
         return Settings(**values)
@@ -138,5 +142,21 @@ def fake_openai(_fake_openai_server: tuple[ServerThread, SwappableApp]) -> FakeO
     server, swappable = _fake_openai_server
     fake = FakeOpenAIImages()
     fake.base_url = f"{server.url}/v1"
+    swappable.app = fake
+    return fake
+
+
+@pytest.fixture(scope="session")
+def _image_host_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
+    yield from _serve_swappable()
+
+
+@pytest.fixture
+def image_host(_image_host_server: tuple[ServerThread, SwappableApp]) -> FakeImageHost:
+    """A fresh fake web server holding images clients link to (on loopback: a private address,
+    which the SSRF guard refuses unless allowed); `image_host.url` is its base URL."""
+    server, swappable = _image_host_server
+    fake = FakeImageHost()
+    fake.url = server.url
     swappable.app = fake
     return fake

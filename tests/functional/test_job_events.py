@@ -21,8 +21,10 @@ import pytest
 from pydantic import SecretStr
 
 from fakes.aws import MockedAws
+from fakes.image_host import FakeImageHost
 from fakes.jobs import MemoryRunner
 from fakes.modelscope import FakeModelScope
+from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
 from imagegw.app import create_app
 from imagegw.config import Settings
@@ -104,6 +106,39 @@ def test_a_key_sealed_for_another_job_does_not_open(
     assert progress["status"] == "failed"
     assert json.loads(progress["cause"])["error"]["code"] == "job_key_unreadable"
     assert not fake_ms.submissions
+
+
+def test_submit_refuses_a_private_image_url_without_fetching_it(
+    aws: MockedAws,
+    handlers: dict[str, Handler],
+    fake_openai: FakeOpenAIImages,
+    image_host: FakeImageHost,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an edit job for an OpenAI-compatible server whose input image is a URL on loopback
+    # (the handler's environment leaves ALLOW_PRIVATE_URLS unset, as deployed)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    event = load("job-submit.json")
+    event["job"] = {
+        **event["job"],
+        "provider": "openai",
+        "model": "Qwen/Qwen-Image-Edit",
+        "kind": "edit",
+        "options": {},
+        "images": [{"key": None, "url": f"{image_host.url}/files/x.png"}],
+    }
+
+    # When the Submit handler runs it
+    progress = invoke(handlers["submit"], sealed(aws, event))
+
+    # Then the job failed with the one answer for any URL that cannot be downloaded, and
+    # neither the image host nor the provider was asked anything
+    assert progress["status"] == "failed"
+    error = json.loads(progress["cause"])["error"]
+    assert error["message"] == "Input image 1 could not be downloaded from its URL."
+    assert error["code"] == "invalid_image"
+    assert image_host.requests == []
+    assert fake_openai.requests == []
 
 
 def test_poll_event(aws: MockedAws, handlers: dict[str, Handler], fake_ms: FakeModelScope) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -19,6 +18,7 @@ from imagegw.errors import (
     NotFoundError,
     ProviderError,
 )
+from imagegw.fetcher import Fetcher
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.runner import Execution
 from imagegw.jobs.schema import (
@@ -176,10 +176,9 @@ async def test_a_succeeded_job_renders_the_images_api_data() -> None:
     )
     job_id = record(runner, "SUCCEEDED", output=output.model_dump_json())
     service = jobs(runner)
-    async with httpx.AsyncClient() as client:
-        body = await service.render(
-            await service.status(job_id, TOKEN), base_url="https://gw/Prod", client=client
-        )
+    body = await service.render(
+        await service.status(job_id, TOKEN), base_url="https://gw/Prod", fetcher=Fetcher(SETTINGS)
+    )
     assert body == {
         "id": job_id,
         "object": "image.job",
@@ -209,8 +208,7 @@ async def test_ended_jobs_that_made_nothing_failed(
     job_id = record(runner, status, **fields)
     service = jobs(runner)
     view = await service.status(job_id, TOKEN)
-    async with httpx.AsyncClient() as client:
-        body = await service.render(view, base_url="https://gw", client=client)
+    body = await service.render(view, base_url="https://gw", fetcher=Fetcher(SETTINGS))
     assert body["status"] == "failed" and "data" not in body
     assert body["error"]["code"] == code
     assert set(body["error"]) == {"message", "type", "param", "code"}

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from fakes.image_host import FakeImageHost
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import JPEG_1x1, make_png
 from imagegw.config import Settings
@@ -21,6 +22,7 @@ from imagegw.errors import (
     NotFoundError,
     ProviderError,
 )
+from imagegw.fetcher import Fetcher
 from imagegw.images import ImageBytes, decode_data_uri
 from imagegw.providers.base import Finished, GenerationRequest, InputImage, ModelKind
 from imagegw.providers.openai_compat import OpenAICompatible
@@ -231,27 +233,28 @@ async def test_a_mask_is_sent_with_the_edit(
 
 
 @pytest.mark.anyio
-async def test_url_only_inputs_are_downloaded_first() -> None:
+async def test_url_only_inputs_are_downloaded_first(image_host: FakeImageHost) -> None:
     photo = make_png(14, 14)
-    fetched: list[str] = []
+    url = image_host.add("a.png", photo)
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "GET":
-            fetched.append(str(request.url))
-            if request.url.path == "/gone.png":
-                return httpx.Response(404)
-            return httpx.Response(200, content=photo)
         assert photo in request.content  # the multipart body carries the downloaded bytes
         return httpx.Response(200, json={"data": [{"url": "https://cdn.example/out.png"}]})
 
+    settings = Settings(allow_private_urls=True)  # the image host is on loopback
+    fetcher = Fetcher(settings)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        provider = OpenAICompatible(Settings(), client)
-        finished = await provider.start(job(images=(InputImage("https://img.example/a.png"),)))
-        with pytest.raises(InvalidRequestError, match=r"Input image 1 .*HTTP 404"):
-            await provider.start(job(images=(InputImage("https://img.example/gone.png"),)))
+        provider = OpenAICompatible(settings, client, fetcher)
+        finished = await provider.start(job(images=(InputImage(url),)))
+        with pytest.raises(InvalidRequestError) as missing:
+            await provider.start(job(images=(InputImage(f"{image_host.url}/files/gone.png"),)))
+    await fetcher.aclose()
 
     assert finished.images == ("https://cdn.example/out.png",)
-    assert fetched == ["https://img.example/a.png", "https://img.example/gone.png"]
+    # a 404 gets the text every failed download gets: nothing about what was there
+    assert missing.value.message == "Input image 1 could not be downloaded from its URL."
+    assert (missing.value.code, missing.value.param) == ("invalid_image", "messages")
+    assert image_host.requests == ["/files/a.png", "/files/gone.png"]
 
 
 @pytest.mark.anyio

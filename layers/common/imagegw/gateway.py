@@ -1,6 +1,9 @@
 """The gateway's shared state: settings, the HTTP client, the image store and providers.
 
 Everything is created on first use, so building the app does no I/O, and tests inject fakes.
+Three HTTP clients, never mixed: `client` calls the providers' APIs (the owner's base URLs);
+`fetcher` downloads URLs clients send and `result_fetcher` the result images providers link to,
+both through the SSRF guard (`imagegw.fetcher`), each with its own connection pool.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import httpx
 
 from imagegw.config import Settings
 from imagegw.errors import NotFoundError
+from imagegw.fetcher import Fetcher
 from imagegw.jobs.service import Jobs
 from imagegw.providers import PROVIDERS, Provider
 from imagegw.storage import ImageStore
@@ -26,6 +30,10 @@ class Gateway:
         self._client = http_client
         self.store = store or ImageStore(settings)
         self._providers: dict[str, Provider] = {}
+        #: client-supplied URLs: never trusted
+        self.fetcher = Fetcher(settings)
+        #: result images: the configured providers' hosts are trusted, any other is checked
+        self.result_fetcher = Fetcher.for_results(settings)
         #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
         self.jobs = Jobs(settings, self.store)
 
@@ -50,10 +58,12 @@ class Gateway:
                     f"Unknown provider '{key}'. Known providers: {known}.",
                     code="unknown_provider",
                 )
-            self._providers[key] = cls(self.settings, self.client)
+            self._providers[key] = cls(self.settings, self.client, self.fetcher)
         return self._providers[key]
 
     async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        await self.result_fetcher.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -13,10 +13,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Literal
 
-import httpx
-
 from imagegw.config import Settings
 from imagegw.errors import GatewayError, ProviderError
+from imagegw.fetcher import Fetcher, FetchError
 from imagegw.images import ImageBytes, check_image, decode_data_uri, is_data_uri
 from imagegw.log import logger
 from imagegw.storage import ImageStore
@@ -30,24 +29,21 @@ def file_link(base_url: str, name: str) -> str:
     return f"{base_url.rstrip('/')}/v1/files/{name}"
 
 
-async def fetch_image(client: httpx.AsyncClient, ref: str, settings: Settings) -> ImageBytes:
-    """The bytes of a result image (a data URI, or a URL the gateway downloads)."""
+async def fetch_image(fetcher: Fetcher, ref: str, settings: Settings) -> ImageBytes:
+    """The bytes of a result image: a data URI, or a provider's URL downloaded by the guarded
+    fetcher (`Fetcher.for_results`: size cap, timeout, redirects checked; the reason of a
+    failure is logged, the client hears one text)."""
     limit = settings.max_result_bytes
     if is_data_uri(ref):
         return decode_data_uri(ref, max_bytes=limit, what="generated image")
     try:
-        answer = await client.get(ref, timeout=settings.provider_timeout, follow_redirects=True)
-    except httpx.TransportError as exc:
+        data = await fetcher.fetch(ref, limit=limit)
+    except FetchError:
         raise ProviderError(
-            f"The generated image could not be downloaded: {type(exc).__name__}.",
+            "The generated image could not be downloaded from the provider's link.",
             code="result_unavailable",
         ) from None
-    if answer.status_code != 200:
-        raise ProviderError(
-            f"The generated image could not be downloaded: HTTP {answer.status_code}.",
-            code="result_unavailable",
-        )
-    return check_image(answer.content, max_bytes=limit, what="generated image")
+    return check_image(data, max_bytes=limit, what="generated image")
 
 
 async def deliver(
@@ -55,7 +51,7 @@ async def deliver(
     *,
     settings: Settings,
     store: ImageStore,
-    client: httpx.AsyncClient,
+    fetcher: Fetcher,
     base_url: str,
     mode: LinkMode | None = None,
 ) -> tuple[str, ...]:
@@ -67,9 +63,9 @@ async def deliver(
         if mode == "provider" and not is_data_uri(ref):
             return ref
         if mode == "data":  # the bytes are the answer: no link to fall back on
-            return (await fetch_image(client, ref, settings)).data_uri()
+            return (await fetch_image(fetcher, ref, settings)).data_uri()
         try:
-            image = await fetch_image(client, ref, settings)
+            image = await fetch_image(fetcher, ref, settings)
         except GatewayError as exc:
             if is_data_uri(ref):
                 raise

@@ -42,7 +42,7 @@ async def events(
                 event.images,
                 settings=gateway.settings,
                 store=gateway.store,
-                client=gateway.client,
+                fetcher=gateway.result_fetcher,
                 base_url=base_url,
                 mode=link_mode,
             )

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import anyio.to_thread
-import httpx
 
 from imagegw.config import Settings
 from imagegw.errors import (
@@ -35,6 +34,7 @@ from imagegw.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from imagegw.fetcher import Fetcher
 from imagegw.images import ImageBytes
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.runner import Execution, JobRunner, StepFunctionsRunner
@@ -322,16 +322,14 @@ class Jobs:
             error = error_body(execution.error, execution.cause)
         return replace(view, status="failed", error=error)
 
-    async def render(
-        self, view: JobView, *, base_url: str, client: httpx.AsyncClient
-    ) -> dict[str, Any]:
+    async def render(self, view: JobView, *, base_url: str, fetcher: Fetcher) -> dict[str, Any]:
         """The job resource: its summary, with `data` when it succeeded (as the synchronous
         Images API answers) or `error` when it failed."""
         body = {**view.summary(), "model": view.model}
         if view.output is not None:
             refs = view.output.images[: view.n]
             images = await asyncio.gather(
-                *(self._deliver(ref, view.response_format, base_url, client) for ref in refs)
+                *(self._deliver(ref, view.response_format, base_url, fetcher) for ref in refs)
             )
             body["data"] = images_response(images, view.response_format, view.created)["data"]
         if view.error is not None:
@@ -343,7 +341,7 @@ class Jobs:
         ref: ImageRef,
         response_format: ResponseFormat,
         base_url: str,
-        client: httpx.AsyncClient,
+        fetcher: Fetcher,
     ) -> str:
         """A link to one result image, or for b64_json its bytes as a data URI."""
         if ref.name is not None:
@@ -359,4 +357,4 @@ class Jobs:
         assert ref.url is not None
         if response_format == "url":
             return ref.url
-        return (await fetch_image(client, ref.url, self.settings)).data_uri()
+        return (await fetch_image(fetcher, ref.url, self.settings)).data_uri()

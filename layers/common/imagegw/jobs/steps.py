@@ -35,6 +35,7 @@ from imagegw.errors import (
     TransientJobError,
     TransientProviderError,
 )
+from imagegw.fetcher import Fetcher
 from imagegw.images import decode_data_uri, is_data_uri
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.schema import (
@@ -71,22 +72,35 @@ class Tools:
     """What a step works with; made fresh for each invocation."""
 
     settings: Settings
+    #: the providers' APIs (the owner's base URLs)
     client: httpx.AsyncClient
     store: ImageStore
     sealer: KeySealer
+    #: URLs the client sent (input images), through the SSRF guard
+    fetcher: Fetcher
+    #: result images the provider links to, through the guard (the providers' hosts trusted)
+    result_fetcher: Fetcher
 
 
 @asynccontextmanager
 async def tools(settings: Settings) -> AsyncIterator[Tools]:
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.provider_timeout, connect=10.0), follow_redirects=False
-    ) as client:
-        yield Tools(
-            settings=settings,
-            client=client,
-            store=ImageStore(settings),
-            sealer=KeySealer(settings.job_key_id, settings.aws_region),
-        )
+    fetcher, result_fetcher = Fetcher(settings), Fetcher.for_results(settings)
+    try:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
+            follow_redirects=False,
+        ) as client:
+            yield Tools(
+                settings=settings,
+                client=client,
+                store=ImageStore(settings),
+                sealer=KeySealer(settings.job_key_id, settings.aws_region),
+                fetcher=fetcher,
+                result_fetcher=result_fetcher,
+            )
+    finally:
+        await fetcher.aclose()
+        await result_fetcher.aclose()
 
 
 def run(step: Step, event: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
@@ -105,7 +119,7 @@ def _provider(spec: JobSpec, kit: Tools) -> Provider:
         raise ConfigurationError(
             f"The job names an unknown provider '{spec.provider}'.", code="unknown_provider"
         )
-    return cls(kit.settings, kit.client)
+    return cls(kit.settings, kit.client, kit.fetcher)
 
 
 def _request(
@@ -283,7 +297,7 @@ async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:
     if ref.url is None:
         return ref
     try:
-        image = await fetch_image(kit.client, ref.url, kit.settings)
+        image = await fetch_image(kit.result_fetcher, ref.url, kit.settings)
     except GatewayError as exc:
         logger.warning(
             "result not copied; keeping the provider's link", extra={"error": exc.message}

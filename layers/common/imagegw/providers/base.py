@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from imagegw.config import Settings
 from imagegw.errors import InvalidRequestError
+from imagegw.fetcher import Fetcher
 from imagegw.images import ImageBytes
 from imagegw.options import image_count
 
@@ -146,9 +147,14 @@ class Provider(ABC):
     #: whether edits take a mask (`GenerationRequest.mask`); without, a mask is a 400
     supports_masks: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
+    ) -> None:
         self.settings = settings
+        #: the shared client for the provider's own API (the owner's base URL: trusted)
         self.client = client
+        #: downloads URLs a client sent (the SSRF guard); its own client, built on first use
+        self.fetcher = fetcher or Fetcher(settings)
         self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
 
     def classify(self, model: str) -> ModelKind:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from imagegw.config import Settings
 from imagegw.errors import InvalidRequestError, ProviderError
+from imagegw.fetcher import Fetcher, FetchError
 from imagegw.images import ImageBytes, check_image, sniff_mime
 from imagegw.options import as_float, as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.base import (
@@ -86,8 +87,10 @@ class OpenAICompatible(Provider):
     title = "OpenAI-compatible server"
     supports_masks = True
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        super().__init__(settings, client)
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
+    ) -> None:
+        super().__init__(settings, client, fetcher)
         self.catalog = catalog_of(settings)
 
     @property
@@ -152,26 +155,21 @@ class OpenAICompatible(Provider):
         return sides
 
     async def _image_bytes(self, image: InputImage, index: int) -> ImageBytes:
-        """The bytes of an input image: known when uploaded, else downloaded from its URL."""
+        """The bytes of an input image: known when uploaded, else downloaded from its URL by
+        the guarded fetcher. Every failure of a client's URL is the same 400 (the reason is
+        logged), so the answer tells nothing about what the gateway can reach."""
         if image.image is not None:
             return image.image
-        problem = ""
         try:
-            answer = await self.client.get(image.url, timeout=self.timeout, follow_redirects=True)
-        except httpx.TransportError as exc:
-            problem = type(exc).__name__
-        else:
-            if answer.status_code == 200:
-                return check_image(
-                    answer.content,
-                    max_bytes=self.settings.max_image_bytes,
-                    what=f"input image {index}",
-                )
-            problem = f"HTTP {answer.status_code}"
-        raise InvalidRequestError(
-            f"Input image {index} could not be downloaded ({problem}).",
-            param="messages",
-            code="invalid_image",
+            data = await self.fetcher.fetch(image.url, limit=self.settings.max_image_bytes)
+        except FetchError:
+            raise InvalidRequestError(
+                f"Input image {index} could not be downloaded from its URL.",
+                param="messages",
+                code="invalid_image",
+            ) from None
+        return check_image(
+            data, max_bytes=self.settings.max_image_bytes, what=f"input image {index}"
         )
 
     async def _edit_form(

@@ -71,7 +71,7 @@ async def get_job(request: Request) -> Response:
     key = api_key(request)
     view = await gateway.jobs.status(request.path_params["job_id"], key.get_secret_value())
     body = await gateway.jobs.render(
-        view, base_url=public_base_url(request, gateway.settings), client=gateway.client
+        view, base_url=public_base_url(request, gateway.settings), fetcher=gateway.result_fetcher
     )
     return JSONResponse(body)
 
