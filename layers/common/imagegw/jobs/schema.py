@@ -107,7 +107,7 @@ class JobInput(_Model):
     key: str
     #: seconds between polls (the Wait state's `SecondsPath`)
     wait_seconds: int = Field(ge=0)
-    #: polls before the job fails as timed out (the Choice state's limit)
+    #: poll intervals before the job fails as timed out: the job's deadline (`Progress.polls`)
     max_polls: int = Field(ge=1)
 
 

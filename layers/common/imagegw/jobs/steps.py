@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ from imagegw.storage import ImageStore
 Step = Callable[[Mapping[str, Any], "Tools"], Awaitable[dict[str, Any]]]
 
 #: seconds between the attempts to save a result image in the bucket within one step (boto3
-#: retries each attempt too); about 15 s in all, well within the task functions' timeouts
+#: retries each attempt too); no attempt starts later than `SAVE_RETRY_WINDOW` seconds after
+#: the first, well within the task functions' timeouts
 SAVE_RETRY_DELAYS: Final[tuple[float, ...]] = (1.0, 2.0, 4.0, 8.0)
+SAVE_RETRY_WINDOW: Final = 30.0
 #: the most that images kept inline (the bucket failed) may take of the state, with the job
 BUDGET_INLINE: Final = STATE_LIMIT // 2
 #: the longest wait between polls after failed polls, unless JOB_POLL_INTERVAL is longer
@@ -144,7 +147,7 @@ def _request(
     )
 
 
-def _retry_later(exc: GatewayError) -> TransientJobError:
+def retry_later(exc: GatewayError) -> TransientJobError:
     """The error that has the state machine run the step again; its message is `exc`'s body,
     which the job fails with when the retries run out (`schema.error_body`)."""
     return TransientJobError(json.dumps(exc.body(), separators=(",", ":")))
@@ -156,7 +159,7 @@ def _bucket_failures_retried() -> Iterator[None]:
     try:
         yield
     except StorageError as exc:
-        raise _retry_later(exc) from None
+        raise retry_later(exc) from None
 
 
 def _failed(exc: GatewayError, state: str = "FAILED") -> TaskProgress:
@@ -164,12 +167,15 @@ def _failed(exc: GatewayError, state: str = "FAILED") -> TaskProgress:
 
 
 async def _save(image: ImageBytes, kit: Tools) -> str:
-    """Store a result image, trying again a few times (`SAVE_RETRY_DELAYS`) while the bucket
-    fails; its name. Raises the last `StorageError`."""
+    """Store a result image, trying again a few times (`SAVE_RETRY_DELAYS`, within
+    `SAVE_RETRY_WINDOW`) while the bucket fails; its name. Raises the last `StorageError`."""
+    began = time.monotonic()
     for delay in SAVE_RETRY_DELAYS:
         try:
             return await kit.store.save_result(image)
         except StorageError as exc:
+            if time.monotonic() - began + delay > SAVE_RETRY_WINDOW:
+                raise
             logger.warning(
                 "result not stored yet; trying again", extra={"error": exc.message, "in": delay}
             )
@@ -239,9 +245,9 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     if len(refusals) == len(parts) and all(exc.retryable is True for exc in refusals):
         # nothing started and the provider said "later" (a rate limit, or it could not be
         # reached before anything was sent): safe to submit again
-        raise _retry_later(refusals[0])
+        raise retry_later(refusals[0])
     # a synchronous provider's images are stored here, never by submitting again (paid)
-    tasks = [await _task(provider, TaskProgress(), outcome, kit) for outcome in outcomes]
+    tasks = list(await asyncio.gather(*(_task(provider, TaskProgress(), o, kit) for o in outcomes)))
     tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
     logger.info(
         "job submitted",
