@@ -1,13 +1,15 @@
-"""Fixtures of the functional tests: a mocked AWS account (moto) for the durable-job steps."""
+"""Fixtures of the functional tests: a mocked AWS account (moto) for the durable-job steps, and
+the state machine run whole in it (`machine.World`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from fakes.aws import ENDPOINT_VARIABLES, MockedAws, mocked_aws
 from fakes.modelscope import FakeModelScope
+from functional.machine import World, make_world
 
 
 @pytest.fixture
@@ -26,3 +28,11 @@ def aws(monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope) -> Iterator[Mo
         }.items():
             monkeypatch.setenv(name, value)
         yield account
+
+
+@pytest.fixture
+def world(
+    aws: MockedAws, monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope
+) -> Callable[..., World]:
+    """A state machine in the mocked account, its tasks dispatched to the real handlers."""
+    return make_world(aws, monkeypatch, fake_ms)

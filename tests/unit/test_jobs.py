@@ -17,8 +17,10 @@ from imagegw.errors import (
     InvalidRequestError,
     NotFoundError,
     ProviderError,
+    RateLimitError,
 )
 from imagegw.fetcher import Fetcher
+from imagegw.jobs import steps
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.runner import Execution
 from imagegw.jobs.schema import (
@@ -149,6 +151,63 @@ def test_a_failure_travels_as_error_and_cause() -> None:
     )
     crash = error_body("Runtime.ExitError", '{"errorMessage": "secret stack"}')
     assert crash["error"]["code"] == "job_failed" and "secret" not in json.dumps(crash)
+
+
+def test_a_step_retried_until_it_gave_up_fails_with_the_gateways_error() -> None:
+    # Given a submission refused for rate until the state machine's retries ran out: the
+    # step's error carries the gateway's error body, in Lambda's error document
+    refused = RateLimitError("ModelScope: Rate limit exceeded", code="rate_limit_exceeded")
+    lambda_error = {
+        "errorMessage": str(steps.retry_later(refused)),
+        "errorType": "TransientJobError",
+    }
+
+    # When the job's error is read / Then it is the rate limit, not "provider unavailable"
+    body = error_body("TransientJobError", json.dumps(lambda_error))
+    assert body == refused.body()
+    assert body["error"]["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize(
+    ("failures", "interval", "wait"),
+    [
+        (0, 5, 0),
+        (1, 5, 10),
+        (2, 5, 20),
+        (3, 5, 40),
+        (4, 5, 60),
+        (50, 5, 60),
+        (1, 0, 2),
+        (3, 0, 8),
+        (1, 120, 120),
+        (99, 3600, 3600),
+    ],
+)
+def test_failed_polls_wait_longer_each_time_up_to_a_minute(
+    failures: int, interval: int, wait: int
+) -> None:
+    assert steps.backoff(failures, interval) == wait
+
+
+def test_a_long_wait_counts_against_the_deadline_as_the_intervals_it_lasted() -> None:
+    assert steps.intervals_used(5, 5) == 1
+    assert steps.intervals_used(0, 0) == 1
+    assert steps.intervals_used(20, 5) == 4
+    assert steps.intervals_used(16, 0) == 16
+    assert steps.intervals_used(7, 5) == 2
+
+
+def test_a_running_progress_carries_its_backoff_and_an_ended_one_none() -> None:
+    failing = TaskProgress(
+        task_id="a",
+        state="RUNNING",
+        failures=2,
+        last_error=ErrorInfo.of(ProviderError("ModelScope answered 503.", code="x")),
+    )
+    assert not failing.ended
+    assert Progress.of([failing], polls=3, backoff=4).backoff == 4
+    done = TaskProgress(task_id="a", images=(ImageRef(url="https://x/1.png"),))
+    assert Progress.of([done], polls=3, backoff=4).backoff == 0
 
 
 @pytest.mark.anyio

@@ -5,6 +5,10 @@
   which redirects to a fresh presigned URL for as long as the object is kept;
 - `inline`: a PNG/JPEG data URI (other types are stored: Cherry Studio shows only those two);
 - `data`: a data URI of any type, nothing stored (the Images API's `b64_json`; not a setting).
+
+A result is paid for: when it cannot be copied (the provider's link fails, or the bucket does),
+the client still gets it, as the provider's own link or, for an image the provider answered
+inline, as a data URI, with a warning in the log.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from imagegw.config import Settings
-from imagegw.errors import GatewayError, ProviderError
+from imagegw.errors import GatewayError, ProviderError, StorageError
 from imagegw.fetcher import Fetcher, FetchError
 from imagegw.images import ImageBytes, check_image, decode_data_uri, is_data_uri
 from imagegw.log import logger
@@ -76,6 +80,14 @@ async def deliver(
             return ref
         if mode == "inline" and image.mime in INLINE_TYPES:
             return image.data_uri()
-        return file_link(base_url, await store.save_result(image))
+        try:
+            return file_link(base_url, await store.save_result(image))
+        except StorageError as exc:
+            # paid for: the provider's link (or the image itself) beats an error
+            logger.warning(
+                "result not stored: the bucket failed; giving the provider's link",
+                extra={"error": exc.message},
+            )
+            return image.data_uri() if is_data_uri(ref) else ref
 
     return tuple(await asyncio.gather(*(one(ref) for ref in images)))

@@ -3,12 +3,15 @@
 The execution input is `JobInput`: the job (`JobSpec`, no secret in it), the provider key
 sealed with KMS, and the loop's pace. Each task gets part of the state and returns JSON that the
 state machine keeps at `$.progress` (`Progress`) or, at the end, as the execution's output
-(`JobOutput`). Images never travel through the state (256 KiB limit): inputs are keys in the
-bucket or URLs, results are provider URLs or names of copies under images/.
+(`JobOutput`). Images rarely travel through the state (256 KiB limit): inputs are keys in the
+bucket or URLs, results are provider URLs or names of copies under images/; only a small image a
+provider answered inline, which the bucket failed to take, is kept as a data URI (`ImageRef`).
 
 A job that fails carries the gateway's error as a Step Functions error name (the error class,
 e.g. `ProviderError`) and cause (its OpenAI-shaped body as JSON), so the status endpoint gives
-the provider's reason in the gateway's error shape (`error_body`).
+the provider's reason in the gateway's error shape (`error_body`). A step that raises
+`TransientJobError` (retried by the state machine) gives the same body as its message, so a job
+whose retries ran out fails with the gateway's error (a rate limit stays a `rate_limit_error`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from imagegw.errors import (
     ProviderError,
     TransientJobError,
 )
+from imagegw.images import is_data_uri
 from imagegw.providers.base import ModelKind
 
 #: job ids are execution names: `job-` and 32 hex digits (random, or derived from the caller's
@@ -57,7 +61,8 @@ class InputRef(_Model):
 
 class ImageRef(_Model):
     """A result image: the name of a copy under images/ (a lasting /v1/files link), or the
-    provider's URL (until it is copied, or when it could not be)."""
+    provider's URL (until it is copied, or when it could not be), or the image itself as a data
+    URI (a small image a provider answered inline while the bucket failed)."""
 
     name: str | None = None
     url: str | None = None
@@ -67,6 +72,11 @@ class ImageRef(_Model):
         if (self.name is None) == (self.url is None):
             raise ValueError("a result image has a name or a url")
         return self
+
+    @property
+    def inline(self) -> bool:
+        """Whether the image itself travels in the state (a data URI)."""
+        return self.url is not None and is_data_uri(self.url)
 
 
 class JobSpec(_Model):
@@ -97,7 +107,7 @@ class JobInput(_Model):
     key: str
     #: seconds between polls (the Wait state's `SecondsPath`)
     wait_seconds: int = Field(ge=0)
-    #: polls before the job fails as timed out (the Choice state's limit)
+    #: poll intervals before the job fails as timed out: the job's deadline (`Progress.polls`)
     max_polls: int = Field(ge=1)
 
 
@@ -118,12 +128,16 @@ class ErrorInfo(_Model):
 
 class TaskProgress(_Model):
     """One provider call (`Provider.split`): its task while it runs, then its images or why it
-    failed."""
+    failed. While it runs, `failures` counts the polls in a row that got no usable answer (a
+    5xx, an unreadable answer, no connection) and `last_error` holds the latest: the paid task
+    may still finish, so such polls are tried again until the job's deadline."""
 
     task_id: str | None = None
     state: str = "SUBMITTED"
     images: tuple[ImageRef, ...] = ()
     error: ErrorInfo | None = None
+    failures: int = Field(default=0, ge=0)
+    last_error: ErrorInfo | None = None
 
     @property
     def ended(self) -> bool:
@@ -132,20 +146,26 @@ class TaskProgress(_Model):
 
 class Progress(_Model):
     """Where the job stands, kept at `$.progress`. `error` and `cause` are set when it failed:
-    the Fail state's `ErrorPath` and `CausePath`."""
+    the Fail state's `ErrorPath` and `CausePath`.
+
+    `polls` counts poll intervals used (JOB_POLL_INTERVAL, at least 1 s each): one a poll, and a
+    longer wait after failed polls counts the intervals it lasted, so the Choice state's limit
+    (`max_polls`) stays the job's deadline. `backoff` is the wait before the next poll after
+    failed polls (the Backoff state's `SecondsPath`); 0: the usual pace (the Wait state)."""
 
     status: Literal["running", "succeeded", "failed"]
     polls: int = 0
     tasks: tuple[TaskProgress, ...]
     error: str | None = None
     cause: str | None = None
+    backoff: int = Field(default=0, ge=0)
 
     @classmethod
-    def of(cls, tasks: list[TaskProgress], polls: int = 0) -> Progress:
+    def of(cls, tasks: list[TaskProgress], polls: int = 0, backoff: int = 0) -> Progress:
         """Running until every task ended; then succeeded when any made an image, else failed
         with the first task's error."""
         if not all(task.ended for task in tasks):
-            return cls(status="running", polls=polls, tasks=tuple(tasks))
+            return cls(status="running", polls=polls, tasks=tuple(tasks), backoff=backoff)
         if any(task.images for task in tasks):
             return cls(status="succeeded", polls=polls, tasks=tuple(tasks))
         first = next(task.error for task in tasks if task.error is not None)
@@ -167,6 +187,9 @@ class PollEvent(_Model):
     job: JobSpec
     key: str
     progress: Progress
+    #: the job's pace and deadline (`JobInput`); absent in events of older state machines
+    wait_seconds: int = Field(default=0, ge=0)
+    max_polls: int | None = Field(default=None, ge=1)
 
 
 class StoreEvent(_Model):
@@ -182,24 +205,41 @@ class JobOutput(_Model):
     task_ids: tuple[str, ...] = ()
 
 
+def _gateway_body(text: str) -> dict[str, Any] | None:
+    """`text` when it is a gateway error body as JSON (`{"error": {"message": ...}}`)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    inner = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+        return {"error": inner}
+    return None
+
+
 def error_body(error: str | None, cause: str | None) -> dict[str, Any]:
     """The OpenAI-shaped error of a failed execution, from its Step Functions error and cause.
 
     The gateway's own failures carry their body as the cause. A task that kept failing
-    transiently carries Lambda's error document (its message is ours, and holds no secret).
-    Anything else (a crash, a Step Functions error) is not shown as it is.
+    transiently carries Lambda's error document, whose message is the gateway error's body (or,
+    from KMS and older tasks, a plain message of ours; neither holds a secret). Anything else
+    (a crash, a Step Functions error) is not shown as it is.
     """
     if cause:
+        body = _gateway_body(cause)
+        if body is not None:
+            return body
         try:
             parsed = json.loads(cause)
         except ValueError:
             parsed = None
-        if isinstance(parsed, dict):
-            inner = parsed.get("error")
-            if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-                return {"error": inner}
-            if error == TransientJobError.__name__ and isinstance(parsed.get("errorMessage"), str):
-                return ProviderError(parsed["errorMessage"], code="provider_unavailable").body()
+        if isinstance(parsed, dict) and error == TransientJobError.__name__:
+            message = parsed.get("errorMessage")
+            if isinstance(message, str):
+                body = _gateway_body(message)
+                if body is not None:
+                    return body
+                return ProviderError(message, code="provider_unavailable").body()
     if error == DeadlineExceededError.__name__ or error == "States.Timeout":
         return DeadlineExceededError(
             cause or "The job ran past its time limit.", code="deadline_exceeded"

@@ -9,7 +9,9 @@
 - Status comes from the execution itself (`JobRunner`); a job is readable only with the bearer
   token that submitted it (anyone else gets the same 404 as for an unknown id).
 - A finished job answers the `data` the synchronous Images API call gives: lasting links to the
-  copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket.
+  copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket (a 503
+  `storage_unavailable`, retryable, while the bucket cannot be read). An image the bucket did
+  not take is given as the provider's link, or as the image itself (a data URI).
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def fingerprint(
 
 
 def max_polls(settings: Settings) -> int:
-    """How many polls JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one)."""
+    """How many poll intervals JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one): the
+    job's deadline (waits after failed polls count the intervals they last)."""
     return max(1, math.ceil(settings.job_timeout / max(1, settings.job_poll_interval)))
 
 

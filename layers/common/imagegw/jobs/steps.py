@@ -8,20 +8,33 @@ driven through the same two calls as the interactive loop (`Provider.split`, `st
 - `poll` asks about the tasks still running;
 - `store` copies the result images into the bucket under images/ and outputs their names.
 
-Images a provider answers inline (data URIs) are copied into the bucket at once: no image ever
-travels in the state. Failures a later attempt may not have (the provider unreachable or 5xx
-while polling, a rate-limited submission that started nothing, the bucket failing) raise
-`TransientJobError`, which the state machine retries with backoff; a provider's refusal or a
-failed task ends the job with the provider's reason. Nothing here logs or returns the key.
+A submission is paid, so it is retried (by the state machine, `TransientJobError`) only when
+nothing started: every call refused for rate, the provider unreachable before anything was sent,
+the bucket failing while input images are read. The error carries the gateway's error body, so
+a job whose retries ran out fails with it (`schema.error_body`).
+
+A paid task is never given up on early: a poll that gets no usable answer (a 5xx, an unreadable
+answer, no connection) is recorded in the task's progress and polled again after a growing wait
+(`Progress.backoff`), until the job's deadline; the job then fails naming the last error.
+
+A paid result is never lost to the bucket: a result that cannot be copied keeps the provider's
+link (Store). Images a provider answered inline (data URIs) are copied into the bucket at once,
+with bounded retries in the step (running the step again would pay for the generation again);
+when the bucket still fails, a small image stays inline in the state (well under its 256 KiB
+limit) and Store tries again, and a larger one fails its task with `storage_unavailable`.
+Nothing here logs or returns the key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from pydantic import SecretStr
@@ -29,6 +42,7 @@ from pydantic import SecretStr
 from imagegw.config import Settings
 from imagegw.errors import (
     ConfigurationError,
+    DeadlineExceededError,
     GatewayError,
     ProviderError,
     StorageError,
@@ -36,9 +50,10 @@ from imagegw.errors import (
     TransientProviderError,
 )
 from imagegw.fetcher import Fetcher
-from imagegw.images import decode_data_uri, is_data_uri
+from imagegw.images import ImageBytes, decode_data_uri, is_data_uri
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.schema import (
+    STATE_LIMIT,
     ErrorInfo,
     ImageRef,
     JobOutput,
@@ -65,6 +80,16 @@ from imagegw.redaction import protect
 from imagegw.storage import ImageStore
 
 Step = Callable[[Mapping[str, Any], "Tools"], Awaitable[dict[str, Any]]]
+
+#: seconds between the attempts to save a result image in the bucket within one step (boto3
+#: retries each attempt too); no attempt starts later than `SAVE_RETRY_WINDOW` seconds after
+#: the first, well within the task functions' timeouts
+SAVE_RETRY_DELAYS: Final[tuple[float, ...]] = (1.0, 2.0, 4.0, 8.0)
+SAVE_RETRY_WINDOW: Final = 30.0
+#: the most that images kept inline (the bucket failed) may take of the state, with the job
+BUDGET_INLINE: Final = STATE_LIMIT // 2
+#: the longest wait between polls after failed polls, unless JOB_POLL_INTERVAL is longer
+BACKOFF_MAX: Final = 60
 
 
 @dataclass(frozen=True)
@@ -137,21 +162,45 @@ def _request(
     )
 
 
+def retry_later(exc: GatewayError) -> TransientJobError:
+    """The error that has the state machine run the step again; its message is `exc`'s body,
+    which the job fails with when the retries run out (`schema.error_body`)."""
+    return TransientJobError(json.dumps(exc.body(), separators=(",", ":")))
+
+
 @contextmanager
 def _bucket_failures_retried() -> Iterator[None]:
-    """The bucket failing is passing trouble: raised as TransientJobError (retried)."""
+    """The bucket failing before anything was paid is passing trouble: retried."""
     try:
         yield
     except StorageError as exc:
-        raise TransientJobError(exc.message) from None
+        raise retry_later(exc) from None
 
 
 def _failed(exc: GatewayError, state: str = "FAILED") -> TaskProgress:
     return TaskProgress(state=state, error=ErrorInfo.of(exc))
 
 
+async def _save(image: ImageBytes, kit: Tools) -> str:
+    """Store a result image, trying again a few times (`SAVE_RETRY_DELAYS`, within
+    `SAVE_RETRY_WINDOW`) while the bucket fails; its name. Raises the last `StorageError`."""
+    began = time.monotonic()
+    for delay in SAVE_RETRY_DELAYS:
+        try:
+            return await kit.store.save_result(image)
+        except StorageError as exc:
+            if time.monotonic() - began + delay > SAVE_RETRY_WINDOW:
+                raise
+            logger.warning(
+                "result not stored yet; trying again", extra={"error": exc.message, "in": delay}
+            )
+        await asyncio.sleep(delay)
+    return await kit.store.save_result(image)
+
+
 async def _keep(images: Sequence[str], kit: Tools) -> tuple[ImageRef, ...]:
-    """Result images as refs: provider URLs as they are; data URIs copied into the bucket now."""
+    """Result images as refs: provider URLs as they are; data URIs copied into the bucket now,
+    or kept as they are when the bucket keeps failing (`_fit_inline` decides if they fit)."""
 
     async def one(ref: str) -> ImageRef:
         if not is_data_uri(ref):
@@ -159,10 +208,40 @@ async def _keep(images: Sequence[str], kit: Tools) -> tuple[ImageRef, ...]:
         image = decode_data_uri(
             ref, max_bytes=kit.settings.max_result_bytes, what="generated image"
         )
-        with _bucket_failures_retried():
-            return ImageRef(name=await kit.store.save_result(image))
+        try:
+            return ImageRef(name=await _save(image, kit))
+        except StorageError as exc:
+            logger.warning(
+                "result not stored; keeping it inline for now", extra={"error": exc.message}
+            )
+            return ImageRef(url=image.data_uri())
 
     return tuple(await asyncio.gather(*(one(ref) for ref in images)))
+
+
+def _inline_budget(event: Mapping[str, Any]) -> int:
+    """How many characters of data URIs the state may hold besides the job and its key."""
+    fixed = {name: event[name] for name in ("job", "key") if name in event}
+    return BUDGET_INLINE - len(json.dumps(fixed, separators=(",", ":")))
+
+
+def _fit_inline(tasks: list[TaskProgress], budget: int, title: str) -> list[TaskProgress]:
+    """The tasks, where those whose inline images (the bucket failed) would take the state past
+    `budget` failed instead: their images were paid for, but the state cannot hold them."""
+    fitted = []
+    for task in tasks:
+        size = sum(len(ref.url or "") for ref in task.images if ref.inline)
+        if size and size > budget:
+            lost = StorageError(
+                f"The bucket failed while storing the image {title} made, and the image is too "
+                f"large to keep in the job ({size // 1024} KiB); it is lost. Try again later.",
+                code="storage_unavailable",
+            )
+            logger.error("result lost: the bucket failed", extra={"error": lost.message})
+            task = task.model_copy(update={"images": (), "error": ErrorInfo.of(lost)})
+        budget -= size if task.images else 0
+        fitted.append(task)
+    return fitted
 
 
 async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
@@ -180,11 +259,12 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     outcomes = await asyncio.gather(*(provider.start(p) for p in parts), return_exceptions=True)
     refusals = [outcome for outcome in outcomes if isinstance(outcome, GatewayError)]
     if len(refusals) == len(parts) and all(exc.retryable is True for exc in refusals):
-        # nothing started and the provider said "later" (a rate limit): safe to submit again
-        raise TransientJobError(refusals[0].message)
-    # (a synchronous provider's images are stored here: the bucket failing then retries the
-    # submission, which is paid again; the state cannot hold the images meanwhile)
-    tasks = [await _task(provider, TaskProgress(), outcome, kit) for outcome in outcomes]
+        # nothing started and the provider said "later" (a rate limit, or it could not be
+        # reached before anything was sent): safe to submit again
+        raise retry_later(refusals[0])
+    # a synchronous provider's images are stored here, never by submitting again (paid)
+    tasks = list(await asyncio.gather(*(_task(provider, TaskProgress(), o, kit) for o in outcomes)))
+    tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
     logger.info(
         "job submitted",
         extra={
@@ -211,16 +291,54 @@ async def _inputs(spec: JobSpec, kit: Tools) -> tuple[InputImage, ...]:
     return tuple(await asyncio.gather(*(one(ref.key, ref.url) for ref in spec.images)))
 
 
+def intervals_used(waited: int, interval: int) -> int:
+    """The poll intervals a poll after a wait of `waited` seconds uses of the job's deadline
+    (`max_polls` intervals of JOB_POLL_INTERVAL, at least 1 s each)."""
+    return max(1, math.ceil(waited / max(1, interval)))
+
+
+def backoff(failures: int, interval: int) -> int:
+    """Seconds to wait before the next poll after `failures` failed polls in a row (0: none):
+    the poll interval (at least 1 s) doubled each time, up to `BACKOFF_MAX` (or the interval,
+    when it is longer)."""
+    if failures <= 0:
+        return 0
+    grown: int = max(1, interval) << min(failures, 16)
+    return min(grown, max(BACKOFF_MAX, interval))
+
+
+def _passing(task: TaskProgress, exc: GatewayError) -> TaskProgress:
+    """A task whose poll got no usable answer: still running, the failure counted."""
+    return task.model_copy(update={"failures": task.failures + 1, "last_error": ErrorInfo.of(exc)})
+
+
+def _out_of_time(provider: Provider, task: TaskProgress) -> TaskProgress:
+    """A task still running at the job's deadline: failed, naming the last poll error if any."""
+    message = (
+        f"{provider.title} did not finish task {task.task_id} within the job's time limit "
+        "(JOB_TIMEOUT); it may still finish there."
+    )
+    if task.last_error is not None:
+        message += f" The last {task.failures} polls failed; the last: {task.last_error.message}"
+    late = DeadlineExceededError(message, code="deadline_exceeded")
+    return task.model_copy(update={"error": ErrorInfo.of(late)})
+
+
 async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
-    """Ask about the tasks still running; the next `Progress` (polls + 1)."""
+    """Ask about the tasks still running; the next `Progress`. A poll without a usable answer is
+    counted in the task and tried again after `backoff`; at the deadline (`max_polls`) the
+    tasks still running fail, naming their last error."""
     payload = PollEvent.model_validate(event)
     spec, progress = payload.job, payload.progress
+    polls = progress.polls + intervals_used(
+        progress.backoff or payload.wait_seconds, payload.wait_seconds
+    )
     try:
         provider = _provider(spec, kit)
         key = kit.sealer.open(payload.key, spec.id)
         protect(key.get_secret_value())
     except GatewayError as exc:
-        return Progress.of([_failed(exc)], progress.polls + 1).model_dump(mode="json")
+        return Progress.of([_failed(exc)], polls).model_dump(mode="json")
     parts = provider.split(_request(spec, key))
     tasks = list(progress.tasks)
     pending = [i for i, task in enumerate(tasks) if task.task_id and not task.ended]
@@ -228,12 +346,29 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         *(provider.check(parts[i], str(tasks[i].task_id)) for i in pending),
         return_exceptions=True,
     )
-    passing = [a for a in answers if isinstance(a, TransientProviderError)]
-    if passing:
-        raise TransientJobError(passing[0].message)
     for index, answer in zip(pending, answers, strict=True):
-        tasks[index] = await _task(provider, tasks[index], answer, kit)
-    return Progress.of(tasks, progress.polls + 1).model_dump(mode="json")
+        if isinstance(answer, TransientProviderError):
+            tasks[index] = _passing(tasks[index], answer)
+        else:
+            fresh = tasks[index].model_copy(update={"failures": 0, "last_error": None})
+            tasks[index] = await _task(provider, fresh, answer, kit)
+    tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
+    failing = [task for task in tasks if not task.ended and task.last_error is not None]
+    wait = backoff(max((task.failures for task in failing), default=0), payload.wait_seconds)
+    if failing:
+        last = failing[0]
+        logger.warning(
+            "poll failed; polling again",
+            extra={
+                "job_id": spec.id,
+                "failures": last.failures,
+                "error": last.last_error.message if last.last_error else None,
+                "wait": wait,
+            },
+        )
+    if payload.max_polls is not None and polls >= payload.max_polls:
+        tasks = [task if task.ended else _out_of_time(provider, task) for task in tasks]
+    return Progress.of(tasks, polls, wait).model_dump(mode="json")
 
 
 async def _task(
@@ -292,8 +427,9 @@ async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
 
 
 async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:
-    """One result image copied into the bucket. When the provider's image cannot be fetched,
-    its own URL is kept (it still works for a while; as the interactive path does)."""
+    """One result image copied into the bucket. When the provider's image cannot be fetched, or
+    the bucket keeps failing, the provider's URL (or the inline image) is kept: it still works
+    for a while, as on the interactive path. Running Store again would not help the link."""
     if ref.url is None:
         return ref
     try:
@@ -303,5 +439,11 @@ async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:
             "result not copied; keeping the provider's link", extra={"error": exc.message}
         )
         return ref
-    with _bucket_failures_retried():
-        return ImageRef(name=await kit.store.save_result(image))
+    try:
+        return ImageRef(name=await _save(image, kit))
+    except StorageError as exc:
+        logger.warning(
+            "result not stored: the bucket failed; keeping the provider's link",
+            extra={"error": exc.message},
+        )
+        return ref

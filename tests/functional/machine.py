@@ -1,0 +1,176 @@
+"""The durable-job state machine (statemachine/image_job.asl.json) run whole under moto, for the
+functional tests (`world` fixture in conftest.py).
+
+moto's Step Functions interpreter (`execute_state_machine`) runs the ASL file; its Lambda tasks
+are dispatched in-process to the real task handlers (`functions/job_*/app.py`) through the seam
+moto 5.2 calls for a Lambda task (`lambda_eval_utils._invoke_lambda_function`, patched with
+`imagegw.local.LocalLambdas`). S3 and KMS are moto's too; the providers are the fakes on
+loopback. Jobs are started the way the API function starts them (`imagegw.jobs.service`). The
+state machine's waits (its Retry backoff, its Wait and Backoff states) are recorded, not slept.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import boto3
+import pytest
+from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
+from pydantic import SecretStr
+
+from fakes.aws import BUCKET, REGION, MockedAws
+from fakes.modelscope import FakeModelScope
+from imagegw.config import Settings
+from imagegw.fetcher import Fetcher
+from imagegw.jobs.keys import KeySealer
+from imagegw.jobs.runner import StepFunctionsRunner
+from imagegw.jobs.service import Jobs, JobView
+from imagegw.local import (
+    LocalLambdas,
+    function_arns,
+    load_task_handlers,
+    state_machine_definition,
+)
+from imagegw.providers.base import GenerationRequest, ModelKind
+from imagegw.storage import ImageStore
+
+TOKEN = "ms-test-token"
+
+
+@dataclass
+class World:
+    """The mocked account: a bucket, a KMS key, the state machine, and what happened."""
+
+    settings: Settings
+    sfn: Any
+    s3: Any
+    lambdas: LocalLambdas
+    arns: dict[str, str]
+    #: the waits of the state machine's Retry (seconds, as drawn), not slept
+    retry_sleeps: list[float] = field(default_factory=list)
+    #: the waits of its Wait and Backoff states (seconds), not slept
+    waits: list[int] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> Jobs:
+        return Jobs(
+            self.settings,
+            ImageStore(self.settings),
+            runner=StepFunctionsRunner(str(self.settings.job_state_machine_arn), REGION),
+            sealer=KeySealer(self.settings.job_key_id, REGION),
+        )
+
+    def submit(
+        self,
+        n: int = 1,
+        *,
+        provider: str = "modelscope",
+        model: str = "Qwen/Qwen-Image",
+        token: str = TOKEN,
+        response_format: Any = "url",
+        **options: Any,
+    ) -> str:
+        request = GenerationRequest(
+            provider=provider,
+            model=model,
+            kind=ModelKind.GENERATE,
+            prompt="a lighthouse at dusk",
+            api_key=SecretStr(token),
+            options=options,
+            n=n,
+        )
+        view: JobView = anyio.run(
+            lambda: self.jobs.submit(request, response_format=response_format)
+        )
+        return view.id
+
+    def wait(self, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        arn = StepFunctionsRunner(str(self.settings.job_state_machine_arn), REGION)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer: dict[str, Any] = self.sfn.describe_execution(
+                executionArn=arn.execution_arn(job_id)
+            )
+            if answer["status"] != "RUNNING":
+                return answer
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} still running after {timeout} s")
+
+    def status(self, job_id: str, token: str = TOKEN) -> JobView:
+        return anyio.run(lambda: self.jobs.status(job_id, token))
+
+    def render(self, job_id: str, token: str = TOKEN) -> dict[str, Any]:
+        """The body `GET /v1/jobs/{id}` answers."""
+
+        async def body() -> dict[str, Any]:
+            service = self.jobs
+            view = await service.status(job_id, token)
+            fetcher = Fetcher.for_results(self.settings)
+            try:
+                return await service.render(view, base_url="https://gw", fetcher=fetcher)
+            finally:
+                await fetcher.aclose()
+
+        return anyio.run(body)
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        arn = StepFunctionsRunner(str(self.settings.job_state_machine_arn), REGION)
+        events: list[dict[str, Any]] = self.sfn.get_execution_history(
+            executionArn=arn.execution_arn(job_id), maxResults=1000
+        )["events"]
+        return events
+
+    def calls(self, task: str) -> list[dict[str, Any]]:
+        return [event for arn, event in self.lambdas.calls if arn == self.arns[task]]
+
+
+def make_world(
+    aws: MockedAws, monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope
+) -> Callable[..., World]:
+    """A factory of state machines in the mocked account, their tasks dispatched to the real
+    handlers; keyword arguments override the API side's settings."""
+    # a handler that raises flushes no metric, and Powertools warns so; under pytest's
+    # "error" filter that warning would replace the handler's own error (TransientJobError)
+    warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    arns = function_arns(REGION)
+    handlers = load_task_handlers()
+    lambdas = LocalLambdas({arns[name]: handler for name, handler in handlers.items()})
+    monkeypatch.setattr(lambda_eval_utils, "_invoke_lambda_function", lambdas.moto_invoke)
+
+    def make(**overrides: Any) -> World:
+        machine = sfn.create_state_machine(
+            name=f"image-job-{len(sfn.list_state_machines()['stateMachines'])}",
+            definition=state_machine_definition(arns),
+            roleArn="arn:aws:iam::123456789012:role/image-job",
+            type="STANDARD",
+        )
+        values: dict[str, Any] = {
+            "bucket": BUCKET,
+            "modelscope_base_url": fake_ms.base_url,  # type: ignore[attr-defined]
+            "job_state_machine_arn": machine["stateMachineArn"],
+            "job_key_id": aws.key_id,
+            "job_poll_interval": 0,
+            "job_timeout": 600,
+        }
+        values.update(overrides)
+        world = World(Settings(**values), sfn, aws.s3, lambdas, arns)
+        # the Retry waits: recorded (and not slept) to see the backoff
+        monkeypatch.setattr(
+            retrier_decl, "time", type("Clock", (), {"sleep": world.retry_sleeps.append})
+        )
+
+        def wait_interval(self: Any, env: Any, wait_seconds: int) -> None:
+            world.waits.append(wait_seconds)
+
+        monkeypatch.setattr(wait_function.WaitFunction, "_wait_interval", wait_interval)
+        return world
+
+    return make
