@@ -17,6 +17,7 @@ from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
     ProviderError,
+    ProviderUnreachableError,
     RateLimitError,
     TransientProviderError,
     render,
@@ -245,6 +246,101 @@ async def test_closing_the_events_early_stops_polling() -> None:
     assert isinstance(first, Progress)
     assert polled > 0
     assert len(provider.checks) == polled
+
+
+# ----------------------------------------------------------------------------- failing polls
+
+
+def unavailable() -> TransientProviderError:
+    return TransientProviderError(
+        "Scripted answered 503 while polling.", reason="answered 503", code="provider_unavailable"
+    )
+
+
+async def test_polls_failing_for_the_whole_window_are_a_502_naming_the_last_error() -> None:
+    # Given a task whose polls keep failing, and a deadline far beyond the failure window
+    settings = FAST.model_copy(update={"poll_failure_window": 0.2, "generation_timeout": 30.0})
+    provider = Scripted(settings, [[unavailable()]])
+
+    # Then the client hears of it after the window, not at the deadline
+    with pytest.raises(ProviderError) as caught:
+        await events_of(provider, job(), settings)
+
+    error = caught.value
+    assert error.message == (
+        "Scripted could not be polled for 0.2 s (task task-0): last error: answered 503."
+    )
+    assert error.code == "provider_unavailable"
+    assert error.status == 502
+    assert render(error)[2]["x-should-retry"] == "false"  # the paid task may still finish
+    assert len(provider.checks) >= 2
+
+
+async def test_failed_polls_back_off() -> None:
+    # Given polls every 0.01 s at most 0.05 s apart, failing for a 0.3 s window
+    settings = FAST.model_copy(update={"poll_failure_window": 0.3})
+    provider = Scripted(settings, [[unavailable()]])
+
+    with pytest.raises(ProviderError):
+        await events_of(provider, job(), settings)
+
+    # Then the failing provider was polled far less than every 0.01 s (30 times)
+    assert len(provider.checks) <= 12
+
+
+async def test_a_good_answer_restarts_the_failure_window() -> None:
+    # Given streaks of failures, each shorter than the window but together far longer
+    settings = FAST.model_copy(update={"poll_failure_window": 0.15})
+    streak = [unavailable(), unavailable(), Running("RUNNING")]
+    provider = Scripted(settings, [streak * 6 + [Finished((img(0),))]])
+
+    *_, result = await events_of(provider, job(), settings)
+
+    assert isinstance(result, Result)
+    assert result.images == (img(0),)
+    assert len(provider.checks) == 19
+
+
+async def test_refused_starts_forbid_a_retry_when_one_may_have_started() -> None:
+    # Given two calls: one never reached the provider, the other lost its answer after sending
+    class Refusing(Scripted):
+        async def start(self, request: GenerationRequest) -> Started:
+            started = await super().start(request)
+            if started.task_id == "task-0":
+                raise ProviderUnreachableError("Scripted could not be reached (ConnectError).")
+            raise ProviderError("Scripted dropped the connection (ReadError).")
+
+    provider = Refusing(FAST, [[], []])
+
+    with pytest.raises(ProviderError) as caught:
+        await events_of(provider, job(n=2), FAST)
+
+    # Then the client is told not to retry: the second call may have started a paid task
+    assert "ReadError" in caught.value.message
+    assert render(caught.value)[2]["x-should-retry"] == "false"
+
+
+async def test_refused_starts_that_all_started_nothing_may_be_retried() -> None:
+    class Unreachable(Scripted):
+        async def start(self, request: GenerationRequest) -> Started:
+            await super().start(request)
+            raise ProviderUnreachableError("Scripted could not be reached (ConnectError).")
+
+    provider = Unreachable(FAST, [[], []])
+
+    with pytest.raises(ProviderUnreachableError) as caught:
+        await events_of(provider, job(n=2), FAST)
+
+    assert render(caught.value)[2]["x-should-retry"] == "true"
+    assert provider.checks == []
+
+
+async def test_progress_names_the_started_tasks() -> None:
+    provider = Scripted(FAST, [[Running("RUNNING"), Finished((img(0),))]])
+
+    events = await events_of(provider, job(), FAST)
+
+    assert all(e.task_ids == ("task-0",) for e in events if isinstance(e, Progress))
 
 
 # ----------------------------------------------------------------------------- several tasks

@@ -114,6 +114,12 @@ class ProviderError(GatewayError):
 class TransientProviderError(ProviderError):
     """A failure worth trying again later (connection error, 5xx while polling)."""
 
+    def __init__(self, message: str, *, reason: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: what went wrong in a few words, without the provider or the task ("answered 503"),
+        #: for messages that name those themselves
+        self.reason = reason or message
+
 
 class ProviderUnreachableError(ProviderError):
     """The provider could not be reached before anything was sent to it (connection refused,
@@ -133,6 +139,15 @@ class ServiceUnavailableError(GatewayError):
 class StorageError(ServiceUnavailableError):
     """The bucket failed (unreachable, throttled, denied). Raised by `ImageStore` only; callers
     that hold a paid result catch it and deliver the provider's own link instead."""
+
+
+class ClientDisconnectedError(GatewayError):
+    """The client closed its connection before the answer: the work for it was stopped. Nobody
+    reads this answer; its status (nginx's 499) marks such requests in the request log."""
+
+    status = 499
+    error_type = "client_closed_request"
+    retryable = False
 
 
 class DeadlineExceededError(GatewayError):

@@ -1,16 +1,25 @@
 """One image job from checked inputs to events: stage input images, run the poll loop, and
-turn the results into the links clients get (IMAGE_LINKS)."""
+turn the results into the links clients get (IMAGE_LINKS).
+
+When its reader stops before the result (the client left: a stream's connection closed, or
+`disconnect.unless_disconnected` cancelled a JSON answer), everything stops with it: the
+uploads, the provider calls in flight, the pollers and the copy of the result; one log line
+says so.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 
 from imagegw import generation, links
 from imagegw.gateway import Gateway
 from imagegw.generation import Event, Progress, Result
 from imagegw.images import ImageBytes
+from imagegw.log import logger
 from imagegw.providers.base import GenerationRequest, Provider
 
 
@@ -22,7 +31,7 @@ async def events(
     base_url: str,
     link_mode: links.LinkMode | None = None,
     budget: float | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
     result with its images delivered as links (`link_mode`, default IMAGE_LINKS).
 
@@ -31,22 +40,43 @@ async def events(
     settings = gateway.settings
     if budget is not None and budget < settings.generation_timeout:
         settings = settings.model_copy(update={"generation_timeout": budget})
-    staged = request
-    if any(isinstance(item, ImageBytes) for item in inputs):
-        yield Progress("UPLOADING", 0.0, 0, request.n)
-    if inputs:
-        staged = replace(request, images=await gateway.store.stage(inputs))
-    async for event in generation.run(provider, staged, settings):
-        if isinstance(event, Result):
-            delivered = await links.deliver(
-                event.images,
-                settings=gateway.settings,
-                store=gateway.store,
-                fetcher=gateway.result_fetcher,
-                base_url=base_url,
-                mode=link_mode,
+    stage = "uploading"
+    task_ids: tuple[str, ...] = ()
+    try:
+        staged = request
+        if any(isinstance(item, ImageBytes) for item in inputs):
+            yield Progress("UPLOADING", 0.0, 0, request.n)
+        if inputs:
+            staged = replace(request, images=await gateway.store.stage(inputs))
+        stage = "generating"
+        async with aclosing(generation.run(provider, staged, settings)) as running:
+            async for event in running:
+                if isinstance(event, Result):
+                    stage, task_ids = "delivering", event.task_ids
+                    delivered = await links.deliver(
+                        event.images,
+                        settings=gateway.settings,
+                        store=gateway.store,
+                        fetcher=gateway.result_fetcher,
+                        base_url=base_url,
+                        mode=link_mode,
+                    )
+                    event = replace(event, images=delivered)
+                    stage = "delivered"
+                else:  # elapsed counts from the request, uploads included
+                    task_ids = event.task_ids or task_ids
+                    event = replace(event, elapsed=time.monotonic() - began)
+                yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        if stage != "delivered":
+            logger.info(
+                "client left; generation stopped",
+                extra={
+                    "provider": provider.name,
+                    "model": request.model,
+                    "elapsed": round(time.monotonic() - began, 3),
+                    "task_ids": list(task_ids),
+                    "stage": stage,
+                },
             )
-            event = replace(event, images=delivered)
-        else:  # elapsed counts from the request, uploads included
-            event = replace(event, elapsed=time.monotonic() - began)
-        yield event
+        raise

@@ -42,10 +42,16 @@ def progress_text(event: Progress) -> str:
 
 
 async def collect(events: AsyncIterator[Event]) -> Result:
-    """The result of a run (for non-streamed answers)."""
-    async for event in events:
-        if isinstance(event, Result):
-            return event
+    """The result of a run (for non-streamed answers). The events are closed once read, so
+    their clean-up runs now, not whenever they are garbage-collected."""
+    try:
+        async for event in events:
+            if isinstance(event, Result):
+                return event
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()
     raise GatewayError("The generation ended without a result.", code="internal_error")
 
 

@@ -22,6 +22,7 @@ from imagegw.errors import (
     GatewayError,
     NotFoundError,
     ProviderError,
+    ProviderUnreachableError,
     RateLimitError,
     for_status,
 )
@@ -105,13 +106,33 @@ def error_for(
     return for_status(status)(message, code="provider_error")
 
 
-def unreachable(title: str, exc: httpx.TransportError, settings: Settings) -> GatewayError:
-    """The gateway's error for a call that got no answer."""
+#: transport failures that happen before a request is on the wire (refused, DNS, connect
+#: timeout, no free connection): the provider cannot have started anything
+NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def unreachable(
+    title: str, exc: httpx.TransportError, settings: Settings, *, waited: float | None = None
+) -> GatewayError:
+    """The gateway's error for a call that got no answer.
+
+    Only a failure before the request was sent is a retryable `ProviderUnreachableError`; once
+    it was sent (a read timeout, a dropped connection) the provider may have started paid work,
+    so the client is told not to retry. `waited`: the read timeout the call had (default
+    GENERATION_TIMEOUT, as for calls that wait for the work itself)."""
+    name = type(exc).__name__
+    if isinstance(exc, NOT_SENT):
+        return ProviderUnreachableError(
+            f"{title} could not be reached ({name}); nothing was sent, so trying again is safe.",
+            code="provider_unreachable",
+        )
     if isinstance(exc, httpx.ReadTimeout):
+        seconds = settings.generation_timeout if waited is None else waited
         return DeadlineExceededError(
-            f"{title} did not answer within {settings.generation_timeout:g} s.",
+            f"{title} did not answer within {seconds:g} s; the request may have started.",
             code="deadline_exceeded",
         )
     return ProviderError(
-        f"{title} could not be reached: {type(exc).__name__}.", code="provider_unreachable"
+        f"{title} dropped the connection before answering ({name}); the request may have started.",
+        code="provider_disconnected",
     )

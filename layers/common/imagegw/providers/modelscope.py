@@ -33,7 +33,7 @@ from imagegw.providers.base import (
     TaskStatus,
     check_image_count,
 )
-from imagegw.upstream import error_for
+from imagegw.upstream import error_for, unreachable
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"
@@ -153,9 +153,9 @@ class ModelScope(Provider):
                 timeout=self.timeout,
             )
         except httpx.TransportError as exc:
-            raise ProviderError(
-                f"ModelScope could not be reached: {type(exc).__name__}.",
-                code="provider_unreachable",
+            # unreachable (retry is safe) or dropped after sending (a task may have started)
+            raise unreachable(
+                self.title, exc, self.settings, waited=self.settings.provider_timeout
             ) from None
         if response.status_code != 200:
             raise error_for(self.title, response, key=request.api_key)
@@ -174,14 +174,19 @@ class ModelScope(Provider):
                 timeout=self.timeout,
             )
         except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException):
+                reason = f"no answer within {self.settings.provider_timeout:g} s"
+            else:
+                reason = f"no connection ({type(exc).__name__})"
             raise TransientProviderError(
-                f"ModelScope could not be reached while polling task {task_id}: "
-                f"{type(exc).__name__}.",
+                f"ModelScope could not be reached while polling task {task_id}: {reason}.",
+                reason=reason,
                 code="provider_unreachable",
             ) from None
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientProviderError(
                 f"ModelScope answered {response.status_code} while polling task {task_id}.",
+                reason=f"answered {response.status_code}",
                 code="provider_unavailable",
             )
         if response.status_code != 200:
@@ -191,6 +196,7 @@ class ModelScope(Provider):
         except ValidationError:
             raise TransientProviderError(
                 f"ModelScope answered an unreadable status for task {task_id}.",
+                reason="answered an unreadable status",
                 code="provider_error",
             ) from None
         status = task.task_status.upper()

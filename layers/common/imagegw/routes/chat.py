@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw import passthrough, pipeline
+from imagegw.disconnect import unless_disconnected
 from imagegw.images import decode_refs
 from imagegw.log import logger
 from imagegw.messages import parse_messages
@@ -78,8 +79,8 @@ async def chat_completions(request: Request) -> Response:
         budget=None if chat.stream else client_budget(request),
     )
     completion = Completion(chat.model)
-    if not chat.stream:
-        result = await collect(events)
+    if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
+        result = await unless_disconnected(request, collect(events))
         return JSONResponse(completion.message(markdown(result)))
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
     if parsed.from_history:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from imagegw import images_api
 from imagegw.config import Settings
+from imagegw.disconnect import unless_disconnected
 from imagegw.images_api import ImagesCall
 from imagegw.routes.jobs import accept_async
 from imagegw.web import (
@@ -43,8 +44,9 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         if (accepted := await accept_async(request, provider, call)) is not None:
             return accepted  # `Prefer: respond-async`: a durable job (routes/jobs.py)
         base_url = public_base_url(request, gateway.settings)
-        answer = await images_api.run(
-            gateway, provider, call, key, base_url, budget=client_budget(request)
+        answer = await unless_disconnected(
+            request,
+            images_api.run(gateway, provider, call, key, base_url, budget=client_budget(request)),
         )
         return JSONResponse(answer)
 

@@ -1,0 +1,453 @@
+"""The fault matrix, interactive half: chat completions and the Images API over real HTTP
+against fake providers that misbehave (`fakes.faulty`), each case checking what the client gets
+(status, error, x-should-retry, Retry-After) and what the provider saw (submits and polls).
+
+Faults: a 429 on submit; a 5xx, or garbage, on every poll; a poll hanging past PROVIDER_TIMEOUT;
+the provider down; the provider dying mid-poll; the bucket down at upload; the client leaving,
+streamed and not, while tasks are polled and while a synchronous provider works.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+from starlette.types import ASGIApp
+
+from fakes.faulty import GARBAGE, HANG, Faulty, closed_port
+from fakes.modelscope import FakeModelScope
+from fakes.png import make_png
+from fakes.server import ServerThread, SwappableApp
+from fakes.siliconflow import FakeSiliconFlow
+from imagegw.app import create_app
+from imagegw.config import Settings
+from imagegw.storage import ImageStore
+
+pytestmark = pytest.mark.functional
+TOKEN = "ms-test-token"
+SUBMIT = r"/v1/images/generations$"
+POLL = r"/v1/tasks/"
+LEFT = "client left; generation stopped"
+#: seconds of failed polls before the gateway gives up, in these tests
+WINDOW = 0.5
+
+Served = tuple[ServerThread, SwappableApp]
+
+
+def auth() -> dict[str, str]:
+    return {"authorization": f"Bearer {TOKEN}"}
+
+
+def chat(model: str = "Qwen/Qwen-Image", *, stream: bool = False, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "a red apple"}],
+        "stream": stream,
+        **extra,
+    }
+
+
+def error_of(answer: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = answer.json()["error"]
+    return error
+
+
+@pytest.fixture
+def ms(_fake_ms_server: Served, fake_ms: FakeModelScope) -> Faulty:
+    """The fake ModelScope behind a fault wrapper; its tasks run far longer than any test."""
+    fake_ms.task_duration = 600.0
+    faulty = Faulty(fake_ms)
+    _fake_ms_server[1].app = faulty
+    return faulty
+
+
+@pytest.fixture
+def sf(_fake_sf_server: Served, fake_sf: FakeSiliconFlow) -> Faulty:
+    faulty = Faulty(fake_sf)
+    _fake_sf_server[1].app = faulty
+    return faulty
+
+
+@pytest.fixture
+def serve(_gateway_server: Served) -> Callable[[ASGIApp], str]:
+    """Serve a gateway app built by the test; its base URL."""
+    server, swappable = _gateway_server
+
+    def swap(app: ASGIApp) -> str:
+        swappable.app = app
+        return server.url
+
+    return swap
+
+
+@pytest.fixture
+def left_log(caplog: pytest.LogCaptureFixture) -> Callable[[], list[logging.LogRecord]]:
+    """The gateway's "client left" log records so far."""
+    caplog.set_level(logging.INFO)
+    return lambda: [r for r in caplog.records if r.getMessage() == LEFT]
+
+
+# ----------------------------------------------------------------------------- the requests
+
+#: (path, body) of a generation through each front end, answered as JSON
+FRONT_ENDS = {
+    "chat": ("/v1/chat/completions", chat()),
+    "images": ("/v1/images/generations", {"model": "Qwen/Qwen-Image", "prompt": "a red apple"}),
+}
+
+
+def post(base: str, front_end: str, prefix: str = "") -> httpx.Response:
+    path, body = FRONT_ENDS[front_end]
+    return httpx.post(f"{base}{prefix}{path}", json=body, headers=auth(), timeout=30)
+
+
+def png_data_uri() -> str:
+    return "data:image/png;base64," + base64.b64encode(make_png(16, 16, (1, 2, 3))).decode()
+
+
+# ----------------------------------------------------------------------------- 429 on submit
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_429_on_submit_is_passed_on_with_its_retry_after(
+    gateway: Callable[..., str], ms: Faulty, fake_ms: FakeModelScope, front_end: str
+) -> None:
+    # Given ModelScope refusing the submission for rate, asking to come back in 7 s
+    fake_ms.submit_override = (
+        429,
+        {"errors": {"message": "Rate limit exceeded"}},
+        {"Retry-After": "7"},
+    )
+
+    answer = post(gateway(), front_end)
+
+    # Then the client is told to retry after 7 s (nothing started) ...
+    assert answer.status_code == 429
+    assert error_of(answer)["type"] == "rate_limit_error"
+    assert "Rate limit exceeded" in error_of(answer)["message"]
+    assert answer.headers["x-should-retry"] == "true"
+    assert answer.headers["retry-after"] == "7"
+    # ... and the provider saw one submission and no poll
+    assert ms.count("POST", SUBMIT) == 1
+    assert ms.count("GET", POLL) == 0
+
+
+def test_a_429_from_a_synchronous_provider_is_passed_on(
+    gateway: Callable[..., str], sf: Faulty, fake_sf: FakeSiliconFlow
+) -> None:
+    fake_sf.tokens.add(TOKEN)
+    fake_sf.fail_next(429, **{"retry-after": "5"})
+
+    answer = post(gateway(), "chat", "/siliconflow")
+
+    assert answer.status_code == 429
+    assert answer.headers["x-should-retry"] == "true"
+    assert answer.headers["retry-after"] == "5"
+    assert sf.count("POST", SUBMIT) == 1
+
+
+# ----------------------------------------------------------------------------- polls that fail
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_5xx_on_every_poll_gives_up_after_the_failure_window(
+    gateway: Callable[..., str], ms: Faulty, fake_ms: FakeModelScope, front_end: str
+) -> None:
+    # Given a task whose every poll answers 503
+    fake_ms.poll_errors = 10**6
+
+    answer = post(gateway(poll_failure_window=WINDOW), front_end)
+    answered = time.monotonic()
+
+    # Then a 502 names the provider, the task and the last error, long before the deadline;
+    # no retry: the paid task may still finish
+    assert answer.status_code == 502
+    (task_id,) = fake_ms.tasks
+    assert error_of(answer) == {
+        "message": f"ModelScope could not be polled for {WINDOW:g} s (task {task_id}): "
+        "last error: answered 503.",
+        "type": "provider_error",
+        "param": None,
+        "code": "provider_unavailable",
+    }
+    assert answer.headers["x-should-retry"] == "false"
+    # and the provider saw one submission, polls retried within the window, none afterwards
+    assert ms.count("POST", SUBMIT) == 1
+    assert ms.count("GET", POLL) >= 2
+    time.sleep(0.3)
+    assert ms.count("GET", POLL, after=answered) == 0
+
+
+def test_garbage_on_every_poll_gives_up_after_the_failure_window(
+    gateway: Callable[..., str], ms: Faulty, fake_ms: FakeModelScope
+) -> None:
+    ms.on("GET", POLL, GARBAGE)
+
+    answer = post(gateway(poll_failure_window=WINDOW), "chat")
+
+    assert answer.status_code == 502
+    message = error_of(answer)["message"]
+    assert message.startswith(f"ModelScope could not be polled for {WINDOW:g} s (task ")
+    assert message.endswith("last error: answered an unreadable status.")
+    assert answer.headers["x-should-retry"] == "false"
+    assert ms.count("POST", SUBMIT) == 1
+    assert ms.count("GET", POLL) >= 2
+
+
+def test_a_poll_hanging_past_the_provider_timeout_is_retried_then_given_up(
+    gateway: Callable[..., str], ms: Faulty
+) -> None:
+    # Given a provider that never answers a poll
+    ms.on("GET", POLL, HANG)
+
+    answer = post(gateway(provider_timeout=0.2, poll_failure_window=WINDOW), "images")
+
+    # Then each poll is abandoned at PROVIDER_TIMEOUT, and after the window the client hears why
+    assert answer.status_code == 502
+    assert error_of(answer)["message"].endswith("last error: no answer within 0.2 s.")
+    assert answer.headers["x-should-retry"] == "false"
+    polls = ms.matching("GET", POLL)
+    assert len(polls) >= 2
+    ms.wait_for(lambda: all(poll.left for poll in ms.matching("GET", POLL)))
+
+
+# ----------------------------------------------------------------------------- provider down
+
+
+@pytest.mark.parametrize("prefix", ["/modelscope", "/siliconflow", "/openai"])
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_provider_that_is_down_is_a_retryable_502(
+    gateway: Callable[..., str], prefix: str, front_end: str
+) -> None:
+    # Given every provider's base URL on a port nothing listens on
+    down = f"http://127.0.0.1:{closed_port()}/v1"
+    base = gateway(modelscope_base_url=down, siliconflow_base_url=down, openai_base_url=down)
+
+    answer = post(base, front_end, prefix)
+
+    # Then nothing was sent, so the client may retry
+    assert answer.status_code == 502
+    assert error_of(answer)["code"] == "provider_unreachable"
+    assert "could not be reached (ConnectError)" in error_of(answer)["message"]
+    assert answer.headers["x-should-retry"] == "true"
+
+
+def test_a_provider_dying_mid_poll_gives_up_after_the_failure_window(
+    gateway: Callable[..., str], fake_ms: FakeModelScope
+) -> None:
+    # Given ModelScope on its own server, which dies once it has answered two polls
+    fake_ms.task_duration = 600.0
+    faulty = Faulty(fake_ms)
+    server = ServerThread(faulty).start()
+    base = gateway(modelscope_base_url=f"{server.url}/v1", poll_failure_window=WINDOW)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(post, base, "chat")
+            faulty.wait_for(lambda: faulty.count("GET", POLL) >= 2)
+            server.stop()
+            answer = pending.result(timeout=30)
+    finally:
+        server.stop()
+
+    # Then the client hears of it after the window, told not to retry (the task may finish)
+    assert answer.status_code == 502
+    assert error_of(answer)["message"].endswith("last error: no connection (ConnectError).")
+    assert answer.headers["x-should-retry"] == "false"
+    assert faulty.count("POST", SUBMIT) == 1
+
+
+# ----------------------------------------------------------------------------- bucket down
+
+
+def test_the_bucket_down_at_upload_is_a_retryable_503_and_nothing_is_submitted(
+    serve: Callable[[ASGIApp], str], make_settings: Callable[..., Settings], ms: Faulty
+) -> None:
+    # Given a bucket on a port nothing listens on (boto3 without its retries, for speed)
+    settings = make_settings(s3_endpoint_url=f"http://127.0.0.1:{closed_port()}")
+    s3 = boto3.client(
+        "s3",
+        region_name=settings.aws_region,
+        endpoint_url=settings.s3_endpoint_url,
+        config=Config(retries={"max_attempts": 1}),
+    )
+    base = serve(create_app(settings, store=ImageStore(settings, client=s3)))
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": png_data_uri()}},
+        ],
+    }
+    body = {"model": "Qwen/Qwen-Image-Edit", "messages": [message]}
+
+    answers = [
+        httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth(), timeout=30),
+        httpx.post(
+            f"{base}/v1/images/edits",
+            data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+            files={"image": ("in.png", make_png(16, 16, (1, 2, 3)), "image/png")},
+            headers=auth(),
+            timeout=30,
+        ),
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 503
+        assert error_of(answer)["code"] == "storage_unavailable"
+        assert answer.headers["x-should-retry"] == "true"
+    assert ms.calls == []
+
+
+# ----------------------------------------------------------------------------- client leaves
+
+
+def raw_request(base: str, path: str, body: dict[str, Any]) -> socket.socket:
+    """Send a request on a socket of its own and leave it open (closing it is leaving)."""
+    payload = json.dumps(body).encode()
+    host, port = base.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    connection.sendall(head.encode() + payload)
+    return connection
+
+
+@pytest.fixture
+def leave() -> Iterator[Callable[[socket.socket], float]]:
+    """Close a client's connection (abruptly, as a client that gave up); when it left."""
+    opened: list[socket.socket] = []
+
+    def close(connection: socket.socket) -> float:
+        opened.append(connection)
+        connection.close()
+        return time.monotonic()
+
+    yield close
+    for connection in opened:
+        connection.close()
+
+
+def assert_stopped(
+    provider: Faulty, left_at: float, left_log: Callable[[], list[logging.LogRecord]]
+) -> logging.LogRecord:
+    """The gateway logged that the client left, and polled at most once more after it left
+    (a poll already on its way), even after many poll intervals."""
+    provider.wait_for(lambda: len(left_log()) == 1)
+    time.sleep(0.5)  # ten poll intervals: a gateway still polling would show it
+    assert provider.count("GET", POLL, after=left_at) <= 1
+    (record,) = left_log()
+    return record
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_client_leaving_a_json_answer_stops_the_polling(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    fake_ms: FakeModelScope,
+    leave: Callable[[socket.socket], float],
+    left_log: Callable[[], list[logging.LogRecord]],
+    front_end: str,
+) -> None:
+    # Given a non-streamed request whose task is being polled
+    path, body = FRONT_ENDS[front_end]
+    connection = raw_request(gateway(), path, body)
+    ms.wait_for(lambda: ms.count("GET", POLL) >= 2)
+
+    # When the client gives up
+    left_at = leave(connection)
+
+    # Then the gateway stops polling and says so once, naming the task
+    record = assert_stopped(ms, left_at, left_log)
+    assert record.task_ids == list(fake_ms.tasks)  # type: ignore[attr-defined]
+    assert record.provider == "modelscope"  # type: ignore[attr-defined]
+    assert record.model == "Qwen/Qwen-Image"  # type: ignore[attr-defined]
+    assert ms.count("POST", SUBMIT) == 1
+
+
+def test_a_client_leaving_a_stream_stops_the_polling(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    fake_ms: FakeModelScope,
+    left_log: Callable[[], list[logging.LogRecord]],
+) -> None:
+    base = gateway()
+    with httpx.stream(
+        "POST", f"{base}/v1/chat/completions", json=chat(stream=True), headers=auth(), timeout=30
+    ) as answer:
+        assert answer.status_code == 200
+        lines = answer.iter_lines()  # (kept: dropping it would close the connection now)
+        assert next(lines).startswith("data: ")  # the stream has begun
+        ms.wait_for(lambda: ms.count("GET", POLL) >= 2)
+    left_at = time.monotonic()  # the connection is closed with the unread stream
+
+    record = assert_stopped(ms, left_at, left_log)
+    assert record.task_ids == list(fake_ms.tasks)  # type: ignore[attr-defined]
+
+
+def test_a_client_leaving_while_a_synchronous_provider_works_cancels_its_call(
+    gateway: Callable[..., str],
+    sf: Faulty,
+    fake_sf: FakeSiliconFlow,
+    leave: Callable[[socket.socket], float],
+    left_log: Callable[[], list[logging.LogRecord]],
+) -> None:
+    # Given SiliconFlow taking minutes to answer a non-streamed request
+    fake_sf.latency = 600.0
+    fake_sf.tokens.add(TOKEN)
+    connection = raw_request(gateway(), "/siliconflow/v1/chat/completions", chat())
+    sf.wait_for(lambda: sf.count("POST", SUBMIT) == 1)
+
+    leave(connection)
+
+    # Then the gateway hangs up on SiliconFlow too (the wrapper saw its caller leave)
+    sf.wait_for(lambda: all(call.left for call in sf.matching("POST", SUBMIT)))
+    sf.wait_for(lambda: len(left_log()) == 1)
+    assert left_log()[0].provider == "siliconflow"  # type: ignore[attr-defined]
+    assert sf.count("POST", SUBMIT) == 1
+
+
+def test_a_client_leaving_while_the_result_is_copied_stops_the_copy(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    fake_ms: FakeModelScope,
+    leave: Callable[[socket.socket], float],
+    left_log: Callable[[], list[logging.LogRecord]],
+) -> None:
+    # Given a finished task whose image the provider is slow to hand over
+    fake_ms.task_duration = 0.1
+    ms.on("GET", r"^/files/", HANG)
+    connection = raw_request(gateway(), "/v1/chat/completions", chat())
+    ms.wait_for(lambda: ms.count("GET", r"^/files/") == 1)
+
+    leave(connection)
+
+    # Then the gateway stops copying it (nothing is stored for nobody) and says so
+    ms.wait_for(lambda: all(call.left for call in ms.matching("GET", r"^/files/")))
+    ms.wait_for(lambda: len(left_log()) == 1)
+    assert left_log()[0].stage == "delivering"  # type: ignore[attr-defined]
+    assert left_log()[0].task_ids == list(fake_ms.tasks)  # type: ignore[attr-defined]
+
+
+def test_a_client_that_stays_gets_its_images(
+    gateway: Callable[..., str], ms: Faulty, fake_ms: FakeModelScope
+) -> None:
+    # Given the watch on the connection, a client that waits still gets its answer
+    fake_ms.task_duration = 0.2
+
+    answer = post(gateway(), "images")
+
+    assert answer.status_code == 200
+    assert len(answer.json()["data"]) == 1
+    assert ms.count("POST", SUBMIT) == 1
