@@ -76,6 +76,10 @@ class ImageStore:
                 signature_version="s3v4",
                 s3={"addressing_style": style},
                 retries={"max_attempts": 3, "mode": "standard"},
+                # an unreachable bucket must fail in seconds, not boto3's 60 s per attempt:
+                # callers then fall back (a paid result is delivered by the provider's link)
+                connect_timeout=5,
+                read_timeout=30,
             ),
         )
 
