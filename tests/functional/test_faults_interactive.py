@@ -451,3 +451,21 @@ def test_a_client_that_stays_gets_its_images(
     assert answer.status_code == 200
     assert len(answer.json()["data"]) == 1
     assert ms.count("POST", SUBMIT) == 1
+
+
+def test_a_client_leaving_a_chat_pass_through_hangs_up_on_the_provider(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    leave: Callable[[socket.socket], float],
+) -> None:
+    # Given a chat model whose provider takes its time to answer a non-streamed request
+    ms.on("POST", r"^/v1/chat/completions$", HANG)
+    body = {"model": "Qwen/Qwen3-32B", "messages": [{"role": "user", "content": "hi"}]}
+    connection = raw_request(gateway(), "/v1/chat/completions", body)
+    ms.wait_for(lambda: ms.count("POST", r"^/v1/chat/completions$") == 1)
+
+    # When the client gives up
+    leave(connection)
+
+    # Then the gateway stops waiting and hangs up on the provider too
+    ms.wait_for(lambda: all(call.left for call in ms.matching("POST", r"^/v1/chat/completions$")))

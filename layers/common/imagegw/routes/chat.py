@@ -42,7 +42,9 @@ async def chat_completions(request: Request) -> Response:
         raise validation_error(exc) from None
     kind = provider.classify(chat.model)
     if kind is ModelKind.CHAT:
-        return await passthrough.chat(gateway, provider, body, key)
+        # a client that leaves before the provider answers stops the wait (a stream, once
+        # started, is watched by StreamingResponse itself)
+        return await unless_disconnected(request, passthrough.chat(gateway, provider, body, key))
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
     provider.check_prompt(parsed.prompt)
     n = provider.requested_images(chat.fields)
