@@ -7,8 +7,11 @@ template gives them; the API function's Web Adapter wiring (run.sh, readiness pa
 behind a Function URL; a durable job runs through the real state machine with KMS-sealed keys
 and X-Ray tracing on.
 
-Where the emulator differs from AWS, a test says so: no response streaming (answers are
-buffered), the REST API's streaming integration answers 502, bucket lifecycle rules are dropped.
+Where the emulator differs from AWS, a test says so: no response streaming (the stub Web
+Adapter buffers answers), and three strict xfails that turn into failures once the emulator is
+fixed: the REST API's streaming integration answers 502, bucket lifecycle rules are dropped, a
+stack with RequireApiKey=true is refused. It cannot make DynamoDB tables here (the template has
+none; aws/emulator.py CANNOT_MAKE refuses a template that does).
 """
 
 from __future__ import annotations
