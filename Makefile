@@ -1,6 +1,7 @@
 # The two commands: `make run` (serve locally) and `make test` (every check). Both set up their
 # own environment on a fresh machine: a virtualenv in .venv for the project and one in
 # .venv-sam for the AWS SAM CLI (kept apart: its pinned dependencies clash with moto's).
+# `make test-aws` deploys the stack on a local AWS emulator, installed into .venv-aws.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -11,6 +12,9 @@ BIN := $(VENV)/bin
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 SAM_CLI_VERSION := 1.170.0
+AWS_VENV := .venv-aws
+# the whole emulator level's limit (it takes about a minute; the install once about another)
+AWS_TEST_TIMEOUT := 600
 export SAM_CLI_TELEMETRY := 0
 
 # `sam build` for python3.13 needs a working python3.13 on PATH: put pyenv's first when it
@@ -26,11 +30,12 @@ LOCAL_BUILD := .aws-sam/build-local
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: help run test check lint format types unit functional e2e validate asl build build-local bench clean
+.PHONY: help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
+	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
 	@echo "make bench  print benchmark figures (bench/)"
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
@@ -52,6 +57,16 @@ $(SAM_VENV)/.ready:
 	@echo "installing AWS SAM CLI $(SAM_CLI_VERSION) into $(SAM_VENV)"
 	@$(SAM_VENV)/bin/$(PIP) aws-sam-cli==$(SAM_CLI_VERSION) $(QUIET_PIP)
 	@$(SAM) --version
+	@touch $@
+
+# localstack-core (tests/aws/requirements.txt, versions locked by constraints.txt); its code needs
+# Python >= 3.12: the python3.13 put on PATH above
+$(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
+	@python3.13 -c pass 2>/dev/null || { echo "the AWS emulator needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
+	@test -x $(AWS_VENV)/bin/python || python3.13 -m venv $(AWS_VENV)
+	@echo "installing the AWS emulator (localstack-core) into $(AWS_VENV)"
+	@$(AWS_VENV)/bin/$(PIP) -r tests/aws/requirements.txt -c tests/aws/constraints.txt $(QUIET_PIP)
+	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
 
 run: $(BIN)/.ready
@@ -96,10 +111,16 @@ e2e: $(BIN)/.ready build-local
 check: lint types validate asl
 
 test: check build build-local
-	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest
+	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest --ignore=tests/aws
+
+# the stack for this machine deployed with `sam deploy` on the emulator, and used (tests/aws);
+# the tests start and stop the emulator themselves
+test-aws: $(BIN)/.ready $(AWS_VENV)/.ready build-local
+	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) AWS_EMULATOR_PYTHON=$(AWS_VENV)/bin/python SAM_CLI=$(SAM) \
+	  timeout $(AWS_TEST_TIMEOUT) $(BIN)/pytest tests/aws
 
 bench: $(BIN)/.ready
 	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
 
 clean:
-	rm -rf .aws-sam .mypy_cache .ruff_cache node_modules
+	rm -rf .aws-sam .aws-emulator .mypy_cache .ruff_cache node_modules

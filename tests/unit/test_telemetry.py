@@ -1,0 +1,135 @@
+"""`imagegw.telemetry.TracedTransport`: provider requests traced safely under concurrency.
+
+A private X-Ray recorder with the SDK's Lambda context (the one the task functions get in
+Lambda) and an emitter that keeps what would go to the daemon; the transport wraps an httpx
+MockTransport. The end-to-end version, with the real handlers in Lambda's environment, is
+tests/e2e/test_traced_job_functions.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from aws_xray_sdk import global_sdk_config
+from aws_xray_sdk.core.lambda_launcher import LambdaContext
+from aws_xray_sdk.core.recorder import AWSXRayRecorder
+
+from imagegw.telemetry import TracedTransport
+
+TRACE_ROOT = "1-67a1b2c3-0123456789abcdef01234567"
+
+
+class Emitter:
+    """Keeps the entities the recorder sends (as the daemon would get them)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send_entity(self, entity: Any) -> None:
+        self.sent.append(entity.to_dict())
+
+    def set_daemon_address(self, address: str | None) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def sdk_enabled() -> Iterator[None]:
+    """The X-Ray SDK on, as in Lambda (Powertools turns it off process-wide when its tracer is
+    disabled, as it is outside Lambda)."""
+    was = global_sdk_config.sdk_enabled()
+    global_sdk_config.set_sdk_enabled(True)
+    yield
+    global_sdk_config.set_sdk_enabled(was)
+
+
+def recorder(monkeypatch: pytest.MonkeyPatch, sampled: int) -> tuple[Any, Emitter]:
+    monkeypatch.setenv(
+        "_X_AMZN_TRACE_ID", f"Root={TRACE_ROOT};Parent=53995c3f42cd8ad8;Sampled={sampled}"
+    )
+    emitter = Emitter()
+    xray = AWSXRayRecorder()
+    xray.configure(context=LambdaContext(), emitter=emitter, streaming_threshold=0)
+    return xray, emitter
+
+
+async def slow_answer(request: httpx.Request) -> httpx.Response:
+    await asyncio.sleep(0.05)  # both requests are in flight at once
+    return httpx.Response(200, json={"task_id": request.url.path})
+
+
+async def two_concurrent_requests(transport: httpx.AsyncBaseTransport) -> list[int]:
+    async with httpx.AsyncClient(transport=transport) as client:
+        answers = await asyncio.gather(
+            client.post("http://provider.test/v1/images/generations?sig=secret", json={}),
+            client.post("http://provider.test/v1/images/generations?sig=secret", json={}),
+        )
+    return [answer.status_code for answer in answers]
+
+
+def test_concurrent_requests_are_sibling_subsegments(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a handler subsegment open, as Powertools' capture_lambda_handler makes it
+    xray, emitter = recorder(monkeypatch, sampled=1)
+    handler = xray.begin_subsegment("## lambda_handler")
+    transport = TracedTransport(httpx.MockTransport(slow_answer), xray)
+
+    # When two requests run at once through the traced transport
+    statuses = asyncio.run(two_concurrent_requests(transport))
+    xray.end_subsegment()
+
+    # Then both succeed, each in its own subsegment under the handler's
+    assert statuses == [200, 200]
+    requests = [e for e in emitter.sent if e.get("namespace") == "remote"]
+    assert len(requests) == 2
+    assert len({r["id"] for r in requests}) == 2
+    for request in requests:
+        assert request["parent_id"] == handler.id
+        assert request["trace_id"] == TRACE_ROOT
+        assert request["name"] == "provider.test"
+        assert request["http"]["request"] == {
+            "method": "POST",
+            # no query: presigned URLs carry their signature there
+            "url": "http://provider.test/v1/images/generations",
+        }
+        assert request["http"]["response"]["status"] == 200
+        assert not request["in_progress"]
+
+
+def test_a_failed_request_is_recorded_and_raised_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a provider that cannot be reached
+    xray, emitter = recorder(monkeypatch, sampled=1)
+    xray.begin_subsegment("## lambda_handler")
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    transport = TracedTransport(httpx.MockTransport(refuse), xray)
+
+    # When a request is made, the transport's own error reaches the caller
+    async def call() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            await client.get("http://provider.test/v1/tasks/1")
+
+    with pytest.raises(httpx.ConnectError, match="connection refused"):
+        asyncio.run(call())
+    xray.end_subsegment()
+
+    # And its subsegment says so
+    (request,) = [e for e in emitter.sent if e.get("namespace") == "remote"]
+    assert request["fault"] is True
+    assert request["cause"]["exceptions"][0]["type"] == "ConnectError"
+
+
+def test_unsampled_trace_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an invocation that X-Ray did not sample
+    xray, emitter = recorder(monkeypatch, sampled=0)
+    transport = TracedTransport(httpx.MockTransport(slow_answer), xray)
+
+    # When requests run, they work and no subsegment is made
+    assert asyncio.run(two_concurrent_requests(transport)) == [200, 200]
+    assert emitter.sent == []
