@@ -166,7 +166,7 @@ def public_base_url(request: Request, settings: Settings) -> str:
     """
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    proto = header(request, "x-forwarded-proto")
+    proto = header(request, "X-Forwarded-Proto")
     scheme = (proto or request.url.scheme).split(",")[0].strip().lower()
     if scheme not in ("http", "https"):
         raise InvalidRequestError(
@@ -174,7 +174,7 @@ def public_base_url(request: Request, settings: Settings) -> str:
             param="X-Forwarded-Proto",
             code="invalid_header",
         )
-    host = header(request, "host") or request.url.netloc
+    host = header(request, "Host") or request.url.netloc
     if not _HOST.fullmatch(host):
         raise InvalidRequestError(
             "The 'Host' header is not a host name.", param="Host", code="invalid_header"
@@ -215,7 +215,7 @@ def client_budget(request: Request) -> float | None:
     The SDKs retry a timed-out request, which would pay for the generation again: answering a
     clear 504 (with x-should-retry: false) just before the client's own timer runs out avoids it.
     """
-    raw = header(request, "x-stainless-read-timeout") or header(request, "x-stainless-timeout")
+    raw = header(request, "X-Stainless-Read-Timeout") or header(request, "X-Stainless-Timeout")
     try:
         seconds = float(raw) if raw else 0.0
     except ValueError:

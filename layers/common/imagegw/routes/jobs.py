@@ -38,10 +38,10 @@ async def accept_async(request: Request, provider: Provider, call: ImagesCall) -
     """Start the Images API call `call` as a durable job when the client prefers
     `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual."""
     gateway = gateway_of(request)
-    if not prefers_async(header(request, "prefer")) or not gateway.jobs.enabled:
+    if not prefers_async(header(request, "Prefer")) or not gateway.jobs.enabled:
         return None
     key = api_key(request)
-    idempotency_key = check_idempotency_key(header(request, "idempotency-key"))
+    idempotency_key = check_idempotency_key(header(request, "Idempotency-Key"))
     base_url = public_base_url(request, gateway.settings)  # a bad Host refused before the start
     if call.mask is not None:
         raise InvalidRequestError(
