@@ -17,7 +17,7 @@ from imagegw.inbound import MAX_JSON_DEPTH, MAX_KEY_CHARS, MIN_KEY_CHARS, parse_
 from imagegw.web import api_key, client_budget, header, public_base_url, read_form, read_json
 
 pytestmark = pytest.mark.anyio
-LIMIT = 1024 * 1024
+LIMIT = 6 * 1024 * 1024
 
 
 def request(body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> Request:
@@ -311,3 +311,19 @@ def test_an_unreadable_request_context_is_ignored() -> None:
     # Then links and CORS treat it as absent instead of failing
     assert public_base_url(given, Settings()) == "http://gw.example"
     assert came_through_rest_api(given.headers) is False
+
+
+async def test_the_param_names_where_a_refused_value_sits() -> None:
+    raw = (
+        b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "ok"},'
+        b' {"type": "text", "text": "\\ud800"}]}]}'
+    )
+    error = await refusal(lambda: read_raw_json(raw))
+    assert error["param"] == "messages.0.content.1.text"
+
+
+async def test_a_refused_value_deep_in_a_huge_body_is_still_a_400() -> None:
+    # Given a bad number after a million small arrays (too many to trace a path through)
+    raw = b'{"a": [' + b"[1]," * 1_000_000 + b"[NaN]]}"
+    error = await refusal(lambda: read_raw_json(raw))
+    assert error["code"] == "invalid_number"

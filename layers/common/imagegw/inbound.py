@@ -64,7 +64,9 @@ def parse_json_text(text: str, *, what: str = "The request body") -> Any:
             f"{what} holds a number too long to read.", code="invalid_number"
         ) from None
     except RecursionError:  # the C decoder's own guard, far deeper than MAX_JSON_DEPTH
-        raise _too_deep(None) from None
+        raise InvalidRequestError(
+            f"{what} is nested more than {MAX_JSON_DEPTH} levels deep.", code="too_deep"
+        ) from None
     check_value(value)
     return value
 
@@ -72,46 +74,62 @@ def parse_json_text(text: str, *, what: str = "The request body") -> Any:
 def check_value(value: Any) -> None:
     """Refuse a parsed JSON value that cannot be sent on as it is: nesting deeper than
     MAX_JSON_DEPTH, a string (or key) holding a lone surrogate, a non-finite float, an integer
-    outside 64 bits. Iterative, so no value is too deep to check. Raises a 400 naming where."""
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, dict):
-            if len(path) >= MAX_JSON_DEPTH:
-                raise _too_deep(path)
-            for key, child in item.items():
-                check_text(key, _param((*path, key)))
-                stack.append((child, (*path, key)))
-        elif isinstance(item, list):
-            if len(path) >= MAX_JSON_DEPTH:
-                raise _too_deep(path)
-            stack.extend((child, (*path, i)) for i, child in enumerate(item))
-        elif isinstance(item, str):
-            check_text(item, _param(path))
-        elif isinstance(item, float) and not math.isfinite(item):
+    outside 64 bits. Raises a 400 naming where (`param`).
+
+    One level at a time, without recursion and without building paths (a 6 MB body of a
+    million tiny arrays costs a fraction of a second); the path of a refused value is found
+    afterwards, by `_param_of`.
+    """
+    if not isinstance(value, dict | list):
+        if problem := _problem(value):
+            raise _refusal(None, problem)
+        return
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        deeper: list[Any] = []
+        push = deeper.append
+        for container in level:
+            if type(container) is dict:
+                for key in container:
+                    if not key.isascii() and (problem := _problem(key)):
+                        raise _refusal(_param_of(value, container, key), problem)
+                items: Any = container.values()
+            else:
+                items = container
+            for item in items:
+                kind = type(item)
+                # the common, valid cases first and inline: this loop sees every value
+                if kind is str:
+                    if item.isascii():
+                        continue
+                elif kind is int:
+                    if MIN_INT <= item <= MAX_INT:
+                        continue
+                elif kind is float:
+                    if math.isfinite(item):
+                        continue
+                elif kind is dict or kind is list:
+                    push(item)
+                    continue
+                else:  # None, True, False
+                    continue
+                if problem := _problem(item):
+                    raise _refusal(_param_of(value, container, _key_of(container, item)), problem)
+        depth += 1
+        if deeper and depth >= MAX_JSON_DEPTH:
             raise InvalidRequestError(
-                f"{_where(path)} is {item!r}: JSON numbers must be finite "
-                "(NaN, Infinity and numbers beyond 1e308 cannot be sent on).",
-                param=_param(path),
-                code="invalid_number",
+                f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.",
+                param=_param_of(value, deeper[0], None),
+                code="too_deep",
             )
-        elif isinstance(item, int) and not MIN_INT <= item <= MAX_INT:
-            raise InvalidRequestError(
-                f"{_where(path)} is an integer beyond 64 bits.",
-                param=_param(path),
-                code="invalid_number",
-            )
+        level = deeper
 
 
 def check_text(text: str, param: str | None) -> None:
     """Refuse a string that is not Unicode text: one holding a lone UTF-16 surrogate."""
-    if not text.isascii() and _SURROGATE.search(text):
-        raise InvalidRequestError(
-            f"{_where_param(param)} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
-            "escape), which is not text and cannot be sent on.",
-            param=param,
-            code="invalid_text",
-        )
+    if not text.isascii() and (problem := _problem(text)):
+        raise _refusal(param, problem)
 
 
 def check_header(value: str, name: str) -> str:
@@ -135,24 +153,72 @@ def check_key(token: str) -> str:
     return token
 
 
-def _too_deep(path: tuple[str | int, ...] | None) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep.",
-        param=_param(path) if path else None,
-        code="too_deep",
-    )
+#: what is wrong with a value, and the error code that says it
+_Problem = tuple[str, str]
 
 
-def _param(path: tuple[str | int, ...]) -> str | None:
-    """A JSON path as a `param` (`messages.0.content`); None for the whole body. Keys are cut
-    short, so a hostile key is never echoed at length."""
-    joined = ".".join(str(part)[:64] for part in path)
+def _problem(item: Any) -> _Problem | None:
+    """What makes a string or number impossible to send on, if anything."""
+    if isinstance(item, str) and _SURROGATE.search(item):
+        return (
+            "holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is "
+            "not text and cannot be sent on.",
+            "invalid_text",
+        )
+    if isinstance(item, float) and not math.isfinite(item):
+        return (
+            f"is {item!r}: JSON numbers must be finite (NaN, Infinity and numbers beyond "
+            "1e308 cannot be sent on).",
+            "invalid_number",
+        )
+    if isinstance(item, int) and not isinstance(item, bool) and not MIN_INT <= item <= MAX_INT:
+        return "is an integer beyond 64 bits.", "invalid_number"
+    return None
+
+
+def _refusal(param: str | None, problem: _Problem) -> InvalidRequestError:
+    what, code = problem
+    where = f"'{param}'" if param else "A value in the request body"
+    return InvalidRequestError(f"{where} {what}", param=param, code=code)
+
+
+def _key_of(container: Any, item: Any) -> str | int | None:
+    """The key (or index) under which `container` holds `item` (the very object)."""
+    return next((key for key, value in _pairs(container) if value is item), None)
+
+
+#: containers `_param_of` visits at most looking for a refused value's path
+LOCATE_LIMIT: Final = 100_000
+
+
+def _param_of(root: Any, container: Any, key: str | int | None) -> str | None:
+    """The `param` naming `container[key]` (or `container` itself if `key` is None) inside
+    `root`, such as `messages.0.content`; None for the body itself, or if not found within
+    LOCATE_LIMIT containers. A depth-first search holding one iterator a level (no copies of
+    big containers), run only to word an error."""
+    path: list[str | int] = []
+    levels = [iter(_pairs(root))]
+    found = root is container
+    visited = 0
+    while levels and not found and visited < LOCATE_LIMIT:
+        for name, child in levels[-1]:
+            if isinstance(child, dict | list):
+                visited += 1
+                path.append(name)
+                found = child is container
+                levels.append(iter(_pairs(child)))
+                break
+        else:
+            levels.pop()
+            if path:
+                path.pop()
+    if not found:
+        return None
+    parts = [*path, key] if key is not None else path
+    # keys cut short and cleaned: a hostile key is never echoed at length nor breaks the answer
+    joined = ".".join(str(part)[:64] for part in parts)
     return _SURROGATE.sub("\ufffd", joined) or None
 
 
-def _where(path: tuple[str | int, ...]) -> str:
-    return _where_param(_param(path))
-
-
-def _where_param(param: str | None) -> str:
-    return f"'{param}'" if param else "The request body"
+def _pairs(container: Any) -> Any:
+    return container.items() if isinstance(container, dict) else enumerate(container)
