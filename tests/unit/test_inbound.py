@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from imagegw.config import Settings
 from imagegw.cors import came_through_rest_api
-from imagegw.errors import AuthenticationError, InvalidRequestError, render
+from imagegw.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, render
 from imagegw.inbound import MAX_JSON_DEPTH, MAX_KEY_CHARS, MIN_KEY_CHARS, parse_json
 from imagegw.web import api_key, client_budget, header, public_base_url, read_form, read_json
 
@@ -327,3 +327,12 @@ async def test_a_refused_value_deep_in_a_huge_body_is_still_a_400() -> None:
     raw = b'{"a": [' + b"[1]," * 1_000_000 + b"[NaN]]}"
     error = await refusal(lambda: read_raw_json(raw))
     assert error["code"] == "invalid_number"
+
+
+async def test_odd_content_lengths_are_no_500() -> None:
+    # a 5,000-digit length is simply too large; a latin-1 superscript digit is no number
+    huge = request(b"{}", [(b"content-length", b"9" * 5000)])
+    with pytest.raises(PayloadTooLargeError):
+        await read_json(huge, LIMIT)
+    odd = request(b"{}", [(b"content-length", b"\xb2")])
+    assert await read_json(odd, LIMIT) == {}

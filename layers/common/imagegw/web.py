@@ -69,10 +69,12 @@ def api_key(request: Request) -> SecretStr:
 
 def check_length(request: Request, limit: int) -> None:
     """Refuse a body whose declared length is over `limit` bytes before reading it."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "").strip()
+    if not (declared.isascii() and declared.isdigit()):
+        return  # absent or not a number: the server refuses those; the stream is counted anyway
+    if len(declared) > 18 or int(declared) > limit:  # 18 digits: no int() of thousands
         raise PayloadTooLargeError(
-            f"The request body is {declared} bytes; the limit is {limit} bytes.",
+            f"The request body is {declared[:20]} bytes; the limit is {limit} bytes.",
             code="request_too_large",
         )
 
@@ -124,7 +126,7 @@ class _StrictMultiPartParser(MultiPartParser):
 async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes]]:
     """A multipart/form-data body as (name, value) pairs in order: text fields as strings,
     files as their bytes. Bodies over `limit` bytes are refused while they arrive."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = (header(request, "Content-Type") or "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise InvalidRequestError(
             "The request body must be multipart/form-data "
