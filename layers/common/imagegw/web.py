@@ -27,9 +27,9 @@ from imagegw.gateway import Gateway
 from imagegw.inbound import check_header, check_key, check_text, parse_json, parse_json_text
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
-#: a Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port
 #: an API Gateway stage name ("$default", of HTTP APIs, is never a path prefix)
 _STAGE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: a Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port
 _HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 
 
@@ -53,13 +53,13 @@ def api_key(request: Request) -> SecretStr:
     """The client's bearer token, passed on to the provider as its key: printable ASCII of a
     bounded length (`inbound.check_key`), else a 401 that never repeats it. Reads headers only:
     call it before reading the body."""
-    header = request.headers.get("authorization")
-    if not header:
+    value = request.headers.get("authorization")
+    if not value:
         raise AuthenticationError(
             "Missing Authorization header: send your provider key as 'Bearer <key>'.",
             code="missing_api_key",
         )
-    match = _BEARER.match(header)
+    match = _BEARER.match(value)
     if match is None:
         raise AuthenticationError(
             "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key"
@@ -116,7 +116,7 @@ class _StrictMultiPartParser(MultiPartParser):
             try:
                 part.data.decode(self._charset)
             except (UnicodeDecodeError, LookupError):
-                field = part.field_name[:64]
+                field = part.field_name[:64].encode("utf-8", "replace").decode()
                 raise MultiPartException(
                     f"the field '{field}' is not valid {self._charset} text"
                 ) from None
@@ -176,8 +176,10 @@ def public_base_url(request: Request, settings: Settings) -> str:
             param="X-Forwarded-Proto",
             code="invalid_header",
         )
-    host = header(request, "Host") or request.url.netloc
-    if not _HOST.fullmatch(host):
+    host = header(request, "Host")
+    if host is None:  # HTTP/1.0: where the server listens
+        host = request.url.netloc
+    elif not _HOST.fullmatch(host):
         raise InvalidRequestError(
             "The 'Host' header is not a host name.", param="Host", code="invalid_header"
         )
