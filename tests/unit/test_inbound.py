@@ -13,7 +13,7 @@ from starlette.requests import Request
 from imagegw.config import Settings
 from imagegw.cors import came_through_rest_api
 from imagegw.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, render
-from imagegw.inbound import MAX_JSON_DEPTH, MAX_KEY_CHARS, MIN_KEY_CHARS, parse_json
+from imagegw.inbound import MAX_JSON_DEPTH, MAX_KEY_CHARS, parse_json
 from imagegw.web import api_key, client_budget, header, public_base_url, read_form, read_json
 
 pytestmark = pytest.mark.anyio
@@ -235,7 +235,6 @@ def bearer(token: bytes) -> Request:
         "ms-t\xe9st-token-\xff".encode("latin-1"),  # non-ASCII, as a latin-1 header
         "ms-tést-token".encode(),  # UTF-8 bytes of a non-ASCII key
         b"ms-\x7ftoken-123",  # DEL
-        b"short",
         b"k" * (MAX_KEY_CHARS + 1),
     ],
 )
@@ -245,12 +244,12 @@ def test_a_key_of_the_wrong_shape_is_a_401_that_never_echoes_it(token: bytes) ->
     status, body, _ = render(caught.value)
     assert status == 401
     assert body["error"]["code"] == "invalid_api_key"
-    shown = json.dumps(body)
-    assert token.decode("latin-1")[:MIN_KEY_CHARS] not in shown
-    assert token.decode("latin-1")[-MIN_KEY_CHARS:] not in shown
+    shown = json.dumps(body, ensure_ascii=False)
+    assert token.decode("latin-1")[:8] not in shown
+    assert token.decode("latin-1")[-8:] not in shown
 
 
-@pytest.mark.parametrize("token", [b"ms-test-token", b"x" * MIN_KEY_CHARS, b"k" * MAX_KEY_CHARS])
+@pytest.mark.parametrize("token", [b"ms-test-token", b"EMPTY", b"k" * MAX_KEY_CHARS])
 def test_keys_of_the_right_shape_pass(token: bytes) -> None:
     assert api_key(bearer(token)).get_secret_value() == token.decode()
 

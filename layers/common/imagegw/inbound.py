@@ -26,11 +26,10 @@ MAX_JSON_DEPTH: Final = 64
 #: integers must fit 64 bits (signed or unsigned): what providers parse, and what float() takes
 MIN_INT: Final = -(2**63)
 MAX_INT: Final = 2**64 - 1
-#: the client's key: printable ASCII without spaces, this many characters. At least 8 because
-#: shorter keys cannot be redacted reliably (redaction hides any 8-character run of the key)
-#: and no provider issues them; at most 1024: provider keys are 35-170 characters, JWT-style
-#: tokens of self-hosted servers a few hundred, and anything longer is not a key.
-MIN_KEY_CHARS: Final = 8
+#: the client's key: printable ASCII without spaces, at most this many characters. No minimum:
+#: self-hosted OpenAI-compatible servers take any key, and their users send "EMPTY" (vLLM) or
+#: "ollama"; provider keys are 35-170 characters, JWT-style tokens a few hundred, and anything
+#: past 1024 is not a key (the bound keeps what is hashed, sealed and redacted small).
 MAX_KEY_CHARS: Final = 1024
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -144,10 +143,10 @@ def check_header(value: str, name: str) -> str:
 
 def check_key(token: str) -> str:
     """The client's key, if it has the shape of one; else a 401 that never repeats it."""
-    if not (MIN_KEY_CHARS <= len(token) <= MAX_KEY_CHARS and _KEY.fullmatch(token)):
+    if not (len(token) <= MAX_KEY_CHARS and _KEY.fullmatch(token)):
         raise AuthenticationError(
-            f"Invalid API key: a key is {MIN_KEY_CHARS} to {MAX_KEY_CHARS} printable ASCII "
-            "characters without spaces. Send your provider key as 'Bearer <key>'.",
+            f"Invalid API key: a key is at most {MAX_KEY_CHARS} printable ASCII characters, "
+            "without spaces. Send your provider key as 'Bearer <key>'.",
             code="invalid_api_key",
         )
     return token
