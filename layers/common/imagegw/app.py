@@ -1,4 +1,5 @@
-"""The ASGI app: routes from `imagegw.routes`, one error handler, CORS and request logging.
+"""The ASGI app: routes from `imagegw.routes`, one error handler, CORS, request logging and a
+deadline on reading request bodies.
 
 The same app runs under the Lambda Web Adapter (functions/api) and in `make run`.
 """
@@ -10,20 +11,27 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegw.config import Settings
 from imagegw.cors import ApiGatewayCORS
-from imagegw.errors import GatewayError, MethodNotAllowedError, NotFoundError
+from imagegw.errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RequestTimeoutError,
+)
 from imagegw.gateway import Gateway
 from imagegw.log import logger
 from imagegw.routes import chat, files, images, jobs, models
@@ -68,6 +76,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(GatewayError(str(exc.detail), code=str(exc.status_code)))
 
 
+async def _client_left(request: Request, exc: Exception) -> Response:
+    """A client that hung up while sending its body: nothing started, nobody reads the
+    answer; an ordinary event, not a failure of the gateway."""
+    logger.info("client left while sending its body", extra={"path": request.url.path})
+    return error_response(
+        InvalidRequestError(
+            "The client disconnected before sending its whole request body.",
+            code="client_disconnected",
+        )
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", extra={"path": request.url.path})
     return error_response(exc)
@@ -110,6 +130,68 @@ class RequestLog:
             )
 
 
+class BodyDeadline:
+    """Pure ASGI middleware: a client has `timeout` seconds from the start of its request to
+    send the whole body, else a 408 and the connection is closed. uvicorn waits for a body as
+    long as the client keeps the connection open, so a request declaring more bytes than it
+    sends would hold a connection (and the task reading it) forever.
+
+    Only reads of the body are timed: once it is complete, or once the answer has started,
+    `receive` passes through untouched (streamed answers listen on it for the client leaving).
+    An answer given before the body was read whole (an unknown route, a 405, an early error)
+    carries `connection: close`, so the server does not wait for the rest either.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.timeout
+        pending = _declares_body(scope)
+        started = False
+
+        async def receive_in_time() -> Message:
+            nonlocal pending
+            if not pending or started:
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    pending = False
+                return message
+            raise RequestTimeoutError(
+                f"The request body did not arrive within {self.timeout:g} seconds.",
+                code="body_timeout",
+            )
+
+        async def send_closing(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                if pending:
+                    headers = [
+                        (name, value)
+                        for name, value in message.get("headers", [])
+                        if name.lower() != b"connection"
+                    ]
+                    message["headers"] = [*headers, (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, receive_in_time, send_closing)
+
+
+def _declares_body(scope: Scope) -> bool:
+    """Whether the request announces a body (a non-zero Content-Length, or chunked)."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 def all_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route("/", health), Route("/healthz", health)]
     for prefix in ("", "/{provider}"):
@@ -137,7 +219,7 @@ def create_app(
         yield
         await gateway.aclose()
 
-    middleware = [Middleware(RequestLog)]
+    middleware = [Middleware(RequestLog), Middleware(BodyDeadline, timeout=settings.body_timeout)]
     if settings.cors_origins:
         # CORS_SCOPE=api-gateway (the stack): the Function URL answers CORS itself
         cors = CORSMiddleware if settings.cors_scope == "all" else ApiGatewayCORS
@@ -157,6 +239,7 @@ def create_app(
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
+            ClientDisconnect: _client_left,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,

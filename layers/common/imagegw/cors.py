@@ -9,12 +9,14 @@ Gateway REST (payload 1.0) context has a `resourcePath`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from imagegw.errors import InvalidRequestError
+from imagegw.inbound import parse_json_text
 
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
 
@@ -25,8 +27,8 @@ def came_through_rest_api(headers: Headers) -> bool:
     if not raw:
         return False
     try:
-        context = json.loads(raw)
-    except ValueError:
+        context = parse_json_text(raw, what=REQUEST_CONTEXT_HEADER)  # depth-bounded
+    except InvalidRequestError:
         return False
     return isinstance(context, dict) and "resourcePath" in context
 

@@ -1,8 +1,12 @@
-"""Helpers shared by the routes: the client's key, JSON bodies, error responses."""
+"""Helpers shared by the routes: the one request reader (the client's key, headers, JSON and
+multipart bodies, each checked by `imagegw.inbound`) and error responses.
+
+Routes read a request only through these functions, key first (`api_key` looks at headers
+only, so a request with a malformed key is refused before its body is read).
+"""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -20,9 +24,14 @@ from imagegw.errors import (
     render,
 )
 from imagegw.gateway import Gateway
+from imagegw.inbound import check_header, check_key, check_text, parse_json, parse_json_text
 from imagegw.redaction import protect
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+#: an API Gateway stage name ("$default", of HTTP APIs, is never a path prefix)
+_STAGE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: a Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port
+_HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -35,30 +44,40 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def header(request: Request, name: str) -> str | None:
+    """A request header the routes read, None when absent; a 400 unless printable ASCII."""
+    value = request.headers.get(name)
+    return None if value is None else check_header(value, name)
+
+
 def api_key(request: Request) -> SecretStr:
-    """The client's bearer token, passed on to the provider as its key."""
-    header = request.headers.get("authorization")
-    if not header:
+    """The client's bearer token, passed on to the provider as its key: printable ASCII of a
+    bounded length (`inbound.check_key`), else a 401 that never repeats it. Reads headers only:
+    call it before reading the body."""
+    value = request.headers.get("authorization")
+    if not value:
         raise AuthenticationError(
             "Missing Authorization header: send your provider key as 'Bearer <key>'.",
             code="missing_api_key",
         )
-    match = _BEARER.match(header)
+    match = _BEARER.match(value)
     if match is None:
         raise AuthenticationError(
             "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key"
         )
-    token = match.group(1)
+    token = check_key(match.group(1))
     protect(token)  # redacted from every error and log line of this request from now on
     return SecretStr(token)
 
 
 def check_length(request: Request, limit: int) -> None:
     """Refuse a body whose declared length is over `limit` bytes before reading it."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "").strip()
+    if not (declared.isascii() and declared.isdigit()):
+        return  # absent or not a number: the server refuses those; the stream is counted anyway
+    if len(declared) > 18 or int(declared) > limit:  # 18 digits: no int() of thousands
         raise PayloadTooLargeError(
-            f"The request body is {declared} bytes; the limit is {limit} bytes.",
+            f"The request body is {declared[:20]} bytes; the limit is {limit} bytes.",
             code="request_too_large",
         )
 
@@ -82,28 +101,44 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, refusing bodies over `limit` bytes."""
-    raw = await read_body(request, limit)
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequestError("The request body is not valid JSON.") from None
+    """The request body as a JSON object, refusing bodies over `limit` bytes and anything
+    that could not be sent on as UTF-8 JSON (`inbound.parse_json`)."""
+    body = parse_json(await read_body(request, limit))
     if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser, but a text field that is not valid in the body's charset is an
+    error instead of being read as latin-1 (which would forward mojibake)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                part.data.decode(self._charset)
+            except (UnicodeDecodeError, LookupError):
+                field = part.field_name[:64].encode("utf-8", "replace").decode()
+                raise MultiPartException(
+                    f"the field '{field}' is not valid {self._charset} text"
+                ) from None
+        super().on_part_end()
 
 
 async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes]]:
     """A multipart/form-data body as (name, value) pairs in order: text fields as strings,
     files as their bytes. Bodies over `limit` bytes are refused while they arrive."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = (header(request, "Content-Type") or "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise InvalidRequestError(
             "The request body must be multipart/form-data "
             f"(got {content_type[:100] or 'no content type'}).",
             code="invalid_content_type",
         )
-    parser = MultiPartParser(request.headers, limited_stream(request, limit), max_part_size=limit)
+    parser = _StrictMultiPartParser(
+        request.headers, limited_stream(request, limit), max_part_size=limit
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -111,12 +146,17 @@ async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes
             f"The multipart body cannot be read: {exc.message}", code="invalid_multipart"
         ) from None
     try:
-        return [
+        items = [
             (name, value if isinstance(value, str) else await value.read())
             for name, value in form.multi_items()
         ]
     finally:
         await form.close()
+    for name, value in items:  # an odd charset (utf-7) can still decode to surrogates
+        check_text(name, None)
+        if isinstance(value, str):
+            check_text(value, name)
+    return items
 
 
 def public_base_url(request: Request, settings: Settings) -> str:
@@ -125,23 +165,53 @@ def public_base_url(request: Request, settings: Settings) -> str:
     PUBLIC_BASE_URL wins; else the Host and X-Forwarded-Proto headers (a Function URL and API
     Gateway set both), plus the stage of an API Gateway REST request (`/Prod`), which the Web
     Adapter passes in its `x-amzn-request-context` header.
+
+    Both headers are checked (a 400 otherwise), so a link is never built from a forged value
+    that is not a host or a scheme.
     """
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    scheme = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = request.headers.get("host") or request.url.netloc
+    proto = header(request, "X-Forwarded-Proto")
+    scheme = (proto or request.url.scheme).split(",")[0].strip().lower()
+    if scheme not in ("http", "https"):
+        raise InvalidRequestError(
+            "The 'X-Forwarded-Proto' header must be http or https.",
+            param="X-Forwarded-Proto",
+            code="invalid_header",
+        )
+    host = header(request, "Host")
+    if host is None:  # HTTP/1.0: where the server listens
+        host = request.url.netloc
+    elif not _HOST.fullmatch(host):
+        raise InvalidRequestError(
+            "The 'Host' header is not a host name.", param="Host", code="invalid_header"
+        )
     prefix = ""
-    context = request.headers.get("x-amzn-request-context")
-    if context:
-        try:
-            parsed = json.loads(context)
-        except ValueError:
-            parsed = {}
-        stage = parsed.get("stage") if isinstance(parsed, dict) else None
-        domain = str(parsed.get("domainName", "")) if isinstance(parsed, dict) else ""
-        if stage and stage != "$default" and ".execute-api." in domain and domain == host:
-            prefix = f"/{stage}"
+    parsed = request_context(request)
+    stage = parsed.get("stage")
+    domain = str(parsed.get("domainName", ""))
+    if isinstance(stage, str) and _STAGE.fullmatch(stage) and _is_rest_api(domain, host):
+        prefix = f"/{stage}"
     return f"{scheme}://{host}{prefix}"
+
+
+def _is_rest_api(domain: str, host: str) -> bool:
+    """Whether the request came to an API Gateway's own domain (custom domains have no stage
+    in their paths)."""
+    return ".execute-api." in domain and domain == host
+
+
+def request_context(request: Request) -> dict[str, Any]:
+    """The API Gateway request context the Lambda Web Adapter forwards as the
+    `x-amzn-request-context` header; {} when absent or unreadable (it only refines links)."""
+    raw = request.headers.get("x-amzn-request-context")
+    if not raw:
+        return {}
+    try:
+        parsed = parse_json_text(raw, what="x-amzn-request-context")
+    except InvalidRequestError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def client_budget(request: Request) -> float | None:
@@ -152,9 +222,7 @@ def client_budget(request: Request) -> float | None:
     The SDKs retry a timed-out request, which would pay for the generation again: answering a
     clear 504 (with x-should-retry: false) just before the client's own timer runs out avoids it.
     """
-    raw = request.headers.get("x-stainless-read-timeout") or request.headers.get(
-        "x-stainless-timeout"
-    )
+    raw = header(request, "X-Stainless-Read-Timeout") or header(request, "X-Stainless-Timeout")
     try:
         seconds = float(raw) if raw else 0.0
     except ValueError:

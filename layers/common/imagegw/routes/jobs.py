@@ -19,7 +19,7 @@ from imagegw.errors import InvalidRequestError
 from imagegw.images_api import ImagesCall
 from imagegw.jobs.service import check_idempotency_key
 from imagegw.providers.base import Provider
-from imagegw.web import api_key, gateway_of, public_base_url
+from imagegw.web import api_key, gateway_of, header, public_base_url
 
 PREFERENCE = "respond-async"
 
@@ -38,10 +38,11 @@ async def accept_async(request: Request, provider: Provider, call: ImagesCall) -
     """Start the Images API call `call` as a durable job when the client prefers
     `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual."""
     gateway = gateway_of(request)
-    if not prefers_async(request.headers.get("prefer")) or not gateway.jobs.enabled:
+    if not prefers_async(header(request, "Prefer")) or not gateway.jobs.enabled:
         return None
     key = api_key(request)
-    idempotency_key = check_idempotency_key(request.headers.get("idempotency-key"))
+    idempotency_key = check_idempotency_key(header(request, "Idempotency-Key"))
+    base_url = public_base_url(request, gateway.settings)  # a bad Host refused before the start
     if call.mask is not None:
         raise InvalidRequestError(
             "Async jobs take no mask: send this edit without 'Prefer: respond-async'.",
@@ -57,7 +58,7 @@ async def accept_async(request: Request, provider: Provider, call: ImagesCall) -
     )
     named = request.path_params.get("provider")
     prefix = f"/{named}" if named else ""
-    location = f"{public_base_url(request, gateway.settings)}{prefix}/v1/jobs/{view.id}"
+    location = f"{base_url}{prefix}/v1/jobs/{view.id}"
     return JSONResponse(
         view.summary(),
         status_code=202,
