@@ -160,8 +160,10 @@ def test_store_function_copies_the_image(
     base = fake_ms.base_url.removesuffix("/v1")  # type: ignore[attr-defined]
     event["progress"]["tasks"][0]["images"] = [{"name": None, "url": f"{base}{path}"}]
 
-    # When the built Store function runs it
-    output = built.invoke("JobStoreFunction", event)
+    # When the built Store function runs it (the provider's host is the configured one: its
+    # result links are trusted though on loopback)
+    env = {**built.env, "MODELSCOPE_BASE_URL": fake_ms.base_url}  # type: ignore[attr-defined]
+    output = BuiltFunctions(built.build, built.python, env).invoke("JobStoreFunction", event)
 
     # Then the image is in the bucket under images/
     (image,) = output["images"]
