@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from imagegw.config import Settings
+from imagegw.core.advance import Made, Outcome, Submitted, Working, advance, refusal
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -106,38 +108,34 @@ class _Tasks:
     def progress(self, elapsed: float) -> Progress:
         return Progress(self.state(), elapsed, self.done, self.total, self.ids())
 
-    def started(self, outcomes: list[Started | Finished | BaseException]) -> None:
-        """Record the answers of the `start` calls (re-raising an unexpected failure)."""
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, GatewayError):
-                self.failures[index] = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            elif isinstance(outcome, Started):
-                self.task_ids[index] = outcome.task_id
-                self.states[index] = "SUBMITTED"
-            else:
-                self.images[index] = outcome.images
-
-    def answered(self, index: int, answer: TaskStatus | GatewayError) -> None:
-        """Record a poller's report."""
-        if isinstance(answer, GatewayError):
-            self.failures[index] = answer
-        elif isinstance(answer, Finished):
-            self.images[index] = answer.images
-        elif isinstance(answer, Failed):
-            self.failures[index] = ProviderError(
-                f"{self.title} task {self.task_ids[index]} failed: {answer.reason}",
-                code="generation_failed",
-            )
+    def apply(self, index: int, outcome: Outcome) -> None:
+        """Record what a `start` or `check` answer meant (`imagegw.core.advance`)."""
+        if isinstance(outcome, Submitted):
+            self.task_ids[index] = outcome.task_id
+            self.states[index] = outcome.state
+        elif isinstance(outcome, Working):
+            self.states[index] = outcome.state
+        elif isinstance(outcome, Made):
+            self.images[index] = outcome.images
         else:
-            self.states[index] = answer.state
+            self.failures[index] = outcome.error
+
+    def answer(self, index: int, answer: Started | TaskStatus | BaseException) -> None:
+        self.apply(index, advance(self.title, self.task_ids.get(index), answer))
 
     def refusal(self) -> GatewayError:
-        """The error to raise when no image was made: the first that forbids a retry when any
-        does (one of the calls may have started paid work), else the first."""
-        ordered = [self.failures[i] for i in sorted(self.failures)]
-        return next((exc for exc in ordered if exc.retryable is not True), ordered[0])
+        return refusal([self.failures[i] for i in sorted(self.failures)])
+
+    def result(self, elapsed: float) -> Result:
+        """The result (images in the order of the calls), or the refusal when none was made."""
+        if not self.images:
+            raise self.refusal()
+        return Result(
+            images=tuple(url for i in sorted(self.images) for url in self.images[i]),
+            failures=tuple(self.failures[i].message for i in sorted(self.failures)),
+            task_ids=self.ids(),
+            elapsed=elapsed,
+        )
 
 
 def _retry_delay(delay: float, failures: int, settings: Settings) -> float:
@@ -220,6 +218,96 @@ async def _poll(
             return
 
 
+class _Run:
+    """One run of the loop: what its two phases (starting, then watching the tasks) share."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        request: GenerationRequest,
+        settings: Settings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.provider, self.settings, self.clock = provider, settings, clock
+        self.parts = provider.split(request)
+        self.tasks = _Tasks(provider, len(self.parts))
+        self.began = clock()
+        self.deadline = self.began + settings.generation_timeout
+
+    def elapsed(self) -> float:
+        return self.clock() - self.began
+
+    def remaining(self, late: Callable[[], str]) -> float:
+        """Seconds left before GENERATION_TIMEOUT; a 504 (`late()` says what) when none."""
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise DeadlineExceededError(late(), code="deadline_exceeded")
+        return left
+
+    async def start(self) -> AsyncGenerator[Progress, None]:
+        """Start every part at once; a synchronous provider does the whole job in `start`, so
+        progress is reported meanwhile. The calls in flight are cancelled if the reader left."""
+        title, limit = self.provider.title, self.settings.generation_timeout
+        starting = asyncio.ensure_future(
+            asyncio.gather(*(self.provider.start(p) for p in self.parts), return_exceptions=True)
+        )
+        try:
+            while not starting.done():
+                left = self.remaining(lambda: f"{title} did not answer within {limit:g} s.")
+                await asyncio.wait({starting}, timeout=min(self.settings.progress_interval, left))
+                if not starting.done():
+                    yield Progress("RUNNING", self.elapsed(), 0, len(self.parts))
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+        for index, outcome in enumerate(starting.result()):
+            self.tasks.answer(index, outcome)
+        if not self.tasks.task_ids and not self.tasks.images:
+            raise self.tasks.refusal()
+
+    def _late(self) -> str:
+        return (
+            f"{self.provider.title} task {', '.join(self.tasks.pending())} did not finish "
+            f"within {self.settings.generation_timeout:g} s; it may still finish at the provider."
+        )
+
+    async def watch(self, request: GenerationRequest) -> AsyncGenerator[Progress, None]:
+        """Poll the started tasks until all ended: a progress at each change, and every
+        PROGRESS_INTERVAL while nothing changes. No poll after this (the reader may leave)."""
+        tasks, settings, clock = self.tasks, self.settings, self.clock
+        queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]] = asyncio.Queue()
+        pollers = [
+            asyncio.create_task(_poll(self.provider, self.parts[i], i, tid, settings, queue, clock))
+            for i, tid in tasks.task_ids.items()
+        ]
+        try:
+            yield tasks.progress(self.elapsed())
+            last_progress = clock()
+            while tasks.done < tasks.total:
+                wait = min(settings.progress_interval, self.remaining(self._late))
+                try:
+                    index, answer = await asyncio.wait_for(queue.get(), timeout=wait)
+                except TimeoutError:
+                    yield tasks.progress(self.elapsed())
+                    last_progress = clock()
+                    continue
+                before = (tasks.state(), tasks.done)
+                tasks.answer(index, answer)
+                # a change at once; an unchanged state every progress_interval even while
+                # polls keep answering (they come more often than that)
+                if (tasks.state(), tasks.done) != before or (
+                    clock() - last_progress >= settings.progress_interval
+                ):
+                    yield tasks.progress(self.elapsed())
+                    last_progress = clock()
+        finally:
+            for poller in pollers:
+                poller.cancel()
+            if pollers:
+                await asyncio.gather(*pollers, return_exceptions=True)
+
+
 async def run(
     provider: Provider,
     request: GenerationRequest,
@@ -229,80 +317,19 @@ async def run(
 ) -> AsyncGenerator[Event, None]:
     """Run the calls that make `request.n` images and yield progress, then the result (images in
     the order of the calls). Raises GatewayError."""
-    parts = provider.split(request)
-    tasks = _Tasks(provider, len(parts))
-    began = clock()
-    deadline = began + settings.generation_timeout
-    starting = asyncio.ensure_future(
-        asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
-    )
-    try:  # a synchronous provider does the whole job in `start`: report progress meanwhile
-        while not starting.done():
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"{provider.title} did not answer within {settings.generation_timeout:g} s.",
-                    code="deadline_exceeded",
-                )
-            await asyncio.wait({starting}, timeout=min(settings.progress_interval, remaining))
-            if not starting.done():
-                yield Progress("RUNNING", clock() - began, 0, len(parts))
-    finally:  # also when the client left: the calls in flight are cancelled
-        if not starting.done():
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-    tasks.started(starting.result())
-    if not tasks.task_ids and not tasks.images:
-        raise tasks.refusal()
+    job = _Run(provider, request, settings, clock)
+    async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
+        async for event in starting:
+            yield event
     logger.info(
         "tasks started",
-        extra={"provider": provider.name, "model": request.model, "task_ids": list(tasks.ids())},
+        extra={
+            "provider": provider.name,
+            "model": request.model,
+            "task_ids": list(job.tasks.ids()),
+        },
     )
-
-    queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]] = asyncio.Queue()
-    pollers = [
-        asyncio.create_task(_poll(provider, parts[i], i, tid, settings, queue, clock))
-        for i, tid in tasks.task_ids.items()
-    ]
-    try:
-        yield tasks.progress(clock() - began)
-        last_progress = clock()
-        while tasks.done < tasks.total:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"{provider.title} task {', '.join(tasks.pending())} did not finish within "
-                    f"{settings.generation_timeout:g} s; it may still finish at the provider.",
-                    code="deadline_exceeded",
-                )
-            try:
-                index, answer = await asyncio.wait_for(
-                    queue.get(), timeout=min(settings.progress_interval, remaining)
-                )
-            except TimeoutError:
-                yield tasks.progress(clock() - began)
-                last_progress = clock()
-                continue
-            before = (tasks.state(), tasks.done)
-            tasks.answered(index, answer)
-            # a change at once; an unchanged state every progress_interval even while polls
-            # keep answering (they come more often than that)
-            if (tasks.state(), tasks.done) != before or (
-                clock() - last_progress >= settings.progress_interval
-            ):
-                yield tasks.progress(clock() - began)
-                last_progress = clock()
-    finally:  # also when the client left: no poll after this
-        for poller in pollers:
-            poller.cancel()
-        if pollers:
-            await asyncio.gather(*pollers, return_exceptions=True)
-
-    if not tasks.images:
-        raise tasks.refusal()
-    yield Result(
-        images=tuple(url for i in sorted(tasks.images) for url in tasks.images[i]),
-        failures=tuple(tasks.failures[i].message for i in sorted(tasks.failures)),
-        task_ids=tasks.ids(),
-        elapsed=clock() - began,
-    )
+    async with aclosing(job.watch(request)) as watching:  # closed with us: no poll after
+        async for event in watching:
+            yield event
+    yield job.tasks.result(job.elapsed())

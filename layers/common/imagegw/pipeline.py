@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from imagegw import generation, links
+from imagegw import generation
+from imagegw.core.deliver import LinkMode, deliver
 from imagegw.gateway import Gateway
 from imagegw.generation import Event, Progress, Result
 from imagegw.images import ImageBytes
@@ -29,7 +30,7 @@ async def events(
     request: GenerationRequest,
     inputs: Sequence[str | ImageBytes],
     base_url: str,
-    link_mode: links.LinkMode | None = None,
+    link_mode: LinkMode | None = None,
     budget: float | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
@@ -53,7 +54,7 @@ async def events(
             async for event in running:
                 if isinstance(event, Result):
                     stage, task_ids = "delivering", event.task_ids
-                    delivered = await links.deliver(
+                    delivered = await deliver(
                         event.images,
                         settings=gateway.settings,
                         store=gateway.store,

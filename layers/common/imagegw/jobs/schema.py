@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from imagegw.core.deliver import Ref, Stored
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -72,6 +73,15 @@ class ImageRef(_Model):
         if (self.name is None) == (self.url is None):
             raise ValueError("a result image has a name or a url")
         return self
+
+    @classmethod
+    def of(cls, ref: Ref) -> ImageRef:
+        return cls(name=ref.name) if isinstance(ref, Stored) else cls(url=ref)
+
+    @property
+    def ref(self) -> Ref:
+        """As the core delivers it (`imagegw.core.deliver`)."""
+        return Stored(self.name) if self.name is not None else str(self.url)
 
     @property
     def inline(self) -> bool:

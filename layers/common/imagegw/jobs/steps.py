@@ -39,18 +39,20 @@ from typing import Any, Final
 import httpx
 from pydantic import SecretStr
 
+from imagegw.clients import provider_client
 from imagegw.config import Settings
+from imagegw.core.advance import Made, Submitted, Working, advance
+from imagegw.core.deliver import Ref, copy_result
+from imagegw.core.plan import restore
 from imagegw.errors import (
-    ConfigurationError,
     DeadlineExceededError,
     GatewayError,
-    ProviderError,
     StorageError,
     TransientJobError,
     TransientProviderError,
 )
 from imagegw.fetcher import Fetcher
-from imagegw.images import ImageBytes, decode_data_uri, is_data_uri
+from imagegw.images import ImageBytes, is_data_uri
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.schema import (
     STATE_LIMIT,
@@ -64,15 +66,11 @@ from imagegw.jobs.schema import (
     SubmitEvent,
     TaskProgress,
 )
-from imagegw.links import fetch_image
 from imagegw.log import logger
-from imagegw.providers import PROVIDERS, Provider
+from imagegw.providers import Provider, lookup
 from imagegw.providers.base import (
-    Failed,
-    Finished,
     GenerationRequest,
     InputImage,
-    Running,
     Started,
     TaskStatus,
 )
@@ -107,58 +105,68 @@ class Tools:
     result_fetcher: Fetcher
 
 
+#: one event loop and one provider client per Lambda instance: a warm instance reuses its
+#: connections to the provider from step to step
+_RUNNER: asyncio.Runner | None = None
+_CLIENT: httpx.AsyncClient | None = None
+
+
+def _instance_client(settings: Settings) -> httpx.AsyncClient:
+    global _CLIENT
+    if _CLIENT is None or _CLIENT.is_closed:
+        _CLIENT = provider_client(settings)
+    return _CLIENT
+
+
 @asynccontextmanager
-async def tools(settings: Settings) -> AsyncIterator[Tools]:
+async def tools(
+    settings: Settings, client: httpx.AsyncClient | None = None
+) -> AsyncIterator[Tools]:
+    """What one step works with; the provider client is `client` (default: a new one for
+    this step only)."""
     fetcher, result_fetcher = Fetcher(settings), Fetcher.for_results(settings)
+    own = client is None
+    api = client or provider_client(settings)
     try:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
-            follow_redirects=False,
-        ) as client:
-            yield Tools(
-                settings=settings,
-                client=client,
-                store=ImageStore(settings),
-                sealer=KeySealer(settings.job_key_id, settings.aws_region),
-                fetcher=fetcher,
-                result_fetcher=result_fetcher,
-            )
+        yield Tools(
+            settings=settings,
+            client=api,
+            store=ImageStore(settings),
+            sealer=KeySealer(settings.job_key_id, settings.aws_region),
+            fetcher=fetcher,
+            result_fetcher=result_fetcher,
+        )
     finally:
         await fetcher.aclose()
         await result_fetcher.aclose()
+        if own:
+            await api.aclose()
 
 
 def run(step: Step, event: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Run one step to completion (the task functions' synchronous entry)."""
+    """Run one step to completion (the task functions' synchronous entry), on the instance's
+    event loop with its provider client."""
+    global _RUNNER
+    config = settings or Settings.from_env()
 
     async def main() -> dict[str, Any]:
-        async with tools(settings or Settings.from_env()) as kit:
+        async with tools(config, _instance_client(config)) as kit:
             return await step(event, kit)
 
-    return asyncio.run(main())
+    if _RUNNER is None:
+        _RUNNER = asyncio.Runner()
+    return _RUNNER.run(main())
 
 
 def _provider(spec: JobSpec, kit: Tools) -> Provider:
-    cls = PROVIDERS.get(spec.provider)
-    if cls is None:
-        raise ConfigurationError(
-            f"The job names an unknown provider '{spec.provider}'.", code="unknown_provider"
-        )
-    return cls(kit.settings, kit.client, kit.fetcher)
+    return lookup(spec.provider)(kit.settings, kit.client, kit.fetcher)
 
 
 def _request(
     spec: JobSpec, key: SecretStr, images: tuple[InputImage, ...] = ()
 ) -> GenerationRequest:
-    return GenerationRequest(
-        provider=spec.provider,
-        model=spec.model,
-        kind=spec.kind,
-        prompt=spec.prompt,
-        api_key=key,
-        options=spec.options,
-        images=images,
-        n=spec.n,
+    return restore(
+        spec.provider, spec.model, spec.kind, spec.prompt, key, spec.options, spec.n, images
     )
 
 
@@ -205,18 +213,18 @@ async def _keep(images: Sequence[str], kit: Tools) -> tuple[ImageRef, ...]:
     async def one(ref: str) -> ImageRef:
         if not is_data_uri(ref):
             return ImageRef(url=ref)
-        image = decode_data_uri(
-            ref, max_bytes=kit.settings.max_result_bytes, what="generated image"
-        )
-        try:
-            return ImageRef(name=await _save(image, kit))
-        except StorageError as exc:
-            logger.warning(
-                "result not stored; keeping it inline for now", extra={"error": exc.message}
-            )
-            return ImageRef(url=image.data_uri())
+        return ImageRef.of(await _copy_result(ref, kit))
 
     return tuple(await asyncio.gather(*(one(ref) for ref in images)))
+
+
+async def _copy_result(ref: str, kit: Tools) -> Ref:
+    """The core's copy (`copy_result`), saving with retries within the step."""
+
+    async def save(image: ImageBytes) -> str:
+        return await _save(image, kit)
+
+    return await copy_result(ref, settings=kit.settings, fetcher=kit.result_fetcher, save=save)
 
 
 def _inline_budget(event: Mapping[str, Any]) -> int:
@@ -377,30 +385,19 @@ async def _task(
     answer: Started | TaskStatus | BaseException,
     kit: Tools,
 ) -> TaskProgress:
-    """A task after the provider's answer to a `start` or `check`."""
-    if isinstance(answer, Started):
-        return task.model_copy(update={"task_id": answer.task_id})
-    if isinstance(answer, Running):
-        return task.model_copy(update={"state": answer.state})
-    if isinstance(answer, Finished):
+    """A task after the provider's answer to a `start` or `check` (the core's `advance`)."""
+    outcome = advance(provider.title, task.task_id, answer)
+    if isinstance(outcome, Submitted):
+        return task.model_copy(update={"task_id": outcome.task_id})
+    if isinstance(outcome, Working):
+        return task.model_copy(update={"state": outcome.state})
+    if isinstance(outcome, Made):
         try:
-            if not answer.images:
-                raise ProviderError(
-                    f"{provider.title} finished without an image.", code="provider_error"
-                )
-            images = await _keep(answer.images, kit)
+            images = await _keep(outcome.images, kit)
         except GatewayError as exc:  # an image that is no image, or too large
-            return task.model_copy(update={"state": "FAILED", "error": _failed(exc).error})
-        return task.model_copy(update={"state": answer.state, "images": images})
-    if isinstance(answer, Failed):
-        failure = ProviderError(
-            f"{provider.title} task {task.task_id} failed: {answer.reason}",
-            code="generation_failed",
-        )
-        return task.model_copy(update={"state": answer.state, "error": _failed(failure).error})
-    if isinstance(answer, GatewayError):
-        return task.model_copy(update={"state": "FAILED", "error": _failed(answer).error})
-    raise answer
+            return task.model_copy(update={"state": "FAILED", "error": ErrorInfo.of(exc)})
+        return task.model_copy(update={"state": outcome.state, "images": images})
+    return task.model_copy(update={"state": outcome.state, "error": ErrorInfo.of(outcome.error)})
 
 
 async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
@@ -432,18 +429,4 @@ async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:
     for a while, as on the interactive path. Running Store again would not help the link."""
     if ref.url is None:
         return ref
-    try:
-        image = await fetch_image(kit.result_fetcher, ref.url, kit.settings)
-    except GatewayError as exc:
-        logger.warning(
-            "result not copied; keeping the provider's link", extra={"error": exc.message}
-        )
-        return ref
-    try:
-        return ImageRef(name=await _save(image, kit))
-    except StorageError as exc:
-        logger.warning(
-            "result not stored: the bucket failed; keeping the provider's link",
-            extra={"error": exc.message},
-        )
-        return ref
+    return ImageRef.of(await _copy_result(ref.url, kit))

@@ -15,6 +15,7 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from imagegw.config import ProviderSetting
 from imagegw.errors import (
     InvalidRequestError,
     ProviderError,
@@ -93,6 +94,9 @@ def _loras(value: Any) -> str | dict[str, float]:
 class ModelScope(Provider):
     name = "modelscope"
     title = "ModelScope"
+    base_url_setting = ProviderSetting(
+        "MODELSCOPE_BASE_URL", "https://api-inference.modelscope.cn/v1", base_url=True
+    )
     max_prompt_chars = MAX_TEXT
     catalog = (
         ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE),
@@ -101,10 +105,6 @@ class ModelScope(Provider):
         ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT),
         ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT),
     )
-
-    @property
-    def base_url(self) -> str:
-        return self.settings.modelscope_base_url.rstrip("/")
 
     @property
     def chat_base_url(self) -> str:
