@@ -12,9 +12,10 @@ import httpx
 
 from imagegw.clients import provider_client
 from imagegw.config import Settings
+from imagegw.core.estimates import Estimates, MemoryEstimates
 from imagegw.fetcher import Fetcher
 from imagegw.jobs.service import Jobs
-from imagegw.providers import Provider, lookup
+from imagegw.providers import Provider, lookup, priors
 from imagegw.storage import ImageStore
 
 
@@ -34,6 +35,9 @@ class Gateway:
         self.fetcher = Fetcher(settings)
         #: result images: the configured providers' hosts are trusted, any other is checked
         self.result_fetcher = Fetcher.for_results(settings)
+        #: learned run times for predictive polling: per instance (a shared table plugs in
+        #: here: `imagegw.core.estimates`)
+        self.estimates: Estimates = MemoryEstimates(priors())
         #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
         self.jobs = Jobs(settings, self.store)
 

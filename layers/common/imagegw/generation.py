@@ -1,10 +1,11 @@
 """The interactive poll loop: drive a provider's start/check and yield events.
 
 `run()` starts the provider's calls for the `n` images at once (`Provider.split`: one image a
-call, or batches), polls each task on a schedule that learns of a finished image quickly without
-hammering the provider, retries transient poll failures (backing off) until POLL_FAILURE_WINDOW
-seconds pass without a good answer, and yields
-`Progress` events (also while a synchronous provider works inside `start`), then one `Result`.
+call, or batches), polls each task when the model's learned run time says it should end
+(`imagegw.core.schedule`; today's fixed schedule for a model not learned yet), retries
+transient poll failures (backing off) until POLL_FAILURE_WINDOW seconds pass without a good
+answer, and yields `Progress` events (also while a synchronous provider works inside `start`),
+then one `Result`. What an answer means is the job core's (`imagegw.core.advance`).
 Rendering (SSE or JSON) is someone else's job.
 """
 
@@ -14,10 +15,20 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imagegw.config import Settings
 from imagegw.core.advance import Made, Outcome, Submitted, Working, advance, refusal
+from imagegw.core.estimates import Estimates
+from imagegw.core.schedule import (
+    Estimate,
+    Key,
+    Timing,
+    bucket,
+    expected_total,
+    next_delay,
+    poll_delay,
+)
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -30,12 +41,12 @@ from imagegw.providers.base import (
     Finished,
     GenerationRequest,
     Provider,
+    Running,
     Started,
     TaskStatus,
 )
 
-#: polls run at the base interval this long, then slow down towards the maximum
-FAST_POLLING_SECONDS = 15.0
+__all__ = ["Event", "Progress", "Result", "poll_delay", "run"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class Progress:
     done: int = 0
     total: int = 1
     task_ids: tuple[str, ...] = ()
+    #: about how long the generation takes in all (seconds, as `elapsed`), once predicted
+    expected: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,16 +76,20 @@ class Result:
 Event = Progress | Result
 
 
-def poll_delay(elapsed: float, base: float, maximum: float) -> float:
-    """Seconds to wait before the next poll of a task that has run `elapsed` seconds.
+@dataclass
+class _Forecast:
+    """What the pollers of one run learn from, and what they predict: each task's end (on the
+    run's clock), once it runs."""
 
-    The base interval (default 0.75 s) bounds the lag between a task finishing and the client
-    hearing of it to one interval (median half of it) for the common 2-10 s jobs; jobs that run
-    long are polled more and more gently, up to `maximum`.
-    """
-    if elapsed <= FAST_POLLING_SECONDS:
-        return base
-    return min(maximum, base * (1.0 + (elapsed - FAST_POLLING_SECONDS) / FAST_POLLING_SECONDS))
+    estimates: Estimates | None
+    key: Key
+    estimate: Estimate | None = None
+    ends: dict[int, float] = field(default_factory=dict)
+
+    def expected(self, pending: list[int], began: float) -> float | None:
+        """About how long the run takes, from `began`, while the `pending` tasks all run."""
+        ends = [self.ends[i] for i in pending if i in self.ends]
+        return max(ends) - began if ends and len(ends) == len(pending) else None
 
 
 class _Tasks:
@@ -105,8 +122,8 @@ class _Tasks:
             return max(set(running), key=running.count)
         return "SUCCEED" if self.images else "FAILED"
 
-    def progress(self, elapsed: float) -> Progress:
-        return Progress(self.state(), elapsed, self.done, self.total, self.ids())
+    def progress(self, elapsed: float, expected: float | None = None) -> Progress:
+        return Progress(self.state(), elapsed, self.done, self.total, self.ids(), expected)
 
     def apply(self, index: int, outcome: Outcome) -> None:
         """Record what a `start` or `check` answer meant (`imagegw.core.advance`)."""
@@ -169,17 +186,21 @@ async def _poll(
     settings: Settings,
     queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]],
     clock: Callable[[], float],
+    forecast: _Forecast,
 ) -> None:
     """Poll one task until it ends; report each answer on the queue.
 
     Transient failures (5xx, unreadable answers, no connection, a poll timing out) are retried
     until POLL_FAILURE_WINDOW seconds pass without a good answer; then the task fails with a 502
-    naming the last error, rather than the client hearing nothing until GENERATION_TIMEOUT."""
-    submitted = answered = clock()
-    failures = 0
+    naming the last error, rather than the client hearing nothing until GENERATION_TIMEOUT.
+    When (`imagegw.core.schedule`) follows the model's learned run time; a task that ends
+    teaches it how long this one took."""
+    timing = Timing(submitted=clock())
+    answered, failures = timing.submitted, 0
+    base, maximum = settings.poll_interval, settings.poll_interval_max
     while True:
         now = clock()
-        delay = poll_delay(now - submitted, settings.poll_interval, settings.poll_interval_max)
+        delay = next_delay(timing, forecast.estimate, now, base, maximum)
         if failures:  # back off, but poll once more when the window closes
             delay = min(
                 _retry_delay(delay, failures, settings),
@@ -213,6 +234,13 @@ async def _poll(
             await queue.put((index, failure))
             return
         answered, failures = clock(), 0
+        if isinstance(status, Running):
+            timing = timing.seen(answered, status.state)
+            expected = expected_total(timing, forecast.estimate)
+            if expected is not None:
+                forecast.ends[index] = timing.submitted + expected
+        elif isinstance(status, Finished) and forecast.estimates is not None:
+            await forecast.estimates.record(forecast.key, timing.run_time(answered))
         await queue.put((index, status))
         if isinstance(status, Finished | Failed):
             return
@@ -227,8 +255,11 @@ class _Run:
         request: GenerationRequest,
         settings: Settings,
         clock: Callable[[], float],
+        estimates: Estimates | None = None,
     ) -> None:
         self.provider, self.settings, self.clock = provider, settings, clock
+        key = Key(provider.name, request.model, bucket(request.options))
+        self.forecast = _Forecast(estimates, key)
         self.parts = provider.split(request)
         self.tasks = _Tasks(provider, len(self.parts))
         self.began = clock()
@@ -266,6 +297,10 @@ class _Run:
         if not self.tasks.task_ids and not self.tasks.images:
             raise self.tasks.refusal()
 
+    def progress(self) -> Progress:
+        pending = [i for i in self.tasks.task_ids if not self.tasks.ended(i)]
+        return self.tasks.progress(self.elapsed(), self.forecast.expected(pending, self.began))
+
     def _late(self) -> str:
         return (
             f"{self.provider.title} task {', '.join(self.tasks.pending())} did not finish "
@@ -277,19 +312,24 @@ class _Run:
         PROGRESS_INTERVAL while nothing changes. No poll after this (the reader may leave)."""
         tasks, settings, clock = self.tasks, self.settings, self.clock
         queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]] = asyncio.Queue()
+        forecast = self.forecast
+        if forecast.estimates is not None:
+            forecast.estimate = await forecast.estimates.get(forecast.key)
         pollers = [
-            asyncio.create_task(_poll(self.provider, self.parts[i], i, tid, settings, queue, clock))
+            asyncio.create_task(
+                _poll(self.provider, self.parts[i], i, tid, settings, queue, clock, forecast)
+            )
             for i, tid in tasks.task_ids.items()
         ]
         try:
-            yield tasks.progress(self.elapsed())
+            yield self.progress()
             last_progress = clock()
             while tasks.done < tasks.total:
                 wait = min(settings.progress_interval, self.remaining(self._late))
                 try:
                     index, answer = await asyncio.wait_for(queue.get(), timeout=wait)
                 except TimeoutError:
-                    yield tasks.progress(self.elapsed())
+                    yield self.progress()
                     last_progress = clock()
                     continue
                 before = (tasks.state(), tasks.done)
@@ -299,7 +339,7 @@ class _Run:
                 if (tasks.state(), tasks.done) != before or (
                     clock() - last_progress >= settings.progress_interval
                 ):
-                    yield tasks.progress(self.elapsed())
+                    yield self.progress()
                     last_progress = clock()
         finally:
             for poller in pollers:
@@ -314,10 +354,12 @@ async def run(
     settings: Settings,
     *,
     clock: Callable[[], float] = time.monotonic,
+    estimates: Estimates | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Run the calls that make `request.n` images and yield progress, then the result (images in
-    the order of the calls). Raises GatewayError."""
-    job = _Run(provider, request, settings, clock)
+    the order of the calls). Polls follow, and teach, the run times in `estimates` (none:
+    today's fixed schedule). Raises GatewayError."""
+    job = _Run(provider, request, settings, clock, estimates)
     async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
         async for event in starting:
             yield event

@@ -50,7 +50,9 @@ async def events(
         if inputs:
             staged = replace(request, images=await gateway.store.stage(inputs))
         stage = "generating"
-        async with aclosing(generation.run(provider, staged, settings)) as running:
+        async with aclosing(
+            generation.run(provider, staged, settings, estimates=gateway.estimates)
+        ) as running:
             async for event in running:
                 if isinstance(event, Result):
                     stage, task_ids = "delivering", event.task_ids
@@ -66,7 +68,10 @@ async def events(
                     stage = "delivered"
                 else:  # elapsed counts from the request, uploads included
                     task_ids = event.task_ids or task_ids
-                    event = replace(event, elapsed=time.monotonic() - began)
+                    elapsed = time.monotonic() - began
+                    shift = elapsed - event.elapsed
+                    expected = None if event.expected is None else event.expected + shift
+                    event = replace(event, elapsed=elapsed, expected=expected)
                 yield event
     except (asyncio.CancelledError, GeneratorExit):
         if stage != "delivered":

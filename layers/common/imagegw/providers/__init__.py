@@ -32,6 +32,16 @@ def lookup(name: str) -> type[Provider]:
     return cls
 
 
+def priors() -> dict[tuple[str, str], float]:
+    """The catalogue's typical run times, by (provider, model): predictive polling's priors."""
+    return {
+        (name, info.id): info.seconds
+        for name, cls in PROVIDERS.items()
+        for info in getattr(cls, "catalog", ())
+        if info.seconds is not None
+    }
+
+
 # the registrations: one line a provider
 from imagegw.providers.modelscope import ModelScope  # noqa: E402
 from imagegw.providers.openai_compat import OpenAICompatible  # noqa: E402
@@ -41,4 +51,4 @@ register(ModelScope)
 register(SiliconFlow)
 register(OpenAICompatible)
 
-__all__ = ["PROVIDERS", "Provider", "lookup", "register"]
+__all__ = ["PROVIDERS", "Provider", "lookup", "priors", "register"]

@@ -42,6 +42,9 @@ class ModelInfo:
 
     id: str
     kind: ModelKind
+    #: about how long one task of the model runs (seconds): a prior for predictive polling,
+    #: until the gateway has learned the model (`imagegw.core.schedule`)
+    seconds: float | None = None
 
 
 # ids not in a catalog: these words mark an image model (see README "Model classes")

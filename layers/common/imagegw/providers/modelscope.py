@@ -99,11 +99,12 @@ class ModelScope(Provider):
     )
     max_prompt_chars = MAX_TEXT
     catalog = (
-        ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE),
-        ModelInfo("Tongyi-MAI/Z-Image-Turbo", ModelKind.GENERATE),
-        ModelInfo("Qwen/Qwen-Image-Edit", ModelKind.EDIT),
-        ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT),
-        ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT),
+        # priors (seconds of RUNNING): rough figures, replaced by what the gateway learns
+        ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE, seconds=15.0),
+        ModelInfo("Tongyi-MAI/Z-Image-Turbo", ModelKind.GENERATE, seconds=4.0),
+        ModelInfo("Qwen/Qwen-Image-Edit", ModelKind.EDIT, seconds=20.0),
+        ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT, seconds=20.0),
+        ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT, seconds=20.0),
     )
 
     @property
