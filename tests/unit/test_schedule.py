@@ -14,6 +14,7 @@ from imagegw.core.schedule import (
     Key,
     Timing,
     bucket,
+    job_wait,
     next_delay,
     poll_delay,
     window,
@@ -140,3 +141,17 @@ async def test_the_interactive_driver_shows_the_estimate_and_learns_the_run() ->
     )
     learned = await store.get(key)
     assert learned is not None and learned.samples == 4
+
+
+def test_a_durable_job_waits_for_the_predicted_end_once_the_model_is_learned() -> None:
+    submitted = Timing(submitted=0.0)
+    queue = Estimate(seconds=2.5, spread=1.5, samples=10)
+    run30 = Estimate(seconds=30.0, spread=3.0, samples=10)
+    # no history (or a prior only): the usual pace
+    assert job_wait(submitted, None, queue, 0.0) is None
+    assert job_wait(submitted, Estimate(30.0, 9.0, 0), queue, 0.0) is None
+    # after the submission: the typical queue and run, and a spread
+    assert job_wait(submitted, run30, queue, 0.0) == pytest.approx(35.5)
+    # still running at that poll: until the latest likely end (begun by the queue's high end)
+    running = submitted.seen(35.5, "RUNNING")
+    assert job_wait(running, run30, queue, 35.5) == pytest.approx(5.5 + 36.0 - 35.5)

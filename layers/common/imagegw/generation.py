@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from imagegw.config import Settings
 from imagegw.core.advance import Made, Outcome, Submitted, Working, advance, refusal
-from imagegw.core.estimates import Estimates
+from imagegw.core.estimates import Estimates, learn
 from imagegw.core.schedule import (
     Estimate,
     Key,
@@ -85,6 +85,10 @@ class _Forecast:
     key: Key
     estimate: Estimate | None = None
     ends: dict[int, float] = field(default_factory=dict)
+
+    async def learn(self, timing: Timing, ended_seen: float) -> None:
+        """A task ended: its run time (and the provider's queue time) is one more sample."""
+        await learn(self.estimates, self.key, timing, ended_seen)
 
     def expected(self, pending: list[int], began: float) -> float | None:
         """About how long the run takes, from `began`, while the `pending` tasks all run."""
@@ -239,8 +243,8 @@ async def _poll(
             expected = expected_total(timing, forecast.estimate)
             if expected is not None:
                 forecast.ends[index] = timing.submitted + expected
-        elif isinstance(status, Finished) and forecast.estimates is not None:
-            await forecast.estimates.record(forecast.key, timing.run_time(answered))
+        elif isinstance(status, Finished):
+            await forecast.learn(timing, answered)
         await queue.put((index, status))
         if isinstance(status, Finished | Failed):
             return

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from imagegw.core.schedule import Estimate, Key
+from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing, queue_time
 
 #: the weight of a new sample, once a model has this many (earlier ones weigh 1/n)
 WEIGHT: Final = 0.2
@@ -58,3 +58,19 @@ class MemoryEstimates:
 
     async def record(self, key: Key, seconds: float) -> None:
         self.learned[key] = fold(self.learned.get(key), seconds)
+
+
+async def learn(estimates: Estimates | None, key: Key, timing: Timing, ended_seen: float) -> None:
+    """A task of `key` ended (seen at `ended_seen`): its run time is one more sample, and its
+    queue time one of the provider's queue."""
+    if estimates is None:
+        return
+    await estimates.record(key, timing.run_time(ended_seen))
+    queued = queue_time(timing)
+    if queued is not None:
+        await estimates.record(Key(key.provider, QUEUE_MODEL), queued)
+
+
+async def queue_of(estimates: Estimates, provider: str) -> Estimate | None:
+    """How long the provider's tasks wait before they run, as learned."""
+    return await estimates.get(Key(provider, QUEUE_MODEL))

@@ -201,3 +201,41 @@ def expected_total(timing: Timing, estimate: Estimate | None) -> float | None:
     if estimate is None or timing.running_seen is None:
         return None
     return window(timing, estimate).centre - timing.submitted
+
+
+#: what queue times are learned as (per provider: how long its tasks wait before they run)
+QUEUE_MODEL: Final = "(queue)"
+
+
+def queue_time(timing: Timing) -> float | None:
+    """How long the task was queued (the middle of the span its run began in), once seen
+    running."""
+    if timing.running_seen is None:
+        return None
+    earliest, latest = timing.began()
+    return max(0.0, (earliest + latest) / 2 - timing.submitted)
+
+
+def job_wait(
+    timing: Timing, run: Estimate | None, queue: Estimate | None, now: float
+) -> float | None:
+    """Seconds a durable job waits before its next poll, each poll costing three state
+    transitions (Wait, Poll, Check): until the task has most likely ended. None when the model
+    has no history (`LEARNED` tasks), or the prediction has passed (the usual pace then).
+
+    After the submission: the typical queue and run, and one spread. Seen queued: at least the
+    run ahead. Seen running: until the latest likely end (the run begun no later than the
+    typical queue's high end, two spreads)."""
+    if run is None or run.samples < LEARNED:
+        return None
+    queued, queue_high = 0.0, 0.0
+    if queue is not None:
+        queued, queue_high = queue.seconds, queue.seconds + 2 * queue.spread
+    if timing.polls == 0:
+        target = timing.submitted + queued + run.seconds + run.spread
+    elif timing.running_seen is None:
+        target = now + run.seconds - run.spread
+    else:
+        latest = min(timing.running_seen, max(timing.began()[0], timing.submitted + queue_high))
+        target = latest + run.seconds + 2 * run.spread
+    return target - now if target > now else None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -43,7 +44,9 @@ from imagegw.clients import provider_client
 from imagegw.config import Settings
 from imagegw.core.advance import Made, Submitted, Working, advance
 from imagegw.core.deliver import Ref, copy_result
+from imagegw.core.estimates import Estimates, MemoryEstimates, learn, queue_of
 from imagegw.core.plan import restore
+from imagegw.core.schedule import Key, bucket, job_wait
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -56,6 +59,7 @@ from imagegw.images import ImageBytes, is_data_uri
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.schema import (
     STATE_LIMIT,
+    Clocked,
     ErrorInfo,
     ImageRef,
     JobOutput,
@@ -67,7 +71,7 @@ from imagegw.jobs.schema import (
     TaskProgress,
 )
 from imagegw.log import logger
-from imagegw.providers import Provider, lookup
+from imagegw.providers import Provider, lookup, priors
 from imagegw.providers.base import (
     GenerationRequest,
     InputImage,
@@ -105,17 +109,28 @@ class Tools:
     result_fetcher: Fetcher
 
 
-#: one event loop and one provider client per Lambda instance: a warm instance reuses its
-#: connections to the provider from step to step
-_RUNNER: asyncio.Runner | None = None
-_CLIENT: httpx.AsyncClient | None = None
+#: learned run times for predicted waits, per Lambda instance (a shared table plugs in here:
+#: `imagegw.core.estimates`)
+ESTIMATES: Estimates = MemoryEstimates(priors())
+#: the steps' clock: epoch seconds, as the steps of one job run on different instances
+clock: Callable[[], float] = time.time
+
+
+class _Instance(threading.local):
+    """One event loop and one provider client per Lambda instance (per thread, where several
+    executions share a process: `make run`), so a warm instance reuses its connections."""
+
+    runner: asyncio.Runner | None = None
+    client: httpx.AsyncClient | None = None
+
+
+_INSTANCE = _Instance()
 
 
 def _instance_client(settings: Settings) -> httpx.AsyncClient:
-    global _CLIENT
-    if _CLIENT is None or _CLIENT.is_closed:
-        _CLIENT = provider_client(settings)
-    return _CLIENT
+    if _INSTANCE.client is None or _INSTANCE.client.is_closed:
+        _INSTANCE.client = provider_client(settings)
+    return _INSTANCE.client
 
 
 @asynccontextmanager
@@ -146,16 +161,15 @@ async def tools(
 def run(step: Step, event: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Run one step to completion (the task functions' synchronous entry), on the instance's
     event loop with its provider client."""
-    global _RUNNER
     config = settings or Settings.from_env()
 
     async def main() -> dict[str, Any]:
         async with tools(config, _instance_client(config)) as kit:
             return await step(event, kit)
 
-    if _RUNNER is None:
-        _RUNNER = asyncio.Runner()
-    return _RUNNER.run(main())
+    if _INSTANCE.runner is None:
+        _INSTANCE.runner = asyncio.Runner()
+    return _INSTANCE.runner.run(main())
 
 
 def _provider(spec: JobSpec, kit: Tools) -> Provider:
@@ -273,6 +287,12 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     # a synchronous provider's images are stored here, never by submitting again (paid)
     tasks = list(await asyncio.gather(*(_task(provider, TaskProgress(), o, kit) for o in outcomes)))
     tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
+    now = clock()
+    tasks = [
+        task.model_copy(update={"timing": Clocked(submitted=now)}) if task.task_id else task
+        for task in tasks
+    ]
+    wait = await _predicted(spec, tasks, payload.wait_seconds, now)
     logger.info(
         "job submitted",
         extra={
@@ -280,9 +300,10 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
             "provider": spec.provider,
             "task_ids": [t.task_id for t in tasks if t.task_id],
             "refused": len(refusals),
+            "wait": wait,
         },
     )
-    return Progress.of(tasks).model_dump(mode="json")
+    return Progress.of(tasks, wait=wait).model_dump(mode="json")
 
 
 async def _inputs(spec: JobSpec, kit: Tools) -> tuple[InputImage, ...]:
@@ -338,9 +359,8 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     tasks still running fail, naming their last error."""
     payload = PollEvent.model_validate(event)
     spec, progress = payload.job, payload.progress
-    polls = progress.polls + intervals_used(
-        progress.backoff or payload.wait_seconds, payload.wait_seconds
-    )
+    waited = progress.backoff or progress.wait or payload.wait_seconds
+    polls = progress.polls + intervals_used(waited, payload.wait_seconds)
     try:
         provider = _provider(spec, kit)
         key = kit.sealer.open(payload.key, spec.id)
@@ -354,12 +374,13 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         *(provider.check(parts[i], str(tasks[i].task_id)) for i in pending),
         return_exceptions=True,
     )
+    now = clock()
     for index, answer in zip(pending, answers, strict=True):
         if isinstance(answer, TransientProviderError):
             tasks[index] = _passing(tasks[index], answer)
         else:
             fresh = tasks[index].model_copy(update={"failures": 0, "last_error": None})
-            tasks[index] = await _task(provider, fresh, answer, kit)
+            tasks[index] = await _observed(spec, await _task(provider, fresh, answer, kit), now)
     tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
     failing = [task for task in tasks if not task.ended and task.last_error is not None]
     wait = backoff(max((task.failures for task in failing), default=0), payload.wait_seconds)
@@ -376,7 +397,40 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         )
     if payload.max_polls is not None and polls >= payload.max_polls:
         tasks = [task if task.ended else _out_of_time(provider, task) for task in tasks]
-    return Progress.of(tasks, polls, wait).model_dump(mode="json")
+    predicted = 0 if failing else await _predicted(spec, tasks, payload.wait_seconds, now)
+    return Progress.of(tasks, polls, wait, predicted).model_dump(mode="json")
+
+
+def _key(spec: JobSpec) -> Key:
+    return Key(spec.provider, spec.model, bucket(spec.options))
+
+
+async def _observed(spec: JobSpec, task: TaskProgress, now: float) -> TaskProgress:
+    """A task after a poll at `now` answered: its timing advanced while it runs; once it
+    made images, its run time learned (`ESTIMATES`)."""
+    if task.timing is None:
+        return task
+    timing = task.timing.timing()
+    if task.images:
+        await learn(ESTIMATES, _key(spec), timing, now)
+        return task
+    if task.ended:
+        return task
+    return task.model_copy(update={"timing": Clocked.of(timing.seen(now, task.state))})
+
+
+async def _predicted(spec: JobSpec, tasks: list[TaskProgress], interval: int, now: float) -> int:
+    """The wait before the next poll predicted for the tasks still running (whole seconds, the
+    longest of theirs), or 0: none (the model not learned, or JOB_POLL_INTERVAL 0: no waits)."""
+    running = [task.timing.timing() for task in tasks if not task.ended and task.timing]
+    if interval <= 0 or not running:
+        return 0
+    run = await ESTIMATES.get(_key(spec))
+    queue = await queue_of(ESTIMATES, spec.provider)
+    waits = [job_wait(timing, run, queue, now) for timing in running]
+    if any(wait is None for wait in waits):
+        return 0
+    return max(1, math.ceil(max(wait for wait in waits if wait is not None)))
 
 
 async def _task(
