@@ -208,12 +208,12 @@ QUEUE_MODEL: Final = "(queue)"
 
 
 def queue_time(timing: Timing) -> float | None:
-    """How long the task was queued (the middle of the span its run began in), once seen
-    running."""
+    """How long the task was queued at most (to the first poll that saw it running), once
+    seen running: what a durable job's wait allows for, so it errs towards one poll too late
+    rather than one poll too many."""
     if timing.running_seen is None:
         return None
-    earliest, latest = timing.began()
-    return max(0.0, (earliest + latest) / 2 - timing.submitted)
+    return max(0.0, timing.running_seen - timing.submitted)
 
 
 def job_wait(
