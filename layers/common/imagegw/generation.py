@@ -18,7 +18,15 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from imagegw.config import Settings
-from imagegw.core.advance import Made, Outcome, Submitted, Working, advance, refusal
+from imagegw.core.advance import (
+    Made,
+    Outcome,
+    Submitted,
+    Working,
+    advance,
+    refusal,
+    start_all,
+)
 from imagegw.core.estimates import Estimates, learn
 from imagegw.core.schedule import (
     Estimate,
@@ -182,6 +190,23 @@ def _unpollable(
     )
 
 
+async def _ask(
+    provider: Provider, request: GenerationRequest, task_id: str
+) -> TaskStatus | GatewayError:
+    """One poll's answer, a failure as its error (a transient one as TransientProviderError);
+    an unexpected one is logged and reported, for a silently dead poller would leave the client
+    waiting for the deadline."""
+    try:
+        return await provider.check(request, task_id)
+    except GatewayError as exc:
+        return exc
+    except Exception:
+        logger.exception("polling failed unexpectedly", extra={"task_id": task_id})
+        return GatewayError(
+            "The gateway failed unexpectedly. See its logs.", code="internal_error", retryable=False
+        )
+
+
 async def _poll(
     provider: Provider,
     request: GenerationRequest,
@@ -211,31 +236,20 @@ async def _poll(
                 max(0.0, answered + settings.poll_failure_window - now),
             )
         await asyncio.sleep(delay)
-        try:
-            status = await provider.check(request, task_id)
-        except TransientProviderError as exc:
+        status = await _ask(provider, request, task_id)
+        if isinstance(status, TransientProviderError):
             failures += 1
             if clock() - answered >= settings.poll_failure_window:
                 logger.warning(
                     "polling given up",
-                    extra={"task_id": task_id, "failures": failures, "error": exc.message},
+                    extra={"task_id": task_id, "failures": failures, "error": status.message},
                 )
-                await queue.put((index, _unpollable(provider, task_id, settings, exc)))
+                await queue.put((index, _unpollable(provider, task_id, settings, status)))
                 return
-            logger.warning("transient poll failure; will retry", extra={"error": exc.message})
+            logger.warning("transient poll failure; will retry", extra={"error": status.message})
             continue
-        except GatewayError as exc:
-            await queue.put((index, exc))
-            return
-        except Exception:
-            # report it: a silently dead poller would leave the client waiting for the deadline
-            logger.exception("polling failed unexpectedly", extra={"task_id": task_id})
-            failure = GatewayError(
-                "The gateway failed unexpectedly. See its logs.",
-                code="internal_error",
-                retryable=False,
-            )
-            await queue.put((index, failure))
+        if isinstance(status, GatewayError):
+            await queue.put((index, status))
             return
         answered, failures = clock(), 0
         if isinstance(status, Running):
@@ -283,9 +297,7 @@ class _Run:
         """Start every part at once; a synchronous provider does the whole job in `start`, so
         progress is reported meanwhile. The calls in flight are cancelled if the reader left."""
         title, limit = self.provider.title, self.settings.generation_timeout
-        starting = asyncio.ensure_future(
-            asyncio.gather(*(self.provider.start(p) for p in self.parts), return_exceptions=True)
-        )
+        starting = asyncio.ensure_future(start_all(self.provider, self.parts))
         try:
             while not starting.done():
                 left = self.remaining(lambda: f"{title} did not answer within {limit:g} s.")

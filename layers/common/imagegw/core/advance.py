@@ -1,17 +1,27 @@
 """Advance: one provider answer (to a `start` or a `check`) -> what it means for the task.
 
-Pure: the answer becomes an `Outcome` (started, still running, made images, or failed with a
-typed `GatewayError`); each driver keeps its own book of tasks (in memory, or in the state
-machine's state) and applies outcomes to it.
+`start_all` starts a job's calls for both drivers. The rest is pure: an answer becomes an
+`Outcome` (started, still running, made images, or failed with a typed `GatewayError`); each
+driver keeps its own book of tasks (in memory, or in the state machine's state) and applies
+outcomes to it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imagegw.errors import GatewayError, ProviderError
-from imagegw.providers.base import Failed, Finished, Running, Started, TaskStatus
+from imagegw.providers.base import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    Provider,
+    Running,
+    Started,
+    TaskStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,14 @@ class Broke:
 
 
 Outcome = Submitted | Working | Made | Broke
+
+
+async def start_all(
+    provider: Provider, parts: Sequence[GenerationRequest]
+) -> list[Started | Finished | BaseException]:
+    """Start every part of a job at once (`Provider.split`); each call's answer or failure, in
+    the order of the parts (for `advance`)."""
+    return await asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
 
 
 def task_failed(title: str, task_id: str | None, reason: str) -> ProviderError:

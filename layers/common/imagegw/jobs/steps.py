@@ -42,7 +42,7 @@ from pydantic import SecretStr
 
 from imagegw.clients import provider_client
 from imagegw.config import Settings
-from imagegw.core.advance import Made, Submitted, Working, advance
+from imagegw.core.advance import Made, Submitted, Working, advance, start_all
 from imagegw.core.deliver import Ref, copy_result
 from imagegw.core.estimates import Estimates, MemoryEstimates, learn, queue_of
 from imagegw.core.plan import restore
@@ -278,7 +278,7 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     except GatewayError as exc:
         return Progress.of([_failed(exc)]).model_dump(mode="json")
     parts = provider.split(_request(spec, key, images))
-    outcomes = await asyncio.gather(*(provider.start(p) for p in parts), return_exceptions=True)
+    outcomes = await start_all(provider, parts)
     refusals = [outcome for outcome in outcomes if isinstance(outcome, GatewayError)]
     if len(refusals) == len(parts) and all(exc.retryable is True for exc in refusals):
         # nothing started and the provider said "later" (a rate limit, or it could not be
