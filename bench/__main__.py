@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, concurrency, lag, overhead
+from bench import coldstart, concurrency, lag, overhead, polling
 from bench.common import ROOT, Report, machine_facts, machine_table, markdown_table
 
 BENCHMARKS: dict[str, Callable[[], Report]] = {
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[], Report]] = {
     "coldstart": coldstart.run,
     "overhead": overhead.run,
     "concurrency": concurrency.run,
+    "polling": polling.run,
 }
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 

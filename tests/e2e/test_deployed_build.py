@@ -208,6 +208,9 @@ def _template_environment(template: Mapping[str, Any]) -> dict[str, str]:
             undecided.append(name)
     if undecided:
         pytest.fail(f"give these template variables a stand-in in STAND_INS: {undecided}")
+    # the providers' base URLs are declared by the providers, not in the template: their
+    # stand-ins apply whatever the template says
+    env.update({name: value for name, value in STAND_INS.items() if name.endswith("_BASE_URL")})
     return env
 
 

@@ -143,6 +143,7 @@ class FakeModelScope:
     - ``task_duration``: seconds from submit to the end (a float, or a callable taking the
       submitted body); ``pending_seconds``: how long a task stays ``PENDING`` (at most the
       duration); ``running_status_name``: the in-progress name after that (``"RUNNING"``).
+    - ``clock``: the time tasks run on (``time.monotonic``; tests may simulate it).
     - ``fail_reason``: when set, tasks submitted from now on end ``FAILED`` with this message.
     - ``submit_override``: ``(status, json_body, headers)`` answered by the next submit, once.
     - ``poll_errors``: the next N polls answer HTTP 503.
@@ -172,6 +173,8 @@ class FakeModelScope:
         self.task_duration: Duration = task_duration
         self.pending_seconds: float = pending_seconds
         self.running_status_name: str = "RUNNING"
+        #: the clock tasks run on (`time.monotonic`; a test may run them on simulated time)
+        self.clock: Callable[[], float] = time.monotonic
         self.fail_reason: str | None = None
         self.submit_override: tuple[int, Any, dict[str, str]] | None = None
         self.poll_errors: int = 0
@@ -218,7 +221,7 @@ class FakeModelScope:
         """The status a poll would see right now (without recording a poll)."""
         with self.lock:
             task = self.tasks[task_id]
-        return task.status(time.monotonic(), self.running_status_name)
+        return task.status(self.clock(), self.running_status_name)
 
     # ----------------------------------------------------------------- auth
 
@@ -289,7 +292,7 @@ class FakeModelScope:
 
         duration = self.task_duration(body) if callable(self.task_duration) else self.task_duration
         duration = max(0.0, float(duration))
-        created = time.monotonic()
+        created = self.clock()
         task_id = uuid.uuid4().hex
         task = FakeTask(
             task_id=task_id,
@@ -355,7 +358,7 @@ class FakeModelScope:
 
     async def _poll(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
-        now = time.monotonic()
+        now = self.clock()
         with self.lock:
             transient = self.poll_errors > 0
             if transient:
@@ -421,7 +424,7 @@ class FakeModelScope:
         if (
             task is None
             or name not in task.output_names
-            or task.status(time.monotonic(), self.running_status_name) != "SUCCEED"
+            or task.status(self.clock(), self.running_status_name) != "SUCCEED"
         ):
             return _oss_error(404, "NoSuchKey", "The specified key does not exist.")
         if self.expire_files:

@@ -29,6 +29,7 @@ from fakes.aws import BUCKET, REGION, MockedAws
 from fakes.modelscope import FakeModelScope
 from imagegw.config import Settings
 from imagegw.fetcher import Fetcher
+from imagegw.jobs import steps
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.runner import StepFunctionsRunner
 from imagegw.jobs.service import Jobs, JobView
@@ -174,3 +175,36 @@ def make_world(
         return world
 
     return make
+
+
+@dataclass
+class SimulatedClock:
+    """Seconds on a clock that moves only when the state machine waits."""
+
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate_time(
+    world: World, monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope
+) -> SimulatedClock:
+    """Run the fake's tasks, the job steps' clock and the state machine's Wait states on one
+    simulated clock: a wait of N s moves it N s at once (recorded, not slept), so a 30-s job
+    runs in moments with the polls and state transitions it would have."""
+    clock = SimulatedClock()
+    fake_ms.clock = clock
+    monkeypatch.setattr(steps, "clock", clock)
+
+    def wait_interval(self: Any, env: Any, wait_seconds: int) -> None:
+        world.waits.append(wait_seconds)
+        clock.now += wait_seconds
+
+    monkeypatch.setattr(wait_function.WaitFunction, "_wait_interval", wait_interval)
+    return clock
+
+
+def transitions(history: list[dict[str, Any]]) -> int:
+    """State transitions as Step Functions Standard bills them: each state entered."""
+    return sum(1 for event in history if str(event["type"]).endswith("StateEntered"))

@@ -9,6 +9,7 @@ fixture). Jobs are started the way the API function starts them (`imagegw.jobs.s
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda
 from fakes.aws import BUCKET
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size, sniff_image
-from functional.machine import TOKEN, World
+from functional.machine import TOKEN, World, simulate_time, transitions
+from imagegw.core.estimates import MemoryEstimates
+from imagegw.jobs import steps
 from imagegw.storage import RESULTS
 
 pytestmark = pytest.mark.functional
@@ -180,3 +183,28 @@ def test_a_job_that_polls_past_its_limit_times_out(
     assert view.error["error"]["code"] == "deadline_exceeded"
     assert view.error["error"]["type"] == "timeout_error"
     assert_no_plain_key(w, job_id, execution)
+
+
+def test_a_30_s_job_takes_at_most_10_state_transitions_once_its_model_is_learned(
+    world: Callable[..., World], fake_ms: FakeModelScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given tasks that queue 0-5 s and run 30 s +-20% (on simulated time), polled at the
+    # default pace (JOB_POLL_INTERVAL 5 s) until the model has a history of three jobs
+    w = world(job_poll_interval=5)
+    simulate_time(w, monkeypatch, fake_ms)
+    monkeypatch.setattr(steps, "ESTIMATES", MemoryEstimates())
+    rng = random.Random(30)
+    counts = []
+    for _ in range(8):
+        queue, run = rng.uniform(0, 5), 30 * rng.uniform(0.8, 1.2)
+        fake_ms.pending_seconds, fake_ms.task_duration = queue, queue + run
+
+        # When a job runs
+        job_id = w.submit()
+        assert w.wait(job_id)["status"] == "SUCCEEDED"
+        counts.append(transitions(w.history(job_id)))
+
+    # Then the first jobs took a poll every 5 s (20 transitions or more), and once learned,
+    # each job waited for its predicted end: 10 transitions at most
+    assert min(counts[:3]) >= 20
+    assert max(counts[3:]) <= 10, counts

@@ -179,3 +179,15 @@ def test_uploads_expire_within_a_day_by_default(template: dict[str, Any]) -> Non
 def test_no_function_may_fetch_private_addresses(template: dict[str, Any]) -> None:
     # ALLOW_PRIVATE_URLS exists only for tests against fakes on loopback
     assert "ALLOW_PRIVATE_URLS" not in json.dumps(template)
+
+
+def test_provider_settings_are_one_shared_parameter(template: dict[str, Any]) -> None:
+    # the providers declare their own settings; the template lists none of them
+    from imagegw.config import declared
+
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert shared["PROVIDER_SETTINGS"] == {"Ref": "ProviderSettings"}
+    for name, resource in template["Resources"].items():
+        variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        assert not set(variables) & set(declared()), name
+    assert not any("BaseUrl" in name for name in template["Parameters"])

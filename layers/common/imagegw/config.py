@@ -1,23 +1,58 @@
-"""Settings read from environment variables (one pydantic model, read once per process)."""
+"""Settings read from environment variables (one pydantic model, read once per process).
+
+Settings of one provider (its base URL, its model list) are declared by the provider's module
+(`ProviderSetting`, registered with `imagegw.providers.register`), not listed here: they are read
+from their own variable (`MODELSCOPE_BASE_URL`) or from `PROVIDER_SETTINGS`
+(`NAME=value;NAME=value`, the template's one parameter for all of them), and kept in
+`Settings.provider_settings`.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-#: environment variable -> settings field
-ENV_NAMES: dict[str, str] = {
+#: the variable that holds provider settings as `NAME=value;NAME=value`
+PROVIDER_SETTINGS: Final = "PROVIDER_SETTINGS"
+
+
+@dataclass(frozen=True)
+class ProviderSetting:
+    """One setting a provider declares: its environment variable and default. A `base_url`
+    setting's host is trusted for the provider's result images (`fetcher.provider_origins`)."""
+
+    env: str
+    default: str
+    base_url: bool = False
+
+
+#: every provider's declared settings, by variable name (`declare`)
+_DECLARED: dict[str, ProviderSetting] = {}
+
+
+def declare(*settings: ProviderSetting) -> None:
+    """Make provider settings known (called by `imagegw.providers.register`)."""
+    for setting in settings:
+        _DECLARED[setting.env] = setting
+
+
+def declared() -> Mapping[str, ProviderSetting]:
+    """The declared provider settings (the providers registered first)."""
+    import imagegw.providers  # noqa: F401  (registers the providers: their settings)
+
+    return _DECLARED
+
+
+#: environment variable -> settings field, for the gateway's own settings
+_OWN_NAMES: dict[str, str] = {
     "BUCKET": "bucket",
     "S3_ENDPOINT_URL": "s3_endpoint_url",
     "AWS_REGION": "aws_region",
     "DEFAULT_PROVIDER": "default_provider",
-    "MODELSCOPE_BASE_URL": "modelscope_base_url",
-    "SILICONFLOW_BASE_URL": "siliconflow_base_url",
-    "OPENAI_BASE_URL": "openai_base_url",
-    "OPENAI_IMAGE_MODELS": "openai_image_models",
     "GENERATION_TIMEOUT": "generation_timeout",
     "POLL_INTERVAL": "poll_interval",
     "POLL_INTERVAL_MAX": "poll_interval_max",
@@ -42,6 +77,47 @@ ENV_NAMES: dict[str, str] = {
 }
 
 
+class _EnvNames(Mapping[str, str]):
+    """Environment variable -> settings name: the gateway's own, then every provider's."""
+
+    def _all(self) -> dict[str, str]:
+        return {**_OWN_NAMES, **{env: env.lower() for env in declared()}}
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+ENV_NAMES: Final[Mapping[str, str]] = _EnvNames()
+
+
+def _provider_values(source: Mapping[str, str]) -> dict[str, str]:
+    """The provider settings set in `source`: `PROVIDER_SETTINGS` pairs, then each one's own
+    variable (which wins)."""
+    known = declared()
+    values: dict[str, str] = {}
+    for pair in source.get(PROVIDER_SETTINGS, "").split(";"):
+        if not pair.strip():
+            continue
+        name, sep, value = pair.partition("=")
+        if not sep or name.strip() not in known:
+            raise ValueError(
+                f"invalid configuration: {PROVIDER_SETTINGS}: '{name.strip()[:40]}' is not a "
+                f"provider setting (known: {', '.join(sorted(known))})"
+            )
+        values[name.strip()] = value.strip()
+    for env in known:
+        raw = source.get(env)
+        if raw is not None and raw.strip():
+            values[env] = raw.strip()
+    return {env: value for env, value in values.items() if value}
+
+
 class Settings(BaseModel):
     """Everything the gateway can be configured with. See README "Configuration"."""
 
@@ -51,13 +127,9 @@ class Settings(BaseModel):
     s3_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     default_provider: str = "modelscope"
-    modelscope_base_url: str = "https://api-inference.modelscope.cn/v1"
-    siliconflow_base_url: str = "https://api.siliconflow.cn/v1"
-    #: an OpenAI-compatible image server (a self-hosted one, or OpenAI itself)
-    openai_base_url: str = "https://api.openai.com/v1"
-    #: the image models listed for OPENAI_BASE_URL, comma-separated (ids with "edit" are edit
-    #: models); other ids still work, classed by their id (README "Model classes")
-    openai_image_models: str = "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
+    #: the providers' own settings that are set, by variable name (the declared defaults
+    #: apply to the others: `provider_setting`)
+    provider_settings: dict[str, str] = Field(default_factory=dict)
     generation_timeout: float = Field(default=840.0, gt=0)
     poll_interval: float = Field(default=0.75, gt=0)
     poll_interval_max: float = Field(default=3.0, gt=0)
@@ -95,6 +167,34 @@ class Settings(BaseModel):
     #: an interactive request gives up with a 502 naming the provider's last error
     poll_failure_window: float = Field(default=60.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_fields(cls, data: Any) -> Any:
+        """`Settings(modelscope_base_url=...)`: a provider setting by its lower-case name."""
+        if not isinstance(data, dict):
+            return data
+        known = declared()
+        moved = {k: v for k, v in data.items() if k.upper() in known and k not in cls.model_fields}
+        if not moved:
+            return data
+        rest = {k: v for k, v in data.items() if k not in moved}
+        own = dict(rest.get("provider_settings") or {})
+        own.update({k.upper(): str(v) for k, v in moved.items()})
+        return {**rest, "provider_settings": own}
+
+    def provider_setting(self, env: str) -> str:
+        """A provider setting's value: as set, else its declared default."""
+        value = self.provider_settings.get(env)
+        return value if value is not None else declared()[env].default
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # `settings.modelscope_base_url`: a provider setting by its lower-case name
+            if not name.startswith("_") and name.upper() in declared():
+                return self.provider_setting(name.upper())
+            return super().__getattr__(name)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.poll_interval_max < self.poll_interval:
@@ -106,16 +206,17 @@ class Settings(BaseModel):
         """Build settings from `env` (default: the process environment); empty values are unset."""
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for name, field in ENV_NAMES.items():
+        for name, field in _OWN_NAMES.items():
             raw = source.get(name)
             if raw is not None and raw.strip() != "":
                 values[field] = raw.strip()
+        values["provider_settings"] = _provider_values(source)
         if "aws_region" not in values and source.get("AWS_DEFAULT_REGION", "").strip():
             values["aws_region"] = source["AWS_DEFAULT_REGION"].strip()
         try:
             return cls(**values)
         except ValidationError as exc:
-            reverse = {v: k for k, v in ENV_NAMES.items()}
+            reverse = {v: k for k, v in _OWN_NAMES.items()}
             problems = "; ".join(
                 f"{reverse.get(str(e['loc'][0]), 'settings') if e['loc'] else 'settings'}: "
                 f"{e['msg']}"

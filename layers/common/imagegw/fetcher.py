@@ -37,7 +37,7 @@ import anyio
 import httpcore
 import httpx
 
-from imagegw.config import Settings
+from imagegw.config import Settings, declared
 from imagegw.log import logger
 
 IPAddress = IPv4Address | IPv6Address
@@ -244,7 +244,7 @@ def origins(urls: Iterable[str]) -> frozenset[tuple[str, int]]:
 def provider_origins(settings: Settings) -> frozenset[tuple[str, int]]:
     """Where the owner's configured providers live (trusted for their result images)."""
     return origins(
-        (settings.modelscope_base_url, settings.siliconflow_base_url, settings.openai_base_url)
+        settings.provider_setting(env) for env, setting in declared().items() if setting.base_url
     )
 
 

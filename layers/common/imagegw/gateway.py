@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import httpx
 
+from imagegw.clients import provider_client
 from imagegw.config import Settings
-from imagegw.errors import NotFoundError
+from imagegw.core.estimates import Estimates, MemoryEstimates
 from imagegw.fetcher import Fetcher
 from imagegw.jobs.service import Jobs
-from imagegw.providers import PROVIDERS, Provider
+from imagegw.providers import Provider, lookup, priors
 from imagegw.storage import ImageStore
 
 
@@ -34,30 +35,23 @@ class Gateway:
         self.fetcher = Fetcher(settings)
         #: result images: the configured providers' hosts are trusted, any other is checked
         self.result_fetcher = Fetcher.for_results(settings)
+        #: learned run times for predictive polling: per instance (a shared table plugs in
+        #: here: `imagegw.core.estimates`)
+        self.estimates: Estimates = MemoryEstimates(priors())
         #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
         self.jobs = Jobs(settings, self.store)
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.settings.provider_timeout, connect=10.0),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                follow_redirects=False,
-            )
+            self._client = provider_client(self.settings)
         return self._client
 
     def provider(self, name: str | None) -> Provider:
         """The provider a route names, or the default one."""
         key = (name or self.settings.default_provider).lower()
         if key not in self._providers:
-            cls = PROVIDERS.get(key)
-            if cls is None:
-                known = ", ".join(sorted(PROVIDERS))
-                raise NotFoundError(
-                    f"Unknown provider '{key}'. Known providers: {known}.",
-                    code="unknown_provider",
-                )
+            cls = lookup(key)
             self._providers[key] = cls(self.settings, self.client, self.fetcher)
         return self._providers[key]
 

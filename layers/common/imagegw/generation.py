@@ -1,10 +1,11 @@
 """The interactive poll loop: drive a provider's start/check and yield events.
 
 `run()` starts the provider's calls for the `n` images at once (`Provider.split`: one image a
-call, or batches), polls each task on a schedule that learns of a finished image quickly without
-hammering the provider, retries transient poll failures (backing off) until POLL_FAILURE_WINDOW
-seconds pass without a good answer, and yields
-`Progress` events (also while a synchronous provider works inside `start`), then one `Result`.
+call, or batches), polls each task when the model's learned run time says it should end
+(`imagegw.core.schedule`; today's fixed schedule for a model not learned yet), retries
+transient poll failures (backing off) until POLL_FAILURE_WINDOW seconds pass without a good
+answer, and yields `Progress` events (also while a synchronous provider works inside `start`),
+then one `Result`. What an answer means is the job core's (`imagegw.core.advance`).
 Rendering (SSE or JSON) is someone else's job.
 """
 
@@ -13,9 +14,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from imagegw.config import Settings
+from imagegw.core.advance import (
+    Made,
+    Outcome,
+    Submitted,
+    Working,
+    advance,
+    refusal,
+    start_all,
+)
+from imagegw.core.estimates import Estimates, learn
+from imagegw.core.schedule import (
+    Estimate,
+    Key,
+    Timing,
+    bucket,
+    expected_total,
+    next_delay,
+    poll_delay,
+)
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -28,12 +49,12 @@ from imagegw.providers.base import (
     Finished,
     GenerationRequest,
     Provider,
+    Running,
     Started,
     TaskStatus,
 )
 
-#: polls run at the base interval this long, then slow down towards the maximum
-FAST_POLLING_SECONDS = 15.0
+__all__ = ["Event", "Progress", "Result", "poll_delay", "run"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,8 @@ class Progress:
     done: int = 0
     total: int = 1
     task_ids: tuple[str, ...] = ()
+    #: about how long the generation takes in all (seconds, as `elapsed`), once predicted
+    expected: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,16 +84,24 @@ class Result:
 Event = Progress | Result
 
 
-def poll_delay(elapsed: float, base: float, maximum: float) -> float:
-    """Seconds to wait before the next poll of a task that has run `elapsed` seconds.
+@dataclass
+class _Forecast:
+    """What the pollers of one run learn from, and what they predict: each task's end (on the
+    run's clock), once it runs."""
 
-    The base interval (default 0.75 s) bounds the lag between a task finishing and the client
-    hearing of it to one interval (median half of it) for the common 2-10 s jobs; jobs that run
-    long are polled more and more gently, up to `maximum`.
-    """
-    if elapsed <= FAST_POLLING_SECONDS:
-        return base
-    return min(maximum, base * (1.0 + (elapsed - FAST_POLLING_SECONDS) / FAST_POLLING_SECONDS))
+    estimates: Estimates | None
+    key: Key
+    estimate: Estimate | None = None
+    ends: dict[int, float] = field(default_factory=dict)
+
+    async def learn(self, timing: Timing, ended_seen: float) -> None:
+        """A task ended: its run time (and the provider's queue time) is one more sample."""
+        await learn(self.estimates, self.key, timing, ended_seen)
+
+    def expected(self, pending: list[int], began: float) -> float | None:
+        """About how long the run takes, from `began`, while the `pending` tasks all run."""
+        ends = [self.ends[i] for i in pending if i in self.ends]
+        return max(ends) - began if ends and len(ends) == len(pending) else None
 
 
 class _Tasks:
@@ -103,41 +134,37 @@ class _Tasks:
             return max(set(running), key=running.count)
         return "SUCCEED" if self.images else "FAILED"
 
-    def progress(self, elapsed: float) -> Progress:
-        return Progress(self.state(), elapsed, self.done, self.total, self.ids())
+    def progress(self, elapsed: float, expected: float | None = None) -> Progress:
+        return Progress(self.state(), elapsed, self.done, self.total, self.ids(), expected)
 
-    def started(self, outcomes: list[Started | Finished | BaseException]) -> None:
-        """Record the answers of the `start` calls (re-raising an unexpected failure)."""
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, GatewayError):
-                self.failures[index] = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            elif isinstance(outcome, Started):
-                self.task_ids[index] = outcome.task_id
-                self.states[index] = "SUBMITTED"
-            else:
-                self.images[index] = outcome.images
-
-    def answered(self, index: int, answer: TaskStatus | GatewayError) -> None:
-        """Record a poller's report."""
-        if isinstance(answer, GatewayError):
-            self.failures[index] = answer
-        elif isinstance(answer, Finished):
-            self.images[index] = answer.images
-        elif isinstance(answer, Failed):
-            self.failures[index] = ProviderError(
-                f"{self.title} task {self.task_ids[index]} failed: {answer.reason}",
-                code="generation_failed",
-            )
+    def apply(self, index: int, outcome: Outcome) -> None:
+        """Record what a `start` or `check` answer meant (`imagegw.core.advance`)."""
+        if isinstance(outcome, Submitted):
+            self.task_ids[index] = outcome.task_id
+            self.states[index] = outcome.state
+        elif isinstance(outcome, Working):
+            self.states[index] = outcome.state
+        elif isinstance(outcome, Made):
+            self.images[index] = outcome.images
         else:
-            self.states[index] = answer.state
+            self.failures[index] = outcome.error
+
+    def answer(self, index: int, answer: Started | TaskStatus | BaseException) -> None:
+        self.apply(index, advance(self.title, self.task_ids.get(index), answer))
 
     def refusal(self) -> GatewayError:
-        """The error to raise when no image was made: the first that forbids a retry when any
-        does (one of the calls may have started paid work), else the first."""
-        ordered = [self.failures[i] for i in sorted(self.failures)]
-        return next((exc for exc in ordered if exc.retryable is not True), ordered[0])
+        return refusal([self.failures[i] for i in sorted(self.failures)])
+
+    def result(self, elapsed: float) -> Result:
+        """The result (images in the order of the calls), or the refusal when none was made."""
+        if not self.images:
+            raise self.refusal()
+        return Result(
+            images=tuple(url for i in sorted(self.images) for url in self.images[i]),
+            failures=tuple(self.failures[i].message for i in sorted(self.failures)),
+            task_ids=self.ids(),
+            elapsed=elapsed,
+        )
 
 
 def _retry_delay(delay: float, failures: int, settings: Settings) -> float:
@@ -163,6 +190,23 @@ def _unpollable(
     )
 
 
+async def _ask(
+    provider: Provider, request: GenerationRequest, task_id: str
+) -> TaskStatus | GatewayError:
+    """One poll's answer, a failure as its error (a transient one as TransientProviderError);
+    an unexpected one is logged and reported, for a silently dead poller would leave the client
+    waiting for the deadline."""
+    try:
+        return await provider.check(request, task_id)
+    except GatewayError as exc:
+        return exc
+    except Exception:
+        logger.exception("polling failed unexpectedly", extra={"task_id": task_id})
+        return GatewayError(
+            "The gateway failed unexpectedly. See its logs.", code="internal_error", retryable=False
+        )
+
+
 async def _poll(
     provider: Provider,
     request: GenerationRequest,
@@ -171,53 +215,153 @@ async def _poll(
     settings: Settings,
     queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]],
     clock: Callable[[], float],
+    forecast: _Forecast,
 ) -> None:
     """Poll one task until it ends; report each answer on the queue.
 
     Transient failures (5xx, unreadable answers, no connection, a poll timing out) are retried
     until POLL_FAILURE_WINDOW seconds pass without a good answer; then the task fails with a 502
-    naming the last error, rather than the client hearing nothing until GENERATION_TIMEOUT."""
-    submitted = answered = clock()
-    failures = 0
+    naming the last error, rather than the client hearing nothing until GENERATION_TIMEOUT.
+    When (`imagegw.core.schedule`) follows the model's learned run time; a task that ends
+    teaches it how long this one took."""
+    timing = Timing(submitted=clock())
+    answered, failures = timing.submitted, 0
+    base, maximum = settings.poll_interval, settings.poll_interval_max
     while True:
         now = clock()
-        delay = poll_delay(now - submitted, settings.poll_interval, settings.poll_interval_max)
+        delay = next_delay(timing, forecast.estimate, now, base, maximum)
         if failures:  # back off, but poll once more when the window closes
             delay = min(
                 _retry_delay(delay, failures, settings),
                 max(0.0, answered + settings.poll_failure_window - now),
             )
         await asyncio.sleep(delay)
-        try:
-            status = await provider.check(request, task_id)
-        except TransientProviderError as exc:
+        status = await _ask(provider, request, task_id)
+        if isinstance(status, TransientProviderError):
             failures += 1
             if clock() - answered >= settings.poll_failure_window:
                 logger.warning(
                     "polling given up",
-                    extra={"task_id": task_id, "failures": failures, "error": exc.message},
+                    extra={"task_id": task_id, "failures": failures, "error": status.message},
                 )
-                await queue.put((index, _unpollable(provider, task_id, settings, exc)))
+                await queue.put((index, _unpollable(provider, task_id, settings, status)))
                 return
-            logger.warning("transient poll failure; will retry", extra={"error": exc.message})
+            logger.warning("transient poll failure; will retry", extra={"error": status.message})
             continue
-        except GatewayError as exc:
-            await queue.put((index, exc))
-            return
-        except Exception:
-            # report it: a silently dead poller would leave the client waiting for the deadline
-            logger.exception("polling failed unexpectedly", extra={"task_id": task_id})
-            failure = GatewayError(
-                "The gateway failed unexpectedly. See its logs.",
-                code="internal_error",
-                retryable=False,
-            )
-            await queue.put((index, failure))
+        if isinstance(status, GatewayError):
+            await queue.put((index, status))
             return
         answered, failures = clock(), 0
+        if isinstance(status, Running):
+            timing = timing.seen(answered, status.state)
+            expected = expected_total(timing, forecast.estimate)
+            if expected is not None:
+                forecast.ends[index] = timing.submitted + expected
+        elif isinstance(status, Finished):
+            await forecast.learn(timing, answered)
         await queue.put((index, status))
         if isinstance(status, Finished | Failed):
             return
+
+
+class _Run:
+    """One run of the loop: what its two phases (starting, then watching the tasks) share."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        request: GenerationRequest,
+        settings: Settings,
+        clock: Callable[[], float],
+        estimates: Estimates | None = None,
+    ) -> None:
+        self.provider, self.settings, self.clock = provider, settings, clock
+        key = Key(provider.name, request.model, bucket(request.options))
+        self.forecast = _Forecast(estimates, key)
+        self.parts = provider.split(request)
+        self.tasks = _Tasks(provider, len(self.parts))
+        self.began = clock()
+        self.deadline = self.began + settings.generation_timeout
+
+    def elapsed(self) -> float:
+        return self.clock() - self.began
+
+    def remaining(self, late: Callable[[], str]) -> float:
+        """Seconds left before GENERATION_TIMEOUT; a 504 (`late()` says what) when none."""
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise DeadlineExceededError(late(), code="deadline_exceeded")
+        return left
+
+    async def start(self) -> AsyncGenerator[Progress, None]:
+        """Start every part at once; a synchronous provider does the whole job in `start`, so
+        progress is reported meanwhile. The calls in flight are cancelled if the reader left."""
+        title, limit = self.provider.title, self.settings.generation_timeout
+        starting = asyncio.ensure_future(start_all(self.provider, self.parts))
+        try:
+            while not starting.done():
+                left = self.remaining(lambda: f"{title} did not answer within {limit:g} s.")
+                await asyncio.wait({starting}, timeout=min(self.settings.progress_interval, left))
+                if not starting.done():
+                    yield Progress("RUNNING", self.elapsed(), 0, len(self.parts))
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+        for index, outcome in enumerate(starting.result()):
+            self.tasks.answer(index, outcome)
+        if not self.tasks.task_ids and not self.tasks.images:
+            raise self.tasks.refusal()
+
+    def progress(self) -> Progress:
+        pending = [i for i in self.tasks.task_ids if not self.tasks.ended(i)]
+        return self.tasks.progress(self.elapsed(), self.forecast.expected(pending, self.began))
+
+    def _late(self) -> str:
+        return (
+            f"{self.provider.title} task {', '.join(self.tasks.pending())} did not finish "
+            f"within {self.settings.generation_timeout:g} s; it may still finish at the provider."
+        )
+
+    async def watch(self, request: GenerationRequest) -> AsyncGenerator[Progress, None]:
+        """Poll the started tasks until all ended: a progress at each change, and every
+        PROGRESS_INTERVAL while nothing changes. No poll after this (the reader may leave)."""
+        tasks, settings, clock = self.tasks, self.settings, self.clock
+        queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]] = asyncio.Queue()
+        forecast = self.forecast
+        if forecast.estimates is not None:
+            forecast.estimate = await forecast.estimates.get(forecast.key)
+        pollers = [
+            asyncio.create_task(
+                _poll(self.provider, self.parts[i], i, tid, settings, queue, clock, forecast)
+            )
+            for i, tid in tasks.task_ids.items()
+        ]
+        try:
+            yield self.progress()
+            last_progress = clock()
+            while tasks.done < tasks.total:
+                wait = min(settings.progress_interval, self.remaining(self._late))
+                try:
+                    index, answer = await asyncio.wait_for(queue.get(), timeout=wait)
+                except TimeoutError:
+                    yield self.progress()
+                    last_progress = clock()
+                    continue
+                before = (tasks.state(), tasks.done)
+                tasks.answer(index, answer)
+                # a change at once; an unchanged state every progress_interval even while
+                # polls keep answering (they come more often than that)
+                if (tasks.state(), tasks.done) != before or (
+                    clock() - last_progress >= settings.progress_interval
+                ):
+                    yield self.progress()
+                    last_progress = clock()
+        finally:
+            for poller in pollers:
+                poller.cancel()
+            if pollers:
+                await asyncio.gather(*pollers, return_exceptions=True)
 
 
 async def run(
@@ -226,83 +370,24 @@ async def run(
     settings: Settings,
     *,
     clock: Callable[[], float] = time.monotonic,
+    estimates: Estimates | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Run the calls that make `request.n` images and yield progress, then the result (images in
-    the order of the calls). Raises GatewayError."""
-    parts = provider.split(request)
-    tasks = _Tasks(provider, len(parts))
-    began = clock()
-    deadline = began + settings.generation_timeout
-    starting = asyncio.ensure_future(
-        asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
-    )
-    try:  # a synchronous provider does the whole job in `start`: report progress meanwhile
-        while not starting.done():
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"{provider.title} did not answer within {settings.generation_timeout:g} s.",
-                    code="deadline_exceeded",
-                )
-            await asyncio.wait({starting}, timeout=min(settings.progress_interval, remaining))
-            if not starting.done():
-                yield Progress("RUNNING", clock() - began, 0, len(parts))
-    finally:  # also when the client left: the calls in flight are cancelled
-        if not starting.done():
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-    tasks.started(starting.result())
-    if not tasks.task_ids and not tasks.images:
-        raise tasks.refusal()
+    the order of the calls). Polls follow, and teach, the run times in `estimates` (none:
+    today's fixed schedule). Raises GatewayError."""
+    job = _Run(provider, request, settings, clock, estimates)
+    async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
+        async for event in starting:
+            yield event
     logger.info(
         "tasks started",
-        extra={"provider": provider.name, "model": request.model, "task_ids": list(tasks.ids())},
+        extra={
+            "provider": provider.name,
+            "model": request.model,
+            "task_ids": list(job.tasks.ids()),
+        },
     )
-
-    queue: asyncio.Queue[tuple[int, TaskStatus | GatewayError]] = asyncio.Queue()
-    pollers = [
-        asyncio.create_task(_poll(provider, parts[i], i, tid, settings, queue, clock))
-        for i, tid in tasks.task_ids.items()
-    ]
-    try:
-        yield tasks.progress(clock() - began)
-        last_progress = clock()
-        while tasks.done < tasks.total:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                raise DeadlineExceededError(
-                    f"{provider.title} task {', '.join(tasks.pending())} did not finish within "
-                    f"{settings.generation_timeout:g} s; it may still finish at the provider.",
-                    code="deadline_exceeded",
-                )
-            try:
-                index, answer = await asyncio.wait_for(
-                    queue.get(), timeout=min(settings.progress_interval, remaining)
-                )
-            except TimeoutError:
-                yield tasks.progress(clock() - began)
-                last_progress = clock()
-                continue
-            before = (tasks.state(), tasks.done)
-            tasks.answered(index, answer)
-            # a change at once; an unchanged state every progress_interval even while polls
-            # keep answering (they come more often than that)
-            if (tasks.state(), tasks.done) != before or (
-                clock() - last_progress >= settings.progress_interval
-            ):
-                yield tasks.progress(clock() - began)
-                last_progress = clock()
-    finally:  # also when the client left: no poll after this
-        for poller in pollers:
-            poller.cancel()
-        if pollers:
-            await asyncio.gather(*pollers, return_exceptions=True)
-
-    if not tasks.images:
-        raise tasks.refusal()
-    yield Result(
-        images=tuple(url for i in sorted(tasks.images) for url in tasks.images[i]),
-        failures=tuple(tasks.failures[i].message for i in sorted(tasks.failures)),
-        task_ids=tasks.ids(),
-        elapsed=clock() - began,
-    )
+    async with aclosing(job.watch(request)) as watching:  # closed with us: no poll after
+        async for event in watching:
+            yield event
+    yield job.tasks.result(job.elapsed())

@@ -21,10 +21,12 @@ from typing import Any, Final
 from pydantic import SecretStr
 
 from imagegw import pipeline
+from imagegw.core.deliver import LinkMode
+from imagegw.core.plan import Ask, plan
+from imagegw.core.refusals import images_api_words
 from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.gateway import Gateway
 from imagegw.images import ImageBytes, check_image, decode_data_uri, is_data_uri, is_http_url
-from imagegw.links import LinkMode
 from imagegw.log import logger
 from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.schemas import ResponseFormat, images_response
@@ -200,33 +202,17 @@ def link_mode(call: ImagesCall, configured: LinkMode) -> LinkMode:
     return "stored" if configured == "inline" else configured
 
 
+def ask_of(call: ImagesCall, model: str, kind: ModelKind) -> Ask:
+    """What an Images API call asks, for the planner."""
+    return Ask(model, kind, call.prompt, call.fields, len(call.images), prompt_param="prompt")
+
+
 def provider_options(
     provider: Provider, model: str, kind: ModelKind, call: ImagesCall
 ) -> dict[str, Any]:
-    """`provider.prepare`, with its image-count refusals told in this API's terms."""
-    try:
-        return provider.prepare(model, kind, call.fields, len(call.images))
-    except InvalidRequestError as exc:
-        if exc.code == "image_required" and not call.edit:
-            raise InvalidRequestError(
-                f"{model} edits images: send the picture to POST /v1/images/edits.",
-                param="model",
-                code="image_required",
-            ) from None
-        if exc.code == "unexpected_image" and call.edit:
-            raise InvalidRequestError(
-                f"{model} makes images from text and takes no input image: use an edit model, "
-                "or POST /v1/images/generations.",
-                param="model",
-                code="unexpected_image",
-            ) from None
-        if exc.param == "messages":  # chat's name for where the images are
-            raise InvalidRequestError(
-                exc.message.replace("the message has", "the request has"),
-                param="image",
-                code=exc.code,
-            ) from None
-        raise
+    """The call's options checked by the provider, refusals told in this API's terms."""
+    job = plan(provider, ask_of(call, model, kind), SecretStr(""), images_api_words(call.edit))
+    return dict(job.options)
 
 
 def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> GenerationRequest:
@@ -237,16 +223,7 @@ def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> Gener
     kind = provider.classify(model)
     if kind is ModelKind.CHAT:  # an id that tells nothing: the endpoint says what is wanted
         kind = wanted
-    provider.check_prompt(call.prompt, param="prompt")
-    return GenerationRequest(
-        provider=provider.name,
-        model=model,
-        kind=kind,
-        prompt=call.prompt,
-        api_key=api_key,
-        options=provider_options(provider, model, kind, call),
-        n=provider.requested_images(call.fields),
-    )
+    return plan(provider, ask_of(call, model, kind), api_key, images_api_words(call.edit))
 
 
 async def run(

@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from imagegw import generation, links
+from imagegw import generation
+from imagegw.core.deliver import LinkMode, deliver
 from imagegw.gateway import Gateway
 from imagegw.generation import Event, Progress, Result
 from imagegw.images import ImageBytes
@@ -29,7 +30,7 @@ async def events(
     request: GenerationRequest,
     inputs: Sequence[str | ImageBytes],
     base_url: str,
-    link_mode: links.LinkMode | None = None,
+    link_mode: LinkMode | None = None,
     budget: float | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
@@ -49,11 +50,13 @@ async def events(
         if inputs:
             staged = replace(request, images=await gateway.store.stage(inputs))
         stage = "generating"
-        async with aclosing(generation.run(provider, staged, settings)) as running:
+        async with aclosing(
+            generation.run(provider, staged, settings, estimates=gateway.estimates)
+        ) as running:
             async for event in running:
                 if isinstance(event, Result):
                     stage, task_ids = "delivering", event.task_ids
-                    delivered = await links.deliver(
+                    delivered = await deliver(
                         event.images,
                         settings=gateway.settings,
                         store=gateway.store,
@@ -65,7 +68,10 @@ async def events(
                     stage = "delivered"
                 else:  # elapsed counts from the request, uploads included
                     task_ids = event.task_ids or task_ids
-                    event = replace(event, elapsed=time.monotonic() - began)
+                    elapsed = time.monotonic() - began
+                    shift = elapsed - event.elapsed
+                    expected = None if event.expected is None else event.expected + shift
+                    event = replace(event, elapsed=elapsed, expected=expected)
                 yield event
     except (asyncio.CancelledError, GeneratorExit):
         if stage != "delivered":

@@ -161,6 +161,15 @@ class ImageStore:
             return None
         return await self.presign(key, ttl)
 
+    async def own_result(self, url: str) -> tuple[str, str] | None:
+        """When `url` is a lasting link this gateway gave (`.../v1/files/{name}`) to a result
+        still stored: its name and a fresh presigned URL; else None (any other URL)."""
+        name = own_file_name(url)
+        if not name or not self.settings.bucket:
+            return None
+        link = await self.result_link(name)
+        return None if link is None else (name, link)
+
     async def result_bytes(self, name: str) -> ImageBytes | None:
         """A stored result's bytes, or None."""
         if not is_file_name(name):
@@ -206,11 +215,10 @@ class ImageStore:
             if isinstance(item, str):
                 # a lasting link this gateway returned: hand over the object itself, so the
                 # provider needs no redirect (iterative editing of a stored result)
-                name = own_file_name(item)
-                if name and self.settings.bucket:
-                    link = await self.result_link(name)
-                    if link is not None:
-                        return InputImage(url=link, image=await self.result_bytes(name))
+                own = await self.own_result(item)
+                if own is not None:
+                    name, link = own
+                    return InputImage(url=link, image=await self.result_bytes(name))
                 return InputImage(url=item)
             key = await self.upload(item)
             return InputImage(url=await self.presign(key), image=item)

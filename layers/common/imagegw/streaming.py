@@ -35,7 +35,10 @@ def markdown(result: Result) -> str:
 
 
 def progress_text(event: Progress) -> str:
-    text = f"{event.state} · {event.elapsed:.1f} s"
+    if event.expected is not None and event.expected > event.elapsed:
+        text = f"{event.state} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
+    else:
+        text = f"{event.state} · {event.elapsed:.1f} s"
     if event.total > 1:
         text += f" · {event.done}/{event.total} done"
     return text + "\n"

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from imagegw.core.deliver import Ref, Stored
+from imagegw.core.schedule import Timing
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -72,6 +75,15 @@ class ImageRef(_Model):
         if (self.name is None) == (self.url is None):
             raise ValueError("a result image has a name or a url")
         return self
+
+    @classmethod
+    def of(cls, ref: Ref) -> ImageRef:
+        return cls(name=ref.name) if isinstance(ref, Stored) else cls(url=ref)
+
+    @property
+    def ref(self) -> Ref:
+        """As the core delivers it (`imagegw.core.deliver`)."""
+        return Stored(self.name) if self.name is not None else str(self.url)
 
     @property
     def inline(self) -> bool:
@@ -126,6 +138,23 @@ class ErrorInfo(_Model):
         return str(self.body.get("error", {}).get("message", ""))
 
 
+class Clocked(_Model):
+    """`imagegw.core.schedule.Timing` as it travels in the state (epoch seconds)."""
+
+    submitted: float
+    polls: int = 0
+    queued_seen: float | None = None
+    running_seen: float | None = None
+    last_running: float | None = None
+
+    @classmethod
+    def of(cls, timing: Timing) -> Clocked:
+        return cls(**asdict(timing))
+
+    def timing(self) -> Timing:
+        return Timing(**self.model_dump())
+
+
 class TaskProgress(_Model):
     """One provider call (`Provider.split`): its task while it runs, then its images or why it
     failed. While it runs, `failures` counts the polls in a row that got no usable answer (a
@@ -138,6 +167,8 @@ class TaskProgress(_Model):
     error: ErrorInfo | None = None
     failures: int = Field(default=0, ge=0)
     last_error: ErrorInfo | None = None
+    #: what the polls saw of its run (epoch seconds; `imagegw.core.schedule.Timing`)
+    timing: Clocked | None = None
 
     @property
     def ended(self) -> bool:
@@ -159,13 +190,24 @@ class Progress(_Model):
     error: str | None = None
     cause: str | None = None
     backoff: int = Field(default=0, ge=0)
+    #: the wait before the next poll predicted from the model's run time (the Predicted
+    #: state's `SecondsPath`); 0: none predicted (the usual pace, or Backoff)
+    wait: int = Field(default=0, ge=0)
 
     @classmethod
-    def of(cls, tasks: list[TaskProgress], polls: int = 0, backoff: int = 0) -> Progress:
+    def of(
+        cls, tasks: list[TaskProgress], polls: int = 0, backoff: int = 0, wait: int = 0
+    ) -> Progress:
         """Running until every task ended; then succeeded when any made an image, else failed
         with the first task's error."""
         if not all(task.ended for task in tasks):
-            return cls(status="running", polls=polls, tasks=tuple(tasks), backoff=backoff)
+            return cls(
+                status="running",
+                polls=polls,
+                tasks=tuple(tasks),
+                backoff=backoff,
+                wait=0 if backoff else wait,
+            )
         if any(task.images for task in tasks):
             return cls(status="succeeded", polls=polls, tasks=tuple(tasks))
         first = next(task.error for task in tasks if task.error is not None)
@@ -181,6 +223,8 @@ class Progress(_Model):
 class SubmitEvent(_Model):
     job: JobSpec
     key: str
+    #: the job's pace (`JobInput`); absent in events of older state machines
+    wait_seconds: int = Field(default=0, ge=0)
 
 
 class PollEvent(_Model):

@@ -29,6 +29,7 @@ from typing import Any, Final
 import anyio.to_thread
 
 from imagegw.config import Settings
+from imagegw.core.deliver import deliver
 from imagegw.errors import (
     ConfigurationError,
     ConflictError,
@@ -43,7 +44,6 @@ from imagegw.jobs.runner import Execution, JobRunner, StepFunctionsRunner
 from imagegw.jobs.schema import (
     JOB_ID,
     STATE_LIMIT,
-    ImageRef,
     InputRef,
     JobInput,
     JobOutput,
@@ -53,11 +53,10 @@ from imagegw.jobs.schema import (
     error_body,
     parse_input,
 )
-from imagegw.links import fetch_image, file_link
 from imagegw.log import logger
 from imagegw.providers.base import GenerationRequest
 from imagegw.schemas import images_response
-from imagegw.storage import RESULTS, ImageStore, own_file_name
+from imagegw.storage import RESULTS, ImageStore
 
 OBJECT: Final = "image.job"
 MAX_IDEMPOTENCY_KEY: Final = 255
@@ -264,9 +263,9 @@ class Jobs:
         async def one(item: str | ImageBytes) -> InputRef:
             if isinstance(item, ImageBytes):
                 return InputRef(key=await self.store.upload(item))
-            name = own_file_name(item)
-            if name and self.settings.bucket and await self.store.result_link(name):
-                return InputRef(key=RESULTS + name)
+            own = await self.store.own_result(item)
+            if own is not None:
+                return InputRef(key=RESULTS + own[0])
             return InputRef(url=item)
 
         return tuple(await asyncio.gather(*(one(item) for item in inputs)))
@@ -330,34 +329,15 @@ class Jobs:
         Images API answers) or `error` when it failed."""
         body = {**view.summary(), "model": view.model}
         if view.output is not None:
-            refs = view.output.images[: view.n]
-            images = await asyncio.gather(
-                *(self._deliver(ref, view.response_format, base_url, fetcher) for ref in refs)
+            images = await deliver(
+                [ref.ref for ref in view.output.images[: view.n]],
+                settings=self.settings,
+                store=self.store,
+                fetcher=fetcher,
+                base_url=base_url,
+                mode="data" if view.response_format == "b64_json" else "as_is",
             )
             body["data"] = images_response(images, view.response_format, view.created)["data"]
         if view.error is not None:
             body["error"] = view.error.get("error", view.error)
         return body
-
-    async def _deliver(
-        self,
-        ref: ImageRef,
-        response_format: ResponseFormat,
-        base_url: str,
-        fetcher: Fetcher,
-    ) -> str:
-        """A link to one result image, or for b64_json its bytes as a data URI."""
-        if ref.name is not None:
-            if response_format == "url":
-                return file_link(base_url, ref.name)
-            image = await self.store.result_bytes(ref.name)
-            if image is None:
-                raise NotFoundError(
-                    f"The job's image {ref.name} is no longer stored (ImageRetentionDays).",
-                    code="result_expired",
-                )
-            return image.data_uri()
-        assert ref.url is not None
-        if response_format == "url":
-            return ref.url
-        return (await fetch_image(fetcher, ref.url, self.settings)).data_uri()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -39,21 +40,26 @@ from typing import Any, Final
 import httpx
 from pydantic import SecretStr
 
+from imagegw.clients import provider_client
 from imagegw.config import Settings
+from imagegw.core.advance import Made, Submitted, Working, advance, start_all
+from imagegw.core.deliver import Ref, copy_result
+from imagegw.core.estimates import Estimates, MemoryEstimates, learn, queue_of
+from imagegw.core.plan import restore
+from imagegw.core.schedule import Key, bucket, job_wait
 from imagegw.errors import (
-    ConfigurationError,
     DeadlineExceededError,
     GatewayError,
-    ProviderError,
     StorageError,
     TransientJobError,
     TransientProviderError,
 )
 from imagegw.fetcher import Fetcher
-from imagegw.images import ImageBytes, decode_data_uri, is_data_uri
+from imagegw.images import ImageBytes, is_data_uri
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.schema import (
     STATE_LIMIT,
+    Clocked,
     ErrorInfo,
     ImageRef,
     JobOutput,
@@ -64,15 +70,11 @@ from imagegw.jobs.schema import (
     SubmitEvent,
     TaskProgress,
 )
-from imagegw.links import fetch_image
 from imagegw.log import logger
-from imagegw.providers import PROVIDERS, Provider
+from imagegw.providers import Provider, lookup, priors
 from imagegw.providers.base import (
-    Failed,
-    Finished,
     GenerationRequest,
     InputImage,
-    Running,
     Started,
     TaskStatus,
 )
@@ -107,58 +109,78 @@ class Tools:
     result_fetcher: Fetcher
 
 
+#: learned run times for predicted waits, per Lambda instance (a shared table plugs in here:
+#: `imagegw.core.estimates`)
+ESTIMATES: Estimates = MemoryEstimates(priors())
+#: the steps' clock: epoch seconds, as the steps of one job run on different instances
+clock: Callable[[], float] = time.time
+
+
+class _Instance(threading.local):
+    """One event loop and one provider client per Lambda instance (per thread, where several
+    executions share a process: `make run`), so a warm instance reuses its connections."""
+
+    runner: asyncio.Runner | None = None
+    client: httpx.AsyncClient | None = None
+
+
+_INSTANCE = _Instance()
+
+
+def _instance_client(settings: Settings) -> httpx.AsyncClient:
+    if _INSTANCE.client is None or _INSTANCE.client.is_closed:
+        _INSTANCE.client = provider_client(settings)
+    return _INSTANCE.client
+
+
 @asynccontextmanager
-async def tools(settings: Settings) -> AsyncIterator[Tools]:
+async def tools(
+    settings: Settings, client: httpx.AsyncClient | None = None
+) -> AsyncIterator[Tools]:
+    """What one step works with; the provider client is `client` (default: a new one for
+    this step only)."""
     fetcher, result_fetcher = Fetcher(settings), Fetcher.for_results(settings)
+    own = client is None
+    api = client or provider_client(settings)
     try:
-        async with httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
-            follow_redirects=False,
-        ) as client:
-            yield Tools(
-                settings=settings,
-                client=client,
-                store=ImageStore(settings),
-                sealer=KeySealer(settings.job_key_id, settings.aws_region),
-                fetcher=fetcher,
-                result_fetcher=result_fetcher,
-            )
+        yield Tools(
+            settings=settings,
+            client=api,
+            store=ImageStore(settings),
+            sealer=KeySealer(settings.job_key_id, settings.aws_region),
+            fetcher=fetcher,
+            result_fetcher=result_fetcher,
+        )
     finally:
         await fetcher.aclose()
         await result_fetcher.aclose()
+        if own:
+            await api.aclose()
 
 
 def run(step: Step, event: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Run one step to completion (the task functions' synchronous entry)."""
+    """Run one step to completion (the task functions' synchronous entry), on the instance's
+    event loop with its provider client."""
+    config = settings or Settings.from_env()
 
     async def main() -> dict[str, Any]:
-        async with tools(settings or Settings.from_env()) as kit:
+        async with tools(config, _instance_client(config)) as kit:
             return await step(event, kit)
 
-    return asyncio.run(main())
+    if _INSTANCE.runner is None:
+        _INSTANCE.runner = asyncio.Runner()
+    return _INSTANCE.runner.run(main())
 
 
 def _provider(spec: JobSpec, kit: Tools) -> Provider:
-    cls = PROVIDERS.get(spec.provider)
-    if cls is None:
-        raise ConfigurationError(
-            f"The job names an unknown provider '{spec.provider}'.", code="unknown_provider"
-        )
-    return cls(kit.settings, kit.client, kit.fetcher)
+    return lookup(spec.provider)(kit.settings, kit.client, kit.fetcher)
 
 
 def _request(
     spec: JobSpec, key: SecretStr, images: tuple[InputImage, ...] = ()
 ) -> GenerationRequest:
-    return GenerationRequest(
-        provider=spec.provider,
-        model=spec.model,
-        kind=spec.kind,
-        prompt=spec.prompt,
-        api_key=key,
-        options=spec.options,
-        images=images,
-        n=spec.n,
+    return restore(
+        spec.provider, spec.model, spec.kind, spec.prompt, key, spec.options, spec.n, images
     )
 
 
@@ -205,18 +227,18 @@ async def _keep(images: Sequence[str], kit: Tools) -> tuple[ImageRef, ...]:
     async def one(ref: str) -> ImageRef:
         if not is_data_uri(ref):
             return ImageRef(url=ref)
-        image = decode_data_uri(
-            ref, max_bytes=kit.settings.max_result_bytes, what="generated image"
-        )
-        try:
-            return ImageRef(name=await _save(image, kit))
-        except StorageError as exc:
-            logger.warning(
-                "result not stored; keeping it inline for now", extra={"error": exc.message}
-            )
-            return ImageRef(url=image.data_uri())
+        return ImageRef.of(await _copy_result(ref, kit))
 
     return tuple(await asyncio.gather(*(one(ref) for ref in images)))
+
+
+async def _copy_result(ref: str, kit: Tools) -> Ref:
+    """The core's copy (`copy_result`), saving with retries within the step."""
+
+    async def save(image: ImageBytes) -> str:
+        return await _save(image, kit)
+
+    return await copy_result(ref, settings=kit.settings, fetcher=kit.result_fetcher, save=save)
 
 
 def _inline_budget(event: Mapping[str, Any]) -> int:
@@ -256,7 +278,7 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     except GatewayError as exc:
         return Progress.of([_failed(exc)]).model_dump(mode="json")
     parts = provider.split(_request(spec, key, images))
-    outcomes = await asyncio.gather(*(provider.start(p) for p in parts), return_exceptions=True)
+    outcomes = await start_all(provider, parts)
     refusals = [outcome for outcome in outcomes if isinstance(outcome, GatewayError)]
     if len(refusals) == len(parts) and all(exc.retryable is True for exc in refusals):
         # nothing started and the provider said "later" (a rate limit, or it could not be
@@ -265,6 +287,12 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     # a synchronous provider's images are stored here, never by submitting again (paid)
     tasks = list(await asyncio.gather(*(_task(provider, TaskProgress(), o, kit) for o in outcomes)))
     tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
+    now = clock()
+    tasks = [
+        task.model_copy(update={"timing": Clocked(submitted=now)}) if task.task_id else task
+        for task in tasks
+    ]
+    wait = await _predicted(spec, tasks, payload.wait_seconds, now)
     logger.info(
         "job submitted",
         extra={
@@ -272,9 +300,10 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
             "provider": spec.provider,
             "task_ids": [t.task_id for t in tasks if t.task_id],
             "refused": len(refusals),
+            "wait": wait,
         },
     )
-    return Progress.of(tasks).model_dump(mode="json")
+    return Progress.of(tasks, wait=wait).model_dump(mode="json")
 
 
 async def _inputs(spec: JobSpec, kit: Tools) -> tuple[InputImage, ...]:
@@ -330,9 +359,8 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     tasks still running fail, naming their last error."""
     payload = PollEvent.model_validate(event)
     spec, progress = payload.job, payload.progress
-    polls = progress.polls + intervals_used(
-        progress.backoff or payload.wait_seconds, payload.wait_seconds
-    )
+    waited = progress.backoff or progress.wait or payload.wait_seconds
+    polls = progress.polls + intervals_used(waited, payload.wait_seconds)
     try:
         provider = _provider(spec, kit)
         key = kit.sealer.open(payload.key, spec.id)
@@ -346,12 +374,13 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         *(provider.check(parts[i], str(tasks[i].task_id)) for i in pending),
         return_exceptions=True,
     )
+    now = clock()
     for index, answer in zip(pending, answers, strict=True):
         if isinstance(answer, TransientProviderError):
             tasks[index] = _passing(tasks[index], answer)
         else:
             fresh = tasks[index].model_copy(update={"failures": 0, "last_error": None})
-            tasks[index] = await _task(provider, fresh, answer, kit)
+            tasks[index] = await _observed(spec, await _task(provider, fresh, answer, kit), now)
     tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
     failing = [task for task in tasks if not task.ended and task.last_error is not None]
     wait = backoff(max((task.failures for task in failing), default=0), payload.wait_seconds)
@@ -368,7 +397,40 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         )
     if payload.max_polls is not None and polls >= payload.max_polls:
         tasks = [task if task.ended else _out_of_time(provider, task) for task in tasks]
-    return Progress.of(tasks, polls, wait).model_dump(mode="json")
+    predicted = 0 if failing else await _predicted(spec, tasks, payload.wait_seconds, now)
+    return Progress.of(tasks, polls, wait, predicted).model_dump(mode="json")
+
+
+def _key(spec: JobSpec) -> Key:
+    return Key(spec.provider, spec.model, bucket(spec.options))
+
+
+async def _observed(spec: JobSpec, task: TaskProgress, now: float) -> TaskProgress:
+    """A task after a poll at `now` answered: its timing advanced while it runs; once it
+    made images, its run time learned (`ESTIMATES`)."""
+    if task.timing is None:
+        return task
+    timing = task.timing.timing()
+    if task.images:
+        await learn(ESTIMATES, _key(spec), timing, now)
+        return task
+    if task.ended:
+        return task
+    return task.model_copy(update={"timing": Clocked.of(timing.seen(now, task.state))})
+
+
+async def _predicted(spec: JobSpec, tasks: list[TaskProgress], interval: int, now: float) -> int:
+    """The wait before the next poll predicted for the tasks still running (whole seconds, the
+    longest of theirs), or 0: none (the model not learned, or JOB_POLL_INTERVAL 0: no waits)."""
+    running = [task.timing.timing() for task in tasks if not task.ended and task.timing]
+    if interval <= 0 or not running:
+        return 0
+    run = await ESTIMATES.get(_key(spec))
+    queue = await queue_of(ESTIMATES, spec.provider)
+    waits = [job_wait(timing, run, queue, now) for timing in running]
+    if any(wait is None for wait in waits):
+        return 0
+    return max(1, math.ceil(max(wait for wait in waits if wait is not None)))
 
 
 async def _task(
@@ -377,30 +439,19 @@ async def _task(
     answer: Started | TaskStatus | BaseException,
     kit: Tools,
 ) -> TaskProgress:
-    """A task after the provider's answer to a `start` or `check`."""
-    if isinstance(answer, Started):
-        return task.model_copy(update={"task_id": answer.task_id})
-    if isinstance(answer, Running):
-        return task.model_copy(update={"state": answer.state})
-    if isinstance(answer, Finished):
+    """A task after the provider's answer to a `start` or `check` (the core's `advance`)."""
+    outcome = advance(provider.title, task.task_id, answer)
+    if isinstance(outcome, Submitted):
+        return task.model_copy(update={"task_id": outcome.task_id})
+    if isinstance(outcome, Working):
+        return task.model_copy(update={"state": outcome.state})
+    if isinstance(outcome, Made):
         try:
-            if not answer.images:
-                raise ProviderError(
-                    f"{provider.title} finished without an image.", code="provider_error"
-                )
-            images = await _keep(answer.images, kit)
+            images = await _keep(outcome.images, kit)
         except GatewayError as exc:  # an image that is no image, or too large
-            return task.model_copy(update={"state": "FAILED", "error": _failed(exc).error})
-        return task.model_copy(update={"state": answer.state, "images": images})
-    if isinstance(answer, Failed):
-        failure = ProviderError(
-            f"{provider.title} task {task.task_id} failed: {answer.reason}",
-            code="generation_failed",
-        )
-        return task.model_copy(update={"state": answer.state, "error": _failed(failure).error})
-    if isinstance(answer, GatewayError):
-        return task.model_copy(update={"state": "FAILED", "error": _failed(answer).error})
-    raise answer
+            return task.model_copy(update={"state": "FAILED", "error": ErrorInfo.of(exc)})
+        return task.model_copy(update={"state": outcome.state, "images": images})
+    return task.model_copy(update={"state": outcome.state, "error": ErrorInfo.of(outcome.error)})
 
 
 async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
@@ -432,18 +483,4 @@ async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:
     for a while, as on the interactive path. Running Store again would not help the link."""
     if ref.url is None:
         return ref
-    try:
-        image = await fetch_image(kit.result_fetcher, ref.url, kit.settings)
-    except GatewayError as exc:
-        logger.warning(
-            "result not copied; keeping the provider's link", extra={"error": exc.message}
-        )
-        return ref
-    try:
-        return ImageRef(name=await _save(image, kit))
-    except StorageError as exc:
-        logger.warning(
-            "result not stored: the bucket failed; keeping the provider's link",
-            extra={"error": exc.message},
-        )
-        return ref
+    return ImageRef.of(await _copy_result(ref.url, kit))

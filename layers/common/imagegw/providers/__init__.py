@@ -1,15 +1,54 @@
-"""Providers, one module each, and the registry of their names."""
+"""Providers, one module each, and the registry of their names.
+
+Adding a provider is its module (a `Provider` subclass that declares its name, its settings and
+its model catalogue) and one `register` line below; nothing else lists providers.
+"""
 
 from __future__ import annotations
 
+from imagegw.config import declare
+from imagegw.errors import NotFoundError
 from imagegw.providers.base import Provider
-from imagegw.providers.modelscope import ModelScope
-from imagegw.providers.openai_compat import OpenAICompatible
-from imagegw.providers.siliconflow import SiliconFlow
 
-#: route name -> provider class; adding a provider is one module and one line here
-PROVIDERS: dict[str, type[Provider]] = {
-    cls.name: cls for cls in (ModelScope, SiliconFlow, OpenAICompatible)
-}
+#: route name -> provider class
+PROVIDERS: dict[str, type[Provider]] = {}
 
-__all__ = ["PROVIDERS", "Provider"]
+
+def register(cls: type[Provider]) -> type[Provider]:
+    """Make a provider known by its name, and its settings readable (`Settings`)."""
+    PROVIDERS[cls.name] = cls
+    declare(*cls.declared_settings())
+    return cls
+
+
+def lookup(name: str) -> type[Provider]:
+    """The provider called `name`; a 404 naming the known ones otherwise."""
+    cls = PROVIDERS.get(name.lower())
+    if cls is None:
+        known = ", ".join(sorted(PROVIDERS))
+        raise NotFoundError(
+            f"Unknown provider '{name[:80]}'. Known providers: {known}.", code="unknown_provider"
+        )
+    return cls
+
+
+def priors() -> dict[tuple[str, str], float]:
+    """The catalogue's typical run times, by (provider, model): predictive polling's priors."""
+    return {
+        (name, info.id): info.seconds
+        for name, cls in PROVIDERS.items()
+        for info in getattr(cls, "catalog", ())
+        if info.seconds is not None
+    }
+
+
+# the registrations: one line a provider
+from imagegw.providers.modelscope import ModelScope  # noqa: E402
+from imagegw.providers.openai_compat import OpenAICompatible  # noqa: E402
+from imagegw.providers.siliconflow import SiliconFlow  # noqa: E402
+
+register(ModelScope)
+register(SiliconFlow)
+register(OpenAICompatible)
+
+__all__ = ["PROVIDERS", "Provider", "lookup", "priors", "register"]

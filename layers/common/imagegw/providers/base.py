@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
-from imagegw.config import Settings
+from imagegw.config import ProviderSetting, Settings
+from imagegw.core.refusals import ImageCount, ImageCountError
 from imagegw.errors import InvalidRequestError
 from imagegw.fetcher import Fetcher
 from imagegw.images import ImageBytes
@@ -41,6 +42,9 @@ class ModelInfo:
 
     id: str
     kind: ModelKind
+    #: about how long one task of the model runs (seconds): a prior for predictive polling,
+    #: until the gateway has learned the model (`imagegw.core.schedule`)
+    seconds: float | None = None
 
 
 # ids not in a catalog: these words mark an image model (see README "Model classes")
@@ -64,26 +68,11 @@ def classify(model: str, catalog: tuple[ModelInfo, ...]) -> ModelKind:
 
 
 def check_image_count(model: str, count: int, fewest: int, most: int | None) -> None:
-    """A 400 that says so when a model is given fewer or more input images than it takes."""
-    if most == 0 and count:
-        raise InvalidRequestError(
-            f"{model} makes images from text and takes no input image; use an edit model.",
-            param="messages",
-            code="unexpected_image",
-        )
-    if count < fewest:
-        raise InvalidRequestError(
-            f"{model} edits an image: attach one, or send it after a generated image.",
-            param="messages",
-            code="image_required",
-        )
-    if most is not None and count > most:
-        takes = f"{most} input image" if fewest == most else f"{fewest} to {most} input images"
-        raise InvalidRequestError(
-            f"{model} takes {takes}; the message has {count}.",
-            param="messages",
-            code="too_many_images",
-        )
+    """Refuse (`ImageCountError`, a 400 each front end words its own way) a model given fewer
+    or more input images than it takes."""
+    refusal = ImageCount(model, count, fewest, most)
+    if refusal.problem is not None:
+        raise ImageCountError(refusal)
 
 
 @dataclass(frozen=True)
@@ -140,6 +129,10 @@ class Provider(ABC):
 
     name: ClassVar[str]
     title: ClassVar[str]
+    #: where the provider's API is (its variable and default)
+    base_url_setting: ClassVar[ProviderSetting]
+    #: any other settings it reads (`Settings.provider_setting`)
+    extra_settings: ClassVar[tuple[ProviderSetting, ...]] = ()
     #: the listed models; a class attribute, or set per instance from settings
     catalog: tuple[ModelInfo, ...]
     #: the longest prompt the provider takes (characters), or None
@@ -156,6 +149,14 @@ class Provider(ABC):
         #: downloads URLs a client sent (the SSRF guard); its own client, built on first use
         self.fetcher = fetcher or Fetcher(settings)
         self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
+
+    @classmethod
+    def declared_settings(cls) -> tuple[ProviderSetting, ...]:
+        return (cls.base_url_setting, *cls.extra_settings)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.provider_setting(self.base_url_setting.env).rstrip("/")
 
     def classify(self, model: str) -> ModelKind:
         return classify(model, self.catalog)

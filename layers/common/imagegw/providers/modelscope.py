@@ -15,6 +15,7 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from imagegw.config import ProviderSetting
 from imagegw.errors import (
     InvalidRequestError,
     ProviderError,
@@ -93,18 +94,18 @@ def _loras(value: Any) -> str | dict[str, float]:
 class ModelScope(Provider):
     name = "modelscope"
     title = "ModelScope"
+    base_url_setting = ProviderSetting(
+        "MODELSCOPE_BASE_URL", "https://api-inference.modelscope.cn/v1", base_url=True
+    )
     max_prompt_chars = MAX_TEXT
     catalog = (
-        ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE),
-        ModelInfo("Tongyi-MAI/Z-Image-Turbo", ModelKind.GENERATE),
-        ModelInfo("Qwen/Qwen-Image-Edit", ModelKind.EDIT),
-        ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT),
-        ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT),
+        # priors (seconds of RUNNING): rough figures, replaced by what the gateway learns
+        ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE, seconds=15.0),
+        ModelInfo("Tongyi-MAI/Z-Image-Turbo", ModelKind.GENERATE, seconds=4.0),
+        ModelInfo("Qwen/Qwen-Image-Edit", ModelKind.EDIT, seconds=20.0),
+        ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT, seconds=20.0),
+        ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT, seconds=20.0),
     )
-
-    @property
-    def base_url(self) -> str:
-        return self.settings.modelscope_base_url.rstrip("/")
 
     @property
     def chat_base_url(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from imagegw.config import Settings
+from imagegw.config import ProviderSetting, Settings
 from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.fetcher import Fetcher, FetchError
 from imagegw.images import ImageBytes, check_image, sniff_mime
@@ -53,6 +53,11 @@ MAX_TEXT: Final = 10_000
 #: request can make the gateway upload or download
 MAX_INPUT_IMAGES: Final = 16
 _AUTO: Final = "auto"
+#: the image models listed for the base URL, comma-separated (ids with "edit" are edit models);
+#: other ids still work, classed by their id (README "Model classes")
+IMAGE_MODELS: Final = ProviderSetting(
+    "OPENAI_IMAGE_MODELS", "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
+)
 
 
 class _Datum(BaseModel):
@@ -66,7 +71,8 @@ class _Images(BaseModel):
 
 def catalog_of(settings: Settings) -> tuple[ModelInfo, ...]:
     """OPENAI_IMAGE_MODELS as a catalog: ids containing "edit" are edit models."""
-    ids = [model.strip() for model in settings.openai_image_models.split(",") if model.strip()]
+    listed = settings.provider_setting(IMAGE_MODELS.env)
+    ids = [model.strip() for model in listed.split(",") if model.strip()]
     return tuple(
         ModelInfo(model, ModelKind.EDIT if "edit" in model.lower() else ModelKind.GENERATE)
         for model in dict.fromkeys(ids)
@@ -85,6 +91,11 @@ def _data_uri(b64: str) -> str:
 class OpenAICompatible(Provider):
     name = "openai"
     title = "OpenAI-compatible server"
+    #: an OpenAI-compatible image server (a self-hosted one, or OpenAI itself)
+    base_url_setting = ProviderSetting(
+        "OPENAI_BASE_URL", "https://api.openai.com/v1", base_url=True
+    )
+    extra_settings = (IMAGE_MODELS,)
     supports_masks = True
 
     def __init__(
@@ -92,10 +103,6 @@ class OpenAICompatible(Provider):
     ) -> None:
         super().__init__(settings, client, fetcher)
         self.catalog = catalog_of(settings)
-
-    @property
-    def base_url(self) -> str:
-        return self.settings.openai_base_url.rstrip("/")
 
     @property
     def chat_base_url(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from imagegw.config import ProviderSetting
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, ProviderError
 from imagegw.log import logger
 from imagegw.options import (
@@ -103,11 +104,10 @@ def spec_of(model: str, kind: ModelKind) -> ModelSpec:
 class SiliconFlow(Provider):
     name = "siliconflow"
     title = "SiliconFlow"
+    base_url_setting = ProviderSetting(
+        "SILICONFLOW_BASE_URL", "https://api.siliconflow.cn/v1", base_url=True
+    )
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
-
-    @property
-    def base_url(self) -> str:
-        return self.settings.siliconflow_base_url.rstrip("/")
 
     @property
     def chat_base_url(self) -> str:

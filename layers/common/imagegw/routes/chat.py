@@ -11,11 +11,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw import passthrough, pipeline
+from imagegw.core.plan import Ask, plan
 from imagegw.disconnect import unless_disconnected
 from imagegw.images import decode_refs
 from imagegw.log import logger
 from imagegw.messages import parse_messages
-from imagegw.providers.base import GenerationRequest, ModelKind
+from imagegw.providers.base import ModelKind
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
 from imagegw.web import (
@@ -46,19 +47,10 @@ async def chat_completions(request: Request) -> Response:
         # started, is watched by StreamingResponse itself)
         return await unless_disconnected(request, passthrough.chat(gateway, provider, body, key))
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
-    provider.check_prompt(parsed.prompt)
-    n = provider.requested_images(chat.fields)
-    options = provider.prepare(chat.model, kind, chat.fields, len(parsed.images))
+    ask = Ask(chat.model, kind, parsed.prompt, chat.fields, len(parsed.images))
+    job = plan(provider, ask, key)
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
-    job = GenerationRequest(
-        provider=provider.name,
-        model=chat.model,
-        kind=kind,
-        prompt=parsed.prompt,
-        api_key=key,
-        options=options,
-        n=n,
-    )
+    n = job.n
     logger.info(
         "chat generation",
         extra={

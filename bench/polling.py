@@ -1,0 +1,400 @@
+"""Predictive polling beside today's fixed schedule, in one run: on a simulated clock over a
+realistic mix, in real time against the fake ModelScope on loopback, and durable jobs' state
+transitions on the state machine under moto.
+
+Simulated method: each task is submitted at t=0, stays PENDING for a queue time drawn from
+U(0, 5) s, then RUNNING for its model's run time with ±20% jitter (uniform), then SUCCEED. A
+poll at t sees the state at t (polls are instantaneous on this clock; the real-time check adds
+the HTTP round trips). The schedules are the gateway's own functions (`imagegw.core.schedule`):
+today's (`poll_delay` from the first poll at POLL_INTERVAL) and the predictive one
+(`next_delay`), which first learns each model from 30 tasks it polls itself (`MemoryEstimates`),
+then is measured. Lag = the poll that saw SUCCEED - the task's end. Polls a second = a group's
+polls / its seconds of generation (submission to end, queue included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+import pytest
+
+from bench.common import (
+    Report,
+    StreamOutcome,
+    Table,
+    fake_modelscope,
+    fmt_s,
+    gateway_settings,
+    percentile,
+    quiet_gateway_logs,
+    s3_stand_in,
+    stream_chat,
+    task_ids_by_prompt,
+    timelines,
+)
+from fakes.server import ServerThread
+from imagegw.app import create_app
+from imagegw.config import Settings
+from imagegw.core.estimates import MemoryEstimates
+from imagegw.core.schedule import Estimate, Key, Timing, next_delay, poll_delay
+
+SEED: Final = 20261130
+QUEUE: Final = (0.0, 5.0)
+JITTER: Final = 0.2
+#: model -> typical run time (s): with ±20% the short ones span 2-12 s, the long 20-60 s
+SHORT: Final = {"turbo": 2.5, "fast": 4.0, "image": 6.5, "flux": 8.5, "edit": 10.0}
+LONG: Final = {"image-2k": 25.0, "hd": 35.0, "hd-edit": 50.0}
+WARM_UP: Final = 30
+MEASURED: Final = 300
+
+
+@dataclass(frozen=True)
+class Task:
+    model: str
+    queue: float
+    run: float
+
+    @property
+    def end(self) -> float:
+        return self.queue + self.run
+
+    def state(self, at: float) -> str | None:
+        """PENDING, RUNNING, or None once done."""
+        if at >= self.end:
+            return None
+        return "PENDING" if at < self.queue else "RUNNING"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    lag: float
+    polls: int
+    seconds: float
+
+
+Delay = Callable[[Timing, float], float]
+
+
+def draw(models: dict[str, float], count: int, rng: random.Random) -> list[Task]:
+    return [
+        Task(model, rng.uniform(*QUEUE), typical * rng.uniform(1 - JITTER, 1 + JITTER))
+        for model, typical in models.items()
+        for _ in range(count)
+    ]
+
+
+def simulate(task: Task, delay: Delay) -> tuple[Outcome, Timing, float]:
+    """Poll `task` on the simulated clock until done."""
+    timing, now = Timing(submitted=0.0), 0.0
+    while True:
+        now += delay(timing, now)
+        state = task.state(now)
+        if state is None:
+            polls = timing.polls + 1
+            return Outcome(now - task.end, polls, task.end), timing, now
+        timing = timing.seen(now, state)
+
+
+def today(settings: Settings) -> Delay:
+    """The fixed schedule before this change: the first poll after POLL_INTERVAL."""
+
+    def delay(timing: Timing, now: float) -> float:
+        return poll_delay(now, settings.poll_interval, settings.poll_interval_max)
+
+    return delay
+
+
+def predictive(settings: Settings, estimate: Estimate | None) -> Delay:
+    def delay(timing: Timing, now: float) -> float:
+        base, maximum = settings.poll_interval, settings.poll_interval_max
+        return next_delay(timing, estimate, now, base, maximum)
+
+    return delay
+
+
+async def run_predictive(tasks: list[Task], settings: Settings) -> list[Outcome]:
+    store = MemoryEstimates()
+    outcomes = []
+    for task in tasks:
+        key = Key("sim", task.model)
+        outcome, timing, seen = simulate(task, predictive(settings, await store.get(key)))
+        await store.record(key, timing.run_time(seen))
+        outcomes.append(outcome)
+    return outcomes
+
+
+def summary(outcomes: list[Outcome]) -> dict[str, float]:
+    lags = [o.lag for o in outcomes]
+    return {
+        "median_lag": statistics.median(lags),
+        "p90_lag": sorted(lags)[int(0.9 * len(lags))],
+        "polls_per_s": sum(o.polls for o in outcomes) / sum(o.seconds for o in outcomes),
+        "polls_per_task": statistics.mean(o.polls for o in outcomes),
+    }
+
+
+async def compare(
+    models: dict[str, float], settings: Settings, seed: int = SEED
+) -> dict[str, dict[str, float]]:
+    rng = random.Random(seed)
+    warm = draw(models, WARM_UP, rng)
+    measured = draw(models, MEASURED, rng)
+    rng.shuffle(warm)
+    rng.shuffle(measured)
+    learned = await run_predictive(warm + measured, settings)
+    fixed = [simulate(task, today(settings))[0] for task in measured]
+    return {"today": summary(fixed), "predictive": summary(learned[len(warm) :])}
+
+
+SIM_SEED: Final = 7  # the constants were tuned on another seed (20261130)
+TARGETS: Final = {"short_lag": 0.25, "short_rate": 1.0, "long_rate": 0.3, "instant": 0.2}
+#: real time: a 3-s model (+-20%), queued 1 s; warmed by 8 tasks, then 24 at once per schedule
+REAL_RUN, REAL_QUEUE, REAL_WARM, REAL_TASKS = 3.0, 1.0, 8, 24
+#: Standard workflows: $ per state transition
+TRANSITION_PRICE: Final = 0.000025
+
+
+class NoEstimates:
+    """Today's schedule: nothing learned, nothing predicted."""
+
+    async def get(self, key: Key) -> Estimate | None:
+        return None
+
+    async def record(self, key: Key, seconds: float) -> None:
+        return None
+
+
+def simulated(settings: Settings) -> tuple[list[list[str]], dict[str, Any]]:
+    rows, data = [], {}
+    for name, models in (("short (2-12 s)", SHORT), ("long (20-60 s)", LONG)):
+        result = asyncio.run(compare(models, settings, seed=SIM_SEED))
+        data[name] = result
+        for schedule in ("today", "predictive"):
+            figures = result[schedule]
+            rows.append(
+                [
+                    f"simulated, {name}",
+                    schedule,
+                    fmt_s(figures["median_lag"]),
+                    fmt_s(figures["p90_lag"]),
+                    f"{figures['polls_per_s']:.2f}",
+                    f"{figures['polls_per_task']:.1f}",
+                ]
+            )
+    return rows, data
+
+
+async def _stream_all(url: str, prompts: list[str]) -> list[StreamOutcome]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
+        return await asyncio.gather(*(stream_chat(client, url, p) for p in prompts))
+
+
+def _real_row(label: str, rows: list[dict[str, Any]]) -> list[str]:
+    detection = [r["poll_detection_s"] for r in rows]
+    seconds = sum(r["duration_s"] for r in rows)
+    polls = sum(r["polls"] for r in rows)
+    return [
+        label,
+        "",
+        fmt_s(percentile(detection, 50)),
+        fmt_s(percentile(detection, 90)),
+        f"{polls / seconds:.2f}" if seconds else "n/a",
+        f"{polls / max(1, len(rows)):.1f}",
+    ]
+
+
+def real_time() -> tuple[list[list[str]], dict[str, Any]]:
+    """The gateway in process against the fake on loopback, each schedule in turn."""
+    rng = random.Random(SIM_SEED)
+    runs: dict[str, float] = {}
+
+    def duration(body: dict[str, Any]) -> float:
+        prompt = str(body["prompt"])
+        if prompt.startswith("instant"):
+            return 0.0
+        return runs.setdefault(prompt, REAL_QUEUE + REAL_RUN * rng.uniform(0.8, 1.2))
+
+    table: list[list[str]] = []
+    data: dict[str, Any] = {}
+    with (
+        s3_stand_in() as s3,
+        fake_modelscope(task_duration=duration, pending_seconds=REAL_QUEUE) as (fake, base),
+    ):
+        settings = gateway_settings(s3, base, image_links="provider")
+        for schedule in ("today", "predictive"):
+            app = create_app(settings)
+            if schedule == "today":
+                app.state.gateway.estimates = NoEstimates()
+            with quiet_gateway_logs(), ServerThread(app, lifespan="on") as server:
+                if schedule == "predictive":
+                    warm = [f"{schedule} warm #{i}" for i in range(REAL_WARM)]
+                    asyncio.run(_stream_all(server.url, warm))
+                prompts = [f"{schedule} #{i}" for i in range(REAL_TASKS)]
+                rows, errors = timelines(fake, asyncio.run(_stream_all(server.url, prompts)))
+                table.append(_real_row(f"real time, {REAL_RUN:g} s model", rows))
+                table[-1][1] = schedule
+                data[schedule] = {"rows": len(rows), "errors": errors[:3]}
+        instant = _instant(settings, fake)
+        data["instant_s"] = instant
+    return table, data
+
+
+def _instant(settings: Settings, fake: Any) -> list[float]:
+    """Seconds from an instant task's submission (the fake's clock = ours) to the client
+    having its image, five in a row."""
+    seen = []
+    with quiet_gateway_logs(), ServerThread(create_app(settings), lifespan="on") as server:
+        for i in range(5):
+            prompt = f"instant #{i}"
+            (outcome,) = asyncio.run(_stream_all(server.url, [prompt]))
+            task_id = task_ids_by_prompt(fake).get(prompt)
+            submitted = next(
+                float(s["time"]) for s in fake.submissions if s.get("task_id") == task_id
+            )
+            if outcome.content_at is not None:
+                seen.append(outcome.content_at - submitted)
+    return seen
+
+
+def durable() -> tuple[list[list[str]], dict[str, Any]]:
+    """30-s jobs on the state machine under moto, on simulated time: transitions per job."""
+    from fakes.aws import mocked_aws
+    from fakes.modelscope import FakeModelScope
+    from functional.machine import make_world, simulate_time, transitions
+    from imagegw.jobs import steps
+
+    counts: list[int] = []
+    waits: list[int] = []
+    with quiet_gateway_logs(), pytest.MonkeyPatch.context() as patch, mocked_aws() as aws:
+        fake = FakeModelScope()
+        with ServerThread(fake) as server:
+            for name, value in {
+                "BUCKET": aws.bucket,
+                "AWS_REGION": aws.region,
+                "MODELSCOPE_BASE_URL": f"{server.url}/v1",
+                "JOB_KEY_ID": aws.key_id,
+                "POWERTOOLS_METRICS_DISABLED": "true",
+            }.items():
+                patch.setenv(name, value)
+            fake.base_url = f"{server.url}/v1"  # type: ignore[attr-defined]
+            world = make_world(aws, patch, fake)(job_poll_interval=5)
+            simulate_time(world, patch, fake)
+            patch.setattr(steps, "ESTIMATES", MemoryEstimates())
+            rng = random.Random(SIM_SEED)
+            for _ in range(JOBS):
+                queue, run = rng.uniform(*QUEUE), 30.0 * rng.uniform(1 - JITTER, 1 + JITTER)
+                fake.pending_seconds, fake.task_duration = queue, queue + run
+                job_id = world.submit()
+                world.wait(job_id)
+                counts.append(transitions(world.history(job_id)))
+            waits = list(world.waits)
+    today, learned = counts[:LEARNED_AFTER], counts[LEARNED_AFTER:]
+    rows = [
+        ["durable 30-s job (moto)", "today", *_job_figures(today)],
+        ["durable 30-s job (moto)", "predictive", *_job_figures(learned)],
+    ]
+    return rows, {"transitions": counts, "waits": waits}
+
+
+JOBS: Final = 20
+LEARNED_AFTER: Final = 3
+
+
+def _job_figures(counts: list[int]) -> list[str]:
+    return [
+        f"{statistics.median(counts):g}",
+        f"{max(counts)}",
+        f"${1000 * statistics.mean(counts) * TRANSITION_PRICE:.2f}",
+    ]
+
+
+def run() -> Report:
+    settings = Settings()
+    began = time.monotonic()
+    sim_rows, sim_data = simulated(settings)
+    instant_sim = simulate(Task("instant", 0.0, 0.0), predictive(settings, None))[0].lag
+    real_rows, real_data = real_time()
+    job_rows, job_data = durable()
+    short = sim_data["short (2-12 s)"]["predictive"]
+    long = sim_data["long (20-60 s)"]["predictive"]
+    learned_jobs = job_data["transitions"][LEARNED_AFTER:]
+    instant_real = max(real_data["instant_s"], default=float("nan"))
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    summary = [
+        (
+            "short tasks: median lag",
+            fmt_s(short["median_lag"]),
+            f"≤ 0.25 s ({met(short['median_lag'] <= 0.25)})",
+        ),
+        (
+            "short tasks: polls / s",
+            f"{short['polls_per_s']:.2f}",
+            f"≤ 1.0 ({met(short['polls_per_s'] <= 1.0)})",
+        ),
+        (
+            "long tasks: polls / s",
+            f"{long['polls_per_s']:.2f}",
+            f"≤ 0.3 ({met(long['polls_per_s'] <= 0.3)})",
+        ),
+        (
+            "instant task answered (simulated)",
+            fmt_s(instant_sim),
+            f"≤ 0.2 s ({met(instant_sim <= 0.2)})",
+        ),
+        (
+            "instant task answered (real, worst of 5)",
+            fmt_s(instant_real),
+            f"≤ 0.2 s ({met(instant_real <= 0.2)})",
+        ),
+        (
+            "30-s durable job: transitions (worst)",
+            f"{max(learned_jobs)}",
+            f"≤ 10 ({met(max(learned_jobs) <= 10)})",
+        ),
+    ]
+    polls = Table(
+        "Polling: today's fixed schedule beside the predictive one",
+        ["mix", "schedule", "median lag", "p90 lag", "polls / s", "polls / task"],
+        sim_rows + real_rows,
+    )
+    jobs = Table(
+        "Durable jobs: state transitions per 30-s job (Standard)",
+        ["job", "schedule", "median", "worst", "transitions $ / 1,000 jobs"],
+        job_rows,
+    )
+    notes = [
+        __doc__.split("\n\n", 1)[1].replace("\n", " ") if __doc__ else "",
+        f"Real time: the gateway in process, IMAGE_LINKS=provider, against the fake on loopback; "
+        f"tasks queue {REAL_QUEUE:g} s then run {REAL_RUN:g} s ±20%; the predictive gateway "
+        f"first learns from {REAL_WARM} tasks; {REAL_TASKS} streamed at once per schedule; lag "
+        "here is poll detection (first SUCCEED poll − task end).",
+        f"Durable: {JOBS} jobs of 30 s ±20% queued 0–5 s, JOB_POLL_INTERVAL 5 s, on the ASL under "
+        f"moto with simulated time (the fake's clock, the steps' clock and the Wait states "
+        f"move together); the first {LEARNED_AFTER} have no history (today's pace), the rest "
+        "wait for the predicted end. Transitions = states entered, as Standard bills them "
+        f"(${TRANSITION_PRICE * 1000:.3f} per 1,000).",
+        f"Wall time {time.monotonic() - began:.0f} s.",
+    ]
+    return Report(
+        name="polling",
+        title="predictive polling beside today's schedule",
+        tables=[polls, jobs],
+        notes=notes,
+        data={"simulated": sim_data, "real_time": real_data, "durable": job_data},
+        summary=summary,
+    )
+
+
+if __name__ == "__main__":
+    print(run().markdown())

@@ -1,0 +1,100 @@
+"""Advance: one provider answer (to a `start` or a `check`) -> what it means for the task.
+
+`start_all` starts a job's calls for both drivers. The rest is pure: an answer becomes an
+`Outcome` (started, still running, made images, or failed with a typed `GatewayError`); each
+driver keeps its own book of tasks (in memory, or in the state machine's state) and applies
+outcomes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imagegw.errors import GatewayError, ProviderError
+from imagegw.providers.base import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    Provider,
+    Running,
+    Started,
+    TaskStatus,
+)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The provider took the work: a task to poll."""
+
+    task_id: str
+    state: str = "SUBMITTED"
+
+
+@dataclass(frozen=True)
+class Working:
+    """Still going; `state` is the provider's name for where it is (PENDING, RUNNING, ...)."""
+
+    state: str
+
+
+@dataclass(frozen=True)
+class Made:
+    """The task ended with images (provider URLs or data URIs)."""
+
+    images: tuple[str, ...]
+    state: str = "SUCCEED"
+
+
+@dataclass(frozen=True)
+class Broke:
+    """The task ended without images, for `error`."""
+
+    error: GatewayError
+    state: str = "FAILED"
+
+
+Outcome = Submitted | Working | Made | Broke
+
+
+async def start_all(
+    provider: Provider, parts: Sequence[GenerationRequest]
+) -> list[Started | Finished | BaseException]:
+    """Start every part of a job at once (`Provider.split`); each call's answer or failure, in
+    the order of the parts (for `advance`)."""
+    return await asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
+
+
+def task_failed(title: str, task_id: str | None, reason: str) -> ProviderError:
+    """The error of a task the provider reports failed (its reason, redacted when rendered)."""
+    which = f" task {task_id}" if task_id else ""
+    return ProviderError(f"{title}{which} failed: {reason}", code="generation_failed")
+
+
+def advance(
+    title: str, task_id: str | None, answer: Started | TaskStatus | BaseException
+) -> Outcome:
+    """The outcome of `answer` for the task `task_id` (None before it started). Re-raises an
+    exception that is not the gateway's (a bug: never swallowed)."""
+    if isinstance(answer, GatewayError):
+        return Broke(answer)
+    if isinstance(answer, BaseException):
+        raise answer
+    if isinstance(answer, Started):
+        return Submitted(answer.task_id)
+    if isinstance(answer, Running):
+        return Working(answer.state)
+    if isinstance(answer, Finished):
+        if not answer.images:
+            empty = ProviderError(f"{title} finished without an image.", code="provider_error")
+            return Broke(empty)
+        return Made(answer.images, answer.state)
+    assert isinstance(answer, Failed)
+    return Broke(task_failed(title, task_id, answer.reason), answer.state)
+
+
+def refusal(failures: Sequence[GatewayError]) -> GatewayError:
+    """The error of a job that made no image: the first that forbids a retry when any does
+    (one of the calls may have started paid work), else the first."""
+    return next((exc for exc in failures if exc.retryable is not True), failures[0])

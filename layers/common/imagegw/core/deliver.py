@@ -1,0 +1,142 @@
+"""Deliver: result images -> what the client gets, per IMAGE_LINKS or the caller's mode.
+
+- `provider`: the provider's own URL (images a provider answered inline are still stored);
+- `stored` (default): a copy in the bucket under images/, linked as `{base}/v1/files/{name}`,
+  which redirects to a fresh presigned URL for as long as the object is kept;
+- `inline`: a PNG/JPEG data URI (other types are stored: Cherry Studio shows only those two);
+- `data`: a data URI of any type, nothing stored (the Images API's `b64_json`; not a setting);
+- `as_is`: what the job already kept (a durable job's result: copies were made by its Store).
+
+A result is paid for: when it cannot be copied (the provider's link fails, or the bucket does),
+the client still gets it, as the provider's own link or, for an image the provider answered
+inline, as a data URI, with a warning in the log. `copy_result` is that rule, for every driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from imagegw.config import Settings
+from imagegw.errors import GatewayError, NotFoundError, ProviderError, StorageError
+from imagegw.fetcher import Fetcher, FetchError
+from imagegw.images import ImageBytes, check_image, decode_data_uri, is_data_uri
+from imagegw.log import logger
+from imagegw.storage import ImageStore
+
+INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg"})
+#: how results are linked: the IMAGE_LINKS values, and modes for callers (see above)
+LinkMode = Literal["provider", "stored", "inline", "data", "as_is"]
+#: stores an image in the bucket; its name there (raises StorageError)
+Save = Callable[[ImageBytes], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A result copied into the bucket under images/ (`name`)."""
+
+    name: str
+
+
+#: a result image: a provider URL or data URI, or a stored copy
+Ref = str | Stored
+
+
+def file_link(base_url: str, name: str) -> str:
+    return f"{base_url.rstrip('/')}/v1/files/{name}"
+
+
+async def fetch_image(fetcher: Fetcher, ref: str, settings: Settings) -> ImageBytes:
+    """The bytes of a result image: a data URI, or a provider's URL downloaded by the guarded
+    fetcher (`Fetcher.for_results`: size cap, timeout, redirects checked; the reason of a
+    failure is logged, the client hears one text)."""
+    limit = settings.max_result_bytes
+    if is_data_uri(ref):
+        return decode_data_uri(ref, max_bytes=limit, what="generated image")
+    try:
+        data = await fetcher.fetch(ref, limit=limit)
+    except FetchError:
+        raise ProviderError(
+            "The generated image could not be downloaded from the provider's link.",
+            code="result_unavailable",
+        ) from None
+    return check_image(data, max_bytes=limit, what="generated image")
+
+
+async def _fetch_or_keep(ref: str, fetcher: Fetcher, settings: Settings) -> ImageBytes | None:
+    """The image, or None when a provider's link cannot be fetched (the link is kept: it
+    still works for a while). A bad data URI raises: there is no link to fall back on."""
+    try:
+        return await fetch_image(fetcher, ref, settings)
+    except GatewayError as exc:
+        if is_data_uri(ref):
+            raise
+        logger.warning(
+            "result not copied; keeping the provider's link", extra={"error": exc.message}
+        )
+        return None
+
+
+async def _save_or_keep(image: ImageBytes, ref: str, save: Save) -> Ref:
+    """The stored copy, or when the bucket fails what the provider gave (its link, or the
+    image itself as a data URI)."""
+    try:
+        return Stored(await save(image))
+    except StorageError as exc:
+        logger.warning(
+            "result not stored: the bucket failed; keeping the provider's link",
+            extra={"error": exc.message},
+        )
+        return image.data_uri() if is_data_uri(ref) else ref
+
+
+async def copy_result(ref: str, *, settings: Settings, fetcher: Fetcher, save: Save) -> Ref:
+    """A paid result copied into the bucket, or kept as the provider gave it when that fails."""
+    image = await _fetch_or_keep(ref, fetcher, settings)
+    if image is None:
+        return ref
+    return await _save_or_keep(image, ref, save)
+
+
+async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str) -> str:
+    if mode != "data":
+        return file_link(base_url, ref.name)
+    image = await store.result_bytes(ref.name)
+    if image is None:
+        raise NotFoundError(
+            f"The job's image {ref.name} is no longer stored (ImageRetentionDays).",
+            code="result_expired",
+        )
+    return image.data_uri()
+
+
+async def deliver(
+    refs: Sequence[Ref],
+    *,
+    settings: Settings,
+    store: ImageStore,
+    fetcher: Fetcher,
+    base_url: str,
+    mode: LinkMode | None = None,
+) -> tuple[str, ...]:
+    """What the client gets for `refs`, as `mode` says (default: IMAGE_LINKS)."""
+    how: LinkMode = mode or settings.image_links
+
+    async def one(ref: Ref) -> str:
+        if isinstance(ref, Stored):
+            return await _stored(ref, how, store, base_url)
+        if how == "as_is" or (how == "provider" and not is_data_uri(ref)):
+            return ref
+        if how == "data":  # the bytes are the answer: no link to fall back on
+            return (await fetch_image(fetcher, ref, settings)).data_uri()
+        image = await _fetch_or_keep(ref, fetcher, settings)
+        if image is None:
+            return ref
+        if how == "inline" and image.mime in INLINE_TYPES:
+            return image.data_uri()
+        kept = await _save_or_keep(image, ref, store.save_result)
+        return file_link(base_url, kept.name) if isinstance(kept, Stored) else kept
+
+    return tuple(await asyncio.gather(*(one(ref) for ref in refs)))

@@ -1,0 +1,76 @@
+"""Where run times are learned: an `Estimates` store, by `schedule.Key`.
+
+`MemoryEstimates` keeps them in the process (one Lambda instance learns from its own tasks).
+Where the gateway has a DynamoDB table (the gateway-keys work), a table-backed store with the
+same two calls shares them across instances: `get` reads the key's item (cached briefly),
+`record` folds a sample in with a conditional write on the sample count (a lost race drops one
+sample: these are statistics). Priors for the providers' catalogue models (`ModelInfo.seconds`)
+answer until a model has a history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing, queue_time
+
+#: the weight of a new sample, once a model has this many (earlier ones weigh 1/n)
+WEIGHT: Final = 0.2
+#: a prior's spread, as a share of its seconds (priors are guesses)
+PRIOR_SPREAD: Final = 0.3
+#: the spread assumed after one sample, as a share of it
+FIRST_SPREAD: Final = 0.15
+
+
+class Estimates(Protocol):
+    """Learned run times, shared by every driver of the same store."""
+
+    async def get(self, key: Key) -> Estimate | None: ...
+
+    async def record(self, key: Key, seconds: float) -> None: ...
+
+
+def fold(old: Estimate | None, seconds: float) -> Estimate:
+    """`old` with one more sample: an exponentially weighted mean and deviation."""
+    if old is None or old.samples == 0:
+        return Estimate(seconds, FIRST_SPREAD * seconds, 1)
+    weight = max(WEIGHT, 1.0 / (old.samples + 1))
+    delta = seconds - old.seconds
+    variance = (1 - weight) * (old.spread**2 + weight * delta**2)
+    return Estimate(old.seconds + weight * delta, math.sqrt(variance), old.samples + 1)
+
+
+class MemoryEstimates:
+    """Per-process estimates; `priors` (model id -> seconds) answer for unseen models."""
+
+    def __init__(self, priors: Mapping[tuple[str, str], float] | None = None) -> None:
+        self.priors = dict(priors or {})
+        self.learned: dict[Key, Estimate] = {}
+
+    async def get(self, key: Key) -> Estimate | None:
+        found = self.learned.get(key)
+        if found is not None:
+            return found
+        prior = self.priors.get((key.provider, key.model))
+        return None if prior is None else Estimate(prior, PRIOR_SPREAD * prior, 0)
+
+    async def record(self, key: Key, seconds: float) -> None:
+        self.learned[key] = fold(self.learned.get(key), seconds)
+
+
+async def learn(estimates: Estimates | None, key: Key, timing: Timing, ended_seen: float) -> None:
+    """A task of `key` ended (seen at `ended_seen`): its run time is one more sample, and its
+    queue time one of the provider's queue."""
+    if estimates is None:
+        return
+    await estimates.record(key, timing.run_time(ended_seen))
+    queued = queue_time(timing)
+    if queued is not None:
+        await estimates.record(Key(key.provider, QUEUE_MODEL), queued)
+
+
+async def queue_of(estimates: Estimates, provider: str) -> Estimate | None:
+    """How long the provider's tasks wait before they run, as learned."""
+    return await estimates.get(Key(provider, QUEUE_MODEL))

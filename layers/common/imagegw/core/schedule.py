@@ -1,0 +1,241 @@
+"""When to poll a task next, predicted from how long the model's tasks take.
+
+A task's life as the poller sees it: submitted, queued (the provider says PENDING), running
+(the provider's own state change, e.g. RUNNING), done. The run time of finished tasks is learned
+by (provider, model, size/steps bucket) in an `Estimates` store, and a task is polled:
+
+- once early (`EARLY` after submission), so an instant task is answered at once;
+- every `QUEUED_EVERY` while the provider says it is queued (its run has not begun);
+- sparsely while running far from its predicted end (each wait half the time left to the
+  window), then densely in a window around the predicted end, as wide as the learned spread
+  and the uncertainty of when the run began; the density is bounded by a poll budget
+  (`budget`: 1.5 polls a second of the expected time for short tasks, 0.28 for long ones);
+- past the window, on today's schedule counted from the window's end;
+- on today's schedule (`poll_delay`) when nothing was learned yet for the model.
+
+Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
+ask `next_delay`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+#: the first poll, this long after the submission answered (an instant task)
+EARLY: Final = 0.15
+#: between polls while the provider says the task is queued
+QUEUED_EVERY: Final = 1.0
+#: the densest polling, in the window around the predicted end
+DENSE_MIN: Final = 0.3
+#: half-width of the dense window, in spreads (about 70% of the ends fall inside)
+CORE: Final = 0.75
+#: beyond this distance to the window, waits halve it (a check on the way: sparse)
+FAR: Final = 4.0
+#: poll budgets (polls a second of generation) for short and long tasks, and where long begins
+SHORT_BUDGET: Final = 1.5
+LONG_BUDGET: Final = 0.28
+LONG_TASK: Final = 15.0
+#: polls run at the base interval this long, then slow down towards the maximum (today's)
+FAST_POLLING_SECONDS: Final = 15.0
+#: samples after which a model's history is trusted beyond POLL_INTERVAL_MAX
+LEARNED: Final = 3
+#: provider states that mean "not begun" (anything else not final is running)
+QUEUED_STATES: Final = frozenset({"SUBMITTED", "PENDING", "QUEUED", "QUEUING", "WAITING"})
+
+
+def poll_delay(elapsed: float, base: float, maximum: float) -> float:
+    """Today's schedule, for tasks of a model with no history: the base interval (default
+    0.75 s) for the first 15 s, then more and more gently, up to `maximum`."""
+    if elapsed <= FAST_POLLING_SECONDS:
+        return base
+    return min(maximum, base * (1.0 + (elapsed - FAST_POLLING_SECONDS) / FAST_POLLING_SECONDS))
+
+
+def bucket(options: Mapping[str, Any]) -> str:
+    """The size/steps class of a job's options (wire names `size` "WxH", `steps`), so a model's
+    large or many-step tasks are learned apart from its small ones."""
+    pixels = 0
+    size = options.get("size")
+    if isinstance(size, str) and "x" in size:
+        width, _, height = size.partition("x")
+        if width.isdigit() and height.isdigit():
+            pixels = int(width) * int(height)
+    area = "default" if not pixels else f"{min(4, math.ceil(pixels / 1_048_576))}mp"
+    steps = options.get("steps")
+    pace = f"{min(4, math.ceil(steps / 25))}q" if isinstance(steps, int) and steps > 0 else "std"
+    return f"{area}/{pace}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """What run times are learned by."""
+
+    provider: str
+    model: str
+    bucket: str = "default/std"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a task runs (seconds, from its run beginning to its end), how much that varies
+    (about one standard deviation), and from how many tasks it was learned (0: a prior)."""
+
+    seconds: float
+    spread: float
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the poller saw of one task, on its clock."""
+
+    submitted: float
+    polls: int = 0
+    #: the last poll that saw the task queued (its run began after this)
+    queued_seen: float | None = None
+    #: the first poll that saw it running (its run began before this)
+    running_seen: float | None = None
+    #: the last poll that saw it running (it ended after this)
+    last_running: float | None = None
+
+    def seen(self, at: float, state: str) -> Timing:
+        """After a poll at `at` answered `state` (a state still in progress)."""
+        polls = self.polls + 1
+        if state.upper() in QUEUED_STATES and self.running_seen is None:
+            return replace(self, polls=polls, queued_seen=at)
+        first = self.running_seen if self.running_seen is not None else at
+        return replace(self, polls=polls, running_seen=first, last_running=at)
+
+    def began(self) -> tuple[float, float]:
+        """When the run began, at the earliest and the latest."""
+        earliest = self.queued_seen if self.queued_seen is not None else self.submitted
+        latest = self.running_seen if self.running_seen is not None else earliest
+        return earliest, latest
+
+    def run_time(self, ended_seen: float) -> float:
+        """The task's run time, its end seen at `ended_seen`: the middles of the spans in which
+        it began and ended (what `Estimates.record` learns)."""
+        earliest, latest = self.began()
+        last = self.last_running if self.last_running is not None else latest
+        return max(0.0, (last + ended_seen) / 2 - (earliest + latest) / 2)
+
+
+@dataclass(frozen=True)
+class Window:
+    """When the task should end: about `centre`, give or take `spread` (one deviation of the
+    run time and of when the run began, together)."""
+
+    centre: float
+    spread: float
+
+    @property
+    def start(self) -> float:
+        return self.centre - CORE * self.spread
+
+    @property
+    def end(self) -> float:
+        return self.centre + CORE * self.spread
+
+
+def window(timing: Timing, estimate: Estimate) -> Window:
+    """The predicted end of a running task."""
+    earliest, latest = timing.began()
+    run = max(estimate.spread, 0.03 * estimate.seconds)
+    spread = math.sqrt(run**2 + (latest - earliest) ** 2 / 12)
+    return Window((earliest + latest) / 2 + estimate.seconds, spread)
+
+
+def budget(expected: float) -> float:
+    """Polls a task may use, expected to take `expected` seconds from its submission."""
+    return (SHORT_BUDGET if expected < LONG_TASK else LONG_BUDGET) * expected
+
+
+def _queued(estimate: Estimate, base: float, maximum: float) -> float:
+    """While queued: as often as the run's own spread makes worth knowing when it began (at
+    POLL_INTERVAL until the model has a history)."""
+    if estimate.samples < LEARNED:
+        return base
+    return min(maximum, max(QUEUED_EVERY, 2 * estimate.spread))
+
+
+def _dense(timing: Timing, span: Window, dense: float) -> float:
+    """The spacing in the window: `dense`, or wider where the task's budget is short."""
+    left = budget(span.centre - timing.submitted) - timing.polls
+    return max(dense, 2 * CORE * span.spread / max(1.0, left))
+
+
+def next_delay(
+    timing: Timing, estimate: Estimate | None, now: float, base: float, maximum: float
+) -> float:
+    """Seconds from `now` to the next poll of the task (`base`, `maximum`: POLL_INTERVAL and
+    POLL_INTERVAL_MAX, for today's schedule).
+
+    A wait while running is never longer than the task has run so far, unless that is below
+    POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
+    history) never longer than POLL_INTERVAL_MAX either. So a prediction that is far off costs
+    a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL."""
+    if timing.polls == 0:
+        return max(0.0, timing.submitted + min(EARLY, base) - now)
+    if estimate is None:
+        return poll_delay(now - timing.submitted, base, maximum)
+    if timing.running_seen is None:
+        return _queued(estimate, base, maximum)
+    ran = max(base, now - timing.began()[1])
+    cap = max(maximum, ran) if estimate.samples >= LEARNED else min(maximum, ran)
+    dense = min(DENSE_MIN, base)
+    span = window(timing, estimate)
+    if now < span.start:  # far: halve the distance while it is long, then go to the window
+        far = span.start - now
+        return min(cap, far if far <= FAR else far / 2)
+    if now <= span.end:
+        return min(cap, _dense(timing, span, dense))
+    late = (now - span.end) / max(span.spread, dense)
+    return min(maximum, dense * (1.0 + late))
+
+
+def expected_total(timing: Timing, estimate: Estimate | None) -> float | None:
+    """About how long the task takes from its submission, once it runs (None: not known)."""
+    if estimate is None or timing.running_seen is None:
+        return None
+    return window(timing, estimate).centre - timing.submitted
+
+
+#: what queue times are learned as (per provider: how long its tasks wait before they run)
+QUEUE_MODEL: Final = "(queue)"
+
+
+def queue_time(timing: Timing) -> float | None:
+    """How long the task was queued at most (to the first poll that saw it running), once
+    seen running: what a durable job's wait allows for, so it errs towards one poll too late
+    rather than one poll too many."""
+    if timing.running_seen is None:
+        return None
+    return max(0.0, timing.running_seen - timing.submitted)
+
+
+def job_wait(
+    timing: Timing, run: Estimate | None, queue: Estimate | None, now: float
+) -> float | None:
+    """Seconds a durable job waits before its next poll, each poll costing three state
+    transitions (Wait, Poll, Check): until the task has most likely ended. None when the model
+    has no history (`LEARNED` tasks), or the prediction has passed (the usual pace then).
+
+    After the submission: the typical queue and run, and one spread. Seen queued: at least the
+    run ahead. Seen running: until the latest likely end (the run begun no later than the
+    typical queue's high end, two spreads)."""
+    if run is None or run.samples < LEARNED:
+        return None
+    queued, queue_high = 0.0, 0.0
+    if queue is not None:
+        queued, queue_high = queue.seconds, queue.seconds + 2 * queue.spread
+    if timing.polls == 0:
+        target = timing.submitted + queued + run.seconds + run.spread
+    elif timing.running_seen is None:
+        target = now + run.seconds - run.spread
+    else:
+        latest = min(timing.running_seen, max(timing.began()[0], timing.submitted + queue_high))
+        target = latest + run.seconds + 2 * run.spread
+    return target - now if target > now else None

@@ -1,0 +1,157 @@
+"""Predictive polling (`imagegw.core.schedule`, `imagegw.core.estimates`) on a simulated clock,
+and the interactive driver following and teaching it."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from imagegw.config import Settings
+from imagegw.core.estimates import MemoryEstimates, fold
+from imagegw.core.schedule import (
+    EARLY,
+    Estimate,
+    Key,
+    Timing,
+    bucket,
+    job_wait,
+    next_delay,
+    poll_delay,
+    window,
+)
+from imagegw.generation import Progress, Result, run
+from imagegw.providers.base import Finished as Done
+from imagegw.providers.base import GenerationRequest, ModelKind, Running, Started, TaskStatus
+from imagegw.streaming import progress_text
+
+pytestmark = pytest.mark.anyio
+
+BASE, MAXIMUM = 0.75, 3.0
+LEARNED = Estimate(seconds=10.0, spread=0.5, samples=20)
+
+
+def polls_until(end: float, queue: float, estimate: Estimate | None) -> tuple[int, float]:
+    """Poll a task queued `queue` s, ending at `end`, on a simulated clock: (polls, lag)."""
+    timing, now = Timing(submitted=0.0), 0.0
+    while True:
+        now += next_delay(timing, estimate, now, BASE, MAXIMUM)
+        if now >= end:
+            return timing.polls + 1, now - end
+        timing = timing.seen(now, "PENDING" if now < queue else "RUNNING")
+
+
+def test_an_instant_task_is_answered_by_the_first_poll_within_200_ms() -> None:
+    for estimate in (None, LEARNED):
+        polls, lag = polls_until(0.0, 0.0, estimate)
+        assert polls == 1 and lag <= 0.2
+    assert EARLY <= 0.2
+
+
+def test_without_history_the_schedule_is_todays_after_the_early_poll() -> None:
+    timing = Timing(submitted=0.0).seen(EARLY, "RUNNING")
+    for now in (1.0, 10.0, 30.0, 90.0):
+        assert next_delay(timing, None, now, BASE, MAXIMUM) == poll_delay(now, BASE, MAXIMUM)
+
+
+def test_a_learned_model_is_polled_sparsely_far_from_its_end_and_densely_near_it() -> None:
+    timing = Timing(submitted=0.0).seen(0.15, "PENDING").seen(1.0, "RUNNING")
+    span = window(timing, LEARNED)
+    far = next_delay(timing, LEARNED, 1.0, BASE, MAXIMUM)
+    near = next_delay(timing, LEARNED, span.centre, BASE, MAXIMUM)
+    assert far > 2.0 and near <= 0.3
+    assert span.start < 0.5 + 10.0 < span.end
+
+
+def test_a_learned_model_costs_fewer_polls_at_a_shorter_lag_than_todays_schedule() -> None:
+    learned = [polls_until(2.0 + 10.0 * j, 2.0, LEARNED) for j in (0.97, 1.0, 1.03)]
+    today = [polls_until(2.0 + 10.0 * j, 2.0, None) for j in (0.97, 1.0, 1.03)]
+    assert sum(p for p, _ in learned) < sum(p for p, _ in today)
+    assert max(lag for _, lag in learned) <= 0.3
+
+
+def test_a_prediction_far_off_costs_polls_not_a_long_lag() -> None:
+    # the model learned 10 s, but this task is done after 1 s: no wait is longer than the task
+    # has run so far, or than POLL_INTERVAL_MAX
+    _, lag = polls_until(1.5, 0.5, LEARNED)
+    assert lag <= MAXIMUM
+    # a catalogue prior (no history) never waits longer than POLL_INTERVAL_MAX
+    prior = Estimate(seconds=60.0, spread=18.0, samples=0)
+    timing = Timing(submitted=0.0).seen(0.15, "RUNNING")
+    assert next_delay(timing, prior, 20.0, BASE, MAXIMUM) <= MAXIMUM
+
+
+def test_run_times_are_learned_by_size_and_steps() -> None:
+    assert bucket({}) != bucket({"size": "2048x2048"}) != bucket({"steps": 80})
+    assert bucket({"size": "1024x1024"}) == bucket({"size": "1000x1000"})
+
+
+async def test_estimates_learn_from_samples_and_start_from_priors() -> None:
+    store = MemoryEstimates({("modelscope", "Qwen/Qwen-Image"): 15.0})
+    key = Key("modelscope", "Qwen/Qwen-Image")
+    prior = await store.get(key)
+    assert prior is not None and prior.samples == 0 and prior.seconds == 15.0
+    for seconds in (8.0, 8.4, 7.6, 8.2):
+        await store.record(key, seconds)
+    learned = await store.get(key)
+    assert learned is not None and learned.samples == 4
+    assert 7.6 < learned.seconds < 8.4 and 0 < learned.spread < 1.0
+    assert await store.get(Key("modelscope", "other")) is None
+    assert fold(None, 5.0).seconds == 5.0
+
+
+class Timed:
+    """A provider whose task answers RUNNING a few times, then its image."""
+
+    name, title, catalog = "timed", "Timed", ()
+
+    def __init__(self, runs: int) -> None:
+        self.runs, self.checks = runs, 0
+
+    def split(self, request: GenerationRequest) -> list[GenerationRequest]:
+        return [request]
+
+    async def start(self, request: GenerationRequest) -> Started:
+        return Started("t-1")
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        self.checks += 1
+        return Running("RUNNING") if self.checks <= self.runs else Done(("https://i/1.png",))
+
+
+async def test_the_interactive_driver_shows_the_estimate_and_learns_the_run() -> None:
+    # Given a model whose tasks are known to take about 0.05 s
+    settings = Settings(poll_interval=0.01, poll_interval_max=0.02, progress_interval=1.0)
+    store = MemoryEstimates()
+    key = Key("timed", "m", bucket({}))
+    for seconds in (0.05, 0.05, 0.05):
+        await store.record(key, seconds)
+    request = GenerationRequest("timed", "m", ModelKind.GENERATE, "a cat", SecretStr("k"))
+
+    # When a task runs
+    provider = Timed(runs=3)
+    events = [e async for e in run(provider, request, settings, estimates=store)]  # type: ignore[arg-type]
+
+    # Then its progress says how long it should take, and the store learned one more run
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert isinstance(events[-1], Result)
+    estimated = [p for p in progress if p.expected is not None]
+    assert estimated and "of about" in progress_text(Progress("RUNNING", 12.0, expected=20.0))
+    assert (
+        progress_text(Progress("RUNNING", 12.0, expected=20.0)) == "RUNNING · 12 s of about 20 s\n"
+    )
+    learned = await store.get(key)
+    assert learned is not None and learned.samples == 4
+
+
+def test_a_durable_job_waits_for_the_predicted_end_once_the_model_is_learned() -> None:
+    submitted = Timing(submitted=0.0)
+    queue = Estimate(seconds=2.5, spread=1.5, samples=10)
+    run30 = Estimate(seconds=30.0, spread=3.0, samples=10)
+    # no history (or a prior only): the usual pace
+    assert job_wait(submitted, None, queue, 0.0) is None
+    assert job_wait(submitted, Estimate(30.0, 9.0, 0), queue, 0.0) is None
+    # after the submission: the typical queue and run, and a spread
+    assert job_wait(submitted, run30, queue, 0.0) == pytest.approx(35.5)
+    # still running at that poll: until the latest likely end (begun by the queue's high end)
+    running = submitted.seen(35.5, "RUNNING")
+    assert job_wait(running, run30, queue, 35.5) == pytest.approx(5.5 + 36.0 - 35.5)
