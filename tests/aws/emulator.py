@@ -357,7 +357,7 @@ def deploy_stack(
     parameters = {
         "Architecture": architecture,
         "WebAdapterLayerArn": publish_stub_layer(emulator, architecture),
-        "ModelScopeBaseUrl": provider_url,
+        "ProviderSettings": f"MODELSCOPE_BASE_URL={provider_url}",
         **PARAMETERS,
         **(overrides or {}),
     }
