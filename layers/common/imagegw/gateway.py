@@ -12,6 +12,12 @@ from imagegw.errors import NotFoundError
 from imagegw.jobs.service import Jobs
 from imagegw.providers import PROVIDERS, Provider
 from imagegw.storage import ImageStore
+from imagegw.transport import ProviderTransport
+
+#: provider requests in flight at once (more wait for a connection). The pool's work per request
+#: does not grow with it (`imagegw.transport`); one connection serves a request for
+#: milliseconds, so a few dozen serve hundreds of streams.
+MAX_PROVIDER_CONNECTIONS = 100
 
 
 class Gateway:
@@ -34,10 +40,18 @@ class Gateway:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.settings.provider_timeout, connect=10.0),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                # connections that could not be made are tried once more: nothing was sent, so
+                # a submit cannot start a task twice (imagegw.transport)
+                transport=ProviderTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1),
                 follow_redirects=False,
+                event_hooks={"request": [self._first_provider_call]},
             )
         return self._client
+
+    async def _first_provider_call(self, request: httpx.Request) -> None:
+        # the S3 client is built in the background while the provider works (README "Cold
+        # start"); after the first call this returns at once
+        self.store.warm()
 
     def provider(self, name: str | None) -> Provider:
         """The provider a route names, or the default one."""
