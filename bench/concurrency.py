@@ -265,8 +265,9 @@ def run() -> Report:
         "The fake's result images are one colour, encoded once (see fake_modelscope in "
         "bench/common.py), so the harness does not eat the CPU the gateway needs.",
         f"Reference: the hello-world app spends {fmt_s(hello_cpu, 3)} of CPU per 100 requests "
-        f"({HELLO_BURSTS} × {STREAMS} at once, same client). The seed: {SEED_CPU_PER_100_S} s per 100 streamed "
-        f"generations and {SEED_WALL_S} s for {STREAMS} concurrent 3-s ones (issue 11).",
+        f"({HELLO_BURSTS} × {STREAMS} at once, same client). The seed: {SEED_CPU_PER_100_S} s "
+        f"per 100 streamed generations and {SEED_WALL_S} s for {STREAMS} concurrent 3-s ones "
+        "(issue 11).",
         f"First burst: {BURST_STREAMS} streams at once on a fresh process (no warm-up, so every "
         f"submit needs a new connection) against a fake whose listen backlog is {BURST_BACKLOG}.",
     ]

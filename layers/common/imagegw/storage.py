@@ -78,7 +78,7 @@ class ImageStore:
 
     def _warm(self) -> None:
         try:
-            self.s3
+            _ = self.s3
         except Exception as exc:  # the request that needs the client reports it
             logger.warning("the S3 client could not be built", extra={"error": type(exc).__name__})
 
