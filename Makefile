@@ -98,7 +98,8 @@ check: lint types validate asl
 test: check build build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest
 
-bench: $(BIN)/.ready
+# the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
+bench: $(BIN)/.ready build-local
 	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
 
 clean:
