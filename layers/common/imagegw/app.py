@@ -130,8 +130,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # nothing before readiness that a first request may not need: the S3 client (boto3,
-        # the heaviest import) is built in the background when a provider is first used, while
-        # the provider works (`Gateway.provider`; README "Cold start")
+        # the heaviest import) is built in the background from the first provider call on,
+        # while the provider works (`Gateway.client`; README "Cold start")
         yield
         await gateway.aclose()
 

@@ -68,8 +68,9 @@ class ImageStore:
 
         Importing boto3 and loading the S3 model is the heaviest step of a cold start (0.1-0.5 s
         of CPU), and a process that serves only provider links may never need it: so it is not
-        done before the readiness check, but when a generation starts, while the provider works.
-        A request that needs the client first waits for it (`s3` holds the lock meanwhile).
+        done before the readiness check, but from the first provider call on (`Gateway.client`),
+        while the provider works. A request that needs the client first waits for it (`s3`
+        holds the lock meanwhile).
         """
         if self._s3 is not None or self._warming is not None or not self.settings.bucket:
             return
