@@ -119,7 +119,8 @@ test-aws: $(BIN)/.ready $(AWS_VENV)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) AWS_EMULATOR_PYTHON=$(AWS_VENV)/bin/python SAM_CLI=$(SAM) \
 	  timeout $(AWS_TEST_TIMEOUT) $(BIN)/pytest tests/aws
 
-bench: $(BIN)/.ready
+# the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
+bench: $(BIN)/.ready build-local
 	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
 
 clean:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -212,10 +211,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # build the S3 client before the first request needs it (on Lambda: during init,
-        # before the Web Adapter's readiness check passes); it makes no network call
-        if settings.bucket:
-            await anyio.to_thread.run_sync(lambda: gateway.store.s3)
+        # nothing before readiness that a first request may not need: the S3 client (boto3,
+        # the heaviest import) is built in the background from the first provider call on,
+        # while the provider works (`Gateway.client`; README "Cold start")
         yield
         await gateway.aclose()
 
