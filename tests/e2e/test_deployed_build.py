@@ -14,7 +14,9 @@ forwards requests over HTTP. This test does the same without Docker: it starts
   `Ref`s), with loopback stand-ins for the outside world, plus Lambda's own variables.
 
 So it catches what unit tests cannot: a dependency missing from `layers/common/requirements.txt`,
-wheels built for the wrong architecture, a broken `run.sh`, an app that fails to start.
+wheels built for the wrong architecture, a broken `run.sh`, an app that fails to start. The
+runtime and the environment come from `lambdahost.build`, which `make invoke` uses too (and
+`test_invoke.py` runs every sample event through it).
 
 The Makefile runs `sam build --build-dir .aws-sam/build-local --parameter-overrides
 Architecture=<local arch>` and exports `SAM_LOCAL_BUILD_DIR`. Without it the test is skipped,
@@ -24,28 +26,31 @@ except on CI (`CI=true`) where it fails.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
-import platform
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import httpx
 import pytest
-import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
-from lambda_events import to_http_request
+from lambdahost.adapter import free_port
+from lambdahost.build import (
+    InvokeError,
+    Resolver,
+    Template,
+    check_architecture,
+    lambda_python,
+    lambda_variables,
+)
+from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.e2e
 
@@ -55,9 +60,6 @@ BUILD_DIR_ENV = "SAM_LOCAL_BUILD_DIR"
 FUNCTION = "ApiFunction"
 LAYER = "CommonLayer"
 READY_TIMEOUT = 20.0
-
-# What the Lambda Python runtime ships besides the standard library (import names).
-RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 
 # Environment values that must not reach the real world in a test, whatever the template says.
 STAND_INS: dict[str, str] = {
@@ -109,139 +111,52 @@ def _build_dir() -> Path:
 
 def _check_architecture(layer_python: Path) -> None:
     """Fail clearly when the layer's compiled wheels are for another machine."""
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
-    machine = machine or platform.machine().lower()
-    compiled = sorted(layer_python.glob("pydantic_core/_pydantic_core*.so"))
-    wrong = [p.name for p in compiled if machine not in p.name]
-    if wrong:
-        arch = "arm64" if machine == "aarch64" else machine
-        pytest.fail(
-            f"the layer in {layer_python} was built for another architecture ({wrong[0]}); "
-            f"build with `--parameter-overrides Architecture={arch}` to boot it here"
-        )
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name))
-
-
-def _python313() -> Path:
-    """A CPython 3.13 interpreter: pyenv's newest 3.13.x, else python3.13 on PATH."""
-    root = os.environ.get("PYENV_ROOT")
-    if not root and shutil.which("pyenv"):
-        root = subprocess.run(
-            ["pyenv", "root"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    candidates: list[Path] = []
-    if root:
-        candidates = sorted(
-            (
-                p
-                for p in Path(root, "versions").glob("3.13.*/bin/python3.13")
-                if re.fullmatch(r"3\.13\.\d+", p.parent.parent.name)
-            ),
-            key=_version_key,
-        )
-    if candidates:
-        return candidates[-1]
-    on_path = shutil.which("python3.13")
-    if on_path:
-        return Path(on_path)
-    pytest.fail(
-        "no Python 3.13 found (the Lambda runtime is python3.13): install one with "
-        "`pyenv install 3.13` or put python3.13 on PATH"
-    )
+    try:
+        check_architecture(layer_python)
+    except InvokeError as exc:
+        pytest.fail(str(exc))
 
 
 def _lambda_python(tmp: Path) -> Path:
-    """A clean 3.13 venv whose site-packages holds only the Lambda runtime's packages."""
-    venv = tmp / "runtime"
-    subprocess.run(
-        [str(_python313()), "-m", "venv", "--without-pip", str(venv)],
-        check=True,
-        capture_output=True,
-    )
-    site = next((venv / "lib").glob("python3.13/site-packages"))
-    for name in RUNTIME_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            pytest.fail(f"{name} (part of the Lambda runtime) is not installed in the dev venv")
-        if spec.submodule_search_locations:
-            source = Path(next(iter(spec.submodule_search_locations)))
-        else:
-            assert spec.origin is not None
-            source = Path(spec.origin)
-        (site / source.name).symlink_to(source)
-    return venv / "bin"
+    """The bin folder of a clean 3.13 venv whose site-packages holds only the Lambda runtime's
+    packages (`lambdahost.build.lambda_python`)."""
+    try:
+        return lambda_python(tmp / "runtime").parent
+    except InvokeError as exc:
+        pytest.fail(str(exc))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _template_environment(template: Mapping[str, Any]) -> dict[str, str]:
-    """The function's environment variables from the built template.
-
-    `Ref`s to parameters take the parameter's default; values not decidable offline (Refs to
-    resources, other intrinsics) must have a stand-in in STAND_INS.
-    """
-    parameters: Mapping[str, Any] = template.get("Parameters") or {}
-    function = template["Resources"][FUNCTION]["Properties"]
-    variables: Mapping[str, Any] = function.get("Environment", {}).get("Variables", {})
-    env: dict[str, str] = {}
+def _lambda_environment(build: Path, python_bin: Path, runtime_dir: Path) -> dict[str, str]:
+    """ApiFunction's environment as Lambda gives it (`lambdahost.build`): Lambda's own
+    variables with fake credentials (no AWS call is made), the template's variables from the
+    parameter defaults, and STAND_INS for the resources and the outside world."""
+    template = Template(build)
+    function = template.function(FUNCTION)
+    resolver = Resolver(template.parameter_defaults(), refs={})
+    variables: dict[str, str] = {}
     undecided: list[str] = []
-    for name, value in variables.items():
-        if name in STAND_INS:
-            env[name] = STAND_INS[name]
-        elif isinstance(value, str | int | float | bool):
-            env[name] = str(value)
-        elif isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
-            default = parameters[value["Ref"]].get("Default")
-            if default is None:
-                undecided.append(name)
-            else:
-                env[name] = str(default)
-        else:
+    for name, value in function.variables.items():
+        try:
+            variables[name] = STAND_INS.get(name) or resolver.value(value)
+        except LookupError:
             undecided.append(name)
     if undecided:
         pytest.fail(f"give these template variables a stand-in in STAND_INS: {undecided}")
-    return env
-
-
-def _lambda_environment(
-    build: Path, python_bin: Path, runtime_dir: Path, port: int
-) -> dict[str, str]:
-    template = yaml.safe_load((build / "template.yaml").read_text())
-    task_root = build / FUNCTION
-    env = {
-        # What Lambda sets for every function (credentials are fakes: no AWS call is made).
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "AWS_SESSION_TOKEN": "e2e-session-token",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
-        "AWS_LAMBDA_FUNCTION_NAME": "lambda-image-gateway-api",
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
-        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/lambda-image-gateway-api",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "2025/11/22/[$LATEST]e2e",
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-        "LAMBDA_TASK_ROOT": str(task_root),
-        "LAMBDA_RUNTIME_DIR": str(runtime_dir),
-        "LANG": "en_US.UTF-8",
-        "TZ": ":UTC",
-        "PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin",
-        # /opt/python stand-in; run.sh appends /opt/python and LAMBDA_RUNTIME_DIR after it.
-        "PYTHONPATH": str(build / LAYER / "python"),
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.update(_template_environment(template))
-    env["PORT"] = str(port)
+    env = lambda_variables(
+        function,
+        python_bin / "python",
+        runtime_dir,
+        "us-east-1",
+        {
+            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "AWS_SESSION_TOKEN": "e2e-session-token",
+        },
+        name="lambda-image-gateway-api",
+    )
+    # the layer where /opt/python would be; run.sh appends /opt/python and LAMBDA_RUNTIME_DIR
+    env["PYTHONPATH"] = str(build / LAYER / "python")
+    env.update(variables)
     return env
 
 
@@ -291,8 +206,9 @@ def deployed_app(
     tmp = tmp_path_factory.mktemp("lambda")
     runtime_dir = tmp / "var-runtime"
     runtime_dir.mkdir()
-    port = _free_port()
-    env = _lambda_environment(build, _lambda_python(tmp), runtime_dir, port)
+    port = free_port()
+    env = _lambda_environment(build, _lambda_python(tmp), runtime_dir)
+    env["PORT"] = str(port)
     # the S3 stand-in and the fake ModelScope of the other tests, both on loopback
     env.update(
         {
@@ -352,27 +268,6 @@ def test_unknown_path_is_an_openai_error(deployed_app: DeployedApp) -> None:
     assert {"message", "type", "param", "code"} <= set(error)
     assert isinstance(error["message"], str)
     assert error["message"]
-
-
-@pytest.mark.parametrize("name", ["function-url-models.json", "apigw-rest-models.json"])
-def test_models_event_replayed_as_the_adapter_forwards_it(
-    deployed_app: DeployedApp, name: str
-) -> None:
-    # Given a sample Lambda event, turned into the request the Web Adapter sends to the app
-    request = to_http_request(json.loads((EVENTS_DIR / name).read_text()))
-
-    # When it is sent to the booted build
-    response = httpx.request(
-        request.method,
-        f"{deployed_app.url}{request.target}",
-        headers=request.headers,
-        content=request.body,
-        timeout=10.0,
-    )
-
-    # Then the models are listed, whether the route carries a provider prefix or not
-    assert response.status_code == 200, response.text
-    assert "Qwen/Qwen-Image" in _model_ids(response)
 
 
 def test_streamed_edit_event_generates_through_the_build(

@@ -33,7 +33,7 @@ from imagegw.jobs.schema import JobInput
 from imagegw.jobs.service import Jobs
 from imagegw.local import LocalContext, load_task_handlers
 from imagegw.storage import RESULTS
-from lambda_events import to_http_request
+from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.functional
 
