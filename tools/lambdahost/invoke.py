@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +45,10 @@ from lambdahost.build import (
     resolve_variables,
 )
 from lambdahost.events import lambda_response, response_head
-from lambdahost.process import RuntimeProcess, request, timed_out
+from lambdahost.process import RuntimeProcess, StartError, invoke_once
 from lambdahost.standins import StandIns
 
 RUNTIME: Final = Path(__file__).resolve().parent / "runtime.py"
-#: seconds a function may take to import its handler (Lambda's init phase allows 10)
-INIT_TIMEOUT: Final = 30.0
 ACCOUNT: Final = "123456789012"
 #: stand-in resource values, by CloudFormation type: (Ref, {attribute: value})
 STAND_IN_TYPES: Final = {
@@ -247,24 +244,13 @@ def _through_runtime(
     log: IO[Any] | int,
 ) -> int:
     runtime = RuntimeProcess([str(python), str(RUNTIME)], env, function.task_root, log)
-    error = runtime.start(INIT_TIMEOUT)
-    if error is not None:
-        raise InvokeError(f"{function.logical_id} did not start: {error} (its log says why)")
+    arn = f"arn:aws:lambda:{env['AWS_REGION']}:{ACCOUNT}:function:{function.logical_id}"
     try:
-        invocation = request(
-            str(uuid.uuid4()),
-            f"arn:aws:lambda:{env['AWS_REGION']}:{ACCOUNT}:function:{function.logical_id}",
-            json.dumps(event),
-            function.timeout,
-        )
-        answer = runtime.invoke(invocation, function.timeout + 1)
-        if answer is None:
-            payload: Any = timed_out(function.timeout, runtime.exited())
-            ok = False
-        else:
-            payload, ok = json.loads(answer["payload"]), bool(answer["ok"])
-    finally:
-        runtime.stop()
+        ok, payload = invoke_once(runtime, event, arn, function.timeout)
+    except StartError as exc:
+        raise InvokeError(
+            f"{function.logical_id} did not start: {exc} (its log says why)"
+        ) from None
     out(json.dumps(payload, indent=2).encode() + b"\n")
     return 0 if ok else 1
 

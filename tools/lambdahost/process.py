@@ -15,12 +15,19 @@ import os
 import select
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 #: the variable naming the answer pipe's descriptor (`runtime.serve` reads it)
 ANSWER_FD = "HOST_EXECUTOR_FD"
+#: seconds a function may take to import its handler (Lambda's init phase allows 10)
+INIT_TIMEOUT = 30.0
+
+
+class StartError(Exception):
+    """The process did not report ready; the message says why (its output says more)."""
 
 
 def request(
@@ -140,3 +147,25 @@ class RuntimeProcess:
             line += chunk
         answer: dict[str, Any] = json.loads(line)
         return answer
+
+
+def invoke_once(
+    runtime: RuntimeProcess,
+    event: Any,
+    function_arn: str,
+    timeout: float,
+    trace_id: str | None = None,
+) -> tuple[bool, Any]:
+    """Start `runtime`, invoke it once with `event`, stop it: whether the function succeeded,
+    and its result or Lambda's error payload. Raises StartError when it did not start."""
+    error = runtime.start(INIT_TIMEOUT)
+    if error is not None:
+        raise StartError(error)
+    try:
+        invocation = request(str(uuid.uuid4()), function_arn, json.dumps(event), timeout, trace_id)
+        answer = runtime.invoke(invocation, timeout + 1)
+        if answer is None:
+            return False, timed_out(timeout, runtime.exited())
+        return bool(answer["ok"]), json.loads(answer["payload"])
+    finally:
+        runtime.stop()
