@@ -31,6 +31,7 @@ from imagegw.jobs.schema import JobInput
 from imagegw.storage import RESULTS
 from lambdahost.build import Template
 from lambdahost.invoke import Request, invoke, stand_in_target
+from lambdahost.samples import seal
 from lambdahost.standins import SAMPLE_TOKEN, StandIns, stand_ins
 
 pytestmark = pytest.mark.e2e
@@ -346,3 +347,26 @@ def test_a_key_sealed_elsewhere_fails_the_job_not_the_function(
     assert progress["status"] == "failed"
     assert json.loads(progress["cause"])["error"]["code"] == "job_key_unreadable"
     assert fake_ms.submissions == []
+
+
+def test_make_events_keeps_current_keys_and_seals_copies(run: Invoker, tmp_path: Path) -> None:
+    # Given the stand-ins' job key
+    sealer = KeySealer(run.running.key_arn, run.running.region, run.running.client("kms"))
+
+    # When make events runs on events/ (the sample token)
+    written = seal(EVENTS, tmp_path / "same", sealer, SecretStr(SAMPLE_TOKEN), keep_current=True)
+
+    # Then nothing is written: every job event's key already opens to the token for its job
+    assert written == []
+
+    # When a key of your own is sealed (into another folder)
+    copies = seal(EVENTS, tmp_path / "own", sealer, SecretStr("ms-own"), keep_current=False)
+
+    # Then the job events with a key are copied with it sealed for their job, the rest not
+    assert sorted(p.name for p in copies) == ["job-poll.json", "job-submit.json"]
+    for path in copies:
+        event = json.loads(path.read_text())
+        assert sealer.open(event["key"], event["job"]["id"]).get_secret_value() == "ms-own"
+        assert {k: v for k, v in event.items() if k != "key"} == {
+            k: v for k, v in _event(path.name).items() if k != "key"
+        }

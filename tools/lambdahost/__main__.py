@@ -62,6 +62,13 @@ def _events(args: argparse.Namespace) -> int:
 
     given = os.environ.get("PROVIDER_KEY", "")
     token = SecretStr(given or SAMPLE_TOKEN)
+    private = bool(given) or bool(args.stack)
+    out = Path(args.out) if args.out else (COPIES / (args.stack or "local") if private else EVENTS)
+    if private and out.resolve() == EVENTS.resolve():
+        raise InvokeError(
+            "a key of your own (PROVIDER_KEY) or one sealed for a stack is never written into "
+            "events/: name another folder with OUT"
+        )
     if args.stack:
         from lambdahost.stack import job_key_arn, stack_resolver
 
@@ -72,10 +79,6 @@ def _events(args: argparse.Namespace) -> int:
     else:
         running = stand_ins()
         sealer = KeySealer(running.key_arn, running.region, running.client("kms"))
-    private = bool(given) or bool(args.stack)
-    out = Path(args.out) if args.out else (COPIES / (args.stack or "local") if private else EVENTS)
-    if private and out.resolve() == EVENTS.resolve():
-        raise InvokeError("a real provider key or a stack's key is never written into events/")
     written = seal(EVENTS, out, sealer, token, keep_current=not private)
     for path in written:
         _note(f"wrote {path}")
