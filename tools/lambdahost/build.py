@@ -108,7 +108,7 @@ class Template:
     CodeUri folders are then the sources, and no layer is built)."""
 
     def __init__(self, build: Path) -> None:
-        self.build = build
+        self.build = build = build.resolve()
         path = build / "template.yaml"
         if not path.is_file():
             raise InvokeError(f"{build} has no template.yaml: run `make build-local` first")
@@ -299,6 +299,7 @@ def python313() -> Path:
 def lambda_python(folder: Path) -> Path:
     """The `python` of a clean 3.13 virtualenv in `folder` whose site-packages holds only the
     Lambda runtime's packages (made once; made again when it no longer runs)."""
+    folder = folder.resolve()
     python = folder / "bin" / "python"
     if python.exists():
         probe = subprocess.run(

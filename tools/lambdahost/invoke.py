@@ -222,7 +222,7 @@ def invoke(
         raise InvokeError(f"the env-vars file {spec.env_vars} is not a JSON object")
     for layer in function.layers:
         check_architecture(layer / "python")
-    python = lambda_python(spec.runtime_cache or spec.build.parent / "lambda-python")
+    python = lambda_python(spec.runtime_cache or template.build.parent / "lambda-python")
     with tempfile.TemporaryDirectory(prefix="lambda-runtime-") as runtime_dir:
         environment = function_environment(
             function, target, python, Path(runtime_dir), env_vars, spec.shell
