@@ -30,13 +30,21 @@ LOCAL_BUILD := .aws-sam/build-local
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean
+# `make invoke`, `make events`, `make env-json`: the built functions run the Lambda way on this
+# host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
+LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
+
+.PHONY: help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
 	@echo "make bench  print benchmark figures (bench/)"
+	@echo "make invoke FUNCTION=<logical id> EVENT=<file> [ENV_VARS=<file>] [STACK=<name>]"
+	@echo "            run a built function with an event as Lambda would, without Docker"
+	@echo "make events [STACK=<name>] [OUT=<dir>]  seal the job events' provider key"
+	@echo "make env-json STACK=<name> [OUT=<file>]  --env-vars JSON for sam local invoke"
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -118,6 +126,21 @@ test: check build build-local
 test-aws: $(BIN)/.ready $(AWS_VENV)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) AWS_EMULATOR_PYTHON=$(AWS_VENV)/bin/python SAM_CLI=$(SAM) \
 	  timeout $(AWS_TEST_TIMEOUT) $(BIN)/pytest tests/aws
+
+# the build runs first, its output on stderr: stdout is the function's answer alone
+invoke: $(BIN)/.ready
+	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<logical id> EVENT=<file> [ENV_VARS=<file>] [STACK=<name>]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory build-local >&2
+	@$(LAMBDAHOST) invoke --build-dir $(LOCAL_BUILD) --function '$(FUNCTION)' --event '$(EVENT)' \
+	  $(if $(ENV_VARS),--env-vars '$(ENV_VARS)') $(if $(STACK),--stack '$(STACK)')
+
+# PROVIDER_KEY (from the environment) seals your own token instead of the sample one
+events: $(BIN)/.ready
+	@$(LAMBDAHOST) events $(if $(STACK),--stack '$(STACK)') $(if $(OUT),--out '$(OUT)')
+
+env-json: $(BIN)/.ready
+	@test -n "$(STACK)" || { echo "usage: make env-json STACK=<name> [OUT=<file>]" >&2; exit 2; }
+	@$(LAMBDAHOST) env-json --stack '$(STACK)' $(if $(OUT),--out '$(OUT)')
 
 # the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
 bench: $(BIN)/.ready build-local

@@ -42,7 +42,7 @@ import pytest
 import lambda_runtime
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
-from lambda_events import to_http_request
+from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.e2e
 

@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _free_port, _stop, _wait_ready
+from e2e.test_deployed_build import _stop, _wait_ready
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png, png_size, sniff_image
 from fakes.server import ServerThread, SwappableApp
+from lambdahost.adapter import free_port
 
 TOKEN = "ms-test-token"
 pytestmark = pytest.mark.e2e
@@ -41,7 +42,7 @@ def local_server(
     _fake_openai_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[str]:
     """`make run`'s server (its stand-ins embedded), pointed at the fake providers."""
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),

@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _free_port, _stop, _wait_ready
+from e2e.test_deployed_build import _stop, _wait_ready
 from e2e.test_hostile_requests import PATIENCE, exchange, head
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
+from lambdahost.adapter import free_port
 
 TOKEN = "ms-test-token"
 ASYNC = {
@@ -39,7 +40,7 @@ def make_run(
     _fake_ms_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[tuple[str, Path]]:
     """`make run`'s server with a one-second body deadline, and its log file."""
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
