@@ -50,8 +50,8 @@ def test_invoke_with_stack_runs_a_job_function_on_the_stacks_resources(
     key_arn = kms.describe_key(KeyId=stack.physical_id("JobKey"))["KeyMetadata"]["Arn"]
     assert entries["JobSubmitFunction"]["JOB_KEY_ID"] == key_arn
     assert entries["JobStoreFunction"]["BUCKET"] == stack.physical_id("UploadsBucket")
-    provider_url = stack.parameters["ModelScopeBaseUrl"]
-    assert entries["JobPollFunction"]["MODELSCOPE_BASE_URL"] == provider_url
+    provider_settings = stack.parameters["ProviderSettings"]
+    assert entries["JobPollFunction"]["PROVIDER_SETTINGS"] == provider_settings
     assert "ApiFunction" not in entries
 
     # When make events seals the sample token with the stack's job key, and make invoke runs

@@ -4,7 +4,8 @@
 Each function runs as `make invoke` runs it: a clean Python 3.13, the built layer on the path
 where Lambda mounts it, the handler and environment from the built template, against `make
 run`'s stand-ins (started once for the session), with an env-vars file in SAM's format pointing
-MODELSCOPE_BASE_URL at the fake ModelScope on loopback. ALLOW_PRIVATE_URLS is not set (the
+the providers' settings (PROVIDER_SETTINGS, declared in the template's Globals) at the fake
+ModelScope on loopback. ALLOW_PRIVATE_URLS is not set (the
 template does not declare it, so an env-vars file could not set it either): the fake's result
 links are on the configured provider's own host, which the result fetcher trusts, and the
 gateway downloads nothing else here. A job event advances its job; an API event answers with
@@ -98,7 +99,9 @@ class Invoker:
         if self.provider is not None:
             env_vars = self.folder / "env.json"
             base = self.provider.base_url  # type: ignore[attr-defined]
-            env_vars.write_text(json.dumps({"Parameters": {"MODELSCOPE_BASE_URL": base}}))
+            env_vars.write_text(
+                json.dumps({"Parameters": {"PROVIDER_SETTINGS": f"MODELSCOPE_BASE_URL={base}"}})
+            )
         spec = Request(
             function=FUNCTIONS[name],
             event=EVENTS / name,

@@ -74,7 +74,7 @@ def test_job_function_against_the_stand_ins(template: Template) -> None:
     # Then the resources are the stand-ins', the parameters their defaults
     assert env["BUCKET"] == "invoke-bucket"
     assert env["JOB_KEY_ID"] == STAND_INS.key_arn
-    assert env["MODELSCOPE_BASE_URL"] == "https://api-inference.modelscope.cn/v1"
+    assert env["PROVIDER_SETTINGS"] == ""  # from the template's Globals: the providers' defaults
     assert env["GENERATION_TIMEOUT"] == "840"
     # and the function reaches the stand-ins, with what Lambda itself sets
     assert env["S3_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL_KMS"] == "http://127.0.0.1:4566"
@@ -103,8 +103,11 @@ def test_api_function_against_the_stand_ins(template: Template) -> None:
 def test_env_vars_file_overrides_like_sam(template: Template) -> None:
     # Given an env-vars file with values for every function and for the Submit function
     env_vars = {
-        "Parameters": {"MODELSCOPE_BASE_URL": "http://p/v1", "PRESIGN_TTL": 60},
-        "JobSubmitFunction": {"MODELSCOPE_BASE_URL": "http://f/v1", "ALLOW_PRIVATE_URLS": True},
+        "Parameters": {"PROVIDER_SETTINGS": "MODELSCOPE_BASE_URL=http://p/v1", "PRESIGN_TTL": 60},
+        "JobSubmitFunction": {
+            "PROVIDER_SETTINGS": "MODELSCOPE_BASE_URL=http://f/v1",
+            "ALLOW_PRIVATE_URLS": True,
+        },
         "JobPollFunction": {"PRESIGN_TTL": "1"},
     }
 
@@ -114,20 +117,20 @@ def test_env_vars_file_overrides_like_sam(template: Template) -> None:
         "JobSubmitFunction",
         env_vars,
         variables={
-            "MODELSCOPE_BASE_URL": "http://shell/v1",
-            "SILICONFLOW_BASE_URL": "http://sf/v1",
+            "PROVIDER_SETTINGS": "MODELSCOPE_BASE_URL=http://shell/v1",
+            "GENERATION_TIMEOUT": "120",
         },
     )
 
     # Then the function's own entry wins over Parameters, both over the shell, the shell over
     # the template; another function's entry does not apply
-    assert env["MODELSCOPE_BASE_URL"] == "http://f/v1"
+    assert env["PROVIDER_SETTINGS"] == "MODELSCOPE_BASE_URL=http://f/v1"
     assert env["PRESIGN_TTL"] == "60"
-    assert env["SILICONFLOW_BASE_URL"] == "http://sf/v1"
+    assert env["GENERATION_TIMEOUT"] == "120"
     # and a variable the template does not declare is ignored, and said so
     assert "ALLOW_PRIVATE_URLS" not in env
     assert any("ALLOW_PRIVATE_URLS" in n and "ignored" in n for n in notes)
-    assert any("your shell" in n and "SILICONFLOW_BASE_URL" in n for n in notes)
+    assert any("your shell" in n and "GENERATION_TIMEOUT" in n for n in notes)
 
 
 def test_env_vars_file_values_are_stringified_like_sam() -> None:
@@ -141,7 +144,7 @@ def test_env_vars_file_values_are_stringified_like_sam() -> None:
 def test_a_malformed_env_vars_file_is_refused() -> None:
     # Given an env-vars file whose entry is not an object / Then it is refused, as SAM does
     with pytest.raises(InvokeError, match="SAM's format"):
-        env_vars_overrides({"Parameters": "MODELSCOPE_BASE_URL=x"}, "JobSubmitFunction")
+        env_vars_overrides({"Parameters": "PROVIDER_SETTINGS=x"}, "JobSubmitFunction")
 
 
 def test_intrinsics_resolve_or_name_the_variable(template: Template) -> None:
@@ -168,7 +171,10 @@ class StubCloudFormation:
         if StackName != "gw":
             raise RuntimeError(f"Stack with id {StackName} does not exist")
         parameters = [
-            {"ParameterKey": "ModelScopeBaseUrl", "ParameterValue": "https://ms.example/v1"},
+            {
+                "ParameterKey": "ProviderSettings",
+                "ParameterValue": "MODELSCOPE_BASE_URL=https://ms.example/v1",
+            },
             {"ParameterKey": "GenerationTimeout", "ParameterValue": "600"},
         ]
         return {"Stacks": [{"StackId": STACK_ID, "StackName": "gw", "Parameters": parameters}]}
@@ -205,9 +211,10 @@ def test_stack_values_for_sam_local_invoke(template: Template) -> None:
     submit = entries["JobSubmitFunction"]
     assert submit["BUCKET"] == "gw-uploadsbucket-1a2b3c"
     assert submit["JOB_KEY_ID"] == f"arn:aws:kms:eu-west-1:111122223333:key/{KEY_ID}"
-    assert submit["MODELSCOPE_BASE_URL"] == "https://ms.example/v1"  # the stack's parameter
+    # the stack's parameter
+    assert submit["PROVIDER_SETTINGS"] == "MODELSCOPE_BASE_URL=https://ms.example/v1"
     assert submit["GENERATION_TIMEOUT"] == "600"
-    assert submit["SILICONFLOW_BASE_URL"] == "https://api.siliconflow.cn/v1"  # its default
+    assert submit["PRESIGN_TTL"] == "900"  # its default
     assert set(submit) == set(template.function("JobSubmitFunction").variables)
     assert job_key_arn(template, resolver) == submit["JOB_KEY_ID"]
 

@@ -148,7 +148,12 @@ class Template:
                 layers.append(self.build / name)
             else:
                 external += 1
-        variables = (properties.get("Environment") or {}).get("Variables") or {}
+        # SAM merges the template's Globals into each function; the function's own win
+        shared = ((self.data.get("Globals") or {}).get("Function") or {}).get("Environment")
+        variables = {
+            **((shared or {}).get("Variables") or {}),
+            **((properties.get("Environment") or {}).get("Variables") or {}),
+        }
         return Function(
             logical_id=logical_id,
             task_root=task_root,
