@@ -161,7 +161,8 @@ EDIT_ASPECTS = (
     "secret",
     "response-format",
 )
-ASYNC_ASPECTS = ("prefer", "idempotency", "idempotency")
+#: async submissions: their own headers, and prompts again (a job's input is serialised)
+ASYNC_ASPECTS = ("prefer", "idempotency", "idempotency", "prompt", "prompt")
 
 
 @dataclass(frozen=True)
@@ -374,17 +375,20 @@ def openai_style(model: Any) -> str:
     return "qwen"
 
 
+SURROGATE_PROMPTS = ("\ud800", "a\udfffb", "fox \ud83d", "\udc00\udc00", "a red fox\ud800")
+
+
 def prompt(draw: st.DrawFn, broke: frozenset[str]) -> Any:
-    if "prompt" in broke:
-        return draw(
-            st.one_of(
-                weird_text(),
-                weird_value(),
-                st.just("p" * 2500),
-                st.sampled_from(("\ud800", "a\udfffb", "fox \ud83d", Raw('"\\ud800"'))),
-            )
-        )
-    return draw(st.sampled_from(PROMPTS))
+    """A prompt; when broken, half the time one with a lone surrogate (JSON lets a client
+    send one; nothing downstream can encode it)."""
+    if "prompt" not in broke:
+        return draw(st.sampled_from(PROMPTS))
+    variant = draw(st.integers(0, 7))
+    if variant < 4:
+        return draw(st.sampled_from(SURROGATE_PROMPTS))
+    if variant == 4:
+        return "p" * 2500
+    return draw(weird_text() if variant < 7 else weird_value())
 
 
 # ---------------------------------------------------------------------------- chat
@@ -478,7 +482,7 @@ def generation_case(draw: st.DrawFn, ctx: Context, asynchronous: bool = False) -
     broke = breaks(draw, GENERATION_ASPECTS + (ASYNC_ASPECTS if asynchronous else ()))
     prefix, provider = route(draw, broke)
     body: dict[str, Any] = {"prompt": prompt(draw, broke)}
-    if "prompt" in broke and draw(st.booleans()):
+    if "prompt" in broke and draw(st.integers(0, 3)) == 0:
         del body["prompt"]
     if draw(st.integers(0, 3)) != 0 or "model" in broke:
         body["model"] = model_for(draw, provider, "image", broke)
@@ -617,7 +621,7 @@ def edit_case(draw: st.DrawFn, ctx: Context, asynchronous: bool = False) -> Case
     broke = breaks(draw, EDIT_ASPECTS + (ASYNC_ASPECTS if asynchronous else ()))
     prefix, provider = route(draw, broke)
     parts: list[Part] = []
-    if not ("prompt" in broke and draw(st.booleans())):
+    if not ("prompt" in broke and draw(st.integers(0, 3)) == 0):
         parts.append(_text_part("prompt", prompt(draw, broke)))
     model = None
     if draw(st.integers(0, 3)) != 0 or "model" in broke:
@@ -812,7 +816,7 @@ def path_case(draw: st.DrawFn, ctx: Context) -> Case:
 def reader_case(draw: st.DrawFn, ctx: Context) -> Case:
     """A body that never arrives whole: abandoned mid-way, or stalled (a longer Content-Length
     than the bytes sent)."""
-    delivery: Delivery = draw(st.sampled_from(("abandon", "abandon", "stall")))
+    delivery: Delivery = draw(st.sampled_from(("abandon", "abandon", "abandon", "stall")))
     inner = draw(st.one_of(chat_case(ctx), generation_case(ctx), edit_case(ctx)))
     request = inner.request
     body = request.body if len(request.body) > 40 else request.body + b" " * 64

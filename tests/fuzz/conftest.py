@@ -35,6 +35,7 @@ from imagegw.config import Settings
 from imagegw.images import ImageBytes
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.service import Jobs
+from imagegw.log import logger as gateway_logger
 from imagegw.storage import ImageStore
 
 
@@ -136,6 +137,10 @@ def world(
     quieted = {name: logging.getLogger(name).level for name in ("werkzeug", "urllib3")}
     for name in quieted:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # the gateway's own stdout handler too: `logs` has every record, and a failure shows them
+    printer = gateway_logger.registered_handler
+    printing = printer.level
+    printer.setLevel(logging.CRITICAL + 1)
     built = World(
         host=server.host,
         port=server.port,
@@ -163,6 +168,7 @@ def world(
         gateway_log.propagate = propagate
         for name, old in quieted.items():
             logging.getLogger(name).setLevel(old)
+        printer.setLevel(printing)
         logs.detach()
 
 

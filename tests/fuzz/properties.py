@@ -144,6 +144,28 @@ def check_stream(body: bytes) -> list[Problem]:
     return problems
 
 
+_BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+#: longer than any provider's key: a key this long is refused before anything starts
+MAX_KEY_CHARS = 4096
+#: the routes that take the client's key
+KEYED = ("/chat/completions", "/images/generations", "/images/edits", "/jobs/")
+
+
+def unshapely_key(authorization: bytes | None) -> str | None:
+    """Why the bearer token of `authorization` cannot be a key (not printable ASCII, or too
+    long), or None (no token, or a token of a key's shape)."""
+    if authorization is None:
+        return None
+    match = _BEARER.match(authorization.decode("latin-1"))
+    if match is None:
+        return None
+    token = match.group(1)
+    if len(token) > MAX_KEY_CHARS:
+        return f"a key of {len(token)} characters"
+    odd = next((c for c in token if not "!" <= c <= "~"), None)
+    return None if odd is None else f"a key holding {odd!r}"
+
+
 def check_leak(response: RawResponse, windows: tuple[bytes, ...]) -> list[Problem]:
     found = leaks(response.raw, windows)
     if found is None:

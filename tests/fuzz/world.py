@@ -46,12 +46,14 @@ from fakes.png import make_png
 from fakes.siliconflow import FakeSiliconFlow
 from fuzz.cases import Case, Fault
 from fuzz.properties import (
+    KEYED,
     Problem,
     check_answer,
     check_leak,
     check_logs,
     is_protocol_refusal,
     key_windows,
+    unshapely_key,
 )
 from fuzz.wire import NoAnswer, RawRequest, RawResponse, send
 from imagegw.errors import ProviderError
@@ -357,6 +359,8 @@ class Tally:
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     #: error messages by test (digits folded), for the survey
     messages: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: seconds spent in exchanges, by test
+    seconds: Counter[str] = field(default_factory=Counter)
     #: the slowest exchanges (seconds, request), for the survey
     slowest: list[tuple[float, str]] = field(default_factory=list)
     #: property -> (cause or detail, request) of each problem seen (survey mode)
@@ -513,10 +517,23 @@ class World:
                         f"{len(self.runner.started) - executions} job(s) started",
                     )
                 )
+            odd_key = unshapely_key(request.header("authorization"))
+            keyed = any(route in request.target for route in KEYED)
+            started = self.uploads.count > uploads or len(self.runner.started) > executions
+            if odd_key and keyed and (response.status < 400 or provider_called or started):
+                problems.append(
+                    Problem(
+                        "key-shape",
+                        f"{odd_key} was not refused before anything started: "
+                        f"{response.status}, provider called: {provider_called}, "
+                        f"uploads or jobs started: {started}",
+                    )
+                )
         problems += check_logs(self.logs.since(log_index), self.windows)
         for record in self.tripwire.records[ssrf_index:]:
             problems.append(Problem("ssrf", f"the gateway connected to {record}"))
         self.reset_fakes()
+        self.tally.seconds[self.test_name] += time.monotonic() - began
         self._report(problems, request, response)
         if follow and response is not None and response.status == 200:
             self._check_results(case, request, response)
