@@ -14,7 +14,6 @@ around the point where messages are cut, as a provider that echoes what it was s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -824,11 +823,3 @@ def reader_case(draw: st.DrawFn, ctx: Context) -> Case:
         RawRequest(request.method, request.target, request.headers, body, delivery),
         inner.provider,
     )
-
-
-def as_json(body: bytes) -> Any:
-    """A request body as JSON, or None."""
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -20,16 +21,9 @@ from fakes.siliconflow import FakeSiliconFlow
 from fuzz.cases import Context
 from fuzz.config import BODY_TIMEOUT, FUZZ_KEY, MAX_BODY_BYTES, MAX_IMAGE_BYTES
 from fuzz.hostile import UrlFactory
-from fuzz.world import (
-    Canary,
-    FakeKms,
-    FuzzRunner,
-    LogCapture,
-    Quiescence,
-    Tally,
-    World,
-    install_tripwire,
-)
+from fuzz.instruments import Canary, LogCapture, Quiescence, install_tripwire
+from fuzz.standins import FakeKms, FuzzRunner
+from fuzz.world import Tally, World
 from imagegw.app import create_app
 from imagegw.config import Settings
 from imagegw.images import ImageBytes
@@ -72,6 +66,44 @@ def closed_port() -> int:
     return port
 
 
+@contextmanager
+def captured_logs() -> Iterator[LogCapture]:
+    """Every log record of the gateway (at INFO, as on Lambda), uvicorn and asyncio, into a
+    `LogCapture`; meanwhile the gateway's own stdout printer, the S3 stand-in's access log and
+    boto3's pool warnings are silenced (thousands of lines in a failure's report; `LogCapture`
+    has every record and a failure shows those that matter)."""
+    logs = LogCapture()
+    logs.attach()
+    gateway_log = logging.getLogger("image-gateway")
+    printer = gateway_logger.registered_handler
+    saved = (gateway_log.level, gateway_log.propagate, printer.level)
+    noisy = {name: logging.getLogger(name).level for name in ("werkzeug", "urllib3")}
+    gateway_log.setLevel(logging.INFO)
+    gateway_log.propagate = False
+    printer.setLevel(logging.CRITICAL + 1)
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield logs
+    finally:
+        gateway_log.setLevel(saved[0])
+        gateway_log.propagate = saved[1]
+        printer.setLevel(saved[2])
+        for name, level in noisy.items():
+            logging.getLogger(name).setLevel(level)
+        logs.detach()
+
+
+def gateway_under_fuzz(settings: Settings, runner: FuzzRunner, store: ImageStore) -> Quiescence:
+    """The gateway app (its durable jobs on `runner`, keys sealed by a stand-in KMS), wrapped
+    to tell when it is done with each request."""
+    app = create_app(settings, store=store)
+    gateway = app.state.gateway
+    sealer = KeySealer(settings.job_key_id, settings.aws_region, client=FakeKms())
+    gateway.jobs = Jobs(settings, gateway.store, runner=runner, sealer=sealer)
+    return Quiescence(app)
+
+
 @pytest.fixture
 def world(
     request: pytest.FixtureRequest,
@@ -87,8 +119,9 @@ def world(
     _fake_sf_server: tuple[ServerThread, SwappableApp],
     _fake_openai_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[World]:
-    """The gateway under fuzz: client URLs unguarded never (ALLOW_PRIVATE_URLS off), durable
-    jobs in memory, small limits, fast polling; armed tripwire; logs captured."""
+    """The gateway under fuzz, served over HTTP with the fakes: client URLs never allowed to
+    private addresses (ALLOW_PRIVATE_URLS off), durable jobs in memory, small limits, fast
+    polls; the tripwire armed and the logs captured meanwhile."""
     settings = make_settings(
         allow_private_urls=False,
         job_state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:fuzz",
@@ -105,71 +138,39 @@ def world(
         poll_failure_window=2.0,
     )
     store = CountingStore(settings)
-    app = create_app(settings, store=store)
     stored_name = asyncio.run(store.save_result(ImageBytes(make_png(5, 5), "image/png")))
     fake_ms.add_file("job-result.png", make_png(6, 6))
-    ms_server, sf_server, openai_server = (
-        _fake_ms_server[0],
-        _fake_sf_server[0],
-        _fake_openai_server[0],
-    )
-    runner = FuzzRunner(stored_name, f"{ms_server.url}/files/job-result.png")
-    gateway = app.state.gateway
-    sealer = KeySealer("fuzz-kms-key", settings.aws_region, client=FakeKms())
-    gateway.jobs = Jobs(settings, gateway.store, runner=runner, sealer=sealer)
+    runner = FuzzRunner(stored_name, f"{_fake_ms_server[0].url}/files/job-result.png")
     server, swappable = _gateway_server
-    quiet = Quiescence(app)
-    swappable.app = quiet
+    swappable.app = quiet = gateway_under_fuzz(settings, runner, store)
 
-    canary_app, canary_port = canary
-    fakes = (ms_server.port, sf_server.port, openai_server.port)
-    s3_port = int(s3_env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])
+    fakes = (_fake_ms_server[0].port, _fake_sf_server[0].port, _fake_openai_server[0].port)
     tripwire = install_tripwire()
-    tripwire.other_threads = {f"uvicorn-{port}" for port in (*fakes, canary_port)}
-    tripwire.allowed_ports = {*fakes, s3_port}
-    logs = LogCapture()
-    logs.attach()
-    gateway_log = logging.getLogger("image-gateway")
-    level, propagate = gateway_log.level, gateway_log.propagate
-    gateway_log.setLevel("INFO")
-    gateway_log.propagate = False  # thousands of lines: kept out of pytest's report
-    # the S3 stand-in's access log and boto3's pool warnings: noise in a failure's report
-    quieted = {name: logging.getLogger(name).level for name in ("werkzeug", "urllib3")}
-    for name in quieted:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # the gateway's own stdout handler too: `logs` has every record, and a failure shows them
-    printer = gateway_logger.registered_handler
-    printing = printer.level
-    printer.setLevel(logging.CRITICAL + 1)
-    built = World(
-        host=server.host,
-        port=server.port,
-        key=FUZZ_KEY,
-        ms=fake_ms,
-        sf=fake_sf,
-        openai=fake_openai,
-        canary=canary_app,
-        tripwire=tripwire,
-        logs=logs,
-        runner=runner,
-        tally=tally,
-        test_name=request.node.name,
-        uploads=store,
-        quiet=quiet,
-        body_timeout=BODY_TIMEOUT,
-        stored_name=stored_name,
-    )
-    tripwire.armed = True
-    try:
-        yield built
-    finally:
-        tripwire.armed = False
-        gateway_log.setLevel(level)
-        gateway_log.propagate = propagate
-        for name, old in quieted.items():
-            logging.getLogger(name).setLevel(old)
-        printer.setLevel(printing)
-        logs.detach()
+    tripwire.other_threads = {f"uvicorn-{port}" for port in (*fakes, canary[1])}
+    tripwire.allowed_ports = {*fakes, int(s3_env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])}
+    with captured_logs() as logs:
+        tripwire.armed = True
+        try:
+            yield World(
+                host=server.host,
+                port=server.port,
+                key=FUZZ_KEY,
+                ms=fake_ms,
+                sf=fake_sf,
+                openai=fake_openai,
+                canary=canary[0],
+                tripwire=tripwire,
+                logs=logs,
+                runner=runner,
+                tally=tally,
+                test_name=request.node.name,
+                uploads=store,
+                quiet=quiet,
+                body_timeout=BODY_TIMEOUT,
+                stored_name=stored_name,
+            )
+        finally:
+            tripwire.armed = False
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Strategies here know nothing of endpoints: strings with lone surrogates and control characters,
 numbers at and past every bound, JSON with NaN/Infinity tokens, deep nesting and broken syntax,
 data URIs good, bad, huge and tiny, image URLs pointing at loopback, private and metadata
-addresses in odd encodings, and header values outside ASCII. `tests/fuzz/requests.py` builds
+addresses in odd encodings, and header values outside ASCII. `fuzz.cases` builds
 whole requests from them.
 
 JSON is written by `to_json`, so a value tree may hold `Raw` tokens (text put into the JSON as
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,11 +175,6 @@ def weird_value(max_leaves: int = 6) -> st.SearchStrategy[Any]:
     )
 
 
-def sometimes(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any], ratio: int = 3):
-    """`valid` about `ratio` times as often as `hostile`."""
-    return st.one_of(*([valid] * ratio), hostile)
-
-
 # ---------------------------------------------------------------------------- images
 
 
@@ -324,10 +319,6 @@ class UrlFactory:
 
 
 # ---------------------------------------------------------------------------- headers
-
-
-def latin1(text: str) -> bytes:
-    return text.encode("latin-1", errors="replace")
 
 
 def header_value() -> st.SearchStrategy[bytes]:
@@ -497,7 +488,3 @@ def json_content_type() -> st.SearchStrategy[bytes | None]:
             b"\xff/\xfe",
         )
     )
-
-
-def pick(values: Sequence[Any]) -> st.SearchStrategy[Any]:
-    return st.sampled_from(tuple(values))
