@@ -346,7 +346,7 @@ class FakeModelScope:
                     self.fetched_urls.append(url)
                 try:
                     response = await client.get(url)
-                except (httpx.HTTPError, ValueError) as exc:
+                except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
                     error = error or f"{DOWNLOAD_FAILED}: {url} ({type(exc).__name__})"
                     continue
                 if response.status_code != 200:
