@@ -144,7 +144,7 @@ env-json: $(BIN)/.ready
 
 # the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
 bench: $(BIN)/.ready build-local
-	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
+	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
 clean:
 	rm -rf .aws-sam .aws-emulator .mypy_cache .ruff_cache node_modules

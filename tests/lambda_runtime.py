@@ -17,22 +17,29 @@ artifact the same way. Failures are `RuntimeError`s that say what to do.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from lambdahost.build import RUNTIME_PACKAGES, InvokeError, lambda_python
+from lambdahost.build import python313 as _python313
+
+__all__ = [
+    "FUNCTION",
+    "LAYER",
+    "RUNTIME_PACKAGES",
+    "STAND_INS",
+    "lambda_environment",
+    "memory_default",
+    "python313",
+    "runtime_python",
+    "template_environment",
+]
+
 FUNCTION = "ApiFunction"
 LAYER = "CommonLayer"
-
-#: what the Lambda Python runtime ships besides the standard library (import names)
-RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 
 #: environment values that must not reach the real world, whatever the template says
 STAND_INS: dict[str, str] = {
@@ -48,59 +55,22 @@ STAND_INS: dict[str, str] = {
 }
 
 
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name))
-
-
 def python313() -> Path:
-    """A CPython 3.13 interpreter: pyenv's newest 3.13.x, else python3.13 on PATH."""
-    root = os.environ.get("PYENV_ROOT")
-    if not root and shutil.which("pyenv"):
-        root = subprocess.run(
-            ["pyenv", "root"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    candidates: list[Path] = []
-    if root:
-        candidates = sorted(
-            (
-                p
-                for p in Path(root, "versions").glob("3.13.*/bin/python3.13")
-                if re.fullmatch(r"3\.13\.\d+", p.parent.parent.name)
-            ),
-            key=_version_key,
-        )
-    if candidates:
-        return candidates[-1]
-    on_path = shutil.which("python3.13")
-    if on_path:
-        return Path(on_path)
-    raise RuntimeError(
-        "no Python 3.13 found (the Lambda runtime is python3.13): install one with "
-        "`pyenv install 3.13` or put python3.13 on PATH"
-    )
+    """A CPython 3.13 interpreter (`lambdahost.build.python313`)."""
+    try:
+        return _python313()
+    except InvokeError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def runtime_python(where: Path) -> Path:
     """A clean 3.13 venv in `where` whose site-packages holds only the Lambda runtime's
-    packages; its bin directory (put it first on PATH: run.sh runs `python`)."""
-    venv = where / "runtime"
-    subprocess.run(
-        [str(python313()), "-m", "venv", "--without-pip", str(venv)],
-        check=True,
-        capture_output=True,
-    )
-    site = next((venv / "lib").glob("python3.13/site-packages"))
-    for name in RUNTIME_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            raise RuntimeError(f"{name} (part of the Lambda runtime) is not in the dev venv")
-        if spec.submodule_search_locations:
-            source = Path(next(iter(spec.submodule_search_locations)))
-        else:
-            assert spec.origin is not None
-            source = Path(spec.origin)
-        (site / source.name).symlink_to(source)
-    return venv / "bin"
+    packages (`lambdahost.build.lambda_python`); its bin directory (put it first on PATH:
+    run.sh runs `python`)."""
+    try:
+        return lambda_python(where / "runtime").parent
+    except InvokeError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def template_environment(
