@@ -131,11 +131,13 @@ class StepFunctionsRunner:
 
     def progress(self, name: str) -> str | None:
         # the state's data as the newest task state left it: Submit and Poll keep the job's
-        # progress at $.progress (newest by id: moto ignores reverseOrder)
+        # progress at $.progress. A loop of the state machine is about a dozen events, so the
+        # newest 30 hold the last task's exit (with its data: a few KiB each). moto ignores
+        # reverseOrder: on `make run` this is the progress of the job's first polls.
         answer = self.sfn.get_execution_history(
             executionArn=self.execution_arn(name),
             reverseOrder=True,
-            maxResults=100,
+            maxResults=30,
             includeExecutionData=True,
         )
         exits = [

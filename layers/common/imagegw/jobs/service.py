@@ -8,10 +8,15 @@
   and URLs only, and the provider key sealed with KMS (`imagegw.jobs.keys`).
 - Status comes from the execution itself (`JobRunner`); a job is readable only with the bearer
   token that submitted it (anyone else gets the same 404 as for an unknown id).
-- A finished job answers the `data` the synchronous Images API call gives: lasting links to the
+- A job records the front end that submitted it (`JobSpec.api`): the Images API's jobs are
+  `image.job` objects, chat's `chat.completion.job`. While one runs, its status carries the
+  provider's progress as the execution's last task left it (when the runner can tell it).
+- A finished Images API job answers the `data` the synchronous call gives: lasting links to the
   copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket (a 503
-  `storage_unavailable`, retryable, while the bucket cannot be read). An image the bucket did
-  not take is given as the provider's link, or as the image itself (a data URI).
+  `storage_unavailable`, retryable, while the bucket cannot be read). A finished chat job is
+  the `chat.completion` the synchronous chat call gives (markdown images linking the copies).
+  An image the bucket did not take is given as the provider's link, or as the image itself (a
+  data URI).
 """
 
 from __future__ import annotations
@@ -63,7 +68,6 @@ from imagegw.streaming import markdown_of
 
 #: the job object's `object`, by the front end that submitted it
 OBJECTS: Final[dict[Front, str]] = {"images": "image.job", "chat": "chat.completion.job"}
-OBJECT: Final = OBJECTS["images"]
 MAX_IDEMPOTENCY_KEY: Final = 255
 _OWNER_DOMAIN: Final = b"imagegw-job-owner\0"
 _JOB_DOMAIN: Final = "imagegw-job-id\0"
@@ -342,10 +346,12 @@ class Jobs:
         )
         status = execution.status
         if status in ("RUNNING", "PENDING_REDRIVE"):
+            # a task that left its progress has the provider's answer: Submit is over
+            progress = await self._progress(spec.id)
+            if progress is not None:
+                return replace(view, progress=progress)
             submitted = await self._call("history", self.runner.submitted, spec.id)
-            if not submitted:
-                return replace(view, status="queued")
-            return replace(view, progress=await self._progress(spec.id))
+            return view if submitted else replace(view, status="queued")
         if status == "SUCCEEDED":
             try:
                 output = JobOutput.model_validate_json(execution.output or "")
