@@ -7,6 +7,7 @@ loopback. The client sends `Prefer: respond-async`, reads the 202 raw, polls
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -17,7 +18,7 @@ from openai.types.chat import ChatCompletion
 
 from e2e.test_jobs_api import AUTH, TOKEN, local_server, submit, wait_for
 from fakes.modelscope import FakeModelScope
-from fakes.png import png_size, sniff_image
+from fakes.png import make_png, png_size, sniff_image
 
 pytestmark = pytest.mark.e2e
 __all__ = ["local_server"]  # the module's fixture: `make run`'s server
@@ -207,6 +208,33 @@ def test_an_iterative_edit_as_a_job_edits_the_gateways_earlier_image(
     assert "/v1/files/" not in edit["image_url"][0]
     task = fake_ms.tasks[list(fake_ms.tasks)[-1]]
     assert task.inputs == [earlier]
+
+
+def test_a_pasted_picture_is_in_the_bucket_before_the_job_runs(
+    local_server: str, fake_ms: FakeModelScope
+) -> None:
+    # Given a picture pasted into the chat as a data URI
+    photo = make_png(40, 30)
+    uri = "data:image/png;base64," + base64.b64encode(photo).decode()
+    content: Any = [
+        {"type": "text", "text": "make it night"},
+        {"type": "image_url", "image_url": {"url": uri}},
+    ]
+
+    # When an edit model is asked for the change as a job
+    accepted = submit(
+        local_server,
+        {"model": "Qwen/Qwen-Image-Edit", "messages": [{"role": "user", "content": content}]},
+        path=CHAT,
+    )
+    assert accepted.status_code == 202, accepted.text
+    completion = ChatCompletion.model_validate(wait_for(accepted.headers["location"]))
+
+    # Then ModelScope got the picture itself, by a link (the bucket's) rather than its bytes
+    assert len(links(completion)) == 1
+    (task,) = fake_ms.tasks.values()
+    assert task.inputs == [photo]
+    assert not fake_ms.submissions[0]["body"]["image_url"][0].startswith("data:")
 
 
 def test_a_chat_model_is_refused_for_async(local_server: str, fake_ms: FakeModelScope) -> None:
