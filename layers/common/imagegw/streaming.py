@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from imagegw.errors import GatewayError, render
@@ -29,8 +29,13 @@ def sse(payload: dict[str, Any]) -> str:
 
 def markdown(result: Result) -> str:
     """One markdown image per line, then a line per failed task (when some succeeded)."""
-    lines = [f"![image {i}]({url})" for i, url in enumerate(result.images, 1)]
-    lines += [f"> {reason}" for reason in result.failures]
+    return markdown_of(result.images, result.failures)
+
+
+def markdown_of(images: Sequence[str], failures: Sequence[str] = ()) -> str:
+    """`markdown` of links and reasons (a durable chat job's answer is built from its output)."""
+    lines = [f"![image {i}]({url})" for i, url in enumerate(images, 1)]
+    lines += [f"> {reason}" for reason in failures]
     return "\n".join(lines)
 
 

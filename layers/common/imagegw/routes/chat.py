@@ -1,6 +1,12 @@
 """POST /v1/chat/completions: chat messages -> image job -> markdown images (SSE or JSON).
 
 A chat (non-image) model's request is passed through to the provider's own chat API instead.
+
+With `Prefer: respond-async` (and durable jobs enabled) an image model's request runs as a
+durable job instead (README "Async jobs"): the same plan, the input images (a gateway link
+from an earlier answer included) staged before the execution starts, a `202` at once, and
+`GET /v1/jobs/{id}` answering the `chat.completion` once done. The job wins over `stream: true`.
+A chat model is refused for async: its streamed answer is already the right tool.
 """
 
 from __future__ import annotations
@@ -13,16 +19,20 @@ from starlette.routing import Route
 from imagegw import passthrough, pipeline
 from imagegw.core.plan import Ask, plan
 from imagegw.disconnect import unless_disconnected
+from imagegw.errors import InvalidRequestError
 from imagegw.images import decode_refs
+from imagegw.jobs.service import check_idempotency_key
 from imagegw.log import logger
 from imagegw.messages import parse_messages
 from imagegw.providers.base import ModelKind
+from imagegw.routes.jobs import start_job, wants_job
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
 from imagegw.web import (
     api_key,
     client_budget,
     gateway_of,
+    header,
     public_base_url,
     read_json,
     validation_error,
@@ -42,10 +52,20 @@ async def chat_completions(request: Request) -> Response:
     except ValidationError as exc:
         raise validation_error(exc) from None
     kind = provider.classify(chat.model)
+    as_job = wants_job(request)
+    if as_job and kind is ModelKind.CHAT:
+        raise InvalidRequestError(
+            f"'{chat.model}' is a chat model: async jobs make images. Send this request "
+            "without 'Prefer: respond-async' (with 'stream': true to read the answer as it "
+            "comes), or name an image model.",
+            param="model",
+            code="async_not_supported",
+        )
     if kind is ModelKind.CHAT:
         # a client that leaves before the provider answers stops the wait (a stream, once
         # started, is watched by StreamingResponse itself)
         return await unless_disconnected(request, passthrough.chat(gateway, provider, body, key))
+    idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
     ask = Ask(chat.model, kind, parsed.prompt, chat.fields, len(parsed.images))
     job = plan(provider, ask, key)
@@ -61,8 +81,13 @@ async def chat_completions(request: Request) -> Response:
             "from_history": parsed.from_history,
             "n": n,
             "stream": chat.stream,
+            "job": as_job,
         },
     )
+    if as_job:  # a durable job (routes/jobs.py); it wins over `stream`
+        return await start_job(
+            request, job, inputs=inputs, api="chat", idempotency_key=idempotency_key
+        )
     events = pipeline.events(
         gateway,
         provider,

@@ -4,11 +4,16 @@
   the client sends `Prefer: respond-async`: the job starts on Step Functions and the answer is a
   `202` at once, with `Location: .../v1/jobs/{id}`. Where this gateway runs no jobs the
   preference is ignored (RFC 7240 allows it) and the call is answered as usual.
-- `GET /v1/jobs/{id}` (and `/{provider}/v1/jobs/{id}`): the job, with the same `data` as the
-  synchronous call once it succeeded, or the provider's reason once it failed.
+- `start_job`: the 202 of any front end's planned job; `POST /v1/chat/completions` starts its
+  jobs through it too (`routes/chat.py`), and their status answers a `chat.completion`.
+- `GET /v1/jobs/{id}` (and `/{provider}/v1/jobs/{id}`): the job, with the same answer as the
+  synchronous call once it succeeded (`data`, or a chat job's `chat.completion`), the
+  provider's progress while it runs, or the provider's reason once it failed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,9 +21,11 @@ from starlette.routing import Route
 
 from imagegw import images_api
 from imagegw.errors import InvalidRequestError
+from imagegw.images import ImageBytes
 from imagegw.images_api import ImagesCall
+from imagegw.jobs.schema import Front, ResponseFormat
 from imagegw.jobs.service import check_idempotency_key
-from imagegw.providers.base import Provider
+from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.web import api_key, gateway_of, header, public_base_url
 
 PREFERENCE = "respond-async"
@@ -34,15 +41,20 @@ def prefers_async(prefer: str | None) -> bool:
     )
 
 
+def wants_job(request: Request) -> bool:
+    """Whether this request is to run as a durable job: the client prefers `respond-async` and
+    this gateway runs jobs."""
+    return prefers_async(header(request, "Prefer")) and gateway_of(request).jobs.enabled
+
+
 async def accept_async(request: Request, provider: Provider, call: ImagesCall) -> Response | None:
     """Start the Images API call `call` as a durable job when the client prefers
     `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual."""
-    gateway = gateway_of(request)
-    if not prefers_async(header(request, "Prefer")) or not gateway.jobs.enabled:
+    if not wants_job(request):
         return None
     key = api_key(request)
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key"))
-    base_url = public_base_url(request, gateway.settings)  # a bad Host refused before the start
+    base_url = public_base_url(request, gateway_of(request).settings)  # a bad Host: refused now
     if call.mask is not None:
         raise InvalidRequestError(
             "Async jobs take no mask: send this edit without 'Prefer: respond-async'.",
@@ -50,11 +62,39 @@ async def accept_async(request: Request, provider: Provider, call: ImagesCall) -
             code="mask_not_supported",
         )
     job = images_api.build_job(provider, call, key)
-    view = await gateway.jobs.submit(
+    return await start_job(
+        request,
         job,
         inputs=call.images,
         response_format=call.response_format,
+        api="images",
         idempotency_key=idempotency_key,
+        base_url=base_url,
+    )
+
+
+async def start_job(
+    request: Request,
+    job: GenerationRequest,
+    *,
+    inputs: Sequence[str | ImageBytes],
+    api: Front,
+    response_format: ResponseFormat = "url",
+    idempotency_key: str | None = None,
+    base_url: str | None = None,
+) -> Response:
+    """Start the planned `job` (`imagegw.core.plan`) for front end `api`, or find the one a
+    retried submission started: the `202` with the job object and its `Location`. The one
+    way every front end starts a durable job."""
+    gateway = gateway_of(request)
+    if base_url is None:
+        base_url = public_base_url(request, gateway.settings)
+    view = await gateway.jobs.submit(
+        job,
+        inputs=inputs,
+        response_format=response_format,
+        idempotency_key=idempotency_key,
+        api=api,
     )
     named = request.path_params.get("provider")
     prefix = f"/{named}" if named else ""
