@@ -25,7 +25,7 @@ from functional.test_events import EVENTS
 from imagegw.app import create_app
 from imagegw.jobs.schema import JobInput
 from imagegw.storage import RESULTS
-from lambda_events import HttpRequest, to_http_request
+from lambdahost.events import HttpRequest, to_http_request
 
 pytestmark = pytest.mark.functional
 
