@@ -9,11 +9,14 @@ Clients ask for a picture's size in different ways: the gateway's own `size` / `
 | sent | becomes |
 | --- | --- |
 | `size` / `image_size` `"WxH"` (not an OpenAI name) | as sent; outside the model's range: 400 |
-| `size` an OpenAI name | the same shape, fitted into the model's range |
+| `size` an OpenAI name | the same shape, fitted into the model's range (*) |
 | `size: "auto"` | nothing: the model's default size |
 | `width` + `height` | that shape, fitted into the model's range |
 | `aspect_ratio` / `aspectRatio` `"W:H"` | the model's default area in that shape, fitted |
 | `quality` | OpenAI's own models only; ignored (and named as such) elsewhere |
+
+(*) OpenAI's own models get a name they list as sent, another their listed size nearest in
+shape.
 
 "Fitted" keeps the shape: a side above the model's largest is scaled down, a side below its
 smallest scaled up, sides rounded to multiples of 16 (a size already in range is kept as is).
@@ -146,8 +149,14 @@ def resolve(
                 param="size",
             )
         return out  # the provider checks it against the model's range
-    if passes_named and named is not None and sides is None and ratio is None:
-        return out  # the model takes OpenAI's names as they are
+    if (
+        passes_named
+        and named is not None
+        and sides is None
+        and ratio is None
+        and _listed(named, limits)
+    ):
+        return out  # the model takes this OpenAI name as it is
     out.pop("size", None)
     if limits is None:
         return out
@@ -157,9 +166,18 @@ def resolve(
         area = limits.default[0] * limits.default[1]
         out["size"] = _wxh(fit(math.sqrt(area * ratio), math.sqrt(area / ratio), limits))
     elif named is not None and named != AUTO:
-        width, height = (int(side) for side in named.split("x"))
-        out["size"] = _wxh(fit(width, height, limits))
+        out["size"] = _wxh(fit(*_pair(named), limits))
     return out
+
+
+def _listed(named: str, limits: SizeLimits | None) -> bool:
+    """Whether a model with `limits` takes the OpenAI name `named` as it is."""
+    return limits is None or not limits.choices or named == AUTO or _pair(named) in limits.choices
+
+
+def _pair(named: str) -> tuple[int, int]:
+    width, _, height = named.partition("x")
+    return int(width), int(height)
 
 
 def _wxh(size: tuple[int, int]) -> str:
