@@ -436,3 +436,28 @@ def test_progress_is_told_in_words(gateway_url: str, fake_ms: FakeModelScope) ->
     assert any(line.startswith("saving the image · ") for line in lines)
     for raw in ("PENDING", "RUNNING", "SUCCEED"):
         assert raw not in thinking
+
+
+def test_options_a_model_does_without_are_named(
+    gateway_url: str, fake_openai: FakeOpenAIImages
+) -> None:
+    fake_openai.style = "openai"  # refuses any parameter OpenAI does not know
+    body = ask("a fox", "dall-e-3", seed=4, steps=30, quality="hd", temperature=1)
+    answer = post(gateway_url, "/openai/v1/chat/completions", body, OPENAI_TOKEN)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-ignored-parameters"] == "seed, steps"
+    (sent,) = fake_openai.requests
+    assert sent["fields"]["quality"] == "hd" and "seed" not in sent["fields"]
+
+
+def test_hostile_field_names_make_a_bounded_ascii_notice(
+    gateway_url: str, fake_ms: FakeModelScope
+) -> None:
+    fields = {"größe" * 200: 1, **{f"x{i}": i for i in range(40)}}
+    answer = post(gateway_url, "/v1/chat/completions", ask("a cat", **fields))
+
+    assert answer.status_code == 200, answer.text
+    notice = answer.headers["x-ignored-parameters"]
+    assert notice.startswith("gr%C3%B6%C3%9Fe") and notice.endswith("and 21 more")
+    assert len(notice) < 1000

@@ -74,12 +74,22 @@ def client_sizes(provider: Provider, ask: Ask) -> dict[str, Any]:
     )
 
 
-def ignored_fields(provider: Provider, fields: Mapping[str, Any]) -> list[str]:
-    """The fields of a chat request that nothing reads: not a generation option (common,
-    alias, size field, or the provider's own) and not a standard chat parameter. A typo
-    (`stpes`) lands here; the front end tells the client so."""
-    known = COMMON | ALIASES.keys() | SIZE_FIELDS | provider.own_fields | CHAT_STANDARD
-    return sorted(name for name, value in fields.items() if name not in known and value is not None)
+def ignored_fields(
+    provider: Provider, fields: Mapping[str, Any], model: str, kind: ModelKind
+) -> list[str]:
+    """The fields of a chat request that nothing reads: neither a standard chat parameter nor
+    something `model` uses (a common option or alias, a size field, the provider's own). A
+    typo (`stpes`) lands here, and so does `loras` for a model without LoRAs; the front end
+    tells the client so."""
+    unused = provider.unused_options(model, kind)
+    used = {name for name in COMMON if name not in unused}
+    used |= {alias for alias, name in ALIASES.items() if name not in unused}
+    if "size" not in unused:
+        used |= SIZE_FIELDS
+    known = used | provider.own_fields | (CHAT_STANDARD - COMMON)
+    return sorted(
+        name for name, value in fields.items() if name not in known and value is not None
+    )
 
 
 #: the header naming the fields a non-streamed chat answer ignored

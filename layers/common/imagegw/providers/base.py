@@ -193,6 +193,11 @@ class Provider(ABC):
         """The sizes `model` takes (`imagegw.sizes`), or None when it takes no size."""
         return SizeLimits(64, 2048)
 
+    def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
+        """The common options (`imagegw.options.COMMON`) `model` does without: accepted (and
+        checked where the provider checks them), never sent, so named as ignored."""
+        return frozenset()
+
     def takes_named_sizes(self, model: str) -> bool:
         """Whether `model` takes OpenAI's named sizes (`1792x1024`, `auto`) as they are."""
         return False

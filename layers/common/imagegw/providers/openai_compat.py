@@ -120,6 +120,11 @@ class OpenAICompatible(Provider):
             return SizeLimits(choices[0][0], choices[-1][0], choices=choices)
         return SizeLimits(*SIDE_RANGE)
 
+    def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
+        if OPENAI_MODELS.match(model):  # OpenAI's names only
+            return frozenset({"negative_prompt", "seed", "steps", "guidance", "loras"})
+        return frozenset({"loras"})
+
     def takes_named_sizes(self, model: str) -> bool:
         return OPENAI_MODELS.match(model) is not None
 

@@ -119,6 +119,11 @@ class SiliconFlow(Provider):
         width, height = parse_size("image_size", default, *SIZE_RANGE)
         return SizeLimits(*SIZE_RANGE, default=(width, height))
 
+    def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
+        if spec_of(model, kind).default_size is None:
+            return frozenset({"loras", "size"})
+        return frozenset({"loras"})
+
     @property
     def chat_base_url(self) -> str:
         return self.base_url

@@ -52,7 +52,7 @@ async def chat_completions(request: Request) -> Response:
     fields = inline.merge(chat.fields, written.fields)
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
-    ignored = ignored_notice(ignored_fields(provider, fields))
+    ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
     logger.info(
