@@ -31,6 +31,8 @@ NAMES = frozenset(PROVIDERS)
         ("/siliconflow/images/edits", "/siliconflow/v1/images/edits"),
         ("/SiliconFlow/v1/images/edits/", "/SiliconFlow/v1/images/edits"),
         ("/jobs/job-1", "/v1/jobs/job-1"),
+        ("/v1/v1/chat/completions", "/v1/chat/completions"),
+        ("/openai/v1/v1/images/generations", "/openai/v1/images/generations"),
         ("/files/a.png", "/v1/files/a.png"),
         ("/", "/"),
         ("//", "/"),

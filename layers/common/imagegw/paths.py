@@ -5,6 +5,7 @@ Clients differ in what they append to a base URL: Cherry Studio keeps a trailing
 declare every variant as a route, one middleware rewrites the path before routing:
 
 - runs of slashes become one, and a trailing slash is dropped (`/v1/models/` is `/v1/models`);
+- a doubled `/v1/v1` (a base URL ending in `/v1` that the client appends `/v1` to) is one;
 - a path whose first segment is a route family (`chat`, `models`, `images`, `jobs`, `files`)
   gets `/v1` in front; so does one whose first segment is a provider name (a known, fixed set,
   `imagegw.providers.PROVIDERS`) followed by a route family.
@@ -33,6 +34,11 @@ def normalize(path: str, providers: Collection[str]) -> str:
     if len(tidy) > 1 and tidy.endswith("/"):
         tidy = tidy.rstrip("/") or "/"
     segments = tidy.split("/")  # ["", first, second, ...]
+    # a base URL ending in /v1 that the client appends /v1 to: `/v1/v1/models`
+    for at in (1, 2):
+        while len(segments) > at + 1 and segments[at] == segments[at + 1] == "v1":
+            del segments[at + 1]
+    tidy = "/".join(segments)
     if len(segments) > 1 and segments[1] in FAMILIES:
         return "/v1" + tidy
     if len(segments) > 2 and segments[1].lower() in providers and segments[2] in FAMILIES:

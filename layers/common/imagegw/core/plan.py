@@ -87,9 +87,7 @@ def ignored_fields(
     if "size" not in unused:
         used |= SIZE_FIELDS
     known = used | provider.own_fields | (CHAT_STANDARD - COMMON)
-    return sorted(
-        name for name, value in fields.items() if name not in known and value is not None
-    )
+    return sorted(name for name, value in fields.items() if name not in known and value is not None)
 
 
 #: the header naming the fields a non-streamed chat answer ignored
