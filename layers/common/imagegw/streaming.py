@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from typing import Any
 
 from imagegw.errors import GatewayError, render
 from imagegw.generation import Event, Progress, Result
@@ -35,10 +35,10 @@ def markdown(result: Result) -> str:
 
 
 #: provider task states (ModelScope's, and the gateway's own) -> what a person reads
-_QUEUED: Final = frozenset({"PENDING", "QUEUED", "QUEUING", "SUBMITTED", "WAITING"})
-_RUNNING: Final = frozenset({"RUNNING", "PROCESSING", "IN_PROGRESS", "STARTED"})
-_SUCCEEDED: Final = frozenset({"SUCCEED", "SUCCEEDED", "SUCCESS", "DONE"})
-_FAILED: Final = frozenset({"FAILED", "FAILURE", "ERROR", "CANCELED", "CANCELLED"})
+_QUEUED = frozenset({"PENDING", "QUEUED", "QUEUING", "SUBMITTED", "WAITING"})
+_RUNNING = frozenset({"RUNNING", "PROCESSING", "IN_PROGRESS", "STARTED"})
+_SUCCEEDED = frozenset({"SUCCEED", "SUCCEEDED", "SUCCESS", "DONE"})
+_FAILED = frozenset({"FAILED", "FAILURE", "ERROR", "CANCELED", "CANCELLED"})
 
 
 def stage_words(event: Progress) -> str:
