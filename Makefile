@@ -34,10 +34,12 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
 LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
-.PHONY: help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json
+.PHONY: help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json
 
 help:
-	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
+	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change); stored"
+	@echo "            images and ended jobs are kept in .local-state/ (RESET=1 starts empty)"
+	@echo "make reset  forget what make run kept (empties .local-state/)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
 	@echo "make bench  print benchmark figures (bench/)"
@@ -77,8 +79,15 @@ $(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
 	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
 
+# make run keeps stored images and ended jobs in .local-state/ (imagegw.localstate)
+LOCAL_STATE := .local-state
+
 run: $(BIN)/.ready
+	$(if $(RESET),rm -rf $(LOCAL_STATE))
 	PYTHONPATH=layers/common $(BIN)/python -m imagegw.local
+
+reset:
+	rm -rf $(LOCAL_STATE)
 
 lint: $(BIN)/.ready
 	$(BIN)/ruff check .

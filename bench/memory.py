@@ -98,6 +98,8 @@ def _make_run(base_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         "MODELSCOPE_BASE_URL": base_url,
         "MAX_BODY_BYTES": str(BIG_PHOTO_BYTES + 1024 * 1024),
         "POWERTOOLS_LOG_LEVEL": "WARNING",
+        # what make run keeps across restarts: not the repository's own folder
+        "LOCAL_STATE_DIR": tempfile.mkdtemp(prefix="bench-local-state-"),
     }
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(

@@ -53,6 +53,8 @@ def local_server(
         "OPENAI_BASE_URL": f"{_fake_openai_server[0].url}/v1",
         "JOB_POLL_INTERVAL": "0",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
+        # what make run keeps across restarts: not the repository's own folder
+        "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
     }
     log = tmp_path_factory.mktemp("local") / "server.log"
     url = f"http://127.0.0.1:{port}"

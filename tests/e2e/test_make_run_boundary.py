@@ -49,6 +49,8 @@ def make_run(
         "PORT": str(port),
         "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
         "BODY_TIMEOUT": "1",
+        # what make run keeps across restarts: not the repository's own folder
+        "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
     }
     log = tmp_path_factory.mktemp("make-run") / "server.log"
     url = f"http://127.0.0.1:{port}"

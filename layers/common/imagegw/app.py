@@ -33,6 +33,8 @@ from imagegw.errors import (
 )
 from imagegw.gateway import Gateway
 from imagegw.log import logger
+from imagegw.paths import NormalizePath
+from imagegw.providers import PROVIDERS
 from imagegw.routes import chat, files, images, jobs, models
 from imagegw.storage import ImageStore
 from imagegw.web import error_response
@@ -43,6 +45,7 @@ EXPOSED_HEADERS = [
     "x-should-retry",
     "location",
     "preference-applied",
+    "x-ignored-parameters",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
 FRONT_ENDS = (models, chat, images, jobs, files)
@@ -217,7 +220,12 @@ def create_app(
         yield
         await gateway.aclose()
 
-    middleware = [Middleware(RequestLog), Middleware(BodyDeadline, timeout=settings.body_timeout)]
+    middleware = [
+        Middleware(RequestLog),
+        # `/chat/completions`, `/v1//models`, `/v1/models/`: the routes' one spelling
+        Middleware(NormalizePath, providers=PROVIDERS),
+        Middleware(BodyDeadline, timeout=settings.body_timeout),
+    ]
     if settings.cors_origins:
         # CORS_SCOPE=api-gateway (the stack): the Function URL answers CORS itself
         cors = CORSMiddleware if settings.cors_scope == "all" else ApiGatewayCORS

@@ -228,9 +228,17 @@ def serve_stand_ins() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's line per request
     server = None
     env: dict[str, str] = {}
+    kept = None  # stored images and ended jobs across restarts (`imagegw.localstate`)
     if not os.environ.get("BUCKET"):
+        import boto3
+
+        from imagegw.localstate import LocalState, default_dir
+
         server, env = start_s3_stand_in()
         os.environ.update(env)
+        s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], region_name=LOCAL_REGION)
+        kept = LocalState(default_dir(REPO_ROOT), s3, env["BUCKET"])
+        restored = f"{kept.restore_images()} stored images"
     if not os.environ.get("JOB_STATE_MACHINE_ARN"):
         if server is None:
             server, endpoint = start_moto()
@@ -242,11 +250,23 @@ def serve_stand_ins() -> None:
         jobs = start_jobs_stand_in(endpoint, region or LOCAL_REGION)
         os.environ.update(jobs)
         env.update(jobs)
+        if kept is not None:
+            sfn = boto3.client("stepfunctions", endpoint_url=endpoint, region_name=region)
+            arn = jobs["JOB_STATE_MACHINE_ARN"]
+            count = kept.restore_jobs(sfn, arn, LOCAL_ACCOUNT, region or LOCAL_REGION)
+            restored += f" and {count} ended jobs"
+    if kept is not None:
+        kept.keep()
+        # a SIGTERM to the process group (a supervisor, a test) still saves on the way out
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print(f"kept from earlier runs ({kept.folder}): {restored}", file=sys.stderr)
     print(json.dumps(env), flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the handlers' log lines: the console
     try:
         sys.stdin.read()
     finally:
+        if kept is not None:
+            kept.close()
         if server is not None:
             server.stop()
 

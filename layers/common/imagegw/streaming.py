@@ -39,11 +39,40 @@ def markdown_of(images: Sequence[str], failures: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+#: provider task states (ModelScope's, and the gateway's own) -> what a person reads
+_QUEUED = frozenset({"PENDING", "QUEUED", "QUEUING", "SUBMITTED", "WAITING"})
+_RUNNING = frozenset({"RUNNING", "PROCESSING", "IN_PROGRESS", "STARTED"})
+_SUCCEEDED = frozenset({"SUCCEED", "SUCCEEDED", "SUCCESS", "DONE"})
+_FAILED = frozenset({"FAILED", "FAILURE", "ERROR", "CANCELED", "CANCELLED"})
+
+
+def stage_words(event: Progress) -> str:
+    """The stage of a run in words ("queued at ModelScope", "generating", "saving the
+    image"), never a provider's raw state name; a state not known reads "working"."""
+    state = event.state.upper()
+    images = "images" if event.total > 1 else "image"
+    at = f" at {event.where}" if event.where else ""
+    if state == "UPLOADING":
+        return f"sending the input {images}"
+    if state in _QUEUED:
+        return f"queued{at}"
+    if state in _RUNNING:
+        return "generating"
+    if state in _SUCCEEDED:
+        return f"saving the {images}"
+    if state in _FAILED:
+        return "failed"
+    return f"working{at}"
+
+
 def progress_text(event: Progress) -> str:
+    """One line of the thinking block: the stage in words, the seconds since the request
+    began, and the estimate of the whole run where one exists."""
+    stage = stage_words(event)
     if event.expected is not None and event.expected > event.elapsed:
-        text = f"{event.state} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
+        text = f"{stage} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
     else:
-        text = f"{event.state} · {event.elapsed:.1f} s"
+        text = f"{stage} · {event.elapsed:.1f} s"
     if event.total > 1:
         text += f" · {event.done}/{event.total} done"
     return text + "\n"

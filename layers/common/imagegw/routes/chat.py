@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from imagegw import passthrough, pipeline
-from imagegw.core.plan import Ask, plan
+from imagegw import inline, passthrough, pipeline
+from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.disconnect import unless_disconnected
 from imagegw.errors import InvalidRequestError
 from imagegw.images import decode_refs
@@ -67,8 +67,12 @@ async def chat_completions(request: Request) -> Response:
         return await unless_disconnected(request, passthrough.chat(gateway, provider, body, key))
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
-    ask = Ask(chat.model, kind, parsed.prompt, chat.fields, len(parsed.images))
+    # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
+    written = inline.parse(parsed.prompt)
+    fields = inline.merge(chat.fields, written.fields)
+    ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
+    ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
     logger.info(
@@ -100,10 +104,13 @@ async def chat_completions(request: Request) -> Response:
     completion = Completion(chat.model)
     if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
         result = await unless_disconnected(request, collect(events))
-        return JSONResponse(completion.message(markdown(result)))
+        headers = {IGNORED_HEADER: ignored} if ignored else None
+        return JSONResponse(completion.message(markdown(result)), headers=headers)
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
     if parsed.from_history:
         intro += " · editing the previous image"
+    if ignored:
+        intro += f"\nignored: {ignored}"
     return StreamingResponse(
         chat_stream(
             events,
