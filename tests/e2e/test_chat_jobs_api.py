@@ -285,3 +285,15 @@ def test_without_jobs_the_preference_is_ignored(gateway_url: str, fake_ms: FakeM
     assert len(links(image.parse())) == 1
     assert passed.status_code == 200 and passed.parse().object == "chat.completion"
     assert len(fake_ms.chat_requests) == 1
+
+
+def test_a_chat_job_names_the_parameters_it_ignores(
+    local_server: str, fake_ms: FakeModelScope
+) -> None:
+    # When a chat job carries a misspelt option and a standard chat parameter
+    body = chat("Qwen/Qwen-Image", "a kite", stpes=30, temperature=0.2)
+    accepted = submit(local_server, body, path=CHAT)
+
+    # Then it starts, and the misspelling (only) is named, as for a JSON answer
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.headers["x-ignored-parameters"] == "stpes"

@@ -89,9 +89,12 @@ async def chat_completions(request: Request) -> Response:
         },
     )
     if as_job:  # a durable job (routes/jobs.py); it wins over `stream`
-        return await start_job(
+        accepted = await start_job(
             request, job, inputs=inputs, api="chat", idempotency_key=idempotency_key
         )
+        if ignored:
+            accepted.headers[IGNORED_HEADER] = ignored
+        return accepted
     events = pipeline.events(
         gateway,
         provider,
