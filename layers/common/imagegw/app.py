@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegw import apimetrics
 from imagegw.config import Settings
 from imagegw.cors import ApiGatewayCORS
 from imagegw.errors import (
@@ -114,9 +115,11 @@ class RequestLog:
                 message["headers"] = headers
             await send(message)
 
+        token = apimetrics.begin()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            apimetrics.finish(token, status)  # after the last byte: streams are not held up
             logger.info(
                 "request",
                 extra={
