@@ -57,7 +57,7 @@ def test_with_credentials_the_check_names_the_account() -> None:
 def test_after_a_deploy_the_addresses_to_paste_are_printed() -> None:
     text = describe(OUTPUTS).splitlines()
     assert text[0].startswith("API address for Cherry Studio, Open WebUI, LobeChat:")
-    assert text[0].endswith(OUTPUTS["FunctionUrl"])
+    assert text[0].endswith(" https://abc123.lambda-url.ap-east-1.on.aws")  # no trailing /
     assert any(line.endswith(OUTPUTS["DashboardUrl"]) for line in text)
     assert any("kept by `make delete`" in line and "gw-uploadsbucket" in line for line in text)
     assert not any("stateMachine" in line for line in text)  # only what a user needs

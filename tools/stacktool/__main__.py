@@ -90,8 +90,10 @@ SHOWN = (
 def describe(outputs: dict[str, str]) -> str:
     """What a user needs after a deploy, from the stack's outputs."""
     width = max(len(label) for _, label in SHOWN) + 1
+    # the Function URL without its trailing slash: Cherry Studio then appends /v1/... itself
+    shown = {**outputs, "FunctionUrl": outputs.get("FunctionUrl", "").rstrip("/")}
     return "\n".join(
-        f"{label + ':':{width}} {outputs[key]}" for key, label in SHOWN if key in outputs
+        f"{label + ':':{width}} {shown[key]}" for key, label in SHOWN if outputs.get(key)
     )
 
 
