@@ -34,7 +34,8 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
 LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
-.PHONY: help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json
+.PHONY: help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
+  deploy logs delete
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change); stored"
@@ -47,6 +48,9 @@ help:
 	@echo "            run a built function with an event as Lambda would, without Docker"
 	@echo "make events [STACK=<name>] [OUT=<dir>]  seal the job events' provider key"
 	@echo "make env-json STACK=<name> [OUT=<file>]  --env-vars JSON for sam local invoke"
+	@echo "make deploy build and deploy to AWS (sam deploy --guided; GUIDED=0 reuses the answers)"
+	@echo "make logs   follow the deployed API's and jobs' logs [SINCE=<minutes back>]"
+	@echo "make delete delete the deployed stack (its image bucket stays: see the message)"
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -154,6 +158,24 @@ env-json: $(BIN)/.ready
 # the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
 bench: $(BIN)/.ready build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
+
+# Deploy and operate (README "Deploy"): the stack's name and region are samconfig.toml's, which
+# `sam deploy --guided` writes. `make deploy` builds with python3.13 (put on PATH above), stops
+# with a how-to when boto3 finds no AWS credentials, deploys, then prints the addresses to use.
+STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
+GUIDED ?= 1
+
+deploy: $(BIN)/.ready build
+	@$(STACKTOOL) credentials
+	$(SAM) deploy $(if $(filter 1,$(GUIDED)),--guided)
+	@$(STACKTOOL) outputs
+
+logs: $(BIN)/.ready
+	@$(STACKTOOL) logs $(if $(SINCE),--since '$(SINCE)')
+
+delete: $(BIN)/.ready $(SAM_VENV)/.ready
+	@$(STACKTOOL) bucket
+	$(SAM) delete
 
 clean:
 	rm -rf .aws-sam .aws-emulator .mypy_cache .ruff_cache node_modules

@@ -191,3 +191,83 @@ def test_provider_settings_are_one_shared_parameter(template: dict[str, Any]) ->
         variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
         assert not set(variables) & set(declared()), name
     assert not any("BaseUrl" in name for name in template["Parameters"])
+
+
+def _dashboard(template: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's body as CloudFormation makes it (its `${...}` filled in), parsed."""
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
+    body, variables = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert set(variables) == {"Namespace"}
+    filled = re.sub(r"\$\{([A-Za-z0-9:]+)\}", lambda m: f"<{m.group(1)}>", body)
+    parsed: dict[str, Any] = json.loads(filled)
+    return parsed
+
+
+def _metric_names(widget: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for line in widget["properties"]["metrics"]:
+        if isinstance(line[0], dict):
+            names.add(line[0]["expression"])
+        else:
+            names.add(line[1])
+    return names
+
+
+def test_the_dashboard_shows_requests_errors_by_code_generation_time_jobs_throttles(
+    template: dict[str, Any],
+) -> None:
+    widgets = {w["properties"]["title"]: w for w in _dashboard(template)["widgets"]}
+    shown = {title: _metric_names(widget) for title, widget in widgets.items()}
+    every = set().union(*shown.values())
+    assert {"Requests", "Errors", "Generations", "ImagesGenerated", "ColdStart"} <= every
+    assert {"JobsSubmitted", "JobsSucceeded", "JobsFailed", "Throttles"} <= every
+    (by_code,) = [e for e in every if e.startswith("SEARCH(")]
+    assert "ErrorCode" in by_code and 'MetricName="Failures"' in by_code
+    timing = next(w for t, w in widgets.items() if "Generation time" in t)
+    stats = {line[-1]["stat"] for line in timing["properties"]["metrics"]}
+    assert {"p50", "p95"} <= stats
+    # every metric of the gateway's own is read from the namespace the functions write to
+    namespace = {"Fn::Sub": "ImageGateway/${AWS::StackName}"}
+    (dashboard,) = resources(template, "AWS::CloudWatch::Dashboard").values()
+    assert dashboard["Properties"]["DashboardBody"]["Fn::Sub"][1]["Namespace"] == namespace
+    for function in resources(template, "AWS::Serverless::Function").values():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["POWERTOOLS_METRICS_NAMESPACE"] == namespace
+        assert variables["POWERTOOLS_SERVICE_NAME"] == "image-gateway"
+
+
+def test_alarms_watch_error_rate_throttles_and_failed_jobs_and_mail_only_when_asked(
+    template: dict[str, Any],
+) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    watched = {
+        name: {
+            m["MetricStat"]["Metric"]["MetricName"]
+            for m in alarm["Properties"]["Metrics"]
+            if "MetricStat" in m
+        }
+        for name, alarm in alarms.items()
+    }
+    assert {"Requests", "Errors"} in watched.values()
+    assert {"Throttles"} in watched.values()
+    assert {"JobsFailed", "ExecutionsFailed", "ExecutionsTimedOut"} in watched.values()
+    # notifications: a topic and an e-mail subscription exist only with an AlarmEmail
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+    assert template["Conditions"]["NotifyByEmail"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]
+    }
+    (topic,) = resources(template, "AWS::SNS::Topic").values()
+    (subscription,) = resources(template, "AWS::SNS::Subscription").values()
+    assert topic["Condition"] == subscription["Condition"] == "NotifyByEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    for alarm in alarms.values():
+        for actions in ("AlarmActions", "OKActions"):
+            assert alarm["Properties"][actions] == {
+                "Fn::If": ["NotifyByEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]
+            }
+
+
+def test_the_stack_outputs_the_dashboards_address(template: dict[str, Any]) -> None:
+    url = template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
+    assert url.startswith("https://console.aws.amazon.com/cloudwatch/")
+    assert "region=${AWS::Region}" in url and url.endswith("#dashboards:name=${Dashboard}")

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagegw import apimetrics
 from imagegw.config import Settings
 from imagegw.cors import ApiGatewayCORS
 from imagegw.errors import (
@@ -96,7 +97,12 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 class RequestLog:
-    """Pure ASGI middleware (streaming-safe): a request id header and one log line a request."""
+    """Pure ASGI middleware (streaming-safe): a request id header, the same id on every log
+    line of the request (and the job id, once a job is known: `imagegw.jobs.service`), one
+    log line a request, and the request's metrics (`imagegw.apimetrics`).
+
+    The ids are Powertools' context keys (a context variable): each request runs in a task of
+    its own, so concurrent requests never see each other's ids."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -117,19 +123,22 @@ class RequestLog:
                 message["headers"] = headers
             await send(message)
 
+        token = apimetrics.begin()
+        logger.thread_safe_append_keys(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            apimetrics.finish(token, status)  # after the last byte: streams are not held up
             logger.info(
                 "request",
                 extra={
-                    "request_id": request_id,
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
                     "ms": round((time.monotonic() - began) * 1000),
                 },
             )
+            logger.thread_safe_remove_keys(["request_id", "job_id"])
 
 
 class BodyDeadline:

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from imagegw import apimetrics
 from imagegw.config import Settings
 from imagegw.core.advance import (
     Made,
@@ -263,6 +264,8 @@ async def _poll(
                 forecast.ends[index] = timing.submitted + expected
         elif isinstance(status, Finished):
             await forecast.learn(timing, answered)
+            if timing.last_running is not None:  # it ended between these two polls
+                apimetrics.seconds("DetectionLag", answered - timing.last_running)
         await queue.put((index, status))
         if isinstance(status, Finished | Failed):
             return
@@ -394,4 +397,8 @@ async def run(
     async with aclosing(job.watch(request)) as watching:  # closed with us: no poll after
         async for event in watching:
             yield event
-    yield job.tasks.result(job.elapsed())
+    result = job.tasks.result(job.elapsed())
+    apimetrics.count("Generations")
+    apimetrics.count("ImagesGenerated", len(result.images))
+    apimetrics.seconds("GenerationSeconds", result.elapsed)
+    yield result

@@ -309,6 +309,8 @@ def main() -> None:
     from imagegw.app import create_app
     from imagegw.config import Settings
 
+    # as on the stand-ins' side: no EMF metric lines on the console (imagegw.apimetrics)
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     stand_ins = None
     where = f"bucket {os.environ['BUCKET']}" if os.environ.get("BUCKET") else ""
     if not os.environ.get("BUCKET") or not os.environ.get("JOB_STATE_MACHINE_ARN"):

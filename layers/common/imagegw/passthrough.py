@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
+from imagegw import apimetrics
 from imagegw.errors import NotFoundError, ProviderError, render
 from imagegw.gateway import Gateway
 from imagegw.log import logger
@@ -94,6 +95,7 @@ async def _relay(upstream: httpx.Response, title: str) -> AsyncIterator[bytes]:
         )
         if tail != b"\n\n":  # end a half-sent event first
             yield b"\n\n"
+        apimetrics.failure(error)
         yield sse(render(error)[1]).encode()
         yield DONE.encode()
     finally:

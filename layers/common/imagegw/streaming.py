@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from imagegw import apimetrics
 from imagegw.errors import GatewayError, render
 from imagegw.generation import Event, Progress, Result
 from imagegw.log import logger
@@ -163,6 +164,7 @@ async def chat_stream(
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
+        apimetrics.failure(exc)
         _, body, _ = render(exc)
         yield sse(body)
         yield DONE

@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from imagegw import apimetrics
 from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
@@ -40,6 +41,7 @@ def gateway_of(request: Request) -> Gateway:
 
 
 def error_response(exc: BaseException) -> JSONResponse:
+    apimetrics.failure(exc)
     status, body, headers = render(exc)
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -236,6 +236,7 @@ class Jobs:
         owner = owner_of(request.api_key.get_secret_value())
         asked = fingerprint(request, inputs, response_format, api)
         job_id = job_id_for(owner, idempotency_key)
+        logger.thread_safe_append_keys(job_id=job_id)  # on the request's lines from here on
         if idempotency_key is not None:
             existing = await self._call("describe", runner.describe, job_id)
             if existing is not None:
@@ -327,6 +328,7 @@ class Jobs:
         runner = self.runner
         if not JOB_ID.match(job_id):
             raise missing
+        logger.thread_safe_append_keys(job_id=job_id)  # on the request's lines from here on
         existing = await self._call("describe", runner.describe, job_id)
         data = parse_input(existing.input) if existing is not None else None
         if existing is None or data is None or data.job.owner != owner_of(token):
