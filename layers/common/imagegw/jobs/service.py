@@ -193,11 +193,18 @@ class Jobs:
         inputs: Sequence[str | ImageBytes] = (),
         response_format: ResponseFormat = "url",
         idempotency_key: str | None = None,
+        owner: str | None = None,
+        key_ref: str | None = None,
     ) -> JobView:
         """Start a job for `request` (its images given as `inputs`), or find the one this
-        caller started with the same Idempotency-Key."""
+        caller started with the same Idempotency-Key.
+
+        `owner`: who may read it (`owner_of` the caller's bearer token; default: of the
+        request's key, the client's own token). `key_ref`: a reference to a server-held token
+        (`pool:<provider>:<token id>`, a gateway key's job) carried in place of the sealed key:
+        the job steps read the token from the access secret."""
         runner = self.runner
-        owner = owner_of(request.api_key.get_secret_value())
+        owner = owner or owner_of(request.api_key.get_secret_value())
         asked = fingerprint(request, inputs, response_format)
         job_id = job_id_for(owner, idempotency_key)
         if idempotency_key is not None:
@@ -218,7 +225,10 @@ class Jobs:
             images=await self._stage(inputs),
             response_format=response_format,
         )
-        sealed = await anyio.to_thread.run_sync(self.sealer.seal, request.api_key, job_id)
+        if key_ref is not None:
+            sealed = key_ref
+        else:
+            sealed = await anyio.to_thread.run_sync(self.sealer.seal, request.api_key, job_id)
         payload = JobInput(
             job=spec,
             key=sealed,

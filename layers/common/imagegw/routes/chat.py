@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw import passthrough, pipeline
+from imagegw.access.meter import metered
 from imagegw.core.plan import Ask, plan
 from imagegw.disconnect import unless_disconnected
 from imagegw.images import decode_refs
@@ -20,7 +21,7 @@ from imagegw.providers.base import ModelKind
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
 from imagegw.web import (
-    api_key,
+    authorize,
     client_budget,
     gateway_of,
     public_base_url,
@@ -35,12 +36,13 @@ async def chat_completions(request: Request) -> Response:
     gateway = gateway_of(request)
     settings = gateway.settings
     provider = gateway.provider(request.path_params.get("provider"))
-    key = api_key(request)
+    caller, key = await authorize(request, provider.name)  # before the body is read
     body = await read_json(request, settings.max_body_bytes)
     try:
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    caller.check_model(chat.model)
     kind = provider.classify(chat.model)
     if kind is ModelKind.CHAT:
         # a client that leaves before the provider answers stops the wait (a stream, once
@@ -51,6 +53,8 @@ async def chat_completions(request: Request) -> Response:
     job = plan(provider, ask, key)
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
+    base_url = public_base_url(request, settings)  # a bad Host refused before the reservation
+    reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
     logger.info(
         "chat generation",
         extra={
@@ -63,14 +67,18 @@ async def chat_completions(request: Request) -> Response:
             "stream": chat.stream,
         },
     )
-    events = pipeline.events(
-        gateway,
-        provider,
-        job,
-        inputs,
-        public_base_url(request, settings),
-        # a streamed answer stays alive with keep-alives; a JSON one must beat the client's timer
-        budget=None if chat.stream else client_budget(request),
+    events = metered(
+        pipeline.events(
+            gateway,
+            provider,
+            job,
+            inputs,
+            base_url,
+            # a streamed answer stays alive with keep-alives; a JSON one must beat the client's
+            # timer
+            budget=None if chat.stream else client_budget(request),
+        ),
+        reservation,
     )
     completion = Completion(chat.model)
     if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
