@@ -30,13 +30,17 @@ LOCAL_BUILD := .aws-sam/build-local
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean
+.PHONY: key keys revoke token tokens untoken help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
 	@echo "make bench  print benchmark figures (bench/)"
+	@echo "make key NAME=alice [QUOTA=50] [MODELS=a,b] [DAYS=30]  issue a gateway key (printed once)"
+	@echo "make keys | make revoke NAME=alice                       list / revoke gateway keys"
+	@echo "make token PROVIDER=modelscope TOKEN=ms-... | make tokens | make untoken PROVIDER=.. TOKEN=.."
+	@echo "           (owner commands: make run's stand-ins while it runs, or a stack with STACK=<name>)"
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -121,6 +125,32 @@ test-aws: $(BIN)/.ready $(AWS_VENV)/.ready build-local
 
 bench: $(BIN)/.ready
 	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
+
+# owner commands (README "Sharing a deployment"): against `make run` while it runs, or against a
+# deployed stack with STACK=<name> (the caller's AWS credentials); TOKEN=- reads it from stdin
+ADMIN := PYTHONPATH=layers/common STACK="$(STACK)" $(BIN)/python -m imagegw.admin
+key: $(BIN)/.ready
+	@test -n "$(NAME)" || { echo "usage: make key NAME=alice [QUOTA=50] [MODELS=a,b] [DAYS=30]"; exit 2; }
+	@$(ADMIN) key "$(NAME)" $(if $(QUOTA),--quota "$(QUOTA)") $(if $(MODELS),--models "$(MODELS)") \
+	  $(if $(PROVIDERS),--providers "$(PROVIDERS)") $(if $(DAYS),--days "$(DAYS)")
+
+keys: $(BIN)/.ready
+	@$(ADMIN) keys
+
+revoke: $(BIN)/.ready
+	@test -n "$(NAME)" || { echo "usage: make revoke NAME=alice"; exit 2; }
+	@$(ADMIN) revoke "$(NAME)"
+
+token: $(BIN)/.ready
+	@test -n "$(PROVIDER)" -a -n "$(TOKEN)" || { echo "usage: make token PROVIDER=modelscope TOKEN=ms-..."; exit 2; }
+	@$(ADMIN) token "$(PROVIDER)" "$(TOKEN)"
+
+tokens: $(BIN)/.ready
+	@$(ADMIN) tokens
+
+untoken: $(BIN)/.ready
+	@test -n "$(PROVIDER)" -a -n "$(TOKEN)" || { echo "usage: make untoken PROVIDER=modelscope TOKEN=ms-..."; exit 2; }
+	@$(ADMIN) untoken "$(PROVIDER)" "$(TOKEN)"
 
 clean:
 	rm -rf .aws-sam .aws-emulator .mypy_cache .ruff_cache node_modules

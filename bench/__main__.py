@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, concurrency, lag, overhead, polling
+from bench import coldstart, concurrency, keys, lag, overhead, polling
 from bench.common import ROOT, Report, machine_facts, machine_table, markdown_table
 
 BENCHMARKS: dict[str, Callable[[], Report]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[], Report]] = {
     "overhead": overhead.run,
     "concurrency": concurrency.run,
     "polling": polling.run,
+    "keys": keys.run,
 }
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 

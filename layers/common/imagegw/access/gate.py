@@ -148,19 +148,26 @@ class Reservation:
     settled: bool = False
 
     async def settle(self, made: int) -> None:
-        """Give back what was reserved and not made (all of it when nothing was)."""
+        """Give back what was reserved and not made (all of it when nothing was), and count
+        what was made in the month (both at once)."""
         if self.settled:
             return
         self.settled = True
-        back = self.n - max(0, min(made, self.n))
-        if back:
-            table = self.access.table
-            try:
-                await anyio.to_thread.run_sync(
-                    table.give_back, self.record.hash, self.model, back, self.at
-                )
-            except Exception as exc:
-                logger.warning("quota give-back failed", extra={"error": type(exc).__name__})
+        made = max(0, min(made, self.n))
+        table, hash_ = self.access.table, self.record.hash
+
+        async def give_back() -> None:
+            await anyio.to_thread.run_sync(
+                table.give_back, hash_, self.model, self.n - made, self.at
+            )
+
+        async def count() -> None:
+            await anyio.to_thread.run_sync(table.count_month, hash_, self.model, made, self.at)
+
+        answers = await asyncio.gather(give_back(), count(), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                logger.warning("usage update failed", extra={"error": type(answer).__name__})
 
 
 class Access:

@@ -6,7 +6,8 @@
 - `usage#<hash>#d#<YYYY-MM-DD>` and `usage#<hash>#m#<YYYY-MM>`: images counted by day and month
   (UTC), in all (`images`) and by model (`model:<id>`). The day's count is the quota's: images
   are reserved there by one conditional update before the provider is called, so concurrent
-  requests cannot overshoot it, and given back when nothing was made;
+  requests cannot overshoot it, and given back when nothing was made; the month counts the
+  images made, once the generation is over;
 - `aside#<provider>`: tokens set aside, as `t:<token id>` -> Unix time they come back, shared by
   every instance.
 """
@@ -164,16 +165,19 @@ class AccessTable:
     # ------------------------------------------------------------------ usage
 
     def reserve(self, hash_: str, model: str, n: int, quota: int | None, now: float) -> None:
-        """Count `n` images of `model` today and this month; QuotaFull when today's count
-        would pass `quota` (nothing counted then)."""
+        """Count `n` images of `model` today: one conditional update, before the provider is
+        called; QuotaFull when today's count would pass `quota` (nothing counted then)."""
         self._add(f"usage#{hash_}#d#{day_of(now)}", model, n, now + DAY_TTL, quota)
-        self._add(f"usage#{hash_}#m#{month_of(now)}", model, n, now + MONTH_TTL, None)
 
     def give_back(self, hash_: str, model: str, n: int, now: float) -> None:
         """Uncount `n` images reserved at `now` (nothing was made of them)."""
         if n > 0:
             self._add(f"usage#{hash_}#d#{day_of(now)}", model, -n, now + DAY_TTL, None)
-            self._add(f"usage#{hash_}#m#{month_of(now)}", model, -n, now + MONTH_TTL, None)
+
+    def count_month(self, hash_: str, model: str, made: int, now: float) -> None:
+        """Count the images made in the month's usage (after the generation)."""
+        if made > 0:
+            self._add(f"usage#{hash_}#m#{month_of(now)}", model, made, now + MONTH_TTL, None)
 
     def _add(self, pk: str, model: str, n: int, ttl: float, quota: int | None) -> None:
         kwargs: dict[str, Any] = {
