@@ -70,6 +70,10 @@ STAND_INS: dict[str, str] = {
     # durable jobs: made-up ARNs (no test here starts a job on the build)
     "JOB_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:e2e-image-jobs",
     "JOB_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
+    # gateway keys (mixed mode by default): made-up names; the tests here send client tokens,
+    # which are passed through without touching either
+    "ACCESS_TABLE": "imagegw-e2e-access",
+    "ACCESS_SECRET": "arn:aws:secretsmanager:us-east-1:123456789012:secret:e2e-access",
 }
 
 
