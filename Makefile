@@ -30,10 +30,16 @@ LOCAL_BUILD := .aws-sam/build-local
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: key keys revoke token tokens untoken help run test test-aws check lint format types unit functional e2e validate asl build build-local bench clean
+# `make invoke`, `make events`, `make env-json`: the built functions run the Lambda way on this
+# host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
+LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
+
+.PHONY: key keys revoke token tokens untoken help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json
 
 help:
-	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change)"
+	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change); stored"
+	@echo "            images and ended jobs are kept in .local-state/ (RESET=1 starts empty)"
+	@echo "make reset  forget what make run kept (empties .local-state/)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
 	@echo "make bench  print benchmark figures (bench/)"
@@ -41,6 +47,10 @@ help:
 	@echo "make keys | make revoke NAME=alice                       list / revoke gateway keys"
 	@echo "make token PROVIDER=modelscope TOKEN=ms-... | make tokens | make untoken PROVIDER=.. TOKEN=.."
 	@echo "           (owner commands: make run's stand-ins while it runs, or a stack with STACK=<name>)"
+	@echo "make invoke FUNCTION=<logical id> EVENT=<file> [ENV_VARS=<file>] [STACK=<name>]"
+	@echo "            run a built function with an event as Lambda would, without Docker"
+	@echo "make events [STACK=<name>] [OUT=<dir>]  seal the job events' provider key"
+	@echo "make env-json STACK=<name> [OUT=<file>]  --env-vars JSON for sam local invoke"
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,8 +83,15 @@ $(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
 	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
 
+# make run keeps stored images and ended jobs in .local-state/ (imagegw.localstate)
+LOCAL_STATE := .local-state
+
 run: $(BIN)/.ready
+	$(if $(RESET),rm -rf $(LOCAL_STATE))
 	PYTHONPATH=layers/common $(BIN)/python -m imagegw.local
+
+reset:
+	rm -rf $(LOCAL_STATE)
 
 lint: $(BIN)/.ready
 	$(BIN)/ruff check .
@@ -123,8 +140,24 @@ test-aws: $(BIN)/.ready $(AWS_VENV)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) AWS_EMULATOR_PYTHON=$(AWS_VENV)/bin/python SAM_CLI=$(SAM) \
 	  timeout $(AWS_TEST_TIMEOUT) $(BIN)/pytest tests/aws
 
-bench: $(BIN)/.ready
-	PYTHONPATH=layers/common:tests $(BIN)/python -m bench
+# the build runs first, its output on stderr: stdout is the function's answer alone
+invoke: $(BIN)/.ready
+	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<logical id> EVENT=<file> [ENV_VARS=<file>] [STACK=<name>]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory build-local >&2
+	@$(LAMBDAHOST) invoke --build-dir $(LOCAL_BUILD) --function '$(FUNCTION)' --event '$(EVENT)' \
+	  $(if $(ENV_VARS),--env-vars '$(ENV_VARS)') $(if $(STACK),--stack '$(STACK)')
+
+# PROVIDER_KEY (from the environment) seals your own token instead of the sample one
+events: $(BIN)/.ready
+	@$(LAMBDAHOST) events $(if $(STACK),--stack '$(STACK)') $(if $(OUT),--out '$(OUT)')
+
+env-json: $(BIN)/.ready
+	@test -n "$(STACK)" || { echo "usage: make env-json STACK=<name> [OUT=<file>]" >&2; exit 2; }
+	@$(LAMBDAHOST) env-json --stack '$(STACK)' $(if $(OUT),--out '$(OUT)')
+
+# the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
+bench: $(BIN)/.ready build-local
+	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
 # owner commands (README "Sharing a deployment"): against `make run` while it runs, or against a
 # deployed stack with STACK=<name> (the caller's AWS credentials); TOKEN=- reads it from stdin

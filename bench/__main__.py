@@ -1,6 +1,6 @@
-"""`python -m bench [lag|coldstart|overhead|concurrency ...]`: run the benchmarks (all of them by
-default) one after another, print a Markdown table per benchmark, the machine facts and a final
-summary for the README, and write bench/results/latest.json."""
+"""`python -m bench [lag|coldstart|overhead|concurrency|memory ...]`: run the benchmarks (all of
+them by default) one after another, print a Markdown table per benchmark, the machine facts and a
+final summary for the README, and write bench/results/latest.json."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, concurrency, keys, lag, overhead, polling
+from bench import coldstart, concurrency, keys, lag, memory, overhead, polling
 from bench.common import ROOT, Report, machine_facts, machine_table, markdown_table
 
 BENCHMARKS: dict[str, Callable[[], Report]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[], Report]] = {
     "overhead": overhead.run,
     "concurrency": concurrency.run,
     "polling": polling.run,
+    "memory": memory.run,
     "keys": keys.run,
 }
 RESULTS = ROOT / "bench" / "results" / "latest.json"

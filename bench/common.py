@@ -14,13 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -188,7 +187,7 @@ def _one_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes
 
 @contextlib.contextmanager
 def fake_modelscope(
-    task_duration: Duration, pending_seconds: float = 0.1
+    task_duration: Duration, pending_seconds: float = 0.1, backlog: int = 2048
 ) -> Iterator[tuple[FakeModelScope, str]]:
     """The fake ModelScope served on loopback in a thread; the fake and its API base URL.
 
@@ -199,7 +198,7 @@ def fake_modelscope(
     fake = FakeModelScope(task_duration=task_duration, pending_seconds=pending_seconds)
     fake_module.make_png = _one_colour_png  # type: ignore[attr-defined, assignment]
     try:
-        with ServerThread(fake) as server:
+        with ServerThread(fake, backlog=backlog) as server:
             yield fake, f"{server.url}/v1"
     finally:
         fake_module.make_png = make_png  # type: ignore[attr-defined]
@@ -242,35 +241,6 @@ def gateway_in_process(settings: Settings) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------------------ processes
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This environment with the API function's PYTHONPATH (layer + function), like Lambda."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "layers" / "common"), str(ROOT / "functions" / "api")]
-    )
-    env.update(extra or {})
-    return env
-
-
-def uvicorn_argv(port: int) -> list[str]:
-    """functions/api/run.sh's command line, on a chosen loopback port."""
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--timeout-graceful-shutdown",
-        "2",
-        "--app-dir",
-        str(ROOT / "functions" / "api"),
-        "main:app",
-    ]
 
 
 def wait_until_ready(
@@ -324,38 +294,6 @@ def proc_cpu_seconds(pid: int) -> float:
     fields = text.rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-@contextlib.contextmanager
-def gateway_subprocess(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`python -m uvicorn main:app` (functions/api) in its own process; it and its URL.
-
-    Its stdout (one JSON log line a request) goes to /dev/null; its stderr is shown on failure.
-    """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(
-            uvicorn_argv(port),
-            cwd=ROOT,
-            env=child_env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
-        try:
-            try:
-                wait_until_ready(url, process)
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"{exc}; its stderr:\n{_tail(errors)}") from None
-            yield process, url
-        finally:
-            stop_process(process)
-
-
-def _tail(stream: IO[bytes], limit: int = 4000) -> str:
-    stream.seek(0)
-    return stream.read().decode(errors="replace")[-limit:]
 
 
 # ------------------------------------------------------------------------------ client

@@ -5,10 +5,10 @@
   functions run as host processes by `executor/host_executor.py`, their X-Ray segments sent to
   a daemon stand-in (`fakes.xray`). Stopping it stops every process it started: they are one
   process group.
-- `deploy_stack`: publishes a stub Web Adapter layer (`executor/web_adapter.py`; the public
-  layer lives in another account, which the emulator's free edition cannot use), then deploys
-  the `sam build` output for this machine's architecture with the project's SAM CLI (SAM_CLI)
-  against the emulator's endpoint.
+- `deploy_stack`: publishes a stub Web Adapter layer (`executor/web_adapter.py` on
+  `lambdahost.adapter`; the public layer lives in another account, which the emulator's free
+  edition cannot use), then deploys the `sam build` output for this machine's architecture with
+  the project's SAM CLI (SAM_CLI) against the emulator's endpoint.
 
 Nothing leaves loopback; the credentials are the emulator's dummies.
 """
@@ -36,12 +36,17 @@ import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 from botocore.config import Config
 
-from e2e.test_deployed_build import LAYER, _check_architecture, _fail_or_skip, _free_port
+from e2e.test_deployed_build import LAYER, _check_architecture, _fail_or_skip
 from fakes.xray import XRayDaemon
+from lambdahost.adapter import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 EXECUTOR = HERE / "executor"
+#: the Lambda-on-this-host package (`lambdahost`): the executor and the stub adapter use it
+TOOLS = REPO_ROOT / "tools"
+#: what of it the stub Web Adapter layer carries (standard library only)
+ADAPTER_MODULES = ("__init__.py", "adapter.py", "events.py", "runtime.py")
 STATE = REPO_ROOT / ".aws-emulator"
 REGION = "us-east-1"
 STACK_NAME = "imagegw-emulated"
@@ -153,7 +158,7 @@ def _environment(port: int, runtime_python: Path, daemon: XRayDaemon) -> dict[st
         "DISABLE_EVENTS": "1",
         "SKIP_SSL_CERT_DOWNLOAD": "1",
         # Lambda functions as host processes (executor/host_executor.py)
-        "PYTHONPATH": str(EXECUTOR),
+        "PYTHONPATH": f"{EXECUTOR}:{TOOLS}",
         "LAMBDA_RUNTIME_EXECUTOR": "host",
         "HOST_EXECUTOR_PYTHON": str(runtime_python),
         "HOST_EXECUTOR_LOG_DIR": str(STATE / "functions"),
@@ -193,7 +198,7 @@ def start_emulator(runtime_python: Path) -> Iterator[Emulator]:
     """The emulator, ready; stopped with all it started on leaving, whatever happened."""
     python = emulator_python()
     shutil.rmtree(STATE, ignore_errors=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = STATE / "emulator.log"
     with XRayDaemon() as daemon:
@@ -225,8 +230,8 @@ def publish_stub_layer(emulator: Emulator, architecture: str) -> str:
         bootstrap = zipfile.ZipInfo("bootstrap")
         bootstrap.external_attr = 0o755 << 16
         layer.writestr(bootstrap, (EXECUTOR / "web_adapter.py").read_text())
-        layer.write(EXECUTOR / "host_runtime.py", "host_runtime.py")
-        layer.write(REPO_ROOT / "tests" / "lambda_events.py", "lambda_events.py")
+        for name in ADAPTER_MODULES:
+            layer.write(TOOLS / "lambdahost" / name, f"lambdahost/{name}")
     answer = emulator.client("lambda").publish_layer_version(
         LayerName="web-adapter-stub",
         Description="Stand-in for the Lambda Web Adapter (tests/aws/executor/web_adapter.py)",

@@ -24,57 +24,36 @@ except on CI (`CI=true`) where it fails.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import platform
-import re
-import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import httpx
 import pytest
-import yaml  # type: ignore[import-untyped,unused-ignore]
 
+import lambda_runtime
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
-from lambda_events import to_http_request
+from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS_DIR = REPO_ROOT / "events"
 BUILD_DIR_ENV = "SAM_LOCAL_BUILD_DIR"
-FUNCTION = "ApiFunction"
-LAYER = "CommonLayer"
+FUNCTION = lambda_runtime.FUNCTION
+LAYER = lambda_runtime.LAYER
 READY_TIMEOUT = 20.0
 
-# What the Lambda Python runtime ships besides the standard library (import names).
-RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
-
-# Environment values that must not reach the real world in a test, whatever the template says.
-STAND_INS: dict[str, str] = {
-    "BUCKET": "imagegw-e2e-uploads",
-    # Nothing listens on the discard port: a provider call fails fast instead of leaving loopback.
-    "MODELSCOPE_BASE_URL": "http://127.0.0.1:9/v1",
-    "SILICONFLOW_BASE_URL": "http://127.0.0.1:9/v1",
-    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
-    "GENERATION_TIMEOUT": "30",
-    # durable jobs: made-up ARNs (no test here starts a job on the build)
-    "JOB_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:e2e-image-jobs",
-    "JOB_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
-    # gateway keys (mixed mode by default): made-up names; the tests here send client tokens,
-    # which are passed through without touching either
-    "ACCESS_TABLE": "imagegw-e2e-access",
-    "ACCESS_SECRET": "arn:aws:secretsmanager:us-east-1:123456789012:secret:e2e-access",
-}
+STAND_INS = lambda_runtime.STAND_INS
 
 
 @dataclass(frozen=True)
@@ -125,58 +104,12 @@ def _check_architecture(layer_python: Path) -> None:
         )
 
 
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name))
-
-
-def _python313() -> Path:
-    """A CPython 3.13 interpreter: pyenv's newest 3.13.x, else python3.13 on PATH."""
-    root = os.environ.get("PYENV_ROOT")
-    if not root and shutil.which("pyenv"):
-        root = subprocess.run(
-            ["pyenv", "root"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    candidates: list[Path] = []
-    if root:
-        candidates = sorted(
-            (
-                p
-                for p in Path(root, "versions").glob("3.13.*/bin/python3.13")
-                if re.fullmatch(r"3\.13\.\d+", p.parent.parent.name)
-            ),
-            key=_version_key,
-        )
-    if candidates:
-        return candidates[-1]
-    on_path = shutil.which("python3.13")
-    if on_path:
-        return Path(on_path)
-    pytest.fail(
-        "no Python 3.13 found (the Lambda runtime is python3.13): install one with "
-        "`pyenv install 3.13` or put python3.13 on PATH"
-    )
-
-
 def _lambda_python(tmp: Path) -> Path:
     """A clean 3.13 venv whose site-packages holds only the Lambda runtime's packages."""
-    venv = tmp / "runtime"
-    subprocess.run(
-        [str(_python313()), "-m", "venv", "--without-pip", str(venv)],
-        check=True,
-        capture_output=True,
-    )
-    site = next((venv / "lib").glob("python3.13/site-packages"))
-    for name in RUNTIME_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            pytest.fail(f"{name} (part of the Lambda runtime) is not installed in the dev venv")
-        if spec.submodule_search_locations:
-            source = Path(next(iter(spec.submodule_search_locations)))
-        else:
-            assert spec.origin is not None
-            source = Path(spec.origin)
-        (site / source.name).symlink_to(source)
-    return venv / "bin"
+    try:
+        return lambda_runtime.runtime_python(tmp)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _free_port() -> int:
@@ -186,70 +119,13 @@ def _free_port() -> int:
         return port
 
 
-def _template_environment(template: Mapping[str, Any]) -> dict[str, str]:
-    """The function's environment variables from the built template.
-
-    `Ref`s to parameters take the parameter's default; values not decidable offline (Refs to
-    resources, other intrinsics) must have a stand-in in STAND_INS.
-    """
-    parameters: Mapping[str, Any] = template.get("Parameters") or {}
-    function = template["Resources"][FUNCTION]["Properties"]
-    variables: Mapping[str, Any] = function.get("Environment", {}).get("Variables", {})
-    env: dict[str, str] = {}
-    undecided: list[str] = []
-    for name, value in variables.items():
-        if name in STAND_INS:
-            env[name] = STAND_INS[name]
-        elif isinstance(value, str | int | float | bool):
-            env[name] = str(value)
-        elif isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
-            default = parameters[value["Ref"]].get("Default")
-            if default is None:
-                undecided.append(name)
-            else:
-                env[name] = str(default)
-        else:
-            undecided.append(name)
-    if undecided:
-        pytest.fail(f"give these template variables a stand-in in STAND_INS: {undecided}")
-    # the providers' base URLs are declared by the providers, not in the template: their
-    # stand-ins apply whatever the template says
-    env.update({name: value for name, value in STAND_INS.items() if name.endswith("_BASE_URL")})
-    return env
-
-
 def _lambda_environment(
     build: Path, python_bin: Path, runtime_dir: Path, port: int
 ) -> dict[str, str]:
-    template = yaml.safe_load((build / "template.yaml").read_text())
-    task_root = build / FUNCTION
-    env = {
-        # What Lambda sets for every function (credentials are fakes: no AWS call is made).
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "AWS_SESSION_TOKEN": "e2e-session-token",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
-        "AWS_LAMBDA_FUNCTION_NAME": "lambda-image-gateway-api",
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
-        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/lambda-image-gateway-api",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "2025/11/22/[$LATEST]e2e",
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-        "LAMBDA_TASK_ROOT": str(task_root),
-        "LAMBDA_RUNTIME_DIR": str(runtime_dir),
-        "LANG": "en_US.UTF-8",
-        "TZ": ":UTC",
-        "PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin",
-        # /opt/python stand-in; run.sh appends /opt/python and LAMBDA_RUNTIME_DIR after it.
-        "PYTHONPATH": str(build / LAYER / "python"),
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.update(_template_environment(template))
-    env["PORT"] = str(port)
-    return env
+    try:
+        return lambda_runtime.lambda_environment(build, python_bin, runtime_dir, port)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:

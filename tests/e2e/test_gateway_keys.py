@@ -140,6 +140,7 @@ def start_local(
             "KEY_CACHE_TTL": "1",
             "SECRET_CACHE_TTL": "0",
             "IMAGEGW_LOCAL_ACCESS_FILE": str(access_file),
+            "LOCAL_STATE_DIR": str(folder / "state"),  # make run's kept state: not the repo's
         }
         log = folder / "server.log"
         url = f"http://127.0.0.1:{port}"
@@ -444,6 +445,49 @@ def test_jobs_are_readable_only_by_the_key_that_made_them_and_hold_no_token(
     for text in (history, described):
         assert "pool:modelscope:" in text
         assert "ms-pool-a" not in text and hana not in text
+
+
+def test_a_chat_job_of_a_gateway_key_counts_on_its_quota_and_is_its_own(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key with a quota of 1 and another key
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    jill, kim = local.key("jill", "--quota", "1"), local.key("kim")
+
+    def chat_job(key: str) -> httpx.Response:
+        return httpx.post(
+            f"{local.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "a fox --ar 16:9"}]},
+            headers={"authorization": f"Bearer {key}", "prefer": "respond-async"},
+            timeout=30,
+        )
+
+    # When jill starts a chat completion as a job
+    accepted = chat_job(jill)
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+
+    # Then it runs on the held token to its end, readable by jill only
+    deadline = time.monotonic() + 30
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(location, headers={"authorization": f"Bearer {jill}"}, timeout=10).json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    other = httpx.get(location, headers={"authorization": f"Bearer {kim}"}, timeout=10)
+    assert other.status_code == 404
+    # and it counted: jill's next job is over the quota
+    refused = chat_job(jill)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    usage = httpx.get(
+        f"{local.url}/v1/usage", headers={"authorization": f"Bearer {jill}"}, timeout=10
+    ).json()
+    assert usage["today"]["by_model"] == {MODEL: 1}
+    assert len(fake.submissions) == 1
 
 
 def test_secrets_are_in_no_log_line_nor_listing(

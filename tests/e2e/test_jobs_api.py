@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _free_port, _stop, _wait_ready
+from e2e.test_deployed_build import _stop, _wait_ready
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png, png_size, sniff_image
 from fakes.server import ServerThread, SwappableApp
+from lambdahost.adapter import free_port
 
 TOKEN = "ms-test-token"
 pytestmark = pytest.mark.e2e
@@ -41,7 +42,7 @@ def local_server(
     _fake_openai_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[str]:
     """`make run`'s server (its stand-ins embedded), pointed at the fake providers."""
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -52,6 +53,10 @@ def local_server(
         "OPENAI_BASE_URL": f"{_fake_openai_server[0].url}/v1",
         "JOB_POLL_INTERVAL": "0",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
+        # what make run keeps across restarts: not the repository's own folder
+        "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
+        # where the owner commands find its gateway-key stand-ins: not the repository's
+        "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path_factory.mktemp("access") / "access.json"),
     }
     log = tmp_path_factory.mktemp("local") / "server.log"
     url = f"http://127.0.0.1:{port}"

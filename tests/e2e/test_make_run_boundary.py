@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _free_port, _stop, _wait_ready
+from e2e.test_deployed_build import _stop, _wait_ready
 from e2e.test_hostile_requests import PATIENCE, exchange, head
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
+from lambdahost.adapter import free_port
 
 TOKEN = "ms-test-token"
 ASYNC = {
@@ -39,7 +40,7 @@ def make_run(
     _fake_ms_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[tuple[str, Path]]:
     """`make run`'s server with a one-second body deadline, and its log file."""
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -48,6 +49,10 @@ def make_run(
         "PORT": str(port),
         "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
         "BODY_TIMEOUT": "1",
+        # what make run keeps across restarts: not the repository's own folder
+        "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
+        # where the owner commands find its gateway-key stand-ins: not the repository's
+        "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path_factory.mktemp("access") / "access.json"),
     }
     log = tmp_path_factory.mktemp("make-run") / "server.log"
     url = f"http://127.0.0.1:{port}"

@@ -13,21 +13,22 @@ tests/aws (the emulator level).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from pydantic import SecretStr
 
-from e2e.test_deployed_job_functions import DRIVER, MARK, load, stand_in
 from fakes.modelscope import FakeModelScope
 from fakes.xray import XRayDaemon, handler_subsegments, http_subsegments
 from imagegw.jobs.keys import KeySealer
 from imagegw.storage import RESULTS
+from lambdahost.invoke import RUNTIME
+from lambdahost.process import RuntimeProcess, invoke_once
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +37,23 @@ TOKEN = "ms-test-token"
 TRACE_ROOT = "1-67a1b2c3-0123456789abcdef01234567"
 #: Lambda's segment for the invocation; the handler's subsegment hangs under it
 LAMBDA_SEGMENT = "53995c3f42cd8ad8"
+EVENTS = REPO_ROOT / "events"
+
+
+def load(name: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return event
+
+
+def stand_in(service: str, s3_env: dict[str, str]) -> Any:
+    """A client of the session's moto server (it serves KMS as well as S3)."""
+    return boto3.client(
+        service,
+        endpoint_url=s3_env["S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 @pytest.fixture
@@ -45,35 +63,34 @@ def daemon() -> Iterator[XRayDaemon]:
 
 
 def invoke(
-    folder: str, event: dict[str, Any], env: dict[str, str], daemon: XRayDaemon
+    folder: str, event: dict[str, Any], env: dict[str, str], daemon: XRayDaemon, log: Path
 ) -> tuple[dict[str, Any], str]:
-    """Run functions/<folder>/app.py's handler on `event`; its result and its output."""
+    """Run functions/<folder>/app.py's handler on `event` under Lambda's bootstrap as `make
+    invoke` runs it (`lambdahost.runtime`), the invocation sampled; its result and output."""
     root = REPO_ROOT / "functions" / folder
-    answer = subprocess.run(
-        [sys.executable, "-c", DRIVER],
-        cwd=root,
-        env={
-            **env,
-            "LAMBDA_TASK_ROOT": str(root),
-            "PYTHONPATH": f"{root}:{REPO_ROOT / 'layers' / 'common'}",
-            "AWS_XRAY_DAEMON_ADDRESS": daemon.address,
-            "_X_AMZN_TRACE_ID": f"Root={TRACE_ROOT};Parent={LAMBDA_SEGMENT};Sampled=1",
-        },
-        input=json.dumps(event),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = answer.stdout + answer.stderr
-    lines = [line for line in answer.stdout.splitlines() if line.startswith(MARK)]
-    assert answer.returncode == 0 and lines, output[-4000:]
-    result: dict[str, Any] = json.loads(lines[-1].removeprefix(MARK))
-    return result, output
+    process_env = {
+        **env,
+        "_HANDLER": "app.lambda_handler",
+        "LAMBDA_TASK_ROOT": str(root),
+        "PYTHONPATH": f"{root}:{REPO_ROOT / 'layers' / 'common'}",
+        "AWS_XRAY_DAEMON_ADDRESS": daemon.address,
+    }
+    with log.open("wb") as output:
+        runtime = RuntimeProcess([sys.executable, str(RUNTIME)], process_env, root, output)
+        ok, result = invoke_once(
+            runtime,
+            event,
+            f"arn:aws:lambda:us-east-1:123456789012:function:{folder}",
+            60,
+            trace_id=f"Root={TRACE_ROOT};Parent={LAMBDA_SEGMENT};Sampled=1",
+        )
+    text = log.read_text(errors="replace")
+    assert ok, f"{result}\n{text[-4000:]}"
+    return result, text
 
 
 def test_traced_job_with_two_images_succeeds(
-    s3_env: dict[str, str], fake_ms: FakeModelScope, daemon: XRayDaemon
+    s3_env: dict[str, str], fake_ms: FakeModelScope, daemon: XRayDaemon, tmp_path: Path
 ) -> None:
     # Given the task functions in Lambda's environment with tracing on, and a job for 2 images
     kms = stand_in("kms", s3_env)
@@ -102,17 +119,21 @@ def test_traced_job_with_two_images_succeeds(
     outputs: list[str] = []
 
     # When Submit, Poll (until the tasks end) and Store run it
-    progress, output = invoke("job_submit", {"job": job, "key": sealed}, env, daemon)
+    progress, output = invoke(
+        "job_submit", {"job": job, "key": sealed}, env, daemon, tmp_path / "submit.log"
+    )
     outputs.append(output)
     assert progress["status"] == "running", progress
     deadline = time.monotonic() + 20
     while progress["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.3)
         poll = {"job": job, "key": sealed, "progress": progress}
-        progress, output = invoke("job_poll", poll, env, daemon)
+        progress, output = invoke("job_poll", poll, env, daemon, tmp_path / "poll.log")
         outputs.append(output)
     assert progress["status"] == "succeeded", progress
-    result, output = invoke("job_store", {"job": job, "progress": progress}, env, daemon)
+    result, output = invoke(
+        "job_store", {"job": job, "progress": progress}, env, daemon, tmp_path / "store.log"
+    )
     outputs.append(output)
 
     # Then the job made both images, stored in the bucket

@@ -153,6 +153,8 @@ class FakeModelScope:
     - ``expire_files``: output image links answer 403 AccessDenied like an expired OSS link.
     - ``chat_chunk_delay``: seconds between streamed chat chunks.
     - ``public_url``: base of output image links; by default the URL the request came in on.
+    - ``next_task_ids``: ids the next accepted submissions get, in order (a sample event's task
+      id, say); once used up, fresh random ids.
 
     Records: ``submissions``, ``tasks``, ``polls``, ``fetched_urls``, ``file_requests``,
     ``chat_requests``.
@@ -188,6 +190,7 @@ class FakeModelScope:
         self.chat_chunk_delay: float = 0.05
         self.fetch_timeout: float = 10.0
         self.public_url: str | None = None
+        self.next_task_ids: list[str] = []
 
         self.submissions: list[dict[str, Any]] = []
         self.tasks: dict[str, FakeTask] = {}
@@ -300,7 +303,8 @@ class FakeModelScope:
         duration = self.task_duration(body) if callable(self.task_duration) else self.task_duration
         duration = max(0.0, float(duration))
         created = self.clock()
-        task_id = uuid.uuid4().hex
+        with self.lock:
+            task_id = self.next_task_ids.pop(0) if self.next_task_ids else uuid.uuid4().hex
         task = FakeTask(
             task_id=task_id,
             model=model,
@@ -349,7 +353,7 @@ class FakeModelScope:
                     self.fetched_urls.append(url)
                 try:
                     response = await client.get(url)
-                except (httpx.HTTPError, ValueError) as exc:
+                except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
                     error = error or f"{DOWNLOAD_FAILED}: {url} ({type(exc).__name__})"
                     continue
                 if response.status_code != 200:
@@ -425,7 +429,7 @@ class FakeModelScope:
             static = self.files.get(name)
         if static is not None:
             return Response(static[0], media_type=static[1])
-        task_id, _, _index = name.partition("-")
+        task_id, _, _index = name.rpartition("-")
         with self.lock:
             task = self.tasks.get(task_id)
         if (

@@ -16,6 +16,7 @@ LifespanMode = Literal["auto", "on", "off"]
 
 class ServerThread:
     """Serve ``app`` on ``127.0.0.1`` at an OS-chosen port; ``url`` is ``http://127.0.0.1:PORT``.
+    ``backlog`` is the listen backlog (uvicorn's default unless given).
 
     ``start()`` returns once the server accepts connections; ``stop()`` asks uvicorn to exit and
     joins the thread. Also usable as a context manager.
@@ -28,6 +29,7 @@ class ServerThread:
         lifespan: LifespanMode = "off",
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
+        backlog: int = 2048,
     ) -> None:
         self.app = app
         self.startup_timeout = startup_timeout
@@ -46,6 +48,9 @@ class ServerThread:
             ws="none",
             lifespan=lifespan,
             timeout_graceful_shutdown=1,
+            # connections the kernel completes before the app accepts them (listen(2)); a
+            # small one stands in for a busy provider that refuses or drops new connections
+            backlog=backlog,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)

@@ -268,7 +268,7 @@ class FakeSiliconFlow:
         try:
             async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
                 answer = await client.get(value, follow_redirects=True)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             raise Refused(f"Failed to download {name}.") from None
         if answer.status_code != 200 or sniff_image(answer.content) is None:
             raise Refused(f"Failed to download {name}: HTTP {answer.status_code}.")

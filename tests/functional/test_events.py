@@ -17,7 +17,7 @@ from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
 from imagegw.app import create_app
 from imagegw.config import Settings
-from lambda_events import HttpRequest, to_http_request
+from lambdahost.events import HttpRequest, to_http_request
 
 pytestmark = pytest.mark.functional
 EVENTS = Path(__file__).resolve().parents[2] / "events"

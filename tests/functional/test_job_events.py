@@ -1,10 +1,10 @@
 """Every events/job-*.json replayed through its real task handler (`functions/job_*/app.py`),
 and the API Gateway event of an async submission replayed through the app.
 
-The handlers run as on Lambda (settings from the environment, a Lambda context) in moto's
-mocked account, against the fake ModelScope. What cannot be in a sample file is filled in: the
-provider key sealed for the event's job id with the mocked KMS key, the fake's task id and image
-URL. `sam local invoke JobSubmitFunction -e events/job-submit.json` takes the same files.
+The handlers run in this process (settings from the environment, a Lambda context) in moto's
+mocked account, against the fake ModelScope, with the events varied for each case: the provider
+key sealed with the mocked KMS key, the fake's task id and image URL. The files as they are, run
+by the built functions the way `make invoke` runs them, are `e2e/test_invoke.py`'s.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from imagegw.jobs.schema import JobInput
 from imagegw.jobs.service import Jobs
 from imagegw.local import LocalContext, load_task_handlers
 from imagegw.storage import RESULTS
-from lambda_events import to_http_request
+from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.functional
 
@@ -182,12 +182,17 @@ def test_poll_event_records_a_failed_poll_when_the_provider_is_down(
 
 
 def test_store_event(aws: MockedAws, handlers: dict[str, Handler], fake_ms: FakeModelScope) -> None:
-    # Given the Store task's sample event, its image served by the fake provider
+    # Given the Store task's sample event made a ModelScope task's, its image a link served by
+    # the fake provider
     png = make_png(96, 64)
     path = fake_ms.add_file("result.png", png)
     event = load("job-store.json")
     base = fake_ms.base_url.removesuffix("/v1")  # type: ignore[attr-defined]
-    event["progress"]["tasks"][0]["images"] = [{"name": None, "url": f"{base}{path}"}]
+    event["job"]["provider"] = "modelscope"
+    event["progress"]["tasks"][0].update(
+        task_id="4c1b7f0e-9a2d-4e6b-8c3f-5a7d9e1b2c4f",
+        images=[{"name": None, "url": f"{base}{path}"}],
+    )
 
     # When the handler runs it
     output = invoke(handlers["store"], event)

@@ -11,7 +11,7 @@ import pytest
 
 from imagegw.app import create_app
 from imagegw.config import Settings
-from lambda_events import to_http_request
+from lambdahost.events import to_http_request
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ORIGIN = "https://chat.example.com"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lambda_events import REQUEST_CONTEXT_HEADER, HttpRequest, to_http_request
+from lambdahost.events import REQUEST_CONTEXT_HEADER, HttpRequest, to_http_request
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 # the HTTP events (job-*.json are the job state machine's task events, replayed through their

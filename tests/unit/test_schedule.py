@@ -137,7 +137,8 @@ async def test_the_interactive_driver_shows_the_estimate_and_learns_the_run() ->
     estimated = [p for p in progress if p.expected is not None]
     assert estimated and "of about" in progress_text(Progress("RUNNING", 12.0, expected=20.0))
     assert (
-        progress_text(Progress("RUNNING", 12.0, expected=20.0)) == "RUNNING · 12 s of about 20 s\n"
+        progress_text(Progress("RUNNING", 12.0, expected=20.0))
+        == "generating · 12 s of about 20 s\n"
     )
     learned = await store.get(key)
     assert learned is not None and learned.samples == 4

@@ -90,8 +90,8 @@ async def test_a_complete_stream() -> None:
     # progress as reasoning_content, then the images, one markdown image per line
     ds = deltas(items)
     reasoning = [d["reasoning_content"] for d in ds if "reasoning_content" in d]
-    assert reasoning[0].startswith("PENDING")
-    assert "RUNNING" in reasoning[1]
+    assert reasoning[0].startswith("queued")
+    assert reasoning[1].startswith("generating")
     assert "1.5 s" in reasoning[1]
     content = [d["content"] for d in ds if d.get("content")]
     assert content == [f"![image 1]({URLS[0]})\n![image 2]({URLS[1]})"]

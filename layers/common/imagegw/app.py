@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,6 +33,8 @@ from imagegw.errors import (
 )
 from imagegw.gateway import Gateway
 from imagegw.log import logger
+from imagegw.paths import NormalizePath
+from imagegw.providers import PROVIDERS
 from imagegw.routes import chat, files, images, jobs, models
 from imagegw.storage import ImageStore
 from imagegw.web import error_response
@@ -44,6 +45,7 @@ EXPOSED_HEADERS = [
     "x-should-retry",
     "location",
     "preference-applied",
+    "x-ignored-parameters",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
 FRONT_ENDS = (models, chat, images, jobs, files)
@@ -212,14 +214,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # build the S3 client before the first request needs it (on Lambda: during init,
-        # before the Web Adapter's readiness check passes); it makes no network call
-        if settings.bucket:
-            await anyio.to_thread.run_sync(lambda: gateway.store.s3)
+        # nothing before readiness that a first request may not need: the S3 client (boto3,
+        # the heaviest import) is built in the background from the first provider call on,
+        # while the provider works (`Gateway.client`; README "Cold start")
         yield
         await gateway.aclose()
 
-    middleware = [Middleware(RequestLog), Middleware(BodyDeadline, timeout=settings.body_timeout)]
+    middleware = [
+        Middleware(RequestLog),
+        # `/chat/completions`, `/v1//models`, `/v1/models/`: the routes' one spelling
+        Middleware(NormalizePath, providers=PROVIDERS),
+        Middleware(BodyDeadline, timeout=settings.body_timeout),
+    ]
     if settings.cors_origins:
         # CORS_SCOPE=api-gateway (the stack): the Function URL answers CORS itself
         cors = CORSMiddleware if settings.cors_scope == "all" else ApiGatewayCORS

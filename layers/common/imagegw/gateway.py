@@ -47,8 +47,15 @@ class Gateway:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = provider_client(self.settings)
+            self._client = provider_client(
+                self.settings, event_hooks={"request": [self._first_provider_call]}
+            )
         return self._client
+
+    async def _first_provider_call(self, request: httpx.Request) -> None:
+        # the S3 client is built in the background while the provider works (README "Cold
+        # start"); after the first call this returns at once
+        self.store.warm()
 
     def provider(self, name: str | None) -> Provider:
         """The provider a route names, or the default one."""

@@ -70,6 +70,8 @@ class Progress:
     task_ids: tuple[str, ...] = ()
     #: about how long the generation takes in all (seconds, as `elapsed`), once predicted
     expected: float | None = None
+    #: the provider's title ("ModelScope"), for the words shown to people
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ class _Tasks:
         return "SUCCEED" if self.images else "FAILED"
 
     def progress(self, elapsed: float, expected: float | None = None) -> Progress:
-        return Progress(self.state(), elapsed, self.done, self.total, self.ids(), expected)
+        return Progress(
+            self.state(), elapsed, self.done, self.total, self.ids(), expected, self.title
+        )
 
     def apply(self, index: int, outcome: Outcome) -> None:
         """Record what a `start` or `check` answer meant (`imagegw.core.advance`)."""
@@ -304,7 +308,7 @@ class _Run:
                 left = self.remaining(lambda: f"{title} did not answer within {limit:g} s.")
                 await asyncio.wait({starting}, timeout=min(self.settings.progress_interval, left))
                 if not starting.done():
-                    yield Progress("RUNNING", self.elapsed(), 0, len(self.parts))
+                    yield Progress("RUNNING", self.elapsed(), 0, len(self.parts), where=title)
         finally:
             if not starting.done():
                 starting.cancel()

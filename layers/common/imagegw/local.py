@@ -1,24 +1,33 @@
-"""`make run`: serve the gateway on http://127.0.0.1:8000 with embedded AWS stand-ins.
+"""`make run`: serve the gateway on http://127.0.0.1:8000 with AWS stand-ins in their own process.
 
-Without `BUCKET` (and AWS credentials), a moto server is started in-process on loopback and a
-bucket is made in it, so uploads and presigned URLs work with no AWS account. With `BUCKET`
-set, the real bucket is used. `HOST` and `PORT` choose where to listen.
+Without `BUCKET` (and AWS credentials), a moto server is started on loopback and a bucket is
+made in it, so uploads and presigned URLs work with no AWS account. With `BUCKET` set, the real
+bucket is used. `HOST` and `PORT` choose where to listen.
 
 Durable jobs (README "Async jobs") run too, unless `JOB_STATE_MACHINE_ARN` names a real state
 machine: the same moto server runs the repo's ASL file (`statemachine/image_job.asl.json`) on
 moto's Step Functions interpreter (`execute_state_machine`), seals provider keys with moto's
-KMS, and its Lambda tasks are dispatched in this process to the real task handlers
-(`functions/job_*/app.py`) by `LocalLambdas`, in place of moto's own Lambda (which needs
-Docker). The gateway reaches the stand-ins through the AWS SDKs' standard
-`AWS_ENDPOINT_URL_SFN` and `AWS_ENDPOINT_URL_KMS` variables.
+KMS, and its Lambda tasks are dispatched to the real task handlers (`functions/job_*/app.py`)
+by `LocalLambdas`, in place of moto's own Lambda (which needs Docker). The gateway reaches the
+stand-ins through the AWS SDKs' standard `AWS_ENDPOINT_URL_SFN` and `AWS_ENDPOINT_URL_KMS`
+variables.
+
+The stand-ins (moto, and the task handlers it runs, as Lambda would run them elsewhere) live in a
+child process (`python -m imagegw.local --stand-ins`), so the gateway's process holds only what
+it holds on Lambda: its memory and CPU figures are its own. The child prints the environment
+that points at the stand-ins as one JSON line, then serves until the gateway closes its stdin
+(the gateway exits, however it exits).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -259,37 +268,125 @@ def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str
     return env
 
 
-def main() -> None:
-    import uvicorn
+STAND_INS_FLAG = "--stand-ins"
 
-    from imagegw.app import create_app
-    from imagegw.config import Settings
 
+def serve_stand_ins() -> None:
+    """The child: start the stand-ins the environment lacks, print the environment that points
+    at them (one JSON line on stdout), then serve until stdin closes."""
+    # Ctrl-C reaches the whole process group: the gateway stops first, then closes our stdin
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's line per request
     server = None
+    env: dict[str, str] = {}
+    kept = None  # stored images and ended jobs across restarts (`imagegw.localstate`)
     if not os.environ.get("BUCKET"):
+        import boto3
+
+        from imagegw.localstate import LocalState, default_dir
+
         server, env = start_s3_stand_in()
         os.environ.update(env)
-        where = f"embedded S3 stand-in at {env['S3_ENDPOINT_URL']}, bucket {env['BUCKET']}"
-    else:
-        where = f"bucket {os.environ['BUCKET']}"
+        s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], region_name=LOCAL_REGION)
+        kept = LocalState(default_dir(REPO_ROOT), s3, env["BUCKET"])
+        restored = f"{kept.restore_images()} stored images"
     if not os.environ.get("JOB_STATE_MACHINE_ARN"):
         if server is None:
             server, endpoint = start_moto()
         else:
-            endpoint = os.environ["S3_ENDPOINT_URL"]
-        # the task handlers run in this process: no EMF metric lines on the console
+            endpoint = env["S3_ENDPOINT_URL"]
+        # the task handlers run here: no EMF metric lines on the console
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        os.environ.update(start_jobs_stand_in(endpoint, region or LOCAL_REGION))
-        where += "; async jobs on the embedded Step Functions stand-in"
+        jobs = start_jobs_stand_in(endpoint, region or LOCAL_REGION)
+        os.environ.update(jobs)
+        env.update(jobs)
+        if kept is not None:
+            sfn = boto3.client("stepfunctions", endpoint_url=endpoint, region_name=region)
+            arn = jobs["JOB_STATE_MACHINE_ARN"]
+            count = kept.restore_jobs(sfn, arn, LOCAL_ACCOUNT, region or LOCAL_REGION)
+            restored += f" and {count} ended jobs"
     if not os.environ.get("ACCESS_TABLE") and os.environ.get("ACCESS_MODE", "mixed") != "open":
         if server is None:
             server, endpoint = start_moto()
         else:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_SFN") or os.environ["S3_ENDPOINT_URL"]
         region = os.environ.get("AWS_REGION") or LOCAL_REGION
-        os.environ.update(start_access_stand_in(endpoint, region))
-        where += "; gateway keys on the embedded DynamoDB and Secrets Manager"
+        access = start_access_stand_in(endpoint, region)  # also LOCAL_ACCESS_FILE, for the owner
+        os.environ.update(access)
+        env.update(access)
+    if kept is not None:
+        kept.keep()
+        # a SIGTERM to the process group (a supervisor, a test) still saves on the way out
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print(f"kept from earlier runs ({kept.folder}): {restored}", file=sys.stderr)
+    print(json.dumps(env), flush=True)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the handlers' log lines: the console
+    try:
+        sys.stdin.read()
+    finally:
+        if kept is not None:
+            kept.close()
+        if server is not None:
+            server.stop()
+
+
+def spawn_stand_ins() -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start the stand-ins' process; it and the environment that points at its stand-ins."""
+    process = subprocess.Popen(  # noqa: S603 (this interpreter, this module)
+        [sys.executable, "-m", "imagegw.local", STAND_INS_FLAG],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    process.stdout.close()
+    if not line:
+        raise RuntimeError(f"the AWS stand-ins did not start (exit status {process.wait()})")
+    env: dict[str, str] = json.loads(line)
+    return process, env
+
+
+def stop_stand_ins(process: subprocess.Popen[str]) -> None:
+    """Close the child's stdin (it stops its servers and exits); kill it if it lingers."""
+    if process.stdin is not None:
+        process.stdin.close()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    if sys.argv[1:] == [STAND_INS_FLAG]:
+        serve_stand_ins()
+        return
+
+    import uvicorn
+
+    from imagegw.app import create_app
+    from imagegw.config import Settings
+
+    stand_ins = None
+    env: dict[str, str] = {}
+    where = f"bucket {os.environ['BUCKET']}" if os.environ.get("BUCKET") else ""
+    wants_access = os.environ.get("ACCESS_MODE", "mixed") != "open"
+    if (
+        not os.environ.get("BUCKET")
+        or not os.environ.get("JOB_STATE_MACHINE_ARN")
+        or (wants_access and not os.environ.get("ACCESS_TABLE"))
+    ):
+        stand_ins, env = spawn_stand_ins()
+        os.environ.update(env)
+        if "S3_ENDPOINT_URL" in env:
+            where = f"S3 stand-in at {env['S3_ENDPOINT_URL']}, bucket {env['BUCKET']}"
+        if "JOB_STATE_MACHINE_ARN" in env:
+            where += "; async jobs on the Step Functions stand-in"
+        if "ACCESS_TABLE" in env:
+            where += "; gateway keys on the DynamoDB and Secrets Manager stand-ins"
+        where += f" (stand-ins in process {stand_ins.pid})"
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     settings = Settings.from_env()
@@ -301,9 +398,10 @@ def main() -> None:
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
     finally:
-        LOCAL_ACCESS_FILE.unlink(missing_ok=True)
-        if server is not None:
-            server.stop()
+        if stand_ins is not None:
+            stop_stand_ins(stand_ins)
+        if "ACCESS_TABLE" in env:
+            LOCAL_ACCESS_FILE.unlink(missing_ok=True)  # the owner commands' pointer: gone with them
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ async def events(
     try:
         staged = request
         if any(isinstance(item, ImageBytes) for item in inputs):
-            yield Progress("UPLOADING", 0.0, 0, request.n)
+            yield Progress("UPLOADING", 0.0, 0, request.n, where=provider.title)
         if inputs:
             staged = replace(request, images=await gateway.store.stage(inputs))
         stage = "generating"

@@ -46,9 +46,11 @@ EMPTY_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "tota
 class Completion:
     """Ids and shapes of one chat completion, streamed or not."""
 
-    def __init__(self, model: str) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
+    def __init__(
+        self, model: str, *, completion_id: str | None = None, created: int | None = None
+    ) -> None:
+        self.id = completion_id or f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time()) if created is None else created
         self.model = model
 
     def message(self, content: str) -> dict[str, Any]:

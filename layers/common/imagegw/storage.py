@@ -20,6 +20,7 @@ import anyio.to_thread
 from imagegw.config import Settings
 from imagegw.errors import ConfigurationError, StorageError
 from imagegw.images import ImageBytes, check_image
+from imagegw.log import logger
 from imagegw.providers.base import InputImage
 
 T = TypeVar("T")
@@ -51,6 +52,7 @@ class ImageStore:
         self.settings = settings
         self._s3 = client
         self._lock = threading.Lock()
+        self._warming: threading.Thread | None = None
 
     @property
     def s3(self) -> Any:
@@ -60,6 +62,26 @@ class ImageStore:
             if self._s3 is None:
                 self._s3 = self._client()
         return self._s3
+
+    def warm(self) -> None:
+        """Build the S3 client in a background thread, once; returns at once.
+
+        Importing boto3 and loading the S3 model is the heaviest step of a cold start (0.1-0.5 s
+        of CPU), and a process that serves only provider links may never need it: so it is not
+        done before the readiness check, but from the first provider call on (`Gateway.client`),
+        while the provider works. A request that needs the client first waits for it (`s3`
+        holds the lock meanwhile).
+        """
+        if self._s3 is not None or self._warming is not None or not self.settings.bucket:
+            return
+        self._warming = threading.Thread(target=self._warm, name="s3-warm-up", daemon=True)
+        self._warming.start()
+
+    def _warm(self) -> None:
+        try:
+            _ = self.s3
+        except Exception as exc:  # the request that needs the client reports it
+            logger.warning("the S3 client could not be built", extra={"error": type(exc).__name__})
 
     def _client(self) -> Any:
         import boto3

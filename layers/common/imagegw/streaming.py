@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from imagegw.errors import GatewayError, render
@@ -29,16 +29,50 @@ def sse(payload: dict[str, Any]) -> str:
 
 def markdown(result: Result) -> str:
     """One markdown image per line, then a line per failed task (when some succeeded)."""
-    lines = [f"![image {i}]({url})" for i, url in enumerate(result.images, 1)]
-    lines += [f"> {reason}" for reason in result.failures]
+    return markdown_of(result.images, result.failures)
+
+
+def markdown_of(images: Sequence[str], failures: Sequence[str] = ()) -> str:
+    """`markdown` of links and reasons (a durable chat job's answer is built from its output)."""
+    lines = [f"![image {i}]({url})" for i, url in enumerate(images, 1)]
+    lines += [f"> {reason}" for reason in failures]
     return "\n".join(lines)
 
 
+#: provider task states (ModelScope's, and the gateway's own) -> what a person reads
+_QUEUED = frozenset({"PENDING", "QUEUED", "QUEUING", "SUBMITTED", "WAITING"})
+_RUNNING = frozenset({"RUNNING", "PROCESSING", "IN_PROGRESS", "STARTED"})
+_SUCCEEDED = frozenset({"SUCCEED", "SUCCEEDED", "SUCCESS", "DONE"})
+_FAILED = frozenset({"FAILED", "FAILURE", "ERROR", "CANCELED", "CANCELLED"})
+
+
+def stage_words(event: Progress) -> str:
+    """The stage of a run in words ("queued at ModelScope", "generating", "saving the
+    image"), never a provider's raw state name; a state not known reads "working"."""
+    state = event.state.upper()
+    images = "images" if event.total > 1 else "image"
+    at = f" at {event.where}" if event.where else ""
+    if state == "UPLOADING":
+        return f"sending the input {images}"
+    if state in _QUEUED:
+        return f"queued{at}"
+    if state in _RUNNING:
+        return "generating"
+    if state in _SUCCEEDED:
+        return f"saving the {images}"
+    if state in _FAILED:
+        return "failed"
+    return f"working{at}"
+
+
 def progress_text(event: Progress) -> str:
+    """One line of the thinking block: the stage in words, the seconds since the request
+    began, and the estimate of the whole run where one exists."""
+    stage = stage_words(event)
     if event.expected is not None and event.expected > event.elapsed:
-        text = f"{event.state} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
+        text = f"{stage} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
     else:
-        text = f"{event.state} · {event.elapsed:.1f} s"
+        text = f"{stage} · {event.elapsed:.1f} s"
     if event.total > 1:
         text += f" · {event.done}/{event.total} done"
     return text + "\n"

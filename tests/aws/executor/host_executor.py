@@ -7,16 +7,17 @@ harness makes one that holds only what the Lambda runtime ships) with the functi
 task root and its layers' `python/` folders where /opt/python would be, and the environment the
 emulator computed for the function (its variables, role credentials, AWS_ENDPOINT_URL).
 
-- A plain handler (`app.lambda_handler`) runs under `host_runtime.py`, which imports it once
-  and calls it per invocation, like the runtime's own bootstrap; the process stays warm.
+- A plain handler (`app.lambda_handler`) runs under `lambdahost/runtime.py` (tools/), which
+  imports it once and calls it per invocation, like the runtime's own bootstrap; the process
+  stays warm. `lambdahost.process.RuntimeProcess` drives it (as `make invoke` does).
 - A function with `AWS_LAMBDA_EXEC_WRAPPER=/opt/...` runs that file from its layers instead (the
   stub Web Adapter layer's `bootstrap`), as Lambda does.
 
-The process and the executor speak JSON lines: invocations on its stdin, answers on a pipe whose
-descriptor is in HOST_EXECUTOR_FD; everything the function prints goes to a log file under
-HOST_EXECUTOR_LOG_DIR. An invocation that outlives the function's timeout kills the process and
-fails with `Sandbox.Timedout`. HOST_EXECUTOR_XRAY_DAEMON (host:port), when set, replaces the X-Ray
-daemon address the emulator gives (nothing listens there on a host).
+The process and the executor speak JSON lines (`lambdahost.process`): invocations on its stdin,
+answers on a pipe whose descriptor is in HOST_EXECUTOR_FD; everything the function prints goes
+to a log file under HOST_EXECUTOR_LOG_DIR. An invocation that outlives the function's timeout
+kills the process and fails with `Sandbox.Timedout`. HOST_EXECUTOR_XRAY_DAEMON (host:port), when
+set, replaces the X-Ray daemon address the emulator gives (nothing listens there on a host).
 
 It is registered as the `host` executor through `host_executor.dist-info/entry_points.txt`
 beside it (importlib.metadata finds it with this folder on PYTHONPATH); the emulator uses it
@@ -28,10 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
-import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +44,12 @@ from localstack.services.lambda_.invocation.runtime_executor import (
     RuntimeExecutor,
 )
 
+from lambdahost.process import RuntimeProcess, request, timed_out
+
 LOG = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
-RUNTIME = HERE / "host_runtime.py"
+#: the runtime side of the protocol (`lambdahost`, under tools/, is on the emulator's PYTHONPATH)
+RUNTIME = HERE.parents[2] / "tools" / "lambdahost" / "runtime.py"
 #: seconds an environment may take to import its handler (Lambda's init phase allows 10)
 INIT_TIMEOUT = 30.0
 
@@ -65,8 +66,7 @@ class HostRuntimeExecutor(RuntimeExecutor):
 
     def __init__(self, id: str, function_version: FunctionVersion) -> None:
         super().__init__(id=id, function_version=function_version)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.answers: int | None = None
+        self.runtime: RuntimeProcess | None = None
         self.log = Path(os.environ.get("HOST_EXECUTOR_LOG_DIR", "/tmp")) / (
             f"{function_version.id.function_name}-{id}.log"
         )
@@ -120,100 +120,43 @@ class HostRuntimeExecutor(RuntimeExecutor):
         env = self._environment(env_vars)
         wrapper = env.get("AWS_LAMBDA_EXEC_WRAPPER")
         command = [str(self._opt(wrapper))] if wrapper else [_python(), str(RUNTIME)]
-        read_end, write_end = os.pipe()
-        env["HOST_EXECUTOR_FD"] = str(write_end)
-        self.answers = read_end
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self.log.open("ab") as log:
-                self.process = subprocess.Popen(
-                    command,
-                    cwd=env["LAMBDA_TASK_ROOT"],
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(write_end,),
-                )
-        except OSError:
-            self.stop()
-            raise
-        finally:
-            os.close(write_end)
-        ready = self._answer(INIT_TIMEOUT)
-        if ready is None or not ready.get("ready"):
-            self.stop()
+        with self.log.open("ab") as log:
+            runtime = RuntimeProcess(command, env, Path(env["LAMBDA_TASK_ROOT"]), log)
+            error = runtime.start(INIT_TIMEOUT)
+        if error is not None:
             raise LambdaRuntimeException(
                 f"{self.function_version.id.function_name} failed to start: "
-                f"{(ready or {}).get('error') or self.get_logs()[-2000:]}"
+                f"{error}\n{self.get_logs()[-2000:]}"
             )
+        self.runtime = runtime
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            if process.stdin:
-                process.stdin.close()  # the runtime exits at the end of its input
-            try:
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        if self.answers is not None:
-            os.close(self.answers)
-            self.answers = None
-
-    def _answer(self, timeout: float) -> dict[str, Any] | None:
-        """The process's next JSON line; None when it exited or the time ran out."""
-        assert self.answers is not None
-        deadline = time.monotonic() + timeout
-        line = b""
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.answers], [], [], remaining)[0]:
-                return None
-            chunk = os.read(self.answers, 1 << 20)
-            if not chunk:
-                return None
-            line += chunk
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            runtime.stop()
 
     # RuntimeExecutor ---------------------------------------------------------------------
 
     def invoke(self, payload: dict[str, str]) -> InvocationResult:
         request_id = payload["invoke-id"]
         timeout = float(self.function_version.config.timeout)
-        request = {
-            "request_id": request_id,
-            "function_arn": payload["invoked-function-arn"],
-            "payload": payload["payload"],
-            "trace_id": payload.get("trace-id"),
-            "deadline_ms": int((time.time() + timeout) * 1000),
-        }
+        invocation = request(
+            request_id,
+            payload["invoked-function-arn"],
+            payload["payload"],
+            timeout,
+            payload.get("trace-id"),
+        )
         with self.lock:
-            process = self.process
-            if process is None or process.stdin is None:
+            runtime = self.runtime
+            if runtime is None:
                 raise LambdaRuntimeException("the execution environment is not running")
             logged = self._log_size()
-            try:
-                process.stdin.write(json.dumps(request).encode() + b"\n")
-                process.stdin.flush()
-                answer = self._answer(timeout + 1)
-            except (OSError, ValueError):  # it exited, or was stopped meanwhile
-                answer = None
+            answer = runtime.invoke(invocation, timeout + 1)
         if answer is None:
-            exited = process.poll() is not None
+            error = timed_out(timeout, runtime.exited())
             self.stop()
-            error = {
-                "errorType": "Runtime.ExitError" if exited else "Sandbox.Timedout",
-                "errorMessage": "the runtime exited"
-                if exited
-                else f"Task timed out after {timeout:.2f} seconds",
-            }
             return InvocationResult(
                 request_id, json.dumps(error).encode(), True, self._log_since(logged)
             )

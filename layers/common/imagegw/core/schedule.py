@@ -175,12 +175,22 @@ def next_delay(
 
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than POLL_INTERVAL_MAX either. So a prediction that is far off costs
-    a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL."""
+    history) never longer than today's schedule would wait. So a prediction that is far off
+    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
+    today = poll_delay(now - timing.submitted, base, maximum)
     if estimate is None:
-        return poll_delay(now - timing.submitted, base, maximum)
+        return today
+    predicted = _predicted_delay(timing, estimate, now, base, maximum)
+    # a prior alone is no history: never wait longer than today's schedule would
+    return predicted if estimate.samples >= LEARNED else min(predicted, today)
+
+
+def _predicted_delay(
+    timing: Timing, estimate: Estimate, now: float, base: float, maximum: float
+) -> float:
+    """`next_delay` for a task polled at least once, whose model has an estimate."""
     if timing.running_seen is None:
         return _queued(estimate, base, maximum)
     ran = max(base, now - timing.began()[1])

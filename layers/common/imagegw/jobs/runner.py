@@ -9,12 +9,15 @@ own. Calls are synchronous (boto3); callers run them in a worker thread.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
 
 #: the task state whose end means the provider has the job (before: queued)
 SUBMIT_STATE: Final = "Submit"
+#: the task states that leave the job's progress at $.progress
+TASK_STATES: Final = frozenset({SUBMIT_STATE, "Poll"})
 #: execution statuses that are over
 ENDED: Final = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 
@@ -42,6 +45,9 @@ class JobRunner(Protocol):
 
     def submitted(self, name: str) -> bool:
         """Whether the running execution has left its submit step (the provider has the job)."""
+
+    # optional: `progress(name) -> str | None`, the JSON of a running execution's `$.progress`
+    # as its last task left it (the status endpoint shows it where the runner can tell it)
 
 
 def _epoch(value: Any) -> float:
@@ -122,6 +128,32 @@ class StepFunctionsRunner:
         latest = max(moves, key=lambda event: int(event.get("id", 0)))
         entered = latest.get("stateEnteredEventDetails")
         return not (entered and entered.get("name") == SUBMIT_STATE)
+
+    def progress(self, name: str) -> str | None:
+        # the state's data as the newest task state left it: Submit and Poll keep the job's
+        # progress at $.progress. A loop of the state machine is about a dozen events, so the
+        # newest 30 hold the last task's exit (with its data: a few KiB each). moto ignores
+        # reverseOrder: on `make run` this is the progress of the job's first polls.
+        answer = self.sfn.get_execution_history(
+            executionArn=self.execution_arn(name),
+            reverseOrder=True,
+            maxResults=30,
+            includeExecutionData=True,
+        )
+        exits = [
+            event
+            for event in answer.get("events", [])
+            if (event.get("stateExitedEventDetails") or {}).get("name") in TASK_STATES
+        ]
+        if not exits:
+            return None
+        latest = max(exits, key=lambda event: int(event.get("id", 0)))
+        try:
+            data = json.loads(latest["stateExitedEventDetails"].get("output") or "")
+        except ValueError:
+            return None
+        progress = data.get("progress") if isinstance(data, dict) else None
+        return json.dumps(progress) if isinstance(progress, dict) else None
 
 
 def _error_code(exc: Exception) -> str | None:

@@ -42,6 +42,8 @@ STATE_LIMIT: Final = 256 * 1024
 
 JobStatus = Literal["queued", "in_progress", "succeeded", "failed"]
 ResponseFormat = Literal["url", "b64_json"]
+#: the front end a job answers: the Images API (`data`) or chat (a `chat.completion`)
+Front = Literal["images", "chat"]
 
 
 class _Model(BaseModel):
@@ -109,6 +111,8 @@ class JobSpec(_Model):
     n: int = Field(default=1, ge=1)
     images: tuple[InputRef, ...] = ()
     response_format: ResponseFormat = "url"
+    #: which front end submitted the job, so its status answers in that API's shape
+    api: Front = "images"
 
 
 class JobInput(_Model):

@@ -8,10 +8,15 @@
   and URLs only, and the provider key sealed with KMS (`imagegw.jobs.keys`).
 - Status comes from the execution itself (`JobRunner`); a job is readable only with the bearer
   token that submitted it (anyone else gets the same 404 as for an unknown id).
-- A finished job answers the `data` the synchronous Images API call gives: lasting links to the
+- A job records the front end that submitted it (`JobSpec.api`): the Images API's jobs are
+  `image.job` objects, chat's `chat.completion.job`. While one runs, its status carries the
+  provider's progress as the execution's last task left it (when the runner can tell it).
+- A finished Images API job answers the `data` the synchronous call gives: lasting links to the
   copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket (a 503
-  `storage_unavailable`, retryable, while the bucket cannot be read). An image the bucket did
-  not take is given as the provider's link, or as the image itself (a data URI).
+  `storage_unavailable`, retryable, while the bucket cannot be read). A finished chat job is
+  the `chat.completion` the synchronous chat call gives (markdown images linking the copies).
+  An image the bucket did not take is given as the provider's link, or as the image itself (a
+  data URI).
 """
 
 from __future__ import annotations
@@ -44,21 +49,25 @@ from imagegw.jobs.runner import Execution, JobRunner, StepFunctionsRunner
 from imagegw.jobs.schema import (
     JOB_ID,
     STATE_LIMIT,
+    Front,
     InputRef,
     JobInput,
     JobOutput,
     JobSpec,
     JobStatus,
+    Progress,
     ResponseFormat,
     error_body,
     parse_input,
 )
 from imagegw.log import logger
 from imagegw.providers.base import GenerationRequest
-from imagegw.schemas import images_response
+from imagegw.schemas import Completion, images_response
 from imagegw.storage import RESULTS, ImageStore
+from imagegw.streaming import markdown_of
 
-OBJECT: Final = "image.job"
+#: the job object's `object`, by the front end that submitted it
+OBJECTS: Final[dict[Front, str]] = {"images": "image.job", "chat": "chat.completion.job"}
 MAX_IDEMPOTENCY_KEY: Final = 255
 _OWNER_DOMAIN: Final = b"imagegw-job-owner\0"
 _JOB_DOMAIN: Final = "imagegw-job-id\0"
@@ -95,9 +104,12 @@ def fingerprint(
     request: GenerationRequest,
     inputs: Sequence[str | ImageBytes],
     response_format: ResponseFormat,
+    api: Front = "images",
 ) -> str:
-    """A hash of what was asked (not of who asked, nor of the key)."""
+    """A hash of what was asked (not of who asked, nor of the key), the front end included:
+    the same Idempotency-Key sent to the Images API and to chat is two requests (a 409)."""
     asked = {
+        "api": api,
         "provider": request.provider,
         "model": request.model,
         "kind": str(request.kind),
@@ -133,9 +145,32 @@ class JobView:
     output: JobOutput | None = None
     #: the OpenAI-shaped error body when failed
     error: dict[str, Any] | None = None
+    #: the front end that submitted it: the shape of its answer
+    api: Front = "images"
+    #: while it runs, the provider's progress as its last poll saw it (`progress_of`)
+    progress: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "object": OBJECT, "status": self.status, "created": self.created}
+        return {
+            "id": self.id,
+            "object": OBJECTS[self.api],
+            "status": self.status,
+            "created": self.created,
+        }
+
+
+def progress_of(progress: Progress) -> dict[str, Any]:
+    """A running job's progress as the status endpoint shows it: the provider's state of the
+    tasks still running (the most common one), how many of the provider calls ended, and the
+    provider's task ids (as the streamed chat answer reports them)."""
+    running = [task.state for task in progress.tasks if not task.ended]
+    state = max(set(running), key=running.count) if running else progress.status.upper()
+    return {
+        "state": state,
+        "done": sum(task.ended for task in progress.tasks),
+        "total": len(progress.tasks),
+        "task_ids": [task.task_id for task in progress.tasks if task.task_id],
+    }
 
 
 class Jobs:
@@ -193,11 +228,12 @@ class Jobs:
         inputs: Sequence[str | ImageBytes] = (),
         response_format: ResponseFormat = "url",
         idempotency_key: str | None = None,
+        api: Front = "images",
         owner: str | None = None,
         key_ref: str | None = None,
     ) -> JobView:
-        """Start a job for `request` (its images given as `inputs`), or find the one this
-        caller started with the same Idempotency-Key.
+        """Start a job for `request` (its images given as `inputs`), answering front end `api`,
+        or find the one this caller started with the same Idempotency-Key.
 
         `owner`: who may read it (`owner_of` the caller's bearer token; default: of the
         request's key, the client's own token). `key_ref`: a reference to a server-held token
@@ -205,7 +241,7 @@ class Jobs:
         the job steps read the token from the access secret."""
         runner = self.runner
         owner = owner or owner_of(request.api_key.get_secret_value())
-        asked = fingerprint(request, inputs, response_format)
+        asked = fingerprint(request, inputs, response_format, api)
         job_id = job_id_for(owner, idempotency_key)
         if idempotency_key is not None:
             existing = await self._call("describe", runner.describe, job_id)
@@ -224,6 +260,7 @@ class Jobs:
             n=request.n,
             images=await self._stage(inputs),
             response_format=response_format,
+            api=api,
         )
         if key_ref is not None:
             sealed = key_ref
@@ -251,6 +288,7 @@ class Jobs:
             "job started",
             extra={
                 "job_id": job_id,
+                "api": api,
                 "provider": spec.provider,
                 "model": spec.model,
                 "n": spec.n,
@@ -264,6 +302,7 @@ class Jobs:
             model=spec.model,
             response_format=response_format,
             n=spec.n,
+            api=api,
         )
 
     async def _stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputRef, ...]:
@@ -313,9 +352,14 @@ class Jobs:
             model=spec.model,
             response_format=spec.response_format,
             n=spec.n,
+            api=spec.api,
         )
         status = execution.status
         if status in ("RUNNING", "PENDING_REDRIVE"):
+            # a task that left its progress has the provider's answer: Submit is over
+            progress = await self._progress(spec.id)
+            if progress is not None:
+                return replace(view, progress=progress)
             submitted = await self._call("history", self.runner.submitted, spec.id)
             return view if submitted else replace(view, status="queued")
         if status == "SUCCEEDED":
@@ -334,10 +378,27 @@ class Jobs:
             error = error_body(execution.error, execution.cause)
         return replace(view, status="failed", error=error)
 
+    async def _progress(self, job_id: str) -> dict[str, Any] | None:
+        """The running job's progress, when the runner can tell it (Step Functions can); a
+        history that cannot be read leaves it out (the status stands without it)."""
+        read = getattr(self.runner, "progress", None)
+        if read is None:
+            return None
+        try:
+            text = await self._call("history", read, job_id)
+            return None if text is None else progress_of(Progress.model_validate_json(text))
+        except (GatewayError, ValueError):
+            return None
+
     async def render(self, view: JobView, *, base_url: str, fetcher: Fetcher) -> dict[str, Any]:
         """The job resource: its summary, with `data` when it succeeded (as the synchronous
-        Images API answers) or `error` when it failed."""
+        Images API answers) or `error` when it failed; a chat job that succeeded is the
+        `chat.completion` the synchronous chat call answers (`_completion`)."""
+        if view.api == "chat" and view.output is not None:
+            return await self._completion(view, view.output, base_url=base_url, fetcher=fetcher)
         body = {**view.summary(), "model": view.model}
+        if view.progress is not None:
+            body["progress"] = view.progress
         if view.output is not None:
             images = await deliver(
                 [ref.ref for ref in view.output.images[: view.n]],
@@ -351,3 +412,20 @@ class Jobs:
         if view.error is not None:
             body["error"] = view.error.get("error", view.error)
         return body
+
+    async def _completion(
+        self, view: JobView, output: JobOutput, *, base_url: str, fetcher: Fetcher
+    ) -> dict[str, Any]:
+        """A chat job's answer: the synchronous call's `chat.completion` (markdown images
+        linking the copies the job stored, a line per failed task, `finish_reason: "stop"`),
+        under the job's id and time, with `status` as on every job."""
+        links = await deliver(
+            [ref.ref for ref in output.images[: view.n]],
+            settings=self.settings,
+            store=self.store,
+            fetcher=fetcher,
+            base_url=base_url,
+            mode="as_is",
+        )
+        completion = Completion(view.model, completion_id=view.id, created=view.created)
+        return {**completion.message(markdown_of(links, output.failures)), "status": view.status}

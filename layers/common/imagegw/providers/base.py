@@ -26,6 +26,7 @@ from imagegw.errors import InvalidRequestError
 from imagegw.fetcher import Fetcher
 from imagegw.images import ImageBytes
 from imagegw.options import image_count
+from imagegw.sizes import SizeLimits
 
 
 class ModelKind(StrEnum):
@@ -183,6 +184,23 @@ class Provider(ABC):
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         """Ask about a submitted job (only providers whose `start` returns `Started`)."""
         raise NotImplementedError(f"{self.name} has no tasks to check")
+
+    #: request fields the provider reads besides the common options and size fields
+    #: (`imagegw.core.plan.ignored_fields` names any other field as ignored)
+    own_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def size_limits(self, model: str, kind: ModelKind) -> SizeLimits | None:
+        """The sizes `model` takes (`imagegw.sizes`), or None when it takes no size."""
+        return SizeLimits(64, 2048)
+
+    def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
+        """The common options (`imagegw.options.COMMON`) `model` does without: accepted (and
+        checked where the provider checks them), never sent, so named as ignored."""
+        return frozenset()
+
+    def takes_named_sizes(self, model: str) -> bool:
+        """Whether `model` takes OpenAI's named sizes (`1792x1024`, `auto`) as they are."""
+        return False
 
     def requested_images(self, fields: Mapping[str, Any]) -> int:
         """How many images the request's fields ask for (`n`; a provider may add its names)."""

@@ -34,6 +34,7 @@ from imagegw.providers.base import (
     TaskStatus,
     check_image_count,
 )
+from imagegw.sizes import SizeLimits
 from imagegw.upstream import error_for, unreachable
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
@@ -106,6 +107,13 @@ class ModelScope(Provider):
         ModelInfo("Qwen/Qwen-Image-Edit-2509", ModelKind.EDIT, seconds=20.0),
         ModelInfo("Qwen/Qwen-Image-Edit-2511", ModelKind.EDIT, seconds=20.0),
     )
+
+    own_fields = frozenset({"loras"})
+
+    def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
+        lo, hi = size_range(model)
+        side = 1328 if "qwen-image" in model.lower() else 1024  # Qwen-Image's native square
+        return SizeLimits(lo, hi, default=(min(hi, max(lo, side)),) * 2)
 
     @property
     def chat_base_url(self) -> str:

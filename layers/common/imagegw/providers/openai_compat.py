@@ -37,6 +37,7 @@ from imagegw.providers.base import (
     Provider,
     check_image_count,
 )
+from imagegw.sizes import SizeLimits
 from imagegw.upstream import error_for, unreachable, work_timeout
 
 #: OpenAI's own image models: OpenAI's parameter names only
@@ -53,6 +54,12 @@ MAX_TEXT: Final = 10_000
 #: request can make the gateway upload or download
 MAX_INPUT_IMAGES: Final = 16
 _AUTO: Final = "auto"
+#: the sizes OpenAI's own models take, by id prefix (first match wins)
+OPENAI_CHOICES: Final[tuple[tuple[str, tuple[tuple[int, int], ...]], ...]] = (
+    ("dall-e-2", ((256, 256), (512, 512), (1024, 1024))),
+    ("dall-e", ((1024, 1024), (1792, 1024), (1024, 1792))),
+    ("", ((1024, 1024), (1536, 1024), (1024, 1536))),  # gpt-image-*
+)
 #: the image models listed for the base URL, comma-separated (ids with "edit" are edit models);
 #: other ids still work, classed by their id (README "Model classes")
 IMAGE_MODELS: Final = ProviderSetting(
@@ -103,6 +110,23 @@ class OpenAICompatible(Provider):
     ) -> None:
         super().__init__(settings, client, fetcher)
         self.catalog = catalog_of(settings)
+
+    own_fields = frozenset({*PASSED_ON, "response_format", "true_cfg_scale"})
+
+    def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
+        if OPENAI_MODELS.match(model):
+            lowered = model.lower()
+            choices = next(c for prefix, c in OPENAI_CHOICES if lowered.startswith(prefix))
+            return SizeLimits(choices[0][0], choices[-1][0], choices=choices)
+        return SizeLimits(*SIDE_RANGE)
+
+    def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
+        if OPENAI_MODELS.match(model):  # OpenAI's names only
+            return frozenset({"negative_prompt", "seed", "steps", "guidance", "loras"})
+        return frozenset({"loras"})
+
+    def takes_named_sizes(self, model: str) -> bool:
+        return OPENAI_MODELS.match(model) is not None
 
     @property
     def chat_base_url(self) -> str:

@@ -37,6 +37,7 @@ from imagegw.providers.base import (
     Provider,
     check_image_count,
 )
+from imagegw.sizes import SizeLimits
 from imagegw.upstream import error_for, unreachable, work_timeout
 
 TRACE_HEADER: Final = "x-siliconcloud-trace-id"
@@ -108,6 +109,20 @@ class SiliconFlow(Provider):
         "SILICONFLOW_BASE_URL", "https://api.siliconflow.cn/v1", base_url=True
     )
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
+
+    own_fields = frozenset({"batch_size"})
+
+    def size_limits(self, model: str, kind: ModelKind) -> SizeLimits | None:
+        default = spec_of(model, kind).default_size
+        if default is None:
+            return None  # edit models take no image_size
+        width, height = parse_size("image_size", default, *SIZE_RANGE)
+        return SizeLimits(*SIZE_RANGE, default=(width, height))
+
+    def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
+        if spec_of(model, kind).default_size is None:
+            return frozenset({"loras", "size"})
+        return frozenset({"loras"})
 
     @property
     def chat_base_url(self) -> str:

@@ -4,11 +4,16 @@
   the client sends `Prefer: respond-async`: the job starts on Step Functions and the answer is a
   `202` at once, with `Location: .../v1/jobs/{id}`. Where this gateway runs no jobs the
   preference is ignored (RFC 7240 allows it) and the call is answered as usual.
-- `GET /v1/jobs/{id}` (and `/{provider}/v1/jobs/{id}`): the job, with the same `data` as the
-  synchronous call once it succeeded, or the provider's reason once it failed.
+- `start_job`: the 202 of any front end's planned job; `POST /v1/chat/completions` starts its
+  jobs through it too (`routes/chat.py`), and their status answers a `chat.completion`.
+- `GET /v1/jobs/{id}` (and `/{provider}/v1/jobs/{id}`): the job, with the same answer as the
+  synchronous call once it succeeded (`data`, or a chat job's `chat.completion`), the
+  provider's progress while it runs, or the provider's reason once it failed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from pydantic import SecretStr
 from starlette.requests import Request
@@ -19,9 +24,11 @@ from imagegw import images_api
 from imagegw.access import lease
 from imagegw.access.gate import Caller, settle_all
 from imagegw.errors import GatewayError, InvalidRequestError
+from imagegw.images import ImageBytes
 from imagegw.images_api import ImagesCall
+from imagegw.jobs.schema import Front, ResponseFormat
 from imagegw.jobs.service import check_idempotency_key, owner_of
-from imagegw.providers.base import Provider
+from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.web import api_key, authorize, gateway_of, header, public_base_url
 
 PREFERENCE = "respond-async"
@@ -37,6 +44,12 @@ def prefers_async(prefer: str | None) -> bool:
     )
 
 
+def wants_job(request: Request) -> bool:
+    """Whether this request is to run as a durable job: the client prefers `respond-async` and
+    this gateway runs jobs."""
+    return prefers_async(header(request, "Prefer")) and gateway_of(request).jobs.enabled
+
+
 async def accept_async(
     request: Request,
     provider: Provider,
@@ -46,15 +59,12 @@ async def accept_async(
 ) -> Response | None:
     """Start the Images API call `call` as a durable job when the client prefers
     `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual.
-    `auth`: the route's `web.authorize` answer (asked here when not given). A job of a gateway
-    key carries a reference to the server-held token, never the token, and counts on the
-    key's quota from its submission (given back if it does not start)."""
-    gateway = gateway_of(request)
-    if not prefers_async(header(request, "Prefer")) or not gateway.jobs.enabled:
+    `auth`: the route's `web.authorize` answer (asked here when not given)."""
+    if not wants_job(request):
         return None
     caller, key = auth or await authorize(request, provider.name)
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key"))
-    base_url = public_base_url(request, gateway.settings)  # a bad Host refused before the start
+    base_url = public_base_url(request, gateway_of(request).settings)  # a bad Host: refused now
     if call.mask is not None:
         raise InvalidRequestError(
             "Async jobs take no mask: send this edit without 'Prefer: respond-async'.",
@@ -62,22 +72,55 @@ async def accept_async(
             code="mask_not_supported",
         )
     job = images_api.build_job(provider, call, key)
+    return await start_job(
+        request,
+        job,
+        caller=caller,
+        inputs=call.images,
+        response_format=call.response_format,
+        api="images",
+        idempotency_key=idempotency_key,
+        base_url=base_url,
+    )
+
+
+async def start_job(
+    request: Request,
+    job: GenerationRequest,
+    *,
+    caller: Caller,
+    inputs: Sequence[str | ImageBytes],
+    api: Front,
+    response_format: ResponseFormat = "url",
+    idempotency_key: str | None = None,
+    base_url: str | None = None,
+) -> Response:
+    """Start the planned `job` (`imagegw.core.plan`) for front end `api`, or find the one a
+    retried submission started: the `202` with the job object and its `Location`. The one
+    way every front end starts a durable job.
+
+    `caller`: the route's `web.authorize` answer (its lease is current). A job of a gateway
+    key carries a reference to the server-held token, never the token, and counts on the
+    key's quota from its submission (given back if it does not start)."""
+    gateway = gateway_of(request)
+    if base_url is None:
+        base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
     caller.check_model(job.model)
     leased = lease.current() if caller.keyed else None
     reservation = await gateway.access.reserve(caller, job.model, job.n)
     try:
         view = await gateway.jobs.submit(
             job,
-            inputs=call.images,
-            response_format=call.response_format,
+            inputs=inputs,
+            response_format=response_format,
             idempotency_key=idempotency_key,
+            api=api,
             owner=owner_of(caller.bearer.get_secret_value()),
             key_ref=leased.ref if leased is not None else None,
         )
     except GatewayError:
         await settle_all(reservation, 0)
         raise
-
     named = request.path_params.get("provider")
     prefix = f"/{named}" if named else ""
     location = f"{base_url}{prefix}/v1/jobs/{view.id}"

@@ -1,4 +1,8 @@
-"""Turn a Lambda HTTP event into the request the AWS Lambda Web Adapter sends to the app.
+"""Lambda HTTP events and the app's HTTP exchanges, mapped both ways as the AWS Lambda Web
+Adapter maps them (standard library only: the emulator level's stub adapter runs it on the
+Lambda runtime's Python).
+
+Event to request:
 
 The adapter (awslabs/aws-lambda-web-adapter, `src/lib.rs` `fetch_response`) parses the event
 with the `lambda_http` crate and forwards it to `http://127.0.0.1:$PORT`:
@@ -15,18 +19,25 @@ with the `lambda_http` crate and forwards it to `http://127.0.0.1:$PORT`:
   (the event's request context as JSON) and `x-amzn-lambda-context`; only the first is known
   from the event alone.
 - body: base64-decoded when `isBase64Encoded`, else the UTF-8 bytes of the string.
+
+Response to Lambda's answer (`response_head`, `lambda_response`): the status, the headers
+without hop-by-hop ones, and for payload 2.0 `headers` (repeated values comma-joined) plus
+`cookies` (the `set-cookie` values), for 1.0 `multiValueHeaders`. A streamed answer (the
+adapter's `response_stream` mode) starts with that head, and the body follows as it comes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
+#: hop-by-hop headers the adapter does not hand back
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding"})
 
 
 @dataclass(frozen=True)
@@ -112,3 +123,36 @@ def _body(event: Mapping[str, Any]) -> bytes:
     if event.get("isBase64Encoded"):
         return base64.b64decode(body, validate=True)
     return str(body).encode("utf-8")
+
+
+def response_head(
+    event: Mapping[str, Any], status: int, headers: Iterable[tuple[str, str]]
+) -> dict[str, Any]:
+    """Lambda's answer for ``event`` without its body: the status and the app's headers in the
+    event's payload format (what a streamed answer starts with)."""
+    pairs = [(k.lower(), v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+    head: dict[str, Any] = {"statusCode": status}
+    if event.get("version") == "2.0":  # Function URL / HTTP API: payload format 2.0
+        joined: dict[str, str] = {}
+        for name, value in pairs:
+            if name != "set-cookie":
+                joined[name] = f"{joined[name]},{value}" if name in joined else value
+        head["headers"] = joined
+        head["cookies"] = [value for name, value in pairs if name == "set-cookie"]
+    else:  # REST API: payload format 1.0
+        multi: dict[str, list[str]] = {}
+        for name, value in pairs:
+            multi.setdefault(name, []).append(value)
+        head["multiValueHeaders"] = multi
+    return head
+
+
+def lambda_response(
+    event: Mapping[str, Any], status: int, headers: Iterable[tuple[str, str]], body: bytes
+) -> dict[str, Any]:
+    """Lambda's whole (buffered) answer for ``event``: the head and the body, base64."""
+    return {
+        **response_head(event, status, headers),
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+    }

@@ -1,4 +1,5 @@
-"""The runtime side of the host executor (`host_executor.py`): what Lambda's Python bootstrap does.
+"""What Lambda's Python bootstrap does, as a host process (`make invoke`, and the emulator
+level's host executor `tests/aws/executor/host_executor.py`; their side is `process.py`).
 
 Run as a script, it imports the function's handler (`_HANDLER`, e.g. `app.lambda_handler`) from
 the task root once, then calls it for each invocation with a Lambda context, setting
@@ -6,9 +7,10 @@ the task root once, then calls it for each invocation with a Lambda context, set
 exception becomes Lambda's error payload (`errorType` is the exception's class name: Step
 Functions matches its retriers on it).
 
-`serve` is the protocol, shared with the stub Web Adapter: invocations arrive as JSON lines on
-stdin, each answer goes as one JSON line to the descriptor in HOST_EXECUTOR_FD; the process ends
-with its input. Nothing but the standard library (it runs on the Lambda runtime's Python).
+`serve` is the protocol, shared with the emulator's stub Web Adapter: invocations arrive as JSON
+lines on stdin, each answer goes as one JSON line to the descriptor in HOST_EXECUTOR_FD; the
+process ends with its input. Nothing but the standard library (it runs on the Lambda runtime's
+Python, as a script: `python runtime.py`).
 """
 
 from __future__ import annotations

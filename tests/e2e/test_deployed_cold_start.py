@@ -1,0 +1,204 @@
+"""What the `sam build` output does for a cold start (README "Cold start").
+
+- The layer ships bytecode for python3.13, in unchecked-hash mode: Lambda's /opt is read-only,
+  so modules without it would be compiled on every cold start, and timestamp-checked bytecode
+  could be judged stale after the zip and unzip of the deployment.
+- The layer leaves the runtime's own packages (boto3 and its dependencies) to the runtime.
+- Booted the way Lambda boots it (test_deployed_build.py), the app imports no boto3 before its
+  readiness check passes; the first generation that needs the bucket does; after the first
+  generation, a generation imports nothing (a failing import, retried on every request, costs a
+  search of the whole path each time).
+
+Imports are seen from outside, with PYTHONPROFILEIMPORTTIME=1 (`python -X importtime`), which
+makes the interpreter write a line to stderr for each module it imports, as it does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+import lambda_runtime
+from e2e.test_deployed_build import (
+    FUNCTION,
+    LAYER,
+    _build_dir,
+    _check_architecture,
+    _free_port,
+    _lambda_environment,
+    _lambda_python,
+    _stop,
+    _wait_ready,
+)
+from fakes.modelscope import FakeModelScope
+from fakes.server import ServerThread, SwappableApp
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "ms-test-token"
+#: bytecode flags (PEP 552): hash-based, source not checked
+UNCHECKED_HASH = 0b01
+#: modules whose import means the S3 client is being built
+BOTO = ("boto3", "botocore.session", "botocore.client", "s3transfer")
+
+
+@pytest.fixture(scope="module")
+def layer() -> Path:
+    python = _build_dir() / LAYER / "python"
+    _check_architecture(python)
+    return python
+
+
+def _python313_magic() -> bytes:
+    python = lambda_runtime.python313()
+    code = "import importlib.util, sys; sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"
+    answer = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
+    return bytes.fromhex(answer.stdout)
+
+
+def test_every_module_of_the_layer_has_python313_bytecode_used_as_it_is(layer: Path) -> None:
+    # Given the built layer / When each of its modules is looked up in __pycache__
+    magic = _python313_magic()
+    sources = sorted(layer.rglob("*.py"))
+    missing, wrong = [], []
+    for source in sources:
+        compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-313.pyc"
+        if not compiled.exists():
+            missing.append(str(source.relative_to(layer)))
+            continue
+        header = compiled.read_bytes()[:8]
+        if header[:4] != magic or int.from_bytes(header[4:8], "little") != UNCHECKED_HASH:
+            wrong.append(str(compiled.relative_to(layer)))
+
+    # Then every one has bytecode of Python 3.13 that is used without looking at the source
+    assert sources, f"no modules in {layer}"
+    assert missing == []
+    assert wrong == []
+
+
+def test_the_layer_leaves_the_runtime_packages_to_the_runtime(layer: Path) -> None:
+    shipped = sorted(
+        p.name
+        for name in lambda_runtime.RUNTIME_PACKAGES
+        for p in (layer / name, layer / f"{name}.py")
+        if p.exists()
+    )
+    assert shipped == []
+    assert (layer / "imagegw").is_dir()
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """The booted build and its import profile (stderr) so far."""
+
+    url: str
+    stderr: Path
+
+    def imported(self) -> list[str]:
+        return [
+            line.rsplit("|", 1)[1].strip()
+            for line in self.stderr.read_text(errors="replace").splitlines()
+            if line.startswith("import time:") and "[us]" not in line
+        ]
+
+
+@pytest.fixture(scope="module")
+def profiled_app(
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_env: dict[str, str],
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[Profiled]:
+    """The build booted as in test_deployed_build.py, writing its import profile to stderr."""
+    build = _build_dir()
+    tmp = tmp_path_factory.mktemp("lambda-imports")
+    runtime_dir = tmp / "var-runtime"
+    runtime_dir.mkdir()
+    port = _free_port()
+    env = _lambda_environment(build, _lambda_python(tmp), runtime_dir, port)
+    env.update(
+        {
+            "BUCKET": s3_env["BUCKET"],
+            "S3_ENDPOINT_URL": s3_env["S3_ENDPOINT_URL"],
+            "AWS_ACCESS_KEY_ID": s3_env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": s3_env["AWS_SECRET_ACCESS_KEY"],
+            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
+            "POLL_INTERVAL": "0.05",
+            "PYTHONPROFILEIMPORTTIME": "1",
+        }
+    )
+    stdout, stderr = tmp / "function.log", tmp / "imports.log"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [str(build / FUNCTION / "run.sh")],
+            cwd=build / FUNCTION,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(process, f"http://127.0.0.1:{port}", stderr)
+        yield Profiled(url=f"http://127.0.0.1:{port}", stderr=stderr)
+    finally:
+        _stop(process)
+
+
+def _generate(url: str, prompt: str) -> str:
+    """A streamed chat completion through the build (IMAGE_LINKS=stored: copied to S3)."""
+    body = {
+        "model": "Qwen/Qwen-Image",
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=30.0,
+    ) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_text())
+    frames = [json.loads(f[6:]) for f in text.split("\n\n") if f.startswith("data: {")]
+    content = "".join(
+        (c.get("delta") or {}).get("content") or "" for f in frames for c in f.get("choices", [])
+    )
+    assert "/v1/files/" in content, text[-2000:]
+    return content
+
+
+def test_boto3_is_imported_by_the_first_generation_not_before_readiness(
+    profiled_app: Profiled, fake_ms: FakeModelScope
+) -> None:
+    # Given the build booted as Lambda boots it, past its readiness check
+    before_ready = set(profiled_app.imported())
+    assert "imagegw.app" in before_ready  # the profile is there
+
+    # When the first generation stores its image in the bucket
+    _generate(profiled_app.url, "the first one")
+
+    # Then boto3 was not imported before readiness, but for that generation
+    assert sorted(before_ready & set(BOTO)) == []
+    assert "boto3" in profiled_app.imported()
+
+
+def test_a_generation_after_the_first_imports_nothing(
+    profiled_app: Profiled, fake_ms: FakeModelScope
+) -> None:
+    # Given the build after its first generation
+    _generate(profiled_app.url, "a warm-up")
+    known = len(profiled_app.imported())
+
+    # When two more generations run
+    _generate(profiled_app.url, "a second one")
+    _generate(profiled_app.url, "a third one")
+
+    # Then neither imported (or tried to import) any module
+    assert profiled_app.imported()[known:] == []
