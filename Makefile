@@ -34,7 +34,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
 LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
-.PHONY: help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
+.PHONY: key keys revoke token tokens untoken help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
   deploy logs delete
 
 help:
@@ -44,6 +44,10 @@ help:
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
 	@echo "make bench  print benchmark figures (bench/)"
+	@echo "make key NAME=alice [QUOTA=50] [MODELS=a,b] [DAYS=30]  issue a gateway key (printed once)"
+	@echo "make keys | make revoke NAME=alice                       list / revoke gateway keys"
+	@echo "make token PROVIDER=modelscope TOKEN=ms-... | make tokens | make untoken PROVIDER=.. TOKEN=.."
+	@echo "           (owner commands: make run's stand-ins while it runs, or a stack with STACK=<name>)"
 	@echo "make invoke FUNCTION=<logical id> EVENT=<file> [ENV_VARS=<file>] [STACK=<name>]"
 	@echo "            run a built function with an event as Lambda would, without Docker"
 	@echo "make events [STACK=<name>] [OUT=<dir>]  seal the job events' provider key"
@@ -176,6 +180,32 @@ logs: $(BIN)/.ready
 delete: $(BIN)/.ready $(SAM_VENV)/.ready
 	@$(STACKTOOL) bucket
 	$(SAM) delete
+
+# owner commands (README "Sharing a deployment"): against `make run` while it runs, or against a
+# deployed stack with STACK=<name> (the caller's AWS credentials); TOKEN=- reads it from stdin
+ADMIN := PYTHONPATH=layers/common STACK="$(STACK)" $(BIN)/python -m imagegw.admin
+key: $(BIN)/.ready
+	@test -n "$(NAME)" || { echo "usage: make key NAME=alice [QUOTA=50] [MODELS=a,b] [DAYS=30]"; exit 2; }
+	@$(ADMIN) key "$(NAME)" $(if $(QUOTA),--quota "$(QUOTA)") $(if $(MODELS),--models "$(MODELS)") \
+	  $(if $(PROVIDERS),--providers "$(PROVIDERS)") $(if $(DAYS),--days "$(DAYS)")
+
+keys: $(BIN)/.ready
+	@$(ADMIN) keys
+
+revoke: $(BIN)/.ready
+	@test -n "$(NAME)" || { echo "usage: make revoke NAME=alice"; exit 2; }
+	@$(ADMIN) revoke "$(NAME)"
+
+token: $(BIN)/.ready
+	@test -n "$(PROVIDER)" -a -n "$(TOKEN)" || { echo "usage: make token PROVIDER=modelscope TOKEN=ms-..."; exit 2; }
+	@$(ADMIN) token "$(PROVIDER)" "$(TOKEN)"
+
+tokens: $(BIN)/.ready
+	@$(ADMIN) tokens
+
+untoken: $(BIN)/.ready
+	@test -n "$(PROVIDER)" -a -n "$(TOKEN)" || { echo "usage: make untoken PROVIDER=modelscope TOKEN=ms-..."; exit 2; }
+	@$(ADMIN) untoken "$(PROVIDER)" "$(TOKEN)"
 
 clean:
 	rm -rf .aws-sam .aws-emulator .mypy_cache .ruff_cache node_modules

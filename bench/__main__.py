@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, concurrency, lag, memory, overhead, polling
+from bench import coldstart, concurrency, keys, lag, memory, overhead, polling
 from bench.common import ROOT, Report, machine_facts, machine_table, markdown_table
 
 BENCHMARKS: dict[str, Callable[[], Report]] = {
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[], Report]] = {
     "concurrency": concurrency.run,
     "polling": polling.run,
     "memory": memory.run,
+    "keys": keys.run,
 }
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 

@@ -54,6 +54,10 @@ STAND_INS: dict[str, str] = {
     "JOB_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
     # the metrics' namespace names the stack (`!Sub`), which a build alone has not got
     "POWERTOOLS_METRICS_NAMESPACE": "ImageGateway/e2e-stack",
+    # gateway keys (mixed mode by default): made-up names; the tests here send client tokens,
+    # which are passed through without touching either
+    "ACCESS_TABLE": "imagegw-e2e-access",
+    "ACCESS_SECRET": "arn:aws:secretsmanager:us-east-1:123456789012:secret:e2e-access",
 }
 
 

@@ -55,6 +55,8 @@ def local_server(
         "POWERTOOLS_LOG_LEVEL": "WARNING",
         # what make run keeps across restarts: not the repository's own folder
         "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
+        # where the owner commands find its gateway-key stand-ins: not the repository's
+        "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path_factory.mktemp("access") / "access.json"),
     }
     log = tmp_path_factory.mktemp("local") / "server.log"
     url = f"http://127.0.0.1:{port}"

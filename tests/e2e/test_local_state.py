@@ -51,6 +51,7 @@ def make_run(
             "JOB_POLL_INTERVAL": "0",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "LOCAL_STATE_DIR": str(tmp_path / "state"),
+            "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path / "access.json"),  # not the repository's
         }
         url = f"http://127.0.0.1:{port}"
         log = tmp_path / f"server-{port}.log"

@@ -146,6 +146,8 @@ class FakeModelScope:
     - ``clock``: the time tasks run on (``time.monotonic``; tests may simulate it).
     - ``fail_reason``: when set, tasks submitted from now on end ``FAILED`` with this message.
     - ``submit_override``: ``(status, json_body, headers)`` answered by the next submit, once.
+    - ``token_answers``: token -> ``(status, json_body, headers)`` answered to every submit
+      with that token (an exhausted daily quota, a revoked token).
     - ``poll_errors``: the next N polls answer HTTP 503.
     - ``rate_limit_headers``: add ``modelscope-ratelimit-*`` headers to accepted submits.
     - ``expire_files``: output image links answer 403 AccessDenied like an expired OSS link.
@@ -179,6 +181,7 @@ class FakeModelScope:
         self.clock: Callable[[], float] = time.monotonic
         self.fail_reason: str | None = None
         self.submit_override: tuple[int, Any, dict[str, str]] | None = None
+        self.token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
         self.poll_errors: int = 0
         self.rate_limit_headers: bool = False
         self.rate_limit_requests: int = 2000
@@ -250,8 +253,12 @@ class FakeModelScope:
             "headers": _headers_without_auth(request.headers),
             "time": time.monotonic(),
         }
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        #: which of the accepted tokens was used (tests of server-held token pools)
+        record["token"] = token if token in self.tokens or token in self.token_answers else None
         with self.lock:
             override, self.submit_override = self.submit_override, None
+        override = override or self.token_answers.get(token)
         if override is not None:
             status, payload, headers = override
             response: Response = JSONResponse(payload, status_code=status, headers=headers)

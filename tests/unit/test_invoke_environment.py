@@ -156,6 +156,11 @@ def test_intrinsics_resolve_or_name_the_variable(template: Template) -> None:
     assert resolver.value({"Ref": "AWS::Region"}) == "eu-west-1"
     assert resolver.value({"Fn::GetAtt": "K.Arn"}) == "arn:k"
     assert resolver.value({"Fn::Sub": "${R}/${K.Arn}@${AWS::Region}"}) == "r/arn:k@eu-west-1"
+    # and Fn::If by the template's conditions, as CloudFormation decides them
+    conditions = {"On": {"Fn::Not": [{"Fn::Equals": [{"Ref": "P"}, "open"]}]}}
+    chosen = {"Fn::If": ["On", {"Ref": "R"}, ""]}
+    assert Resolver({"P": "mixed"}, {"R": "r"}, conditions=conditions).value(chosen) == "r"
+    assert Resolver({"P": "open"}, {}, conditions=conditions).value(chosen) == ""
     # and a function whose variables name what is not known fails naming each variable
     with pytest.raises(InvokeError, match=r"BUCKET .*Ref UploadsBucket.*JOB_KEY_ID"):
         resolve_variables(template.function("JobSubmitFunction"), resolver)
@@ -188,6 +193,7 @@ class StubCloudFormation:
         return SimpleNamespace(paginate=lambda StackName: [{"StackResourceSummaries": summaries}])
 
 
+ACCESS_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:gw-access-Ab12"
 STACK_RESOURCES = [
     ("UploadsBucket", "AWS::S3::Bucket", "gw-uploadsbucket-1a2b3c"),
     ("JobKey", "AWS::KMS::Key", KEY_ID),
@@ -197,6 +203,9 @@ STACK_RESOURCES = [
         "arn:aws:states:eu-west-1:111122223333:stateMachine:gw-image-jobs",
     ),
     ("ApiFunction", "AWS::Lambda::Function", "gw-ApiFunction-AbC"),
+    # gateway keys (AccessMode mixed, the default)
+    ("AccessTable", "AWS::DynamoDB::Table", "gw-AccessTable-XyZ"),
+    ("AccessSecret", "AWS::SecretsManager::Secret", ACCESS_SECRET_ARN),
 ]
 
 
@@ -217,6 +226,8 @@ def test_stack_values_for_sam_local_invoke(template: Template) -> None:
     assert submit["PRESIGN_TTL"] == "900"  # its default
     assert set(submit) == set(template.function("JobSubmitFunction").variables)
     assert job_key_arn(template, resolver) == submit["JOB_KEY_ID"]
+    # a variable behind a condition (Fn::If AccessEnabled): the stack's secret
+    assert submit["ACCESS_SECRET"] == ACCESS_SECRET_ARN
 
 
 def test_stack_target_uses_your_credentials_and_endpoint(template: Template) -> None:

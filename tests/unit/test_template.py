@@ -54,10 +54,15 @@ def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def statements(function: dict[str, Any]) -> list[dict[str, Any]]:
+    """The function's policy statements; a conditional one (`!If [c, statement, NoValue]`)
+    as its statement."""
     found: list[dict[str, Any]] = []
     for policy in function["Properties"].get("Policies", []):
         if isinstance(policy, dict) and "Statement" in policy:
-            found += policy["Statement"]
+            for statement in policy["Statement"]:
+                if "Fn::If" in statement:
+                    statement = statement["Fn::If"][1]
+                found.append(statement)
     return found
 
 
@@ -271,3 +276,47 @@ def test_the_stack_outputs_the_dashboards_address(template: dict[str, Any]) -> N
     url = template["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"]
     assert url.startswith("https://console.aws.amazon.com/cloudwatch/")
     assert "region=${AWS::Region}" in url and url.endswith("#dashboards:name=${Dashboard}")
+
+
+def test_gateway_keys_live_in_an_on_demand_table_and_one_secret_unless_open(
+    template: dict[str, Any],
+) -> None:
+    assert template["Parameters"]["AccessMode"]["Default"] == "mixed"
+    assert template["Parameters"]["AccessMode"]["AllowedValues"] == ["open", "mixed", "keys"]
+    table = template["Resources"]["AccessTable"]
+    secret = template["Resources"]["AccessSecret"]
+    assert table["Condition"] == secret["Condition"] == "AccessEnabled"
+    assert template["Conditions"]["AccessEnabled"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AccessMode"}, "open"]}]
+    }
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    # the secret is generated with a pepper and an empty pool: no token in the template
+    generated = secret["Properties"]["GenerateSecretString"]
+    assert generated["GenerateStringKey"] == "pepper"
+    assert json.loads(generated["SecretStringTemplate"]) == {"tokens": {}}
+
+
+def test_functions_may_only_read_the_secret_and_only_the_api_uses_the_table(
+    template: dict[str, Any],
+) -> None:
+    functions = resources(template, "AWS::Serverless::Function")
+    rights = {
+        name: {a for a in actions(f) if a.startswith(("dynamodb:", "secretsmanager:"))}
+        for name, f in functions.items()
+    }
+    assert rights == {
+        "ApiFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "secretsmanager:GetSecretValue"},
+        "JobSubmitFunction": {"secretsmanager:GetSecretValue"},
+        "JobPollFunction": {"secretsmanager:GetSecretValue"},
+        "JobStoreFunction": set(),
+    }
+
+
+def test_no_token_is_a_parameter_or_an_output(template: dict[str, Any]) -> None:
+    for name in [*template["Parameters"], *template["Outputs"]]:
+        assert "token" not in name.lower() and "pepper" not in name.lower()
+    outputs = template["Outputs"]
+    assert outputs["AccessSecretArn"]["Value"] == {"Ref": "AccessSecret"}  # its ARN only

@@ -115,6 +115,8 @@ class Template:
         self.data = load_template(path)
         self.resources: dict[str, Any] = self.data.get("Resources") or {}
         self.parameters: dict[str, Any] = self.data.get("Parameters") or {}
+        #: the template's Conditions, as written (`Resolver` decides them for `Fn::If`)
+        self.conditions: dict[str, Any] = self.data.get("Conditions") or {}
 
     def parameter_defaults(self) -> dict[str, str]:
         return {
@@ -179,7 +181,8 @@ class Template:
 @dataclass(frozen=True)
 class Resolver:
     """Decides intrinsic values: parameters by name; resources by logical id (`Ref`) and by
-    (logical id, attribute) (`Fn::GetAtt`); the pseudo parameters."""
+    (logical id, attribute) (`Fn::GetAtt`); the pseudo parameters; `Fn::If` by the template's
+    `conditions` (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition)."""
 
     parameters: Mapping[str, str]
     refs: Mapping[str, str]
@@ -188,6 +191,7 @@ class Resolver:
     account: str = "123456789012"
     partition: str = "aws"
     stack_name: str = "local"
+    conditions: Mapping[str, Any] = field(default_factory=dict)
 
     def pseudo(self) -> dict[str, str]:
         return {
@@ -213,7 +217,31 @@ class Resolver:
                 return self._attribute(str(name), str(attribute))
             if function == "Fn::Sub" and isinstance(argument, str):
                 return re.sub(r"\$\{([^}!]+)\}", lambda m: self._sub(m.group(1)), argument)
+            if function == "Fn::If" and isinstance(argument, list) and len(argument) == 3:
+                name, when_true, when_false = argument
+                return self.value(when_true if self.condition(str(name)) else when_false)
         raise LookupError(f"no local value for {expression!r}")
+
+    def condition(self, name: str) -> bool:
+        """Whether the template's condition `name` holds here."""
+        if name not in self.conditions:
+            raise LookupError(f"no condition {name}")
+        return self._holds(self.conditions[name])
+
+    def _holds(self, expression: Any) -> bool:
+        if isinstance(expression, dict) and len(expression) == 1:
+            ((function, argument),) = expression.items()
+            if function == "Condition":
+                return self.condition(str(argument))
+            if function == "Fn::Equals" and isinstance(argument, list) and len(argument) == 2:
+                return self.value(argument[0]) == self.value(argument[1])
+            if function == "Fn::Not" and isinstance(argument, list) and len(argument) == 1:
+                return not self._holds(argument[0])
+            if function == "Fn::And" and isinstance(argument, list):
+                return all(self._holds(item) for item in argument)
+            if function == "Fn::Or" and isinstance(argument, list):
+                return any(self._holds(item) for item in argument)
+        raise LookupError(f"no local value for the condition {expression!r}")
 
     def _ref(self, name: str) -> str:
         for table in (self.parameters, self.refs, self.pseudo()):

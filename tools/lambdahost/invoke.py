@@ -51,11 +51,17 @@ from lambdahost.standins import StandIns
 RUNTIME: Final = Path(__file__).resolve().parent / "runtime.py"
 ACCOUNT: Final = "123456789012"
 #: stand-in resource values, by CloudFormation type: (Ref, {attribute: value})
+#: the made-up name of the gateway keys' table (and secret) in the stand-in target
+ACCESS_TABLE: Final = "image-gateway-invoke-access"
 STAND_IN_TYPES: Final = {
     "AWS::S3::Bucket": "bucket",
     "AWS::KMS::Key": "key",
     "AWS::Serverless::StateMachine": "state_machine",
     "AWS::StepFunctions::StateMachine": "state_machine",
+    # gateway keys' table and secret (mixed/keys AccessMode): names only, made in no stand-in;
+    # the sample events' client tokens pass through without touching either
+    "AWS::DynamoDB::Table": "access_table",
+    "AWS::SecretsManager::Secret": "access_secret",
 }
 
 
@@ -73,6 +79,8 @@ def stand_in_target(template: Template, stand_ins: StandIns) -> Target:
     """The template's resources as `make run`'s stand-ins: each bucket is the stand-in bucket,
     each KMS key the job key, each state machine the stand-in's."""
     key_id = stand_ins.key_arn.rsplit("/", 1)[-1]
+    region = stand_ins.region
+    access_secret = f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{ACCESS_TABLE}"
     machine_name = stand_ins.state_machine_arn.rsplit(":", 1)[-1]
     values = {
         "bucket": (stand_ins.bucket, {"Arn": f"arn:aws:s3:::{stand_ins.bucket}"}),
@@ -81,6 +89,11 @@ def stand_in_target(template: Template, stand_ins: StandIns) -> Target:
             stand_ins.state_machine_arn,
             {"Arn": stand_ins.state_machine_arn, "Name": machine_name},
         ),
+        "access_table": (
+            ACCESS_TABLE,
+            {"Arn": f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{ACCESS_TABLE}"},
+        ),
+        "access_secret": (access_secret, {"Id": access_secret}),
     }
     refs: dict[str, str] = {}
     attributes: dict[tuple[str, str], str] = {}
@@ -93,7 +106,12 @@ def stand_in_target(template: Template, stand_ins: StandIns) -> Target:
         attributes.update({(logical_id, name): value for name, value in attrs.items()})
     return Target(
         resolver=Resolver(
-            template.parameter_defaults(), refs, attributes, stand_ins.region, ACCOUNT
+            template.parameter_defaults(),
+            refs,
+            attributes,
+            stand_ins.region,
+            ACCOUNT,
+            conditions=template.conditions,
         ),
         aws=stand_ins.aws_environment(),
         description=(

@@ -74,7 +74,9 @@ def stack_resolver(stack_name: str, template: Template, cloudformation: Any) -> 
                     logical_id, str(resource["ResourceType"]), physical, partition, region, account
                 )
             )
-    return Resolver(parameters, refs, attributes, region, account, partition, stack_name)
+    return Resolver(
+        parameters, refs, attributes, region, account, partition, stack_name, template.conditions
+    )
 
 
 def stack_target(

@@ -74,6 +74,11 @@ _OWN_NAMES: dict[str, str] = {
     "ALLOW_PRIVATE_URLS": "allow_private_urls",
     "BODY_TIMEOUT": "body_timeout",
     "POLL_FAILURE_WINDOW": "poll_failure_window",
+    "ACCESS_MODE": "access_mode",
+    "ACCESS_TABLE": "access_table",
+    "ACCESS_SECRET": "access_secret",
+    "KEY_CACHE_TTL": "key_cache_ttl",
+    "SECRET_CACHE_TTL": "secret_cache_ttl",
 }
 
 
@@ -167,6 +172,18 @@ class Settings(BaseModel):
     #: an interactive request gives up with a 502 naming the provider's last error
     poll_failure_window: float = Field(default=60.0, gt=0)
 
+    #: who may use the gateway (README "Sharing a deployment"): client tokens only (`open`),
+    #: gateway keys and client tokens (`mixed`), or gateway keys only (`keys`)
+    access_mode: Literal["open", "mixed", "keys"] = "mixed"
+    #: the DynamoDB table of gateway keys, usage and set-aside tokens (`imagegw.access.table`)
+    access_table: str | None = None
+    #: the Secrets Manager secret with the key-hash pepper and the provider token pools
+    access_secret: str | None = None
+    #: seconds a key's record is trusted (a revoked key is refused within this)
+    key_cache_ttl: float = Field(default=60.0, ge=0, le=300)
+    #: seconds the access secret is trusted (a changed token takes effect within this)
+    secret_cache_ttl: int = Field(default=300, ge=0, le=300)
+
     @model_validator(mode="before")
     @classmethod
     def _provider_fields(cls, data: Any) -> Any:
@@ -199,6 +216,8 @@ class Settings(BaseModel):
     def _check(self) -> Settings:
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("POLL_INTERVAL_MAX must be >= POLL_INTERVAL")
+        if self.access_mode == "keys" and not (self.access_table and self.access_secret):
+            raise ValueError("ACCESS_MODE=keys needs ACCESS_TABLE and ACCESS_SECRET")
         return self
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import httpx
 
+from imagegw.access.gate import Access
 from imagegw.clients import provider_client
 from imagegw.config import Settings
 from imagegw.core.estimates import Estimates, MemoryEstimates
@@ -40,6 +41,8 @@ class Gateway:
         self.estimates: Estimates = MemoryEstimates(priors())
         #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
         self.jobs = Jobs(settings, self.store)
+        #: gateway keys, server-held tokens and quotas (README "Sharing a deployment")
+        self.access = Access(settings)
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -15,9 +15,10 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from imagegw import apimetrics
+from imagegw.access import lease
 from imagegw.config import Settings
 from imagegw.core.advance import (
     Made,
@@ -304,7 +305,7 @@ class _Run:
         """Start every part at once; a synchronous provider does the whole job in `start`, so
         progress is reported meanwhile. The calls in flight are cancelled if the reader left."""
         title, limit = self.provider.title, self.settings.generation_timeout
-        starting = asyncio.ensure_future(start_all(self.provider, self.parts))
+        starting = asyncio.ensure_future(self._start_all())
         try:
             while not starting.done():
                 left = self.remaining(lambda: f"{title} did not answer within {limit:g} s.")
@@ -319,6 +320,19 @@ class _Run:
             self.tasks.answer(index, outcome)
         if not self.tasks.task_ids and not self.tasks.images:
             raise self.tasks.refusal()
+
+    async def _start_all(self) -> list[Started | Finished | BaseException]:
+        """Start every part; with a server-held token (a lease), a submission refused whole
+        (401/403, quota, rate: nothing started) goes again with the pool's next token."""
+        leased = lease.current()
+        while True:
+            outcomes = await start_all(self.provider, self.parts)
+            if leased is None or leased.provider != self.provider.name:
+                return outcomes
+            token = await leased.fail_over(outcomes)
+            if token is None:
+                return outcomes
+            self.parts = [replace(part, api_key=token) for part in self.parts]
 
     def progress(self) -> Progress:
         pending = [i for i in self.tasks.task_ids if not self.tasks.ended(i)]

@@ -217,6 +217,57 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
     }
 
 
+#: where `make run` tells the owner commands (`python -m imagegw.admin`) its stand-ins are
+#: (IMAGEGW_LOCAL_ACCESS_FILE elsewhere)
+LOCAL_ACCESS_FILE: Final = Path(
+    os.environ.get("IMAGEGW_LOCAL_ACCESS_FILE") or REPO_ROOT / ".aws-sam" / "local-access.json"
+)
+
+
+def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, str]:
+    """Gateway keys on the moto server at `endpoint` (README "Sharing a deployment"): its
+    DynamoDB holds the key table, its Secrets Manager the secret (a fresh pepper, no tokens).
+    The env that points the gateway at them; also written to `LOCAL_ACCESS_FILE` for the
+    owner commands while this runs."""
+    import secrets
+
+    import boto3
+
+    credentials = {
+        "region_name": region,
+        "endpoint_url": endpoint,
+        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID") or "local",
+        "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or "local",
+    }
+    table = "image-gateway-access"
+    dynamodb = boto3.client("dynamodb", **credentials)
+    dynamodb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+    )
+    secret = boto3.client("secretsmanager", **credentials).create_secret(
+        Name="image-gateway-access",
+        SecretString=json.dumps({"pepper": secrets.token_urlsafe(36), "tokens": {}}),
+    )["ARN"]
+    env = {
+        "ACCESS_TABLE": table,
+        "ACCESS_SECRET": secret,
+        "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+    }
+    LOCAL_ACCESS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    shared = ("BUCKET", "S3_ENDPOINT_URL", "JOB_STATE_MACHINE_ARN", "AWS_ENDPOINT_URL_SFN")
+    known = {name: os.environ[name] for name in shared if os.environ.get(name)}
+    LOCAL_ACCESS_FILE.write_text(json.dumps({**known, **env, "AWS_REGION": region}))
+    return env
+
+
 STAND_INS_FLAG = "--stand-ins"
 
 
@@ -255,6 +306,15 @@ def serve_stand_ins() -> None:
             arn = jobs["JOB_STATE_MACHINE_ARN"]
             count = kept.restore_jobs(sfn, arn, LOCAL_ACCOUNT, region or LOCAL_REGION)
             restored += f" and {count} ended jobs"
+    if not os.environ.get("ACCESS_TABLE") and os.environ.get("ACCESS_MODE", "mixed") != "open":
+        if server is None:
+            server, endpoint = start_moto()
+        else:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_SFN") or os.environ["S3_ENDPOINT_URL"]
+        region = os.environ.get("AWS_REGION") or LOCAL_REGION
+        access = start_access_stand_in(endpoint, region)  # also LOCAL_ACCESS_FILE, for the owner
+        os.environ.update(access)
+        env.update(access)
     if kept is not None:
         kept.keep()
         # a SIGTERM to the process group (a supervisor, a test) still saves on the way out
@@ -312,21 +372,29 @@ def main() -> None:
     # as on the stand-ins' side: no EMF metric lines on the console (imagegw.apimetrics)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     stand_ins = None
+    env: dict[str, str] = {}
     where = f"bucket {os.environ['BUCKET']}" if os.environ.get("BUCKET") else ""
-    if not os.environ.get("BUCKET") or not os.environ.get("JOB_STATE_MACHINE_ARN"):
+    wants_access = os.environ.get("ACCESS_MODE", "mixed") != "open"
+    if (
+        not os.environ.get("BUCKET")
+        or not os.environ.get("JOB_STATE_MACHINE_ARN")
+        or (wants_access and not os.environ.get("ACCESS_TABLE"))
+    ):
         stand_ins, env = spawn_stand_ins()
         os.environ.update(env)
         if "S3_ENDPOINT_URL" in env:
             where = f"S3 stand-in at {env['S3_ENDPOINT_URL']}, bucket {env['BUCKET']}"
         if "JOB_STATE_MACHINE_ARN" in env:
             where += "; async jobs on the Step Functions stand-in"
+        if "ACCESS_TABLE" in env:
+            where += "; gateway keys on the DynamoDB and Secrets Manager stand-ins"
         where += f" (stand-ins in process {stand_ins.pid})"
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     settings = Settings.from_env()
     print(
-        f"lambda-image-gateway on http://{host}:{port}/v1 "
-        f"(default provider {settings.default_provider}; {where})",
+        f"lambda-image-gateway on http://{host}:{port}/v1 ({settings.access_mode} access; "
+        f"default provider {settings.default_provider}; {where})",
         file=sys.stderr,
     )
     try:
@@ -334,6 +402,8 @@ def main() -> None:
     finally:
         if stand_ins is not None:
             stop_stand_ins(stand_ins)
+        if "ACCESS_TABLE" in env:
+            LOCAL_ACCESS_FILE.unlink(missing_ok=True)  # the owner commands' pointer: gone with them
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from imagegw import apimetrics
+from imagegw.access import lease
+from imagegw.access.gate import Caller
 from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
@@ -70,6 +72,22 @@ def api_key(request: Request) -> SecretStr:
     token = check_key(match.group(1))
     protect(token)  # redacted from every error and log line of this request from now on
     return SecretStr(token)
+
+
+async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]:
+    """The caller (`imagegw.access.gate`, by ACCESS_MODE) and the token the provider gets: the
+    client's own, or for a gateway key the next server-held token of the provider's pool (its
+    lease made current, so a refused submission fails over). Reads headers only: call it
+    before reading the body (a refused key then writes, starts and calls nothing)."""
+    access = gateway_of(request).access
+    bearer = api_key(request)
+    caller = await access.caller(bearer.get_secret_value(), provider)
+    if not caller.keyed:
+        lease.use(None)
+        return caller, bearer
+    leased = await access.lease(provider)
+    lease.use(leased)
+    return caller, leased.token
 
 
 def check_length(request: Request, limit: int) -> None:

@@ -229,11 +229,18 @@ class Jobs:
         response_format: ResponseFormat = "url",
         idempotency_key: str | None = None,
         api: Front = "images",
+        owner: str | None = None,
+        key_ref: str | None = None,
     ) -> JobView:
         """Start a job for `request` (its images given as `inputs`), answering front end `api`,
-        or find the one this caller started with the same Idempotency-Key."""
+        or find the one this caller started with the same Idempotency-Key.
+
+        `owner`: who may read it (`owner_of` the caller's bearer token; default: of the
+        request's key, the client's own token). `key_ref`: a reference to a server-held token
+        (`pool:<provider>:<token id>`, a gateway key's job) carried in place of the sealed key:
+        the job steps read the token from the access secret."""
         runner = self.runner
-        owner = owner_of(request.api_key.get_secret_value())
+        owner = owner or owner_of(request.api_key.get_secret_value())
         asked = fingerprint(request, inputs, response_format, api)
         job_id = job_id_for(owner, idempotency_key)
         logger.thread_safe_append_keys(job_id=job_id)  # on the request's lines from here on
@@ -256,7 +263,10 @@ class Jobs:
             response_format=response_format,
             api=api,
         )
-        sealed = await anyio.to_thread.run_sync(self.sealer.seal, request.api_key, job_id)
+        if key_ref is not None:
+            sealed = key_ref
+        else:
+            sealed = await anyio.to_thread.run_sync(self.sealer.seal, request.api_key, job_id)
         payload = JobInput(
             job=spec,
             key=sealed,

@@ -48,6 +48,7 @@ from imagegw.core.estimates import Estimates, MemoryEstimates, learn, queue_of
 from imagegw.core.plan import restore
 from imagegw.core.schedule import Key, bucket, job_wait
 from imagegw.errors import (
+    ConfigurationError,
     DeadlineExceededError,
     GatewayError,
     StorageError,
@@ -184,6 +185,27 @@ def _request(
     )
 
 
+#: how a job of a gateway key names its server-held token in place of a sealed key
+POOL_REF: Final = "pool:"
+
+
+async def open_key(sealed: str, job_id: str, kit: Tools) -> SecretStr:
+    """The provider token of a job: the client's, sealed for this job with KMS, or a
+    server-held one named by reference (`pool:<provider>:<token id>`), read from the access
+    secret. A token the owner removed since fails the job (ConfigurationError)."""
+    if not sealed.startswith(POOL_REF):
+        return kit.sealer.open(sealed, job_id)
+    from imagegw.access.gate import Access
+
+    token = await Access(kit.settings).token_by_ref(sealed)
+    if token is None:
+        raise ConfigurationError(
+            "The server-held provider token this job was started with was removed.",
+            code="provider_token_removed",
+        )
+    return token
+
+
 def retry_later(exc: GatewayError) -> TransientJobError:
     """The error that has the state machine run the step again; its message is `exc`'s body,
     which the job fails with when the retries run out (`schema.error_body`)."""
@@ -272,7 +294,7 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     spec = payload.job
     try:
         provider = _provider(spec, kit)
-        key = kit.sealer.open(payload.key, spec.id)
+        key = await open_key(payload.key, spec.id, kit)
         protect(key.get_secret_value())
         images = await _inputs(spec, kit)
     except GatewayError as exc:
@@ -363,7 +385,7 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     polls = progress.polls + intervals_used(waited, payload.wait_seconds)
     try:
         provider = _provider(spec, kit)
-        key = kit.sealer.open(payload.key, spec.id)
+        key = await open_key(payload.key, spec.id, kit)
         protect(key.get_secret_value())
     except GatewayError as exc:
         return Progress.of([_failed(exc)], polls).model_dump(mode="json")

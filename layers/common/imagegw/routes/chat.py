@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw import inline, passthrough, pipeline
+from imagegw.access.meter import metered
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.disconnect import unless_disconnected
 from imagegw.errors import InvalidRequestError
@@ -29,7 +30,7 @@ from imagegw.routes.jobs import start_job, wants_job
 from imagegw.schemas import ChatRequest, Completion
 from imagegw.streaming import chat_stream, collect, markdown
 from imagegw.web import (
-    api_key,
+    authorize,
     client_budget,
     gateway_of,
     header,
@@ -45,12 +46,13 @@ async def chat_completions(request: Request) -> Response:
     gateway = gateway_of(request)
     settings = gateway.settings
     provider = gateway.provider(request.path_params.get("provider"))
-    key = api_key(request)
+    caller, key = await authorize(request, provider.name)  # before the body is read
     body = await read_json(request, settings.max_body_bytes)
     try:
         chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    caller.check_model(chat.model)
     kind = provider.classify(chat.model)
     as_job = wants_job(request)
     if as_job and kind is ModelKind.CHAT:
@@ -75,6 +77,7 @@ async def chat_completions(request: Request) -> Response:
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
+    base_url = public_base_url(request, settings)  # a bad Host refused before the reservation
     logger.info(
         "chat generation",
         extra={
@@ -88,21 +91,32 @@ async def chat_completions(request: Request) -> Response:
             "job": as_job,
         },
     )
-    if as_job:  # a durable job (routes/jobs.py); it wins over `stream`
+    if as_job:  # a durable job (routes/jobs.py, which reserves the quota); it wins over `stream`
         accepted = await start_job(
-            request, job, inputs=inputs, api="chat", idempotency_key=idempotency_key
+            request,
+            job,
+            caller=caller,
+            inputs=inputs,
+            api="chat",
+            idempotency_key=idempotency_key,
+            base_url=base_url,
         )
         if ignored:
             accepted.headers[IGNORED_HEADER] = ignored
         return accepted
-    events = pipeline.events(
-        gateway,
-        provider,
-        job,
-        inputs,
-        public_base_url(request, settings),
-        # a streamed answer stays alive with keep-alives; a JSON one must beat the client's timer
-        budget=None if chat.stream else client_budget(request),
+    reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
+    events = metered(
+        pipeline.events(
+            gateway,
+            provider,
+            job,
+            inputs,
+            base_url,
+            # a streamed answer stays alive with keep-alives; a JSON one must beat the client's
+            # timer
+            budget=None if chat.stream else client_budget(request),
+        ),
+        reservation,
     )
     completion = Completion(chat.model)
     if not chat.stream:  # a stream stops by itself when the client leaves; this must be told

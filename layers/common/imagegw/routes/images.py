@@ -10,12 +10,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imagegw import images_api
+from imagegw.access.gate import settle_all
 from imagegw.config import Settings
 from imagegw.disconnect import unless_disconnected
+from imagegw.errors import GatewayError
 from imagegw.images_api import ImagesCall
 from imagegw.routes.jobs import accept_async
 from imagegw.web import (
-    api_key,
+    authorize,
     client_budget,
     gateway_of,
     public_base_url,
@@ -39,15 +41,26 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         gateway = gateway_of(request)
         provider = gateway.provider(request.path_params.get("provider"))
-        key = api_key(request)
+        caller, key = await authorize(request, provider.name)  # before the body is read
         call = await read(request, gateway.settings)
-        if (accepted := await accept_async(request, provider, call)) is not None:
+        accepted = await accept_async(request, provider, call, auth=(caller, key))
+        if accepted is not None:
             return accepted  # `Prefer: respond-async`: a durable job (routes/jobs.py)
         base_url = public_base_url(request, gateway.settings)
-        answer = await unless_disconnected(
-            request,
-            images_api.run(gateway, provider, call, key, base_url, budget=client_budget(request)),
-        )
+        planned = images_api.build_job(provider, call, key)
+        caller.check_model(planned.model)
+        reservation = await gateway.access.reserve(caller, planned.model, planned.n)
+        try:
+            answer = await unless_disconnected(
+                request,
+                images_api.run(
+                    gateway, provider, call, key, base_url, budget=client_budget(request)
+                ),
+            )
+        except GatewayError:
+            await settle_all(reservation, 0)  # nothing made: the quota given back
+            raise
+        await settle_all(reservation, len(answer["data"]))
         return JSONResponse(answer)
 
     return endpoint

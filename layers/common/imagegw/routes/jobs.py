@@ -15,18 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imagegw import images_api
-from imagegw.errors import InvalidRequestError
+from imagegw.access import lease
+from imagegw.access.gate import Caller, settle_all
+from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.images import ImageBytes
 from imagegw.images_api import ImagesCall
 from imagegw.jobs.schema import Front, ResponseFormat
-from imagegw.jobs.service import check_idempotency_key
+from imagegw.jobs.service import check_idempotency_key, owner_of
 from imagegw.providers.base import GenerationRequest, Provider
-from imagegw.web import api_key, gateway_of, header, public_base_url
+from imagegw.web import api_key, authorize, gateway_of, header, public_base_url
 
 PREFERENCE = "respond-async"
 
@@ -47,12 +50,19 @@ def wants_job(request: Request) -> bool:
     return prefers_async(header(request, "Prefer")) and gateway_of(request).jobs.enabled
 
 
-async def accept_async(request: Request, provider: Provider, call: ImagesCall) -> Response | None:
+async def accept_async(
+    request: Request,
+    provider: Provider,
+    call: ImagesCall,
+    *,
+    auth: tuple[Caller, SecretStr] | None = None,
+) -> Response | None:
     """Start the Images API call `call` as a durable job when the client prefers
-    `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual."""
+    `respond-async` and this gateway runs jobs: the `202` answer. None: answer as usual.
+    `auth`: the route's `web.authorize` answer (asked here when not given)."""
     if not wants_job(request):
         return None
-    key = api_key(request)
+    caller, key = auth or await authorize(request, provider.name)
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key"))
     base_url = public_base_url(request, gateway_of(request).settings)  # a bad Host: refused now
     if call.mask is not None:
@@ -65,6 +75,7 @@ async def accept_async(request: Request, provider: Provider, call: ImagesCall) -
     return await start_job(
         request,
         job,
+        caller=caller,
         inputs=call.images,
         response_format=call.response_format,
         api="images",
@@ -77,6 +88,7 @@ async def start_job(
     request: Request,
     job: GenerationRequest,
     *,
+    caller: Caller,
     inputs: Sequence[str | ImageBytes],
     api: Front,
     response_format: ResponseFormat = "url",
@@ -85,17 +97,30 @@ async def start_job(
 ) -> Response:
     """Start the planned `job` (`imagegw.core.plan`) for front end `api`, or find the one a
     retried submission started: the `202` with the job object and its `Location`. The one
-    way every front end starts a durable job."""
+    way every front end starts a durable job.
+
+    `caller`: the route's `web.authorize` answer (its lease is current). A job of a gateway
+    key carries a reference to the server-held token, never the token, and counts on the
+    key's quota from its submission (given back if it does not start)."""
     gateway = gateway_of(request)
     if base_url is None:
-        base_url = public_base_url(request, gateway.settings)
-    view = await gateway.jobs.submit(
-        job,
-        inputs=inputs,
-        response_format=response_format,
-        idempotency_key=idempotency_key,
-        api=api,
-    )
+        base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
+    caller.check_model(job.model)
+    leased = lease.current() if caller.keyed else None
+    reservation = await gateway.access.reserve(caller, job.model, job.n)
+    try:
+        view = await gateway.jobs.submit(
+            job,
+            inputs=inputs,
+            response_format=response_format,
+            idempotency_key=idempotency_key,
+            api=api,
+            owner=owner_of(caller.bearer.get_secret_value()),
+            key_ref=leased.ref if leased is not None else None,
+        )
+    except GatewayError:
+        await settle_all(reservation, 0)
+        raise
     named = request.path_params.get("provider")
     prefix = f"/{named}" if named else ""
     location = f"{base_url}{prefix}/v1/jobs/{view.id}"
@@ -108,8 +133,9 @@ async def start_job(
 
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
-    gateway.provider(request.path_params.get("provider"))  # an unknown provider is a 404
+    provider = gateway.provider(request.path_params.get("provider"))  # unknown: a 404
     key = api_key(request)
+    await gateway.access.caller(key.get_secret_value(), provider.name)  # ACCESS_MODE's 401
     view = await gateway.jobs.status(request.path_params["job_id"], key.get_secret_value())
     body = await gateway.jobs.render(
         view, base_url=public_base_url(request, gateway.settings), fetcher=gateway.result_fetcher
@@ -117,5 +143,17 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(body)
 
 
+async def get_usage(request: Request) -> Response:
+    """`GET /v1/usage`: the caller's gateway key's images today and this month, by model."""
+    gateway = gateway_of(request)
+    provider = gateway.provider(request.path_params.get("provider"))
+    key = api_key(request)
+    caller = await gateway.access.caller(key.get_secret_value(), provider.name)
+    return JSONResponse(await gateway.access.usage(caller))
+
+
 def routes(prefix: str) -> list[Route]:
-    return [Route(f"{prefix}/v1/jobs/{{job_id}}", get_job, methods=["GET"])]
+    return [
+        Route(f"{prefix}/v1/jobs/{{job_id}}", get_job, methods=["GET"]),
+        Route(f"{prefix}/v1/usage", get_usage, methods=["GET"]),
+    ]

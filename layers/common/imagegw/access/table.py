@@ -1,0 +1,239 @@
+"""The access table (DynamoDB, `ACCESS_TABLE`; on-demand, point-in-time recovery, TTL on
+`expires_at`). One partition key `pk`, three kinds of item:
+
+- `key#<hash>`: a gateway key's record, under the keyed hash of the key (never the key): its
+  name, allowed providers and models, daily image quota and expiry (TTL deletes it a day after);
+- `usage#<hash>#d#<YYYY-MM-DD>` and `usage#<hash>#m#<YYYY-MM>`: images counted by day and month
+  (UTC), in all (`images`) and by model (`model:<id>`). The day's count is the quota's: images
+  are reserved there by one conditional update before the provider is called, so concurrent
+  requests cannot overshoot it, and given back when nothing was made; the month counts the
+  images made, once the generation is over;
+- `aside#<provider>`: tokens set aside, as `t:<token id>` -> Unix time they come back, shared by
+  every instance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+#: TTL attribute (DynamoDB deletes the item some time after this Unix time)
+TTL: Final = "expires_at"
+DAY_TTL: Final = 40 * 86400
+MONTH_TTL: Final = 400 * 86400
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A gateway key as stored (no key in it)."""
+
+    hash: str
+    name: str
+    created: int
+    quota: int | None = None
+    models: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+    expires: int | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+    def item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "pk": {"S": f"key#{self.hash}"},
+            "kind": {"S": "key"},
+            "name": {"S": self.name},
+            "created": {"N": str(self.created)},
+        }
+        if self.quota is not None:
+            item["quota"] = {"N": str(self.quota)}
+        if self.models:
+            item["models"] = {"L": [{"S": m} for m in self.models]}
+        if self.providers:
+            item["providers"] = {"L": [{"S": p} for p in self.providers]}
+        if self.expires is not None:
+            item["expires"] = {"N": str(self.expires)}
+            item[TTL] = {"N": str(self.expires + 86400)}
+        return item
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> KeyRecord:
+        def number(name: str) -> int | None:
+            return int(item[name]["N"]) if name in item else None
+
+        def strings(name: str) -> tuple[str, ...]:
+            return tuple(v["S"] for v in item.get(name, {}).get("L", []))
+
+        return cls(
+            hash=item["pk"]["S"].removeprefix("key#"),
+            name=item["name"]["S"],
+            created=number("created") or 0,
+            quota=number("quota"),
+            models=strings("models"),
+            providers=strings("providers"),
+            expires=number("expires"),
+        )
+
+
+def day_of(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+
+
+def month_of(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+
+
+def next_midnight(now: float) -> int:
+    """The next 00:00 UTC (when daily quotas reset)."""
+    return (int(now) // 86400 + 1) * 86400
+
+
+class QuotaFull(Exception):
+    """The day's count cannot take the images asked for."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    images: int
+    by_model: dict[str, int]
+
+
+def _usage(item: dict[str, Any] | None) -> Usage:
+    if not item:
+        return Usage(0, {})
+    by_model = {
+        name.removeprefix("model:"): int(value["N"])
+        for name, value in item.items()
+        if name.startswith("model:") and int(value["N"]) > 0
+    }
+    return Usage(int(item.get("images", {"N": "0"})["N"]), by_model)
+
+
+class AccessTable:
+    """The table's operations (boto3's low-level client, blocking: callers use threads)."""
+
+    def __init__(self, name: str, region: str, client: Any = None) -> None:
+        self.name = name
+        self.region = region
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "dynamodb",
+                region_name=self.region,
+                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        return self._client
+
+    # ------------------------------------------------------------------ keys
+
+    def get_key(self, hash_: str) -> KeyRecord | None:
+        answer = self.client.get_item(
+            TableName=self.name, Key={"pk": {"S": f"key#{hash_}"}}, ConsistentRead=True
+        )
+        item = answer.get("Item")
+        return KeyRecord.of(item) if item else None
+
+    def put_key(self, record: KeyRecord) -> None:
+        self.client.put_item(
+            TableName=self.name,
+            Item=record.item(),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+
+    def key_records(self) -> list[KeyRecord]:
+        found: list[KeyRecord] = []
+        for page in self.client.get_paginator("scan").paginate(
+            TableName=self.name,
+            FilterExpression="#k = :key",
+            ExpressionAttributeNames={"#k": "kind"},
+            ExpressionAttributeValues={":key": {"S": "key"}},
+        ):
+            found += [KeyRecord.of(item) for item in page.get("Items", [])]
+        return sorted(found, key=lambda r: (r.name, r.created))
+
+    def delete_key(self, hash_: str) -> None:
+        self.client.delete_item(TableName=self.name, Key={"pk": {"S": f"key#{hash_}"}})
+
+    # ------------------------------------------------------------------ usage
+
+    def reserve(self, hash_: str, model: str, n: int, quota: int | None, now: float) -> None:
+        """Count `n` images of `model` today: one conditional update, before the provider is
+        called; QuotaFull when today's count would pass `quota` (nothing counted then)."""
+        self._add(f"usage#{hash_}#d#{day_of(now)}", model, n, now + DAY_TTL, quota)
+
+    def give_back(self, hash_: str, model: str, n: int, now: float) -> None:
+        """Uncount `n` images reserved at `now` (nothing was made of them)."""
+        if n > 0:
+            self._add(f"usage#{hash_}#d#{day_of(now)}", model, -n, now + DAY_TTL, None)
+
+    def count_month(self, hash_: str, model: str, made: int, now: float) -> None:
+        """Count the images made in the month's usage (after the generation)."""
+        if made > 0:
+            self._add(f"usage#{hash_}#m#{month_of(now)}", model, made, now + MONTH_TTL, None)
+
+    def _add(self, pk: str, model: str, n: int, ttl: float, quota: int | None) -> None:
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "Key": {"pk": {"S": pk}},
+            "UpdateExpression": "ADD images :n, #m :n SET #ttl = if_not_exists(#ttl, :ttl)",
+            "ExpressionAttributeNames": {"#m": f"model:{model}", "#ttl": TTL},
+            "ExpressionAttributeValues": {
+                ":n": {"N": str(n)},
+                ":ttl": {"N": str(int(ttl))},
+            },
+        }
+        if quota is not None:
+            kwargs["ConditionExpression"] = "attribute_not_exists(images) OR images <= :room"
+            kwargs["ExpressionAttributeValues"][":room"] = {"N": str(quota - n)}
+            if quota - n < 0:
+                raise QuotaFull
+        try:
+            self.client.update_item(**kwargs)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            raise QuotaFull from None
+
+    def usage(self, hash_: str, now: float) -> tuple[Usage, Usage]:
+        """Images of today and of this month (UTC)."""
+        day = self.client.get_item(
+            TableName=self.name, Key={"pk": {"S": f"usage#{hash_}#d#{day_of(now)}"}}
+        ).get("Item")
+        month = self.client.get_item(
+            TableName=self.name, Key={"pk": {"S": f"usage#{hash_}#m#{month_of(now)}"}}
+        ).get("Item")
+        return _usage(day), _usage(month)
+
+    # ------------------------------------------------------------------ set-aside tokens
+
+    def asides(self, provider: str) -> dict[str, float]:
+        """Token id -> Unix time it comes back, for the tokens of `provider` set aside."""
+        item = self.client.get_item(
+            TableName=self.name, Key={"pk": {"S": f"aside#{provider}"}}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return {}
+        return {
+            name.removeprefix("t:"): float(value["N"])
+            for name, value in item.items()
+            if name.startswith("t:")
+        }
+
+    def set_aside(self, provider: str, token: str, until: float) -> None:
+        self.client.update_item(
+            TableName=self.name,
+            Key={"pk": {"S": f"aside#{provider}"}},
+            UpdateExpression="SET #t = :until",
+            ExpressionAttributeNames={"#t": f"t:{token}"},
+            ExpressionAttributeValues={":until": {"N": str(int(until))}},
+        )
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,510 @@
+"""Sharing a deployment (README "Sharing a deployment"): gateway keys, server-held provider
+tokens with failover, daily quotas and usage, end to end against `make run`'s own server
+(`python -m imagegw.local`) in each ACCESS_MODE, with moto's DynamoDB and Secrets Manager
+beside its S3 and Step Functions, and the owner commands (`python -m imagegw.admin`) run as the
+owner runs them. The provider is the fake ModelScope on loopback; clients are the OpenAI SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import openai
+import pytest
+
+from e2e.test_deployed_build import _free_port, _stop, _wait_ready
+from fakes.modelscope import FakeModelScope
+from fakes.png import make_png
+from fakes.server import ServerThread, SwappableApp
+
+pytestmark = pytest.mark.e2e
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLIENT_TOKEN = "ms-test-token"
+MODEL = "Qwen/Qwen-Image"
+QUOTA_MESSAGE = "You have exceeded today's quota for model Qwen/Qwen-Image"
+
+
+@dataclass
+class Local:
+    """One `make run` server, its stand-ins and the owner commands against it."""
+
+    url: str
+    log: Path
+    access_file: Path | None
+
+    def admin(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
+            "IMAGEGW_LOCAL_ACCESS_FILE": str(self.access_file or "/nonexistent"),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "imagegw.admin", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if ok:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def key(self, name: str, *options: str) -> str:
+        """A new gateway key: the command's last line."""
+        return self.admin("key", name, *options).stdout.strip().splitlines()[-1]
+
+    def pool(self, *tokens: str) -> None:
+        """The ModelScope pool is `tokens` (in that order), no other."""
+        held = json.loads(self.secret_value())["tokens"].get("modelscope", [])
+        for token in held:
+            self.admin("untoken", "modelscope", token)
+        for token in tokens:
+            self.admin("token", "modelscope", token)
+
+    def aws(self, service: str) -> Any:
+        assert self.access_file is not None
+        env = json.loads(self.access_file.read_text())
+        endpoint = {
+            "dynamodb": env["AWS_ENDPOINT_URL_DYNAMODB"],
+            "secretsmanager": env["AWS_ENDPOINT_URL_SECRETS_MANAGER"],
+            "s3": env["S3_ENDPOINT_URL"],
+            "stepfunctions": env["AWS_ENDPOINT_URL_SFN"],
+        }[service]
+        return boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name=env["AWS_REGION"],
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def env(self) -> dict[str, str]:
+        assert self.access_file is not None
+        loaded: dict[str, str] = json.loads(self.access_file.read_text())
+        return loaded
+
+    def secret_value(self) -> str:
+        value: str = self.aws("secretsmanager").get_secret_value(
+            SecretId=self.env()["ACCESS_SECRET"]
+        )["SecretString"]
+        return value
+
+    def counts(self) -> tuple[int, int]:
+        """Objects in the bucket and executions of the state machine."""
+        env = self.env()
+        objects = self.aws("s3").list_objects_v2(Bucket=env["BUCKET"]).get("KeyCount", 0)
+        executions = self.aws("stepfunctions").list_executions(
+            stateMachineArn=env["JOB_STATE_MACHINE_ARN"]
+        )["executions"]
+        return objects, len(executions)
+
+
+@pytest.fixture(scope="module")
+def start_local(
+    tmp_path_factory: pytest.TempPathFactory,
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[Callable[[str], Local]]:
+    """`make run`'s server in a given ACCESS_MODE (one per mode, started on first use); a
+    revoked key is refused after KEY_CACHE_TTL=1 s; the secret is read afresh each time."""
+    started: dict[str, Local] = {}
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> Local:
+        if mode in started:
+            return started[mode]
+        folder = tmp_path_factory.mktemp(f"keys-{mode}")
+        port = _free_port()
+        access_file = folder / "access.json"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
+            "JOB_POLL_INTERVAL": "0",
+            "ACCESS_MODE": mode,
+            "KEY_CACHE_TTL": "1",
+            "SECRET_CACHE_TTL": "0",
+            "IMAGEGW_LOCAL_ACCESS_FILE": str(access_file),
+            "LOCAL_STATE_DIR": str(folder / "state"),  # make run's kept state: not the repo's
+        }
+        log = folder / "server.log"
+        url = f"http://127.0.0.1:{port}"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "imagegw.local"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        processes.append(process)
+        _wait_ready(process, url, log)
+        started[mode] = Local(url, log, access_file if mode != "open" else None)
+        return started[mode]
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+def sdk(local: Local, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{local.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def generate(local: Local, key: str, prompt: str = "a fox") -> httpx.Response:
+    return httpx.post(
+        f"{local.url}/v1/images/generations",
+        json={"model": MODEL, "prompt": prompt},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def fake(fake_ms: FakeModelScope) -> FakeModelScope:
+    """The fake ModelScope taking the client's own token and the pool tokens of the tests."""
+    fake_ms.tokens |= {"ms-pool-a", "ms-pool-b", "ms-pool-c", "ms-pool-d"}
+    return fake_ms
+
+
+def test_open_mode_passes_every_bearer_through(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given `make run` in open mode
+    local = start_local("open")
+
+    # When a client brings its own ModelScope token through the OpenAI SDK
+    made = sdk(local, CLIENT_TOKEN).images.generate(model=MODEL, prompt="a fox")
+
+    # Then it makes the image with that token
+    assert made.data and made.data[0].url
+    assert [s["token"] for s in fake.submissions] == [CLIENT_TOKEN]
+    # and a gateway key means nothing here: it goes to the provider, which refuses it
+    with pytest.raises(openai.AuthenticationError):
+        sdk(local, "gk-" + "x" * 32).images.generate(model=MODEL, prompt="a fox")
+    # and the owner commands say there is nothing to act on
+    assert local.admin("keys", ok=False).returncode == 2
+
+
+def test_mixed_mode_serves_gateway_keys_with_held_tokens_and_client_tokens_as_theirs(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given `make run` in mixed mode, one held ModelScope token and a key for alice
+    local = start_local("mixed")
+    local.pool("ms-pool-a")
+    alice = local.key("alice-mixed")
+    assert alice.startswith("gk-") and len(alice) >= 3 + 22
+
+    # When alice generates with her key, and a stranger with their own token
+    by_key = sdk(local, alice).images.generate(model=MODEL, prompt="by key")
+    by_token = sdk(local, CLIENT_TOKEN).images.generate(model=MODEL, prompt="by token")
+
+    # Then both get images: alice's made with the held token, the stranger's with theirs
+    assert by_key.data and by_token.data
+    assert [s["token"] for s in fake.submissions] == ["ms-pool-a", CLIENT_TOKEN]
+    # and an unknown gateway key is refused, not passed on
+    with pytest.raises(openai.AuthenticationError) as refused:
+        sdk(local, "gk-" + "y" * 32).images.generate(model=MODEL, prompt="a fox")
+    assert refused.value.code == "invalid_api_key"
+    assert len(fake.submissions) == 2
+
+
+def test_keys_mode_serves_gateway_keys_only_and_a_wrong_key_changes_nothing(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given `make run` in keys mode with a held token and a key for bob
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    bob = local.key("bob")
+
+    # When bob uses chat completions and the Images API through the OpenAI SDK
+    chat = sdk(local, bob).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "a fox"}]
+    )
+    image = sdk(local, bob).images.generate(model=MODEL, prompt="a hare")
+
+    # Then both make their image
+    assert "![" in (chat.choices[0].message.content or "")
+    assert image.data and image.data[0].url
+    before = (local.counts(), len(fake.submissions))
+
+    # When a client's own token, a wrong key and no key at all ask for an edit with an upload,
+    # synchronously and as a job
+    picture = make_png(8, 8)
+    for bearer in (CLIENT_TOKEN, "gk-" + "z" * 32, bob[:-1] + ("A" if bob[-1] != "A" else "B")):
+        for prefer in ({}, {"prefer": "respond-async"}):
+            answer = httpx.post(
+                f"{local.url}/v1/images/edits",
+                files={"image": ("a.png", picture, "image/png")},
+                data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+                headers={"authorization": f"Bearer {bearer}", **prefer},
+                timeout=30,
+            )
+            # Then each is a 401 invalid_api_key
+            assert answer.status_code == 401, answer.text
+            assert answer.json()["error"]["code"] == "invalid_api_key"
+            assert answer.headers["x-should-retry"] == "false"
+
+    # and nothing was written to the bucket, no execution started, no provider call made
+    assert (local.counts(), len(fake.submissions)) == before
+
+
+def test_the_table_never_holds_a_key(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given keys issued and used
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    keys = [local.key(f"scan-{i}", "--quota", "3") for i in range(3)]
+    for key in keys:
+        assert generate(local, key).status_code == 200
+
+    # When the whole table is scanned
+    items = local.aws("dynamodb").scan(TableName=local.env()["ACCESS_TABLE"])["Items"]
+    text = json.dumps(items)
+
+    # Then no key, nor any 12 characters of one, is in it
+    assert items
+    for key in keys:
+        secret = key.removeprefix("gk-")
+        assert not any(secret[i : i + 12] in text for i in range(len(secret) - 11))
+    # and `make keys` lists the keys by name with a prefix of their hash and today's usage
+    listing = local.admin("keys").stdout
+    for i, key in enumerate(keys):
+        line = next(row for row in listing.splitlines() if row.startswith(f"scan-{i} "))
+        assert line.split()[2:4] == ["3", "1"]
+        assert key not in listing
+
+
+def test_quota_race_gives_exactly_the_quota(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key with a daily quota of 5 images
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    carol = local.key("carol", "--quota", "5")
+
+    # When 20 one-image requests arrive at once
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda i: generate(local, carol, f"race {i}"), range(20)))
+
+    # Then exactly 5 make an image and 15 are refused as over quota, not to be retried
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 5 + [429] * 15
+    refused = [a for a in answers if a.status_code == 429]
+    assert {a.json()["error"]["code"] for a in refused} == {"quota_exceeded"}
+    assert {a.headers["x-should-retry"] for a in refused} == {"false"}
+    assert "resets at" in refused[0].json()["error"]["message"]
+    assert len(fake.submissions) == 5
+    # and the key's usage says 5 images today, all of the model
+    usage = httpx.get(
+        f"{local.url}/v1/usage", headers={"authorization": f"Bearer {carol}"}, timeout=10
+    ).json()
+    assert usage["today"]["images"] == 5 and usage["today"]["by_model"] == {MODEL: 5}
+    assert usage["month"]["images"] == 5 and usage["daily_quota"] == 5
+
+
+def test_a_refused_generation_gives_its_quota_back(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key with a quota of 1 and a provider that fails the task
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    dave = local.key("dave", "--quota", "1")
+    fake.fail_reason = "flagged"
+
+    # When a generation fails, and then one succeeds
+    assert generate(local, dave).status_code == 502
+    fake.fail_reason = None
+    made = generate(local, dave)
+
+    # Then the failed one did not count
+    assert made.status_code == 200, made.text
+
+
+def test_pool_fails_over_past_an_exhausted_token_until_its_reset(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given two held tokens, the first out of its daily quota
+    local = start_local("keys")
+    local.pool("ms-pool-b", "ms-pool-c")
+    erin = local.key("erin")
+    fake.token_answers["ms-pool-b"] = (429, {"errors": {"message": QUOTA_MESSAGE}}, {})
+
+    # When erin generates three times
+    made = [generate(local, erin, f"fail over {i}") for i in range(3)]
+
+    # Then each makes its image
+    assert [m.status_code for m in made] == [200, 200, 200], made[0].text
+    # with the exhausted token tried once only: the next ones went to the second token at once
+    used = [(s["body"]["prompt"], s["token"], s["status"]) for s in fake.submissions]
+    assert [t for _, t, _ in used].count("ms-pool-b") <= 1
+    accepted = [p for p, _, status in used if status == 200]
+    # and nothing was submitted twice
+    assert sorted(accepted) == [f"fail over {i}" for i in range(3)]
+    # and the set-aside record (shared by instances) names its return at the provider's reset
+    aside = local.aws("dynamodb").get_item(
+        TableName=local.env()["ACCESS_TABLE"], Key={"pk": {"S": "aside#modelscope"}}
+    )["Item"]
+    (until,) = [int(v["N"]) for k, v in aside.items() if k.startswith("t:")]
+    assert until > time.time() and until % 86400 == 16 * 3600  # 00:00 Beijing time
+
+
+def test_every_token_set_aside_is_a_429_naming_the_earliest_return(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given one held token the provider refuses
+    local = start_local("mixed")
+    local.pool("ms-pool-d")
+    frank = local.key("frank")
+    fake.token_answers["ms-pool-d"] = (401, {"errors": {"message": "Authentication failed"}}, {})
+
+    # When frank generates twice
+    first, second = generate(local, frank), generate(local, frank)
+
+    # Then both are 429s naming when a token comes back; the second never reached the provider
+    for answer in (first, second):
+        assert answer.status_code == 429, answer.text
+        assert answer.json()["error"]["code"] == "provider_tokens_exhausted"
+        assert "comes back at" in answer.json()["error"]["message"]
+    assert len(fake.submissions) == 1
+
+
+def test_a_revoked_key_is_refused_within_the_cache_time(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key in use
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    gina = local.key("gina")
+    assert generate(local, gina).status_code == 200
+
+    # When the owner revokes it and KEY_CACHE_TTL (1 s here) passes
+    local.admin("revoke", "gina")
+    time.sleep(1.2)
+
+    # Then it is refused
+    refused = generate(local, gina)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_jobs_are_readable_only_by_the_key_that_made_them_and_hold_no_token(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given two keys
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    hana, ivan = local.key("hana"), local.key("ivan")
+
+    # When hana starts a job
+    accepted = httpx.post(
+        f"{local.url}/v1/images/generations",
+        json={"model": MODEL, "prompt": "a job"},
+        headers={"authorization": f"Bearer {hana}", "prefer": "respond-async"},
+        timeout=30,
+    )
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+
+    # Then hana reads it to its end; ivan gets the 404 of an unknown job
+    deadline = time.monotonic() + 30
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(location, headers={"authorization": f"Bearer {hana}"}, timeout=10).json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    other = httpx.get(location, headers={"authorization": f"Bearer {ivan}"}, timeout=10)
+    assert other.status_code == 404
+    # and the execution carries a reference to the held token, never the token nor the key
+    sfn = local.aws("stepfunctions")
+    arn = local.env()["JOB_STATE_MACHINE_ARN"].replace(":stateMachine:", ":execution:")
+    execution = f"{arn}:{job['id']}"
+    history = json.dumps(sfn.get_execution_history(executionArn=execution)["events"], default=str)
+    described = json.dumps(sfn.describe_execution(executionArn=execution), default=str)
+    for text in (history, described):
+        assert "pool:modelscope:" in text
+        assert "ms-pool-a" not in text and hana not in text
+
+
+def test_a_chat_job_of_a_gateway_key_counts_on_its_quota_and_is_its_own(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key with a quota of 1 and another key
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    jill, kim = local.key("jill", "--quota", "1"), local.key("kim")
+
+    def chat_job(key: str) -> httpx.Response:
+        return httpx.post(
+            f"{local.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "a fox --ar 16:9"}]},
+            headers={"authorization": f"Bearer {key}", "prefer": "respond-async"},
+            timeout=30,
+        )
+
+    # When jill starts a chat completion as a job
+    accepted = chat_job(jill)
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+
+    # Then it runs on the held token to its end, readable by jill only
+    deadline = time.monotonic() + 30
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(location, headers={"authorization": f"Bearer {jill}"}, timeout=10).json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    other = httpx.get(location, headers={"authorization": f"Bearer {kim}"}, timeout=10)
+    assert other.status_code == 404
+    # and it counted: jill's next job is over the quota
+    refused = chat_job(jill)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    usage = httpx.get(
+        f"{local.url}/v1/usage", headers={"authorization": f"Bearer {jill}"}, timeout=10
+    ).json()
+    assert usage["today"]["by_model"] == {MODEL: 1}
+    assert len(fake.submissions) == 1
+
+
+def test_secrets_are_in_no_log_line_nor_listing(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given the servers used by the tests above, and one more refused token that echoes itself
+    local = start_local("keys")
+    local.pool("ms-pool-a")
+    echo = local.key("echo")
+    fake.token_answers["ms-pool-a"] = (403, {"errors": {"message": "token ms-pool-a banned"}}, {})
+    refused = generate(local, echo)
+
+    # Then neither the answer, nor `make tokens`, nor any server's log holds a token or a key
+    assert refused.status_code == 429 and "ms-pool-a" not in refused.text
+    listing = local.admin("tokens").stdout
+    assert "ms-p..." in listing and "ms-pool-a" not in listing
+    for mode in ("open", "mixed", "keys"):
+        log = start_local(mode).log.read_text(errors="replace")
+        for secret in ("ms-pool-a", "ms-pool-b", "ms-pool-c", "ms-pool-d", echo):
+            assert secret not in log, mode

@@ -1,0 +1,85 @@
+"""Gateway keys' pure rules: the key shape and its keyed hash, how long a refused token is set
+aside, when a refused submission fails over, and the settings that keys mode needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagegw.access.gate import aside_until, provider_reset
+from imagegw.access.gatekeys import key_hash, looks_like_key, masked, new_key, token_id
+from imagegw.access.lease import set_aside_worthy
+from imagegw.config import Settings
+from imagegw.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    ProviderError,
+    RateLimitError,
+)
+from imagegw.providers.base import Started
+
+NOON = 1_764_504_000  # 2025-11-30 12:00:00 UTC
+
+
+def test_new_keys_are_gateway_keys_of_at_least_128_random_bits() -> None:
+    keys = {new_key() for _ in range(100)}
+    assert len(keys) == 100
+    for key in keys:
+        assert looks_like_key(key)
+        assert len(key.removeprefix("gk-")) * 6 >= 128  # URL-safe base64: 6 bits a character
+    assert not looks_like_key("ms-test-token") and not looks_like_key("gk-short")
+
+
+def test_the_stored_hash_needs_the_pepper() -> None:
+    key = new_key()
+    assert key_hash(key, "pepper-1") != key_hash(key, "pepper-2")
+    assert key not in key_hash(key, "pepper-1")
+    with pytest.raises(ValueError, match="pepper"):
+        key_hash(key, "")
+
+
+def test_tokens_are_referred_to_and_shown_without_themselves() -> None:
+    assert "ms-secret-token" not in token_id("ms-secret-token")
+    assert token_id("ms-a") != token_id("ms-b")
+    assert masked("ms-secret-token") == "ms-s..."
+
+
+def test_a_refused_token_is_set_aside_until_it_is_changed() -> None:
+    for error in (AuthenticationError("no"), PermissionDeniedError("no")):
+        until, why = aside_until("modelscope", error, NOON)
+        assert why == "refused" and until - NOON > 365 * 86400
+
+
+def test_an_exhausted_quota_sets_a_token_aside_until_the_providers_daily_reset() -> None:
+    error = RateLimitError("ModelScope: You have exceeded today's quota")
+    until, why = aside_until("modelscope", error, NOON)
+    # ModelScope resets at 00:00 Beijing time, 16:00 UTC
+    assert why == "quota" and until == NOON + 4 * 3600
+    assert provider_reset("siliconflow", NOON) == NOON + 12 * 3600  # midnight UTC
+
+
+def test_a_rate_limit_sets_a_token_aside_for_retry_after_or_a_minute() -> None:
+    told = RateLimitError("slow down", headers={"retry-after": "7"})
+    assert aside_until("siliconflow", told, NOON) == (NOON + 7, "rate")
+    assert aside_until("siliconflow", RateLimitError("slow down"), NOON) == (NOON + 60, "rate")
+
+
+def test_only_a_submission_refused_whole_fails_over() -> None:
+    refused = RateLimitError("slow down")
+    assert set_aside_worthy([refused, AuthenticationError("no")]) is not None
+    # one call started (paid): never sent again
+    assert set_aside_worthy([refused, Started("task-1")]) is None
+    # a failure that is not the token's
+    assert set_aside_worthy([ProviderError("broke")]) is None
+    assert set_aside_worthy([]) is None
+
+
+def test_keys_mode_needs_the_table_and_the_secret() -> None:
+    with pytest.raises(ValueError, match="ACCESS_TABLE"):
+        Settings.from_env({"ACCESS_MODE": "keys"})
+    settings = Settings.from_env(
+        {"ACCESS_MODE": "keys", "ACCESS_TABLE": "t", "ACCESS_SECRET": "s", "KEY_CACHE_TTL": "5"}
+    )
+    assert settings.access_mode == "keys" and settings.key_cache_ttl == 5
+    assert Settings().access_mode == "mixed"
+    with pytest.raises(ValueError, match="SECRET_CACHE_TTL"):
+        Settings.from_env({"SECRET_CACHE_TTL": "301"})
