@@ -398,7 +398,14 @@ def main() -> None:
         file=sys.stderr,
     )
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            use_colors=False,  # plain lines in any terminal or log file
+        )
     finally:
         if stand_ins is not None:
             stop_stand_ins(stand_ins)
