@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ import httpx
 import openai
 import pytest
 
-from e2e.test_deployed_build import _free_port, _stop, _wait_ready
 from fakes.modelscope import FakeModelScope
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
+from local_run import serve_locally
 
 pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,50 +121,26 @@ def start_local(
     """`make run`'s server in a given ACCESS_MODE (one per mode, started on first use); a
     revoked key is refused after KEY_CACHE_TTL=1 s; the secret is read afresh each time."""
     started: dict[str, Local] = {}
-    processes: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as running:
 
-    def start(mode: str) -> Local:
-        if mode in started:
+        def start(mode: str) -> Local:
+            if mode not in started:
+                folder = tmp_path_factory.mktemp(f"keys-{mode}")
+                url, log = running.enter_context(
+                    serve_locally(
+                        folder,
+                        MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+                        JOB_POLL_INTERVAL="0",
+                        ACCESS_MODE=mode,
+                        KEY_CACHE_TTL="1",
+                        SECRET_CACHE_TTL="0",
+                    )
+                )
+                access_file = folder / "access.json" if mode != "open" else None
+                started[mode] = Local(url, log, access_file)
             return started[mode]
-        folder = tmp_path_factory.mktemp(f"keys-{mode}")
-        port = _free_port()
-        access_file = folder / "access.json"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
-            "JOB_POLL_INTERVAL": "0",
-            "ACCESS_MODE": mode,
-            "KEY_CACHE_TTL": "1",
-            "SECRET_CACHE_TTL": "0",
-            "IMAGEGW_LOCAL_ACCESS_FILE": str(access_file),
-            "LOCAL_STATE_DIR": str(folder / "state"),  # make run's kept state: not the repo's
-        }
-        log = folder / "server.log"
-        url = f"http://127.0.0.1:{port}"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "imagegw.local"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        processes.append(process)
-        _wait_ready(process, url, log)
-        started[mode] = Local(url, log, access_file if mode != "open" else None)
-        return started[mode]
 
-    try:
         yield start
-    finally:
-        for process in processes:
-            _stop(process)
 
 
 def sdk(local: Local, key: str) -> openai.OpenAI:

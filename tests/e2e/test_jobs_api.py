@@ -9,9 +9,6 @@ tests, on loopback. Clients submit with `Prefer: respond-async` and poll `GET /v
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _stop, _wait_ready
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png, png_size, sniff_image
 from fakes.server import ServerThread, SwappableApp
-from lambdahost.adapter import free_port
+from local_run import serve_locally
 
 TOKEN = "ms-test-token"
 pytestmark = pytest.mark.e2e
@@ -42,39 +38,14 @@ def local_server(
     _fake_openai_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[str]:
     """`make run`'s server (its stand-ins embedded), pointed at the fake providers."""
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
-        "OPENAI_BASE_URL": f"{_fake_openai_server[0].url}/v1",
-        "JOB_POLL_INTERVAL": "0",
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
-        # what make run keeps across restarts: not the repository's own folder
-        "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
-        # where the owner commands find its gateway-key stand-ins: not the repository's
-        "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path_factory.mktemp("access") / "access.json"),
-    }
-    log = tmp_path_factory.mktemp("local") / "server.log"
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "imagegw.local"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_ready(process, url, log)
+    with serve_locally(
+        tmp_path_factory.mktemp("local"),
+        MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+        OPENAI_BASE_URL=f"{_fake_openai_server[0].url}/v1",
+        JOB_POLL_INTERVAL="0",
+        POWERTOOLS_LOG_LEVEL="WARNING",
+    ) as (url, _):
         yield url
-    finally:
-        _stop(process)
 
 
 def submit(

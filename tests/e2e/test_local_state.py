@@ -7,10 +7,7 @@ process), against the fake ModelScope, with its state folder in a temporary dire
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -20,11 +17,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _stop, _wait_ready
 from e2e.test_jobs_api import wait_for
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
-from lambdahost.adapter import free_port
+from local_run import serve_locally
 
 TOKEN = "ms-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -40,36 +36,13 @@ def make_run(
 
     @contextmanager
     def run() -> Iterator[str]:
-        port = free_port()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
-            "JOB_POLL_INTERVAL": "0",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-            "LOCAL_STATE_DIR": str(tmp_path / "state"),
-            "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path / "access.json"),  # not the repository's
-        }
-        url = f"http://127.0.0.1:{port}"
-        log = tmp_path / f"server-{port}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "imagegw.local"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _wait_ready(process, url, log)
+        with serve_locally(
+            tmp_path,
+            MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+            JOB_POLL_INTERVAL="0",
+            POWERTOOLS_LOG_LEVEL="WARNING",
+        ) as (url, _):
             yield url
-        finally:
-            _stop(process)
 
     return run
 

@@ -6,10 +6,7 @@ they could not carry before anything starts."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +15,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from e2e.test_deployed_build import _stop, _wait_ready
 from e2e.test_hostile_requests import PATIENCE, exchange, head
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
-from lambdahost.adapter import free_port
+from local_run import serve_locally
 
 TOKEN = "ms-test-token"
 ASYNC = {
@@ -40,37 +36,12 @@ def make_run(
     _fake_ms_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[tuple[str, Path]]:
     """`make run`'s server with a one-second body deadline, and its log file."""
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
-        "BODY_TIMEOUT": "1",
-        # what make run keeps across restarts: not the repository's own folder
-        "LOCAL_STATE_DIR": str(tmp_path_factory.mktemp("local-state")),
-        # where the owner commands find its gateway-key stand-ins: not the repository's
-        "IMAGEGW_LOCAL_ACCESS_FILE": str(tmp_path_factory.mktemp("access") / "access.json"),
-    }
-    log = tmp_path_factory.mktemp("make-run") / "server.log"
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "imagegw.local"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_ready(process, url, log)
-        yield url, log
-    finally:
-        _stop(process)
+    with serve_locally(
+        tmp_path_factory.mktemp("make-run"),
+        MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+        BODY_TIMEOUT="1",
+    ) as started:
+        yield started
 
 
 def test_stalled_bodies_are_408_and_free_their_connections(
