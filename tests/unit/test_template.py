@@ -299,7 +299,7 @@ def test_gateway_keys_live_in_an_on_demand_table_and_one_secret_unless_open(
     assert json.loads(generated["SecretStringTemplate"]) == {"tokens": {}}
 
 
-def test_functions_may_only_read_the_secret_and_only_the_api_uses_the_table(
+def test_functions_may_only_read_the_secret_and_get_or_update_table_items(
     template: dict[str, Any],
 ) -> None:
     functions = resources(template, "AWS::Serverless::Function")
@@ -309,9 +309,17 @@ def test_functions_may_only_read_the_secret_and_only_the_api_uses_the_table(
     }
     assert rights == {
         "ApiFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "secretsmanager:GetSecretValue"},
-        "JobSubmitFunction": {"secretsmanager:GetSecretValue"},
-        "JobPollFunction": {"secretsmanager:GetSecretValue"},
-        "JobStoreFunction": set(),
+        "JobSubmitFunction": {
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "secretsmanager:GetSecretValue",
+        },
+        "JobPollFunction": {
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "secretsmanager:GetSecretValue",
+        },
+        "JobStoreFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
     }
 
 
