@@ -33,6 +33,7 @@ pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENT_TOKEN = "ms-test-token"
 MODEL = "Qwen/Qwen-Image"
+CHAT_MODEL = "Qwen/Qwen3-VL-30B-A3B-Instruct"  # a chat model: passed through
 QUOTA_MESSAGE = "You have exceeded today's quota for model Qwen/Qwen-Image"
 
 
@@ -364,6 +365,36 @@ def test_every_token_set_aside_is_a_429_naming_the_earliest_return(
         assert answer.json()["error"]["code"] == "provider_tokens_exhausted"
         assert "comes back at" in answer.json()["error"]["message"]
     assert len(fake.submissions) == 1
+
+
+def test_chat_pass_through_with_a_key_fails_over_and_counts_in_usage(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given two held tokens, the first out of its daily quota for chat too
+    local = start_local("keys")
+    local.pool("ms-pool-b", "ms-pool-c")
+    ivy = local.key("ivy", "--quota", "1")
+    fake.chat_token_answers["ms-pool-b"] = (429, {"errors": {"message": QUOTA_MESSAGE}}, {})
+    client = sdk(local, ivy)
+    messages: Any = [{"role": "user", "content": "hello"}]
+
+    # When ivy asks a chat model, once as JSON and once streamed
+    answer = client.chat.completions.create(model=CHAT_MODEL, messages=messages)
+    streamed = client.chat.completions.create(model=CHAT_MODEL, messages=messages, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+
+    # Then both are the provider's answers, made with the second token
+    assert "fake ModelScope" in (answer.choices[0].message.content or "")
+    assert "fake ModelScope" in text
+    tokens = [sent["token"] for sent in fake.chat_requests]
+    assert tokens.count("ms-pool-c") == 2 and tokens.count("ms-pool-b") <= 1
+    # and they count in ivy's usage as chats, not on her image quota
+    usage = httpx.get(
+        f"{local.url}/v1/usage", headers={"authorization": f"Bearer {ivy}"}, timeout=10
+    ).json()
+    assert usage["today"]["chats"] == 2 and usage["today"]["chats_by_model"] == {CHAT_MODEL: 2}
+    assert usage["month"]["chats"] == 2 and usage["today"]["images"] == 0
+    assert generate(local, ivy).status_code == 200
 
 
 def test_a_revoked_key_is_refused_within_the_cache_time(

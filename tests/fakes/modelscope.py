@@ -147,7 +147,8 @@ class FakeModelScope:
     - ``fail_reason``: when set, tasks submitted from now on end ``FAILED`` with this message.
     - ``submit_override``: ``(status, json_body, headers)`` answered by the next submit, once.
     - ``token_answers``: token -> ``(status, json_body, headers)`` answered to every submit
-      with that token (an exhausted daily quota, a revoked token).
+      with that token (an exhausted daily quota, a revoked token); ``chat_token_answers``
+      the same for chat requests.
     - ``poll_errors``: the next N polls answer HTTP 503.
     - ``rate_limit_headers``: add ``modelscope-ratelimit-*`` headers to accepted submits.
     - ``expire_files``: output image links answer 403 AccessDenied like an expired OSS link.
@@ -182,6 +183,7 @@ class FakeModelScope:
         self.fail_reason: str | None = None
         self.submit_override: tuple[int, Any, dict[str, str]] | None = None
         self.token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
+        self.chat_token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
         self.poll_errors: int = 0
         self.rate_limit_headers: bool = False
         self.rate_limit_requests: int = 2000
@@ -452,10 +454,19 @@ class FakeModelScope:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
         with self.lock:
             self.chat_requests.append(
-                {"body": body, "headers": _headers_without_auth(request.headers)}
+                {
+                    "body": body,
+                    "headers": _headers_without_auth(request.headers),
+                    #: which of the accepted tokens was used (tests of token pools)
+                    "token": token if token in self.tokens else None,
+                }
             )
+        if token in self.chat_token_answers:
+            status, payload, headers = self.chat_token_answers[token]
+            return JSONResponse(payload, status_code=status, headers=headers)
         if not self._authorized(request):
             return _chat_error(401, AUTH_FAILED, "authentication_error")
         if not isinstance(body, dict):

@@ -18,7 +18,9 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from imagegw import apimetrics
-from imagegw.errors import NotFoundError, ProviderError, render
+from imagegw.access import lease
+from imagegw.access.gate import Caller
+from imagegw.errors import GatewayError, NotFoundError, ProviderError, render
 from imagegw.gateway import Gateway
 from imagegw.log import logger
 from imagegw.providers.base import Provider
@@ -30,9 +32,18 @@ SSE_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def chat(
-    gateway: Gateway, provider: Provider, body: dict[str, Any], key: SecretStr
+    gateway: Gateway,
+    provider: Provider,
+    body: dict[str, Any],
+    key: SecretStr,
+    caller: Caller | None = None,
 ) -> Response:
-    """The provider's answer to a chat request for a chat (non-image) model."""
+    """The provider's answer to a chat request for a chat (non-image) model.
+
+    With a gateway key (`caller` keyed, its lease current: `web.authorize`), the stack's token
+    is used: a request refused for the token (401/403, quota, rate limit: nothing was answered,
+    so nothing was spent) goes again with the pool's next token, and an answered request is
+    counted in the key's usage (`chats`; chats are not on the image quota)."""
     model = body.get("model")
     base = provider.chat_base_url
     if base is None:
@@ -41,10 +52,46 @@ async def chat(
             param="model",
             code="model_not_found",
         )
+    logger.info(
+        "chat pass-through",
+        extra={"provider": provider.name, "model": model, "stream": body.get("stream") is True},
+    )
+    leased = lease.current() if caller is not None and caller.keyed else None
+    while True:
+        try:
+            upstream = await _send(
+                gateway, provider, f"{base.rstrip('/')}/chat/completions", body, key
+            )
+            break
+        except GatewayError as refused:
+            if leased is None or leased.provider != provider.name:
+                raise
+            token = await leased.fail_over([refused])
+            if token is None:
+                raise
+            key = token
+    if caller is not None:
+        await gateway.access.count_chat(caller, str(model))
+    media_type = upstream.headers.get("content-type", "application/json")
+    if not media_type.startswith(EVENT_STREAM):
+        return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
+    return StreamingResponse(
+        _relay(upstream, provider.title),
+        media_type=media_type,
+        headers=SSE_HEADERS,
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+async def _send(
+    gateway: Gateway, provider: Provider, url: str, body: dict[str, Any], key: SecretStr
+) -> httpx.Response:
+    """The provider's answer, open: a stream to relay, or a JSON answer read whole. An error
+    answer (or none) is raised as the gateway's error."""
     client = gateway.client
     request = client.build_request(
         "POST",
-        f"{base.rstrip('/')}/chat/completions",
+        url,
         json=body,
         # identity: a compressed stream could be held back by the decoder
         headers={
@@ -52,10 +99,6 @@ async def chat(
             "accept-encoding": "identity",
         },
         timeout=work_timeout(gateway.settings),
-    )
-    logger.info(
-        "chat pass-through",
-        extra={"provider": provider.name, "model": model, "stream": body.get("stream") is True},
     )
     try:
         upstream = await client.send(request, stream=True)
@@ -71,13 +114,7 @@ async def chat(
             await upstream.aclose()
         if upstream.status_code >= 400:
             raise error_for(provider.title, upstream, key=key)
-        return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
-    return StreamingResponse(
-        _relay(upstream, provider.title),
-        media_type=media_type,
-        headers=SSE_HEADERS,
-        background=BackgroundTask(upstream.aclose),
-    )
+    return upstream
 
 
 async def _relay(upstream: httpx.Response, title: str) -> AsyncIterator[bytes]:

@@ -389,13 +389,27 @@ class Access:
                 "date": iso(now)[:10],
                 "images": day.images,
                 "by_model": day.by_model,
+                "chats": day.chats,
+                "chats_by_model": day.chats_by_model or {},
             },
             "month": {
                 "month": iso(now)[:7],
                 "images": month.images,
                 "by_model": month.by_model,
+                "chats": month.chats,
+                "chats_by_model": month.chats_by_model or {},
             },
         }
+
+    async def count_chat(self, caller: Caller, model: str) -> None:
+        """Count a chat request passed through with the stack's token on the caller's key
+        (usage only: chats are not on the image quota). A failure is logged, never raised:
+        the answer is already the client's."""
+        record = caller.record
+        if record is None:
+            return
+        with contextlib.suppress(GatewayError):  # logged by _call
+            await self._call("count chat", self.table.count_chat, record.hash, model, self.clock())
 
 
 async def settle_all(reservation: Reservation | None, made: int) -> None:

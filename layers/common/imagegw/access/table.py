@@ -7,7 +7,9 @@
   (UTC), in all (`images`) and by model (`model:<id>`). The day's count is the quota's: images
   are reserved there by one conditional update before the provider is called, so concurrent
   requests cannot overshoot it, and given back when nothing was made; the month counts the
-  images made, once the generation is over;
+  images made, once the generation is over. Chat requests passed through to a provider's chat
+  model with the stack's tokens are counted there too (`chats`, `chat:<id>`), outside the
+  image quota;
 - `aside#<provider>`: tokens set aside, as `t:<token id>` -> Unix time they come back, shared by
   every instance.
 """
@@ -98,17 +100,28 @@ class QuotaFull(Exception):
 class Usage:
     images: int
     by_model: dict[str, int]
+    #: chat requests passed through with the stack's tokens, in all and by model
+    chats: int = 0
+    chats_by_model: dict[str, int] | None = None
+
+
+def _counts(item: dict[str, Any], prefix: str) -> dict[str, int]:
+    return {
+        name.removeprefix(prefix): int(value["N"])
+        for name, value in item.items()
+        if name.startswith(prefix) and int(value["N"]) > 0
+    }
 
 
 def _usage(item: dict[str, Any] | None) -> Usage:
     if not item:
-        return Usage(0, {})
-    by_model = {
-        name.removeprefix("model:"): int(value["N"])
-        for name, value in item.items()
-        if name.startswith("model:") and int(value["N"]) > 0
-    }
-    return Usage(int(item.get("images", {"N": "0"})["N"]), by_model)
+        return Usage(0, {}, 0, {})
+    return Usage(
+        int(item.get("images", {"N": "0"})["N"]),
+        _counts(item, "model:"),
+        int(item.get("chats", {"N": "0"})["N"]),
+        _counts(item, "chat:"),
+    )
 
 
 class AccessTable:
@@ -179,12 +192,24 @@ class AccessTable:
         if made > 0:
             self._add(f"usage#{hash_}#m#{month_of(now)}", model, made, now + MONTH_TTL, None)
 
-    def _add(self, pk: str, model: str, n: int, ttl: float, quota: int | None) -> None:
+    def count_chat(self, hash_: str, model: str, now: float) -> None:
+        """Count one chat request passed through to `model`, today and in the month (not on
+        the image quota)."""
+        for pk, ttl in (
+            (f"usage#{hash_}#d#{day_of(now)}", now + DAY_TTL),
+            (f"usage#{hash_}#m#{month_of(now)}", now + MONTH_TTL),
+        ):
+            self._add(pk, model, 1, ttl, None, what="chat")
+
+    def _add(
+        self, pk: str, model: str, n: int, ttl: float, quota: int | None, what: str = "image"
+    ) -> None:
+        total, prefix = ("chats", "chat:") if what == "chat" else ("images", "model:")
         kwargs: dict[str, Any] = {
             "TableName": self.name,
             "Key": {"pk": {"S": pk}},
-            "UpdateExpression": "ADD images :n, #m :n SET #ttl = if_not_exists(#ttl, :ttl)",
-            "ExpressionAttributeNames": {"#m": f"model:{model}", "#ttl": TTL},
+            "UpdateExpression": f"ADD {total} :n, #m :n SET #ttl = if_not_exists(#ttl, :ttl)",
+            "ExpressionAttributeNames": {"#m": f"{prefix}{model}", "#ttl": TTL},
             "ExpressionAttributeValues": {
                 ":n": {"N": str(n)},
                 ":ttl": {"N": str(int(ttl))},

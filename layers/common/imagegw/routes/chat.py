@@ -66,7 +66,8 @@ async def chat_completions(request: Request) -> Response:
     if kind is ModelKind.CHAT:
         # a client that leaves before the provider answers stops the wait (a stream, once
         # started, is watched by StreamingResponse itself)
-        return await unless_disconnected(request, passthrough.chat(gateway, provider, body, key))
+        relayed = passthrough.chat(gateway, provider, body, key, caller)
+        return await unless_disconnected(request, relayed)
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
