@@ -4,6 +4,7 @@ over real HTTP."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,10 @@ from imagegw.app import create_app
 from imagegw.config import Settings
 
 TOKEN = "ms-test-token"
+
+# The API's EMF metric lines (stdout) would fill the test output; tests/e2e/test_api_metrics.py
+# turns them back on where they are what is tested.
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 @pytest.fixture
