@@ -32,6 +32,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -163,46 +164,63 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def deployed_app(
-    tmp_path_factory: pytest.TempPathFactory,
+@contextmanager
+def booted_build(
+    tmp: Path,
     s3_env: dict[str, str],
-    _fake_ms_server: tuple[ServerThread, SwappableApp],
-) -> Iterator[DeployedApp]:
+    provider_url: str,
+    extra: dict[str, str] | None = None,
+    *,
+    stderr: Path | None = None,
+) -> Iterator[tuple[str, Path]]:
+    """The `sam build` output booted as Lambda boots it (its run.sh, the layer's python/ on
+    the path, the Web Adapter's port), with the S3 stand-in and the fake ModelScope at
+    `provider_url`: its URL once /healthz answers, and its log (stdout; stderr too unless
+    `stderr` is given). Stopped as Lambda stops it on the way out."""
     build = _build_dir()
     _check_architecture(build / LAYER / "python")
-    tmp = tmp_path_factory.mktemp("lambda")
     runtime_dir = tmp / "var-runtime"
     runtime_dir.mkdir()
     port = _free_port()
     env = _lambda_environment(build, _lambda_python(tmp), runtime_dir, port)
-    # the S3 stand-in and the fake ModelScope of the other tests, both on loopback
     env.update(
         {
             "BUCKET": s3_env["BUCKET"],
             "S3_ENDPOINT_URL": s3_env["S3_ENDPOINT_URL"],
             "AWS_ACCESS_KEY_ID": s3_env["AWS_ACCESS_KEY_ID"],
             "AWS_SECRET_ACCESS_KEY": s3_env["AWS_SECRET_ACCESS_KEY"],
-            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
+            "MODELSCOPE_BASE_URL": provider_url,
+            **(extra or {}),
         }
     )
     log = tmp / "function.log"
     url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
+    with log.open("wb") as out, (stderr or Path(os.devnull)).open("wb") as err:
         process = subprocess.Popen(
             [str(build / FUNCTION / "run.sh")],
             cwd=build / FUNCTION,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=err if stderr is not None else subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        _wait_ready(process, url, log)
-        yield DeployedApp(url=url, log=log)
+        _wait_ready(process, url, stderr or log)
+        yield url, log
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def deployed_app(
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_env: dict[str, str],
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[DeployedApp]:
+    tmp = tmp_path_factory.mktemp("lambda")
+    with booted_build(tmp, s3_env, f"{_fake_ms_server[0].url}/v1") as (url, log):
+        yield DeployedApp(url=url, log=log)
 
 
 def _model_ids(response: httpx.Response) -> list[str]:

@@ -26,15 +26,10 @@ import pytest
 
 import lambda_runtime
 from e2e.test_deployed_build import (
-    FUNCTION,
     LAYER,
     _build_dir,
     _check_architecture,
-    _free_port,
-    _lambda_environment,
-    _lambda_python,
-    _stop,
-    _wait_ready,
+    booted_build,
 )
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
@@ -115,39 +110,12 @@ def profiled_app(
     _fake_ms_server: tuple[ServerThread, SwappableApp],
 ) -> Iterator[Profiled]:
     """The build booted as in test_deployed_build.py, writing its import profile to stderr."""
-    build = _build_dir()
     tmp = tmp_path_factory.mktemp("lambda-imports")
-    runtime_dir = tmp / "var-runtime"
-    runtime_dir.mkdir()
-    port = _free_port()
-    env = _lambda_environment(build, _lambda_python(tmp), runtime_dir, port)
-    env.update(
-        {
-            "BUCKET": s3_env["BUCKET"],
-            "S3_ENDPOINT_URL": s3_env["S3_ENDPOINT_URL"],
-            "AWS_ACCESS_KEY_ID": s3_env["AWS_ACCESS_KEY_ID"],
-            "AWS_SECRET_ACCESS_KEY": s3_env["AWS_SECRET_ACCESS_KEY"],
-            "MODELSCOPE_BASE_URL": f"{_fake_ms_server[0].url}/v1",
-            "POLL_INTERVAL": "0.05",
-            "PYTHONPROFILEIMPORTTIME": "1",
-        }
-    )
-    stdout, stderr = tmp / "function.log", tmp / "imports.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [str(build / FUNCTION / "run.sh")],
-            cwd=build / FUNCTION,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-    try:
-        _wait_ready(process, f"http://127.0.0.1:{port}", stderr)
-        yield Profiled(url=f"http://127.0.0.1:{port}", stderr=stderr)
-    finally:
-        _stop(process)
+    stderr = tmp / "imports.log"
+    extra = {"POLL_INTERVAL": "0.05", "PYTHONPROFILEIMPORTTIME": "1"}
+    provider = f"{_fake_ms_server[0].url}/v1"
+    with booted_build(tmp, s3_env, provider, extra, stderr=stderr) as (url, _):
+        yield Profiled(url=url, stderr=stderr)
 
 
 def _generate(url: str, prompt: str) -> str:
