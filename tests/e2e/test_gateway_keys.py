@@ -587,9 +587,17 @@ def test_a_replayed_job_submission_counts_once(
     assert [s["body"]["prompt"] for s in fake.submissions] == ["once"]
     assert usage(local, nina)["today"]["images"] == 1
     assert usage(local, nina)["month"]["images"] == 1
-    # and a new job is over the quota
-    refused = start_job(local, nina, "another")
+    # and a new job is over the quota: refused before its upload reaches the bucket
+    before = local.counts()
+    refused = httpx.post(
+        f"{local.url}/v1/images/edits",
+        files={"image": ("a.png", make_png(8, 8), "image/png")},
+        data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+        headers={"authorization": f"Bearer {nina}", "prefer": "respond-async"},
+        timeout=30,
+    )
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+    assert local.counts() == before
 
 
 def test_a_job_whose_every_token_is_set_aside_fails_naming_the_return(
