@@ -25,6 +25,7 @@ from functional.machine import World, simulate_time, transitions
 from imagegw.access.gate import Access, Caller
 from imagegw.access.table import AccessTable, KeyRecord, Usage
 from imagegw.config import Settings
+from imagegw.core.estimates import MemoryEstimates
 from imagegw.jobs import steps
 from imagegw.jobs.schema import ImageRef, JobQuota, Progress, TaskProgress
 from imagegw.jobs.service import Hold
@@ -99,9 +100,16 @@ def test_a_succeeded_job_counts_its_images_made_and_takes_no_more_transitions(
     table: AccessTable,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a key's job of 2 images, its reservation taken; tasks of 12 s on simulated time
+    # Given a key's job of 2 images, its reservation taken; tasks of 12 s on simulated time,
+    # polled at the usual pace (no run time learned, so both jobs below are paced alike)
     w = world(job_poll_interval=5)
     simulate_time(w, monkeypatch, fake_ms)
+    monkeypatch.setattr(steps, "ESTIMATES", MemoryEstimates())
+
+    async def learn_nothing(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(steps, "learn", learn_nothing)
     fake_ms.pending_seconds, fake_ms.task_duration = 1.0, 12.0
     job_id = submit_reserved(w, table, n=2)
     assert usage(table)[0].images == 2
