@@ -1,7 +1,12 @@
-"""Step Functions task `Store` of the image-job state machine: copy the result images into the
-bucket under images/; the execution's output names them (lasting /v1/files links).
+"""Step Functions tasks `Store` and `Release` of the image-job state machine.
 
-Thin: the work is `imagegw.jobs.steps.store` in the shared layer. It needs no provider key.
+`Store`: copy the result images into the bucket under images/; the execution's output names
+them (lasting /v1/files links); a gateway key's job settles its quota here. `Release` (an event
+with `release: true`): Submit's retries ran out with nothing started, so a gateway key's job
+gives its quota reservation back. One function for both: Release is rare and small.
+
+Thin: the work is `imagegw.jobs.steps.store` / `release` in the shared layer. It needs no
+provider key.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from imagegw.telemetry import metrics, tracer
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if event.get("release") is True:
+        released = steps.run(steps.release, event)
+        metrics.add_metric(name="JobsReleased", unit=MetricUnit.Count, value=1)
+        return released
     output = steps.run(steps.store, event)
     metrics.add_metric(name="JobsSucceeded", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(output["images"]))

@@ -498,6 +498,161 @@ def test_a_chat_job_of_a_gateway_key_counts_on_its_quota_and_is_its_own(
     assert len(fake.submissions) == 1
 
 
+def start_job(local: Local, key: str, prompt: str, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{local.url}/v1/images/generations",
+        json={"model": MODEL, "prompt": prompt},
+        headers={"authorization": f"Bearer {key}", "prefer": "respond-async", **headers},
+        timeout=30,
+    )
+
+
+def finished(local: Local, key: str, accepted: httpx.Response) -> dict[str, Any]:
+    """The job a 202 started, read until it ends."""
+    assert accepted.status_code == 202, accepted.text
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = httpx.get(
+            accepted.headers["location"], headers={"authorization": f"Bearer {key}"}, timeout=10
+        ).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job still running: {job}")
+
+
+def usage(local: Local, key: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(
+        f"{local.url}/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=10
+    ).json()
+    return answer
+
+
+def test_a_job_fails_over_past_an_exhausted_token_and_polls_with_the_next(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given two held tokens, the first out of its daily quota, and a key
+    local = start_local("mixed")
+    fake.tokens |= {"ms-pool-e", "ms-pool-f"}
+    local.pool("ms-pool-e", "ms-pool-f")
+    lena = local.key("lena")
+    fake.token_answers["ms-pool-e"] = (429, {"errors": {"message": QUOTA_MESSAGE}}, {})
+
+    # When lena runs three jobs, one after the other (the pool is used in turn: one of the
+    # first two starts on the exhausted token)
+    jobs = [finished(local, lena, start_job(local, lena, f"job fail over {i}")) for i in range(3)]
+
+    # Then all succeed
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3, jobs
+    # the exhausted token was tried once: that job failed over to the second token, and the
+    # jobs after it went to the second token at once
+    used = [(s["body"]["prompt"], s["token"], s["status"]) for s in fake.submissions]
+    assert [(t, status) for _, t, status in used].count(("ms-pool-e", 429)) == 1
+    assert len(used) == 4
+    refused_at = next(i for i, (_, t, _) in enumerate(used) if t == "ms-pool-e")
+    assert refused_at < 2 and used[refused_at + 1][:2] == (used[refused_at][0], "ms-pool-f")
+    # and each job was accepted once (nothing submitted twice)
+    accepted = [(p, t) for p, t, status in used if status == 200]
+    assert accepted == [(f"job fail over {i}", "ms-pool-f") for i in range(3)]
+    # and the tasks were polled with the token that started them
+    assert fake.poll_tokens and set(fake.poll_tokens) == {"ms-pool-f"}
+    # and the token is set aside in the table (shared with other instances) until the reset
+    aside = local.aws("dynamodb").get_item(
+        TableName=local.env()["ACCESS_TABLE"], Key={"pk": {"S": "aside#modelscope"}}
+    )["Item"]
+    backs = [int(v["N"]) for k, v in aside.items() if k.startswith("t:")]
+    assert any(until > time.time() and until % 86400 == 16 * 3600 for until in backs)
+    # and the server's log names the tokens by reference only
+    log = local.log.read_text(errors="replace")
+    assert "provider token set aside" in log
+    assert "ms-pool-e" not in log and "ms-pool-f" not in log
+
+
+def test_a_job_that_fails_at_the_provider_counts_nothing_and_one_that_succeeds_counts(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key with a quota of 2
+    local = start_local("keys")
+    fake.tokens |= {"ms-pool-g"}
+    local.pool("ms-pool-g")
+    mona = local.key("mona", "--quota", "2")
+
+    # When a job fails at the provider
+    fake.fail_reason = "flagged"
+    failed = finished(local, mona, start_job(local, mona, "a job that fails"))
+
+    # Then it failed, and today's usage is back at 0 (nothing made, nothing counted)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "generation_failed"
+    assert usage(local, mona)["today"]["images"] == 0
+    assert usage(local, mona)["month"]["images"] == 0
+
+    # When a job succeeds
+    fake.fail_reason = None
+    made = finished(local, mona, start_job(local, mona, "a job that succeeds"))
+
+    # Then it counts in today's usage and in the month's
+    assert made["status"] == "succeeded", made
+    counted = usage(local, mona)
+    assert counted["today"]["by_model"] == {MODEL: 1}
+    assert counted["month"]["by_model"] == {MODEL: 1}
+
+
+def test_a_replayed_job_submission_counts_once(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given a key with a quota of 1
+    local = start_local("keys")
+    fake.tokens |= {"ms-pool-h"}
+    local.pool("ms-pool-h")
+    nina = local.key("nina", "--quota", "1")
+
+    # When a job is submitted with an Idempotency-Key, then replayed three times
+    answers = [start_job(local, nina, "once", **{"idempotency-key": "nina-1"}) for _ in range(4)]
+
+    # Then each answer is the 202 of the same job (no 429 for the replays)
+    assert [a.status_code for a in answers] == [202] * 4, answers[-1].text
+    assert len({a.json()["id"] for a in answers}) == 1
+    job = finished(local, nina, answers[0])
+    assert job["status"] == "succeeded", job
+    # and the job was submitted to the provider once, and counted once
+    assert [s["body"]["prompt"] for s in fake.submissions] == ["once"]
+    assert usage(local, nina)["today"]["images"] == 1
+    assert usage(local, nina)["month"]["images"] == 1
+    # and a new job is over the quota: refused before its upload reaches the bucket
+    before = local.counts()
+    refused = httpx.post(
+        f"{local.url}/v1/images/edits",
+        files={"image": ("a.png", make_png(8, 8), "image/png")},
+        data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+        headers={"authorization": f"Bearer {nina}", "prefer": "respond-async"},
+        timeout=30,
+    )
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+    assert local.counts() == before
+
+
+def test_a_job_whose_every_token_is_set_aside_fails_naming_the_return(
+    start_local: Callable[[str], Local], fake: FakeModelScope
+) -> None:
+    # Given one held token the provider refuses as revoked, and a key
+    local = start_local("keys")
+    fake.tokens |= {"ms-pool-i"}
+    local.pool("ms-pool-i")
+    olga = local.key("olga", "--quota", "3")
+    fake.token_answers["ms-pool-i"] = (401, {"errors": {"message": "Authentication failed"}}, {})
+
+    # When olga runs a job
+    job = finished(local, olga, start_job(local, olga, "no token left"))
+
+    # Then it fails as the pool's 429, naming when a token comes back
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "provider_tokens_exhausted"
+    assert "comes back at" in job["error"]["message"]
+    # after one submission; and nothing counts on the key
+    assert len(fake.submissions) == 1
+    assert usage(local, olga)["today"]["images"] == 0
+
+
 def test_secrets_are_in_no_log_line_nor_listing(
     start_local: Callable[[str], Local], fake: FakeModelScope
 ) -> None:
@@ -514,5 +669,5 @@ def test_secrets_are_in_no_log_line_nor_listing(
     assert "ms-p..." in listing and "ms-pool-a" not in listing
     for mode in ("open", "mixed", "keys"):
         log = start_local(mode).log.read_text(errors="replace")
-        for secret in ("ms-pool-a", "ms-pool-b", "ms-pool-c", "ms-pool-d", echo):
+        for secret in (*(f"ms-pool-{c}" for c in "abcdefghi"), echo):
             assert secret not in log, mode

@@ -158,7 +158,7 @@ class FakeModelScope:
       id, say); once used up, fresh random ids.
 
     Records: ``submissions``, ``tasks``, ``polls``, ``fetched_urls``, ``file_requests``,
-    ``chat_requests``.
+    ``chat_requests``, ``poll_tokens`` (the bearer token of each poll, in order).
     """
 
     def __init__(
@@ -197,6 +197,7 @@ class FakeModelScope:
         self.submissions: list[dict[str, Any]] = []
         self.tasks: dict[str, FakeTask] = {}
         self.polls: list[tuple[str, float, str]] = []
+        self.poll_tokens: list[str] = []
         self.fetched_urls: list[str] = []
         self.file_requests: list[dict[str, Any]] = []
         self.chat_requests: list[dict[str, Any]] = []
@@ -377,8 +378,10 @@ class FakeModelScope:
             if transient:
                 self.poll_errors -= 1
         response, answered = self._poll_answer(request, task_id, now, transient)
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
         with self.lock:
             self.polls.append((task_id, now, answered))
+            self.poll_tokens.append(token)
         return response
 
     def _poll_answer(

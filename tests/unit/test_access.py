@@ -3,11 +3,16 @@ aside, when a refused submission fails over, and the settings that keys mode nee
 
 from __future__ import annotations
 
+from typing import cast
+
+import anyio
 import pytest
 
-from imagegw.access.gate import aside_until, provider_reset
+from imagegw.access.gate import Access, aside_until, provider_reset
 from imagegw.access.gatekeys import key_hash, looks_like_key, masked, new_key, token_id
 from imagegw.access.lease import set_aside_worthy
+from imagegw.access.secret import Pools, SecretSource
+from imagegw.access.table import AccessTable, settlement
 from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
@@ -83,3 +88,83 @@ def test_keys_mode_needs_the_table_and_the_secret() -> None:
     assert Settings().access_mode == "mixed"
     with pytest.raises(ValueError, match="SECRET_CACHE_TTL"):
         Settings.from_env({"SECRET_CACHE_TTL": "301"})
+
+
+# ----------------------------------------------------------------- durable jobs of gateway keys
+
+
+class _Asides:
+    """The access table's set-aside tokens (all a lease reads of it)."""
+
+    def __init__(self, asides: dict[str, float]) -> None:
+        self.found = asides
+
+    def asides(self, provider: str) -> dict[str, float]:
+        return dict(self.found)
+
+
+class _Secret:
+    def __init__(self, *tokens: str) -> None:
+        self.pools = Pools(pepper="p", tokens={"modelscope": tokens})
+
+    async def aread(self) -> Pools:
+        return self.pools
+
+
+def _access(asides: dict[str, float], *tokens: str) -> Access:
+    return Access(
+        Settings(),
+        table=cast("AccessTable", _Asides(asides)),
+        secret=cast("SecretSource", _Secret(*tokens)),
+        clock=lambda: NOON,
+    )
+
+
+def test_a_jobs_lease_starts_on_the_token_it_names_or_the_next_one_not_set_aside() -> None:
+    a, b, c = "ms-a", "ms-b", "ms-c"
+    ref = f"pool:modelscope:{token_id(b)}"
+
+    async def lease(asides: dict[str, float]) -> str | None:
+        leased = await _access(asides, a, b, c).lease_at(ref)
+        return None if leased is None else leased.token.get_secret_value()
+
+    # the token the job names, while usable
+    assert anyio.run(lease, {}) == b
+    # set aside meanwhile: the next one in the pool (wrapping round), not a set-aside one
+    assert anyio.run(lease, {token_id(b): NOON + 60}) == c
+    assert anyio.run(lease, {token_id(b): NOON + 60, token_id(c): NOON + 60}) == a
+    # back by now: itself again
+    assert anyio.run(lease, {token_id(b): NOON - 1}) == b
+    # removed by the owner: none
+    assert anyio.run(lambda: _access({}, a, c).lease_at(ref)) is None
+
+
+def test_a_job_whose_every_token_is_set_aside_is_told_when_one_comes_back() -> None:
+    asides = {token_id("ms-a"): NOON + 30, token_id("ms-b"): NOON + 7200}
+    with pytest.raises(RateLimitError) as refused:
+        anyio.run(_access(asides, "ms-a", "ms-b").lease_at, f"pool:modelscope:{token_id('ms-b')}")
+    assert refused.value.code == "provider_tokens_exhausted"
+    assert refused.value.retryable is True  # back within a minute: the job tries again
+    assert refused.value.headers["retry-after"] == "30"
+
+
+def test_a_jobs_settlement_is_one_transaction_marked_by_the_job() -> None:
+    at = NOON
+    items = settlement("t", "job-1", "h" * 64, "m", 4, 1, at)
+    marker, day, month = (item["Update"] for item in items)
+    # a marker written only if the job was not settled before (a step run twice settles once)
+    assert marker["Key"] == {"pk": {"S": "settled#job-1"}}
+    assert marker["ConditionExpression"] == "attribute_not_exists(pk)"
+    assert int(marker["ExpressionAttributeValues"][":ttl"]["N"]) > at
+    # the 3 images not made given back on the day of the reservation, the 1 made counted in
+    # its month
+    assert day["Key"] == {"pk": {"S": f"usage#{'h' * 64}#d#2025-11-30"}}
+    assert day["ExpressionAttributeValues"][":n"] == {"N": "-3"}
+    assert month["Key"] == {"pk": {"S": f"usage#{'h' * 64}#m#2025-11"}}
+    assert month["ExpressionAttributeValues"][":n"] == {"N": "1"}
+    assert day["ExpressionAttributeNames"]["#m"] == "model:m"
+    # nothing made: all given back, nothing counted; all made: nothing given back
+    keys = [i["Update"]["Key"]["pk"]["S"] for i in settlement("t", "j", "h", "m", 2, 0, at)]
+    assert keys == ["settled#j", "usage#h#d#2025-11-30"]
+    assert len(settlement("t", "j", "h", "m", 2, 2, at)) == 2
+    assert len(settlement("t", "j", "h", "m", 2, 5, at)) == 2  # never more than reserved

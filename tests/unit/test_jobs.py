@@ -4,7 +4,7 @@ execution becomes the job a client sees, and how a failure travels through the s
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import SecretStr
@@ -20,6 +20,7 @@ from imagegw.errors import (
     RateLimitError,
 )
 from imagegw.fetcher import Fetcher
+from imagegw.images import ImageBytes
 from imagegw.jobs import steps
 from imagegw.jobs.keys import KeySealer
 from imagegw.jobs.runner import Execution
@@ -29,19 +30,21 @@ from imagegw.jobs.schema import (
     ImageRef,
     JobInput,
     JobOutput,
+    JobQuota,
     JobSpec,
     Progress,
     TaskProgress,
     error_body,
 )
 from imagegw.jobs.service import (
+    Hold,
     Jobs,
     check_idempotency_key,
     job_id_for,
     max_polls,
     owner_of,
 )
-from imagegw.providers.base import ModelKind
+from imagegw.providers.base import GenerationRequest, ModelKind
 from imagegw.routes.jobs import prefers_async
 from imagegw.storage import ImageStore
 
@@ -300,3 +303,84 @@ def test_sealing_failures_name_no_secret() -> None:
     with pytest.raises(GatewayError) as caught:
         KeySealer("key", "us-east-1", Broken()).seal(SecretStr(TOKEN), "job-" + "0" * 32)
     assert TOKEN not in caught.value.message and caught.value.code == "jobs_unavailable"
+
+
+class _Quota:
+    """A gateway key's quota as the route hands it to `Jobs.submit`: what was reserved and
+    given back, and whether it is spent."""
+
+    def __init__(self, spent: bool = False) -> None:
+        self.spent = spent
+        self.reserved = 0
+        self.released = 0
+
+    async def reserve(self) -> Hold | None:
+        if self.spent:
+            raise RateLimitError("over quota", code="quota_exceeded", retryable=False)
+        self.reserved += 1
+        return Hold(JobQuota(key="ab" * 32, at=1763776600.0), self.release)
+
+    async def release(self) -> None:
+        self.released += 1
+
+
+class _NoUploads:
+    """A bucket that must not be written."""
+
+    async def upload(self, image: Any) -> str:
+        raise AssertionError("staged before the reservation")
+
+
+def _edit() -> GenerationRequest:
+    return GenerationRequest(
+        provider="modelscope",
+        model="Qwen/Qwen-Image-Edit",
+        kind=ModelKind.EDIT,
+        prompt="make it blue",
+        api_key=SecretStr("gk-" + "k" * 32),
+    )
+
+
+@pytest.mark.anyio
+async def test_a_replayed_submission_reserves_nothing_and_a_lost_race_gives_back() -> None:
+    runner, quota = MemoryRunner(), _Quota()
+    service = jobs(runner)
+    submit = {"idempotency_key": "k-1", "owner": "o", "key_ref": "pool:modelscope:abc"}
+
+    # the first submission reserves, its replays return the job and reserve nothing
+    first = await service.submit(_edit(), reserve=quota.reserve, **submit)
+    for _ in range(3):
+        again = await service.submit(_edit(), reserve=quota.reserve, **submit)
+        assert again.id == first.id
+    assert (quota.reserved, quota.released) == (1, 0)
+    spec = JobInput.model_validate_json(runner.executions[first.id].input or "").job
+    assert spec.quota == JobQuota(key="ab" * 32, at=1763776600.0)
+
+    # another submission with the same key wins the race after our look: ours gives back
+    class Racing(MemoryRunner):
+        def describe(self, name: str) -> Execution | None:
+            return super().describe(name) if self.started else None
+
+        def start(self, name: str, payload: str) -> bool:
+            super().start(name, payload)
+            return False
+
+    quota = _Quota()
+    raced = await jobs(Racing()).submit(_edit(), reserve=quota.reserve, **submit)
+    assert raced.id == first.id and (quota.reserved, quota.released) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_over_quota_a_job_is_refused_before_anything_is_staged() -> None:
+    runner = MemoryRunner()
+    service = Jobs(SETTINGS, cast("ImageStore", _NoUploads()), runner=runner)
+    with pytest.raises(RateLimitError) as refused:
+        await service.submit(
+            _edit(),
+            inputs=[ImageBytes(b"\x89PNG" + b"0" * 64, "image/png")],
+            owner="o",
+            key_ref="pool:modelscope:abc",
+            reserve=_Quota(spent=True).reserve,
+        )
+    assert refused.value.code == "quota_exceeded"
+    assert not runner.started

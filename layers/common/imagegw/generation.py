@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from imagegw import apimetrics
 from imagegw.access import lease
@@ -27,7 +27,7 @@ from imagegw.core.advance import (
     Working,
     advance,
     refusal,
-    start_all,
+    start_leased,
 )
 from imagegw.core.estimates import Estimates, learn
 from imagegw.core.schedule import (
@@ -324,15 +324,8 @@ class _Run:
     async def _start_all(self) -> list[Started | Finished | BaseException]:
         """Start every part; with a server-held token (a lease), a submission refused whole
         (401/403, quota, rate: nothing started) goes again with the pool's next token."""
-        leased = lease.current()
-        while True:
-            outcomes = await start_all(self.provider, self.parts)
-            if leased is None or leased.provider != self.provider.name:
-                return outcomes
-            token = await leased.fail_over(outcomes)
-            if token is None:
-                return outcomes
-            self.parts = [replace(part, api_key=token) for part in self.parts]
+        outcomes, self.parts = await start_leased(self.provider, self.parts, lease.current())
+        return outcomes
 
     def progress(self) -> Progress:
         pending = [i for i in self.tasks.task_ids if not self.tasks.ended(i)]

@@ -302,6 +302,47 @@ class Access:
                 return PoolLease(self, provider, pool, index)
         raise self.exhausted(provider, pool, asides)
 
+    async def lease_at(self, ref: str) -> PoolLease | None:
+        """A lease on the token a job's reference (`pool:<provider>:<id>`) names, with its pool
+        behind it to fail over to; when that token is set aside meanwhile, on the next one that
+        is not. None when the owner removed the token; a 429 when every token is set aside."""
+        _, provider, wanted = ref.split(":", 2)
+        pool = (await self.pools()).pool(provider)
+        index = next((i for i, t in enumerate(pool) if token_id(t) == wanted), None)
+        if index is None:
+            return None
+        for token in pool:
+            protect(token)
+        asides = await self.asides(provider)
+        now = self.clock()
+        for step in range(len(pool)):
+            at = (index + step) % len(pool)
+            if asides.get(token_id(pool[at]), 0) <= now:
+                return PoolLease(self, provider, pool, at)
+        raise self.exhausted(provider, pool, asides)
+
+    async def settle_job(
+        self, job_id: str, key: str, model: str, n: int, made: int, at: float
+    ) -> None:
+        """Settle a durable job's reservation once (`AccessTable.settle_job`): the images not
+        made given back to the day of `at`, those made counted in its month. A failure is
+        logged, never raised: the job's outcome stands without it."""
+        try:
+            done = await anyio.to_thread.run_sync(
+                self.table.settle_job, job_id, key, model, n, made, at
+            )
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            logger.warning(
+                "job quota not settled",
+                extra={"job_id": job_id, "error": code or type(exc).__name__},
+            )
+            return
+        logger.info(
+            "job quota settled" if done else "job quota settled already",
+            extra={"job_id": job_id, "reserved": n, "made": made},
+        )
+
     async def token_by_ref(self, ref: str) -> SecretStr | None:
         """The token a job's reference (`pool:<provider>:<id>`) names; None when removed."""
         _, provider, wanted = ref.split(":", 2)

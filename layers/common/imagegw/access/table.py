@@ -11,7 +11,10 @@
   model with the stack's tokens are counted there too (`chats`, `chat:<id>`), outside the
   image quota;
 - `aside#<provider>`: tokens set aside, as `t:<token id>` -> Unix time they come back, shared by
-  every instance.
+  every instance;
+- `settled#<job id>`: a durable job's quota settled (TTL'd): written in the same transaction as
+  the settlement itself, on the condition that it is new, so a job step run twice (Step
+  Functions runs a task at least once) settles once.
 """
 
 from __future__ import annotations
@@ -235,6 +238,21 @@ class AccessTable:
         ).get("Item")
         return _usage(day), _usage(month)
 
+    def settle_job(self, job_id: str, hash_: str, model: str, n: int, made: int, at: float) -> bool:
+        """Settle a durable job's reservation of `n` images made at `at`, once: give back
+        those not made, count those made in the month, and mark the job settled, in one
+        transaction of conditional updates. False when the job was settled already."""
+        try:
+            self.client.transact_write_items(
+                TransactItems=settlement(self.name, job_id, hash_, model, n, made, at)
+            )
+        except self.client.exceptions.TransactionCanceledException as exc:
+            reasons = exc.response.get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True
+
     # ------------------------------------------------------------------ set-aside tokens
 
     def asides(self, provider: str) -> dict[str, float]:
@@ -258,6 +276,48 @@ class AccessTable:
             ExpressionAttributeNames={"#t": f"t:{token}"},
             ExpressionAttributeValues={":until": {"N": str(int(until))}},
         )
+
+
+def _count(table: str, pk: str, model: str, n: int, ttl: float) -> dict[str, Any]:
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": {"pk": {"S": pk}},
+            "UpdateExpression": "ADD images :n, #m :n SET #ttl = if_not_exists(#ttl, :ttl)",
+            "ExpressionAttributeNames": {"#m": f"model:{model}", "#ttl": TTL},
+            "ExpressionAttributeValues": {":n": {"N": str(n)}, ":ttl": {"N": str(int(ttl))}},
+        }
+    }
+
+
+def settlement(
+    table: str, job_id: str, hash_: str, model: str, n: int, made: int, at: float
+) -> list[dict[str, Any]]:
+    """The transaction that settles a job's reservation (`AccessTable.settle_job`): first the
+    marker `settled#<job id>` (only if new), then the day's give-back of the `n - made` images
+    not made and the month's count of the `made` ones (each only when not zero), both dated by
+    the reservation (`at`), as the interactive path settles. Only updates: UpdateItem rights."""
+    made = max(0, min(made, n))
+    items: list[dict[str, Any]] = [
+        {
+            "Update": {
+                "TableName": table,
+                "Key": {"pk": {"S": f"settled#{job_id}"}},
+                "UpdateExpression": "SET #ttl = :ttl, images = :made",
+                "ConditionExpression": "attribute_not_exists(pk)",
+                "ExpressionAttributeNames": {"#ttl": TTL},
+                "ExpressionAttributeValues": {
+                    ":ttl": {"N": str(int(at + DAY_TTL))},
+                    ":made": {"N": str(made)},
+                },
+            }
+        }
+    ]
+    if n - made > 0:
+        items.append(_count(table, f"usage#{hash_}#d#{day_of(at)}", model, made - n, at + DAY_TTL))
+    if made > 0:
+        items.append(_count(table, f"usage#{hash_}#m#{month_of(at)}", model, made, at + MONTH_TTL))
+    return items
 
 
 def now() -> float:

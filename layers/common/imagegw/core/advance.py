@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from imagegw.errors import GatewayError, ProviderError
 from imagegw.providers.base import (
@@ -22,6 +23,9 @@ from imagegw.providers.base import (
     Started,
     TaskStatus,
 )
+
+if TYPE_CHECKING:
+    from imagegw.access.lease import Lease
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,25 @@ async def start_all(
     """Start every part of a job at once (`Provider.split`); each call's answer or failure, in
     the order of the parts (for `advance`)."""
     return await asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
+
+
+async def start_leased(
+    provider: Provider, parts: Sequence[GenerationRequest], leased: Lease | None
+) -> tuple[list[Started | Finished | BaseException], list[GenerationRequest]]:
+    """`start_all`; with a server-held token (a lease on its provider's pool), a submission
+    refused whole (401/403, a quota error, a rate limit: nothing started) is set aside and sent
+    again with the pool's next token (`Lease.fail_over`), never when anything started. The
+    answers, and the parts as last sent (with the token that was used). Raises the pool's 429
+    when every token is set aside. Both drivers (the poll loop, the Submit step) start so."""
+    sent = list(parts)
+    while True:
+        outcomes = await start_all(provider, sent)
+        if leased is None or leased.provider != provider.name:
+            return outcomes, sent
+        token = await leased.fail_over(outcomes)
+        if token is None:
+            return outcomes, sent
+        sent = [replace(part, api_key=token) for part in sent]
 
 
 def task_failed(title: str, task_id: str | None, reason: str) -> ProviderError:

@@ -93,6 +93,15 @@ class ImageRef(_Model):
         return self.url is not None and is_data_uri(self.url)
 
 
+class JobQuota(_Model):
+    """The reservation a gateway key's job holds on the key's daily quota, to settle when the
+    job ends (`imagegw.access.gate.Access.settle_job`): the key's keyed hash (the table's
+    key, no secret) and when the images were reserved (the day they count on)."""
+
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    at: float
+
+
 class JobSpec(_Model):
     """The job as the client asked for it, checked; no secret in it."""
 
@@ -113,6 +122,8 @@ class JobSpec(_Model):
     response_format: ResponseFormat = "url"
     #: which front end submitted the job, so its status answers in that API's shape
     api: Front = "images"
+    #: a gateway key's reservation on its quota (None: a client's own token, no quota)
+    quota: JobQuota | None = None
 
 
 class JobInput(_Model):
@@ -197,10 +208,19 @@ class Progress(_Model):
     #: the wait before the next poll predicted from the model's run time (the Predicted
     #: state's `SecondsPath`); 0: none predicted (the usual pace, or Backoff)
     wait: int = Field(default=0, ge=0)
+    #: a gateway key's job: the server-held token its tasks were submitted with (a reference,
+    #: `pool:<provider>:<token id>`, never the token), which Poll uses in preference to the
+    #: execution's `key` (Submit may have failed over to the pool's next token)
+    key: str | None = Field(default=None, pattern=r"^pool:")
 
     @classmethod
     def of(
-        cls, tasks: list[TaskProgress], polls: int = 0, backoff: int = 0, wait: int = 0
+        cls,
+        tasks: list[TaskProgress],
+        polls: int = 0,
+        backoff: int = 0,
+        wait: int = 0,
+        key: str | None = None,
     ) -> Progress:
         """Running until every task ended; then succeeded when any made an image, else failed
         with the first task's error."""
@@ -211,9 +231,10 @@ class Progress(_Model):
                 tasks=tuple(tasks),
                 backoff=backoff,
                 wait=0 if backoff else wait,
+                key=key,
             )
         if any(task.images for task in tasks):
-            return cls(status="succeeded", polls=polls, tasks=tuple(tasks))
+            return cls(status="succeeded", polls=polls, tasks=tuple(tasks), key=key)
         first = next(task.error for task in tasks if task.error is not None)
         return cls(
             status="failed",
@@ -221,7 +242,13 @@ class Progress(_Model):
             tasks=tuple(tasks),
             error=first.name,
             cause=json.dumps(first.body, separators=(",", ":")),
+            key=key,
         )
+
+    @property
+    def made(self) -> int:
+        """Images the tasks made so far."""
+        return sum(len(task.images) for task in self.tasks)
 
 
 class SubmitEvent(_Model):
@@ -243,6 +270,14 @@ class PollEvent(_Model):
 class StoreEvent(_Model):
     job: JobSpec
     progress: Progress
+
+
+class ReleaseEvent(_Model):
+    """The Release state's event (the Store function's other shape): Submit's retries ran out
+    with nothing started, so the job's quota reservation is given back whole."""
+
+    job: JobSpec
+    release: Literal[True]
 
 
 class JobOutput(_Model):

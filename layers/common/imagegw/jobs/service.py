@@ -27,7 +27,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -53,6 +53,7 @@ from imagegw.jobs.schema import (
     InputRef,
     JobInput,
     JobOutput,
+    JobQuota,
     JobSpec,
     JobStatus,
     Progress,
@@ -130,6 +131,15 @@ def max_polls(settings: Settings) -> int:
     """How many poll intervals JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one): the
     job's deadline (waits after failed polls count the intervals they last)."""
     return max(1, math.ceil(settings.job_timeout / max(1, settings.job_poll_interval)))
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Images reserved on a gateway key's quota for a job about to start: what the job carries
+    to settle it (`quota`), and how to give them back when the job does not start."""
+
+    quota: JobQuota
+    release: Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,7 @@ class Jobs:
         api: Front = "images",
         owner: str | None = None,
         key_ref: str | None = None,
+        reserve: Callable[[], Awaitable[Hold | None]] | None = None,
     ) -> JobView:
         """Start a job for `request` (its images given as `inputs`), answering front end `api`,
         or find the one this caller started with the same Idempotency-Key.
@@ -238,7 +249,12 @@ class Jobs:
         `owner`: who may read it (`owner_of` the caller's bearer token; default: of the
         request's key, the client's own token). `key_ref`: a reference to a server-held token
         (`pool:<provider>:<token id>`, a gateway key's job) carried in place of the sealed key:
-        the job steps read the token from the access secret."""
+        the job steps read the token from the access secret.
+
+        `reserve`: counts the job on a gateway key's quota (raising its 429 when over), called
+        only when a new execution is to start: a replayed submission counts nothing. It is
+        called before anything is staged in the bucket, and what it reserved is given back
+        when the execution does not start (a failure, or another submission won the race)."""
         runner = self.runner
         owner = owner or owner_of(request.api_key.get_secret_value())
         asked = fingerprint(request, inputs, response_format, api)
@@ -248,6 +264,39 @@ class Jobs:
             existing = await self._call("describe", runner.describe, job_id)
             if existing is not None:
                 return await self._replay(existing, asked)
+        hold = await reserve() if reserve is not None else None
+        try:
+            started = await self._start(
+                job_id, owner, asked, request, inputs, response_format, api, key_ref, hold
+            )
+        except BaseException:
+            if hold is not None:
+                await hold.release()
+            raise
+        if started is None:  # another submission with this Idempotency-Key started it
+            if hold is not None:
+                await hold.release()
+            existing = await self._call("describe", runner.describe, job_id)
+            if existing is None:
+                raise GatewayError(
+                    "The job could not be started; try again.", code="jobs_unavailable"
+                )
+            return await self._replay(existing, asked)
+        return started
+
+    async def _start(
+        self,
+        job_id: str,
+        owner: str,
+        asked: str,
+        request: GenerationRequest,
+        inputs: Sequence[str | ImageBytes],
+        response_format: ResponseFormat,
+        api: Front,
+        key_ref: str | None,
+        hold: Hold | None,
+    ) -> JobView | None:
+        """Stage the inputs and start the execution; None when one of that name exists."""
         spec = JobSpec(
             id=job_id,
             owner=owner,
@@ -262,6 +311,7 @@ class Jobs:
             images=await self._stage(inputs),
             response_format=response_format,
             api=api,
+            quota=hold.quota if hold is not None else None,
         )
         if key_ref is not None:
             sealed = key_ref
@@ -278,13 +328,8 @@ class Jobs:
                 "The job is too large to run asynchronously (Step Functions takes 256 KiB).",
                 code="job_too_large",
             )
-        if not await self._call("start", runner.start, job_id, payload):
-            existing = await self._call("describe", runner.describe, job_id)
-            if existing is None:
-                raise GatewayError(
-                    "The job could not be started; try again.", code="jobs_unavailable"
-                )
-            return await self._replay(existing, asked)
+        if not await self._call("start", self.runner.start, job_id, payload):
+            return None
         logger.info(
             "job started",
             extra={

@@ -35,14 +35,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from pydantic import SecretStr
 
 from imagegw.clients import provider_client
 from imagegw.config import Settings
-from imagegw.core.advance import Made, Submitted, Working, advance, start_all
+from imagegw.core.advance import Made, Submitted, Working, advance, start_leased
 from imagegw.core.deliver import Ref, copy_result
 from imagegw.core.estimates import Estimates, MemoryEstimates, learn, queue_of
 from imagegw.core.plan import restore
@@ -67,6 +67,7 @@ from imagegw.jobs.schema import (
     JobSpec,
     PollEvent,
     Progress,
+    ReleaseEvent,
     StoreEvent,
     SubmitEvent,
     TaskProgress,
@@ -81,6 +82,9 @@ from imagegw.providers.base import (
 )
 from imagegw.redaction import protect
 from imagegw.storage import ImageStore
+
+if TYPE_CHECKING:
+    from imagegw.access.gate import Access, PoolLease
 
 Step = Callable[[Mapping[str, Any], "Tools"], Awaitable[dict[str, Any]]]
 
@@ -189,21 +193,56 @@ def _request(
 POOL_REF: Final = "pool:"
 
 
+def _removed() -> ConfigurationError:
+    return ConfigurationError(
+        "The server-held provider token this job was started with was removed.",
+        code="provider_token_removed",
+    )
+
+
+def _access(kit: Tools) -> Access:
+    from imagegw.access.gate import Access
+
+    return Access(kit.settings)
+
+
 async def open_key(sealed: str, job_id: str, kit: Tools) -> SecretStr:
     """The provider token of a job: the client's, sealed for this job with KMS, or a
     server-held one named by reference (`pool:<provider>:<token id>`), read from the access
     secret. A token the owner removed since fails the job (ConfigurationError)."""
     if not sealed.startswith(POOL_REF):
         return kit.sealer.open(sealed, job_id)
-    from imagegw.access.gate import Access
-
-    token = await Access(kit.settings).token_by_ref(sealed)
+    token = await _access(kit).token_by_ref(sealed)
     if token is None:
-        raise ConfigurationError(
-            "The server-held provider token this job was started with was removed.",
-            code="provider_token_removed",
-        )
+        raise _removed()
     return token
+
+
+async def _open(sealed: str, job_id: str, kit: Tools) -> tuple[SecretStr, PoolLease | None]:
+    """The token Submit starts with, and for a server-held one its lease on the pool (to fail
+    over to the next token): the referenced token, or the next one not set aside."""
+    if not sealed.startswith(POOL_REF):
+        return kit.sealer.open(sealed, job_id), None
+    leased = await _access(kit).lease_at(sealed)
+    if leased is None:
+        raise _removed()
+    return leased.token, leased
+
+
+async def settle(spec: JobSpec, made: int, kit: Tools) -> None:
+    """Settle a gateway key's job's quota reservation (none: nothing to do): the images not
+    made given back, those made counted in the month; once per job however often a step runs
+    (`Access.settle_job`), never failing the job."""
+    if spec.quota is None:
+        return
+    await _access(kit).settle_job(spec.id, spec.quota.key, spec.model, spec.n, made, spec.quota.at)
+
+
+async def _ended(spec: JobSpec, progress: Progress, kit: Tools) -> dict[str, Any]:
+    """A step's progress as JSON, the quota settled first when it failed (nothing made)."""
+    if progress.status == "failed":
+        await settle(spec, 0, kit)
+    return progress.model_dump(mode="json")
 
 
 def retry_later(exc: GatewayError) -> TransientJobError:
@@ -289,18 +328,25 @@ def _fit_inline(tasks: list[TaskProgress], budget: int, title: str) -> list[Task
 
 
 async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
-    """Start the job's provider calls; a `Progress` (polls 0)."""
+    """Start the job's provider calls; a `Progress` (polls 0). A gateway key's job fails over
+    to its pool's next token when every call was refused in a way that sets the token aside
+    (`start_leased`); the token used is named in the progress (`Progress.key`) for Poll."""
     payload = SubmitEvent.model_validate(event)
     spec = payload.job
     try:
         provider = _provider(spec, kit)
-        key = await open_key(payload.key, spec.id, kit)
+        key, leased = await _open(payload.key, spec.id, kit)
         protect(key.get_secret_value())
         images = await _inputs(spec, kit)
+        parts = provider.split(_request(spec, key, images))
+        outcomes, parts = await start_leased(provider, parts, leased)
     except GatewayError as exc:
-        return Progress.of([_failed(exc)]).model_dump(mode="json")
-    parts = provider.split(_request(spec, key, images))
-    outcomes = await start_all(provider, parts)
+        # nothing started: every token of the pool set aside (a 429, retried when one comes
+        # back soon), the key table or secret failing for a moment, or the job cannot run
+        if exc.retryable is True:
+            raise retry_later(exc) from None
+        return await _ended(spec, Progress.of([_failed(exc)]), kit)
+    used = leased.ref if leased is not None else None
     refusals = [outcome for outcome in outcomes if isinstance(outcome, GatewayError)]
     if len(refusals) == len(parts) and all(exc.retryable is True for exc in refusals):
         # nothing started and the provider said "later" (a rate limit, or it could not be
@@ -323,9 +369,10 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
             "task_ids": [t.task_id for t in tasks if t.task_id],
             "refused": len(refusals),
             "wait": wait,
+            **({"token_id": used.rsplit(":", 1)[1]} if used else {}),
         },
     )
-    return Progress.of(tasks, wait=wait).model_dump(mode="json")
+    return await _ended(spec, Progress.of(tasks, wait=wait, key=used), kit)
 
 
 async def _inputs(spec: JobSpec, kit: Tools) -> tuple[InputImage, ...]:
@@ -383,12 +430,13 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     spec, progress = payload.job, payload.progress
     waited = progress.backoff or progress.wait or payload.wait_seconds
     polls = progress.polls + intervals_used(waited, payload.wait_seconds)
+    used = progress.key  # the token Submit used (it may have failed over)
     try:
         provider = _provider(spec, kit)
-        key = await open_key(payload.key, spec.id, kit)
+        key = await open_key(used or payload.key, spec.id, kit)
         protect(key.get_secret_value())
     except GatewayError as exc:
-        return Progress.of([_failed(exc)], polls).model_dump(mode="json")
+        return await _ended(spec, Progress.of([_failed(exc)], polls, key=used), kit)
     parts = provider.split(_request(spec, key))
     tasks = list(progress.tasks)
     pending = [i for i, task in enumerate(tasks) if task.task_id and not task.ended]
@@ -420,7 +468,7 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     if payload.max_polls is not None and polls >= payload.max_polls:
         tasks = [task if task.ended else _out_of_time(provider, task) for task in tasks]
     predicted = 0 if failing else await _predicted(spec, tasks, payload.wait_seconds, now)
-    return Progress.of(tasks, polls, wait, predicted).model_dump(mode="json")
+    return await _ended(spec, Progress.of(tasks, polls, wait, predicted, key=used), kit)
 
 
 def _key(spec: JobSpec) -> Key:
@@ -487,6 +535,7 @@ async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         failures=tuple(task.error.message for task in progress.tasks if task.error),
         task_ids=tuple(task.task_id for task in progress.tasks if task.task_id),
     )
+    await settle(spec, len(kept), kit)
     logger.info(
         "job stored",
         extra={
@@ -497,6 +546,15 @@ async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         },
     )
     return output.model_dump(mode="json")
+
+
+async def release(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
+    """Give a job's quota reservation back whole: Submit's retries ran out with nothing
+    started (the Release state, run by the Store function). Its answer is discarded: the job
+    then fails with Submit's error."""
+    payload = ReleaseEvent.model_validate(event)
+    await settle(payload.job, 0, kit)
+    return {"released": payload.job.quota is not None}
 
 
 async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:

@@ -23,11 +23,11 @@ from starlette.routing import Route
 from imagegw import images_api
 from imagegw.access import lease
 from imagegw.access.gate import Caller, settle_all
-from imagegw.errors import GatewayError, InvalidRequestError
+from imagegw.errors import InvalidRequestError
 from imagegw.images import ImageBytes
 from imagegw.images_api import ImagesCall
-from imagegw.jobs.schema import Front, ResponseFormat
-from imagegw.jobs.service import check_idempotency_key, owner_of
+from imagegw.jobs.schema import Front, JobQuota, ResponseFormat
+from imagegw.jobs.service import Hold, check_idempotency_key, owner_of
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.web import api_key, authorize, gateway_of, header, public_base_url
 
@@ -101,26 +101,31 @@ async def start_job(
 
     `caller`: the route's `web.authorize` answer (its lease is current). A job of a gateway
     key carries a reference to the server-held token, never the token, and counts on the
-    key's quota from its submission (given back if it does not start)."""
+    key's quota from its submission (given back if it does not start; a replayed submission,
+    same Idempotency-Key, counts nothing); the job settles it when it ends."""
     gateway = gateway_of(request)
     if base_url is None:
         base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
     caller.check_model(job.model)
     leased = lease.current() if caller.keyed else None
-    reservation = await gateway.access.reserve(caller, job.model, job.n)
-    try:
-        view = await gateway.jobs.submit(
-            job,
-            inputs=inputs,
-            response_format=response_format,
-            idempotency_key=idempotency_key,
-            api=api,
-            owner=owner_of(caller.bearer.get_secret_value()),
-            key_ref=leased.ref if leased is not None else None,
-        )
-    except GatewayError:
-        await settle_all(reservation, 0)
-        raise
+
+    async def reserve() -> Hold | None:
+        reservation = await gateway.access.reserve(caller, job.model, job.n)
+        if reservation is None:
+            return None
+        quota = JobQuota(key=reservation.record.hash, at=reservation.at)
+        return Hold(quota, lambda: settle_all(reservation, 0))
+
+    view = await gateway.jobs.submit(
+        job,
+        inputs=inputs,
+        response_format=response_format,
+        idempotency_key=idempotency_key,
+        api=api,
+        owner=owner_of(caller.bearer.get_secret_value()),
+        key_ref=leased.ref if leased is not None else None,
+        reserve=reserve,
+    )
     named = request.path_params.get("provider")
     prefix = f"/{named}" if named else ""
     location = f"{base_url}{prefix}/v1/jobs/{view.id}"
