@@ -1,4 +1,4 @@
-"""A mocked AWS account (moto) for the durable-job steps: a bucket and a KMS key.
+"""A mocked AWS account (moto) for the durable-job steps: a bucket and a KMS key; access tables.
 
 moto's mock is started and stopped by hand *without a reset*: a reset would wipe every moto
 backend of the test process, the session's S3 stand-in server (`conftest.s3_env`) included.
@@ -7,6 +7,7 @@ backend of the test process, the session's S3 stand-in server (`conftest.s3_env`
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,27 @@ def mocked_aws() -> Iterator[MockedAws]:
         s3.create_bucket(Bucket=BUCKET)
         key_id = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
         yield MockedAws(s3=s3, key_id=key_id)
+    finally:
+        mock.stop(remove_data=False)
+
+
+def new_access_table() -> str:
+    """A fresh access table in the mocked account, as the template declares it
+    (`imagegw.local.create_access_table`); its name."""
+    from imagegw.local import create_access_table
+
+    name = f"access-{uuid.uuid4().hex[:12]}"
+    create_access_table(boto3.client("dynamodb", region_name=REGION), name)
+    return name
+
+
+@contextmanager
+def mocked_dynamodb() -> Iterator[None]:
+    """moto's mock for the duration (no bucket, no key: for `new_access_table`)."""
+    mock = mock_aws()
+    mock.start(reset=False)
+    try:
+        yield
     finally:
         mock.stop(remove_data=False)
 

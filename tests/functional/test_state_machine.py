@@ -8,6 +8,7 @@ fixture). Jobs are started the way the API function starts them (`imagegw.jobs.s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
-from fakes.aws import BUCKET
+from fakes.aws import BUCKET, new_access_table
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size, sniff_image
 from functional.machine import TOKEN, World, simulate_time, transitions
+from imagegw.access.estimates import SharedEstimates
 from imagegw.core.estimates import MemoryEstimates
+from imagegw.core.schedule import QUEUE_MODEL
 from imagegw.jobs import steps
 from imagegw.storage import RESULTS
 
@@ -208,3 +211,39 @@ def test_a_30_s_job_takes_at_most_10_state_transitions_once_its_model_is_learned
     # each job waited for its predicted end: 10 transitions at most
     assert min(counts[:3]) >= 20
     assert max(counts[3:]) <= 10, counts
+
+
+def test_a_fresh_instance_waits_for_the_end_other_instances_learned_through_the_access_table(
+    world: Callable[..., World], fake_ms: FakeModelScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given job functions with the access table (ACCESS_TABLE) and 30-s tasks on simulated time
+    w = world(job_poll_interval=5)
+    simulate_time(w, monkeypatch, fake_ms)
+    monkeypatch.setenv("ACCESS_TABLE", new_access_table())
+    monkeypatch.setattr(steps, "ESTIMATES", None)
+    rng = random.Random(31)
+
+    def job() -> int:
+        queue, run = rng.uniform(0, 5), 30 * rng.uniform(0.8, 1.2)
+        fake_ms.pending_seconds, fake_ms.task_duration = queue, queue + run
+        job_id = w.submit()
+        assert w.wait(job_id)["status"] == "SUCCEEDED"
+        return transitions(w.history(job_id))
+
+    # When three jobs teach the model's run time on one instance
+    learning = [job() for _ in range(3)]
+    assert isinstance(steps.ESTIMATES, SharedEstimates)
+
+    # Then a job polled by a fresh instance (a store of its own, nothing learned in it) waits
+    # for the predicted end: 10 transitions at most, where the first job took 20 or more
+    monkeypatch.setattr(steps, "ESTIMATES", None)
+    fresh = job()
+    assert learning[0] >= 20 and fresh <= 10, (learning, fresh)
+    # what the fresh instance learned itself is the last job's run only; the table has all four
+    store = steps.ESTIMATES
+    assert isinstance(store, SharedEstimates)
+    runs = {key: e.samples for key, e in store.memory.learned.items() if key.model != QUEUE_MODEL}
+    assert list(runs.values()) == [1]
+    (key,) = runs
+    shared = asyncio.run(store.get(key))
+    assert shared is not None and shared.samples == 4

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import httpx
 
+from imagegw.access.estimates import estimates_for
 from imagegw.access.gate import Access
 from imagegw.clients import provider_client
 from imagegw.config import Settings
-from imagegw.core.estimates import Estimates, MemoryEstimates
+from imagegw.core.estimates import Estimates
 from imagegw.fetcher import Fetcher
 from imagegw.jobs.service import Jobs
 from imagegw.providers import Provider, lookup, priors
@@ -36,9 +37,9 @@ class Gateway:
         self.fetcher = Fetcher(settings)
         #: result images: the configured providers' hosts are trusted, any other is checked
         self.result_fetcher = Fetcher.for_results(settings)
-        #: learned run times for predictive polling: per instance (a shared table plugs in
-        #: here: `imagegw.core.estimates`)
-        self.estimates: Estimates = MemoryEstimates(priors())
+        #: learned run times for predictive polling: shared through the access table where
+        #: there is one, per instance otherwise (`imagegw.access.estimates`)
+        self.estimates: Estimates = estimates_for(settings, priors())
         #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
         self.jobs = Jobs(settings, self.store)
         #: gateway keys, server-held tokens and quotas (README "Sharing a deployment")

@@ -224,6 +224,21 @@ LOCAL_ACCESS_FILE: Final = Path(
 )
 
 
+def create_access_table(dynamodb: Any, table: str) -> None:
+    """The access table as the template declares it (key `pk`, on demand, TTL `expires_at`),
+    with the DynamoDB client `dynamodb` (moto's here and in the tests)."""
+    dynamodb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+    )
+
+
 def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, str]:
     """Gateway keys on the moto server at `endpoint` (README "Sharing a deployment"): its
     DynamoDB holds the key table, its Secrets Manager the secret (a fresh pepper, no tokens).
@@ -240,17 +255,7 @@ def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str
         "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or "local",
     }
     table = "image-gateway-access"
-    dynamodb = boto3.client("dynamodb", **credentials)
-    dynamodb.create_table(
-        TableName=table,
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    dynamodb.update_time_to_live(
-        TableName=table,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
-    )
+    create_access_table(boto3.client("dynamodb", **credentials), table)
     secret = boto3.client("secretsmanager", **credentials).create_secret(
         Name="image-gateway-access",
         SecretString=json.dumps({"pepper": secrets.token_urlsafe(36), "tokens": {}}),

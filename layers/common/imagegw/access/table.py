@@ -15,6 +15,10 @@
 - `settled#<job id>`: a durable job's quota settled (TTL'd): written in the same transaction as
   the settlement itself, on the condition that it is new, so a job step run twice (Step
   Functions runs a task at least once) settles once.
+- `estimate#<provider>#<model>#<bucket>`: a model's learned run time (`seconds`, `spread`,
+  `samples`; the provider's queue time under the model `(queue)`), for predictive polling
+  (`imagegw.access.estimates`). Each write moves its TTL to 90 days on, so the estimates of
+  models no longer used vanish; a write is one update conditional on the sample count it read.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from imagegw.core.schedule import Estimate
+
 #: TTL attribute (DynamoDB deletes the item some time after this Unix time)
 TTL: Final = "expires_at"
 DAY_TTL: Final = 40 * 86400
 MONTH_TTL: Final = 400 * 86400
+#: an estimate's item lives this long after its last write
+ESTIMATE_TTL: Final = 90 * 86400
 
 
 @dataclass(frozen=True)
@@ -130,10 +138,15 @@ def _usage(item: dict[str, Any] | None) -> Usage:
 class AccessTable:
     """The table's operations (boto3's low-level client, blocking: callers use threads)."""
 
-    def __init__(self, name: str, region: str, client: Any = None) -> None:
+    def __init__(
+        self, name: str, region: str, client: Any = None, *, timeout: float | None = None
+    ) -> None:
+        """`timeout`: seconds to connect and to read, with one retry only (for callers that
+        would rather do without the table than wait for it); boto3's defaults otherwise."""
         self.name = name
         self.region = region
         self._client = client
+        self.timeout = timeout
 
     @property
     def client(self) -> Any:
@@ -141,10 +154,15 @@ class AccessTable:
             import boto3
             from botocore.config import Config
 
+            options: dict[str, Any] = {"retries": {"max_attempts": 3, "mode": "standard"}}
+            if self.timeout is not None:
+                options = {
+                    "retries": {"max_attempts": 2, "mode": "standard"},
+                    "connect_timeout": self.timeout,
+                    "read_timeout": self.timeout,
+                }
             self._client = boto3.client(
-                "dynamodb",
-                region_name=self.region,
-                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+                "dynamodb", region_name=self.region, config=Config(**options)
             )
         return self._client
 
@@ -276,6 +294,55 @@ class AccessTable:
             ExpressionAttributeNames={"#t": f"t:{token}"},
             ExpressionAttributeValues={":until": {"N": str(int(until))}},
         )
+
+    # ------------------------------------------------------------------ run-time estimates
+
+    def estimate(self, pk: str, *, consistent: bool = False) -> Estimate | None:
+        """The estimate under `pk` (`estimate#...`); None when there is none."""
+        item = self.client.get_item(
+            TableName=self.name, Key={"pk": {"S": pk}}, ConsistentRead=consistent
+        ).get("Item")
+        if not item:
+            return None
+        return Estimate(
+            float(item["seconds"]["N"]), float(item["spread"]["N"]), int(item["samples"]["N"])
+        )
+
+    def write_estimate(self, pk: str, new: Estimate, read: int, now: float) -> bool:
+        """Write `new` over the estimate `read` samples were read in (0: there was none), with
+        one update conditional on that count; False when another instance wrote first."""
+        values = {
+            ":s": {"N": f"{new.seconds:.3f}"},
+            ":d": {"N": f"{new.spread:.3f}"},
+            ":n": {"N": str(new.samples)},
+            ":kind": {"S": "estimate"},
+            ":ttl": {"N": str(int(now + ESTIMATE_TTL))},
+        }
+        if read:
+            values[":read"] = {"N": str(read)}
+        try:
+            self.client.update_item(
+                TableName=self.name,
+                Key={"pk": {"S": pk}},
+                UpdateExpression="SET #s = :s, #d = :d, #n = :n, #k = :kind, #ttl = :ttl",
+                ConditionExpression="#n = :read" if read else "attribute_not_exists(pk)",
+                ExpressionAttributeNames={
+                    "#s": "seconds",
+                    "#d": "spread",
+                    "#n": "samples",
+                    "#k": "kind",
+                    "#ttl": TTL,
+                },
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") == _CONDITION_FAILED:
+                return False
+            raise
+        return True
+
+
+_CONDITION_FAILED: Final = "ConditionalCheckFailedException"
 
 
 def _count(table: str, pk: str, model: str, n: int, ttl: float) -> dict[str, Any]:

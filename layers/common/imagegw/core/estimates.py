@@ -1,11 +1,12 @@
 """Where run times are learned: an `Estimates` store, by `schedule.Key`.
 
 `MemoryEstimates` keeps them in the process (one Lambda instance learns from its own tasks).
-Where the gateway has a DynamoDB table (the gateway-keys work), a table-backed store with the
-same two calls shares them across instances: `get` reads the key's item (cached briefly),
-`record` folds a sample in with a conditional write on the sample count (a lost race drops one
-sample: these are statistics). Priors for the providers' catalogue models (`ModelInfo.seconds`)
-answer until a model has a history.
+Where the gateway has its access table (ACCESS_TABLE), `imagegw.access.estimates.SharedEstimates`
+shares them across instances with the same two calls: `get` reads the key's item (cached 60 s
+per instance), `record` folds a sample in with one update conditional on the sample count (a
+lost race reads again and retries once, then drops the sample: these are statistics); a table
+that fails leaves each instance its own `MemoryEstimates`. Priors for the providers' catalogue
+models (`ModelInfo.seconds`) answer until a model has a history.
 """
 
 from __future__ import annotations

@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 from pydantic import SecretStr
 
+from imagegw.access.estimates import estimates_for
 from imagegw.clients import provider_client
 from imagegw.config import Settings
 from imagegw.core.advance import Made, Submitted, Working, advance, start_leased
 from imagegw.core.deliver import Ref, copy_result
-from imagegw.core.estimates import Estimates, MemoryEstimates, learn, queue_of
+from imagegw.core.estimates import Estimates, learn, queue_of
 from imagegw.core.plan import restore
 from imagegw.core.schedule import Key, bucket, job_wait
 from imagegw.errors import (
@@ -114,9 +115,9 @@ class Tools:
     result_fetcher: Fetcher
 
 
-#: learned run times for predicted waits, per Lambda instance (a shared table plugs in here:
-#: `imagegw.core.estimates`)
-ESTIMATES: Estimates = MemoryEstimates(priors())
+#: learned run times for predicted waits: chosen by the first step that needs them (`estimates`),
+#: then kept by the instance; tests may set it
+ESTIMATES: Estimates | None = None
 #: the steps' clock: epoch seconds, as the steps of one job run on different instances
 clock: Callable[[], float] = time.time
 
@@ -360,7 +361,7 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         task.model_copy(update={"timing": Clocked(submitted=now)}) if task.task_id else task
         for task in tasks
     ]
-    wait = await _predicted(spec, tasks, payload.wait_seconds, now)
+    wait = await _predicted(spec, tasks, payload.wait_seconds, now, estimates(kit.settings))
     logger.info(
         "job submitted",
         extra={
@@ -444,13 +445,14 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         *(provider.check(parts[i], str(tasks[i].task_id)) for i in pending),
         return_exceptions=True,
     )
-    now = clock()
+    now, learned = clock(), estimates(kit.settings)
     for index, answer in zip(pending, answers, strict=True):
         if isinstance(answer, TransientProviderError):
             tasks[index] = _passing(tasks[index], answer)
         else:
             fresh = tasks[index].model_copy(update={"failures": 0, "last_error": None})
-            tasks[index] = await _observed(spec, await _task(provider, fresh, answer, kit), now)
+            made = await _task(provider, fresh, answer, kit)
+            tasks[index] = await _observed(spec, made, now, learned)
     tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
     failing = [task for task in tasks if not task.ended and task.last_error is not None]
     wait = backoff(max((task.failures for task in failing), default=0), payload.wait_seconds)
@@ -467,36 +469,49 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         )
     if payload.max_polls is not None and polls >= payload.max_polls:
         tasks = [task if task.ended else _out_of_time(provider, task) for task in tasks]
-    predicted = 0 if failing else await _predicted(spec, tasks, payload.wait_seconds, now)
+    predicted = 0 if failing else await _predicted(spec, tasks, payload.wait_seconds, now, learned)
     return await _ended(spec, Progress.of(tasks, polls, wait, predicted, key=used), kit)
+
+
+def estimates(settings: Settings) -> Estimates:
+    """The instance's run-time estimates: shared through the access table where there is one
+    (`imagegw.access.estimates`), the instance's own otherwise."""
+    global ESTIMATES
+    if ESTIMATES is None:
+        ESTIMATES = estimates_for(settings, priors())
+    return ESTIMATES
 
 
 def _key(spec: JobSpec) -> Key:
     return Key(spec.provider, spec.model, bucket(spec.options))
 
 
-async def _observed(spec: JobSpec, task: TaskProgress, now: float) -> TaskProgress:
+async def _observed(
+    spec: JobSpec, task: TaskProgress, now: float, learned: Estimates
+) -> TaskProgress:
     """A task after a poll at `now` answered: its timing advanced while it runs; once it
-    made images, its run time learned (`ESTIMATES`)."""
+    made images, its run time `learned`."""
     if task.timing is None:
         return task
     timing = task.timing.timing()
     if task.images:
-        await learn(ESTIMATES, _key(spec), timing, now)
+        await learn(learned, _key(spec), timing, now)
         return task
     if task.ended:
         return task
     return task.model_copy(update={"timing": Clocked.of(timing.seen(now, task.state))})
 
 
-async def _predicted(spec: JobSpec, tasks: list[TaskProgress], interval: int, now: float) -> int:
+async def _predicted(
+    spec: JobSpec, tasks: list[TaskProgress], interval: int, now: float, learned: Estimates
+) -> int:
     """The wait before the next poll predicted for the tasks still running (whole seconds, the
     longest of theirs), or 0: none (the model not learned, or JOB_POLL_INTERVAL 0: no waits)."""
     running = [task.timing.timing() for task in tasks if not task.ended and task.timing]
     if interval <= 0 or not running:
         return 0
-    run = await ESTIMATES.get(_key(spec))
-    queue = await queue_of(ESTIMATES, spec.provider)
+    run = await learned.get(_key(spec))
+    queue = await queue_of(learned, spec.provider)
     waits = [job_wait(timing, run, queue, now) for timing in running]
     if any(wait is None for wait in waits):
         return 0

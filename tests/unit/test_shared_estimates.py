@@ -1,0 +1,307 @@
+"""Run-time estimates shared through the access table (`imagegw.access.estimates`), on moto's
+DynamoDB: what one Lambda instance learns, another predicts with; a table that fails or hangs
+costs a generation nothing but the sharing."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from fakes.aws import REGION, mocked_dynamodb, new_access_table
+from imagegw.access.estimates import CACHE_SECONDS, PAUSE, SharedEstimates, pk_of
+from imagegw.access.table import ESTIMATE_TTL, AccessTable
+from imagegw.config import Settings
+from imagegw.core.estimates import MemoryEstimates, fold, learn
+from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing
+from imagegw.gateway import Gateway
+
+pytestmark = pytest.mark.anyio
+MODEL = Key("modelscope", "Qwen/Qwen-Image")
+QUEUE = Key("modelscope", QUEUE_MODEL)
+PRIORS = {("modelscope", "Qwen/Qwen-Image"): 20.0}
+START = 1_800_000_000.0
+
+
+@dataclass
+class Clock:
+    now: float = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def table() -> Iterator[str]:
+    with mocked_dynamodb():
+        yield new_access_table()
+
+
+def instance(name: str, clock: Clock, client: Any = None, **options: Any) -> SharedEstimates:
+    """One Lambda instance's store: its own client (unless given) and its own cache."""
+    client = client or boto3.client("dynamodb", region_name=REGION)
+    return SharedEstimates(AccessTable(name, REGION, client), PRIORS, clock=clock, **options)
+
+
+def item(name: str, key: Key) -> dict[str, Any]:
+    client = boto3.client("dynamodb", region_name=REGION)
+    found: dict[str, Any] = client.get_item(TableName=name, Key={"pk": {"S": pk_of(key)}})
+    return found.get("Item", {})
+
+
+def learned(*samples: float) -> Estimate:
+    estimate = None
+    for seconds in samples:
+        estimate = fold(estimate, seconds)
+    assert estimate is not None
+    return estimate
+
+
+def same(found: Estimate | None, wanted: Estimate) -> bool:
+    return (
+        found is not None
+        and found.samples == wanted.samples
+        and found.seconds == pytest.approx(wanted.seconds, abs=1e-3)
+        and found.spread == pytest.approx(wanted.spread, abs=1e-3)
+    )
+
+
+async def test_what_one_instance_learns_another_predicts_with_once_its_cache_expires(
+    table: str,
+) -> None:
+    # Given two instances on one table; the second has looked the model up (its prior)
+    clock = Clock()
+    first, second = instance(table, clock), instance(table, clock)
+    assert await second.get(MODEL) == Estimate(20.0, 6.0, 0)
+
+    # When the first learns three run times
+    for seconds in (10.0, 12.0, 11.0):
+        await first.record(MODEL, seconds)
+
+    # Then the first predicts with them at once; the second keeps its copy for a minute...
+    assert same(await first.get(MODEL), learned(10.0, 12.0, 11.0))
+    clock.now += CACHE_SECONDS - 1
+    assert await second.get(MODEL) == Estimate(20.0, 6.0, 0)
+    # ...then predicts with what the first learned, as a fresh instance does at once
+    clock.now += 1
+    assert same(await second.get(MODEL), learned(10.0, 12.0, 11.0))
+    assert same(await instance(table, clock).get(MODEL), learned(10.0, 12.0, 11.0))
+
+
+async def test_priors_answer_for_unseen_models_and_a_learned_one_lives_90_days_on(
+    table: str,
+) -> None:
+    # Given an instance on an empty table
+    clock = Clock()
+    store = instance(table, clock)
+
+    # Then a catalogue model has its prior and an unknown one nothing; no item is written
+    assert await store.get(MODEL) == Estimate(20.0, 6.0, 0)
+    assert await store.get(Key("modelscope", "someone/unknown")) is None
+    assert item(table, MODEL) == {}
+
+    # When it learns the model, then again a day later
+    await store.record(MODEL, 10.0)
+    clock.now += 86400
+    await store.record(MODEL, 14.0)
+
+    # Then the item holds the estimate and expires 90 days after the last write
+    found = item(table, MODEL)
+    assert found["samples"] == {"N": "2"}
+    assert float(found["seconds"]["N"]) == pytest.approx(learned(10.0, 14.0).seconds, abs=1e-3)
+    assert int(found["expires_at"]["N"]) == int(START + 86400 + ESTIMATE_TTL)
+
+
+async def test_a_concurrent_write_is_kept_and_the_sample_folded_into_it(table: str) -> None:
+    # Given two instances that both know the model has no history yet
+    clock = Clock()
+    first, second = instance(table, clock), instance(table, clock)
+    await first.get(MODEL)
+    await second.get(MODEL)
+
+    # When each learns a run time, the second from its (now stale) copy
+    await first.record(MODEL, 10.0)
+    await second.record(MODEL, 20.0)
+
+    # Then the second's write did not replace the first's: both samples are in the item
+    assert same(await instance(table, clock).get(MODEL), learned(10.0, 20.0))
+
+
+@dataclass
+class Rival:
+    """A client whose every estimate update loses a race: another instance writes first."""
+
+    client: Any
+    name: str
+    rival_writes: list[int] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        other = AccessTable(self.name, REGION, self.client)
+        old = other.estimate(pk_of(MODEL), consistent=True)
+        assert other.write_estimate(pk_of(MODEL), fold(old, 30.0), old.samples if old else 0, 0)
+        self.rival_writes.append(1)
+        return self.client.update_item(**kwargs)
+
+
+async def test_a_sample_that_loses_the_race_twice_is_dropped_from_the_table_only(
+    table: str,
+) -> None:
+    # Given an instance whose writes are each preceded by another instance's
+    clock = Clock()
+    rival = Rival(boto3.client("dynamodb", region_name=REGION), table)
+    store = instance(table, clock, rival)
+
+    # When it learns a run time: no error, two tries
+    await store.record(MODEL, 10.0)
+
+    # Then the table holds the rival's two samples, intact, and not this one (dropped)...
+    assert len(rival.rival_writes) == 2
+    assert same(await store.get(MODEL), learned(30.0, 30.0))
+    # ...which this instance's memory still has
+    assert same(await store.memory.get(MODEL), learned(10.0))
+
+
+class Broken:
+    """A DynamoDB client that cannot be used: every call raises `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def get_item(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise self.error
+
+    update_item = get_item
+
+
+THROTTLED = ClientError(
+    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+    "UpdateItem",
+)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [THROTTLED, EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")],
+    ids=["throttled", "unreachable"],
+)
+async def test_a_failing_table_leaves_the_instance_its_own_estimates(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an instance whose table fails
+    clock = Clock()
+    client = Broken(error)
+    store = instance("access", clock, client)
+
+    # When it predicts and learns (no exception reaches the caller)
+    with caplog.at_level(logging.WARNING):
+        assert await store.get(MODEL) == Estimate(20.0, 6.0, 0)
+        for seconds in (10.0, 12.0, 11.0):
+            await store.record(MODEL, seconds)
+        found = await store.get(MODEL)
+
+    # Then it predicts with what it learned itself, after one warning and one call only (the
+    # table is left alone for a while)
+    assert same(found, learned(10.0, 12.0, 11.0))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and client.calls == 1
+    assert "slow down" not in caplog.text
+    # after the pause it tries the table again
+    clock.now += PAUSE
+    assert same(await store.get(MODEL), learned(10.0, 12.0, 11.0))
+    assert client.calls == 2
+
+
+class Hanging:
+    """A DynamoDB client whose reads come back (with a learned estimate) only when released,
+    or after 10 s."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def get_item(self, **kwargs: Any) -> Any:
+        self.release.wait(10)
+        learned = {"seconds": {"N": "9"}, "spread": {"N": "1"}, "samples": {"N": "5"}}
+        return {"Item": {"pk": kwargs["Key"]["pk"], **learned}}
+
+
+async def test_a_table_that_does_not_answer_is_given_up_within_the_budget() -> None:
+    # Given an instance whose table does not answer
+    client = Hanging()
+    store = instance("access", Clock(), client, budget=0.05)
+    try:
+        # When a generation asks for its model's estimate, then the prior answers
+        assert await store.get(MODEL) == Estimate(20.0, 6.0, 0)
+    finally:
+        client.release.set()
+
+
+class Counting:
+    """A client that counts the reads (by consistency) and writes it makes."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.reads: list[bool] = []
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_item(self, **kwargs: Any) -> Any:
+        self.reads.append(bool(kwargs.get("ConsistentRead")))
+        return self.client.get_item(**kwargs)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        self.writes += 1
+        return self.client.update_item(**kwargs)
+
+
+async def test_a_generation_costs_two_writes_and_at_most_two_reads(table: str) -> None:
+    # Given an instance, and a generation as the interactive driver makes it: its model's
+    # estimate read, then its run and queue times learned
+    clock = Clock()
+    client = Counting(boto3.client("dynamodb", region_name=REGION))
+    store = instance(table, clock, client)
+    timing = Timing(submitted=clock.now, running_seen=clock.now + 2)
+
+    async def generation() -> None:
+        await store.get(MODEL)
+        await learn(store, MODEL, timing, clock.now + 12)
+
+    # When the first one runs: one read of each key (the queue's for its write), two writes
+    await generation()
+    assert (client.reads, client.writes) == ([False, True], 2)
+    # When another runs within the minute: two writes only
+    await generation()
+    assert (client.reads, client.writes) == ([False, True], 4)
+    assert item(table, QUEUE)["samples"] == {"N": "2"}
+
+
+async def test_the_gateway_shares_estimates_through_the_access_table_when_there_is_one(
+    table: str,
+) -> None:
+    # Given two gateways (two instances) with ACCESS_TABLE, and one without
+    shared = Settings(access_table=table, aws_region=REGION)
+    first, second, alone = Gateway(shared), Gateway(shared), Gateway(Settings())
+    try:
+        # When the first learns a run time
+        await first.estimates.record(MODEL, 10.0)
+
+        # Then the second predicts with it; the one without a table has its prior only
+        assert same(await second.estimates.get(MODEL), learned(10.0))
+        assert isinstance(alone.estimates, MemoryEstimates)
+        prior = await alone.estimates.get(MODEL)
+        assert prior is not None and prior.samples == 0
+    finally:
+        for gateway in (first, second, alone):
+            await gateway.aclose()
