@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from fakes.aws import ENDPOINT_VARIABLES, MockedAws, mocked_aws
+from fakes.faulty_jobs import FaultyModelScope
 from fakes.modelscope import FakeModelScope
+from fakes.server import ServerThread, SwappableApp
 from functional.machine import World, make_world
 
 
@@ -36,3 +38,14 @@ def world(
 ) -> Callable[..., World]:
     """A state machine in the mocked account, its tasks dispatched to the real handlers."""
     return make_world(aws, monkeypatch, fake_ms)
+
+
+@pytest.fixture
+def faulty_ms(
+    _fake_ms_server: tuple[ServerThread, SwappableApp], fake_ms: FakeModelScope
+) -> FaultyModelScope:
+    """The fake ModelScope the tasks talk to, with fault knobs (same server, same URL)."""
+    fake = FaultyModelScope()
+    fake.base_url = fake_ms.base_url  # type: ignore[attr-defined]
+    _fake_ms_server[1].app = fake
+    return fake

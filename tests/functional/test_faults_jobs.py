@@ -18,10 +18,8 @@ import httpx
 import pytest
 
 from fakes.faulty_jobs import ALWAYS, BucketOutage, FaultyModelScope, PollFault
-from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import png_size
-from fakes.server import ServerThread, SwappableApp
 from functional.machine import World
 from imagegw.errors import StorageError, render
 from imagegw.jobs import steps
@@ -30,17 +28,6 @@ from imagegw.storage import RESULTS
 pytestmark = pytest.mark.functional
 
 SUBMIT, POLL, STORE = "JobSubmitFunctionArn", "JobPollFunctionArn", "JobStoreFunctionArn"
-
-
-@pytest.fixture
-def faulty_ms(
-    _fake_ms_server: tuple[ServerThread, SwappableApp], fake_ms: FakeModelScope
-) -> FaultyModelScope:
-    """The fake ModelScope the tasks talk to, with fault knobs (same server, same URL)."""
-    fake = FaultyModelScope()
-    fake.base_url = fake_ms.base_url  # type: ignore[attr-defined]
-    _fake_ms_server[1].app = fake
-    return fake
 
 
 @pytest.fixture(autouse=True)

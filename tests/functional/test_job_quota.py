@@ -20,7 +20,6 @@ from pydantic import SecretStr
 from fakes.aws import REGION, MockedAws
 from fakes.faulty_jobs import ALWAYS, FaultyModelScope
 from fakes.modelscope import FakeModelScope
-from fakes.server import ServerThread, SwappableApp
 from functional.machine import World, simulate_time, transitions
 from imagegw.access.gate import Access, Caller
 from imagegw.access.table import AccessTable, KeyRecord, Usage
@@ -161,17 +160,6 @@ def test_a_step_run_twice_settles_once(
     # Then the day counts the 2 images made (1 given back once), the month 2
     today, month = usage(table)
     assert (today.images, month.images) == (2, 2)
-
-
-@pytest.fixture
-def faulty_ms(
-    _fake_ms_server: tuple[ServerThread, SwappableApp], fake_ms: FakeModelScope
-) -> FaultyModelScope:
-    """The fake ModelScope the tasks talk to, with fault knobs (same server, same URL)."""
-    fake = FaultyModelScope()
-    fake.base_url = fake_ms.base_url  # type: ignore[attr-defined]
-    _fake_ms_server[1].app = fake
-    return fake
 
 
 def test_submit_retries_running_out_give_the_quota_back_and_keep_the_error(
