@@ -87,12 +87,12 @@ $(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
 	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
 
-# make run keeps stored images and ended jobs in .local-state/ (imagegw.localstate)
+# make run keeps stored images and ended jobs in .local-state/ (imagegw.infra.localstate)
 LOCAL_STATE := .local-state
 
 run: $(BIN)/.ready
 	$(if $(RESET),rm -rf $(LOCAL_STATE))
-	PYTHONPATH=layers/common $(BIN)/python -m imagegw.local
+	PYTHONPATH=layers/common $(BIN)/python -m imagegw.frontends.local
 
 reset:
 	rm -rf $(LOCAL_STATE)
@@ -183,7 +183,7 @@ delete: $(BIN)/.ready $(SAM_VENV)/.ready
 
 # owner commands (README "Sharing a deployment"): against `make run` while it runs, or against a
 # deployed stack with STACK=<name> (the caller's AWS credentials); TOKEN=- reads it from stdin
-ADMIN := PYTHONPATH=layers/common STACK="$(STACK)" $(BIN)/python -m imagegw.admin
+ADMIN := PYTHONPATH=layers/common STACK="$(STACK)" $(BIN)/python -m imagegw.frontends.admin
 key: $(BIN)/.ready
 	@test -n "$(NAME)" || { echo "usage: make key NAME=alice [QUOTA=50] [MODELS=a,b] [DAYS=30]"; exit 2; }
 	@$(ADMIN) key "$(NAME)" $(if $(QUOTA),--quota "$(QUOTA)") $(if $(MODELS),--models "$(MODELS)") \

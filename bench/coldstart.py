@@ -52,7 +52,7 @@ from bench.common import (
     stop_process,
     wait_until_ready,
 )
-from imagegw.config import Settings
+from imagegw.infra.config import Settings
 
 RUNS = 7
 #: the seed project's boot on this machine (issue 11), and the goal: at most half of it

@@ -28,8 +28,8 @@ from fakes.aws import s3_stand_in_env
 from fakes.modelscope import DEFAULT_TOKENS, Duration, FakeModelScope
 from fakes.png import make_png
 from fakes.server import ServerThread
-from imagegw.app import create_app
-from imagegw.config import Settings
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the token the fake accepts
@@ -219,7 +219,7 @@ def gateway_settings(s3_env: dict[str, str], base_url: str, **overrides: Any) ->
 def quiet_gateway_logs() -> Iterator[None]:
     """Send the gateway's log lines (one a request) to /dev/null instead of our stdout; they
     are still formatted and written, so their cost stays in the figures."""
-    from imagegw.log import logger
+    from imagegw.infra.log import logger
 
     handler = logger.registered_handler
     if not isinstance(handler, logging.StreamHandler):

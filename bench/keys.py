@@ -1,5 +1,5 @@
 """Added latency of gateway keys (`keys` mode) per request, against `make run`'s stand-ins
-(moto's DynamoDB and Secrets Manager on loopback, as `imagegw.local` serves them).
+(moto's DynamoDB and Secrets Manager on loopback, as `imagegw.frontends.local` serves them).
 
 Measured in process, on what a keyed request adds to an open one: the key lookup and token
 lease with warm caches (the usual case: KEY_CACHE_TTL, the secret's Powertools cache and the
@@ -23,8 +23,8 @@ from imagegw.access.gate import Access
 from imagegw.access.gatekeys import key_hash, new_key
 from imagegw.access.secret import SecretSource
 from imagegw.access.table import AccessTable, KeyRecord
-from imagegw.config import Settings
-from imagegw.local import start_moto
+from imagegw.frontends.local import start_moto
+from imagegw.infra.config import Settings
 
 ROUNDS = 400
 REGION = "us-east-1"

@@ -1,7 +1,8 @@
 """Memory of the gateway, the cold start at the template's FunctionMemory, and what it costs.
 
 1. Peak RSS (/proc/<pid>/status VmHWM) of `make run`'s gateway process (`python -m
-   imagegw.local`; its AWS stand-ins run in their own process) against the fake ModelScope:
+   imagegw.frontends.local`; its AWS stand-ins run in their own process) against the fake
+   ModelScope:
    idle; after one edit whose body is as large as Lambda takes (a 6 MB request: a photo as a
    data URI in a chat completion); after one 10 MB edit (a 10 MB photo sent to
    /v1/images/edits, MAX_BODY_BYTES raised for it: Lambda would refuse it); after ten of those
@@ -88,7 +89,8 @@ def _png_of(size: int) -> bytes:
 
 @contextlib.contextmanager
 def _make_run(base_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`make run`'s server (python -m imagegw.local) pointed at the fake; it and its URL."""
+    """`make run`'s server (python -m imagegw.frontends.local) pointed at the fake; it and its
+    URL."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BUCKET", "JOB_"))},
@@ -103,7 +105,7 @@ def _make_run(base_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     }
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "imagegw.local"],
+            [sys.executable, "-m", "imagegw.frontends.local"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -40,10 +40,10 @@ from bench.common import (
     timelines,
 )
 from fakes.server import ServerThread
-from imagegw.app import create_app
-from imagegw.config import Settings
 from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.schedule import Estimate, Key, Timing, next_delay, poll_delay
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
 
 SEED: Final = 20261130
 QUEUE: Final = (0.0, 5.0)
@@ -269,7 +269,7 @@ def durable() -> tuple[list[list[str]], dict[str, Any]]:
     from fakes.aws import mocked_aws
     from fakes.modelscope import FakeModelScope
     from functional.machine import make_world, simulate_time, transitions
-    from imagegw.jobs import steps
+    from imagegw.runners.stepfunctions import steps
 
     counts: list[int] = []
     waits: list[int] = []

@@ -16,8 +16,8 @@ from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
-from imagegw.app import create_app
-from imagegw.config import Settings
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
 
 TOKEN = "ms-test-token"
 

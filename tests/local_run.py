@@ -1,4 +1,5 @@
-"""`make run`'s server as tests start it: `python -m imagegw.local` in a process of its own, on
+"""`make run`'s server as tests start it: `python -m imagegw.frontends.local` in a process of its
+own, on
 a free port, with its kept state and its owner-commands file in a folder of the test's (never the
 repository's), stopped (with its stand-ins) when the test is done."""
 
@@ -37,7 +38,7 @@ def serve_locally(folder: Path, **env: str) -> Iterator[tuple[str, Path]]:
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "imagegw.local"],
+            [sys.executable, "-m", "imagegw.frontends.local"],
             cwd=REPO_ROOT,
             env=environment,
             stdin=subprocess.DEVNULL,

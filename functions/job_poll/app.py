@@ -1,7 +1,8 @@
 """Step Functions task `Poll` of the image-job state machine: ask the provider about the tasks
 still running.
 
-Thin: the work is `imagegw.jobs.steps.poll` in the shared layer. Raises `TransientJobError`
+Thin: the work is `imagegw.runners.stepfunctions.steps.poll` in the shared layer. Raises
+`TransientJobError`
 when the provider could not answer (the state machine retries it with backoff).
 """
 
@@ -12,9 +13,9 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from imagegw.jobs import steps
-from imagegw.log import logger
-from imagegw.telemetry import metrics, tracer
+from imagegw.infra.log import logger
+from imagegw.infra.telemetry import metrics, tracer
+from imagegw.runners.stepfunctions import steps
 
 
 @logger.inject_lambda_context(correlation_id_path="job.id")

@@ -5,7 +5,8 @@ them (lasting /v1/files links); a gateway key's job settles its quota here. `Rel
 with `release: true`): Submit's retries ran out with nothing started, so a gateway key's job
 gives its quota reservation back. One function for both: Release is rare and small.
 
-Thin: the work is `imagegw.jobs.steps.store` / `release` in the shared layer. It needs no
+Thin: the work is `imagegw.runners.stepfunctions.steps.store` / `release` in the shared layer. It
+needs no
 provider key.
 """
 
@@ -16,9 +17,9 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from imagegw.jobs import steps
-from imagegw.log import logger
-from imagegw.telemetry import metrics, tracer
+from imagegw.infra.log import logger
+from imagegw.infra.telemetry import metrics, tracer
+from imagegw.runners.stepfunctions import steps
 
 
 @logger.inject_lambda_context(correlation_id_path="job.id")

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from aws.emulator import CREDENTIALS, REGION, STACK_NAME, Stack
 from e2e.test_deployed_build import _build_dir
 from fakes.modelscope import FakeModelScope
-from imagegw.jobs.keys import KeySealer
+from imagegw.infra.sealer import KeySealer
 from lambdahost.build import Template
 from lambdahost.invoke import Request, invoke
 from lambdahost.samples import seal

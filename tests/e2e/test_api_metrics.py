@@ -1,4 +1,4 @@
-"""End to end: the API's CloudWatch metrics (EMF lines on stdout, `imagegw.apimetrics`) as the
+"""End to end: the API's CloudWatch metrics (EMF lines on stdout, `imagegw.infra.apimetrics`) as the
 dashboard and alarms in template.yaml read them, for a generation, an error and `make run`."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from fakes.modelscope import FakeModelScope
-from imagegw import apimetrics
-from imagegw.app import create_app
-from imagegw.config import Settings
+from imagegw.frontends.app import create_app
+from imagegw.infra import apimetrics
+from imagegw.infra.config import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 TOKEN = "ms-test-token"

@@ -147,7 +147,7 @@ def test_boto3_is_imported_by_the_first_generation_not_before_readiness(
 ) -> None:
     # Given the build booted as Lambda boots it, past its readiness check
     before_ready = set(profiled_app.imported())
-    assert "imagegw.app" in before_ready  # the profile is there
+    assert "imagegw.frontends.app" in before_ready  # the profile is there
 
     # When the first generation stores its image in the bucket
     _generate(profiled_app.url, "the first one")

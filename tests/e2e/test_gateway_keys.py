@@ -1,7 +1,8 @@
 """Sharing a deployment (README "Sharing a deployment"): gateway keys, server-held provider
 tokens with failover, daily quotas and usage, end to end against `make run`'s own server
-(`python -m imagegw.local`) in each ACCESS_MODE, with moto's DynamoDB and Secrets Manager
-beside its S3 and Step Functions, and the owner commands (`python -m imagegw.admin`) run as the
+(`python -m imagegw.frontends.local`) in each ACCESS_MODE, with moto's DynamoDB and Secrets Manager
+beside its S3 and Step Functions, and the owner commands (`python -m imagegw.frontends.admin`) run
+as the
 owner runs them. The provider is the fake ModelScope on loopback; clients are the OpenAI SDK.
 """
 
@@ -53,7 +54,7 @@ class Local:
             "IMAGEGW_LOCAL_ACCESS_FILE": str(self.access_file or "/nonexistent"),
         }
         done = subprocess.run(
-            [sys.executable, "-m", "imagegw.admin", *args],
+            [sys.executable, "-m", "imagegw.frontends.admin", *args],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

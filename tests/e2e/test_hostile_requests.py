@@ -21,7 +21,7 @@ import pytest
 
 from fakes.modelscope import FakeModelScope
 from fakes.png import make_png
-from imagegw.log import logger
+from imagegw.infra.log import logger
 
 TOKEN = "ms-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}

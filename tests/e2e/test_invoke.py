@@ -27,9 +27,9 @@ from pydantic import SecretStr
 from e2e.test_deployed_build import LAYER, _build_dir, _check_architecture
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
-from imagegw.jobs.keys import KeySealer
-from imagegw.jobs.schema import JobInput
-from imagegw.storage import RESULTS
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import RESULTS
+from imagegw.runners.stepfunctions.schema import JobInput
 from lambdahost.build import Template
 from lambdahost.invoke import Request, invoke, stand_in_target
 from lambdahost.samples import seal

@@ -1,7 +1,8 @@
-"""`make run` keeps stored images and ended jobs across restarts (`imagegw.localstate`), and
+"""`make run` keeps stored images and ended jobs across restarts (`imagegw.infra.localstate`), and
 forgets them when its state folder is emptied (`make reset`).
 
-The server runs as `make run` runs it (`python -m imagegw.local`, its moto stand-ins in their own
+The server runs as `make run` runs it (`python -m imagegw.frontends.local`, its moto stand-ins in
+their own
 process), against the fake ModelScope, with its state folder in a temporary directory."""
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
-from imagegw.app import create_app
-from imagegw.config import Settings
-from imagegw.jobs.keys import KeySealer
-from imagegw.jobs.service import Jobs
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
+from imagegw.infra.sealer import KeySealer
+from imagegw.runners.stepfunctions.service import Jobs
 
 pytestmark = pytest.mark.e2e
 STRANGER = "ms-made-up-by-a-stranger"

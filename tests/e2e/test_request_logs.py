@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from fakes.modelscope import FakeModelScope
-from imagegw.app import create_app
-from imagegw.config import Settings
-from imagegw.log import logger
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
+from imagegw.infra.log import logger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 TOKEN = "ms-test-token"

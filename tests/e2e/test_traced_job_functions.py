@@ -6,7 +6,7 @@ set (Powertools then turns tracing on and the X-Ray SDK uses its Lambda context)
 (`fakes.xray`), with moto's server for S3 and KMS and the fake ModelScope for the provider. A job
 with n=2 makes its two submissions, its polls and its result downloads concurrently
 (`asyncio.gather`), which is what failed with the X-Ray SDK's httpx patch
-(`AlreadyEndedException`: see `imagegw.telemetry`). The deployed version of this is in
+(`AlreadyEndedException`: see `imagegw.infra.telemetry`). The deployed version of this is in
 tests/aws (the emulator level).
 """
 
@@ -25,8 +25,8 @@ from pydantic import SecretStr
 
 from fakes.modelscope import FakeModelScope
 from fakes.xray import XRayDaemon, handler_subsegments, http_subsegments
-from imagegw.jobs.keys import KeySealer
-from imagegw.storage import RESULTS
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import RESULTS
 from lambdahost.invoke import RUNTIME
 from lambdahost.process import RuntimeProcess, invoke_once
 

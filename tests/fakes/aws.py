@@ -56,8 +56,8 @@ def mocked_aws() -> Iterator[MockedAws]:
 
 def new_access_table() -> str:
     """A fresh access table in the mocked account, as the template declares it
-    (`imagegw.local.create_access_table`); its name."""
-    from imagegw.local import create_access_table
+    (`imagegw.frontends.local.create_access_table`); its name."""
+    from imagegw.frontends.local import create_access_table
 
     name = f"access-{uuid.uuid4().hex[:12]}"
     create_access_table(boto3.client("dynamodb", region_name=REGION), name)
@@ -77,10 +77,11 @@ def mocked_dynamodb() -> Iterator[None]:
 
 @contextmanager
 def s3_stand_in_env(bucket: str) -> Iterator[dict[str, str]]:
-    """moto's S3 server on loopback with one bucket (`imagegw.local.start_s3_stand_in`); the env
+    """moto's S3 server on loopback with one bucket (`imagegw.frontends.local.start_s3_stand_in`);
+    the env
     that points at it. Its AWS_* credentials are in os.environ meanwhile, for boto3 in an
     in-process gateway; the previous values come back afterwards."""
-    from imagegw.local import start_s3_stand_in
+    from imagegw.frontends.local import start_s3_stand_in
 
     server, env = start_s3_stand_in(bucket)
     credentials = {k: v for k, v in env.items() if k.startswith("AWS_")}

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fakes.modelscope import RATE_LIMITED, FakeModelScope, _errors, _headers_without_auth
-from imagegw.storage import ImageStore
+from imagegw.infra.storage import ImageStore
 
 PollFault = Literal["503", "garbage", "cut"]
 #: a count that does not run out within a test

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from imagegw.jobs.runner import Execution
+from imagegw.infra.executions import Execution
 
 
 class MemoryRunner:

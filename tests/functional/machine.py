@@ -4,8 +4,9 @@ functional tests (`world` fixture in conftest.py).
 moto's Step Functions interpreter (`execute_state_machine`) runs the ASL file; its Lambda tasks
 are dispatched in-process to the real task handlers (`functions/job_*/app.py`) through the seam
 moto 5.2 calls for a Lambda task (`lambda_eval_utils._invoke_lambda_function`, patched with
-`imagegw.local.LocalLambdas`). S3 and KMS are moto's too; the providers are the fakes on
-loopback. Jobs are started the way the API function starts them (`imagegw.jobs.service`). The
+`imagegw.frontends.local.LocalLambdas`). S3 and KMS are moto's too; the providers are the fakes on
+loopback. Jobs are started the way the API function starts them
+(`imagegw.runners.stepfunctions.service`). The
 state machine's waits (its Retry backoff, its Wait and Backoff states) are recorded, not slept.
 """
 
@@ -27,20 +28,20 @@ from pydantic import SecretStr
 
 from fakes.aws import BUCKET, REGION, MockedAws
 from fakes.modelscope import FakeModelScope
-from imagegw.config import Settings
-from imagegw.fetcher import Fetcher
-from imagegw.jobs import steps
-from imagegw.jobs.keys import KeySealer
-from imagegw.jobs.runner import StepFunctionsRunner
-from imagegw.jobs.service import Jobs, JobView
-from imagegw.local import (
+from imagegw.frontends.local import (
     LocalLambdas,
     function_arns,
     load_task_handlers,
     state_machine_definition,
 )
+from imagegw.infra.config import Settings
+from imagegw.infra.executions import StepFunctionsRunner
+from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import ImageStore
 from imagegw.providers.base import GenerationRequest, ModelKind
-from imagegw.storage import ImageStore
+from imagegw.runners.stepfunctions import steps
+from imagegw.runners.stepfunctions.service import Jobs, JobView
 
 TOKEN = "ms-test-token"
 

@@ -22,9 +22,9 @@ from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
 from functional.machine import TOKEN, World
 from functional.test_events import EVENTS
-from imagegw.app import create_app
-from imagegw.jobs.schema import JobInput
-from imagegw.storage import RESULTS
+from imagegw.frontends.app import create_app
+from imagegw.infra.storage import RESULTS
+from imagegw.runners.stepfunctions.schema import JobInput
 from lambdahost.events import HttpRequest, to_http_request
 
 pytestmark = pytest.mark.functional

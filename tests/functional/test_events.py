@@ -15,8 +15,8 @@ import pytest
 
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
-from imagegw.app import create_app
-from imagegw.config import Settings
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
 from lambdahost.events import HttpRequest, to_http_request
 
 pytestmark = pytest.mark.functional

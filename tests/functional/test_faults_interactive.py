@@ -29,9 +29,9 @@ from fakes.modelscope import FakeModelScope
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
-from imagegw.app import create_app
-from imagegw.config import Settings
-from imagegw.storage import ImageStore
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
+from imagegw.infra.storage import ImageStore
 
 pytestmark = pytest.mark.functional
 TOKEN = "ms-test-token"

@@ -22,8 +22,8 @@ from fakes.openai_images import FakeOpenAIImages
 from fakes.png import png_size
 from functional.machine import World
 from imagegw.errors import StorageError, render
-from imagegw.jobs import steps
-from imagegw.storage import RESULTS
+from imagegw.infra.storage import RESULTS
+from imagegw.runners.stepfunctions import steps
 
 pytestmark = pytest.mark.functional
 

@@ -26,13 +26,13 @@ from fakes.jobs import MemoryRunner
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
-from imagegw.app import create_app
-from imagegw.config import Settings
-from imagegw.jobs.keys import KeySealer
-from imagegw.jobs.schema import JobInput
-from imagegw.jobs.service import Jobs
-from imagegw.local import LocalContext, load_task_handlers
-from imagegw.storage import RESULTS
+from imagegw.frontends.app import create_app
+from imagegw.frontends.local import LocalContext, load_task_handlers
+from imagegw.infra.config import Settings
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import RESULTS
+from imagegw.runners.stepfunctions.schema import JobInput
+from imagegw.runners.stepfunctions.service import Jobs
 from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.functional

@@ -23,12 +23,12 @@ from fakes.modelscope import FakeModelScope
 from functional.machine import World, simulate_time, transitions
 from imagegw.access.gate import Access, Caller
 from imagegw.access.table import AccessTable, KeyRecord, Usage
-from imagegw.config import Settings
 from imagegw.core.estimates import MemoryEstimates
-from imagegw.jobs import steps
-from imagegw.jobs.schema import ImageRef, JobQuota, Progress, TaskProgress
-from imagegw.jobs.service import Hold
+from imagegw.infra.config import Settings
 from imagegw.providers.base import GenerationRequest, ModelKind
+from imagegw.runners.stepfunctions import steps
+from imagegw.runners.stepfunctions.schema import ImageRef, JobQuota, Progress, TaskProgress
+from imagegw.runners.stepfunctions.service import Hold
 
 pytestmark = pytest.mark.functional
 

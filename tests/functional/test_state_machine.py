@@ -3,7 +3,8 @@
 moto's Step Functions interpreter (`execute_state_machine`) runs the ASL file; its Lambda tasks
 are dispatched in-process to the real task handlers (`functions/job_*/app.py`); S3 and KMS are
 moto's too; the provider is the fake ModelScope on loopback (`functional.machine`, the `world`
-fixture). Jobs are started the way the API function starts them (`imagegw.jobs.service`).
+fixture). Jobs are started the way the API function starts them
+(`imagegw.runners.stepfunctions.service`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from fakes.aws import BUCKET, new_access_table
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size, sniff_image
 from functional.machine import TOKEN, World, simulate_time, transitions
-from imagegw.access.estimates import SharedEstimates
+from imagegw.access.shared_estimates import SharedEstimates
 from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.schedule import QUEUE_MODEL
-from imagegw.jobs import steps
-from imagegw.storage import RESULTS
+from imagegw.infra.storage import RESULTS
+from imagegw.runners.stepfunctions import steps
 
 pytestmark = pytest.mark.functional
 

@@ -24,13 +24,13 @@ from fuzz.hostile import UrlFactory
 from fuzz.instruments import Canary, LogCapture, Quiescence, install_tripwire
 from fuzz.standins import FakeKms, FuzzRunner
 from fuzz.world import Tally, World
-from imagegw.app import create_app
-from imagegw.config import Settings
-from imagegw.images import ImageBytes
-from imagegw.jobs.keys import KeySealer
-from imagegw.jobs.service import Jobs
-from imagegw.log import logger as gateway_logger
-from imagegw.storage import ImageStore
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
+from imagegw.infra.log import logger as gateway_logger
+from imagegw.infra.media import ImageBytes
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import ImageStore
+from imagegw.runners.stepfunctions.service import Jobs
 
 
 class CountingStore(ImageStore):

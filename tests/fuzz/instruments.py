@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from fakes.png import make_png
-from imagegw.log import logger as gateway_logger
+from imagegw.infra.log import logger as gateway_logger
 
 #: what the canary's fake metadata endpoint answers (must never reach a client)
 CANARY_SECRET = "CANARY-SECRET-AKIAFUZZ0000"

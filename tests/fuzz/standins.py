@@ -11,8 +11,8 @@ from typing import Any
 
 from fakes.jobs import MemoryRunner
 from imagegw.errors import ProviderError
-from imagegw.jobs.runner import Execution
-from imagegw.jobs.schema import ImageRef, JobOutput
+from imagegw.infra.executions import Execution
+from imagegw.runners.stepfunctions.schema import ImageRef, JobOutput
 
 
 class FakeKms:

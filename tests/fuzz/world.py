@@ -32,7 +32,7 @@ from fuzz.properties import (
 )
 from fuzz.standins import FuzzRunner
 from fuzz.wire import NoAnswer, RawRequest, RawResponse, send
-from imagegw.images import sniff_mime
+from imagegw.infra.media import sniff_mime
 
 
 class FuzzFailure(AssertionError):

@@ -13,13 +13,13 @@ from imagegw.access.gatekeys import key_hash, looks_like_key, masked, new_key, t
 from imagegw.access.lease import set_aside_worthy
 from imagegw.access.secret import Pools, SecretSource
 from imagegw.access.table import AccessTable, settlement
-from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     PermissionDeniedError,
     ProviderError,
     RateLimitError,
 )
+from imagegw.infra.config import Settings
 from imagegw.providers.base import Started
 
 NOON = 1_764_504_000  # 2025-11-30 12:00:00 UTC

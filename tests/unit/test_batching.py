@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from imagegw.config import Settings
 from imagegw.errors import DeadlineExceededError, GatewayError, ProviderError
-from imagegw.generation import Progress, Result, run
+from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Provider
+from imagegw.runners.generation import Progress, Result, run
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,5 @@
-"""The body deadline (`imagegw.app.BodyDeadline`) times reading the body only: a slow body is
+"""The body deadline (`imagegw.frontends.app.BodyDeadline`) times reading the body only: a slow
+body is
 a 408 that closes the connection; a complete body, a bodiless request and a started answer
 are left alone (streamed answers listen on `receive` for the client leaving)."""
 
@@ -10,8 +11,8 @@ import anyio
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from imagegw.app import BodyDeadline
 from imagegw.errors import RequestTimeoutError
+from imagegw.frontends.app import BodyDeadline
 
 pytestmark = pytest.mark.anyio
 DEADLINE = 0.05

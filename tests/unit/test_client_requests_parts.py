@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from imagegw import inline
-from imagegw.config import Settings
 from imagegw.core.plan import ignored_fields, ignored_notice
 from imagegw.errors import InvalidRequestError
-from imagegw.generation import Progress
-from imagegw.paths import normalize
+from imagegw.frontends import prompt_options as inline
+from imagegw.frontends.paths import normalize
+from imagegw.frontends.streaming import progress_text, stage_words
+from imagegw.infra.config import Settings
 from imagegw.providers import PROVIDERS
-from imagegw.sizes import SizeLimits, fit, resolve
-from imagegw.streaming import progress_text, stage_words
+from imagegw.providers.sizes import SizeLimits, fit, resolve
+from imagegw.runners.generation import Progress
 
 NAMES = frozenset(PROVIDERS)
 

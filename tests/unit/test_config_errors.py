@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from imagegw.config import ENV_NAMES, Settings
 from imagegw.errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -22,6 +21,7 @@ from imagegw.errors import (
     for_status,
     render,
 )
+from imagegw.infra.config import ENV_NAMES, Settings
 
 # ----------------------------------------------------------------------------- Settings
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagegw.app import create_app
-from imagegw.config import Settings
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
 from lambdahost.events import to_http_request
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"

@@ -9,8 +9,8 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from imagegw.disconnect import unless_disconnected
 from imagegw.errors import ClientDisconnectedError, InvalidRequestError, render
+from imagegw.frontends.disconnect import unless_disconnected
 
 pytestmark = pytest.mark.anyio
 

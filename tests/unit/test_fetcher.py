@@ -1,4 +1,4 @@
-"""The SSRF guard (`imagegw.fetcher`): which addresses are public, how a URL's host is read in
+"""The SSRF guard (`imagegw.infra.fetcher`): which addresses are public, how a URL's host is read in
 every spelling, and the fetcher over real loopback HTTP against a fake image host: refusals
 before any connection, redirects checked hop by hop (at most 3), the connection going to the
 address that was checked (no DNS rebinding), the size cap while streaming, the timeout, no
@@ -21,8 +21,8 @@ import pytest
 
 from fakes.image_host import FakeImageHost
 from fakes.png import make_png
-from imagegw.config import Settings
-from imagegw.fetcher import (
+from imagegw.infra.config import Settings
+from imagegw.infra.fetcher import (
     MAX_REDIRECTS,
     Fetcher,
     FetchError,

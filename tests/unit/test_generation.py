@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -22,7 +21,7 @@ from imagegw.errors import (
     TransientProviderError,
     render,
 )
-from imagegw.generation import Progress, Result, poll_delay, run
+from imagegw.infra.config import Settings
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -33,6 +32,7 @@ from imagegw.providers.base import (
     Started,
     TaskStatus,
 )
+from imagegw.runners.generation import Progress, Result, poll_delay, run
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import pytest
 
 from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
-from imagegw.images import ImageBytes, check_image, decode_data_uri, decode_refs, sniff_mime
+from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, decode_refs, sniff_mime
 
 PNG = make_png(4, 3)
 LIMIT = 1024 * 1024

@@ -12,10 +12,8 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from fakes.png import GIF_1x1, JPEG_1x1, make_png
-from imagegw.config import Settings
 from imagegw.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
-from imagegw.images import ImageBytes
-from imagegw.images_api import (
+from imagegw.frontends.images_api import (
     ImagesCall,
     default_model,
     edit_call,
@@ -23,10 +21,12 @@ from imagegw.images_api import (
     link_mode,
     provider_options,
 )
+from imagegw.frontends.schemas import images_response
+from imagegw.frontends.web import read_form
+from imagegw.infra.config import Settings
+from imagegw.infra.media import ImageBytes
 from imagegw.providers.base import ModelKind
 from imagegw.providers.modelscope import ModelScope
-from imagegw.schemas import images_response
-from imagegw.web import read_form
 
 PNG = make_png(4, 4)
 LIMIT = 1_000_000

@@ -10,11 +10,18 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from imagegw.config import Settings
-from imagegw.cors import came_through_rest_api
 from imagegw.errors import AuthenticationError, InvalidRequestError, PayloadTooLargeError, render
-from imagegw.inbound import MAX_JSON_DEPTH, MAX_KEY_CHARS, parse_json
-from imagegw.web import api_key, client_budget, header, public_base_url, read_form, read_json
+from imagegw.frontends.cors import came_through_rest_api
+from imagegw.frontends.inbound import MAX_JSON_DEPTH, MAX_KEY_CHARS, parse_json
+from imagegw.frontends.web import (
+    api_key,
+    client_budget,
+    header,
+    public_base_url,
+    read_form,
+    read_json,
+)
+from imagegw.infra.config import Settings
 
 pytestmark = pytest.mark.anyio
 LIMIT = 6 * 1024 * 1024

@@ -10,7 +10,6 @@ import pytest
 from pydantic import SecretStr
 
 from fakes.jobs import MemoryRunner
-from imagegw.config import Settings
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -19,12 +18,16 @@ from imagegw.errors import (
     ProviderError,
     RateLimitError,
 )
-from imagegw.fetcher import Fetcher
-from imagegw.images import ImageBytes
-from imagegw.jobs import steps
-from imagegw.jobs.keys import KeySealer
-from imagegw.jobs.runner import Execution
-from imagegw.jobs.schema import (
+from imagegw.frontends.routes.jobs import prefers_async
+from imagegw.infra.config import Settings
+from imagegw.infra.executions import Execution
+from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.media import ImageBytes
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import ImageStore
+from imagegw.providers.base import GenerationRequest, ModelKind
+from imagegw.runners.stepfunctions import steps
+from imagegw.runners.stepfunctions.schema import (
     JOB_ID,
     ErrorInfo,
     ImageRef,
@@ -36,7 +39,7 @@ from imagegw.jobs.schema import (
     TaskProgress,
     error_body,
 )
-from imagegw.jobs.service import (
+from imagegw.runners.stepfunctions.service import (
     Hold,
     Jobs,
     check_idempotency_key,
@@ -44,9 +47,6 @@ from imagegw.jobs.service import (
     max_polls,
     owner_of,
 )
-from imagegw.providers.base import GenerationRequest, ModelKind
-from imagegw.routes.jobs import prefers_async
-from imagegw.storage import ImageStore
 
 TOKEN = "ms-test-token"
 SETTINGS = Settings(job_state_machine_arn="arn:aws:states:us-east-1:1:stateMachine:jobs")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from imagegw.errors import InvalidRequestError
-from imagegw.messages import parse_messages
+from imagegw.frontends.messages import parse_messages
 
 PNG_URI = "data:image/png;base64,iVBORw0KGgo="
 JPEG_URI = "data:image/jpeg;base64,/9j/4AAQ"

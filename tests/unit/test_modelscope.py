@@ -14,7 +14,6 @@ from pydantic import SecretStr
 
 from fakes.modelscope import AUTH_FAILED, FakeModelScope
 from fakes.png import make_png
-from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -24,6 +23,7 @@ from imagegw.errors import (
     TransientProviderError,
     render,
 )
+from imagegw.infra.config import Settings
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -532,8 +532,8 @@ def test_chat_families_named_stable_are_chat_and_majicflus_has_flux_sizes() -> N
 
 
 def test_range_errors_name_the_alias_the_client_sent() -> None:
-    from imagegw.config import Settings
     from imagegw.errors import InvalidRequestError
+    from imagegw.infra.config import Settings
     from imagegw.providers.base import ModelKind
     from imagegw.providers.modelscope import ModelScope
 

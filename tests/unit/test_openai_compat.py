@@ -15,15 +15,15 @@ from pydantic import SecretStr
 from fakes.image_host import FakeImageHost
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import JPEG_1x1, make_png
-from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     InvalidRequestError,
     NotFoundError,
     ProviderError,
 )
-from imagegw.fetcher import Fetcher
-from imagegw.images import ImageBytes, decode_data_uri
+from imagegw.infra.config import Settings
+from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.media import ImageBytes, decode_data_uri
 from imagegw.providers.base import Finished, GenerationRequest, InputImage, ModelKind
 from imagegw.providers.openai_compat import OpenAICompatible
 

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from imagegw.errors import InvalidRequestError
-from imagegw.options import as_float, as_int, as_text, common_options, image_count, parse_size
+from imagegw.providers.options import (
+    as_float,
+    as_int,
+    as_text,
+    common_options,
+    image_count,
+    parse_size,
+)
 
 # ----------------------------------------------------------------------------- common_options
 

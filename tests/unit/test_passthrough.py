@@ -1,6 +1,6 @@
 """Chat pass-through through the app, against a scripted upstream (httpx.MockTransport): what the
 client gets when the provider's stream breaks, errors before the stream, and headers; and the
-reading of every error-body shape providers use (`imagegw.upstream`)."""
+reading of every error-body shape providers use (`imagegw.providers.upstream`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from imagegw.app import create_app
-from imagegw.config import Settings
 from imagegw.errors import AuthenticationError, NotFoundError, ProviderError, RateLimitError
-from imagegw.upstream import error_for, message_of
+from imagegw.frontends.app import create_app
+from imagegw.infra.config import Settings
+from imagegw.providers.upstream import error_for, message_of
 
 pytestmark = pytest.mark.anyio
 VISION = "Qwen/Qwen3-VL-30B-A3B-Instruct"

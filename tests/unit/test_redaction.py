@@ -14,9 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from imagegw.errors import ProviderError, TransientJobError, render
-from imagegw.log import logger
+from imagegw.infra.log import logger
+from imagegw.providers.upstream import MAX_MESSAGE, error_for
 from imagegw.redaction import MIN_RUN, protect, redact
-from imagegw.upstream import MAX_MESSAGE, error_for
 
 KEY = "ms-Zq8rT2vLx9WmP4sKd7YbN3cHf"  # 29 characters
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from imagegw.config import Settings
 from imagegw.core.estimates import MemoryEstimates, fold
 from imagegw.core.schedule import (
     EARLY,
@@ -19,10 +18,11 @@ from imagegw.core.schedule import (
     poll_delay,
     window,
 )
-from imagegw.generation import Progress, Result, run
+from imagegw.frontends.streaming import progress_text
+from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished as Done
 from imagegw.providers.base import GenerationRequest, ModelKind, Running, Started, TaskStatus
-from imagegw.streaming import progress_text
+from imagegw.runners.generation import Progress, Result, run
 
 pytestmark = pytest.mark.anyio
 

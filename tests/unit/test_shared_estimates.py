@@ -1,4 +1,4 @@
-"""Run-time estimates shared through the access table (`imagegw.access.estimates`), on moto's
+"""Run-time estimates shared through the access table (`imagegw.access.shared_estimates`), on moto's
 DynamoDB: what one Lambda instance learns, another predicts with; a table that fails or hangs
 costs a generation nothing but the sharing."""
 
@@ -15,12 +15,12 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from fakes.aws import REGION, mocked_dynamodb, new_access_table
-from imagegw.access.estimates import CACHE_SECONDS, PAUSE, SharedEstimates, pk_of
+from imagegw.access.shared_estimates import CACHE_SECONDS, PAUSE, SharedEstimates, pk_of
 from imagegw.access.table import ESTIMATE_TTL, AccessTable
-from imagegw.config import Settings
 from imagegw.core.estimates import MemoryEstimates, fold, learn
 from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing
-from imagegw.gateway import Gateway
+from imagegw.infra.config import Settings
+from imagegw.runners.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 MODEL = Key("modelscope", "Qwen/Qwen-Image")

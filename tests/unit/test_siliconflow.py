@@ -13,7 +13,6 @@ from pydantic import SecretStr
 
 from fakes.png import make_png
 from fakes.siliconflow import MODEL_MISSING, OVERLOADED, FakeSiliconFlow
-from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -25,7 +24,8 @@ from imagegw.errors import (
     RateLimitError,
     render,
 )
-from imagegw.images import ImageBytes
+from imagegw.infra.config import Settings
+from imagegw.infra.media import ImageBytes
 from imagegw.providers.base import Finished, GenerationRequest, InputImage, ModelKind
 from imagegw.providers.siliconflow import SiliconFlow
 

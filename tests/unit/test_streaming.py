@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from imagegw.errors import ProviderError
-from imagegw.generation import Event, Progress, Result
-from imagegw.schemas import Completion
-from imagegw.streaming import chat_stream, collect, markdown
+from imagegw.frontends.schemas import Completion
+from imagegw.frontends.streaming import chat_stream, collect, markdown
+from imagegw.runners.generation import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""`imagegw.telemetry.TracedTransport`: provider requests traced safely under concurrency.
+"""`imagegw.infra.telemetry.TracedTransport`: provider requests traced safely under concurrency.
 
 A private X-Ray recorder with the SDK's Lambda context (the one the task functions get in
 Lambda) and an emitter that keeps what would go to the daemon; the transport wraps an httpx
@@ -18,7 +18,7 @@ from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core.lambda_launcher import LambdaContext
 from aws_xray_sdk.core.recorder import AWSXRayRecorder
 
-from imagegw.telemetry import TracedTransport
+from imagegw.infra.telemetry import TracedTransport
 
 TRACE_ROOT = "1-67a1b2c3-0123456789abcdef01234567"
 

@@ -13,7 +13,7 @@ import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from imagegw.errors import TransientJobError
-from imagegw.local import ASL_FILE, TASKS
+from imagegw.frontends.local import ASL_FILE, TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAMING_URI = re.compile(
@@ -188,7 +188,7 @@ def test_no_function_may_fetch_private_addresses(template: dict[str, Any]) -> No
 
 def test_provider_settings_are_one_shared_parameter(template: dict[str, Any]) -> None:
     # the providers declare their own settings; the template lists none of them
-    from imagegw.config import declared
+    from imagegw.infra.config import declared
 
     shared = template["Globals"]["Function"]["Environment"]["Variables"]
     assert shared["PROVIDER_SETTINGS"] == {"Ref": "ProviderSettings"}

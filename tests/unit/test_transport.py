@@ -1,4 +1,4 @@
-"""The provider transport (imagegw.transport): connections reused, bursts that lose nothing,
+"""The provider transport (imagegw.infra.transport): connections reused, bursts that lose nothing,
 connect failures tried once more, requests never sent twice, slots freed on every path."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from fakes.server import ServerThread
-from imagegw.transport import ProviderTransport
+from imagegw.infra.transport import ProviderTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,6 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from imagegw.config import Settings
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -15,6 +14,7 @@ from imagegw.errors import (
     ProviderUnreachableError,
     render,
 )
+from imagegw.infra.config import Settings
 from imagegw.providers import PROVIDERS
 from imagegw.providers.base import GenerationRequest, ModelKind
 

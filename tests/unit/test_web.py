@@ -6,8 +6,8 @@ import json
 
 from starlette.requests import Request
 
-from imagegw.config import Settings
-from imagegw.web import public_base_url
+from imagegw.frontends.web import public_base_url
+from imagegw.infra.config import Settings
 
 
 def request(headers: dict[str, str]) -> Request:
@@ -45,7 +45,7 @@ def test_custom_domain_has_no_stage_and_setting_wins() -> None:
 
 
 def test_client_budget_from_the_sdk_timeout_headers() -> None:
-    from imagegw.web import client_budget
+    from imagegw.frontends.web import client_budget
 
     # Cherry Studio sends x-stainless-timeout: 600; the Python SDK x-stainless-read-timeout
     assert client_budget(request({"x-stainless-timeout": "600"})) == 570.0

@@ -57,7 +57,7 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from imagegw.jobs.keys import KeySealer
+    from imagegw.infra.sealer import KeySealer
     from lambdahost.samples import seal
 
     given = os.environ.get("PROVIDER_KEY", "")

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from imagegw.errors import GatewayError
-from imagegw.jobs.keys import KeySealer
+from imagegw.infra.sealer import KeySealer
 from lambdahost.build import InvokeError
 
 

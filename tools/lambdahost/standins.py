@@ -1,7 +1,8 @@
 """The AWS stand-ins `make invoke` runs functions against: `make run`'s moto server on loopback.
 
 `stand_ins()` is the one way this package gets them: started on first use in this process
-(`imagegw.local.start_s3_stand_in`: moto's server and a bucket), then reused, so a test session
+(`imagegw.frontends.local.start_s3_stand_in`: moto's server and a bucket), then reused, so a test
+session
 starts them once. Besides the bucket they hold
 
 - the job key: a KMS key whose id and key material are fixed (`LOCAL_JOB_KEY_ID`,
@@ -25,7 +26,12 @@ from typing import Any, Final
 
 import httpx
 
-from imagegw.local import LOCAL_ACCOUNT, TASKS, start_s3_stand_in, state_machine_definition
+from imagegw.frontends.local import (
+    LOCAL_ACCOUNT,
+    TASKS,
+    start_s3_stand_in,
+    state_machine_definition,
+)
 
 REGION: Final = "us-east-1"
 BUCKET: Final = "image-gateway-invoke"

@@ -31,7 +31,6 @@ from imagegw.access.gatekeys import key_hash, looks_like_key, token_id
 from imagegw.access.lease import set_aside_worthy
 from imagegw.access.secret import Pools, SecretSource
 from imagegw.access.table import AccessTable, KeyRecord, QuotaFull, next_midnight
-from imagegw.config import Settings
 from imagegw.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -40,7 +39,8 @@ from imagegw.errors import (
     RateLimitError,
     ServiceUnavailableError,
 )
-from imagegw.log import logger
+from imagegw.infra.config import Settings
+from imagegw.infra.log import logger
 from imagegw.redaction import protect
 
 #: set aside "until the owner changes it" (a changed token has a new id): ten years

@@ -3,7 +3,7 @@ provider's token pool, as JSON `{"pepper": "...", "tokens": {"modelscope": ["ms-
 
 The functions read it through Powertools Parameters, cached for SECRET_CACHE_TTL seconds (at most
 5 minutes: a changed or removed token takes effect within that). They may only read it (IAM);
-the owner writes it (`python -m imagegw.admin`). Every token read is registered with
+the owner writes it (`python -m imagegw.frontends.admin`). Every token read is registered with
 `redaction.protect` before use, so no log line or error can carry it.
 """
 
@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from imagegw.access.gatekeys import token_id
 from imagegw.errors import ServiceUnavailableError
-from imagegw.log import logger
+from imagegw.infra.log import logger
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@
   Functions runs a task at least once) settles once.
 - `estimate#<provider>#<model>#<bucket>`: a model's learned run time (`seconds`, `spread`,
   `samples`; the provider's queue time under the model `(queue)`), for predictive polling
-  (`imagegw.access.estimates`). Each write moves its TTL to 90 days on, so the estimates of
+  (`imagegw.access.shared_estimates`). Each write moves its TTL to 90 days on, so the estimates of
   models no longer used vanish; a write is one update conditional on the sample count it read.
 """
 

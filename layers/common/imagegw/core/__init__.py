@@ -9,6 +9,8 @@
   result never lost to a failing link or bucket;
 - `schedule`: when to poll next, predicted from how long the model's tasks take.
 
-The interactive driver (`imagegw.generation`, asyncio in-process) and the Step Functions task
-functions (`imagegw.jobs.steps`) are thin drivers of these; neither re-implements them.
+The interactive driver (`imagegw.runners.generation`, asyncio in-process) and the Step Functions
+task
+functions (`imagegw.runners.stepfunctions.steps`) are thin drivers of these; neither re-implements
+them.
 """

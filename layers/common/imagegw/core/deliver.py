@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from imagegw.config import Settings
 from imagegw.errors import GatewayError, NotFoundError, ProviderError, StorageError
-from imagegw.fetcher import Fetcher, FetchError
-from imagegw.images import ImageBytes, check_image, decode_data_uri, is_data_uri
-from imagegw.log import logger
-from imagegw.storage import ImageStore
+from imagegw.infra.config import Settings
+from imagegw.infra.fetcher import Fetcher, FetchError
+from imagegw.infra.log import logger
+from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, is_data_uri
+from imagegw.infra.storage import ImageStore
 
 INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg"})
 #: how results are linked: the IMAGE_LINKS values, and modes for callers (see above)

@@ -1,7 +1,8 @@
 """Where run times are learned: an `Estimates` store, by `schedule.Key`.
 
 `MemoryEstimates` keeps them in the process (one Lambda instance learns from its own tasks).
-Where the gateway has its access table (ACCESS_TABLE), `imagegw.access.estimates.SharedEstimates`
+Where the gateway has its access table (ACCESS_TABLE),
+`imagegw.access.shared_estimates.SharedEstimates`
 shares them across instances with the same two calls: `get` reads the key's item (cached 60 s
 per instance), `record` folds a sample in with one update conditional on the sample count (a
 lost race reads again and retries once, then drops the sample: these are statistics); a table

@@ -15,9 +15,9 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from imagegw.core.refusals import ImageCountError, Wording, chat_words
-from imagegw.options import ALIASES, COMMON
 from imagegw.providers.base import GenerationRequest, InputImage, ModelKind, Provider
-from imagegw.sizes import SIZE_FIELDS, resolve
+from imagegw.providers.options import ALIASES, COMMON
+from imagegw.providers.sizes import SIZE_FIELDS, resolve
 
 #: OpenAI's standard chat parameters: meaningless to an image model, ignored without a word
 #: (chat clients send them with every request)
@@ -66,7 +66,7 @@ def plan(
 
 def client_sizes(provider: Provider, ask: Ask) -> dict[str, Any]:
     """The fields with every size parameter clients send (`width`/`height`, an aspect ratio,
-    OpenAI's named sizes) turned into the one `size` the model takes (`imagegw.sizes`)."""
+    OpenAI's named sizes) turned into the one `size` the model takes (`imagegw.providers.sizes`)."""
     return resolve(
         ask.fields,
         provider.size_limits(ask.model, ask.kind),

@@ -6,8 +6,8 @@ its model catalogue) and one `register` line below; nothing else lists providers
 
 from __future__ import annotations
 
-from imagegw.config import declare
 from imagegw.errors import NotFoundError
+from imagegw.infra.config import declare
 from imagegw.providers.base import Provider
 
 #: route name -> provider class

@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
-from imagegw.config import ProviderSetting, Settings
 from imagegw.core.refusals import ImageCount, ImageCountError
 from imagegw.errors import InvalidRequestError
-from imagegw.fetcher import Fetcher
-from imagegw.images import ImageBytes
-from imagegw.options import image_count
-from imagegw.sizes import SizeLimits
+from imagegw.infra.config import ProviderSetting, Settings
+from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.media import ImageBytes
+from imagegw.providers.options import image_count
+from imagegw.providers.sizes import SizeLimits
 
 
 class ModelKind(StrEnum):
@@ -190,11 +190,12 @@ class Provider(ABC):
     own_fields: ClassVar[frozenset[str]] = frozenset()
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits | None:
-        """The sizes `model` takes (`imagegw.sizes`), or None when it takes no size."""
+        """The sizes `model` takes (`imagegw.providers.sizes`), or None when it takes no size."""
         return SizeLimits(64, 2048)
 
     def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
-        """The common options (`imagegw.options.COMMON`) `model` does without: accepted (and
+        """The common options (`imagegw.providers.options.COMMON`) `model` does without: accepted
+        (and
         checked where the provider checks them), never sent, so named as ignored."""
         return frozenset()
 

@@ -15,13 +15,12 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from imagegw.config import ProviderSetting
 from imagegw.errors import (
     InvalidRequestError,
     ProviderError,
     TransientProviderError,
 )
-from imagegw.options import as_float, as_int, as_text, common_options, option_names, parse_size
+from imagegw.infra.config import ProviderSetting
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -34,8 +33,16 @@ from imagegw.providers.base import (
     TaskStatus,
     check_image_count,
 )
-from imagegw.sizes import SizeLimits
-from imagegw.upstream import error_for, unreachable
+from imagegw.providers.options import (
+    as_float,
+    as_int,
+    as_text,
+    common_options,
+    option_names,
+    parse_size,
+)
+from imagegw.providers.sizes import SizeLimits
+from imagegw.providers.upstream import error_for, unreachable
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"

@@ -23,11 +23,10 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from imagegw.config import ProviderSetting, Settings
 from imagegw.errors import InvalidRequestError, ProviderError
-from imagegw.fetcher import Fetcher, FetchError
-from imagegw.images import ImageBytes, check_image, sniff_mime
-from imagegw.options import as_float, as_int, as_text, common_options, option_names, parse_size
+from imagegw.infra.config import ProviderSetting, Settings
+from imagegw.infra.fetcher import Fetcher, FetchError
+from imagegw.infra.media import ImageBytes, check_image, sniff_mime
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
@@ -37,8 +36,16 @@ from imagegw.providers.base import (
     Provider,
     check_image_count,
 )
-from imagegw.sizes import SizeLimits
-from imagegw.upstream import error_for, unreachable, work_timeout
+from imagegw.providers.options import (
+    as_float,
+    as_int,
+    as_text,
+    common_options,
+    option_names,
+    parse_size,
+)
+from imagegw.providers.sizes import SizeLimits
+from imagegw.providers.upstream import error_for, unreachable, work_timeout
 
 #: OpenAI's own image models: OpenAI's parameter names only
 OPENAI_MODELS: Final = re.compile(r"^(gpt-image|chatgpt-image|dall-e)", re.IGNORECASE)

@@ -5,7 +5,7 @@ Protocol (see shared/docs/provider-wire.md): `POST /images/generations` answers 
 are made: `{"images":[{"url":...}],"timings":{...},"seed":...}`, with an
 `x-siliconcloud-trace-id` header. Output URLs expire after one hour (IMAGE_LINKS=stored copies
 them). Parameters and input-image counts differ by model (`MODELS`); the service ignores
-parameters a model does not take. Error bodies are inconsistent (`imagegw.upstream`).
+parameters a model does not take. Error bodies are inconsistent (`imagegw.providers.upstream`).
 """
 
 from __future__ import annotations
@@ -17,18 +17,9 @@ from typing import Any, Final
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from imagegw.config import ProviderSetting
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, ProviderError
-from imagegw.log import logger
-from imagegw.options import (
-    as_float,
-    as_int,
-    as_text,
-    common_options,
-    image_count,
-    option_names,
-    parse_size,
-)
+from imagegw.infra.config import ProviderSetting
+from imagegw.infra.log import logger
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
@@ -37,8 +28,17 @@ from imagegw.providers.base import (
     Provider,
     check_image_count,
 )
-from imagegw.sizes import SizeLimits
-from imagegw.upstream import error_for, unreachable, work_timeout
+from imagegw.providers.options import (
+    as_float,
+    as_int,
+    as_text,
+    common_options,
+    image_count,
+    option_names,
+    parse_size,
+)
+from imagegw.providers.sizes import SizeLimits
+from imagegw.providers.upstream import error_for, unreachable, work_timeout
 
 TRACE_HEADER: Final = "x-siliconcloud-trace-id"
 #: the input-image fields, in order (`image2`/`image3` only on Qwen-Image-Edit-2509)

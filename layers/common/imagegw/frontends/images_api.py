@@ -1,0 +1,272 @@
+"""The OpenAI Images API: request fields -> one image job -> `{"created", "data"}`.
+
+`POST /v1/images/generations` takes JSON; `POST /v1/images/edits` takes multipart/form-data
+with the pictures as `image` (one file, or repeated), `image[]` (as the OpenAI SDKs send a
+list) or `image[0]`, `image[1]`, ...; a text field in their place may hold an http(s) URL or a
+data URI. Everything else works as in chat: the provider's options under the gateway's common
+names or the provider's own (`n`, `size`, `seed`, `steps`, ...), numbers also as strings.
+OpenAI-only fields (`quality`, `style`, `background`, ...) reach the provider too, which ignores
+what it cannot honour. The answer is not streamed: it comes when the images are done, with
+only `url` items or only `b64_json` items, as `response_format` asks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from pydantic import SecretStr
+
+from imagegw.core.deliver import LinkMode
+from imagegw.core.plan import Ask, plan
+from imagegw.core.refusals import images_api_words
+from imagegw.errors import GatewayError, InvalidRequestError
+from imagegw.frontends.schemas import ResponseFormat, images_response
+from imagegw.frontends.streaming import collect
+from imagegw.infra.log import logger
+from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, is_data_uri, is_http_url
+from imagegw.providers.base import GenerationRequest, ModelKind, Provider
+from imagegw.runners import pipeline
+from imagegw.runners.gateway import Gateway
+
+RESPONSE_FORMATS: Final[tuple[ResponseFormat, ...]] = ("url", "b64_json")
+#: fields this front end reads itself; every other field goes to the provider as an option
+OWN_FIELDS: Final = frozenset({"prompt", "model", "response_format", "stream", "image", "mask"})
+MAX_MODEL_CHARS: Final = 256
+_IMAGE_FIELD: Final = re.compile(r"^image(?:\[\d*\])?$")
+_NESTED_FIELD: Final = re.compile(r"^([A-Za-z_]\w*)\[([^\[\]]+)\]$")
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+
+Input = str | ImageBytes
+
+
+@dataclass(frozen=True)
+class ImagesCall:
+    """One Images API request, read and checked as far as no provider is needed."""
+
+    prompt: str
+    #: None: the provider's first listed model of the kind the endpoint makes
+    model: str | None
+    response_format: ResponseFormat
+    #: everything else, for `provider.prepare` (`n` included)
+    fields: dict[str, Any]
+    edit: bool = False
+    #: checked images, or http(s) URLs the provider fetches itself
+    images: tuple[Input, ...] = ()
+    #: the mask as sent (a file's bytes or a text field); checked only if the provider has masks
+    mask: str | bytes | None = None
+
+
+def generation_call(body: Mapping[str, Any]) -> ImagesCall:
+    """A `POST /v1/images/generations` JSON body."""
+    return _call(body, edit=False)
+
+
+def edit_call(items: Sequence[tuple[str, str | bytes]], *, max_image_bytes: int) -> ImagesCall:
+    """A `POST /v1/images/edits` multipart body, as (name, value) pairs in order: text fields
+    as strings, files as bytes. Empty text fields count as absent; `name[key]` fields are
+    gathered into an object `name` (how SDKs send objects); `loras` may be JSON text."""
+    fields: dict[str, Any] = {}
+    pictures: list[str | bytes] = []
+    masks: list[str | bytes] = []
+    for name, value in items:
+        if isinstance(value, str) and not value.strip():
+            continue
+        if _IMAGE_FIELD.match(name):
+            pictures.append(value)
+        elif name == "mask":
+            masks.append(value)
+        elif isinstance(value, bytes):
+            raise InvalidRequestError(f"'{name}' must be a text field, not a file.", param=name)
+        elif nested := _NESTED_FIELD.match(name):
+            outer = fields.setdefault(nested.group(1), {})
+            if not isinstance(outer, dict):
+                raise InvalidRequestError(
+                    f"'{nested.group(1)}' is sent both as a value and as an object.",
+                    param=nested.group(1),
+                )
+            outer[nested.group(2)] = value
+        else:
+            fields[name] = value
+    loras = fields.get("loras")
+    if isinstance(loras, str) and loras.lstrip().startswith("{"):
+        try:
+            fields["loras"] = json.loads(loras)
+        except ValueError:
+            raise InvalidRequestError("'loras' is not valid JSON.", param="loras") from None
+    if not pictures:
+        raise InvalidRequestError(
+            "'image' is required: send the picture to edit as a file named 'image' "
+            "(several as 'image[]' or a repeated 'image').",
+            param="image",
+            code="image_required",
+        )
+    if len(masks) > 1:
+        raise InvalidRequestError("Send at most one 'mask'.", param="mask")
+    many = len(pictures) > 1
+    images = tuple(
+        read_image(picture, max_bytes=max_image_bytes, what=f"image {i}" if many else "image")
+        for i, picture in enumerate(pictures, 1)
+    )
+    return _call(fields, edit=True, images=images, mask=masks[0] if masks else None)
+
+
+def read_image(value: str | bytes, *, max_bytes: int, what: str, param: str = "image") -> Input:
+    """A file's bytes checked as an image; a text value as a data URI (decoded and checked)
+    or an http(s) URL (kept: the provider fetches it)."""
+    ref = value.strip() if isinstance(value, str) else ""
+    if ref and not is_data_uri(ref):
+        if is_http_url(ref):
+            return ref
+        raise InvalidRequestError(
+            f"The {what} must be a file, an http(s) URL or a data URI.",
+            param=param,
+            code="invalid_image",
+        )
+    try:
+        if isinstance(value, bytes):
+            return check_image(value, max_bytes=max_bytes, what=what)
+        return decode_data_uri(ref, max_bytes=max_bytes, what=what)
+    except GatewayError as exc:
+        exc.param = exc.param or param
+        raise
+
+
+def _call(
+    fields: Mapping[str, Any],
+    *,
+    edit: bool,
+    images: tuple[Input, ...] = (),
+    mask: str | bytes | None = None,
+) -> ImagesCall:
+    prompt = fields.get("prompt")
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        what = "the change to make" if edit else "the picture to make"
+        raise InvalidRequestError(f"'prompt' is required: it describes {what}.", param="prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequestError("'prompt' must be a string.", param="prompt")
+    model = fields.get("model")
+    if model is not None and not (isinstance(model, str) and len(model) <= MAX_MODEL_CHARS):
+        raise InvalidRequestError(
+            f"'model' must be a model id of at most {MAX_MODEL_CHARS} characters.", param="model"
+        )
+    response_format = fields.get("response_format")
+    if response_format is None:
+        response_format = "url"
+    if response_format not in RESPONSE_FORMATS:
+        raise InvalidRequestError(
+            f"'response_format' must be 'url' or 'b64_json'; got {response_format!r}.",
+            param="response_format",
+            code="invalid_response_format",
+        )
+    stream = fields.get("stream")
+    if stream is True or (isinstance(stream, str) and stream.strip().lower() in _TRUE):
+        raise InvalidRequestError(
+            "'stream' is not supported here: the answer comes when the images are done. "
+            "Leave it out or set it to false.",
+            param="stream",
+        )
+    options = {name: value for name, value in fields.items() if name not in OWN_FIELDS}
+    size = options.get("size")
+    if isinstance(size, str) and size.strip().lower() == "auto":
+        del options["size"]  # OpenAI's "let the model choose" is the provider's default
+    return ImagesCall(
+        prompt=prompt.strip(),
+        model=(model or "").strip() or None,
+        response_format=response_format,
+        fields=options,
+        edit=edit,
+        images=images,
+        mask=mask,
+    )
+
+
+def default_model(provider: Provider, kind: ModelKind) -> str:
+    """The provider's first listed model of `kind` (OpenAI lets clients leave `model` out)."""
+    for info in provider.catalog:
+        if info.kind is kind:
+            return info.id
+    raise InvalidRequestError(
+        f"'model' is required: {provider.title} has no default {kind} model.", param="model"
+    )
+
+
+def link_mode(call: ImagesCall, configured: LinkMode) -> LinkMode:
+    """How the results are delivered: bytes for `b64_json`; for `url`, links as IMAGE_LINKS
+    says, except that inline data URIs are no URLs, so those are stored links."""
+    if call.response_format == "b64_json":
+        return "data"
+    return "stored" if configured == "inline" else configured
+
+
+def ask_of(call: ImagesCall, model: str, kind: ModelKind) -> Ask:
+    """What an Images API call asks, for the planner."""
+    return Ask(model, kind, call.prompt, call.fields, len(call.images), prompt_param="prompt")
+
+
+def provider_options(
+    provider: Provider, model: str, kind: ModelKind, call: ImagesCall
+) -> dict[str, Any]:
+    """The call's options checked by the provider, refusals told in this API's terms."""
+    job = plan(provider, ask_of(call, model, kind), SecretStr(""), images_api_words(call.edit))
+    return dict(job.options)
+
+
+def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> GenerationRequest:
+    """The checked, provider-agnostic job of an Images API call (its mask not yet staged);
+    the synchronous answer and durable jobs both start from it."""
+    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
+    model = call.model or default_model(provider, wanted)
+    kind = provider.classify(model)
+    if kind is ModelKind.CHAT:  # an id that tells nothing: the endpoint says what is wanted
+        kind = wanted
+    return plan(provider, ask_of(call, model, kind), api_key, images_api_words(call.edit))
+
+
+async def run(
+    gateway: Gateway,
+    provider: Provider,
+    call: ImagesCall,
+    api_key: SecretStr,
+    base_url: str,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Run the job and answer in the Images API's shape (within `budget` seconds when the
+    client said how long it waits). Raises GatewayError."""
+    settings = gateway.settings
+    if call.mask is not None and not provider.supports_masks:
+        raise InvalidRequestError(
+            f"{provider.title} edits take no mask: leave 'mask' out and say in the prompt "
+            "what to change.",
+            param="mask",
+            code="mask_not_supported",
+        )
+    job = build_job(provider, call, api_key)
+    if call.mask is not None:
+        checked = read_image(
+            call.mask, max_bytes=settings.max_image_bytes, what="mask", param="mask"
+        )
+        (mask,) = await gateway.store.stage([checked])
+        job = replace(job, mask=mask)
+    n = job.n
+    logger.info(
+        "images generation",
+        extra={
+            "provider": provider.name,
+            "model": job.model,
+            "kind": str(job.kind),
+            "images": len(call.images),
+            "n": n,
+            "response_format": call.response_format,
+        },
+    )
+    mode = link_mode(call, settings.image_links)
+    events = pipeline.events(gateway, provider, job, call.images, base_url, mode, budget=budget)
+    result = await collect(events)
+    if result.failures:
+        logger.warning("some images failed", extra={"failures": list(result.failures), "n": n})
+    # n images as n items, whatever the provider's batching; fewer only when some task failed
+    return images_response(result.images[:n], call.response_format)

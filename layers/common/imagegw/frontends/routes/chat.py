@@ -1,0 +1,148 @@
+"""POST /v1/chat/completions: chat messages -> image job -> markdown images (SSE or JSON).
+
+A chat (non-image) model's request is passed through to the provider's own chat API instead.
+
+With `Prefer: respond-async` (and durable jobs enabled) an image model's request runs as a
+durable job instead (README "Async jobs"): the same plan, the input images (a gateway link
+from an earlier answer included) staged before the execution starts, a `202` at once, and
+`GET /v1/jobs/{id}` answering the `chat.completion` once done. The job wins over `stream: true`.
+A chat model is refused for async: its streamed answer is already the right tool.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
+from imagegw.errors import InvalidRequestError
+from imagegw.frontends import passthrough
+from imagegw.frontends import prompt_options as inline
+from imagegw.frontends.disconnect import unless_disconnected
+from imagegw.frontends.messages import parse_messages
+from imagegw.frontends.routes.jobs import start_job, wants_job
+from imagegw.frontends.schemas import ChatRequest, Completion
+from imagegw.frontends.streaming import chat_stream, collect, markdown
+from imagegw.frontends.web import (
+    authorize,
+    client_budget,
+    gateway_of,
+    header,
+    public_base_url,
+    read_json,
+    validation_error,
+)
+from imagegw.infra.log import logger
+from imagegw.infra.media import decode_refs
+from imagegw.providers.base import ModelKind
+from imagegw.runners import pipeline
+from imagegw.runners.meter import metered
+from imagegw.runners.stepfunctions.service import check_idempotency_key
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def chat_completions(request: Request) -> Response:
+    gateway = gateway_of(request)
+    settings = gateway.settings
+    provider = gateway.provider(request.path_params.get("provider"))
+    caller, key = await authorize(request, provider.name)  # before the body is read
+    body = await read_json(request, settings.max_body_bytes)
+    try:
+        chat = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    caller.check_model(chat.model)
+    kind = provider.classify(chat.model)
+    as_job = wants_job(request)
+    if as_job and kind is ModelKind.CHAT:
+        raise InvalidRequestError(
+            f"'{chat.model}' is a chat model: async jobs make images. Send this request "
+            "without 'Prefer: respond-async' (with 'stream': true to read the answer as it "
+            "comes), or name an image model.",
+            param="model",
+            code="async_not_supported",
+        )
+    if kind is ModelKind.CHAT:
+        # a client that leaves before the provider answers stops the wait (a stream, once
+        # started, is watched by StreamingResponse itself)
+        relayed = passthrough.chat(gateway, provider, body, key, caller)
+        return await unless_disconnected(request, relayed)
+    idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
+    parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
+    # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
+    written = inline.parse(parsed.prompt)
+    fields = inline.merge(chat.fields, written.fields)
+    ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
+    job = plan(provider, ask, key)
+    ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
+    inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
+    n = job.n
+    base_url = public_base_url(request, settings)  # a bad Host refused before the reservation
+    logger.info(
+        "chat generation",
+        extra={
+            "provider": provider.name,
+            "model": chat.model,
+            "kind": str(kind),
+            "images": len(inputs),
+            "from_history": parsed.from_history,
+            "n": n,
+            "stream": chat.stream,
+            "job": as_job,
+        },
+    )
+    if as_job:  # a durable job (routes/jobs.py, which reserves the quota); it wins over `stream`
+        accepted = await start_job(
+            request,
+            job,
+            caller=caller,
+            inputs=inputs,
+            api="chat",
+            idempotency_key=idempotency_key,
+            base_url=base_url,
+        )
+        if ignored:
+            accepted.headers[IGNORED_HEADER] = ignored
+        return accepted
+    reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
+    events = metered(
+        pipeline.events(
+            gateway,
+            provider,
+            job,
+            inputs,
+            base_url,
+            # a streamed answer stays alive with keep-alives; a JSON one must beat the client's
+            # timer
+            budget=None if chat.stream else client_budget(request),
+        ),
+        reservation,
+    )
+    completion = Completion(chat.model)
+    if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
+        result = await unless_disconnected(request, collect(events))
+        headers = {IGNORED_HEADER: ignored} if ignored else None
+        return JSONResponse(completion.message(markdown(result)), headers=headers)
+    intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
+    if parsed.from_history:
+        intro += " · editing the previous image"
+    if ignored:
+        intro += f"\nignored: {ignored}"
+    return StreamingResponse(
+        chat_stream(
+            events,
+            completion,
+            include_usage=chat.include_usage,
+            keepalive_interval=settings.keepalive_interval,
+            intro=intro + "\n",
+        ),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
+def routes(prefix: str) -> list[Route]:
+    return [Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"])]

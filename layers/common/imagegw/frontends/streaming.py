@@ -1,0 +1,175 @@
+"""Events -> what the client reads: SSE chunks for chat streams, one body otherwise.
+
+Progress is sent as `delta.reasoning_content` (Cherry Studio shows it as a thinking block),
+`: keep-alive` comments go out on a fixed schedule, and a failure after the stream has begun is
+sent as `data: {"error": {...}}` then `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from imagegw.errors import GatewayError, render
+from imagegw.frontends.schemas import Completion
+from imagegw.infra import apimetrics
+from imagegw.infra.log import logger
+from imagegw.runners.generation import Event, Progress, Result
+
+DONE = "data: [DONE]\n\n"
+KEEPALIVE = ": keep-alive\n\n"
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def markdown(result: Result) -> str:
+    """One markdown image per line, then a line per failed task (when some succeeded)."""
+    return markdown_of(result.images, result.failures)
+
+
+def markdown_of(images: Sequence[str], failures: Sequence[str] = ()) -> str:
+    """`markdown` of links and reasons (a durable chat job's answer is built from its output)."""
+    lines = [f"![image {i}]({url})" for i, url in enumerate(images, 1)]
+    lines += [f"> {reason}" for reason in failures]
+    return "\n".join(lines)
+
+
+#: provider task states (ModelScope's, and the gateway's own) -> what a person reads
+_QUEUED = frozenset({"PENDING", "QUEUED", "QUEUING", "SUBMITTED", "WAITING"})
+_RUNNING = frozenset({"RUNNING", "PROCESSING", "IN_PROGRESS", "STARTED"})
+_SUCCEEDED = frozenset({"SUCCEED", "SUCCEEDED", "SUCCESS", "DONE"})
+_FAILED = frozenset({"FAILED", "FAILURE", "ERROR", "CANCELED", "CANCELLED"})
+
+
+def stage_words(event: Progress) -> str:
+    """The stage of a run in words ("queued at ModelScope", "generating", "saving the
+    image"), never a provider's raw state name; a state not known reads "working"."""
+    state = event.state.upper()
+    images = "images" if event.total > 1 else "image"
+    at = f" at {event.where}" if event.where else ""
+    if state == "UPLOADING":
+        return f"sending the input {images}"
+    if state in _QUEUED:
+        return f"queued{at}"
+    if state in _RUNNING:
+        return "generating"
+    if state in _SUCCEEDED:
+        return f"saving the {images}"
+    if state in _FAILED:
+        return "failed"
+    return f"working{at}"
+
+
+def progress_text(event: Progress) -> str:
+    """One line of the thinking block: the stage in words, the seconds since the request
+    began, and the estimate of the whole run where one exists."""
+    stage = stage_words(event)
+    if event.expected is not None and event.expected > event.elapsed:
+        text = f"{stage} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
+    else:
+        text = f"{stage} · {event.elapsed:.1f} s"
+    if event.total > 1:
+        text += f" · {event.done}/{event.total} done"
+    return text + "\n"
+
+
+async def collect(events: AsyncIterator[Event]) -> Result:
+    """The result of a run (for non-streamed answers). The events are closed once read, so
+    their clean-up runs now, not whenever they are garbage-collected."""
+    try:
+        async for event in events:
+            if isinstance(event, Result):
+                return event
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()
+    raise GatewayError("The generation ended without a result.", code="internal_error")
+
+
+_END = object()
+
+
+async def _next(iterator: AsyncIterator[Event]) -> Event | object:
+    try:
+        return await anext(iterator)
+    except StopAsyncIteration:
+        return _END
+
+
+async def with_keepalive(
+    events: AsyncIterator[Event],
+    interval: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[Event | None]:
+    """The events, with a `None` whenever `interval` seconds pass since the last `None`."""
+    iterator = aiter(events)
+    pending: asyncio.Task[Event | object] | None = None
+    last = clock()
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.create_task(_next(iterator))
+            wait = max(0.0, last + interval - clock())
+            done, _ = await asyncio.wait({pending}, timeout=wait)
+            if not done:
+                last = clock()
+                yield None
+                continue
+            finished, pending = pending, None
+            event = finished.result()
+            if event is _END:
+                return
+            assert isinstance(event, Progress | Result)
+            yield event
+            if clock() - last >= interval:
+                last = clock()
+                yield None
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        closer = getattr(iterator, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def chat_stream(
+    events: AsyncIterator[Event],
+    completion: Completion,
+    *,
+    include_usage: bool,
+    keepalive_interval: float,
+    intro: str = "",
+) -> AsyncIterator[str]:
+    """The SSE body of a streamed chat completion."""
+    yield sse(completion.chunk({"role": "assistant", "content": ""}))
+    if intro:
+        yield sse(completion.chunk({"reasoning_content": intro}))
+    try:
+        async for event in with_keepalive(events, keepalive_interval):
+            if event is None:
+                yield KEEPALIVE
+            elif isinstance(event, Progress):
+                yield sse(completion.chunk({"reasoning_content": progress_text(event)}))
+            else:
+                yield sse(completion.chunk({"content": markdown(event)}))
+    except Exception as exc:
+        if not isinstance(exc, GatewayError):
+            logger.exception("generation failed unexpectedly")
+        apimetrics.failure(exc)
+        _, body, _ = render(exc)
+        yield sse(body)
+        yield DONE
+        return
+    yield sse(completion.chunk({}, finish_reason="stop"))
+    if include_usage:
+        yield sse(completion.usage_chunk())
+    yield DONE

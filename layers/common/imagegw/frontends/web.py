@@ -1,0 +1,265 @@
+"""Helpers shared by the routes: the one request reader (the client's key, headers, JSON and
+multipart bodies, each checked by `imagegw.frontends.inbound`) and error responses.
+
+Routes read a request only through these functions, key first (`api_key` looks at headers
+only, so a request with a malformed key is refused before its body is read).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from imagegw.access import lease
+from imagegw.access.gate import Caller
+from imagegw.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+    render,
+)
+from imagegw.frontends.inbound import (
+    check_header,
+    check_key,
+    check_text,
+    parse_json,
+    parse_json_text,
+)
+from imagegw.infra import apimetrics
+from imagegw.infra.config import Settings
+from imagegw.redaction import protect
+from imagegw.runners.gateway import Gateway
+
+_BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+#: an API Gateway stage name ("$default", of HTTP APIs, is never a path prefix)
+_STAGE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: a Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port
+_HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    apimetrics.failure(exc)
+    status, body, headers = render(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def header(request: Request, name: str) -> str | None:
+    """A request header the routes read, None when absent; a 400 unless printable ASCII."""
+    value = request.headers.get(name)
+    return None if value is None else check_header(value, name)
+
+
+def api_key(request: Request) -> SecretStr:
+    """The client's bearer token, passed on to the provider as its key: printable ASCII of a
+    bounded length (`inbound.check_key`), else a 401 that never repeats it. Reads headers only:
+    call it before reading the body."""
+    value = request.headers.get("authorization")
+    if not value:
+        raise AuthenticationError(
+            "Missing Authorization header: send your provider key as 'Bearer <key>'.",
+            code="missing_api_key",
+        )
+    match = _BEARER.match(value)
+    if match is None:
+        raise AuthenticationError(
+            "Malformed Authorization header: expected 'Bearer <key>'.", code="invalid_api_key"
+        )
+    token = check_key(match.group(1))
+    protect(token)  # redacted from every error and log line of this request from now on
+    return SecretStr(token)
+
+
+async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]:
+    """The caller (`imagegw.access.gate`, by ACCESS_MODE) and the token the provider gets: the
+    client's own, or for a gateway key the next server-held token of the provider's pool (its
+    lease made current, so a refused submission fails over). Reads headers only: call it
+    before reading the body (a refused key then writes, starts and calls nothing)."""
+    access = gateway_of(request).access
+    bearer = api_key(request)
+    caller = await access.caller(bearer.get_secret_value(), provider)
+    if not caller.keyed:
+        lease.use(None)
+        return caller, bearer
+    leased = await access.lease(provider)
+    lease.use(leased)
+    return caller, leased.token
+
+
+def check_length(request: Request, limit: int) -> None:
+    """Refuse a body whose declared length is over `limit` bytes before reading it."""
+    declared = request.headers.get("content-length", "").strip()
+    if not (declared.isascii() and declared.isdigit()):
+        return  # absent or not a number: the server refuses those; the stream is counted anyway
+    if len(declared) > 18 or int(declared) > limit:  # 18 digits: no int() of thousands
+        raise PayloadTooLargeError(
+            f"The request body is {declared[:20]} bytes; the limit is {limit} bytes.",
+            code="request_too_large",
+        )
+
+
+async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body's chunks, refusing bodies over `limit` bytes as they arrive."""
+    check_length(request, limit)
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"The request body is over the limit of {limit} bytes.", code="request_too_large"
+            )
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refusing bodies over `limit` bytes."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over `limit` bytes and anything
+    that could not be sent on as UTF-8 JSON (`inbound.parse_json`)."""
+    body = parse_json(await read_body(request, limit))
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    """Starlette's parser, but a text field that is not valid in the body's charset is an
+    error instead of being read as latin-1 (which would forward mojibake)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                part.data.decode(self._charset)
+            except (UnicodeDecodeError, LookupError):
+                field = part.field_name[:64].encode("utf-8", "replace").decode()
+                raise MultiPartException(
+                    f"the field '{field}' is not valid {self._charset} text"
+                ) from None
+        super().on_part_end()
+
+
+async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes]]:
+    """A multipart/form-data body as (name, value) pairs in order: text fields as strings,
+    files as their bytes. Bodies over `limit` bytes are refused while they arrive."""
+    content_type = (header(request, "Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise InvalidRequestError(
+            "The request body must be multipart/form-data "
+            f"(got {content_type[:100] or 'no content type'}).",
+            code="invalid_content_type",
+        )
+    parser = _StrictMultiPartParser(
+        request.headers, limited_stream(request, limit), max_part_size=limit
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequestError(
+            f"The multipart body cannot be read: {exc.message}", code="invalid_multipart"
+        ) from None
+    try:
+        items = [
+            (name, value if isinstance(value, str) else await value.read())
+            for name, value in form.multi_items()
+        ]
+    finally:
+        await form.close()
+    for name, value in items:  # an odd charset (utf-7) can still decode to surrogates
+        check_text(name, None)
+        if isinstance(value, str):
+            check_text(value, name)
+    return items
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    """The gateway's public URL as the client sees it, for lasting links.
+
+    PUBLIC_BASE_URL wins; else the Host and X-Forwarded-Proto headers (a Function URL and API
+    Gateway set both), plus the stage of an API Gateway REST request (`/Prod`), which the Web
+    Adapter passes in its `x-amzn-request-context` header.
+
+    Both headers are checked (a 400 otherwise), so a link is never built from a forged value
+    that is not a host or a scheme.
+    """
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    proto = header(request, "X-Forwarded-Proto")
+    scheme = (proto or request.url.scheme).split(",")[0].strip().lower()
+    if scheme not in ("http", "https"):
+        raise InvalidRequestError(
+            "The 'X-Forwarded-Proto' header must be http or https.",
+            param="X-Forwarded-Proto",
+            code="invalid_header",
+        )
+    host = header(request, "Host")
+    if host is None:  # HTTP/1.0: where the server listens
+        host = request.url.netloc
+    elif not _HOST.fullmatch(host):
+        raise InvalidRequestError(
+            "The 'Host' header is not a host name.", param="Host", code="invalid_header"
+        )
+    prefix = ""
+    parsed = request_context(request)
+    stage = parsed.get("stage")
+    domain = str(parsed.get("domainName", ""))
+    if isinstance(stage, str) and _STAGE.fullmatch(stage) and _is_rest_api(domain, host):
+        prefix = f"/{stage}"
+    return f"{scheme}://{host}{prefix}"
+
+
+def _is_rest_api(domain: str, host: str) -> bool:
+    """Whether the request came to an API Gateway's own domain (custom domains have no stage
+    in their paths)."""
+    return ".execute-api." in domain and domain == host
+
+
+def request_context(request: Request) -> dict[str, Any]:
+    """The API Gateway request context the Lambda Web Adapter forwards as the
+    `x-amzn-request-context` header; {} when absent or unreadable (it only refines links)."""
+    raw = request.headers.get("x-amzn-request-context")
+    if not raw:
+        return {}
+    try:
+        parsed = parse_json_text(raw, what="x-amzn-request-context")
+    except InvalidRequestError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def client_budget(request: Request) -> float | None:
+    """Seconds a non-streamed answer may take before the client gives up, from the OpenAI SDKs'
+    `x-stainless-read-timeout` (Python) or `x-stainless-timeout` (Cherry Studio sends 600)
+    header, less a margin; None if not said.
+
+    The SDKs retry a timed-out request, which would pay for the generation again: answering a
+    clear 504 (with x-should-retry: false) just before the client's own timer runs out avoids it.
+    """
+    raw = header(request, "X-Stainless-Read-Timeout") or header(request, "X-Stainless-Timeout")
+    try:
+        seconds = float(raw) if raw else 0.0
+    except ValueError:
+        return None
+    if not 0 < seconds < 86400:
+        return None
+    return max(1.0, seconds - max(2.0, 0.05 * seconds))
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    """A pydantic error as a 400 naming the first bad field."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return InvalidRequestError(f"Invalid '{param}': {first['msg']}.", param=param)

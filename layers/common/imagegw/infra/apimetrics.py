@@ -1,0 +1,111 @@
+"""The API function's metrics: what each request did, written as one CloudWatch EMF line (and
+one line per error code) on stdout when the request is over.
+
+Why not Powertools' `log_metrics` as the task functions use it (`imagegw.infra.telemetry`): the API
+function is an ASGI app under the Lambda Web Adapter, with no handler to wrap, and one process
+may serve requests concurrently (`make run`). So each request gathers its figures in a
+`Recorder` of its own (a context variable the request's tasks inherit), and `RequestLog` writes
+them after the answer's last byte: a stream is never held up by a flush, and no request flushes
+another's half-counted figures. Code outside a request (the job tasks) records nothing.
+
+Metrics (namespace POWERTOOLS_METRICS_NAMESPACE, dimension service): Requests; Errors (answers
+with status >= 500); Failures with dimension ErrorCode (every error answer or streamed error,
+by its `code`); Generations, ImagesGenerated, GenerationSeconds (a generation that made images);
+DetectionLag (seconds between the last poll that saw a task running and the one that saw it end:
+how late, at most, the gateway noticed); ColdStart (the first request of a process).
+POWERTOOLS_METRICS_DISABLED=true (`make run`, the tests) turns them all off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+
+from aws_lambda_powertools.metrics import Metrics, MetricUnit, single_metric
+
+from imagegw.errors import GatewayError
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "image-gateway")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImageGateway")
+
+
+@dataclass
+class Recorder:
+    """The figures of one request."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    codes: Counter[str] = field(default_factory=Counter)
+
+
+_current: ContextVar[Recorder | None] = ContextVar("imagegw_api_metrics", default=None)
+_cold = True
+
+
+def disabled() -> bool:
+    return os.environ.get("POWERTOOLS_METRICS_DISABLED", "").strip().lower() in ("true", "1")
+
+
+def count(name: str, value: int = 1) -> None:
+    recorder = _current.get()
+    if recorder is not None:
+        recorder.counts[name] += value
+
+
+def seconds(name: str, value: float) -> None:
+    recorder = _current.get()
+    if recorder is not None:
+        recorder.seconds.setdefault(name, []).append(round(max(0.0, value), 3))
+
+
+def failure(exc: BaseException) -> None:
+    """An error a client is told about, counted by its code (`internal_error` when unknown)."""
+    recorder = _current.get()
+    if recorder is not None:
+        code = exc.code if isinstance(exc, GatewayError) and exc.code else "internal_error"
+        recorder.codes[str(code)] += 1
+
+
+def begin() -> Token[Recorder | None]:
+    """Start gathering a request's figures (in the request's task, before the app runs)."""
+    return _current.set(Recorder())
+
+
+def finish(token: Token[Recorder | None], status: int) -> Recorder | None:
+    """End the request: write its figures (unless disabled); the recorder, for the tests."""
+    global _cold
+    recorder = _current.get()
+    _current.reset(token)
+    if recorder is None:
+        return None
+    recorder.counts["Requests"] += 1
+    if status >= 500 or status == 0:  # 0: the app failed before answering
+        recorder.counts["Errors"] += 1
+    if _cold:
+        recorder.counts["ColdStart"] += 1
+        _cold = False
+    if not disabled():
+        write(recorder)
+    return recorder
+
+
+def write(recorder: Recorder) -> None:
+    """The figures as EMF lines on stdout (CloudWatch Logs turns them into metrics)."""
+    metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+    for name, value in recorder.counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for name, values in recorder.seconds.items():
+        for figure in values:
+            metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=figure)
+    metrics.flush_metrics()
+    for code, times in recorder.codes.items():
+        with single_metric(
+            name="Failures",
+            unit=MetricUnit.Count,
+            value=times,
+            namespace=NAMESPACE,
+            default_dimensions={"service": SERVICE},
+        ) as metric:
+            metric.add_dimension(name="ErrorCode", value=code)

@@ -1,0 +1,356 @@
+"""The one guarded way the gateway downloads a URL it did not choose (the SSRF guard).
+
+Image URLs a client sends (edits through an OpenAI-compatible server) and result images a
+provider links to are fetched by a `Fetcher`, never by the provider client:
+
+- http(s) only; redirects are followed here, at most `MAX_REDIRECTS`, each hop checked again;
+- every address a host resolves to must be public (`is_public`: no loopback, private, link-local
+  or metadata, CGNAT, multicast, reserved, ULA, nor such an address spelled another way). The
+  check sits in the network backend under httpx: a host is resolved once per connection and the
+  connection goes to the address that was checked, so a second DNS answer (rebinding) is never
+  used. The Host header, TLS SNI and certificate checks still use the URL's host name;
+- the body is read as a stream and abandoned once past its size limit; one total timeout; no
+  proxies from the environment, no cookies, no compressed bodies;
+- every refusal and failure is one `FetchError`. Its reason is logged here (host and path, never
+  the query: it may hold a signature) and is not for clients: callers answer one text for all,
+  so a client learns nothing about what the gateway can reach or whether a port is open.
+
+Provider base URLs are the owner's: a `Fetcher` given `trusted` origins (the result fetcher gets
+the MODELSCOPE/SILICONFLOW/OPENAI_BASE_URL hosts) connects to those host:port pairs without the
+address check, so a self-hosted server on a private network can link to its results. Client URLs
+get no trusted origins. ALLOW_PRIVATE_URLS lifts the address check (tests against fakes on
+loopback only).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Final
+
+import anyio
+import httpcore
+import httpx
+
+from imagegw.infra.config import Settings, declared
+from imagegw.infra.log import logger
+
+IPAddress = IPv4Address | IPv6Address
+#: host name, port -> the addresses it resolves to
+Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+#: whether the gateway may connect to an address
+AddressPolicy = Callable[[IPAddress], bool]
+
+MAX_REDIRECTS: Final = 3
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+SCHEMES: Final = frozenset({"http", "https"})
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_CGNAT: Final = IPv4Network("100.64.0.0/10")
+_NAT64: Final = IPv6Network("64:ff9b::/96")
+_ULA: Final = IPv6Network("fc00::/7")
+_LOW32: Final = 0xFFFF_FFFF
+#: an IPv4 address as inet_aton reads it: 1 to 4 parts, each decimal, octal (0...) or hex (0x...)
+_INET_ATON: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.I)
+
+
+class FetchError(Exception):
+    """A URL that was not fetched, for any reason. `reason` is for the log, not for clients."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------- addresses
+
+
+def _public_v4(address: IPv4Address) -> bool:
+    return (
+        address.is_global
+        and not address.is_private
+        and not address.is_loopback
+        and not address.is_link_local
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_unspecified
+        and address not in _CGNAT
+    )
+
+
+def _public_v6(address: IPv6Address) -> bool:
+    return (
+        address.is_global
+        and not address.is_private
+        and not address.is_loopback
+        and not address.is_link_local
+        and not address.is_site_local
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_unspecified
+        and address not in _ULA
+    )
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether the gateway may connect to `address` for a URL it did not choose: a unicast
+    address reachable from the internet. IPv6 addresses that carry an IPv4 one (mapped, NAT64
+    64:ff9b::/96, compatible, 6to4, Teredo) are judged by the IPv4 address too; explicit checks
+    back `is_global`, whose answers differ between Python versions."""
+    if isinstance(address, IPv4Address):
+        return _public_v4(address)
+    address = IPv6Address(int(address))  # without a zone id
+    if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d
+        return _public_v4(address.ipv4_mapped)
+    if address in _NAT64:  # the NAT64 gateway connects to the embedded address
+        return _public_v4(IPv4Address(int(address) & _LOW32))
+    embedded: list[IPv4Address] = []
+    if int(address) >> 32 == 0:  # IPv4-compatible ::a.b.c.d (and ::, ::1)
+        embedded.append(IPv4Address(int(address)))
+    if address.sixtofour is not None:
+        embedded.append(address.sixtofour)
+    if address.teredo is not None:
+        embedded.extend(address.teredo)
+    return all(_public_v4(v4) for v4 in embedded) and _public_v6(address)
+
+
+def any_address(address: IPAddress) -> bool:
+    """The policy of ALLOW_PRIVATE_URLS (tests against fakes on loopback only)."""
+    return True
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address a URL's host spells, in any spelling a resolver accepts (`127.0.0.1`,
+    `2130706433`, `0x7f000001`, `0177.1`, `127.1`, a trailing dot, percent-escapes, an IPv6
+    zone id); None for a host name."""
+    name = urllib.parse.unquote(host).strip("[]")
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    dotted = name.removesuffix(".")
+    if _INET_ATON.fullmatch(dotted):
+        try:
+            return IPv4Address(socket.inet_aton(dotted))
+        except OSError:
+            return None
+    return None
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """The addresses of `host`, as the system resolver answers (an IP literal is itself)."""
+    literal = ip_literal(host)
+    if literal is not None:
+        return [literal]
+    answers = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(sockaddr[0]) for *_, sockaddr in answers))
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the address check: resolve once, check every address,
+    connect to a checked one (by its address, so nothing resolves the name again)."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        policy: AddressPolicy,
+        trusted: frozenset[tuple[str, int]] = frozenset(),
+        network: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self._resolve = resolver
+        self._policy = policy
+        self._trusted = trusted
+        self._network = network or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if (host.lower(), port) in self._trusted:  # the owner's provider: as configured
+            return await self._network.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
+        try:
+            addresses = await self._resolve(host, port)
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise FetchError(f"{host} did not resolve ({type(exc).__name__})") from None
+        refused = [address for address in addresses if not self._policy(address)]
+        if refused or not addresses:
+            shown = refused[0] if refused else "no address"
+            raise FetchError(f"{host} resolves to {shown}: not a public address")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._network.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise FetchError("unix sockets are never fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._network.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (its streams and error mapping) over a connection pool whose every
+    connection goes through `GuardedBackend`. No proxy: the pool connects directly."""
+
+    def __init__(self, backend: GuardedBackend) -> None:
+        # not super().__init__(): it would build (and load certificates for) a pool to discard
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
+
+
+def origins(urls: Iterable[str]) -> frozenset[tuple[str, int]]:
+    """The (host, port) pairs of `urls` (unparsable ones are left out)."""
+    found = set()
+    for url in urls:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            continue
+        if parsed.scheme in SCHEMES and parsed.raw_host:
+            port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+            found.add((parsed.raw_host.decode("ascii").lower(), port))
+    return frozenset(found)
+
+
+def provider_origins(settings: Settings) -> frozenset[tuple[str, int]]:
+    """Where the owner's configured providers live (trusted for their result images)."""
+    return origins(
+        settings.provider_setting(env) for env, setting in declared().items() if setting.base_url
+    )
+
+
+# ----------------------------------------------------------------------------- fetching
+
+
+def where(url: str | httpx.URL) -> str:
+    """A URL as it may be logged: scheme, host, port and path (no credentials, no query)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "(an unparsable URL)"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
+
+
+def _target(url: str | httpx.URL) -> httpx.URL:
+    parsed = httpx.URL(url)
+    if parsed.scheme not in SCHEMES or not parsed.host:
+        raise FetchError(f"{where(parsed)}: only http(s) URLs are fetched")
+    return parsed
+
+
+async def _read(answer: httpx.Response, limit: int) -> bytes:
+    """The body of `answer`, read no further than `limit` bytes."""
+    declared = answer.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise FetchError(f"declares {declared} bytes, over the limit of {limit}")
+    encoding = answer.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # a small body could expand without bound
+        raise FetchError(f"a compressed answer ({encoding})")
+    body = bytearray()
+    async for chunk in answer.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise FetchError(f"more than the limit of {limit} bytes")
+    return bytes(body)
+
+
+class Fetcher:
+    """Downloads URLs the gateway did not choose, guarded as the module says. Builds its own
+    httpx client on first use (never the provider client); `aclose()` closes it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        trusted: frozenset[tuple[str, int]] = frozenset(),
+        resolver: Resolver | None = None,
+        policy: AddressPolicy | None = None,
+        network: httpcore.AsyncNetworkBackend | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if policy is None:
+            policy = any_address if settings.allow_private_urls else is_public
+        self.timeout = timeout or settings.provider_timeout
+        self._backend = GuardedBackend(resolver or system_resolver, policy, trusted, network)
+        self._client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def for_results(cls, settings: Settings) -> Fetcher:
+        """The fetcher of result images: the configured providers' own hosts are trusted."""
+        return cls(settings, trusted=provider_origins(settings))
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=_GuardedTransport(self._backend),
+                trust_env=False,
+                follow_redirects=False,
+                cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # keeps none
+                timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+                headers={"accept-encoding": "identity"},
+            )
+        return self._client
+
+    async def fetch(self, url: str, *, limit: int) -> bytes:
+        """The body of `url` (at most `limit` bytes), after at most `MAX_REDIRECTS` redirects.
+        Raises `FetchError` for every refusal and failure, after logging its reason."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return await self._follow(url, limit)
+        except FetchError as exc:
+            reason = exc.reason
+        except TimeoutError:
+            reason = f"no whole answer within {self.timeout:g} s"
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            reason = type(exc).__name__
+        logger.warning("url not fetched", extra={"url": where(url), "reason": reason})
+        raise FetchError(reason) from None
+
+    async def _follow(self, url: str, limit: int) -> bytes:
+        target = _target(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self.client.stream("GET", target) as answer:
+                location = answer.headers.get("location")
+                if answer.status_code in REDIRECT_STATUSES and location:
+                    target = _target(target.join(location))
+                    continue
+                if answer.status_code != 200:
+                    raise FetchError(f"{where(target)} answered HTTP {answer.status_code}")
+                return await _read(answer, limit)
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

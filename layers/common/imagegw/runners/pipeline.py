@@ -1,0 +1,88 @@
+"""One image job from checked inputs to events: stage input images, run the poll loop, and
+turn the results into the links clients get (IMAGE_LINKS).
+
+When its reader stops before the result (the client left: a stream's connection closed, or
+`disconnect.unless_disconnected` cancelled a JSON answer), everything stops with it: the
+uploads, the provider calls in flight, the pollers and the copy of the result; one log line
+says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import replace
+
+from imagegw.core.deliver import LinkMode, deliver
+from imagegw.infra.log import logger
+from imagegw.infra.media import ImageBytes
+from imagegw.providers.base import GenerationRequest, Provider
+from imagegw.runners import generation
+from imagegw.runners.gateway import Gateway
+from imagegw.runners.generation import Event, Progress, Result
+
+
+async def events(
+    gateway: Gateway,
+    provider: Provider,
+    request: GenerationRequest,
+    inputs: Sequence[str | ImageBytes],
+    base_url: str,
+    link_mode: LinkMode | None = None,
+    budget: float | None = None,
+) -> AsyncGenerator[Event, None]:
+    """Upload input images (reported as UPLOADING), yield the generation's progress, then the
+    result with its images delivered as links (`link_mode`, default IMAGE_LINKS).
+
+    `budget` (seconds) shortens GENERATION_TIMEOUT for this request (see `web.client_budget`)."""
+    began = time.monotonic()
+    settings = gateway.settings
+    if budget is not None and budget < settings.generation_timeout:
+        settings = settings.model_copy(update={"generation_timeout": budget})
+    stage = "uploading"
+    task_ids: tuple[str, ...] = ()
+    try:
+        staged = request
+        if any(isinstance(item, ImageBytes) for item in inputs):
+            yield Progress("UPLOADING", 0.0, 0, request.n, where=provider.title)
+        if inputs:
+            staged = replace(request, images=await gateway.store.stage(inputs))
+        stage = "generating"
+        async with aclosing(
+            generation.run(provider, staged, settings, estimates=gateway.estimates)
+        ) as running:
+            async for event in running:
+                if isinstance(event, Result):
+                    stage, task_ids = "delivering", event.task_ids
+                    delivered = await deliver(
+                        event.images,
+                        settings=gateway.settings,
+                        store=gateway.store,
+                        fetcher=gateway.result_fetcher,
+                        base_url=base_url,
+                        mode=link_mode,
+                    )
+                    event = replace(event, images=delivered)
+                    stage = "delivered"
+                else:  # elapsed counts from the request, uploads included
+                    task_ids = event.task_ids or task_ids
+                    elapsed = time.monotonic() - began
+                    shift = elapsed - event.elapsed
+                    expected = None if event.expected is None else event.expected + shift
+                    event = replace(event, elapsed=elapsed, expected=expected)
+                yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        if stage != "delivered":
+            logger.info(
+                "client left; generation stopped",
+                extra={
+                    "provider": provider.name,
+                    "model": request.model,
+                    "elapsed": round(time.monotonic() - began, 3),
+                    "task_ids": list(task_ids),
+                    "stage": stage,
+                },
+            )
+        raise

@@ -1,0 +1,478 @@
+"""`Jobs`: submit and look up durable image jobs, for the API function.
+
+- A job id is `job-` and 32 hex digits: random, or, with an `Idempotency-Key`, derived from that
+  key and the caller's identity (a hash of the bearer token, never the token), so a retried
+  submission finds its job instead of starting (and paying for) another. The same key with a
+  different request is a 409.
+- Input images are in the bucket before the execution starts; the execution input carries keys
+  and URLs only, and the provider key sealed with KMS (`imagegw.infra.sealer`).
+- Status comes from the execution itself (`JobRunner`); a job is readable only with the bearer
+  token that submitted it (anyone else gets the same 404 as for an unknown id).
+- A job records the front end that submitted it (`JobSpec.api`): the Images API's jobs are
+  `image.job` objects, chat's `chat.completion.job`. While one runs, its status carries the
+  provider's progress as the execution's last task left it (when the runner can tell it).
+- A finished Images API job answers the `data` the synchronous call gives: lasting links to the
+  copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket (a 503
+  `storage_unavailable`, retryable, while the bucket cannot be read). A finished chat job is
+  the `chat.completion` the synchronous chat call gives (markdown images linking the copies).
+  An image the bucket did not take is given as the provider's link, or as the image itself (a
+  data URI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import anyio.to_thread
+
+from imagegw.core.deliver import deliver
+from imagegw.errors import (
+    ConfigurationError,
+    ConflictError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from imagegw.frontends.schemas import Completion, images_response
+from imagegw.frontends.streaming import markdown_of
+from imagegw.infra.config import Settings
+from imagegw.infra.executions import Execution, JobRunner, StepFunctionsRunner
+from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.log import logger
+from imagegw.infra.media import ImageBytes
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import RESULTS, ImageStore
+from imagegw.providers.base import GenerationRequest
+from imagegw.runners.stepfunctions.schema import (
+    JOB_ID,
+    STATE_LIMIT,
+    Front,
+    InputRef,
+    JobInput,
+    JobOutput,
+    JobQuota,
+    JobSpec,
+    JobStatus,
+    Progress,
+    ResponseFormat,
+    error_body,
+    parse_input,
+)
+
+#: the job object's `object`, by the front end that submitted it
+OBJECTS: Final[dict[Front, str]] = {"images": "image.job", "chat": "chat.completion.job"}
+MAX_IDEMPOTENCY_KEY: Final = 255
+_OWNER_DOMAIN: Final = b"imagegw-job-owner\0"
+_JOB_DOMAIN: Final = "imagegw-job-id\0"
+
+
+def owner_of(token: str) -> str:
+    """Who a job belongs to: a hash of the caller's bearer token (the token is never kept)."""
+    return hashlib.sha256(_OWNER_DOMAIN + token.encode()).hexdigest()
+
+
+def job_id_for(owner: str, idempotency_key: str | None) -> str:
+    """A job id: derived from the caller and their Idempotency-Key, else random."""
+    if idempotency_key is None:
+        return f"job-{secrets.token_hex(16)}"
+    digest = hashlib.sha256(f"{_JOB_DOMAIN}{owner}\0{idempotency_key}".encode()).hexdigest()
+    return f"job-{digest[:32]}"
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header's value, checked; None when absent."""
+    if value is None:
+        return None
+    key = value.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidRequestError(
+            f"'Idempotency-Key' must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def fingerprint(
+    request: GenerationRequest,
+    inputs: Sequence[str | ImageBytes],
+    response_format: ResponseFormat,
+    api: Front = "images",
+) -> str:
+    """A hash of what was asked (not of who asked, nor of the key), the front end included:
+    the same Idempotency-Key sent to the Images API and to chat is two requests (a 409)."""
+    asked = {
+        "api": api,
+        "provider": request.provider,
+        "model": request.model,
+        "kind": str(request.kind),
+        "prompt": request.prompt,
+        "options": dict(request.options),
+        "n": request.n,
+        "response_format": response_format,
+        "images": [
+            item if isinstance(item, str) else hashlib.sha256(item.data).hexdigest()
+            for item in inputs
+        ],
+    }
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def max_polls(settings: Settings) -> int:
+    """How many poll intervals JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one): the
+    job's deadline (waits after failed polls count the intervals they last)."""
+    return max(1, math.ceil(settings.job_timeout / max(1, settings.job_poll_interval)))
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Images reserved on a gateway key's quota for a job about to start: what the job carries
+    to settle it (`quota`), and how to give them back when the job does not start."""
+
+    quota: JobQuota
+    release: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the API shows it."""
+
+    id: str
+    status: JobStatus
+    created: int
+    model: str
+    response_format: ResponseFormat = "url"
+    n: int = 1
+    output: JobOutput | None = None
+    #: the OpenAI-shaped error body when failed
+    error: dict[str, Any] | None = None
+    #: the front end that submitted it: the shape of its answer
+    api: Front = "images"
+    #: while it runs, the provider's progress as its last poll saw it (`progress_of`)
+    progress: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": OBJECTS[self.api],
+            "status": self.status,
+            "created": self.created,
+        }
+
+
+def progress_of(progress: Progress) -> dict[str, Any]:
+    """A running job's progress as the status endpoint shows it: the provider's state of the
+    tasks still running (the most common one), how many of the provider calls ended, and the
+    provider's task ids (as the streamed chat answer reports them)."""
+    running = [task.state for task in progress.tasks if not task.ended]
+    state = max(set(running), key=running.count) if running else progress.status.upper()
+    return {
+        "state": state,
+        "done": sum(task.ended for task in progress.tasks),
+        "total": len(progress.tasks),
+        "task_ids": [task.task_id for task in progress.tasks if task.task_id],
+    }
+
+
+class Jobs:
+    """Durable jobs over a `JobRunner` (Step Functions unless one is given)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ImageStore,
+        *,
+        runner: JobRunner | None = None,
+        sealer: KeySealer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._runner = runner
+        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
+
+    @property
+    def enabled(self) -> bool:
+        return self._runner is not None or bool(self.settings.job_state_machine_arn)
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            if not self.settings.job_state_machine_arn:
+                raise NotFoundError(
+                    "Durable jobs are not enabled on this gateway (no JOB_STATE_MACHINE_ARN).",
+                    code="jobs_disabled",
+                )
+            self._runner = StepFunctionsRunner(
+                self.settings.job_state_machine_arn, self.settings.aws_region
+            )
+        return self._runner
+
+    async def _call(self, what: str, function: Any, *args: Any) -> Any:
+        """A runner call in a worker thread; AWS failures become a 5xx that names no secret."""
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            logger.warning("job runner call failed", extra={"call": what, "error": repr(exc)})
+            raise GatewayError(
+                f"The job service failed ({what}: {code or type(exc).__name__}).",
+                code="jobs_unavailable",
+                retryable=False,
+            ) from None
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        inputs: Sequence[str | ImageBytes] = (),
+        response_format: ResponseFormat = "url",
+        idempotency_key: str | None = None,
+        api: Front = "images",
+        owner: str | None = None,
+        key_ref: str | None = None,
+        reserve: Callable[[], Awaitable[Hold | None]] | None = None,
+    ) -> JobView:
+        """Start a job for `request` (its images given as `inputs`), answering front end `api`,
+        or find the one this caller started with the same Idempotency-Key.
+
+        `owner`: who may read it (`owner_of` the caller's bearer token; default: of the
+        request's key, the client's own token). `key_ref`: a reference to a server-held token
+        (`pool:<provider>:<token id>`, a gateway key's job) carried in place of the sealed key:
+        the job steps read the token from the access secret.
+
+        `reserve`: counts the job on a gateway key's quota (raising its 429 when over), called
+        only when a new execution is to start: a replayed submission counts nothing. It is
+        called before anything is staged in the bucket, and what it reserved is given back
+        when the execution does not start (a failure, or another submission won the race)."""
+        runner = self.runner
+        owner = owner or owner_of(request.api_key.get_secret_value())
+        asked = fingerprint(request, inputs, response_format, api)
+        job_id = job_id_for(owner, idempotency_key)
+        logger.thread_safe_append_keys(job_id=job_id)  # on the request's lines from here on
+        if idempotency_key is not None:
+            existing = await self._call("describe", runner.describe, job_id)
+            if existing is not None:
+                return await self._replay(existing, asked)
+        hold = await reserve() if reserve is not None else None
+        try:
+            started = await self._start(
+                job_id, owner, asked, request, inputs, response_format, api, key_ref, hold
+            )
+        except BaseException:
+            if hold is not None:
+                await hold.release()
+            raise
+        if started is None:  # another submission with this Idempotency-Key started it
+            if hold is not None:
+                await hold.release()
+            existing = await self._call("describe", runner.describe, job_id)
+            if existing is None:
+                raise GatewayError(
+                    "The job could not be started; try again.", code="jobs_unavailable"
+                )
+            return await self._replay(existing, asked)
+        return started
+
+    async def _start(
+        self,
+        job_id: str,
+        owner: str,
+        asked: str,
+        request: GenerationRequest,
+        inputs: Sequence[str | ImageBytes],
+        response_format: ResponseFormat,
+        api: Front,
+        key_ref: str | None,
+        hold: Hold | None,
+    ) -> JobView | None:
+        """Stage the inputs and start the execution; None when one of that name exists."""
+        spec = JobSpec(
+            id=job_id,
+            owner=owner,
+            fingerprint=asked,
+            created=int(time.time()),
+            provider=request.provider,
+            model=request.model,
+            kind=request.kind,
+            prompt=request.prompt,
+            options=dict(request.options),
+            n=request.n,
+            images=await self._stage(inputs),
+            response_format=response_format,
+            api=api,
+            quota=hold.quota if hold is not None else None,
+        )
+        if key_ref is not None:
+            sealed = key_ref
+        else:
+            sealed = await anyio.to_thread.run_sync(self.sealer.seal, request.api_key, job_id)
+        payload = JobInput(
+            job=spec,
+            key=sealed,
+            wait_seconds=self.settings.job_poll_interval,
+            max_polls=max_polls(self.settings),
+        ).model_dump_json()
+        if len(payload.encode()) > STATE_LIMIT:
+            raise InvalidRequestError(
+                "The job is too large to run asynchronously (Step Functions takes 256 KiB).",
+                code="job_too_large",
+            )
+        if not await self._call("start", self.runner.start, job_id, payload):
+            return None
+        logger.info(
+            "job started",
+            extra={
+                "job_id": job_id,
+                "api": api,
+                "provider": spec.provider,
+                "model": spec.model,
+                "n": spec.n,
+                "images": len(spec.images),
+            },
+        )
+        return JobView(
+            id=job_id,
+            status="queued",
+            created=spec.created,
+            model=spec.model,
+            response_format=response_format,
+            n=spec.n,
+            api=api,
+        )
+
+    async def _stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputRef, ...]:
+        """Input images into the bucket before the execution starts: uploads as keys, this
+        gateway's own lasting links as their stored object, other URLs as they are."""
+
+        async def one(item: str | ImageBytes) -> InputRef:
+            if isinstance(item, ImageBytes):
+                return InputRef(key=await self.store.upload(item))
+            own = await self.store.own_result(item)
+            if own is not None:
+                return InputRef(key=RESULTS + own[0])
+            return InputRef(url=item)
+
+        return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+
+    async def _replay(self, existing: Execution, asked: str) -> JobView:
+        """The job a retried submission (same caller, same Idempotency-Key) already started."""
+        data = parse_input(existing.input)
+        if data is None or data.job.fingerprint != asked:
+            raise ConflictError(
+                "This Idempotency-Key was used for a different request. "
+                "Use a new key for a new job.",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        return await self._view(existing, data)
+
+    async def status(self, job_id: str, token: str) -> JobView:
+        """The job `job_id` if the caller (by bearer token) submitted it; else a 404."""
+        missing = NotFoundError(f"No job '{job_id[:80]}'.", param="id", code="job_not_found")
+        runner = self.runner
+        if not JOB_ID.match(job_id):
+            raise missing
+        logger.thread_safe_append_keys(job_id=job_id)  # on the request's lines from here on
+        existing = await self._call("describe", runner.describe, job_id)
+        data = parse_input(existing.input) if existing is not None else None
+        if existing is None or data is None or data.job.owner != owner_of(token):
+            raise missing
+        return await self._view(existing, data)
+
+    async def _view(self, execution: Execution, data: JobInput) -> JobView:
+        spec = data.job
+        view = JobView(
+            id=spec.id,
+            status="in_progress",
+            created=spec.created,
+            model=spec.model,
+            response_format=spec.response_format,
+            n=spec.n,
+            api=spec.api,
+        )
+        status = execution.status
+        if status in ("RUNNING", "PENDING_REDRIVE"):
+            # a task that left its progress has the provider's answer: Submit is over
+            progress = await self._progress(spec.id)
+            if progress is not None:
+                return replace(view, progress=progress)
+            submitted = await self._call("history", self.runner.submitted, spec.id)
+            return view if submitted else replace(view, status="queued")
+        if status == "SUCCEEDED":
+            try:
+                output = JobOutput.model_validate_json(execution.output or "")
+            except ValueError:
+                raise ConfigurationError(
+                    "The job's output cannot be read.", code="job_output_unreadable"
+                ) from None
+            return replace(view, status="succeeded", output=output)
+        if status == "TIMED_OUT":
+            error = error_body("States.Timeout", None)
+        elif status == "ABORTED":
+            error = GatewayError("The job was stopped.", code="job_aborted").body()
+        else:
+            error = error_body(execution.error, execution.cause)
+        return replace(view, status="failed", error=error)
+
+    async def _progress(self, job_id: str) -> dict[str, Any] | None:
+        """The running job's progress, when the runner can tell it (Step Functions can); a
+        history that cannot be read leaves it out (the status stands without it)."""
+        read = getattr(self.runner, "progress", None)
+        if read is None:
+            return None
+        try:
+            text = await self._call("history", read, job_id)
+            return None if text is None else progress_of(Progress.model_validate_json(text))
+        except (GatewayError, ValueError):
+            return None
+
+    async def render(self, view: JobView, *, base_url: str, fetcher: Fetcher) -> dict[str, Any]:
+        """The job resource: its summary, with `data` when it succeeded (as the synchronous
+        Images API answers) or `error` when it failed; a chat job that succeeded is the
+        `chat.completion` the synchronous chat call answers (`_completion`)."""
+        if view.api == "chat" and view.output is not None:
+            return await self._completion(view, view.output, base_url=base_url, fetcher=fetcher)
+        body = {**view.summary(), "model": view.model}
+        if view.progress is not None:
+            body["progress"] = view.progress
+        if view.output is not None:
+            images = await deliver(
+                [ref.ref for ref in view.output.images[: view.n]],
+                settings=self.settings,
+                store=self.store,
+                fetcher=fetcher,
+                base_url=base_url,
+                mode="data" if view.response_format == "b64_json" else "as_is",
+            )
+            body["data"] = images_response(images, view.response_format, view.created)["data"]
+        if view.error is not None:
+            body["error"] = view.error.get("error", view.error)
+        return body
+
+    async def _completion(
+        self, view: JobView, output: JobOutput, *, base_url: str, fetcher: Fetcher
+    ) -> dict[str, Any]:
+        """A chat job's answer: the synchronous call's `chat.completion` (markdown images
+        linking the copies the job stored, a line per failed task, `finish_reason: "stop"`),
+        under the job's id and time, with `status` as on every job."""
+        links = await deliver(
+            [ref.ref for ref in output.images[: view.n]],
+            settings=self.settings,
+            store=self.store,
+            fetcher=fetcher,
+            base_url=base_url,
+            mode="as_is",
+        )
+        completion = Completion(view.model, completion_id=view.id, created=view.created)
+        return {**completion.message(markdown_of(links, output.failures)), "status": view.status}
