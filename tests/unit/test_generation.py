@@ -1,4 +1,4 @@
-"""The poll loop `generation.run`, driven by a scripted in-memory provider (no HTTP)."""
+"""The in-process runner `inprocess.generate`, driven by a scripted in-memory provider (no HTTP)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from imagegw.providers.base import (
     Started,
     TaskStatus,
 )
-from imagegw.runners.generation import Progress, Result, poll_delay, run
+from imagegw.runners.inprocess import Progress, Result, generate, poll_delay
 
 pytestmark = pytest.mark.anyio
 
@@ -106,7 +106,7 @@ def job(n: int = 1) -> GenerationRequest:
 
 
 async def events_of(provider: Provider, request: GenerationRequest, settings: Settings) -> list:
-    return [event async for event in run(provider, request, settings)]
+    return [event async for event in generate(provider, request, settings)]
 
 
 # ----------------------------------------------------------------------------- one task
@@ -235,7 +235,7 @@ async def test_rate_limited_start_is_that_error() -> None:
 
 async def test_closing_the_events_early_stops_polling() -> None:
     provider = Scripted(FAST, [[Running("RUNNING")]])
-    events = run(provider, job(), FAST)
+    events = generate(provider, job(), FAST)
 
     first = await anext(events)
     await asyncio.sleep(0.05)
