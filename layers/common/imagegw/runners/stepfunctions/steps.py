@@ -13,9 +13,12 @@ nothing started: every call refused for rate, the provider unreachable before an
 the bucket failing while input images are read. The error carries the gateway's error body, so
 a job whose retries ran out fails with it (`schema.error_body`).
 
-A paid task is never given up on early: a poll that gets no usable answer (a 5xx, an unreadable
-answer, no connection) is recorded in the task's progress and polled again after a growing wait
-(`Progress.backoff`), until the job's deadline; the job then fails naming the last error.
+What every answer means and what comes next is the lifecycle's (`imagegw.core.lifecycle`): the
+steps keep its task book in the state (`JobProgress`) and do the I/O. A paid task is never given
+up on early: a poll that gets no usable answer (a 5xx, an unreadable answer, no connection) is
+recorded in the task's progress and polled again after a growing wait (`PollPolicy.durable`,
+`JobProgress.backoff`), until the job's deadline; the job then fails naming the last error.
+Dependencies come from one `Gateway` per instance (`run_step`), time from `CLOCK`.
 
 A paid result is never lost to the bucket: a result that cannot be copied keeps the provider's
 link (Store). Images a provider answered inline (data URIs) are copied into the bucket at once,
