@@ -22,13 +22,13 @@ from pydantic import SecretStr
 
 from imagegw.core.deliver import LinkMode
 from imagegw.core.plan import Ask, plan
-from imagegw.core.refusals import images_api_words
 from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.frontends.schemas import ResponseFormat, images_response
 from imagegw.frontends.streaming import collect
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, is_data_uri, is_http_url
 from imagegw.providers.base import GenerationRequest, ModelKind, Provider
+from imagegw.providers.refusals import images_api_words
 from imagegw.runners import pipeline
 from imagegw.runners.gateway import Gateway
 

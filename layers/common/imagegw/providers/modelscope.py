@@ -20,7 +20,7 @@ from imagegw.errors import (
     ProviderError,
     TransientProviderError,
 )
-from imagegw.infra.config import ProviderSetting
+from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -99,12 +99,16 @@ def _loras(value: Any) -> str | dict[str, float]:
     )
 
 
+class ModelScopeSettings(ProviderSettings):
+    """ModelScope's settings: where its API is."""
+
+    modelscope_base_url: BaseUrl = "https://api-inference.modelscope.cn/v1"
+
+
 class ModelScope(Provider):
     name = "modelscope"
     title = "ModelScope"
-    base_url_setting = ProviderSetting(
-        "MODELSCOPE_BASE_URL", "https://api-inference.modelscope.cn/v1", base_url=True
-    )
+    settings_model = ModelScopeSettings
     max_prompt_chars = MAX_TEXT
     catalog = (
         # priors (seconds of RUNNING): rough figures, replaced by what the gateway learns

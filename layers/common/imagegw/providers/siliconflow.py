@@ -18,7 +18,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, ProviderError
-from imagegw.infra.config import ProviderSetting
+from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.infra.log import logger
 from imagegw.providers.base import (
     Finished,
@@ -102,12 +102,16 @@ def spec_of(model: str, kind: ModelKind) -> ModelSpec:
     return OTHER_EDIT if kind is ModelKind.EDIT else OTHER_GENERATE
 
 
+class SiliconFlowSettings(ProviderSettings):
+    """SiliconFlow's settings: where its API is."""
+
+    siliconflow_base_url: BaseUrl = "https://api.siliconflow.cn/v1"
+
+
 class SiliconFlow(Provider):
     name = "siliconflow"
     title = "SiliconFlow"
-    base_url_setting = ProviderSetting(
-        "SILICONFLOW_BASE_URL", "https://api.siliconflow.cn/v1", base_url=True
-    )
+    settings_model = SiliconFlowSettings
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
 
     own_fields = frozenset({"batch_size"})
