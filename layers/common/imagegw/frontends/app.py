@@ -227,7 +227,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # nothing before readiness that a first request may not need: the S3 client (boto3,
         # the heaviest import) is built in the background from the first provider call on,
-        # while the provider works (`Gateway.client`; README "Cold start")
+        # while the provider works (`Gateway.client`; docs/architecture.md "Cold start and memory")
         yield
         await gateway.aclose()
 

@@ -4,7 +4,7 @@ Without `BUCKET` (and AWS credentials), a moto server is started on loopback and
 made in it, so uploads and presigned URLs work with no AWS account. With `BUCKET` set, the real
 bucket is used. `HOST` and `PORT` choose where to listen.
 
-Durable jobs (README "Async jobs") run too, unless `JOB_STATE_MACHINE_ARN` names a real state
+Durable jobs (docs/jobs.md "Async jobs") run too, unless `JOB_STATE_MACHINE_ARN` names a real state
 machine: the same moto server runs the repo's ASL file (`statemachine/image_job.asl.json`) on
 moto's Step Functions interpreter (`execute_state_machine`), seals provider keys with moto's
 KMS, and its Lambda tasks are dispatched to the real task handlers (`functions/job_*/app.py`)

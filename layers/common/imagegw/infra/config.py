@@ -163,7 +163,7 @@ def _provider_values(source: Mapping[str, str]) -> dict[str, str]:
 
 
 class Settings(BaseModel):
-    """Everything the gateway can be configured with. See README "Configuration"."""
+    """Everything the gateway can be configured with. See docs/configuration.md."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -186,14 +186,14 @@ class Settings(BaseModel):
     max_result_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     cors_allow_origins: str = "*"
     #: how result images are linked: the provider's URL, a lasting gateway link to a copy in
-    #: the bucket, or an inline data URI (see README "Image links")
+    #: the bucket, or an inline data URI (see docs/api.md, "Image links")
     image_links: Literal["provider", "stored", "inline"] = "stored"
     #: the gateway's public URL for lasting links; by default taken from each request
     public_base_url: str | None = None
     #: which requests get the app's CORS headers: all, or only those that came through API
-    #: Gateway (on Lambda the Function URL answers CORS itself; README "API Gateway")
+    #: Gateway (on Lambda the Function URL answers CORS itself; docs/api-gateway.md "API Gateway")
     cors_scope: Literal["all", "api-gateway"] = "all"
-    #: durable jobs (README "Async jobs"): the Step Functions state machine that runs them and
+    #: durable jobs (docs/jobs.md "Async jobs"): the Step Functions state machine that runs them and
     #: the KMS key that seals provider keys in its executions; both unset: no jobs
     job_state_machine_arn: str | None = None
     job_key_id: str | None = None
@@ -203,7 +203,7 @@ class Settings(BaseModel):
     job_timeout: int = Field(default=3600, ge=1, le=86400)
 
     #: let the gateway fetch client-supplied URLs on loopback and private addresses: ONLY for
-    #: tests against fakes on loopback; never set by the template (README "Security")
+    #: tests against fakes on loopback; never set by the template (docs/security.md)
     allow_private_urls: bool = False
     #: seconds a client may take to send its whole request body before a 408
     body_timeout: float = Field(default=30.0, gt=0)

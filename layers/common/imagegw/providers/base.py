@@ -48,7 +48,7 @@ class ModelInfo:
     seconds: float | None = None
 
 
-# ids not in a catalog: these words mark an image model (see README "Model classes")
+# ids not in a catalog: these words mark an image model (see docs/providers.md "Model classes")
 _IMAGE_WORDS = re.compile(
     # `stable`, but not the StableLM / Stable Code chat models
     r"image|flux|kolors|diffusion|stable(?!-?lm|-?code)|(?<![a-z])sd|dall-e|cogview|majic|"
@@ -133,6 +133,9 @@ class Provider(ABC):
     max_prompt_chars: ClassVar[int | None] = None
     #: whether edits take a mask (`GenerationRequest.mask`); without, a mask is a 400
     supports_masks: ClassVar[bool] = False
+    #: the hour (UTC) the provider's daily free quota resets (a token set aside for a spent
+    #: quota comes back then: `imagegw.access.gate`)
+    daily_reset_utc_hour: ClassVar[int] = 0
 
     def __init__(
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None

@@ -74,7 +74,7 @@ class OpenAISettings(ProviderSettings):
     #: an OpenAI-compatible image server (a self-hosted one, or OpenAI itself)
     openai_base_url: BaseUrl = "https://api.openai.com/v1"
     #: the image models listed for the base URL, comma-separated (ids with "edit" are edit
-    #: models); other ids still work, classed by their id (README "Model classes")
+    #: models); other ids still work, classed by their id (docs/providers.md "Model classes")
     openai_image_models: str = "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
 
 

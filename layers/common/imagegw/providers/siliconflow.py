@@ -82,7 +82,7 @@ MODELS: Final[dict[str, ModelSpec]] = {
         ModelKind.GENERATE, (0, 0), "1024x1024", _GUIDANCE_SCALE, batch=True
     ),
 }
-#: other ids, by their class (README "Model classes")
+#: other ids, by their class (docs/providers.md "Model classes")
 OTHER_GENERATE: Final = ModelSpec(ModelKind.GENERATE, (0, 0), "1024x1024", _GUIDANCE_SCALE)
 OTHER_EDIT: Final = ModelSpec(ModelKind.EDIT, (1, 3), None, _GUIDANCE_SCALE)
 

@@ -3,7 +3,7 @@
 A chat (non-image) model's request is passed through to the provider's own chat API instead.
 
 With `Prefer: respond-async` (and durable jobs enabled) an image model's request runs as a
-durable job instead (README "Async jobs"): the same plan, the input images (a gateway link
+durable job instead (docs/jobs.md "Async jobs"): the same plan, the input images (a gateway link
 from an earlier answer included) staged before the execution starts, a `202` at once, and
 `GET /v1/jobs/{id}` answering the `chat.completion` once done. The job wins over `stream: true`.
 A chat model is refused for async: its streamed answer is already the right tool.
@@ -18,8 +18,7 @@ from starlette.routing import Route
 
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends import passthrough
-from imagegw.frontends import prompt_options as inline
+from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.routes.jobs import start_job, wants_job
@@ -73,8 +72,8 @@ async def chat_completions(request: Request) -> Response:
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
-    written = inline.parse(parsed.prompt)
-    fields = inline.merge(chat.fields, written.fields)
+    written = prompt_options.parse(parsed.prompt)
+    fields = prompt_options.merge(chat.fields, written.fields)
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))

@@ -1,4 +1,4 @@
-"""Durable image jobs over HTTP (README "Async jobs").
+"""Durable image jobs over HTTP (docs/jobs.md "Async jobs").
 
 - `accept_async`: the branch of `POST /v1/images/generations` and `/v1/images/edits` taken when
   the client sends `Prefer: respond-async`: the job starts on Step Functions and the answer is a
