@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -300,10 +300,3 @@ def client_budget(request: Request) -> float | None:
     if not 0 < seconds < 86400:
         return None
     return max(1.0, seconds - max(2.0, 0.05 * seconds))
-
-
-def validation_error(exc: ValidationError) -> InvalidRequestError:
-    """A pydantic error as a 400 naming the first bad field."""
-    first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    return InvalidRequestError(f"Invalid '{param}': {first['msg']}.", param=param)

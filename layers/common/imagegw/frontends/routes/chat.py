@@ -11,7 +11,6 @@ A chat model is refused for async: its streamed answer is already the right tool
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -22,7 +21,7 @@ from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.routes.jobs import start_job, wants_job
-from imagegw.frontends.schemas import ChatRequest, Completion
+from imagegw.frontends.schemas import ChatRequest, Completion, read
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.web import (
     authorize,
@@ -31,7 +30,6 @@ from imagegw.frontends.web import (
     header,
     public_base_url,
     read_json,
-    validation_error,
 )
 from imagegw.infra.log import logger
 from imagegw.infra.media import decode_refs
@@ -49,10 +47,7 @@ async def chat_completions(request: Request) -> Response:
     provider = gateway.provider(request.path_params.get("provider"))
     caller, key = await authorize(request, provider.name)  # before the body is read
     body = await read_json(request, settings.max_body_bytes)
-    try:
-        chat = ChatRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    chat = read(ChatRequest, body)
     caller.check_model(chat.model)
     kind = provider.classify(chat.model)
     as_job = wants_job(request)
@@ -70,7 +65,7 @@ async def chat_completions(request: Request) -> Response:
         relayed = passthrough.chat(gateway, provider, body, key, caller)
         return await unless_disconnected(request, relayed)
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
-    parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
+    parsed = parse_messages(chat.messages, edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
     written = prompt_options.parse(parsed.prompt)
     fields = prompt_options.merge(chat.fields, written.fields)
