@@ -87,10 +87,10 @@ def mocked_account() -> Iterator[None]:
 
 @contextmanager
 def s3_stand_in_env(bucket: str) -> Iterator[dict[str, str]]:
-    """moto's S3 server on loopback with one bucket (`imagegw.frontends.local.start_s3_stand_in`);
-    the env
-    that points at it. Its AWS_* credentials are in os.environ meanwhile, for boto3 in an
-    in-process gateway; the previous values come back afterwards."""
+    """moto's S3 server on loopback with one bucket
+    (`imagegw.frontends.local.start_s3_stand_in`); the env that points at it. Its AWS_*
+    credentials are in os.environ meanwhile, for boto3 in an in-process gateway; the previous
+    values come back afterwards."""
     from imagegw.frontends.local import start_s3_stand_in
 
     server, env = start_s3_stand_in(bucket)

@@ -1,6 +1,5 @@
 """The ASGI app: routes from `imagegw.frontends.routes`, one error handler, CORS, request logging
-and a
-deadline on reading request bodies.
+and a deadline on reading request bodies.
 
 The same app runs under the Lambda Web Adapter (functions/api) and in `make run`.
 """

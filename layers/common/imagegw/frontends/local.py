@@ -14,10 +14,9 @@ variables.
 
 The stand-ins (moto, and the task handlers it runs, as Lambda would run them elsewhere) live in a
 child process (`python -m imagegw.frontends.local --stand-ins`), so the gateway's process holds
-only what
-it holds on Lambda: its memory and CPU figures are its own. The child prints the environment
-that points at the stand-ins as one JSON line, then serves until the gateway closes its stdin
-(the gateway exits, however it exits).
+only what it holds on Lambda: its memory and CPU figures are its own. The child prints the
+environment that points at the stand-ins as one JSON line, then serves until the gateway closes
+its stdin (the gateway exits, however it exits).
 """
 
 from __future__ import annotations

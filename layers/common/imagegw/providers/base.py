@@ -193,8 +193,7 @@ class Provider(ABC):
 
     def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
         """The common options (`imagegw.providers.options.COMMON`) `model` does without: accepted
-        (and
-        checked where the provider checks them), never sent, so named as ignored."""
+        (and checked where the provider checks them), never sent, so named as ignored."""
         return frozenset()
 
     def takes_named_sizes(self, model: str) -> bool:
