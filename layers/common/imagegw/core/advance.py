@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import SecretStr
 
 from imagegw.errors import GatewayError, ProviderError
 from imagegw.providers.base import (
@@ -23,8 +25,14 @@ from imagegw.providers.base import (
     TaskStatus,
 )
 
-if TYPE_CHECKING:
-    from imagegw.access.lease import Lease
+
+class FailOver(Protocol):
+    """What `start_leased` needs of a server-held token's lease (`imagegw.access.lease.Lease`
+    is one): its provider, and the next token when a submission set the current one aside."""
+
+    provider: str
+
+    async def fail_over(self, answers: Sequence[object]) -> SecretStr | None: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ async def start_all(
 
 
 async def start_leased(
-    provider: Provider, parts: Sequence[GenerationRequest], leased: Lease | None
+    provider: Provider, parts: Sequence[GenerationRequest], leased: FailOver | None
 ) -> tuple[list[Started | Finished | BaseException], list[GenerationRequest]]:
     """`start_all`; with a server-held token (a lease on its provider's pool), a submission
     refused whole (401/403, a quota error, a rate limit: nothing started) is set aside and sent

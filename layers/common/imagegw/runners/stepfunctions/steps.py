@@ -63,10 +63,10 @@ from imagegw.errors import (
 )
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
-from imagegw.infra.media import ImageBytes, is_data_uri
+from imagegw.infra.media import ImageBytes, InputImage, is_data_uri
 from imagegw.infra.storage import Placed
 from imagegw.providers import Provider
-from imagegw.providers.base import GenerationRequest, InputImage
+from imagegw.providers.base import GenerationRequest
 from imagegw.redaction import protect
 from imagegw.runners.gateway import Clock, Gateway, learned_times
 from imagegw.runners.quota import JobReservation, settle
