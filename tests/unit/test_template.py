@@ -160,7 +160,7 @@ def test_listing_the_bucket_is_limited_to_the_prefixes_the_api_uses(
         for statement in statements(function):
             if "s3:ListBucket" in str(statement["Action"]):
                 prefixes = statement["Condition"]["StringLike"]["s3:prefix"]
-                assert sorted(prefixes) == ["images/*", "uploads/*"], name
+                assert sorted(prefixes) == ["batches/*", "images/*", "uploads/*"], name
 
 
 def test_an_owner_can_cap_what_a_flood_of_requests_costs(template: dict[str, Any]) -> None:

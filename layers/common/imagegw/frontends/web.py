@@ -193,10 +193,13 @@ def _decoded(value: str, charset: str, name: str) -> str:
         ) from None
 
 
-async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes]]:
+async def read_form(
+    request: Request, limit: int, *, filenames: dict[str, str] | None = None
+) -> list[tuple[str, str | bytes]]:
     """A multipart/form-data body as (name, value) pairs in order: text fields as strings,
     files as their bytes, read with Starlette's `Request.form`. Bodies over `limit` bytes are
-    refused while they arrive; a text field that is not valid in the body's charset is a 400."""
+    refused while they arrive; a text field that is not valid in the body's charset is a 400.
+    `filenames`, when given, gets each file field's file name (as sent, by field name)."""
     content_type = (header(request, "Content-Type") or "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise InvalidRequestError(
@@ -220,6 +223,8 @@ async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes
                 items.append((name, _decoded(value, charset, name)))
             else:
                 items.append((name, await value.read()))
+                if filenames is not None and value.filename:
+                    filenames[name] = _decoded(value.filename, charset, name)
     finally:
         await form.close()
     for name, text in items:  # an odd charset (utf-7) can still decode to surrogates

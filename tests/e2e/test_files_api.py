@@ -1,0 +1,109 @@
+"""The Files API of the Batch API (`/v1/files`), driven with the official SDK over HTTP against
+the gateway (its bucket moto's S3 on loopback), and the lasting image links under the same path
+that users' chat histories hold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from fakes.modelscope import FakeModelScope
+from fakes.png import png_size
+
+TOKEN = "ms-test-token"
+OTHER = "ms-someone-else"
+
+LINES = [
+    {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/images/generations",
+        "body": {"model": "Qwen/Qwen-Image", "prompt": f"a lighthouse, take {i}"},
+    }
+    for i in range(3)
+]
+JSONL = "".join(json.dumps(line) + "\n" for line in LINES).encode()
+
+
+def sdk(url: str, token: str = TOKEN, prefix: str = "") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}{prefix}/v1", api_key=token, max_retries=0)
+
+
+def test_a_jsonl_file_uploaded_is_listed_read_and_deleted(gateway_url: str) -> None:
+    client = sdk(gateway_url)
+    created = client.files.create(file=("prompts.jsonl", JSONL), purpose="batch")
+    assert created.id.startswith("file-")
+    assert (created.object, created.bytes, created.filename, created.purpose) == (
+        "file",
+        len(JSONL),
+        "prompts.jsonl",
+        "batch",
+    )
+    assert client.files.retrieve(created.id).model_dump() == created.model_dump()
+    assert client.files.content(created.id).read() == JSONL
+    assert created.id in [item.id for item in client.files.list()]
+    deleted = client.files.delete(created.id)
+    assert (deleted.id, deleted.deleted) == (created.id, True)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(created.id)
+    assert created.id not in [item.id for item in client.files.list()]
+
+
+def test_a_file_belongs_to_the_key_that_uploaded_it(gateway_url: str) -> None:
+    mine = sdk(gateway_url).files.create(file=("mine.jsonl", JSONL), purpose="batch")
+    other = sdk(gateway_url, OTHER)
+    for look in (other.files.retrieve, other.files.content, other.files.delete):
+        with pytest.raises(openai.NotFoundError) as caught:
+            look(mine.id)
+        assert caught.value.code == "file_not_found"
+    assert mine.id not in [item.id for item in other.files.list()]
+    # still there for its owner, also through a provider's prefix
+    assert sdk(gateway_url, prefix="/modelscope").files.retrieve(mine.id).id == mine.id
+
+
+@pytest.mark.parametrize(
+    ("purpose", "content", "code"),
+    [
+        ("fine-tune", JSONL, "invalid_purpose"),
+        ("batch", b"   \n", "empty_file"),
+        ("batch", b"\xff\xfe not utf-8", "invalid_file"),
+    ],
+)
+def test_a_file_that_cannot_be_a_batch_input_is_a_400(
+    gateway_url: str, purpose: str, content: bytes, code: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway_url).files.create(file=("x.jsonl", content), purpose=purpose)  # type: ignore[arg-type]
+    assert caught.value.code == code
+
+
+def test_files_need_a_key_and_stay_under_the_body_limit(gateway: Callable[..., str]) -> None:
+    url = gateway(max_body_bytes=4096)
+    answer = httpx.post(f"{url}/v1/files", files={"file": ("a.jsonl", JSONL)})
+    assert answer.status_code == 401
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(url).files.create(file=("big.jsonl", JSONL * 100), purpose="batch")
+    assert caught.value.status_code == 413
+
+
+def test_image_links_under_v1_files_still_serve_their_image(
+    gateway_url: str, fake_ms: FakeModelScope
+) -> None:
+    # Given an image link handed out before the Files API existed (now in a chat history)
+    client = sdk(gateway_url)
+    result = client.images.generate(model="Qwen/Qwen-Image", prompt="a red square", size="96x64")
+    link = str((result.data or [])[0].url)
+    assert "/v1/files/" in link
+    # And files of the Batch API stored beside it
+    client.files.create(file=("prompts.jsonl", JSONL), purpose="batch")
+    # Then the link still answers with the image, with no key at all, GET and HEAD
+    answer = httpx.get(link, follow_redirects=True)
+    assert answer.status_code == 200 and png_size(answer.content) == (96, 64)
+    assert httpx.head(link).status_code == 307
+    # And an unknown image name is the 404 it always was
+    assert httpx.get(link.replace(".png", "x.png")).status_code == 404
