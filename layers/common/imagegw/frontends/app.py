@@ -29,11 +29,13 @@ from imagegw.errors import (
     NotFoundError,
     RequestTimeoutError,
 )
+from imagegw.frontends.batches import Batches
 from imagegw.frontends.cors import ApiGatewayCORS
 from imagegw.frontends.paths import NormalizePath
-from imagegw.frontends.routes import chat, files, images, jobs, models
+from imagegw.frontends.routes import batches, chat, files, images, jobs, models
 from imagegw.frontends.web import error_response
 from imagegw.infra import apimetrics
+from imagegw.infra.batchstore import BatchStore
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.infra.storage import ImageStore
@@ -49,7 +51,7 @@ EXPOSED_HEADERS = [
     "x-ignored-parameters",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, images, jobs, files)
+FRONT_ENDS = (models, chat, images, jobs, files, batches)
 
 
 async def health(request: Request) -> Response:
@@ -261,4 +263,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    app.state.batches = Batches(settings, BatchStore(gateway.store), sealer=gateway.sealer)
     return app

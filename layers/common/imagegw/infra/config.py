@@ -110,6 +110,9 @@ _OWN_NAMES: dict[str, str] = {
     "JOB_KEY_ID": "job_key_id",
     "JOB_POLL_INTERVAL": "job_poll_interval",
     "JOB_TIMEOUT": "job_timeout",
+    "BATCH_STATE_MACHINE_ARN": "batch_state_machine_arn",
+    "BATCH_CONCURRENCY": "batch_concurrency",
+    "BATCH_MAX_ITEMS": "batch_max_items",
     "ALLOW_PRIVATE_URLS": "allow_private_urls",
     "BODY_TIMEOUT": "body_timeout",
     "POLL_FAILURE_WINDOW": "poll_failure_window",
@@ -201,6 +204,12 @@ class Settings(BaseModel):
     job_poll_interval: int = Field(default=5, ge=0, le=3600)
     #: about how long a job may run at the provider before it fails (seconds)
     job_timeout: int = Field(default=3600, ge=1, le=86400)
+    #: the Batch API's state machine (statemachine/image_batch.asl.json): batches run on it
+    batch_state_machine_arn: str | None = None
+    #: the most items of one batch at the provider at once (the Distributed Map's MaxConcurrency)
+    batch_concurrency: int = Field(default=8, ge=1, le=1000)
+    #: the most requests (lines) one batch file may hold
+    batch_max_items: int = Field(default=50000, ge=1, le=50000)
 
     #: let the gateway fetch client-supplied URLs on loopback and private addresses: ONLY for
     #: tests against fakes on loopback; never set by the template (docs/security.md)

@@ -118,7 +118,7 @@ async def list_files(request: Request) -> Response:
     if after:
         ids = [meta["id"] for meta in found]
         found = found[ids.index(after) + 1 :] if after in ids else []
-    limit = _limit(request.query_params.get("limit"), default=MAX_LIST, most=MAX_LIST)
+    limit = limit_of(request.query_params.get("limit"), default=MAX_LIST, most=MAX_LIST)
     page = found[:limit]
     return JSONResponse(
         {
@@ -131,7 +131,7 @@ async def list_files(request: Request) -> Response:
     )
 
 
-def _limit(raw: str | None, *, default: int, most: int) -> int:
+def limit_of(raw: str | None, *, default: int, most: int) -> int:
     if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw[:6]) <= most:

@@ -1,0 +1,310 @@
+"""The Batch API's batches: created checked (nothing paid for a file with a bad line), run on
+the batch state machine (statemachine/image_batch.asl.json), seen as OpenAI's batch object.
+
+A batch's status is read from what its parties wrote once each (`imagegw.infra.batchstore`):
+
+- `batch.json` (the API, at creation): `failed` with `errors.data[]` when a line is bad, else
+  `in_progress` (the check is synchronous: `validating` is never seen once the answer is given);
+- `cancel.json` (the API, on cancel): `cancelling` until the run has ended;
+- `final.json` (the run's Finalize step): `completed`, `expired` or `cancelled`, with the
+  output and error files;
+- `results/`: one object per item that ended (`request_counts` while it runs).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, Final
+
+import anyio.to_thread
+from pydantic import SecretStr
+
+from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError
+from imagegw.frontends.batch_lines import ENDPOINTS, Endpoint, check_file
+from imagegw.infra.batchstore import BATCH_ID, BatchStore
+from imagegw.infra.config import Settings
+from imagegw.infra.executions import JobRunner, StepFunctionsRunner
+from imagegw.infra.log import logger
+from imagegw.infra.sealer import KeySealer
+from imagegw.providers.base import Provider
+from imagegw.runners.stepfunctions.service import max_polls
+
+#: the completion windows a batch may ask for, in seconds
+WINDOWS: Final = {"24h": 86400}
+MAX_METADATA: Final = 16
+#: a result's object name: `results/{index}.ok.json` or `.failed.json` (an item that failed)
+OK: Final = ".ok.json"
+FAILED: Final = ".failed.json"
+
+
+def new_batch_id() -> str:
+    return f"batch_{secrets.token_hex(12)}"
+
+
+def result_name(index: int, ok: bool) -> str:
+    return f"results/{index:06d}{OK if ok else FAILED}"
+
+
+def _timestamps() -> dict[str, Any]:
+    names = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at")
+    return {name: None for name in (*names, "cancelling_at", "cancelled_at")}
+
+
+#: the record's own fields the batch object does not show
+_PRIVATE: Final = ("owner", "provider", "total")
+
+
+class Batches:
+    """Create, read, cancel and list batches of one gateway."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: BatchStore,
+        *,
+        runner: JobRunner | None = None,
+        sealer: KeySealer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._runner = runner
+        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
+
+    @property
+    def enabled(self) -> bool:
+        return self._runner is not None or bool(self.settings.batch_state_machine_arn)
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            if not self.settings.batch_state_machine_arn:
+                raise NotFoundError(
+                    "Batches are not enabled on this gateway (no BATCH_STATE_MACHINE_ARN).",
+                    code="batches_disabled",
+                )
+            self._runner = StepFunctionsRunner(
+                self.settings.batch_state_machine_arn, self.settings.aws_region
+            )
+        return self._runner
+
+    async def create(
+        self,
+        body: dict[str, Any],
+        *,
+        owner: str,
+        provider: Provider,
+        api_key: SecretStr,
+        key_ref: str | None,
+    ) -> dict[str, Any]:
+        """Check the input file and start the batch: its batch object. A file with a bad line
+        is a `failed` batch listing every bad line; nothing is started for it."""
+        _ = self.runner  # batches disabled: the 404 before anything is read or stored
+        endpoint, file_id, window, metadata = _read_body(body)
+        content = await self.store.file_content(owner, file_id)
+        if content is None:
+            raise NotFoundError(
+                f"No such File object: {file_id[:80]}", param="input_file_id", code="file_not_found"
+            )
+        checked = check_file(
+            content,
+            endpoint=endpoint,
+            provider=provider,
+            max_items=self.settings.batch_max_items,
+        )
+        now = int(time.time())
+        batch_id = new_batch_id()
+        record: dict[str, Any] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": endpoint,
+            "errors": None,
+            "input_file_id": file_id,
+            "completion_window": window,
+            "status": "in_progress",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "expires_at": now + WINDOWS[window],
+            **_timestamps(),
+            "metadata": metadata,
+            "owner": owner,
+            "provider": provider.name,
+            "total": len(checked.items),
+        }
+        if checked.errors:
+            record.update(
+                status="failed",
+                failed_at=now,
+                total=0,
+                errors={"object": "list", "data": [error.body() for error in checked.errors]},
+            )
+            await self.store.put_json(self.store.run_key(owner, batch_id, "batch.json"), record)
+            logger.info(
+                "batch failed validation",
+                extra={"batch_id": batch_id, "errors": len(checked.errors)},
+            )
+            return self._render(record, None, None, [])
+        items = self.store.run_key(owner, batch_id, "items.json")
+        await self.store.put(
+            items,
+            json.dumps([item.model_dump(mode="json") for item in checked.items]).encode(),
+        )
+        record["in_progress_at"] = now
+        await self.store.put_json(self.store.run_key(owner, batch_id, "batch.json"), record)
+        if key_ref is not None:
+            sealed = key_ref
+        else:
+            sealed = await anyio.to_thread.run_sync(self.sealer.seal, api_key, batch_id)
+        payload = {
+            "batch": {
+                "id": batch_id,
+                "owner": owner,
+                "expires_at": record["expires_at"],
+                "total": len(checked.items),
+            },
+            "key": sealed,
+            "items": {"Bucket": self.store.store.bucket, "Key": items},
+            "concurrency": self.settings.batch_concurrency,
+            "wait_seconds": self.settings.job_poll_interval,
+            "max_polls": max_polls(self.settings),
+        }
+        try:
+            await anyio.to_thread.run_sync(self.runner.start, batch_id, json.dumps(payload))
+        except Exception as exc:
+            logger.warning("batch start failed", extra={"error": type(exc).__name__})
+            raise GatewayError(
+                f"The batch could not be started ({type(exc).__name__}); try again.",
+                code="batches_unavailable",
+                retryable=False,
+            ) from None
+        logger.info(
+            "batch started",
+            extra={"batch_id": batch_id, "items": len(checked.items), "provider": provider.name},
+        )
+        return self._render(record, None, None, [])
+
+    async def _record(self, owner: str, batch_id: str) -> dict[str, Any]:
+        record = None
+        if BATCH_ID.match(batch_id):
+            record = await self.store.get_json(self.store.run_key(owner, batch_id, "batch.json"))
+        if not isinstance(record, dict):
+            raise NotFoundError(
+                f"No batch found with id '{batch_id[:80]}'.",
+                param="batch_id",
+                code="batch_not_found",
+            )
+        return record
+
+    async def get(self, owner: str, batch_id: str) -> dict[str, Any]:
+        """The caller's batch object; another caller's (or an unknown id) is a 404."""
+        return await self._view(owner, await self._record(owner, batch_id))
+
+    async def _view(self, owner: str, record: dict[str, Any]) -> dict[str, Any]:
+        if record["status"] == "failed":
+            return self._render(record, None, None, [])
+        batch_id = record["id"]
+        final = await self.store.get_json(self.store.run_key(owner, batch_id, "final.json"))
+        cancel = None
+        if final is None:
+            cancel = await self.store.get_json(self.store.run_key(owner, batch_id, "cancel.json"))
+        results = [] if final is not None else await self.results(owner, batch_id)
+        return self._render(record, final, cancel, results)
+
+    async def results(self, owner: str, batch_id: str) -> list[str]:
+        """The names of the item results written so far."""
+        prefix = self.store.run_key(owner, batch_id, "results/")
+        return [key[len(prefix) - len("results/") :] for key in await self.store.keys(prefix)]
+
+    def _render(
+        self,
+        record: dict[str, Any],
+        final: dict[str, Any] | None,
+        cancel: dict[str, Any] | None,
+        results: list[str],
+    ) -> dict[str, Any]:
+        batch = {name: value for name, value in record.items() if name not in _PRIVATE}
+        total = int(record.get("total", 0))
+        if final is not None:
+            batch.update(final)  # status, timestamps, files and request_counts
+            return batch
+        if cancel is not None:
+            batch.update(status="cancelling", cancelling_at=cancel["cancelling_at"])
+        failed = sum(1 for name in results if name.endswith(FAILED))
+        done = sum(1 for name in results if name.endswith(OK))
+        batch["request_counts"] = {"total": total, "completed": done, "failed": failed}
+        return batch
+
+    async def cancel(self, owner: str, batch_id: str) -> dict[str, Any]:
+        """Stop new submissions of the batch's items (those at the provider finish and are
+        kept): `cancelling` until its run has written what it has."""
+        record = await self._record(owner, batch_id)
+        view = await self._view(owner, record)
+        if view["status"] in ("failed", "completed", "expired", "cancelled"):
+            raise InvalidRequestError(
+                f"Cannot cancel a batch with status '{view['status']}'.",
+                code="batch_not_cancellable",
+            )
+        if view["status"] != "cancelling":
+            key = self.store.run_key(owner, batch_id, "cancel.json")
+            await self.store.put_json(key, {"cancelling_at": int(time.time())})
+            logger.info("batch cancelled", extra={"batch_id": batch_id})
+        return await self._view(owner, record)
+
+    async def list(self, owner: str, *, after: str | None, limit: int) -> dict[str, Any]:
+        """The caller's batches, newest first, `limit` after the one `after` names."""
+        records = [
+            await self._record(owner, batch_id) for batch_id in await self.store.batch_ids(owner)
+        ]
+        records.sort(key=lambda record: (-int(record["created_at"]), record["id"]))
+        if after:
+            ids = [record["id"] for record in records]
+            records = records[ids.index(after) + 1 :] if after in ids else []
+        page = [await self._view(owner, record) for record in records[:limit]]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(records) > limit,
+        }
+
+
+def _read_body(body: dict[str, Any]) -> tuple[Endpoint, str, str, dict[str, str] | None]:
+    """`POST /v1/batches`'s fields, checked."""
+    file_id = body.get("input_file_id")
+    if not isinstance(file_id, str) or not file_id:
+        raise InvalidRequestError(
+            "'input_file_id' is required: the id of a file uploaded with purpose 'batch'.",
+            param="input_file_id",
+            code="missing_required_parameter",
+        )
+    endpoint = body.get("endpoint")
+    if endpoint not in ENDPOINTS:
+        raise InvalidRequestError(
+            f"'endpoint' must be one of {', '.join(ENDPOINTS)}.",
+            param="endpoint",
+            code="invalid_endpoint",
+        )
+    window = body.get("completion_window", "24h")
+    if window not in WINDOWS:
+        raise InvalidRequestError(
+            "'completion_window' must be '24h'.", param="completion_window", code="invalid_value"
+        )
+    metadata = body.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict)
+        and len(metadata) <= MAX_METADATA
+        and all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise InvalidRequestError(
+            f"'metadata' must be an object of at most {MAX_METADATA} string pairs "
+            "(keys up to 64 characters, values up to 512).",
+            param="metadata",
+            code="invalid_metadata",
+        )
+    return endpoint, file_id, window, metadata

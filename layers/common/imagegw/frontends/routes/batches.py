@@ -1,0 +1,72 @@
+"""`/v1/batches`: the OpenAI Batch API for images (`imagegw.frontends.batches`).
+
+`POST /v1/batches` `{input_file_id, endpoint, completion_window: "24h", metadata}` checks every
+line of the input file before anything is paid and starts the batch; `GET /v1/batches/{id}`,
+`POST /v1/batches/{id}/cancel`, `GET /v1/batches?after=&limit=`. A batch belongs to the key that
+made it (anyone else gets the 404 of an unknown id) and runs on the provider its path names
+(`/siliconflow/v1/batches` on SiliconFlow).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imagegw.access import lease
+from imagegw.frontends.batches import Batches
+from imagegw.frontends.routes.files import limit_of, owner
+from imagegw.frontends.web import authorize, gateway_of, read_json
+from imagegw.runners.stepfunctions.service import owner_of
+
+#: the most batches a listing answers at once
+MAX_LIST = 100
+
+
+def batches_of(request: Request) -> Batches:
+    batches: Batches = request.app.state.batches
+    return batches
+
+
+async def create_batch(request: Request) -> Response:
+    gateway = gateway_of(request)
+    provider = gateway.provider(request.path_params.get("provider"))
+    caller, key = await authorize(request, provider.name)  # before the body is read
+    batches = batches_of(request)
+    _ = batches.runner  # batches disabled: the 404 before the body is read
+    body = await read_json(request, gateway.settings.max_body_bytes)
+    leased = lease.current() if caller.keyed else None
+    batch = await batches.create(
+        body,
+        owner=owner_of(caller.bearer.get_secret_value()),
+        provider=provider,
+        api_key=key,
+        key_ref=leased.ref if leased is not None else None,
+    )
+    return JSONResponse(batch)
+
+
+async def get_batch(request: Request) -> Response:
+    who = await owner(request)
+    return JSONResponse(await batches_of(request).get(who, request.path_params["batch_id"]))
+
+
+async def cancel_batch(request: Request) -> Response:
+    who = await owner(request)
+    return JSONResponse(await batches_of(request).cancel(who, request.path_params["batch_id"]))
+
+
+async def list_batches(request: Request) -> Response:
+    who = await owner(request)
+    limit = limit_of(request.query_params.get("limit"), default=20, most=MAX_LIST)
+    after = request.query_params.get("after")
+    return JSONResponse(await batches_of(request).list(who, after=after, limit=limit))
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/v1/batches", create_batch, methods=["POST"]),
+        Route(f"{prefix}/v1/batches", list_batches, methods=["GET"]),
+        Route(f"{prefix}/v1/batches/{{batch_id}}", get_batch, methods=["GET"]),
+        Route(f"{prefix}/v1/batches/{{batch_id}}/cancel", cancel_batch, methods=["POST"]),
+    ]

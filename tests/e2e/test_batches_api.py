@@ -1,0 +1,324 @@
+"""The Batch API's batches (`/v1/batches`) with the official SDK over HTTP: creation checked
+line by line before anything is paid, the batch object, cancel, listing, ownership and provider
+prefixes. The batch state machine is a recorder here (`MemoryRunner`): what a run does is
+tested against the real state machine in tests/e2e/test_batch_runs.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from fakes.jobs import MemoryRunner
+from fakes.modelscope import FakeModelScope
+from fakes.server import ServerThread, SwappableApp
+from fakes.siliconflow import FakeSiliconFlow
+from imagegw.frontends.app import create_app
+from imagegw.frontends.batches import Batches
+from imagegw.infra.batchstore import BatchStore
+from imagegw.infra.config import Settings
+from imagegw.infra.sealer import KeySealer
+from imagegw.infra.storage import ImageStore
+
+TOKEN = "ms-test-token"
+OTHER = "ms-someone-else"
+GENERATIONS = "/v1/images/generations"
+
+
+class SealingKms:
+    """A KMS that seals by keeping the key and answering a random blob."""
+
+    def __init__(self) -> None:
+        self.sealed: dict[bytes, tuple[bytes, dict[str, str]]] = {}
+
+    def encrypt(self, KeyId: str, Plaintext: bytes, EncryptionContext: dict[str, str]) -> Any:
+        blob = f"blob-{len(self.sealed)}".encode()
+        self.sealed[blob] = (Plaintext, EncryptionContext)
+        return {"CiphertextBlob": blob}
+
+
+class Served:
+    def __init__(self, url: str, runner: MemoryRunner, kms: SealingKms, store: BatchStore):
+        self.url, self.runner, self.kms, self.store = url, runner, kms, store
+
+    def sdk(self, token: str = TOKEN, prefix: str = "") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}{prefix}/v1", api_key=token, max_retries=0)
+
+    def payload(self, batch_id: str) -> dict[str, Any]:
+        execution = self.runner.executions[batch_id]
+        payload: dict[str, Any] = json.loads(execution.input or "{}")
+        return payload
+
+
+@pytest.fixture
+def served(
+    _gateway_server: tuple[ServerThread, SwappableApp], make_settings: Callable[..., Settings]
+) -> Served:
+    server, swappable = _gateway_server
+    settings = make_settings(job_key_id="alias/test")
+    app = create_app(settings)
+    runner, kms = MemoryRunner(), SealingKms()
+    store = BatchStore(ImageStore(settings))
+    app.state.batches = Batches(
+        settings, store, runner=runner, sealer=KeySealer("alias/test", "us-east-1", kms)
+    )
+    swappable.app = app
+    return Served(server.url, runner, kms, store)
+
+
+def line(custom_id: str, body: dict[str, Any], url: str = GENERATIONS, **extra: Any) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body, **extra})
+
+
+def upload(client: openai.OpenAI, lines: list[str]) -> str:
+    content = ("\n".join(lines) + "\n").encode()
+    return client.files.create(file=("in.jsonl", content), purpose="batch").id
+
+
+def prompts(count: int, model: str = "Qwen/Qwen-Image") -> list[str]:
+    return [
+        line(f"req-{i}", {"model": model, "prompt": f"a lighthouse, take {i}"})
+        for i in range(count)
+    ]
+
+
+def test_a_good_file_starts_one_run_with_every_line_planned(
+    served: Served, fake_ms: FakeModelScope
+) -> None:
+    client = served.sdk()
+    file_id = upload(client, prompts(3))
+    batch = client.batches.create(
+        input_file_id=file_id,
+        endpoint=GENERATIONS,
+        completion_window="24h",
+        metadata={"campaign": "spring"},
+    )
+    assert batch.id.startswith("batch_") and batch.object == "batch"
+    assert (batch.status, batch.endpoint, batch.input_file_id) == (
+        "in_progress",
+        GENERATIONS,
+        file_id,
+    )
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed) == (3, 0)
+    assert batch.expires_at == batch.created_at + 86400
+    assert batch.metadata == {"campaign": "spring"}
+    assert batch.in_progress_at is not None and batch.output_file_id is None
+    # one run started, naming its items; nothing at the provider yet (the run submits)
+    assert served.runner.started == [batch.id]
+    assert fake_ms.submissions == []
+    payload = served.payload(batch.id)
+    assert payload["concurrency"] == 8
+    items = json.loads(
+        served.store.store.s3.get_object(
+            Bucket=payload["items"]["Bucket"], Key=payload["items"]["Key"]
+        )["Body"].read()
+    )
+    assert [item["custom_id"] for item in items] == ["req-0", "req-1", "req-2"]
+    assert items[1]["job"]["provider"] == "modelscope"
+    assert items[1]["job"]["prompt"] == "a lighthouse, take 1"
+    # the provider key travels sealed for the batch, never in the clear
+    assert TOKEN not in json.dumps(payload)
+    ((plain, context),) = served.kms.sealed.values()
+    assert plain == TOKEN.encode() and batch.id in context.values()
+    # Then the batch reads back the same
+    again = client.batches.retrieve(batch.id)
+    assert again.model_dump() == batch.model_dump()
+
+
+def test_a_file_with_bad_lines_fails_listing_each_line_and_submits_nothing(
+    served: Served, fake_ms: FakeModelScope
+) -> None:
+    client = served.sdk()
+    good = prompts(1)[0]
+    lines = [
+        good,
+        "{not json",
+        line("req-0", {"model": "Qwen/Qwen-Image", "prompt": "same id again"}),
+        line(
+            "req-3", {"model": "Qwen/Qwen-Image", "prompt": "to chat"}, url="/v1/chat/completions"
+        ),
+        line("req-4", {"model": "Qwen/Qwen-Image"}),
+        line("req-5", {"model": "Qwen/Qwen-Image", "prompt": "too many", "n": 99}),
+        json.dumps({"custom_id": "req-6", "method": "GET", "url": GENERATIONS, "body": {}}),
+        line("req-7", {"model": "Qwen/Qwen-Image", "prompt": "fine"}),
+    ]
+    batch = served.sdk().batches.create(
+        input_file_id=upload(client, lines), endpoint=GENERATIONS, completion_window="24h"
+    )
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert batch.errors is not None and batch.errors.data is not None
+    by_line = {error.line: error for error in batch.errors.data}
+    assert sorted(by_line) == [2, 3, 4, 5, 6, 7]
+    assert by_line[2].code == "invalid_json_line"
+    assert by_line[3].code == "duplicate_custom_id" and by_line[3].param == "custom_id"
+    assert by_line[4].code == "mismatched_url" and by_line[4].param == "url"
+    assert by_line[5].param == "prompt"
+    assert by_line[6].param == "n"
+    assert by_line[7].code == "invalid_method"
+    # nothing started, nothing submitted
+    assert served.runner.started == []
+    assert fake_ms.submissions == []
+    assert client.batches.retrieve(batch.id).status == "failed"
+
+
+def test_edit_and_chat_lines_are_checked_as_their_endpoints_are(served: Served) -> None:
+    client = served.sdk()
+    edits = [
+        line(
+            "edit-1",
+            {
+                "model": "Qwen/Qwen-Image-Edit",
+                "prompt": "make it blue",
+                "image": "https://example.com/a.png",
+            },
+            url="/v1/images/edits",
+        ),
+        line(
+            "edit-2",
+            {
+                "model": "Qwen/Qwen-Image-Edit",
+                "prompt": "inline",
+                "image": "data:image/png;base64,AAAA",
+            },
+            url="/v1/images/edits",
+        ),
+    ]
+    failed = client.batches.create(
+        input_file_id=upload(client, edits), endpoint="/v1/images/edits", completion_window="24h"
+    )
+    assert failed.status == "failed"
+    assert [(e.line, e.param) for e in failed.errors.data or []] == [(2, "image")]  # type: ignore[union-attr]
+    chats = [
+        line(
+            "chat-1",
+            {
+                "model": "Qwen/Qwen-Image",
+                "messages": [{"role": "user", "content": "a cat --seed 7"}],
+            },
+            url="/v1/chat/completions",
+        )
+    ]
+    started = client.batches.create(
+        input_file_id=upload(client, chats),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    assert started.status == "in_progress"
+    payload = served.payload(started.id)
+    (item,) = json.loads(
+        served.store.store.s3.get_object(
+            Bucket=payload["items"]["Bucket"], Key=payload["items"]["Key"]
+        )["Body"].read()
+    )
+    assert item["job"]["api"] == "chat" and item["job"]["prompt"] == "a cat"
+
+
+def test_a_batch_belongs_to_the_key_that_made_it(served: Served) -> None:
+    mine = served.sdk(f"ms-{uuid.uuid4().hex}")
+    batch = mine.batches.create(
+        input_file_id=upload(mine, prompts(2)), endpoint=GENERATIONS, completion_window="24h"
+    )
+    other = served.sdk(OTHER)
+    for look in (other.batches.retrieve, other.batches.cancel):
+        with pytest.raises(openai.NotFoundError):
+            look(batch.id)
+    assert batch.id not in [item.id for item in other.batches.list()]
+    # nor can anyone start a batch from someone else's file
+    with pytest.raises(openai.NotFoundError):
+        other.batches.create(
+            input_file_id=batch.input_file_id, endpoint=GENERATIONS, completion_window="24h"
+        )
+    assert served.runner.started == [batch.id]
+    assert [item.id for item in mine.batches.list()] == [batch.id]
+
+
+def test_cancel_marks_the_batch_cancelling_until_its_run_ends(served: Served) -> None:
+    client = served.sdk()
+    batch = client.batches.create(
+        input_file_id=upload(client, prompts(2)), endpoint=GENERATIONS, completion_window="24h"
+    )
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelling" and cancelled.cancelling_at is not None
+    assert client.batches.cancel(batch.id).cancelling_at == cancelled.cancelling_at
+    assert client.batches.retrieve(batch.id).status == "cancelling"
+
+
+def test_a_failed_batch_cannot_be_cancelled(served: Served) -> None:
+    client = served.sdk()
+    failed = client.batches.create(
+        input_file_id=upload(client, ["{"]), endpoint=GENERATIONS, completion_window="24h"
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.cancel(failed.id)
+    assert caught.value.code == "batch_not_cancellable"
+
+
+def test_batches_list_newest_first_in_pages(served: Served) -> None:
+    client = served.sdk(f"ms-{uuid.uuid4().hex}")
+    file_id = upload(client, prompts(1))
+    made = [
+        client.batches.create(
+            input_file_id=file_id, endpoint=GENERATIONS, completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    first = client.batches.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    listed = [item.id for item in client.batches.list(limit=2)]  # the SDK pages on its own
+    assert sorted(listed) == sorted(made)
+
+
+def test_a_providers_prefix_runs_the_batch_on_that_provider(
+    served: Served, fake_sf: FakeSiliconFlow
+) -> None:
+    client = served.sdk("sk-sf-token", prefix="/siliconflow")
+    lines = [
+        line("k-1", {"model": "Kwai-Kolors/Kolors", "prompt": "a lantern", "size": "1024x1024"})
+    ]
+    batch = client.batches.create(
+        input_file_id=upload(client, lines), endpoint=GENERATIONS, completion_window="24h"
+    )
+    assert batch.status == "in_progress"
+    payload = served.payload(batch.id)
+    item = json.loads(
+        served.store.store.s3.get_object(
+            Bucket=payload["items"]["Bucket"], Key=payload["items"]["Key"]
+        )["Body"].read()
+    )[0]
+    assert item["job"]["provider"] == "siliconflow"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"completion_window": "1h"}, "completion_window"),
+        ({"metadata": {"k": 1}}, "metadata"),
+    ],
+)
+def test_a_bad_batch_request_is_a_400_and_starts_nothing(
+    served: Served, fields: dict[str, Any], param: str
+) -> None:
+    client = served.sdk()
+    body = {"endpoint": GENERATIONS, "completion_window": "24h", **fields}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.post(
+            "/batches",
+            body={"input_file_id": upload(client, prompts(1)), **body},
+            cast_to=object,
+        )
+    assert caught.value.param == param
+    assert served.runner.started == []
+
+
+def test_without_a_batch_state_machine_batches_are_a_404(gateway_url: str) -> None:
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=TOKEN, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.batches.create(input_file_id="file-x", endpoint=GENERATIONS, completion_window="24h")
+    assert caught.value.code == "batches_disabled"
