@@ -145,6 +145,8 @@ class FakeModelScope:
       duration); ``running_status_name``: the in-progress name after that (``"RUNNING"``).
     - ``clock``: the time tasks run on (``time.monotonic``; tests may simulate it).
     - ``fail_reason``: when set, tasks submitted from now on end ``FAILED`` with this message.
+    - ``fail_prompts``: prompt -> message: tasks of that prompt end ``FAILED`` with it (as the
+      service fails a task its moderation refuses after accepting it).
     - ``submit_override``: ``(status, json_body, headers)`` answered by the next submit, once.
     - ``token_answers``: token -> ``(status, json_body, headers)`` answered to every submit
       with that token (an exhausted daily quota, a revoked token); ``chat_token_answers``
@@ -181,6 +183,7 @@ class FakeModelScope:
         #: the clock tasks run on (`time.monotonic`; a test may run them on simulated time)
         self.clock: Callable[[], float] = time.monotonic
         self.fail_reason: str | None = None
+        self.fail_prompts: dict[str, str] = {}
         self.submit_override: tuple[int, Any, dict[str, str]] | None = None
         self.token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
         self.chat_token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
@@ -316,7 +319,9 @@ class FakeModelScope:
             created=created,
             pending_until=created + min(max(0.0, self.pending_seconds), duration),
             finishes_at=created + duration,
-            fail_reason=fetch_error if fetch_error is not None else self.fail_reason,
+            fail_reason=fetch_error
+            if fetch_error is not None
+            else self.fail_prompts.get(prompt, self.fail_reason),
             inputs=inputs,
             image_urls=urls,
             size=_parse_size(body.get("size")),

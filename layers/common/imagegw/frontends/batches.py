@@ -34,9 +34,11 @@ from imagegw.runners.stepfunctions.service import max_polls
 #: the completion windows a batch may ask for, in seconds
 WINDOWS: Final = {"24h": 86400}
 MAX_METADATA: Final = 16
-#: a result's object name: `results/{index}.ok.json` or `.failed.json` (an item that failed)
+#: a result's object name: `results/{index}.ok.json`, `.failed.json` (an item that failed) or
+#: `.skipped.json` (not submitted: the batch was cancelled or expired)
 OK: Final = ".ok.json"
 FAILED: Final = ".failed.json"
+SKIPPED: Final = ".skipped.json"
 
 
 def new_batch_id() -> str:
@@ -97,6 +99,7 @@ class Batches:
         provider: Provider,
         api_key: SecretStr,
         key_ref: str | None,
+        base_url: str,
     ) -> dict[str, Any]:
         """Check the input file and start the batch: its batch object. A file with a bad line
         is a `failed` batch listing every bad line; nothing is started for it."""
@@ -163,6 +166,7 @@ class Batches:
                 "owner": owner,
                 "expires_at": record["expires_at"],
                 "total": len(checked.items),
+                "base_url": base_url,
             },
             "key": sealed,
             "items": {"Bucket": self.store.store.bucket, "Key": items},
@@ -206,11 +210,15 @@ class Batches:
             return self._render(record, None, None, [])
         batch_id = record["id"]
         final = await self.store.get_json(self.store.run_key(owner, batch_id, "final.json"))
-        cancel = None
-        if final is None:
-            cancel = await self.store.get_json(self.store.run_key(owner, batch_id, "cancel.json"))
-        results = [] if final is not None else await self.results(owner, batch_id)
-        return self._render(record, final, cancel, results)
+        if final is not None:
+            return self._render(record, final, None, [])
+        cancel = await self.store.get_json(self.store.run_key(owner, batch_id, "cancel.json"))
+        ending = await self.store.get_json(self.store.run_key(owner, batch_id, "finalizing.json"))
+        results = await self.results(owner, batch_id)
+        batch = self._render(record, None, cancel, results)
+        if ending is not None and cancel is None:
+            batch.update(status="finalizing", finalizing_at=ending["finalizing_at"])
+        return batch
 
     async def results(self, owner: str, batch_id: str) -> list[str]:
         """The names of the item results written so far."""

@@ -41,12 +41,15 @@ import httpx
 #: the repository's root, where `make run` runs (the functions and the ASL file live there)
 REPO_ROOT: Final = Path(__file__).resolve().parents[4]
 ASL_FILE: Final = REPO_ROOT / "statemachine" / "image_job.asl.json"
+#: the Batch API's state machine: a Distributed Map whose items run the job's states
+BATCH_ASL_FILE: Final = REPO_ROOT / "statemachine" / "image_batch.asl.json"
 FUNCTIONS_DIR: Final = REPO_ROOT / "functions"
 #: the ASL file's DefinitionSubstitutions -> the function folder of each task
 TASKS: Final = {
     "JobSubmitFunctionArn": "job_submit",
     "JobPollFunctionArn": "job_poll",
     "JobStoreFunctionArn": "job_store",
+    "BatchStepFunctionArn": "batch_step",
 }
 LOCAL_ACCOUNT: Final = "123456789012"
 LOCAL_REGION: Final = "us-east-1"
@@ -65,6 +68,9 @@ def start_moto() -> tuple[Any, str]:
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
+    # where moto's Step Functions reaches its own services from a Distributed Map's ItemReader
+    # and ResultWriter (`moto.settings.moto_server_port`; else port 5000)
+    os.environ["MOTO_PORT"] = str(port)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server, f"http://127.0.0.1:{port}"
@@ -203,14 +209,24 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
         "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or "local",
     }
     key = boto3.client("kms", **credentials).create_key(Description="image-gateway local job key")
-    machine = boto3.client("stepfunctions", **credentials).create_state_machine(
+    sfn = boto3.client("stepfunctions", **credentials)
+    machine = sfn.create_state_machine(
         name="image-gateway-jobs",
         definition=state_machine_definition(arns),
         roleArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:role/image-gateway-jobs",
         type="STANDARD",
     )
+    batches = sfn.create_state_machine(
+        name="image-gateway-batches",
+        definition=state_machine_definition(
+            {**arns, "BatchBucket": os.environ.get("BUCKET", "")}, BATCH_ASL_FILE
+        ),
+        roleArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:role/image-gateway-batches",
+        type="STANDARD",
+    )
     return {
         "JOB_STATE_MACHINE_ARN": machine["stateMachineArn"],
+        "BATCH_STATE_MACHINE_ARN": batches["stateMachineArn"],
         "JOB_KEY_ID": key["KeyMetadata"]["Arn"],
         "AWS_ENDPOINT_URL_SFN": endpoint,
         "AWS_ENDPOINT_URL_KMS": endpoint,
@@ -390,7 +406,7 @@ def main() -> None:
         if "S3_ENDPOINT_URL" in env:
             where = f"S3 stand-in at {env['S3_ENDPOINT_URL']}, bucket {env['BUCKET']}"
         if "JOB_STATE_MACHINE_ARN" in env:
-            where += "; async jobs on the Step Functions stand-in"
+            where += "; async jobs and batches on the Step Functions stand-in"
         if "ACCESS_TABLE" in env:
             where += "; gateway keys on the DynamoDB and Secrets Manager stand-ins"
         where += f" (stand-ins in process {stand_ins.pid})"

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from imagegw.access import lease
 from imagegw.frontends.batches import Batches
 from imagegw.frontends.routes.files import limit_of, owner
-from imagegw.frontends.web import authorize, gateway_of, read_json
+from imagegw.frontends.web import authorize, gateway_of, public_base_url, read_json
 from imagegw.runners.stepfunctions.service import owner_of
 
 #: the most batches a listing answers at once
@@ -34,6 +34,7 @@ async def create_batch(request: Request) -> Response:
     caller, key = await authorize(request, provider.name)  # before the body is read
     batches = batches_of(request)
     _ = batches.runner  # batches disabled: the 404 before the body is read
+    base_url = public_base_url(request, gateway.settings)  # a bad Host: refused now
     body = await read_json(request, gateway.settings.max_body_bytes)
     leased = lease.current() if caller.keyed else None
     batch = await batches.create(
@@ -42,6 +43,7 @@ async def create_batch(request: Request) -> Response:
         provider=provider,
         api_key=key,
         key_ref=leased.ref if leased is not None else None,
+        base_url=base_url,
     )
     return JSONResponse(batch)
 

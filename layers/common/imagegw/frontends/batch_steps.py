@@ -1,0 +1,220 @@
+"""The batch state machine's own steps (statemachine/image_batch.asl.json, function
+functions/batch_step): each item of a batch is one durable job of the image-job lifecycle,
+run by the job's own steps (`imagegw.runners.stepfunctions.steps`) between these:
+
+- `prepare`: the item (a line planned when the batch was created, `batch_lines.Item`) as a
+  job's execution input: the job's id derived from the batch's and the item's (so a retried
+  step starts nothing twice), input images placed as a durable job's are, the provider key
+  sealed for that job (a gateway key's batch: its pool reference, as its jobs carry). A
+  cancelled batch, or one past its completion window, skips the item: nothing is submitted.
+- `record`: the item's outcome in the bucket (`results/`): the body a single request answers
+  (lasting links, or a chat completion), or the OpenAI-shaped error with its status.
+- `finalize`: the output file (one line per succeeded item) and the error file (one line per
+  failed or skipped item), as files of the batch's owner, and the batch's end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from imagegw.errors import GatewayError
+from imagegw.frontends import job_answers
+from imagegw.frontends.batch_lines import Item
+from imagegw.frontends.batches import FAILED, OK, SKIPPED, result_name
+from imagegw.frontends.routes.files import file_object, new_file_id
+from imagegw.infra.batchstore import BatchStore
+from imagegw.infra.log import logger
+from imagegw.runners.gateway import Gateway
+from imagegw.runners.stepfunctions.schema import (
+    InputRef,
+    JobInput,
+    JobOutput,
+    JobSpec,
+    error_body,
+)
+from imagegw.runners.stepfunctions.service import Jobs, JobView
+from imagegw.runners.stepfunctions.steps import POOL_REF
+
+_JOB_DOMAIN: Final = "imagegw-batch-item\0"
+
+
+def item_job_id(batch_id: str, index: int) -> str:
+    digest = hashlib.sha256(f"{_JOB_DOMAIN}{batch_id}\0{index}".encode()).hexdigest()
+    return f"job-{digest[:32]}"
+
+
+def status_of(body: Mapping[str, Any]) -> int:
+    """The HTTP status a single request would have answered with this error body."""
+    kind = body.get("error", {}).get("type")
+    pending: list[type[GatewayError]] = [GatewayError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.error_type == kind:
+            return cls.status
+        pending += cls.__subclasses__()
+    return 500
+
+
+def _store(kit: Gateway) -> BatchStore:
+    return BatchStore(kit.store)
+
+
+async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    item = Item.model_validate(event["item"])
+    batch = dict(event["batch"])
+    batch_id, owner = batch["id"], batch["owner"]
+    store = _store(kit)
+    here = {"item": {"index": item.index, "custom_id": item.custom_id}, "batch": batch}
+    if await store.get(store.run_key(owner, batch_id, "cancel.json")) is not None:
+        return {**here, "skip": "cancelled"}
+    if time.time() >= float(batch["expires_at"]):
+        return {**here, "skip": "expired"}
+    job_id = item_job_id(batch_id, item.index)
+    sealed = str(event["key"])
+    if not sealed.startswith(POOL_REF):
+        key = kit.sealer.open(sealed, batch_id)
+        sealed = kit.sealer.seal(key, job_id)
+    placed = await kit.store.place_all(item.job.images)
+    job = item.job
+    spec = JobSpec(
+        id=job_id,
+        owner=owner,
+        fingerprint=hashlib.sha256(job.model_dump_json().encode()).hexdigest(),
+        created=int(time.time()),
+        provider=job.provider,
+        model=job.model,
+        kind=job.kind,
+        prompt=job.prompt,
+        options=job.options,
+        n=job.n,
+        images=tuple(InputRef(key=p.key, url=p.url) for p in placed),
+        response_format=job.response_format,
+        api=job.api,
+    )
+    payload = JobInput(
+        job=spec,
+        key=sealed,
+        wait_seconds=int(event["wait_seconds"]),
+        max_polls=int(event["max_polls"]),
+    ).model_dump(mode="json")
+    return {**payload, **here}
+
+
+async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    state = event["state"]
+    item, batch = state["item"], state["batch"]
+    index, custom_id = int(item["index"]), str(item["custom_id"])
+    batch_id, owner = batch["id"], batch["owner"]
+    line: dict[str, Any] = {"id": f"batch_req_{item_job_id(batch_id, index)[4:28]}"}
+    line["custom_id"] = custom_id
+    request_id = item_job_id(batch_id, index)
+    ok = False
+    name: str
+    if "skip" in state:
+        why = state["skip"]
+        message = (
+            "The batch was cancelled before this request was submitted."
+            if why == "cancelled"
+            else "The batch's completion window ended before this request was submitted."
+        )
+        line.update(response=None, error={"code": f"batch_{why}", "message": message})
+        name = f"results/{index:06d}{SKIPPED}"
+    elif "failure" in state or "output" not in state:
+        failure = state.get("failure") or {}
+        body = error_body(failure.get("Error"), failure.get("Cause"))
+        response = {"status_code": status_of(body), "request_id": request_id, "body": body}
+        line.update(response=response, error=None)
+        name = result_name(index, ok=False)
+    else:
+        spec = JobSpec.model_validate(state["job"])
+        output = JobOutput.model_validate(state["output"])
+        view = JobView(
+            id=spec.id,
+            status="succeeded",
+            created=spec.created,
+            model=spec.model,
+            response_format=spec.response_format,
+            n=spec.n,
+            output=output,
+            api=spec.api,
+        )
+        jobs = Jobs(kit.settings, kit.store, sealer=kit.sealer)
+        rendered = await job_answers.render(
+            jobs, view, base_url=str(batch["base_url"]), fetcher=kit.result_fetcher
+        )
+        if spec.api == "images":
+            body = {"created": spec.created, "data": rendered["data"]}
+        else:
+            body = {key: value for key, value in rendered.items() if key != "status"}
+        line.update(
+            response={"status_code": 200, "request_id": request_id, "body": body}, error=None
+        )
+        name = result_name(index, ok=True)
+        ok = True
+    await _store(kit).put_json(_store(kit).run_key(owner, batch_id, name), line)
+    return {"index": index, "ok": ok}
+
+
+async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    batch = event["batch"]
+    batch_id, owner = batch["id"], batch["owner"]
+    store = _store(kit)
+    now = int(time.time())
+    await store.put_json(store.run_key(owner, batch_id, "finalizing.json"), {"finalizing_at": now})
+    prefix = store.run_key(owner, batch_id, "results/")
+    names = sorted(await store.keys(prefix))
+    done: list[bytes] = []
+    failed: list[bytes] = []
+    expired = False
+    for key in names:
+        data = await store.get(key)
+        if data is None:
+            continue
+        text = data.strip() + b"\n"
+        if key.endswith(OK):
+            done.append(text)
+        else:
+            failed.append(text)
+            expired = expired or b'"batch_expired"' in data
+    cancelled = await store.get(store.run_key(owner, batch_id, "cancel.json")) is not None
+    output_id = await _save(store, owner, f"{batch_id}_output.jsonl", done)
+    error_id = await _save(store, owner, f"{batch_id}_error.jsonl", failed)
+    status = "cancelled" if cancelled else "expired" if expired else "completed"
+    end = {
+        "status": status,
+        "finalizing_at": now,
+        f"{status}_at": int(time.time()),
+        "output_file_id": output_id,
+        "error_file_id": error_id,
+        "request_counts": {
+            "total": int(batch["total"]),
+            "completed": len(done),
+            "failed": sum(1 for key in names if key.endswith(FAILED)),
+        },
+    }
+    await store.put_json(store.run_key(owner, batch_id, "final.json"), end)
+    logger.info(
+        "batch ended",
+        extra={
+            "batch_id": batch_id,
+            "status": status,
+            "completed": len(done),
+            "failed": len(failed),
+        },
+    )
+    return {"status": status}
+
+
+async def _save(store: BatchStore, owner: str, filename: str, lines: list[bytes]) -> str | None:
+    if not lines:
+        return None
+    content = b"".join(lines)
+    meta = file_object(new_file_id(), size=len(content), filename=filename, purpose="batch_output")
+    await store.save_file(owner, meta, content)
+    return str(meta["id"])
+
+
+STEPS: Final = {"prepare": prepare, "record": record, "finalize": finalize}

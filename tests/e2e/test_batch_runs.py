@@ -1,0 +1,144 @@
+"""Batches run end to end with the official SDK against `make run`'s own server: moto on
+loopback runs the batch state machine (statemachine/image_batch.asl.json, a Distributed Map)
+and each item's job on the image-job steps, the tasks dispatched to the real handlers; the
+provider is the fake ModelScope on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch
+
+from fakes.modelscope import FakeModelScope
+from fakes.png import png_size
+from fakes.server import ServerThread, SwappableApp
+from local_run import serve_locally
+
+TOKEN = "ms-test-token"
+GENERATIONS = "/v1/images/generations"
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def local_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[str]:
+    with serve_locally(
+        tmp_path_factory.mktemp("batches"),
+        MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+        JOB_POLL_INTERVAL="0",
+        BATCH_CONCURRENCY="3",
+        POWERTOOLS_LOG_LEVEL="WARNING",
+    ) as (url, _):
+        yield url
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+
+
+def line(custom_id: str, prompt: str) -> str:
+    body = {"model": "Qwen/Qwen-Image", "prompt": prompt, "size": "96x64"}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": GENERATIONS, "body": body})
+
+
+def start(client: openai.OpenAI, lines: list[str]) -> Batch:
+    content = ("\n".join(lines) + "\n").encode()
+    file_id = client.files.create(file=("in.jsonl", content), purpose="batch").id
+    return client.batches.create(
+        input_file_id=file_id, endpoint=GENERATIONS, completion_window="24h"
+    )
+
+
+def wait_until(
+    client: openai.OpenAI, batch_id: str, statuses: set[str], timeout: float = 90
+) -> Batch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        time.sleep(0.3)
+    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout} s")
+
+
+def jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    return [json.loads(text) for text in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_batch_with_one_failing_prompt_completes_with_output_and_error_files(
+    local_server: str, fake_ms: FakeModelScope
+) -> None:
+    fake_ms.fail_prompts["a forbidden scene"] = "content moderation refused the prompt"
+    client = sdk(local_server)
+    prompts = [f"a lighthouse, take {i}" for i in range(5)] + ["a forbidden scene"]
+    batch = start(client, [line(f"req-{i}", prompt) for i, prompt in enumerate(prompts)])
+    assert batch.status == "in_progress"
+    done = wait_until(client, batch.id, {"completed", "failed", "expired", "cancelled"})
+    assert done.status == "completed"
+    assert done.request_counts is not None
+    counts = done.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (6, 5, 1)
+    assert done.finalizing_at is not None and done.completed_at is not None
+    # each request submitted exactly once
+    assert Counter(s["body"]["prompt"] for s in fake_ms.submissions) == Counter(prompts)
+    output = jsonl(client, done.output_file_id)
+    assert sorted(item["custom_id"] for item in output) == [f"req-{i}" for i in range(5)]
+    for item in output:
+        assert item["error"] is None and item["response"]["status_code"] == 200
+        (image,) = item["response"]["body"]["data"]
+        assert "/v1/files/" in image["url"]
+    link = output[0]["response"]["body"]["data"][0]["url"]
+    assert png_size(httpx.get(link, follow_redirects=True).content) == (96, 64)
+    (error,) = jsonl(client, done.error_file_id)
+    assert error["custom_id"] == "req-5"
+    assert "content moderation refused the prompt" in json.dumps(error["response"]["body"])
+    assert error["response"]["status_code"] >= 400
+    # the files are the caller's, listed with the rest
+    assert {done.output_file_id, done.error_file_id} <= {f.id for f in client.files.list()}
+
+
+def test_a_malformed_file_fails_with_its_line_number(
+    local_server: str, fake_ms: FakeModelScope
+) -> None:
+    client = sdk(local_server)
+    batch = start(client, [line("a", "a cat"), '{"custom_id": "b", "method": "POST"'])
+    assert batch.status == "failed"
+    assert [(e.line, e.code) for e in batch.errors.data or []] == [(2, "invalid_json_line")]  # type: ignore[union-attr]
+    assert client.batches.retrieve(batch.id).status == "failed"
+    assert fake_ms.submissions == []
+
+
+def test_a_cancelled_batch_submits_nothing_more(local_server: str, fake_ms: FakeModelScope) -> None:
+    fake_ms.task_duration = 2.0
+    client = sdk(local_server)
+    batch = start(client, [line(f"slow-{i}", f"a slow scene {i}") for i in range(40)])
+    deadline = time.monotonic() + 30
+    while not fake_ms.submissions and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling"
+    submitted_at_cancel = len(fake_ms.submissions)
+    done = wait_until(client, batch.id, {"cancelled", "completed"}, timeout=120)
+    assert done.status == "cancelled" and done.cancelled_at is not None
+    # the items at the provider when it was cancelled finished and were kept; none after
+    assert len(fake_ms.submissions) <= submitted_at_cancel + 3  # those already in Prepare
+    assert len(fake_ms.submissions) < 40
+    assert done.request_counts is not None
+    assert done.request_counts.completed == len(fake_ms.submissions)
+    output = jsonl(client, done.output_file_id)
+    assert len(output) == len(fake_ms.submissions)
+    skipped = jsonl(client, done.error_file_id)
+    assert {item["error"]["code"] for item in skipped} == {"batch_cancelled"}
+    assert len(output) + len(skipped) == 40
