@@ -114,7 +114,8 @@ validate: $(SAM_VENV)/.ready
 	$(SAM) validate --lint
 
 asl: $(ASL_VALIDATOR)
-	$(ASL_VALIDATOR) --json-path statemachine/image_job.asl.json
+	@$(BIN)/python tools/batchasl --check || { echo "statemachine/image_batch.asl.json is stale: python tools/batchasl"; exit 1; }
+	$(ASL_VALIDATOR) --json-path statemachine/image_job.asl.json --json-path statemachine/image_batch.asl.json
 
 build: $(SAM_VENV)/.ready
 	@python3.13 -c pass 2>/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }

@@ -89,8 +89,12 @@ def batch_machine(job: dict[str, Any]) -> dict[str, Any]:
     }
     skip = {
         "Type": "Choice",
-        "Comment": "A skipped item is recorded as such; any other is submitted.",
-        "Choices": [{"Variable": "$.skip", "IsPresent": True, "Next": "Record"}],
+        "Comment": "A skipped item (cancelled, expired) or one the gateway refused (its key "
+        "revoked, its quota spent) is recorded as such; any other is submitted.",
+        "Choices": [
+            {"Variable": "$.skip", "IsPresent": True, "Next": "Record"},
+            {"Variable": "$.failure", "IsPresent": True, "Next": "Record"},
+        ],
         "Default": "Submit",
     }
     record = {

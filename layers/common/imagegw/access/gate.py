@@ -263,6 +263,14 @@ class Access:
             )
         return Caller(secret, record)
 
+    async def keyed_caller(self, hash_: str) -> Caller | None:
+        """The caller of the gateway key whose hash is `hash_` as it stands now (a batch's items
+        reserve on it one by one); None once revoked, expired or unknown."""
+        record = await self._record(hash_)
+        if record is None or record.expired(time.time()):
+            return None
+        return Caller(SecretStr(""), record)
+
     async def _record(self, hash_: str) -> KeyRecord | None:
         now = time.monotonic()
         cached = self._keys.get(hash_)

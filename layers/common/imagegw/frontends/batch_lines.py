@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from imagegw.access.gate import Caller
 from imagegw.core.plan import Ask, plan
 from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.frontends import images_api, prompt_options
@@ -84,10 +85,16 @@ class Checked:
 
 
 def check_file(
-    content: bytes, *, endpoint: Endpoint, provider: Provider, max_items: int
+    content: bytes,
+    *,
+    endpoint: Endpoint,
+    provider: Provider,
+    max_items: int,
+    caller: Caller | None = None,
 ) -> Checked:
     """Every line of `content` (JSONL) read and planned for `endpoint` on `provider`; blank
-    lines are skipped. Errors name their line (1-based)."""
+    lines are skipped. Errors name their line (1-based). `caller`: a gateway key's models are
+    checked too."""
     items: list[Item] = []
     errors: list[LineError] = []
     seen: set[str] = set()
@@ -107,6 +114,8 @@ def check_file(
     for number, line in lines:
         try:
             custom_id, job = check_line(line, endpoint=endpoint, provider=provider)
+            if caller is not None:
+                caller.check_model(job.model)
             if custom_id in seen:
                 raise InvalidRequestError(
                     f"The custom_id '{custom_id[:80]}' is used by an earlier line: "

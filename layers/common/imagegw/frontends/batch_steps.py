@@ -16,11 +16,12 @@ run by the job's own steps (`imagegw.runners.stepfunctions.steps`) between these
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from imagegw.errors import GatewayError
+from imagegw.errors import AuthenticationError, GatewayError
 from imagegw.frontends import job_answers
 from imagegw.frontends.batch_lines import Item
 from imagegw.frontends.batches import FAILED, OK, SKIPPED, result_name
@@ -32,6 +33,7 @@ from imagegw.runners.stepfunctions.schema import (
     InputRef,
     JobInput,
     JobOutput,
+    JobQuota,
     JobSpec,
     error_body,
 )
@@ -63,11 +65,27 @@ def _store(kit: Gateway) -> BatchStore:
 
 
 async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """The item's job input; or, with `skip`, why it is not submitted; or, with `failure`, the
+    gateway's refusal of it (the key revoked, its quota spent), recorded as the item's error."""
     item = Item.model_validate(event["item"])
     batch = dict(event["batch"])
+    here = {"item": {"index": item.index, "custom_id": item.custom_id}, "batch": batch}
+    try:
+        return await _prepare(event, item, batch, here, kit)
+    except GatewayError as exc:
+        failure = {"Error": type(exc).__name__, "Cause": json.dumps(exc.body())}
+        return {**here, "failure": failure}
+
+
+async def _prepare(
+    event: Mapping[str, Any],
+    item: Item,
+    batch: dict[str, Any],
+    here: dict[str, Any],
+    kit: Gateway,
+) -> dict[str, Any]:
     batch_id, owner = batch["id"], batch["owner"]
     store = _store(kit)
-    here = {"item": {"index": item.index, "custom_id": item.custom_id}, "batch": batch}
     if await store.get(store.run_key(owner, batch_id, "cancel.json")) is not None:
         return {**here, "skip": "cancelled"}
     if time.time() >= float(batch["expires_at"]):
@@ -77,8 +95,14 @@ async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     if not sealed.startswith(POOL_REF):
         key = kit.sealer.open(sealed, batch_id)
         sealed = kit.sealer.seal(key, job_id)
-    placed = await kit.store.place_all(item.job.images)
     job = item.job
+    quota = await _reserve(batch.get("quota_key"), job.model, job.n, kit)
+    try:
+        placed = await kit.store.place_all(job.images)
+    except BaseException:
+        if quota is not None:
+            await kit.access.settle_job(job_id, quota.key, job.model, job.n, 0, quota.at)
+        raise
     spec = JobSpec(
         id=job_id,
         owner=owner,
@@ -93,6 +117,7 @@ async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         images=tuple(InputRef(key=p.key, url=p.url) for p in placed),
         response_format=job.response_format,
         api=job.api,
+        quota=quota,
     )
     payload = JobInput(
         job=spec,
@@ -101,6 +126,21 @@ async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         max_polls=int(event["max_polls"]),
     ).model_dump(mode="json")
     return {**payload, **here}
+
+
+async def _reserve(key_hash: str | None, model: str, n: int, kit: Gateway) -> JobQuota | None:
+    """A gateway key's batch item counts on the key's quota as a durable job does (its job
+    settles it when it ends); the key's 401 once revoked, its 429 once the day's quota is spent
+    (the item fails with it; the batch goes on)."""
+    if not key_hash:
+        return None
+    caller = await kit.access.keyed_caller(key_hash)
+    if caller is None:
+        raise AuthenticationError(
+            "The gateway key that made this batch is revoked or expired.", code="invalid_api_key"
+        )
+    reservation = await kit.access.reserve(caller, model, n)
+    return None if reservation is None else JobQuota(key=reservation.record.hash, at=reservation.at)
 
 
 async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:

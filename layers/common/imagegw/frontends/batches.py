@@ -21,6 +21,7 @@ from typing import Any, Final
 import anyio.to_thread
 from pydantic import SecretStr
 
+from imagegw.access.gate import Caller
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError
 from imagegw.frontends.batch_lines import ENDPOINTS, Endpoint, check_file
 from imagegw.infra.batchstore import BATCH_ID, BatchStore
@@ -100,6 +101,7 @@ class Batches:
         api_key: SecretStr,
         key_ref: str | None,
         base_url: str,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         """Check the input file and start the batch: its batch object. A file with a bad line
         is a `failed` batch listing every bad line; nothing is started for it."""
@@ -115,6 +117,7 @@ class Batches:
             endpoint=endpoint,
             provider=provider,
             max_items=self.settings.batch_max_items,
+            caller=caller,
         )
         now = int(time.time())
         batch_id = new_batch_id()
@@ -167,6 +170,8 @@ class Batches:
                 "expires_at": record["expires_at"],
                 "total": len(checked.items),
                 "base_url": base_url,
+                # a gateway key's batch: each item reserves on the key's quota as it starts
+                "quota_key": caller.record.hash if caller and caller.record else None,
             },
             "key": sealed,
             "items": {"Bucket": self.store.store.bucket, "Key": items},

@@ -44,6 +44,7 @@ async def create_batch(request: Request) -> Response:
         api_key=key,
         key_ref=leased.ref if leased is not None else None,
         base_url=base_url,
+        caller=caller,
     )
     return JSONResponse(batch)
 
