@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types import Batch
 
+from e2e.test_gateway_keys import Local
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
 from fakes.server import ServerThread, SwappableApp
@@ -142,3 +143,48 @@ def test_a_cancelled_batch_submits_nothing_more(local_server: str, fake_ms: Fake
     skipped = jsonl(client, done.error_file_id)
     assert {item["error"]["code"] for item in skipped} == {"batch_cancelled"}
     assert len(output) + len(skipped) == 40
+
+
+@pytest.fixture(scope="module")
+def keyed_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[Local]:
+    """`make run` in keys mode: gateway keys only, the provider's token held by the server."""
+    folder = tmp_path_factory.mktemp("batch-keys")
+    with serve_locally(
+        folder,
+        MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+        JOB_POLL_INTERVAL="0",
+        ACCESS_MODE="keys",
+        BATCH_CONCURRENCY="2",
+        POWERTOOLS_LOG_LEVEL="WARNING",
+    ) as (url, log):
+        local = Local(url, log, folder / "access.json")
+        local.pool(TOKEN)
+        yield local
+
+
+def test_a_gateway_keys_quota_counts_each_item(
+    keyed_server: Local, fake_ms: FakeModelScope
+) -> None:
+    # Given a key allowed 3 images a day
+    key = keyed_server.key("batcher", "--quota", "3")
+    client = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=key, max_retries=0)
+    # When it runs a batch of 5 requests
+    batch = start(client, [line(f"q-{i}", f"a quota scene {i}") for i in range(5)])
+    done = wait_until(client, batch.id, {"completed", "failed", "expired", "cancelled"})
+    # Then 3 are made and 2 refused with the quota's 429, never submitted
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 2)
+    assert len(fake_ms.submissions) == 3
+    # the provider got the server's token, never the gateway key
+    assert key not in json.dumps(fake_ms.submissions)
+    errors = jsonl(client, done.error_file_id)
+    assert {e["response"]["status_code"] for e in errors} == {429}
+    assert {e["response"]["body"]["error"]["code"] for e in errors} == {"quota_exceeded"}
+    usage = httpx.get(
+        f"{keyed_server.url}/v1/usage", headers={"authorization": f"Bearer {key}"}
+    ).json()
+    # the day's reservations are the 3 made; the month counts them as made
+    assert (usage["today"]["images"], usage["month"]["images"]) == (3, 3)
