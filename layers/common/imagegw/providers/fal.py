@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import httpx
 
-from imagegw.errors import ProviderError
+from imagegw.errors import ProviderError, TransientProviderError
 from imagegw.infra.config import ProviderSetting
 from imagegw.providers.base import (
     Failed,
@@ -214,10 +214,18 @@ class Fal(Provider):
             return Running("QUEUED")
         if status != "COMPLETED":
             return Running("RUNNING")  # IN_PROGRESS
+        # COMPLETED: the response URL holds the output, or the run's error (any status, with a
+        # `detail`); only an answer without one (a proxy's 5xx) is worth asking again
         answer = await polled(
             self, task_id, response_url, headers, key, self.hosts,
-            what="response URL", done_statuses=frozenset(range(200, 500)),
+            what="response URL", done_statuses=frozenset(range(200, 600)) - {429},
         )  # fmt: skip
+        if answer.status_code >= 500 and "detail" not in _json_keys(answer):
+            raise TransientProviderError(
+                f"fal answered {answer.status_code} for the result of task {task_id}.",
+                reason=f"answered {answer.status_code}",
+                code="provider_unavailable",
+            )
         return self._result(answer, request)
 
     def _result(self, answer: httpx.Response, request: GenerationRequest) -> TaskStatus:
@@ -236,3 +244,11 @@ class Fal(Provider):
         if not urls:
             return Failed("the request completed without an image")
         return Finished(urls, state="COMPLETED")
+
+
+def _json_keys(response: httpx.Response) -> frozenset[str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return frozenset()
+    return frozenset(body) if isinstance(body, dict) else frozenset()

@@ -178,15 +178,15 @@ async def polled(
             reason=reason,
             code="provider_unreachable",
         ) from None
+    if response.status_code in done_statuses:
+        return response
     if response.status_code >= 500 or response.status_code == 429:
         raise TransientProviderError(
             f"{provider.title} answered {response.status_code} while polling task {task}.",
             reason=f"answered {response.status_code}",
             code="provider_unavailable",
         )
-    if response.status_code not in done_statuses:
-        raise refusal(provider.title, response, key)
-    return response
+    raise refusal(provider.title, response, key)
 
 
 def json_of(provider: Provider, response: httpx.Response, task: str) -> dict[str, Any]:
