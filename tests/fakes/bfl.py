@@ -43,7 +43,7 @@ class FakeBFL(TaskHostsFake):
     def __init__(self) -> None:
         super().__init__()
         self.url_ttl = 600.0  # BFL's result links expire in 10 minutes
-        self.busy_next = False
+        self.throttle_next = False
         self.app = Starlette(
             routes=[
                 Route("/v1/get_result", self._result, methods=["GET"]),
@@ -59,8 +59,8 @@ class FakeBFL(TaskHostsFake):
         entry = await self.record(request)
         if request.headers.get("x-key") not in self.tokens:
             return JSONResponse({"detail": BAD_KEY}, 403)
-        if self.busy_next:
-            self.busy_next = False
+        if self.throttle_next:
+            self.throttle_next = False
             return JSONResponse({"detail": TOO_MANY}, 429, headers={"retry-after": "5"})
         model = request.path_params["model"]
         if model not in WH_MODELS | RATIO_MODELS:
