@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import httpx
 
-from imagegw.errors import GatewayError, InvalidRequestError, ProviderError
+from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.infra.config import ProviderSetting
 from imagegw.providers.base import (
     Finished,
@@ -32,7 +32,7 @@ from imagegw.providers.base import (
 )
 from imagegw.providers.options import as_float, as_int, common_options, option_names, parse_size
 from imagegw.providers.sizes import STEP, SizeLimits
-from imagegw.providers.tasks import moderated, refusal
+from imagegw.providers.tasks import refusal
 from imagegw.providers.upstream import unreachable, work_timeout
 
 #: sizes Seedream 4 takes by name
@@ -175,7 +175,7 @@ class Ark(Provider):
         except httpx.TransportError as exc:
             raise unreachable(self.title, exc, self.settings) from None
         if response.status_code != 200:
-            raise self._error(response, request)
+            raise refusal(self.title, response, request.api_key, lambda code: SENSITIVE in code)
         try:
             data = response.json().get("data") or []
         except (ValueError, AttributeError):
@@ -186,20 +186,3 @@ class Ark(Provider):
         if not urls:
             raise ProviderError("Volcengine Ark answered without an image.", code="provider_error")
         return Finished(urls)
-
-    def _error(self, response: httpx.Response, request: GenerationRequest) -> GatewayError:
-        error = refusal(self.title, response, request.api_key)
-        code = _code(response)
-        if response.status_code == 400 and SENSITIVE in code:
-            return moderated(
-                self.title, f"{error.message.removeprefix(self.title + ': ')} ({code})"
-            )
-        return error
-
-
-def _code(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return ""
-    return str(error.get("code") or "") if isinstance(error, dict) else ""

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from imagegw.errors import InvalidRequestError, ProviderError
+from imagegw.errors import InvalidRequestError, PermissionDeniedError, ProviderError
 from imagegw.infra.config import ProviderSetting
 from imagegw.providers.base import (
     Failed,
@@ -188,12 +188,10 @@ class BlackForestLabs(Provider):
             response = await submit(
                 self, url, self.body(request), self._headers(request), request.api_key
             )
-        except ProviderError:
-            raise
-        except Exception as exc:
-            if getattr(exc, "status", None) == 403:
-                raise auth_refusal(exc) from None  # type: ignore[arg-type]
-            raise
+        except PermissionDeniedError as exc:
+            if exc.code == "insufficient_quota":  # a 402: no credit
+                raise
+            raise auth_refusal(exc) from None  # BFL answers a bad key 403
         answer = json_of(self, response, "submission")
         polling = answer.get("polling_url")
         task = answer.get("id")

@@ -165,12 +165,14 @@ class DashScope(Provider):
     async def start(self, request: GenerationRequest) -> Started:
         path = EDIT_PATH if request.images else GENERATE_PATH
         headers = {**self._headers(request), ASYNC_HEADER: "enable"}
-        try:
-            response = await submit(
-                self, f"{self.base_url}{path}", self.body(request), headers, request.api_key
-            )
-        except Exception as exc:
-            raise self._moderation(exc, request) from None
+        response = await submit(
+            self,
+            f"{self.base_url}{path}",
+            self.body(request),
+            headers,
+            request.api_key,
+            moderation=MODERATION_CODES.__contains__,
+        )
         output = (json_of(self, response, "submission").get("output")) or {}
         task_id = output.get("task_id") if isinstance(output, dict) else None
         if not isinstance(task_id, str) or not task_id:
@@ -178,13 +180,6 @@ class DashScope(Provider):
                 "DashScope answered the submission without a task id.", code="provider_error"
             )
         return Started(task_id)
-
-    def _moderation(self, exc: Exception, request: GenerationRequest) -> Exception:
-        """A 400 `DataInspectionFailed` as the moderation refusal it is."""
-        message = getattr(exc, "message", "")
-        if getattr(exc, "status", None) == 400 and any(c in message for c in MODERATION_CODES):
-            return moderated(self.title, message.removeprefix(f"{self.title}: "), request.api_key)
-        return exc
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         response = await polled(

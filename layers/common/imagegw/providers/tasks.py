@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from math import gcd
 from typing import TYPE_CHECKING, Any, Final
 
@@ -124,8 +124,10 @@ async def submit(
     body: Mapping[str, Any],
     headers: Mapping[str, str],
     key: SecretStr,
+    moderation: Callable[[str], bool] | None = None,
 ) -> httpx.Response:
-    """POST a submission to the provider's own API; a 2xx answer, or the gateway's error."""
+    """POST a submission to the provider's own API; a 2xx answer, or the gateway's error (a
+    400 whose error code `moderation` accepts: a content-policy refusal)."""
     try:
         response = await provider.client.post(
             url, json=dict(body), headers=dict(headers), timeout=provider.timeout
@@ -134,14 +136,36 @@ async def submit(
         waited = provider.settings.provider_timeout
         raise unreachable(provider.title, exc, provider.settings, waited=waited) from None
     if not 200 <= response.status_code < 300:
-        raise refusal(provider.title, response, key)
+        raise refusal(provider.title, response, key, moderation)
     return response
 
 
-def refusal(title: str, response: httpx.Response, key: SecretStr) -> GatewayError:
+def error_code(response: httpx.Response) -> str:
+    """The provider's error code: `{"code": ..}` (DashScope) or `{"error": {"code": ..}}`."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    inner = body.get("error")
+    code = inner.get("code") if isinstance(inner, dict) else body.get("code")
+    return code if isinstance(code, str) else ""
+
+
+def refusal(
+    title: str,
+    response: httpx.Response,
+    key: SecretStr,
+    moderation: Callable[[str], bool] | None = None,
+) -> GatewayError:
     """The gateway's error for a provider's error answer: `error_for`, with 402 (no credit) as
-    a 403 a gateway-key pool sets aside, not a 502."""
+    a 403 a gateway-key pool sets aside, not a 502, and a 400 whose code `moderation` accepts
+    as a content-policy refusal."""
     error = error_for(title, response, key=key)
+    code = error_code(response)
+    if response.status_code == 400 and moderation is not None and code and moderation(code):
+        return moderated(title, f"{error.message.removeprefix(title + ': ')} ({code})", key)
     if response.status_code == 402:
         return PermissionDeniedError(error.message, code="insufficient_quota")
     return error
