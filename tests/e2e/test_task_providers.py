@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from e2e.test_gateway_keys import Local
 from fakes.ark import TOKEN as ARK_KEY
 from fakes.ark import FakeArk
 from fakes.bfl import TOKEN as BFL_KEY
@@ -331,3 +332,67 @@ def test_a_durable_job_ends_with_lasting_links(
 def test_the_catalogue_is_listed(local_server: str, case: Case, fake: TaskHostsFake) -> None:
     ids = [m.id for m in sdk(local_server, case).models.list().data]
     assert case.generate in ids and case.edit in ids
+
+
+def test_a_gateway_key_pool_fails_over_per_provider(
+    tmp_path_factory: pytest.TempPathFactory, provider_hosts: dict[str, Hosts]
+) -> None:
+    # Given a deployment in keys mode whose BFL pool holds a token BFL refuses, then a good one
+    bfl = next(case for case in CASES if case.name == "bfl")
+    hosts = provider_hosts["bfl"]
+    made = FakeBFL()
+    made.tokens = {"bfl-pool-good"}
+    made.api_url, made.poll_url, made.cdn_url = hosts.api.url, hosts.poll.url, hosts.cdn.url
+    hosts.app.app = made
+    folder = tmp_path_factory.mktemp("bfl-keys")
+    with serve_locally(
+        folder,
+        BFL_BASE_URL=f"{hosts.api.url}/v1",
+        BFL_HOSTS=hosts.netloc(hosts.poll),
+        ALLOW_PRIVATE_URLS="true",
+        ACCESS_MODE="keys",
+        JOB_POLL_INTERVAL="0",
+        POLL_INTERVAL="0.05",
+        POLL_INTERVAL_MAX="0.2",
+        SECRET_CACHE_TTL="0",
+    ) as (url, log):
+        local = Local(url, log, folder / "access.json")
+        local.admin("token", "bfl", "bfl-pool-refused")
+        local.admin("token", "bfl", "bfl-pool-good")
+        key = local.key("dana")
+
+        # When a client with a gateway key asks BFL for pictures, twice
+        for prompt in ("first", "second"):
+            answer = sdk(url, bfl, key=key).images.generate(model=bfl.generate, prompt=prompt)
+            assert answer.data is not None and answer.data[0].url is not None
+
+    # Then the refused token was tried once and set aside; the good one made both pictures;
+    # the gateway key itself never reached BFL
+    keys = [r["headers"].get("x-key") for r in made.submissions()]
+    assert keys.count("bfl-pool-refused") == 1
+    assert keys.count("bfl-pool-good") == 2
+    assert all(key not in json.dumps(r["headers"]) for r in made.requests)
+
+
+def test_a_chat_job_answers_a_completion_with_links(
+    local_server: str, case: Case, fake: TaskHostsFake
+) -> None:
+    # When a chat request prefers an async answer
+    raw = sdk(local_server, case).chat.completions.with_raw_response.create(
+        model=case.generate,
+        messages=[{"role": "user", "content": "a windmill --ar 16:9"}],
+        extra_headers={"Prefer": "respond-async"},
+    )
+    assert raw.status_code == 202
+    location = raw.headers["location"]
+    deadline, job = time.monotonic() + 60, raw.http_response.json()
+    while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = httpx.get(
+            location, headers={"authorization": f"Bearer {case.key}"}, timeout=30
+        ).json()
+    # Then the job is a chat completion whose one link serves a 16:9 picture
+    assert job["status"] == "succeeded", job
+    (url,) = image_urls(job["choices"][0]["message"]["content"])
+    width, height = png_size(picture(url, local_server))
+    assert abs(width / height - 16 / 9) < 0.05, (width, height)
