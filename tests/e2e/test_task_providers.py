@@ -196,6 +196,24 @@ def test_streamed_chat_links_a_png(local_server: str, case: Case, fake: TaskHost
     assert len(fake.submissions()) == 1
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("bfl", "fal")], indirect=True,
+                         ids=["bfl", "fal"])  # fmt: skip
+def test_the_thinking_block_shows_the_providers_own_progress(
+    local_server: str, case: Case, fake: TaskHostsFake
+) -> None:
+    # Given a task that is queued, then runs, then ends
+    fake.polls_to_finish = 3
+    stream = sdk(local_server, case).chat.completions.create(
+        model=case.generate, messages=[{"role": "user", "content": "a harbour"}], stream=True
+    )
+    reasoning = "".join(
+        getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in stream if c.choices
+    )
+    # Then the progress lines carry the provider's own words: fal's queue position, BFL's percent
+    words = {"fal": "queued at fal (position 2 in the queue)", "bfl": "generating (50 %)"}
+    assert words[case.name] in reasoning, reasoning
+
+
 def test_two_images_of_the_asked_shape(local_server: str, case: Case, fake: TaskHostsFake) -> None:
     # When a client asks the Images API for two 1024x768 pictures
     answer = sdk(local_server, case).images.generate(

@@ -223,5 +223,6 @@ class BlackForestLabs(Provider):
         if status == "Task not found":
             return Failed("the task was not found (it may have expired)", state="NOT_FOUND")
         progress = answer.get("progress")
-        running = isinstance(progress, int | float) and progress > 0
-        return Running("RUNNING" if running else "PENDING")
+        if isinstance(progress, int | float) and not isinstance(progress, bool) and progress > 0:
+            return Running("RUNNING", f"{min(100.0, progress * 100):.0f} %")
+        return Running("PENDING")

@@ -209,8 +209,12 @@ class Fal(Provider):
             self, task_id, status_url, headers, key, self.hosts,
             what="status URL", done_statuses=frozenset({200, 202}),
         )  # fmt: skip
-        status = str(json_of(self, polled_status, task_id).get("status") or "").upper()
+        state = json_of(self, polled_status, task_id)
+        status = str(state.get("status") or "").upper()
         if status == "IN_QUEUE":
+            position = state.get("queue_position")
+            if isinstance(position, int) and not isinstance(position, bool):
+                return Running("QUEUED", f"position {position} in the queue")
             return Running("QUEUED")
         if status != "COMPLETED":
             return Running("RUNNING")  # IN_PROGRESS
