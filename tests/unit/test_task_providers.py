@@ -392,3 +392,27 @@ async def test_the_base_urls_own_origin_goes_through_the_provider_client() -> No
     provider = make("bfl", handle)
     answer = await follow(provider, "https://api.bfl.ai/v1/get_result?id=1", {"x-key": KEY}, ())
     assert json.loads(answer.content) == {"ok": True} and len(sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("bfl", "../credits"),
+        ("bfl", "flux-pro-1.1?id=1"),
+        ("bfl", "v1/get_result"),
+        ("replicate", "owner/../../account"),
+        ("replicate", "owner/name/extra"),
+        ("replicate", "https://evil.example/x"),
+        ("replicate", "owner/name:../x"),
+        ("fal", "fal-ai/../../admin"),
+        ("fal", "fal-ai/%2e%2e/x"),
+        ("fal", "flux"),
+    ],
+)
+def test_model_ids_that_would_steer_the_url_path_are_400s(name: str, model: str) -> None:
+    # Given a model id that is part of the provider's URL path, bent to reach another path
+    provider = make(name)
+    with pytest.raises(InvalidRequestError) as caught:
+        job(provider, model, {})
+    # Then it is refused before anything is sent
+    assert caught.value.param == "model" and caught.value.status == 400

@@ -41,6 +41,7 @@ from imagegw.providers.tasks import (
     host_patterns,
     json_of,
     moderated,
+    path_model,
     polled,
     submit,
 )
@@ -130,6 +131,7 @@ class BlackForestLabs(Provider):
     def prepare(
         self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
     ) -> dict[str, Any]:
+        path_model(self.title, model, (1, 1))
         spec = spec_of(model, kind)
         check_image_count(model, image_count, *spec.images)
         opts = common_options(fields)

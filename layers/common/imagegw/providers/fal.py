@@ -49,6 +49,7 @@ from imagegw.providers.tasks import (
     host_patterns,
     json_of,
     moderated,
+    path_model,
     polled,
     submit,
 )
@@ -134,6 +135,7 @@ class Fal(Provider):
     def prepare(
         self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
     ) -> dict[str, Any]:
+        path_model(self.title, model, (2, 6))  # owner/app[/sub/path]
         spec = spec_of(model, kind)
         edit = spec.image_field is not None
         check_image_count(model, image_count, 1 if edit else 0, spec.most_images if edit else 0)

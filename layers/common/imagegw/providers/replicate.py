@@ -35,7 +35,14 @@ from imagegw.providers.base import (
 )
 from imagegw.providers.options import as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.tasks import host_patterns, json_of, moderated, polled, submit
+from imagegw.providers.tasks import (
+    host_patterns,
+    json_of,
+    moderated,
+    path_model,
+    polled,
+    submit,
+)
 
 HOSTS: Final = ProviderSetting("REPLICATE_HOSTS", "api.replicate.com")
 MAX_SEED: Final = 2**31 - 1
@@ -125,6 +132,7 @@ class Replicate(Provider):
     def prepare(
         self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
     ) -> dict[str, Any]:
+        path_model(self.title, model, (2, 2), version=True)  # owner/name[:version]
         spec = spec_of(model, kind)
         edit = spec.image_field is not None
         check_image_count(model, image_count, 1 if edit else 0, 1 if edit else 0)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from math import gcd
 from typing import TYPE_CHECKING, Any, Final
@@ -45,6 +46,28 @@ def moderated(title: str, reason: str, key: SecretStr | None = None) -> InvalidR
         param="prompt",
         code=CONTENT_POLICY,
     )
+
+
+#: one segment of a model id that becomes part of a URL path (`flux-pro-1.1`, `fal-ai`)
+_SEGMENT: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def path_model(title: str, model: str, segments: tuple[int, int], version: bool = False) -> str:
+    """A model id that the provider's URL path carries (`POST /{model}`), checked: `segments`
+    (fewest, most) plain segments joined by `/`, with a `:version` when `version`. Anything else
+    (`..`, `?`, `%`, a scheme) is a 400 before anything is sent, so a client cannot steer the
+    call (with a pool token) to another path of the provider's API."""
+    name, colon, tag = model.partition(":") if version else (model, "", "")
+    parts = name.split("/")
+    fewest, most = segments
+    good = fewest <= len(parts) <= most and all(
+        _SEGMENT.match(part) and part not in (".", "..") for part in parts
+    )
+    if not good or (colon and not re.fullmatch(r"[A-Za-z0-9]{1,128}", tag)):
+        raise InvalidRequestError(
+            f"'{model[:100]}' is not a {title} model id.", param="model", code="model_not_found"
+        )
+    return model
 
 
 def host_patterns(setting: str) -> tuple[str, ...]:
