@@ -227,7 +227,9 @@ async def test_bfl_polls_the_returned_url_and_maps_its_states() -> None:
     assert seen[0].headers["x-key"] == KEY and "authorization" not in seen[0].headers
     assert await provider.check(request, polling) == Running("PENDING")
     assert await provider.check(request, polling) == Running("RUNNING", "40 %")
-    assert await provider.check(request, polling) == Finished(("https://d.bfl.ai/x.png",), "READY")
+    assert await provider.check(request, polling) == Finished(
+        ("https://d.bfl.ai/x.png",), "SUCCEEDED"
+    )
     assert await provider.check(request, polling) == Failed("out of memory", "ERROR")
     assert isinstance(await provider.check(request, polling), Failed)
     with pytest.raises(InvalidRequestError) as caught:
@@ -333,7 +335,7 @@ async def test_fal_polls_status_then_reads_the_response() -> None:
     assert await provider.check(request, task) == Running("QUEUED", "position 3 in the queue")
     assert await provider.check(request, task) == Running("RUNNING")
     assert await provider.check(request, task) == Finished(
-        ("https://v3.fal.media/a.png",), "COMPLETED"
+        ("https://v3.fal.media/a.png",), "SUCCEEDED"
     )
     with pytest.raises(InvalidRequestError):
         await provider.check(request, task)

@@ -216,14 +216,14 @@ class BlackForestLabs(Provider):
             sample = (result or {}).get("sample")
             if not isinstance(sample, str):
                 return Failed("the task is ready but has no image")
-            return Finished((sample,), state="READY")
+            return Finished((sample,), state="SUCCEEDED")
         if status in MODERATED:
             raise moderated(self.title, f"{status.lower()}")
         if status == "Error":
             details = answer.get("details") or (result or {}).get("error") or "no reason given"
             return Failed(str(details), state="ERROR")
         if status == "Task not found":
-            return Failed("the task was not found (it may have expired)", state="NOT_FOUND")
+            return Failed("the task was not found (it may have expired)", state="FAILED")
         progress = answer.get("progress")
         if isinstance(progress, int | float) and not isinstance(progress, bool) and progress > 0:
             return Running("RUNNING", f"{min(100.0, progress * 100):.0f} %")

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.infra.config import ProviderSetting
+from imagegw.infra.log import logger
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -197,6 +198,11 @@ class DashScope(Provider):
             )
             if not urls:
                 return Failed(_reason(output, "the task succeeded but returned no image"))
+            if len(urls) < request.n:  # some of the batch failed (`results[]` with a `code`)
+                logger.warning(
+                    "dashscope made fewer images than asked",
+                    extra={"task_id": task_id, "asked": request.n, "made": len(urls)},
+                )
             return Finished(urls, state=SUCCEEDED)
         if status in ENDED_BADLY:
             if output.get("code") in MODERATION_CODES:

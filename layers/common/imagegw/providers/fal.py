@@ -249,7 +249,7 @@ class Fal(Provider):
         )
         if not urls:
             return Failed("the request completed without an image")
-        return Finished(urls, state="COMPLETED")
+        return Finished(urls, state="SUCCEEDED")
 
 
 def _json_keys(response: httpx.Response) -> frozenset[str]:
