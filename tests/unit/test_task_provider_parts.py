@@ -260,6 +260,10 @@ def test_replicate_aspect_ratios_and_num_outputs() -> None:
     url, body = provider.call(parts[0])  # type: ignore[attr-defined]
     assert url.endswith("/models/black-forest-labs/flux-schnell/predictions")
     assert body == {"input": {"prompt": "a cat", "aspect_ratio": "4:3", "num_outputs": 4}}
+    # each model's own list of aspect ratios: 21:9 where FLUX has it, Imagen's nearest (16:9)
+    wide = {"size": "1344x576"}
+    assert job(provider, "black-forest-labs/flux-dev", wide).options["aspect_ratio"] == "21:9"
+    assert job(provider, "google/imagen-4", wide).options["aspect_ratio"] == "16:9"
     # models without num_outputs: one prediction an image
     pro = job(provider, "black-forest-labs/flux-1.1-pro", {"n": 2})
     assert [part.n for part in provider.split(pro)] == [1, 1]

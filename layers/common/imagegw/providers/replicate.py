@@ -51,7 +51,7 @@ MAX_TEXT: Final = 10_000
 MAX_INLINE: Final = 256 * 1024
 #: Replicate's own word for a moderation refusal in `error`
 NSFW: Final = re.compile(r"nsfw|sensitive|safety|content (?:policy|moderat)", re.I)
-#: the aspect ratios Replicate's FLUX models take
+#: the aspect ratios Replicate's FLUX models take (other models: their own list, `MODELS`)
 RATIOS: Final = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 
 
@@ -62,16 +62,18 @@ class ModelSpec:
     image_field: str | None = None
     #: the batch field and its most (None: one image a prediction)
     batch: tuple[str, int] | None = None
-    #: "ratio": `aspect_ratio` from the list; "wh": `width`/`height`
-    size: str = "ratio"
+    #: the `aspect_ratio` values the model takes
+    ratios: tuple[str, ...] = RATIOS
 
 
 MODELS: Final[dict[str, ModelSpec]] = {
     "black-forest-labs/flux-schnell": ModelSpec(ModelKind.GENERATE, batch=("num_outputs", 4)),
     "black-forest-labs/flux-dev": ModelSpec(ModelKind.GENERATE, batch=("num_outputs", 4)),
     "black-forest-labs/flux-1.1-pro": ModelSpec(ModelKind.GENERATE),
-    "bytedance/seedream-4": ModelSpec(ModelKind.GENERATE),
-    "google/imagen-4": ModelSpec(ModelKind.GENERATE),
+    "bytedance/seedream-4": ModelSpec(
+        ModelKind.GENERATE, ratios=("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9")
+    ),
+    "google/imagen-4": ModelSpec(ModelKind.GENERATE, ratios=("1:1", "9:16", "16:9", "3:4", "4:3")),
     "black-forest-labs/flux-kontext-pro": ModelSpec(ModelKind.EDIT, image_field="input_image"),
     "qwen/qwen-image-edit": ModelSpec(ModelKind.EDIT, image_field="image"),
 }
@@ -85,7 +87,7 @@ def spec_of(model: str, kind: ModelKind) -> ModelSpec:
     return ModelSpec(kind, image_field="input_image" if kind is ModelKind.EDIT else None)
 
 
-def nearest_ratio(width: int, height: int) -> str:
+def nearest_ratio(width: int, height: int, ratios: tuple[str, ...] = RATIOS) -> str:
     """The listed aspect ratio nearest to width:height in shape."""
     shape = math.log(width / height)
 
@@ -93,7 +95,7 @@ def nearest_ratio(width: int, height: int) -> str:
         w, h = (int(x) for x in ratio.split(":"))
         return abs(math.log(w / h) - shape)
 
-    return min(RATIOS, key=distance)
+    return min(ratios, key=distance)
 
 
 class Replicate(Provider):
@@ -141,10 +143,7 @@ class Replicate(Provider):
         options: dict[str, Any] = {}
         if "size" in opts:
             width, height = parse_size(names["size"], opts["size"], 256, 1440)
-            if spec.size == "wh":
-                options["width"], options["height"] = width, height
-            else:
-                options["aspect_ratio"] = nearest_ratio(width, height)
+            options["aspect_ratio"] = nearest_ratio(width, height, spec.ratios)
         if "seed" in opts:
             options["seed"] = as_int(names["seed"], opts["seed"], 0, MAX_SEED)
         if fields.get("output_format") is not None:
