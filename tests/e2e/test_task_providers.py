@@ -10,6 +10,7 @@ request with the host it reached, so the tests see where each key went.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -414,3 +415,54 @@ def test_a_chat_job_answers_a_completion_with_links(
     (url,) = image_urls(job["choices"][0]["message"]["content"])
     width, height = png_size(picture(url, local_server))
     assert abs(width / height - 16 / 9) < 0.05, (width, height)
+
+
+def test_b64_json_as_asked_and_links_outliving_the_providers(
+    local_server: str, case: Case, fake: TaskHostsFake
+) -> None:
+    client = sdk(local_server, case)
+    # When one client asks for the bytes and another for a link
+    inline = client.images.generate(
+        model=case.generate, prompt="a tulip", response_format="b64_json"
+    )
+    linked = client.images.generate(model=case.generate, prompt="a tulip")
+    assert inline.data is not None and linked.data is not None
+    (data,) = inline.data
+    assert data.url is None and data.b64_json is not None
+    assert sniff_image(base64.b64decode(data.b64_json)) == "png"
+    (item,) = linked.data
+    assert item.b64_json is None and item.url is not None
+    # Then once the provider's own links have expired (BFL's after 10 minutes), the gateway's
+    # link still serves the picture: it was copied when the task ended
+    fake.expire_files = True
+    picture(item.url, local_server)
+
+
+def test_seedream_takes_several_references(
+    local_server: str, provider_hosts: dict[str, Hosts]
+) -> None:
+    # Given Seedream 4 on Ark and two pictures attached to one chat message
+    case = next(c for c in CASES if c.name == "ark")
+    hosts = provider_hosts["ark"]
+    fake = FakeArk()
+    fake.api_url, fake.poll_url, fake.cdn_url = hosts.api.url, hosts.poll.url, hosts.cdn.url
+    hosts.app.app = fake
+    first, second = make_png(64, 48, (200, 10, 10)), make_png(48, 64, (10, 10, 200))
+    parts: Any = [{"type": "text", "text": "the cat of picture 1 in the room of picture 2"}]
+    parts += [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(png)}}
+        for png in (first, second)
+    ]
+    answer = sdk(local_server, case).chat.completions.create(
+        model=case.generate, messages=[{"role": "user", "content": parts}]
+    )
+    # Then Ark got both, in order, as a list of references, and the picture came back
+    assert fake.inputs == [[first, second]]
+    (sent,) = fake.submissions()
+    assert isinstance(sent["body"]["image"], list) and len(sent["body"]["image"]) == 2
+    (url,) = image_urls(answer.choices[0].message.content)
+    picture(url, local_server)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
