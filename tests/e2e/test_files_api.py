@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
@@ -107,3 +108,55 @@ def test_image_links_under_v1_files_still_serve_their_image(
     assert httpx.head(link).status_code == 307
     # And an unknown image name is the 404 it always was
     assert httpx.get(link.replace(".png", "x.png")).status_code == 404
+
+
+def big_file(lines: int) -> bytes:
+    body = {"model": "Qwen/Qwen-Image", "prompt": "a product shot on a white table, soft light"}
+    return "".join(
+        json.dumps(
+            {"custom_id": f"p-{i}", "method": "POST", "url": "/v1/images/generations", "body": body}
+        )
+        + "\n"
+        for i in range(lines)
+    ).encode()
+
+
+def test_a_file_larger_than_a_request_body_arrives_through_the_uploads_api(
+    gateway: Callable[..., str], tmp_path: Path
+) -> None:
+    # Given a gateway whose request bodies stop at 16 KiB and a 60 KiB batch file
+    url = gateway(max_body_bytes=16384)
+    content = big_file(400)
+    assert len(content) > 4 * 16384
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(content)
+    client = sdk(url)
+    with pytest.raises(openai.APIStatusError):  # too big for one request
+        client.files.create(file=("big.jsonl", content), purpose="batch")
+    # When the SDK sends it in parts
+    upload = client.uploads.upload_file_chunked(
+        file=path, mime_type="application/jsonl", purpose="batch", part_size=12000
+    )
+    # Then it is one file, whole
+    assert upload.status == "completed" and upload.file is not None
+    assert upload.file.bytes == len(content) and upload.file.filename == "big.jsonl"
+    assert client.files.content(upload.file.id).read() == content
+    assert upload.file.id in [item.id for item in client.files.list()]
+
+
+def test_an_upload_whose_parts_do_not_add_up_is_refused_and_stays_the_owners(
+    gateway_url: str,
+) -> None:
+    client = sdk(gateway_url)
+    upload = client.uploads.create(
+        bytes=100, filename="x.jsonl", mime_type="application/jsonl", purpose="batch"
+    )
+    part = client.uploads.parts.create(upload.id, data=b"{}\n")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.uploads.complete(upload.id, part_ids=[part.id])
+    assert caught.value.code == "upload_size_mismatch"
+    with pytest.raises(openai.NotFoundError):
+        sdk(gateway_url, OTHER).uploads.parts.create(upload.id, data=b"{}\n")
+    assert client.uploads.cancel(upload.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        client.uploads.parts.create(upload.id, data=b"{}\n")

@@ -32,7 +32,7 @@ from imagegw.errors import (
 from imagegw.frontends.batches import Batches
 from imagegw.frontends.cors import ApiGatewayCORS
 from imagegw.frontends.paths import NormalizePath
-from imagegw.frontends.routes import batches, chat, files, images, jobs, models
+from imagegw.frontends.routes import batches, chat, files, images, jobs, models, uploads
 from imagegw.frontends.web import error_response
 from imagegw.infra import apimetrics
 from imagegw.infra.batchstore import BatchStore
@@ -51,7 +51,7 @@ EXPOSED_HEADERS = [
     "x-ignored-parameters",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, images, jobs, files, batches)
+FRONT_ENDS = (models, chat, images, jobs, files, batches, uploads)
 
 
 async def health(request: Request) -> Response:

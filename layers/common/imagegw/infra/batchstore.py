@@ -7,6 +7,8 @@
   `cancel.json`: written once when the caller cancels it; `final.json`: written once when it
   ended (status, timestamps, output and error files); `items.json`: the checked lines as a JSON
   array (a Distributed Map reads JSON, not JSONL); `results/{index}.json`: one item's outcome.
+- `batches/uploads/{owner}/{upload id}/upload.json`: an upload of the Uploads API (a file
+  larger than one request body), and `parts/{part id}`: its parts as they came.
 
 Each object is written by one party once (the API writes the batch and its cancel, the batch's
 steps the rest), so no read-modify-write races. Another caller's ids are not found: the owner
@@ -29,9 +31,13 @@ T = TypeVar("T")
 PREFIX: Final = "batches/"
 FILES: Final = f"{PREFIX}files/"
 RUNS: Final = f"{PREFIX}runs/"
+UPLOADS: Final = f"{PREFIX}uploads/"
 #: a file id (`file-` + 24 hex) and a batch id (`batch_` + 24 hex), as this gateway makes them
 FILE_ID: Final = re.compile(r"^file-[0-9a-f]{24}$")
 BATCH_ID: Final = re.compile(r"^batch_[0-9a-f]{24}$")
+#: an upload of the Uploads API (`upload_` + 24 hex) and one of its parts (`part_` + 24 hex)
+UPLOAD_ID: Final = re.compile(r"^upload_[0-9a-f]{24}$")
+PART_ID: Final = re.compile(r"^part_[0-9a-f]{24}$")
 _OWNER: Final = re.compile(r"^[0-9a-f]{64}$")
 _MISSING: Final = frozenset({"404", "NoSuchKey", "403", "AccessDenied"})
 
@@ -146,6 +152,11 @@ class BatchStore:
     def run_key(owner: str, batch_id: str, name: str) -> str:
         assert _OWNER.match(owner) and BATCH_ID.match(batch_id)
         return f"{RUNS}{owner}/{batch_id}/{name}"
+
+    @staticmethod
+    def upload_key(owner: str, upload_id: str, name: str) -> str:
+        assert _OWNER.match(owner) and UPLOAD_ID.match(upload_id)
+        return f"{UPLOADS}{owner}/{upload_id}/{name}"
 
     async def batch_ids(self, owner: str) -> list[str]:
         keys = await self.keys(f"{RUNS}{owner}/")
