@@ -143,7 +143,7 @@ def limit_of(raw: str | None, *, default: int, most: int) -> int:
 
 async def get_file(request: Request) -> Response:
     name = request.path_params["name"]
-    if FILE_ID.match(name) or name.startswith("file-"):
+    if FILE_ID.match(name):  # an image's name never has this shape (it has an extension)
         meta = await store_of(request).file(await owner(request), name)
         if meta is None:
             raise _not_found(name)
