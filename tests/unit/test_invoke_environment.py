@@ -202,6 +202,11 @@ STACK_RESOURCES = [
         "AWS::StepFunctions::StateMachine",
         "arn:aws:states:eu-west-1:111122223333:stateMachine:gw-image-jobs",
     ),
+    (
+        "ImageBatchStateMachine",
+        "AWS::StepFunctions::StateMachine",
+        "arn:aws:states:eu-west-1:111122223333:stateMachine:gw-image-batches",
+    ),
     ("ApiFunction", "AWS::Lambda::Function", "gw-ApiFunction-AbC"),
     # gateway keys (AccessMode mixed, the default)
     ("AccessTable", "AWS::DynamoDB::Table", "gw-AccessTable-XyZ"),
@@ -216,7 +221,12 @@ def test_stack_values_for_sam_local_invoke(template: Template) -> None:
 
     # Then the file has the job functions (sam local invoke cannot run the streaming API
     # function), each declared variable with the stack's value
-    assert sorted(entries) == ["JobPollFunction", "JobStoreFunction", "JobSubmitFunction"]
+    assert sorted(entries) == [
+        "BatchStepFunction",
+        "JobPollFunction",
+        "JobStoreFunction",
+        "JobSubmitFunction",
+    ]
     submit = entries["JobSubmitFunction"]
     assert submit["BUCKET"] == "gw-uploadsbucket-1a2b3c"
     assert submit["JOB_KEY_ID"] == f"arn:aws:kms:eu-west-1:111122223333:key/{KEY_ID}"
