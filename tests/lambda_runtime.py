@@ -64,6 +64,8 @@ STAND_INS: dict[str, str] = {
     "GENERATION_TIMEOUT": "30",
     # durable jobs: made-up ARNs (nothing here starts a job on the build)
     "JOB_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:e2e-image-jobs",
+    # batches: the same (nothing here starts one)
+    "BATCH_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:e2e-batches",
     "JOB_KEY_ID": "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
     # the metrics' namespace names the stack (`!Sub`), which a build alone has not got
     "POWERTOOLS_METRICS_NAMESPACE": "ImageGateway/e2e-stack",
