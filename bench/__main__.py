@@ -1,5 +1,6 @@
 """`python -m bench [lag|coldstart|overhead|concurrency|memory ...]`: run the benchmarks (all of
-them by default but `batches`, a quarter of an hour under moto: name it to run it) one after another, print a Markdown table per benchmark, the machine facts and a
+them by default but `batches`, a quarter of an hour under moto: name it to run it) one after
+another, print a Markdown table per benchmark, the machine facts and a
 final summary for the README, and write bench/results/latest.json."""
 
 from __future__ import annotations
