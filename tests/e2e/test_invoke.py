@@ -52,6 +52,8 @@ FUNCTIONS = {
     "job-submit.json": "JobSubmitFunction",
     "job-poll.json": "JobPollFunction",
     "job-store.json": "JobStoreFunction",
+    "batch-record.json": "BatchStepFunction",
+    "batch-finalize.json": "BatchStepFunction",
 }
 FUNCTION_URL = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.us-east-1.on.aws"
 REST_API = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/Prod"
@@ -323,6 +325,30 @@ def test_store_event_stores_the_image(run: Invoker) -> None:
     assert _stored(run.running, f"/v1/files/{image['name']}") == base64.b64decode(
         uri.split(",", 1)[1]
     )
+
+
+def test_batch_events_record_an_item_and_end_the_batch(run: Invoker) -> None:
+    # Given an item of a batch that failed at the provider / When Record, then Finalize run
+    recorded = run("batch-record.json")
+    assert recorded.status == 0, recorded.log[-3000:]
+    assert recorded.result() == {"index": 3, "ok": False}
+    ended = run("batch-finalize.json")
+    assert ended.status == 0, ended.log[-3000:]
+    assert ended.result() == {"status": "completed"}
+    # Then the batch's end and its error file, with the provider's reason, are in the bucket
+    batch = _event("batch-finalize.json")["batch"]
+    s3 = run.running.client("s3")
+    prefix = f"batches/runs/{batch['owner']}/{batch['id']}/"
+    final = json.loads(
+        s3.get_object(Bucket=run.running.bucket, Key=prefix + "final.json")["Body"].read()
+    )
+    assert final["request_counts"] == {"total": 4, "completed": 0, "failed": 1}
+    assert final["output_file_id"] is None
+    key = f"batches/files/{batch['owner']}/{final['error_file_id']}.data"
+    (line,) = s3.get_object(Bucket=run.running.bucket, Key=key)["Body"].read().splitlines()
+    error = json.loads(line)
+    assert error["custom_id"] == "shot-4" and error["response"]["status_code"] == 500
+    assert "content moderation" in error["response"]["body"]["error"]["message"]
 
 
 def test_a_key_sealed_elsewhere_fails_the_job_not_the_function(
