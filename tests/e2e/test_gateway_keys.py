@@ -177,9 +177,12 @@ def test_open_mode_passes_every_bearer_through(
     # Then it makes the image with that token
     assert made.data and made.data[0].url
     assert [s["token"] for s in fake.submissions] == [CLIENT_TOKEN]
-    # and a gateway key means nothing here: it goes to the provider, which refuses it
-    with pytest.raises(openai.AuthenticationError):
-        sdk(local, "gk-" + "x" * 32).images.generate(model=MODEL, prompt="a fox")
+    # and a gateway key, whole or cut off, is refused here (none are issued), not passed on
+    for bearer in ("gk-" + "x" * 32, "gk-abc"):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            sdk(local, bearer).images.generate(model=MODEL, prompt="a fox")
+        assert refused.value.code == "invalid_api_key"
+    assert [s["token"] for s in fake.submissions] == [CLIENT_TOKEN]
     # and the owner commands say there is nothing to act on
     assert local.admin("keys", ok=False).returncode == 2
 
@@ -200,11 +203,19 @@ def test_mixed_mode_serves_gateway_keys_with_held_tokens_and_client_tokens_as_th
     # Then both get images: alice's made with the held token, the stranger's with theirs
     assert by_key.data and by_token.data
     assert [s["token"] for s in fake.submissions] == ["ms-pool-a", CLIENT_TOKEN]
-    # and an unknown gateway key is refused, not passed on
-    with pytest.raises(openai.AuthenticationError) as refused:
-        sdk(local, "gk-" + "y" * 32).images.generate(model=MODEL, prompt="a fox")
-    assert refused.value.code == "invalid_api_key"
+    # and an unknown gateway key, or a cut-off one (a bad paste), is refused, not passed on,
+    # for images and for chat alike
+    chats = len(fake.chat_requests)
+    for bearer in ("gk-" + "y" * 32, "gk-abc", alice[:12]):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            sdk(local, bearer).images.generate(model=MODEL, prompt="a fox")
+        assert refused.value.code == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            sdk(local, bearer).chat.completions.create(
+                model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
     assert len(fake.submissions) == 2
+    assert len(fake.chat_requests) == chats
 
 
 def test_keys_mode_serves_gateway_keys_only_and_a_wrong_key_changes_nothing(

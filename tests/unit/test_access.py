@@ -168,3 +168,29 @@ def test_a_jobs_settlement_is_one_transaction_marked_by_the_job() -> None:
     assert keys == ["settled#j", "usage#h#d#2025-11-30"]
     assert len(settlement("t", "j", "h", "m", 2, 2, at)) == 2
     assert len(settlement("t", "j", "h", "m", 2, 5, at)) == 2  # never more than reserved
+
+
+@pytest.mark.parametrize("mode", ["open", "mixed", "keys"])
+def test_a_cut_off_gateway_key_is_refused_in_every_mode_never_passed_on(mode: str) -> None:
+    # Given a gateway in each mode whose table and secret must not be asked anything
+    class Untouchable:
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"looked up {name}")
+
+    settings = Settings(access_mode=mode, access_table="t", access_secret="s")
+    access = Access(
+        settings,
+        table=cast("AccessTable", Untouchable()),
+        secret=cast("SecretSource", Untouchable()),
+    )
+    whole = new_key()
+    # When a client sends a gateway key cut off by a bad paste
+    for bearer in ("gk-abc", whole[:20], "gk-x"):
+        with pytest.raises(AuthenticationError) as refused:
+            anyio.run(access.caller, bearer, "modelscope")
+        # Then it is a 401 invalid_api_key that does not repeat the key
+        assert refused.value.code == "invalid_api_key"
+        assert bearer not in refused.value.message
+    # while a provider token is still the client's own in open and mixed modes
+    if mode != "keys":
+        assert not anyio.run(access.caller, "ms-test-token", "modelscope").keyed
