@@ -45,7 +45,9 @@ def test_the_stored_hash_needs_the_pepper() -> None:
 def test_tokens_are_referred_to_and_shown_without_themselves() -> None:
     assert "ms-secret-token" not in token_id("ms-secret-token")
     assert token_id("ms-a") != token_id("ms-b")
-    assert masked("ms-secret-token") == "ms-s..."
+    assert masked("ms-secret-token") == "ms-...en"
+    assert masked("ms-0a1b2c3d-4e5f-6789-abcd-ef0123456789") == "ms-0...6789"
+    assert masked("sk-short") == "sk..."
 
 
 def test_a_refused_token_is_set_aside_until_it_is_changed() -> None:
