@@ -196,3 +196,35 @@ def test_a_cut_off_gateway_key_is_refused_in_every_mode_never_passed_on(mode: st
     # while a provider token is still the client's own in open and mixed modes
     if mode != "keys":
         assert not anyio.run(access.caller, "ms-test-token", "modelscope").keyed
+
+
+def test_a_token_added_after_a_no_token_answer_serves_the_next_request_at_once() -> None:
+    import boto3
+    from moto import mock_aws
+
+    from imagegw.errors import ServiceUnavailableError
+
+    with mock_aws():
+        # Given a gateway whose secret is cached for 5 minutes and holds no ModelScope token
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = client.create_secret(Name="access", SecretString=Pools("p").dump())["ARN"]
+        now = [100.0]
+        source = SecretSource(arn, 300, "us-east-1", client=client, clock=lambda: now[0])
+        access = Access(
+            Settings(access_table="t", access_secret=arn),
+            table=cast("AccessTable", _Asides({})),
+            secret=source,
+        )
+        with pytest.raises(ServiceUnavailableError) as empty:
+            anyio.run(access.lease, "modelscope")
+        assert empty.value.code == "no_provider_token"
+
+        # When the owner adds one (`make token`) after that answer
+        client.put_secret_value(
+            SecretId=arn, SecretString=Pools("p", {"modelscope": ("ms-new",)}).dump()
+        )
+
+        # Then a request once REFRESH_GAP (2 s) has passed is served with it, without waiting
+        # for the 5-minute cache to expire
+        now[0] += 2
+        assert anyio.run(access.lease, "modelscope").token.get_secret_value() == "ms-new"

@@ -36,7 +36,7 @@ def test_tokens_are_told_apart_with_their_set_aside_state_and_never_shown_whole(
     # Given a pool of three tokens: one in use, one out of quota until 16:00 UTC, one refused
     pools = Pools("pepper", {"modelscope": (FIRST, SECOND, THIRD), "siliconflow": ()})
     asides = {"modelscope": {token_id(SECOND): NOON + 4 * 3600, token_id(THIRD): NOON + 10**9}}
-    where = Target(cast(AccessTable, _Table(asides)), "secret", _Secrets(pools))
+    where = Target(cast("AccessTable", _Table(asides)), "secret", _Secrets(pools))
 
     # When the owner lists the pools
     lines = list_tokens(where, now=NOON)

@@ -297,10 +297,12 @@ class Access:
         """A lease on the next token of `provider`'s pool (in turn) not set aside; a 503 when
         the pool is empty, a 429 when every token is set aside."""
         pool = (await self.pools()).pool(provider)
+        if not pool:  # the owner may have added one since this instance read the secret
+            pool = (await self.secret.aread(fresh=True)).pool(provider)
         if not pool:
             raise ServiceUnavailableError(
                 f"This gateway holds no {provider} token: its owner adds them with "
-                f"'make token PROVIDER={provider} TOKEN=...'.",
+                f"'make token PROVIDER={provider} TOKEN=...' (used from 2 s on).",
                 code="no_provider_token",
                 retryable=False,
             )

@@ -8,9 +8,9 @@
 They work on a deployed stack (`--stack NAME`, or STACK: its AccessTableName and AccessSecretArn
 outputs, with the caller's AWS credentials), else on ACCESS_TABLE and ACCESS_SECRET, else on
 `make run`'s stand-ins while it runs (`imagegw.frontends.local.LOCAL_ACCESS_FILE`). A new key is
-printed
-once, as the last line; only its keyed hash is stored. Tokens are listed masked (the first
-and last few characters: `gatekeys.masked`), each with whether it is set aside and until when. `TOKEN` given as `-` is read from standard input (no shell history).
+printed once, as the last line; only its keyed hash is stored. Tokens are listed masked (the first
+and last few characters: `gatekeys.masked`), each with whether it is set aside and until
+when. `TOKEN` given as `-` is read from standard input (no shell history).
 """
 
 from __future__ import annotations
