@@ -116,9 +116,13 @@ validate: $(SAM_VENV)/.ready
 asl: $(ASL_VALIDATOR)
 	$(ASL_VALIDATOR) --json-path statemachine/image_job.asl.json
 
-build: $(SAM_VENV)/.ready
+# `sam build` for the Architecture the stack is deployed with (samconfig.toml's, as `sam deploy
+# --guided` saved it; else the template's default), so the layer's compiled wheels fit it
+BUILT_ARCH := .aws-sam/build.architecture
+build: $(BIN)/.ready $(SAM_VENV)/.ready
 	@python3.13 -c pass 2>/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
-	$(SAM) build
+	@arch=$$($(STACKTOOL) architecture); echo "sam build for Architecture=$$arch"; \
+	  $(SAM) build --parameter-overrides Architecture=$$arch; echo $$arch > $(BUILT_ARCH)
 
 # the same build for this machine's architecture, which the deployed-build test boots
 build-local: $(SAM_VENV)/.ready
@@ -163,21 +167,28 @@ env-json: $(BIN)/.ready
 bench: $(BIN)/.ready build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
-# Deploy and operate (README "Deploy"): the stack's name and region are samconfig.toml's, which
-# `sam deploy --guided` writes. `make deploy` builds with python3.13 (put on PATH above), stops
-# with a how-to when boto3 finds no AWS credentials, deploys, then prints the addresses to use.
+# Deploy and operate (README "Deploy and operate"): the stack's name and region are
+# samconfig.toml's, which `sam deploy --guided` writes. `make deploy` first stops with a how-to
+# when boto3 finds no AWS credentials (or AWS cannot be reached), before the build; it builds
+# with python3.13 (put on PATH above) for the saved Architecture, deploys, builds and deploys
+# again when the guided answers chose another Architecture, then prints the addresses to use.
 STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
 GUIDED ?= 1
 
-deploy: $(BIN)/.ready build
-	@$(STACKTOOL) credentials
+deploy: $(BIN)/.ready $(SAM_VENV)/.ready
+	@$(STACKTOOL) credentials --for deploy
+	@$(MAKE) --no-print-directory build
 	$(SAM) deploy $(if $(filter 1,$(GUIDED)),--guided)
+	@$(STACKTOOL) architecture --built "$$(cat $(BUILT_ARCH))" || \
+	  { $(MAKE) --no-print-directory build && $(SAM) deploy; }
 	@$(STACKTOOL) outputs
 
 logs: $(BIN)/.ready
 	@$(STACKTOOL) logs $(if $(SINCE),--since '$(SINCE)')
 
+# a stack whose first deploy failed (ROLLBACK_COMPLETE, no outputs) is deleted like any other
 delete: $(BIN)/.ready $(SAM_VENV)/.ready
+	@$(STACKTOOL) credentials --for delete
 	@$(STACKTOOL) bucket
 	$(SAM) delete
 
