@@ -48,6 +48,7 @@ EXPOSED_HEADERS = [
     "location",
     "preference-applied",
     "x-ignored-parameters",
+    "x-model-treatment",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
 FRONT_ENDS = (models, chat, images, jobs, files)
