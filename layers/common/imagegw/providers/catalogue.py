@@ -48,7 +48,7 @@ def treatment(catalog: Sequence[ModelInfo], model: str, kind: ModelKind) -> str 
 
 def closest(model: str, known: Sequence[str], count: int = 3) -> list[str]:
     """The known ids nearest to `model` (difflib, case folded), best first."""
-    by_folded = {k.lower(): k for k in known}
+    by_folded = {k.lower(): k for k in known if k.lower() != model.lower()}
     found = difflib.get_close_matches(model.lower(), list(by_folded), n=count, cutoff=0.6)
     return [by_folded[f] for f in found]
 
