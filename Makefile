@@ -29,6 +29,10 @@ LOCAL_BUILD := .aws-sam/build-local
 # pip here warns about optional local package folders that do not exist; hide just that
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+# the long installs show one progress line (tools/pipprogress.py: packages so far, then the
+# time taken) instead of minutes of silence; pip's errors still show
+PIP_PROGRESS = python -m pip install --disable-pip-version-check
+PROGRESS = 2>&1 | $(PYTHON) tools/pipprogress.py
 
 # `make invoke`, `make events`, `make env-json`: the built functions run the Lambda way on this
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
@@ -58,8 +62,8 @@ help:
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing project dependencies into $(VENV)"
-	@$(BIN)/$(PIP) -r requirements-dev.txt $(QUIET_PIP)
+	@echo "installing project dependencies into $(VENV) (the first time: a few minutes)"
+	@$(BIN)/$(PIP_PROGRESS) -r requirements-dev.txt $(PROGRESS) "project dependencies"
 	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest"
 	@touch $@
 
@@ -72,8 +76,8 @@ $(ASL_VALIDATOR): package.json package-lock.json
 
 $(SAM_VENV)/.ready:
 	@test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
-	@echo "installing AWS SAM CLI $(SAM_CLI_VERSION) into $(SAM_VENV)"
-	@$(SAM_VENV)/bin/$(PIP) aws-sam-cli==$(SAM_CLI_VERSION) $(QUIET_PIP)
+	@echo "installing AWS SAM CLI $(SAM_CLI_VERSION) into $(SAM_VENV) (the first time: a few minutes)"
+	@$(SAM_VENV)/bin/$(PIP_PROGRESS) aws-sam-cli==$(SAM_CLI_VERSION) $(PROGRESS) "AWS SAM CLI"
 	@$(SAM) --version
 	@touch $@
 
