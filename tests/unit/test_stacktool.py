@@ -8,8 +8,8 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
+from fakes.aws import mocked_account
 from stacktool.__main__ import (
     StackError,
     architecture_mismatch,
@@ -114,7 +114,7 @@ def test_refused_credentials_are_told_as_refused(
 
 
 def test_with_credentials_the_check_names_the_account() -> None:
-    with mock_aws():
+    with mocked_account():
         session = boto3.session.Session(
             region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
         )
@@ -193,7 +193,7 @@ def test_a_stack_whose_first_deploy_failed_is_deleted_all_the_same(
 
 
 def test_a_missing_stack_is_one_clear_line() -> None:
-    with mock_aws():
+    with mocked_account():
         session = boto3.session.Session(
             region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
         )

@@ -1,7 +1,7 @@
 """Owner commands (README "Sharing a deployment"), also as make targets:
 
-    python -m imagegw.frontends.admin key NAME [--quota N] [--models a,b] [--providers a,b] [--days
-    N]
+    python -m imagegw.frontends.admin key NAME [--quota N] [--models a,b] [--providers a,b]
+        [--days N]
     python -m imagegw.frontends.admin keys | revoke NAME
     python -m imagegw.frontends.admin token PROVIDER TOKEN | tokens | untoken PROVIDER TOKEN
 
