@@ -315,7 +315,7 @@ class SlowToBuild(AccessTable):
     @property
     def client(self) -> Any:
         if self._client is None:
-            time.sleep(0.3)
+            time.sleep(2.0)
             self._client = boto3.client("dynamodb", region_name=REGION)
         return self._client
 
@@ -323,8 +323,9 @@ class SlowToBuild(AccessTable):
 async def test_building_the_client_is_not_taken_for_a_slow_table(
     table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a fresh instance whose client takes longer to build than the budget
-    store = SharedEstimates(SlowToBuild(table, REGION), PRIORS, clock=Clock(), budget=0.1)
+    # Given a fresh instance whose client takes longer to build (2 s) than the budget (1.5 s,
+    # which moto's calls themselves stay within even on a busy machine)
+    store = SharedEstimates(SlowToBuild(table, REGION), PRIORS, clock=Clock(), budget=1.5)
 
     # When the first generation learns and predicts through it
     with caplog.at_level(logging.WARNING):
