@@ -37,8 +37,10 @@ import anyio
 import httpcore
 import httpx
 
+from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings, declared
 from imagegw.infra.log import logger
+from imagegw.infra.transport import PooledTransport
 
 IPAddress = IPv4Address | IPv6Address
 #: host name, port -> the addresses it resolves to
@@ -47,6 +49,9 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 AddressPolicy = Callable[[IPAddress], bool]
 
 MAX_REDIRECTS: Final = 3
+#: downloads of one fetcher in flight at once; more wait their turn in a FIFO queue
+#: (`imagegw.infra.transport`: the pool's work per request does not grow with the queue)
+MAX_CONNECTIONS: Final = 100
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 SCHEMES: Final = frozenset({"http", "https"})
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -212,19 +217,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._network.sleep(seconds)
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport (its streams and error mapping) over a connection pool whose every
-    connection goes through `GuardedBackend`. No proxy: the pool connects directly."""
-
-    def __init__(self, backend: GuardedBackend) -> None:
-        # not super().__init__(): it would build (and load certificates for) a pool to discard
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=backend,
-        )
+#: what httpx raises on URLs it cannot read (an invalid IDNA label such as `xn--a` is a
+#: UnicodeError, and only when the host is decoded)
+_UNREADABLE: Final = (httpx.InvalidURL, TypeError, ValueError)
 
 
 def origins(urls: Iterable[str]) -> frozenset[tuple[str, int]]:
@@ -233,11 +228,12 @@ def origins(urls: Iterable[str]) -> frozenset[tuple[str, int]]:
     for url in urls:
         try:
             parsed = httpx.URL(url)
-        except httpx.InvalidURL:
+            port = parsed.port
+        except _UNREADABLE:
             continue
         if parsed.scheme in SCHEMES and parsed.raw_host:
-            port = parsed.port or DEFAULT_PORTS[parsed.scheme]
-            found.add((parsed.raw_host.decode("ascii").lower(), port))
+            port = port or DEFAULT_PORTS[parsed.scheme]
+            found.add((parsed.raw_host.decode("ascii", "replace").lower(), port))
     return frozenset(found)
 
 
@@ -252,18 +248,25 @@ def provider_origins(settings: Settings) -> frozenset[tuple[str, int]]:
 
 
 def where(url: str | httpx.URL) -> str:
-    """A URL as it may be logged: scheme, host, port and path (no credentials, no query)."""
+    """A URL as it may be logged: scheme, host, port and path (no credentials, no query). The
+    host as it was spelt (never decoded: a malformed one must not fail the log line)."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+        port = f":{parsed.port}" if parsed.port else ""
+        return f"{parsed.scheme}://{parsed.raw_host.decode('ascii', 'replace')}{port}{parsed.path}"
+    except _UNREADABLE:
         return "(an unparsable URL)"
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
 
 
-def _target(url: str | httpx.URL) -> httpx.URL:
-    parsed = httpx.URL(url)
-    if parsed.scheme not in SCHEMES or not parsed.host:
+def _target(url: str | httpx.URL, base: httpx.URL | None = None) -> httpx.URL:
+    """`url` (relative to `base`, for a redirect) as the fetcher reads it; a URL that cannot be
+    read whole (its host decoded included) or is not http(s) is refused."""
+    try:
+        parsed = httpx.URL(url) if base is None else base.join(url)
+        host = parsed.host  # decodes IDNA labels: `xn--a.com` fails here, not deep in a request
+    except _UNREADABLE:
+        raise FetchError(f"{where(url)}: not a URL that can be read") from None
+    if parsed.scheme not in SCHEMES or not host:
         raise FetchError(f"{where(parsed)}: only http(s) URLs are fetched")
     return parsed
 
@@ -313,7 +316,12 @@ class Fetcher:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                transport=_GuardedTransport(self._backend),
+                # no proxy, no retry: every connection goes through the guard, once
+                transport=layered(
+                    PooledTransport(
+                        max_connections=MAX_CONNECTIONS, retries=0, network_backend=self._backend
+                    )
+                ),
                 trust_env=False,
                 follow_redirects=False,
                 cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # keeps none
@@ -332,7 +340,8 @@ class Fetcher:
             reason = exc.reason
         except TimeoutError:
             reason = f"no whole answer within {self.timeout:g} s"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: a URL part
+            # httpx could not use (a UnicodeError is one) is refused like any other
             reason = type(exc).__name__
         logger.warning("url not fetched", extra={"url": where(url), "reason": reason})
         raise FetchError(reason) from None
@@ -343,7 +352,7 @@ class Fetcher:
             async with self.client.stream("GET", target) as answer:
                 location = answer.headers.get("location")
                 if answer.status_code in REDIRECT_STATUSES and location:
-                    target = _target(target.join(location))
+                    target = _target(location, target)
                     continue
                 if answer.status_code != 200:
                     raise FetchError(f"{where(target)} answered HTTP {answer.status_code}")
