@@ -72,7 +72,7 @@ class TracedTransport(httpx.AsyncBaseTransport):
         subsegment.put_http_meta(http.URL, str(request.url.copy_with(query=None, fragment=None)))
         return subsegment
 
-    def _close(self, subsegment: Any) -> None:
+    def _end(self, subsegment: Any) -> None:
         subsegment.close()
         # sends the subsegments that have ended (in Lambda: at once)
         self.recorder.stream_subsegments()
@@ -90,7 +90,7 @@ class TracedTransport(httpx.AsyncBaseTransport):
             subsegment.put_http_meta(http.STATUS, response.status_code)
             return response
         finally:
-            self._close(subsegment)
+            self._end(subsegment)
 
     async def aclose(self) -> None:
         await self.wrapped.aclose()
