@@ -268,6 +268,8 @@ def _target(url: str | httpx.URL, base: httpx.URL | None = None) -> httpx.URL:
         raise FetchError(f"{where(url)}: not a URL that can be read") from None
     if parsed.scheme not in SCHEMES or not host:
         raise FetchError(f"{where(parsed)}: only http(s) URLs are fetched")
+    if parsed.port is not None and not 0 < parsed.port < 65536:  # the socket layer would raise
+        raise FetchError(f"{where(parsed)}: no such port")
     return parsed
 
 
