@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from fakes.modelscope import RATE_LIMITED, FakeModelScope, _errors, _headers_without_auth
@@ -58,6 +58,9 @@ class FaultyModelScope(FakeModelScope):
       page, as a proxy in front of it might answer), ``"cut"`` (the connection drops mid-answer:
       the provider dying). The task itself runs on meanwhile, on wall time.
 
+    - ``result_links``: the links a succeeded task's status names instead of its files (a
+      provider linking to a host no URL parser takes, say).
+
     Records as the base does; a faulted poll is recorded in ``polls`` with its fault.
     """
 
@@ -66,6 +69,7 @@ class FaultyModelScope(FakeModelScope):
         self.refuse_submits: int = 0
         self.poll_fault: PollFault = "503"
         self.poll_faults: int = 0
+        self.result_links: list[str] | None = None
 
     async def _submit(self, request: Request) -> Response:
         with self.lock:
@@ -104,6 +108,16 @@ class FaultyModelScope(FakeModelScope):
                 "<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html"
             )
         return _CutResponse()
+
+    def _poll_answer(
+        self, request: Request, task_id: str, now: float, transient: bool
+    ) -> tuple[Response, str]:
+        response, answered = super()._poll_answer(request, task_id, now, transient)
+        if answered != "SUCCEED" or self.result_links is None:
+            return response, answered
+        payload = json.loads(bytes(response.body))
+        payload["output_images"] = list(self.result_links)
+        return JSONResponse(payload), answered
 
     def faulted_polls(self) -> list[str]:
         """The fault (or the status) each poll got, in order."""

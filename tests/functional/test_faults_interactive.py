@@ -6,7 +6,7 @@ Faults: a 429 on submit; a 5xx, or garbage, on every poll; a poll hanging past P
 the provider down; the provider dying mid-poll; the bucket down at upload; the client leaving,
 streamed and not, while tasks are polled and while a synchronous provider works; a provider
 answering 200 MB (each provider call, and the gateway's memory while it does) or trickling its
-answer a byte a second.
+answer a byte a second; a result link no URL parser takes (an invalid IDNA host).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from botocore.config import Config
 from starlette.types import ASGIApp
 
 from fakes.faulty import GARBAGE, HANG, MB, Faulty, Fresh, closed_port, huge, trickle
+from fakes.faulty import answer as fault
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
@@ -613,3 +614,29 @@ def test_a_chat_pass_through_answer_trickled_a_byte_a_second_ends_at_the_deadlin
     }
     assert answer.headers["x-should-retry"] == "false"
     ms.wait_for(lambda: all(call.left for call in ms.matching("POST", CHAT)))
+
+
+# ----------------------------------------------------------------------------- malformed links
+
+#: a host whose IDNA label does not decode (httpx raises only when the host is read)
+MALFORMED_LINK = "http://xn--a.com/x.png"
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_malformed_result_link_is_kept_as_the_provider_gave_it(
+    gateway: Callable[..., str], ms: Faulty, front_end: str
+) -> None:
+    # Given a task that succeeds with a link no URL parser takes
+    succeeded = {"task_status": "SUCCEED", "output_images": [MALFORMED_LINK]}
+    ms.on("GET", POLL, fault(200, json.dumps(succeeded)))
+
+    # When the image is made with stored links (the default: the result is copied)
+    answer = post(gateway(), front_end)
+
+    # Then the copy failed as any unfetchable link does: the paid result is the provider's link
+    assert answer.status_code == 200, answer.text
+    if front_end == "images":
+        assert [item["url"] for item in answer.json()["data"]] == [MALFORMED_LINK]
+    else:
+        assert f"]({MALFORMED_LINK})" in answer.json()["choices"][0]["message"]["content"]
+    assert ms.count("POST", SUBMIT) == 1

@@ -312,3 +312,29 @@ def test_a_b64_job_whose_stored_image_cannot_be_read_is_a_retryable_503(
     assert status == 503 and headers["x-should-retry"] == "true"
     assert body["error"]["code"] == "storage_unavailable"
     assert "secret" not in json.dumps(body).lower()
+
+
+# ----------------------------------------------------------------- malformed result links
+
+
+def test_a_malformed_result_link_fails_the_copy_and_keeps_the_providers_link(
+    world: Callable[..., World], faulty_ms: FaultyModelScope
+) -> None:
+    # Given a task that succeeds with a link no URL parser takes (an invalid IDNA host)
+    w = world()
+    faulty_ms.task_duration = 0.0
+    faulty_ms.result_links = ["http://xn--a.com/x.png"]
+    before = stored_results(w)
+
+    # When a job runs
+    job_id = w.submit()
+    execution = w.wait(job_id)
+
+    # Then it succeeded: Store could not copy the image and kept the provider's link, once
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    assert output_names(execution) == [None]
+    assert stored_results(w) == before
+    body = w.render(job_id)
+    assert body["status"] == "succeeded"
+    assert [item["url"] for item in body["data"]] == ["http://xn--a.com/x.png"]
+    assert len(faulty_ms.submissions) == 1

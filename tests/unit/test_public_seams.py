@@ -4,9 +4,10 @@ what lets layers/common/requirements.txt give them version ranges instead of pin
 The package's source is read (`ast`) for what would tie it to one release of either library:
 an import of a private module (`httpx._transports`, `httpcore._async`), a private name of the
 libraries (`httpx._something`), a private attribute of their objects read or written from outside
-(`client._transport`, `transport._pool`), the same from inside a subclass of theirs (`self._pool`
-in a subclass of `httpx.AsyncHTTPTransport`), or a patch of their classes (`setattr(httpx.AsyncClient,
-...)`). The private attributes are those the libraries' own source sets on `self`, as installed.
+(`client._transport`, `transport._pool`), the same from inside a subclass of theirs
+(`self._pool` in a subclass of `httpx.AsyncHTTPTransport`), or a patch of their classes
+(`setattr(httpx.AsyncClient, ...)`). The private attributes are those the libraries' own source
+uses on `self`, as installed.
 """
 
 from __future__ import annotations
