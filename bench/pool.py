@@ -77,7 +77,7 @@ async def _measure(url: str) -> dict[str, list[tuple[float, float, int]]]:
     clients: dict[str, Download] = {"httpcore pool": through_httpcore, "fetcher": through_fetcher}
     runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in clients}
     try:
-        for name, download in clients.items():  # warm both (imports, TLS context, first pools)
+        for download in clients.values():  # warm both (imports, TLS context, first pools)
             await download(url)
         for _ in range(REPEATS):
             for name, download in clients.items():
@@ -108,7 +108,7 @@ def run() -> Report:
             "failures": failures,
         }
     ratio = data["fetcher"]["cpu_median_s"] / data["httpcore pool"]["cpu_median_s"]
-    report = Report(
+    return Report(
         "pool",
         f"{COUNT} concurrent downloads, max_connections={MAX_CONNECTIONS}",
         tables=[
@@ -128,7 +128,6 @@ def run() -> Report:
             )
         ],
     )
-    return report
 
 
 if __name__ == "__main__":
