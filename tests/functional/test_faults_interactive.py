@@ -549,8 +549,6 @@ def test_a_200_mb_answer_is_abandoned_at_its_limit_with_memory_bounded(
     growth = peak_growth()
     print(f"peak memory growth: {growth / MB:.1f} MB")
     assert growth < 100 * MB
-    # and the provider saw the gateway hang up before the end of its answer
-    provider.wait_for(lambda: all(call.left for call in provider.matching(method, path)))
 
 
 def test_a_200_mb_chat_pass_through_answer_is_abandoned_at_its_limit(
