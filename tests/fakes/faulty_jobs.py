@@ -22,10 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from fakes.faulty import huge, trickle
 from fakes.modelscope import RATE_LIMITED, FakeModelScope, _errors, _headers_without_auth
 from imagegw.infra.storage import ImageStore
 
-PollFault = Literal["503", "garbage", "cut"]
+PollFault = Literal["503", "garbage", "cut", "huge", "trickle"]
 #: a count that does not run out within a test
 ALWAYS: Final = 10**9
 
@@ -56,7 +57,9 @@ class FaultyModelScope(FakeModelScope):
     - ``poll_fault`` and ``poll_faults``: the next N polls answer the fault instead of the
       task's status: ``"503"`` (ModelScope's own 503 body), ``"garbage"`` (200 with an HTML
       page, as a proxy in front of it might answer), ``"cut"`` (the connection drops mid-answer:
-      the provider dying). The task itself runs on meanwhile, on wall time.
+      the provider dying), ``"huge"`` (a 200 whose body is 200 MB, streamed as it is made),
+      ``"trickle"`` (a 200 whose body comes a byte every 0.2 s). The task itself runs on
+      meanwhile, on wall time.
 
     - ``result_links``: the links a succeeded task's status names instead of its files (a
       provider linking to a host no URL parser takes, say).
@@ -107,6 +110,10 @@ class FaultyModelScope(FakeModelScope):
             return Response(
                 "<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html"
             )
+        if fault == "huge":
+            return huge()
+        if fault == "trickle":
+            return trickle(interval=0.2)
         return _CutResponse()
 
     def _poll_answer(
