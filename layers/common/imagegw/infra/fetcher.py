@@ -321,7 +321,10 @@ class Fetcher:
                 # no proxy, no retry: every connection goes through the guard, once
                 transport=layered(
                     PooledTransport(
-                        max_connections=MAX_CONNECTIONS, retries=0, network_backend=self._backend
+                        max_connections=MAX_CONNECTIONS,
+                        retries=0,
+                        ssl_context=httpx.create_ssl_context(trust_env=False),
+                        network_backend=self._backend,
                     )
                 ),
                 trust_env=False,

@@ -287,8 +287,8 @@ class _ResponseBody(httpx.AsyncByteStream):
 
 class PooledTransport(httpx.AsyncBaseTransport):
     """An httpx transport over a `LanePool` (what the module docstring says). `network_backend`:
-    how connections are made (default: httpcore's); `ssl_context`: default, httpx's (certifi),
-    with no settings taken from the environment."""
+    how connections are made (default: httpcore's); `ssl_context`: default, httpx's (certifi,
+    or SSL_CERT_FILE / SSL_CERT_DIR when set, as httpx's own transport does)."""
 
     def __init__(
         self,
@@ -301,7 +301,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self.pool = LanePool(
-            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context or httpx.create_ssl_context(),
             max_connections=max_connections,
             max_opening=max_opening,
             keepalive_expiry=keepalive_expiry,
