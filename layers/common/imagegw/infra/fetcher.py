@@ -3,14 +3,17 @@
 Image URLs a client sends (edits through an OpenAI-compatible server) and result images a
 provider links to are fetched by a `Fetcher`, never by the provider client:
 
-- http(s) only; redirects are followed here, at most `MAX_REDIRECTS`, each hop checked again;
+- http(s) only; a URL that cannot be read whole (an IDNA label that does not decode, such as
+  `xn--a.com`, a port out of range, a broken bracket) is refused like any other; redirects are
+  followed here, at most `MAX_REDIRECTS`, each hop checked again;
 - every address a host resolves to must be public (`is_public`: no loopback, private, link-local
   or metadata, CGNAT, multicast, reserved, ULA, nor such an address spelled another way). The
   check sits in the network backend under httpx: a host is resolved once per connection and the
   connection goes to the address that was checked, so a second DNS answer (rebinding) is never
   used. The Host header, TLS SNI and certificate checks still use the URL's host name;
 - the body is read as a stream and abandoned once past its size limit; one total timeout; no
-  proxies from the environment, no cookies, no compressed bodies;
+  proxies from the environment, no cookies, no compressed bodies; at most `MAX_CONNECTIONS`
+  downloads in flight, the others waiting in a FIFO queue (`imagegw.infra.transport`);
 - every refusal and failure is one `FetchError`. Its reason is logged here (host and path, never
   the query: it may hold a signature) and is not for clients: callers answer one text for all,
   so a client learns nothing about what the gateway can reach or whether a port is open.
