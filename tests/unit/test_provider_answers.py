@@ -5,13 +5,16 @@ they are read (never held whole)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import gzip
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+import imagegw.providers as package
 from imagegw.errors import ProviderError
 from imagegw.providers.upstream import MAX_ANSWER_BYTES, AnswerTimeout, send
 
@@ -93,3 +96,23 @@ async def test_an_answer_trickled_past_the_deadline_is_a_read_timeout() -> None:
             await send(http, "GET", "http://provider.test/x", title="P", deadline=0.3)
     assert stream.sent < 600
     assert issubclass(AnswerTimeout, httpx.ReadTimeout)
+
+
+def test_every_provider_module_reads_its_answers_through_send() -> None:
+    """A provider module that called its client itself would read an answer whole, unbounded:
+    every call of a `client`'s request methods outside `upstream` is named here."""
+    methods = {"get", "post", "put", "patch", "delete", "request", "send", "stream"}
+    direct = []
+    for path in sorted(Path(package.__path__[0]).glob("*.py")):
+        if path.name == "upstream.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in methods
+                and isinstance(node.func.value, ast.Attribute | ast.Name)
+                and ast.unparse(node.func.value).endswith("client")
+            ):
+                direct.append(f"{path.name}:{node.lineno}: {ast.unparse(node.func)}")
+    assert direct == []
