@@ -132,11 +132,6 @@ class LanePool:
         self._lanes: dict[_OriginKey, _Lane] = {}
         self._closed = False
 
-    @property
-    def connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        """The idle connections (those in use belong to their responses)."""
-        return [c for lane in self._lanes.values() for c in lane.idle]
-
     def _connect(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
         return httpcore.AsyncHTTPConnection(
             origin=origin,
