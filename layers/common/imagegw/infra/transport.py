@@ -229,7 +229,10 @@ class LanePool:
 
 
 class _PooledStream:
-    """A response's body as httpcore gives it; closing it returns the connection to the pool."""
+    """A response's body as httpcore gives it; closing it returns the connection to the pool.
+
+    An iterator object, not an async generator: one left unfinished (a reader that stops at a
+    size limit) has nothing for the event loop to finalize later."""
 
     def __init__(
         self,
@@ -239,15 +242,22 @@ class _PooledStream:
         connection: httpcore.AsyncConnectionInterface,
     ) -> None:
         self.stream = stream
+        self.parts: AsyncIterator[bytes] | None = None
         self.pool = pool
         self.lane = lane
         self.connection = connection
         self.closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.parts is None:
+            self.parts = aiter(self.stream)
         try:
-            async for part in self.stream:
-                yield part
+            return await anext(self.parts)
+        except StopAsyncIteration:
+            raise
         except BaseException:
             await self.aclose()
             raise
@@ -257,24 +267,28 @@ class _PooledStream:
             return
         self.closed = True
         with anyio.CancelScope(shield=True):
-            close = getattr(self.stream, "aclose", None)
             try:
-                if close is not None:
-                    await close()
+                for part in (self.parts, self.stream):  # httpcore's iterator: finished now
+                    close = getattr(part, "aclose", None)
+                    if close is not None:
+                        await close()
             finally:
                 await self.pool.checkin(self.lane, self.connection)
 
 
 class _ResponseBody(httpx.AsyncByteStream):
-    """An httpcore response body as httpx reads one, its errors raised as httpx's."""
+    """An httpcore response body as httpx reads one, its errors raised as httpx's (an iterator
+    object, as `_PooledStream` is)."""
 
     def __init__(self, stream: _PooledStream) -> None:
         self.stream = stream
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         with _httpx_errors():
-            async for part in self.stream:
-                yield part
+            return await anext(self.stream)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -93,11 +93,17 @@ async def read_answer(answer: httpx.Response, *, title: str, limit: int) -> http
         raise too_large(title, limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in answer.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(title, limit)
-        chunks.append(chunk)
+    parts = answer.aiter_bytes()
+    try:
+        async for chunk in parts:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(title, limit)
+            chunks.append(chunk)
+    finally:  # closed here when the limit stops it, not left for the event loop to finalize
+        close = getattr(parts, "aclose", None)
+        if close is not None:
+            await close()
     headers = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in _BODY_HEADERS]
     extensions: Mapping[str, Any] = answer.extensions
     return httpx.Response(
