@@ -140,6 +140,8 @@ class Provider(ABC):
     max_prompt_chars: ClassVar[int | None] = None
     #: whether edits take a mask (`GenerationRequest.mask`); without, a mask is a 400
     supports_masks: ClassVar[bool] = False
+    #: whether requests must carry a token (the demo provider's need none: `web.authorize`)
+    needs_token: ClassVar[bool] = True
 
     def __init__(
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
@@ -150,6 +152,11 @@ class Provider(ABC):
         #: downloads URLs a client sent (the SSRF guard); its own client, built on first use
         self.fetcher = fetcher or Fetcher(settings)
         self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
+
+    @classmethod
+    def available(cls, settings: Settings) -> bool:
+        """Whether this deployment serves the provider (the demo provider only when on)."""
+        return True
 
     @classmethod
     def declared_settings(cls) -> tuple[ProviderSetting, ...]:
