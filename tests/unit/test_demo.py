@@ -53,7 +53,7 @@ def clock() -> SteppedClock:
 
 @pytest.fixture
 def demo(client: httpx.AsyncClient, clock: SteppedClock) -> Demo:
-    provider = Demo(Settings(provider_settings={"DEMO_PROVIDER": "enabled"}), client)
+    provider = Demo(Settings(demo_provider="enabled"), client)
     provider.clock = clock
     return provider
 

@@ -56,9 +56,6 @@ from imagegw.providers.base import (
 from imagegw.providers.options import as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.sizes import SizeLimits
 
-#: the switch: `enabled` serves `/demo/v1/...`; anything else leaves the provider unknown
-SWITCH: Final = ProviderSetting("DEMO_PROVIDER", "disabled")
-ENABLED: Final = "enabled"
 #: what the provider is given as a key when the client sent none (never sent anywhere)
 NO_TOKEN: Final = "demo"  # noqa: S105 (not a secret: the placeholder of none)
 MAX_TEXT: Final = 2000
@@ -91,7 +88,8 @@ STYLES: Final[Mapping[str, Style]] = {
 
 
 def enabled(settings: Settings) -> bool:
-    return settings.provider_setting(SWITCH.env).strip().lower() == ENABLED
+    """Whether the deployment serves the demo (DEMO_PROVIDER, the gateway's own setting)."""
+    return settings.demo_provider == "enabled"
 
 
 @dataclass(frozen=True)
@@ -268,8 +266,6 @@ def _open(data: bytes, index: int) -> Image.Image:
 class Demo(Provider):
     name = "demo"
     title = "Demo"
-    #: it calls no API: its one setting is its switch
-    base_url_setting = SWITCH
     max_prompt_chars = MAX_TEXT
     needs_token: ClassVar[bool] = False
     catalog = tuple(
@@ -287,6 +283,10 @@ class Demo(Provider):
         super().__init__(settings, client, fetcher)
         #: the clock task ids are stamped with (seconds; tests step it)
         self.clock: Callable[[], float] = time.time
+
+    @classmethod
+    def declared_settings(cls) -> tuple[ProviderSetting, ...]:
+        return ()  # it calls no API; its switch is the gateway's own (DEMO_PROVIDER)
 
     @property
     def base_url(self) -> str:
