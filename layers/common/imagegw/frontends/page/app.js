@@ -509,6 +509,7 @@
     for (const name of providers) $("provider").append(el("option", { value: name, text: name }));
     $("key").value = localStorage.getItem(KEY) || "";
     $("key").addEventListener("input", keyChanged);
+    $("key-form").addEventListener("submit", (e) => e.preventDefault());
     $("forget").addEventListener("click", () => {
       $("key").value = "";
       keyChanged();
