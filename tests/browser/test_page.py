@@ -203,3 +203,18 @@ def test_a_gateway_key_sees_its_usage_and_quota(page: Page, served: Served) -> N
     usage = tab.text_content("#usage") or ""
     assert "browser" in usage and "demo/shapes" in usage
     assert key not in (tab.text_content("body") or "")  # shown only in the password field
+
+
+def test_a_durable_job_is_listed_and_ends_with_its_picture(page: Page, served: Served) -> None:
+    tab, console = page
+    open_page(tab, served)
+    tab.fill("#prompt", "a windmill")
+    tab.select_option("#size", "256x256")
+    tab.check("#as-job")
+    generate(tab)
+    assert loaded_images(tab, ".run figure img") == [256]
+    jobs = tab.text_content("#jobs") or ""
+    assert re.search(r"job-[0-9a-f]+ · succeeded · demo/shapes · a windmill", jobs), jobs
+    tab.reload()
+    tab.wait_for_selector("#jobs-panel:not([hidden]) #jobs li")
+    assert console.problems() == []

@@ -268,11 +268,14 @@ async def test_in_keys_mode_the_demo_still_takes_only_gateway_keys(
     bare = await gw.post("/demo/v1/images/generations", json=GENERATION)
     assert bare.status_code == 401
     assert bare.json()["error"]["code"] == "missing_api_key"
-    token = await gw.post(
-        "/demo/v1/images/generations", json=GENERATION, headers={"Authorization": "Bearer ms-x"}
-    )
-    assert token.status_code == 401
-    assert token.json()["error"]["code"] == "invalid_api_key"
+    for bearer in ("ms-x", "demo"):  # not even the name of the anonymous caller
+        token = await gw.post(
+            "/demo/v1/images/generations",
+            json=GENERATION,
+            headers={"Authorization": f"Bearer {bearer}"},
+        )
+        assert token.status_code == 401
+        assert token.json()["error"]["code"] == "invalid_api_key"
 
 
 async def test_an_unknown_gateway_key_is_refused_by_the_demo_too(

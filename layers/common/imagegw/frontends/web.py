@@ -82,6 +82,27 @@ def api_key(request: Request) -> SecretStr:
     return SecretStr(token)
 
 
+def bearer_for(request: Request, provider: str) -> SecretStr:
+    """`api_key`, except that a request without an Authorization header to a provider that
+    needs no token (the demo) is the anonymous caller `NO_TOKEN`, unless ACCESS_MODE is
+    `keys` (anyone may try the demo, except where only gateway keys are served)."""
+    if _tokenless(provider) and _anonymous(request):
+        return SecretStr(NO_TOKEN)
+    return api_key(request)
+
+
+def _tokenless(provider: str) -> bool:
+    served = PROVIDERS.get(provider)
+    return served is not None and not served.needs_token
+
+
+def _anonymous(request: Request) -> bool:
+    """No Authorization header, where that may be served (not in the `keys` access mode)."""
+    if gateway_of(request).settings.access_mode == "keys":
+        return False
+    return request.headers.get("authorization") is None
+
+
 async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]:
     """The caller (`imagegw.access.gate`, by ACCESS_MODE) and the token the provider gets: the
     client's own, or for a gateway key the next server-held token of the provider's pool (its
@@ -89,10 +110,8 @@ async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]
     (the demo) takes a request without one, unless ACCESS_MODE is `keys`. Reads headers only:
     call it before reading the body (a refused key then writes, starts and calls nothing)."""
     access = gateway_of(request).access
-    served = PROVIDERS.get(provider)
-    tokenless = served is not None and not served.needs_token
-    if tokenless and access.mode != "keys" and not request.headers.get("authorization"):
-        # the demo provider: anyone may try it, except where only gateway keys are served
+    tokenless = _tokenless(provider)
+    if tokenless and _anonymous(request):
         lease.use(None)
         return Caller(SecretStr(NO_TOKEN)), SecretStr(NO_TOKEN)
     bearer = api_key(request)
