@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from imagegw.providers.base import (
 from imagegw.providers.demo import Demo
 
 pytestmark = pytest.mark.anyio
+LAYER = Path(__file__).resolve().parents[2] / "layers" / "common"
 
 
 class SteppedClock:
@@ -307,3 +309,25 @@ async def test_an_edit_through_the_images_api(app_with: Callable[..., httpx.Asyn
     edited = answered_picture(answer)
     assert edited.size == (96, 64)
     assert differ(edited, Image.new("RGB", (96, 64), (250, 250, 0))) > 30
+
+
+def test_a_gateway_that_draws_no_demo_picture_never_imports_pillow() -> None:
+    """Pillow is imported on the demo's first picture, not at start-up (README "Cold start")."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from imagegw.frontends.app import create_app\n"
+        "create_app().state.gateway.provider('demo')\n"
+        "print(sorted(m for m in sys.modules if m == 'PIL' or m.startswith('PIL.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PYTHONPATH": str(LAYER), "DEMO_PROVIDER": "enabled", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.stdout.strip() == "[]"
