@@ -218,3 +218,28 @@ def test_a_durable_job_is_listed_and_ends_with_its_picture(page: Page, served: S
     tab.reload()
     tab.wait_for_selector("#jobs-panel:not([hidden]) #jobs li")
     assert console.problems() == []
+
+
+def test_a_page_elsewhere_can_fetch_a_stored_image(
+    page: Page, served: Served, fake_modelscope: FakeModelScope
+) -> None:
+    """Bucket CORS (template.yaml `UploadsBucket` `CorsConfiguration`; moto's S3 here): a page
+    of another origin fetch()es a lasting link, through its redirect to the bucket."""
+    tab, _ = page
+    made = httpx.post(
+        f"{served.url}/v1/images/generations",
+        json={"model": "demo/waves", "prompt": "a red kite", "size": "128x128"},
+        timeout=60,
+    )
+    link = made.json()["data"][0]["url"]
+    elsewhere = fake_modelscope.base_url.removesuffix("/v1")  # type: ignore[attr-defined]
+    tab.goto(elsewhere + "/v1/models")
+    got = tab.evaluate(
+        """async (link) => {
+            const answer = await fetch(link);
+            const blob = await answer.blob();
+            return [answer.status, blob.type, blob.size];
+        }""",
+        link,
+    )
+    assert got[0] == 200 and got[1] == "image/jpeg" and got[2] > 1000
