@@ -122,7 +122,7 @@ class Demo(Provider):
         ModelInfo(
             model,
             ModelKind.EDIT if model.endswith("edit") else ModelKind.GENERATE,
-            seconds=QUEUED_FOR + style.seconds,
+            seconds=style.seconds,  # of RUNNING, as every prior
         )
         for model, style in STYLES.items()
     )
