@@ -60,8 +60,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one module: Playwright's sync API holds an event loop while it runs, so it
+    is stopped before the next module's tests (anyio's, asyncio's) need one."""
     reason = _missing()
     if reason is not None:
         pytest.fail(f"browser tests run in CI: {reason}")
