@@ -170,9 +170,10 @@ $(BENCH_VENV)/.ready: bench/seedref/requirements.txt
 bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
-# Deploy and operate (README "Deploy"): the stack's name and region are samconfig.toml's, which
-# `sam deploy --guided` writes. `make deploy` builds with python3.13 (put on PATH above), stops
-# with a how-to when boto3 finds no AWS credentials, deploys, then prints the addresses to use.
+# Deploy and operate (README "Deploy and operate"): the stack's name and region are
+# samconfig.toml's, which `sam deploy --guided` writes. `make deploy` builds with python3.13
+# (put on PATH above), stops with a how-to when boto3 finds no AWS credentials, deploys, then
+# prints the addresses to use.
 STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
 GUIDED ?= 1
 

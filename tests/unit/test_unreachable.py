@@ -36,7 +36,7 @@ SENT = [
 ]
 
 #: the providers that call an API (the demo draws its pictures itself)
-CALLING = sorted(name for name, cls in PROVIDERS.items() if cls.declared_settings())
+CALLING = sorted(name for name, cls in PROVIDERS.items() if cls.settings_model.model_fields)
 
 
 def job(provider: str) -> GenerationRequest:

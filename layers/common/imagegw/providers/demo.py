@@ -31,14 +31,13 @@ import anyio
 import httpx
 
 from imagegw.errors import InvalidRequestError
-from imagegw.infra.config import ProviderSetting, Settings
+from imagegw.infra.config import ProviderSettings, Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
-from imagegw.infra.media import check_image
+from imagegw.infra.media import InputImage, check_image
 from imagegw.providers.base import (
     Failed,
     Finished,
     GenerationRequest,
-    InputImage,
     ModelInfo,
     ModelKind,
     Provider,
@@ -113,9 +112,14 @@ class Task:
             return None
 
 
+class DemoSettings(ProviderSettings):
+    """None: the demo calls no API, and its switch is the gateway's own (DEMO_PROVIDER)."""
+
+
 class Demo(Provider):
     name = "demo"
     title = "Demo"
+    settings_model = DemoSettings
     max_prompt_chars = MAX_TEXT
     needs_token: ClassVar[bool] = False
     catalog = tuple(
@@ -133,10 +137,6 @@ class Demo(Provider):
         super().__init__(settings, client, fetcher)
         #: the clock task ids are stamped with (seconds; tests step it)
         self.clock: Callable[[], float] = time.time
-
-    @classmethod
-    def declared_settings(cls) -> tuple[ProviderSetting, ...]:
-        return ()  # it calls no API; its switch is the gateway's own (DEMO_PROVIDER)
 
     @property
     def base_url(self) -> str:
