@@ -379,3 +379,31 @@ def test_the_batch_machine_runs_the_job_machines_states_for_each_item(
     assert not [s for s in states.values() if s["Type"] in ("Fail", "Succeed")]
     env = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert env["BATCH_STATE_MACHINE_ARN"] == {"Ref": "ImageBatchStateMachine"}
+
+
+def test_the_demo_provider_is_off_unless_its_parameter_turns_it_on(
+    template: dict[str, Any],
+) -> None:
+    parameter = template["Parameters"]["DemoProvider"]
+    assert parameter["Default"] == "disabled"
+    assert set(parameter["AllowedValues"]) == {"disabled", "enabled"}
+    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    # the app reads the same words: only "enabled" turns it on
+    from imagegw.infra.config import Settings
+    from imagegw.providers.demo import enabled
+
+    assert not enabled(Settings(demo_provider=parameter["Default"]))
+    assert enabled(Settings(demo_provider="enabled"))
+
+
+def test_browsers_may_read_stored_images_from_the_bucket_and_nothing_more(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["UploadsBucket"]["Properties"]
+    (rule,) = bucket["CorsConfiguration"]["CorsRules"]
+    assert set(rule["AllowedMethods"]) == {"GET", "HEAD"}  # no writes from a browser
+    assert rule["AllowedOrigins"] == ["*"]
+    assert "content-type" in rule["ExposedHeaders"]
+    # still private: CORS lets a page read what a presigned URL already grants
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
