@@ -13,8 +13,11 @@ from lambdahost.events import REQUEST_CONTEXT_HEADER, HttpRequest, to_http_reque
 
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 # the HTTP events (job-*.json are the job state machine's task events, replayed through their
-# handlers in tests/functional/test_job_events.py)
-EVENT_FILES = sorted(p for p in EVENTS_DIR.glob("*.json") if not p.name.startswith("job-"))
+# handlers in tests/functional/test_job_events.py; batch-*.json the batch machine's, invoked in
+# tests/e2e/test_invoke.py)
+EVENT_FILES = sorted(
+    p for p in EVENTS_DIR.glob("*.json") if not p.name.startswith(("job-", "batch-"))
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # (method, path, kind of body) expected for every sample event.

@@ -114,7 +114,7 @@ def batch_machine(job: dict[str, Any]) -> dict[str, Any]:
         "States": {"Prepare": prepare, "Skip": skip, **item_states(job), "Record": record},
     }
     return {
-        "Comment": "A Batch API batch (README 'Batches'): a Distributed Map over the batch's "
+        "Comment": "A Batch API batch (docs/batches.md): a Distributed Map over the batch's "
         "checked items (a JSON array in the bucket), at most BATCH_CONCURRENCY at once, each "
         "item one durable job of the image-job lifecycle (generated from image_job.asl.json "
         "by tools/batchasl), then Finalize writes the output and error files. Standard child "
