@@ -199,6 +199,9 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
     env that points the gateway and the handlers at them."""
     import boto3
 
+    # moto's parser warns that its interpreter ignores the batch map's ToleratedFailurePercentage
+    # (its items never fail: docs/batches.md "Running locally"): no news on make run's console
+    logging.getLogger("moto.stepfunctions.parser.asl.parse.preprocessor").setLevel(logging.ERROR)
     config = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
     # moto's documented server-mode configuration call
     httpx.post(f"{endpoint}/moto-api/config", json=config, timeout=10).raise_for_status()
