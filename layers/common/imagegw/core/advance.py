@@ -79,11 +79,16 @@ async def start_leased(
     answers, and the parts as last sent (with the token that was used). Raises the pool's 429
     when every token is set aside. Both drivers (the poll loop, the Submit step) start so."""
     sent = list(parts)
+    model = parts[0].model if parts else None
+    if leased is not None and leased.provider == provider.name and model:
+        token = await leased.prefer(model)  # the current token set aside for this model
+        if token is not None:
+            sent = [replace(part, api_key=token) for part in sent]
     while True:
         outcomes = await start_all(provider, sent)
         if leased is None or leased.provider != provider.name:
             return outcomes, sent
-        token = await leased.fail_over(outcomes)
+        token = await leased.fail_over(outcomes, model)
         if token is None:
             return outcomes, sent
         sent = [replace(part, api_key=token) for part in sent]

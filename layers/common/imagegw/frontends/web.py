@@ -91,7 +91,7 @@ async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]
     if not caller.keyed:
         lease.use(None)
         return caller, bearer
-    leased = await access.lease(provider)
+    leased = await access.lease(provider, caller.record.hash if caller.record else None)
     lease.use(leased)
     return caller, leased.token
 

@@ -78,6 +78,7 @@ _OWN_NAMES: dict[str, str] = {
     "ACCESS_TABLE": "access_table",
     "ACCESS_SECRET": "access_secret",
     "KEY_CACHE_TTL": "key_cache_ttl",
+    "KEY_POOL_SHARE": "key_pool_share",
     "SECRET_CACHE_TTL": "secret_cache_ttl",
 }
 
@@ -181,6 +182,10 @@ class Settings(BaseModel):
     access_secret: str | None = None
     #: seconds a key's record is trusted (a revoked key is refused within this)
     key_cache_ttl: float = Field(default=60.0, ge=0, le=300)
+    #: the share of a provider's pool of server-held tokens one gateway key spends (its window
+    #: of the pool, by the key's hash; `imagegw.access.gate`): 0.5 leaves at least half of a
+    #: pool of two or more tokens to the other keys however much one key asks for; 1 is all
+    key_pool_share: float = Field(default=0.5, gt=0, le=1)
     #: seconds the access secret is trusted (a changed token takes effect within this)
     secret_cache_ttl: int = Field(default=300, ge=0, le=300)
 
