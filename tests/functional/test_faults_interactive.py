@@ -4,7 +4,9 @@ against fake providers that misbehave (`fakes.faulty`), each case checking what 
 
 Faults: a 429 on submit; a 5xx, or garbage, on every poll; a poll hanging past PROVIDER_TIMEOUT;
 the provider down; the provider dying mid-poll; the bucket down at upload; the client leaving,
-streamed and not, while tasks are polled and while a synchronous provider works.
+streamed and not, while tasks are polled and while a synchronous provider works; an unreadable
+generated image (the provider's fault, not the client's); an upload declaring a huge size, or cut
+short (refused before anything is stored or sent).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from botocore.config import Config
 from starlette.types import ASGIApp
 
 from fakes.faulty import GARBAGE, HANG, Faulty, closed_port
+from fakes.faulty import answer as fault
 from fakes.modelscope import FakeModelScope
+from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
@@ -75,6 +79,13 @@ def ms(_fake_ms_server: Served, fake_ms: FakeModelScope) -> Faulty:
 def sf(_fake_sf_server: Served, fake_sf: FakeSiliconFlow) -> Faulty:
     faulty = Faulty(fake_sf)
     _fake_sf_server[1].app = faulty
+    return faulty
+
+
+@pytest.fixture
+def oa(_fake_openai_server: Served, fake_openai: FakeOpenAIImages) -> Faulty:
+    faulty = Faulty(fake_openai)
+    _fake_openai_server[1].app = faulty
     return faulty
 
 
@@ -469,3 +480,86 @@ def test_a_client_leaving_a_chat_pass_through_hangs_up_on_the_provider(
 
     # Then the gateway stops waiting and hangs up on the provider too
     ms.wait_for(lambda: all(call.left for call in ms.matching("POST", r"^/v1/chat/completions$")))
+
+
+# ----------------------------------------------------------------------------- blame and images
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_an_unreadable_generated_image_is_the_providers_fault(
+    gateway: Callable[..., str], oa: Faulty, front_end: str
+) -> None:
+    # Given an OpenAI-compatible server answering a generated image cut short (b64_json)
+    cut = base64.b64encode(make_png(64, 64)[:-20]).decode()
+    faulty = oa
+    faulty.on(
+        "POST",
+        r"/images/generations$",
+        fault(200, json.dumps({"created": 1, "data": [{"b64_json": cut}]})),
+    )
+
+    reply = post(gateway(), front_end, "/openai")
+
+    # Then the client hears a provider error (a 5xx), not that its own request was bad
+    assert reply.status_code == 502, reply.text
+    assert error_of(reply)["type"] != "invalid_request_error"
+    assert error_of(reply)["code"] == "invalid_result"
+    assert "cut short" in error_of(reply)["message"]
+    assert faulty.count("POST", r"/images/generations$") == 1
+
+
+def huge_png() -> bytes:
+    """A whole 2x2 PNG whose header declares 30000x30000 (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    png = bytearray(make_png(2, 2))
+    png[16:24] = struct.pack(">II", 30000, 30000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+@pytest.mark.parametrize(
+    ("image", "code"),
+    [
+        (huge_png(), "image_dimensions_too_large"),
+        (make_png(64, 64)[:-30], "invalid_image"),  # truncated
+    ],
+    ids=["huge-dimensions", "truncated"],
+)
+def test_an_image_refused_for_what_it_is_stores_and_sends_nothing(
+    gateway_url: str, ms: Faulty, s3_env: dict[str, str], image: bytes, code: str
+) -> None:
+    # Given an edit whose image declares 30000x30000 pixels, or is cut short
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_env["S3_ENDPOINT_URL"])
+    stored = s3.list_objects_v2(Bucket=s3_env["BUCKET"]).get("KeyCount", 0)
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": uri}},
+        ],
+    }
+    answers = [
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={"model": "Qwen/Qwen-Image-Edit", "messages": [message]},
+            headers=auth(),
+            timeout=30,
+        ),
+        httpx.post(
+            f"{gateway_url}/v1/images/edits",
+            data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+            files={"image": ("in.png", image, "image/png")},
+            headers=auth(),
+            timeout=30,
+        ),
+    ]
+
+    # Then each is a 400 naming what is wrong, and nothing was stored or sent
+    for reply in answers:
+        assert reply.status_code == 400, reply.text
+        assert error_of(reply)["code"] == code
+    assert ms.calls == []
+    assert s3.list_objects_v2(Bucket=s3_env["BUCKET"]).get("KeyCount", 0) == stored
