@@ -563,3 +563,108 @@ def test_an_image_refused_for_what_it_is_stores_and_sends_nothing(
         assert error_of(reply)["code"] == code
     assert ms.calls == []
     assert s3.list_objects_v2(Bucket=s3_env["BUCKET"]).get("KeyCount", 0) == stored
+
+
+@pytest.mark.parametrize("seconds", ["1", "3"])
+def test_a_client_waiting_a_few_seconds_is_refused_before_anything_is_stored_or_started(
+    gateway_url: str, ms: Faulty, s3_env: dict[str, str], seconds: str
+) -> None:
+    # Given a client whose SDK gives up after a few seconds, sending an edit with its image
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_env["S3_ENDPOINT_URL"])
+    stored = s3.list_objects_v2(Bucket=s3_env["BUCKET"]).get("KeyCount", 0)
+    short = {**auth(), "x-stainless-read-timeout": seconds}
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": png_data_uri()}},
+        ],
+    }
+    answers = [
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={"model": "Qwen/Qwen-Image-Edit", "messages": [message]},
+            headers=short,
+            timeout=30,
+        ),
+        httpx.post(
+            f"{gateway_url}/v1/images/edits",
+            data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+            files={"image": ("in.png", make_png(16, 16, (1, 2, 3)), "image/png")},
+            headers=short,
+            timeout=30,
+        ),
+    ]
+
+    # Then each is a 400 (no SDK retries it) saying why, and nothing was stored or started
+    for reply in answers:
+        assert reply.status_code == 400, reply.text
+        assert error_of(reply)["code"] == "client_timeout_too_short"
+    assert ms.calls == []
+    assert s3.list_objects_v2(Bucket=s3_env["BUCKET"]).get("KeyCount", 0) == stored
+
+
+def test_the_job_service_down_is_a_retryable_503_when_nothing_started(
+    gateway: Callable[..., str], ms: Faulty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the job service (Step Functions, and KMS that seals the key) on a closed port
+    down = f"http://127.0.0.1:{closed_port()}"
+    for service in ("SFN", "KMS"):
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", down)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    base = gateway(
+        job_state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:jobs",
+        job_key_id="arn:aws:kms:us-east-1:123456789012:key/0000",
+    )
+
+    # When a client asks for a job
+    reply = httpx.post(
+        f"{base}/v1/images/generations",
+        json={"model": "Qwen/Qwen-Image", "prompt": "a red apple"},
+        headers={**auth(), "prefer": "respond-async"},
+        timeout=60,
+    )
+
+    # Then it may retry (nothing started), and the provider saw nothing
+    assert reply.status_code == 503, reply.text
+    assert error_of(reply)["code"] == "jobs_unavailable"
+    assert reply.headers["x-should-retry"] == "true"
+    assert ms.calls == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/x.png", "http://169.254.169.254/latest/", "http://[::1]/x.png"]
+)
+def test_a_job_with_a_private_image_url_is_refused_at_submission(
+    gateway: Callable[..., str], ms: Faulty, url: str
+) -> None:
+    # Given the gateway as deployed (no private URLs) running jobs (the runner is never asked)
+    base = gateway(
+        allow_private_urls=False,
+        job_state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:jobs",
+    )
+
+    # When a job is asked to edit an image at a private address
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ],
+    }
+    reply = httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": "Qwen/Qwen-Image-Edit", "messages": [message]},
+        headers={**auth(), "prefer": "respond-async"},
+        timeout=30,
+    )
+
+    # Then it is the synchronous path's one refusal, at once, and nothing was started
+    assert reply.status_code == 400, reply.text
+    assert error_of(reply) == {
+        "message": "Input image 1 could not be downloaded from its URL.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "invalid_image",
+    }
+    assert ms.calls == []

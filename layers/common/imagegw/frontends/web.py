@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Final
 
 from pydantic import SecretStr, ValidationError
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -24,6 +24,7 @@ from imagegw.errors import (
     PayloadTooLargeError,
     render,
 )
+from imagegw.frontends.cors import came_through_rest_api
 from imagegw.frontends.inbound import (
     check_header,
     check_key,
@@ -35,6 +36,10 @@ from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
 from imagegw.redaction import protect
 from imagegw.runners.gateway import Gateway
+
+#: the longest a non-streamed answer through the REST API may take: API Gateway closes a
+#: regional REST API's stream after 5 minutes without a byte (README "Limits"), less a margin
+REST_IDLE_BUDGET: Final = 285.0
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 #: an API Gateway stage name ("$default", of HTTP APIs, is never a path prefix)
@@ -240,22 +245,33 @@ def request_context(request: Request) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def client_budget(request: Request) -> float | None:
-    """Seconds a non-streamed answer may take before the client gives up, from the OpenAI SDKs'
+def client_wait(request: Request) -> float | None:
+    """Seconds the client waits for a non-streamed answer, from the OpenAI SDKs'
     `x-stainless-read-timeout` (Python) or `x-stainless-timeout` (Cherry Studio sends 600)
-    header, less a margin; None if not said.
-
-    The SDKs retry a timed-out request, which would pay for the generation again: answering a
-    clear 504 (with x-should-retry: false) just before the client's own timer runs out avoids it.
-    """
+    header; None if not said (or not a sane number)."""
     raw = header(request, "X-Stainless-Read-Timeout") or header(request, "X-Stainless-Timeout")
     try:
         seconds = float(raw) if raw else 0.0
     except ValueError:
         return None
-    if not 0 < seconds < 86400:
-        return None
-    return max(1.0, seconds - max(2.0, 0.05 * seconds))
+    return seconds if 0 < seconds < 86400 else None
+
+
+def client_budget(request: Request) -> float | None:
+    """Seconds a non-streamed answer may take before the client gives up (`client_wait`), less
+    a margin; through the REST API at most REST_IDLE_BUDGET (API Gateway closes a streamed
+    response after 5 minutes without a byte, and a JSON answer sends none until it is done);
+    None if neither applies.
+
+    The SDKs retry a timed-out request, which would pay for the generation again: answering a
+    clear 504 (with x-should-retry: false) just before the client's own timer (or API
+    Gateway's) runs out avoids it.
+    """
+    seconds = client_wait(request)
+    budget = None if seconds is None else max(1.0, seconds - max(2.0, 0.05 * seconds))
+    if came_through_rest_api(request.headers):
+        budget = min(budget or REST_IDLE_BUDGET, REST_IDLE_BUDGET)
+    return budget
 
 
 def validation_error(exc: ValidationError) -> InvalidRequestError:

@@ -25,6 +25,7 @@ from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.routes.jobs import start_job, wants_job
 from imagegw.frontends.schemas import ChatRequest, Completion
 from imagegw.frontends.streaming import chat_stream, collect, markdown
+from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import (
     authorize,
     client_budget,
@@ -70,6 +71,7 @@ async def chat_completions(request: Request) -> Response:
         # started, is watched by StreamingResponse itself)
         relayed = passthrough.chat(gateway, provider, body, key, caller)
         return await unless_disconnected(request, relayed)
+    refuse_short_wait(request, as_job=as_job)  # before anything is stored or started
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
     parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields

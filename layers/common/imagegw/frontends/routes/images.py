@@ -14,7 +14,8 @@ from imagegw.errors import GatewayError
 from imagegw.frontends import images_api
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.images_api import ImagesCall
-from imagegw.frontends.routes.jobs import accept_async
+from imagegw.frontends.routes.jobs import accept_async, wants_job
+from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import (
     authorize,
     client_budget,
@@ -42,6 +43,7 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         gateway = gateway_of(request)
         provider = gateway.provider(request.path_params.get("provider"))
         caller, key = await authorize(request, provider.name)  # before the body is read
+        refuse_short_wait(request, as_job=wants_job(request))
         call = await read(request, gateway.settings)
         accepted = await accept_async(request, provider, call, auth=(caller, key))
         if accepted is not None:

@@ -40,6 +40,7 @@ from imagegw.errors import (
     GatewayError,
     InvalidRequestError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 from imagegw.frontends.schemas import Completion, images_response
 from imagegw.frontends.streaming import markdown_of
@@ -125,6 +126,14 @@ def fingerprint(
     }
     canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: what Submit adds to the job's state at most (the tasks' progress and errors; images kept
+#: inline are budgeted apart, `steps.BUDGET_INLINE`): an input over STATE_LIMIT less this would
+#: fail at Submit with States.DataLimitExceeded, which no Catch takes (the quota never given
+#: back), so it is refused at submission
+SUBMIT_HEADROOM: Final = 32 * 1024
+INPUT_LIMIT: Final = STATE_LIMIT - SUBMIT_HEADROOM
 
 
 def max_polls(settings: Settings) -> int:
@@ -225,10 +234,13 @@ class Jobs:
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             logger.warning("job runner call failed", extra={"call": what, "error": repr(exc)})
-            raise GatewayError(
-                f"The job service failed ({what}: {code or type(exc).__name__}).",
+            # nothing started: a failed StartExecution started no execution, and one retried
+            # with the same name and input is the same execution (Step Functions' idempotency)
+            raise ServiceUnavailableError(
+                f"The job service failed ({what}: {code or type(exc).__name__}); nothing was "
+                "started, so trying again is safe.",
                 code="jobs_unavailable",
-                retryable=False,
+                retryable=True,
             ) from None
 
     async def submit(
@@ -323,9 +335,11 @@ class Jobs:
             wait_seconds=self.settings.job_poll_interval,
             max_polls=max_polls(self.settings),
         ).model_dump_json()
-        if len(payload.encode()) > STATE_LIMIT:
+        if len(payload.encode()) > INPUT_LIMIT:
             raise InvalidRequestError(
-                "The job is too large to run asynchronously (Step Functions takes 256 KiB).",
+                f"The job is too large to run asynchronously: Step Functions takes 256 KiB "
+                f"of state, and the job's steps add their progress to it (at most "
+                f"{INPUT_LIMIT // 1024} KiB here).",
                 code="job_too_large",
             )
         if not await self._call("start", self.runner.start, job_id, payload):
