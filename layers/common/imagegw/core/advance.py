@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from imagegw.core.verdicts import failed_task
 from imagegw.errors import GatewayError, ProviderError
 from imagegw.providers.base import (
     Failed,
@@ -94,10 +95,10 @@ async def start_leased(
         sent = [replace(part, api_key=token) for part in sent]
 
 
-def task_failed(title: str, task_id: str | None, reason: str) -> ProviderError:
-    """The error of a task the provider reports failed (its reason, redacted when rendered)."""
-    which = f" task {task_id}" if task_id else ""
-    return ProviderError(f"{title}{which} failed: {reason}", code="generation_failed")
+def task_failed(title: str, task_id: str | None, reason: str) -> GatewayError:
+    """The error of a task the provider reports failed (its reason, redacted when rendered):
+    a refusal of the request's content or parameters a 400, else a 502 (`verdicts`)."""
+    return failed_task(title, task_id, reason)
 
 
 def advance(

@@ -7,6 +7,7 @@ only, so a request with a malformed key is refused before its body is read).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncGenerator
 from typing import Any, Final
@@ -117,13 +118,16 @@ async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, 
     """The request body's chunks, refusing bodies over `limit` bytes as they arrive."""
     check_length(request, limit)
     size = 0
+    digest = hashlib.sha256()
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(
                 f"The request body is over the limit of {limit} bytes.", code="request_too_large"
             )
+        digest.update(chunk)
         yield chunk
+    request.state.body_sha256 = digest.hexdigest()  # the body as read (`imagegw.frontends.replays`)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

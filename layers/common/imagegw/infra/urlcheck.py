@@ -18,6 +18,7 @@ from imagegw.errors import InvalidRequestError
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import is_public, system_resolver
 from imagegw.infra.media import ImageBytes
+from imagegw.infra.storage import own_file_name
 
 
 def _refused(index: int, param: str) -> InvalidRequestError:
@@ -48,10 +49,11 @@ async def check_public(url: str, index: int, *, param: str = "messages") -> None
 async def check_inputs(
     inputs: Sequence[str | ImageBytes], settings: Settings, *, param: str = "messages"
 ) -> None:
-    """`check_public` for each URL among a job's inputs (nothing with ALLOW_PRIVATE_URLS, the
-    tests' opt-in for fakes on loopback)."""
+    """`check_public` for each URL among a job's inputs but the gateway's own links to its
+    stored results (read from the bucket, never fetched); nothing with ALLOW_PRIVATE_URLS, the
+    tests' opt-in for fakes on loopback."""
     if settings.allow_private_urls:
         return
     for index, item in enumerate(inputs, 1):
-        if isinstance(item, str):
+        if isinstance(item, str) and own_file_name(item) is None:
             await check_public(item, index, param=param)

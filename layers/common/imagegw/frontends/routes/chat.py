@@ -17,11 +17,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
-from imagegw.errors import InvalidRequestError
+from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.frontends import passthrough
 from imagegw.frontends import prompt_options as inline
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
+from imagegw.frontends.replays import replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
 from imagegw.frontends.schemas import ChatRequest, Completion
 from imagegw.frontends.streaming import chat_stream, collect, markdown
@@ -109,6 +110,9 @@ async def chat_completions(request: Request) -> Response:
         if ignored:
             accepted.headers[IGNORED_HEADER] = ignored
         return accepted
+    replays = replays_of(request)
+    if not chat.stream:  # the same request just failed after paid work: its answer
+        replays.replay(request)
     reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
     events = metered(
         pipeline.events(
@@ -125,7 +129,11 @@ async def chat_completions(request: Request) -> Response:
     )
     completion = Completion(chat.model)
     if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
-        result = await unless_disconnected(request, collect(events))
+        try:
+            result = await unless_disconnected(request, collect(events))
+        except GatewayError as failed:
+            replays.remember(request, failed)
+            raise
         headers = {IGNORED_HEADER: ignored} if ignored else None
         return JSONResponse(completion.message(markdown(result)), headers=headers)
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
