@@ -136,10 +136,25 @@ SUBMIT_HEADROOM: Final = 32 * 1024
 INPUT_LIMIT: Final = STATE_LIMIT - SUBMIT_HEADROOM
 
 
+#: the most polls of one job: the loop writes about 9 history events a poll (Check, a Wait,
+#: the Poll task), and an execution's history holds 25,000 events; the rest is headroom for
+#: Submit, Store and retried tasks (`tests/unit/test_template.py` counts them)
+MAX_POLLS: Final = 2400
+
+
+def poll_wait(settings: Settings) -> int:
+    """Seconds between a job's polls: JOB_POLL_INTERVAL, or longer when JOB_TIMEOUT would
+    take more than MAX_POLLS of them (0 stays 0: the local run's and tests' pace; the template
+    takes 1 s at least)."""
+    if settings.job_poll_interval == 0:
+        return 0
+    return max(settings.job_poll_interval, math.ceil(settings.job_timeout / MAX_POLLS))
+
+
 def max_polls(settings: Settings) -> int:
-    """How many poll intervals JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one): the
-    job's deadline (waits after failed polls count the intervals they last)."""
-    return max(1, math.ceil(settings.job_timeout / max(1, settings.job_poll_interval)))
+    """How many poll intervals JOB_TIMEOUT allows at `poll_wait` (at least one, at most
+    MAX_POLLS): the job's deadline (waits after failed polls count the intervals they last)."""
+    return min(MAX_POLLS, max(1, math.ceil(settings.job_timeout / max(1, poll_wait(settings)))))
 
 
 @dataclass(frozen=True)
@@ -332,7 +347,7 @@ class Jobs:
         payload = JobInput(
             job=spec,
             key=sealed,
-            wait_seconds=self.settings.job_poll_interval,
+            wait_seconds=poll_wait(self.settings),
             max_polls=max_polls(self.settings),
         ).model_dump_json()
         if len(payload.encode()) > INPUT_LIMIT:
