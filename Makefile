@@ -160,7 +160,14 @@ env-json: $(BIN)/.ready
 	@$(LAMBDAHOST) env-json --stack '$(STACK)' $(if $(OUT),--out '$(OUT)')
 
 # the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
-bench: $(BIN)/.ready build-local
+# the seed-shaped reference of `python -m bench versus` runs in its own venv (FastAPI pins Starlette)
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.ready: bench/seedref/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/$(PIP) -r bench/seedref/requirements.txt $(QUIET_PIP)
+	@touch $@
+
+bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
 # Deploy and operate (README "Deploy"): the stack's name and region are samconfig.toml's, which
