@@ -6,7 +6,9 @@ Faults: a 429 on submit; a 5xx, or garbage, on every poll; a poll hanging past P
 the provider down; the provider dying mid-poll; the bucket down at upload; the client leaving,
 streamed and not, while tasks are polled and while a synchronous provider works; an unreadable
 generated image (the provider's fault, not the client's); an upload declaring a huge size, or cut
-short (refused before anything is stored or sent).
+short (refused before anything is stored or sent); a client waiting a few seconds; the job service
+down; a job with a private image URL; a failed paid request repeated (answered from the first);
+a task refused for its content (a 400).
 """
 
 from __future__ import annotations
@@ -668,3 +670,37 @@ def test_a_job_with_a_private_image_url_is_refused_at_submission(
         "code": "invalid_image",
     }
     assert ms.calls == []
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_failed_paid_request_repeated_is_answered_from_the_first(
+    gateway_url: str, ms: Faulty, fake_ms: FakeModelScope, front_end: str
+) -> None:
+    # Given a provider whose tasks fail (after the paid task started: a 502 not to retry)
+    fake_ms.task_duration = 0.05
+    fake_ms.fail_reason = "the worker ran out of memory"
+
+    # When a client that retries every 5xx sends the same request three times
+    answers = [post(gateway_url, front_end) for _ in range(3)]
+
+    # Then each gets the provider's failure, the repeats from the first: one submission
+    assert [a.status_code for a in answers] == [502, 502, 502]
+    assert {error_of(a)["message"] for a in answers} == {error_of(answers[0])["message"]}
+    assert [a.headers.get("x-gateway-replayed") for a in answers] == [None, "true", "true"]
+    assert all(a.headers["x-should-retry"] == "false" for a in answers)
+    assert ms.count("POST", SUBMIT) == 1
+
+
+def test_a_task_refused_for_its_content_is_a_400_no_client_retries(
+    gateway_url: str, ms: Faulty, fake_ms: FakeModelScope
+) -> None:
+    fake_ms.task_duration = 0.05
+    fake_ms.fail_reason = "Request Moderated"
+
+    answer = post(gateway_url, "images")
+
+    assert answer.status_code == 400
+    assert error_of(answer)["type"] == "invalid_request_error"
+    assert error_of(answer)["code"] == "content_policy_violation"
+    assert answer.headers["x-should-retry"] == "false"
+    assert ms.count("POST", SUBMIT) == 1
