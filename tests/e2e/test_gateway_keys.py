@@ -316,10 +316,11 @@ def test_a_refused_generation_gives_its_quota_back(
     dave = local.key("dave", "--quota", "1")
     fake.fail_reason = "flagged"
 
-    # When a generation fails, and then one succeeds
+    # When a generation fails, and then another one succeeds (the same request again within
+    # two minutes would get the failure again: frontends/replays.py)
     assert generate(local, dave).status_code == 502
     fake.fail_reason = None
-    made = generate(local, dave)
+    made = generate(local, dave, "another fox")
 
     # Then the failed one did not count
     assert made.status_code == 200, made.text
