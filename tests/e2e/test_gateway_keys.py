@@ -28,6 +28,7 @@ import pytest
 from fakes.modelscope import FakeModelScope, model_forbidden_answer, model_quota_answer
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
+from imagegw.access.gatekeys import token_id
 from local_run import serve_locally
 
 pytestmark = pytest.mark.e2e
@@ -712,8 +713,10 @@ def test_one_keys_per_model_quota_refusal_leaves_other_keys_and_models_working(
     aside = local.aws("dynamodb").get_item(
         TableName=local.env()["ACCESS_TABLE"], Key={"pk": {"S": "aside#modelscope"}}
     )["Item"]
-    mine = {k: int(v["N"]) for k, v in aside.items() if k.startswith("t:") and MODEL in k}
-    assert len(mine) == 1 and all(until % 86400 == 16 * 3600 for until in mine.values())
+    name = f"t:{token_id('ms-pool-t')}"
+    mine = {k: int(v["N"]) for k, v in aside.items() if k.startswith(name)}
+    assert list(mine) == [f"{name}@{MODEL}"]  # the token itself is not set aside
+    assert all(until % 86400 == 16 * 3600 for until in mine.values())
 
 
 def test_a_403_for_one_model_does_not_remove_the_token(
