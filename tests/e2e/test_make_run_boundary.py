@@ -1,8 +1,7 @@
-"""`make run`'s own server (`python -m imagegw.frontends.local`, uvicorn with its defaults, durable
-jobs
-on the embedded stand-ins) against slow, vanishing and hostile clients: stalled bodies are a
-408 and free their connection, a client hanging up is no error, and async jobs refuse what
-they could not carry before anything starts."""
+"""`make run`'s own server (`python -m imagegw.frontends.local`, uvicorn with its defaults,
+durable jobs on the embedded stand-ins) against slow, vanishing and hostile clients: stalled
+bodies are a 408 and free their connection, a client hanging up is no error, and async jobs
+refuse what they could not carry before anything starts."""
 
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ def make_run(
         tmp_path_factory.mktemp("make-run"),
         MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
         BODY_TIMEOUT="1",
+        IMAGEGW_LOG_FORMAT="json",  # every line, as deployed (the console shows requests only)
     ) as started:
         yield started
 

@@ -3,6 +3,9 @@
 - `open`: every bearer is the client's own provider token, passed through;
 - `mixed`: a gateway key (`gk-...`) generates with the server-held tokens, any other bearer is
   passed through;
+- in every mode a bearer starting `gk-` that is not a whole gateway key (or any `gk-` bearer in
+  `open` mode) is a 401 `invalid_api_key`: no provider token starts so, and it is never passed
+  on;
 - `keys`: only gateway keys; anything else is a 401 `invalid_api_key`. Routes ask before they
   read the body, so a refused request writes nothing, starts nothing and calls no provider.
 
@@ -27,7 +30,7 @@ from typing import Any, Final
 import anyio.to_thread
 from pydantic import SecretStr
 
-from imagegw.access.gatekeys import key_hash, looks_like_key, token_id
+from imagegw.access.gatekeys import PREFIX, key_hash, looks_like_key, token_id
 from imagegw.access.lease import set_aside_worthy
 from imagegw.access.secret import Pools, SecretSource
 from imagegw.access.table import AccessTable, KeyRecord, QuotaFull, next_midnight
@@ -41,6 +44,7 @@ from imagegw.errors import (
 )
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
+from imagegw.providers import PROVIDERS
 from imagegw.redaction import protect
 
 #: set aside "until the owner changes it" (a changed token has a new id): ten years
@@ -53,8 +57,6 @@ RATE_PAUSE_MAX: Final = 300
 RETRY_WAIT: Final = 60
 #: how long this instance trusts its copy of the table's set-aside records
 ASIDE_CACHE: Final = 5.0
-#: the hour (UTC) each provider's daily free quota resets; ModelScope's at 00:00 Beijing time
-DAILY_RESET_UTC_HOUR: Final = {"modelscope": 16}
 #: words of a 429 that mean the day's quota is spent, not a passing rate limit
 _QUOTA_WORDS: Final = re.compile(r"quota|daily|per day|today|exhausted|insufficient|额度|余额")
 #: words of a refusal that make it about the model asked for, not the token
@@ -73,7 +75,8 @@ def iso(when: float) -> str:
 
 def provider_reset(provider: str, now: float) -> float:
     """The next daily reset of `provider`'s quotas after `now`."""
-    hour = DAILY_RESET_UTC_HOUR.get(provider, 0)
+    known = PROVIDERS.get(provider)
+    hour = known.daily_reset_utc_hour if known is not None else 0
     day = int(now) // 86400 * 86400 + hour * 3600
     return day if day > now else day + 86400
 
@@ -355,6 +358,17 @@ class Access:
         `provider`. Raises 401 (unknown, expired or revoked key; in `keys` mode any other
         bearer) or 403 (a provider the key may not use)."""
         secret = SecretStr(bearer)
+        if bearer.startswith(PREFIX) and (self.mode == "open" or not looks_like_key(bearer)):
+            # no provider token starts so: a cut-off key (or any key where none are issued) is
+            # refused here in every mode, never passed on to the provider
+            raise AuthenticationError(
+                "Invalid API key: this gateway issues no gateway keys (open access); send your "
+                "own provider token."
+                if self.mode == "open"
+                else "Invalid API key: this gateway key is incomplete; give the whole key "
+                "(gk- and 32 characters) as its owner issued it.",
+                code="invalid_api_key",
+            )
         if self.mode == "open" or (self.mode == "mixed" and not looks_like_key(bearer)):
             return Caller(secret)
         refused = AuthenticationError(
@@ -399,10 +413,12 @@ class Access:
         among the share of the pool the gateway key with the hash `key` spends (`window`); a
         503 when the pool is empty, a 429 when every token of the share is set aside."""
         pool = (await self.pools()).pool(provider)
+        if not pool:  # the owner may have added one since this instance read the secret
+            pool = (await self.secret.aread(fresh=True)).pool(provider)
         if not pool:
             raise ServiceUnavailableError(
                 f"This gateway holds no {provider} token: its owner adds them with "
-                f"'make token PROVIDER={provider} TOKEN=...'.",
+                f"'make token PROVIDER={provider} TOKEN=...' (used from 2 s on).",
                 code="no_provider_token",
                 retryable=False,
             )

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from pydantic import SecretStr
 
 from imagegw.core.verdicts import failed_task
 from imagegw.errors import GatewayError, ProviderError
@@ -25,8 +27,21 @@ from imagegw.providers.base import (
     TaskStatus,
 )
 
-if TYPE_CHECKING:
-    from imagegw.access.lease import Lease
+
+class FailOver(Protocol):
+    """What `start_leased` needs of a server-held token's lease (`imagegw.access.lease.Lease`
+    is one): its provider, and the next token when a submission set the current one aside."""
+
+    provider: str
+
+    async def prefer(self, model: str) -> SecretStr | None:
+        """Before the first call for `model`: another token when the current one is set aside
+        for that model only (a per-model quota); None to keep it."""
+        ...
+
+    async def fail_over(
+        self, answers: Sequence[object], model: str | None = None
+    ) -> SecretStr | None: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,8 @@ class Working:
     """Still going; `state` is the provider's name for where it is (PENDING, RUNNING, ...)."""
 
     state: str
+    #: the provider's own progress words ("position 3 in the queue"), or none
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,7 @@ async def start_all(
 
 
 async def start_leased(
-    provider: Provider, parts: Sequence[GenerationRequest], leased: Lease | None
+    provider: Provider, parts: Sequence[GenerationRequest], leased: FailOver | None
 ) -> tuple[list[Started | Finished | BaseException], list[GenerationRequest]]:
     """`start_all`; with a server-held token (a lease on its provider's pool), a submission
     refused whole (401/403, a quota error, a rate limit: nothing started) is set aside and sent
@@ -113,7 +130,7 @@ def advance(
     if isinstance(answer, Started):
         return Submitted(answer.task_id)
     if isinstance(answer, Running):
-        return Working(answer.state)
+        return Working(answer.state, answer.detail)
     if isinstance(answer, Finished):
         if not answer.images:
             empty = ProviderError(f"{title} finished without an image.", code="provider_error")

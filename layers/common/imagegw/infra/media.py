@@ -60,6 +60,14 @@ class ImageBytes:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
+@dataclass(frozen=True)
+class InputImage:
+    """An input image as providers may need it: a URL they can fetch, and bytes when known."""
+
+    url: str
+    image: ImageBytes | None = None
+
+
 def is_data_uri(ref: str) -> bool:
     return ref[:5].lower() == "data:"
 

@@ -3,7 +3,7 @@
 A chat (non-image) model's request is passed through to the provider's own chat API instead.
 
 With `Prefer: respond-async` (and durable jobs enabled) an image model's request runs as a
-durable job instead (README "Async jobs"): the same plan, the input images (a gateway link
+durable job instead (docs/jobs.md "Async jobs"): the same plan, the input images (a gateway link
 from an earlier answer included) staged before the execution starts, a `202` at once, and
 `GET /v1/jobs/{id}` answering the `chat.completion` once done. The job wins over `stream: true`.
 A chat model is refused for async: its streamed answer is already the right tool.
@@ -11,20 +11,18 @@ A chat model is refused for async: its streamed answer is already the right tool
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.errors import GatewayError, InvalidRequestError
-from imagegw.frontends import passthrough
-from imagegw.frontends import prompt_options as inline
+from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.replays import replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
-from imagegw.frontends.schemas import ChatRequest, Completion
+from imagegw.frontends.schemas import ChatRequest, Completion, read
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import (
@@ -34,11 +32,11 @@ from imagegw.frontends.web import (
     header,
     public_base_url,
     read_json,
-    validation_error,
 )
 from imagegw.infra.log import logger
 from imagegw.infra.media import decode_refs
 from imagegw.providers.base import ModelKind
+from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 from imagegw.runners import pipeline
 from imagegw.runners.meter import metered
 from imagegw.runners.stepfunctions.service import check_idempotency_key
@@ -52,10 +50,7 @@ async def chat_completions(request: Request) -> Response:
     provider = gateway.provider(request.path_params.get("provider"))
     caller, key = await authorize(request, provider.name)  # before the body is read
     body = await read_json(request, settings.max_body_bytes)
-    try:
-        chat = ChatRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    chat = read(ChatRequest, body)
     caller.check_model(chat.model)
     kind = provider.classify(chat.model)
     as_job = wants_job(request)
@@ -74,13 +69,15 @@ async def chat_completions(request: Request) -> Response:
         return await unless_disconnected(request, relayed)
     refuse_short_wait(request, as_job=as_job)  # before anything is stored or started
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
-    parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
+    parsed = parse_messages(chat.messages, edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
-    written = inline.parse(parsed.prompt)
-    fields = inline.merge(chat.fields, written.fields)
+    written = prompt_options.parse(parsed.prompt)
+    fields = prompt_options.merge(chat.fields, written.fields)
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
+    treated = treatment(provider.catalog, chat.model, kind)  # an id outside the catalogue
+    told = {TREATMENT_HEADER: treated} if treated else {}
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
     base_url = public_base_url(request, settings)  # a bad Host refused before the reservation
@@ -109,6 +106,7 @@ async def chat_completions(request: Request) -> Response:
         )
         if ignored:
             accepted.headers[IGNORED_HEADER] = ignored
+        accepted.headers.update(told)
         return accepted
     replays = replays_of(request)
     if not chat.stream:  # the same request just failed after paid work: its answer
@@ -134,7 +132,7 @@ async def chat_completions(request: Request) -> Response:
         except GatewayError as failed:
             replays.remember(request, failed)
             raise
-        headers = {IGNORED_HEADER: ignored} if ignored else None
+        headers = {IGNORED_HEADER: ignored, **told} if ignored else told
         return JSONResponse(completion.message(markdown(result)), headers=headers)
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
     if parsed.from_history:
@@ -150,7 +148,7 @@ async def chat_completions(request: Request) -> Response:
             intro=intro + "\n",
         ),
         media_type="text/event-stream",
-        headers=SSE_HEADERS,
+        headers={**SSE_HEADERS, **told},
     )
 
 

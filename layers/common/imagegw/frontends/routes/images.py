@@ -26,6 +26,7 @@ from imagegw.frontends.web import (
     read_json,
 )
 from imagegw.infra.config import Settings
+from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 
 Reader = Callable[[Request, Settings], Awaitable[ImagesCall]]
 
@@ -67,7 +68,8 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
             replays.remember(request, failed)
             raise
         await settle_all(reservation, len(answer["data"]))
-        return JSONResponse(answer)
+        treated = treatment(provider.catalog, planned.model, planned.kind)
+        return JSONResponse(answer, headers={TREATMENT_HEADER: treated} if treated else None)
 
     return endpoint
 
