@@ -325,4 +325,3 @@ def client_budget(request: Request) -> float | None:
     if came_through_rest_api(request.headers):
         budget = min(budget or REST_IDLE_BUDGET, REST_IDLE_BUDGET)
     return budget
-
