@@ -441,3 +441,31 @@ def test_a_generation_ends_before_the_function_that_answers_it(
     # a generation timeout already below is kept as it is
     kept = Settings.from_env({"FUNCTION_TIMEOUT": "900", "GENERATION_TIMEOUT": "600"})
     assert kept.generation_timeout == 600
+
+
+def test_the_demo_provider_is_off_unless_its_parameter_turns_it_on(
+    template: dict[str, Any],
+) -> None:
+    parameter = template["Parameters"]["DemoProvider"]
+    assert parameter["Default"] == "disabled"
+    assert set(parameter["AllowedValues"]) == {"disabled", "enabled"}
+    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    # the app reads the same words: only "enabled" turns it on
+    from imagegw.infra.config import Settings
+    from imagegw.providers.demo import enabled
+
+    assert not enabled(Settings(demo_provider=parameter["Default"]))
+    assert enabled(Settings(demo_provider="enabled"))
+
+
+def test_browsers_may_read_stored_images_from_the_bucket_and_nothing_more(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["UploadsBucket"]["Properties"]
+    (rule,) = bucket["CorsConfiguration"]["CorsRules"]
+    assert set(rule["AllowedMethods"]) == {"GET", "HEAD"}  # no writes from a browser
+    assert rule["AllowedOrigins"] == ["*"]
+    assert "content-type" in rule["ExposedHeaders"]
+    # still private: CORS lets a page read what a presigned URL already grants
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
