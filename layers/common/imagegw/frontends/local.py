@@ -21,6 +21,7 @@ its stdin (the gateway exits, however it exits).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -29,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -242,6 +244,41 @@ def create_access_table(dynamodb: Any, table: str) -> None:
     )
 
 
+#: the moto DynamoDB calls that change items, one at a time (`serialize_dynamodb_writes`)
+_WRITES: Final = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "transact_write_items",
+    "batch_write_item",
+)
+
+
+def serialize_dynamodb_writes() -> None:
+    """Make moto's DynamoDB run its writes one at a time, as DynamoDB runs the writes to one
+    item: moto's server answers each request in a thread of its own, and its `update_item`
+    reads, checks the condition and writes without a lock, so concurrent conditional updates
+    (a key's quota reserved by 50 requests at once) could all pass the check. One lock for
+    every write of the process; idempotent."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_imagegw_serialized", False):
+        return
+    lock = threading.RLock()
+
+    def serialized(write: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(write)
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return write(*args, **kwargs)
+
+        return one_at_a_time
+
+    for name in _WRITES:
+        setattr(DynamoDBBackend, name, serialized(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._imagegw_serialized = True  # type: ignore[attr-defined]
+
+
 def start_access_stand_in(
     endpoint: str, region: str = LOCAL_REGION, kept: LocalState | None = None
 ) -> dict[str, str]:
@@ -254,6 +291,7 @@ def start_access_stand_in(
 
     import boto3
 
+    serialize_dynamodb_writes()  # the server runs in this process
     credentials = {
         "region_name": region,
         "endpoint_url": endpoint,
@@ -440,10 +478,14 @@ def main() -> None:
     import uvicorn
 
     from imagegw.frontends.app import create_app
+    from imagegw.frontends.demo_routing import serves_tokenless
     from imagegw.infra.config import Settings
 
     # as on the stand-ins' side: no EMF metric lines on the console (imagegw.infra.apimetrics)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    # the demo provider (offline pictures) is on here unless turned off: something to try
+    # with no token at all (imagegw.frontends.demo_routing)
+    os.environ.setdefault("DEMO_PROVIDER", "enabled")
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     if port_taken(host, port):  # before anything starts: another run's files stay as they are
@@ -481,6 +523,13 @@ def main() -> None:
         f"default provider {settings.default_provider}; {where})",
         file=sys.stderr,
     )
+    if serves_tokenless(settings):
+        print(
+            "no provider token needed to try it: requests without an Authorization header are "
+            "served by the demo provider (offline pictures; also at /demo/v1). The page: "
+            f"http://{host}:{port}/ (DEMO_PROVIDER=disabled turns the demo off)",
+            file=sys.stderr,
+        )
     try:
         uvicorn.run(
             create_app(settings),
