@@ -22,7 +22,7 @@ from imagegw.runners.stepfunctions import steps
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    progress = steps.run(steps.poll, event)
+    progress = steps.run_step(steps.poll, event)
     metrics.add_metric(name="JobPolls", unit=MetricUnit.Count, value=1)
     if progress["status"] == "failed":
         metrics.add_metric(name="JobsFailed", unit=MetricUnit.Count, value=1)

@@ -26,10 +26,10 @@ from imagegw.runners.stepfunctions import steps
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if event.get("release") is True:
-        released = steps.run(steps.release, event)
+        released = steps.run_step(steps.release, event)
         metrics.add_metric(name="JobsReleased", unit=MetricUnit.Count, value=1)
         return released
-    output = steps.run(steps.store, event)
+    output = steps.run_step(steps.store, event)
     metrics.add_metric(name="JobsSucceeded", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesStored", unit=MetricUnit.Count, value=len(output["images"]))
     return output

@@ -22,7 +22,7 @@ from imagegw.runners.stepfunctions import steps
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    progress = steps.run(steps.submit, event)
+    progress = steps.run_step(steps.submit, event)
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
     if progress["status"] == "failed":
         metrics.add_metric(name="JobsRefused", unit=MetricUnit.Count, value=1)

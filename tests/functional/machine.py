@@ -41,6 +41,7 @@ from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers.base import GenerationRequest, ModelKind
+from imagegw.runners.gateway import Clock
 from imagegw.runners.stepfunctions import steps
 from imagegw.runners.stepfunctions.service import Jobs, JobView
 
@@ -199,7 +200,7 @@ def simulate_time(
     runs in moments with the polls and state transitions it would have."""
     clock = SimulatedClock()
     fake_ms.clock = clock
-    monkeypatch.setattr(steps, "clock", clock)
+    monkeypatch.setattr(steps, "CLOCK", Clock(now=clock))
 
     def wait_interval(self: Any, env: Any, wait_seconds: int) -> None:
         world.waits.append(wait_seconds)

@@ -27,7 +27,7 @@ from imagegw.core.estimates import MemoryEstimates
 from imagegw.infra.config import Settings
 from imagegw.providers.base import GenerationRequest, ModelKind
 from imagegw.runners.stepfunctions import steps
-from imagegw.runners.stepfunctions.schema import ImageRef, JobQuota, Progress, TaskProgress
+from imagegw.runners.stepfunctions.schema import ImageRef, JobProgress, JobQuota, TaskProgress
 from imagegw.runners.stepfunctions.service import Hold
 
 pytestmark = pytest.mark.functional
@@ -149,13 +149,13 @@ def test_a_step_run_twice_settles_once(
         "quota": {"key": KEY_HASH, "at": reservation.at},
     }
     made = TaskProgress(task_id="t1", state="SUCCEED", images=(ImageRef(name="a.png"),))
-    progress = Progress.of([made, made.model_copy(update={"task_id": "t2"})])
+    progress = JobProgress.of([made, made.model_copy(update={"task_id": "t2"})])
     event = {"job": spec, "progress": progress.model_dump(mode="json")}
 
     # When Store runs twice (Step Functions runs a task at least once), then Release
     for _ in range(2):
-        assert len(steps.run(steps.store, event, w_settings)["images"]) == 2
-    steps.run(steps.release, {"job": spec, "release": True}, w_settings)
+        assert len(steps.run_step(steps.store, event, w_settings)["images"]) == 2
+    steps.run_step(steps.release, {"job": spec, "release": True}, w_settings)
 
     # Then the day counts the 2 images made (1 given back once), the month 2
     today, month = usage(table)

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from imagegw.errors import DeadlineExceededError, GatewayError, ProviderError
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Provider
-from imagegw.runners.generation import Progress, Result, run
+from imagegw.runners.inprocess import Progress, Result, generate
 
 pytestmark = pytest.mark.anyio
 
@@ -70,7 +70,7 @@ def job(n: int) -> GenerationRequest:
 
 
 async def events_of(provider: Provider, n: int) -> list[Progress | Result]:
-    return [event async for event in run(provider, job(n), provider.settings)]
+    return [event async for event in generate(provider, job(n), provider.settings)]
 
 
 async def test_one_call_per_part_and_images_in_the_order_of_the_parts() -> None:
@@ -158,7 +158,7 @@ async def test_closing_the_events_early_cancels_the_calls() -> None:
                 raise
             raise GatewayError("unreachable")
 
-    events = run(Slow(), job(1), FAST)
+    events = generate(Slow(), job(1), FAST)
     first = await anext(events)
     await events.aclose()
 

@@ -15,7 +15,7 @@ from imagegw.frontends.streaming import progress_text, stage_words
 from imagegw.infra.config import Settings
 from imagegw.providers import PROVIDERS
 from imagegw.providers.sizes import SizeLimits, fit, resolve
-from imagegw.runners.generation import Progress
+from imagegw.runners.inprocess import Progress
 
 NAMES = frozenset(PROVIDERS)
 

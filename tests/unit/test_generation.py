@@ -1,4 +1,4 @@
-"""The poll loop `generation.run`, driven by a scripted in-memory provider (no HTTP)."""
+"""The in-process runner `inprocess.generate`, driven by a scripted in-memory provider (no HTTP)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from imagegw.providers.base import (
     Started,
     TaskStatus,
 )
-from imagegw.runners.generation import Progress, Result, poll_delay, run
+from imagegw.runners.inprocess import Progress, Result, generate, poll_delay
 
 pytestmark = pytest.mark.anyio
 
@@ -105,8 +105,27 @@ def job(n: int = 1) -> GenerationRequest:
     )
 
 
+class FakeClock:
+    """Seconds that move only when slept on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    async def settle(self, turns: int = 20) -> None:
+        """Let every task run a few turns of the event loop (no time passes)."""
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
+
 async def events_of(provider: Provider, request: GenerationRequest, settings: Settings) -> list:
-    return [event async for event in run(provider, request, settings)]
+    return [event async for event in generate(provider, request, settings)]
 
 
 # ----------------------------------------------------------------------------- one task
@@ -235,13 +254,14 @@ async def test_rate_limited_start_is_that_error() -> None:
 
 async def test_closing_the_events_early_stops_polling() -> None:
     provider = Scripted(FAST, [[Running("RUNNING")]])
-    events = run(provider, job(), FAST)
+    clock = FakeClock()  # the poller's waits take no time: no real sleep times the absence
+    events = generate(provider, job(), FAST, clock=clock, sleep=clock.sleep)
 
     first = await anext(events)
-    await asyncio.sleep(0.05)
+    await clock.settle()
     await events.aclose()
     polled = len(provider.checks)
-    await asyncio.sleep(0.1)
+    await clock.settle()
 
     assert isinstance(first, Progress)
     assert polled > 0

@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from fakes.jobs import MemoryRunner
+from imagegw.core.lifecycle import PollPolicy, intervals_used
 from imagegw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -34,9 +35,9 @@ from imagegw.runners.stepfunctions.schema import (
     ImageRef,
     JobInput,
     JobOutput,
+    JobProgress,
     JobQuota,
     JobSpec,
-    Progress,
     TaskProgress,
     error_body,
 )
@@ -132,9 +133,9 @@ def test_progress_ends_when_every_task_ended() -> None:
         task_id="b", state="FAILED", error=ErrorInfo.of(ProviderError("no", code="x"))
     )
     running = TaskProgress(task_id="c", state="RUNNING")
-    assert Progress.of([image, running]).status == "running"
-    assert Progress.of([image, failed]).status == "succeeded"
-    gave_up = Progress.of([failed, failed], polls=4)
+    assert JobProgress.of([image, running]).status == "running"
+    assert JobProgress.of([image, failed]).status == "succeeded"
+    gave_up = JobProgress.of([failed, failed], polls=4)
     assert (gave_up.status, gave_up.polls, gave_up.error) == ("failed", 4, "ProviderError")
     assert json.loads(gave_up.cause or "")["error"]["message"] == "no"
 
@@ -190,15 +191,15 @@ def test_a_step_retried_until_it_gave_up_fails_with_the_gateways_error() -> None
 def test_failed_polls_wait_longer_each_time_up_to_a_minute(
     failures: int, interval: int, wait: int
 ) -> None:
-    assert steps.backoff(failures, interval) == wait
+    assert PollPolicy.durable(interval).backoff(failures) == wait
 
 
 def test_a_long_wait_counts_against_the_deadline_as_the_intervals_it_lasted() -> None:
-    assert steps.intervals_used(5, 5) == 1
-    assert steps.intervals_used(0, 0) == 1
-    assert steps.intervals_used(20, 5) == 4
-    assert steps.intervals_used(16, 0) == 16
-    assert steps.intervals_used(7, 5) == 2
+    assert intervals_used(5, 5) == 1
+    assert intervals_used(0, 0) == 1
+    assert intervals_used(20, 5) == 4
+    assert intervals_used(16, 0) == 16
+    assert intervals_used(7, 5) == 2
 
 
 def test_a_running_progress_carries_its_backoff_and_an_ended_one_none() -> None:
@@ -209,9 +210,9 @@ def test_a_running_progress_carries_its_backoff_and_an_ended_one_none() -> None:
         last_error=ErrorInfo.of(ProviderError("ModelScope answered 503.", code="x")),
     )
     assert not failing.ended
-    assert Progress.of([failing], polls=3, backoff=4).backoff == 4
+    assert JobProgress.of([failing], polls=3, backoff=4).backoff == 4
     done = TaskProgress(task_id="a", images=(ImageRef(url="https://x/1.png"),))
-    assert Progress.of([done], polls=3, backoff=4).backoff == 0
+    assert JobProgress.of([done], polls=3, backoff=4).backoff == 0
 
 
 @pytest.mark.anyio

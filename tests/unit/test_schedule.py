@@ -21,8 +21,16 @@ from imagegw.core.schedule import (
 from imagegw.frontends.streaming import progress_text
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished as Done
-from imagegw.providers.base import GenerationRequest, ModelKind, Running, Started, TaskStatus
-from imagegw.runners.generation import Progress, Result, run
+from imagegw.providers.base import (
+    GenerationRequest,
+    ModelKind,
+    Running,
+    Started,
+    TaskStatus,
+    Workload,
+    pixels_of,
+)
+from imagegw.runners.inprocess import Progress, Result, generate
 
 pytestmark = pytest.mark.anyio
 
@@ -81,8 +89,9 @@ def test_a_prediction_far_off_costs_polls_not_a_long_lag() -> None:
 
 
 def test_run_times_are_learned_by_size_and_steps() -> None:
-    assert bucket({}) != bucket({"size": "2048x2048"}) != bucket({"steps": 80})
-    assert bucket({"size": "1024x1024"}) == bucket({"size": "1000x1000"})
+    default, large, slow = Workload(), Workload(pixels_of("2048x2048")), Workload(steps=80)
+    assert bucket(default) != bucket(large) != bucket(slow)
+    assert bucket(Workload(pixels_of("1024x1024"))) == bucket(Workload(pixels_of("1000x1000")))
 
 
 async def test_estimates_learn_from_samples_and_start_from_priors() -> None:
@@ -110,6 +119,9 @@ class Timed:
     def split(self, request: GenerationRequest) -> list[GenerationRequest]:
         return [request]
 
+    def workload(self, options: object) -> Workload:
+        return Workload()
+
     async def start(self, request: GenerationRequest) -> Started:
         return Started("t-1")
 
@@ -122,14 +134,14 @@ async def test_the_interactive_driver_shows_the_estimate_and_learns_the_run() ->
     # Given a model whose tasks are known to take about 0.05 s
     settings = Settings(poll_interval=0.01, poll_interval_max=0.02, progress_interval=1.0)
     store = MemoryEstimates()
-    key = Key("timed", "m", bucket({}))
+    key = Key("timed", "m", bucket(Workload()))
     for seconds in (0.05, 0.05, 0.05):
         await store.record(key, seconds)
     request = GenerationRequest("timed", "m", ModelKind.GENERATE, "a cat", SecretStr("k"))
 
     # When a task runs
     provider = Timed(runs=3)
-    events = [e async for e in run(provider, request, settings, estimates=store)]  # type: ignore[arg-type]
+    events = [e async for e in generate(provider, request, settings, estimates=store)]  # type: ignore[arg-type]
 
     # Then its progress says how long it should take, and the store learned one more run
     progress = [e for e in events if isinstance(e, Progress)]

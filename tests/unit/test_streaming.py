@@ -12,7 +12,7 @@ import pytest
 from imagegw.errors import ProviderError
 from imagegw.frontends.schemas import Completion
 from imagegw.frontends.streaming import chat_stream, collect, markdown
-from imagegw.runners.generation import Event, Progress, Result
+from imagegw.runners.inprocess import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
 

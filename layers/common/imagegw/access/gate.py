@@ -31,6 +31,7 @@ from imagegw.access.gatekeys import key_hash, looks_like_key, token_id
 from imagegw.access.lease import set_aside_worthy
 from imagegw.access.secret import Pools, SecretSource
 from imagegw.access.table import AccessTable, KeyRecord, QuotaFull, next_midnight
+from imagegw.core.lifecycle import settlement
 from imagegw.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -153,16 +154,18 @@ class Reservation:
         if self.settled:
             return
         self.settled = True
-        made = max(0, min(made, self.n))
+        settled = settlement(self.n, made)
         table, hash_ = self.access.table, self.record.hash
 
         async def give_back() -> None:
             await anyio.to_thread.run_sync(
-                table.give_back, hash_, self.model, self.n - made, self.at
+                table.give_back, hash_, self.model, settled.give_back, self.at
             )
 
         async def count() -> None:
-            await anyio.to_thread.run_sync(table.count_month, hash_, self.model, made, self.at)
+            await anyio.to_thread.run_sync(
+                table.count_month, hash_, self.model, settled.made, self.at
+            )
 
         answers = await asyncio.gather(give_back(), count(), return_exceptions=True)
         for answer in answers:
@@ -451,8 +454,3 @@ class Access:
             return
         with contextlib.suppress(GatewayError):  # logged by _call
             await self._call("count chat", self.table.count_chat, record.hash, model, self.clock())
-
-
-async def settle_all(reservation: Reservation | None, made: int) -> None:
-    if reservation is not None:
-        await asyncio.shield(reservation.settle(made))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from imagegw.core import lifecycle
 from imagegw.core.schedule import Estimate
 
 #: TTL attribute (DynamoDB deletes the item some time after this Unix time)
@@ -364,7 +365,8 @@ def settlement(
     marker `settled#<job id>` (only if new), then the day's give-back of the `n - made` images
     not made and the month's count of the `made` ones (each only when not zero), both dated by
     the reservation (`at`), as the interactive path settles. Only updates: UpdateItem rights."""
-    made = max(0, min(made, n))
+    settled = lifecycle.settlement(n, made)
+    made = settled.made
     items: list[dict[str, Any]] = [
         {
             "Update": {
@@ -380,8 +382,9 @@ def settlement(
             }
         }
     ]
-    if n - made > 0:
-        items.append(_count(table, f"usage#{hash_}#d#{day_of(at)}", model, made - n, at + DAY_TTL))
+    if settled.give_back > 0:
+        back = -settled.give_back
+        items.append(_count(table, f"usage#{hash_}#d#{day_of(at)}", model, back, at + DAY_TTL))
     if made > 0:
         items.append(_count(table, f"usage#{hash_}#m#{month_of(at)}", model, made, at + MONTH_TTL))
     return items

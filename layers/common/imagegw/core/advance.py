@@ -1,9 +1,8 @@
 """Advance: one provider answer (to a `start` or a `check`) -> what it means for the task.
 
-`start_all` starts a job's calls for both drivers. The rest is pure: an answer becomes an
-`Outcome` (started, still running, made images, or failed with a typed `GatewayError`); each
-driver keeps its own book of tasks (in memory, or in the state machine's state) and applies
-outcomes to it.
+`start_all` starts a job's calls for every runner. The rest is pure: an answer becomes an
+`Outcome` (started, still running, made images, or failed with a typed `GatewayError`), which
+the runners apply to the job's task book (`imagegw.core.lifecycle.Book`).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import SecretStr
 
@@ -51,11 +50,15 @@ class Working:
     state: str
 
 
-@dataclass(frozen=True)
-class Made:
-    """The task ended with images (provider URLs or data URIs)."""
+#: how a result image is held: a provider URL or data URI, or a runner's own ref to it
+Image = TypeVar("Image")
 
-    images: tuple[str, ...]
+
+@dataclass(frozen=True)
+class Made(Generic[Image]):
+    """The task ended with images (provider URLs or data URIs, as `advance` gives them)."""
+
+    images: tuple[Image, ...]
     state: str = "SUCCEED"
 
 
@@ -67,7 +70,7 @@ class Broke:
     state: str = "FAILED"
 
 
-Outcome = Submitted | Working | Made | Broke
+Outcome = Submitted | Working | Made[str] | Broke
 
 
 async def start_all(
@@ -123,9 +126,3 @@ def advance(
         return Made(answer.images, answer.state)
     assert isinstance(answer, Failed)
     return Broke(task_failed(title, task_id, answer.reason), answer.state)
-
-
-def refusal(failures: Sequence[GatewayError]) -> GatewayError:
-    """The error of a job that made no image: the first that forbids a retry when any does
-    (one of the calls may have started paid work), else the first."""
-    return next((exc for exc in failures if exc.retryable is not True), failures[0])

@@ -20,9 +20,10 @@ ask `next_delay`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
+
+from imagegw.providers.base import Workload
 
 #: the first poll, this long after the submission answered (an instant task)
 EARLY: Final = 0.15
@@ -54,18 +55,13 @@ def poll_delay(elapsed: float, base: float, maximum: float) -> float:
     return min(maximum, base * (1.0 + (elapsed - FAST_POLLING_SECONDS) / FAST_POLLING_SECONDS))
 
 
-def bucket(options: Mapping[str, Any]) -> str:
-    """The size/steps class of a job's options (wire names `size` "WxH", `steps`), so a model's
-    large or many-step tasks are learned apart from its small ones."""
-    pixels = 0
-    size = options.get("size")
-    if isinstance(size, str) and "x" in size:
-        width, _, height = size.partition("x")
-        if width.isdigit() and height.isdigit():
-            pixels = int(width) * int(height)
+def bucket(work: Workload) -> str:
+    """The size/steps class of a job's workload (the provider reads it from its own options:
+    `Provider.workload`), so a model's large or many-step tasks are learned apart from its
+    small ones."""
+    pixels, steps = work.pixels or 0, work.steps
     area = "default" if not pixels else f"{min(4, math.ceil(pixels / 1_048_576))}mp"
-    steps = options.get("steps")
-    pace = f"{min(4, math.ceil(steps / 25))}q" if isinstance(steps, int) and steps > 0 else "std"
+    pace = f"{min(4, math.ceil(steps / 25))}q" if steps is not None and steps > 0 else "std"
     return f"{area}/{pace}"
 
 

@@ -18,7 +18,7 @@ from imagegw.errors import GatewayError, render
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
-from imagegw.runners.generation import Event, Progress, Result
+from imagegw.runners.inprocess import Event, Progress, Result
 
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"

@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -228,20 +229,47 @@ class ImageStore:
         image = check_image(data, max_bytes=max(len(data), 1), what="input image")
         return InputImage(url=await self.presign(key), image=image)
 
+    async def place(self, item: str | ImageBytes) -> Placed:
+        """Where an input image is for a provider: an upload put in the bucket; a lasting link
+        this gateway returned (iterative editing of a stored result) as its stored object, so
+        the provider needs no redirect; any other URL as it is."""
+        if isinstance(item, ImageBytes):
+            return Placed(key=await self.upload(item), image=item)
+        name = own_file_name(item)
+        if name is None or not self.settings.bucket:
+            return Placed(url=item)
+        key = RESULTS + name
+        stored: bool = await self._run("head", self._exists, key)
+        return Placed(key=key) if stored else Placed(url=item)
+
+    async def open(self, placed: Placed) -> InputImage:
+        """A placed input image as the provider takes it: an object presigned, with its bytes
+        (read from the bucket unless at hand); a URL passed through."""
+        if placed.key is None:
+            assert placed.url is not None
+            return InputImage(url=placed.url)
+        if placed.image is None:
+            return await self.load(placed.key)
+        return InputImage(url=await self.presign(placed.key), image=placed.image)
+
+    async def place_all(self, inputs: Sequence[str | ImageBytes]) -> tuple[Placed, ...]:
+        return tuple(await asyncio.gather(*(self.place(item) for item in inputs)))
+
     async def stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputImage, ...]:
-        """Input images for a provider: decoded images are uploaded and presigned; http(s) URLs
-        are passed through as they are."""
+        """Input images for a provider, at once (the in-process runner): `place`, then `open`;
+        a durable job places them before it starts and opens them in its Submit step."""
 
         async def one(item: str | ImageBytes) -> InputImage:
-            if isinstance(item, str):
-                # a lasting link this gateway returned: hand over the object itself, so the
-                # provider needs no redirect (iterative editing of a stored result)
-                own = await self.own_result(item)
-                if own is not None:
-                    name, link = own
-                    return InputImage(url=link, image=await self.result_bytes(name))
-                return InputImage(url=item)
-            key = await self.upload(item)
-            return InputImage(url=await self.presign(key), image=item)
+            return await self.open(await self.place(item))
 
         return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An input image placed for a provider: an object in the bucket (`key`) or a URL the
+    provider fetches itself; `image`, its bytes when at hand."""
+
+    key: str | None = None
+    url: str | None = None
+    image: ImageBytes | None = None

@@ -116,6 +116,24 @@ class Failed:
 
 TaskStatus = Running | Finished | Failed
 
+_WXH = re.compile(r"^\s*(\d{1,6})\s*[xX*×]\s*(\d{1,6})\s*$")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How much work a request asks of the provider, as the run-time estimates tell requests
+    apart (`imagegw.core.schedule.bucket`): its pixels and its steps (None: not said, the
+    model's default)."""
+
+    pixels: int | None = None
+    steps: int | None = None
+
+
+def pixels_of(size: object) -> int | None:
+    """The pixels of a size written `WxH` or `W*H` (None: anything else)."""
+    match = _WXH.match(size) if isinstance(size, str) else None
+    return int(match[1]) * int(match[2]) if match else None
+
 
 class Provider(ABC):
     """Base of every provider module."""
@@ -203,6 +221,20 @@ class Provider(ABC):
     def requested_images(self, fields: Mapping[str, Any]) -> int:
         """How many images the request's fields ask for (`n`; a provider may add its names)."""
         return image_count(fields.get("n"))
+
+    #: the option (in the provider's own names, as `prepare` writes them) holding the size and
+    #: the steps; a provider that writes its size another way overrides `workload`
+    size_option: ClassVar[str] = "size"
+    steps_option: ClassVar[str] = "steps"
+
+    def workload(self, options: Mapping[str, Any]) -> Workload:
+        """How much work a prepared request asks for: the provider reads its own format, so
+        the core learns run times per size and steps without knowing any provider's."""
+        steps = options.get(self.steps_option)
+        return Workload(
+            pixels=pixels_of(options.get(self.size_option)),
+            steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+        )
 
     def split(self, request: GenerationRequest) -> list[GenerationRequest]:
         """The calls that make `request.n` images, one `start` each, in the order of their

@@ -111,6 +111,7 @@ class OpenAICompatible(Provider):
     title = "OpenAI-compatible server"
     settings_model = OpenAISettings
     supports_masks = True
+    steps_option = "num_inference_steps"
 
     def __init__(
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None

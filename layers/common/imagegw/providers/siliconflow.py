@@ -115,6 +115,8 @@ class SiliconFlow(Provider):
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
 
     own_fields = frozenset({"batch_size"})
+    size_option = "image_size"
+    steps_option = "num_inference_steps"
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits | None:
         default = spec_of(model, kind).default_size

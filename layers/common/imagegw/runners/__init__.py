@@ -1,10 +1,4 @@
-"""The runners layer: what drives a job through its life, doing the I/O and the waiting that
-the core (`imagegw.core`) decides on.
-
-- `gateway`: the one place the dependencies are built (settings, store, fetchers, the shared
-  provider client, access, estimates) and handed to every runner;
-- `generation`: the in-process runner (asyncio: start, poll, store, client-gone aware), and
-  `pipeline`, its events as the front ends read them; `meter`: its quota settlement;
-- `stepfunctions`: the durable-job runner (the state machine's steps, its data, the service
-  the API submits and reads jobs through).
-"""
+"""Runners: what drives a job's lifecycle (`imagegw.core.lifecycle`), doing the I/O and keeping
+the time. `inprocess` runs a job inside the request (with `pipeline` for its inputs and links),
+`stepfunctions.steps` as a durable job's task functions; `gateway` builds every runner's
+dependencies and `quota` settles a job's reservation."""

@@ -1,12 +1,24 @@
-"""The gateway's shared state: settings, the HTTP client, the image store and providers.
+"""The one place a runner's dependencies are built: settings, the HTTP clients, the image
+store, the key sealer, gateway keys and quotas (`Access`), the learned run times, the providers,
+and the time.
 
-Everything is created on first use, so building the app does no I/O, and tests inject fakes.
+Every runner works with a `Gateway`: the API function's app makes one for its life (the
+in-process runner), and the Step Functions task functions one per Lambda instance
+(`imagegw.runners.stepfunctions.steps.run_step`). Everything is created on first use, so
+building it does no I/O, and tests inject fakes.
+
 Three HTTP clients, never mixed: `client` calls the providers' APIs (the owner's base URLs);
 `fetcher` downloads URLs clients send and `result_fetcher` the result images providers link to,
 both through the SSRF guard (`imagegw.infra.fetcher`), each with its own connection pool.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -16,9 +28,27 @@ from imagegw.core.estimates import Estimates
 from imagegw.infra.clients import provider_client
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers import Provider, lookup, priors
-from imagegw.runners.stepfunctions.service import Jobs
+
+if TYPE_CHECKING:
+    from imagegw.runners.stepfunctions.service import Jobs
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A runner's time: `now` (epoch seconds: a durable job's steps run on different
+    instances) and `sleep`; tests pass a fake clock that moves when slept on."""
+
+    now: Callable[[], float] = field(default=time.time)
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
+
+
+def learned_times(settings: Settings) -> Estimates:
+    """The run times learned for predictive polling: shared through the access table where
+    there is one, per instance otherwise (`imagegw.access.shared_estimates`)."""
+    return estimates_for(settings, priors())
 
 
 class Gateway:
@@ -28,22 +58,44 @@ class Gateway:
         *,
         http_client: httpx.AsyncClient | None = None,
         store: ImageStore | None = None,
+        sealer: KeySealer | None = None,
+        access: Access | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        estimates: Estimates | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self._client = http_client
         self.store = store or ImageStore(settings)
-        self._providers: dict[str, Provider] = {}
+        #: providers by name, made on first use (`provider`); tests may give their own
+        self._providers: dict[str, Provider] = dict(providers or {})
         #: client-supplied URLs: never trusted
         self.fetcher = Fetcher(settings)
         #: result images: the configured providers' hosts are trusted, any other is checked
         self.result_fetcher = Fetcher.for_results(settings)
         #: learned run times for predictive polling: shared through the access table where
         #: there is one, per instance otherwise (`imagegw.access.shared_estimates`)
-        self.estimates: Estimates = estimates_for(settings, priors())
-        #: durable jobs (docs/jobs.md "Async jobs"); `jobs.enabled` is false without a state machine
-        self.jobs = Jobs(settings, self.store)
+        self.estimates: Estimates = estimates or learned_times(settings)
+        #: seals a client's provider key into a durable job's input, and opens it in its steps
+        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
         #: gateway keys, server-held tokens and quotas (README "Sharing a deployment")
-        self.access = Access(settings)
+        self.access = access or Access(settings)
+        self.clock = clock or Clock()
+        self._jobs: Jobs | None = None
+
+    @property
+    def jobs(self) -> Jobs:
+        """Durable jobs, for the API (README "Async jobs"); `jobs.enabled` is false without a
+        state machine. Made on first use: the job steps never need it."""
+        if self._jobs is None:
+            from imagegw.runners.stepfunctions.service import Jobs
+
+            self._jobs = Jobs(self.settings, self.store, sealer=self.sealer)
+        return self._jobs
+
+    @jobs.setter
+    def jobs(self, jobs: Jobs) -> None:
+        self._jobs = jobs
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -59,7 +111,7 @@ class Gateway:
         self.store.warm()
 
     def provider(self, name: str | None) -> Provider:
-        """The provider a route names, or the default one."""
+        """The provider a route or a job names, or the default one."""
         key = (name or self.settings.default_provider).lower()
         if key not in self._providers:
             cls = lookup(key)

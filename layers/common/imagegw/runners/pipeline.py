@@ -19,9 +19,8 @@ from imagegw.core.deliver import LinkMode, deliver
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes
 from imagegw.providers.base import GenerationRequest, Provider
-from imagegw.runners import generation
 from imagegw.runners.gateway import Gateway
-from imagegw.runners.generation import Event, Progress, Result
+from imagegw.runners.inprocess import Event, Progress, Result, generate
 
 
 async def events(
@@ -51,7 +50,7 @@ async def events(
             staged = replace(request, images=await gateway.store.stage(inputs))
         stage = "generating"
         async with aclosing(
-            generation.run(provider, staged, settings, estimates=gateway.estimates)
+            generate(provider, staged, settings, estimates=gateway.estimates)
         ) as running:
             async for event in running:
                 if isinstance(event, Result):

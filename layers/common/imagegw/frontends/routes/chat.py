@@ -35,7 +35,7 @@ from imagegw.infra.log import logger
 from imagegw.infra.media import decode_refs
 from imagegw.providers.base import ModelKind
 from imagegw.runners import pipeline
-from imagegw.runners.meter import metered
+from imagegw.runners.quota import metered
 from imagegw.runners.stepfunctions.service import check_idempotency_key
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}

@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imagegw.access.gate import settle_all
 from imagegw.errors import GatewayError
 from imagegw.frontends import images_api
 from imagegw.frontends.disconnect import unless_disconnected
@@ -24,6 +23,7 @@ from imagegw.frontends.web import (
     read_json,
 )
 from imagegw.infra.config import Settings
+from imagegw.runners.quota import settle
 
 Reader = Callable[[Request, Settings], Awaitable[ImagesCall]]
 
@@ -58,9 +58,9 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
                 ),
             )
         except GatewayError:
-            await settle_all(reservation, 0)  # nothing made: the quota given back
+            await settle(reservation, 0)  # nothing made: the quota given back
             raise
-        await settle_all(reservation, len(answer["data"]))
+        await settle(reservation, len(answer["data"]))
         return JSONResponse(answer)
 
     return endpoint

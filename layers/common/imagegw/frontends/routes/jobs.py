@@ -21,13 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imagegw.access import lease
-from imagegw.access.gate import Caller, settle_all
+from imagegw.access.gate import Caller
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.web import api_key, authorize, gateway_of, header, public_base_url
 from imagegw.infra.media import ImageBytes
 from imagegw.providers.base import GenerationRequest, Provider
+from imagegw.runners.quota import settle
 from imagegw.runners.stepfunctions.schema import Front, JobQuota, ResponseFormat
 from imagegw.runners.stepfunctions.service import Hold, check_idempotency_key, owner_of
 
@@ -114,7 +115,7 @@ async def start_job(
         if reservation is None:
             return None
         quota = JobQuota(key=reservation.record.hash, at=reservation.at)
-        return Hold(quota, lambda: settle_all(reservation, 0))
+        return Hold(quota, lambda: settle(reservation, 0))
 
     view = await gateway.jobs.submit(
         job,

@@ -2,7 +2,7 @@
 
 The execution input is `JobInput`: the job (`JobSpec`, no secret in it), the provider key
 sealed with KMS, and the loop's pace. Each task gets part of the state and returns JSON that the
-state machine keeps at `$.progress` (`Progress`) or, at the end, as the execution's output
+state machine keeps at `$.progress` (`JobProgress`) or, at the end, as the execution's output
 (`JobOutput`). Images rarely travel through the state (256 KiB limit): inputs are keys in the
 bucket or URLs, results are provider URLs or names of copies under images/; only a small image a
 provider answered inline, which the bucket failed to take, is kept as a data URI (`ImageRef`).
@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from imagegw import errors
 from imagegw.core.deliver import Ref, Stored
+from imagegw.core.lifecycle import Book, Task
 from imagegw.core.schedule import Timing
 from imagegw.errors import (
     DeadlineExceededError,
@@ -134,23 +137,42 @@ class JobInput(_Model):
     key: str
     #: seconds between polls (the Wait state's `SecondsPath`)
     wait_seconds: int = Field(ge=0)
-    #: poll intervals before the job fails as timed out: the job's deadline (`Progress.polls`)
+    #: poll intervals before the job fails as timed out: the job's deadline (`JobProgress.polls`)
     max_polls: int = Field(ge=1)
 
 
 class ErrorInfo(_Model):
-    """A gateway error as it travels in the state: its class name and OpenAI-shaped body."""
+    """A gateway error as it travels in the state: its class name, OpenAI-shaped body, and
+    whether it forbids a retry (the final-error rule reads it: `lifecycle.final_error`)."""
 
     name: str
     body: dict[str, Any]
+    #: the error's `retryable` (None: decided by its status, `errors.render`)
+    retryable: bool | None = None
 
     @classmethod
     def of(cls, exc: GatewayError) -> ErrorInfo:
-        return cls(name=type(exc).__name__, body=exc.body())
+        return cls(name=type(exc).__name__, body=exc.body(), retryable=exc.retryable)
 
     @property
     def message(self) -> str:
         return str(self.body.get("error", {}).get("message", ""))
+
+    def error(self) -> GatewayError:
+        """The gateway error again (its class by name; `GatewayError` for an unknown one)."""
+        cls = getattr(errors, self.name, None)
+        if not (isinstance(cls, type) and issubclass(cls, GatewayError)):
+            cls = GatewayError
+        inner = self.body.get("error", {})
+        exc = cls.__new__(cls)
+        GatewayError.__init__(
+            exc,
+            self.message,
+            param=inner.get("param"),
+            code=inner.get("code"),
+            retryable=self.retryable,
+        )
+        return exc
 
 
 class Clocked(_Model):
@@ -189,8 +211,32 @@ class TaskProgress(_Model):
     def ended(self) -> bool:
         return bool(self.images) or self.error is not None
 
+    def task(self) -> Task[ImageRef]:
+        """As the lifecycle keeps it (`imagegw.core.lifecycle.Task`)."""
+        return Task(
+            task_id=self.task_id,
+            state=self.state,
+            images=self.images,
+            error=None if self.error is None else self.error.error(),
+            failures=self.failures,
+            last_error=None if self.last_error is None else self.last_error.error(),
+            timing=None if self.timing is None else self.timing.timing(),
+        )
 
-class Progress(_Model):
+    @classmethod
+    def of(cls, task: Task[ImageRef]) -> TaskProgress:
+        return cls(
+            task_id=task.task_id,
+            state=task.state,
+            images=task.images,
+            error=None if task.error is None else ErrorInfo.of(task.error),
+            failures=task.failures,
+            last_error=None if task.last_error is None else ErrorInfo.of(task.last_error),
+            timing=None if task.timing is None else Clocked.of(task.timing),
+        )
+
+
+class JobProgress(_Model):
     """Where the job stands, kept at `$.progress`. `error` and `cause` are set when it failed:
     the Fail state's `ErrorPath` and `CausePath`.
 
@@ -216,34 +262,52 @@ class Progress(_Model):
     @classmethod
     def of(
         cls,
-        tasks: list[TaskProgress],
+        tasks: Sequence[TaskProgress],
         polls: int = 0,
         backoff: int = 0,
         wait: int = 0,
         key: str | None = None,
-    ) -> Progress:
+    ) -> JobProgress:
         """Running until every task ended; then succeeded when any made an image, else failed
-        with the first task's error."""
-        if not all(task.ended for task in tasks):
+        with the job's one error (`imagegw.core.lifecycle.final_error`)."""
+        return cls.of_book(Book(tuple(task.task() for task in tasks)), polls, backoff, wait, key)
+
+    @classmethod
+    def of_book(
+        cls,
+        book: Book[ImageRef],
+        polls: int = 0,
+        backoff: int = 0,
+        wait: int = 0,
+        key: str | None = None,
+    ) -> JobProgress:
+        """`of`, from the lifecycle's task book."""
+        tasks = tuple(TaskProgress.of(task) for task in book.tasks)
+        status = book.status()
+        if status == "running":
             return cls(
                 status="running",
                 polls=polls,
-                tasks=tuple(tasks),
+                tasks=tasks,
                 backoff=backoff,
                 wait=0 if backoff else wait,
                 key=key,
             )
-        if any(task.images for task in tasks):
-            return cls(status="succeeded", polls=polls, tasks=tuple(tasks), key=key)
-        first = next(task.error for task in tasks if task.error is not None)
+        if status == "succeeded":
+            return cls(status="succeeded", polls=polls, tasks=tasks, key=key)
+        final = ErrorInfo.of(book.final_error())
         return cls(
             status="failed",
             polls=polls,
-            tasks=tuple(tasks),
-            error=first.name,
-            cause=json.dumps(first.body, separators=(",", ":")),
+            tasks=tasks,
+            error=final.name,
+            cause=json.dumps(final.body, separators=(",", ":")),
             key=key,
         )
+
+    def book(self) -> Book[ImageRef]:
+        """The tasks as the lifecycle keeps them."""
+        return Book(tuple(task.task() for task in self.tasks))
 
     @property
     def made(self) -> int:
@@ -261,7 +325,7 @@ class SubmitEvent(_Model):
 class PollEvent(_Model):
     job: JobSpec
     key: str
-    progress: Progress
+    progress: JobProgress
     #: the job's pace and deadline (`JobInput`); absent in events of older state machines
     wait_seconds: int = Field(default=0, ge=0)
     max_polls: int | None = Field(default=None, ge=1)
@@ -269,7 +333,7 @@ class PollEvent(_Model):
 
 class StoreEvent(_Model):
     job: JobSpec
-    progress: Progress
+    progress: JobProgress
 
 
 class ReleaseEvent(_Model):

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -42,7 +41,7 @@ from imagegw.infra.executions import Execution, JobRunner, StepFunctionsRunner
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes
 from imagegw.infra.sealer import KeySealer
-from imagegw.infra.storage import RESULTS, ImageStore
+from imagegw.infra.storage import ImageStore
 from imagegw.providers.base import GenerationRequest
 from imagegw.runners.stepfunctions.schema import (
     JOB_ID,
@@ -51,10 +50,10 @@ from imagegw.runners.stepfunctions.schema import (
     InputRef,
     JobInput,
     JobOutput,
+    JobProgress,
     JobQuota,
     JobSpec,
     JobStatus,
-    Progress,
     ResponseFormat,
     error_body,
     parse_input,
@@ -162,17 +161,17 @@ class JobView:
         }
 
 
-def progress_of(progress: Progress) -> dict[str, Any]:
-    """A running job's progress as the status endpoint shows it: the provider's state of the
-    tasks still running (the most common one), how many of the provider calls ended, and the
-    provider's task ids (as the streamed chat answer reports them)."""
-    running = [task.state for task in progress.tasks if not task.ended]
-    state = max(set(running), key=running.count) if running else progress.status.upper()
+def progress_of(progress: JobProgress) -> dict[str, Any]:
+    """A running job's progress as the status endpoint shows it: the lifecycle's summary
+    (`imagegw.core.lifecycle.Summary`, as the streamed chat answer reports it): the provider's
+    state of the tasks still running, how many of the provider calls ended, of how many, and
+    the provider's task ids."""
+    summary = progress.book().summary()
     return {
-        "state": state,
-        "done": sum(task.ended for task in progress.tasks),
-        "total": len(progress.tasks),
-        "task_ids": [task.task_id for task in progress.tasks if task.task_id],
+        "state": summary.state,
+        "done": summary.done,
+        "total": summary.total,
+        "task_ids": list(summary.task_ids),
     }
 
 
@@ -345,18 +344,12 @@ class Jobs:
         )
 
     async def _stage(self, inputs: Sequence[str | ImageBytes]) -> tuple[InputRef, ...]:
-        """Input images into the bucket before the execution starts: uploads as keys, this
-        gateway's own lasting links as their stored object, other URLs as they are."""
-
-        async def one(item: str | ImageBytes) -> InputRef:
-            if isinstance(item, ImageBytes):
-                return InputRef(key=await self.store.upload(item))
-            own = await self.store.own_result(item)
-            if own is not None:
-                return InputRef(key=RESULTS + own[0])
-            return InputRef(url=item)
-
-        return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+        """Input images into the bucket before the execution starts (`ImageStore.place`):
+        uploads and this gateway's own lasting links as keys, other URLs as they are."""
+        return tuple(
+            InputRef(key=placed.key, url=placed.url)
+            for placed in await self.store.place_all(inputs)
+        )
 
     async def _replay(self, existing: Execution, asked: str) -> JobView:
         """The job a retried submission (same caller, same Idempotency-Key) already started."""
@@ -426,6 +419,6 @@ class Jobs:
             return None
         try:
             text = await self._call("history", read, job_id)
-            return None if text is None else progress_of(Progress.model_validate_json(text))
+            return None if text is None else progress_of(JobProgress.model_validate_json(text))
         except (GatewayError, ValueError):
             return None

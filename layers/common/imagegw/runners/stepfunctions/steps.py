@@ -13,9 +13,12 @@ nothing started: every call refused for rate, the provider unreachable before an
 the bucket failing while input images are read. The error carries the gateway's error body, so
 a job whose retries ran out fails with it (`schema.error_body`).
 
-A paid task is never given up on early: a poll that gets no usable answer (a 5xx, an unreadable
-answer, no connection) is recorded in the task's progress and polled again after a growing wait
-(`Progress.backoff`), until the job's deadline; the job then fails naming the last error.
+What every answer means and what comes next is the lifecycle's (`imagegw.core.lifecycle`): the
+steps keep its task book in the state (`JobProgress`) and do the I/O. A paid task is never given
+up on early: a poll that gets no usable answer (a 5xx, an unreadable answer, no connection) is
+recorded in the task's progress and polled again after a growing wait (`PollPolicy.durable`,
+`JobProgress.backoff`), until the job's deadline; the job then fails naming the last error.
+Dependencies come from one `Gateway` per instance (`run_step`), time from `CLOCK`.
 
 A paid result is never lost to the bucket: a result that cannot be copied keeps the provider's
 link (Store). Images a provider answered inline (data URIs) are copied into the bucket at once,
@@ -29,64 +32,60 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 from pydantic import SecretStr
 
-from imagegw.access.shared_estimates import estimates_for
-from imagegw.core.advance import Made, Submitted, Working, advance, start_leased
+from imagegw.core.advance import Broke, Made, advance, start_leased
 from imagegw.core.deliver import Ref, copy_result
 from imagegw.core.estimates import Estimates, learn, queue_of
+from imagegw.core.lifecycle import (
+    Book,
+    JobWaits,
+    Outcome,
+    PollPolicy,
+    Task,
+    final_error,
+    intervals_used,
+    job_waits,
+)
 from imagegw.core.plan import restore
-from imagegw.core.schedule import Key, bucket, job_wait
+from imagegw.core.schedule import Key, Timing, bucket
 from imagegw.errors import (
     ConfigurationError,
-    DeadlineExceededError,
     GatewayError,
     StorageError,
     TransientJobError,
     TransientProviderError,
 )
-from imagegw.infra.clients import provider_client
 from imagegw.infra.config import Settings
-from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, InputImage, is_data_uri
-from imagegw.infra.sealer import KeySealer
-from imagegw.infra.storage import ImageStore
-from imagegw.providers import Provider, lookup, priors
-from imagegw.providers.base import (
-    GenerationRequest,
-    Started,
-    TaskStatus,
-)
+from imagegw.infra.storage import Placed
+from imagegw.providers import Provider
+from imagegw.providers.base import GenerationRequest
 from imagegw.redaction import protect
+from imagegw.runners.gateway import Clock, Gateway, learned_times
+from imagegw.runners.quota import JobReservation, settle
 from imagegw.runners.stepfunctions.schema import (
     STATE_LIMIT,
-    Clocked,
-    ErrorInfo,
     ImageRef,
     JobOutput,
+    JobProgress,
     JobSpec,
     PollEvent,
-    Progress,
     ReleaseEvent,
     StoreEvent,
     SubmitEvent,
-    TaskProgress,
 )
 
 if TYPE_CHECKING:
-    from imagegw.access.gate import Access, PoolLease
+    from imagegw.access.gate import PoolLease
 
-Step = Callable[[Mapping[str, Any], "Tools"], Awaitable[dict[str, Any]]]
+Step = Callable[[Mapping[str, Any], Gateway], Awaitable[dict[str, Any]]]
 
 #: seconds between the attempts to save a result image in the bucket within one step (boto3
 #: retries each attempt too); no attempt starts later than `SAVE_RETRY_WINDOW` seconds after
@@ -95,90 +94,55 @@ SAVE_RETRY_DELAYS: Final[tuple[float, ...]] = (1.0, 2.0, 4.0, 8.0)
 SAVE_RETRY_WINDOW: Final = 30.0
 #: the most that images kept inline (the bucket failed) may take of the state, with the job
 BUDGET_INLINE: Final = STATE_LIMIT // 2
-#: the longest wait between polls after failed polls, unless JOB_POLL_INTERVAL is longer
-BACKOFF_MAX: Final = 60
-
-
-@dataclass(frozen=True)
-class Tools:
-    """What a step works with; made fresh for each invocation."""
-
-    settings: Settings
-    #: the providers' APIs (the owner's base URLs)
-    client: httpx.AsyncClient
-    store: ImageStore
-    sealer: KeySealer
-    #: URLs the client sent (input images), through the SSRF guard
-    fetcher: Fetcher
-    #: result images the provider links to, through the guard (the providers' hosts trusted)
-    result_fetcher: Fetcher
-
-
-#: learned run times for predicted waits: chosen by the first step that needs them (`estimates`),
-#: then kept by the instance; tests may set it
+#: the steps' time: epoch seconds, as the steps of one job run on different instances; tests
+#: set a simulated one (`tests/functional/machine.py`)
+CLOCK: Clock = Clock()
+#: the run times the process learned, shared by its threads' gateways (`learned_times`, made
+#: by the first step; None: a fresh instance)
 ESTIMATES: Estimates | None = None
-#: the steps' clock: epoch seconds, as the steps of one job run on different instances
-clock: Callable[[], float] = time.time
 
 
 class _Instance(threading.local):
-    """One event loop and one provider client per Lambda instance (per thread, where several
-    executions share a process: `make run`), so a warm instance reuses its connections."""
+    """One event loop and one `Gateway` (its provider client, fetchers, access and learned run
+    times) per Lambda instance (per thread, where several executions share a process:
+    `make run`), so a warm instance reuses its connections and caches."""
 
     runner: asyncio.Runner | None = None
-    client: httpx.AsyncClient | None = None
+    gateway: Gateway | None = None
 
 
 _INSTANCE = _Instance()
 
 
-def _instance_client(settings: Settings) -> httpx.AsyncClient:
-    if _INSTANCE.client is None or _INSTANCE.client.is_closed:
-        _INSTANCE.client = provider_client(settings)
-    return _INSTANCE.client
-
-
-@asynccontextmanager
-async def tools(
-    settings: Settings, client: httpx.AsyncClient | None = None
-) -> AsyncIterator[Tools]:
-    """What one step works with; the provider client is `client` (default: a new one for
-    this step only)."""
-    fetcher, result_fetcher = Fetcher(settings), Fetcher.for_results(settings)
-    own = client is None
-    api = client or provider_client(settings)
-    try:
-        yield Tools(
-            settings=settings,
-            client=api,
-            store=ImageStore(settings),
-            sealer=KeySealer(settings.job_key_id, settings.aws_region),
-            fetcher=fetcher,
-            result_fetcher=result_fetcher,
-        )
-    finally:
-        await fetcher.aclose()
-        await result_fetcher.aclose()
-        if own:
-            await api.aclose()
-
-
-def run(step: Step, event: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Run one step to completion (the task functions' synchronous entry), on the instance's
-    event loop with its provider client."""
-    config = settings or Settings.from_env()
-
-    async def main() -> dict[str, Any]:
-        async with tools(config, _instance_client(config)) as kit:
-            return await step(event, kit)
-
+def gateway_for(settings: Settings) -> Gateway:
+    """The instance's `Gateway` for `settings` (a new one when they, `CLOCK` or `ESTIMATES`
+    changed)."""
+    global ESTIMATES
+    if ESTIMATES is None:
+        ESTIMATES = learned_times(settings)
     if _INSTANCE.runner is None:
         _INSTANCE.runner = asyncio.Runner()
+    kit = _INSTANCE.gateway
+    if kit is not None:
+        if kit.settings == settings and kit.clock is CLOCK and kit.estimates is ESTIMATES:
+            return kit
+        _INSTANCE.runner.run(kit.aclose())
+    _INSTANCE.gateway = Gateway(settings, clock=CLOCK, estimates=ESTIMATES)
+    return _INSTANCE.gateway
+
+
+def run_step(
+    step: Step, event: Mapping[str, Any], settings: Settings | None = None
+) -> dict[str, Any]:
+    """Run one step to completion (the task functions' synchronous entry), on the instance's
+    event loop with its `Gateway`."""
+    kit = gateway_for(settings or Settings.from_env())
+
+    async def main() -> dict[str, Any]:
+        return await step(event, kit)
+
+    assert _INSTANCE.runner is not None
     return _INSTANCE.runner.run(main())
-
-
-def _provider(spec: JobSpec, kit: Tools) -> Provider:
-    return lookup(spec.provider)(kit.settings, kit.client, kit.fetcher)
 
 
 def _request(
@@ -200,49 +164,45 @@ def _removed() -> ConfigurationError:
     )
 
 
-def _access(kit: Tools) -> Access:
-    from imagegw.access.gate import Access
-
-    return Access(kit.settings)
-
-
-async def open_key(sealed: str, job_id: str, kit: Tools) -> SecretStr:
+async def open_key(sealed: str, job_id: str, kit: Gateway) -> SecretStr:
     """The provider token of a job: the client's, sealed for this job with KMS, or a
     server-held one named by reference (`pool:<provider>:<token id>`), read from the access
     secret. A token the owner removed since fails the job (ConfigurationError)."""
     if not sealed.startswith(POOL_REF):
         return kit.sealer.open(sealed, job_id)
-    token = await _access(kit).token_by_ref(sealed)
+    token = await kit.access.token_by_ref(sealed)
     if token is None:
         raise _removed()
     return token
 
 
-async def _open(sealed: str, job_id: str, kit: Tools) -> tuple[SecretStr, PoolLease | None]:
+async def _open(sealed: str, job_id: str, kit: Gateway) -> tuple[SecretStr, PoolLease | None]:
     """The token Submit starts with, and for a server-held one its lease on the pool (to fail
     over to the next token): the referenced token, or the next one not set aside."""
     if not sealed.startswith(POOL_REF):
         return kit.sealer.open(sealed, job_id), None
-    leased = await _access(kit).lease_at(sealed)
+    leased = await kit.access.lease_at(sealed)
     if leased is None:
         raise _removed()
     return leased.token, leased
 
 
-async def settle(spec: JobSpec, made: int, kit: Tools) -> None:
-    """Settle a gateway key's job's quota reservation (none: nothing to do): the images not
-    made given back, those made counted in the month; once per job however often a step runs
-    (`Access.settle_job`), never failing the job."""
-    if spec.quota is None:
-        return
-    await _access(kit).settle_job(spec.id, spec.quota.key, spec.model, spec.n, made, spec.quota.at)
+def _reservation(spec: JobSpec, kit: Gateway) -> JobReservation | None:
+    """A gateway key's job's quota reservation (None: a client's own token, nothing to settle):
+    settled once per job however often a step runs (`Access.settle_job`), never failing it."""
+    return None if spec.quota is None else JobReservation(kit.access, spec)
 
 
-async def _ended(spec: JobSpec, progress: Progress, kit: Tools) -> dict[str, Any]:
-    """A step's progress as JSON, the quota settled first when it failed (nothing made)."""
+async def _ended(spec: JobSpec, progress: JobProgress, kit: Gateway) -> dict[str, Any]:
+    """A step's progress as JSON, the quota given back first when it failed (nothing made)."""
     if progress.status == "failed":
-        await settle(spec, 0, kit)
+        await settle(_reservation(spec, kit), 0)
     return progress.model_dump(mode="json")
+
+
+def _refused(exc: GatewayError, polls: int = 0, key: str | None = None) -> JobProgress:
+    """The progress of a job that cannot run at all (one failed task: `exc`)."""
+    return JobProgress.of_book(Book((Task[ImageRef](state="FAILED", error=exc),)), polls, key=key)
 
 
 def retry_later(exc: GatewayError) -> TransientJobError:
@@ -260,28 +220,24 @@ def _bucket_failures_retried() -> Iterator[None]:
         raise retry_later(exc) from None
 
 
-def _failed(exc: GatewayError, state: str = "FAILED") -> TaskProgress:
-    return TaskProgress(state=state, error=ErrorInfo.of(exc))
-
-
-async def _save(image: ImageBytes, kit: Tools) -> str:
+async def _save(image: ImageBytes, kit: Gateway) -> str:
     """Store a result image, trying again a few times (`SAVE_RETRY_DELAYS`, within
     `SAVE_RETRY_WINDOW`) while the bucket fails; its name. Raises the last `StorageError`."""
-    began = time.monotonic()
+    began = kit.clock.now()
     for delay in SAVE_RETRY_DELAYS:
         try:
             return await kit.store.save_result(image)
         except StorageError as exc:
-            if time.monotonic() - began + delay > SAVE_RETRY_WINDOW:
+            if kit.clock.now() - began + delay > SAVE_RETRY_WINDOW:
                 raise
             logger.warning(
                 "result not stored yet; trying again", extra={"error": exc.message, "in": delay}
             )
-        await asyncio.sleep(delay)
+        await kit.clock.sleep(delay)
     return await kit.store.save_result(image)
 
 
-async def _keep(images: Sequence[str], kit: Tools) -> tuple[ImageRef, ...]:
+async def _keep(images: Sequence[str], kit: Gateway) -> tuple[ImageRef, ...]:
     """Result images as refs: provider URLs as they are; data URIs copied into the bucket now,
     or kept as they are when the bucket keeps failing (`_fit_inline` decides if they fit)."""
 
@@ -293,7 +249,7 @@ async def _keep(images: Sequence[str], kit: Tools) -> tuple[ImageRef, ...]:
     return tuple(await asyncio.gather(*(one(ref) for ref in images)))
 
 
-async def _copy_result(ref: str, kit: Tools) -> Ref:
+async def _copy_result(ref: str, kit: Gateway) -> Ref:
     """The core's copy (`copy_result`), saving with retries within the step."""
 
     async def save(image: ImageBytes) -> str:
@@ -308,11 +264,10 @@ def _inline_budget(event: Mapping[str, Any]) -> int:
     return BUDGET_INLINE - len(json.dumps(fixed, separators=(",", ":")))
 
 
-def _fit_inline(tasks: list[TaskProgress], budget: int, title: str) -> list[TaskProgress]:
-    """The tasks, where those whose inline images (the bucket failed) would take the state past
+def _fit_inline(book: Book[ImageRef], budget: int, title: str) -> Book[ImageRef]:
+    """The book, where tasks whose inline images (the bucket failed) would take the state past
     `budget` failed instead: their images were paid for, but the state cannot hold them."""
-    fitted = []
-    for task in tasks:
+    for index, task in enumerate(book.tasks):
         size = sum(len(ref.url or "") for ref in task.images if ref.inline)
         if size and size > budget:
             lost = StorageError(
@@ -321,20 +276,48 @@ def _fit_inline(tasks: list[TaskProgress], budget: int, title: str) -> list[Task
                 code="storage_unavailable",
             )
             logger.error("result lost: the bucket failed", extra={"error": lost.message})
-            task = task.model_copy(update={"images": (), "error": ErrorInfo.of(lost)})
-        budget -= size if task.images else 0
-        fitted.append(task)
-    return fitted
+            book = book.apply(index, Broke(lost, task.state))
+        budget -= size if book.tasks[index].images else 0
+    return book
 
 
-async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
-    """Start the job's provider calls; a `Progress` (polls 0). A gateway key's job fails over
-    to its pool's next token when every call was refused in a way that sets the token aside
-    (`start_leased`); the token used is named in the progress (`Progress.key`) for Poll."""
+async def _kept(outcome: Outcome[str], kit: Gateway) -> Outcome[ImageRef]:
+    """An outcome with its images as the job's state keeps them (`_keep`); an image that is
+    no image, or too large, fails its task."""
+    if not isinstance(outcome, Made):
+        return outcome
+    try:
+        return Made(await _keep(outcome.images, kit), outcome.state)
+    except GatewayError as exc:
+        return Broke(exc)
+
+
+def _key(spec: JobSpec, provider: Provider) -> Key:
+    return Key(spec.provider, spec.model, bucket(provider.workload(spec.options)))
+
+
+async def _waits(
+    spec: JobSpec, provider: Provider, book: Book[ImageRef], interval: int, now: float, kit: Gateway
+) -> JobWaits:
+    """The lifecycle's waits before the next poll, the model's learned times read when they
+    matter (nothing failing, tasks running, waits allowed)."""
+    policy = PollPolicy.durable(interval)
+    if book.failing() or interval <= 0 or not book.running():
+        return job_waits(book, policy, interval, None, None, now)
+    run = await kit.estimates.get(_key(spec, provider))
+    queue = await queue_of(kit.estimates, spec.provider)
+    return job_waits(book, policy, interval, run, queue, now)
+
+
+async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """Start the job's provider calls; a `JobProgress` (polls 0). A gateway key's job fails
+    over to its pool's next token when every call was refused in a way that sets the token
+    aside (`start_leased`); the token used is named in the progress (`JobProgress.key`) for
+    Poll."""
     payload = SubmitEvent.model_validate(event)
     spec = payload.job
     try:
-        provider = _provider(spec, kit)
+        provider = kit.provider(spec.provider)
         key, leased = await _open(payload.key, spec.id, kit)
         protect(key.get_secret_value())
         images = await _inputs(spec, kit)
@@ -345,116 +328,85 @@ async def submit(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         # back soon), the key table or secret failing for a moment, or the job cannot run
         if exc.retryable is True:
             raise retry_later(exc) from None
-        return await _ended(spec, Progress.of([_failed(exc)]), kit)
+        return await _ended(spec, _refused(exc), kit)
     used = leased.ref if leased is not None else None
     refusals = [outcome for outcome in outcomes if isinstance(outcome, GatewayError)]
     if len(refusals) == len(parts) and all(exc.retryable is True for exc in refusals):
         # nothing started and the provider said "later" (a rate limit, or it could not be
         # reached before anything was sent): safe to submit again
-        raise retry_later(refusals[0])
+        raise retry_later(final_error(refusals))
     # a synchronous provider's images are stored here, never by submitting again (paid)
-    tasks = list(await asyncio.gather(*(_task(provider, TaskProgress(), o, kit) for o in outcomes)))
-    tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
-    now = clock()
-    tasks = [
-        task.model_copy(update={"timing": Clocked(submitted=now)}) if task.task_id else task
-        for task in tasks
-    ]
-    wait = await _predicted(spec, tasks, payload.wait_seconds, now, estimates(kit.settings))
+    kept = await asyncio.gather(
+        *(_kept(advance(provider.title, None, outcome), kit) for outcome in outcomes)
+    )
+    book: Book[ImageRef] = Book.of(len(parts))
+    for index, outcome in enumerate(kept):
+        book = book.apply(index, outcome)
+    book = _fit_inline(book, _inline_budget(event), provider.title)
+    now = kit.clock.now()
+    for index in book.running():
+        book = book.timed(index, Timing(submitted=now))
+    waits = await _waits(spec, provider, book, payload.wait_seconds, now, kit)
     logger.info(
         "job submitted",
         extra={
             "job_id": spec.id,
             "provider": spec.provider,
-            "task_ids": [t.task_id for t in tasks if t.task_id],
+            "task_ids": list(book.task_ids()),
             "refused": len(refusals),
-            "wait": wait,
+            "wait": waits.predicted,
             **({"token_id": used.rsplit(":", 1)[1]} if used else {}),
         },
     )
-    return await _ended(spec, Progress.of(tasks, wait=wait, key=used), kit)
+    return await _ended(spec, JobProgress.of_book(book, wait=waits.predicted, key=used), kit)
 
 
-async def _inputs(spec: JobSpec, kit: Tools) -> tuple[InputImage, ...]:
-    """The job's input images as the provider needs them: objects in the bucket presigned (and
-    their bytes), URLs passed through."""
+async def _inputs(spec: JobSpec, kit: Gateway) -> tuple[InputImage, ...]:
+    """The job's input images as the provider needs them (`ImageStore.open`: objects in the
+    bucket presigned, with their bytes; URLs passed through)."""
 
-    async def one(key: str | None, url: str | None) -> InputImage:
-        if key is None:
-            assert url is not None
-            return InputImage(url=url)
+    async def one(placed: Placed) -> InputImage:
         with _bucket_failures_retried():
-            return await kit.store.load(key)
+            return await kit.store.open(placed)
 
-    return tuple(await asyncio.gather(*(one(ref.key, ref.url) for ref in spec.images)))
-
-
-def intervals_used(waited: int, interval: int) -> int:
-    """The poll intervals a poll after a wait of `waited` seconds uses of the job's deadline
-    (`max_polls` intervals of JOB_POLL_INTERVAL, at least 1 s each)."""
-    return max(1, math.ceil(waited / max(1, interval)))
+    placed = [Placed(key=ref.key, url=ref.url) for ref in spec.images]
+    return tuple(await asyncio.gather(*(one(item) for item in placed)))
 
 
-def backoff(failures: int, interval: int) -> int:
-    """Seconds to wait before the next poll after `failures` failed polls in a row (0: none):
-    the poll interval (at least 1 s) doubled each time, up to `BACKOFF_MAX` (or the interval,
-    when it is longer)."""
-    if failures <= 0:
-        return 0
-    grown: int = max(1, interval) << min(failures, 16)
-    return min(grown, max(BACKOFF_MAX, interval))
-
-
-def _passing(task: TaskProgress, exc: GatewayError) -> TaskProgress:
-    """A task whose poll got no usable answer: still running, the failure counted."""
-    return task.model_copy(update={"failures": task.failures + 1, "last_error": ErrorInfo.of(exc)})
-
-
-def _out_of_time(provider: Provider, task: TaskProgress) -> TaskProgress:
-    """A task still running at the job's deadline: failed, naming the last poll error if any."""
-    message = (
-        f"{provider.title} did not finish task {task.task_id} within the job's time limit "
-        "(JOB_TIMEOUT); it may still finish there."
-    )
-    if task.last_error is not None:
-        message += f" The last {task.failures} polls failed; the last: {task.last_error.message}"
-    late = DeadlineExceededError(message, code="deadline_exceeded")
-    return task.model_copy(update={"error": ErrorInfo.of(late)})
-
-
-async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
-    """Ask about the tasks still running; the next `Progress`. A poll without a usable answer is
-    counted in the task and tried again after `backoff`; at the deadline (`max_polls`) the
-    tasks still running fail, naming their last error."""
+async def poll(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """Ask about the tasks still running; the next `JobProgress`. A poll without a usable
+    answer is counted in the task and tried again after the lifecycle's back-off
+    (`PollPolicy.durable`); at the deadline (`max_polls`) the tasks still running fail,
+    naming their last error (`Book.out_of_time`)."""
     payload = PollEvent.model_validate(event)
     spec, progress = payload.job, payload.progress
     waited = progress.backoff or progress.wait or payload.wait_seconds
     polls = progress.polls + intervals_used(waited, payload.wait_seconds)
     used = progress.key  # the token Submit used (it may have failed over)
     try:
-        provider = _provider(spec, kit)
+        provider = kit.provider(spec.provider)
         key = await open_key(used or payload.key, spec.id, kit)
         protect(key.get_secret_value())
     except GatewayError as exc:
-        return await _ended(spec, Progress.of([_failed(exc)], polls, key=used), kit)
+        return await _ended(spec, _refused(exc, polls, key=used), kit)
     parts = provider.split(_request(spec, key))
-    tasks = list(progress.tasks)
-    pending = [i for i, task in enumerate(tasks) if task.task_id and not task.ended]
+    book = progress.book()
+    pending = book.running()
     answers = await asyncio.gather(
-        *(provider.check(parts[i], str(tasks[i].task_id)) for i in pending),
+        *(provider.check(parts[i], str(book.tasks[i].task_id)) for i in pending),
         return_exceptions=True,
     )
-    now, learned = clock(), estimates(kit.settings)
+    now = kit.clock.now()
     for index, answer in zip(pending, answers, strict=True):
         if isinstance(answer, TransientProviderError):
-            tasks[index] = _passing(tasks[index], answer)
-        else:
-            fresh = tasks[index].model_copy(update={"failures": 0, "last_error": None})
-            made = await _task(provider, fresh, answer, kit)
-            tasks[index] = await _observed(spec, made, now, learned)
-    tasks = _fit_inline(tasks, _inline_budget(event), provider.title)
-    failing = [task for task in tasks if not task.ended and task.last_error is not None]
-    wait = backoff(max((task.failures for task in failing), default=0), payload.wait_seconds)
+            book = book.poll_failed(index, answer)
+            continue
+        task_id = book.tasks[index].task_id
+        book = book.apply(index, await _kept(advance(provider.title, task_id, answer), kit))
+        book = await _observed(spec, provider, book, index, now, kit.estimates)
+    book = _fit_inline(book, _inline_budget(event), provider.title)
+    waits = await _waits(spec, provider, book, payload.wait_seconds, now, kit)
+    failing = book.failing()
     if failing:
         last = failing[0]
         logger.warning(
@@ -463,82 +415,39 @@ async def poll(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
                 "job_id": spec.id,
                 "failures": last.failures,
                 "error": last.last_error.message if last.last_error else None,
-                "wait": wait,
+                "wait": waits.backoff,
             },
         )
     if payload.max_polls is not None and polls >= payload.max_polls:
-        tasks = [task if task.ended else _out_of_time(provider, task) for task in tasks]
-    predicted = 0 if failing else await _predicted(spec, tasks, payload.wait_seconds, now, learned)
-    return await _ended(spec, Progress.of(tasks, polls, wait, predicted, key=used), kit)
-
-
-def estimates(settings: Settings) -> Estimates:
-    """The instance's run-time estimates: shared through the access table where there is one
-    (`imagegw.access.shared_estimates`), the instance's own otherwise."""
-    global ESTIMATES
-    if ESTIMATES is None:
-        ESTIMATES = estimates_for(settings, priors())
-    return ESTIMATES
-
-
-def _key(spec: JobSpec) -> Key:
-    return Key(spec.provider, spec.model, bucket(spec.options))
+        limit = payload.max_polls * max(1, payload.wait_seconds)
+        book = book.out_of_time(provider.title, limit)
+    return await _ended(
+        spec, JobProgress.of_book(book, polls, waits.backoff, waits.predicted, key=used), kit
+    )
 
 
 async def _observed(
-    spec: JobSpec, task: TaskProgress, now: float, learned: Estimates
-) -> TaskProgress:
-    """A task after a poll at `now` answered: its timing advanced while it runs; once it
-    made images, its run time `learned`."""
-    if task.timing is None:
-        return task
-    timing = task.timing.timing()
-    if task.images:
-        await learn(learned, _key(spec), timing, now)
-        return task
-    if task.ended:
-        return task
-    return task.model_copy(update={"timing": Clocked.of(timing.seen(now, task.state))})
-
-
-async def _predicted(
-    spec: JobSpec, tasks: list[TaskProgress], interval: int, now: float, learned: Estimates
-) -> int:
-    """The wait before the next poll predicted for the tasks still running (whole seconds, the
-    longest of theirs), or 0: none (the model not learned, or JOB_POLL_INTERVAL 0: no waits)."""
-    running = [task.timing.timing() for task in tasks if not task.ended and task.timing]
-    if interval <= 0 or not running:
-        return 0
-    run = await learned.get(_key(spec))
-    queue = await queue_of(learned, spec.provider)
-    waits = [job_wait(timing, run, queue, now) for timing in running]
-    if any(wait is None for wait in waits):
-        return 0
-    return max(1, math.ceil(max(wait for wait in waits if wait is not None)))
-
-
-async def _task(
+    spec: JobSpec,
     provider: Provider,
-    task: TaskProgress,
-    answer: Started | TaskStatus | BaseException,
-    kit: Tools,
-) -> TaskProgress:
-    """A task after the provider's answer to a `start` or `check` (the core's `advance`)."""
-    outcome = advance(provider.title, task.task_id, answer)
-    if isinstance(outcome, Submitted):
-        return task.model_copy(update={"task_id": outcome.task_id})
-    if isinstance(outcome, Working):
-        return task.model_copy(update={"state": outcome.state})
-    if isinstance(outcome, Made):
-        try:
-            images = await _keep(outcome.images, kit)
-        except GatewayError as exc:  # an image that is no image, or too large
-            return task.model_copy(update={"state": "FAILED", "error": ErrorInfo.of(exc)})
-        return task.model_copy(update={"state": outcome.state, "images": images})
-    return task.model_copy(update={"state": outcome.state, "error": ErrorInfo.of(outcome.error)})
+    book: Book[ImageRef],
+    index: int,
+    now: float,
+    learned: Estimates,
+) -> Book[ImageRef]:
+    """The book after a poll at `now` answered task `index`: its timing advanced while it
+    runs; once it made images, its run time learned."""
+    task = book.tasks[index]
+    if task.timing is None:
+        return book
+    if task.images:
+        await learn(learned, _key(spec, provider), task.timing, now)
+        return book
+    if task.ended:
+        return book
+    return book.timed(index, task.timing.seen(now, task.state))
 
 
-async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
+async def store(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     """Copy the result images into the bucket; the job's output (`JobOutput`)."""
     payload = StoreEvent.model_validate(event)
     spec, progress = payload.job, payload.progress
@@ -549,7 +458,7 @@ async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
         failures=tuple(task.error.message for task in progress.tasks if task.error),
         task_ids=tuple(task.task_id for task in progress.tasks if task.task_id),
     )
-    await settle(spec, len(kept), kit)
+    await settle(_reservation(spec, kit), len(kept))
     logger.info(
         "job stored",
         extra={
@@ -562,16 +471,16 @@ async def store(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
     return output.model_dump(mode="json")
 
 
-async def release(event: Mapping[str, Any], kit: Tools) -> dict[str, Any]:
+async def release(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     """Give a job's quota reservation back whole: Submit's retries ran out with nothing
     started (the Release state, run by the Store function). Its answer is discarded: the job
     then fails with Submit's error."""
     payload = ReleaseEvent.model_validate(event)
-    await settle(payload.job, 0, kit)
+    await settle(_reservation(payload.job, kit), 0)
     return {"released": payload.job.quota is not None}
 
 
-async def _copy(ref: ImageRef, kit: Tools) -> ImageRef:
+async def _copy(ref: ImageRef, kit: Gateway) -> ImageRef:
     """One result image copied into the bucket. When the provider's image cannot be fetched, or
     the bucket keeps failing, the provider's URL (or the inline image) is kept: it still works
     for a while, as on the interactive path. Running Store again would not help the link."""

@@ -1,0 +1,338 @@
+"""The in-process runner: a job's provider calls driven inside the request, as events.
+
+`generate()` starts the provider's calls for the `n` images at once (`Provider.split`: one image a
+call, or batches), polls each task when the model's learned run time says it should end
+(`imagegw.core.schedule`; today's fixed schedule for a model not learned yet), retries
+transient poll failures (backing off) until POLL_FAILURE_WINDOW seconds pass without a good
+answer, and yields `Progress` events (also while a synchronous provider works inside `start`),
+then one `Result`. What an answer means, and every decision of the job's life (the task book,
+back-off and giving up, the deadline, the final error), is the core's
+(`imagegw.core.lifecycle`): this module does the I/O and keeps the time (`clock`, `sleep`, both
+injectable). Rendering (SSE or JSON) is someone else's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from imagegw.access import lease
+from imagegw.core.advance import advance, start_leased
+from imagegw.core.estimates import Estimates, learn
+from imagegw.core.lifecycle import Book, PollPolicy, late, next_poll
+from imagegw.core.schedule import Estimate, Key, Timing, bucket, expected_total, poll_delay
+from imagegw.errors import GatewayError, TransientProviderError
+from imagegw.infra import apimetrics
+from imagegw.infra.config import Settings
+from imagegw.infra.log import logger
+from imagegw.providers.base import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    Provider,
+    Running,
+    Started,
+    TaskStatus,
+)
+
+__all__ = ["Event", "Progress", "Result", "generate", "poll_delay"]
+
+#: how the runner waits (`asyncio.sleep`; a test's fake clock moves instead)
+Sleep = Callable[[float], Awaitable[None]]
+#: what a poller tells the runner: an answer, a poll that got none (a transient error), or
+#: None: the task is given up on (its polls failed for the policy's window)
+Answer = TaskStatus | GatewayError | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the job stands: the provider's state name, seconds since it began, tasks done,
+    and the provider's ids of the tasks started (none yet while starting)."""
+
+    state: str
+    elapsed: float
+    done: int = 0
+    total: int = 1
+    task_ids: tuple[str, ...] = ()
+    #: about how long the generation takes in all (seconds, as `elapsed`), once predicted
+    expected: float | None = None
+    #: the provider's title ("ModelScope"), for the words shown to people
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """Every image made, and the reasons of the tasks that failed (when some succeeded)."""
+
+    images: tuple[str, ...]
+    failures: tuple[str, ...]
+    task_ids: tuple[str, ...]
+    elapsed: float
+
+
+Event = Progress | Result
+
+
+@dataclass
+class _Forecast:
+    """What the pollers of one run learn from, and what they predict: each task's end (on the
+    run's clock), once it runs."""
+
+    estimates: Estimates | None
+    key: Key
+    estimate: Estimate | None = None
+    ends: dict[int, float] = field(default_factory=dict)
+
+    async def learn(self, timing: Timing, ended_seen: float) -> None:
+        """A task ended: its run time (and the provider's queue time) is one more sample."""
+        await learn(self.estimates, self.key, timing, ended_seen)
+
+    def expected(self, pending: list[int], began: float) -> float | None:
+        """About how long the run takes, from `began`, while the `pending` tasks all run."""
+        ends = [self.ends[i] for i in pending if i in self.ends]
+        return max(ends) - began if ends and len(ends) == len(pending) else None
+
+
+async def _ask(
+    provider: Provider, request: GenerationRequest, task_id: str
+) -> TaskStatus | GatewayError:
+    """One poll's answer, a failure as its error (a transient one as TransientProviderError);
+    an unexpected one is logged and reported, for a silently dead poller would leave the client
+    waiting for the deadline."""
+    try:
+        return await provider.check(request, task_id)
+    except GatewayError as exc:
+        return exc
+    except Exception:
+        logger.exception("polling failed unexpectedly", extra={"task_id": task_id})
+        return GatewayError(
+            "The gateway failed unexpectedly. See its logs.", code="internal_error", retryable=False
+        )
+
+
+class _Run:
+    """One run: what its two phases (starting, then watching the tasks) share. The job's state
+    is its task book (`imagegw.core.lifecycle.Book`)."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        request: GenerationRequest,
+        settings: Settings,
+        clock: Callable[[], float],
+        sleep: Sleep,
+        estimates: Estimates | None = None,
+    ) -> None:
+        self.provider, self.settings, self.clock, self.sleep = provider, settings, clock, sleep
+        key = Key(provider.name, request.model, bucket(provider.workload(request.options)))
+        self.forecast = _Forecast(estimates, key)
+        self.policy = PollPolicy.interactive(
+            settings.poll_interval, settings.poll_interval_max, settings.poll_failure_window
+        )
+        self.parts = provider.split(request)
+        self.book: Book[str] = Book.of(len(self.parts))
+        self.began = clock()
+        self.deadline = self.began + settings.generation_timeout
+
+    def elapsed(self) -> float:
+        return self.clock() - self.began
+
+    def left(self) -> float:
+        """Seconds left before GENERATION_TIMEOUT."""
+        return self.deadline - self.clock()
+
+    async def start(self) -> AsyncGenerator[Progress, None]:
+        """Start every part at once; a synchronous provider does the whole job in `start`, so
+        progress is reported meanwhile. The calls in flight are cancelled if the reader left."""
+        title, limit = self.provider.title, self.settings.generation_timeout
+        starting = asyncio.ensure_future(self._start_all())
+        try:
+            while not starting.done():
+                left = self.left()
+                if left <= 0:
+                    raise late(title, (), limit)
+                await asyncio.wait({starting}, timeout=min(self.settings.progress_interval, left))
+                if not starting.done():
+                    yield Progress("RUNNING", self.elapsed(), 0, len(self.parts), where=title)
+        finally:
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+        for index, outcome in enumerate(starting.result()):
+            self.book = self.book.apply(index, advance(title, None, outcome))
+        if not self.book.started:
+            raise self.book.final_error()
+
+    async def _start_all(self) -> list[Started | Finished | BaseException]:
+        """Start every part; with a server-held token (a lease), a submission refused whole
+        (401/403, quota, rate: nothing started) goes again with the pool's next token."""
+        outcomes, self.parts = await start_leased(self.provider, self.parts, lease.current())
+        return outcomes
+
+    def progress(self) -> Progress:
+        summary = self.book.summary()
+        expected = self.forecast.expected(self.book.running(), self.began)
+        return Progress(
+            summary.state,
+            self.elapsed(),
+            summary.done,
+            summary.total,
+            summary.task_ids,
+            expected,
+            self.provider.title,
+        )
+
+    def _answer(self, index: int, answer: Answer) -> None:
+        """Record what a poller said (the core decides what it means)."""
+        book, title = self.book, self.provider.title
+        if answer is None:
+            self.book = book.give_up(index, title, self.policy)
+        elif isinstance(answer, TransientProviderError):
+            self.book = book.poll_failed(index, answer)
+        else:
+            self.book = book.apply(index, advance(title, book.tasks[index].task_id, answer))
+
+    async def _poll(
+        self, index: int, task_id: str, queue: asyncio.Queue[tuple[int, Answer]]
+    ) -> None:
+        """Poll one task until it ends; report each answer on the queue.
+
+        Transient failures (5xx, unreadable answers, no connection, a poll timing out) are
+        retried after the policy's back-off until it gives up (POLL_FAILURE_WINDOW without a
+        good answer); then the task fails with a 502 naming the last error, rather than the
+        client hearing nothing until GENERATION_TIMEOUT. When (`imagegw.core.schedule`)
+        follows the model's learned run time; a task that ends teaches it how long this one
+        took."""
+        clock, forecast, policy = self.clock, self.forecast, self.policy
+        request = self.parts[index]
+        timing = Timing(submitted=clock())
+        answered, failures = timing.submitted, 0
+        while True:
+            delay = next_poll(timing, forecast.estimate, clock(), policy, failures, answered)
+            await self.sleep(delay)
+            status = await _ask(self.provider, request, task_id)
+            if isinstance(status, TransientProviderError):
+                failures += 1
+                await queue.put((index, status))
+                if policy.gives_up(answered, clock()):
+                    logger.warning(
+                        "polling given up",
+                        extra={"task_id": task_id, "failures": failures, "error": status.message},
+                    )
+                    await queue.put((index, None))
+                    return
+                logger.warning(
+                    "transient poll failure; will retry", extra={"error": status.message}
+                )
+                continue
+            if isinstance(status, GatewayError):
+                await queue.put((index, status))
+                return
+            answered, failures = clock(), 0
+            if isinstance(status, Running):
+                timing = timing.seen(answered, status.state)
+                expected = expected_total(timing, forecast.estimate)
+                if expected is not None:
+                    forecast.ends[index] = timing.submitted + expected
+            elif isinstance(status, Finished):
+                await forecast.learn(timing, answered)
+                if timing.last_running is not None:  # it ended between these two polls
+                    apimetrics.seconds("DetectionLag", answered - timing.last_running)
+            await queue.put((index, status))
+            if isinstance(status, Finished | Failed):
+                return
+
+    async def watch(self) -> AsyncGenerator[Progress, None]:
+        """Poll the started tasks until all ended or the deadline: a progress at each change,
+        and every PROGRESS_INTERVAL while nothing changes. No poll after this (the reader may
+        leave). At the deadline the tasks still running fail (`Book.out_of_time`)."""
+        settings, clock = self.settings, self.clock
+        queue: asyncio.Queue[tuple[int, Answer]] = asyncio.Queue()
+        forecast = self.forecast
+        if forecast.estimates is not None:
+            forecast.estimate = await forecast.estimates.get(forecast.key)
+        pollers = [
+            asyncio.create_task(self._poll(i, str(self.book.tasks[i].task_id), queue))
+            for i in self.book.running()
+        ]
+        try:
+            yield self.progress()
+            last_progress = clock()
+            while not self.book.ended:
+                left = self.left()
+                if left <= 0:
+                    title, limit = self.provider.title, settings.generation_timeout
+                    self.book = self.book.out_of_time(title, limit)
+                    break
+                wait = min(settings.progress_interval, left)
+                try:
+                    index, answer = await asyncio.wait_for(queue.get(), timeout=wait)
+                except TimeoutError:
+                    yield self.progress()
+                    last_progress = clock()
+                    continue
+                before = self.book.summary()
+                self._answer(index, answer)
+                after = self.book.summary()
+                # a change at once; an unchanged state every progress_interval even while
+                # polls keep answering (they come more often than that)
+                if (after.state, after.done) != (before.state, before.done) or (
+                    clock() - last_progress >= settings.progress_interval
+                ):
+                    yield self.progress()
+                    last_progress = clock()
+        finally:
+            for poller in pollers:
+                poller.cancel()
+            if pollers:
+                await asyncio.gather(*pollers, return_exceptions=True)
+
+    def result(self) -> Result:
+        """The result (images in the order of the calls), or the job's one error when none
+        was made (`imagegw.core.lifecycle.final_error`)."""
+        book = self.book
+        if not book.images():
+            raise book.final_error()
+        return Result(
+            images=book.images(),
+            failures=tuple(error.message for error in book.errors()),
+            task_ids=book.task_ids(),
+            elapsed=self.elapsed(),
+        )
+
+
+async def generate(
+    provider: Provider,
+    request: GenerationRequest,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    estimates: Estimates | None = None,
+) -> AsyncGenerator[Event, None]:
+    """Run the calls that make `request.n` images and yield progress, then the result (images in
+    the order of the calls). Polls follow, and teach, the run times in `estimates` (none:
+    today's fixed schedule). Raises GatewayError."""
+    job = _Run(provider, request, settings, clock, sleep, estimates)
+    async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
+        async for event in starting:
+            yield event
+    logger.info(
+        "tasks started",
+        extra={
+            "provider": provider.name,
+            "model": request.model,
+            "task_ids": list(job.book.task_ids()),
+        },
+    )
+    async with aclosing(job.watch()) as watching:  # closed with us: no poll after
+        async for event in watching:
+            yield event
+    result = job.result()
+    apimetrics.count("Generations")
+    apimetrics.count("ImagesGenerated", len(result.images))
+    apimetrics.seconds("GenerationSeconds", result.elapsed)
+    yield result
