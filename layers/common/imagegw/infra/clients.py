@@ -8,6 +8,7 @@ connections.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
 import httpx
@@ -23,14 +24,30 @@ MAX_PROVIDER_CONNECTIONS = 100
 Hook = Callable[..., Awaitable[Any]]
 
 
+class NoCookies(CookieJar):
+    """A cookie jar that keeps nothing: the provider client is shared by every request of an
+    instance, whoever's key it carries, so a cookie one answer sets must never ride along with
+    another's request; and a poll spends nothing on cookies."""
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None
+
+
 def provider_client(
     settings: Settings, *, event_hooks: Mapping[str, Sequence[Hook]] | None = None
 ) -> httpx.AsyncClient:
     """A client for the owner's provider base URLs: explicit timeouts, a pool whose work does
     not grow with its size, no redirects (a provider that redirects is not followed anywhere).
     Connections that could not be made are tried once more: nothing was sent, so a submit
-    cannot start a task twice (`imagegw.infra.transport`)."""
+    cannot start a task twice (`imagegw.infra.transport`). No cookies (`NoCookies`)."""
     return httpx.AsyncClient(
+        cookies=NoCookies(),
         timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
         transport=ProviderTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1),
         follow_redirects=False,
