@@ -13,5 +13,6 @@
 
 Pure where it decides: the runners (`imagegw.runners.inprocess` in the request, the Step
 Functions task functions `imagegw.runners.stepfunctions.steps`) do the I/O and keep the time;
-neither re-implements a decision.
+neither re-implements a decision. The core imports no higher layer: what it needs of one (a
+token's fail-over) is a Protocol here.
 """

@@ -85,8 +85,8 @@ class Gateway:
 
     @property
     def jobs(self) -> Jobs:
-        """Durable jobs, for the API (README "Async jobs"); `jobs.enabled` is false without a
-        state machine. Made on first use: the job steps never need it."""
+        """Durable jobs, for the API (docs/jobs.md "Async jobs"); `jobs.enabled` is false
+        without a state machine. Made on first use: the job steps never need it."""
         if self._jobs is None:
             from imagegw.runners.stepfunctions.service import Jobs
 
