@@ -207,3 +207,15 @@ def test_a_durable_job_of_a_model_with_no_history_waits_for_its_prior() -> None:
     late = submitted.seen(36.0, "RUNNING")
     assert job_wait(late, run30, None, 38.0, pace=5) is None
     assert job_wait(late, run30, None, 60.0, pace=5) == pytest.approx(0.5 * (60.0 - 36.0))
+
+
+def test_a_task_overrunning_its_models_prior_thins_out_within_poll_interval_max() -> None:
+    # a catalogue prior of 15 s (no history), and tasks that run 28-38 s: fewer polls than
+    # today's schedule, never a lag over POLL_INTERVAL_MAX; tasks within the prior as today
+    prior = Estimate(seconds=15.0, spread=4.5, samples=0)
+    for end in (28.0, 32.0, 38.0):
+        polls, lag = polls_until(end, 0.1, prior)
+        today, _ = polls_until(end, 0.1, None)
+        assert polls < today and lag <= MAXIMUM
+    for end in (3.0, 7.0, 11.0):
+        assert polls_until(end, 0.1, prior)[0] <= polls_until(end, 0.1, None)[0]

@@ -182,15 +182,21 @@ def next_delay(
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
     history) never longer than today's schedule would wait. So a prediction that is far off
-    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL."""
+    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL, and
+    until a model has a history never below it (a prior is a guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
     today = poll_delay(now - timing.submitted, base, maximum)
     if estimate is None:
         return today
     predicted = _predicted_delay(timing, estimate, now, base, maximum)
-    # a prior alone is no history: never wait longer than today's schedule would
-    return predicted if estimate.samples >= LEARNED else min(predicted, today)
+    if estimate.samples >= LEARNED:
+        return predicted
+    # a prior alone is no history: never wait longer than today's schedule would, but past
+    # the prior's window, where the waits thin out up to POLL_INTERVAL_MAX (`_predicted_delay`)
+    if timing.running_seen is not None and now > window(timing, estimate).end:
+        return predicted
+    return min(predicted, today)
 
 
 def _predicted_delay(
@@ -201,7 +207,8 @@ def _predicted_delay(
         return _queued(estimate, base, maximum)
     ran = max(base, now - timing.began()[1])
     cap = max(maximum, ran) if estimate.samples >= LEARNED else min(maximum, ran)
-    dense = min(DENSE_MIN, base)
+    # a prior or a short history is a guess: no denser than POLL_INTERVAL around it
+    dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)
     if now < span.start:  # far: halve the distance while it is long, then go to the window
         far = span.start - now
