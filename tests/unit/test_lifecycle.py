@@ -34,6 +34,9 @@ from imagegw.providers.base import (
     TaskStatus,
     Workload,
 )
+from imagegw.providers.bfl import BlackForestLabs
+from imagegw.providers.dashscope import DashScope
+from imagegw.providers.fal import Fal
 from imagegw.providers.siliconflow import SiliconFlow
 from imagegw.runners.inprocess import Result, generate
 
@@ -270,9 +273,18 @@ async def test_a_provider_writing_w_star_h_learns_run_times_per_size() -> None:
     assert runs == {"1mp/std", "4mp/std"}
 
 
-def test_a_provider_names_its_own_size_and_steps_fields() -> None:
-    provider = SiliconFlow(Settings(), None)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("provider", "options", "steps"),
+    [
+        (SiliconFlow, {"image_size": "1024x1024", "num_inference_steps": 50}, 50),
+        (DashScope, {"size": "1024*1024"}, None),  # its `W*H`; it takes no steps
+        (BlackForestLabs, {"width": 1024, "height": 1024, "steps": 50}, 50),
+        (Fal, {"image_size": {"width": 1024, "height": 1024}, "num_inference_steps": 50}, 50),
+    ],
+)
+def test_a_provider_reads_its_own_size_and_steps(
+    provider: type[Provider], options: dict[str, Any], steps: int | None
+) -> None:
+    work = provider(Settings(), None).workload(options)  # type: ignore[arg-type]
 
-    work = provider.workload({"image_size": "1024x1024", "num_inference_steps": 50})
-
-    assert work == Workload(pixels=1024 * 1024, steps=50)
+    assert work == Workload(pixels=1024 * 1024, steps=steps)

@@ -48,6 +48,8 @@ class Working:
     """Still going; `state` is the provider's name for where it is (PENDING, RUNNING, ...)."""
 
     state: str
+    #: the provider's own progress words ("position 3 in the queue"), or none
+    detail: str = ""
 
 
 #: how a result image is held: a provider URL or data URI, or a runner's own ref to it
@@ -118,7 +120,7 @@ def advance(
     if isinstance(answer, Started):
         return Submitted(answer.task_id)
     if isinstance(answer, Running):
-        return Working(answer.state)
+        return Working(answer.state, answer.detail)
     if isinstance(answer, Finished):
         if not answer.images:
             empty = ProviderError(f"{title} finished without an image.", code="provider_error")

@@ -48,6 +48,8 @@ class Task(Generic[Image]):
 
     task_id: str | None = None
     state: str = "SUBMITTED"
+    #: the provider's own progress words while it runs ("position 3 in the queue"), or none
+    detail: str = ""
     images: tuple[Image, ...] = ()
     error: GatewayError | None = None
     failures: int = 0
@@ -73,12 +75,14 @@ Outcome = Submitted | Working | Made[Image] | Broke
 class Summary:
     """Where a job stands, as people are shown it: the provider's state of the tasks still
     running (the most common one; SUCCEED or FAILED once all ended), how many calls ended, of
-    how many, and the provider's ids of the tasks started."""
+    how many, the provider's ids of the tasks started, and the provider's own progress words
+    of the first running task that has some."""
 
     state: str
     done: int
     total: int
     task_ids: tuple[str, ...]
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class Book(Generic[Image]):
         if isinstance(outcome, Submitted):
             task = replace(task, task_id=outcome.task_id, state=outcome.state)
         elif isinstance(outcome, Working):
-            task = replace(task, state=outcome.state)
+            task = replace(task, state=outcome.state, detail=outcome.detail)
         elif isinstance(outcome, Made):
             task = replace(task, state=outcome.state, images=outcome.images)
         else:
@@ -187,7 +191,8 @@ class Book(Generic[Image]):
             state = Counter(running).most_common(1)[0][0]
         else:
             state = "SUCCEED" if self.images() else "FAILED"
-        return Summary(state, self.done, self.total, self.task_ids())
+        detail = next((task.detail for task in self.tasks if task.detail and not task.ended), "")
+        return Summary(state, self.done, self.total, self.task_ids(), detail)
 
 
 def final_error(errors: Sequence[GatewayError]) -> GatewayError:

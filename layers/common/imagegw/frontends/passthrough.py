@@ -19,12 +19,18 @@ from starlette.responses import Response, StreamingResponse
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
-from imagegw.errors import GatewayError, NotFoundError, ProviderError, render
+from imagegw.errors import GatewayError, ProviderError, render
 from imagegw.frontends.streaming import DONE, sse
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.providers.base import Provider
-from imagegw.providers.upstream import error_for, unreachable, work_timeout
+from imagegw.providers.catalogue import (
+    AS_CHAT,
+    TREATMENT_HEADER,
+    says_no_such_model,
+    with_suggestions,
+)
+from imagegw.providers.upstream import error_for, message_of, unreachable, work_timeout
 from imagegw.runners.gateway import Gateway
 
 EVENT_STREAM: Final = "text/event-stream"
@@ -47,10 +53,11 @@ async def chat(
     model = body.get("model")
     base = provider.chat_base_url
     if base is None:
-        raise NotFoundError(
-            f"'{model}' is not an image model, and {provider.title} has no chat models here.",
-            param="model",
-            code="model_not_found",
+        raise with_suggestions(
+            f"'{str(model)[:100]}' is not an image model, and {provider.title} has no chat "
+            "models here.",
+            str(model),
+            provider.known_ids,
         )
     logger.info(
         "chat pass-through",
@@ -73,12 +80,18 @@ async def chat(
     if caller is not None:
         await gateway.access.count_chat(caller, str(model))
     media_type = upstream.headers.get("content-type", "application/json")
+    told = {TREATMENT_HEADER: AS_CHAT}  # the id is no image model of the catalogue
     if not media_type.startswith(EVENT_STREAM):
-        return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=media_type,
+            headers=told,
+        )
     return StreamingResponse(
         _relay(upstream, provider.title),
         media_type=media_type,
-        headers=SSE_HEADERS,
+        headers={**SSE_HEADERS, **told},
         background=BackgroundTask(upstream.aclose),
     )
 
@@ -113,7 +126,17 @@ async def _send(
         finally:
             await upstream.aclose()
         if upstream.status_code >= 400:
-            raise error_for(provider.title, upstream, key=key)
+            model = str(body.get("model"))
+            # "no such model": say how the id was treated, and which ids were likely meant
+            said = says_no_such_model(upstream.status_code, message_of(upstream))
+            raise error_for(
+                provider.title,
+                upstream,
+                key=key,
+                note=f" ({AS_CHAT})" if said else "",
+                model=model,
+                known=provider.known_ids,
+            )
     return upstream
 
 

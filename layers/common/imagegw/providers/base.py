@@ -100,6 +100,8 @@ class Started:
 @dataclass(frozen=True)
 class Running:
     state: str
+    #: the provider's own progress words, shown to people ("position 3 in the queue", "40 %")
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,13 @@ def pixels_of(size: object) -> int | None:
     """The pixels of a size written `WxH` or `W*H` (None: anything else)."""
     match = _WXH.match(size) if isinstance(size, str) else None
     return int(match[1]) * int(match[2]) if match else None
+
+
+def pixels_of_sides(width: object, height: object) -> int | None:
+    """The pixels of a size given as two sides (None: not both whole numbers)."""
+    if isinstance(width, bool) or isinstance(height, bool):
+        return None
+    return width * height if isinstance(width, int) and isinstance(height, int) else None
 
 
 class Provider(ABC):
@@ -177,6 +186,11 @@ class Provider(ABC):
 
     def classify(self, model: str) -> ModelKind:
         return classify(model, self.catalog)
+
+    @property
+    def known_ids(self) -> tuple[str, ...]:
+        """The catalogue's model ids (what a "model not found" suggests: `catalogue`)."""
+        return tuple(info.id for info in self.catalog)
 
     def check_prompt(self, prompt: str, param: str = "messages") -> None:
         limit = self.max_prompt_chars

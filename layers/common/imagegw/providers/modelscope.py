@@ -213,7 +213,9 @@ class ModelScope(Provider):
                 self.title, exc, self.settings, waited=self.settings.provider_timeout
             ) from None
         if response.status_code != 200:
-            raise error_for(self.title, response, key=request.api_key)
+            raise error_for(
+                self.title, response, key=request.api_key, model=request.model, known=self.known_ids
+            )
         try:
             return Started(_Submitted.model_validate_json(response.content).task_id)
         except ValidationError:

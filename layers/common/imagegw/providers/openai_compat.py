@@ -250,7 +250,9 @@ class OpenAICompatible(Provider):
         except httpx.TransportError as exc:
             raise unreachable(self.title, exc, self.settings) from None
         if response.status_code != 200:
-            raise error_for(self.title, response, key=request.api_key)
+            raise error_for(
+                self.title, response, key=request.api_key, model=request.model, known=self.known_ids
+            )
         try:
             data_items = _Images.model_validate_json(response.content).data
         except ValidationError:

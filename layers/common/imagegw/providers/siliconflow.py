@@ -185,7 +185,14 @@ class SiliconFlow(Provider):
     def _error(self, response: httpx.Response, request: GenerationRequest) -> GatewayError:
         trace = _trace(response)
         note = f" (trace id {trace})" if trace else ""
-        error = error_for(self.title, response, key=request.api_key, note=note)
+        error = error_for(
+            self.title,
+            response,
+            key=request.api_key,
+            note=note,
+            model=request.model,
+            known=self.known_ids,
+        )
         if response.status_code == 400 and _code(response) == NO_SUCH_MODEL:
             return NotFoundError(error.message, param="model", code="model_not_found")
         return error

@@ -10,6 +10,7 @@ key never appears in it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import httpx
@@ -26,6 +27,7 @@ from imagegw.errors import (
     for_status,
 )
 from imagegw.infra.config import Settings
+from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 #: the longest provider message passed on
 MAX_MESSAGE: Final = 500
@@ -85,13 +87,23 @@ def redact(text: str, key: SecretStr | None) -> str:
 
 
 def error_for(
-    title: str, response: httpx.Response, *, key: SecretStr | None = None, note: str = ""
+    title: str,
+    response: httpx.Response,
+    *,
+    key: SecretStr | None = None,
+    note: str = "",
+    model: str | None = None,
+    known: Sequence[str] = (),
 ) -> GatewayError:
     """The gateway's error for a provider's error answer: the provider's message (and `note`,
-    e.g. a trace id), the status that fits, and a 429's retry headers."""
+    e.g. a trace id), the status that fits, and a 429's retry headers. With the `model` asked
+    for, an answer saying it does not exist is a 404 `model_not_found` naming the closest of
+    the `known` ids (`imagegw.providers.catalogue`)."""
     secret = key.get_secret_value() if key is not None else ""
     message = redaction.cut(f"{title}: {message_of(response)}{note}", MAX_MESSAGE, secret)
     status = response.status_code
+    if model is not None and says_no_such_model(status, message):
+        return with_suggestions(message, model, known)
     if status == 429:
         kept = {
             name: value

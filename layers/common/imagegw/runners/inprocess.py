@@ -61,6 +61,8 @@ class Progress:
     expected: float | None = None
     #: the provider's title ("ModelScope"), for the words shown to people
     where: str = ""
+    #: the provider's own progress words of a running task ("position 3 in the queue")
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ class _Run:
             summary.task_ids,
             expected,
             self.provider.title,
+            summary.detail,
         )
 
     def _answer(self, index: int, answer: Answer) -> None:
@@ -277,11 +280,10 @@ class _Run:
                 before = self.book.summary()
                 self._answer(index, answer)
                 after = self.book.summary()
-                # a change at once; an unchanged state every progress_interval even while
-                # polls keep answering (they come more often than that)
-                if (after.state, after.done) != (before.state, before.done) or (
-                    clock() - last_progress >= settings.progress_interval
-                ):
+                # a change (state, tasks ended, the provider's words) at once; an unchanged
+                # state every progress_interval even while polls keep answering (they come
+                # more often than that)
+                if after != before or clock() - last_progress >= settings.progress_interval:
                     yield self.progress()
                     last_progress = clock()
         finally:

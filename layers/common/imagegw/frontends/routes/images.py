@@ -23,6 +23,7 @@ from imagegw.frontends.web import (
     read_json,
 )
 from imagegw.infra.config import Settings
+from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 from imagegw.runners.quota import settle
 
 Reader = Callable[[Request, Settings], Awaitable[ImagesCall]]
@@ -61,7 +62,8 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
             await settle(reservation, 0)  # nothing made: the quota given back
             raise
         await settle(reservation, len(answer["data"]))
-        return JSONResponse(answer)
+        treated = treatment(provider.catalog, planned.model, planned.kind)
+        return JSONResponse(answer, headers={TREATMENT_HEADER: treated} if treated else None)
 
     return endpoint
 
