@@ -12,9 +12,11 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   and the uncertainty of when the run began; the density is bounded by a poll budget
   (`budget`: 1.5 polls a second of the expected time for short tasks, 0.28 for long ones);
 - past the window, thinning out the longer the task overruns its prediction: each wait a share
-  (`OVERRUN`) of the time since the predicted end, so a long task of a model whose recent tasks
-  were short costs a few polls, not one every POLL_INTERVAL;
-- on today's schedule (`poll_delay`) when nothing was learned yet for the model.
+  (`OVERRUN`) of the time since the window closed, so a long task of a model whose recent
+  tasks were short costs a few polls, not one every POLL_INTERVAL;
+- on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
+  or a short history (`LEARNED`), never denser than POLL_INTERVAL nor sparser than today's
+  schedule until the prior's window has passed.
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
