@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+import anyio
 import httpx
 from pydantic import SecretStr
 from starlette.background import BackgroundTask
@@ -30,7 +31,15 @@ from imagegw.providers.catalogue import (
     says_no_such_model,
     with_suggestions,
 )
-from imagegw.providers.upstream import error_for, message_of, unreachable, work_timeout
+from imagegw.providers.upstream import (
+    AnswerTimeout,
+    error_for,
+    image_answer_limit,
+    message_of,
+    read_answer,
+    unreachable,
+    work_timeout,
+)
 from imagegw.runners.gateway import Gateway
 
 EVENT_STREAM: Final = "text/event-stream"
@@ -99,8 +108,9 @@ async def chat(
 async def _send(
     gateway: Gateway, provider: Provider, url: str, body: dict[str, Any], key: SecretStr
 ) -> httpx.Response:
-    """The provider's answer, open: a stream to relay, or a JSON answer read whole. An error
-    answer (or none) is raised as the gateway's error."""
+    """The provider's answer: open, a stream to relay; or a JSON answer read whole (no further
+    than MAX_RESULT_BYTES: `imagegw.providers.upstream`). An error answer (or none, or none
+    whole within GENERATION_TIMEOUT) is raised as the gateway's error."""
     client = gateway.client
     request = client.build_request(
         "POST",
@@ -113,31 +123,39 @@ async def _send(
         },
         timeout=work_timeout(gateway.settings),
     )
+    deadline = gateway.settings.generation_timeout
     try:
-        upstream = await client.send(request, stream=True)
+        # the answer's start, and a JSON answer whole, within the deadline; a stream is relayed
+        # as it comes (never held), bounded by httpx's read timeout between its chunks
+        with anyio.fail_after(deadline):
+            upstream = await client.send(request, stream=True)
+            media_type = upstream.headers.get("content-type", "application/json")
+            if upstream.status_code < 400 and media_type.startswith(EVENT_STREAM):
+                return upstream
+            try:
+                answer = await read_answer(
+                    upstream, title=provider.title, limit=image_answer_limit(gateway.settings)
+                )
+            finally:
+                await upstream.aclose()
+    except TimeoutError:
+        waited = AnswerTimeout(f"no whole answer within {deadline:g} s", request=request)
+        raise unreachable(provider.title, waited, gateway.settings) from None
     except httpx.TransportError as exc:
         raise unreachable(provider.title, exc, gateway.settings) from None
-    media_type = upstream.headers.get("content-type", "application/json")
-    if upstream.status_code >= 400 or not media_type.startswith(EVENT_STREAM):
-        try:
-            await upstream.aread()
-        except httpx.TransportError as exc:
-            raise unreachable(provider.title, exc, gateway.settings) from None
-        finally:
-            await upstream.aclose()
-        if upstream.status_code >= 400:
-            model = str(body.get("model"))
-            # "no such model": say how the id was treated, and which ids were likely meant
-            said = says_no_such_model(upstream.status_code, message_of(upstream))
-            raise error_for(
-                provider.title,
-                upstream,
-                key=key,
-                note=f" ({AS_CHAT})" if said else "",
-                model=model,
-                known=provider.known_ids,
-            )
-    return upstream
+    if answer.status_code >= 400:
+        model = str(body.get("model"))
+        # "no such model": say how the id was treated, and which ids were likely meant
+        said = says_no_such_model(answer.status_code, message_of(answer))
+        raise error_for(
+            provider.title,
+            answer,
+            key=key,
+            note=f" ({AS_CHAT})" if said else "",
+            model=model,
+            known=provider.known_ids,
+        )
+    return answer
 
 
 async def _relay(upstream: httpx.Response, title: str) -> AsyncIterator[bytes]:

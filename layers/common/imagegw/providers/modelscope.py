@@ -44,7 +44,7 @@ from imagegw.providers.options import (
     parse_size,
 )
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.upstream import error_for, unreachable
+from imagegw.providers.upstream import error_for, send, send_request, unreachable
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"
@@ -201,8 +201,12 @@ class ModelScope(Provider):
         if request.images:
             body["image_url"] = [image.url for image in request.images]
         try:
-            response = await self.client.post(
+            response = await send(
+                self.client,
+                "POST",
                 f"{self.base_url}/images/generations",
+                title=self.title,
+                deadline=self.settings.provider_timeout,
                 json=body,
                 headers={**self._headers(request), ASYNC_MODE_HEADER: "true"},
                 timeout=self.timeout,
@@ -225,7 +229,12 @@ class ModelScope(Provider):
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         try:
-            response = await self.client.send(self._poll_request(request, task_id))
+            response = await send_request(
+                self.client,
+                self._poll_request(request, task_id),
+                title=self.title,
+                deadline=self.settings.provider_timeout,
+            )
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.TimeoutException):
                 reason = f"no answer within {self.settings.provider_timeout:g} s"
