@@ -318,14 +318,14 @@ def job_waits(
 ) -> JobWaits:
     """What a durable job waits before its next poll: the policy's backoff for the longest
     streak of failed polls, else the wait predicted for the tasks still running (the longest
-    of theirs), else none (the usual pace: the model not learned, or JOB_POLL_INTERVAL 0)."""
+    of theirs), else none (the usual pace: nothing known of the model, or JOB_POLL_INTERVAL 0)."""
     failing = book.failing()
     if failing:
         return JobWaits(math.ceil(policy.backoff(max(task.failures for task in failing))), 0)
     running = [task.timing for task in book.tasks if not task.ended and task.timing is not None]
     if interval <= 0 or not running:
         return JobWaits(0, 0)
-    waits = [job_wait(timing, run, queue, now) for timing in running]
+    waits = [job_wait(timing, run, queue, now, interval) for timing in running]
     known = [wait for wait in waits if wait is not None]
     if len(known) < len(waits):
         return JobWaits(0, 0)

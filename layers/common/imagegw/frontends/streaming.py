@@ -151,27 +151,35 @@ async def chat_stream(
     keepalive_interval: float,
     intro: str = "",
 ) -> AsyncIterator[str]:
-    """The SSE body of a streamed chat completion."""
-    yield sse(completion.chunk({"role": "assistant", "content": ""}))
-    if intro:
-        yield sse(completion.chunk({"reasoning_content": intro}))
+    """The SSE body of a streamed chat completion. Frames that go out together are one chunk
+    (one write to the socket): the role and the intro; the images, the stop, the usage and
+    [DONE], sent as soon as the result is known."""
+
+    def closing() -> str:
+        usage = sse(completion.usage_chunk()) if include_usage else ""
+        return sse(completion.chunk({}, finish_reason="stop")) + usage + DONE
+
+    head = sse(completion.chunk({"role": "assistant", "content": ""}))
+    yield head + sse(completion.chunk({"reasoning_content": intro})) if intro else head
+    closed = False
     try:
         async for event in with_keepalive(events, keepalive_interval):
+            if closed:
+                continue
             if event is None:
                 yield KEEPALIVE
             elif isinstance(event, Progress):
                 yield sse(completion.chunk({"reasoning_content": progress_text(event)}))
             else:
-                yield sse(completion.chunk({"content": markdown(event)}))
+                closed = True
+                yield sse(completion.chunk({"content": markdown(event)})) + closing()
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
         apimetrics.failure(exc)
-        _, body, _ = render(exc)
-        yield sse(body)
-        yield DONE
+        if not closed:
+            _, body, _ = render(exc)
+            yield sse(body) + DONE
         return
-    yield sse(completion.chunk({}, finish_reason="stop"))
-    if include_usage:
-        yield sse(completion.usage_chunk())
-    yield DONE
+    if not closed:
+        yield closing()

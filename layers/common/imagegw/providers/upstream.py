@@ -130,6 +130,19 @@ async def send(
     it (connect, send, the whole body) within `deadline` seconds: past it, `AnswerTimeout`.
     httpx's errors are raised as they are, for the caller to word."""
     request = client.build_request(method, url, **kwargs)
+    return await send_request(client, request, title=title, deadline=deadline, limit=limit)
+
+
+async def send_request(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    title: str,
+    deadline: float,
+    limit: int = MAX_ANSWER_BYTES,
+) -> httpx.Response:
+    """`send` of a request built before (`client.build_request`), so that a request sent again
+    and again (a task's poll) is built once; read as `send` reads."""
     try:
         with anyio.fail_after(deadline):
             answer = await client.send(request, stream=True)
