@@ -6,8 +6,10 @@ list) or `image[0]`, `image[1]`, ...; a text field in their place may hold an ht
 data URI. Everything else works as in chat: the provider's options under the gateway's common
 names or the provider's own (`n`, `size`, `seed`, `steps`, ...), numbers also as strings.
 OpenAI-only fields (`quality`, `style`, `background`, ...) reach the provider too, which ignores
-what it cannot honour. The answer is not streamed: it comes when the images are done, with
-only `url` items or only `b64_json` items, as `response_format` asks.
+what it cannot honour. The answer comes when the images are done, with only `url` items or
+only `b64_json` items, as `response_format` asks; with `stream: true` it is OpenAI's image
+event stream instead (`imagegw.frontends.image_stream`). `webhook_url` is for durable jobs
+(`Prefer: respond-async`): the job POSTs a signed event there when it ends.
 """
 
 from __future__ import annotations
@@ -34,11 +36,19 @@ from imagegw.runners.gateway import Gateway
 
 RESPONSE_FORMATS: Final[tuple[ResponseFormat, ...]] = ("url", "b64_json")
 #: fields this front end reads itself; every other field goes to the provider as an option
-OWN_FIELDS: Final = frozenset({"prompt", "model", "response_format", "stream", "image", "mask"})
+OWN_FIELDS: Final = frozenset(
+    {
+        "prompt", "model", "response_format", "image", "mask",
+        "stream", "partial_images", "webhook_url",
+    }
+)  # fmt: skip
+#: OpenAI's `partial_images`: previews a streamed answer may carry before each image
+MAX_PARTIAL_IMAGES: Final = 3
 MAX_MODEL_CHARS: Final = 256
 _IMAGE_FIELD: Final = re.compile(r"^image(?:\[\d*\])?$")
 _NESTED_FIELD: Final = re.compile(r"^([A-Za-z_]\w*)\[([^\[\]]+)\]$")
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off", ""})
 
 Input = str | ImageBytes
 
@@ -58,6 +68,12 @@ class ImagesCall:
     images: tuple[Input, ...] = ()
     #: the mask as sent (a file's bytes or a text field); checked only if the provider has masks
     mask: str | bytes | None = None
+    #: `stream: true`: OpenAI's image events (SSE) instead of one JSON answer
+    stream: bool = False
+    #: `partial_images` as asked (0-3), None when not sent
+    partial_images: int | None = None
+    #: where a durable job's end is POSTed (checked where a job starts: `imagegw.core.webhooks`)
+    webhook_url: str | None = None
 
 
 def generation_call(body: Mapping[str, Any]) -> ImagesCall:
@@ -162,13 +178,9 @@ def _call(
             param="response_format",
             code="invalid_response_format",
         )
-    stream = fields.get("stream")
-    if stream is True or (isinstance(stream, str) and stream.strip().lower() in _TRUE):
-        raise InvalidRequestError(
-            "'stream' is not supported here: the answer comes when the images are done. "
-            "Leave it out or set it to false.",
-            param="stream",
-        )
+    webhook_url = fields.get("webhook_url")
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        raise InvalidRequestError("'webhook_url' must be a string.", param="webhook_url")
     options = {name: value for name, value in fields.items() if name not in OWN_FIELDS}
     size = options.get("size")
     if isinstance(size, str) and size.strip().lower() == "auto":
@@ -181,7 +193,35 @@ def _call(
         edit=edit,
         images=images,
         mask=mask,
+        stream=_flag(fields.get("stream"), "stream"),
+        partial_images=_partial_images(fields.get("partial_images")),
+        webhook_url=webhook_url or None,
     )
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean field: JSON's true/false/null, or a form's text ("true", "0", ...)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidRequestError(f"'{name}' must be true or false.", param=name)
+
+
+def _partial_images(value: Any) -> int | None:
+    """`partial_images`: 0 to MAX_PARTIAL_IMAGES (a number, or its text in a form)."""
+    if value is None:
+        return None
+    try:
+        count = int(value) if not isinstance(value, bool) and str(value).strip().isdigit() else -1
+    except ValueError:
+        count = -1
+    if not 0 <= count <= MAX_PARTIAL_IMAGES:
+        raise InvalidRequestError(
+            f"'partial_images' must be a whole number from 0 to {MAX_PARTIAL_IMAGES}.",
+            param="partial_images",
+        )
+    return count
 
 
 def default_model(provider: Provider, kind: ModelKind) -> str:
@@ -226,16 +266,10 @@ def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> Gener
     return plan(provider, ask_of(call, model, kind), api_key, images_api_words(call.edit))
 
 
-async def run(
-    gateway: Gateway,
-    provider: Provider,
-    call: ImagesCall,
-    api_key: SecretStr,
-    base_url: str,
-    budget: float | None = None,
-) -> dict[str, Any]:
-    """Run the job and answer in the Images API's shape (within `budget` seconds when the
-    client said how long it waits). Raises GatewayError."""
+async def prepare(
+    gateway: Gateway, provider: Provider, call: ImagesCall, api_key: SecretStr
+) -> GenerationRequest:
+    """The job of `call`, checked, its mask (if any) staged in the bucket. Raises GatewayError."""
     settings = gateway.settings
     if call.mask is not None and not provider.supports_masks:
         raise InvalidRequestError(
@@ -251,7 +285,6 @@ async def run(
         )
         (mask,) = await gateway.store.stage([checked])
         job = replace(job, mask=mask)
-    n = job.n
     logger.info(
         "images generation",
         extra={
@@ -259,11 +292,33 @@ async def run(
             "model": job.model,
             "kind": str(job.kind),
             "images": len(call.images),
-            "n": n,
+            "n": job.n,
             "response_format": call.response_format,
+            "stream": call.stream,
         },
     )
-    mode = link_mode(call, settings.image_links)
+    return job
+
+
+def ignored(call: ImagesCall) -> list[str]:
+    """The fields of `call` this gateway reads and does nothing with: `partial_images` (no
+    provider it drives sends previews, and none is made up)."""
+    return ["partial_images"] if call.partial_images is not None else []
+
+
+async def run(
+    gateway: Gateway,
+    provider: Provider,
+    call: ImagesCall,
+    api_key: SecretStr,
+    base_url: str,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Run the job and answer in the Images API's shape (within `budget` seconds when the
+    client said how long it waits). Raises GatewayError."""
+    job = await prepare(gateway, provider, call, api_key)
+    n = job.n
+    mode = link_mode(call, gateway.settings.image_links)
     events = pipeline.events(gateway, provider, job, call.images, base_url, mode, budget=budget)
     result = await collect(events)
     if result.failures:
