@@ -32,7 +32,7 @@ from imagegw.errors import (
 )
 from imagegw.frontends.cors import ApiGatewayCORS
 from imagegw.frontends.paths import NormalizePath
-from imagegw.frontends.routes import chat, files, images, jobs, models
+from imagegw.frontends.routes import chat, files, images, jobs, models, webhooks
 from imagegw.frontends.web import error_response
 from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
@@ -50,7 +50,7 @@ EXPOSED_HEADERS = [
     "x-ignored-parameters",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, images, jobs, files)
+FRONT_ENDS = (models, chat, images, jobs, files, webhooks)
 
 
 async def health(request: Request) -> Response:

@@ -19,6 +19,7 @@ from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.image_stream import images_stream
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.jobs import accept_async
+from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.web import (
     authorize,
     client_budget,
@@ -58,6 +59,7 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         if accepted is not None:
             accepted.headers.update(headers)
             return accepted  # `Prefer: respond-async`: a durable job (routes/jobs.py)
+        not_a_job(call.webhook_url)  # (a job took it above)
         if call.stream:
             return await _streamed(request, provider, call, caller, key, headers)
         base_url = public_base_url(request, gateway.settings)
