@@ -85,6 +85,15 @@ def test_a_succeeded_job_posts_its_signed_event(
     body = world.render(job_id)
     assert body["status"] == "succeeded" and body["data"]
     assert body["webhook"] == {"status": "delivered", "attempts": 1, "last_status_code": 200}
+    # the cost: the job ends through StoreThenNotify (as Store), NotifySucceeded (the one extra
+    # transition) and Delivered (as Done)
+    entered = [
+        e["stateEnteredEventDetails"]["name"]
+        for e in world.history(job_id)
+        if e["type"].endswith("StateEntered")
+    ]
+    assert entered[-3:] == ["StoreThenNotify", "NotifySucceeded", "Delivered"]
+    assert "Store" not in entered and "Done" not in entered
 
 
 def test_a_delivery_answered_500_is_retried_by_the_state_machine_with_the_same_id(
