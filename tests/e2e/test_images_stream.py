@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from fakes.modelscope import FakeModelScope
+from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png, png_size
 
 pytestmark = pytest.mark.e2e
@@ -146,3 +147,77 @@ def test_bad_partial_images_is_a_400_before_anything_starts(
         )
     assert raised.value.body["param"] == "partial_images"  # type: ignore[index]
     assert fake_ms.submissions == []
+
+
+# ------------------------------------------- an OpenAI-compatible upstream that streams previews
+
+
+def openai_sdk(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/openai/v1", api_key="sk-openai-test", max_retries=0)
+
+
+def test_previews_of_an_upstream_that_streams_them_are_passed_through(
+    gateway_url: str, fake_openai: FakeOpenAIImages
+) -> None:
+    fake_openai.style = "openai"
+    stream = openai_sdk(gateway_url).images.generate(
+        model="gpt-image-1", prompt="a red square", size="1024x1024", stream=True, partial_images=2
+    )
+    events = list(stream)
+
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [getattr(event, "partial_image_index", None) for event in events[:2]] == [0, 1]
+    assert png_size(base64.b64decode(events[-1].b64_json)) == (1024, 1024)
+    (request,) = fake_openai.requests
+    assert request["fields"]["stream"] is True and request["fields"]["partial_images"] == 2
+
+
+def test_a_streamed_edit_relays_the_upstreams_previews(
+    gateway_url: str, fake_openai: FakeOpenAIImages
+) -> None:
+    fake_openai.style = "openai"
+    photo = make_png(40, 30, (0, 120, 255))
+    answer = httpx.post(
+        f"{gateway_url}/openai/v1/images/edits",
+        headers={"Authorization": "Bearer sk-openai-test"},
+        data={"model": "gpt-image-1", "prompt": "night", "stream": "true", "partial_images": "1"},
+        files=[("image", ("photo.png", photo, "image/png"))],
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    assert "x-ignored-parameters" not in answer.headers
+    names = [name for name, _ in sse_events(answer.text)]
+    assert names == ["image_edit.partial_image", "image_edit.completed"]
+    (request,) = fake_openai.requests
+    assert [data for field, _, _, data in request["files"]] == [photo]
+
+
+def test_an_upstream_failing_mid_stream_is_an_error_event_after_its_preview(
+    gateway_url: str, fake_openai: FakeOpenAIImages
+) -> None:
+    fake_openai.style = "openai"
+    fake_openai.fail_stream = "the upstream ran out of memory"
+    stream = openai_sdk(gateway_url).images.generate(
+        model="gpt-image-1", prompt="a red square", stream=True, partial_images=1
+    )
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        seen.extend(event.type for event in stream)
+    assert seen == ["image_generation.partial_image"]
+    assert "ran out of memory" in raised.value.message
+
+
+def test_a_self_hosted_server_that_does_not_stream_gives_its_image_and_no_preview(
+    gateway_url: str, fake_openai: FakeOpenAIImages
+) -> None:
+    # seed 003's server ignores `stream` and answers JSON: nothing to pass through
+    stream = openai_sdk(gateway_url).images.generate(
+        model="Qwen/Qwen-Image", prompt="a red square", size=SIZE, stream=True, partial_images=2
+    )
+    (event,) = list(stream)
+    assert event.type == "image_generation.completed"
+    assert png_size(base64.b64decode(event.b64_json)) == (96, 64)

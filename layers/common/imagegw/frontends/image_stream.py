@@ -4,8 +4,9 @@
   `b64_json`, `size` (read from the image), `quality` and `background` (as asked, else `auto`),
   `output_format` (the image's own type), `created_at` and `usage` (zero tokens: no provider
   driven here counts tokens);
-- no `*.partial_image` event: none of the providers sends previews, and none is made up
-  (`partial_images` is accepted and named in `x-ignored-parameters`);
+- `*.partial_image` events only as an OpenAI-compatible upstream streams them, passed through
+  (`relayed_stream`: `stream` and `partial_images` forwarded); none is ever made up, so for
+  every other provider `partial_images` is accepted and named in `x-ignored-parameters`;
 - `: keep-alive` comments every KEEPALIVE_INTERVAL (at most 15 s) and the progress as comments
   (`: generating · 12 s`), which the SDKs skip, so no proxy cuts a long generation;
 - a failure after the stream began: an `error` event whose data is the OpenAI error body
@@ -20,13 +21,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any, Final
 
+from imagegw.access.gate import Reservation, settle_all
+from imagegw.core.deliver import deliver
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.streaming import KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.infra.media import decode_data_uri, dimensions, is_data_uri
+from imagegw.providers.base import GenerationRequest, Provider
+from imagegw.providers.openai_compat import Made, Preview
+from imagegw.runners.gateway import Gateway
 from imagegw.runners.generation import Event, Progress
 
 QUALITIES: Final = frozenset({"low", "medium", "high", "auto"})
@@ -110,3 +117,52 @@ async def images_stream(
         apimetrics.failure(exc)
         _, body, _ = render(exc)
         yield event("error", {"type": "error", **body})
+
+
+async def relayed_stream(
+    gateway: Gateway,
+    provider: Provider,
+    job: GenerationRequest,
+    call: Any,
+    reservation: Reservation | None,
+    keepalive_interval: float,
+) -> AsyncIterator[str]:
+    """The SSE body of a streamed call relayed from an upstream that streams (`call` an
+    `images_api.ImagesCall`): its partial images passed through, each finished image as our
+    `*.completed` event, keep-alives meanwhile; the quota settled by the images made."""
+    settings = gateway.settings
+    kind = "image_edit" if call.edit else "image_generation"
+    made = 0
+    stream = getattr(provider, "stream_images")  # noqa: B009 (`relays_previews` checked it)
+    try:
+        if call.images:
+            job = replace(job, images=await gateway.store.stage(call.images))
+        items = stream(job, call.partial_images)
+        async for item in with_keepalive(items, keepalive_interval):
+            if item is None:
+                yield KEEPALIVE
+            elif isinstance(item, Preview):
+                yield event(str(item.event.get("type")), item.event)
+            elif isinstance(item, Made) and made < job.n:
+                (ref,) = await deliver(
+                    [item.ref],
+                    settings=settings,
+                    store=gateway.store,
+                    fetcher=gateway.result_fetcher,
+                    base_url="",
+                    mode="data",
+                )
+                made += 1
+                yield event(
+                    f"{kind}.completed",
+                    completed(kind, ref, call.fields, int(time.time()), settings.max_result_bytes),
+                )
+    except Exception as exc:
+        if not isinstance(exc, GatewayError):
+            logger.exception("generation failed unexpectedly")
+        apimetrics.failure(exc)
+        await settle_all(reservation, made)
+        _, body, _ = render(exc)
+        yield event("error", {"type": "error", **body})
+        return
+    await settle_all(reservation, made)

@@ -300,10 +300,23 @@ async def prepare(
     return job
 
 
-def ignored(call: ImagesCall) -> list[str]:
-    """The fields of `call` this gateway reads and does nothing with: `partial_images` (no
-    provider it drives sends previews, and none is made up)."""
-    return ["partial_images"] if call.partial_images is not None else []
+def relays_previews(provider: Provider, call: ImagesCall) -> bool:
+    """Whether a streamed `call` is relayed from an upstream that may stream previews (an
+    OpenAI-compatible server, `partial_images` asked, a model that streams): its partial
+    images are passed through as they come."""
+    streams = getattr(provider, "streams", None)
+    if not (call.stream and call.partial_images and callable(streams)):
+        return False
+    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
+    return bool(streams(call.model or default_model(provider, wanted)))
+
+
+def ignored(provider: Provider, call: ImagesCall) -> list[str]:
+    """The fields of `call` this gateway reads and does nothing with: `partial_images`, except
+    where an upstream that streams previews gets it (no preview is ever made up)."""
+    if call.partial_images is None or relays_previews(provider, call):
+        return []
+    return ["partial_images"]
 
 
 async def run(

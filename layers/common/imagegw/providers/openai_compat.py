@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
@@ -72,6 +74,26 @@ OPENAI_CHOICES: Final[tuple[tuple[str, tuple[tuple[int, int], ...]], ...]] = (
 IMAGE_MODELS: Final = ProviderSetting(
     "OPENAI_IMAGE_MODELS", "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
 )
+
+
+#: models that stream their images (OpenAI's dall-e models do not; self-hosted ones may)
+NO_STREAM: Final = re.compile(r"^dall-e", re.IGNORECASE)
+PREVIEW_TYPES: Final = frozenset({"image_generation.partial_image", "image_edit.partial_image"})
+DONE_TYPES: Final = frozenset({"image_generation.completed", "image_edit.completed"})
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A partial image the upstream streamed, as it sent it (passed through unchanged)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Made:
+    """An image the upstream finished: a data URI, or its URL (a non-streamed answer)."""
+
+    ref: str
 
 
 class _Datum(BaseModel):
@@ -260,6 +282,97 @@ class OpenAICompatible(Provider):
         if not found:
             raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
         return Finished(found)
+
+    def streams(self, model: str) -> bool:
+        """Whether `model` may be asked for a streamed answer with previews."""
+        return NO_STREAM.match(model) is None
+
+    async def stream_images(
+        self, request: GenerationRequest, partial_images: int
+    ) -> AsyncIterator[Preview | Made]:
+        """The upstream's answer to `stream: true` with `partial_images`: its previews passed
+        through and its images, as they come. An upstream that does not stream (seed 003's
+        server ignores `stream`) answers JSON: its images, and no preview. Raises GatewayError
+        (an `error` event mid-stream too)."""
+        headers = {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
+        asked = {"stream": True, "partial_images": partial_images}
+        if request.images:
+            data, files = await self._edit_form(request)
+            data.update({name: str(value).lower() for name, value in asked.items()})
+            call = self.client.stream(
+                "POST",
+                f"{self.base_url}/images/edits",
+                data=data,
+                files=files,
+                headers=headers,
+                timeout=work_timeout(self.settings),
+            )
+        else:
+            body = {"model": request.model, "prompt": request.prompt, **request.options, **asked}
+            call = self.client.stream(
+                "POST",
+                f"{self.base_url}/images/generations",
+                json=body,
+                headers=headers,
+                timeout=work_timeout(self.settings),
+            )
+        try:
+            async with call as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise error_for(self.title, response, key=request.api_key)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    async for image in self._json_images(response):
+                        yield image
+                    return
+                async for item in self._events(response):
+                    yield item
+        except httpx.TransportError as exc:
+            raise unreachable(self.title, exc, self.settings) from None
+
+    async def _json_images(self, response: httpx.Response) -> AsyncIterator[Made]:
+        try:
+            items = _Images.model_validate_json(await response.aread()).data
+        except ValidationError:
+            items = []
+        refs = [_data_uri(item.b64_json) if item.b64_json else item.url for item in items]
+        found = [ref for ref in refs if ref]
+        if not found:
+            raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
+        for ref in found:
+            yield Made(ref)
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[Preview | Made]:
+        made = 0
+        lines: list[str] = []
+        async for line in response.aiter_lines():
+            if line:
+                if line.startswith("data:"):
+                    lines.append(line[5:].strip())
+                continue
+            text, lines = "\n".join(lines), []
+            if not text or text == "[DONE]":
+                continue
+            try:
+                event = json.loads(text)
+            except ValueError:
+                raise ProviderError(
+                    f"The {self.title} streamed an unreadable event.", code="bad_upstream"
+                ) from None
+            if not isinstance(event, dict):
+                continue
+            kind = event.get("type")
+            if isinstance(event.get("error"), dict) or kind == "error":
+                error = event.get("error") if isinstance(event.get("error"), dict) else event
+                message = str(error.get("message") or "an error")  # type: ignore[union-attr]
+                raise ProviderError(f"The {self.title} failed: {message}", code="provider_error")
+            if kind in PREVIEW_TYPES and isinstance(event.get("b64_json"), str):
+                yield Preview(event)
+            elif kind in DONE_TYPES and isinstance(event.get("b64_json"), str):
+                made += 1
+                yield Made(_data_uri(event["b64_json"]))
+        if not made:
+            raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
 
 
 def _wxh(name: str, value: Any) -> str:

@@ -16,7 +16,7 @@ from imagegw.core.plan import IGNORED_HEADER, ignored_notice
 from imagegw.errors import GatewayError
 from imagegw.frontends import images_api
 from imagegw.frontends.disconnect import unless_disconnected
-from imagegw.frontends.image_stream import images_stream
+from imagegw.frontends.image_stream import images_stream, relayed_stream
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.jobs import accept_async
 from imagegw.frontends.routes.webhooks import not_a_job
@@ -54,7 +54,7 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         caller, key = await authorize(request, provider.name)  # before the body is read
         call = await read(request, gateway.settings)
         accepted = await accept_async(request, provider, call, auth=(caller, key))
-        ignored = ignored_notice(images_api.ignored(call))
+        ignored = ignored_notice(images_api.ignored(provider, call))
         headers = {IGNORED_HEADER: ignored} if ignored else {}
         if accepted is not None:
             accepted.headers.update(headers)
@@ -102,6 +102,12 @@ async def _streamed(
     except GatewayError:
         await settle_all(reservation, 0)
         raise
+    if images_api.relays_previews(provider, call):  # an upstream's previews passed through
+        return StreamingResponse(
+            relayed_stream(gateway, provider, job, call, reservation, settings.keepalive_interval),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **headers},
+        )
     # no budget: the stream stays alive with keep-alives, however long the provider takes
     events = metered(
         pipeline.events(gateway, provider, job, call.images, base_url, "data"), reservation
