@@ -35,7 +35,7 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
         fields = dict(
             line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
         )
-        if "data" in fields:
+        if "data" in fields and fields["data"] != "[DONE]":
             found.append((fields.get("event", ""), json.loads(fields["data"])))
     return found
 
@@ -76,6 +76,7 @@ def test_partial_images_are_named_ignored_and_never_made_up(
     names = [name for name, _ in sse_events(answer.text)]
     assert names == ["image_generation.completed"]
     assert all(data["type"] == name for name, data in sse_events(answer.text))
+    assert answer.text.endswith("data: [DONE]\n\n")  # the SDKs stop there
 
 
 def test_a_long_generation_never_goes_quiet_for_15_seconds(

@@ -10,7 +10,8 @@
 - `: keep-alive` comments every KEEPALIVE_INTERVAL (at most 15 s) and the progress as comments
   (`: generating · 12 s`), which the SDKs skip, so no proxy cuts a long generation;
 - a failure after the stream began: an `error` event whose data is the OpenAI error body
-  (`{"type": "error", "error": {...}}`: the Python SDK raises it as an `APIError`).
+  (`{"error": {...}}`: the Python SDK raises it as an `APIError`);
+- `data: [DONE]` last, as the gateway's chat streams end (the SDKs stop there).
 
 A client that leaves closes the stream, which stops the polling (Starlette cancels it; see
 `imagegw.runners.pipeline`).
@@ -27,7 +28,7 @@ from typing import Any, Final
 from imagegw.access.gate import Reservation, settle_all
 from imagegw.core.deliver import deliver
 from imagegw.errors import GatewayError, render
-from imagegw.frontends.streaming import KEEPALIVE, progress_text, with_keepalive
+from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.infra.media import decode_data_uri, dimensions, is_data_uri
@@ -116,7 +117,8 @@ async def images_stream(
             logger.exception("generation failed unexpectedly")
         apimetrics.failure(exc)
         _, body, _ = render(exc)
-        yield event("error", {"type": "error", **body})
+        yield event("error", body)
+    yield DONE
 
 
 async def relayed_stream(
@@ -163,6 +165,8 @@ async def relayed_stream(
         apimetrics.failure(exc)
         await settle_all(reservation, made)
         _, body, _ = render(exc)
-        yield event("error", {"type": "error", **body})
+        yield event("error", body)
+        yield DONE
         return
     await settle_all(reservation, made)
+    yield DONE
