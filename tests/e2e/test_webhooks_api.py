@@ -146,3 +146,29 @@ def test_a_bad_webhook_url_is_refused_before_anything_starts(
     assert runner.started == []
     assert objects() == before
     assert fake_ms.submissions == []
+
+
+def test_chat_takes_a_webhook_url_only_with_a_job(
+    local_server: str, fake_ms: FakeModelScope
+) -> None:
+    body = {
+        "model": "Qwen/Qwen-Image",
+        "messages": [{"role": "user", "content": "a cat"}],
+        "webhook_url": "ftp://example.com/hook",
+    }
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    # a bad URL on an async chat request: refused before the job starts
+    refused = httpx.post(
+        f"{local_server}/v1/chat/completions",
+        headers={**auth, "prefer": "respond-async"},
+        json=body,
+        timeout=30,
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "webhook_url"
+    # any URL on a request that is no job: it would never be called
+    body["webhook_url"] = "https://example.com/hook"
+    sync = httpx.post(f"{local_server}/v1/chat/completions", headers=auth, json=body, timeout=30)
+    assert sync.status_code == 400
+    assert sync.json()["error"]["code"] == "webhook_needs_job"
+    assert fake_ms.submissions == []
