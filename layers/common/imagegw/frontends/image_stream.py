@@ -28,6 +28,7 @@ from typing import Any, Final
 from imagegw.access.gate import Reservation, settle_all
 from imagegw.core.deliver import deliver
 from imagegw.errors import GatewayError, render
+from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
@@ -125,13 +126,13 @@ async def relayed_stream(
     gateway: Gateway,
     provider: Provider,
     job: GenerationRequest,
-    call: Any,
+    call: ImagesCall,
     reservation: Reservation | None,
     keepalive_interval: float,
 ) -> AsyncIterator[str]:
-    """The SSE body of a streamed call relayed from an upstream that streams (`call` an
-    `images_api.ImagesCall`): its partial images passed through, each finished image as our
-    `*.completed` event, keep-alives meanwhile; the quota settled by the images made."""
+    """The SSE body of a streamed call relayed from an upstream that streams: its partial
+    images passed through, each finished image as our `*.completed` event, keep-alives
+    meanwhile; the quota settled by the images made."""
     settings = gateway.settings
     kind = "image_edit" if call.edit else "image_generation"
     made = 0
