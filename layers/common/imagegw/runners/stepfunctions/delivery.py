@@ -2,7 +2,8 @@
 (there is no database of our own): `webhook: {status, attempts, last_status_code}`.
 
 - `status`: `pending` (the job runs, or its first attempt does), `retrying` (an attempt failed;
-  the state machine tries again), `delivered` (answered 2xx) or `failed` (the retries ran out);
+  the state machine tries again), `delivered` (answered 2xx) or `failed` (the retries ran out,
+  or the execution was stopped before);
 - `attempts`: the POSTs made (each `Notify*` invocation is one);
 - `last_status_code`: the receiver's last answer (null: no answer, e.g. a timeout).
 
@@ -77,8 +78,8 @@ def read_delivery(events: Sequence[Mapping[str, Any]], running: bool) -> dict[st
             code = None
         elif kind == "TaskStateExited":
             exited = True
-    if entered is None:
-        status = "pending"
+    if entered is None:  # not yet; or never, when the execution ended first (stopped)
+        status = "pending" if running else "failed"
     elif delivered:
         status = "delivered"
     elif exited or not running:
