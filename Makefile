@@ -161,12 +161,20 @@ env-json: $(BIN)/.ready
 	@$(LAMBDAHOST) env-json --stack '$(STACK)' $(if $(OUT),--out '$(OUT)')
 
 # the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
-bench: $(BIN)/.ready build-local
+# the seed-shaped reference of `python -m bench versus` runs in its own venv (FastAPI pins Starlette)
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.ready: bench/seedref/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/$(PIP) -r bench/seedref/requirements.txt $(QUIET_PIP)
+	@touch $@
+
+bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
-# Deploy and operate (README "Deploy"): the stack's name and region are samconfig.toml's, which
-# `sam deploy --guided` writes. `make deploy` builds with python3.13 (put on PATH above), stops
-# with a how-to when boto3 finds no AWS credentials, deploys, then prints the addresses to use.
+# Deploy and operate (README "Deploy and operate"): the stack's name and region are
+# samconfig.toml's, which `sam deploy --guided` writes. `make deploy` builds with python3.13
+# (put on PATH above), stops with a how-to when boto3 finds no AWS credentials, deploys, then
+# prints the addresses to use.
 STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
 GUIDED ?= 1
 

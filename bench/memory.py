@@ -1,13 +1,12 @@
 """Memory of the gateway, the cold start at the template's FunctionMemory, and what it costs.
 
-1. Peak RSS (/proc/<pid>/status VmHWM) of `make run`'s gateway process (`python -m
-   imagegw.frontends.local`; its AWS stand-ins run in their own process) against the fake
-   ModelScope:
-   idle; after one edit whose body is as large as Lambda takes (a 6 MB request: a photo as a
-   data URI in a chat completion); after one 10 MB edit (a 10 MB photo sent to
-   /v1/images/edits, MAX_BODY_BYTES raised for it: Lambda would refuse it); after ten of those
-   at once. Each edit's photo is uploaded to the bucket, fetched by the fake from its presigned
-   URL, and the result copied into the bucket.
+1. Peak RSS (/proc/<pid>/status VmHWM) of `make run`'s gateway process
+   (`python -m imagegw.frontends.local`; its AWS stand-ins run in their own process) against the
+   fake ModelScope: idle; after one edit whose body is as large as Lambda takes (a 6 MB request:
+   a photo as a data URI in a chat completion); after one 10 MB edit (a 10 MB photo sent to
+   /v1/images/edits, MAX_BODY_BYTES raised for it: Lambda would refuse it); after ten of those at
+   once. Each edit's photo is uploaded to the bucket, fetched by the fake from its presigned URL,
+   and the result copied into the bucket.
 2. The artifact's cold start at FunctionMemory: on-demand Lambda runs the init phase (until the
    readiness check passes) on a full vCPU and invocations on FunctionMemory / 1,769 MB of one.
    So the artifact is booted as Lambda boots it (bench/artifact.py) at full speed, then moved
@@ -89,8 +88,8 @@ def _png_of(size: int) -> bytes:
 
 @contextlib.contextmanager
 def _make_run(base_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`make run`'s server (python -m imagegw.frontends.local) pointed at the fake; it and its
-    URL."""
+    """`make run`'s server (python -m imagegw.frontends.local) pointed at the fake: the process
+    and its URL."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BUCKET", "JOB_"))},

@@ -7,7 +7,8 @@ here:
 - a clean Python 3.13 (a venv without pip made from pyenv's 3.13: the runtime's version) whose
   site-packages holds only what the Lambda runtime ships besides the standard library (boto3
   and its dependencies, symlinked from the dev venv, bytecode included, as the runtime has it);
-- the function's environment: Lambda's own variables, the template's variables (parameter
+- the function's environment, built by the same code as `make invoke`'s
+  (`tools/lambdahost/build.py`): Lambda's own variables, the template's variables (parameter
   defaults for `Ref`s) with loopback stand-ins for the outside world, the built layer's
   `python/` where /opt/python would be, and bytecode writing off (/opt cannot be written).
 
@@ -18,12 +19,18 @@ artifact the same way. Failures are `RuntimeError`s that say what to do.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import yaml  # type: ignore[import-untyped,unused-ignore]
-
-from lambdahost.build import RUNTIME_PACKAGES, InvokeError, lambda_python
+from lambdahost.build import (
+    RUNTIME_PACKAGES,
+    InvokeError,
+    Resolver,
+    Template,
+    lambda_python,
+    lambda_variables,
+    resolve_variables,
+)
 from lambdahost.build import python313 as _python313
 
 __all__ = [
@@ -41,6 +48,12 @@ __all__ = [
 FUNCTION = "ApiFunction"
 LAYER = "CommonLayer"
 
+#: the function role's credentials, as Lambda sets them (fakes)
+CREDENTIALS: dict[str, str] = {
+    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "AWS_SESSION_TOKEN": "e2e-session-token",
+}
 #: environment values that must not reach the real world, whatever the template says
 STAND_INS: dict[str, str] = {
     "BUCKET": "imagegw-e2e-uploads",
@@ -80,44 +93,30 @@ def runtime_python(where: Path) -> Path:
         raise RuntimeError(str(exc)) from None
 
 
-def template_environment(
-    template: Mapping[str, Any], stand_ins: Mapping[str, str] = STAND_INS
-) -> dict[str, str]:
-    """The API function's environment variables from the built template.
-
-    `Ref`s to parameters take the parameter's default; values not decidable offline (Refs to
-    resources, other intrinsics) must have a stand-in.
-    """
-    parameters: Mapping[str, Any] = template.get("Parameters") or {}
-    function = template["Resources"][FUNCTION]["Properties"]
-    variables: Mapping[str, Any] = function.get("Environment", {}).get("Variables", {})
-    env: dict[str, str] = {}
-    undecided: list[str] = []
-    for name, value in variables.items():
-        if name in stand_ins:
-            env[name] = stand_ins[name]
-        elif isinstance(value, str | int | float | bool):
-            env[name] = str(value)
-        elif isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in parameters:
-            default = parameters[value["Ref"]].get("Default")
-            if default is None:
-                undecided.append(name)
-            else:
-                env[name] = str(default)
-        else:
-            undecided.append(name)
-    if undecided:
-        raise RuntimeError(f"give these template variables a stand-in: {undecided}")
-    # the providers' base URLs are declared by the providers, not in the template: their
-    # stand-ins apply whatever the template says
-    env.update({name: value for name, value in stand_ins.items() if name.endswith("_BASE_URL")})
+def template_environment(build: Path, stand_ins: Mapping[str, str] = STAND_INS) -> dict[str, str]:
+    """The API function's variables from the built template, decided as `make invoke` decides
+    them (`lambdahost.build`: the Globals merged in, `Ref`s to parameters as their defaults,
+    conditions evaluated); a variable with a stand-in takes it, and one that needs a deployed
+    resource must have one. The providers' base URLs take their stand-ins whatever the
+    template says (the providers declare them, not the template)."""
+    try:
+        template = Template(build)
+        function = template.function(FUNCTION)
+        resolver = Resolver(
+            parameters=template.parameter_defaults(), refs={}, conditions=template.conditions
+        )
+        own = {k: v for k, v in function.variables.items() if k not in stand_ins}
+        env = resolve_variables(replace(function, variables=own), resolver)
+    except InvokeError as exc:
+        raise RuntimeError(f"give these template variables a stand-in: {exc}") from None
+    env.update({k: v for k, v in stand_ins.items() if k in function.variables})
+    env.update({k: v for k, v in stand_ins.items() if k.endswith("_BASE_URL")})
     return env
 
 
 def memory_default(build: Path) -> int:
     """The template's FunctionMemory default (MB): what AWS_LAMBDA_FUNCTION_MEMORY_SIZE says."""
-    template = yaml.safe_load((build / "template.yaml").read_text())
-    return int(template["Parameters"]["FunctionMemory"]["Default"])
+    return Template(build).function(FUNCTION).memory
 
 
 def lambda_environment(
@@ -127,34 +126,17 @@ def lambda_environment(
     port: int,
     stand_ins: Mapping[str, str] = STAND_INS,
 ) -> dict[str, str]:
-    """Everything the API function's process gets on Lambda, with stand-ins."""
-    template = yaml.safe_load((build / "template.yaml").read_text())
-    task_root = build / FUNCTION
-    env = {
-        # What Lambda sets for every function (credentials are fakes: no AWS call is made).
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "AWS_SESSION_TOKEN": "e2e-session-token",
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
-        "AWS_LAMBDA_FUNCTION_NAME": "lambda-image-gateway-api",
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_default(build)),
-        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/lambda-image-gateway-api",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "2025/11/22/[$LATEST]e2e",
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-        "LAMBDA_TASK_ROOT": str(task_root),
-        "LAMBDA_RUNTIME_DIR": str(runtime_dir),
-        "LANG": "en_US.UTF-8",
-        "TZ": ":UTC",
-        "PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin",
-        # /opt/python stand-in; run.sh appends /opt/python and LAMBDA_RUNTIME_DIR after it.
-        "PYTHONPATH": str(build / LAYER / "python"),
-        "PYTHONNOUSERSITE": "1",
-        # /opt is read-only on Lambda: only the bytecode the build ships is there
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.update(template_environment(template, stand_ins))
+    """Everything the API function's process gets on Lambda (`lambdahost.build.lambda_variables`,
+    as `make invoke` gives it), with stand-ins; credentials are fakes: no AWS call is made."""
+    function = Template(build).function(FUNCTION)
+    env = lambda_variables(
+        function,
+        python_bin / "python",
+        runtime_dir,
+        "us-east-1",
+        CREDENTIALS,
+        name="lambda-image-gateway-api",
+    )
+    env.update(template_environment(build, stand_ins))
     env["PORT"] = str(port)
     return env

@@ -1,7 +1,6 @@
 """`make run`'s server as tests start it: `python -m imagegw.frontends.local` in a process of its
-own, on
-a free port, with its kept state and its owner-commands file in a folder of the test's (never the
-repository's), stopped (with its stand-ins) when the test is done."""
+own, on a free port, with its kept state and its owner-commands file in a folder of the test's
+(never the repository's), stopped (with its stand-ins) when the test is done."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 still running.
 
 Thin: the work is `imagegw.runners.stepfunctions.steps.poll` in the shared layer. Raises
-`TransientJobError`
-when the provider could not answer (the state machine retries it with backoff).
+`TransientJobError` when the provider could not answer (the state machine retries it with
+backoff).
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ them (lasting /v1/files links); a gateway key's job settles its quota here. `Rel
 with `release: true`): Submit's retries ran out with nothing started, so a gateway key's job
 gives its quota reservation back. One function for both: Release is rare and small.
 
-Thin: the work is `imagegw.runners.stepfunctions.steps.store` / `release` in the shared layer. It
-needs no
-provider key.
+Thin: the work is `imagegw.runners.stepfunctions.steps.store` / `release` in the shared layer;
+it needs no provider key.
 """
 
 from __future__ import annotations

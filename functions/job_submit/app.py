@@ -2,8 +2,8 @@
 start the provider's tasks (a synchronous provider finishes here).
 
 Thin: the work is `imagegw.runners.stepfunctions.steps.submit` in the shared layer. Raises
-`TransientJobError`
-when nothing started and a later attempt may succeed (the state machine retries it).
+`TransientJobError` when nothing started and a later attempt may succeed (the state machine
+retries it).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Chat completions as durable jobs end to end, with the OpenAI SDK against `make run`'s own
 server (`python -m imagegw.frontends.local`, a subprocess with its stand-ins: moto's S3, KMS and
-Step
-Functions running the repo's ASL file and the real task handlers), the providers faked on
-loopback. The client sends `Prefer: respond-async`, reads the 202 raw, polls
-`GET /v1/jobs/{id}` and parses the finished job with the SDK's `ChatCompletion`.
+Step Functions running the repo's ASL file and the real task handlers), the providers faked on
+loopback. The client sends `Prefer: respond-async`, reads the 202 raw, polls `GET /v1/jobs/{id}`
+and parses the finished job with the SDK's `ChatCompletion`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the `sam build` output does for a cold start (README "Cold start").
+"""What the `sam build` output does for a cold start (docs/architecture.md "Cold start and memory").
 
 - The layer ships bytecode for python3.13, in unchecked-hash mode: Lambda's /opt is read-only,
   so modules without it would be compiled on every cold start, and timestamp-checked bytecode

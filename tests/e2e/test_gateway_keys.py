@@ -1,9 +1,9 @@
 """Sharing a deployment (README "Sharing a deployment"): gateway keys, server-held provider
 tokens with failover, daily quotas and usage, end to end against `make run`'s own server
-(`python -m imagegw.frontends.local`) in each ACCESS_MODE, with moto's DynamoDB and Secrets Manager
-beside its S3 and Step Functions, and the owner commands (`python -m imagegw.frontends.admin`) run
-as the
-owner runs them. The provider is the fake ModelScope on loopback; clients are the OpenAI SDK.
+(`python -m imagegw.frontends.local`) in each ACCESS_MODE, with moto's DynamoDB and Secrets
+Manager beside its S3 and Step Functions, and the owner commands
+(`python -m imagegw.frontends.admin`) run as the owner runs them. The provider is the fake
+ModelScope on loopback; clients are the OpenAI SDK.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS = REPO_ROOT / "events"
-#: each sample event's function (README "Sample events")
+#: each sample event's function (docs/development.md "Invoke a function locally")
 FUNCTIONS = {
     "function-url-models.json": "ApiFunction",
     "function-url-chat.json": "ApiFunction",

@@ -1,10 +1,10 @@
 """Durable jobs end to end over HTTP, against `make run`'s own server.
 
 The gateway runs as `make run` runs it (`python -m imagegw.frontends.local`, a subprocess): with
-moto on
-loopback standing in for S3, KMS and Step Functions, where the repo's ASL file runs and its
-Lambda tasks go to the real handlers in that process. The providers are the fakes of the other
-tests, on loopback. Clients submit with `Prefer: respond-async` and poll `GET /v1/jobs/{id}`.
+moto on loopback standing in for S3, KMS and Step Functions, where the repo's ASL file runs and
+its Lambda tasks go to the real handlers in that process. The providers are the fakes of the
+other tests, on loopback. Clients submit with `Prefer: respond-async` and poll
+`GET /v1/jobs/{id}`.
 """
 
 from __future__ import annotations

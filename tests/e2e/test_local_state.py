@@ -2,8 +2,8 @@
 forgets them when its state folder is emptied (`make reset`).
 
 The server runs as `make run` runs it (`python -m imagegw.frontends.local`, its moto stand-ins in
-their own
-process), against the fake ModelScope, with its state folder in a temporary directory."""
+their own process), against the fake ModelScope, with its state folder in a temporary
+directory."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""`make run`'s own server (`python -m imagegw.frontends.local`, uvicorn with its defaults, durable
-jobs
-on the embedded stand-ins) against slow, vanishing and hostile clients: stalled bodies are a
-408 and free their connection, a client hanging up is no error, and async jobs refuse what
-they could not carry before anything starts."""
+"""`make run`'s own server (`python -m imagegw.frontends.local`, uvicorn with its defaults,
+durable jobs on the embedded stand-ins) against slow, vanishing and hostile clients: stalled
+bodies are a 408 and free their connection, a client hanging up is no error, and async jobs
+refuse what they could not carry before anything starts."""
 
 from __future__ import annotations
 

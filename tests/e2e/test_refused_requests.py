@@ -1,5 +1,5 @@
 """End to end: a request the gateway will refuse stores nothing, submits nothing and starts
-nothing (README "Security"). A stranger with a made-up key cannot fill the bucket with images
+nothing (docs/security.md). A stranger with a made-up key cannot fill the bucket with images
 the model would never take."""
 
 from __future__ import annotations

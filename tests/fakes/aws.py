@@ -67,6 +67,16 @@ def new_access_table() -> str:
 @contextmanager
 def mocked_dynamodb() -> Iterator[None]:
     """moto's mock for the duration (no bucket, no key: for `new_access_table`)."""
+    with mocked_account():
+        yield
+
+
+@contextmanager
+def mocked_account() -> Iterator[None]:
+    """moto's mock for the duration, empty but for what earlier tests left. Use it, never
+    `with mock_aws():`, whose start and stop both wipe every moto backend of the process: the
+    session's S3 stand-in would lose its bucket, and a later test that stores an image would
+    fail with NoSuchBucket, depending on the order the tests ran in."""
     mock = mock_aws()
     mock.start(reset=False)
     try:
@@ -77,10 +87,10 @@ def mocked_dynamodb() -> Iterator[None]:
 
 @contextmanager
 def s3_stand_in_env(bucket: str) -> Iterator[dict[str, str]]:
-    """moto's S3 server on loopback with one bucket (`imagegw.frontends.local.start_s3_stand_in`);
-    the env
-    that points at it. Its AWS_* credentials are in os.environ meanwhile, for boto3 in an
-    in-process gateway; the previous values come back afterwards."""
+    """moto's S3 server on loopback with one bucket
+    (`imagegw.frontends.local.start_s3_stand_in`); the env that points at it. Its AWS_*
+    credentials are in os.environ meanwhile, for boto3 in an in-process gateway; the previous
+    values come back afterwards."""
     from imagegw.frontends.local import start_s3_stand_in
 
     server, env = start_s3_stand_in(bucket)

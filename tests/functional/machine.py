@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from fakes.aws import BUCKET, REGION, MockedAws
 from fakes.modelscope import FakeModelScope
+from imagegw.frontends import job_answers
 from imagegw.frontends.local import (
     LocalLambdas,
     function_arns,
@@ -116,7 +117,9 @@ class World:
             view = await service.status(job_id, token)
             fetcher = Fetcher.for_results(self.settings)
             try:
-                return await service.render(view, base_url="https://gw", fetcher=fetcher)
+                return await job_answers.render(
+                    service, view, base_url="https://gw", fetcher=fetcher
+                )
             finally:
                 await fetcher.aclose()
 

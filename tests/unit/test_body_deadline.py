@@ -1,7 +1,6 @@
 """The body deadline (`imagegw.frontends.app.BodyDeadline`) times reading the body only: a slow
-body is
-a 408 that closes the connection; a complete body, a bodiless request and a started answer
-are left alone (streamed answers listen on `receive` for the client leaving)."""
+body is a 408 that closes the connection; a complete body, a bodiless request and a started
+answer are left alone (streamed answers listen on `receive` for the client leaving)."""
 
 from __future__ import annotations
 

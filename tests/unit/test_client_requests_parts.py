@@ -9,7 +9,7 @@ import pytest
 
 from imagegw.core.plan import ignored_fields, ignored_notice
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends import prompt_options as inline
+from imagegw.frontends import prompt_options
 from imagegw.frontends.paths import normalize
 from imagegw.frontends.streaming import progress_text, stage_words
 from imagegw.infra.config import Settings
@@ -124,20 +124,22 @@ def test_openai_names_pass_as_sent_to_models_that_take_them() -> None:
 def test_options_are_taken_out_of_the_prompt(
     text: str, prompt: str, fields: dict[str, Any]
 ) -> None:
-    assert inline.parse(text) == inline.Inline(prompt, fields)
+    assert prompt_options.parse(text) == prompt_options.PromptOptions(prompt, fields)
 
 
 @pytest.mark.parametrize("text", ["a --steps 3.5", "a --n two", "a --size big", "a --w", "a --x 1"])
 def test_malformed_options_are_400s_naming_the_message(text: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        inline.parse(text)
+        prompt_options.parse(text)
     assert caught.value.param == "messages"
     assert caught.value.code == "invalid_inline_option"
 
 
 def test_message_options_replace_the_body_fields_of_the_same_option() -> None:
     body = {"cfg": 2, "num_inference_steps": 10, "batch_size": 4, "size": "9x9", "seed": 1}
-    merged = inline.merge(body, {"guidance": "4", "steps": "30", "n": "2", "aspect_ratio": "1:1"})
+    merged = prompt_options.merge(
+        body, {"guidance": "4", "steps": "30", "n": "2", "aspect_ratio": "1:1"}
+    )
     assert merged == {"seed": 1, "guidance": "4", "steps": "30", "n": "2", "aspect_ratio": "1:1"}
 
 

@@ -192,7 +192,9 @@ def fetcher(made: list[Fetcher], settings: Settings | None = None, **kwargs: obj
         "239.255.255.250",
         "240.0.0.1",  # reserved
         "255.255.255.255",  # broadcast
-        "192.0.0.8",  # IETF protocol assignments
+        "192.0.0.8",  # IETF protocol assignments (counted global by Python 3.11.7)
+        "192.0.0.9",
+        "192.0.0.171",
         "192.0.2.1",  # documentation
         "198.18.0.1",  # benchmarking
         "::1",  # IPv6 loopback
@@ -215,6 +217,10 @@ def fetcher(made: list[Fetcher], settings: Settings | None = None, **kwargs: obj
         "64:ff9b::a9fe:a9fe",
         "64:ff9b:1::808:808",  # local-use NAT64
         "2001::1",  # Teredo
+        "2001:1::1",  # IETF protocol assignments (their answers differ by Python version)
+        "2001:20::1",
+        "2002:808:808::1",  # 6to4, even of a public address
+        "64:ff9b:1::a00:1",  # local-use NAT64
     ],
 )
 def test_private_and_special_addresses_are_refused(address: str) -> None:

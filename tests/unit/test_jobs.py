@@ -18,6 +18,7 @@ from imagegw.errors import (
     ProviderError,
     RateLimitError,
 )
+from imagegw.frontends import job_answers
 from imagegw.frontends.routes.jobs import prefers_async
 from imagegw.infra.config import Settings
 from imagegw.infra.executions import Execution
@@ -238,8 +239,11 @@ async def test_a_succeeded_job_renders_the_images_api_data() -> None:
     )
     job_id = record(runner, "SUCCEEDED", output=output.model_dump_json())
     service = jobs(runner)
-    body = await service.render(
-        await service.status(job_id, TOKEN), base_url="https://gw/Prod", fetcher=Fetcher(SETTINGS)
+    body = await job_answers.render(
+        service,
+        await service.status(job_id, TOKEN),
+        base_url="https://gw/Prod",
+        fetcher=Fetcher(SETTINGS),
     )
     assert body == {
         "id": job_id,
@@ -270,7 +274,7 @@ async def test_ended_jobs_that_made_nothing_failed(
     job_id = record(runner, status, **fields)
     service = jobs(runner)
     view = await service.status(job_id, TOKEN)
-    body = await service.render(view, base_url="https://gw", fetcher=Fetcher(SETTINGS))
+    body = await job_answers.render(service, view, base_url="https://gw", fetcher=Fetcher(SETTINGS))
     assert body["status"] == "failed" and "data" not in body
     assert body["error"]["code"] == code
     assert set(body["error"]) == {"message", "type", "param", "code"}

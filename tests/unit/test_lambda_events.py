@@ -64,7 +64,7 @@ def test_event_becomes_the_forwarded_request(path: Path) -> None:
     assert int(request.headers["content-length"]) == len(request.body)
     body = request.json()
     assert isinstance(body, dict)
-    if kind == "async":  # a durable job (README "Async jobs")
+    if kind == "async":  # a durable job (docs/jobs.md "Async jobs")
         assert request.headers["prefer"] == "respond-async"
         assert request.headers["idempotency-key"] == "cat-batch-7"
         assert body["prompt"] == "A golden cat"

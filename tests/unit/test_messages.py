@@ -1,4 +1,5 @@
-"""parse_messages: the prompt and input images a chat conversation asks an image model for."""
+"""parse_messages: the prompt and input images a chat conversation asks an image model for
+(the messages read as the chat route reads them: typed, `schemas.ChatRequest`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from typing import Any
 import pytest
 
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends.messages import parse_messages
+from imagegw.frontends import messages
+from imagegw.frontends.messages import ParsedChat
+from imagegw.frontends.schemas import ChatRequest, read
 
 PNG_URI = "data:image/png;base64,iVBORw0KGgo="
 JPEG_URI = "data:image/jpeg;base64,/9j/4AAQ"
 PHOTO = "https://example.com/photo.png"
 GENERATED_1 = "https://cdn.example.com/out/first.png"
 GENERATED_2 = "https://cdn.example.com/out/second.png"
+
+
+def parse_messages(conversation: list[dict[str, Any]], *, edit: bool) -> ParsedChat:
+    """The chat route's path: the body read as a typed request, then its messages parsed."""
+    chat = read(ChatRequest, {"model": "Qwen/Qwen-Image", "messages": conversation})
+    return messages.parse_messages(chat.messages, edit=edit)
 
 
 def user(content: Any) -> dict[str, Any]:

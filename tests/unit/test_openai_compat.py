@@ -23,8 +23,8 @@ from imagegw.errors import (
 )
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher
-from imagegw.infra.media import ImageBytes, decode_data_uri
-from imagegw.providers.base import Finished, GenerationRequest, InputImage, ModelKind
+from imagegw.infra.media import ImageBytes, InputImage, decode_data_uri
+from imagegw.providers.base import Finished, GenerationRequest, ModelKind
 from imagegw.providers.openai_compat import OpenAICompatible
 
 OFFLINE = OpenAICompatible(Settings(), None)  # type: ignore[arg-type]

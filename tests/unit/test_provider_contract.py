@@ -8,12 +8,12 @@ import pytest
 from pydantic import SecretStr
 
 from imagegw.core.plan import Ask, plan
-from imagegw.core.refusals import images_api_words
 from imagegw.errors import InvalidRequestError, NotFoundError
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import provider_origins
 from imagegw.providers import PROVIDERS, lookup
 from imagegw.providers.base import ModelKind, Provider
+from imagegw.providers.refusals import images_api_words
 
 pytestmark = pytest.mark.anyio
 

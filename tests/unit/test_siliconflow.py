@@ -25,8 +25,8 @@ from imagegw.errors import (
     render,
 )
 from imagegw.infra.config import Settings
-from imagegw.infra.media import ImageBytes
-from imagegw.providers.base import Finished, GenerationRequest, InputImage, ModelKind
+from imagegw.infra.media import ImageBytes, InputImage
+from imagegw.providers.base import Finished, GenerationRequest, ModelKind
 from imagegw.providers.siliconflow import SiliconFlow
 
 KEY = "sk-sf-test-token"

@@ -8,8 +8,8 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
+from fakes.aws import mocked_account
 from stacktool.__main__ import (
     NO_CREDENTIALS,
     StackError,
@@ -47,7 +47,7 @@ def test_without_credentials_deploy_stops_with_a_how_to(
 
 
 def test_with_credentials_the_check_names_the_account() -> None:
-    with mock_aws():
+    with mocked_account():
         session = boto3.session.Session(
             region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
         )
@@ -90,7 +90,7 @@ def test_before_a_delete_the_kept_bucket_and_how_to_empty_it_are_named() -> None
 
 
 def test_a_missing_stack_is_one_clear_line() -> None:
-    with mock_aws():
+    with mocked_account():
         session = boto3.session.Session(
             region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
         )

@@ -2,8 +2,7 @@
 
 `stand_ins()` is the one way this package gets them: started on first use in this process
 (`imagegw.frontends.local.start_s3_stand_in`: moto's server and a bucket), then reused, so a test
-session
-starts them once. Besides the bucket they hold
+session starts them once. Besides the bucket they hold
 
 - the job key: a KMS key whose id and key material are fixed (`LOCAL_JOB_KEY_ID`,
   `LOCAL_JOB_KEY_MATERIAL`), so a provider key sealed with it today (the sample events' `key`,

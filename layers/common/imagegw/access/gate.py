@@ -41,6 +41,7 @@ from imagegw.errors import (
 )
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
+from imagegw.providers import PROVIDERS
 from imagegw.redaction import protect
 
 #: set aside "until the owner changes it" (a changed token has a new id): ten years
@@ -49,8 +50,6 @@ FOREVER: Final = 10 * 365 * 86400
 RATE_PAUSE: Final = 60
 #: how long this instance trusts its copy of the table's set-aside records
 ASIDE_CACHE: Final = 5.0
-#: the hour (UTC) each provider's daily free quota resets; ModelScope's at 00:00 Beijing time
-DAILY_RESET_UTC_HOUR: Final = {"modelscope": 16}
 #: words of a 429 that mean the day's quota is spent, not a passing rate limit
 _QUOTA_WORDS: Final = re.compile(r"quota|daily|per day|today|exhausted|insufficient|额度|余额")
 _MAX_CACHED: Final = 4096
@@ -62,7 +61,8 @@ def iso(when: float) -> str:
 
 def provider_reset(provider: str, now: float) -> float:
     """The next daily reset of `provider`'s quotas after `now`."""
-    hour = DAILY_RESET_UTC_HOUR.get(provider, 0)
+    known = PROVIDERS.get(provider)
+    hour = known.daily_reset_utc_hour if known is not None else 0
     day = int(now) // 86400 * 86400 + hour * 3600
     return day if day > now else day + 86400
 

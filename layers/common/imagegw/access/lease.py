@@ -2,9 +2,9 @@
 
 A request that carries a gateway key gets a `Lease` on its provider's pool (`gate.Access`);
 `use(lease)` makes it the current one for everything the request runs (a context variable, as
-`redaction.protect`), and the poll loop (`imagegw.runners.generation`) asks it, when every call of a
-submission was refused, whether to try again with the next token (`fail_over`). Only refusals
-where nothing started call for it: 401/403, a quota error, a rate limit.
+`redaction.protect`), and the poll loop (`imagegw.runners.generation`) asks it, when every call
+of a submission was refused, whether to try again with the next token (`fail_over`). Only
+refusals where nothing started call for it: 401/403, a quota error, a rate limit.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from pydantic import SecretStr
 
 from imagegw.errors import GatewayError, ProviderError
 from imagegw.providers.base import (
@@ -24,8 +26,14 @@ from imagegw.providers.base import (
     TaskStatus,
 )
 
-if TYPE_CHECKING:
-    from imagegw.access.lease import Lease
+
+class FailOver(Protocol):
+    """What `start_leased` needs of a server-held token's lease (`imagegw.access.lease.Lease`
+    is one): its provider, and the next token when a submission set the current one aside."""
+
+    provider: str
+
+    async def fail_over(self, answers: Sequence[object]) -> SecretStr | None: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ async def start_all(
 
 
 async def start_leased(
-    provider: Provider, parts: Sequence[GenerationRequest], leased: Lease | None
+    provider: Provider, parts: Sequence[GenerationRequest], leased: FailOver | None
 ) -> tuple[list[Started | Finished | BaseException], list[GenerationRequest]]:
     """`start_all`; with a server-held token (a lease on its provider's pool), a submission
     refused whole (401/403, a quota error, a rate limit: nothing started) is set aside and sent

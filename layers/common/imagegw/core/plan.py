@@ -14,9 +14,10 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
-from imagegw.core.refusals import ImageCountError, Wording, chat_words
-from imagegw.providers.base import GenerationRequest, InputImage, ModelKind, Provider
+from imagegw.infra.media import InputImage
+from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.options import ALIASES, COMMON
+from imagegw.providers.refusals import ImageCountError, Wording, chat_words
 from imagegw.providers.sizes import SIZE_FIELDS, resolve
 
 #: OpenAI's standard chat parameters: meaningless to an image model, ignored without a word

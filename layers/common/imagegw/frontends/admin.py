@@ -1,7 +1,7 @@
 """Owner commands (README "Sharing a deployment"), also as make targets:
 
-    python -m imagegw.frontends.admin key NAME [--quota N] [--models a,b] [--providers a,b] [--days
-    N]
+    python -m imagegw.frontends.admin key NAME [--quota N] [--models a,b] [--providers a,b]
+        [--days N]
     python -m imagegw.frontends.admin keys | revoke NAME
     python -m imagegw.frontends.admin token PROVIDER TOKEN | tokens | untoken PROVIDER TOKEN
     python -m imagegw.frontends.admin rotate-webhook-secret
@@ -9,8 +9,7 @@
 They work on a deployed stack (`--stack NAME`, or STACK: its AccessTableName and AccessSecretArn
 outputs, with the caller's AWS credentials), else on ACCESS_TABLE and ACCESS_SECRET, else on
 `make run`'s stand-ins while it runs (`imagegw.frontends.local.LOCAL_ACCESS_FILE`). A new key is
-printed
-once, as the last line; only its keyed hash is stored. Tokens are listed masked (first 4
+printed once, as the last line; only its keyed hash is stored. Tokens are listed masked (first 4
 characters). `TOKEN` given as `-` is read from standard input (no shell history).
 
 `rotate-webhook-secret` replaces the deployment's webhook secret (the stack's WebhookSecretArn

@@ -1,6 +1,5 @@
 """The ASGI app: routes from `imagegw.frontends.routes`, one error handler, CORS, request logging
-and a
-deadline on reading request bodies.
+and a deadline on reading request bodies.
 
 The same app runs under the Lambda Web Adapter (functions/api) and in `make run`.
 """
@@ -227,7 +226,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # nothing before readiness that a first request may not need: the S3 client (boto3,
         # the heaviest import) is built in the background from the first provider call on,
-        # while the provider works (`Gateway.client`; README "Cold start")
+        # while the provider works (`Gateway.client`; docs/architecture.md "Cold start and memory")
         yield
         await gateway.aclose()
 

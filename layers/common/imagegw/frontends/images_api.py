@@ -3,8 +3,10 @@
 `POST /v1/images/generations` takes JSON; `POST /v1/images/edits` takes multipart/form-data
 with the pictures as `image` (one file, or repeated), `image[]` (as the OpenAI SDKs send a
 list) or `image[0]`, `image[1]`, ...; a text field in their place may hold an http(s) URL or a
-data URI. Everything else works as in chat: the provider's options under the gateway's common
-names or the provider's own (`n`, `size`, `seed`, `steps`, ...), numbers also as strings.
+data URI. The fields this front end reads are typed (`schemas.ImagesRequest`,
+`schemas.ImagesEditRequest`); everything else works as in chat: the provider's options under
+the gateway's common names or the provider's own (`n`, `size`, `seed`, `steps`, ...), numbers
+also as strings.
 OpenAI-only fields (`quality`, `style`, `background`, ...) reach the provider too, which ignores
 what it cannot honour. The answer comes when the images are done, with only `url` items or
 only `b64_json` items, as `response_format` asks; with `stream: true` it is OpenAI's image
@@ -24,31 +26,24 @@ from pydantic import SecretStr
 
 from imagegw.core.deliver import LinkMode
 from imagegw.core.plan import Ask, plan
-from imagegw.core.refusals import images_api_words
 from imagegw.errors import GatewayError, InvalidRequestError
-from imagegw.frontends.schemas import ResponseFormat, images_response
+from imagegw.frontends.schemas import (
+    ImagesEditRequest,
+    ImagesRequest,
+    ResponseFormat,
+    images_response,
+    read,
+)
 from imagegw.frontends.streaming import collect
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, is_data_uri, is_http_url
 from imagegw.providers.base import GenerationRequest, ModelKind, Provider
+from imagegw.providers.refusals import images_api_words
 from imagegw.runners import pipeline
 from imagegw.runners.gateway import Gateway
 
-RESPONSE_FORMATS: Final[tuple[ResponseFormat, ...]] = ("url", "b64_json")
-#: fields this front end reads itself; every other field goes to the provider as an option
-OWN_FIELDS: Final = frozenset(
-    {
-        "prompt", "model", "response_format", "image", "mask",
-        "stream", "partial_images", "webhook_url",
-    }
-)  # fmt: skip
-#: OpenAI's `partial_images`: previews a streamed answer may carry before each image
-MAX_PARTIAL_IMAGES: Final = 3
-MAX_MODEL_CHARS: Final = 256
 _IMAGE_FIELD: Final = re.compile(r"^image(?:\[\d*\])?$")
 _NESTED_FIELD: Final = re.compile(r"^([A-Za-z_]\w*)\[([^\[\]]+)\]$")
-_TRUE: Final = frozenset({"true", "1", "yes", "on"})
-_FALSE: Final = frozenset({"false", "0", "no", "off", ""})
 
 Input = str | ImageBytes
 
@@ -78,7 +73,7 @@ class ImagesCall:
 
 def generation_call(body: Mapping[str, Any]) -> ImagesCall:
     """A `POST /v1/images/generations` JSON body."""
-    return _call(body, edit=False)
+    return _call(read(ImagesRequest, body))
 
 
 def edit_call(items: Sequence[tuple[str, str | bytes]], *, max_image_bytes: int) -> ImagesCall:
@@ -127,7 +122,8 @@ def edit_call(items: Sequence[tuple[str, str | bytes]], *, max_image_bytes: int)
         read_image(picture, max_bytes=max_image_bytes, what=f"image {i}" if many else "image")
         for i, picture in enumerate(pictures, 1)
     )
-    return _call(fields, edit=True, images=images, mask=masks[0] if masks else None)
+    request = read(ImagesEditRequest, fields)
+    return _call(request, images=images, mask=masks[0] if masks else None)
 
 
 def read_image(value: str | bytes, *, max_bytes: int, what: str, param: str = "image") -> Input:
@@ -152,76 +148,23 @@ def read_image(value: str | bytes, *, max_bytes: int, what: str, param: str = "i
 
 
 def _call(
-    fields: Mapping[str, Any],
+    request: ImagesRequest,
     *,
-    edit: bool,
     images: tuple[Input, ...] = (),
     mask: str | bytes | None = None,
 ) -> ImagesCall:
-    prompt = fields.get("prompt")
-    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        what = "the change to make" if edit else "the picture to make"
-        raise InvalidRequestError(f"'prompt' is required: it describes {what}.", param="prompt")
-    if not isinstance(prompt, str):
-        raise InvalidRequestError("'prompt' must be a string.", param="prompt")
-    model = fields.get("model")
-    if model is not None and not (isinstance(model, str) and len(model) <= MAX_MODEL_CHARS):
-        raise InvalidRequestError(
-            f"'model' must be a model id of at most {MAX_MODEL_CHARS} characters.", param="model"
-        )
-    response_format = fields.get("response_format")
-    if response_format is None:
-        response_format = "url"
-    if response_format not in RESPONSE_FORMATS:
-        raise InvalidRequestError(
-            f"'response_format' must be 'url' or 'b64_json'; got {response_format!r}.",
-            param="response_format",
-            code="invalid_response_format",
-        )
-    webhook_url = fields.get("webhook_url")
-    if webhook_url is not None and not isinstance(webhook_url, str):
-        raise InvalidRequestError("'webhook_url' must be a string.", param="webhook_url")
-    options = {name: value for name, value in fields.items() if name not in OWN_FIELDS}
-    size = options.get("size")
-    if isinstance(size, str) and size.strip().lower() == "auto":
-        del options["size"]  # OpenAI's "let the model choose" is the provider's default
     return ImagesCall(
-        prompt=prompt.strip(),
-        model=(model or "").strip() or None,
-        response_format=response_format,
-        fields=options,
-        edit=edit,
+        prompt=request.prompt,
+        model=request.model,
+        response_format=request.response_format,
+        fields=request.options,
+        edit=isinstance(request, ImagesEditRequest),
         images=images,
         mask=mask,
-        stream=_flag(fields.get("stream"), "stream"),
-        partial_images=_partial_images(fields.get("partial_images")),
-        webhook_url=webhook_url or None,
+        stream=request.stream,
+        partial_images=request.partial_images,
+        webhook_url=request.webhook_url,
     )
-
-
-def _flag(value: Any, name: str) -> bool:
-    """A boolean field: JSON's true/false/null, or a form's text ("true", "0", ...)."""
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidRequestError(f"'{name}' must be true or false.", param=name)
-
-
-def _partial_images(value: Any) -> int | None:
-    """`partial_images`: 0 to MAX_PARTIAL_IMAGES (a number, or its text in a form)."""
-    if value is None:
-        return None
-    try:
-        count = int(value) if not isinstance(value, bool) and str(value).strip().isdigit() else -1
-    except ValueError:
-        count = -1
-    if not 0 <= count <= MAX_PARTIAL_IMAGES:
-        raise InvalidRequestError(
-            f"'partial_images' must be a whole number from 0 to {MAX_PARTIAL_IMAGES}.",
-            param="partial_images",
-        )
-    return count
 
 
 def default_model(provider: Provider, kind: ModelKind) -> str:

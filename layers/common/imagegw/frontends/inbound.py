@@ -1,15 +1,14 @@
 """What a client may send: pure checks that whatever the gateway accepts can be forwarded
 faithfully (re-encoded as UTF-8 JSON for a provider, stored in a job, put in a header).
 
-Python accepts more than the wire can carry: `json.loads` turns `"\\ud800"` into a lone
-surrogate (not text: encoding it as UTF-8 fails later, deep inside a provider call), `NaN`,
-`Infinity` and `1e400` into floats no JSON encoder may write, 400-digit integers into ints that
-`float()` cannot take, and 100,000 nested brackets into a RecursionError. Starlette decodes
-headers as latin-1, so a non-ASCII header reaches the routes as text httpx cannot send.
-`imagegw.frontends.web` runs every body and header the routes read through these checks, so the
-rest of
-the gateway only ever sees values that survive the trip; each refusal is a 400 naming the
-field (`param`) where one can be named.
+Python accepts more than the wire can carry: `json.loads` turns `"\\ud800"` into a lone surrogate
+(not text: encoding it as UTF-8 fails later, deep inside a provider call), `NaN`, `Infinity` and
+`1e400` into floats no JSON encoder may write, 400-digit integers into ints that `float()` cannot
+take, and 100,000 nested brackets into a RecursionError. Starlette decodes headers as latin-1, so
+a non-ASCII header reaches the routes as text httpx cannot send. `imagegw.frontends.web` runs
+every body and header the routes read through these checks, so the rest of the gateway only ever
+sees values that survive the trip; each refusal is a 400 naming the field (`param`) where one can
+be named.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Without `BUCKET` (and AWS credentials), a moto server is started on loopback and
 made in it, so uploads and presigned URLs work with no AWS account. With `BUCKET` set, the real
 bucket is used. `HOST` and `PORT` choose where to listen.
 
-Durable jobs (README "Async jobs") run too, unless `JOB_STATE_MACHINE_ARN` names a real state
+Durable jobs (docs/jobs.md "Async jobs") run too, unless `JOB_STATE_MACHINE_ARN` names a real state
 machine: the same moto server runs the repo's ASL file (`statemachine/image_job.asl.json`) on
 moto's Step Functions interpreter (`execute_state_machine`), seals provider keys with moto's
 KMS, and its Lambda tasks are dispatched to the real task handlers (`functions/job_*/app.py`)
@@ -14,10 +14,9 @@ variables.
 
 The stand-ins (moto, and the task handlers it runs, as Lambda would run them elsewhere) live in a
 child process (`python -m imagegw.frontends.local --stand-ins`), so the gateway's process holds
-only what
-it holds on Lambda: its memory and CPU figures are its own. The child prints the environment
-that points at the stand-ins as one JSON line, then serves until the gateway closes its stdin
-(the gateway exits, however it exits).
+only what it holds on Lambda: its memory and CPU figures are its own. The child prints the
+environment that points at the stand-ins as one JSON line, then serves until the gateway closes
+its stdin (the gateway exits, however it exits).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Chat pass-through: a chat model's request goes to the provider's own OpenAI-compatible
 `/chat/completions`, and its answer comes back as it is.
 
-The request body is sent as the client sent it (images in messages included). A streamed
-answer is relayed chunk by chunk as it arrives (never buffered); a JSON answer is passed on.
-An error before the answer starts becomes the gateway's error shape (`imagegw.providers.upstream`);
-a
+The request body is sent as the client sent it (images in messages included). A streamed answer
+is relayed chunk by chunk as it arrives (never buffered); a JSON answer is passed on. An error
+before the answer starts becomes the gateway's error shape (`imagegw.providers.upstream`); a
 stream that breaks later ends with `data: {"error": {...}}` and `data: [DONE]`.
 """
 

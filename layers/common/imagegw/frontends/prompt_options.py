@@ -73,7 +73,7 @@ _RUNS_ON: Final = frozenset({"no", "negative"})
 
 
 @dataclass(frozen=True)
-class Inline:
+class PromptOptions:
     """A message's prompt without its options, and the options as request fields."""
 
     prompt: str
@@ -95,7 +95,7 @@ def _value(name: str, raw: str) -> str:
     return value
 
 
-def parse(text: str) -> Inline:
+def parse(text: str) -> PromptOptions:
     """The options written in `text` (see the module's table), and the text without them."""
     fields: dict[str, Any] = {}
     kept: list[str] = []
@@ -114,7 +114,7 @@ def parse(text: str) -> Inline:
         fields[OPTIONS[name][0]] = _value(name, value.group(1) if value else "")
         at = value.end() if value else found.end()
     if not fields:
-        return Inline(text)
+        return PromptOptions(text)
     kept.append(text[at:])
     prompt = "\n".join(" ".join(line.split()) for line in "".join(kept).splitlines()).strip()
     if not prompt:
@@ -122,14 +122,14 @@ def parse(text: str) -> Inline:
             "The last user message has only options; write the prompt before them.",
             param="messages",
         )
-    return Inline(prompt, fields)
+    return PromptOptions(prompt, fields)
 
 
-def merge(body: dict[str, Any], inline: dict[str, Any]) -> dict[str, Any]:
+def merge(body: dict[str, Any], written: dict[str, Any]) -> dict[str, Any]:
     """The body's fields with the message's options over them: an option of the message
     replaces every body field that sets the same thing (`--steps` replaces
     `num_inference_steps`, `--ar` replaces `width`/`height`...)."""
-    if not inline:
+    if not written:
         return dict(body)
-    replaced = set().union(*(REPLACES.get(name, frozenset({name})) for name in inline))
-    return {**{k: v for k, v in body.items() if k not in replaced}, **inline}
+    replaced = set().union(*(REPLACES.get(name, frozenset({name})) for name in written))
+    return {**{k: v for k, v in body.items() if k not in replaced}, **written}

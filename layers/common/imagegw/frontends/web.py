@@ -7,14 +7,18 @@ only, so a request with a malformed key is refused before its body is read).
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
-from starlette.formparsers import MultiPartException, MultiPartParser
+from pydantic import SecretStr
+from python_multipart.multipart import parse_options_header
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import Message
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
@@ -135,26 +139,64 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-class _StrictMultiPartParser(MultiPartParser):
-    """Starlette's parser, but a text field that is not valid in the body's charset is an
-    error instead of being read as latin-1 (which would forward mojibake)."""
+def _limited(request: Request, limit: int) -> Request:
+    """The same request, its body counted as it arrives: over `limit` bytes, a 413."""
+    check_length(request, limit)
+    size = 0
 
-    def on_part_end(self) -> None:
-        part = self._current_part
-        if part.file is None:
-            try:
-                part.data.decode(self._charset)
-            except (UnicodeDecodeError, LookupError):
-                field = part.field_name[:64].encode("utf-8", "replace").decode()
-                raise MultiPartException(
-                    f"the field '{field}' is not valid {self._charset} text"
-                ) from None
-        super().on_part_end()
+    async def receive() -> Message:
+        nonlocal size
+        message = await request.receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"The request body is over the limit of {limit} bytes.",
+                    code="request_too_large",
+                )
+        return message
+
+    return Request(request.scope, receive)
+
+
+def _as_latin1(request: Request) -> tuple[Request, str]:
+    """The request as Starlette should read its form: text fields in latin-1, which turns any
+    bytes into text and back unchanged, so each one is decoded here, strictly, in the body's own
+    charset (Starlette would read a text field that is not valid in it as latin-1, forwarding
+    mojibake). Its charset (`utf-8` unless the Content-Type names a known one)."""
+    media, params = parse_options_header(request.headers.get("content-type", ""))
+    named = params.get(b"charset", b"utf-8").decode("latin-1")
+    try:
+        charset = codecs.lookup(named).name
+    except LookupError:
+        charset = "latin-1"  # as Starlette reads a charset it does not know
+    rest = b"".join(
+        b"; " + name + b'="' + value.replace(b'"', b"") + b'"'
+        for name, value in params.items()
+        if name != b"charset"
+    )
+    headers = [(k, v) for k, v in request.scope["headers"] if k.lower() != b"content-type"]
+    headers.append((b"content-type", media + rest + b"; charset=latin-1"))
+    return Request({**request.scope, "headers": headers}, request.receive), charset
+
+
+def _decoded(value: str, charset: str, name: str) -> str:
+    """A latin-1 read text (a field's name or value) decoded in `charset`; a 400 if it is not
+    valid there."""
+    try:
+        return value.encode("latin-1").decode(charset)
+    except UnicodeError:
+        field = name[:64].encode("latin-1", "replace").decode("utf-8", "replace")
+        raise InvalidRequestError(
+            f"The multipart body cannot be read: the field '{field}' is not valid {charset} text",
+            code="invalid_multipart",
+        ) from None
 
 
 async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes]]:
     """A multipart/form-data body as (name, value) pairs in order: text fields as strings,
-    files as their bytes. Bodies over `limit` bytes are refused while they arrive."""
+    files as their bytes, read with Starlette's `Request.form`. Bodies over `limit` bytes are
+    refused while they arrive; a text field that is not valid in the body's charset is a 400."""
     content_type = (header(request, "Content-Type") or "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise InvalidRequestError(
@@ -162,26 +204,28 @@ async def read_form(request: Request, limit: int) -> list[tuple[str, str | bytes
             f"(got {content_type[:100] or 'no content type'}).",
             code="invalid_content_type",
         )
-    parser = _StrictMultiPartParser(
-        request.headers, limited_stream(request, limit), max_part_size=limit
-    )
+    latin1, charset = _as_latin1(_limited(request, limit))
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
+        form = await latin1.form(max_part_size=limit)
+    except (MultiPartException, HTTPException) as exc:  # in an app, Starlette raises the latter
+        why = exc.message if isinstance(exc, MultiPartException) else exc.detail
         raise InvalidRequestError(
-            f"The multipart body cannot be read: {exc.message}", code="invalid_multipart"
+            f"The multipart body cannot be read: {why}", code="invalid_multipart"
         ) from None
     try:
-        items = [
-            (name, value if isinstance(value, str) else await value.read())
-            for name, value in form.multi_items()
-        ]
+        items: list[tuple[str, str | bytes]] = []
+        for raw_name, value in form.multi_items():
+            name = _decoded(raw_name, charset, raw_name)
+            if isinstance(value, str):
+                items.append((name, _decoded(value, charset, name)))
+            else:
+                items.append((name, await value.read()))
     finally:
         await form.close()
-    for name, value in items:  # an odd charset (utf-7) can still decode to surrogates
+    for name, text in items:  # an odd charset (utf-7) can still decode to surrogates
         check_text(name, None)
-        if isinstance(value, str):
-            check_text(value, name)
+        if isinstance(text, str):
+            check_text(text, name)
     return items
 
 
@@ -256,10 +300,3 @@ def client_budget(request: Request) -> float | None:
     if not 0 < seconds < 86400:
         return None
     return max(1.0, seconds - max(2.0, 0.05 * seconds))
-
-
-def validation_error(exc: ValidationError) -> InvalidRequestError:
-    """A pydantic error as a 400 naming the first bad field."""
-    first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    return InvalidRequestError(f"Invalid '{param}': {first['msg']}.", param=param)

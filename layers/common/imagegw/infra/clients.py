@@ -1,7 +1,7 @@
 """The HTTP client for the providers' APIs, set up in one place for every driver.
 
-The API function keeps one for its life (`Gateway.client`); the job task functions keep one
-per Lambda instance (`imagegw.runners.stepfunctions.steps`), so a warm instance reuses its
+The API function keeps one for its life (`Gateway.client`); the job task functions keep one per
+Lambda instance (`imagegw.runners.stepfunctions.steps`), so a warm instance reuses its
 connections.
 """
 

@@ -1,10 +1,10 @@
 """Settings read from environment variables (one pydantic model, read once per process).
 
-Settings of one provider (its base URL, its model list) are declared by the provider's module
-(`ProviderSetting`, registered with `imagegw.providers.register`), not listed here: they are read
-from their own variable (`MODELSCOPE_BASE_URL`) or from `PROVIDER_SETTINGS`
-(`NAME=value;NAME=value`, the template's one parameter for all of them), and kept in
-`Settings.provider_settings`.
+Settings of one provider (its base URL, its model list) are declared by the provider's module as
+its own model (a `ProviderSettings` subclass, made known by `imagegw.providers.register`), not
+listed here: they are read from their own variable (`MODELSCOPE_BASE_URL`) or from
+`PROVIDER_SETTINGS` (`NAME=value;NAME=value`, the template's one parameter for all of them), and
+kept in `Settings.provider_settings`. This module imports no provider (no layer above it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -30,20 +30,59 @@ class ProviderSetting:
     base_url: bool = False
 
 
+class _BaseUrlMark:
+    """Marks the field of a provider's settings that holds its API's base URL (`BaseUrl`)."""
+
+
+#: the type of the field that says where a provider's API is (its host is trusted for results)
+BaseUrl = Annotated[str, _BaseUrlMark()]
+
+
+class ProviderSettings(BaseModel):
+    """A provider's own settings, declared by its module as a subclass: one field a setting,
+    named after its environment variable in lower case (`modelscope_base_url` is read from
+    MODELSCOPE_BASE_URL or from `PROVIDER_SETTINGS`), with its default; the field typed
+    `BaseUrl` is where the provider's API is. `imagegw.providers.register` makes them known
+    here (`declare`): this module never imports a provider."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def declared(cls) -> tuple[ProviderSetting, ...]:
+        """The settings as variables: name, default, and whether it is the base URL."""
+        return tuple(
+            ProviderSetting(
+                name.upper(),
+                str(field.default),
+                base_url=any(isinstance(m, _BaseUrlMark) for m in field.metadata),
+            )
+            for name, field in cls.model_fields.items()
+        )
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        """The provider's settings as configured (`Settings.provider_setting`)."""
+        return cls.model_validate(
+            {name: settings.provider_setting(name.upper()) for name in cls.model_fields}
+        )
+
+
 #: every provider's declared settings, by variable name (`declare`)
 _DECLARED: dict[str, ProviderSetting] = {}
 
 
-def declare(*settings: ProviderSetting) -> None:
-    """Make provider settings known (called by `imagegw.providers.register`)."""
-    for setting in settings:
+def declare(settings: type[ProviderSettings]) -> None:
+    """Make a provider's settings known (called by `imagegw.providers.register`)."""
+    for setting in settings.declared():
         _DECLARED[setting.env] = setting
 
 
 def declared() -> Mapping[str, ProviderSetting]:
-    """The declared provider settings (the providers registered first)."""
-    import imagegw.providers  # noqa: F401  (registers the providers: their settings)
-
+    """The declared provider settings. The providers register themselves when
+    `imagegw.providers` is imported (every entry point does); before that nothing is declared,
+    and reading provider settings then is a bug, not an empty configuration."""
+    if not _DECLARED:
+        raise RuntimeError("no provider is registered yet: import imagegw.providers first")
     return _DECLARED
 
 
@@ -125,7 +164,7 @@ def _provider_values(source: Mapping[str, str]) -> dict[str, str]:
 
 
 class Settings(BaseModel):
-    """Everything the gateway can be configured with. See README "Configuration"."""
+    """Everything the gateway can be configured with. See docs/configuration.md."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -148,14 +187,14 @@ class Settings(BaseModel):
     max_result_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     cors_allow_origins: str = "*"
     #: how result images are linked: the provider's URL, a lasting gateway link to a copy in
-    #: the bucket, or an inline data URI (see README "Image links")
+    #: the bucket, or an inline data URI (see docs/api.md, "Image links")
     image_links: Literal["provider", "stored", "inline"] = "stored"
     #: the gateway's public URL for lasting links; by default taken from each request
     public_base_url: str | None = None
     #: which requests get the app's CORS headers: all, or only those that came through API
-    #: Gateway (on Lambda the Function URL answers CORS itself; README "API Gateway")
+    #: Gateway (on Lambda the Function URL answers CORS itself; docs/api-gateway.md "API Gateway")
     cors_scope: Literal["all", "api-gateway"] = "all"
-    #: durable jobs (README "Async jobs"): the Step Functions state machine that runs them and
+    #: durable jobs (docs/jobs.md "Async jobs"): the Step Functions state machine that runs them and
     #: the KMS key that seals provider keys in its executions; both unset: no jobs
     job_state_machine_arn: str | None = None
     job_key_id: str | None = None
@@ -165,7 +204,7 @@ class Settings(BaseModel):
     job_timeout: int = Field(default=3600, ge=1, le=86400)
 
     #: let the gateway fetch client-supplied URLs on loopback and private addresses: ONLY for
-    #: tests against fakes on loopback; never set by the template (README "Security")
+    #: tests against fakes on loopback; never set by the template (docs/security.md)
     allow_private_urls: bool = False
     #: seconds a client may take to send its whole request body before a 408
     body_timeout: float = Field(default=30.0, gt=0)

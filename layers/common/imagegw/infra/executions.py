@@ -1,9 +1,8 @@
 """`JobRunner`: where durable jobs run and are looked up; one execution per job, named by its id.
 
-`StepFunctionsRunner` is the one backend: Step Functions on AWS, and on `make run` the same
-calls against the embedded stand-in (moto's Step Functions, which runs the same ASL file and
-dispatches its Lambda tasks to the real handlers in-process; see `imagegw.frontends.local`). The
-status
+`StepFunctionsRunner` is the one backend: Step Functions on AWS, and on `make run` the same calls
+against the embedded stand-in (moto's Step Functions, which runs the same ASL file and dispatches
+its Lambda tasks to the real handlers in-process; see `imagegw.frontends.local`). The status
 endpoint reads executions (DescribeExecution, GetExecutionHistory): there is no database of our
 own. Calls are synchronous (boto3); callers run them in a worker thread.
 """

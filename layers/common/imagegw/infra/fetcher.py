@@ -53,6 +53,15 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _CGNAT: Final = IPv4Network("100.64.0.0/10")
 _NAT64: Final = IPv6Network("64:ff9b::/96")
 _ULA: Final = IPv6Network("fc00::/7")
+#: blocks whose `is_global`/`is_private` answers differ between Python versions (the stdlib's
+#: tables follow the IANA registries since 3.11.10/3.12.4): refused on every version. IETF
+#: protocol assignments (192.0.0.8 was global on 3.11.7), 6to4 (deprecated) and local-use NAT64
+_SPECIAL_V4: Final = IPv4Network("192.0.0.0/24")
+_SPECIAL_V6: Final = (
+    IPv6Network("2001::/23"),
+    IPv6Network("2002::/16"),
+    IPv6Network("64:ff9b:1::/48"),
+)
 _LOW32: Final = 0xFFFF_FFFF
 #: an IPv4 address as inet_aton reads it: 1 to 4 parts, each decimal, octal (0...) or hex (0x...)
 _INET_ATON: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.I)
@@ -79,6 +88,7 @@ def _public_v4(address: IPv4Address) -> bool:
         and not address.is_reserved
         and not address.is_unspecified
         and address not in _CGNAT
+        and address not in _SPECIAL_V4
     )
 
 
@@ -93,6 +103,7 @@ def _public_v6(address: IPv6Address) -> bool:
         and not address.is_reserved
         and not address.is_unspecified
         and address not in _ULA
+        and not any(address in block for block in _SPECIAL_V6)
     )
 
 

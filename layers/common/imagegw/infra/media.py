@@ -104,6 +104,14 @@ def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class InputImage:
+    """An input image as providers may need it: a URL they can fetch, and bytes when known."""
+
+    url: str
+    image: ImageBytes | None = None
+
+
 def is_data_uri(ref: str) -> bool:
     return ref[:5].lower() == "data:"
 

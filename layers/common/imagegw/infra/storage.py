@@ -20,8 +20,7 @@ import anyio.to_thread
 from imagegw.errors import ConfigurationError, StorageError
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
-from imagegw.infra.media import ImageBytes, check_image
-from imagegw.providers.base import InputImage
+from imagegw.infra.media import ImageBytes, InputImage, check_image
 
 T = TypeVar("T")
 #: S3 error codes of a HeadObject on a key that is not there

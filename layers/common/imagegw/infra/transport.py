@@ -4,7 +4,7 @@ constant amount of work per request and opens only a few connections to one prov
 Why not httpcore's pool: it looks at every pooled connection each time it places a request and
 each time a response closes, and for an idle connection that means system calls (is the socket
 readable? whose is it?). Its CPU per request grows with the pool: with 50-200 connections it
-was half the gateway's CPU under load (README "Cold start and CPU").
+was half the gateway's CPU under load (docs/architecture.md "Cold start and memory").
 
 Here the idle connections of each origin are a stack: a request takes the most recently used
 one, checking that one only, or opens a new connection; a returned connection goes on top, and

@@ -17,7 +17,7 @@ PROVIDERS: dict[str, type[Provider]] = {}
 def register(cls: type[Provider]) -> type[Provider]:
     """Make a provider known by its name, and its settings readable (`Settings`)."""
     PROVIDERS[cls.name] = cls
-    declare(*cls.declared_settings())
+    declare(cls.settings_model)
     return cls
 
 

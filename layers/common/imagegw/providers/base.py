@@ -20,12 +20,12 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
-from imagegw.core.refusals import ImageCount, ImageCountError
 from imagegw.errors import InvalidRequestError
-from imagegw.infra.config import ProviderSetting, Settings
+from imagegw.infra.config import ProviderSetting, ProviderSettings, Settings
 from imagegw.infra.fetcher import Fetcher
-from imagegw.infra.media import ImageBytes
+from imagegw.infra.media import InputImage
 from imagegw.providers.options import image_count
+from imagegw.providers.refusals import ImageCount, ImageCountError
 from imagegw.providers.sizes import SizeLimits
 
 
@@ -48,7 +48,7 @@ class ModelInfo:
     seconds: float | None = None
 
 
-# ids not in a catalog: these words mark an image model (see README "Model classes")
+# ids not in a catalog: these words mark an image model (see docs/providers.md "Model classes")
 _IMAGE_WORDS = re.compile(
     # `stable`, but not the StableLM / Stable Code chat models
     r"image|flux|kolors|diffusion|stable(?!-?lm|-?code)|(?<![a-z])sd|dall-e|cogview|majic|"
@@ -74,14 +74,6 @@ def check_image_count(model: str, count: int, fewest: int, most: int | None) -> 
     refusal = ImageCount(model, count, fewest, most)
     if refusal.problem is not None:
         raise ImageCountError(refusal)
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """An input image as providers may need it: a URL they can fetch, and bytes when known."""
-
-    url: str
-    image: ImageBytes | None = None
 
 
 @dataclass(frozen=True)
@@ -130,16 +122,20 @@ class Provider(ABC):
 
     name: ClassVar[str]
     title: ClassVar[str]
-    #: where the provider's API is (its variable and default)
+    #: the provider's own settings (its module's `ProviderSettings` model: the base URL, and any
+    #: other setting it reads); `register` makes them readable from the environment
+    settings_model: ClassVar[type[ProviderSettings]]
+    #: where the provider's API is: the settings model's `BaseUrl` field, as a variable
     base_url_setting: ClassVar[ProviderSetting]
-    #: any other settings it reads (`Settings.provider_setting`)
-    extra_settings: ClassVar[tuple[ProviderSetting, ...]] = ()
     #: the listed models; a class attribute, or set per instance from settings
     catalog: tuple[ModelInfo, ...]
     #: the longest prompt the provider takes (characters), or None
     max_prompt_chars: ClassVar[int | None] = None
     #: whether edits take a mask (`GenerationRequest.mask`); without, a mask is a 400
     supports_masks: ClassVar[bool] = False
+    #: the hour (UTC) the provider's daily free quota resets (a token set aside for a spent
+    #: quota comes back then: `imagegw.access.gate`)
+    daily_reset_utc_hour: ClassVar[int] = 0
 
     def __init__(
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
@@ -151,9 +147,11 @@ class Provider(ABC):
         self.fetcher = fetcher or Fetcher(settings)
         self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
 
-    @classmethod
-    def declared_settings(cls) -> tuple[ProviderSetting, ...]:
-        return (cls.base_url_setting, *cls.extra_settings)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        model = cls.__dict__.get("settings_model")
+        if model is not None:
+            (cls.base_url_setting,) = (s for s in model.declared() if s.base_url)
 
     @property
     def base_url(self) -> str:
@@ -195,8 +193,7 @@ class Provider(ABC):
 
     def unused_options(self, model: str, kind: ModelKind) -> frozenset[str]:
         """The common options (`imagegw.providers.options.COMMON`) `model` does without: accepted
-        (and
-        checked where the provider checks them), never sent, so named as ignored."""
+        (and checked where the provider checks them), never sent, so named as ignored."""
         return frozenset()
 
     def takes_named_sizes(self, model: str) -> bool:

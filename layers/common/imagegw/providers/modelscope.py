@@ -20,7 +20,7 @@ from imagegw.errors import (
     ProviderError,
     TransientProviderError,
 )
-from imagegw.infra.config import ProviderSetting
+from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -53,7 +53,7 @@ MAX_TEXT: Final = 2000
 MAX_SEED: Final = 2**31 - 1
 MAX_LORAS: Final = 6
 #: input images an edit takes: Qwen-Image-Edit-2509/2511 take 1 to 3; the service's own maximum
-#: is undocumented, so this bounds what one request can upload (README "Security")
+#: is undocumented, so this bounds what one request can upload (docs/security.md)
 MAX_INPUT_IMAGES: Final = 3
 
 # size ranges by model family, first match wins (seed 002's parameter table)
@@ -99,13 +99,18 @@ def _loras(value: Any) -> str | dict[str, float]:
     )
 
 
+class ModelScopeSettings(ProviderSettings):
+    """ModelScope's settings: where its API is."""
+
+    modelscope_base_url: BaseUrl = "https://api-inference.modelscope.cn/v1"
+
+
 class ModelScope(Provider):
     name = "modelscope"
     title = "ModelScope"
-    base_url_setting = ProviderSetting(
-        "MODELSCOPE_BASE_URL", "https://api-inference.modelscope.cn/v1", base_url=True
-    )
+    settings_model = ModelScopeSettings
     max_prompt_chars = MAX_TEXT
+    daily_reset_utc_hour = 16  # its daily free quota resets at 00:00 Beijing time
     catalog = (
         # priors (seconds of RUNNING): rough figures, replaced by what the gateway learns
         ModelInfo("Qwen/Qwen-Image", ModelKind.GENERATE, seconds=15.0),

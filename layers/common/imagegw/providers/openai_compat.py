@@ -26,13 +26,12 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from imagegw.errors import InvalidRequestError, ProviderError
-from imagegw.infra.config import ProviderSetting, Settings
+from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
-from imagegw.infra.media import ImageBytes, check_image, sniff_mime
+from imagegw.infra.media import ImageBytes, InputImage, check_image, sniff_mime
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
-    InputImage,
     ModelInfo,
     ModelKind,
     Provider,
@@ -69,11 +68,16 @@ OPENAI_CHOICES: Final[tuple[tuple[str, tuple[tuple[int, int], ...]], ...]] = (
     ("dall-e", ((1024, 1024), (1792, 1024), (1024, 1792))),
     ("", ((1024, 1024), (1536, 1024), (1024, 1536))),  # gpt-image-*
 )
-#: the image models listed for the base URL, comma-separated (ids with "edit" are edit models);
-#: other ids still work, classed by their id (README "Model classes")
-IMAGE_MODELS: Final = ProviderSetting(
-    "OPENAI_IMAGE_MODELS", "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
-)
+
+
+class OpenAISettings(ProviderSettings):
+    """The OpenAI-compatible server's settings."""
+
+    #: an OpenAI-compatible image server (a self-hosted one, or OpenAI itself)
+    openai_base_url: BaseUrl = "https://api.openai.com/v1"
+    #: the image models listed for the base URL, comma-separated (ids with "edit" are edit
+    #: models); other ids still work, classed by their id (docs/providers.md "Model classes")
+    openai_image_models: str = "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
 
 
 #: models that stream their images (OpenAI's dall-e models do not; self-hosted ones may)
@@ -107,7 +111,7 @@ class _Images(BaseModel):
 
 def catalog_of(settings: Settings) -> tuple[ModelInfo, ...]:
     """OPENAI_IMAGE_MODELS as a catalog: ids containing "edit" are edit models."""
-    listed = settings.provider_setting(IMAGE_MODELS.env)
+    listed = OpenAISettings.of(settings).openai_image_models
     ids = [model.strip() for model in listed.split(",") if model.strip()]
     return tuple(
         ModelInfo(model, ModelKind.EDIT if "edit" in model.lower() else ModelKind.GENERATE)
@@ -127,11 +131,7 @@ def _data_uri(b64: str) -> str:
 class OpenAICompatible(Provider):
     name = "openai"
     title = "OpenAI-compatible server"
-    #: an OpenAI-compatible image server (a self-hosted one, or OpenAI itself)
-    base_url_setting = ProviderSetting(
-        "OPENAI_BASE_URL", "https://api.openai.com/v1", base_url=True
-    )
-    extra_settings = (IMAGE_MODELS,)
+    settings_model = OpenAISettings
     supports_masks = True
 
     def __init__(

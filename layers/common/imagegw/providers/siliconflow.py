@@ -18,7 +18,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, ProviderError
-from imagegw.infra.config import ProviderSetting
+from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.infra.log import logger
 from imagegw.providers.base import (
     Finished,
@@ -82,7 +82,7 @@ MODELS: Final[dict[str, ModelSpec]] = {
         ModelKind.GENERATE, (0, 0), "1024x1024", _GUIDANCE_SCALE, batch=True
     ),
 }
-#: other ids, by their class (README "Model classes")
+#: other ids, by their class (docs/providers.md "Model classes")
 OTHER_GENERATE: Final = ModelSpec(ModelKind.GENERATE, (0, 0), "1024x1024", _GUIDANCE_SCALE)
 OTHER_EDIT: Final = ModelSpec(ModelKind.EDIT, (1, 3), None, _GUIDANCE_SCALE)
 
@@ -102,12 +102,16 @@ def spec_of(model: str, kind: ModelKind) -> ModelSpec:
     return OTHER_EDIT if kind is ModelKind.EDIT else OTHER_GENERATE
 
 
+class SiliconFlowSettings(ProviderSettings):
+    """SiliconFlow's settings: where its API is."""
+
+    siliconflow_base_url: BaseUrl = "https://api.siliconflow.cn/v1"
+
+
 class SiliconFlow(Provider):
     name = "siliconflow"
     title = "SiliconFlow"
-    base_url_setting = ProviderSetting(
-        "SILICONFLOW_BASE_URL", "https://api.siliconflow.cn/v1", base_url=True
-    )
+    settings_model = SiliconFlowSettings
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
 
     own_fields = frozenset({"batch_size"})

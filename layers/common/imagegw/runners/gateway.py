@@ -40,7 +40,7 @@ class Gateway:
         #: learned run times for predictive polling: shared through the access table where
         #: there is one, per instance otherwise (`imagegw.access.shared_estimates`)
         self.estimates: Estimates = estimates_for(settings, priors())
-        #: durable jobs (README "Async jobs"); `jobs.enabled` is false without a state machine
+        #: durable jobs (docs/jobs.md "Async jobs"); `jobs.enabled` is false without a state machine
         self.jobs = Jobs(settings, self.store)
         #: gateway keys, server-held tokens and quotas (README "Sharing a deployment")
         self.access = Access(settings)

@@ -3,7 +3,7 @@
 A chat (non-image) model's request is passed through to the provider's own chat API instead.
 
 With `Prefer: respond-async` (and durable jobs enabled) an image model's request runs as a
-durable job instead (README "Async jobs"): the same plan, the input images (a gateway link
+durable job instead (docs/jobs.md "Async jobs"): the same plan, the input images (a gateway link
 from an earlier answer included) staged before the execution starts, a `202` at once, and
 `GET /v1/jobs/{id}` answering the `chat.completion` once done. The job wins over `stream: true`.
 A chat model is refused for async: its streamed answer is already the right tool.
@@ -11,20 +11,18 @@ A chat model is refused for async: its streamed answer is already the right tool
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends import passthrough
-from imagegw.frontends import prompt_options as inline
+from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.routes.jobs import start_job, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
-from imagegw.frontends.schemas import ChatRequest, Completion
+from imagegw.frontends.schemas import ChatRequest, Completion, read
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.web import (
     authorize,
@@ -33,7 +31,6 @@ from imagegw.frontends.web import (
     header,
     public_base_url,
     read_json,
-    validation_error,
 )
 from imagegw.infra.log import logger
 from imagegw.infra.media import decode_refs
@@ -51,10 +48,7 @@ async def chat_completions(request: Request) -> Response:
     provider = gateway.provider(request.path_params.get("provider"))
     caller, key = await authorize(request, provider.name)  # before the body is read
     body = await read_json(request, settings.max_body_bytes)
-    try:
-        chat = ChatRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    chat = read(ChatRequest, body)
     caller.check_model(chat.model)
     kind = provider.classify(chat.model)
     as_job = wants_job(request)
@@ -75,11 +69,11 @@ async def chat_completions(request: Request) -> Response:
     webhook_url = chat.fields.get("webhook_url")  # a durable job's (routes/webhooks.py)
     if not as_job:
         not_a_job(webhook_url)
-    parsed = parse_messages([m.model_dump() for m in chat.messages], edit=kind is ModelKind.EDIT)
+    parsed = parse_messages(chat.messages, edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
-    written = inline.parse(parsed.prompt)
+    written = prompt_options.parse(parsed.prompt)
     body_fields = {name: value for name, value in chat.fields.items() if name != "webhook_url"}
-    fields = inline.merge(body_fields, written.fields)
+    fields = prompt_options.merge(body_fields, written.fields)
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))

@@ -1,4 +1,4 @@
-"""Durable image jobs over HTTP (README "Async jobs").
+"""Durable image jobs over HTTP (docs/jobs.md "Async jobs").
 
 - `accept_async`: the branch of `POST /v1/images/generations` and `/v1/images/edits` taken when
   the client sends `Prefer: respond-async`: the job starts on Step Functions and the answer is a
@@ -24,7 +24,7 @@ from starlette.routing import Route
 from imagegw.access import lease
 from imagegw.access.gate import Caller, settle_all
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends import images_api
+from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.webhooks import checked_webhook_url
 from imagegw.frontends.web import api_key, authorize, gateway_of, header, public_base_url
@@ -151,8 +151,11 @@ async def get_job(request: Request) -> Response:
     key = api_key(request)
     await gateway.access.caller(key.get_secret_value(), provider.name)  # ACCESS_MODE's 401
     view = await gateway.jobs.status(request.path_params["job_id"], key.get_secret_value())
-    body = await gateway.jobs.render(
-        view, base_url=public_base_url(request, gateway.settings), fetcher=gateway.result_fetcher
+    body = await job_answers.render(
+        gateway.jobs,
+        view,
+        base_url=public_base_url(request, gateway.settings),
+        fetcher=gateway.result_fetcher,
     )
     return JSONResponse(body)
 

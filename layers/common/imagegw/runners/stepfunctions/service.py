@@ -11,12 +11,9 @@
 - A job records the front end that submitted it (`JobSpec.api`): the Images API's jobs are
   `image.job` objects, chat's `chat.completion.job`. While one runs, its status carries the
   provider's progress as the execution's last task left it (when the runner can tell it).
-- A finished Images API job answers the `data` the synchronous call gives: lasting links to the
-  copies in the bucket, or for `b64_json` the copies' bytes read back from the bucket (a 503
-  `storage_unavailable`, retryable, while the bucket cannot be read). A finished chat job is
-  the `chat.completion` the synchronous chat call gives (markdown images linking the copies).
-  An image the bucket did not take is given as the provider's link, or as the image itself (a
-  data URI).
+- A finished job's view carries the job's output (its stored copies; an image the bucket did
+  not take as the provider's link, or as the image itself, a data URI); the front end renders
+  it in the shape of the API that submitted it (`imagegw.frontends.job_answers`).
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from typing import Any, Final
 
 import anyio.to_thread
 
-from imagegw.core.deliver import deliver
 from imagegw.errors import (
     ConfigurationError,
     ConflictError,
@@ -41,11 +37,8 @@ from imagegw.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from imagegw.frontends.schemas import Completion, images_response
-from imagegw.frontends.streaming import markdown_of
 from imagegw.infra.config import Settings
 from imagegw.infra.executions import Execution, JobRunner, StepFunctionsRunner
-from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes
 from imagegw.infra.sealer import KeySealer
@@ -448,48 +441,3 @@ class Jobs:
             return None if text is None else progress_of(Progress.model_validate_json(text))
         except (GatewayError, ValueError):
             return None
-
-    async def render(self, view: JobView, *, base_url: str, fetcher: Fetcher) -> dict[str, Any]:
-        """The job resource: its summary, with `data` when it succeeded (as the synchronous
-        Images API answers) or `error` when it failed; a chat job that succeeded is the
-        `chat.completion` the synchronous chat call answers (`_completion`)."""
-        if view.api == "chat" and view.output is not None:
-            return await self._completion(view, view.output, base_url=base_url, fetcher=fetcher)
-        body = {**view.summary(), "model": view.model}
-        if view.progress is not None:
-            body["progress"] = view.progress
-        if view.output is not None:
-            images = await deliver(
-                [ref.ref for ref in view.output.images[: view.n]],
-                settings=self.settings,
-                store=self.store,
-                fetcher=fetcher,
-                base_url=base_url,
-                mode="data" if view.response_format == "b64_json" else "as_is",
-            )
-            body["data"] = images_response(images, view.response_format, view.created)["data"]
-        if view.error is not None:
-            body["error"] = view.error.get("error", view.error)
-        if view.webhook is not None:
-            body["webhook"] = view.webhook
-        return body
-
-    async def _completion(
-        self, view: JobView, output: JobOutput, *, base_url: str, fetcher: Fetcher
-    ) -> dict[str, Any]:
-        """A chat job's answer: the synchronous call's `chat.completion` (markdown images
-        linking the copies the job stored, a line per failed task, `finish_reason: "stop"`),
-        under the job's id and time, with `status` as on every job."""
-        links = await deliver(
-            [ref.ref for ref in output.images[: view.n]],
-            settings=self.settings,
-            store=self.store,
-            fetcher=fetcher,
-            base_url=base_url,
-            mode="as_is",
-        )
-        completion = Completion(view.model, completion_id=view.id, created=view.created)
-        body = {**completion.message(markdown_of(links, output.failures)), "status": view.status}
-        if view.webhook is not None:
-            body["webhook"] = view.webhook
-        return body

@@ -58,13 +58,12 @@ from imagegw.infra.clients import provider_client
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.log import logger
-from imagegw.infra.media import ImageBytes, is_data_uri
+from imagegw.infra.media import ImageBytes, InputImage, is_data_uri
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers import Provider, lookup, priors
 from imagegw.providers.base import (
     GenerationRequest,
-    InputImage,
     Started,
     TaskStatus,
 )

@@ -1,0 +1,435 @@
+"""The gateway beside the original approach, measured in the same run (`python -m bench versus`).
+
+The gateway is the `sam build` output booted as Lambda boots it (bench/artifact.py), with default
+settings; the reference is bench/seedref/app.py (FastAPI + aiohttp, submit then poll every 2 s),
+served by uvicorn from its own venv (.venv-bench). Both talk to the same fake ModelScope on
+loopback and the S3 stand-in, and every figure alternates gateway and reference over several
+repetitions, so the ratios survive a shared, noisy machine: medians (min–max) of each side, and
+the ratio of the medians. No constant from another day is compared with.
+
+Figures (issue 25's targets, ratios gateway / reference):
+- boot: process start → first 200 of GET /v1/models (≤ 0.5);
+- CPU per 100 streamed 3-s generations, stored links / provider links (≤ 1.5 / ≤ 1.0): the server
+  process's user + system time from /proc, 100 streams at once after one warm-up;
+- a non-streamed request to an instant provider (≤ 2.0), and the gateway's answer after an instant
+  task ends (≤ 0.15 s);
+- an uneven mix of one model (tasks 2–12 s, some 25–40 s), 30 at once: median lag on the short
+  tasks (≤ 0.25 s) and polls per second of generation, short (≤ 1.0) and long (≤ 0.35);
+- with `BENCH_BIG=1`: 1,000 concurrent 3-s streams with stored links, wall time (≤ 1.2) and
+  memory per stream (≤ 1.0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.artifact import Booted, Lambda, lambda_runtime_here, stop_process
+from bench.common import (
+    AUTH,
+    ROOT,
+    Report,
+    StreamOutcome,
+    Table,
+    chat_body,
+    fake_modelscope,
+    free_port,
+    percentile,
+    proc_cpu_seconds,
+    proc_status,
+    s3_stand_in,
+    stream_chat,
+    timelines,
+)
+
+SEED_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+SEED_APP_DIR = ROOT / "bench" / "seedref"
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+STREAMS = 100
+TASK_SECONDS = 3.0
+INSTANT_REQUESTS = 20
+MIX_GENERATIONS, MIX_AT_ONCE, MIX_SEED = 36, 30, 20261206
+BIG_STREAMS = 1000
+TIME_LIMIT = 240.0
+WARMUP = "warm-up"
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "boot": ("boot to first 200, ratio", 0.5),
+    "cpu_stored": ("CPU per streamed generation, stored links, ratio", 1.5),
+    "cpu_provider": ("CPU per streamed generation, provider links, ratio", 1.0),
+    "instant_request": ("non-streamed request, instant provider, ratio", 2.0),
+    "instant_after_end": ("instant task answered after the provider finished, s", 0.15),
+    "mix_lag_short": ("median lag, short tasks of the uneven mix, s", 0.25),
+    "mix_polls_short": ("polls per second of generation, short tasks", 1.0),
+    "mix_polls_long": ("polls per second of generation, long tasks", 0.35),
+    "big_wall": ("1,000 concurrent streams, stored links, wall ratio", 1.2),
+    "big_memory": ("1,000 concurrent streams, memory per stream ratio", 1.0),
+}
+
+
+# ------------------------------------------------------------------------------ the two servers
+
+
+@dataclass(frozen=True)
+class Side:
+    """How to start one of the two servers with a given environment."""
+
+    name: str
+    start: Callable[[Lambda, dict[str, str]], contextlib.AbstractContextManager[Booted]]
+
+
+def _wait_200(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
+    """Poll GET {url}/v1/models until 200 (both servers have it); the perf_counter time."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode} before ready")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(f"{url}/v1/models").status_code == 200:
+                    return time.perf_counter()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} was not ready within {timeout:g} s")
+            time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def _boot(argv: list[str], env: dict[str, str], port: int, cwd: Path) -> Iterator[Booted]:
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as errors:
+        began = time.perf_counter()
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        try:
+            try:
+                ready = _wait_200(url, process)
+            except (RuntimeError, TimeoutError) as exc:
+                errors.seek(0)
+                tail = errors.read().decode(errors="replace")[-3000:]
+                raise RuntimeError(f"{exc}; its stderr:\n{tail}") from None
+            yield Booted(process=process, url=url, began=began, ready=ready)
+        finally:
+            stop_process(process)
+
+
+@contextlib.contextmanager
+def gateway(runtime: Lambda, env: dict[str, str]) -> Iterator[Booted]:
+    port = free_port()
+    from lambda_runtime import FUNCTION
+
+    with _boot(
+        runtime.artifact_argv(),
+        runtime.artifact_env(port, env),
+        port,
+        runtime.build / FUNCTION,
+    ) as booted:
+        yield booted
+
+
+@contextlib.contextmanager
+def seed(runtime: Lambda, env: dict[str, str]) -> Iterator[Booted]:
+    if not SEED_PYTHON.exists():
+        raise RuntimeError(
+            "no .venv-bench: `make bench` creates it (bench/seedref/requirements.txt)"
+        )
+    port = free_port()
+    argv = [
+        str(SEED_PYTHON),
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--app-dir",
+        str(SEED_APP_DIR),
+        "app:app",
+    ]
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "MODELSCOPE_BASE_URL": env["MODELSCOPE_BASE_URL"],
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    with _boot(argv, environment, port, SEED_APP_DIR) as booted:
+        yield booted
+
+
+SIDES = (Side("gateway", gateway), Side("seed", seed))
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    good = [v for v in values if not math.isnan(v)]
+    if not good:
+        return {"median": math.nan, "min": math.nan, "max": math.nan}
+    return {"median": percentile(good, 50), "min": min(good), "max": max(good)}
+
+
+# ------------------------------------------------------------------------------ measurements
+
+
+async def _streams(url: str, count: int, label: str) -> list[StreamOutcome]:
+    limits = httpx.Limits(max_connections=count * 2, max_keepalive_connections=count * 2)
+    timeout = httpx.Timeout(120.0, pool=120.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        async with asyncio.timeout(TIME_LIMIT):
+            return await asyncio.gather(
+                *(stream_chat(client, url, f"bench {label} #{i}") for i in range(count))
+            )
+
+
+def _burst(
+    runtime: Lambda, side: Side, s3: dict[str, str], links: str, count: int
+) -> dict[str, Any]:
+    """A fresh server: one warm-up generation, then `count` 3-s streams at once."""
+
+    def duration(body: dict[str, Any]) -> float:
+        return 0.5 if str(body.get("prompt")).startswith(WARMUP) else TASK_SECONDS
+
+    with fake_modelscope(task_duration=duration) as (_fake, base):
+        env = {**s3, "IMAGE_LINKS": links, "MODELSCOPE_BASE_URL": base}
+        with side.start(runtime, env) as booted:
+            pid = booted.process.pid
+            asyncio.run(_streams(booted.url, 1, WARMUP))
+            idle = proc_status(pid).get("VmRSS", math.nan)
+            cpu = proc_cpu_seconds(pid)
+            began = time.monotonic()
+            outcomes = asyncio.run(_streams(booted.url, count, f"{side.name} {links}"))
+            wall = time.monotonic() - began
+            cpu = proc_cpu_seconds(pid) - cpu
+            peak = proc_status(pid).get("VmHWM", math.nan)
+    errors = [o.error for o in outcomes if o.error]
+    return {
+        "cpu_per_100_s": cpu / count * 100,
+        "wall_s": wall,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "kib_per_stream": (peak - idle) / count,
+    }
+
+
+def _instant(runtime: Lambda, side: Side, s3: dict[str, str]) -> dict[str, Any]:
+    """Non-streamed requests to a provider whose tasks are done at once (default settings)."""
+    with fake_modelscope(task_duration=lambda body: 0.0, pending_seconds=0.0) as (fake, base):
+        env = {**s3, "MODELSCOPE_BASE_URL": base}
+        with side.start(runtime, env) as booted, httpx.Client(timeout=30.0) as client:
+            url = f"{booted.url}/v1/chat/completions"
+            times, after_end, failures = [], [], 0
+            for index in range(INSTANT_REQUESTS + 1):
+                body = chat_body(f"bench instant {side.name} #{index}", stream=False)
+                began = time.monotonic()
+                response = client.post(url, json=body, headers=AUTH)
+                ended = time.monotonic()
+                if response.status_code != 200:
+                    failures += 1
+                    continue
+                if index == 0:
+                    continue  # warm-up
+                times.append(ended - began)
+                task = list(fake.tasks.values())[-1]
+                after_end.append(ended - task.finishes_at)
+    return {
+        "median_s": percentile(times, 50) if times else math.nan,
+        "after_end_s": percentile(after_end, 50) if after_end else math.nan,
+        "failures": failures,
+    }
+
+
+def _mix_durations() -> list[float]:
+    rng = random.Random(MIX_SEED)
+    return [
+        rng.uniform(25.0, 40.0) if rng.random() < 0.2 else rng.uniform(2.0, 12.0)
+        for _ in range(MIX_GENERATIONS)
+    ]
+
+
+def _mix(runtime: Lambda, side: Side, s3: dict[str, str]) -> dict[str, Any]:
+    """The uneven mix: lag and polls per second of generation, short and long tasks apart."""
+    durations = _mix_durations()
+
+    def duration(body: dict[str, Any]) -> float:
+        prompt = str(body.get("prompt"))
+        return 0.5 if prompt.startswith(WARMUP) else durations[int(prompt.rsplit("#", 1)[1])]
+
+    async def drive(url: str) -> list[StreamOutcome]:
+        gate = asyncio.Semaphore(MIX_AT_ONCE)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as client:
+
+            async def one(index: int) -> StreamOutcome:
+                async with gate:
+                    return await stream_chat(client, url, f"bench mix {side.name} #{index}")
+
+            async with asyncio.timeout(TIME_LIMIT):
+                return await asyncio.gather(*(one(i) for i in range(len(durations))))
+
+    with fake_modelscope(task_duration=duration) as (fake, base):
+        env = {**s3, "MODELSCOPE_BASE_URL": base, "IMAGE_LINKS": "provider"}
+        with side.start(runtime, env) as booted:
+            outcomes = asyncio.run(drive(booted.url))
+        rows, errors = timelines(fake, outcomes)
+    short = [r for r in rows if r["duration_s"] < 20]
+    long = [r for r in rows if r["duration_s"] >= 20]
+
+    def rate(group: list[dict[str, Any]]) -> float:
+        seconds = sum(r["duration_s"] for r in group)
+        return sum(r["polls"] for r in group) / seconds if seconds else math.nan
+
+    return {
+        "lag_short_s": percentile([r["lag_s"] for r in short], 50) if short else math.nan,
+        "lag_long_s": percentile([r["lag_s"] for r in long], 50) if long else math.nan,
+        "polls_short": rate(short),
+        "polls_long": rate(long),
+        "errors": len(errors),
+    }
+
+
+def _boot_once(runtime: Lambda, side: Side, s3: dict[str, str]) -> float:
+    with (
+        fake_modelscope(task_duration=lambda body: 0.0) as (_fake, base),
+        side.start(runtime, {**s3, "MODELSCOPE_BASE_URL": base}) as booted,
+    ):
+        return booted.ready - booted.began
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def _alternate(
+    runtime: Lambda, measure: Callable[[Side], dict[str, Any] | float], repeats: int
+) -> dict[str, list[Any]]:
+    results: dict[str, list[Any]] = {side.name: [] for side in SIDES}
+    for repeat in range(repeats):
+        order = SIDES if repeat % 2 == 0 else tuple(reversed(SIDES))
+        for side in order:
+            results[side.name].append(measure(side))
+    return results
+
+
+def _pick(results: dict[str, list[Any]], side: str, key: str | None) -> dict[str, float]:
+    values = results[side]
+    return _spread([float(v if key is None else v[key]) for v in values])
+
+
+def _fmt(spread: dict[str, float], unit: str = "s") -> str:
+    if math.isnan(spread["median"]):
+        return "—"
+    if unit == "s":
+        return f"{spread['median']:.3f} s ({spread['min']:.3f}–{spread['max']:.3f})"
+    return f"{spread['median']:.2f} ({spread['min']:.2f}–{spread['max']:.2f})"
+
+
+def run() -> Report:
+    rows: list[list[str]] = []
+    verdicts: list[list[str]] = []
+    data: dict[str, Any] = {"repeats": REPEATS}
+
+    def verdict(key: str, value: float) -> None:
+        title, target = TARGETS[key]
+        held = "holds" if value <= target else "MISSES"
+        verdicts.append(
+            [title, "—" if math.isnan(value) else f"{value:.2f}", f"≤ {target:g}", held]
+        )
+        data.setdefault("targets", {})[key] = {
+            "value": value,
+            "target": target,
+            "holds": value <= target,
+        }
+
+    def compare(
+        label: str, results: dict[str, list[Any]], key: str | None, unit: str = "s"
+    ) -> float:
+        gw, sd = _pick(results, "gateway", key), _pick(results, "seed", key)
+        ratio = gw["median"] / sd["median"] if sd["median"] else math.nan
+        rows.append([label, _fmt(gw, unit), _fmt(sd, unit), f"{ratio:.2f}"])
+        data[label] = {"gateway": gw, "seed": sd, "ratio": ratio}
+        return ratio
+
+    with lambda_runtime_here() as runtime, s3_stand_in() as s3:
+        boots = _alternate(runtime, lambda side: _boot_once(runtime, side, s3), REPEATS + 2)
+        verdict("boot", compare("boot → first 200 of /v1/models", boots, None))
+
+        for links, key in (("stored", "cpu_stored"), ("provider", "cpu_provider")):
+            bursts = _alternate(
+                runtime,
+                lambda side, links=links: _burst(runtime, side, s3, links, STREAMS),
+                REPEATS,
+            )
+            ratio = compare(
+                f"CPU s per 100 streamed 3-s generations ({links} links)",
+                bursts,
+                "cpu_per_100_s",
+                unit="x",
+            )
+            verdict(key, ratio)
+            compare(f"{STREAMS} at once, wall ({links} links)", bursts, "wall_s")
+            data[f"errors_{links}"] = {s: [r["errors"] for r in v] for s, v in bursts.items()}
+
+        instant = _alternate(runtime, lambda side: _instant(runtime, side, s3), REPEATS)
+        verdict(
+            "instant_request",
+            compare("non-streamed request, instant provider", instant, "median_s"),
+        )
+        compare("answer after the instant task ended", instant, "after_end_s")
+        verdict("instant_after_end", _pick(instant, "gateway", "after_end_s")["median"])
+
+        mix = _alternate(runtime, lambda side: _mix(runtime, side, s3), 1)
+        compare("uneven mix: median lag, short tasks", mix, "lag_short_s")
+        compare("uneven mix: median lag, long tasks", mix, "lag_long_s")
+        compare("uneven mix: polls / s of generation, short", mix, "polls_short", unit="x")
+        compare("uneven mix: polls / s of generation, long", mix, "polls_long", unit="x")
+        verdict("mix_lag_short", _pick(mix, "gateway", "lag_short_s")["median"])
+        verdict("mix_polls_short", _pick(mix, "gateway", "polls_short")["median"])
+        verdict("mix_polls_long", _pick(mix, "gateway", "polls_long")["median"])
+        data["mix_errors"] = {s: [r["errors"] for r in v] for s, v in mix.items()}
+
+        if os.environ.get("BENCH_BIG") == "1":
+            big = _alternate(
+                runtime, lambda side: _burst(runtime, side, s3, "stored", BIG_STREAMS), 1
+            )
+            verdict("big_wall", compare("1,000 at once, wall (stored links)", big, "wall_s"))
+            verdict(
+                "big_memory",
+                compare("1,000 at once, KiB per stream", big, "kib_per_stream", unit="x"),
+            )
+
+    figures = Table(
+        "Gateway beside the seed-shaped reference (same run; median (min–max))",
+        ["figure", "gateway", "reference", "ratio"],
+        rows,
+    )
+    targets = Table("Targets (issue 25)", ["target", "value", "goal", "verdict"], verdicts)
+    notes = [
+        f"{REPEATS} repetitions, gateway and reference alternating (boot: {REPEATS + 2}).",
+        "Reference: bench/seedref/app.py (FastAPI + aiohttp, polls every 2 s, provider links).",
+        "Gateway: the sam build output booted as Lambda boots it, default settings.",
+    ]
+    summary = [
+        (title, f"{entry['value']:.2f}", f"≤ {entry['target']:g}")
+        for title, entry in ((TARGETS[k][0], v) for k, v in data.get("targets", {}).items())
+    ]
+    return Report(
+        name="versus",
+        title="the gateway beside the seed-shaped reference, same run",
+        tables=[figures, targets],
+        notes=notes,
+        summary=summary,
+        data=data,
+    )
