@@ -17,16 +17,18 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from imagegw.runners.stepfunctions.schema import JobOutput, error_body
 
 if TYPE_CHECKING:
-    from imagegw.runners.stepfunctions.service import JobView
+    from _typeshed import DataclassInstance
 
 NOTIFY_PREFIX: Final = "Notify"
 ENDED: Final = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 Call = Callable[..., Awaitable[Any]]
+#: `service.JobView` (a dataclass with `id`, `status`, `webhook`, `output`, `error`, `progress`)
+View = TypeVar("View", bound="DataclassInstance")
 
 
 def _json(text: Any) -> Any:
@@ -93,7 +95,7 @@ def read_delivery(events: Sequence[Mapping[str, Any]], running: bool) -> dict[st
     }
 
 
-async def notified(view: JobView, execution: Any, runner: Any, call: Call) -> JobView:
+async def notified(view: View, execution: Any, runner: Any, call: Call) -> View:
     """`view` with its webhook's delivery; a job whose event is being delivered shows how it
     ended. A history that cannot be read leaves the view as it is."""
     read = getattr(runner, "history", None)
@@ -101,7 +103,7 @@ async def notified(view: JobView, execution: Any, runner: Any, call: Call) -> Jo
         return view
     running = execution.status not in ENDED
     try:
-        events = await call("history", read, view.id)
+        events = await call("history", read, getattr(view, "id"))  # noqa: B009
     except Exception:  # the status stands without it
         return view
     found = read_delivery(events, running)
