@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from imagegw.core.plan import Ask, plan
-from imagegw.errors import InvalidRequestError, NotFoundError
+from imagegw.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import provider_origins
 from imagegw.providers import PROVIDERS, lookup
@@ -97,3 +97,39 @@ def test_its_calls_make_exactly_n_images(name: str) -> None:
     model = first(provider, ModelKind.GENERATE)
     job = plan(provider, Ask(model, ModelKind.GENERATE, "apples", {"n": 3}), SecretStr("k"))
     assert sum(part.n for part in provider.split(job)) == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_its_settings_are_named_after_it(name: str) -> None:
+    # a provider's settings are its own (one obvious place: its module), never another's
+    for setting in PROVIDERS[name].settings_model.declared():
+        assert setting.env.startswith(f"{name.upper()}_"), setting.env
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_a_refused_key_is_a_401_and_goes_only_to_its_base_url(name: str) -> None:
+    # Given the provider's API refusing the key, as every provider can
+    key = "sk-contract-secret-0123456789"
+    seen: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(401, json={"error": {"message": "Invalid API key"}})
+
+    settings = Settings.from_env({PROVIDERS[name].base_url_setting.env: "https://api.test/v1"})
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+    provider = PROVIDERS[name](settings, client)
+    model = first(provider, ModelKind.GENERATE)
+    job = plan(provider, Ask(model, ModelKind.GENERATE, "apples"), SecretStr(key))
+
+    # When a task is started with it
+    with pytest.raises(AuthenticationError) as caught:
+        await provider.start(job)
+
+    # Then the client hears a 401 with the provider's words and without the key, and the key
+    # went to the base URL's host only, in a header
+    assert caught.value.status == 401 and "Invalid API key" in caught.value.message
+    assert key[:8] not in caught.value.message
+    assert seen and {request.url.host for request in seen} == {"api.test"}
+    assert all(key in " ".join(request.headers.values()) for request in seen)
+    assert all(key not in str(request.url) for request in seen)

@@ -49,6 +49,8 @@ class Working:
     """Still going; `state` is the provider's name for where it is (PENDING, RUNNING, ...)."""
 
     state: str
+    #: the provider's own progress words ("position 3 in the queue"), or none
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def advance(
     if isinstance(answer, Started):
         return Submitted(answer.task_id)
     if isinstance(answer, Running):
-        return Working(answer.state)
+        return Working(answer.state, answer.detail)
     if isinstance(answer, Finished):
         if not answer.images:
             empty = ProviderError(f"{title} finished without an image.", code="provider_error")

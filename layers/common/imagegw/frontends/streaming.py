@@ -71,6 +71,8 @@ def progress_text(event: Progress) -> str:
     """One line of the thinking block: the stage in words, the seconds since the request
     began, and the estimate of the whole run where one exists."""
     stage = stage_words(event)
+    if event.detail:  # the provider's own words: queue position, percent done
+        stage += f" ({event.detail})"
     if event.expected is not None and event.expected > event.elapsed:
         text = f"{stage} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
     else:

@@ -43,12 +43,22 @@ def priors() -> dict[tuple[str, str], float]:
 
 
 # the registrations: one line a provider
+from imagegw.providers.ark import Ark  # noqa: E402
+from imagegw.providers.bfl import BlackForestLabs  # noqa: E402
+from imagegw.providers.dashscope import DashScope  # noqa: E402
+from imagegw.providers.fal import Fal  # noqa: E402
 from imagegw.providers.modelscope import ModelScope  # noqa: E402
 from imagegw.providers.openai_compat import OpenAICompatible  # noqa: E402
+from imagegw.providers.replicate import Replicate  # noqa: E402
 from imagegw.providers.siliconflow import SiliconFlow  # noqa: E402
 
 register(ModelScope)
 register(SiliconFlow)
 register(OpenAICompatible)
+register(DashScope)
+register(Ark)
+register(BlackForestLabs)
+register(Replicate)
+register(Fal)
 
 __all__ = ["PROVIDERS", "Provider", "lookup", "priors", "register"]

@@ -100,6 +100,8 @@ class Started:
 @dataclass(frozen=True)
 class Running:
     state: str
+    #: the provider's own progress words, shown to people ("position 3 in the queue", "40 %")
+    detail: str = ""
 
 
 @dataclass(frozen=True)

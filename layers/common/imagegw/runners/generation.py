@@ -73,6 +73,8 @@ class Progress:
     expected: float | None = None
     #: the provider's title ("ModelScope"), for the words shown to people
     where: str = ""
+    #: the provider's own progress words of a running task ("position 3 in the queue")
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class _Tasks:
         self.total = total
         self.task_ids: dict[int, str] = {}
         self.states: dict[int, str] = {}
+        self.details: dict[int, str] = {}
         self.images: dict[int, tuple[str, ...]] = {}
         self.failures: dict[int, GatewayError] = {}
 
@@ -138,10 +141,15 @@ class _Tasks:
             return max(set(running), key=running.count)
         return "SUCCEED" if self.images else "FAILED"
 
+    def detail(self) -> str:
+        """The provider's progress words of the first running task that has some."""
+        return next((d for i, d in sorted(self.details.items()) if d and not self.ended(i)), "")
+
     def progress(self, elapsed: float, expected: float | None = None) -> Progress:
         return Progress(
-            self.state(), elapsed, self.done, self.total, self.ids(), expected, self.title
-        )
+            self.state(), elapsed, self.done, self.total, self.ids(), expected, self.title,
+            detail=self.detail(),
+        )  # fmt: skip
 
     def apply(self, index: int, outcome: Outcome) -> None:
         """Record what a `start` or `check` answer meant (`imagegw.core.advance`)."""
@@ -150,6 +158,7 @@ class _Tasks:
             self.states[index] = outcome.state
         elif isinstance(outcome, Working):
             self.states[index] = outcome.state
+            self.details[index] = outcome.detail
         elif isinstance(outcome, Made):
             self.images[index] = outcome.images
         else:
@@ -362,11 +371,11 @@ class _Run:
                     yield self.progress()
                     last_progress = clock()
                     continue
-                before = (tasks.state(), tasks.done)
+                before = (tasks.state(), tasks.done, tasks.detail())
                 tasks.answer(index, answer)
                 # a change at once; an unchanged state every progress_interval even while
                 # polls keep answering (they come more often than that)
-                if (tasks.state(), tasks.done) != before or (
+                if (tasks.state(), tasks.done, tasks.detail()) != before or (
                     clock() - last_progress >= settings.progress_interval
                 ):
                     yield self.progress()

@@ -1,0 +1,257 @@
+"""What the task-style providers (DashScope, Ark, BFL, Replicate, fal) share.
+
+- `follow`: a polling URL the provider returned (BFL's `polling_url`, Replicate's `urls.get`,
+  fal's `status_url`/`response_url`) is called only on the provider's own hosts: its base URL's
+  origin (the owner's, through the provider client), or a host its `*_HOSTS` setting names
+  (`*.bfl.ai`), through the guarded fetcher's client (public addresses only, no redirects). Any
+  other URL is refused before anything is sent, so the provider's key never reaches another host.
+- `submit`: a submission's POST and its failures in the gateway's errors.
+- `polled`: a poll's answer, its transient failures (no answer, 5xx, 429) as
+  `TransientProviderError` so both drivers try again.
+- `moderated`: a provider's content-moderation refusal as a 400 `content_policy_violation`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from math import gcd
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+from pydantic import SecretStr
+
+from imagegw.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProviderError,
+    TransientProviderError,
+)
+from imagegw.infra.fetcher import DEFAULT_PORTS, FetchError, where
+from imagegw.providers.upstream import error_for, redact, unreachable
+
+if TYPE_CHECKING:
+    from imagegw.providers.base import Provider
+
+#: the error code of a moderation refusal (OpenAI's own word for it)
+CONTENT_POLICY: Final = "content_policy_violation"
+
+
+def moderated(title: str, reason: str, key: SecretStr | None = None) -> InvalidRequestError:
+    """A refusal by the provider's moderation: the client's prompt or image, not a fault."""
+    return InvalidRequestError(
+        f"{title} refused the request by its content moderation: {redact(reason, key)[:300]}",
+        param="prompt",
+        code=CONTENT_POLICY,
+    )
+
+
+#: one segment of a model id that becomes part of a URL path (`flux-pro-1.1`, `fal-ai`)
+_SEGMENT: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def path_model(title: str, model: str, segments: tuple[int, int], version: bool = False) -> str:
+    """A model id that the provider's URL path carries (`POST /{model}`), checked: `segments`
+    (fewest, most) plain segments joined by `/`, with a `:version` when `version`. Anything else
+    (`..`, `?`, `%`, a scheme) is a 400 before anything is sent, so a client cannot steer the
+    call (with a pool token) to another path of the provider's API."""
+    name, colon, tag = model.partition(":") if version else (model, "", "")
+    parts = name.split("/")
+    fewest, most = segments
+    good = fewest <= len(parts) <= most and all(
+        _SEGMENT.match(part) and part not in (".", "..") for part in parts
+    )
+    if not good or (colon and not re.fullmatch(r"[A-Za-z0-9]{1,128}", tag)):
+        raise InvalidRequestError(
+            f"'{model[:100]}' is not a {title} model id.", param="model", code="model_not_found"
+        )
+    return model
+
+
+def host_patterns(setting: str) -> tuple[str, ...]:
+    """A `*_HOSTS` setting (`*.bfl.ai, api.bfl.ai:8443`) as its entries, lower-cased."""
+    return tuple(part.strip().lower() for part in setting.split(",") if part.strip())
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    port = url.port or DEFAULT_PORTS.get(url.scheme, 0)
+    return url.scheme, url.host.lower(), port
+
+
+def is_own_host(url: httpx.URL, patterns: tuple[str, ...]) -> bool:
+    """Whether `url`'s host (and port) is one the patterns name: `host`, `host:port`, or
+    `*.domain` (the domain and its subdomains); a pattern without a port means the scheme's
+    default port."""
+    _, host, port = _origin(url)
+    for pattern in patterns:
+        name, _, wanted = pattern.rpartition(":") if ":" in pattern else (pattern, "", "")
+        if wanted and not wanted.isdigit():
+            continue
+        expected = int(wanted) if wanted else DEFAULT_PORTS.get(url.scheme, 0)
+        if port != expected:
+            continue
+        if name.startswith("*."):
+            domain = name[2:]
+            if host == domain or host.endswith("." + domain):
+                return True
+        elif host == name:
+            return True
+    return False
+
+
+async def follow(
+    provider: Provider,
+    url: str,
+    headers: Mapping[str, str],
+    patterns: tuple[str, ...],
+    *,
+    what: str = "polling URL",
+) -> httpx.Response:
+    """GET a URL the provider returned, with its key, only on its own hosts (module doc).
+    Transport failures raise `httpx.TransportError` (the caller words them)."""
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        target = None
+    base = httpx.URL(provider.base_url)
+    if target is None or target.scheme not in DEFAULT_PORTS or not target.host:
+        raise ProviderError(
+            f"{provider.title} answered an unusable {what}; nothing was sent to it.",
+            code="provider_error",
+        )
+    if _origin(target) == _origin(base):
+        return await provider.client.get(target, headers=dict(headers), timeout=provider.timeout)
+    secure = target.scheme == "https" or base.scheme == "http"  # http only where the base is
+    if not (secure and is_own_host(target, patterns)):
+        raise ProviderError(
+            f"{provider.title} answered a {what} on a host that is not its own "
+            f"({where(target)}); the key was not sent there.",
+            code="provider_error",
+        )
+    try:
+        return await provider.fetcher.client.get(
+            target, headers=dict(headers), timeout=provider.timeout
+        )
+    except FetchError as exc:
+        raise ProviderError(
+            f"{provider.title}'s {what} is not reachable by the gateway ({exc.reason}).",
+            code="provider_error",
+        ) from None
+
+
+async def submit(
+    provider: Provider,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    key: SecretStr,
+    moderation: Callable[[str], bool] | None = None,
+) -> httpx.Response:
+    """POST a submission to the provider's own API; a 2xx answer, or the gateway's error (a
+    400 whose error code `moderation` accepts: a content-policy refusal)."""
+    try:
+        response = await provider.client.post(
+            url, json=dict(body), headers=dict(headers), timeout=provider.timeout
+        )
+    except httpx.TransportError as exc:
+        waited = provider.settings.provider_timeout
+        raise unreachable(provider.title, exc, provider.settings, waited=waited) from None
+    if not 200 <= response.status_code < 300:
+        raise refusal(provider.title, response, key, moderation)
+    return response
+
+
+def error_code(response: httpx.Response) -> str:
+    """The provider's error code: `{"code": ..}` (DashScope) or `{"error": {"code": ..}}`."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    inner = body.get("error")
+    code = inner.get("code") if isinstance(inner, dict) else body.get("code")
+    return code if isinstance(code, str) else ""
+
+
+def refusal(
+    title: str,
+    response: httpx.Response,
+    key: SecretStr,
+    moderation: Callable[[str], bool] | None = None,
+) -> GatewayError:
+    """The gateway's error for a provider's error answer: `error_for`, with 402 (no credit) as
+    a 403 a gateway-key pool sets aside, not a 502, and a 400 whose code `moderation` accepts
+    as a content-policy refusal."""
+    error = error_for(title, response, key=key)
+    code = error_code(response)
+    if response.status_code == 400 and moderation is not None and code and moderation(code):
+        return moderated(title, f"{error.message.removeprefix(title + ': ')} ({code})", key)
+    if response.status_code == 402:
+        return PermissionDeniedError(error.message, code="insufficient_quota")
+    return error
+
+
+def auth_refusal(error: GatewayError) -> AuthenticationError:
+    """A provider's 403 that means a bad key, as the 401 it is to the client."""
+    return AuthenticationError(error.message, code="invalid_api_key")
+
+
+async def polled(
+    provider: Provider,
+    task: str,
+    url: str,
+    headers: Mapping[str, str],
+    key: SecretStr,
+    patterns: tuple[str, ...] = (),
+    *,
+    what: str = "polling URL",
+    done_statuses: frozenset[int] = frozenset({200}),
+) -> httpx.Response:
+    """One poll of `url` (the provider's own API, or a URL it returned: `follow`): an answer
+    with a status in `done_statuses`, or 4xx as the provider's error; no answer, a 5xx or a
+    429 as a `TransientProviderError` (tried again)."""
+    try:
+        response = await follow(provider, url, headers, patterns, what=what)
+    except httpx.TransportError as exc:
+        if isinstance(exc, httpx.TimeoutException):
+            reason = f"no answer within {provider.settings.provider_timeout:g} s"
+        else:
+            reason = f"no connection ({type(exc).__name__})"
+        raise TransientProviderError(
+            f"{provider.title} could not be reached while polling task {task}: {reason}.",
+            reason=reason,
+            code="provider_unreachable",
+        ) from None
+    if response.status_code in done_statuses:
+        return response
+    if response.status_code >= 500 or response.status_code == 429:
+        raise TransientProviderError(
+            f"{provider.title} answered {response.status_code} while polling task {task}.",
+            reason=f"answered {response.status_code}",
+            code="provider_unavailable",
+        )
+    raise refusal(provider.title, response, key)
+
+
+def json_of(provider: Provider, response: httpx.Response, task: str) -> dict[str, Any]:
+    """A poll's JSON object; an unreadable one is transient (polled again)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise TransientProviderError(
+            f"{provider.title} answered an unreadable status for task {task}.",
+            reason="answered an unreadable status",
+            code="provider_error",
+        )
+    return body
+
+
+def aspect(width: int, height: int) -> str:
+    """`1024x768` as the aspect ratio `4:3` (reduced)."""
+    divisor = gcd(width, height) or 1
+    return f"{width // divisor}:{height // divisor}"
