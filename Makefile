@@ -29,6 +29,10 @@ LOCAL_BUILD := .aws-sam/build-local
 # pip here warns about optional local package folders that do not exist; hide just that
 PIP := python -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+# the long installs show one progress line (tools/pipprogress.py: packages so far, then the
+# time taken) instead of minutes of silence; pip's errors still show
+PIP_PROGRESS = python -m pip install --disable-pip-version-check
+PROGRESS = 2>&1 | $(PYTHON) tools/pipprogress.py
 
 # `make invoke`, `make events`, `make env-json`: the built functions run the Lambda way on this
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
@@ -59,8 +63,8 @@ help:
 
 $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing project dependencies into $(VENV)"
-	@$(BIN)/$(PIP) -r requirements-dev.txt $(QUIET_PIP)
+	@echo "installing project dependencies into $(VENV) (the first time: a few minutes)"
+	@$(BIN)/$(PIP_PROGRESS) -r requirements-dev.txt $(PROGRESS) "project dependencies"
 	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest"
 	@touch $@
 
@@ -73,8 +77,8 @@ $(ASL_VALIDATOR): package.json package-lock.json
 
 $(SAM_VENV)/.ready:
 	@test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
-	@echo "installing AWS SAM CLI $(SAM_CLI_VERSION) into $(SAM_VENV)"
-	@$(SAM_VENV)/bin/$(PIP) aws-sam-cli==$(SAM_CLI_VERSION) $(QUIET_PIP)
+	@echo "installing AWS SAM CLI $(SAM_CLI_VERSION) into $(SAM_VENV) (the first time: a few minutes)"
+	@$(SAM_VENV)/bin/$(PIP_PROGRESS) aws-sam-cli==$(SAM_CLI_VERSION) $(PROGRESS) "AWS SAM CLI"
 	@$(SAM) --version
 	@touch $@
 
@@ -117,9 +121,13 @@ validate: $(SAM_VENV)/.ready
 asl: $(ASL_VALIDATOR)
 	$(ASL_VALIDATOR) --json-path statemachine/image_job.asl.json
 
-build: $(SAM_VENV)/.ready
+# `sam build` for the Architecture the stack is deployed with (samconfig.toml's, as `sam deploy
+# --guided` saved it; else the template's default), so the layer's compiled wheels fit it
+BUILT_ARCH := .aws-sam/build.architecture
+build: $(BIN)/.ready $(SAM_VENV)/.ready
 	@python3.13 -c pass 2>/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
-	$(SAM) build
+	@arch=$$($(STACKTOOL) architecture); echo "sam build for Architecture=$$arch"; \
+	  $(SAM) build --parameter-overrides Architecture=$$arch; echo $$arch > $(BUILT_ARCH)
 
 # the same build for this machine's architecture, which the deployed-build test boots
 build-local: $(SAM_VENV)/.ready
@@ -172,21 +180,27 @@ bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
 # Deploy and operate (README "Deploy and operate"): the stack's name and region are
-# samconfig.toml's, which `sam deploy --guided` writes. `make deploy` builds with python3.13
-# (put on PATH above), stops with a how-to when boto3 finds no AWS credentials, deploys, then
-# prints the addresses to use.
+# samconfig.toml's, which `sam deploy --guided` writes. `make deploy` first stops with a how-to
+# when boto3 finds no AWS credentials (or AWS cannot be reached), before the build; it builds
+# with python3.13 (put on PATH above) for the saved Architecture, deploys, builds and deploys
+# again when the guided answers chose another Architecture, then prints the addresses to use.
 STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
 GUIDED ?= 1
 
-deploy: $(BIN)/.ready build
-	@$(STACKTOOL) credentials
+deploy: $(BIN)/.ready $(SAM_VENV)/.ready
+	@$(STACKTOOL) credentials --for deploy
+	@$(MAKE) --no-print-directory build
 	$(SAM) deploy $(if $(filter 1,$(GUIDED)),--guided)
+	@$(STACKTOOL) architecture --built "$$(cat $(BUILT_ARCH))" || \
+	  { $(MAKE) --no-print-directory build && $(SAM) deploy; }
 	@$(STACKTOOL) outputs
 
 logs: $(BIN)/.ready
 	@$(STACKTOOL) logs $(if $(SINCE),--since '$(SINCE)')
 
+# a stack whose first deploy failed (ROLLBACK_COMPLETE, no outputs) is deleted like any other
 delete: $(BIN)/.ready $(SAM_VENV)/.ready
+	@$(STACKTOOL) credentials --for delete
 	@$(STACKTOOL) bucket
 	$(SAM) delete
 

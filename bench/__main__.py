@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, concurrency, keys, lag, memory, overhead, polling, versus
+from bench import coldstart, concurrency, keys, lag, memory, overhead, polling, pool, versus
 from bench.common import ROOT, Report, machine_facts, machine_table, markdown_table
 
 BENCHMARKS: dict[str, Callable[[], Report]] = {
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, Callable[[], Report]] = {
     "polling": polling.run,
     "memory": memory.run,
     "keys": keys.run,
+    "pool": pool.run,
     "versus": versus.run,
 }
 RESULTS = ROOT / "bench" / "results" / "latest.json"

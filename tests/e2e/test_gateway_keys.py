@@ -177,9 +177,12 @@ def test_open_mode_passes_every_bearer_through(
     # Then it makes the image with that token
     assert made.data and made.data[0].url
     assert [s["token"] for s in fake.submissions] == [CLIENT_TOKEN]
-    # and a gateway key means nothing here: it goes to the provider, which refuses it
-    with pytest.raises(openai.AuthenticationError):
-        sdk(local, "gk-" + "x" * 32).images.generate(model=MODEL, prompt="a fox")
+    # and a gateway key, whole or cut off, is refused here (none are issued), not passed on
+    for bearer in ("gk-" + "x" * 32, "gk-abc"):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            sdk(local, bearer).images.generate(model=MODEL, prompt="a fox")
+        assert refused.value.code == "invalid_api_key"
+    assert [s["token"] for s in fake.submissions] == [CLIENT_TOKEN]
     # and the owner commands say there is nothing to act on
     assert local.admin("keys", ok=False).returncode == 2
 
@@ -200,11 +203,19 @@ def test_mixed_mode_serves_gateway_keys_with_held_tokens_and_client_tokens_as_th
     # Then both get images: alice's made with the held token, the stranger's with theirs
     assert by_key.data and by_token.data
     assert [s["token"] for s in fake.submissions] == ["ms-pool-a", CLIENT_TOKEN]
-    # and an unknown gateway key is refused, not passed on
-    with pytest.raises(openai.AuthenticationError) as refused:
-        sdk(local, "gk-" + "y" * 32).images.generate(model=MODEL, prompt="a fox")
-    assert refused.value.code == "invalid_api_key"
+    # and an unknown gateway key, or a cut-off one (a bad paste), is refused, not passed on,
+    # for images and for chat alike
+    chats = len(fake.chat_requests)
+    for bearer in ("gk-" + "y" * 32, "gk-abc", alice[:12]):
+        with pytest.raises(openai.AuthenticationError) as refused:
+            sdk(local, bearer).images.generate(model=MODEL, prompt="a fox")
+        assert refused.value.code == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            sdk(local, bearer).chat.completions.create(
+                model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
     assert len(fake.submissions) == 2
+    assert len(fake.chat_requests) == chats
 
 
 def test_keys_mode_serves_gateway_keys_only_and_a_wrong_key_changes_nothing(
@@ -667,7 +678,9 @@ def test_secrets_are_in_no_log_line_nor_listing(
     # Then neither the answer, nor `make tokens`, nor any server's log holds a token or a key
     assert refused.status_code == 429 and "ms-pool-a" not in refused.text
     listing = local.admin("tokens").stdout
-    assert "ms-p..." in listing and "ms-pool-a" not in listing
+    assert "ms..." in listing and "ms-pool-a" not in listing
+    # and the listing says the refused token is set aside until the owner changes it
+    assert "set aside until you change it" in listing
     for mode in ("open", "mixed", "keys"):
         log = start_local(mode).log.read_text(errors="replace")
         for secret in (*(f"ms-pool-{c}" for c in "abcdefghi"), echo):

@@ -40,6 +40,7 @@ def make_run(
         tmp_path_factory.mktemp("make-run"),
         MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
         BODY_TIMEOUT="1",
+        IMAGEGW_LOG_FORMAT="json",  # every line, as deployed (the console shows requests only)
     ) as started:
         yield started
 

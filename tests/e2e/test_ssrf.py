@@ -43,6 +43,8 @@ URLS = [
     "http://[fe80::1%25eth0]/x.png",
     "https://127.0.0.1:{port}/files/x.png",
     "http://127.0.0.1:{port}/files/missing.png",
+    "http://xn--a.com/x.png",  # an IDNA label that does not decode
+    "http://127.0.0.1:99999/x.png",  # no such port
 ]
 
 

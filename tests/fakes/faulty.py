@@ -5,7 +5,9 @@ Wrap a fake (``Faulty(fake_ms)``) and serve the wrapper in its place. It records
 (method, path, when it came, when it was answered, and whether the caller closed the connection
 before the answer) and, for the requests a rule matches, answers the rule's fault instead of
 letting the fake answer: an HTTP error (``answer``), a 200 whose body is no JSON (``GARBAGE``),
-or no answer at all until the caller gives up (``HANG``). A provider that dies is a served
+no answer at all until the caller gives up (``HANG``), or an answer made afresh for each request
+(``Fresh``): a 200 of hundreds of megabytes streamed as it is made (``huge``, never held whole
+by the fake either) or one trickled a byte at a time (``trickle``). A provider that dies is a served
 fake whose ``ServerThread`` is stopped; one that is down is a closed port (``closed_port``).
 
 When the caller leaves, the wrapped fake is cancelled (a real service stops sending to a closed
@@ -19,11 +21,11 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: no answer at all: the request is held until the caller closes the connection
@@ -40,7 +42,41 @@ def answer(status: int, body: bytes | str = b"", **headers: str) -> Response:
 #: a 200 whose body no JSON reader can read (an HTML error page from a proxy)
 GARBAGE: Final = answer(200, b"<html><body>502 Bad Gateway</body></html>")
 
-Fault = Response | str
+MB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A fault whose answer is made anew for each request (a streamed body is read once)."""
+
+    make: Callable[[], Response]
+
+
+def huge(size: int = 200 * MB, chunk: int = 64 * 1024) -> Response:
+    """A 200 whose JSON-looking body is `size` bytes, made chunk by chunk as the caller reads
+    (no Content-Length: the caller learns the size only by reading)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"task_id": "'
+        block = b"a" * chunk
+        for _ in range(size // chunk):
+            yield block
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+def trickle(interval: float = 1.0, count: int = 600) -> Response:
+    """A 200 whose body comes one byte every `interval` seconds (at most `count` bytes)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield b" "
+            await asyncio.sleep(interval)
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+Fault = Response | str | Fresh
 
 
 @dataclass
@@ -133,6 +169,8 @@ class Faulty:
             work = asyncio.ensure_future(self.fake(scope, replay, recorded))
         elif fault == HANG:
             work = asyncio.ensure_future(gone.wait())
+        elif isinstance(fault, Fresh):
+            work = asyncio.ensure_future(fault.make()(scope, replay, recorded))
         else:
             assert isinstance(fault, Response)
             work = asyncio.ensure_future(fault(scope, replay, recorded))

@@ -19,13 +19,14 @@ from typing import Any, Final, Literal
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from fakes.faulty import huge, trickle
 from fakes.modelscope import RATE_LIMITED, FakeModelScope, _errors, _headers_without_auth
 from imagegw.infra.storage import ImageStore
 
-PollFault = Literal["503", "garbage", "cut"]
+PollFault = Literal["503", "garbage", "cut", "huge", "trickle"]
 #: a count that does not run out within a test
 ALWAYS: Final = 10**9
 
@@ -56,7 +57,12 @@ class FaultyModelScope(FakeModelScope):
     - ``poll_fault`` and ``poll_faults``: the next N polls answer the fault instead of the
       task's status: ``"503"`` (ModelScope's own 503 body), ``"garbage"`` (200 with an HTML
       page, as a proxy in front of it might answer), ``"cut"`` (the connection drops mid-answer:
-      the provider dying). The task itself runs on meanwhile, on wall time.
+      the provider dying), ``"huge"`` (a 200 whose body is 200 MB, streamed as it is made),
+      ``"trickle"`` (a 200 whose body comes a byte every 0.2 s). The task itself runs on
+      meanwhile, on wall time.
+
+    - ``result_links``: the links a succeeded task's status names instead of its files (a
+      provider linking to a host no URL parser takes, say).
 
     Records as the base does; a faulted poll is recorded in ``polls`` with its fault.
     """
@@ -66,6 +72,7 @@ class FaultyModelScope(FakeModelScope):
         self.refuse_submits: int = 0
         self.poll_fault: PollFault = "503"
         self.poll_faults: int = 0
+        self.result_links: list[str] | None = None
 
     async def _submit(self, request: Request) -> Response:
         with self.lock:
@@ -103,7 +110,21 @@ class FaultyModelScope(FakeModelScope):
             return Response(
                 "<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html"
             )
+        if fault == "huge":
+            return huge()
+        if fault == "trickle":
+            return trickle(interval=0.2)
         return _CutResponse()
+
+    def _poll_answer(
+        self, request: Request, task_id: str, now: float, transient: bool
+    ) -> tuple[Response, str]:
+        response, answered = super()._poll_answer(request, task_id, now, transient)
+        if answered != "SUCCEED" or self.result_links is None:
+            return response, answered
+        payload = json.loads(bytes(response.body))
+        payload["output_images"] = list(self.result_links)
+        return JSONResponse(payload), answered
 
     def faulted_polls(self) -> list[str]:
         """The fault (or the status) each poll got, in order."""

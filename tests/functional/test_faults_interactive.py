@@ -4,7 +4,9 @@ against fake providers that misbehave (`fakes.faulty`), each case checking what 
 
 Faults: a 429 on submit; a 5xx, or garbage, on every poll; a poll hanging past PROVIDER_TIMEOUT;
 the provider down; the provider dying mid-poll; the bucket down at upload; the client leaving,
-streamed and not, while tasks are polled and while a synchronous provider works.
+streamed and not, while tasks are polled and while a synchronous provider works; a provider
+answering 200 MB (each provider call, and the gateway's memory while it does) or trickling its
+answer a byte a second; a result link no URL parser takes (an invalid IDNA host).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,8 +27,10 @@ import pytest
 from botocore.config import Config
 from starlette.types import ASGIApp
 
-from fakes.faulty import GARBAGE, HANG, Faulty, closed_port
+from fakes.faulty import GARBAGE, HANG, MB, Faulty, Fresh, closed_port, huge, trickle
+from fakes.faulty import answer as fault
 from fakes.modelscope import FakeModelScope
+from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
@@ -75,6 +80,13 @@ def ms(_fake_ms_server: Served, fake_ms: FakeModelScope) -> Faulty:
 def sf(_fake_sf_server: Served, fake_sf: FakeSiliconFlow) -> Faulty:
     faulty = Faulty(fake_sf)
     _fake_sf_server[1].app = faulty
+    return faulty
+
+
+@pytest.fixture
+def oa(_fake_openai_server: Served, fake_openai: FakeOpenAIImages) -> Faulty:
+    faulty = Faulty(fake_openai)
+    _fake_openai_server[1].app = faulty
     return faulty
 
 
@@ -491,3 +503,160 @@ def test_a_client_leaving_a_streamed_images_answer_stops_the_polling(
 
     record = assert_stopped(ms, left_at, left_log)
     assert record.task_ids == list(fake_ms.tasks)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- answers without end
+
+CHAT = r"^/v1/chat/completions$"
+#: the gateway's limit for answers that carry no image, as its errors word it
+ANSWER_LIMIT = "4 MiB"
+#: MAX_RESULT_BYTES in these tests (answers that may hold images inline are read up to it)
+RESULT_LIMIT = 16 * MB
+
+
+def _memory(field: str) -> int:
+    """A figure of this process's /proc status, in bytes (VmRSS: resident now; VmHWM: peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@pytest.fixture
+def peak_growth() -> Callable[[], int]:
+    """How far above its resident memory at the start the process (the gateway, its fakes and
+    the test) peaked since: Linux's peak counter is reset first (`clear_refs`)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("needs Linux's resettable peak-memory counter")
+    before = _memory("VmRSS")
+    return lambda: _memory("VmHWM") - before
+
+
+#: (provider prefix, front end, the provider call that answers 200 MB, its title, the limit)
+HUGE_ANSWERS = {
+    "modelscope-submit": ("", "chat", ("POST", SUBMIT), "ModelScope", ANSWER_LIMIT),
+    "modelscope-poll": ("", "images", ("GET", POLL), "ModelScope", ANSWER_LIMIT),
+    "siliconflow": ("/siliconflow", "chat", ("POST", SUBMIT), "SiliconFlow", ANSWER_LIMIT),
+    "openai-compatible": ("/openai", "images", ("POST", SUBMIT), "compatible server", "16 MiB"),
+}
+
+
+@pytest.mark.parametrize("case", HUGE_ANSWERS)
+def test_a_200_mb_answer_is_abandoned_at_its_limit_with_memory_bounded(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    sf: Faulty,
+    oa: Faulty,
+    fake_sf: FakeSiliconFlow,
+    peak_growth: Callable[[], int],
+    case: str,
+) -> None:
+    # Given a provider call answered by 200 MB of JSON-looking bytes, streamed as they are made
+    prefix, front_end, (method, path), title, limit = HUGE_ANSWERS[case]
+    provider = {"": ms, "/siliconflow": sf, "/openai": oa}[prefix]
+    provider.on(method, path, Fresh(huge))
+    fake_sf.tokens.add(TOKEN)
+
+    answer = post(gateway(max_result_bytes=RESULT_LIMIT), front_end, prefix)
+
+    # Then the client hears the provider failed, naming the limit; the answer was not held
+    assert answer.status_code == 502
+    error = error_of(answer)
+    assert error["code"] == "provider_answer_too_large"
+    assert title in error["message"]
+    assert f"more than {limit}, the most the gateway reads of an answer" in error["message"]
+    assert answer.headers["x-should-retry"] == "false"
+    growth = peak_growth()
+    print(f"peak memory growth: {growth / MB:.1f} MB")
+    assert growth < 100 * MB
+
+
+def test_a_200_mb_chat_pass_through_answer_is_abandoned_at_its_limit(
+    gateway: Callable[..., str], ms: Faulty, peak_growth: Callable[[], int]
+) -> None:
+    ms.on("POST", CHAT, Fresh(huge))
+    body = {"model": "Qwen/Qwen3-32B", "messages": [{"role": "user", "content": "hi"}]}
+
+    answer = httpx.post(
+        f"{gateway(max_result_bytes=RESULT_LIMIT)}/v1/chat/completions",
+        json=body,
+        headers=auth(),
+        timeout=30,
+    )
+
+    assert answer.status_code == 502
+    assert error_of(answer)["code"] == "provider_answer_too_large"
+    assert "ModelScope answered more than 16 MiB" in error_of(answer)["message"]
+    growth = peak_growth()
+    print(f"peak memory growth: {growth / MB:.1f} MB")
+    assert growth < 100 * MB
+
+
+def test_a_poll_answer_trickled_a_byte_a_second_is_abandoned_at_the_provider_timeout(
+    gateway: Callable[..., str], ms: Faulty
+) -> None:
+    # Given polls answered a byte a second: each read comes well within PROVIDER_TIMEOUT
+    ms.on("GET", POLL, Fresh(trickle))
+
+    answer = post(gateway(provider_timeout=2.0, poll_failure_window=WINDOW), "chat")
+
+    # Then each poll as a whole is abandoned at PROVIDER_TIMEOUT, and after the failure window
+    # the client hears why (not after the trickle's 600 s)
+    assert answer.status_code == 502
+    assert error_of(answer)["message"].endswith("last error: no answer within 2 s.")
+    assert answer.headers["x-should-retry"] == "false"
+    ms.wait_for(lambda: all(call.left for call in ms.matching("GET", POLL)))
+
+
+def test_a_chat_pass_through_answer_trickled_a_byte_a_second_ends_at_the_deadline(
+    gateway: Callable[..., str], ms: Faulty
+) -> None:
+    # Given a chat model whose JSON answer comes a byte a second
+    ms.on("POST", CHAT, Fresh(trickle))
+    body = {"model": "Qwen/Qwen3-32B", "messages": [{"role": "user", "content": "hi"}]}
+
+    answer = httpx.post(
+        f"{gateway(generation_timeout=2.0)}/v1/chat/completions",
+        json=body,
+        headers=auth(),
+        timeout=30,
+    )
+
+    # Then the whole call ends at GENERATION_TIMEOUT with a 504 that says it may have started
+    assert answer.status_code == 504
+    assert error_of(answer) == {
+        "message": "ModelScope did not answer within 2 s; the request may have started.",
+        "type": "timeout_error",
+        "param": None,
+        "code": "deadline_exceeded",
+    }
+    assert answer.headers["x-should-retry"] == "false"
+    ms.wait_for(lambda: all(call.left for call in ms.matching("POST", CHAT)))
+
+
+# ----------------------------------------------------------------------------- malformed links
+
+#: a host whose IDNA label does not decode (httpx raises only when the host is read)
+MALFORMED_LINK = "http://xn--a.com/x.png"
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_malformed_result_link_is_kept_as_the_provider_gave_it(
+    gateway: Callable[..., str], ms: Faulty, front_end: str
+) -> None:
+    # Given a task that succeeds with a link no URL parser takes
+    succeeded = {"task_status": "SUCCEED", "output_images": [MALFORMED_LINK]}
+    ms.on("GET", POLL, fault(200, json.dumps(succeeded)))
+
+    # When the image is made with stored links (the default: the result is copied)
+    answer = post(gateway(), front_end)
+
+    # Then the copy failed as any unfetchable link does: the paid result is the provider's link
+    assert answer.status_code == 200, answer.text
+    if front_end == "images":
+        assert [item["url"] for item in answer.json()["data"]] == [MALFORMED_LINK]
+    else:
+        assert f"]({MALFORMED_LINK})" in answer.json()["choices"][0]["message"]["content"]
+    assert ms.count("POST", SUBMIT) == 1

@@ -127,12 +127,20 @@ def test_a_provider_down_at_submit_fails_the_job_with_nothing_started(
         ("503", "answered 503"),
         ("garbage", "unreadable status"),
         ("cut", "could not be reached"),  # the provider dying mid-poll
+        # a byte every 0.2 s: no read waits PROVIDER_TIMEOUT (2 s here), the whole poll does
+        ("trickle", "no answer within 2 s"),
     ],
 )
 def test_polls_that_keep_failing_are_tried_until_the_deadline_then_named(
-    world: Callable[..., World], faulty_ms: FaultyModelScope, fault: PollFault, named: str
+    world: Callable[..., World],
+    faulty_ms: FaultyModelScope,
+    fault: PollFault,
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a job allowed 30 s (JOB_TIMEOUT, at 0 s polls) and every poll failing
+    if fault == "trickle":
+        monkeypatch.setenv("PROVIDER_TIMEOUT", "2")
     w = world(job_timeout=30)
     faulty_ms.poll_fault = fault
     faulty_ms.poll_faults = ALWAYS
@@ -312,3 +320,50 @@ def test_a_b64_job_whose_stored_image_cannot_be_read_is_a_retryable_503(
     assert status == 503 and headers["x-should-retry"] == "true"
     assert body["error"]["code"] == "storage_unavailable"
     assert "secret" not in json.dumps(body).lower()
+
+
+# ----------------------------------------------------------------- malformed result links
+
+
+def test_a_malformed_result_link_fails_the_copy_and_keeps_the_providers_link(
+    world: Callable[..., World], faulty_ms: FaultyModelScope
+) -> None:
+    # Given a task that succeeds with a link no URL parser takes (an invalid IDNA host)
+    w = world()
+    faulty_ms.task_duration = 0.0
+    faulty_ms.result_links = ["http://xn--a.com/x.png"]
+    before = stored_results(w)
+
+    # When a job runs
+    job_id = w.submit()
+    execution = w.wait(job_id)
+
+    # Then it succeeded: Store could not copy the image and kept the provider's link, once
+    assert execution["status"] == "SUCCEEDED", execution.get("cause")
+    assert output_names(execution) == [None]
+    assert stored_results(w) == before
+    body = w.render(job_id)
+    assert body["status"] == "succeeded"
+    assert [item["url"] for item in body["data"]] == ["http://xn--a.com/x.png"]
+    assert len(faulty_ms.submissions) == 1
+
+
+def test_a_200_mb_poll_answer_fails_the_job_naming_the_limit(
+    world: Callable[..., World], faulty_ms: FaultyModelScope
+) -> None:
+    # Given a task whose status comes as 200 MB (streamed: never held whole by the fake)
+    w = world(job_timeout=30)
+    faulty_ms.poll_fault = "huge"
+    faulty_ms.poll_faults = ALWAYS
+
+    # When the job runs
+    job_id = w.submit()
+    execution = w.wait(job_id)
+
+    # Then the poll abandoned the answer at its limit and the job failed with that error, once
+    assert execution["status"] == "FAILED"
+    body = w.render(job_id)
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == "provider_answer_too_large"
+    assert "ModelScope answered more than 4 MiB" in body["error"]["message"]
+    assert len(faulty_ms.submissions) == 1

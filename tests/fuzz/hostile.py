@@ -3,8 +3,8 @@
 Strategies here know nothing of endpoints: strings with lone surrogates and control characters,
 numbers at and past every bound, JSON with NaN/Infinity tokens, deep nesting and broken syntax,
 data URIs good, bad, huge and tiny, image URLs pointing at loopback, private and metadata
-addresses in odd encodings, and header values outside ASCII. `fuzz.cases` builds
-whole requests from them.
+addresses in odd encodings or at hosts no parser takes, and header values outside ASCII.
+`fuzz.cases` builds whole requests from them.
 
 JSON is written by `to_json`, so a value tree may hold `Raw` tokens (text put into the JSON as
 it is: `NaN`, `1e999`, 100,000 nested brackets) that no JSON library would write.
@@ -267,6 +267,28 @@ PRIVATE_HOSTS: tuple[str, ...] = (
     "instance-data",
 )
 
+#: hosts (and ports) no URL parser, resolver or socket takes as they are: IDNA labels that do not
+#: decode (httpx raises only when the host is read), broken brackets and addresses, ports out of
+#: range, full-width dots, control characters. Each must be the fetcher's one refusal.
+MALFORMED_HOSTS: tuple[str, ...] = (
+    "xn--a.com",
+    "xn--",
+    "xn--a.xn--b",
+    "xn--ls8h.la",
+    "xn--zz-0000.com",
+    "[zz::1]",
+    "[::ffff:999.1.1.1]",
+    "[fe80::1%25",
+    "example.com:99999",
+    "example.com:65536",
+    "example.com:0",
+    "127.0.0.1:8o",
+    "\uff0e\uff0e",
+    "\u2488.com",
+    "a\tb.com",
+    "%zz",
+)
+
 
 @dataclass(frozen=True)
 class UrlFactory:
@@ -292,6 +314,7 @@ class UrlFactory:
             ),
             st.builds(lambda h, p: f"http://{h}{p}", st.sampled_from(PRIVATE_HOSTS), paths),
             st.builds(lambda h: f"https://{h}/latest/meta-data/", st.sampled_from(PRIVATE_HOSTS)),
+            st.builds(lambda h, p: f"http://{h}{p}", st.sampled_from(MALFORMED_HOSTS), paths),
             st.sampled_from(
                 (
                     f"http://user:pass@127.0.0.1:{self.canary_port}/image.png",

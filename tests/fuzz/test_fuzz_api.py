@@ -34,7 +34,7 @@ from fuzz.cases import (
     reader_case,
 )
 from fuzz.config import FUZZ, FUZZ_KEY, SURVEY, examples
-from fuzz.hostile import LOOPBACK_HOSTS, PRIVATE_HOSTS, b64
+from fuzz.hostile import LOOPBACK_HOSTS, MALFORMED_HOSTS, PRIVATE_HOSTS, b64
 from fuzz.seeds import SEEDS, Seed
 from fuzz.wire import RawRequest
 from fuzz.world import Tally, World
@@ -209,6 +209,30 @@ def test_client_image_urls_are_refused_alike(
                     "ssrf",
                     f"an open port answers {open_status} {open_body[:300]!r}, "
                     f"a closed one {closed_status} {closed_body[:300]!r}",
+                    request,
+                )
+
+
+#: the gateway's one answer to an image URL it does not fetch (OpenAI-compatible: it fetches)
+_NOT_FETCHED = b"Input image 1 could not be downloaded from its URL."
+
+
+@pytest.mark.parametrize(("route", "how"), SWEEP)
+def test_malformed_image_urls_are_refused_like_any_other(
+    world: World, ctx: Context, route: str, how: str
+) -> None:
+    """Every host no parser takes (issue 24, class 3), as an image URL: never a 5xx or a reset
+    connection (the world's properties), and where the gateway is the one to fetch it, the one
+    refusal every unfetchable URL gets."""
+    for host in MALFORMED_HOSTS:
+        for url in (f"http://{host}/image.png", f"https://{host}/x.png?sig=1"):
+            request = _image_url_request(how, route, url)
+            answer = world.exchange(Case(request, route.strip("/")), request)
+            if route == "/openai" and answer is not None:
+                world.require(
+                    answer.status == 400 and _NOT_FETCHED in answer.body,
+                    "malformed-url",
+                    f"{url!r} answered {answer.status} {answer.body[:300]!r}",
                     request,
                 )
 

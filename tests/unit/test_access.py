@@ -45,7 +45,9 @@ def test_the_stored_hash_needs_the_pepper() -> None:
 def test_tokens_are_referred_to_and_shown_without_themselves() -> None:
     assert "ms-secret-token" not in token_id("ms-secret-token")
     assert token_id("ms-a") != token_id("ms-b")
-    assert masked("ms-secret-token") == "ms-s..."
+    assert masked("ms-secret-token") == "ms-...en"
+    assert masked("ms-0a1b2c3d-4e5f-6789-abcd-ef0123456789") == "ms-0...6789"
+    assert masked("sk-short") == "sk..."
 
 
 def test_a_refused_token_is_set_aside_until_it_is_changed() -> None:
@@ -168,3 +170,61 @@ def test_a_jobs_settlement_is_one_transaction_marked_by_the_job() -> None:
     assert keys == ["settled#j", "usage#h#d#2025-11-30"]
     assert len(settlement("t", "j", "h", "m", 2, 2, at)) == 2
     assert len(settlement("t", "j", "h", "m", 2, 5, at)) == 2  # never more than reserved
+
+
+@pytest.mark.parametrize("mode", ["open", "mixed", "keys"])
+def test_a_cut_off_gateway_key_is_refused_in_every_mode_never_passed_on(mode: str) -> None:
+    # Given a gateway in each mode whose table and secret must not be asked anything
+    class Untouchable:
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"looked up {name}")
+
+    settings = Settings(access_mode=mode, access_table="t", access_secret="s")
+    access = Access(
+        settings,
+        table=cast("AccessTable", Untouchable()),
+        secret=cast("SecretSource", Untouchable()),
+    )
+    whole = new_key()
+    # When a client sends a gateway key cut off by a bad paste
+    for bearer in ("gk-abc", whole[:20], "gk-x"):
+        with pytest.raises(AuthenticationError) as refused:
+            anyio.run(access.caller, bearer, "modelscope")
+        # Then it is a 401 invalid_api_key that does not repeat the key
+        assert refused.value.code == "invalid_api_key"
+        assert bearer not in refused.value.message
+    # while a provider token is still the client's own in open and mixed modes
+    if mode != "keys":
+        assert not anyio.run(access.caller, "ms-test-token", "modelscope").keyed
+
+
+def test_a_token_added_after_a_no_token_answer_serves_the_next_request_at_once() -> None:
+    import boto3
+    from moto import mock_aws
+
+    from imagegw.errors import ServiceUnavailableError
+
+    with mock_aws():
+        # Given a gateway whose secret is cached for 5 minutes and holds no ModelScope token
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = client.create_secret(Name="access", SecretString=Pools("p").dump())["ARN"]
+        now = [100.0]
+        source = SecretSource(arn, 300, "us-east-1", client=client, clock=lambda: now[0])
+        access = Access(
+            Settings(access_table="t", access_secret=arn),
+            table=cast("AccessTable", _Asides({})),
+            secret=source,
+        )
+        with pytest.raises(ServiceUnavailableError) as empty:
+            anyio.run(access.lease, "modelscope")
+        assert empty.value.code == "no_provider_token"
+
+        # When the owner adds one (`make token`) after that answer
+        client.put_secret_value(
+            SecretId=arn, SecretString=Pools("p", {"modelscope": ("ms-new",)}).dump()
+        )
+
+        # Then a request once REFRESH_GAP (2 s) has passed is served with it, without waiting
+        # for the 5-minute cache to expire
+        now[0] += 2
+        assert anyio.run(access.lease, "modelscope").token.get_secret_value() == "ms-new"

@@ -310,6 +310,67 @@ async def test_private_urls_are_refused_before_any_connection(
     assert image_host.requests == []
 
 
+#: URLs no resolver or socket can take as they are: invalid IDNA labels (only decoding the host
+#: finds them), broken brackets, ports out of range, control characters, empty hosts
+MALFORMED = [
+    "http://xn--a.com/x.png",
+    "http://xn--/x.png",
+    "https://xn--a.xn--b/x.png",
+    "http://xn--ls8h.la/x.png",
+    "http://[::1/x.png",
+    "http://[zz::1]/x.png",
+    "http://[fe80::1%25/x.png",
+    "http://[::ffff:999.1.1.1]/x.png",
+    "http://example.com:99999/x.png",
+    "http://example.com:65536/x.png",
+    "http://example.com:0/x.png",
+    "http://example.com:8o/x.png",
+    "http://a\x00b.com/x.png",
+    "http://a\nb.com/x.png",
+    "http://\uff0e\uff0e/x.png",
+    "http://\u2488.com/x.png",
+    "http://\ud800.com/x.png",
+    "http://example.com/\ud800.png",
+    "http:///x.png",
+    "http://user@/x.png",
+    "//example.com/x.png",
+    "",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("url", MALFORMED)
+async def test_a_malformed_url_is_the_one_refusal_with_nothing_fetched(
+    url: str, guarded: list[Fetcher], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a fetcher that would connect anywhere (every name resolves to loopback)
+    network = Recording()
+    guard = fetcher(guarded, resolver=_Everywhere(), policy=lambda address: True, network=network)
+
+    # When it is asked for a malformed URL / Then it refuses as it refuses any URL, logged
+    with caplog.at_level(logging.WARNING), pytest.raises(FetchError):
+        await guard.fetch(url, limit=10**6)
+    assert network.hosts == []
+    assert [r.getMessage() for r in caplog.records] == ["url not fetched"]
+
+
+@pytest.mark.anyio
+async def test_a_redirect_to_a_malformed_url_is_refused(
+    image_host: FakeImageHost, guarded: list[Fetcher]
+) -> None:
+    url = f"{image_host.url}/away?to=http://xn--a.com/x.png"
+    with pytest.raises(FetchError):
+        await fetcher(guarded, policy=stand_in).fetch(url, limit=10**6)
+    assert image_host.requests == ["/away?to=http://xn--a.com/x.png"]
+
+
+class _Everywhere:
+    """A resolver under which every name is loopback (so only the URL's form can refuse it)."""
+
+    async def __call__(self, host: str, port: int) -> list[IPAddress]:
+        return [LOOPBACK]
+
+
 @pytest.mark.anyio
 async def test_every_address_of_a_name_must_be_public(
     image_host: FakeImageHost, guarded: list[Fetcher]

@@ -133,6 +133,36 @@ def test_env_vars_file_overrides_like_sam(template: Template) -> None:
     assert any("your shell" in n and "GENERATION_TIMEOUT" in n for n in notes)
 
 
+def test_a_provider_setting_of_the_shell_or_the_file_reaches_the_function(
+    template: Template,
+) -> None:
+    # Given the docs' advice: point MODELSCOPE_BASE_URL at a test server, in the shell, and a
+    # SiliconFlow one in the env-vars file, over a PROVIDER_SETTINGS naming ModelScope too
+    env_vars = {"Parameters": {"SILICONFLOW_BASE_URL": "http://sf.test/v1"}}
+    shell = {
+        "MODELSCOPE_BASE_URL": "http://127.0.0.1:9000/v1",
+        "PROVIDER_SETTINGS": "MODELSCOPE_BASE_URL=http://old/v1;OPENAI_IMAGE_MODELS=a,b",
+    }
+
+    # When the Submit and the API functions' environments are made
+    for function in ("JobSubmitFunction", "ApiFunction"):
+        env, notes = environment(template, function, env_vars, variables=shell)
+
+        # Then both settings reach the function the way the template passes provider
+        # settings (its PROVIDER_SETTINGS), the shell's own variable winning, the rest kept
+        assert env["PROVIDER_SETTINGS"] == (
+            "OPENAI_IMAGE_MODELS=a,b;MODELSCOPE_BASE_URL=http://127.0.0.1:9000/v1;"
+            "SILICONFLOW_BASE_URL=http://sf.test/v1"
+        )
+        # and the function reads them as its settings, and is told so, not that they are ignored
+        from imagegw.infra.config import Settings
+
+        settings = Settings.from_env({"PROVIDER_SETTINGS": env["PROVIDER_SETTINGS"]})
+        assert settings.provider_settings["MODELSCOPE_BASE_URL"] == "http://127.0.0.1:9000/v1"
+        assert any("MODELSCOPE_BASE_URL, SILICONFLOW_BASE_URL" in n for n in notes)
+        assert not any("ignored" in n for n in notes)
+
+
 def test_env_vars_file_values_are_stringified_like_sam() -> None:
     # Given values of every JSON kind / Then they reach the function as SAM passes them
     overrides = env_vars_overrides(

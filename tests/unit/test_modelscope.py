@@ -500,12 +500,12 @@ async def test_5xx_on_submit_is_a_502(
 async def test_non_json_error_body_is_reported(
     provider: ModelScope, fake_ms: FakeModelScope
 ) -> None:
-    fake_ms.submit_override = (400, "Invalid model id: ???", {})
+    fake_ms.submit_override = (400, "Invalid parameter: steps ???", {})
 
     with pytest.raises(InvalidRequestError) as caught:
         await provider.start(job())
 
-    assert "Invalid model id: ???" in caught.value.message
+    assert "Invalid parameter: steps ???" in caught.value.message
 
 
 @pytest.mark.anyio

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -305,3 +306,33 @@ async def test_the_gateway_shares_estimates_through_the_access_table_when_there_
     finally:
         for gateway in (first, second, alone):
             await gateway.aclose()
+
+
+class SlowToBuild(AccessTable):
+    """A table whose client takes longer to build than a call's budget (botocore loading its
+    service model on a cold process, as on `make run`'s first generation)."""
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            time.sleep(2.0)
+            self._client = boto3.client("dynamodb", region_name=REGION)
+        return self._client
+
+
+async def test_building_the_client_is_not_taken_for_a_slow_table(
+    table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a fresh instance whose client takes longer to build (2 s) than the budget (1.5 s,
+    # which moto's calls themselves stay within even on a busy machine)
+    store = SharedEstimates(SlowToBuild(table, REGION), PRIORS, clock=Clock(), budget=1.5)
+
+    # When the first generation learns and predicts through it
+    with caplog.at_level(logging.WARNING):
+        await store.record(MODEL, 10.0)
+        store._cache.clear()
+        found = await store.get(MODEL)
+
+    # Then no "estimates table failed" warning is logged, and the estimate is the table's
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING], caplog.text
+    assert same(found, learned(10.0)) and item(table, MODEL)

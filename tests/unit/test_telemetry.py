@@ -18,6 +18,10 @@ from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core.lambda_launcher import LambdaContext
 from aws_xray_sdk.core.recorder import AWSXRayRecorder
 
+from fakes.server import ServerThread
+from imagegw.infra.clients import add_transport_layer, provider_client, remove_transport_layer
+from imagegw.infra.config import Settings
+from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.telemetry import TracedTransport
 
 TRACE_ROOT = "1-67a1b2c3-0123456789abcdef01234567"
@@ -133,3 +137,50 @@ def test_unsampled_trace_records_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
     # When requests run, they work and no subsegment is made
     assert asyncio.run(two_concurrent_requests(transport)) == [200, 200]
     assert emitter.sent == []
+
+
+def test_clients_built_after_the_layer_is_added_are_traced_without_patching_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the tracing layer added as the task functions add it (`telemetry` on import)
+    xray, emitter = recorder(monkeypatch, sampled=1)
+    xray.begin_subsegment("## lambda_handler")
+    original_init = httpx.AsyncClient.__init__
+
+    def layer(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        return TracedTransport(inner, xray)
+
+    add_transport_layer(layer)
+    try:
+        # When the provider client and the result fetcher are built and used
+        async def calls() -> None:
+            settings = Settings(allow_private_urls=True)
+            client = provider_client(settings)
+            fetcher = Fetcher(settings)
+            try:
+                assert (await client.get(f"{server.url}/v1/tasks/1")).status_code == 200
+                assert await fetcher.fetch(f"{server.url}/files/x.png", limit=1000) == b"ok"
+            finally:
+                await client.aclose()
+                await fetcher.aclose()
+
+        with ServerThread(_ok) as server:
+            asyncio.run(calls())
+    finally:
+        remove_transport_layer(layer)
+    xray.end_subsegment()
+
+    # Then each call is in a subsegment of its own, and httpx's client class is its own
+    requests = [e for e in emitter.sent if e.get("namespace") == "remote"]
+    assert sorted(r["http"]["request"]["url"].rsplit("/", 2)[-2] for r in requests) == [
+        "files",
+        "tasks",
+    ]
+    assert httpx.AsyncClient.__init__ is original_init
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from fakes.server import ServerThread
-from imagegw.infra.transport import ProviderTransport
+from imagegw.infra.transport import PooledTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +85,7 @@ def keep_alive() -> Iterator[RawServer]:
 
 
 def client(**kwargs: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=ProviderTransport(**kwargs), timeout=10.0)
+    return httpx.AsyncClient(transport=PooledTransport(**kwargs), timeout=10.0)
 
 
 async def test_requests_in_sequence_share_one_connection(keep_alive: RawServer) -> None:
@@ -155,7 +155,7 @@ async def test_a_connection_refused_once_is_tried_again(keep_alive: RawServer) -
 
     # When a request is made
     async with httpx.AsyncClient(
-        transport=ProviderTransport(max_connections=10, network_backend=backend)
+        transport=PooledTransport(max_connections=10, network_backend=backend)
     ) as http:
         answer = await http.post(keep_alive.url, json={"prompt": "a cat"})
 
@@ -168,7 +168,7 @@ async def test_a_connection_refused_once_is_tried_again(keep_alive: RawServer) -
 async def test_a_connection_refused_twice_fails_as_a_connect_error(keep_alive: RawServer) -> None:
     backend = RefusingFirst(failures=2)
     async with httpx.AsyncClient(
-        transport=ProviderTransport(max_connections=10, network_backend=backend)
+        transport=PooledTransport(max_connections=10, network_backend=backend)
     ) as http:
         with pytest.raises(httpx.ConnectError):
             await http.post(keep_alive.url, json={"prompt": "a cat"})

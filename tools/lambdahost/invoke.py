@@ -13,7 +13,10 @@ environment, each layer over the one before:
 4. as `sam local invoke` does: a declared variable set in your shell takes its value from
    there, and an `--env-vars` file in SAM's format overrides declared variables (`Parameters`
    for every function, then the function's own entry). A name the template does not declare
-   is ignored, as SAM ignores it, and said so.
+   is ignored, as SAM ignores it, and said so; except a provider's own setting
+   (`MODELSCOPE_BASE_URL`, ...: `imagegw.providers`), which the template takes through
+   `PROVIDER_SETTINGS`: set in your shell or the file, it is added to the function's
+   `PROVIDER_SETTINGS` (`NAME=value;...`; it wins over the same name there), and said so.
 
 A handler function (`app.lambda_handler`) runs under `runtime.py`, as Lambda's Python bootstrap
 runs it; its result (or Lambda's error payload) is printed as JSON. A function the Web Adapter
@@ -185,15 +188,45 @@ def function_environment(
         )
         declared.update({name: (shell or {})[name] for name in from_shell})
     overrides = env_vars_overrides(env_vars or {}, function.logical_id)
-    ignored = sorted(name for name in overrides if name not in declared)
+    settings = provider_setting_names() if PROVIDER_SETTINGS in declared else frozenset()
+    ignored = sorted(name for name in overrides if name not in declared and name not in settings)
     if ignored:
         notes.append(
             f"the env-vars file sets {', '.join(ignored)}, which {function.logical_id} does not "
             "declare in the template: ignored, as `sam local invoke` ignores them"
         )
     declared.update({k: v for k, v in overrides.items() if k in function.variables})
+    given = {name: (shell or {})[name] for name in settings if (shell or {}).get(name)}
+    given.update({name: overrides[name] for name in settings if overrides.get(name)})
+    if given:
+        declared[PROVIDER_SETTINGS] = fold_provider_settings(declared[PROVIDER_SETTINGS], given)
+        notes.append(
+            f"{', '.join(sorted(given))}: a provider setting, passed in {PROVIDER_SETTINGS} "
+            "(how the template's ProviderSettings parameter gives it to the function)"
+        )
     values.update(declared)
     return Environment(values, notes)
+
+
+PROVIDER_SETTINGS = "PROVIDER_SETTINGS"
+
+
+def provider_setting_names() -> frozenset[str]:
+    """Every registered provider's own settings (`MODELSCOPE_BASE_URL`, ...)."""
+    from imagegw.infra.config import declared
+    from imagegw.providers import PROVIDERS
+
+    assert PROVIDERS  # the registrations have run
+    return frozenset(declared())
+
+
+def fold_provider_settings(current: str, given: Mapping[str, str]) -> str:
+    """`PROVIDER_SETTINGS` (`NAME=value;...`) with the settings `given` over the same names."""
+    pairs = [
+        p for p in current.split(";") if p.strip() and p.partition("=")[0].strip() not in given
+    ]
+    pairs += [f"{name}={value}" for name, value in sorted(given.items())]
+    return ";".join(pairs)
 
 
 # ------------------------------------------------------------------------------ invoking

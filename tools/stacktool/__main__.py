@@ -1,13 +1,19 @@
 """`python -m stacktool <command>`: what `make deploy`, `make logs` and `make delete` ask of AWS.
 
-- `credentials`: stop with a clear message, before anything is sent, when boto3 finds no AWS
-  credentials (no AWS CLI is needed: environment variables, ~/.aws files, SSO or a profile).
+- `credentials --for deploy|logs|delete`: stop with a clear message, before anything is built
+  or sent, when boto3 finds no AWS credentials (no AWS CLI is needed: environment variables,
+  ~/.aws files, SSO or a profile), when AWS refuses them, or when AWS cannot be reached (a
+  network failure is told as one, not as refused credentials).
+- `architecture [--built ARCH]`: the stack's Architecture as `sam deploy` will use it (what
+  `sam deploy --guided` saved in samconfig.toml, else the template's default), which `make
+  build` builds for; with `--built`, exit 3 (and say so) when the build was for another one.
 - `outputs`: after a deploy, the address to paste into a chat client, the dashboard's address
   and the bucket, from the stack's outputs.
 - `logs`: follow the API's and the job functions' log groups (CloudWatch Logs, from now on, or
   from `--since` minutes back), one line an event, until Ctrl-C.
-- `bucket`: after `sam delete`, the bucket the stack kept (DeletionPolicy Retain) and how to
-  empty and remove it.
+- `bucket`: before `sam delete`, the stack's state (a failed first deploy, ROLLBACK_COMPLETE,
+  is deleted like any other), the bucket it keeps (DeletionPolicy Retain) and how to empty and
+  remove it; exit 1 only when there is no stack to delete.
 
 The stack's name and region come from samconfig.toml (what `sam deploy --guided` saved), unless
 STACK / AWS_REGION say otherwise.
@@ -24,8 +30,14 @@ from typing import Any
 
 SAMCONFIG = Path(__file__).resolve().parents[2] / "samconfig.toml"
 DEFAULT_STACK = "lambda-image-gateway"
+#: what each command did not do for want of credentials
+NOT_DONE = {
+    "deploy": "nothing was built or deployed",
+    "logs": "no logs were read",
+    "delete": "nothing was deleted",
+}
 NO_CREDENTIALS = """\
-No AWS credentials found, so nothing was deployed (the build above is ready).
+No AWS credentials found, so {not_done}.
 Give boto3 and the SAM CLI credentials in one of the usual ways, then run the command again:
   - environment: export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... (and AWS_SESSION_TOKEN
     for temporary ones)
@@ -55,17 +67,103 @@ def session(region: str | None) -> Any:
     return boto3.session.Session(region_name=region) if region else boto3.session.Session()
 
 
-def check_credentials(boto: Any) -> str:
-    """The caller's account id; StackError with the how-to when there are no credentials."""
-    if boto.get_credentials() is None:
-        raise StackError(NO_CREDENTIALS)
-    from botocore.exceptions import BotoCoreError, ClientError
+def no_credentials(command: str = "deploy") -> str:
+    return NO_CREDENTIALS.format(not_done=NOT_DONE.get(command, "nothing was done"))
 
+
+#: how long the credentials check may wait for AWS (seconds to connect and to read, one retry)
+CHECK_TIMEOUT = 10
+
+
+def check_credentials(boto: Any, command: str = "deploy") -> str:
+    """The caller's account id; StackError with the how-to when there are no credentials, with
+    what failed when AWS refused them or could not be reached (told apart)."""
+    from botocore.config import Config
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    not_done = NOT_DONE.get(command, "nothing was done")
     try:
-        identity = boto.client("sts").get_caller_identity()
-    except (BotoCoreError, ClientError) as exc:
-        raise StackError(f"AWS did not accept the credentials found: {exc}") from None
+        if boto.get_credentials() is None:
+            raise NoCredentialsError
+        config = Config(
+            connect_timeout=CHECK_TIMEOUT,
+            read_timeout=CHECK_TIMEOUT,
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        identity = boto.client("sts", config=config).get_caller_identity()
+    except NoCredentialsError:
+        raise StackError(no_credentials(command)) from None
+    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+        raise StackError(
+            f"AWS could not be reached ({type(exc).__name__}), so {not_done}; the credentials "
+            f"were not checked. Check the network (a proxy: HTTPS_PROXY) and the region "
+            f"({boto.region_name}), then run the command again."
+        ) from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise StackError(
+            f"AWS refused the credentials found ({code}), so {not_done}. Renew them (an "
+            f"expired session, `aws sso login`) or choose others (AWS_PROFILE)."
+        ) from None
+    except BotoCoreError as exc:  # e.g. an SSO profile not signed in, a bad config file
+        raise StackError(f"The AWS credentials cannot be used ({exc}), so {not_done}.") from None
     return str(identity["Account"])
+
+
+#: the template's Architecture when nothing else is saved (template.yaml)
+DEFAULT_ARCHITECTURE = "arm64"
+ARCHITECTURES = ("arm64", "x86_64")
+
+
+def overrides(value: Any) -> dict[str, str]:
+    """samconfig.toml's `parameter_overrides`, as `sam deploy --guided` writes it (one string of
+    `Name="value"` pairs) or as a list of `Name=value` strings."""
+    import shlex
+
+    if isinstance(value, str):
+        pairs = shlex.split(value)
+    elif isinstance(value, list):
+        pairs = [str(item) for item in value]
+    else:
+        return {}
+    found = {}
+    for pair in pairs:
+        name, sep, given = pair.partition("=")
+        if sep:
+            found[name.strip()] = given.strip().strip('"')
+    return found
+
+
+def saved_architecture(path: Path = SAMCONFIG) -> str:
+    """The Architecture `sam deploy` will use: the deploy parameters' (what `sam deploy
+    --guided` saved), else the global ones', else the template's default."""
+    if not path.exists():
+        return DEFAULT_ARCHITECTURE
+    default = tomllib.loads(path.read_text()).get("default", {})
+    for section in ("deploy", "global"):
+        given = overrides(default.get(section, {}).get("parameters", {}).get("parameter_overrides"))
+        if given.get("Architecture") in ARCHITECTURES:
+            return given["Architecture"]
+    return DEFAULT_ARCHITECTURE
+
+
+def architecture_mismatch(built: str, saved: str) -> str | None:
+    """What to tell when the build was for another Architecture than the stack's; None when
+    they agree."""
+    if built == saved:
+        return None
+    return (
+        f"The stack's Architecture is {saved} (samconfig.toml) but the build was for "
+        f"{built or 'none'}: building for {saved} and deploying again, so the functions get "
+        f"wheels they can import."
+    )
 
 
 def stack_outputs(boto: Any, stack: str) -> dict[str, str]:
@@ -130,39 +228,101 @@ def follow_logs(boto: Any, stack: str, since_minutes: float, interval: float = 2
         time.sleep(interval)
 
 
+#: the retained bucket's logical id (template.yaml), found among the resources of a stack
+#: whose outputs are missing (a failed first deploy)
+BUCKET_RESOURCE = "UploadsBucket"
+
+
+def delete_notes(stack: str, status: str, bucket: str | None) -> str:
+    """What `make delete` tells before `sam delete`: a failed deploy's state (deleted all the
+    same), and the bucket that stays, with how to empty and remove it."""
+    lines = []
+    if status.endswith("_FAILED") or status in ("ROLLBACK_COMPLETE", "REVIEW_IN_PROGRESS"):
+        lines.append(
+            f"The stack {stack} is in {status} (a deploy that failed): `sam delete` removes it, "
+            f"so the next `make deploy` starts afresh."
+        )
+    if bucket:
+        lines += [
+            f"The stack keeps its bucket {bucket} when deleted (stored images, uploads).",
+            "After `make delete`, empty and remove it (this deletes every image in it):",
+            f"  .venv/bin/python -c \"import boto3; b = boto3.resource('s3').Bucket('{bucket}'); "
+            f'b.objects.all().delete(); b.delete()"',
+        ]
+    else:
+        lines.append(f"The stack {stack} made no image bucket: nothing stays after it.")
+    return "\n".join(lines)
+
+
 def retained_bucket(boto: Any, stack: str) -> str:
-    """How to remove what `sam delete` keeps: the bucket, by its name from the stack."""
-    name = stack_outputs(boto, stack).get("UploadsBucketName")
-    if not name:
-        raise StackError(f"the stack {stack!r} names no bucket")
-    return (
-        f"The stack keeps its bucket {name} when deleted (stored images, uploads).\n"
-        f"After `make delete`, empty and remove it (this deletes every image in it):\n"
-        f"  .venv/bin/python -c \"import boto3; b = boto3.resource('s3').Bucket('{name}'); "
-        f'b.objects.all().delete(); b.delete()"'
-    )
+    """`delete_notes` for the stack as AWS describes it: its status, and its bucket from its
+    outputs or, when it has none (a failed first deploy), from its resources. StackError only
+    when there is no such stack."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    cloudformation = boto.client("cloudformation")
+    try:
+        (found,) = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as exc:
+        if "does not exist" in str(exc):
+            raise StackError(
+                f"There is no stack {stack!r} in this region: nothing to delete."
+            ) from None
+        raise StackError(f"cannot read the stack {stack!r}: {exc}") from None
+    except BotoCoreError as exc:
+        raise StackError(f"cannot read the stack {stack!r}: {exc}") from None
+    outputs = {str(o["OutputKey"]): str(o["OutputValue"]) for o in found.get("Outputs", [])}
+    bucket = outputs.get("UploadsBucketName")
+    if not bucket:
+        try:
+            resources = cloudformation.describe_stack_resources(StackName=stack)
+        except (BotoCoreError, ClientError):
+            resources = {}
+        bucket = next(
+            (
+                str(r["PhysicalResourceId"])
+                for r in resources.get("StackResources", [])
+                if r.get("LogicalResourceId") == BUCKET_RESOURCE and r.get("PhysicalResourceId")
+            ),
+            None,
+        )
+    return delete_notes(stack, str(found.get("StackStatus", "")), bucket)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stacktool")
-    parser.add_argument("command", choices=["credentials", "outputs", "logs", "bucket"])
+    parser.add_argument(
+        "command", choices=["credentials", "outputs", "logs", "bucket", "architecture"]
+    )
     parser.add_argument("--stack", default="", help="stack name (default: samconfig.toml's)")
     parser.add_argument("--region", default="", help="region (default: samconfig.toml's)")
     parser.add_argument("--since", type=float, default=10.0, help="logs: minutes back")
+    parser.add_argument("--for", dest="purpose", default="deploy", choices=sorted(NOT_DONE))
+    parser.add_argument("--built", default=None, help="architecture: what the build was for")
     args = parser.parse_args(argv)
+    if args.command == "architecture":
+        saved = saved_architecture()
+        if args.built is None:
+            print(saved)
+            return 0
+        told = architecture_mismatch(args.built.strip(), saved)
+        if told:
+            print(told, file=sys.stderr)
+            return 3
+        return 0
     stack, region = saved_settings()
     stack = args.stack or stack
     boto = session(args.region or region)
     try:
         if args.command == "credentials":
-            account = check_credentials(boto)
+            account = check_credentials(boto, args.purpose)
             print(f"AWS account {account}, region {boto.region_name}, stack {stack}")
         elif args.command == "outputs":
             print(describe(stack_outputs(boto, stack)))
         elif args.command == "bucket":
             print(retained_bucket(boto, stack))
         else:
-            check_credentials(boto)
+            check_credentials(boto, "logs")
             follow_logs(boto, stack, args.since)
     except StackError as exc:
         print(exc, file=sys.stderr)

@@ -3,6 +3,9 @@
 - `open`: every bearer is the client's own provider token, passed through;
 - `mixed`: a gateway key (`gk-...`) generates with the server-held tokens, any other bearer is
   passed through;
+- in every mode a bearer starting `gk-` that is not a whole gateway key (or any `gk-` bearer in
+  `open` mode) is a 401 `invalid_api_key`: no provider token starts so, and it is never passed
+  on;
 - `keys`: only gateway keys; anything else is a 401 `invalid_api_key`. Routes ask before they
   read the body, so a refused request writes nothing, starts nothing and calls no provider.
 
@@ -27,7 +30,7 @@ from typing import Any, Final
 import anyio.to_thread
 from pydantic import SecretStr
 
-from imagegw.access.gatekeys import key_hash, looks_like_key, token_id
+from imagegw.access.gatekeys import PREFIX, key_hash, looks_like_key, token_id
 from imagegw.access.lease import set_aside_worthy
 from imagegw.access.secret import Pools, SecretSource
 from imagegw.access.table import AccessTable, KeyRecord, QuotaFull, next_midnight
@@ -240,6 +243,17 @@ class Access:
         `provider`. Raises 401 (unknown, expired or revoked key; in `keys` mode any other
         bearer) or 403 (a provider the key may not use)."""
         secret = SecretStr(bearer)
+        if bearer.startswith(PREFIX) and (self.mode == "open" or not looks_like_key(bearer)):
+            # no provider token starts so: a cut-off key (or any key where none are issued) is
+            # refused here in every mode, never passed on to the provider
+            raise AuthenticationError(
+                "Invalid API key: this gateway issues no gateway keys (open access); send your "
+                "own provider token."
+                if self.mode == "open"
+                else "Invalid API key: this gateway key is incomplete; give the whole key "
+                "(gk- and 32 characters) as its owner issued it.",
+                code="invalid_api_key",
+            )
         if self.mode == "open" or (self.mode == "mixed" and not looks_like_key(bearer)):
             return Caller(secret)
         refused = AuthenticationError(
@@ -283,10 +297,12 @@ class Access:
         """A lease on the next token of `provider`'s pool (in turn) not set aside; a 503 when
         the pool is empty, a 429 when every token is set aside."""
         pool = (await self.pools()).pool(provider)
+        if not pool:  # the owner may have added one since this instance read the secret
+            pool = (await self.secret.aread(fresh=True)).pool(provider)
         if not pool:
             raise ServiceUnavailableError(
                 f"This gateway holds no {provider} token: its owner adds them with "
-                f"'make token PROVIDER={provider} TOKEN=...'.",
+                f"'make token PROVIDER={provider} TOKEN=...' (used from 2 s on).",
                 code="no_provider_token",
                 retryable=False,
             )

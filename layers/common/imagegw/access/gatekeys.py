@@ -48,5 +48,11 @@ def token_id(token: str) -> str:
 
 
 def masked(token: str) -> str:
-    """A token as `make tokens` shows it: its first 4 characters."""
-    return token[:4] + "..."
+    """A token as `make tokens` shows it: enough to tell tokens apart, never the whole of it,
+    nor 8 characters in a row: the first and last 4 of a long token (20 characters or more),
+    the first 3 and last 2 of a shorter one, only the first 2 below 12 characters."""
+    if len(token) >= 20:
+        return f"{token[:4]}...{token[-4:]}"
+    if len(token) >= 12:
+        return f"{token[:3]}...{token[-2:]}"
+    return token[:2] + "..."

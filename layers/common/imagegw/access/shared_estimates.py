@@ -10,7 +10,8 @@
   folded into. When another instance wrote first, it reads again and retries once; losing twice
   drops the sample from the table (these are statistics). Its own result is cached at once.
 
-The table is a help, never a need: each call runs in a worker thread within CALL_BUDGET seconds;
+The table is a help, never a need: each call runs in a worker thread within CALL_BUDGET seconds
+(the client is built once before, outside it: building it is no sign of a slow table);
 any failure (throttling, no endpoint, a timeout) logs one warning naming no secret, and for
 PAUSE seconds this instance answers from, and learns in, its memory alone.
 """
@@ -71,6 +72,7 @@ class SharedEstimates:
         self.budget = budget
         self._cache: dict[Key, tuple[Estimate | None, float]] = {}
         self._paused_until = -math.inf
+        self._client_ready = False
 
     async def get(self, key: Key) -> Estimate | None:
         cached = self._cache.get(key)
@@ -118,6 +120,11 @@ class SharedEstimates:
         if self.clock() < self._paused_until:
             raise _Unavailable
         try:
+            if not self._client_ready:
+                # building the client (botocore loading its service model: most of a second
+                # on a cold process) is not the table being slow: outside the budget, once
+                await anyio.to_thread.run_sync(lambda: self.table.client)
+                self._client_ready = True
             with anyio.fail_after(self.budget):
                 return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
         except Exception as exc:  # botocore's errors, throttling, the budget's timeout

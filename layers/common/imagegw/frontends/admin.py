@@ -9,8 +9,9 @@
 They work on a deployed stack (`--stack NAME`, or STACK: its AccessTableName and AccessSecretArn
 outputs, with the caller's AWS credentials), else on ACCESS_TABLE and ACCESS_SECRET, else on
 `make run`'s stand-ins while it runs (`imagegw.frontends.local.LOCAL_ACCESS_FILE`). A new key is
-printed once, as the last line; only its keyed hash is stored. Tokens are listed masked (first 4
-characters). `TOKEN` given as `-` is read from standard input (no shell history).
+printed once, as the last line; only its keyed hash is stored. Tokens are listed masked (the first
+and last few characters: `gatekeys.masked`), each with whether it is set aside and until
+when. `TOKEN` given as `-` is read from standard input (no shell history).
 
 `rotate-webhook-secret` replaces the deployment's webhook secret (the stack's WebhookSecretArn
 output, else WEBHOOK_SECRET, else `make run`'s): every caller's signing secret changes with it,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import sys
@@ -28,7 +30,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imagegw.access.gatekeys import SHOWN, key_hash, masked, new_key
+from imagegw.access.gate import iso
+from imagegw.access.gatekeys import SHOWN, key_hash, masked, new_key, token_id
 from imagegw.access.secret import Pools
 from imagegw.access.table import AccessTable, KeyRecord
 from imagegw.providers import lookup
@@ -202,12 +205,34 @@ def remove_token(where: Target, provider: str, token: str) -> None:
     )
 
 
-def list_tokens(where: Target) -> list[str]:
+def _state(token: str, asides: dict[str, float], now: float) -> str:
+    """Whether the gateway uses `token` now, or until when it is set aside (refused, out of
+    quota or rate limited: `imagegw.access.gate`)."""
+    mine = token_id(token)
+    until = max(
+        (u for ref, u in asides.items() if ref == mine or ref.startswith(mine + "#")),
+        default=0.0,
+    )
+    if until <= now:
+        return "in use"
+    if until - now > 365 * 86400:
+        return "set aside until you change it (refused by the provider)"
+    left = until - now
+    wait = f"{left / 3600:.1f} h" if left >= 3600 else f"{math.ceil(left / 60)} min"
+    return f"set aside until {iso(until)} (in {wait})"
+
+
+def list_tokens(where: Target, now: float | None = None) -> list[str]:
+    """Each pool's tokens, masked (`gatekeys.masked`), each with whether it is in use or set
+    aside and until when."""
     pools = where.pools()
+    at = time.time() if now is None else now
     lines = []
     for provider in sorted(pools.tokens):
-        shown = ", ".join(masked(t) for t in pools.tokens[provider]) or "(none)"
-        lines.append(f"{provider}: {len(pools.tokens[provider])} token(s): {shown}")
+        tokens = pools.tokens[provider]
+        lines.append(f"{provider}: {len(tokens)} token(s){'' if tokens else ': (none)'}")
+        asides = where.table.asides(provider) if tokens else {}
+        lines += [f"  {masked(t):<14} {_state(t, asides, at)}" for t in tokens]
     return lines or ["no provider tokens"]
 
 

@@ -47,6 +47,7 @@ EXPOSED_HEADERS = [
     "location",
     "preference-applied",
     "x-ignored-parameters",
+    "x-model-treatment",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
 FRONT_ENDS = (models, chat, images, jobs, files, webhooks)
@@ -129,16 +130,17 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            apimetrics.finish(token, status)  # after the last byte: streams are not held up
-            logger.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "ms": round((time.monotonic() - began) * 1000),
-                },
-            )
+            # after the last byte: streams are not held up
+            recorder = apimetrics.finish(token, status)
+            extra: dict[str, object] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "ms": round((time.monotonic() - began) * 1000),
+            }
+            if recorder is not None and recorder.codes:  # the error codes the client was told
+                extra["error"] = ",".join(sorted(recorder.codes))
+            logger.info("request", extra=extra)
             logger.thread_safe_remove_keys(["request_id", "job_id"])
 
 

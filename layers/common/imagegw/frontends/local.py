@@ -34,9 +34,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
+
+if TYPE_CHECKING:
+    from imagegw.infra.localstate import LocalState
 
 #: the repository's root, where `make run` runs (the functions and the ASL file live there)
 REPO_ROOT: Final = Path(__file__).resolve().parents[4]
@@ -249,11 +252,14 @@ def create_access_table(dynamodb: Any, table: str) -> None:
     )
 
 
-def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, str]:
+def start_access_stand_in(
+    endpoint: str, region: str = LOCAL_REGION, kept: LocalState | None = None
+) -> dict[str, str]:
     """Gateway keys on the moto server at `endpoint` (README "Sharing a deployment"): its
-    DynamoDB holds the key table, its Secrets Manager the secret (a fresh pepper, no tokens).
-    The env that points the gateway at them; also written to `LOCAL_ACCESS_FILE` for the
-    owner commands while this runs."""
+    DynamoDB holds the key table, its Secrets Manager the secret (a fresh pepper, no tokens;
+    or what `kept` kept of an earlier run, with the table's items: the same keys and tokens).
+    The env that points the gateway at them (the gateway writes it to `LOCAL_ACCESS_FILE` for
+    the owner commands once it listens: `claim_access_file`)."""
     import secrets
 
     import boto3
@@ -265,18 +271,45 @@ def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str
         "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or "local",
     }
     table = "image-gateway-access"
-    create_access_table(boto3.client("dynamodb", **credentials), table)
-    secret = boto3.client("secretsmanager", **credentials).create_secret(
-        Name="image-gateway-access",
-        SecretString=json.dumps({"pepper": secrets.token_urlsafe(36), "tokens": {}}),
-    )["ARN"]
-    env = {
+    dynamodb = boto3.client("dynamodb", **credentials)
+    create_access_table(dynamodb, table)
+    value = kept.kept_secret() if kept is not None else None
+    fresh = json.dumps({"pepper": secrets.token_urlsafe(36), "tokens": {}})
+    manager = boto3.client("secretsmanager", **credentials)
+    secret = manager.create_secret(Name="image-gateway-access", SecretString=value or fresh)["ARN"]
+    if kept is not None:
+        kept.restore_access(dynamodb, table, manager, secret)
+    return {
         "ACCESS_TABLE": table,
         "ACCESS_SECRET": secret,
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
     }
-    LOCAL_ACCESS_FILE.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_access_file(env: Mapping[str, str], region: str) -> str | None:
+    """Point the owner commands at this run's stand-ins (`LOCAL_ACCESS_FILE`, with this
+    process's id); what the file held for another run still alive (put back at exit by
+    `release_access_file`), else None."""
+    previous = None
+    try:
+        held = json.loads(LOCAL_ACCESS_FILE.read_text())
+        if isinstance(held, dict) and held.get("pid") != os.getpid() and _alive(held.get("pid")):
+            previous = json.dumps(held)
+    except (OSError, ValueError):
+        pass
     shared = (
         "BUCKET",
         "S3_ENDPOINT_URL",
@@ -285,8 +318,38 @@ def start_access_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str
         "WEBHOOK_SECRET",
     )
     known = {name: os.environ[name] for name in shared if os.environ.get(name)}
-    LOCAL_ACCESS_FILE.write_text(json.dumps({**known, **env, "AWS_REGION": region}))
-    return env
+    LOCAL_ACCESS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    mine = {**known, **env, "AWS_REGION": region, "pid": os.getpid()}
+    LOCAL_ACCESS_FILE.write_text(json.dumps(mine))
+    return previous
+
+
+def release_access_file(previous: str | None) -> None:
+    """At exit: the owner commands' pointer goes with this run's stand-ins, back to the run
+    it pointed at before when that one still runs; a file another run wrote since is left."""
+    try:
+        held = json.loads(LOCAL_ACCESS_FILE.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(held, dict) or held.get("pid") != os.getpid():
+        return  # another run's now
+    if previous is not None and _alive(json.loads(previous).get("pid")):
+        LOCAL_ACCESS_FILE.write_text(previous)
+    else:
+        LOCAL_ACCESS_FILE.unlink(missing_ok=True)
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether `host:port` cannot be listened on (another server, e.g. another `make run`,
+    holds it), asked before anything is started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 STAND_INS_FLAG = "--stand-ins"
@@ -333,13 +396,15 @@ def serve_stand_ins() -> None:
         else:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_SFN") or os.environ["S3_ENDPOINT_URL"]
         region = os.environ.get("AWS_REGION") or LOCAL_REGION
-        access = start_access_stand_in(endpoint, region)  # also LOCAL_ACCESS_FILE, for the owner
+        access = start_access_stand_in(endpoint, region, kept)
         os.environ.update(access)
         env.update(access)
     if kept is not None:
         kept.keep()
         # a SIGTERM to the process group (a supervisor, a test) still saves on the way out
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        if kept.access is not None:
+            restored += f", {kept.restored_keys} gateway keys and the token pools"
         print(f"kept from earlier runs ({kept.folder}): {restored}", file=sys.stderr)
     print(json.dumps(env), flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the handlers' log lines: the console
@@ -385,6 +450,9 @@ def main() -> None:
         serve_stand_ins()
         return
 
+    # one short line per request on a console (`imagegw.infra.log`, read as it is imported),
+    # here and in the stand-ins' process; JSON where deployed
+    os.environ.setdefault("IMAGEGW_LOG_FORMAT", "text")
     import uvicorn
 
     from imagegw.frontends.app import create_app
@@ -392,6 +460,15 @@ def main() -> None:
 
     # as on the stand-ins' side: no EMF metric lines on the console (imagegw.infra.apimetrics)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8000"))
+    if port_taken(host, port):  # before anything starts: another run's files stay as they are
+        print(
+            f"error: {host}:{port} is in use (another `make run`?): stop it, or choose another "
+            f"port, e.g. make run PORT={port + 1}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     stand_ins = None
     env: dict[str, str] = {}
     where = f"bucket {os.environ['BUCKET']}" if os.environ.get("BUCKET") else ""
@@ -410,8 +487,10 @@ def main() -> None:
         if "ACCESS_TABLE" in env:
             where += "; gateway keys on the DynamoDB and Secrets Manager stand-ins"
         where += f" (stand-ins in process {stand_ins.pid})"
-    host = os.environ.get("HOST", "127.0.0.1")
-    port = int(os.environ.get("PORT", "8000"))
+    previous = None
+    if "ACCESS_TABLE" in env:
+        region = os.environ.get("AWS_REGION") or LOCAL_REGION
+        previous = claim_access_file(env, region)  # for the owner commands, while this runs
     settings = Settings.from_env()
     print(
         f"lambda-image-gateway on http://{host}:{port}/v1 ({settings.access_mode} access; "
@@ -431,7 +510,7 @@ def main() -> None:
         if stand_ins is not None:
             stop_stand_ins(stand_ins)
         if "ACCESS_TABLE" in env:
-            LOCAL_ACCESS_FILE.unlink(missing_ok=True)  # the owner commands' pointer: gone with them
+            release_access_file(previous)  # the owner commands' pointer: gone with them
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+import anyio
 import httpx
 from pydantic import SecretStr
 from starlette.background import BackgroundTask
@@ -19,12 +20,26 @@ from starlette.responses import Response, StreamingResponse
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
-from imagegw.errors import GatewayError, NotFoundError, ProviderError, render
+from imagegw.errors import GatewayError, ProviderError, render
 from imagegw.frontends.streaming import DONE, sse
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.providers.base import Provider
-from imagegw.providers.upstream import error_for, unreachable, work_timeout
+from imagegw.providers.catalogue import (
+    AS_CHAT,
+    TREATMENT_HEADER,
+    says_no_such_model,
+    with_suggestions,
+)
+from imagegw.providers.upstream import (
+    AnswerTimeout,
+    error_for,
+    image_answer_limit,
+    message_of,
+    read_answer,
+    unreachable,
+    work_timeout,
+)
 from imagegw.runners.gateway import Gateway
 
 EVENT_STREAM: Final = "text/event-stream"
@@ -47,10 +62,11 @@ async def chat(
     model = body.get("model")
     base = provider.chat_base_url
     if base is None:
-        raise NotFoundError(
-            f"'{model}' is not an image model, and {provider.title} has no chat models here.",
-            param="model",
-            code="model_not_found",
+        raise with_suggestions(
+            f"'{str(model)[:100]}' is not an image model, and {provider.title} has no chat "
+            "models here.",
+            str(model),
+            provider.known_ids,
         )
     logger.info(
         "chat pass-through",
@@ -73,12 +89,18 @@ async def chat(
     if caller is not None:
         await gateway.access.count_chat(caller, str(model))
     media_type = upstream.headers.get("content-type", "application/json")
+    told = {TREATMENT_HEADER: AS_CHAT}  # the id is no image model of the catalogue
     if not media_type.startswith(EVENT_STREAM):
-        return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=media_type,
+            headers=told,
+        )
     return StreamingResponse(
         _relay(upstream, provider.title),
         media_type=media_type,
-        headers=SSE_HEADERS,
+        headers={**SSE_HEADERS, **told},
         background=BackgroundTask(upstream.aclose),
     )
 
@@ -86,8 +108,9 @@ async def chat(
 async def _send(
     gateway: Gateway, provider: Provider, url: str, body: dict[str, Any], key: SecretStr
 ) -> httpx.Response:
-    """The provider's answer, open: a stream to relay, or a JSON answer read whole. An error
-    answer (or none) is raised as the gateway's error."""
+    """The provider's answer: open, a stream to relay; or a JSON answer read whole (no further
+    than MAX_RESULT_BYTES: `imagegw.providers.upstream`). An error answer (or none, or none
+    whole within GENERATION_TIMEOUT) is raised as the gateway's error."""
     client = gateway.client
     request = client.build_request(
         "POST",
@@ -100,21 +123,39 @@ async def _send(
         },
         timeout=work_timeout(gateway.settings),
     )
+    deadline = gateway.settings.generation_timeout
     try:
-        upstream = await client.send(request, stream=True)
+        # the answer's start, and a JSON answer whole, within the deadline; a stream is relayed
+        # as it comes (never held), bounded by httpx's read timeout between its chunks
+        with anyio.fail_after(deadline):
+            upstream = await client.send(request, stream=True)
+            media_type = upstream.headers.get("content-type", "application/json")
+            if upstream.status_code < 400 and media_type.startswith(EVENT_STREAM):
+                return upstream
+            try:
+                answer = await read_answer(
+                    upstream, title=provider.title, limit=image_answer_limit(gateway.settings)
+                )
+            finally:
+                await upstream.aclose()
+    except TimeoutError:
+        waited = AnswerTimeout(f"no whole answer within {deadline:g} s", request=request)
+        raise unreachable(provider.title, waited, gateway.settings) from None
     except httpx.TransportError as exc:
         raise unreachable(provider.title, exc, gateway.settings) from None
-    media_type = upstream.headers.get("content-type", "application/json")
-    if upstream.status_code >= 400 or not media_type.startswith(EVENT_STREAM):
-        try:
-            await upstream.aread()
-        except httpx.TransportError as exc:
-            raise unreachable(provider.title, exc, gateway.settings) from None
-        finally:
-            await upstream.aclose()
-        if upstream.status_code >= 400:
-            raise error_for(provider.title, upstream, key=key)
-    return upstream
+    if answer.status_code >= 400:
+        model = str(body.get("model"))
+        # "no such model": say how the id was treated, and which ids were likely meant
+        said = says_no_such_model(answer.status_code, message_of(answer))
+        raise error_for(
+            provider.title,
+            answer,
+            key=key,
+            note=f" ({AS_CHAT})" if said else "",
+            model=model,
+            known=provider.known_ids,
+        )
+    return answer
 
 
 async def _relay(upstream: httpx.Response, title: str) -> AsyncIterator[bytes]:

@@ -1,38 +1,68 @@
-"""The HTTP client for the providers' APIs, set up in one place for every driver.
+"""The HTTP clients' set-up, in one place for every driver: the client of the providers' APIs,
+and the layers every client's transport is wrapped in when it is built.
 
-The API function keeps one for its life (`Gateway.client`); the job task functions keep one per
-Lambda instance (`imagegw.runners.stepfunctions.steps`), so a warm instance reuses its
-connections.
+The API function keeps one provider client for its life (`Gateway.client`); the job task
+functions keep one per Lambda instance (`imagegw.runners.stepfunctions.steps`), so a warm
+instance reuses its connections.
+
+Transport layers: a module that observes HTTP calls (the task functions' X-Ray tracing,
+`imagegw.infra.telemetry`) adds a layer with `add_transport_layer` when it is imported; every
+client built afterwards (`provider_client`, the guarded fetcher's) gets its transport wrapped
+in it when it is built, as httpx intends (a transport given at construction): no library class
+or private attribute is patched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
 from imagegw.infra.config import Settings
-from imagegw.infra.transport import ProviderTransport
+from imagegw.infra.transport import PooledTransport
 
-#: provider requests in flight at once (more wait for a connection). The pool's work per request
-#: does not grow with it (`imagegw.infra.transport`); one connection serves a request for
-#: milliseconds, so a few dozen serve hundreds of streams.
-MAX_PROVIDER_CONNECTIONS = 100
+#: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
+#: per request does not grow with it (`imagegw.infra.transport`); one connection serves a
+#: request for milliseconds, so a few dozen serve hundreds of streams.
+MAX_PROVIDER_CONNECTIONS: Final = 100
 
 Hook = Callable[..., Awaitable[Any]]
+#: wraps a transport in another (that calls it)
+TransportLayer = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+
+_LAYERS: list[TransportLayer] = []
+
+
+def add_transport_layer(layer: TransportLayer) -> None:
+    """Wrap the transport of every client built from now on in `layer` (once per layer)."""
+    if layer not in _LAYERS:
+        _LAYERS.append(layer)
+
+
+def remove_transport_layer(layer: TransportLayer) -> None:
+    if layer in _LAYERS:
+        _LAYERS.remove(layer)
+
+
+def layered(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    """`transport` in the layers added so far (the first added is the innermost)."""
+    for layer in _LAYERS:
+        transport = layer(transport)
+    return transport
 
 
 def provider_client(
     settings: Settings, *, event_hooks: Mapping[str, Sequence[Hook]] | None = None
 ) -> httpx.AsyncClient:
     """A client for the owner's provider base URLs: explicit timeouts, a pool whose work does
-    not grow with its size, no redirects (a provider that redirects is not followed anywhere).
-    Connections that could not be made are tried once more: nothing was sent, so a submit
-    cannot start a task twice (`imagegw.infra.transport`)."""
+    not grow with its size or its queue, no redirects (a provider that redirects is not
+    followed anywhere). Connections that could not be made are tried once more: nothing was
+    sent, so a submit cannot start a task twice (`imagegw.infra.transport`). Answers are read
+    through `imagegw.providers.upstream`, which bounds their size and their whole time."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
-        transport=ProviderTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1),
+        transport=layered(PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)),
         follow_redirects=False,
         event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
     )

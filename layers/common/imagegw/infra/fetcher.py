@@ -3,14 +3,17 @@
 Image URLs a client sends (edits through an OpenAI-compatible server) and result images a
 provider links to are fetched by a `Fetcher`, never by the provider client:
 
-- http(s) only; redirects are followed here, at most `MAX_REDIRECTS`, each hop checked again;
+- http(s) only; a URL that cannot be read whole (an IDNA label that does not decode, such as
+  `xn--a.com`, a port out of range, a broken bracket) is refused like any other; redirects are
+  followed here, at most `MAX_REDIRECTS`, each hop checked again;
 - every address a host resolves to must be public (`is_public`: no loopback, private, link-local
   or metadata, CGNAT, multicast, reserved, ULA, nor such an address spelled another way). The
   check sits in the network backend under httpx: a host is resolved once per connection and the
   connection goes to the address that was checked, so a second DNS answer (rebinding) is never
   used. The Host header, TLS SNI and certificate checks still use the URL's host name;
 - the body is read as a stream and abandoned once past its size limit; one total timeout; no
-  proxies from the environment, no cookies, no compressed bodies;
+  proxies from the environment, no cookies, no compressed bodies; at most `MAX_CONNECTIONS`
+  downloads in flight, the others waiting in a FIFO queue (`imagegw.infra.transport`);
 - every refusal and failure is one `FetchError`. Its reason is logged here (host and path, never
   the query: it may hold a signature) and is not for clients: callers answer one text for all,
   so a client learns nothing about what the gateway can reach or whether a port is open.
@@ -37,8 +40,10 @@ import anyio
 import httpcore
 import httpx
 
+from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings, declared
 from imagegw.infra.log import logger
+from imagegw.infra.transport import PooledTransport
 
 IPAddress = IPv4Address | IPv6Address
 #: host name, port -> the addresses it resolves to
@@ -47,6 +52,9 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 AddressPolicy = Callable[[IPAddress], bool]
 
 MAX_REDIRECTS: Final = 3
+#: downloads of one fetcher in flight at once; more wait their turn in a FIFO queue
+#: (`imagegw.infra.transport`: the pool's work per request does not grow with the queue)
+MAX_CONNECTIONS: Final = 100
 REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 SCHEMES: Final = frozenset({"http", "https"})
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -228,19 +236,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._network.sleep(seconds)
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport (its streams and error mapping) over a connection pool whose every
-    connection goes through `GuardedBackend`. No proxy: the pool connects directly."""
-
-    def __init__(self, backend: GuardedBackend) -> None:
-        # not super().__init__(): it would build (and load certificates for) a pool to discard
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=backend,
-        )
+#: what httpx raises on URLs it cannot read (an invalid IDNA label such as `xn--a` is a
+#: UnicodeError, and only when the host is decoded)
+_UNREADABLE: Final = (httpx.InvalidURL, TypeError, ValueError)
 
 
 def origins(urls: Iterable[str]) -> frozenset[tuple[str, int]]:
@@ -249,11 +247,12 @@ def origins(urls: Iterable[str]) -> frozenset[tuple[str, int]]:
     for url in urls:
         try:
             parsed = httpx.URL(url)
-        except httpx.InvalidURL:
+            port = parsed.port
+        except _UNREADABLE:
             continue
         if parsed.scheme in SCHEMES and parsed.raw_host:
-            port = parsed.port or DEFAULT_PORTS[parsed.scheme]
-            found.add((parsed.raw_host.decode("ascii").lower(), port))
+            port = port or DEFAULT_PORTS[parsed.scheme]
+            found.add((parsed.raw_host.decode("ascii", "replace").lower(), port))
     return frozenset(found)
 
 
@@ -268,19 +267,28 @@ def provider_origins(settings: Settings) -> frozenset[tuple[str, int]]:
 
 
 def where(url: str | httpx.URL) -> str:
-    """A URL as it may be logged: scheme, host, port and path (no credentials, no query)."""
+    """A URL as it may be logged: scheme, host, port and path (no credentials, no query). The
+    host as it was spelt (never decoded: a malformed one must not fail the log line)."""
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+        port = f":{parsed.port}" if parsed.port else ""
+        return f"{parsed.scheme}://{parsed.raw_host.decode('ascii', 'replace')}{port}{parsed.path}"
+    except _UNREADABLE:
         return "(an unparsable URL)"
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
 
 
-def _target(url: str | httpx.URL) -> httpx.URL:
-    parsed = httpx.URL(url)
-    if parsed.scheme not in SCHEMES or not parsed.host:
+def _target(url: str | httpx.URL, base: httpx.URL | None = None) -> httpx.URL:
+    """`url` (relative to `base`, for a redirect) as the fetcher reads it; a URL that cannot be
+    read whole (its host decoded included) or is not http(s) is refused."""
+    try:
+        parsed = httpx.URL(url) if base is None else base.join(url)
+        host = parsed.host  # decodes IDNA labels: `xn--a.com` fails here, not deep in a request
+    except _UNREADABLE:
+        raise FetchError(f"{where(url)}: not a URL that can be read") from None
+    if parsed.scheme not in SCHEMES or not host:
         raise FetchError(f"{where(parsed)}: only http(s) URLs are fetched")
+    if parsed.port is not None and not 0 < parsed.port < 65536:  # the socket layer would raise
+        raise FetchError(f"{where(parsed)}: no such port")
     return parsed
 
 
@@ -330,7 +338,15 @@ class Fetcher:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                transport=_GuardedTransport(self._backend),
+                # no proxy, no retry: every connection goes through the guard, once
+                transport=layered(
+                    PooledTransport(
+                        max_connections=MAX_CONNECTIONS,
+                        retries=0,
+                        ssl_context=httpx.create_ssl_context(trust_env=False),
+                        network_backend=self._backend,
+                    )
+                ),
                 trust_env=False,
                 follow_redirects=False,
                 cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # keeps none
@@ -349,7 +365,8 @@ class Fetcher:
             reason = exc.reason
         except TimeoutError:
             reason = f"no whole answer within {self.timeout:g} s"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: a URL part
+            # httpx could not use (a UnicodeError is one) is refused like any other
             reason = type(exc).__name__
         logger.warning("url not fetched", extra={"url": where(url), "reason": reason})
         raise FetchError(reason) from None
@@ -360,7 +377,7 @@ class Fetcher:
             async with self.client.stream("GET", target) as answer:
                 location = answer.headers.get("location")
                 if answer.status_code in REDIRECT_STATUSES and location:
-                    target = _target(target.join(location))
+                    target = _target(location, target)
                     continue
                 if answer.status_code != 200:
                     raise FetchError(f"{where(target)} answered HTTP {answer.status_code}")

@@ -11,6 +11,12 @@ keeps:
   `GET /v1/jobs/{id}` answers after a restart as before it (jobs still running when the
   process stopped are not kept: their provider task is lost with the process).
 
+- `access/`: the gateway-key stand-ins (README "Sharing a deployment"): every item of the
+  access table (key records under their hashes, usage, set-aside tokens, estimates) and the
+  access secret (the hash pepper and the token pools), put back at start, so the keys issued
+  and the tokens added with `make key` / `make token` keep working after a restart. The secret
+  holds provider tokens: its file is readable by its owner only (0600).
+
 Uploaded input images (`uploads/`) are not kept: they only live while a generation runs.
 What is new is written every `interval` seconds and when the stand-ins stop, so even a killed
 process loses at most a few seconds. The folder is `.local-state/` at the repository's root
@@ -62,6 +68,19 @@ def _date(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else None
 
 
+def _write_private(target: Path, text: str) -> None:
+    """`text` in `target`, readable by its owner only, replaced whole (never half-written),
+    untouched when it holds that already."""
+    with contextlib.suppress(OSError):
+        if target.read_text() == text:
+            return
+    partial = target.with_name(target.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    partial.replace(target)
+
+
 def _parse_date(value: Any) -> datetime:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
@@ -79,6 +98,10 @@ class LocalState:
         self.images = folder / "images"
         self.jobs = folder / "jobs"
         self.machine: tuple[Any, str] | None = None  # (stepfunctions client, machine ARN)
+        self.access_dir = folder / "access"
+        #: (dynamodb client, table name, secretsmanager client, secret id) when keys run
+        self.access: tuple[Any, str, Any, str] | None = None
+        self.restored_keys = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,14 +163,51 @@ class LocalState:
             count += 1
         return count
 
+    def kept_secret(self) -> str | None:
+        """The access secret's value kept by an earlier run (its pepper and token pools), or
+        None: the stand-in then makes a fresh one."""
+        path = self.access_dir / "secret.json"
+        try:
+            value = path.read_text()
+            json.loads(value)
+        except (OSError, ValueError):
+            return None
+        return value
+
+    def restore_access(self, dynamodb: Any, table: str, secrets: Any, secret_id: str) -> int:
+        """Put the kept access table's items back in `table` (the secret was made from
+        `kept_secret`); how many gateway keys. Later saves cover them."""
+        self.access = (dynamodb, table, secrets, secret_id)
+        try:
+            items = json.loads((self.access_dir / "items.json").read_text())
+        except (OSError, ValueError):
+            return 0
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("pk"), dict):
+                dynamodb.put_item(TableName=table, Item=item)
+                self.restored_keys += str(item["pk"].get("S", "")).startswith("key#")
+        return self.restored_keys
+
     # --------------------------------------------------------------------------- save
 
     def save(self) -> None:
-        """Write what is new since the last save: images, then ended jobs."""
+        """Write what is new since the last save: images, ended jobs, the access state."""
         with self._lock:
             self._save_images()
             if self.machine is not None:
                 self._save_jobs(*self.machine)
+            if self.access is not None:
+                self._save_access(*self.access)
+
+    def _save_access(self, dynamodb: Any, table: str, secrets: Any, secret_id: str) -> None:
+        items: list[dict[str, Any]] = []
+        for page in dynamodb.get_paginator("scan").paginate(TableName=table):
+            items += page.get("Items", [])
+        items.sort(key=lambda item: str(item.get("pk", {}).get("S", "")))
+        secret = secrets.get_secret_value(SecretId=secret_id)["SecretString"]
+        self.access_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(self.access_dir / "items.json", json.dumps(items))
+        _write_private(self.access_dir / "secret.json", secret)
 
     def _save_images(self) -> None:
         self.images.mkdir(parents=True, exist_ok=True)

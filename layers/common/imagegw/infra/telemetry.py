@@ -7,8 +7,11 @@ Tracing is off outside Lambda (Powertools decides); metrics go out as CloudWatch
 and the tests do).
 
 What is traced: each handler call (Powertools' `## lambda_handler` subsegment), the AWS calls
-(the X-Ray SDK's botocore patch: KMS, S3) and every HTTP request of an httpx.AsyncClient (the
-provider's API, result images) in a subsegment of its own, made by `TracedTransport`.
+(the X-Ray SDK's botocore patch: KMS, S3) and every HTTP request of the gateway's httpx clients
+(the provider's API, result images) in a subsegment of its own, made by `TracedTransport`: when
+tracing is on, importing this module adds it as a transport layer (`imagegw.infra.clients`), so
+every client built afterwards has its transport wrapped in it at construction (no patch of
+httpx).
 
 Why not the X-Ray SDK's own httpx patch (what `Tracer()` applies by default): it keeps each
 request's subsegment on the recorder's context stack, which in Lambda is one stack per thread.
@@ -21,7 +24,6 @@ own stack), so they never interleave on one stack.
 
 from __future__ import annotations
 
-import functools
 import os
 import traceback
 from typing import Any
@@ -33,6 +35,8 @@ from aws_xray_sdk.core import xray_recorder
 from aws_xray_sdk.core.models import http
 from aws_xray_sdk.core.models.segment import Segment
 from aws_xray_sdk.core.models.subsegment import Subsegment
+
+from imagegw.infra.clients import add_transport_layer
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "image-gateway")
 #: what the X-Ray SDK patches (not httpx: see the module's docstring)
@@ -60,13 +64,15 @@ class TracedTransport(httpx.AsyncBaseTransport):
         if parent is None or not parent.sampled:
             return None
         segment = parent if isinstance(parent, Segment) else parent.parent_segment
-        subsegment = Subsegment(request.url.host or "http", "remote", segment)
+        # the host as spelt (raw): a result URL's malformed IDNA label must not fail the call
+        host = request.url.raw_host.decode("ascii", "replace")
+        subsegment = Subsegment(host or "http", "remote", segment)
         parent.add_subsegment(subsegment)
         subsegment.put_http_meta(http.METHOD, request.method)
         subsegment.put_http_meta(http.URL, str(request.url.copy_with(query=None, fragment=None)))
         return subsegment
 
-    def _close(self, subsegment: Any) -> None:
+    def _end(self, subsegment: Any) -> None:
         subsegment.close()
         # sends the subsegments that have ended (in Lambda: at once)
         self.recorder.stream_subsegments()
@@ -84,30 +90,15 @@ class TracedTransport(httpx.AsyncBaseTransport):
             subsegment.put_http_meta(http.STATUS, response.status_code)
             return response
         finally:
-            self._close(subsegment)
+            self._end(subsegment)
 
     async def aclose(self) -> None:
         await self.wrapped.aclose()
 
 
-def trace_httpx() -> None:
-    """Route every httpx.AsyncClient made from now on through `TracedTransport` (idempotent)."""
-    init = httpx.AsyncClient.__init__
-    if init.__name__ == "traced_init":
-        return
-
-    @functools.wraps(init)
-    def traced_init(client: httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
-        init(client, *args, **kwargs)
-        client._transport = TracedTransport(client._transport)
-
-    traced_init.__name__ = "traced_init"
-    setattr(httpx.AsyncClient, "__init__", traced_init)  # noqa: B010 (a method, on purpose)
-
-
 tracer = Tracer(service=SERVICE, patch_modules=PATCHED_MODULES)
 if not tracer.disabled:
-    trace_httpx()
+    add_transport_layer(TracedTransport)
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImageGateway"), service=SERVICE
 )

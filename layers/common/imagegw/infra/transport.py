@@ -1,15 +1,24 @@
-"""The HTTP transport of the provider calls: httpx's own, around a connection pool that does a
-constant amount of work per request and opens only a few connections to one provider at once.
+"""The HTTP transport of every client the gateway builds (the providers' APIs and the guarded
+fetcher), made of httpx's and httpcore's public classes only.
 
-Why not httpcore's pool: it looks at every pooled connection each time it places a request and
+`PooledTransport` is an httpx transport as httpx documents custom ones (`httpx.AsyncBaseTransport`)
+over `LanePool`, a connection pool whose connections are httpcore's own
+(`httpcore.AsyncHTTPConnection`, with a network backend given when the pool is built: the SSRF
+guard's for the fetcher). Nothing reaches into a library's private attributes, so httpx and
+httpcore are not pinned to one release (layers/common/requirements.txt).
+
+Why not httpcore's pool (`httpcore.AsyncConnectionPool`, what `httpx.AsyncHTTPTransport` builds):
+it looks at every pooled connection and every queued request each time it places a request and
 each time a response closes, and for an idle connection that means system calls (is the socket
-readable? whose is it?). Its CPU per request grows with the pool: with 50-200 connections it
-was half the gateway's CPU under load (docs/architecture.md "Cold start and memory").
+readable?). Its CPU per request grows with the pool and with the queue: at 1,000 concurrent
+downloads over `max_connections=100`, 900 requests queued in it and 68% of the process's CPU went
+to that bookkeeping (issue 25; `python -m bench pool` shows it).
 
-Here the idle connections of each origin are a stack: a request takes the most recently used
-one, checking that one only, or opens a new connection; a returned connection goes on top, and
-the oldest one is checked then, so connections the server closed or that idled too long are
-dropped over time. `max_connections` bounds the requests in flight; other requests wait.
+Here requests over the limit wait in an `asyncio.Semaphore` (a FIFO queue: O(1) a request), and
+the idle connections of each origin are a stack: a request takes the most recently used one,
+checking that one only, or opens a new connection; a returned connection goes on top, and the
+oldest one is checked then, so connections the server closed or that idled too long are dropped
+over time. `max_connections` bounds the requests in flight.
 
 A burst on a cold pool would open a connection per request at once. A provider whose accept
 queue is short drops the surplus after the request was sent: the client sees a reset, the
@@ -18,8 +27,8 @@ midway, so such a submit must not be retried. So at most `max_opening` connectio
 origin are being opened at a time (from connect to the first response), which never overflows
 an accept queue that long; other requests wait for a connection to come free or for their turn
 to open one. A connection that cannot be made at all (refused, reset or failed in the TLS
-handshake, connect timeout) is tried once more (`retries`): nothing was sent, so a submit
-cannot start a task twice.
+handshake, connect timeout) is tried `retries` more times by httpcore's connection: nothing was
+sent, so a submit cannot start a task twice.
 
 For asyncio, which the gateway runs on (uvicorn).
 """
@@ -27,21 +36,54 @@ For asyncio, which the gateway runs on (uvicorn).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 import anyio
 import httpcore
 import httpx
 
 #: connections being opened to one origin at a time (see the module docstring)
-MAX_OPENING = 8
+MAX_OPENING: Final = 8
 #: seconds an unused connection is kept (httpx's default)
-KEEPALIVE_EXPIRY = 5.0
+KEEPALIVE_EXPIRY: Final = 5.0
 
 _OriginKey = tuple[bytes, bytes, int | None]
+
+#: httpcore's errors and httpx's for them (the most specific match wins), as httpx's own
+#: transport maps them
+_ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    """httpcore's errors raised as httpx's; any other exception (the SSRF guard's) unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        for theirs, ours in _ERRORS:
+            if isinstance(exc, theirs):
+                raise ours(str(exc)) from exc
+        raise
 
 
 @dataclass
@@ -66,11 +108,9 @@ async def _close(connection: httpcore.AsyncConnectionInterface) -> None:
         await connection.aclose()
 
 
-class ProviderPool(httpcore.AsyncConnectionPool):
-    """httpcore's connection pool with its placement of requests replaced (module docstring).
-
-    Connections are made by httpcore's own `create_connection`, with the pool's settings (TLS
-    context, keep-alive expiry, connect retries)."""
+class LanePool:
+    """A connection pool of httpcore connections, placed as the module docstring says. It takes
+    and gives httpcore's requests and responses (`handle_async_request`)."""
 
     def __init__(
         self,
@@ -82,24 +122,24 @@ class ProviderPool(httpcore.AsyncConnectionPool):
         ssl_context: ssl.SSLContext | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
-        super().__init__(
-            ssl_context=ssl_context,
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            retries=retries,
-            network_backend=network_backend,
-        )
-        self._limit = max_connections
-        self._max_opening = max_opening
+        self.max_connections = max_connections
+        self.max_opening = max_opening
+        self._keepalive_expiry = keepalive_expiry
+        self._retries = retries
+        self._ssl_context = ssl_context
+        self._network_backend = network_backend
         self._slots: asyncio.Semaphore | None = None
         self._lanes: dict[_OriginKey, _Lane] = {}
         self._closed = False
 
-    @property
-    def connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        """The idle connections (those in use belong to their responses)."""
-        return [c for lane in self._lanes.values() for c in lane.idle]
+    def _connect(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return httpcore.AsyncHTTPConnection(
+            origin=origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            retries=self._retries,
+            network_backend=self._network_backend,
+        )
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         scheme = request.url.scheme.decode()
@@ -108,8 +148,8 @@ class ProviderPool(httpcore.AsyncConnectionPool):
         timeout = request.extensions.get("timeout", {}).get("pool")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._limit)
+        if self._slots is None:  # made on the loop that uses it
+            self._slots = asyncio.Semaphore(self.max_connections)
         try:
             async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
@@ -136,7 +176,7 @@ class ProviderPool(httpcore.AsyncConnectionPool):
         return httpcore.Response(
             status=response.status,
             headers=response.headers,
-            content=_Stream(response.stream, self, lane, connection),
+            content=_PooledStream(response.stream, self, lane, connection),
             extensions=response.extensions,
         )
 
@@ -150,9 +190,9 @@ class ProviderPool(httpcore.AsyncConnectionPool):
                 if connection.is_idle() and not connection.has_expired():
                     return connection, False
                 await _close(connection)
-            if lane.opening < self._max_opening:
+            if lane.opening < self.max_opening:
                 lane.opening += 1
-                return self.create_connection(origin), True
+                return self._connect(origin), True
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             lane.waiters.append(waiter)
             try:
@@ -167,7 +207,7 @@ class ProviderPool(httpcore.AsyncConnectionPool):
                     waiter.cancel()
                 raise
 
-    async def _checkin(self, lane: _Lane, connection: httpcore.AsyncConnectionInterface) -> None:
+    async def checkin(self, lane: _Lane, connection: httpcore.AsyncConnectionInterface) -> None:
         """A response was closed: its connection goes back on the stack, if it can be reused."""
         assert self._slots is not None
         self._slots.release()
@@ -176,7 +216,7 @@ class ProviderPool(httpcore.AsyncConnectionPool):
         else:
             lane.idle.append(connection)
             oldest = lane.idle[0]
-            if len(lane.idle) > self._limit or oldest.has_expired():
+            if len(lane.idle) > self.max_connections or oldest.has_expired():
                 lane.idle.pop(0)
                 await _close(oldest)
         lane.wake_one()
@@ -188,46 +228,76 @@ class ProviderPool(httpcore.AsyncConnectionPool):
                 await _close(lane.idle.pop())
 
 
-class _Stream:
-    """A response's body; closing it returns the connection to the pool."""
+class _PooledStream:
+    """A response's body as httpcore gives it; closing it returns the connection to the pool.
+
+    An iterator object, not an async generator: one left unfinished (a reader that stops at a
+    size limit) has nothing for the event loop to finalize later."""
 
     def __init__(
         self,
         stream: AsyncIterable[bytes],
-        pool: ProviderPool,
+        pool: LanePool,
         lane: _Lane,
         connection: httpcore.AsyncConnectionInterface,
     ) -> None:
-        self._stream = stream
-        self._pool = pool
-        self._lane = lane
-        self._connection = connection
-        self._closed = False
+        self.stream = stream
+        self.parts: AsyncIterator[bytes] | None = None
+        self.pool = pool
+        self.lane = lane
+        self.connection = connection
+        self.closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.parts is None:
+            self.parts = aiter(self.stream)
         try:
-            async for part in self._stream:
-                yield part
+            return await anext(self.parts)
+        except StopAsyncIteration:
+            raise
         except BaseException:
             await self.aclose()
             raise
 
     async def aclose(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with anyio.CancelScope(shield=True):
-            close = getattr(self._stream, "aclose", None)
             try:
-                if close is not None:
-                    await close()
+                for part in (self.parts, self.stream):  # httpcore's iterator: finished now
+                    close = getattr(part, "aclose", None)
+                    if close is not None:
+                        await close()
             finally:
-                await self._pool._checkin(self._lane, self._connection)
+                await self.pool.checkin(self.lane, self.connection)
 
 
-class ProviderTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport (its request and response types, its mapping of httpcore's errors to
-    httpx's) with a `ProviderPool` in place of httpcore's."""
+class _ResponseBody(httpx.AsyncByteStream):
+    """An httpcore response body as httpx reads one, its errors raised as httpx's (an iterator
+    object, as `_PooledStream` is)."""
+
+    def __init__(self, stream: _PooledStream) -> None:
+        self.stream = stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        with _httpx_errors():
+            return await anext(self.stream)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over a `LanePool` (what the module docstring says). `network_backend`:
+    how connections are made (default: httpcore's); `ssl_context`: default, httpx's (certifi,
+    or SSL_CERT_FILE / SSL_CERT_DIR when set, as httpx's own transport does)."""
 
     def __init__(
         self,
@@ -235,15 +305,40 @@ class ProviderTransport(httpx.AsyncHTTPTransport):
         max_connections: int,
         max_opening: int = MAX_OPENING,
         retries: int = 1,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        ssl_context: ssl.SSLContext | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
-        context = httpx.create_ssl_context()
-        super().__init__(verify=context, retries=retries)
-        # httpx keeps its pool in `_pool` and uses nothing else of it (httpx is pinned)
-        self._pool = ProviderPool(
-            ssl_context=context,
+        self.pool = LanePool(
+            ssl_context=ssl_context or httpx.create_ssl_context(),
             max_connections=max_connections,
             max_opening=max_opening,
+            keepalive_expiry=keepalive_expiry,
             retries=retries,
             network_backend=network_backend,
         )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, AsyncIterable)
+        url = request.url
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            answer = await self.pool.handle_async_request(core)
+        assert isinstance(answer.stream, _PooledStream)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_ResponseBody(answer.stream),
+            extensions=answer.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()

@@ -33,7 +33,7 @@ from imagegw.providers.base import (
 from imagegw.providers.options import as_float, as_int, common_options, option_names, parse_size
 from imagegw.providers.sizes import STEP, SizeLimits
 from imagegw.providers.tasks import refusal
-from imagegw.providers.upstream import unreachable, work_timeout
+from imagegw.providers.upstream import image_answer_limit, send, unreachable, work_timeout
 
 #: sizes Seedream 4 takes by name
 NAMED_SIZES: Final = frozenset({"1K", "2K", "4K"})
@@ -169,8 +169,13 @@ class Ark(Provider):
 
     async def start(self, request: GenerationRequest) -> Finished:
         try:
-            response = await self.client.post(
+            response = await send(  # the answer may hold the images themselves (b64_json)
+                self.client,
+                "POST",
                 f"{self.base_url}/images/generations",
+                title=self.title,
+                deadline=self.settings.generation_timeout,
+                limit=image_answer_limit(self.settings),
                 json=self.body(request),
                 headers={"Authorization": f"Bearer {request.api_key.get_secret_value()}"},
                 timeout=work_timeout(self.settings),

@@ -162,6 +162,11 @@ class Provider(ABC):
     def classify(self, model: str) -> ModelKind:
         return classify(model, self.catalog)
 
+    @property
+    def known_ids(self) -> tuple[str, ...]:
+        """The catalogue's model ids (what a "model not found" suggests: `catalogue`)."""
+        return tuple(info.id for info in self.catalog)
+
     def check_prompt(self, prompt: str, param: str = "messages") -> None:
         limit = self.max_prompt_chars
         if limit is not None and len(prompt) >= limit:

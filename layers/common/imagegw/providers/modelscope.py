@@ -42,7 +42,7 @@ from imagegw.providers.options import (
     parse_size,
 )
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.upstream import error_for, unreachable
+from imagegw.providers.upstream import error_for, send, unreachable
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"
@@ -167,8 +167,12 @@ class ModelScope(Provider):
         if request.images:
             body["image_url"] = [image.url for image in request.images]
         try:
-            response = await self.client.post(
+            response = await send(
+                self.client,
+                "POST",
                 f"{self.base_url}/images/generations",
+                title=self.title,
+                deadline=self.settings.provider_timeout,
                 json=body,
                 headers={**self._headers(request), ASYNC_MODE_HEADER: "true"},
                 timeout=self.timeout,
@@ -179,7 +183,9 @@ class ModelScope(Provider):
                 self.title, exc, self.settings, waited=self.settings.provider_timeout
             ) from None
         if response.status_code != 200:
-            raise error_for(self.title, response, key=request.api_key)
+            raise error_for(
+                self.title, response, key=request.api_key, model=request.model, known=self.known_ids
+            )
         try:
             return Started(_Submitted.model_validate_json(response.content).task_id)
         except ValidationError:
@@ -189,8 +195,12 @@ class ModelScope(Provider):
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         try:
-            response = await self.client.get(
+            response = await send(
+                self.client,
+                "GET",
                 f"{self.base_url}/tasks/{task_id}",
+                title=self.title,
+                deadline=self.settings.provider_timeout,
                 headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
                 timeout=self.timeout,
             )

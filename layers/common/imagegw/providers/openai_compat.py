@@ -46,7 +46,13 @@ from imagegw.providers.options import (
     parse_size,
 )
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.upstream import error_for, unreachable, work_timeout
+from imagegw.providers.upstream import (
+    error_for,
+    image_answer_limit,
+    send,
+    unreachable,
+    work_timeout,
+)
 
 #: OpenAI's own image models: OpenAI's parameter names only
 OPENAI_MODELS: Final = re.compile(r"^(gpt-image|chatgpt-image|dall-e)", re.IGNORECASE)
@@ -251,27 +257,29 @@ class OpenAICompatible(Provider):
 
     async def start(self, request: GenerationRequest) -> Finished:
         headers = {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
-        timeout = work_timeout(self.settings)
+        # the answer may hold the images themselves (b64_json)
+        call: dict[str, Any] = {
+            "title": self.title,
+            "deadline": self.settings.generation_timeout,
+            "limit": image_answer_limit(self.settings),
+            "headers": headers,
+            "timeout": work_timeout(self.settings),
+        }
         if request.images:
             data, files = await self._edit_form(request)
-            call = self.client.post(
-                f"{self.base_url}/images/edits",
-                data=data,
-                files=files,
-                headers=headers,
-                timeout=timeout,
-            )
+            url = f"{self.base_url}/images/edits"
+            call.update(data=data, files=files)
         else:
-            body = {"model": request.model, "prompt": request.prompt, **request.options}
-            call = self.client.post(
-                f"{self.base_url}/images/generations", json=body, headers=headers, timeout=timeout
-            )
+            url = f"{self.base_url}/images/generations"
+            call.update(json={"model": request.model, "prompt": request.prompt, **request.options})
         try:
-            response = await call
+            response = await send(self.client, "POST", url, **call)
         except httpx.TransportError as exc:
             raise unreachable(self.title, exc, self.settings) from None
         if response.status_code != 200:
-            raise error_for(self.title, response, key=request.api_key)
+            raise error_for(
+                self.title, response, key=request.api_key, model=request.model, known=self.known_ids
+            )
         try:
             data_items = _Images.model_validate_json(response.content).data
         except ValidationError:

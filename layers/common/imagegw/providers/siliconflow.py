@@ -38,7 +38,7 @@ from imagegw.providers.options import (
     parse_size,
 )
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.upstream import error_for, unreachable, work_timeout
+from imagegw.providers.upstream import error_for, send, unreachable, work_timeout
 
 TRACE_HEADER: Final = "x-siliconcloud-trace-id"
 #: the input-image fields, in order (`image2`/`image3` only on Qwen-Image-Edit-2509)
@@ -183,7 +183,14 @@ class SiliconFlow(Provider):
     def _error(self, response: httpx.Response, request: GenerationRequest) -> GatewayError:
         trace = _trace(response)
         note = f" (trace id {trace})" if trace else ""
-        error = error_for(self.title, response, key=request.api_key, note=note)
+        error = error_for(
+            self.title,
+            response,
+            key=request.api_key,
+            note=note,
+            model=request.model,
+            known=self.known_ids,
+        )
         if response.status_code == 400 and _code(response) == NO_SUCH_MODEL:
             return NotFoundError(error.message, param="model", code="model_not_found")
         return error
@@ -197,8 +204,12 @@ class SiliconFlow(Provider):
             # bytes we hold go inline: the service need not fetch a presigned URL
             body[name] = image.image.data_uri() if image.image is not None else image.url
         try:
-            response = await self.client.post(
+            response = await send(
+                self.client,
+                "POST",
                 f"{self.base_url}/images/generations",
+                title=self.title,
+                deadline=self.settings.generation_timeout,
                 json=body,
                 headers={"Authorization": f"Bearer {request.api_key.get_secret_value()}"},
                 timeout=work_timeout(self.settings),

@@ -30,7 +30,7 @@ from imagegw.errors import (
     TransientProviderError,
 )
 from imagegw.infra.fetcher import DEFAULT_PORTS, FetchError, where
-from imagegw.providers.upstream import error_for, redact, unreachable
+from imagegw.providers.upstream import error_for, redact, send, unreachable
 
 if TYPE_CHECKING:
     from imagegw.providers.base import Provider
@@ -112,17 +112,26 @@ async def follow(
     """GET a URL the provider returned, with its key, only on its own hosts (module doc).
     Transport failures raise `httpx.TransportError` (the caller words them)."""
     try:
-        target = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        target = None
+        target: httpx.URL | None = httpx.URL(url)
+        host = target.host if target is not None else ""  # an IDNA label that does not decode
+    except (httpx.InvalidURL, TypeError, ValueError):  # raises here (a UnicodeError)
+        target, host = None, ""
     base = httpx.URL(provider.base_url)
-    if target is None or target.scheme not in DEFAULT_PORTS or not target.host:
+    if target is None or target.scheme not in DEFAULT_PORTS or not host:
         raise ProviderError(
             f"{provider.title} answered an unusable {what}; nothing was sent to it.",
             code="provider_error",
         )
     if _origin(target) == _origin(base):
-        return await provider.client.get(target, headers=dict(headers), timeout=provider.timeout)
+        return await send(
+            provider.client,
+            "GET",
+            str(target),
+            title=provider.title,
+            deadline=provider.settings.provider_timeout,
+            headers=dict(headers),
+            timeout=provider.timeout,
+        )
     secure = target.scheme == "https" or base.scheme == "http"  # http only where the base is
     if not (secure and is_own_host(target, patterns)):
         raise ProviderError(
@@ -131,8 +140,14 @@ async def follow(
             code="provider_error",
         )
     try:
-        return await provider.fetcher.client.get(
-            target, headers=dict(headers), timeout=provider.timeout
+        return await send(
+            provider.fetcher.client,
+            "GET",
+            str(target),
+            title=provider.title,
+            deadline=provider.settings.provider_timeout,
+            headers=dict(headers),
+            timeout=provider.timeout,
         )
     except FetchError as exc:
         raise ProviderError(
@@ -152,8 +167,15 @@ async def submit(
     """POST a submission to the provider's own API; a 2xx answer, or the gateway's error (a
     400 whose error code `moderation` accepts: a content-policy refusal)."""
     try:
-        response = await provider.client.post(
-            url, json=dict(body), headers=dict(headers), timeout=provider.timeout
+        response = await send(
+            provider.client,
+            "POST",
+            url,
+            title=provider.title,
+            deadline=provider.settings.provider_timeout,
+            json=dict(body),
+            headers=dict(headers),
+            timeout=provider.timeout,
         )
     except httpx.TransportError as exc:
         waited = provider.settings.provider_timeout

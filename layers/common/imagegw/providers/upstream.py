@@ -1,7 +1,15 @@
-"""Calls to a provider's HTTP API that wait for the work itself, and their failures.
+"""Calls to a provider's HTTP API, how their answers are read, and their failures.
 
-For providers that answer synchronously (SiliconFlow, OpenAI-compatible image servers) and for
-chat pass-through. Providers disagree on error bodies: a bare JSON string (`"Invalid token"`),
+Every provider answer is read by `send` (or `read_answer` for an answer already open): no further
+than a size limit while it streams in (`MAX_ANSWER_BYTES` for answers that carry task ids,
+statuses, links and errors; MAX_RESULT_BYTES for those that may carry images inline), and the
+whole call (connect, send, the whole body) within one deadline, so neither a huge answer nor one
+trickled a byte at a time can hold memory or a request for longer than that (issue 24, class 2).
+httpx's own timeouts still bound each phase (connect, each read) within it.
+
+Calls that wait for the work itself (`work_timeout`, deadline GENERATION_TIMEOUT) serve the
+providers that answer synchronously (SiliconFlow, OpenAI-compatible image servers) and chat
+pass-through. Providers disagree on error bodies: a bare JSON string (`"Invalid token"`),
 `{"code":..,"message":..,"data":..}`, OpenAI's `{"error":{"message":..}}`, ModelScope's
 `{"errors":{"message":..}}`, FastAPI's `{"detail":..}`, or plain text. `error_for()` reads any
 of them into the gateway's error for the status, with the provider's own message; the client's
@@ -10,8 +18,10 @@ key never appears in it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import anyio
 import httpx
 from pydantic import SecretStr
 
@@ -26,12 +36,109 @@ from imagegw.errors import (
     for_status,
 )
 from imagegw.infra.config import Settings
+from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 #: the longest provider message passed on
 MAX_MESSAGE: Final = 500
 MAX_SCAN: Final = redaction.MAX_SCAN
 #: headers of a 429 worth passing on besides any `*ratelimit*` one
 RETRY_HEADERS: Final = ("retry-after", "retry-after-ms")
+#: the most the gateway reads of a provider answer that carries no image (a task id, a status,
+#: links, an error): real ones are a few kilobytes
+MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
+#: headers of an answer that describe its encoded body, not the body the gateway read
+_BODY_HEADERS: Final = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class AnswerTimeout(httpx.ReadTimeout):
+    """A provider's whole answer did not come within the call's deadline (`send`). An httpx
+    read timeout, so callers word it as they word one: the request may have started."""
+
+
+def image_answer_limit(settings: Settings) -> int:
+    """The most the gateway reads of an answer that may hold images inline (base64)."""
+    return max(MAX_ANSWER_BYTES, settings.max_result_bytes)
+
+
+def _size(limit: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if limit >= size:
+            return f"{limit / size:g} {unit}"
+    return f"{limit} bytes"
+
+
+def too_large(title: str, limit: int) -> ProviderError:
+    return ProviderError(
+        f"{title} answered more than {_size(limit)}, the most the gateway reads of an answer; "
+        "the answer was abandoned.",
+        code="provider_answer_too_large",
+    )
+
+
+async def read_answer(answer: httpx.Response, *, title: str, limit: int) -> httpx.Response:
+    """`answer` (opened with `stream=True`) read whole, no further than `limit` bytes of its
+    decoded body (`too_large` past it), as a closed response holding its body. The caller
+    closes `answer`."""
+    declared = answer.headers.get("content-length", "")
+    encoded = answer.headers.get("content-encoding", "identity").strip().lower()
+    if (
+        declared.isascii()
+        and declared.isdigit()
+        and int(declared) > limit
+        and encoded
+        in (
+            "",
+            "identity",
+        )
+    ):
+        raise too_large(title, limit)
+    chunks: list[bytes] = []
+    size = 0
+    parts = answer.aiter_bytes()
+    try:
+        async for chunk in parts:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(title, limit)
+            chunks.append(chunk)
+    finally:  # closed here when the limit stops it, not left for the event loop to finalize
+        close = getattr(parts, "aclose", None)
+        if close is not None:
+            await close()
+    headers = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+    extensions: Mapping[str, Any] = answer.extensions
+    return httpx.Response(
+        answer.status_code,
+        headers=headers,
+        content=b"".join(chunks),
+        request=answer.request,
+        extensions={k: v for k, v in extensions.items() if k in ("http_version", "reason_phrase")},
+    )
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    title: str,
+    deadline: float,
+    limit: int = MAX_ANSWER_BYTES,
+    **kwargs: Any,
+) -> httpx.Response:
+    """`client.request(method, url, **kwargs)`, its answer read whole by `read_answer`, all of
+    it (connect, send, the whole body) within `deadline` seconds: past it, `AnswerTimeout`.
+    httpx's errors are raised as they are, for the caller to word."""
+    request = client.build_request(method, url, **kwargs)
+    try:
+        with anyio.fail_after(deadline):
+            answer = await client.send(request, stream=True)
+            try:
+                return await read_answer(answer, title=title, limit=limit)
+            finally:
+                await answer.aclose()
+    except TimeoutError:
+        raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
 
 
 def work_timeout(settings: Settings) -> httpx.Timeout:
@@ -85,13 +192,23 @@ def redact(text: str, key: SecretStr | None) -> str:
 
 
 def error_for(
-    title: str, response: httpx.Response, *, key: SecretStr | None = None, note: str = ""
+    title: str,
+    response: httpx.Response,
+    *,
+    key: SecretStr | None = None,
+    note: str = "",
+    model: str | None = None,
+    known: Sequence[str] = (),
 ) -> GatewayError:
     """The gateway's error for a provider's error answer: the provider's message (and `note`,
-    e.g. a trace id), the status that fits, and a 429's retry headers."""
+    e.g. a trace id), the status that fits, and a 429's retry headers. With the `model` asked
+    for, an answer saying it does not exist is a 404 `model_not_found` naming the closest of
+    the `known` ids (`imagegw.providers.catalogue`)."""
     secret = key.get_secret_value() if key is not None else ""
     message = redaction.cut(f"{title}: {message_of(response)}{note}", MAX_MESSAGE, secret)
     status = response.status_code
+    if model is not None and says_no_such_model(status, message):
+        return with_suggestions(message, model, known)
     if status == 429:
         kept = {
             name: value

@@ -35,6 +35,7 @@ from imagegw.frontends.web import (
 from imagegw.infra.log import logger
 from imagegw.infra.media import decode_refs
 from imagegw.providers.base import ModelKind
+from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 from imagegw.runners import pipeline
 from imagegw.runners.meter import metered
 from imagegw.runners.stepfunctions.service import check_idempotency_key
@@ -77,6 +78,8 @@ async def chat_completions(request: Request) -> Response:
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
+    treated = treatment(provider.catalog, chat.model, kind)  # an id outside the catalogue
+    told = {TREATMENT_HEADER: treated} if treated else {}
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
     base_url = public_base_url(request, settings)  # a bad Host refused before the reservation
@@ -106,6 +109,7 @@ async def chat_completions(request: Request) -> Response:
         )
         if ignored:
             accepted.headers[IGNORED_HEADER] = ignored
+        accepted.headers.update(told)
         return accepted
     reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
     events = metered(
@@ -124,7 +128,7 @@ async def chat_completions(request: Request) -> Response:
     completion = Completion(chat.model)
     if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
         result = await unless_disconnected(request, collect(events))
-        headers = {IGNORED_HEADER: ignored} if ignored else None
+        headers = {IGNORED_HEADER: ignored, **told} if ignored else told
         return JSONResponse(completion.message(markdown(result)), headers=headers)
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
     if parsed.from_history:
@@ -140,7 +144,7 @@ async def chat_completions(request: Request) -> Response:
             intro=intro + "\n",
         ),
         media_type="text/event-stream",
-        headers=SSE_HEADERS,
+        headers={**SSE_HEADERS, **told},
     )
 
 

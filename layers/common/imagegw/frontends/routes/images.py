@@ -30,6 +30,7 @@ from imagegw.frontends.web import (
 )
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Provider
+from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 from imagegw.runners import pipeline
 from imagegw.runners.meter import metered
 
@@ -77,6 +78,9 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
             await settle_all(reservation, 0)  # nothing made: the quota given back
             raise
         await settle_all(reservation, len(answer["data"]))
+        treated = treatment(provider.catalog, planned.model, planned.kind)
+        if treated:
+            headers[TREATMENT_HEADER] = treated
         return JSONResponse(answer, headers=headers)
 
     return endpoint
