@@ -49,6 +49,9 @@ from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.upstream import (
     error_for,
     image_answer_limit,
+    lines,
+    opened,
+    read_answer,
     send,
     unreachable,
     work_timeout,
@@ -307,9 +310,11 @@ class OpenAICompatible(Provider):
         if request.images:
             data, files = await self._edit_form(request)
             data.update({name: str(value).lower() for name, value in asked.items()})
-            call = self.client.stream(
+            call = opened(
+                self.client,
                 "POST",
                 f"{self.base_url}/images/edits",
+                deadline=self.settings.generation_timeout,
                 data=data,
                 files=files,
                 headers=headers,
@@ -317,30 +322,38 @@ class OpenAICompatible(Provider):
             )
         else:
             body = {"model": request.model, "prompt": request.prompt, **request.options, **asked}
-            call = self.client.stream(
+            call = opened(
+                self.client,
                 "POST",
                 f"{self.base_url}/images/generations",
+                deadline=self.settings.generation_timeout,
                 json=body,
                 headers=headers,
                 timeout=work_timeout(self.settings),
             )
         try:
+            limit = image_answer_limit(self.settings)
             async with call as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise error_for(self.title, response, key=request.api_key)
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    async for image in self._json_images(response):
+                    whole = await read_answer(response, title=self.title, limit=limit)
+                    if whole.status_code != 200:
+                        raise error_for(self.title, whole, key=request.api_key)
+                    async for image in self._json_images(whole):
                         yield image
                     return
-                async for item in self._events(response):
+                if response.status_code != 200:
+                    whole = await read_answer(response, title=self.title, limit=limit)
+                    raise error_for(self.title, whole, key=request.api_key)
+                # previews and images, base64 each: bounded by what they may hold
+                bound = limit * request.n * (1 + partial_images)
+                async for item in self._events(lines(response, title=self.title, limit=bound)):
                     yield item
         except httpx.TransportError as exc:
             raise unreachable(self.title, exc, self.settings) from None
 
     async def _json_images(self, response: httpx.Response) -> AsyncIterator[Made]:
         try:
-            items = _Images.model_validate_json(await response.aread()).data
+            items = _Images.model_validate_json(response.content).data
         except ValidationError:
             items = []
         refs = [_data_uri(item.b64_json) if item.b64_json else item.url for item in items]
@@ -350,15 +363,15 @@ class OpenAICompatible(Provider):
         for ref in found:
             yield Made(ref)
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[Preview | Made]:
+    async def _events(self, answer: AsyncIterator[str]) -> AsyncIterator[Preview | Made]:
         made = 0
-        lines: list[str] = []
-        async for line in response.aiter_lines():
+        data: list[str] = []
+        async for line in answer:
             if line:
                 if line.startswith("data:"):
-                    lines.append(line[5:].strip())
+                    data.append(line[5:].strip())
                 continue
-            text, lines = "\n".join(lines), []
+            text, data = "\n".join(data), []
             if not text or text == "[DONE]":
                 continue
             try:
