@@ -293,6 +293,15 @@ def test_bucket_keeps_its_lifecycle_rules(stack: Stack) -> None:
     }
 
 
+def test_browsers_may_read_the_buckets_images(stack: Stack) -> None:
+    # Given the deployed bucket / Then it answers browsers' reads (a page may fetch() a stored
+    # image), and nothing else
+    s3 = stack.emulator.client("s3")
+    (rule,) = s3.get_bucket_cors(Bucket=stack.outputs["UploadsBucketName"])["CORSRules"]
+    assert set(rule["AllowedMethods"]) == {"GET", "HEAD"}
+    assert rule["AllowedOrigins"] == ["*"]
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=DeployError,

@@ -47,6 +47,7 @@ FUNCTIONS = {
     "function-url-edit.json": "ApiFunction",
     "function-url-images-generations.json": "ApiFunction",
     "apigw-rest-models.json": "ApiFunction",
+    "apigw-rest-page.json": "ApiFunction",
     "apigw-rest-chat.json": "ApiFunction",
     "apigw-rest-images-async.json": "ApiFunction",
     "job-submit.json": "JobSubmitFunction",
@@ -183,6 +184,22 @@ def test_models_events(run: Invoker, name: str) -> None:
     # and the notes say where it ran and that the Web Adapter's part was done here
     assert "stand-ins" in outcome.notes[0]
     assert any("Web Adapter" in note for note in outcome.notes)
+
+
+def test_the_page_event_serves_the_page_from_the_built_layer(run: Invoker) -> None:
+    # Given a browser opening the REST API's stage URL / When it is invoked
+    outcome = run("apigw-rest-page.json")
+
+    # Then the built function answers the page, its assets linked under the stage, its policy
+    # allowing nothing inline
+    head = outcome.head()
+    assert head["statusCode"] == 200, outcome.output[-2000:]
+    assert head["multiValueHeaders"]["content-type"] == ["text/html; charset=utf-8"]
+    policy = head["multiValueHeaders"]["content-security-policy"][0]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    page = outcome.body().decode()
+    assert f'<base href="{REST_API}/">' in page
+    assert '<script src="page/app.js" defer></script>' in page
 
 
 @pytest.mark.parametrize(

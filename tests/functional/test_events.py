@@ -52,6 +52,7 @@ def test_every_api_event_is_covered() -> None:
         "function-url-images-generations.json",
         "apigw-rest-models.json",
         "apigw-rest-chat.json",
+        "apigw-rest-page.json",
         "apigw-rest-images-async.json",  # replayed in test_job_events.py (needs a job runner)
     }
     assert {p.name for p in API_EVENTS} <= covered
@@ -117,3 +118,17 @@ async def test_images_generations_event(
     assert set(item) == {"b64_json"}
     assert png_size(base64.b64decode(item["b64_json"])) == (64, 64)
     assert fake_ms.submissions[0]["body"]["prompt"] == request.json()["prompt"]
+
+
+@pytest.mark.anyio
+async def test_the_page_event_under_the_stage_links_its_assets_there(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A browser opening the REST API's stage URL: the page's relative URLs resolve under
+    /Prod/ (its `<base href>`), and the policy allows nothing inline."""
+    answer = await replay(load("apigw-rest-page.json"), make_settings(demo_provider="enabled"))
+    assert answer.status_code == 200
+    assert '<base href="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/Prod/">' in (
+        answer.text
+    )
+    assert "script-src 'self'" in answer.headers["content-security-policy"]

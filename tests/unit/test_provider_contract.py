@@ -18,6 +18,8 @@ from imagegw.providers.refusals import images_api_words
 pytestmark = pytest.mark.anyio
 
 NAMES = sorted(PROVIDERS)
+#: the providers that call an API (the demo draws its pictures itself: it declares no setting)
+CALLING = [name for name in NAMES if PROVIDERS[name].settings_model.model_fields]
 
 
 def make(name: str, settings: Settings | None = None) -> Provider:
@@ -43,7 +45,12 @@ def test_an_unknown_provider_is_a_404_naming_the_known_ones() -> None:
     assert all(name in caught.value.message for name in NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_only_the_demo_calls_no_api() -> None:
+    assert set(NAMES) - set(CALLING) == {"demo"}
+    assert make("demo").base_url == ""
+
+
+@pytest.mark.parametrize("name", CALLING)
 def test_its_base_url_is_its_own_setting(name: str) -> None:
     # Given the provider's declared base-URL variable, set directly or in PROVIDER_SETTINGS
     env = PROVIDERS[name].base_url_setting.env
@@ -106,7 +113,7 @@ def test_its_settings_are_named_after_it(name: str) -> None:
         assert setting.env.startswith(f"{name.upper()}_"), setting.env
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CALLING)
 async def test_a_refused_key_is_a_401_and_goes_only_to_its_base_url(name: str) -> None:
     # Given the provider's API refusing the key, as every provider can
     key = "sk-contract-secret-0123456789"

@@ -349,3 +349,31 @@ def test_no_token_is_a_parameter_or_an_output(template: dict[str, Any]) -> None:
         assert "token" not in name.lower() and "pepper" not in name.lower()
     outputs = template["Outputs"]
     assert outputs["AccessSecretArn"]["Value"] == {"Ref": "AccessSecret"}  # its ARN only
+
+
+def test_the_demo_provider_is_off_unless_its_parameter_turns_it_on(
+    template: dict[str, Any],
+) -> None:
+    parameter = template["Parameters"]["DemoProvider"]
+    assert parameter["Default"] == "disabled"
+    assert set(parameter["AllowedValues"]) == {"disabled", "enabled"}
+    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    # the app reads the same words: only "enabled" turns it on
+    from imagegw.infra.config import Settings
+    from imagegw.providers.demo import enabled
+
+    assert not enabled(Settings(demo_provider=parameter["Default"]))
+    assert enabled(Settings(demo_provider="enabled"))
+
+
+def test_browsers_may_read_stored_images_from_the_bucket_and_nothing_more(
+    template: dict[str, Any],
+) -> None:
+    bucket = template["Resources"]["UploadsBucket"]["Properties"]
+    (rule,) = bucket["CorsConfiguration"]["CorsRules"]
+    assert set(rule["AllowedMethods"]) == {"GET", "HEAD"}  # no writes from a browser
+    assert rule["AllowedOrigins"] == ["*"]
+    assert "content-type" in rule["ExposedHeaders"]
+    # still private: CORS lets a page read what a presigned URL already grants
+    assert all(bucket["PublicAccessBlockConfiguration"].values())

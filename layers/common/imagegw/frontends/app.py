@@ -29,7 +29,9 @@ from imagegw.errors import (
     NotFoundError,
     RequestTimeoutError,
 )
+from imagegw.frontends import webpage
 from imagegw.frontends.cors import ApiGatewayCORS
+from imagegw.frontends.demo_routing import TokenlessToDemo
 from imagegw.frontends.paths import NormalizePath
 from imagegw.frontends.routes import chat, files, images, jobs, models, webhooks
 from imagegw.frontends.web import error_response
@@ -207,7 +209,7 @@ def _declares_body(scope: Scope) -> bool:
 
 
 def all_routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = [Route("/", health), Route("/healthz", health)]
+    routes: list[BaseRoute] = [*webpage.routes(), Route("/healthz", health)]
     for prefix in ("", "/{provider}"):
         for front_end in FRONT_ENDS:
             routes += front_end.routes(prefix)
@@ -236,6 +238,7 @@ def create_app(
         Middleware(RequestLog),
         # `/chat/completions`, `/v1//models`, `/v1/models/`: the routes' one spelling
         Middleware(NormalizePath, providers=PROVIDERS),
+        Middleware(TokenlessToDemo, settings=settings),  # no token: the demo, when it is on
         Middleware(BodyDeadline, timeout=settings.body_timeout),
     ]
     if settings.cors_origins:

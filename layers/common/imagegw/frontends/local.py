@@ -456,10 +456,14 @@ def main() -> None:
     import uvicorn
 
     from imagegw.frontends.app import create_app
+    from imagegw.frontends.demo_routing import serves_tokenless
     from imagegw.infra.config import Settings
 
     # as on the stand-ins' side: no EMF metric lines on the console (imagegw.infra.apimetrics)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    # the demo provider (offline pictures) is on here unless turned off: something to try
+    # with no token at all (imagegw.frontends.demo_routing)
+    os.environ.setdefault("DEMO_PROVIDER", "enabled")
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
     if port_taken(host, port):  # before anything starts: another run's files stay as they are
@@ -497,6 +501,13 @@ def main() -> None:
         f"default provider {settings.default_provider}; {where})",
         file=sys.stderr,
     )
+    if serves_tokenless(settings):
+        print(
+            "no provider token needed to try it: requests without an Authorization header are "
+            "served by the demo provider (offline pictures; also at /demo/v1). The page: "
+            f"http://{host}:{port}/ (DEMO_PROVIDER=disabled turns the demo off)",
+            file=sys.stderr,
+        )
     try:
         uvicorn.run(
             create_app(settings),

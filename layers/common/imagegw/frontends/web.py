@@ -37,6 +37,8 @@ from imagegw.frontends.inbound import (
 )
 from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
+from imagegw.providers import PROVIDERS
+from imagegw.providers.demo import NO_TOKEN
 from imagegw.redaction import protect
 from imagegw.runners.gateway import Gateway
 
@@ -84,17 +86,46 @@ def api_key(request: Request) -> SecretStr:
     return SecretStr(token)
 
 
+def bearer_for(request: Request, provider: str) -> SecretStr:
+    """`api_key`, except that a request without an Authorization header to a provider that
+    needs no token (the demo) is the anonymous caller `NO_TOKEN`, unless ACCESS_MODE is
+    `keys` (anyone may try the demo, except where only gateway keys are served)."""
+    if _tokenless(provider) and _anonymous(request):
+        return SecretStr(NO_TOKEN)
+    return api_key(request)
+
+
+def _tokenless(provider: str) -> bool:
+    served = PROVIDERS.get(provider)
+    return served is not None and not served.needs_token
+
+
+def _anonymous(request: Request) -> bool:
+    """No Authorization header, where that may be served (not in the `keys` access mode)."""
+    if gateway_of(request).settings.access_mode == "keys":
+        return False
+    return request.headers.get("authorization") is None
+
+
 async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]:
     """The caller (`imagegw.access.gate`, by ACCESS_MODE) and the token the provider gets: the
     client's own, or for a gateway key the next server-held token of the provider's pool (its
-    lease made current, so a refused submission fails over). Reads headers only: call it
-    before reading the body (a refused key then writes, starts and calls nothing)."""
+    lease made current, so a refused submission fails over). A provider that needs no token
+    (the demo) takes a request without one, unless ACCESS_MODE is `keys`. Reads headers only:
+    call it before reading the body (a refused key then writes, starts and calls nothing)."""
     access = gateway_of(request).access
+    tokenless = _tokenless(provider)
+    if tokenless and _anonymous(request):
+        lease.use(None)
+        return Caller(SecretStr(NO_TOKEN)), SecretStr(NO_TOKEN)
     bearer = api_key(request)
     caller = await access.caller(bearer.get_secret_value(), provider)
     if not caller.keyed:
         lease.use(None)
         return caller, bearer
+    if tokenless:  # a gateway key, checked and counted; no server-held token to lease
+        lease.use(None)
+        return caller, SecretStr(NO_TOKEN)
     leased = await access.lease(provider)
     lease.use(leased)
     return caller, leased.token

@@ -92,6 +92,7 @@ _OWN_NAMES: dict[str, str] = {
     "S3_ENDPOINT_URL": "s3_endpoint_url",
     "AWS_REGION": "aws_region",
     "DEFAULT_PROVIDER": "default_provider",
+    "DEMO_PROVIDER": "demo_provider",
     "GENERATION_TIMEOUT": "generation_timeout",
     "POLL_INTERVAL": "poll_interval",
     "POLL_INTERVAL_MAX": "poll_interval_max",
@@ -172,6 +173,8 @@ class Settings(BaseModel):
     s3_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     default_provider: str = "modelscope"
+    #: the demo provider (`imagegw.providers.demo`): served only when enabled
+    demo_provider: Literal["enabled", "disabled"] = "disabled"
     #: the providers' own settings that are set, by variable name (the declared defaults
     #: apply to the others: `provider_setting`)
     provider_settings: dict[str, str] = Field(default_factory=dict)

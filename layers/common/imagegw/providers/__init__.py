@@ -7,7 +7,7 @@ its model catalogue) and one `register` line below; nothing else lists providers
 from __future__ import annotations
 
 from imagegw.errors import NotFoundError
-from imagegw.infra.config import declare
+from imagegw.infra.config import Settings, declare
 from imagegw.providers.base import Provider
 
 #: route name -> provider class
@@ -21,11 +21,15 @@ def register(cls: type[Provider]) -> type[Provider]:
     return cls
 
 
-def lookup(name: str) -> type[Provider]:
-    """The provider called `name`; a 404 naming the known ones otherwise."""
+def lookup(name: str, settings: Settings | None = None) -> type[Provider]:
+    """The provider called `name`; a 404 naming the known ones otherwise (with `settings`, a
+    provider this deployment does not serve, such as the demo provider when off, is unknown)."""
     cls = PROVIDERS.get(name.lower())
+    if cls is not None and settings is not None and not cls.available(settings):
+        cls = None
     if cls is None:
-        known = ", ".join(sorted(PROVIDERS))
+        served = (n for n, c in PROVIDERS.items() if settings is None or c.available(settings))
+        known = ", ".join(sorted(served))
         raise NotFoundError(
             f"Unknown provider '{name[:80]}'. Known providers: {known}.", code="unknown_provider"
         )
@@ -46,6 +50,7 @@ def priors() -> dict[tuple[str, str], float]:
 from imagegw.providers.ark import Ark  # noqa: E402
 from imagegw.providers.bfl import BlackForestLabs  # noqa: E402
 from imagegw.providers.dashscope import DashScope  # noqa: E402
+from imagegw.providers.demo import Demo  # noqa: E402
 from imagegw.providers.fal import Fal  # noqa: E402
 from imagegw.providers.modelscope import ModelScope  # noqa: E402
 from imagegw.providers.openai_compat import OpenAICompatible  # noqa: E402
@@ -60,5 +65,6 @@ register(Ark)
 register(BlackForestLabs)
 register(Replicate)
 register(Fal)
+register(Demo)
 
 __all__ = ["PROVIDERS", "Provider", "lookup", "priors", "register"]

@@ -138,6 +138,8 @@ class Provider(ABC):
     #: the hour (UTC) the provider's daily free quota resets (a token set aside for a spent
     #: quota comes back then: `imagegw.access.gate`)
     daily_reset_utc_hour: ClassVar[int] = 0
+    #: whether requests must carry a token (the demo provider's need none: `web.authorize`)
+    needs_token: ClassVar[bool] = True
 
     def __init__(
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
@@ -149,10 +151,15 @@ class Provider(ABC):
         self.fetcher = fetcher or Fetcher(settings)
         self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
 
+    @classmethod
+    def available(cls, settings: Settings) -> bool:
+        """Whether this deployment serves the provider (the demo provider only when on)."""
+        return True
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         model = cls.__dict__.get("settings_model")
-        if model is not None:
+        if model is not None and model.model_fields:  # none: it calls no API (the demo)
             (cls.base_url_setting,) = (s for s in model.declared() if s.base_url)
 
     @property

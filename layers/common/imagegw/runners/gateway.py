@@ -62,7 +62,7 @@ class Gateway:
         """The provider a route names, or the default one."""
         key = (name or self.settings.default_provider).lower()
         if key not in self._providers:
-            cls = lookup(key)
+            cls = lookup(key, self.settings)
             self._providers[key] = cls(self.settings, self.client, self.fetcher)
         return self._providers[key]
 
