@@ -106,7 +106,7 @@ def test_a_failed_task_fails_the_job_with_the_providers_reason(
 ) -> None:
     # Given ModelScope fails the task
     w = world()
-    fake_ms.fail_reason = "The prompt did not pass content moderation."
+    fake_ms.fail_reason = "The worker ran out of memory."
 
     # When the job runs
     job_id = w.submit()
@@ -116,13 +116,13 @@ def test_a_failed_task_fails_the_job_with_the_providers_reason(
     assert execution["status"] == "FAILED"
     assert execution["error"] == "ProviderError"
     cause = json.loads(execution["cause"])
-    assert "content moderation" in cause["error"]["message"]
+    assert "out of memory" in cause["error"]["message"]
     assert not w.calls("JobStoreFunctionArn")
     # and the job shows it in the gateway's error shape
     view = w.status(job_id)
     assert view.status == "failed" and view.error is not None
     assert view.error["error"]["code"] == "generation_failed"
-    assert "content moderation" in view.error["error"]["message"]
+    assert "out of memory" in view.error["error"]["message"]
     assert_no_plain_key(w, job_id, execution)
 
 

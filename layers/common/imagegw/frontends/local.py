@@ -21,6 +21,7 @@ its stdin (the gateway exits, however it exits).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -29,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -252,6 +254,41 @@ def create_access_table(dynamodb: Any, table: str) -> None:
     )
 
 
+#: the moto DynamoDB calls that change items, one at a time (`serialize_dynamodb_writes`)
+_WRITES: Final = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "transact_write_items",
+    "batch_write_item",
+)
+
+
+def serialize_dynamodb_writes() -> None:
+    """Make moto's DynamoDB run its writes one at a time, as DynamoDB runs the writes to one
+    item: moto's server answers each request in a thread of its own, and its `update_item`
+    reads, checks the condition and writes without a lock, so concurrent conditional updates
+    (a key's quota reserved by 50 requests at once) could all pass the check. One lock for
+    every write of the process; idempotent."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_imagegw_serialized", False):
+        return
+    lock = threading.RLock()
+
+    def serialized(write: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(write)
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return write(*args, **kwargs)
+
+        return one_at_a_time
+
+    for name in _WRITES:
+        setattr(DynamoDBBackend, name, serialized(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._imagegw_serialized = True  # type: ignore[attr-defined]
+
+
 def start_access_stand_in(
     endpoint: str, region: str = LOCAL_REGION, kept: LocalState | None = None
 ) -> dict[str, str]:
@@ -264,6 +301,7 @@ def start_access_stand_in(
 
     import boto3
 
+    serialize_dynamodb_writes()  # the server runs in this process
     credentials = {
         "region_name": region,
         "endpoint_url": endpoint,

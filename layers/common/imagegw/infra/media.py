@@ -1,4 +1,5 @@
-"""Input images: data-URI decoding, type detection by content, size checks."""
+"""Input images: data-URI decoding, type detection by content, size checks, and the header's
+dimensions and wholeness (`imagegw.infra.imageinfo`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import binascii
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
+from imagegw.infra.imageinfo import Unreadable, facts
 
 #: MIME type -> file extension, for the formats providers accept
 EXTENSIONS: dict[str, str] = {
@@ -18,6 +21,11 @@ EXTENSIONS: dict[str, str] = {
     "image/webp": "webp",
     "image/gif": "gif",
 }
+
+#: the longest side of an input image any model here takes (WebP's own limit is 16383)
+MAX_SIDE: Final = 16384
+#: the most pixels of an input image (a decoder's memory: 4 bytes each, 256 MiB)
+MAX_PIXELS: Final = 64 * 1024 * 1024
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
@@ -41,6 +49,9 @@ class ImageBytes:
 
     data: bytes
     mime: str
+    #: the dimensions its header declares (0: not read)
+    width: int = field(default=0, compare=False)
+    height: int = field(default=0, compare=False)
 
     @property
     def extension(self) -> str:
@@ -120,8 +131,12 @@ def is_http_url(ref: str) -> bool:
     return ref[:7].lower() == "http://" or ref[:8].lower() == "https://"
 
 
-def check_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageBytes:
-    """Check size and type of raw image bytes."""
+def check_image(
+    data: bytes, *, max_bytes: int, what: str = "image", limits: bool = True
+) -> ImageBytes:
+    """Check size, type and wholeness of raw image bytes, and (`limits`: an input image) that
+    its declared dimensions are within what any model takes: a 400 `invalid_image` (a 413 when
+    too many bytes) before anything is stored or sent."""
     if len(data) == 0:
         raise InvalidRequestError(f"The {what} is empty.", code="invalid_image")
     if len(data) > max_bytes:
@@ -134,10 +149,33 @@ def check_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageByt
         raise InvalidRequestError(
             f"The {what} is not a PNG, JPEG, WEBP or GIF image.", code="invalid_image"
         )
-    return ImageBytes(data, mime)
+    kind = EXTENSIONS[mime].upper()
+    try:
+        found = facts(data, mime)
+    except Unreadable:
+        raise InvalidRequestError(
+            f"The {what} has an unreadable {kind} header.", code="invalid_image"
+        ) from None
+    if not found.whole:
+        raise InvalidRequestError(
+            f"The {what} is cut short: not a whole {kind} file.", code="invalid_image"
+        )
+    if found.width < 1 or found.height < 1:
+        raise InvalidRequestError(f"The {what} declares no pixels.", code="invalid_image")
+    if limits and (
+        max(found.width, found.height) > MAX_SIDE or found.width * found.height > MAX_PIXELS
+    ):
+        raise InvalidRequestError(
+            f"The {what} is {found.width}x{found.height} pixels; images up to {MAX_SIDE} "
+            f"pixels a side and {MAX_PIXELS // 2**20} megapixels are taken.",
+            code="image_dimensions_too_large",
+        )
+    return ImageBytes(data, mime, found.width, found.height)
 
 
-def decode_data_uri(uri: str, *, max_bytes: int, what: str = "image") -> ImageBytes:
+def decode_data_uri(
+    uri: str, *, max_bytes: int, what: str = "image", limits: bool = True
+) -> ImageBytes:
     """Decode a `data:image/...;base64,...` URI and check what it holds."""
     match = _DATA_URI.match(uri)
     if match is None or ";base64" not in match.group("params").lower():
@@ -157,7 +195,7 @@ def decode_data_uri(uri: str, *, max_bytes: int, what: str = "image") -> ImageBy
         raise InvalidRequestError(
             f"The {what} has invalid base64 data.", code="invalid_image"
         ) from None
-    return check_image(data, max_bytes=max_bytes, what=what)
+    return check_image(data, max_bytes=max_bytes, what=what, limits=limits)
 
 
 def decode_refs(refs: Sequence[str], *, max_bytes: int) -> tuple[str | ImageBytes, ...]:

@@ -18,8 +18,10 @@ from imagegw.frontends import images_api
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.image_stream import images_stream, relayed_stream
 from imagegw.frontends.images_api import ImagesCall
-from imagegw.frontends.routes.jobs import accept_async
+from imagegw.frontends.replays import replays_of
+from imagegw.frontends.routes.jobs import accept_async, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
+from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import (
     authorize,
     client_budget,
@@ -53,6 +55,7 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         gateway = gateway_of(request)
         provider = gateway.provider(request.path_params.get("provider"))
         caller, key = await authorize(request, provider.name)  # before the body is read
+        refuse_short_wait(request, as_job=wants_job(request))
         call = await read(request, gateway.settings)
         accepted = await accept_async(request, provider, call, auth=(caller, key))
         ignored = ignored_notice(images_api.ignored(provider, call))
@@ -66,6 +69,8 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         base_url = public_base_url(request, gateway.settings)
         planned = images_api.build_job(provider, call, key)
         caller.check_model(planned.model)
+        replays = replays_of(request)
+        replays.replay(request)  # the same request just failed after paid work: its answer
         reservation = await gateway.access.reserve(caller, planned.model, planned.n)
         try:
             answer = await unless_disconnected(
@@ -74,8 +79,9 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
                     gateway, provider, call, key, base_url, budget=client_budget(request)
                 ),
             )
-        except GatewayError:
+        except GatewayError as failed:
             await settle_all(reservation, 0)  # nothing made: the quota given back
+            replays.remember(request, failed)
             raise
         await settle_all(reservation, len(answer["data"]))
         treated = treatment(provider.catalog, planned.model, planned.kind)

@@ -36,6 +36,7 @@ from imagegw.frontends.web import (
     public_base_url,
 )
 from imagegw.infra.media import ImageBytes
+from imagegw.infra.urlcheck import check_inputs
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.runners.stepfunctions.schema import Front, JobQuota, ResponseFormat
 from imagegw.runners.stepfunctions.service import Hold, check_idempotency_key, owner_of
@@ -122,6 +123,8 @@ async def start_job(
         base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
     webhook = await checked_webhook_url(gateway.settings, webhook_url)
     caller.check_model(job.model)
+    # a private or loopback image URL is refused now, as the synchronous path refuses it
+    await check_inputs(inputs, gateway.settings, param="messages" if api == "chat" else "image")
     leased = lease.current() if caller.keyed else None
 
     async def reserve() -> Hold | None:
