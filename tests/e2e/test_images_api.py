@@ -507,14 +507,15 @@ def test_edit_model_on_generations_points_to_edits(
     assert "/v1/images/edits" in caught.value.message
 
 
-def test_stream_is_refused(gateway_url: str, fake_ms: FakeModelScope) -> None:
+def test_a_stream_that_is_no_boolean_is_refused(gateway_url: str, fake_ms: FakeModelScope) -> None:
     answer = httpx.post(
         f"{gateway_url}/v1/images/generations",
         headers=auth(),
-        json={"model": "Qwen/Qwen-Image", "prompt": "a cat", "stream": True},
+        json={"model": "Qwen/Qwen-Image", "prompt": "a cat", "stream": "maybe"},
     )
     assert answer.status_code == 400
     assert error_of(answer)["param"] == "stream"
+    assert fake_ms.submissions == []  # streamed answers: tests/e2e/test_images_stream.py
 
 
 def test_failed_generation_is_a_502_not_to_retry(gateway_url: str, fake_ms: FakeModelScope) -> None:

@@ -488,6 +488,28 @@ def test_a_client_leaving_a_chat_pass_through_hangs_up_on_the_provider(
     ms.wait_for(lambda: all(call.left for call in ms.matching("POST", r"^/v1/chat/completions$")))
 
 
+def test_a_client_leaving_a_streamed_images_answer_stops_the_polling(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    fake_ms: FakeModelScope,
+    left_log: Callable[[], list[logging.LogRecord]],
+) -> None:
+    base = gateway()
+    body = {"model": "Qwen/Qwen-Image", "prompt": "a red apple", "stream": True}
+    with httpx.stream(
+        "POST", f"{base}/v1/images/generations", json=body, headers=auth(), timeout=30
+    ) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        lines = answer.iter_lines()  # (kept: dropping it would close the connection now)
+        assert next(lines).startswith(": ")  # the stream has begun (a progress comment)
+        ms.wait_for(lambda: ms.count("GET", POLL) >= 2)
+    left_at = time.monotonic()  # the connection is closed with the unread stream
+
+    record = assert_stopped(ms, left_at, left_log)
+    assert record.task_ids == list(fake_ms.tasks)  # type: ignore[attr-defined]
+
+
 # ----------------------------------------------------------------------------- blame and images
 
 

@@ -115,6 +115,7 @@ def test_each_function_holds_only_its_kms_right(template: dict[str, Any]) -> Non
         "JobSubmitFunction": {"kms:Decrypt"},
         "JobPollFunction": {"kms:Decrypt"},
         "JobStoreFunction": set(),
+        "JobNotifyFunction": set(),
     }
     for function in functions.values():
         for statement in statements(function):
@@ -320,7 +321,27 @@ def test_functions_may_only_read_the_secret_and_get_or_update_table_items(
             "secretsmanager:GetSecretValue",
         },
         "JobStoreFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # one attempt at a job's webhook: reads the webhook secret, nothing else
+        "JobNotifyFunction": {"secretsmanager:GetSecretValue"},
     }
+
+
+def test_the_webhook_secret_is_generated_and_read_only_where_signing_happens(
+    template: dict[str, Any],
+) -> None:
+    secret = template["Resources"]["WebhookSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert "SecretString" not in secret["Properties"]  # generated at deploy, in no file
+    assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
+    functions = resources(template, "AWS::Serverless::Function")
+    readers = {
+        name
+        for name, f in functions.items()
+        for statement in f["Properties"].get("Policies", [{}])[0].get("Statement", [])
+        if isinstance(statement, dict) and statement.get("Resource") == {"Ref": "WebhookSecret"}
+    }
+    assert readers == {"ApiFunction", "JobNotifyFunction"}
+    assert template["Outputs"]["WebhookSecretArn"]["Value"] == {"Ref": "WebhookSecret"}
 
 
 def test_no_token_is_a_parameter_or_an_output(template: dict[str, Any]) -> None:

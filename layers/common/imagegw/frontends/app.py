@@ -33,7 +33,7 @@ from imagegw.frontends import webpage
 from imagegw.frontends.cors import ApiGatewayCORS
 from imagegw.frontends.demo_routing import TokenlessToDemo
 from imagegw.frontends.paths import NormalizePath
-from imagegw.frontends.routes import chat, files, images, jobs, models
+from imagegw.frontends.routes import chat, files, images, jobs, models, webhooks
 from imagegw.frontends.web import error_response
 from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
@@ -52,7 +52,7 @@ EXPOSED_HEADERS = [
     "x-model-treatment",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, images, jobs, files)
+FRONT_ENDS = (models, chat, images, jobs, files, webhooks)
 
 
 async def health(request: Request) -> Response:

@@ -52,6 +52,7 @@ TASKS: Final = {
     "JobSubmitFunctionArn": "job_submit",
     "JobPollFunctionArn": "job_poll",
     "JobStoreFunctionArn": "job_store",
+    "JobNotifyFunctionArn": "job_notify",
 }
 LOCAL_ACCOUNT: Final = "123456789012"
 LOCAL_REGION: Final = "us-east-1"
@@ -193,6 +194,8 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
     """Durable jobs on the moto server at `endpoint`: its Step Functions runs the ASL file
     (tasks dispatched in-process to the real handlers) and its KMS seals provider keys. The
     env that points the gateway and the handlers at them."""
+    import secrets
+
     import boto3
 
     config = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
@@ -214,9 +217,16 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
         roleArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:role/image-gateway-jobs",
         type="STANDARD",
     )
+    # the deployment's webhook secret (README "Webhooks"), fresh for each run
+    webhook = boto3.client("secretsmanager", **credentials).create_secret(
+        Name=f"image-gateway-webhooks-{uuid.uuid4().hex[:8]}",
+        SecretString=secrets.token_urlsafe(48),
+    )
     return {
         "JOB_STATE_MACHINE_ARN": machine["stateMachineArn"],
         "JOB_KEY_ID": key["KeyMetadata"]["Arn"],
+        "WEBHOOK_SECRET": webhook["ARN"],
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
         "AWS_ENDPOINT_URL_SFN": endpoint,
         "AWS_ENDPOINT_URL_KMS": endpoint,
     }
@@ -338,7 +348,13 @@ def claim_access_file(env: Mapping[str, str], region: str) -> str | None:
             previous = json.dumps(held)
     except (OSError, ValueError):
         pass
-    shared = ("BUCKET", "S3_ENDPOINT_URL", "JOB_STATE_MACHINE_ARN", "AWS_ENDPOINT_URL_SFN")
+    shared = (
+        "BUCKET",
+        "S3_ENDPOINT_URL",
+        "JOB_STATE_MACHINE_ARN",
+        "AWS_ENDPOINT_URL_SFN",
+        "WEBHOOK_SECRET",
+    )
     known = {name: os.environ[name] for name in shared if os.environ.get(name)}
     LOCAL_ACCESS_FILE.parent.mkdir(parents=True, exist_ok=True)
     mine = {**known, **env, "AWS_REGION": region, "pid": os.getpid()}

@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.schemas import Completion
@@ -20,6 +20,7 @@ from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.runners.inprocess import Event, Progress, Result
 
+T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
 
@@ -98,7 +99,7 @@ async def collect(events: AsyncIterator[Event]) -> Result:
 _END = object()
 
 
-async def _next(iterator: AsyncIterator[Event]) -> Event | object:
+async def _next(iterator: AsyncIterator[T]) -> T | object:
     try:
         return await anext(iterator)
     except StopAsyncIteration:
@@ -106,13 +107,13 @@ async def _next(iterator: AsyncIterator[Event]) -> Event | object:
 
 
 async def with_keepalive(
-    events: AsyncIterator[Event],
+    events: AsyncIterator[T],
     interval: float,
     clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[Event | None]:
+) -> AsyncIterator[T | None]:
     """The events, with a `None` whenever `interval` seconds pass since the last `None`."""
     iterator = aiter(events)
-    pending: asyncio.Task[Event | object] | None = None
+    pending: asyncio.Task[T | object] | None = None
     last = clock()
     try:
         while True:
@@ -128,8 +129,7 @@ async def with_keepalive(
             event = finished.result()
             if event is _END:
                 return
-            assert isinstance(event, Progress | Result)
-            yield event
+            yield cast("T", event)
             if clock() - last >= interval:
                 last = clock()
                 yield None

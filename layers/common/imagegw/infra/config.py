@@ -117,6 +117,7 @@ _OWN_NAMES: dict[str, str] = {
     "ACCESS_MODE": "access_mode",
     "ACCESS_TABLE": "access_table",
     "ACCESS_SECRET": "access_secret",
+    "WEBHOOK_SECRET": "webhook_secret",
     "KEY_CACHE_TTL": "key_cache_ttl",
     "KEY_POOL_SHARE": "key_pool_share",
     "FUNCTION_TIMEOUT": "function_timeout",
@@ -239,6 +240,9 @@ class Settings(BaseModel):
     key_pool_share: float = Field(default=0.5, gt=0, le=1)
     #: seconds the access secret is trusted (a changed token takes effect within this)
     secret_cache_ttl: int = Field(default=300, ge=0, le=300)
+    #: the Secrets Manager secret the callers' webhook signing secrets are derived from
+    #: (README "Webhooks"); none: durable jobs take no `webhook_url`
+    webhook_secret: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -58,6 +59,60 @@ class ImageBytes:
 
     def data_uri(self) -> str:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+#: JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC): they hold the size
+_SOF: frozenset[int] = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG, JPEG, WEBP or GIF header; None when not found."""
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return int(width), int(height)
+        if data.startswith((b"GIF87a", b"GIF89a")):
+            width, height = struct.unpack("<HH", data[6:10])
+            return int(width), int(height)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_dimensions(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_dimensions(data)
+    except struct.error:
+        return None
+    return None
+
+
+def _webp_dimensions(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return int(width) & 0x3FFF, int(height) & 0x3FFF
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    at = 2
+    while at + 9 < len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        if marker in _SOF:
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return int(width), int(height)
+        at += 2 + int(length)
+    return None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ key never appears in it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
@@ -152,6 +153,35 @@ async def send_request(
                 await answer.aclose()
     except TimeoutError:
         raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
+
+
+@asynccontextmanager
+async def opened(
+    client: httpx.AsyncClient, method: str, url: str, *, deadline: float, **kwargs: Any
+) -> AsyncIterator[httpx.Response]:
+    """A streamed call's answer, open with its body unread (read it with `read_answer`, or
+    line by line with `lines`): its head within `deadline` seconds, else `AnswerTimeout`."""
+    request = client.build_request(method, url, **kwargs)
+    try:
+        with anyio.fail_after(deadline):
+            answer = await client.send(request, stream=True)
+    except TimeoutError:
+        raise AnswerTimeout(f"no answer within {deadline:g} s", request=request) from None
+    try:
+        yield answer
+    finally:
+        await answer.aclose()
+
+
+async def lines(answer: httpx.Response, *, title: str, limit: int) -> AsyncIterator[str]:
+    """The lines of an open answer (an event stream), no further than `limit` bytes in all
+    (`too_large` past it)."""
+    seen = 0
+    async for line in answer.aiter_lines():
+        seen += len(line) + 1
+        if seen > limit:
+            raise too_large(title, limit)
+        yield line
 
 
 def work_timeout(settings: Settings) -> httpx.Timeout:

@@ -22,6 +22,7 @@ from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.replays import replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
+from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.schemas import ChatRequest, Completion, read
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.waits import refuse_short_wait
@@ -69,10 +70,14 @@ async def chat_completions(request: Request) -> Response:
         return await unless_disconnected(request, relayed)
     refuse_short_wait(request, as_job=as_job)  # before anything is stored or started
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
+    webhook_url = chat.fields.get("webhook_url")  # a durable job's (routes/webhooks.py)
+    if not as_job:
+        not_a_job(webhook_url)
     parsed = parse_messages(chat.messages, edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
     written = prompt_options.parse(parsed.prompt)
-    fields = prompt_options.merge(chat.fields, written.fields)
+    body_fields = {name: value for name, value in chat.fields.items() if name != "webhook_url"}
+    fields = prompt_options.merge(body_fields, written.fields)
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
@@ -103,6 +108,7 @@ async def chat_completions(request: Request) -> Response:
             api="chat",
             idempotency_key=idempotency_key,
             base_url=base_url,
+            webhook_url=webhook_url,
         )
         if ignored:
             accepted.headers[IGNORED_HEADER] = ignored

@@ -44,6 +44,7 @@ from imagegw.infra.media import ImageBytes
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers.base import GenerationRequest
+from imagegw.runners.stepfunctions.delivery import notified
 from imagegw.runners.stepfunctions.schema import (
     JOB_ID,
     STATE_LIMIT,
@@ -175,6 +176,8 @@ class JobView:
     api: Front = "images"
     #: while it runs, the provider's progress as its last poll saw it (`progress_of`)
     progress: dict[str, Any] | None = None
+    #: a job with a `webhook_url`: its delivery, `{status, attempts, last_status_code}`
+    webhook: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -261,6 +264,7 @@ class Jobs:
         owner: str | None = None,
         key_ref: str | None = None,
         reserve: Callable[[], Awaitable[Hold | None]] | None = None,
+        webhook: str | None = None,
     ) -> JobView:
         """Start a job for `request` (its images given as `inputs`), answering front end `api`,
         or find the one this caller started with the same Idempotency-Key.
@@ -286,7 +290,7 @@ class Jobs:
         hold = await reserve() if reserve is not None else None
         try:
             started = await self._start(
-                job_id, owner, asked, request, inputs, response_format, api, key_ref, hold
+                job_id, owner, asked, request, inputs, response_format, api, key_ref, hold, webhook
             )
         except BaseException:
             if hold is not None:
@@ -314,6 +318,7 @@ class Jobs:
         api: Front,
         key_ref: str | None,
         hold: Hold | None,
+        webhook: str | None = None,
     ) -> JobView | None:
         """Stage the inputs and start the execution; None when one of that name exists."""
         spec = JobSpec(
@@ -331,6 +336,7 @@ class Jobs:
             response_format=response_format,
             api=api,
             quota=hold.quota if hold is not None else None,
+            webhook=webhook,
         )
         if key_ref is not None:
             sealed = key_ref
@@ -406,6 +412,12 @@ class Jobs:
         return await self._view(existing, data)
 
     async def _view(self, execution: Execution, data: JobInput) -> JobView:
+        view = await self._outcome(execution, data)
+        if data.job.webhook is None:
+            return view
+        return await notified(view, execution, self.runner, self._call)
+
+    async def _outcome(self, execution: Execution, data: JobInput) -> JobView:
         spec = data.job
         view = JobView(
             id=spec.id,
