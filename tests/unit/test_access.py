@@ -251,11 +251,11 @@ def test_a_cut_off_gateway_key_is_refused_in_every_mode_never_passed_on(mode: st
 
 def test_a_token_added_after_a_no_token_answer_serves_the_next_request_at_once() -> None:
     import boto3
-    from moto import mock_aws
 
+    from fakes.aws import mocked_account
     from imagegw.errors import ServiceUnavailableError
 
-    with mock_aws():
+    with mocked_account():
         # Given a gateway whose secret is cached for 5 minutes and holds no ModelScope token
         client = boto3.client("secretsmanager", region_name="us-east-1")
         arn = client.create_secret(Name="access", SecretString=Pools("p").dump())["ARN"]
