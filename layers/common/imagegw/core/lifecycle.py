@@ -250,6 +250,15 @@ class PollPolicy:
         return None if self.window is None else max(0.0, answered + self.window - now)
 
 
+def failure_notes(title: str, asked: int, made: int, failures: Sequence[str]) -> tuple[str, ...]:
+    """What a job that made some images tells about the rest: why the calls that made none
+    failed, and, when the provider made fewer images than asked without any call failing (a
+    batch call some of whose images failed), that it did: never silently fewer images."""
+    if made >= asked or failures:
+        return tuple(failures)
+    return (f"{title} made {made} of the {asked} images asked for; it gave no reason.",)
+
+
 def unpollable(title: str, task_id: str, policy: PollPolicy, last: GatewayError) -> ProviderError:
     """The error of a task that could not be polled for the policy's window. Not retryable:
     the paid task may still finish at the provider."""
