@@ -262,7 +262,7 @@ def ignored(provider: Provider, call: ImagesCall) -> list[str]:
     return ["partial_images"]
 
 
-async def run(
+async def answer(
     gateway: Gateway,
     provider: Provider,
     call: ImagesCall,

@@ -75,7 +75,7 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         try:
             answer = await unless_disconnected(
                 request,
-                images_api.run(
+                images_api.answer(
                     gateway, provider, call, key, base_url, budget=client_budget(request)
                 ),
             )
