@@ -43,7 +43,9 @@ LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change); stored"
-	@echo "            images and ended jobs are kept in .local-state/ (RESET=1 starts empty)"
+	@echo "            images, ended jobs, keys and token pools are kept in .local-state/ (RESET=1"
+	@echo "            starts empty); the page is at /, and the offline demo provider answers"
+	@echo "            requests without a token (/demo/v1/...)"
 	@echo "make reset  forget what make run kept (empties .local-state/)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
