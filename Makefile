@@ -38,12 +38,14 @@ PROGRESS = 2>&1 | $(PYTHON) tools/pipprogress.py
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
 LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
-.PHONY: key keys revoke token tokens untoken help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
+.PHONY: key keys revoke token tokens untoken rotate-webhook-secret help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
   deploy logs delete
 
 help:
 	@echo "make run    serve the gateway on http://127.0.0.1:8000 (HOST/PORT to change); stored"
-	@echo "            images and ended jobs are kept in .local-state/ (RESET=1 starts empty)"
+	@echo "            images, ended jobs, keys and token pools are kept in .local-state/ (RESET=1"
+	@echo "            starts empty); the page is at /, and the offline demo provider answers"
+	@echo "            requests without a token (/demo/v1/...)"
 	@echo "make reset  forget what make run kept (empties .local-state/)"
 	@echo "make test   lint, types, sam validate --lint, ASL check, sam build, unit/functional/e2e tests"
 	@echo "make test-aws  deploy the stack on a local AWS emulator and use it (tests/aws)"
@@ -51,6 +53,7 @@ help:
 	@echo "make key NAME=alice [QUOTA=50] [MODELS=a,b] [DAYS=30]  issue a gateway key (printed once)"
 	@echo "make keys | make revoke NAME=alice                       list / revoke gateway keys"
 	@echo "make token PROVIDER=modelscope TOKEN=ms-... | make tokens | make untoken PROVIDER=.. TOKEN=.."
+	@echo "make rotate-webhook-secret   new webhook signing secrets for every caller (STACK=name)"
 	@echo "           (owner commands: make run's stand-ins while it runs, or a stack with STACK=<name>)"
 	@echo "make invoke FUNCTION=<logical id> EVENT=<file> [ENV_VARS=<file>] [STACK=<name>]"
 	@echo "            run a built function with an event as Lambda would, without Docker"
@@ -229,6 +232,9 @@ tokens: $(BIN)/.ready
 untoken: $(BIN)/.ready
 	@test -n "$(PROVIDER)" -a -n "$(TOKEN)" || { echo "usage: make untoken PROVIDER=modelscope TOKEN=ms-..."; exit 2; }
 	@$(ADMIN) untoken "$(PROVIDER)" "$(TOKEN)"
+
+rotate-webhook-secret: $(BIN)/.ready
+	@$(ADMIN) rotate-webhook-secret
 
 clean:
 	rm -rf .aws-sam .aws-emulator .mypy_cache .ruff_cache node_modules

@@ -55,9 +55,6 @@ from bench.common import (
 from imagegw.infra.config import Settings
 
 RUNS = 7
-#: the seed project's boot on this machine (issue 11), and the goal: at most half of it
-SEED_BOOT_S = 0.885
-TARGET_BOOT_S = SEED_BOOT_S / 2
 #: the first poll after this long in variant A: the figure is the gateway's own work
 POLL_INTERVAL = "0.01"
 #: modules whose import before readiness would be a cold-start cost no first request needs
@@ -186,10 +183,6 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def _ratio(value: float, reference: float) -> str:
-    return f"{value / reference:.2f}×" if reference > 0 else "n/a"
-
-
 def run() -> Report:
     bare, ref, direct, stored = Runs(), Runs(), Runs(), Runs()
     with (
@@ -255,7 +248,6 @@ def run() -> Report:
     data: dict[str, Any] = {
         "runs": RUNS,
         "build": str(build),
-        "seed_boot_s": SEED_BOOT_S,
         "bare": {"wall_s": _summary(bare.wall), "cpu_s": _summary(bare.cpu)},
         "hello": {"wall_s": _summary(ref.wall), "cpu_s": _summary(ref.cpu)},
         "ready_s": _summary(ready),
@@ -275,7 +267,6 @@ def run() -> Report:
         },
         "imports": imports,
     }
-    met = "met" if first <= TARGET_BOOT_S and boot <= TARGET_BOOT_S else "NOT met"
     return Report(
         name="coldstart",
         title="cold start of the deployed artifact, booted as Lambda boots it",
@@ -294,23 +285,22 @@ def run() -> Report:
             f"Imports before readiness: {imports['before_ready']} modules; of {', '.join(HEAVY)}: "
             f"{heavy}. The first generation (B) imports {imports['first_generation']} more, "
             f"from: {', '.join(imports['first_generation_top'])}.",
-            f"Goal (issue 11): at most half the seed's boot ({SEED_BOOT_S} s on this machine) "
-            f"= {TARGET_BOOT_S * 1000:.0f} ms, to readiness and to the first answered generation "
-            f"(A): {met}. Ratios to the references measured in the same run are what compare "
-            "across machines and loads.",
+            "The hello-world app and bare python are floors (what importing Starlette and "
+            "uvicorn, and starting Python, cost), not the yardstick: the boot's ratio to the "
+            "seed-shaped reference, measured in the same run, is `python -m bench versus`'s.",
         ],
         data=data,
         summary=[
             (
                 "Cold start: exec → /healthz 200 (median)",
-                f"{fmt_ms(boot)} ({_ratio(boot, hello_boot)} hello-world "
-                f"{fmt_ms(hello_boot)}; {_ratio(boot, bare_boot)} bare python)",
-                f"≤ {TARGET_BOOT_S * 1000:.0f} ms (½ seed)",
+                f"{fmt_ms(boot)} (floors: hello-world {fmt_ms(hello_boot)}, bare python "
+                f"{fmt_ms(bare_boot)})",
+                "ratio: bench versus",
             ),
             (
                 "Cold start: exec → first generation answered, instant provider (median)",
-                f"{fmt_ms(first)} ({_ratio(first, hello_boot)} hello-world)",
-                f"≤ {TARGET_BOOT_S * 1000:.0f} ms (½ seed)",
+                fmt_ms(first),
+                "—",
             ),
             (
                 "Cold start: first stored generation − second, default polling (median)",

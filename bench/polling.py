@@ -44,6 +44,7 @@ from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.schedule import Estimate, Key, Timing, next_delay, poll_delay
 from imagegw.frontends.app import create_app
 from imagegw.infra.config import Settings
+from imagegw.providers import priors
 
 SEED: Final = 20261130
 QUEUE: Final = (0.0, 5.0)
@@ -287,7 +288,7 @@ def durable() -> tuple[list[list[str]], dict[str, Any]]:
             fake.base_url = f"{server.url}/v1"  # type: ignore[attr-defined]
             world = make_world(aws, patch, fake)(job_poll_interval=5)
             simulate_time(world, patch, fake)
-            patch.setattr(steps, "ESTIMATES", MemoryEstimates())
+            patch.setattr(steps, "ESTIMATES", MemoryEstimates(priors()))
             rng = random.Random(SIM_SEED)
             for _ in range(JOBS):
                 queue, run = rng.uniform(*QUEUE), 30.0 * rng.uniform(1 - JITTER, 1 + JITTER)
@@ -298,8 +299,8 @@ def durable() -> tuple[list[list[str]], dict[str, Any]]:
             waits = list(world.waits)
     today, learned = counts[:LEARNED_AFTER], counts[LEARNED_AFTER:]
     rows = [
-        ["durable 30-s job (moto)", "today", *_job_figures(today)],
-        ["durable 30-s job (moto)", "predictive", *_job_figures(learned)],
+        ["durable 30-s job (moto)", "first jobs (prior)", *_job_figures(today)],
+        ["durable 30-s job (moto)", "learned", *_job_figures(learned)],
     ]
     return rows, {"transitions": counts, "waits": waits}
 
@@ -326,6 +327,7 @@ def run() -> Report:
     short = sim_data["short (2-12 s)"]["predictive"]
     long = sim_data["long (20-60 s)"]["predictive"]
     learned_jobs = job_data["transitions"][LEARNED_AFTER:]
+    first_jobs = job_data["transitions"][:LEARNED_AFTER]
     instant_real = max(real_data["instant_s"], default=float("nan"))
 
     def met(ok: bool) -> str:
@@ -358,9 +360,14 @@ def run() -> Report:
             f"≤ 0.2 s ({met(instant_real <= 0.2)})",
         ),
         (
-            "30-s durable job: transitions (worst)",
-            f"{max(learned_jobs)}",
-            f"≤ 10 ({met(max(learned_jobs) <= 10)})",
+            "30-s durable job, a model's first jobs: transitions (worst)",
+            f"{max(first_jobs)}",
+            f"≤ 12 ({met(max(first_jobs) <= 12)})",
+        ),
+        (
+            "30-s durable job once learned: transitions (median / worst)",
+            f"{sorted(learned_jobs)[len(learned_jobs) // 2]} / {max(learned_jobs)}",
+            f"≤ 7 ({met(sorted(learned_jobs)[len(learned_jobs) // 2] <= 7)})",
         ),
     ]
     polls = Table(
@@ -381,8 +388,9 @@ def run() -> Report:
         "here is poll detection (first SUCCEED poll − task end).",
         f"Durable: {JOBS} jobs of 30 s ±20% queued 0–5 s, JOB_POLL_INTERVAL 5 s, on the ASL under "
         f"moto with simulated time (the fake's clock, the steps' clock and the Wait states "
-        f"move together); the first {LEARNED_AFTER} have no history (today's pace), the rest "
-        "wait for the predicted end. Transitions = states entered, as Standard bills them "
+        f"move together); the first {LEARNED_AFTER} have no history (they wait for "
+        "the catalogue's prior, then a short history), the rest wait for the predicted end. "
+        "Transitions = states entered, as Standard bills them "
         f"(${TRANSITION_PRICE * 1000:.3f} per 1,000).",
         f"Wall time {time.monotonic() - began:.0f} s.",
     ]

@@ -73,6 +73,7 @@ STAND_INS: dict[str, str] = {
     # which are passed through without touching either
     "ACCESS_TABLE": "imagegw-e2e-access",
     "ACCESS_SECRET": "arn:aws:secretsmanager:us-east-1:123456789012:secret:e2e-access",
+    "WEBHOOK_SECRET": "arn:aws:secretsmanager:us-east-1:123456789012:secret:e2e-webhooks",
 }
 
 

@@ -161,7 +161,7 @@ def test_a_failed_chat_job_gives_the_providers_reason(
     local_server: str, fake_ms: FakeModelScope
 ) -> None:
     # Given ModelScope fails the task
-    fake_ms.fail_reason = "The prompt did not pass content moderation."
+    fake_ms.fail_reason = "The worker ran out of memory."
 
     # When a chat job runs
     accepted = submit(local_server, chat("Qwen/Qwen-Image", "a fox"), path=CHAT)
@@ -172,7 +172,7 @@ def test_a_failed_chat_job_gives_the_providers_reason(
     assert "choices" not in done
     assert set(done["error"]) == {"message", "type", "param", "code"}
     assert done["error"]["code"] == "generation_failed"
-    assert "content moderation" in done["error"]["message"]
+    assert "out of memory" in done["error"]["message"]
 
 
 def test_an_iterative_edit_as_a_job_edits_the_gateways_earlier_image(

@@ -25,9 +25,10 @@ import httpx
 import openai
 import pytest
 
-from fakes.modelscope import FakeModelScope
+from fakes.modelscope import FakeModelScope, model_forbidden_answer, model_quota_answer
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
+from imagegw.access.gatekeys import token_id
 from local_run import serve_locally
 
 pytestmark = pytest.mark.e2e
@@ -119,14 +120,16 @@ class Local:
 def start_local(
     tmp_path_factory: pytest.TempPathFactory,
     _fake_ms_server: tuple[ServerThread, SwappableApp],
-) -> Iterator[Callable[[str], Local]]:
-    """`make run`'s server in a given ACCESS_MODE (one per mode, started on first use); a
-    revoked key is refused after KEY_CACHE_TTL=1 s; the secret is read afresh each time."""
-    started: dict[str, Local] = {}
+) -> Iterator[Callable[..., Local]]:
+    """`make run`'s server in a given ACCESS_MODE (one per mode and share, started on first
+    use); a revoked key is refused after KEY_CACHE_TTL=1 s; the secret is read afresh each
+    time. A key spends the whole pool (KEY_POOL_SHARE=1) unless `share` says otherwise: the
+    fail-over tests see every token, the share has its own test."""
+    started: dict[tuple[str, str], Local] = {}
     with ExitStack() as running:
 
-        def start(mode: str) -> Local:
-            if mode not in started:
+        def start(mode: str, share: str = "1") -> Local:
+            if (mode, share) not in started:
                 folder = tmp_path_factory.mktemp(f"keys-{mode}")
                 url, log = running.enter_context(
                     serve_locally(
@@ -136,11 +139,12 @@ def start_local(
                         ACCESS_MODE=mode,
                         KEY_CACHE_TTL="1",
                         SECRET_CACHE_TTL="0",
+                        KEY_POOL_SHARE=share,
                     )
                 )
                 access_file = folder / "access.json" if mode != "open" else None
-                started[mode] = Local(url, log, access_file)
-            return started[mode]
+                started[(mode, share)] = Local(url, log, access_file)
+            return started[(mode, share)]
 
         yield start
 
@@ -149,10 +153,10 @@ def sdk(local: Local, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{local.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
-def generate(local: Local, key: str, prompt: str = "a fox") -> httpx.Response:
+def generate(local: Local, key: str, prompt: str = "a fox", model: str = MODEL) -> httpx.Response:
     return httpx.post(
         f"{local.url}/v1/images/generations",
-        json={"model": MODEL, "prompt": prompt},
+        json={"model": model, "prompt": prompt},
         headers={"authorization": f"Bearer {key}"},
         timeout=60,
     )
@@ -161,12 +165,13 @@ def generate(local: Local, key: str, prompt: str = "a fox") -> httpx.Response:
 @pytest.fixture
 def fake(fake_ms: FakeModelScope) -> FakeModelScope:
     """The fake ModelScope taking the client's own token and the pool tokens of the tests."""
-    fake_ms.tokens |= {"ms-pool-a", "ms-pool-b", "ms-pool-c", "ms-pool-d"}
+    fake_ms.tokens |= {"ms-pool-a", "ms-pool-b", "ms-pool-c", "ms-pool-d", "ms-pool-t"}
+    fake_ms.tokens |= {"ms-pool-u", "ms-pool-v"}
     return fake_ms
 
 
 def test_open_mode_passes_every_bearer_through(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given `make run` in open mode
     local = start_local("open")
@@ -188,7 +193,7 @@ def test_open_mode_passes_every_bearer_through(
 
 
 def test_mixed_mode_serves_gateway_keys_with_held_tokens_and_client_tokens_as_theirs(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given `make run` in mixed mode, one held ModelScope token and a key for alice
     local = start_local("mixed")
@@ -219,7 +224,7 @@ def test_mixed_mode_serves_gateway_keys_with_held_tokens_and_client_tokens_as_th
 
 
 def test_keys_mode_serves_gateway_keys_only_and_a_wrong_key_changes_nothing(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given `make run` in keys mode with a held token and a key for bob
     local = start_local("keys")
@@ -259,7 +264,7 @@ def test_keys_mode_serves_gateway_keys_only_and_a_wrong_key_changes_nothing(
 
 
 def test_the_table_never_holds_a_key(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given keys issued and used
     local = start_local("keys")
@@ -286,20 +291,21 @@ def test_the_table_never_holds_a_key(
 
 
 def test_quota_race_gives_exactly_the_quota(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given a key with a daily quota of 5 images
     local = start_local("keys")
     local.pool("ms-pool-a")
     carol = local.key("carol", "--quota", "5")
 
-    # When 20 one-image requests arrive at once
-    with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(lambda i: generate(local, carol, f"race {i}"), range(20)))
+    # When 50 one-image requests arrive at once (moto's DynamoDB serializes its writes as
+    # DynamoDB does: `imagegw.frontends.local.serialize_dynamodb_writes`)
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda i: generate(local, carol, f"race {i}"), range(50)))
 
-    # Then exactly 5 make an image and 15 are refused as over quota, not to be retried
+    # Then exactly 5 make an image and 45 are refused as over quota, not to be retried
     statuses = sorted(a.status_code for a in answers)
-    assert statuses == [200] * 5 + [429] * 15
+    assert statuses == [200] * 5 + [429] * 45
     refused = [a for a in answers if a.status_code == 429]
     assert {a.json()["error"]["code"] for a in refused} == {"quota_exceeded"}
     assert {a.headers["x-should-retry"] for a in refused} == {"false"}
@@ -314,7 +320,7 @@ def test_quota_race_gives_exactly_the_quota(
 
 
 def test_a_refused_generation_gives_its_quota_back(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given a key with a quota of 1 and a provider that fails the task
     local = start_local("keys")
@@ -322,17 +328,18 @@ def test_a_refused_generation_gives_its_quota_back(
     dave = local.key("dave", "--quota", "1")
     fake.fail_reason = "flagged"
 
-    # When a generation fails, and then one succeeds
+    # When a generation fails, and then another one succeeds (the same request again within
+    # two minutes would get the failure again: frontends/replays.py)
     assert generate(local, dave).status_code == 502
     fake.fail_reason = None
-    made = generate(local, dave)
+    made = generate(local, dave, "another fox")
 
     # Then the failed one did not count
     assert made.status_code == 200, made.text
 
 
 def test_pool_fails_over_past_an_exhausted_token_until_its_reset(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given two held tokens, the first out of its daily quota
     local = start_local("keys")
@@ -360,7 +367,7 @@ def test_pool_fails_over_past_an_exhausted_token_until_its_reset(
 
 
 def test_every_token_set_aside_is_a_429_naming_the_earliest_return(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given one held token the provider refuses
     local = start_local("mixed")
@@ -380,7 +387,7 @@ def test_every_token_set_aside_is_a_429_naming_the_earliest_return(
 
 
 def test_chat_pass_through_with_a_key_fails_over_and_counts_in_usage(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given two held tokens, the first out of its daily quota for chat too
     local = start_local("keys")
@@ -410,7 +417,7 @@ def test_chat_pass_through_with_a_key_fails_over_and_counts_in_usage(
 
 
 def test_a_revoked_key_is_refused_within_the_cache_time(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given a key in use
     local = start_local("keys")
@@ -428,7 +435,7 @@ def test_a_revoked_key_is_refused_within_the_cache_time(
 
 
 def test_jobs_are_readable_only_by_the_key_that_made_them_and_hold_no_token(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given two keys
     local = start_local("keys")
@@ -468,7 +475,7 @@ def test_jobs_are_readable_only_by_the_key_that_made_them_and_hold_no_token(
 
 
 def test_a_chat_job_of_a_gateway_key_counts_on_its_quota_and_is_its_own(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given a key with a quota of 1 and another key
     local = start_local("keys")
@@ -541,7 +548,7 @@ def usage(local: Local, key: str) -> dict[str, Any]:
 
 
 def test_a_job_fails_over_past_an_exhausted_token_and_polls_with_the_next(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given two held tokens, the first out of its daily quota, and a key
     local = start_local("mixed")
@@ -581,7 +588,7 @@ def test_a_job_fails_over_past_an_exhausted_token_and_polls_with_the_next(
 
 
 def test_a_job_that_fails_at_the_provider_counts_nothing_and_one_that_succeeds_counts(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given a key with a quota of 2
     local = start_local("keys")
@@ -610,7 +617,7 @@ def test_a_job_that_fails_at_the_provider_counts_nothing_and_one_that_succeeds_c
 
 
 def test_a_replayed_job_submission_counts_once(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given a key with a quota of 1
     local = start_local("keys")
@@ -644,7 +651,7 @@ def test_a_replayed_job_submission_counts_once(
 
 
 def test_a_job_whose_every_token_is_set_aside_fails_naming_the_return(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given one held token the provider refuses as revoked, and a key
     local = start_local("keys")
@@ -666,7 +673,7 @@ def test_a_job_whose_every_token_is_set_aside_fails_naming_the_return(
 
 
 def test_secrets_are_in_no_log_line_nor_listing(
-    start_local: Callable[[str], Local], fake: FakeModelScope
+    start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
     # Given the servers used by the tests above, and one more refused token that echoes itself
     local = start_local("keys")
@@ -685,3 +692,99 @@ def test_secrets_are_in_no_log_line_nor_listing(
         log = start_local(mode).log.read_text(errors="replace")
         for secret in (*(f"ms-pool-{c}" for c in "abcdefghi"), echo):
             assert secret not in log, mode
+
+
+OTHER_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+
+
+def test_one_keys_per_model_quota_refusal_leaves_other_keys_and_models_working(
+    start_local: Callable[..., Local], fake: FakeModelScope
+) -> None:
+    # Given one held token shared by two keys, out of its per-model quota for one model only
+    local = start_local("keys")
+    local.pool("ms-pool-t")
+    olga, piet = local.key("olga-models"), local.key("piet-models")
+    fake.model_answers[("ms-pool-t", MODEL)] = model_quota_answer(MODEL)
+
+    # When olga asks for that model, then piet for another, then olga for the other too
+    refused = generate(local, olga, "olga's", MODEL)
+    piets = generate(local, piet, "piet's", OTHER_MODEL)
+    olgas = generate(local, olga, "olga's other", OTHER_MODEL)
+
+    # Then olga's first is a 429 naming the model; the token still serves every other model
+    assert refused.status_code == 429, refused.text
+    assert piets.status_code == 200, piets.text
+    assert olgas.status_code == 200, olgas.text
+    # and piet asking for the spent model is refused at once, without a call to the provider
+    again = generate(local, piet, "piet's spent", MODEL)
+    assert again.status_code == 429
+    assert again.json()["error"]["code"] == "provider_tokens_exhausted"
+    assert MODEL in again.json()["error"]["message"]
+    prompts = [s["body"]["prompt"] for s in fake.submissions]
+    assert prompts == ["olga's", "piet's", "olga's other"]
+    # and the set-aside record is for the token and that model, until the provider's reset
+    aside = local.aws("dynamodb").get_item(
+        TableName=local.env()["ACCESS_TABLE"], Key={"pk": {"S": "aside#modelscope"}}
+    )["Item"]
+    name = f"t:{token_id('ms-pool-t')}"
+    mine = {k: int(v["N"]) for k, v in aside.items() if k.startswith(name)}
+    assert list(mine) == [f"{name}@{MODEL}"]  # the token itself is not set aside
+    assert all(until % 86400 == 16 * 3600 for until in mine.values())
+
+
+def test_a_403_for_one_model_does_not_remove_the_token(
+    start_local: Callable[..., Local], fake: FakeModelScope
+) -> None:
+    # Given one held token that may not use one model
+    local = start_local("keys")
+    local.pool("ms-pool-u")
+    quinn = local.key("quinn-models")
+    fake.model_answers[("ms-pool-u", MODEL)] = model_forbidden_answer(MODEL)
+
+    # When quinn asks for that model, then another
+    refused = generate(local, quinn, "forbidden", MODEL)
+    made = generate(local, quinn, "allowed", OTHER_MODEL)
+
+    # Then the first is refused, and the token still makes the other model's image
+    assert refused.status_code in (403, 429), refused.text
+    assert made.status_code == 200, made.text
+
+
+def test_one_key_cannot_spend_the_whole_pool(
+    start_local: Callable[..., Local], fake: FakeModelScope
+) -> None:
+    # Given a pool of two tokens, each key spending half of it (the default share), and two
+    # keys whose halves differ (a key's half is given by its hash)
+    local = start_local("keys", "0.5")
+    local.pool("ms-pool-v", "ms-pool-a")
+    table = local.aws("dynamodb")
+    halves: dict[int, str] = {}
+    for i in range(40):
+        key = local.key(f"share-{i}")
+        hashes = [
+            item["pk"]["S"][4:]
+            for item in table.scan(TableName=local.env()["ACCESS_TABLE"])["Items"]
+            if item.get("name", {}).get("S") == f"share-{i}"
+        ]
+        halves.setdefault(int(hashes[0][:8], 16) % 2, key)
+        if len(halves) == 2:
+            break
+    # the first key's token (position 0) is the one the provider will refuse for its quota
+    greedy, other = halves[0], halves[1]
+    fake.token_answers["ms-pool-v"] = (
+        429,
+        {"errors": {"message": "Your daily quota of API calls is exhausted."}},
+        {},
+    )
+
+    # When the greedy key spends its token's daily quota and asks again
+    spent = [generate(local, greedy, f"greedy {i}") for i in range(2)]
+
+    # Then it is refused without moving on to the other key's token
+    assert [a.status_code for a in spent] == [429, 429], spent[0].text
+    assert all(s["token"] == "ms-pool-v" for s in fake.submissions)
+    assert len(fake.submissions) == 1
+    # and the other key still generates, with the token left to it
+    made = generate(local, other, "other")
+    assert made.status_code == 200, made.text
+    assert fake.submissions[-1]["token"] == "ms-pool-a"

@@ -507,20 +507,38 @@ def test_edit_model_on_generations_points_to_edits(
     assert "/v1/images/edits" in caught.value.message
 
 
-def test_stream_is_refused(gateway_url: str, fake_ms: FakeModelScope) -> None:
+def test_a_stream_that_is_no_boolean_is_refused(gateway_url: str, fake_ms: FakeModelScope) -> None:
     answer = httpx.post(
         f"{gateway_url}/v1/images/generations",
         headers=auth(),
-        json={"model": "Qwen/Qwen-Image", "prompt": "a cat", "stream": True},
+        json={"model": "Qwen/Qwen-Image", "prompt": "a cat", "stream": "maybe"},
     )
     assert answer.status_code == 400
     assert error_of(answer)["param"] == "stream"
+    assert fake_ms.submissions == []  # streamed answers: tests/e2e/test_images_stream.py
 
 
 def test_failed_generation_is_a_502_not_to_retry(gateway_url: str, fake_ms: FakeModelScope) -> None:
-    fake_ms.fail_reason = "content moderation"
+    fake_ms.fail_reason = "the worker ran out of memory"
     with pytest.raises(openai.APIStatusError) as caught:
         sdk(gateway_url).images.generate(model="Qwen/Qwen-Image", prompt="a cat")
     assert caught.value.status_code == 502
     assert caught.value.response.headers["x-should-retry"] == "false"
+    assert "ran out of memory" in caught.value.message
+
+
+def test_a_generation_refused_for_its_content_is_a_400_run_once(
+    gateway_url: str, fake_ms: FakeModelScope
+) -> None:
+    # Given a provider that refuses the prompt (its task ends FAILED, moderated), and an SDK
+    # that retries 5xx twice
+    fake_ms.fail_reason = "Content Moderated: the prompt did not pass content moderation"
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway_url).with_options(max_retries=2).images.generate(
+            model="Qwen/Qwen-Image", prompt="a cat"
+        )
+    # Then it is the client's 400, as OpenAI answers its content-policy refusals: not retried
+    assert caught.value.status_code == 400
+    assert caught.value.code == "content_policy_violation"
     assert "content moderation" in caught.value.message
+    assert len(fake_ms.submissions) == 1

@@ -55,6 +55,7 @@ FUNCTIONS = {
     "job-store.json": "JobStoreFunction",
     "batch-record.json": "BatchStepFunction",
     "batch-finalize.json": "BatchStepFunction",
+    "job-notify.json": "JobNotifyFunction",
 }
 FUNCTION_URL = "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.us-east-1.on.aws"
 REST_API = "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/Prod"
@@ -393,6 +394,30 @@ def test_a_key_sealed_elsewhere_fails_the_job_not_the_function(
     assert progress["status"] == "failed"
     assert json.loads(progress["cause"])["error"]["code"] == "job_key_unreadable"
     assert fake_ms.submissions == []
+
+
+def test_notify_event_to_a_private_address_fails_the_attempt_for_the_retry(
+    run: Invoker, tmp_path: Path
+) -> None:
+    # Given the Notify event, its webhook on loopback (not a public address: refused by the
+    # guarded fetcher before any connection; ALLOW_PRIVATE_URLS is never set here)
+    event = _event("job-notify.json")
+    event["webhook"] = "https://127.0.0.1:9/hook"
+    path = tmp_path / "job-notify.json"
+    path.write_text(json.dumps(event))
+
+    # When it is invoked
+    spec = Request("JobNotifyFunction", path, run.build, runtime_cache=run.folder / "lambda-python")
+    writes: list[bytes] = []
+    notes: list[str] = []
+    target = stand_in_target(Template(run.build), run.running)
+    with (tmp_path / "log").open("wb") as log:
+        invoke(spec, target, writes.append, notes.append, log)
+
+    # Then the function failed the attempt with the error the state machine retries
+    error = json.loads(b"".join(writes))
+    assert error["errorType"] == "WebhookDeliveryError"
+    assert json.loads(error["errorMessage"]) == {"attempts": 1, "last_status_code": None}
 
 
 def test_make_events_keeps_current_keys_and_seals_copies(run: Invoker, tmp_path: Path) -> None:

@@ -220,7 +220,7 @@ def test_a_job_that_fails_gives_the_providers_reason(
     local_server: str, fake_ms: FakeModelScope
 ) -> None:
     # Given ModelScope fails the task
-    fake_ms.fail_reason = "The prompt did not pass content moderation."
+    fake_ms.fail_reason = "The worker ran out of memory."
 
     # When a job runs
     accepted = submit(local_server, {"model": "Qwen/Qwen-Image", "prompt": "a fox"})
@@ -232,7 +232,7 @@ def test_a_job_that_fails_gives_the_providers_reason(
     error = done["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "generation_failed" and error["type"] == "provider_error"
-    assert "content moderation" in error["message"]
+    assert "out of memory" in error["message"]
 
 
 def test_a_refused_key_fails_the_job(local_server: str, fake_ms: FakeModelScope) -> None:

@@ -81,6 +81,33 @@ def _errors(status: int, message: str, **extra: Any) -> JSONResponse:
     )
 
 
+def model_quota_answer(model: str, limit: int = 500) -> tuple[int, Any, dict[str, str]]:
+    """A 429 for a spent per-model daily quota: ModelScope's per-model quota headers at 0 (the
+    per-user ones not; provider-wire.md), the body's text *unconfirmed* (a plausible one)."""
+    return (
+        429,
+        {
+            "errors": {"message": f"Request limit exceeded for model {model} today."},
+            "request_id": _request_id(),
+        },
+        {
+            "modelscope-ratelimit-requests-limit": "2000",
+            "modelscope-ratelimit-requests-remaining": "1500",
+            "modelscope-ratelimit-model-requests-limit": str(limit),
+            "modelscope-ratelimit-model-requests-remaining": "0",
+        },
+    )
+
+
+def model_forbidden_answer(model: str) -> tuple[int, Any, dict[str, str]]:
+    """A 403 for one model the token may not use (its text *unconfirmed*)."""
+    return (
+        403,
+        {"errors": {"message": f"You have no access to the model {model}."}},
+        {},
+    )
+
+
 def _chat_error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     """A chat-endpoint error: chat uses ``error``, not ``errors``."""
     return JSONResponse(
@@ -151,6 +178,9 @@ class FakeModelScope:
     - ``token_answers``: token -> ``(status, json_body, headers)`` answered to every submit
       with that token (an exhausted daily quota, a revoked token); ``chat_token_answers``
       the same for chat requests.
+    - ``model_answers``: ``(token, model)`` -> ``(status, json_body, headers)`` answered to every
+      submit for that model with that token (``None``: any token): a per-model quota 429
+      (``model_quota_answer``), a 403 for one model.
     - ``poll_errors``: the next N polls answer HTTP 503.
     - ``rate_limit_headers``: add ``modelscope-ratelimit-*`` headers to accepted submits.
     - ``expire_files``: output image links answer 403 AccessDenied like an expired OSS link.
@@ -187,6 +217,7 @@ class FakeModelScope:
         self.submit_override: tuple[int, Any, dict[str, str]] | None = None
         self.token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
         self.chat_token_answers: dict[str, tuple[int, Any, dict[str, str]]] = {}
+        self.model_answers: dict[tuple[str | None, str], tuple[int, Any, dict[str, str]]] = {}
         self.poll_errors: int = 0
         self.rate_limit_headers: bool = False
         self.rate_limit_requests: int = 2000
@@ -264,6 +295,11 @@ class FakeModelScope:
         record["token"] = token if token in self.tokens or token in self.token_answers else None
         with self.lock:
             override, self.submit_override = self.submit_override, None
+        model = body.get("model") if isinstance(body, dict) else None
+        if override is None and isinstance(model, str):
+            override = self.model_answers.get((token, model)) or self.model_answers.get(
+                (None, model)
+            )
         override = override or self.token_answers.get(token)
         if override is not None:
             status, payload, headers = override

@@ -15,7 +15,11 @@ honoured; answers ``url`` (served by the fake under ``/files/``) or ``b64_json``
 ``response_format`` (default ``url``); ``gpt-image-*`` models answer ``b64_json`` and refuse
 ``response_format``; edits are multipart with ``image`` or repeated ``image[]`` files and an
 optional ``mask``. Parameters OpenAI does not know are refused with a 400 (the real API does
-so). Errors are ``{"error":{"message","type","param","code"}}``.
+so). Errors are ``{"error":{"message","type","param","code"}}``. ``stream: true`` (JSON, or
+``"true"`` in an edit's form) on a ``gpt-image-*`` model answers ``text/event-stream``: per image,
+``partial_images`` (0-3) ``image_generation.partial_image`` events (edits: ``image_edit.*``),
+then its ``*.completed`` event; ``stream`` on a dall-e model is a 400. ``fail_stream``: when set,
+a streamed answer sends one partial image, then an ``error`` event with this message.
 
 Records: ``requests``: path, ``fields`` (the JSON body or the multipart text fields), ``files``
 (``(field, filename, content type, bytes)``), headers without Authorization, status.
@@ -59,11 +63,16 @@ GENERATE_PARAMS: Final = frozenset(
         "output_compression",
         "moderation",
         "user",
+        "stream",
+        "partial_images",
     }
 )
 EDIT_PARAMS: Final = frozenset(
-    {"prompt", "model", "n", "size", "quality", "response_format", "background", "user"}
-)
+    {
+        "prompt", "model", "n", "size", "quality", "response_format", "background", "user",
+        "stream", "partial_images",
+    }
+)  # fmt: skip
 QWEN_DEFAULT_SIZE: Final = (1664, 928)
 _SIZE: Final = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -104,6 +113,7 @@ class FakeOpenAIImages:
         self.style: Style = style
         self.tokens: set[str] = set(DEFAULT_TOKENS)
         self.next_error: tuple[int, Any] | None = None
+        self.fail_stream: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -161,6 +171,8 @@ class FakeOpenAIImages:
             else:
                 data = self._openai(request, kind, fields, files)
             response: Response = JSONResponse({"created": int(time.time()), "data": data})
+            if self.style == "openai" and str(fields.get("stream")).lower() == "true":
+                response = self._streamed(kind, fields, data)
         except Refused as refused:
             response = JSONResponse(refused.body, status_code=refused.status)
         record["status"] = response.status_code
@@ -210,6 +222,12 @@ class FakeOpenAIImages:
             )
         if not isinstance(fields.get("prompt"), str) or not fields["prompt"]:
             raise openai_error(400, "Missing required parameter: 'prompt'.", param="prompt")
+        streamed = str(fields.get("stream")).lower() == "true"
+        if streamed and not model.startswith("gpt-image"):
+            raise openai_error(400, f"Streaming is not supported for {model}.", param="stream")
+        partial = fields.get("partial_images")
+        if partial is not None and str(partial) not in ("0", "1", "2", "3"):
+            raise openai_error(400, "'partial_images' must be 0 to 3.", param="partial_images")
         b64 = model.startswith("gpt-image")
         if b64 and "response_format" in fields:
             raise openai_error(
@@ -233,6 +251,49 @@ class FakeOpenAIImages:
                 base = self.base_url.removesuffix("/v1") or str(request.base_url).rstrip("/")
                 data.append({"url": f"{base}/files/{name}"})
         return data
+
+    def _streamed(self, kind: str, fields: dict[str, Any], data: list[dict[str, str]]) -> Response:
+        """OpenAI's image event stream of `data` (b64 items): previews, then each image."""
+        prefix = "image_edit" if kind == "edits" else "image_generation"
+        partials = int(fields.get("partial_images") or 0)
+        blocks: list[str] = []
+
+        def send(name: str, payload: dict[str, Any]) -> None:
+            blocks.append(f"event: {name}\ndata: {json.dumps(payload)}\n\n")
+
+        common = {"size": "auto", "quality": "auto", "background": "auto", "output_format": "png"}
+        for item in data:
+            png = base64.b64decode(item["b64_json"])
+            width, height = png_size(png)
+            for index in range(partials):
+                preview = make_png(max(1, width // 4), max(1, height // 4), (index * 80, 0, 0))
+                send(
+                    f"{prefix}.partial_image",
+                    {
+                        "type": f"{prefix}.partial_image",
+                        "b64_json": base64.b64encode(preview).decode(),
+                        "partial_image_index": index,
+                        "created_at": int(time.time()),
+                        **common,
+                    },
+                )
+                if self.fail_stream is not None:
+                    error = {"message": self.fail_stream, "type": "server_error"}
+                    send("error", {"type": "error", "error": error})
+                    return Response("".join(blocks), media_type="text/event-stream")
+            usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0,
+                     "text_tokens": 0}, "output_tokens": 0, "total_tokens": 0}  # fmt: skip
+            send(
+                f"{prefix}.completed",
+                {
+                    "type": f"{prefix}.completed",
+                    "b64_json": item["b64_json"],
+                    "created_at": int(time.time()),
+                    "usage": usage,
+                    **common,
+                },
+            )
+        return Response("".join(blocks), media_type="text/event-stream")
 
     async def _file(self, request: Request) -> Response:
         with self.lock:

@@ -165,5 +165,7 @@ async def test_a_failed_chat_job_gives_the_providers_reason(
     assert failed["status"] == "failed" and failed["object"] == "chat.completion.job"
     assert "choices" not in failed
     assert set(failed["error"]) == {"message", "type", "param", "code"}
-    assert failed["error"]["code"] == "generation_failed"
+    # (a refusal of the content: the client's request, a 400 no client retries)
+    assert failed["error"]["code"] == "content_policy_violation"
+    assert failed["error"]["type"] == "invalid_request_error"
     assert "content moderation" in failed["error"]["message"]

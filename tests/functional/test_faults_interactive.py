@@ -6,7 +6,11 @@ Faults: a 429 on submit; a 5xx, or garbage, on every poll; a poll hanging past P
 the provider down; the provider dying mid-poll; the bucket down at upload; the client leaving,
 streamed and not, while tasks are polled and while a synchronous provider works; a provider
 answering 200 MB (each provider call, and the gateway's memory while it does) or trickling its
-answer a byte a second; a result link no URL parser takes (an invalid IDNA host).
+answer a byte a second; a result link no URL parser takes (an invalid IDNA host); an unreadable
+generated image (the provider's fault, not the client's); an upload declaring a huge size, or cut
+short (refused before anything is stored or sent); a client waiting a few seconds; the job service
+down; a job with a private image URL; a failed paid request repeated (answered from the first);
+a task refused for its content (a 400).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -481,6 +486,259 @@ def test_a_client_leaving_a_chat_pass_through_hangs_up_on_the_provider(
 
     # Then the gateway stops waiting and hangs up on the provider too
     ms.wait_for(lambda: all(call.left for call in ms.matching("POST", r"^/v1/chat/completions$")))
+
+
+def test_a_client_leaving_a_streamed_images_answer_stops_the_polling(
+    gateway: Callable[..., str],
+    ms: Faulty,
+    fake_ms: FakeModelScope,
+    left_log: Callable[[], list[logging.LogRecord]],
+) -> None:
+    base = gateway()
+    body = {"model": "Qwen/Qwen-Image", "prompt": "a red apple", "stream": True}
+    with httpx.stream(
+        "POST", f"{base}/v1/images/generations", json=body, headers=auth(), timeout=30
+    ) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        lines = answer.iter_lines()  # (kept: dropping it would close the connection now)
+        assert next(lines).startswith(": ")  # the stream has begun (a progress comment)
+        ms.wait_for(lambda: ms.count("GET", POLL) >= 2)
+    left_at = time.monotonic()  # the connection is closed with the unread stream
+
+    record = assert_stopped(ms, left_at, left_log)
+    assert record.task_ids == list(fake_ms.tasks)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- blame and images
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_an_unreadable_generated_image_is_the_providers_fault(
+    gateway: Callable[..., str], oa: Faulty, front_end: str
+) -> None:
+    # Given an OpenAI-compatible server answering a generated image cut short (b64_json)
+    cut = base64.b64encode(make_png(64, 64)[:-20]).decode()
+    faulty = oa
+    faulty.on(
+        "POST",
+        r"/images/generations$",
+        fault(200, json.dumps({"created": 1, "data": [{"b64_json": cut}]})),
+    )
+
+    reply = post(gateway(), front_end, "/openai")
+
+    # Then the client hears a provider error (a 5xx), not that its own request was bad
+    assert reply.status_code == 502, reply.text
+    assert error_of(reply)["type"] != "invalid_request_error"
+    assert error_of(reply)["code"] == "invalid_result"
+    assert "cut short" in error_of(reply)["message"]
+    assert faulty.count("POST", r"/images/generations$") == 1
+
+
+def stored_count(s3_env: dict[str, str]) -> int:
+    """Objects in the stand-in bucket, asked of moto's server over HTTP (not through boto3,
+    which a test before may have left patched by moto's in-process mock)."""
+    listing = httpx.get(
+        f"{s3_env['S3_ENDPOINT_URL']}/{s3_env['BUCKET']}", params={"list-type": "2"}, timeout=10
+    )
+    if listing.status_code == 404:  # reset by a test before (moto's backends are shared):
+        return 0  # nothing can be stored there, and an upload would fail the request
+    listing.raise_for_status()
+    return len(re.findall(r"<Key>", listing.text))
+
+
+def huge_png() -> bytes:
+    """A whole 2x2 PNG whose header declares 30000x30000 (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    png = bytearray(make_png(2, 2))
+    png[16:24] = struct.pack(">II", 30000, 30000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+@pytest.mark.parametrize(
+    ("image", "code"),
+    [
+        (huge_png(), "image_dimensions_too_large"),
+        (make_png(64, 64)[:-30], "invalid_image"),  # truncated
+    ],
+    ids=["huge-dimensions", "truncated"],
+)
+def test_an_image_refused_for_what_it_is_stores_and_sends_nothing(
+    gateway_url: str, ms: Faulty, s3_env: dict[str, str], image: bytes, code: str
+) -> None:
+    # Given an edit whose image declares 30000x30000 pixels, or is cut short
+    stored = stored_count(s3_env)
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": uri}},
+        ],
+    }
+    answers = [
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={"model": "Qwen/Qwen-Image-Edit", "messages": [message]},
+            headers=auth(),
+            timeout=30,
+        ),
+        httpx.post(
+            f"{gateway_url}/v1/images/edits",
+            data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+            files={"image": ("in.png", image, "image/png")},
+            headers=auth(),
+            timeout=30,
+        ),
+    ]
+
+    # Then each is a 400 naming what is wrong, and nothing was stored or sent
+    for reply in answers:
+        assert reply.status_code == 400, reply.text
+        assert error_of(reply)["code"] == code
+    assert ms.calls == []
+    assert stored_count(s3_env) == stored
+
+
+@pytest.mark.parametrize("seconds", ["1", "3"])
+def test_a_client_waiting_a_few_seconds_is_refused_before_anything_is_stored_or_started(
+    gateway_url: str, ms: Faulty, s3_env: dict[str, str], seconds: str
+) -> None:
+    # Given a client whose SDK gives up after a few seconds, sending an edit with its image
+    stored = stored_count(s3_env)
+    short = {**auth(), "x-stainless-read-timeout": seconds}
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": png_data_uri()}},
+        ],
+    }
+    answers = [
+        httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={"model": "Qwen/Qwen-Image-Edit", "messages": [message]},
+            headers=short,
+            timeout=30,
+        ),
+        httpx.post(
+            f"{gateway_url}/v1/images/edits",
+            data={"model": "Qwen/Qwen-Image-Edit", "prompt": "make it blue"},
+            files={"image": ("in.png", make_png(16, 16, (1, 2, 3)), "image/png")},
+            headers=short,
+            timeout=30,
+        ),
+    ]
+
+    # Then each is a 400 (no SDK retries it) saying why, and nothing was stored or started
+    for reply in answers:
+        assert reply.status_code == 400, reply.text
+        assert error_of(reply)["code"] == "client_timeout_too_short"
+    assert ms.calls == []
+    assert stored_count(s3_env) == stored
+
+
+def test_the_job_service_down_is_a_retryable_503_when_nothing_started(
+    gateway: Callable[..., str], ms: Faulty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the job service (Step Functions, and KMS that seals the key) on a closed port
+    down = f"http://127.0.0.1:{closed_port()}"
+    for service in ("SFN", "KMS"):
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", down)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    base = gateway(
+        job_state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:jobs",
+        job_key_id="arn:aws:kms:us-east-1:123456789012:key/0000",
+    )
+
+    # When a client asks for a job
+    reply = httpx.post(
+        f"{base}/v1/images/generations",
+        json={"model": "Qwen/Qwen-Image", "prompt": "a red apple"},
+        headers={**auth(), "prefer": "respond-async"},
+        timeout=60,
+    )
+
+    # Then it may retry (nothing started), and the provider saw nothing
+    assert reply.status_code == 503, reply.text
+    assert error_of(reply)["code"] == "jobs_unavailable"
+    assert reply.headers["x-should-retry"] == "true"
+    assert ms.calls == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/x.png", "http://169.254.169.254/latest/", "http://[::1]/x.png"]
+)
+def test_a_job_with_a_private_image_url_is_refused_at_submission(
+    gateway: Callable[..., str], ms: Faulty, url: str
+) -> None:
+    # Given the gateway as deployed (no private URLs) running jobs (the runner is never asked)
+    base = gateway(
+        allow_private_urls=False,
+        job_state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:jobs",
+    )
+
+    # When a job is asked to edit an image at a private address
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "make it blue"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ],
+    }
+    reply = httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": "Qwen/Qwen-Image-Edit", "messages": [message]},
+        headers={**auth(), "prefer": "respond-async"},
+        timeout=30,
+    )
+
+    # Then it is the synchronous path's one refusal, at once, and nothing was started
+    assert reply.status_code == 400, reply.text
+    assert error_of(reply) == {
+        "message": "Input image 1 could not be downloaded from its URL.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "invalid_image",
+    }
+    assert ms.calls == []
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_failed_paid_request_repeated_is_answered_from_the_first(
+    gateway_url: str, ms: Faulty, fake_ms: FakeModelScope, front_end: str
+) -> None:
+    # Given a provider whose tasks fail (after the paid task started: a 502 not to retry)
+    fake_ms.task_duration = 0.05
+    fake_ms.fail_reason = "the worker ran out of memory"
+
+    # When a client that retries every 5xx sends the same request three times
+    answers = [post(gateway_url, front_end) for _ in range(3)]
+
+    # Then each gets the provider's failure, the repeats from the first: one submission
+    assert [a.status_code for a in answers] == [502, 502, 502]
+    assert {error_of(a)["message"] for a in answers} == {error_of(answers[0])["message"]}
+    assert [a.headers.get("x-gateway-replayed") for a in answers] == [None, "true", "true"]
+    assert all(a.headers["x-should-retry"] == "false" for a in answers)
+    assert ms.count("POST", SUBMIT) == 1
+
+
+def test_a_task_refused_for_its_content_is_a_400_no_client_retries(
+    gateway_url: str, ms: Faulty, fake_ms: FakeModelScope
+) -> None:
+    fake_ms.task_duration = 0.05
+    fake_ms.fail_reason = "Request Moderated"
+
+    answer = post(gateway_url, "images")
+
+    assert answer.status_code == 400
+    assert error_of(answer)["type"] == "invalid_request_error"
+    assert error_of(answer)["code"] == "content_policy_violation"
+    assert answer.headers["x-should-retry"] == "false"
 
 
 # ----------------------------------------------------------------------------- answers without end

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from pydantic import SecretStr
 
@@ -26,11 +27,15 @@ from fakes.jobs import MemoryRunner
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
+from fakes.server import ServerThread
+from fakes.webhook_receiver import WebhookReceiver
+from imagegw.core.webhooks import caller_secret
 from imagegw.frontends.app import create_app
 from imagegw.frontends.local import LocalContext, load_task_handlers
 from imagegw.infra.config import Settings
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import RESULTS
+from imagegw.runners.stepfunctions.notify import WebhookDeliveryError
 from imagegw.runners.stepfunctions.schema import JobInput
 from imagegw.runners.stepfunctions.service import Jobs
 from lambdahost.events import to_http_request
@@ -50,6 +55,7 @@ def handlers() -> dict[str, Handler]:
         "submit": loaded["JobSubmitFunctionArn"],
         "poll": loaded["JobPollFunctionArn"],
         "store": loaded["JobStoreFunctionArn"],
+        "notify": loaded["JobNotifyFunctionArn"],
     }
 
 
@@ -69,7 +75,7 @@ def invoke(handler: Handler, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_job_event_is_covered() -> None:
-    assert JOB_EVENTS == ["job-poll.json", "job-store.json", "job-submit.json"]
+    assert JOB_EVENTS == ["job-notify.json", "job-poll.json", "job-store.json", "job-submit.json"]
 
 
 def test_submit_event(
@@ -244,3 +250,61 @@ async def test_async_submission_event_through_api_gateway(
     assert data.job.n == 2 and data.job.response_format == "b64_json"
     assert TOKEN not in (runner.executions[job["id"]].input or "")
     assert base64.b64decode(data.key)
+
+
+def test_notify_event_posts_the_signed_event_to_a_receiver(
+    aws: MockedAws, handlers: dict[str, Handler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the Notify task's sample event, its webhook a receiver on loopback, and the
+    # deployment's webhook secret
+    deployment = "w" * 48
+    arn = aws_secret(aws, deployment)
+    monkeypatch.setenv("WEBHOOK_SECRET", arn)
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    receiver = WebhookReceiver()
+    event = load("job-notify.json")
+    with ServerThread(receiver) as server:
+        event["webhook"] = f"{server.url}/hook"
+
+        # When the handler runs it
+        output = invoke(handlers["notify"], event)
+
+    # Then one signed POST carried the job's id, and the output says it was delivered
+    assert output == {"status": "delivered", "attempts": 1, "last_status_code": 200}
+    (delivery,) = receiver.deliveries
+    secret = caller_secret(deployment, event["owner"])
+    openai.OpenAI(api_key="unused").webhooks.verify_signature(
+        delivery.body, delivery.headers, secret=secret
+    )
+    sent = json.loads(delivery.body)
+    assert sent["data"] == {"id": event["job_id"]} and sent["type"] == "job.succeeded"
+    assert sent["created_at"] == 1767268800  # when the Notify state was entered
+
+
+def test_notify_event_to_a_private_address_fails_the_attempt(
+    aws: MockedAws, handlers: dict[str, Handler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a deployment without the private-address opt-in and a receiver on loopback
+    monkeypatch.setenv("WEBHOOK_SECRET", aws_secret(aws, "w" * 48))
+    monkeypatch.delenv("ALLOW_PRIVATE_URLS", raising=False)
+    receiver = WebhookReceiver()
+    event = load("job-notify.json")
+    with ServerThread(receiver) as server:
+        event["webhook"] = f"{server.url}/hook".replace("http://", "https://")
+
+        # When the handler runs it / Then the attempt fails for the state machine to retry,
+        # and nothing reached the address
+        with pytest.raises(WebhookDeliveryError) as raised:
+            invoke(handlers["notify"], event)
+    assert json.loads(str(raised.value)) == {"attempts": 1, "last_status_code": None}
+    assert receiver.deliveries == []
+
+
+def aws_secret(aws: MockedAws, value: str) -> str:
+    import uuid
+
+    import boto3
+
+    client = boto3.client("secretsmanager", region_name=aws.region)
+    arn: str = client.create_secret(Name=f"webhooks-{uuid.uuid4().hex}", SecretString=value)["ARN"]
+    return arn

@@ -84,12 +84,25 @@ class Scripted(Provider):
         return answer
 
 
+class Batched(Scripted):
+    """One call makes every image of the job (a batch field, as DashScope's `n`)."""
+
+    def split(self, request: GenerationRequest) -> list[GenerationRequest]:
+        return [request]
+
+
 @dataclass
 class Case:
     starts: Sequence[Started | Exception]
     polls: Sequence[Sequence[Answer]]
     #: seconds the job may take (GENERATION_TIMEOUT; the job's polls at 1 s)
     limit: int = 60
+    #: images asked for (default: one a call); a batched job makes them all in one call
+    n: int | None = None
+    batched: bool = False
+
+    def provider(self, settings: Settings) -> Scripted:
+        return (Batched if self.batched else Scripted)(settings, self.starts, self.polls)
 
 
 def rate_limited() -> RateLimitError:
@@ -113,6 +126,10 @@ CASES = {
     "deadline": Case([Started("t0")], [[Running("RUNNING")]], limit=30),
     "deadline after a made image": Case(
         [Started("t0"), Started("t1")], [[Finished((PNG,))], [Running("RUNNING")]], limit=30
+    ),
+    # one batch call for two images that made one (the rest of its batch failed)
+    "a batch short of images": Case(
+        [Started("t0")], [[Running("RUNNING"), Finished((PNG,))]], n=2, batched=True
     ),
 }
 
@@ -161,7 +178,7 @@ def ended_by(error: GatewayError) -> tuple[dict[str, Any], str]:
 
 async def in_process(case: Case, n: int) -> Ending:
     settings = Settings(generation_timeout=case.limit, poll_interval=1.0, poll_interval_max=3.0)
-    provider = Scripted(settings, case.starts, case.polls)
+    provider = case.provider(settings)
     request = GenerationRequest("scripted", "m", ModelKind.GENERATE, "a cat", SecretStr("k"), n=n)
     reserved, clock = Reserved(n), FakeClock()
     events = generate(provider, request, settings, clock=clock, sleep=clock.sleep)
@@ -193,7 +210,7 @@ class Access:
 
 async def step_functions(case: Case, n: int, aws: MockedAws) -> Ending:
     settings = Settings(bucket=aws.bucket, aws_region=aws.region)
-    provider = Scripted(settings, case.starts, case.polls)
+    provider = case.provider(settings)
     access = Access()
     kit = Gateway(
         settings,
@@ -236,7 +253,7 @@ async def step_functions(case: Case, n: int, aws: MockedAws) -> Ending:
 def test_both_runners_end_a_job_alike(name: str, aws: MockedAws) -> None:
     # Given scripted provider outcomes, one script per call of the job
     case = CASES[name]
-    n = len(case.starts)
+    n = case.n or len(case.starts)
 
     # When the in-process runner and the Step Functions steps each run the job
     here = asyncio.run(in_process(case, n))
@@ -276,3 +293,19 @@ def test_a_deadline_keeps_the_images_made_and_names_the_late_task(aws: MockedAws
         "Scripted task t1 did not finish within 30 s; it may still finish at the provider.",
     )
     assert here.settled == (Settlement(2, 1),)
+
+
+def test_a_batch_that_made_fewer_images_says_so(aws: MockedAws) -> None:
+    # Given a two-image job made by one batch call that returns one image and no reason
+    case = CASES["a batch short of images"]
+
+    # When either runner runs it
+    here = asyncio.run(in_process(case, 2))
+    durable = asyncio.run(step_functions(case, 2, aws))
+
+    # Then the image made is delivered with a note that one is missing (never silently fewer),
+    # and the quota counts the one made
+    for ending in (here, durable):
+        assert ending.status == "succeeded" and ending.images == 1
+        assert ending.failures == ("Scripted made 1 of the 2 images asked for; it gave no reason.",)
+        assert ending.settled == (Settlement(2, 1),)

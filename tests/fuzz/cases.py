@@ -174,8 +174,12 @@ class Fault:
     echo_at: int | None = None
     #: ModelScope only: the task fails (FAILED with this reason) instead of the submit
     task_failure: bool = False
+    #: the provider's own words, when not the fuzz's (a moderated task, a per-model quota)
+    words: str | None = None
 
     def message(self, key: str) -> str:
+        if self.words is not None:
+            return self.words
         if self.echo_at is None:
             return f"fuzz fault {self.status}"
         return "x" * self.echo_at + f" received Authorization: Bearer {key} " + "y" * 40

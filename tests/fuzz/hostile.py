@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -185,6 +187,24 @@ def b64(data: bytes) -> str:
 GOOD_IMAGES: tuple[bytes, ...] = (PNG_1x1, PNG_SMALL, JPEG_1x1, GIF_1x1, WEBP_1x1)
 
 
+def _declaring(width: int, height: int) -> bytes:
+    """A small whole PNG whose header declares `width` x `height` (issue 24, class 5)."""
+    png = bytearray(make_png(2, 2))
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+#: images that are not what they say (issue 24, class 5): a header declaring 30000x30000, a
+#: PNG cut short, a JPEG without its end marker
+LYING_IMAGES: tuple[bytes, ...] = (
+    _declaring(30000, 30000),
+    _declaring(70000, 1),
+    make_png(40, 30)[:-20],
+    JPEG_1x1[:-2],
+)
+
+
 def image_bytes(max_image_bytes: int) -> st.SearchStrategy[bytes]:
     """An upload's bytes: a real small image, or not an image, or empty, or over the limit."""
     return st.one_of(
@@ -196,6 +216,7 @@ def image_bytes(max_image_bytes: int) -> st.SearchStrategy[bytes]:
         st.just(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16),  # a PNG signature and nothing sane after
         st.just(PNG_1x1 + b"\x00" * (max_image_bytes + 1)),
         st.just(b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+        st.sampled_from(LYING_IMAGES),
     )
 
 
@@ -212,6 +233,7 @@ def data_uri(max_image_bytes: int) -> st.SearchStrategy[str]:
         st.sampled_from(GOOD_IMAGES).map(
             lambda d: "data:image/png;base64," + base64.urlsafe_b64encode(d).decode()
         ),
+        st.sampled_from(LYING_IMAGES).map(lambda d: f"data:image/png;base64,{b64(d)}"),
         st.just(f"data:text/html;base64,{b64(b'<script>alert(1)</script>')}"),
         st.just(f"data:image/png,{PNG_1x1.decode('latin-1')}"),
         st.just("data:,"),

@@ -5,7 +5,8 @@ on every request of the fuzz and fails the example on the first one (or records 
 survey mode). Property names group the failures in reports:
 
 - `5xx`: a 5xx that is not a provider's genuine failure (a 502/504 of type provider_error or
-  timeout_error after the provider was called);
+  timeout_error after the provider was called, or that failure answered again to the same
+  request: `x-gateway-replayed`);
 - `error-shape`: an error body not exactly `{"error":{"message","type","param","code"}}`;
 - `should-retry`: an error without `x-should-retry: true|false`;
 - `sse`: an event stream not ending with `data: [DONE]`, or an in-stream error not in shape;
@@ -119,8 +120,15 @@ def check_answer(response: RawResponse, *, method: str, provider_called: bool) -
             problems.append(Problem("should-retry", f"{status} has x-should-retry {retry!r}"))
     if status >= 500:
         # a provider's genuine failure: the provider was called (it failed by itself, or the
-        # fuzz told the fake to fail) and the gateway says so as a 502/504 of a provider type
-        genuine = provider_called and status in (502, 504) and error_type in PROVIDER_FAILURE_TYPES
+        # fuzz told the fake to fail) and the gateway says so as a 502/504 of a provider type;
+        # or such a failure of the same request moments ago, answered again without calling
+        # the provider (`x-gateway-replayed`: a retrying client must not pay twice)
+        replayed = response.header("x-gateway-replayed") == "true"
+        genuine = (
+            (provider_called or replayed)
+            and status in (502, 504)
+            and error_type in PROVIDER_FAILURE_TYPES
+        )
         if not genuine:
             message = body["error"]["message"] if error_type else response.body[:200]
             problems.append(Problem("5xx", f"{status} {error_type or ''}: {message!r}"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fuzz.cases import Case, Context, Fault
-from fuzz.hostile import GOOD_IMAGES, b64
+from fuzz.hostile import GOOD_IMAGES, LYING_IMAGES, b64
 from fuzz.wire import Delivery, RawRequest
 
 PNG_URI = f"data:image/png;base64,{b64(GOOD_IMAGES[0])}"
@@ -40,19 +40,23 @@ def chat(
     images: int = 0,
     fault: Fault | None = None,
     delivery: Delivery = "whole",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    image: bytes | None = None,
 ) -> Callable[[Context], Case]:
-    """A chat request; `extra` is raw JSON members added to the body (tokens JSON has not)."""
+    """A chat request; `extra` is raw JSON members added to the body (tokens JSON has not);
+    `image`: the bytes of its images (a good PNG by default)."""
 
     def build(ctx: Context) -> Case:
+        uri = PNG_URI if image is None else f"data:image/png;base64,{b64(image)}"
         content = [{"type": "text", "text": text}] + [
-            {"type": "image_url", "image_url": {"url": PNG_URI}} for _ in range(images)
+            {"type": "image_url", "image_url": {"url": uri}} for _ in range(images)
         ]
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
         body = body[:-1] + f', "stream": {json.dumps(stream)}' + (f", {extra}" if extra else "")
         request = RawRequest(
             "POST",
             f"{route}/v1/chat/completions",
-            (_auth(ctx, token), JSON),
+            (_auth(ctx, token), JSON, *headers),
             (body + "}").encode(),
             delivery,
         )
@@ -83,14 +87,19 @@ def generation(
 
 
 def edit(
-    route: str, prompt: bytes, *, token: bytes | None = None, asynchronous: bool = False
+    route: str,
+    prompt: bytes,
+    *,
+    token: bytes | None = None,
+    asynchronous: bool = False,
+    image: bytes = GOOD_IMAGES[0],
 ) -> Callable[[Context], Case]:
     def build(ctx: Context) -> Case:
         field = b'--b\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
         body = (
             field % (b"prompt", b"", prompt)
             + field % (b"model", b"", b"Qwen/Qwen-Image-Edit")
-            + field % (b"image", b'; filename="a.png"', GOOD_IMAGES[0])
+            + field % (b"image", b'; filename="a.png"', image)
             + b"--b--\r\n"
         )
         head = [_auth(ctx, token), (b"content-type", b"multipart/form-data; boundary=b")]
@@ -167,6 +176,43 @@ SEEDS: tuple[Seed, ...] = (
     Seed(
         "echo-across-cut-openai",
         generation("/openai", IMAGE % "a fox", fault=Fault("openai", 401, ACROSS_THE_CUT)),
+    ),
+    # issue 24, class 1: a per-model quota 429 (a client's own token: passed on, not a 5xx)
+    Seed(
+        "per-model-quota",
+        generation(
+            "/modelscope",
+            IMAGE % "a fox",
+            fault=Fault("modelscope", 429, words="Request limit exceeded for model today."),
+        ),
+    ),
+    # class 4: a client that waits 1 s, with an image to upload (refused before the upload)
+    Seed(
+        "short-read-timeout",
+        chat(
+            "/modelscope",
+            "Qwen/Qwen-Image-Edit",
+            images=1,
+            headers=((b"x-stainless-read-timeout", b"1"),),
+        ),
+    ),
+    # class 5: images that are not what they say, as a data URI and as an upload
+    *(
+        Seed(f"lying-image-chat-{i}", chat("", "Qwen/Qwen-Image-Edit", images=1, image=lying))
+        for i, lying in enumerate(LYING_IMAGES)
+    ),
+    *(
+        Seed(f"lying-image-edit-{i}", edit("/openai", b"make it blue", image=lying))
+        for i, lying in enumerate(LYING_IMAGES)
+    ),
+    # class 6: a task refused for its content (a 400, not a 5xx a client retries)
+    Seed(
+        "moderated-task",
+        chat(
+            "/modelscope",
+            "Qwen/Qwen-Image",
+            fault=Fault("modelscope", 200, task_failure=True, words="Content Moderated"),
+        ),
     ),
     Seed(
         "echo-in-task-failure",

@@ -83,6 +83,38 @@ def test_known_members_of_each_class(world: World, ctx: Context, seed: Seed) -> 
     world.exchange(seed.build(ctx))
 
 
+#: issue 24's seeds and the answer each must get (status, error code)
+CLASS_ANSWERS = {
+    "per-model-quota": (429, "rate_limit_exceeded"),
+    "short-read-timeout": (400, "client_timeout_too_short"),
+    "lying-image-chat-0": (400, "image_dimensions_too_large"),
+    "lying-image-chat-1": (400, "image_dimensions_too_large"),
+    "lying-image-chat-2": (400, "invalid_image"),
+    "lying-image-chat-3": (400, "invalid_image"),
+    "lying-image-edit-0": (400, "image_dimensions_too_large"),
+    "lying-image-edit-2": (400, "invalid_image"),
+    "moderated-task": (400, "content_policy_violation"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_ANSWERS))
+def test_issue_24_seeds_get_the_answer_of_their_class(
+    world: World, ctx: Context, name: str
+) -> None:
+    """The seeds of issue 24's classes: not only no 5xx, the answer the class calls for (and
+    for images refused for what they are, nothing stored)."""
+    (seed,) = [seed for seed in SEEDS if seed.name == name]
+    case = seed.build(ctx)
+    before = world.uploads.count
+    answer = world.exchange(case)
+    status, code = CLASS_ANSWERS[name]
+    got = (answer.status, json.loads(answer.body)["error"]["code"]) if answer else None
+    world.require(got == (status, code), "issue-24", f"{name}: {got}", case.request)
+    assert got == (status, code)
+    if status == 400:
+        assert world.uploads.count == before
+
+
 def _auth(token: str | None) -> tuple[tuple[bytes, bytes], ...]:
     return () if token is None else ((b"authorization", f"Bearer {token}".encode()),)
 

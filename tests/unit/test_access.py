@@ -8,7 +8,7 @@ from typing import cast
 import anyio
 import pytest
 
-from imagegw.access.gate import Access, aside_until, provider_reset
+from imagegw.access.gate import Access, Aside, aside_until, provider_reset, window
 from imagegw.access.gatekeys import key_hash, looks_like_key, masked, new_key, token_id
 from imagegw.access.lease import set_aside_worthy
 from imagegw.access.secret import Pools, SecretSource
@@ -52,22 +52,73 @@ def test_tokens_are_referred_to_and_shown_without_themselves() -> None:
 
 def test_a_refused_token_is_set_aside_until_it_is_changed() -> None:
     for error in (AuthenticationError("no"), PermissionDeniedError("no")):
-        until, why = aside_until("modelscope", error, NOON)
-        assert why == "refused" and until - NOON > 365 * 86400
+        aside = aside_until("modelscope", error, NOON, "Qwen/Qwen-Image")
+        assert aside.why == "refused" and aside.until - NOON > 365 * 86400
+        assert aside.model is None  # the whole token
+
+
+def test_a_403_about_one_model_sets_the_token_aside_for_that_model_only_for_a_day() -> None:
+    error = PermissionDeniedError("ModelScope: You have no access to the model Qwen/Qwen-Image.")
+    aside = aside_until("modelscope", error, NOON, "Qwen/Qwen-Image")
+    assert aside == Aside(NOON + 4 * 3600, "model refused", "Qwen/Qwen-Image")
+    # a 401 is about the token whatever it says
+    assert aside_until("modelscope", AuthenticationError("model x"), NOON, "x").model is None
 
 
 def test_an_exhausted_quota_sets_a_token_aside_until_the_providers_daily_reset() -> None:
     error = RateLimitError("ModelScope: You have exceeded today's quota")
-    until, why = aside_until("modelscope", error, NOON)
+    aside = aside_until("modelscope", error, NOON, "Qwen/Qwen-Image")
     # ModelScope resets at 00:00 Beijing time, 16:00 UTC
-    assert why == "quota" and until == NOON + 4 * 3600
+    assert aside == Aside(NOON + 4 * 3600, "quota", None)
     assert provider_reset("siliconflow", NOON) == NOON + 12 * 3600  # midnight UTC
 
 
-def test_a_rate_limit_sets_a_token_aside_for_retry_after_or_a_minute() -> None:
+def test_a_per_model_quota_sets_the_token_aside_for_that_model_only() -> None:
+    model = "Qwen/Qwen-Image"
+    by_words = RateLimitError(f"ModelScope: You have exceeded today's quota for model {model}")
+    by_header = RateLimitError(
+        "ModelScope: Request limit exceeded.",
+        headers={"modelscope-ratelimit-model-requests-remaining": "0"},
+    )
+    for error in (by_words, by_header):
+        assert aside_until("modelscope", error, NOON, model) == Aside(
+            NOON + 4 * 3600, "quota", model
+        )
+    # the per-user count spent as well: the whole token, whatever the words
+    both = RateLimitError(
+        "ModelScope: limit for model",
+        headers={
+            "modelscope-ratelimit-model-requests-remaining": "0",
+            "modelscope-ratelimit-requests-remaining": "0",
+        },
+    )
+    assert aside_until("modelscope", both, NOON, model).model is None
+
+
+def test_a_rate_limit_is_a_short_back_off() -> None:
     told = RateLimitError("slow down", headers={"retry-after": "7"})
-    assert aside_until("siliconflow", told, NOON) == (NOON + 7, "rate")
-    assert aside_until("siliconflow", RateLimitError("slow down"), NOON) == (NOON + 60, "rate")
+    assert aside_until("siliconflow", told, NOON) == Aside(NOON + 7, "rate")
+    assert aside_until("siliconflow", RateLimitError("slow down"), NOON) == Aside(NOON + 20, "rate")
+    # a Retry-After of hours is not a quota: at most five minutes
+    long = RateLimitError("slow down", headers={"retry-after": "86400"})
+    assert aside_until("siliconflow", long, NOON).until == NOON + 300
+
+
+def test_a_key_spends_its_share_of_the_pool_leaving_out_tokens_refused_for_good() -> None:
+    ids = ["t0", "t1", "t2", "t3"]
+    # half of four tokens, from a place given by the key's hash
+    assert window(4, "00000002" + "0" * 56, 0.5, {}, ids, NOON) == [2, 3]
+    assert window(4, "00000003" + "0" * 56, 0.5, {}, ids, NOON) == [3, 0]
+    # a token refused for good is the owner's to replace, not part of anyone's share
+    refused = {"t3": NOON + 10 * 365 * 86400}
+    assert window(4, "00000003" + "0" * 56, 0.5, refused, ids, NOON) == [0, 1]
+    # a token out of quota is: the key does not move on to the others' tokens
+    spent = {"t3": NOON + 3600}
+    assert window(4, "00000003" + "0" * 56, 0.5, spent, ids, NOON) == [3, 0]
+    # no key, a share of 1, or a pool of one: the whole pool
+    assert window(4, None, 0.5, {}, ids, NOON) == [0, 1, 2, 3]
+    assert window(4, "00000003" + "0" * 56, 1.0, {}, ids, NOON) == [0, 1, 2, 3]
+    assert window(1, "00000003" + "0" * 56, 0.5, {}, ids[:1], NOON) == [0]
 
 
 def test_only_a_submission_refused_whole_fails_over() -> None:
@@ -200,11 +251,11 @@ def test_a_cut_off_gateway_key_is_refused_in_every_mode_never_passed_on(mode: st
 
 def test_a_token_added_after_a_no_token_answer_serves_the_next_request_at_once() -> None:
     import boto3
-    from moto import mock_aws
 
+    from fakes.aws import mocked_account
     from imagegw.errors import ServiceUnavailableError
 
-    with mock_aws():
+    with mocked_account():
         # Given a gateway whose secret is cached for 5 minutes and holds no ModelScope token
         client = boto3.client("secretsmanager", region_name="us-east-1")
         arn = client.create_secret(Name="access", SecretString=Pools("p").dump())["ARN"]

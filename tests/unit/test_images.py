@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import struct
+import zlib
 
 import pytest
 
@@ -152,3 +154,72 @@ def test_decode_refs_names_the_bad_image_among_several() -> None:
 
 def test_decode_refs_of_nothing_is_nothing() -> None:
     assert decode_refs([], max_bytes=LIMIT) == ()
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A small, whole PNG whose header declares `width` x `height` (its data does not matter
+    for a check that reads only the header: the bomb a decoder would choke on)."""
+    png = bytearray(make_png(2, 2))
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+def test_the_header_dimensions_are_read_for_every_type() -> None:
+    for data, size in (
+        (make_png(7, 5), (7, 5)),
+        (JPEG_1x1, (1, 1)),
+        (WEBP_1x1, (1, 1)),
+        (GIF_1x1, (1, 1)),
+    ):
+        image = check_image(data, max_bytes=LIMIT)
+        assert (image.width, image.height) == size
+
+
+@pytest.mark.parametrize("size", [(30000, 30000), (16385, 16), (9000, 9000)])
+def test_an_image_declaring_more_pixels_than_any_model_takes_is_a_400(
+    size: tuple[int, int],
+) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        decode_data_uri(data_uri(huge_png(*size)), max_bytes=LIMIT)
+    assert caught.value.status == 400
+    assert caught.value.code == "image_dimensions_too_large"
+    assert f"{size[0]}x{size[1]}" in caught.value.message
+    # a generated image is the provider's: its size is not refused
+    assert check_image(huge_png(*size), max_bytes=LIMIT, limits=False).width == size[0]
+
+
+def test_a_large_image_within_the_limits_is_taken() -> None:
+    assert check_image(huge_png(4096, 4096), max_bytes=LIMIT).height == 4096
+
+
+@pytest.mark.parametrize(
+    ("data", "cut"),
+    [
+        (make_png(40, 40), 10),  # the IEND chunk, then part of the data
+        (make_png(40, 40), 30),
+        (JPEG_1x1, 2),  # the end marker
+        (WEBP_1x1, 4),
+        (GIF_1x1, 1),  # the trailer
+    ],
+)
+def test_a_truncated_image_is_a_400(data: bytes, cut: int) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        check_image(data[:-cut], max_bytes=LIMIT)
+    assert caught.value.code == "invalid_image"
+    assert "cut short" in caught.value.message or "unreadable" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        make_png(4, 4)[:20],  # the header itself cut
+        make_png(4, 4)[:20] + b"\0" * 40,  # IHDR's CRC wrong
+        b"\xff\xd8\xff",  # no frame header
+        b"RIFF\x10\x00\x00\x00WEBPXXXX" + b"\0" * 20,  # an unknown WebP chunk
+    ],
+)
+def test_an_unreadable_header_is_a_400(data: bytes) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        check_image(data, max_bytes=LIMIT)
+    assert caught.value.code == "invalid_image"

@@ -87,9 +87,29 @@ def test_bad_response_format_is_named(value: Any) -> None:
     assert repr(value) in error.message and "'b64_json'" in error.message
 
 
-@pytest.mark.parametrize("value", [True, "true", "1"])
-def test_stream_is_refused(value: Any) -> None:
+@pytest.mark.parametrize(
+    ("value", "streamed"),
+    [(True, True), ("true", True), ("1", True), (False, False), ("false", False), (None, False)],
+)
+def test_stream_is_read_as_json_or_form_text(value: Any, streamed: bool) -> None:
+    assert generation_call({"prompt": "a cat", "stream": value}).stream is streamed
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, [True]])
+def test_stream_that_is_no_boolean_is_refused(value: Any) -> None:
     assert refused_generation({"prompt": "a cat", "stream": value}).param == "stream"
+
+
+@pytest.mark.parametrize("value", [-1, 4, "many", 1.5, True])
+def test_partial_images_outside_0_to_3_is_refused(value: Any) -> None:
+    assert refused_generation({"prompt": "a cat", "partial_images": value}).param == (
+        "partial_images"
+    )
+
+
+def test_stream_fields_are_not_provider_options() -> None:
+    call = generation_call({"prompt": "a cat", "stream": True, "partial_images": "2"})
+    assert (call.partial_images, call.fields) == (2, {})
 
 
 def test_size_auto_means_the_providers_default() -> None:

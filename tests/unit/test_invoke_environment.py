@@ -224,6 +224,7 @@ class StubCloudFormation:
 
 
 ACCESS_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:gw-access-Ab12"
+WEBHOOK_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:gw-webhook-Cd34"
 STACK_RESOURCES = [
     ("UploadsBucket", "AWS::S3::Bucket", "gw-uploadsbucket-1a2b3c"),
     ("JobKey", "AWS::KMS::Key", KEY_ID),
@@ -241,6 +242,8 @@ STACK_RESOURCES = [
     # gateway keys (AccessMode mixed, the default)
     ("AccessTable", "AWS::DynamoDB::Table", "gw-AccessTable-XyZ"),
     ("AccessSecret", "AWS::SecretsManager::Secret", ACCESS_SECRET_ARN),
+    # the webhook signing secret callers' secrets derive from
+    ("WebhookSecret", "AWS::SecretsManager::Secret", WEBHOOK_SECRET_ARN),
 ]
 
 
@@ -253,10 +256,12 @@ def test_stack_values_for_sam_local_invoke(template: Template) -> None:
     # function), each declared variable with the stack's value
     assert sorted(entries) == [
         "BatchStepFunction",
+        "JobNotifyFunction",
         "JobPollFunction",
         "JobStoreFunction",
         "JobSubmitFunction",
     ]
+    assert entries["JobNotifyFunction"]["WEBHOOK_SECRET"] == WEBHOOK_SECRET_ARN
     submit = entries["JobSubmitFunction"]
     assert submit["BUCKET"] == "gw-uploadsbucket-1a2b3c"
     assert submit["JOB_KEY_ID"] == f"arn:aws:kms:eu-west-1:111122223333:key/{KEY_ID}"

@@ -4,6 +4,7 @@ execution becomes the job a client sees, and how a failure travels through the s
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -18,6 +19,7 @@ from imagegw.errors import (
     NotFoundError,
     ProviderError,
     RateLimitError,
+    ServiceUnavailableError,
 )
 from imagegw.frontends import job_answers
 from imagegw.frontends.routes.jobs import prefers_async
@@ -389,3 +391,42 @@ async def test_over_quota_a_job_is_refused_before_anything_is_staged() -> None:
         )
     assert refused.value.code == "quota_exceeded"
     assert not runner.started
+
+
+@pytest.mark.anyio
+async def test_a_job_too_near_the_state_limit_is_refused_and_its_quota_given_back() -> None:
+    from imagegw.runners.stepfunctions.schema import STATE_LIMIT
+    from imagegw.runners.stepfunctions.service import INPUT_LIMIT
+
+    # Given a job whose input fits Step Functions' 256 KiB, but not with what Submit adds
+    runner, quota = MemoryRunner(), _Quota()
+    near = replace(_edit(), prompt="p" * (STATE_LIMIT - 8 * 1024))
+    assert INPUT_LIMIT < len(near.prompt) < STATE_LIMIT
+
+    # When it is submitted
+    with pytest.raises(InvalidRequestError) as refused:
+        await jobs(runner).submit(
+            near, reserve=quota.reserve, owner="o", key_ref="pool:modelscope:abc"
+        )
+
+    # Then it is refused before any execution (which would fail at Submit with
+    # States.DataLimitExceeded, which no Catch takes), and the key's quota is given back
+    assert refused.value.code == "job_too_large"
+    assert runner.executions == {}
+    assert (quota.reserved, quota.released) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_the_job_service_failing_is_a_retryable_503() -> None:
+    class Down(MemoryRunner):
+        def start(self, name: str, payload: str) -> bool:
+            raise ConnectionError("connection refused")
+
+    quota = _Quota()
+    with pytest.raises(ServiceUnavailableError) as down:
+        await jobs(Down()).submit(
+            _edit(), reserve=quota.reserve, owner="o", key_ref="pool:modelscope:abc"
+        )
+    assert down.value.status == 503 and down.value.retryable is True
+    assert down.value.code == "jobs_unavailable"
+    assert (quota.reserved, quota.released) == (1, 1)

@@ -15,7 +15,7 @@ from imagegw.core.advance import Broke, Made, Submitted, Working
 from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.lifecycle import Book, JobWaits, PollPolicy, job_waits, settlement
 from imagegw.core.plan import Ask, plan
-from imagegw.core.schedule import QUEUE_MODEL, Timing
+from imagegw.core.schedule import EARLY, QUEUE_MODEL, Timing
 from imagegw.errors import (
     DeadlineExceededError,
     ProviderError,
@@ -191,8 +191,8 @@ async def test_failing_polls_double_their_waits_then_give_up_at_the_window() -> 
         await run_on(clock, provider, settings)
 
     # Then the waits doubled up to the cap, and the last poll came as the window closed
-    assert clock.sleeps == pytest.approx([0.15, 2, 4, 8, 8, 7.85])
-    assert provider.checks == pytest.approx([0.15, 2.15, 6.15, 14.15, 22.15, 30.0])
+    assert clock.sleeps == pytest.approx([EARLY, 2, 4, 8, 8, 8 - EARLY])
+    assert provider.checks == pytest.approx([EARLY + t for t in (0, 2, 6, 14, 22)] + [30.0])
     assert caught.value.message == (
         "Scripted could not be polled for 30 s (task t0): last error: answered 503."
     )

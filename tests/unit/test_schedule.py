@@ -160,11 +160,62 @@ def test_a_durable_job_waits_for_the_predicted_end_once_the_model_is_learned() -
     submitted = Timing(submitted=0.0)
     queue = Estimate(seconds=2.5, spread=1.5, samples=10)
     run30 = Estimate(seconds=30.0, spread=3.0, samples=10)
-    # no history (or a prior only): the usual pace
+    # nothing known of the model: the usual pace
     assert job_wait(submitted, None, queue, 0.0) is None
-    assert job_wait(submitted, Estimate(30.0, 9.0, 0), queue, 0.0) is None
     # after the submission: the typical queue and run, and a spread
     assert job_wait(submitted, run30, queue, 0.0) == pytest.approx(35.5)
     # still running at that poll: until the latest likely end (begun by the queue's high end)
     running = submitted.seen(35.5, "RUNNING")
     assert job_wait(running, run30, queue, 35.5) == pytest.approx(5.5 + 36.0 - 35.5)
+
+
+def test_an_instant_task_is_polled_as_soon_as_its_submission_answered() -> None:
+    # the first poll is not a scheduled one: an instant task is answered without waiting
+    for estimate in (None, LEARNED, Estimate(seconds=15.0, spread=4.5, samples=0)):
+        assert next_delay(Timing(submitted=5.0), estimate, 5.0, BASE, MAXIMUM) == 0.0
+
+
+def test_the_schedule_thins_out_the_longer_a_task_overruns_its_estimate() -> None:
+    # a model whose tasks take 10 s, and a task that runs on to 40 s (an uneven queue)
+    timing = Timing(submitted=0.0).seen(0.0, "RUNNING")
+    span = window(timing, LEARNED)
+    waits = []
+    for now in (span.end + 1.0, span.end + 5.0, span.end + 15.0, span.end + 25.0):
+        waits.append(next_delay(timing.seen(now - 0.3, "RUNNING"), LEARNED, now, BASE, MAXIMUM))
+    assert waits == sorted(waits) and waits[-1] > MAXIMUM
+    # each wait at most half the overrun: a task that ends is heard of within a third of it
+    assert all(w <= 0.5 * (o + 0.6) for w, o in zip(waits, (1.0, 5.0, 15.0, 25.0), strict=True))
+    # a 40-s task of this 10-s model costs a few polls, not one every POLL_INTERVAL
+    polls, lag = polls_until(40.0, 0.0, LEARNED)
+    today, _ = polls_until(40.0, 0.0, None)
+    assert polls <= today / 2
+    assert lag <= 0.5 * (40.0 - span.end)
+
+
+def test_a_durable_job_of_a_model_with_no_history_waits_for_its_prior() -> None:
+    # a catalogue prior (15 s, give or take 30%), or a model's first tasks: no usual-pace polls
+    prior = Estimate(seconds=15.0, spread=4.5, samples=0)
+    submitted = Timing(submitted=0.0)
+    assert job_wait(submitted, prior, None, 0.0) == pytest.approx(24.0)
+    # still running when the prior's likely end passed: waits grow with the task's age
+    running = submitted.seen(24.0, "RUNNING")
+    assert job_wait(running, prior, None, 24.0, pace=5) == pytest.approx(18.0)
+    older = running.seen(42.0, "RUNNING")
+    assert job_wait(older, prior, None, 42.0, pace=5) == pytest.approx(31.5)
+    # a learned model past its latest likely end: half the overrun, or the usual pace if less
+    run30 = Estimate(seconds=30.0, spread=3.0, samples=10)
+    late = submitted.seen(36.0, "RUNNING")
+    assert job_wait(late, run30, None, 38.0, pace=5) is None
+    assert job_wait(late, run30, None, 60.0, pace=5) == pytest.approx(0.5 * (60.0 - 36.0))
+
+
+def test_a_task_overrunning_its_models_prior_thins_out_within_poll_interval_max() -> None:
+    # a catalogue prior of 15 s (no history), and tasks that run 28-38 s: fewer polls than
+    # today's schedule, never a lag over POLL_INTERVAL_MAX; tasks within the prior as today
+    prior = Estimate(seconds=15.0, spread=4.5, samples=0)
+    for end in (28.0, 32.0, 38.0):
+        polls, lag = polls_until(end, 0.1, prior)
+        today, _ = polls_until(end, 0.1, None)
+        assert polls < today and lag <= MAXIMUM
+    for end in (3.0, 7.0, 11.0):
+        assert polls_until(end, 0.1, prior)[0] <= polls_until(end, 0.1, None)[0]

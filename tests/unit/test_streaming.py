@@ -11,7 +11,7 @@ import pytest
 
 from imagegw.errors import ProviderError
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.streaming import chat_stream, collect, markdown
+from imagegw.frontends.streaming import DONE, chat_stream, collect, markdown
 from imagegw.runners.inprocess import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
@@ -99,6 +99,24 @@ async def test_a_complete_stream() -> None:
     assert items[-2]["choices"][0]["finish_reason"] == "stop"
     assert items[-2]["choices"][0]["delta"] == {}
     assert items[-1] == "[DONE]"
+
+
+async def test_the_images_and_the_end_of_the_stream_arrive_together() -> None:
+    # a client reading the stream gets the images, the stop, the usage and [DONE] in one read
+    # (and the gateway makes one write for them), right when the result is known
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([Progress("RUNNING", 0.0), RESULT, 0.2]),
+            Completion(MODEL),
+            include_usage=True,
+            keepalive_interval=0.05,
+        )
+    ]
+    last = chunks[-1]
+    assert URLS[0] in last and '"finish_reason":"stop"' in last and last.endswith(DONE)
+    assert '"usage"' in last
+    assert all(URLS[0] not in chunk for chunk in chunks[:-1])
 
 
 async def test_usage_chunk_only_with_include_usage() -> None:

@@ -118,6 +118,7 @@ def test_each_function_holds_only_its_kms_right(template: dict[str, Any]) -> Non
         "JobPollFunction": {"kms:Decrypt"},
         "JobStoreFunction": set(),
         "BatchStepFunction": {"kms:Decrypt", "kms:Encrypt"},
+        "JobNotifyFunction": set(),
     }
     contexts = {
         # the API seals a job's key, or a batch's (for its items to seal again, each for its job)
@@ -334,7 +335,27 @@ def test_functions_may_only_read_the_secret_and_get_or_update_table_items(
         },
         "JobStoreFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
         "BatchStepFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # one attempt at a job's webhook: reads the webhook secret, nothing else
+        "JobNotifyFunction": {"secretsmanager:GetSecretValue"},
     }
+
+
+def test_the_webhook_secret_is_generated_and_read_only_where_signing_happens(
+    template: dict[str, Any],
+) -> None:
+    secret = template["Resources"]["WebhookSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert "SecretString" not in secret["Properties"]  # generated at deploy, in no file
+    assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
+    functions = resources(template, "AWS::Serverless::Function")
+    readers = {
+        name
+        for name, f in functions.items()
+        for statement in f["Properties"].get("Policies", [{}])[0].get("Statement", [])
+        if isinstance(statement, dict) and statement.get("Resource") == {"Ref": "WebhookSecret"}
+    }
+    assert readers == {"ApiFunction", "JobNotifyFunction"}
+    assert template["Outputs"]["WebhookSecretArn"]["Value"] == {"Ref": "WebhookSecret"}
 
 
 def test_no_token_is_a_parameter_or_an_output(template: dict[str, Any]) -> None:
@@ -379,6 +400,119 @@ def test_the_batch_machine_runs_the_job_machines_states_for_each_item(
     assert not [s for s in states.values() if s["Type"] in ("Fail", "Succeed")]
     env = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert env["BATCH_STATE_MACHINE_ARN"] == {"Ref": "ImageBatchStateMachine"}
+
+
+# ----------------------------------------------------------------- limits of the real services
+
+#: history events each state type writes when it runs once (Step Functions' event types:
+#: Entered and Exited for every state; a Lambda task also Scheduled, Started and Succeeded)
+EVENTS: dict[str, int] = {"Choice": 2, "Wait": 2, "Pass": 2, "Task": 5}
+#: an execution's history holds at most this many events (Step Functions' quota)
+HISTORY_LIMIT = 25_000
+
+
+def poll_loop_events(asl: dict[str, Any]) -> int:
+    """The most history events one round of the poll loop writes: Check, the longest of its
+    waits, and the Poll task (retries of the task aside: see the headroom)."""
+    states = asl["States"]
+    waits = [c["Next"] for c in states["Check"]["Choices"] if states[c["Next"]]["Type"] == "Wait"]
+    waits.append(states["Check"]["Default"])
+    assert all(states[w]["Next"] == "Poll" for w in waits)
+    assert states["Poll"]["Next"] == "Check"
+    return (
+        EVENTS[states["Check"]["Type"]]
+        + max(EVENTS[states[w]["Type"]] for w in waits)
+        + EVENTS[states["Poll"]["Type"]]
+    )
+
+
+@pytest.mark.parametrize("timeout", [60, 3600, 86400])
+@pytest.mark.parametrize("interval", [1, 5, 300])
+def test_a_jobs_history_stays_under_25000_events_at_any_timeout_and_interval(
+    template: dict[str, Any], timeout: int, interval: int
+) -> None:
+    from imagegw.infra.config import Settings
+    from imagegw.runners.stepfunctions.service import MAX_POLLS, max_polls, poll_wait
+
+    params = template["Parameters"]
+    assert params["JobTimeout"]["MinValue"] <= timeout <= params["JobTimeout"]["MaxValue"]
+    assert params["JobPollInterval"]["MinValue"] <= interval
+    assert interval <= params["JobPollInterval"]["MaxValue"]
+    asl = json.loads(ASL_FILE.read_text())
+    per_poll = poll_loop_events(asl)
+    assert per_poll == 9
+    settings = Settings(job_timeout=timeout, job_poll_interval=interval)
+
+    polls = max_polls(settings)
+
+    # the polls a job may make, and what they write, with room left for Submit, Store, the
+    # tasks' own retries and the execution's start and end (a few hundred events at most)
+    assert polls <= MAX_POLLS
+    assert polls * per_poll <= HISTORY_LIMIT - 3000
+    # and the job still gets its whole JOB_TIMEOUT: fewer polls, each wait longer
+    assert polls * poll_wait(settings) >= timeout
+    assert poll_wait(settings) >= interval
+
+
+def test_the_rest_api_has_no_implicit_stage_and_its_own_errors_carry_cors(
+    template: dict[str, Any],
+) -> None:
+    api = template["Resources"]["RestApi"]["Properties"]
+    # any OpenApiVersion: SAM makes no `Stage` stage beside Prod (which has the throttling)
+    assert api["OpenApiVersion"]
+    assert api["StageName"] == "Prod" and api["MethodSettings"][0]["ThrottlingRateLimit"]
+    for kind in ("DEFAULT_4XX", "DEFAULT_5XX"):
+        headers = api["GatewayResponses"][kind]["ResponseParameters"]["Headers"]
+        assert headers["Access-Control-Allow-Origin"] == "'*'"
+        assert "retry-after" in headers["Access-Control-Expose-Headers"]
+
+
+def test_reserved_concurrency_says_where_it_cannot_be_set(template: dict[str, Any]) -> None:
+    described = template["Parameters"]["ApiReservedConcurrency"]["Description"]
+    assert "small concurrency quota" in described and "100" in described
+
+
+def test_the_state_machines_name_fits_any_stack_name(template: dict[str, Any]) -> None:
+    # Step Functions takes 80 characters, CloudFormation stack names 128: a name made from
+    # the stack's would not fit; CloudFormation names it when the template does not
+    machine = template["Resources"]["ImageJobStateMachine"]["Properties"]
+    assert "Name" not in machine
+    reads = [
+        s["Resource"]["Fn::Sub"]
+        for s in statements(template["Resources"]["ApiFunction"])
+        if s.get("Sid") == "ReadJobs"
+    ]
+    assert reads and "${ImageJobStateMachine.Name}" in reads[0]
+
+
+def test_the_key_table_is_encrypted_with_an_aws_owned_key(template: dict[str, Any]) -> None:
+    props = template["Resources"]["AccessTable"]["Properties"]
+    # SSEEnabled true would mean the AWS managed KMS key, and a KMS request per read
+    assert props.get("SSESpecification", {}).get("SSEEnabled") in (None, False)
+
+
+def test_a_generation_ends_before_the_function_that_answers_it(
+    template: dict[str, Any],
+) -> None:
+    from imagegw.infra.config import FUNCTION_MARGIN, Settings
+
+    params = template["Parameters"]
+    env = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["FUNCTION_TIMEOUT"] == {"Ref": "FunctionTimeout"}
+    assert env["GENERATION_TIMEOUT"] == {"Ref": "GenerationTimeout"}
+    # at the defaults, and at the worst pair the parameters allow
+    for function, generation in (
+        (params["FunctionTimeout"]["Default"], params["GenerationTimeout"]["Default"]),
+        (params["FunctionTimeout"]["MinValue"], params["GenerationTimeout"]["MaxValue"]),
+    ):
+        settings = Settings.from_env(
+            {"FUNCTION_TIMEOUT": str(function), "GENERATION_TIMEOUT": str(generation)}
+        )
+        margin = min(FUNCTION_MARGIN, function / 4)
+        assert 0 < settings.generation_timeout <= function - margin
+    # a generation timeout already below is kept as it is
+    kept = Settings.from_env({"FUNCTION_TIMEOUT": "900", "GENERATION_TIMEOUT": "600"})
+    assert kept.generation_timeout == 600
 
 
 def test_the_demo_provider_is_off_unless_its_parameter_turns_it_on(

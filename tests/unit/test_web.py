@@ -52,3 +52,19 @@ def test_client_budget_from_the_sdk_timeout_headers() -> None:
     assert client_budget(request({"x-stainless-read-timeout": "4.0"})) == 2.0
     assert client_budget(request({"x-stainless-read-timeout": "junk"})) is None
     assert client_budget(request({})) is None
+
+
+def test_a_non_streamed_answer_through_the_rest_api_ends_before_its_idle_limit() -> None:
+    from imagegw.frontends.web import REST_IDLE_BUDGET, client_budget
+
+    # API Gateway closes a REST API stream after 5 minutes without a byte: a JSON answer
+    # (no byte until it is done) gets a clear 504 from the gateway before that
+    rest = {"x-amzn-request-context": json.dumps({"stage": "Prod", "resourcePath": "/{proxy+}"})}
+    assert REST_IDLE_BUDGET < 300
+    assert client_budget(request(rest)) == REST_IDLE_BUDGET
+    assert client_budget(request({**rest, "x-stainless-timeout": "600"})) == REST_IDLE_BUDGET
+    # a client that gives up sooner keeps its own budget
+    assert client_budget(request({**rest, "x-stainless-read-timeout": "60"})) == 57.0
+    # the Function URL has no such limit (its context has no resourcePath)
+    url = {"x-amzn-request-context": json.dumps({"stage": "$default"})}
+    assert client_budget(request(url)) is None

@@ -65,6 +65,12 @@ def item_states(job: dict[str, Any]) -> dict[str, Any]:
         "Next": "Record",
     }
     del states["Done"]
+    if "Delivered" in states:  # after a job's webhook (items have none: never reached)
+        states["Delivered"] = {
+            "Type": "Pass",
+            "Comment": "A job's end after its webhook: the item's outcome is recorded.",
+            "Next": "Record",
+        }
     return states
 
 

@@ -50,12 +50,23 @@ from imagegw.redaction import protect
 
 #: set aside "until the owner changes it" (a changed token has a new id): ten years
 FOREVER: Final = 10 * 365 * 86400
-#: a rate limit without Retry-After sets the token aside this long
-RATE_PAUSE: Final = 60
+#: a plain rate limit without Retry-After sets the token aside this long (a short back-off)
+RATE_PAUSE: Final = 20
+#: the longest back-off a plain rate limit's Retry-After sets
+RATE_PAUSE_MAX: Final = 300
+#: an exhausted pool whose first token is back within this is worth a client's retry
+RETRY_WAIT: Final = 60
 #: how long this instance trusts its copy of the table's set-aside records
 ASIDE_CACHE: Final = 5.0
 #: words of a 429 that mean the day's quota is spent, not a passing rate limit
 _QUOTA_WORDS: Final = re.compile(r"quota|daily|per day|today|exhausted|insufficient|额度|余额")
+#: words of a refusal that make it about the model asked for, not the token
+_MODEL_WORDS: Final = re.compile(r"\bmodels?\b|模型")
+#: ModelScope's per-model and per-user quota headers (provider-wire.md)
+_MODEL_LEFT: Final = "modelscope-ratelimit-model-requests-remaining"
+_USER_LEFT: Final = "modelscope-ratelimit-requests-remaining"
+#: the longest model id kept in a set-aside record
+_MAX_MODEL: Final = 200
 _MAX_CACHED: Final = 4096
 
 
@@ -71,16 +82,86 @@ def provider_reset(provider: str, now: float) -> float:
     return day if day > now else day + 86400
 
 
-def aside_until(provider: str, error: BaseException, now: float) -> tuple[float, str]:
-    """Until when a refusal sets its token aside, and why."""
-    if isinstance(error, AuthenticationError | PermissionDeniedError):
-        return now + FOREVER, "refused"
-    assert isinstance(error, RateLimitError)
-    if _QUOTA_WORDS.search(error.message.lower()):
-        return provider_reset(provider, now), "quota"
-    retry = error.headers.get("retry-after", "")
+@dataclass(frozen=True)
+class Aside:
+    """What a refusal sets aside: until when, why, and for which model only (None: the whole
+    token, for every model)."""
+
+    until: float
+    why: str
+    model: str | None = None
+
+
+def about_model(error: GatewayError, model: str | None) -> bool:
+    """Whether a 403 or 429 is about the model asked for rather than the token: ModelScope's
+    per-model quota header at 0 (its per-user one not), or a message naming the model or
+    speaking of models."""
+    if not model:
+        return False
+    left = {name.lower(): value.strip() for name, value in error.headers.items()}
+    if left.get(_USER_LEFT) == "0":
+        return False
+    if left.get(_MODEL_LEFT) == "0":
+        return True
+    text = error.message.lower()
+    return model.lower() in text or _MODEL_WORDS.search(text) is not None
+
+
+def aside_until(provider: str, error: BaseException, now: float, model: str | None = None) -> Aside:
+    """What a refusal of a call for `model` sets aside, scoped to what it is about:
+
+    - a 401 (the token refused): the whole token, until the owner changes it;
+    - a 403: the token for `model` until the provider's daily reset when it is about the
+      model (`about_model`), else the whole token until the owner changes it;
+    - a 429 naming a quota: the token for `model` (a per-model quota) or the whole token (the
+      token's own), until the provider's daily reset;
+    - any other 429 (a passing rate limit): a short back-off (its Retry-After, at most
+      RATE_PAUSE_MAX; RATE_PAUSE without one), for `model` when it is about the model.
+    """
+    if isinstance(error, AuthenticationError):
+        return Aside(now + FOREVER, "refused")
+    assert isinstance(error, PermissionDeniedError | RateLimitError)
+    scope = model[:_MAX_MODEL] if model and about_model(error, model) else None
+    if isinstance(error, PermissionDeniedError):
+        if scope is not None:
+            return Aside(provider_reset(provider, now), "model refused", scope)
+        return Aside(now + FOREVER, "refused")
+    headers = {name.lower(): value for name, value in error.headers.items()}
+    spent = headers.get(_MODEL_LEFT, "").strip() == "0" or headers.get(_USER_LEFT, "") == "0"
+    if spent or _QUOTA_WORDS.search(error.message.lower()):
+        return Aside(provider_reset(provider, now), "quota", scope)
+    retry = headers.get("retry-after", "")
     seconds = float(retry) if retry.strip().replace(".", "", 1).isdigit() else RATE_PAUSE
-    return now + max(1.0, min(seconds, 3600.0)), "rate"
+    return Aside(now + max(1.0, min(seconds, RATE_PAUSE_MAX)), "rate", scope)
+
+
+def aside_name(token: str, model: str | None) -> str:
+    """A set-aside record's name: the token id, with `@<model>` when only for that model."""
+    return token if model is None else f"{token}@{model}"
+
+
+def back_at(asides: dict[str, float], token: str, model: str | None) -> float:
+    """When `token` can be used again for `model` (for any model when None)."""
+    whole = asides.get(token, 0.0)
+    return whole if model is None else max(whole, asides.get(aside_name(token, model), 0.0))
+
+
+def window(
+    size: int, key: str | None, share: float, asides: dict[str, float], ids: list[str], now: float
+) -> list[int]:
+    """The positions of the pool a gateway key spends (its share), in the order it uses them:
+    `share` of the pool's tokens (at least one), starting at a place given by the key's hash,
+    leaving out tokens refused for good (those are the owner's to replace, not a share of
+    anyone's). Without a key, or with a share of 1, the whole pool."""
+    order = list(range(size))
+    if key is None or share >= 1 or size < 2:
+        return order
+    start = int(key[:8], 16) % size if re.fullmatch(r"[0-9a-f]{8}.*", key) else 0
+    order = order[start:] + order[:start]
+    alive = [i for i in order if asides.get(ids[i], 0.0) - now < FOREVER / 2]
+    if not alive:
+        return order
+    return alive[: max(1, math.ceil(len(alive) * share))]
 
 
 @dataclass(frozen=True)
@@ -105,13 +186,22 @@ class Caller:
 
 
 class PoolLease:
-    """A token of one provider's pool (`imagegw.access.lease.Lease`)."""
+    """A token of one provider's pool (`imagegw.access.lease.Lease`), within the share of the
+    pool its gateway key spends (`window`: positions in the order to use them)."""
 
-    def __init__(self, access: Access, provider: str, pool: Sequence[str], start: int) -> None:
+    def __init__(
+        self,
+        access: Access,
+        provider: str,
+        pool: Sequence[str],
+        start: int,
+        positions: Sequence[int] | None = None,
+    ) -> None:
         self.access = access
         self.provider = provider
         self.pool = list(pool)
         self.index = start
+        self.positions = list(positions) if positions is not None else list(range(len(pool)))
         self.tried: set[int] = set()
 
     @property
@@ -122,22 +212,47 @@ class PoolLease:
     def ref(self) -> str:
         return f"pool:{self.provider}:{token_id(self.pool[self.index])}"
 
-    async def fail_over(self, answers: Sequence[object]) -> SecretStr | None:
+    def _id(self, index: int) -> str:
+        return token_id(self.pool[index])
+
+    async def _next(self, model: str | None) -> SecretStr:
+        """Move to the next token of the share not tried and usable for `model`; the pool's
+        429 when there is none."""
+        asides = await self.access.asides(self.provider)
+        now = self.access.clock()
+        at = self.positions.index(self.index) if self.index in self.positions else -1
+        for step in range(1, len(self.positions) + 1):
+            index = self.positions[(at + step) % len(self.positions)]
+            if index not in self.tried and back_at(asides, self._id(index), model) <= now:
+                self.index = index
+                return self.token
+        raise self.access.exhausted(
+            self.provider, [self.pool[i] for i in self.positions], asides, model
+        )
+
+    async def prefer(self, model: str) -> SecretStr | None:
+        """Before the first call for `model`: the next token of the share when the current one
+        is set aside for that model (a per-model quota, a model it may not use); None to keep
+        the current one."""
+        asides = await self.access.asides(self.provider)
+        if back_at(asides, self._id(self.index), model) <= self.access.clock():
+            return None
+        self.tried.add(self.index)
+        return await self._next(model)
+
+    async def fail_over(
+        self, answers: Sequence[object], model: str | None = None
+    ) -> SecretStr | None:
         refusals = set_aside_worthy(answers)
         if refusals is None:
             return None
-        current = token_id(self.pool[self.index])
-        until, why = aside_until(self.provider, refusals[0], self.access.clock())
-        await self.access.set_aside(self.provider, current, until, why)
+        current = self._id(self.index)
+        aside = aside_until(self.provider, refusals[0], self.access.clock(), model)
+        await self.access.set_aside(
+            self.provider, aside_name(current, aside.model), aside.until, aside.why
+        )
         self.tried.add(self.index)
-        asides = await self.access.asides(self.provider)
-        now = self.access.clock()
-        for step in range(1, len(self.pool) + 1):
-            index = (self.index + step) % len(self.pool)
-            if index not in self.tried and asides.get(token_id(self.pool[index]), 0) <= now:
-                self.index = index
-                return self.token
-        raise self.access.exhausted(self.provider, self.pool, asides)
+        return await self._next(model)
 
 
 @dataclass
@@ -304,9 +419,10 @@ class Access:
 
     # ------------------------------------------------------------------ server-held tokens
 
-    async def lease(self, provider: str) -> PoolLease:
-        """A lease on the next token of `provider`'s pool (in turn) not set aside; a 503 when
-        the pool is empty, a 429 when every token is set aside."""
+    async def lease(self, provider: str, key: str | None = None) -> PoolLease:
+        """A lease on the next token (in turn) of `provider`'s pool not set aside as a whole,
+        among the share of the pool the gateway key with the hash `key` spends (`window`); a
+        503 when the pool is empty, a 429 when every token of the share is set aside."""
         pool = (await self.pools()).pool(provider)
         if not pool:  # the owner may have added one since this instance read the secret
             pool = (await self.secret.aread(fresh=True)).pool(provider)
@@ -321,13 +437,15 @@ class Access:
             protect(token)
         asides = await self.asides(provider)
         now = self.clock()
+        ids = [token_id(t) for t in pool]
+        share = window(len(pool), key, self.settings.key_pool_share, asides, ids, now)
         turn = self._turn.get(provider, 0)
         self._turn[provider] = turn + 1
-        for step in range(len(pool)):
-            index = (turn + step) % len(pool)
-            if asides.get(token_id(pool[index]), 0) <= now:
-                return PoolLease(self, provider, pool, index)
-        raise self.exhausted(provider, pool, asides)
+        for step in range(len(share)):
+            index = share[(turn + step) % len(share)]
+            if asides.get(ids[index], 0) <= now:
+                return PoolLease(self, provider, pool, index, share)
+        raise self.exhausted(provider, [pool[i] for i in share], asides)
 
     async def lease_at(self, ref: str) -> PoolLease | None:
         """A lease on the token a job's reference (`pool:<provider>:<id>`) names, with its pool
@@ -401,16 +519,21 @@ class Access:
             await self._call("set aside", self.table.set_aside, provider, token, until)
 
     def exhausted(
-        self, provider: str, pool: Sequence[str], asides: dict[str, float]
+        self,
+        provider: str,
+        pool: Sequence[str],
+        asides: dict[str, float],
+        model: str | None = None,
     ) -> RateLimitError:
-        back = min(asides.get(token_id(t), 0) for t in pool)
+        back = min(back_at(asides, token_id(t), model) for t in pool)
         wait = max(1, math.ceil(back - self.clock()))
+        which = f" for the model '{model[:100]}'" if model else ""
         return RateLimitError(
-            f"Every {provider} token of this gateway is set aside (refused, out of quota or "
-            f"rate limited); the first comes back at {iso(back)}.",
+            f"Every {provider} token this gateway key may use{which} is set aside (refused, "
+            f"out of quota or rate limited); the first comes back at {iso(back)}.",
             code="provider_tokens_exhausted",
             headers={"retry-after": str(wait)},
-            retryable=wait <= RATE_PAUSE,
+            retryable=wait <= RETRY_WAIT,
         )
 
     # ------------------------------------------------------------------ quotas and usage

@@ -4,7 +4,8 @@ A request that carries a gateway key gets a `Lease` on its provider's pool (`gat
 `use(lease)` makes it the current one for everything the request runs (a context variable, as
 `redaction.protect`), and the runners (`imagegw.core.advance.start_leased`) ask it, when every
 call of a submission was refused, whether to try again with the next token (`fail_over`). Only
-refusals where nothing started call for it: 401/403, a quota error, a rate limit.
+refusals where nothing started call for it: 401/403, a quota error, a rate limit; each sets
+aside what it is about (`gate.aside_until`): the token for one model, or the whole token.
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ class Lease(Protocol):
         """The token's reference (`pool:<provider>:<token id>`), for durable jobs."""
         ...
 
-    async def fail_over(self, answers: Sequence[object]) -> SecretStr | None:
-        """The next token to send the same calls with, when `answers` (one per call, a
-        refusal as its exception) set the current one aside; None when they do not. Raises a
-        429 naming the earliest return when every token is set aside."""
+    async def prefer(self, model: str) -> SecretStr | None:
+        """Before the first call for `model`: another token when the current one is set aside
+        for that model only (a per-model quota); None to keep it."""
+        ...
+
+    async def fail_over(
+        self, answers: Sequence[object], model: str | None = None
+    ) -> SecretStr | None:
+        """The next token to send the same calls (for `model`) with, when `answers` (one per
+        call, a refusal as its exception) set the current one aside, for `model` only or for
+        every model as the refusal is about; None when they do not. Raises a 429 naming the
+        earliest return when every token is set aside."""
         ...
 
 

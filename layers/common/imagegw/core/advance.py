@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar
 
 from pydantic import SecretStr
 
+from imagegw.core.verdicts import failed_task
 from imagegw.errors import GatewayError, ProviderError
 from imagegw.providers.base import (
     Failed,
@@ -32,7 +33,14 @@ class FailOver(Protocol):
 
     provider: str
 
-    async def fail_over(self, answers: Sequence[object]) -> SecretStr | None: ...
+    async def prefer(self, model: str) -> SecretStr | None:
+        """Before the first call for `model`: another token when the current one is set aside
+        for that model only (a per-model quota); None to keep it."""
+        ...
+
+    async def fail_over(
+        self, answers: Sequence[object], model: str | None = None
+    ) -> SecretStr | None: ...
 
 
 @dataclass(frozen=True)
@@ -92,20 +100,25 @@ async def start_leased(
     answers, and the parts as last sent (with the token that was used). Raises the pool's 429
     when every token is set aside. Both drivers (the poll loop, the Submit step) start so."""
     sent = list(parts)
+    model = parts[0].model if parts else None
+    if leased is not None and leased.provider == provider.name and model:
+        token = await leased.prefer(model)  # the current token set aside for this model
+        if token is not None:
+            sent = [replace(part, api_key=token) for part in sent]
     while True:
         outcomes = await start_all(provider, sent)
         if leased is None or leased.provider != provider.name:
             return outcomes, sent
-        token = await leased.fail_over(outcomes)
+        token = await leased.fail_over(outcomes, model)
         if token is None:
             return outcomes, sent
         sent = [replace(part, api_key=token) for part in sent]
 
 
-def task_failed(title: str, task_id: str | None, reason: str) -> ProviderError:
-    """The error of a task the provider reports failed (its reason, redacted when rendered)."""
-    which = f" task {task_id}" if task_id else ""
-    return ProviderError(f"{title}{which} failed: {reason}", code="generation_failed")
+def task_failed(title: str, task_id: str | None, reason: str) -> GatewayError:
+    """The error of a task the provider reports failed (its reason, redacted when rendered):
+    a refusal of the request's content or parameters a 400, else a 502 (`verdicts`)."""
+    return failed_task(title, task_id, reason)
 
 
 def advance(

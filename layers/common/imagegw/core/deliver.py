@@ -19,7 +19,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from imagegw.errors import GatewayError, NotFoundError, ProviderError, StorageError
+from imagegw.errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProviderError,
+    StorageError,
+)
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
 from imagegw.infra.log import logger
@@ -54,7 +61,9 @@ async def fetch_image(fetcher: Fetcher, ref: str, settings: Settings) -> ImageBy
     failure is logged, the client hears one text)."""
     limit = settings.max_result_bytes
     if is_data_uri(ref):
-        return decode_data_uri(ref, max_bytes=limit, what="generated image")
+        return provider_made(
+            lambda: decode_data_uri(ref, max_bytes=limit, what="generated image", limits=False)
+        )
     try:
         data = await fetcher.fetch(ref, limit=limit)
     except FetchError:
@@ -62,7 +71,21 @@ async def fetch_image(fetcher: Fetcher, ref: str, settings: Settings) -> ImageBy
             "The generated image could not be downloaded from the provider's link.",
             code="result_unavailable",
         ) from None
-    return check_image(data, max_bytes=limit, what="generated image")
+    return provider_made(
+        lambda: check_image(data, max_bytes=limit, what="generated image", limits=False)
+    )
+
+
+def provider_made(check: Callable[[], ImageBytes]) -> ImageBytes:
+    """A generated image checked by `check`: what it finds wrong is the provider's fault (a
+    502 `invalid_result`), never the client's 400."""
+    try:
+        return check()
+    except (InvalidRequestError, PayloadTooLargeError) as exc:
+        raise ProviderError(
+            f"The provider's {exc.message[4:] if exc.message.startswith('The ') else exc.message}",
+            code="invalid_result",
+        ) from None
 
 
 async def _fetch_or_keep(ref: str, fetcher: Fetcher, settings: Settings) -> ImageBytes | None:

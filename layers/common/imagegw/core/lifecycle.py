@@ -250,6 +250,15 @@ class PollPolicy:
         return None if self.window is None else max(0.0, answered + self.window - now)
 
 
+def failure_notes(title: str, asked: int, made: int, failures: Sequence[str]) -> tuple[str, ...]:
+    """What a job that made some images tells about the rest: why the calls that made none
+    failed, and, when the provider made fewer images than asked without any call failing (a
+    batch call some of whose images failed), that it did: never silently fewer images."""
+    if made >= asked or failures:
+        return tuple(failures)
+    return (f"{title} made {made} of the {asked} images asked for; it gave no reason.",)
+
+
 def unpollable(title: str, task_id: str, policy: PollPolicy, last: GatewayError) -> ProviderError:
     """The error of a task that could not be polled for the policy's window. Not retryable:
     the paid task may still finish at the provider."""
@@ -318,14 +327,14 @@ def job_waits(
 ) -> JobWaits:
     """What a durable job waits before its next poll: the policy's backoff for the longest
     streak of failed polls, else the wait predicted for the tasks still running (the longest
-    of theirs), else none (the usual pace: the model not learned, or JOB_POLL_INTERVAL 0)."""
+    of theirs), else none (the usual pace: nothing known of the model, or JOB_POLL_INTERVAL 0)."""
     failing = book.failing()
     if failing:
         return JobWaits(math.ceil(policy.backoff(max(task.failures for task in failing))), 0)
     running = [task.timing for task in book.tasks if not task.ended and task.timing is not None]
     if interval <= 0 or not running:
         return JobWaits(0, 0)
-    waits = [job_wait(timing, run, queue, now) for timing in running]
+    waits = [job_wait(timing, run, queue, now, interval) for timing in running]
     known = [wait for wait in waits if wait is not None]
     if len(known) < len(waits):
         return JobWaits(0, 0)

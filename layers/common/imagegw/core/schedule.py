@@ -4,14 +4,19 @@ A task's life as the poller sees it: submitted, queued (the provider says PENDIN
 (the provider's own state change, e.g. RUNNING), done. The run time of finished tasks is learned
 by (provider, model, size/steps bucket) in an `Estimates` store, and a task is polled:
 
-- once early (`EARLY` after submission), so an instant task is answered at once;
+- once as soon as the submission answered (`EARLY`), so an instant task is answered at once,
+  not at a first scheduled poll;
 - every `QUEUED_EVERY` while the provider says it is queued (its run has not begun);
 - sparsely while running far from its predicted end (each wait half the time left to the
   window), then densely in a window around the predicted end, as wide as the learned spread
   and the uncertainty of when the run began; the density is bounded by a poll budget
   (`budget`: 1.5 polls a second of the expected time for short tasks, 0.28 for long ones);
-- past the window, on today's schedule counted from the window's end;
-- on today's schedule (`poll_delay`) when nothing was learned yet for the model.
+- past the window, thinning out the longer the task overruns its prediction: each wait a share
+  (`OVERRUN`) of the time since the window closed, so a long task of a model whose recent
+  tasks were short costs a few polls, not one every POLL_INTERVAL;
+- on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
+  or a short history (`LEARNED`), never denser than POLL_INTERVAL nor sparser than today's
+  schedule until the prior's window has passed.
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
@@ -25,8 +30,15 @@ from typing import Final
 
 from imagegw.providers.base import Workload
 
-#: the first poll, this long after the submission answered (an instant task)
-EARLY: Final = 0.15
+#: the first poll, this long after the submission answered: at once (an instant task is
+#: answered by it; a task that is not costs the same one poll it did at a later first poll)
+EARLY: Final = 0.0
+#: past the predicted end's window, each wait is this share of the time since the window closed
+#: (the schedule thins out: the overrun grows by half at each poll)
+OVERRUN: Final = 0.5
+#: a durable job whose model has no history (a catalogue prior, or fewer than `LEARNED` tasks)
+#: waits, once the prior's likely end passed, this share of the task's age before each poll
+JOB_STRETCH: Final = 0.75
 #: between polls while the provider says the task is queued
 QUEUED_EVERY: Final = 1.0
 #: the densest polling, in the window around the predicted end
@@ -172,15 +184,21 @@ def next_delay(
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
     history) never longer than today's schedule would wait. So a prediction that is far off
-    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL."""
+    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL, and
+    until a model has a history never below it (a prior is a guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
     today = poll_delay(now - timing.submitted, base, maximum)
     if estimate is None:
         return today
     predicted = _predicted_delay(timing, estimate, now, base, maximum)
-    # a prior alone is no history: never wait longer than today's schedule would
-    return predicted if estimate.samples >= LEARNED else min(predicted, today)
+    if estimate.samples >= LEARNED:
+        return predicted
+    # a prior alone is no history: never wait longer than today's schedule would, but past
+    # the prior's window, where the waits thin out up to POLL_INTERVAL_MAX (`_predicted_delay`)
+    if timing.running_seen is not None and now > window(timing, estimate).end:
+        return predicted
+    return min(predicted, today)
 
 
 def _predicted_delay(
@@ -191,15 +209,16 @@ def _predicted_delay(
         return _queued(estimate, base, maximum)
     ran = max(base, now - timing.began()[1])
     cap = max(maximum, ran) if estimate.samples >= LEARNED else min(maximum, ran)
-    dense = min(DENSE_MIN, base)
+    # a prior or a short history is a guess: no denser than POLL_INTERVAL around it
+    dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)
     if now < span.start:  # far: halve the distance while it is long, then go to the window
         far = span.start - now
         return min(cap, far if far <= FAR else far / 2)
     if now <= span.end:
         return min(cap, _dense(timing, span, dense))
-    late = (now - span.end) / max(span.spread, dense)
-    return min(maximum, dense * (1.0 + late))
+    # past the window: the longer the overrun, the sparser (an uneven queue's long tail)
+    return min(cap, max(dense, OVERRUN * (now - span.end)))
 
 
 def expected_total(timing: Timing, estimate: Estimate | None) -> float | None:
@@ -223,25 +242,40 @@ def queue_time(timing: Timing) -> float | None:
 
 
 def job_wait(
-    timing: Timing, run: Estimate | None, queue: Estimate | None, now: float
+    timing: Timing,
+    run: Estimate | None,
+    queue: Estimate | None,
+    now: float,
+    pace: float = 0.0,
 ) -> float | None:
     """Seconds a durable job waits before its next poll, each poll costing three state
-    transitions (Wait, Poll, Check): until the task has most likely ended. None when the model
-    has no history (`LEARNED` tasks), or the prediction has passed (the usual pace then).
+    transitions (Wait, Poll, Check): until the task has most likely ended. None when nothing is
+    known of the model (no estimate, not even a catalogue prior), or when the wait would be no
+    longer than `pace` (JOB_POLL_INTERVAL: the usual pace then).
 
-    After the submission: the typical queue and run, and one spread. Seen queued: at least the
-    run ahead. Seen running: until the latest likely end (the run begun no later than the
-    typical queue's high end, two spreads)."""
-    if run is None or run.samples < LEARNED:
+    After the submission: the typical queue and run, and one spread (a model with no history,
+    `LEARNED` tasks: its prior or its few tasks, the queue's high end and two spreads). Seen
+    queued: at least the run ahead. Seen running: until the latest likely end (the run begun no
+    later than the typical queue's high end, two spreads). Past that, the waits thin out: a share
+    of the overrun (`OVERRUN`), or of the task's age (`JOB_STRETCH`) while the model has no
+    history."""
+    if run is None:
         return None
+    learned = run.samples >= LEARNED
     queued, queue_high = 0.0, 0.0
     if queue is not None:
         queued, queue_high = queue.seconds, queue.seconds + 2 * queue.spread
     if timing.polls == 0:
-        target = timing.submitted + queued + run.seconds + run.spread
+        if learned:
+            target = timing.submitted + queued + run.seconds + run.spread
+        else:
+            target = timing.submitted + queue_high + run.seconds + 2 * run.spread
     elif timing.running_seen is None:
         target = now + run.seconds - run.spread
     else:
         latest = min(timing.running_seen, max(timing.began()[0], timing.submitted + queue_high))
         target = latest + run.seconds + 2 * run.spread
-    return target - now if target > now else None
+    if target > now:
+        return target - now
+    late = OVERRUN * (now - target) if learned else JOB_STRETCH * (now - timing.submitted)
+    return late if late > pace else None

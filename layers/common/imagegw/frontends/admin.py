@@ -4,6 +4,7 @@
         [--days N]
     python -m imagegw.frontends.admin keys | revoke NAME
     python -m imagegw.frontends.admin token PROVIDER TOKEN | tokens | untoken PROVIDER TOKEN
+    python -m imagegw.frontends.admin rotate-webhook-secret
 
 They work on a deployed stack (`--stack NAME`, or STACK: its AccessTableName and AccessSecretArn
 outputs, with the caller's AWS credentials), else on ACCESS_TABLE and ACCESS_SECRET, else on
@@ -11,6 +12,10 @@ outputs, with the caller's AWS credentials), else on ACCESS_TABLE and ACCESS_SEC
 printed once, as the last line; only its keyed hash is stored. Tokens are listed masked (the first
 and last few characters: `gatekeys.masked`), each with whether it is set aside and until
 when. `TOKEN` given as `-` is read from standard input (no shell history).
+
+`rotate-webhook-secret` replaces the deployment's webhook secret (the stack's WebhookSecretArn
+output, else WEBHOOK_SECRET, else `make run`'s): every caller's signing secret changes with it,
+within SECRET_CACHE_TTL (README "Webhooks"); callers fetch theirs again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -83,6 +89,40 @@ def target(stack: str | None) -> Target:
         secret_id=secret_id,
         secrets=boto3.client("secretsmanager", region_name=region),
     )
+
+
+def webhook_secret_target(stack: str | None) -> tuple[str, Any]:
+    """The deployment's webhook secret (its id) and a Secrets Manager client to write it."""
+    import boto3
+
+    from imagegw.frontends.local import LOCAL_ACCESS_FILE
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if stack:
+        (described,) = boto3.client("cloudformation", region_name=region).describe_stacks(
+            StackName=stack
+        )["Stacks"]
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+        secret_id = outputs.get("WebhookSecretArn")
+    elif os.environ.get("WEBHOOK_SECRET"):
+        secret_id = os.environ["WEBHOOK_SECRET"]
+    elif LOCAL_ACCESS_FILE.exists():
+        local = json.loads(LOCAL_ACCESS_FILE.read_text())
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        os.environ["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = local["AWS_ENDPOINT_URL_SECRETS_MANAGER"]
+        region = local.get("AWS_REGION", region)
+        secret_id = local.get("WEBHOOK_SECRET")
+    else:
+        secret_id = None
+    if not secret_id:
+        raise AdminError("no webhook secret to rotate: give STACK=<name>, or start `make run`")
+    return secret_id, boto3.client("secretsmanager", region_name=region)
+
+
+def rotate_webhook_secret(secret_id: str, client: Any) -> None:
+    """A new random deployment webhook secret (never printed)."""
+    client.put_secret_value(SecretId=secret_id, SecretString=secrets.token_urlsafe(48))
 
 
 def _list(value: str | None) -> tuple[str, ...]:
@@ -214,12 +254,19 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("provider")
         cmd.add_argument("token", help="the token, or - to read it from standard input")
     commands.add_parser("tokens", help="list token pools (masked)")
+    commands.add_parser(
+        "rotate-webhook-secret", help="new webhook signing secrets for every caller"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "rotate-webhook-secret":
+            rotate_webhook_secret(*webhook_secret_target(args.stack))
+            print("webhook secret rotated: callers get new signing secrets within 5 minutes")
+            return 0
         where = target(args.stack)
         if args.command == "key":
             if args.quota is not None and args.quota < 0:

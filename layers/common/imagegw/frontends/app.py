@@ -34,7 +34,7 @@ from imagegw.frontends.batches import Batches
 from imagegw.frontends.cors import ApiGatewayCORS
 from imagegw.frontends.demo_routing import TokenlessToDemo
 from imagegw.frontends.paths import NormalizePath
-from imagegw.frontends.routes import batches, chat, files, images, jobs, models, uploads
+from imagegw.frontends.routes import batches, chat, files, images, jobs, models, uploads, webhooks
 from imagegw.frontends.web import error_response
 from imagegw.infra import apimetrics
 from imagegw.infra.batchstore import BatchStore
@@ -54,7 +54,7 @@ EXPOSED_HEADERS = [
     "x-model-treatment",
 ]
 #: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, images, jobs, files, batches, uploads)
+FRONT_ENDS = (models, chat, images, jobs, files, webhooks, batches, uploads)
 
 
 async def health(request: Request) -> Response:

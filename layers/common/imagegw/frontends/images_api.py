@@ -8,8 +8,10 @@ data URI. The fields this front end reads are typed (`schemas.ImagesRequest`,
 the gateway's common names or the provider's own (`n`, `size`, `seed`, `steps`, ...), numbers
 also as strings.
 OpenAI-only fields (`quality`, `style`, `background`, ...) reach the provider too, which ignores
-what it cannot honour. The answer is not streamed: it comes when the images are done, with
-only `url` items or only `b64_json` items, as `response_format` asks.
+what it cannot honour. The answer comes when the images are done, with only `url` items or
+only `b64_json` items, as `response_format` asks; with `stream: true` it is OpenAI's image
+event stream instead (`imagegw.frontends.image_stream`). `webhook_url` is for durable jobs
+(`Prefer: respond-async`): the job POSTs a signed event there when it ends.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ class ImagesCall:
     images: tuple[Input, ...] = ()
     #: the mask as sent (a file's bytes or a text field); checked only if the provider has masks
     mask: str | bytes | None = None
+    #: `stream: true`: OpenAI's image events (SSE) instead of one JSON answer
+    stream: bool = False
+    #: `partial_images` as asked (0-3), None when not sent
+    partial_images: int | None = None
+    #: where a durable job's end is POSTed (checked where a job starts: `imagegw.core.webhooks`)
+    webhook_url: str | None = None
 
 
 def generation_call(body: Mapping[str, Any]) -> ImagesCall:
@@ -153,6 +161,9 @@ def _call(
         edit=isinstance(request, ImagesEditRequest),
         images=images,
         mask=mask,
+        stream=request.stream,
+        partial_images=request.partial_images,
+        webhook_url=request.webhook_url,
     )
 
 
@@ -198,16 +209,10 @@ def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> Gener
     return plan(provider, ask_of(call, model, kind), api_key, images_api_words(call.edit))
 
 
-async def run(
-    gateway: Gateway,
-    provider: Provider,
-    call: ImagesCall,
-    api_key: SecretStr,
-    base_url: str,
-    budget: float | None = None,
-) -> dict[str, Any]:
-    """Run the job and answer in the Images API's shape (within `budget` seconds when the
-    client said how long it waits). Raises GatewayError."""
+async def prepare(
+    gateway: Gateway, provider: Provider, call: ImagesCall, api_key: SecretStr
+) -> GenerationRequest:
+    """The job of `call`, checked, its mask (if any) staged in the bucket. Raises GatewayError."""
     settings = gateway.settings
     if call.mask is not None and not provider.supports_masks:
         raise InvalidRequestError(
@@ -223,7 +228,6 @@ async def run(
         )
         (mask,) = await gateway.store.stage([checked])
         job = replace(job, mask=mask)
-    n = job.n
     logger.info(
         "images generation",
         extra={
@@ -231,11 +235,46 @@ async def run(
             "model": job.model,
             "kind": str(job.kind),
             "images": len(call.images),
-            "n": n,
+            "n": job.n,
             "response_format": call.response_format,
+            "stream": call.stream,
         },
     )
-    mode = link_mode(call, settings.image_links)
+    return job
+
+
+def relays_previews(provider: Provider, call: ImagesCall) -> bool:
+    """Whether a streamed `call` is relayed from an upstream that may stream previews (an
+    OpenAI-compatible server, `partial_images` asked, a model that streams): its partial
+    images are passed through as they come."""
+    streams = getattr(provider, "streams", None)
+    if not (call.stream and call.partial_images and callable(streams)):
+        return False
+    wanted = ModelKind.EDIT if call.edit else ModelKind.GENERATE
+    return bool(streams(call.model or default_model(provider, wanted)))
+
+
+def ignored(provider: Provider, call: ImagesCall) -> list[str]:
+    """The fields of `call` this gateway reads and does nothing with: `partial_images`, except
+    where an upstream that streams previews gets it (no preview is ever made up)."""
+    if call.partial_images is None or relays_previews(provider, call):
+        return []
+    return ["partial_images"]
+
+
+async def answer(
+    gateway: Gateway,
+    provider: Provider,
+    call: ImagesCall,
+    api_key: SecretStr,
+    base_url: str,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Run the job and answer in the Images API's shape (within `budget` seconds when the
+    client said how long it waits). Raises GatewayError."""
+    job = await prepare(gateway, provider, call, api_key)
+    n = job.n
+    mode = link_mode(call, gateway.settings.image_links)
     events = pipeline.events(gateway, provider, job, call.images, base_url, mode, budget=budget)
     result = await collect(events)
     if result.failures:

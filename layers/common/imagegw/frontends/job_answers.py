@@ -6,7 +6,8 @@ finished Images API job carries the `data` the synchronous call gives: lasting l
 copies in the bucket, or for `b64_json` the copies' bytes read back (a 503
 `storage_unavailable`, retryable, while the bucket cannot be read). A finished chat job is the
 `chat.completion` the synchronous chat call gives (markdown images linking the copies, a line
-per failed task), under the job's id and time, with `status` as on every job.
+per failed task), under the job's id and time, with `status` as on every job. A job with a
+`webhook_url` shows its delivery too (`webhook: {status, attempts, last_status_code}`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ async def render(jobs: Jobs, view: JobView, *, base_url: str, fetcher: Fetcher) 
         body["data"] = images_response(images, view.response_format, view.created)["data"]
     if view.error is not None:
         body["error"] = view.error.get("error", view.error)
+    if view.webhook is not None:  # a job with a `webhook_url`: its delivery
+        body["webhook"] = view.webhook
     return body
 
 
@@ -60,4 +63,7 @@ async def _completion(
         mode="as_is",
     )
     completion = Completion(view.model, completion_id=view.id, created=view.created)
-    return {**completion.message(markdown_of(links, output.failures)), "status": view.status}
+    body = {**completion.message(markdown_of(links, output.failures)), "status": view.status}
+    if view.webhook is not None:
+        body["webhook"] = view.webhook
+    return body

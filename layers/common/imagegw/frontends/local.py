@@ -21,6 +21,7 @@ its stdin (the gateway exits, however it exits).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -29,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -53,6 +55,7 @@ TASKS: Final = {
     "JobPollFunctionArn": "job_poll",
     "JobStoreFunctionArn": "job_store",
     "BatchStepFunctionArn": "batch_step",
+    "JobNotifyFunctionArn": "job_notify",
 }
 LOCAL_ACCOUNT: Final = "123456789012"
 LOCAL_REGION: Final = "us-east-1"
@@ -197,6 +200,8 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
     """Durable jobs on the moto server at `endpoint`: its Step Functions runs the ASL file
     (tasks dispatched in-process to the real handlers) and its KMS seals provider keys. The
     env that points the gateway and the handlers at them."""
+    import secrets
+
     import boto3
 
     # moto's parser warns that its interpreter ignores the batch map's ToleratedFailurePercentage
@@ -230,10 +235,17 @@ def start_jobs_stand_in(endpoint: str, region: str = LOCAL_REGION) -> dict[str, 
         roleArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:role/image-gateway-batches",
         type="STANDARD",
     )
+    # the deployment's webhook secret (README "Webhooks"), fresh for each run
+    webhook = boto3.client("secretsmanager", **credentials).create_secret(
+        Name=f"image-gateway-webhooks-{uuid.uuid4().hex[:8]}",
+        SecretString=secrets.token_urlsafe(48),
+    )
     return {
         "JOB_STATE_MACHINE_ARN": machine["stateMachineArn"],
         "BATCH_STATE_MACHINE_ARN": batches["stateMachineArn"],
         "JOB_KEY_ID": key["KeyMetadata"]["Arn"],
+        "WEBHOOK_SECRET": webhook["ARN"],
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
         "AWS_ENDPOINT_URL_SFN": endpoint,
         "AWS_ENDPOINT_URL_KMS": endpoint,
     }
@@ -261,6 +273,41 @@ def create_access_table(dynamodb: Any, table: str) -> None:
     )
 
 
+#: the moto DynamoDB calls that change items, one at a time (`serialize_dynamodb_writes`)
+_WRITES: Final = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "transact_write_items",
+    "batch_write_item",
+)
+
+
+def serialize_dynamodb_writes() -> None:
+    """Make moto's DynamoDB run its writes one at a time, as DynamoDB runs the writes to one
+    item: moto's server answers each request in a thread of its own, and its `update_item`
+    reads, checks the condition and writes without a lock, so concurrent conditional updates
+    (a key's quota reserved by 50 requests at once) could all pass the check. One lock for
+    every write of the process; idempotent."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_imagegw_serialized", False):
+        return
+    lock = threading.RLock()
+
+    def serialized(write: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(write)
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return write(*args, **kwargs)
+
+        return one_at_a_time
+
+    for name in _WRITES:
+        setattr(DynamoDBBackend, name, serialized(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._imagegw_serialized = True  # type: ignore[attr-defined]
+
+
 def start_access_stand_in(
     endpoint: str, region: str = LOCAL_REGION, kept: LocalState | None = None
 ) -> dict[str, str]:
@@ -273,6 +320,7 @@ def start_access_stand_in(
 
     import boto3
 
+    serialize_dynamodb_writes()  # the server runs in this process
     credentials = {
         "region_name": region,
         "endpoint_url": endpoint,
@@ -319,7 +367,13 @@ def claim_access_file(env: Mapping[str, str], region: str) -> str | None:
             previous = json.dumps(held)
     except (OSError, ValueError):
         pass
-    shared = ("BUCKET", "S3_ENDPOINT_URL", "JOB_STATE_MACHINE_ARN", "AWS_ENDPOINT_URL_SFN")
+    shared = (
+        "BUCKET",
+        "S3_ENDPOINT_URL",
+        "JOB_STATE_MACHINE_ARN",
+        "AWS_ENDPOINT_URL_SFN",
+        "WEBHOOK_SECRET",
+    )
     known = {name: os.environ[name] for name in shared if os.environ.get(name)}
     LOCAL_ACCESS_FILE.parent.mkdir(parents=True, exist_ok=True)
     mine = {**known, **env, "AWS_REGION": region, "pid": os.getpid()}

@@ -82,7 +82,7 @@ async def chat(
         except GatewayError as refused:
             if leased is None or leased.provider != provider.name:
                 raise
-            token = await leased.fail_over([refused])
+            token = await leased.fail_over([refused], str(model))
             if token is None:
                 raise
             key = token

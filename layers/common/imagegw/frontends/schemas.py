@@ -242,8 +242,11 @@ class ChatRequest(BaseModel):
 ResponseFormat = Literal["url", "b64_json"]
 RESPONSE_FORMATS: Final[tuple[ResponseFormat, ...]] = ("url", "b64_json")
 MAX_MODEL_CHARS: Final = 256
-#: form values that mean "yes" (multipart sends every value as text)
+#: form values that mean "yes" and "no" (multipart sends every value as text)
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off", ""})
+#: OpenAI's `partial_images`: previews a streamed answer may carry before each image
+MAX_PARTIAL_IMAGES: Final = 3
 
 
 class ImagesRequest(BaseModel):
@@ -260,8 +263,12 @@ class ImagesRequest(BaseModel):
     #: None: the provider's first listed model of the kind the endpoint makes
     model: str | None = None
     response_format: ResponseFormat = Field(default=None, validate_default=True)
-    #: refused when true: the answer comes when the images are done
+    #: true: OpenAI's image event stream (`imagegw.frontends.image_stream`) instead of JSON
     stream: bool = False
+    #: OpenAI's previews per image in a stream (0-3): passed to an upstream that streams them
+    partial_images: int | None = None
+    #: a durable job's webhook (`Prefer: respond-async`), checked where the job starts
+    webhook_url: str | None = None
     #: the edit endpoint's files; a JSON body's are ignored
     image: Any = Field(default=None, exclude=True)
     mask: Any = Field(default=None, exclude=True)
@@ -303,13 +310,33 @@ class ImagesRequest(BaseModel):
     @field_validator("stream", mode="before")
     @classmethod
     def _stream(cls, value: Any) -> bool:
-        if value is True or (isinstance(value, str) and value.strip().lower() in _TRUE):
+        """JSON's true/false/null, or a form's text ("true", "0", ...)."""
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise refusal("'stream' must be true or false.", param="stream")
+
+    @field_validator("partial_images", mode="before")
+    @classmethod
+    def _partial_images(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        text = str(value).strip() if isinstance(value, int | str) else ""
+        if isinstance(value, bool) or not text.isdigit() or int(text) > MAX_PARTIAL_IMAGES:
             raise refusal(
-                "'stream' is not supported here: the answer comes when the images are done. "
-                "Leave it out or set it to false.",
-                param="stream",
+                f"'partial_images' must be a whole number from 0 to {MAX_PARTIAL_IMAGES}.",
+                param="partial_images",
             )
-        return False
+        return int(text)
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: Any) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise refusal("'webhook_url' must be a string.", param="webhook_url")
+        return value.strip() or None if value is not None else None
 
     @property
     def options(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.schemas import Completion
@@ -20,6 +20,7 @@ from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.runners.inprocess import Event, Progress, Result
 
+T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
 
@@ -98,7 +99,7 @@ async def collect(events: AsyncIterator[Event]) -> Result:
 _END = object()
 
 
-async def _next(iterator: AsyncIterator[Event]) -> Event | object:
+async def _next(iterator: AsyncIterator[T]) -> T | object:
     try:
         return await anext(iterator)
     except StopAsyncIteration:
@@ -106,13 +107,13 @@ async def _next(iterator: AsyncIterator[Event]) -> Event | object:
 
 
 async def with_keepalive(
-    events: AsyncIterator[Event],
+    events: AsyncIterator[T],
     interval: float,
     clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[Event | None]:
+) -> AsyncIterator[T | None]:
     """The events, with a `None` whenever `interval` seconds pass since the last `None`."""
     iterator = aiter(events)
-    pending: asyncio.Task[Event | object] | None = None
+    pending: asyncio.Task[T | object] | None = None
     last = clock()
     try:
         while True:
@@ -128,8 +129,7 @@ async def with_keepalive(
             event = finished.result()
             if event is _END:
                 return
-            assert isinstance(event, Progress | Result)
-            yield event
+            yield cast("T", event)
             if clock() - last >= interval:
                 last = clock()
                 yield None
@@ -151,27 +151,35 @@ async def chat_stream(
     keepalive_interval: float,
     intro: str = "",
 ) -> AsyncIterator[str]:
-    """The SSE body of a streamed chat completion."""
-    yield sse(completion.chunk({"role": "assistant", "content": ""}))
-    if intro:
-        yield sse(completion.chunk({"reasoning_content": intro}))
+    """The SSE body of a streamed chat completion. Frames that go out together are one chunk
+    (one write to the socket): the role and the intro; the images, the stop, the usage and
+    [DONE], sent as soon as the result is known."""
+
+    def closing() -> str:
+        usage = sse(completion.usage_chunk()) if include_usage else ""
+        return sse(completion.chunk({}, finish_reason="stop")) + usage + DONE
+
+    head = sse(completion.chunk({"role": "assistant", "content": ""}))
+    yield head + sse(completion.chunk({"reasoning_content": intro})) if intro else head
+    closed = False
     try:
         async for event in with_keepalive(events, keepalive_interval):
+            if closed:
+                continue
             if event is None:
                 yield KEEPALIVE
             elif isinstance(event, Progress):
                 yield sse(completion.chunk({"reasoning_content": progress_text(event)}))
             else:
-                yield sse(completion.chunk({"content": markdown(event)}))
+                closed = True
+                yield sse(completion.chunk({"content": markdown(event)})) + closing()
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
         apimetrics.failure(exc)
-        _, body, _ = render(exc)
-        yield sse(body)
-        yield DONE
+        if not closed:
+            _, body, _ = render(exc)
+            yield sse(body) + DONE
         return
-    yield sse(completion.chunk({}, finish_reason="stop"))
-    if include_usage:
-        yield sse(completion.usage_chunk())
-    yield DONE
+    if not closed:
+        yield closing()

@@ -8,9 +8,10 @@ only, so a request with a malformed key is refused before its body is read).
 from __future__ import annotations
 
 import codecs
+import hashlib
 import re
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Final
 
 from pydantic import SecretStr
 from python_multipart.multipart import parse_options_header
@@ -28,6 +29,7 @@ from imagegw.errors import (
     PayloadTooLargeError,
     render,
 )
+from imagegw.frontends.cors import came_through_rest_api
 from imagegw.frontends.inbound import (
     check_header,
     check_key,
@@ -41,6 +43,10 @@ from imagegw.providers import PROVIDERS
 from imagegw.providers.demo import NO_TOKEN
 from imagegw.redaction import protect
 from imagegw.runners.gateway import Gateway
+
+#: the longest a non-streamed answer through the REST API may take: API Gateway closes a
+#: regional REST API's stream after 5 minutes without a byte (README "Limits"), less a margin
+REST_IDLE_BUDGET: Final = 285.0
 
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 #: an API Gateway stage name ("$default", of HTTP APIs, is never a path prefix)
@@ -126,7 +132,7 @@ async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]
     if tokenless:  # a gateway key, checked and counted; no server-held token to lease
         lease.use(None)
         return caller, SecretStr(NO_TOKEN)
-    leased = await access.lease(provider)
+    leased = await access.lease(provider, caller.record.hash if caller.record else None)
     lease.use(leased)
     return caller, leased.token
 
@@ -147,13 +153,16 @@ async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, 
     """The request body's chunks, refusing bodies over `limit` bytes as they arrive."""
     check_length(request, limit)
     size = 0
+    digest = hashlib.sha256()
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(
                 f"The request body is over the limit of {limit} bytes.", code="request_too_large"
             )
+        digest.update(chunk)
         yield chunk
+    request.state.body_sha256 = digest.hexdigest()  # the body as read (`imagegw.frontends.replays`)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -174,17 +183,22 @@ def _limited(request: Request, limit: int) -> Request:
     """The same request, its body counted as it arrives: over `limit` bytes, a 413."""
     check_length(request, limit)
     size = 0
+    digest = hashlib.sha256()
 
     async def receive() -> Message:
         nonlocal size
         message = await request.receive()
         if message["type"] == "http.request":
-            size += len(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
             if size > limit:
                 raise PayloadTooLargeError(
                     f"The request body is over the limit of {limit} bytes.",
                     code="request_too_large",
                 )
+            digest.update(chunk)
+            if not message.get("more_body"):  # the body as read (`imagegw.frontends.replays`)
+                request.state.body_sha256 = digest.hexdigest()
         return message
 
     return Request(request.scope, receive)
@@ -320,19 +334,30 @@ def request_context(request: Request) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def client_budget(request: Request) -> float | None:
-    """Seconds a non-streamed answer may take before the client gives up, from the OpenAI SDKs'
+def client_wait(request: Request) -> float | None:
+    """Seconds the client waits for a non-streamed answer, from the OpenAI SDKs'
     `x-stainless-read-timeout` (Python) or `x-stainless-timeout` (Cherry Studio sends 600)
-    header, less a margin; None if not said.
-
-    The SDKs retry a timed-out request, which would pay for the generation again: answering a
-    clear 504 (with x-should-retry: false) just before the client's own timer runs out avoids it.
-    """
+    header; None if not said (or not a sane number)."""
     raw = header(request, "X-Stainless-Read-Timeout") or header(request, "X-Stainless-Timeout")
     try:
         seconds = float(raw) if raw else 0.0
     except ValueError:
         return None
-    if not 0 < seconds < 86400:
-        return None
-    return max(1.0, seconds - max(2.0, 0.05 * seconds))
+    return seconds if 0 < seconds < 86400 else None
+
+
+def client_budget(request: Request) -> float | None:
+    """Seconds a non-streamed answer may take before the client gives up (`client_wait`), less
+    a margin; through the REST API at most REST_IDLE_BUDGET (API Gateway closes a streamed
+    response after 5 minutes without a byte, and a JSON answer sends none until it is done);
+    None if neither applies.
+
+    The SDKs retry a timed-out request, which would pay for the generation again: answering a
+    clear 504 (with x-should-retry: false) just before the client's own timer (or API
+    Gateway's) runs out avoids it.
+    """
+    seconds = client_wait(request)
+    budget = None if seconds is None else max(1.0, seconds - max(2.0, 0.05 * seconds))
+    if came_through_rest_api(request.headers):
+        budget = min(budget or REST_IDLE_BUDGET, REST_IDLE_BUDGET)
+    return budget

@@ -15,6 +15,7 @@ or private attribute is patched.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final
 
 import httpx
@@ -52,15 +53,32 @@ def layered(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
     return transport
 
 
+class NoCookies(CookieJar):
+    """A cookie jar that keeps nothing: the provider client is shared by every request of an
+    instance, whoever's key it carries, so a cookie one answer sets must never ride along with
+    another's request; and a poll spends nothing on cookies."""
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None
+
+
 def provider_client(
     settings: Settings, *, event_hooks: Mapping[str, Sequence[Hook]] | None = None
 ) -> httpx.AsyncClient:
     """A client for the owner's provider base URLs: explicit timeouts, a pool whose work does
     not grow with its size or its queue, no redirects (a provider that redirects is not
-    followed anywhere). Connections that could not be made are tried once more: nothing was
-    sent, so a submit cannot start a task twice (`imagegw.infra.transport`). Answers are read
-    through `imagegw.providers.upstream`, which bounds their size and their whole time."""
+    followed anywhere), no cookies (`NoCookies`). Connections that could not be made are tried
+    once more: nothing was sent, so a submit cannot start a task twice
+    (`imagegw.infra.transport`). Answers are read through `imagegw.providers.upstream`, which
+    bounds their size and their whole time."""
     return httpx.AsyncClient(
+        cookies=NoCookies(),
         timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
         transport=layered(PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)),
         follow_redirects=False,

@@ -120,7 +120,10 @@ _OWN_NAMES: dict[str, str] = {
     "ACCESS_MODE": "access_mode",
     "ACCESS_TABLE": "access_table",
     "ACCESS_SECRET": "access_secret",
+    "WEBHOOK_SECRET": "webhook_secret",
     "KEY_CACHE_TTL": "key_cache_ttl",
+    "KEY_POOL_SHARE": "key_pool_share",
+    "FUNCTION_TIMEOUT": "function_timeout",
     "SECRET_CACHE_TTL": "secret_cache_ttl",
 }
 
@@ -166,6 +169,11 @@ def _provider_values(source: Mapping[str, str]) -> dict[str, str]:
     return {env: value for env, value in values.items() if value}
 
 
+#: seconds of a function's timeout kept for uploads and the answer after the generation's end
+#: (a quarter of it for a function of less than two minutes)
+FUNCTION_MARGIN: Final = 30.0
+
+
 class Settings(BaseModel):
     """Everything the gateway can be configured with. See docs/configuration.md."""
 
@@ -181,6 +189,9 @@ class Settings(BaseModel):
     #: apply to the others: `provider_setting`)
     provider_settings: dict[str, str] = Field(default_factory=dict)
     generation_timeout: float = Field(default=840.0, gt=0)
+    #: the API function's own timeout (FUNCTION_TIMEOUT, from the template): GENERATION_TIMEOUT
+    #: is held FUNCTION_MARGIN seconds below it, so the client always hears the timeout
+    function_timeout: float | None = Field(default=None, gt=0)
     poll_interval: float = Field(default=0.75, gt=0)
     poll_interval_max: float = Field(default=3.0, gt=0)
     progress_interval: float = Field(default=5.0, gt=0)
@@ -232,8 +243,32 @@ class Settings(BaseModel):
     access_secret: str | None = None
     #: seconds a key's record is trusted (a revoked key is refused within this)
     key_cache_ttl: float = Field(default=60.0, ge=0, le=300)
+    #: the share of a provider's pool of server-held tokens one gateway key spends (its window
+    #: of the pool, by the key's hash; `imagegw.access.gate`): 0.5 leaves at least half of a
+    #: pool of two or more tokens to the other keys however much one key asks for; 1 is all
+    key_pool_share: float = Field(default=0.5, gt=0, le=1)
     #: seconds the access secret is trusted (a changed token takes effect within this)
     secret_cache_ttl: int = Field(default=300, ge=0, le=300)
+    #: the Secrets Manager secret the callers' webhook signing secrets are derived from
+    #: (README "Webhooks"); none: durable jobs take no `webhook_url`
+    webhook_secret: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generation_below_function(cls, data: Any) -> Any:
+        """GENERATION_TIMEOUT held below FUNCTION_TIMEOUT (CloudFormation cannot compare two
+        parameters): a generation never outlives the invocation that answers it."""
+        if not isinstance(data, dict) or data.get("function_timeout") in (None, ""):
+            return data
+        try:
+            function = float(data["function_timeout"])
+            generation = float(data.get("generation_timeout", 840.0))
+        except (TypeError, ValueError):
+            return data  # the fields' own validation says what is wrong
+        most = function - min(FUNCTION_MARGIN, function / 4)
+        if generation > most:
+            return {**data, "generation_timeout": most}
+        return data
 
     @model_validator(mode="before")
     @classmethod

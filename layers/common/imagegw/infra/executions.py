@@ -155,6 +155,25 @@ class StepFunctionsRunner:
         progress = data.get("progress") if isinstance(data, dict) else None
         return json.dumps(progress) if isinstance(progress, dict) else None
 
+    def history(self, name: str, pages: int = 5) -> list[dict[str, Any]]:
+        """The execution's events with their data, oldest first (at most `pages` pages of
+        1000: a job that retried its webhook for a day has a few hundred)."""
+        events: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(pages):
+            extra = {"nextToken": token} if token else {}
+            answer = self.sfn.get_execution_history(
+                executionArn=self.execution_arn(name),
+                maxResults=1000,
+                includeExecutionData=True,
+                **extra,
+            )
+            events += answer.get("events", [])
+            token = answer.get("nextToken")
+            if not token:
+                break
+        return sorted(events, key=lambda event: int(event.get("id", 0)))
+
 
 def _error_code(exc: Exception) -> str | None:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code")

@@ -200,14 +200,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             return await self._network.connect_tcp(
                 host, port, timeout, local_address, socket_options
             )
-        try:
-            addresses = await self._resolve(host, port)
-        except (OSError, UnicodeError, ValueError) as exc:
-            raise FetchError(f"{host} did not resolve ({type(exc).__name__})") from None
-        refused = [address for address in addresses if not self._policy(address)]
-        if refused or not addresses:
-            shown = refused[0] if refused else "no address"
-            raise FetchError(f"{host} resolves to {shown}: not a public address")
+        addresses = await self.vet(host, port)
         failure: Exception | None = None
         for address in addresses:
             try:
@@ -218,6 +211,18 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 failure = exc
         assert failure is not None
         raise failure
+
+    async def vet(self, host: str, port: int) -> Sequence[IPAddress]:
+        """The addresses of `host`, each allowed by the policy; else `FetchError`."""
+        try:
+            addresses = await self._resolve(host, port)
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise FetchError(f"{host} did not resolve ({type(exc).__name__})") from None
+        refused = [address for address in addresses if not self._policy(address)]
+        if refused or not addresses:
+            shown = refused[0] if refused else "no address"
+            raise FetchError(f"{host} resolves to {shown}: not a public address")
+        return addresses
 
     async def connect_unix_socket(
         self,
@@ -317,6 +322,7 @@ class Fetcher:
         network: httpcore.AsyncNetworkBackend | None = None,
         timeout: float | None = None,
     ) -> None:
+        self._private_ok = settings.allow_private_urls
         if policy is None:
             policy = any_address if settings.allow_private_urls else is_public
         self.timeout = timeout or settings.provider_timeout
@@ -377,6 +383,37 @@ class Fetcher:
                     raise FetchError(f"{where(target)} answered HTTP {answer.status_code}")
                 return await _read(answer, limit)
         raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    async def check(self, url: str, *, https_only: bool) -> None:
+        """Whether `url` may be fetched at all: http(s) (https only when asked, unless
+        ALLOW_PRIVATE_URLS), no credentials in it, and a host whose every address passes
+        the address check, as a connection would be checked now. Raises `FetchError`."""
+        try:
+            target = _target(url)
+        except httpx.InvalidURL:
+            raise FetchError("an unparsable URL") from None
+        if https_only and target.scheme != "https" and not self._private_ok:
+            raise FetchError(f"{where(target)}: only https URLs")
+        if target.userinfo:
+            raise FetchError(f"{where(target)}: credentials in the URL")
+        port = target.port or DEFAULT_PORTS[target.scheme]
+        await self._backend.vet(target.host, port)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST `body` to `url` through the guard, following no redirect (a redirect is an
+        answer like any other): the status code. Raises `FetchError` when there is none."""
+        try:
+            with anyio.fail_after(self.timeout):
+                answer = await self.client.post(_target(url), content=body, headers=headers)
+                return answer.status_code
+        except FetchError as exc:
+            reason = exc.reason
+        except TimeoutError:
+            reason = f"no answer within {self.timeout:g} s"
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            reason = type(exc).__name__
+        logger.warning("url not posted to", extra={"url": where(url), "reason": reason})
+        raise FetchError(reason) from None
 
     async def aclose(self) -> None:
         if self._client is not None:

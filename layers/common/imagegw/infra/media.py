@@ -1,14 +1,18 @@
-"""Input images: data-URI decoding, type detection by content, size checks."""
+"""Input images: data-URI decoding, type detection by content, size checks, and the header's
+dimensions and wholeness (`imagegw.infra.imageinfo`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
+from imagegw.infra.imageinfo import Unreadable, facts
 
 #: MIME type -> file extension, for the formats providers accept
 EXTENSIONS: dict[str, str] = {
@@ -17,6 +21,11 @@ EXTENSIONS: dict[str, str] = {
     "image/webp": "webp",
     "image/gif": "gif",
 }
+
+#: the longest side of an input image any model here takes (WebP's own limit is 16383)
+MAX_SIDE: Final = 16384
+#: the most pixels of an input image (a decoder's memory: 4 bytes each, 256 MiB)
+MAX_PIXELS: Final = 64 * 1024 * 1024
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
@@ -40,6 +49,9 @@ class ImageBytes:
 
     data: bytes
     mime: str
+    #: the dimensions its header declares (0: not read)
+    width: int = field(default=0, compare=False)
+    height: int = field(default=0, compare=False)
 
     @property
     def extension(self) -> str:
@@ -47,6 +59,60 @@ class ImageBytes:
 
     def data_uri(self) -> str:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+#: JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC): they hold the size
+_SOF: frozenset[int] = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG, JPEG, WEBP or GIF header; None when not found."""
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", data[16:24])
+            return int(width), int(height)
+        if data.startswith((b"GIF87a", b"GIF89a")):
+            width, height = struct.unpack("<HH", data[6:10])
+            return int(width), int(height)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_dimensions(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_dimensions(data)
+    except struct.error:
+        return None
+    return None
+
+
+def _webp_dimensions(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return int(width) & 0x3FFF, int(height) & 0x3FFF
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    at = 2
+    while at + 9 < len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        if marker in _SOF:
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return int(width), int(height)
+        at += 2 + int(length)
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,8 +131,12 @@ def is_http_url(ref: str) -> bool:
     return ref[:7].lower() == "http://" or ref[:8].lower() == "https://"
 
 
-def check_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageBytes:
-    """Check size and type of raw image bytes."""
+def check_image(
+    data: bytes, *, max_bytes: int, what: str = "image", limits: bool = True
+) -> ImageBytes:
+    """Check size, type and wholeness of raw image bytes, and (`limits`: an input image) that
+    its declared dimensions are within what any model takes: a 400 `invalid_image` (a 413 when
+    too many bytes) before anything is stored or sent."""
     if len(data) == 0:
         raise InvalidRequestError(f"The {what} is empty.", code="invalid_image")
     if len(data) > max_bytes:
@@ -79,10 +149,33 @@ def check_image(data: bytes, *, max_bytes: int, what: str = "image") -> ImageByt
         raise InvalidRequestError(
             f"The {what} is not a PNG, JPEG, WEBP or GIF image.", code="invalid_image"
         )
-    return ImageBytes(data, mime)
+    kind = EXTENSIONS[mime].upper()
+    try:
+        found = facts(data, mime)
+    except Unreadable:
+        raise InvalidRequestError(
+            f"The {what} has an unreadable {kind} header.", code="invalid_image"
+        ) from None
+    if not found.whole:
+        raise InvalidRequestError(
+            f"The {what} is cut short: not a whole {kind} file.", code="invalid_image"
+        )
+    if found.width < 1 or found.height < 1:
+        raise InvalidRequestError(f"The {what} declares no pixels.", code="invalid_image")
+    if limits and (
+        max(found.width, found.height) > MAX_SIDE or found.width * found.height > MAX_PIXELS
+    ):
+        raise InvalidRequestError(
+            f"The {what} is {found.width}x{found.height} pixels; images up to {MAX_SIDE} "
+            f"pixels a side and {MAX_PIXELS // 2**20} megapixels are taken.",
+            code="image_dimensions_too_large",
+        )
+    return ImageBytes(data, mime, found.width, found.height)
 
 
-def decode_data_uri(uri: str, *, max_bytes: int, what: str = "image") -> ImageBytes:
+def decode_data_uri(
+    uri: str, *, max_bytes: int, what: str = "image", limits: bool = True
+) -> ImageBytes:
     """Decode a `data:image/...;base64,...` URI and check what it holds."""
     match = _DATA_URI.match(uri)
     if match is None or ";base64" not in match.group("params").lower():
@@ -102,7 +195,7 @@ def decode_data_uri(uri: str, *, max_bytes: int, what: str = "image") -> ImageBy
         raise InvalidRequestError(
             f"The {what} has invalid base64 data.", code="invalid_image"
         ) from None
-    return check_image(data, max_bytes=max_bytes, what=what)
+    return check_image(data, max_bytes=max_bytes, what=what, limits=limits)
 
 
 def decode_refs(refs: Sequence[str], *, max_bytes: int) -> tuple[str | ImageBytes, ...]:

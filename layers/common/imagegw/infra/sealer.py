@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from pydantic import SecretStr
 
-from imagegw.errors import ConfigurationError, GatewayError, TransientJobError
+from imagegw.errors import ConfigurationError, ServiceUnavailableError, TransientJobError
 
 #: the encryption context's key; its value is the job id (IAM conditions name it)
 CONTEXT_KEY: Final = "gateway-job"
@@ -76,10 +76,10 @@ class KeySealer:
                 EncryptionContext={CONTEXT_KEY: job_id},
             )
         except Exception as exc:  # the message may not name the secret: only the error code
-            raise GatewayError(
-                f"The job could not be started: sealing the key failed ({_code(exc)}).",
+            raise ServiceUnavailableError(  # before the execution: nothing started
+                f"The job could not be started: sealing the key failed ({_code(exc)}); "
+                "nothing was started, so trying again is safe.",
                 code="jobs_unavailable",
-                retryable=False,
             ) from None
         return base64.b64encode(answer["CiphertextBlob"]).decode("ascii")
 

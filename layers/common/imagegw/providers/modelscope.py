@@ -9,6 +9,7 @@ Protocol (see shared/docs/provider-wire.md): `POST /images/generations` with
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -20,7 +21,8 @@ from imagegw.errors import (
     ProviderError,
     TransientProviderError,
 )
-from imagegw.infra.config import BaseUrl, ProviderSettings
+from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
+from imagegw.infra.fetcher import Fetcher
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -42,7 +44,7 @@ from imagegw.providers.options import (
     parse_size,
 )
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.upstream import error_for, send, unreachable
+from imagegw.providers.upstream import error_for, send, send_request, unreachable
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"
@@ -55,6 +57,8 @@ MAX_LORAS: Final = 6
 #: input images an edit takes: Qwen-Image-Edit-2509/2511 take 1 to 3; the service's own maximum
 #: is undocumented, so this bounds what one request can upload (docs/security.md)
 MAX_INPUT_IMAGES: Final = 3
+#: tasks whose status request is kept for their next poll (`ModelScope._poll_request`)
+POLLS_KEPT: Final = 4096
 
 # size ranges by model family, first match wins (seed 002's parameter table)
 SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
@@ -122,6 +126,13 @@ class ModelScope(Provider):
 
     own_fields = frozenset({"loras"})
 
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
+    ) -> None:
+        super().__init__(settings, client, fetcher)
+        #: (task id, key) -> the task's status request, re-sent by each poll
+        self._polls: OrderedDict[tuple[str, str], httpx.Request] = OrderedDict()
+
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
         lo, hi = size_range(model)
         side = 1328 if "qwen-image" in model.lower() else 1024  # Qwen-Image's native square
@@ -161,6 +172,29 @@ class ModelScope(Provider):
     def _headers(self, request: GenerationRequest) -> dict[str, str]:
         return {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
 
+    def _poll_request(self, request: GenerationRequest, task_id: str) -> httpx.Request:
+        """The GET of a task's status, built once per task (and key) and re-sent by every poll
+        of it: merging the client's URL, headers and cookies into a new request is most of a
+        poll's own CPU. Kept for the tasks still polled (`POLLS_KEPT`, the oldest dropped)."""
+        polls = self._polls
+        key = (task_id, request.api_key.get_secret_value())
+        built = polls.get(key)
+        if built is None:
+            built = self.client.build_request(
+                "GET",
+                f"{self.base_url}/tasks/{task_id}",
+                headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
+                timeout=self.timeout,
+            )
+            polls[key] = built
+            if len(polls) > POLLS_KEPT:
+                polls.popitem(last=False)
+        return built
+
+    def _polled(self, request: GenerationRequest, task_id: str) -> None:
+        """The task ended: its status request is not sent again."""
+        self._polls.pop((task_id, request.api_key.get_secret_value()), None)
+
     async def start(self, request: GenerationRequest) -> Started:
         body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
         body.update(request.options)
@@ -195,14 +229,11 @@ class ModelScope(Provider):
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         try:
-            response = await send(
+            response = await send_request(
                 self.client,
-                "GET",
-                f"{self.base_url}/tasks/{task_id}",
+                self._poll_request(request, task_id),
                 title=self.title,
                 deadline=self.settings.provider_timeout,
-                headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
-                timeout=self.timeout,
             )
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.TimeoutException):
@@ -231,6 +262,8 @@ class ModelScope(Provider):
                 code="provider_error",
             ) from None
         status = task.task_status.upper()
+        if status in (SUCCEED, FAILED):
+            self._polled(request, task_id)
         if status == SUCCEED:
             if not task.output_images:
                 return Failed("the task succeeded but returned no image")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
@@ -47,6 +49,9 @@ from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.upstream import (
     error_for,
     image_answer_limit,
+    lines,
+    opened,
+    read_answer,
     send,
     unreachable,
     work_timeout,
@@ -82,6 +87,26 @@ class OpenAISettings(ProviderSettings):
     #: the image models listed for the base URL, comma-separated (ids with "edit" are edit
     #: models); other ids still work, classed by their id (docs/providers.md "Model classes")
     openai_image_models: str = "gpt-image-1,dall-e-3,Qwen/Qwen-Image,Qwen/Qwen-Image-Edit"
+
+
+#: models that stream their images (OpenAI's dall-e models do not; self-hosted ones may)
+NO_STREAM: Final = re.compile(r"^dall-e", re.IGNORECASE)
+PREVIEW_TYPES: Final = frozenset({"image_generation.partial_image", "image_edit.partial_image"})
+DONE_TYPES: Final = frozenset({"image_generation.completed", "image_edit.completed"})
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A partial image the upstream streamed, as it sent it (passed through unchanged)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Made:
+    """An image the upstream finished: a data URI, or its URL (a non-streamed answer)."""
+
+    ref: str
 
 
 class _Datum(BaseModel):
@@ -269,6 +294,107 @@ class OpenAICompatible(Provider):
         if not found:
             raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
         return Finished(found)
+
+    def streams(self, model: str) -> bool:
+        """Whether `model` may be asked for a streamed answer with previews."""
+        return NO_STREAM.match(model) is None
+
+    async def stream_images(
+        self, request: GenerationRequest, partial_images: int
+    ) -> AsyncIterator[Preview | Made]:
+        """The upstream's answer to `stream: true` with `partial_images`: its previews passed
+        through and its images, as they come. An upstream that does not stream (seed 003's
+        server ignores `stream`) answers JSON: its images, and no preview. Raises GatewayError
+        (an `error` event mid-stream too)."""
+        headers = {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
+        asked = {"stream": True, "partial_images": partial_images}
+        if request.images:
+            data, files = await self._edit_form(request)
+            data.update({name: str(value).lower() for name, value in asked.items()})
+            call = opened(
+                self.client,
+                "POST",
+                f"{self.base_url}/images/edits",
+                deadline=self.settings.generation_timeout,
+                data=data,
+                files=files,
+                headers=headers,
+                timeout=work_timeout(self.settings),
+            )
+        else:
+            body = {"model": request.model, "prompt": request.prompt, **request.options, **asked}
+            call = opened(
+                self.client,
+                "POST",
+                f"{self.base_url}/images/generations",
+                deadline=self.settings.generation_timeout,
+                json=body,
+                headers=headers,
+                timeout=work_timeout(self.settings),
+            )
+        try:
+            limit = image_answer_limit(self.settings)
+            async with call as response:
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    whole = await read_answer(response, title=self.title, limit=limit)
+                    if whole.status_code != 200:
+                        raise error_for(self.title, whole, key=request.api_key)
+                    async for image in self._json_images(whole):
+                        yield image
+                    return
+                if response.status_code != 200:
+                    whole = await read_answer(response, title=self.title, limit=limit)
+                    raise error_for(self.title, whole, key=request.api_key)
+                # previews and images, base64 each: bounded by what they may hold
+                bound = limit * request.n * (1 + partial_images)
+                async for item in self._events(lines(response, title=self.title, limit=bound)):
+                    yield item
+        except httpx.TransportError as exc:
+            raise unreachable(self.title, exc, self.settings) from None
+
+    async def _json_images(self, response: httpx.Response) -> AsyncIterator[Made]:
+        try:
+            items = _Images.model_validate_json(response.content).data
+        except ValidationError:
+            items = []
+        refs = [_data_uri(item.b64_json) if item.b64_json else item.url for item in items]
+        found = [ref for ref in refs if ref]
+        if not found:
+            raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
+        for ref in found:
+            yield Made(ref)
+
+    async def _events(self, answer: AsyncIterator[str]) -> AsyncIterator[Preview | Made]:
+        made = 0
+        data: list[str] = []
+        async for line in answer:
+            if line:
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                continue
+            text, data = "\n".join(data), []
+            if not text or text == "[DONE]":
+                continue
+            try:
+                event = json.loads(text)
+            except ValueError:
+                raise ProviderError(
+                    f"The {self.title} streamed an unreadable event.", code="bad_upstream"
+                ) from None
+            if not isinstance(event, dict):
+                continue
+            kind = event.get("type")
+            if isinstance(event.get("error"), dict) or kind == "error":
+                error = event.get("error") if isinstance(event.get("error"), dict) else event
+                message = str(error.get("message") or "an error")  # type: ignore[union-attr]
+                raise ProviderError(f"The {self.title} failed: {message}", code="provider_error")
+            if kind in PREVIEW_TYPES and isinstance(event.get("b64_json"), str):
+                yield Preview(event)
+            elif kind in DONE_TYPES and isinstance(event.get("b64_json"), str):
+                made += 1
+                yield Made(_data_uri(event["b64_json"]))
+        if not made:
+            raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
 
 
 def _wxh(name: str, value: Any) -> str:

@@ -18,7 +18,8 @@ key never appears in it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
@@ -130,6 +131,19 @@ async def send(
     it (connect, send, the whole body) within `deadline` seconds: past it, `AnswerTimeout`.
     httpx's errors are raised as they are, for the caller to word."""
     request = client.build_request(method, url, **kwargs)
+    return await send_request(client, request, title=title, deadline=deadline, limit=limit)
+
+
+async def send_request(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    title: str,
+    deadline: float,
+    limit: int = MAX_ANSWER_BYTES,
+) -> httpx.Response:
+    """`send` of a request built before (`client.build_request`), so that a request sent again
+    and again (a task's poll) is built once; read as `send` reads."""
     try:
         with anyio.fail_after(deadline):
             answer = await client.send(request, stream=True)
@@ -139,6 +153,35 @@ async def send(
                 await answer.aclose()
     except TimeoutError:
         raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
+
+
+@asynccontextmanager
+async def opened(
+    client: httpx.AsyncClient, method: str, url: str, *, deadline: float, **kwargs: Any
+) -> AsyncIterator[httpx.Response]:
+    """A streamed call's answer, open with its body unread (read it with `read_answer`, or
+    line by line with `lines`): its head within `deadline` seconds, else `AnswerTimeout`."""
+    request = client.build_request(method, url, **kwargs)
+    try:
+        with anyio.fail_after(deadline):
+            answer = await client.send(request, stream=True)
+    except TimeoutError:
+        raise AnswerTimeout(f"no answer within {deadline:g} s", request=request) from None
+    try:
+        yield answer
+    finally:
+        await answer.aclose()
+
+
+async def lines(answer: httpx.Response, *, title: str, limit: int) -> AsyncIterator[str]:
+    """The lines of an open answer (an event stream), no further than `limit` bytes in all
+    (`too_large` past it)."""
+    seen = 0
+    async for line in answer.aiter_lines():
+        seen += len(line) + 1
+        if seen > limit:
+            raise too_large(title, limit)
+        yield line
 
 
 def work_timeout(settings: Settings) -> httpx.Timeout:

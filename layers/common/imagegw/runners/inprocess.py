@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from imagegw.access import lease
 from imagegw.core.advance import advance, start_leased
 from imagegw.core.estimates import Estimates, learn
-from imagegw.core.lifecycle import Book, PollPolicy, late, next_poll
+from imagegw.core.lifecycle import Book, PollPolicy, failure_notes, late, next_poll
 from imagegw.core.schedule import Estimate, Key, Timing, bucket, expected_total, poll_delay
 from imagegw.errors import GatewayError, TransientProviderError
 from imagegw.infra import apimetrics
@@ -300,7 +300,12 @@ class _Run:
             raise book.final_error()
         return Result(
             images=book.images(),
-            failures=tuple(error.message for error in book.errors()),
+            failures=failure_notes(
+                self.provider.title,
+                sum(part.n for part in self.parts),
+                len(book.images()),
+                [error.message for error in book.errors()],
+            ),
             task_ids=book.task_ids(),
             elapsed=self.elapsed(),
         )

@@ -16,13 +16,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
-from imagegw.errors import InvalidRequestError
+from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
+from imagegw.frontends.replays import replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
+from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.schemas import ChatRequest, Completion, read
 from imagegw.frontends.streaming import chat_stream, collect, markdown
+from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import (
     authorize,
     client_budget,
@@ -65,11 +68,16 @@ async def chat_completions(request: Request) -> Response:
         # started, is watched by StreamingResponse itself)
         relayed = passthrough.chat(gateway, provider, body, key, caller)
         return await unless_disconnected(request, relayed)
+    refuse_short_wait(request, as_job=as_job)  # before anything is stored or started
     idempotency_key = check_idempotency_key(header(request, "Idempotency-Key")) if as_job else None
+    webhook_url = chat.fields.get("webhook_url")  # a durable job's (routes/webhooks.py)
+    if not as_job:
+        not_a_job(webhook_url)
     parsed = parse_messages(chat.messages, edit=kind is ModelKind.EDIT)
     # `--ar 16:9 --seed 42` written in the message: out of the prompt, over the body's fields
     written = prompt_options.parse(parsed.prompt)
-    fields = prompt_options.merge(chat.fields, written.fields)
+    body_fields = {name: value for name, value in chat.fields.items() if name != "webhook_url"}
+    fields = prompt_options.merge(body_fields, written.fields)
     ask = Ask(chat.model, kind, written.prompt, fields, len(parsed.images))
     job = plan(provider, ask, key)
     ignored = ignored_notice(ignored_fields(provider, fields, chat.model, kind))
@@ -100,11 +108,15 @@ async def chat_completions(request: Request) -> Response:
             api="chat",
             idempotency_key=idempotency_key,
             base_url=base_url,
+            webhook_url=webhook_url,
         )
         if ignored:
             accepted.headers[IGNORED_HEADER] = ignored
         accepted.headers.update(told)
         return accepted
+    replays = replays_of(request)
+    if not chat.stream:  # the same request just failed after paid work: its answer
+        replays.replay(request)
     reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
     events = metered(
         pipeline.events(
@@ -121,7 +133,11 @@ async def chat_completions(request: Request) -> Response:
     )
     completion = Completion(chat.model)
     if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
-        result = await unless_disconnected(request, collect(events))
+        try:
+            result = await unless_disconnected(request, collect(events))
+        except GatewayError as failed:
+            replays.remember(request, failed)
+            raise
         headers = {IGNORED_HEADER: ignored, **told} if ignored else told
         return JSONResponse(completion.message(markdown(result)), headers=headers)
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import SecretStr
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from imagegw.access.gate import Caller
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.images_api import ImagesCall
+from imagegw.frontends.routes.webhooks import checked_webhook_url
 from imagegw.frontends.web import (
     api_key,
     authorize,
@@ -34,6 +36,7 @@ from imagegw.frontends.web import (
     public_base_url,
 )
 from imagegw.infra.media import ImageBytes
+from imagegw.infra.urlcheck import check_inputs
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.runners.quota import settle
 from imagegw.runners.stepfunctions.schema import Front, JobQuota, ResponseFormat
@@ -89,6 +92,7 @@ async def accept_async(
         api="images",
         idempotency_key=idempotency_key,
         base_url=base_url,
+        webhook_url=call.webhook_url,
     )
 
 
@@ -102,6 +106,7 @@ async def start_job(
     response_format: ResponseFormat = "url",
     idempotency_key: str | None = None,
     base_url: str | None = None,
+    webhook_url: Any = None,
 ) -> Response:
     """Start the planned `job` (`imagegw.core.plan`) for front end `api`, or find the one a
     retried submission started: the `202` with the job object and its `Location`. The one
@@ -110,11 +115,17 @@ async def start_job(
     `caller`: the route's `web.authorize` answer (its lease is current). A job of a gateway
     key carries a reference to the server-held token, never the token, and counts on the
     key's quota from its submission (given back if it does not start; a replayed submission,
-    same Idempotency-Key, counts nothing); the job settles it when it ends."""
+    same Idempotency-Key, counts nothing); the job settles it when it ends.
+
+    `webhook_url`: where the job's end is POSTed, signed (`routes/webhooks.py`); checked here,
+    before anything is reserved, stored or started."""
     gateway = gateway_of(request)
     if base_url is None:
         base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
+    webhook = await checked_webhook_url(gateway.settings, webhook_url)
     caller.check_model(job.model)
+    # a private or loopback image URL is refused now, as the synchronous path refuses it
+    await check_inputs(inputs, gateway.settings, param="messages" if api == "chat" else "image")
     leased = lease.current() if caller.keyed else None
 
     async def reserve() -> Hold | None:
@@ -133,6 +144,7 @@ async def start_job(
         owner=owner_of(caller.bearer.get_secret_value()),
         key_ref=leased.ref if leased is not None else None,
         reserve=reserve,
+        webhook=webhook,
     )
     named = request.path_params.get("provider")
     prefix = f"/{named}" if named else ""

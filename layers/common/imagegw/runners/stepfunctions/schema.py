@@ -127,6 +127,8 @@ class JobSpec(_Model):
     api: Front = "images"
     #: a gateway key's reservation on its quota (None: a client's own token, no quota)
     quota: JobQuota | None = None
+    #: where the job's end is POSTed, signed (README "Webhooks"); checked before it started
+    webhook: str | None = None
 
 
 class JobInput(_Model):

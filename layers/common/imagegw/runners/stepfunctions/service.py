@@ -35,6 +35,7 @@ from imagegw.errors import (
     GatewayError,
     InvalidRequestError,
     NotFoundError,
+    ServiceUnavailableError,
 )
 from imagegw.infra.config import Settings
 from imagegw.infra.executions import Execution, JobRunner, StepFunctionsRunner
@@ -43,6 +44,7 @@ from imagegw.infra.media import ImageBytes
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers.base import GenerationRequest
+from imagegw.runners.stepfunctions.delivery import notified
 from imagegw.runners.stepfunctions.schema import (
     JOB_ID,
     STATE_LIMIT,
@@ -119,10 +121,33 @@ def fingerprint(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+#: what Submit adds to the job's state at most (the tasks' progress and errors; images kept
+#: inline are budgeted apart, `steps.BUDGET_INLINE`): an input over STATE_LIMIT less this would
+#: fail at Submit with States.DataLimitExceeded, which no Catch takes (the quota never given
+#: back), so it is refused at submission
+SUBMIT_HEADROOM: Final = 32 * 1024
+INPUT_LIMIT: Final = STATE_LIMIT - SUBMIT_HEADROOM
+
+
+#: the most polls of one job: the loop writes about 9 history events a poll (Check, a Wait,
+#: the Poll task), and an execution's history holds 25,000 events; the rest is headroom for
+#: Submit, Store and retried tasks (`tests/unit/test_template.py` counts them)
+MAX_POLLS: Final = 2400
+
+
+def poll_wait(settings: Settings) -> int:
+    """Seconds between a job's polls: JOB_POLL_INTERVAL, or longer when JOB_TIMEOUT would
+    take more than MAX_POLLS of them (0 stays 0: the local run's and tests' pace; the template
+    takes 1 s at least)."""
+    if settings.job_poll_interval == 0:
+        return 0
+    return max(settings.job_poll_interval, math.ceil(settings.job_timeout / MAX_POLLS))
+
+
 def max_polls(settings: Settings) -> int:
-    """How many poll intervals JOB_TIMEOUT allows at JOB_POLL_INTERVAL (at least one): the
-    job's deadline (waits after failed polls count the intervals they last)."""
-    return max(1, math.ceil(settings.job_timeout / max(1, settings.job_poll_interval)))
+    """How many poll intervals JOB_TIMEOUT allows at `poll_wait` (at least one, at most
+    MAX_POLLS): the job's deadline (waits after failed polls count the intervals they last)."""
+    return min(MAX_POLLS, max(1, math.ceil(settings.job_timeout / max(1, poll_wait(settings)))))
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,8 @@ class JobView:
     api: Front = "images"
     #: while it runs, the provider's progress as its last poll saw it (`progress_of`)
     progress: dict[str, Any] | None = None
+    #: a job with a `webhook_url`: its delivery, `{status, attempts, last_status_code}`
+    webhook: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -217,10 +244,13 @@ class Jobs:
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             logger.warning("job runner call failed", extra={"call": what, "error": repr(exc)})
-            raise GatewayError(
-                f"The job service failed ({what}: {code or type(exc).__name__}).",
+            # nothing started: a failed StartExecution started no execution, and one retried
+            # with the same name and input is the same execution (Step Functions' idempotency)
+            raise ServiceUnavailableError(
+                f"The job service failed ({what}: {code or type(exc).__name__}); nothing was "
+                "started, so trying again is safe.",
                 code="jobs_unavailable",
-                retryable=False,
+                retryable=True,
             ) from None
 
     async def submit(
@@ -234,6 +264,7 @@ class Jobs:
         owner: str | None = None,
         key_ref: str | None = None,
         reserve: Callable[[], Awaitable[Hold | None]] | None = None,
+        webhook: str | None = None,
     ) -> JobView:
         """Start a job for `request` (its images given as `inputs`), answering front end `api`,
         or find the one this caller started with the same Idempotency-Key.
@@ -259,7 +290,7 @@ class Jobs:
         hold = await reserve() if reserve is not None else None
         try:
             started = await self._start(
-                job_id, owner, asked, request, inputs, response_format, api, key_ref, hold
+                job_id, owner, asked, request, inputs, response_format, api, key_ref, hold, webhook
             )
         except BaseException:
             if hold is not None:
@@ -287,6 +318,7 @@ class Jobs:
         api: Front,
         key_ref: str | None,
         hold: Hold | None,
+        webhook: str | None = None,
     ) -> JobView | None:
         """Stage the inputs and start the execution; None when one of that name exists."""
         spec = JobSpec(
@@ -304,6 +336,7 @@ class Jobs:
             response_format=response_format,
             api=api,
             quota=hold.quota if hold is not None else None,
+            webhook=webhook,
         )
         if key_ref is not None:
             sealed = key_ref
@@ -312,12 +345,14 @@ class Jobs:
         payload = JobInput(
             job=spec,
             key=sealed,
-            wait_seconds=self.settings.job_poll_interval,
+            wait_seconds=poll_wait(self.settings),
             max_polls=max_polls(self.settings),
         ).model_dump_json()
-        if len(payload.encode()) > STATE_LIMIT:
+        if len(payload.encode()) > INPUT_LIMIT:
             raise InvalidRequestError(
-                "The job is too large to run asynchronously (Step Functions takes 256 KiB).",
+                f"The job is too large to run asynchronously: Step Functions takes 256 KiB "
+                f"of state, and the job's steps add their progress to it (at most "
+                f"{INPUT_LIMIT // 1024} KiB here).",
                 code="job_too_large",
             )
         if not await self._call("start", self.runner.start, job_id, payload):
@@ -377,6 +412,12 @@ class Jobs:
         return await self._view(existing, data)
 
     async def _view(self, execution: Execution, data: JobInput) -> JobView:
+        view = await self._outcome(execution, data)
+        if data.job.webhook is None:
+            return view
+        return await notified(view, execution, self.runner, self._call)
+
+    async def _outcome(self, execution: Execution, data: JobInput) -> JobView:
         spec = data.job
         view = JobView(
             id=spec.id,

@@ -48,6 +48,7 @@ from imagegw.core.lifecycle import (
     Outcome,
     PollPolicy,
     Task,
+    failure_notes,
     final_error,
     intervals_used,
     job_waits,
@@ -455,7 +456,12 @@ async def store(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     kept = await asyncio.gather(*(_copy(ref, kit) for ref in refs))
     output = JobOutput(
         images=tuple(kept),
-        failures=tuple(task.error.message for task in progress.tasks if task.error),
+        failures=failure_notes(
+            kit.provider(spec.provider).title,
+            spec.n,
+            len(kept),
+            [task.error.message for task in progress.tasks if task.error],
+        ),
         task_ids=tuple(task.task_id for task in progress.tasks if task.task_id),
     )
     await settle(_reservation(spec, kit), len(kept))

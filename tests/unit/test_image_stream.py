@@ -1,0 +1,51 @@
+"""The streamed Images API's events (`imagegw.frontends.image_stream`) as the SDK types them."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from openai.types import ImageEditCompletedEvent, ImageGenCompletedEvent
+
+from fakes.png import JPEG_1x1, make_png
+from imagegw.frontends.image_stream import comment, completed, event
+from imagegw.infra.media import dimensions
+
+MAX = 10_000_000
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def test_dimensions_are_read_from_png_and_jpeg_headers() -> None:
+    assert dimensions(make_png(96, 64, (1, 2, 3))) == (96, 64)
+    assert dimensions(JPEG_1x1) == (1, 1)
+    assert dimensions(b"not an image") is None
+
+
+def test_completed_event_is_what_the_sdk_validates() -> None:
+    png = make_png(96, 64, (1, 2, 3))
+    fields = {"quality": "HIGH", "background": "glitter"}
+    payload = completed("image_generation", data_uri(png, "image/png"), fields, 1700000000, MAX)
+    parsed = ImageGenCompletedEvent.model_validate(payload)  # strict: the SDK's own model
+    assert base64.b64decode(parsed.b64_json) == png
+    assert (parsed.size, parsed.quality, parsed.background) == ("96x64", "high", "auto")
+    assert parsed.output_format == "png"
+
+
+def test_an_edit_of_a_jpeg_says_so() -> None:
+    payload = completed("image_edit", data_uri(JPEG_1x1, "image/jpeg"), {}, 1700000000, MAX)
+    parsed = ImageEditCompletedEvent.model_validate(payload)
+    assert (parsed.type, parsed.output_format, parsed.size) == (
+        "image_edit.completed",
+        "jpeg",
+        "1x1",
+    )
+
+
+def test_events_and_comments_are_one_sse_block_each() -> None:
+    text = event("error", {"type": "error", "error": {"message": "a\nb"}})
+    assert text.startswith("event: error\ndata: ") and text.endswith("\n\n")
+    assert json.loads(text.split("data: ", 1)[1])["error"]["message"] == "a\nb"
+    assert comment("generating\n· 12 s\n") == ": generating · 12 s\n\n"

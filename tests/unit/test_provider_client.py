@@ -1,0 +1,92 @@
+"""The provider client (`imagegw.infra.clients.provider_client`) and the polls sent through it:
+nothing one answer sets rides along with another request, and each poll carries its own key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fakes.modelscope import FakeModelScope
+from fakes.server import ServerThread
+from imagegw.infra.clients import provider_client
+from imagegw.infra.config import Settings
+from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Running
+from imagegw.providers.modelscope import ModelScope
+
+pytestmark = pytest.mark.anyio
+
+
+def _cookie_server() -> Starlette:
+    """A server whose answers set a cookie (as load balancers and WAFs in front of APIs do),
+    and that echoes the Cookie header it was sent."""
+
+    async def answer(request: Request) -> Response:
+        response = JSONResponse({"cookie": request.headers.get("cookie")})
+        response.set_cookie("session", "tenant-a-session", path="/")
+        return response
+
+    return Starlette(routes=[Route("/{path:path}", answer)])
+
+
+@pytest.fixture
+def cookie_server() -> Iterator[str]:
+    with ServerThread(_cookie_server()) as server:
+        yield server.url
+
+
+async def test_a_cookie_a_provider_answer_sets_is_never_sent_with_a_later_request(
+    cookie_server: str,
+) -> None:
+    async with provider_client(Settings()) as client:
+        first = await client.get(f"{cookie_server}/v1/images/generations")
+        assert "session" in first.headers["set-cookie"]  # the server did set one
+        later = await client.get(f"{cookie_server}/v1/tasks/1")
+
+    assert later.json() == {"cookie": None}
+    assert not client.cookies
+
+
+def _job(token: str) -> GenerationRequest:
+    return GenerationRequest(
+        provider="modelscope",
+        model="Qwen/Qwen-Image",
+        kind=ModelKind.GENERATE,
+        prompt="A golden cat",
+        api_key=SecretStr(token),
+    )
+
+
+async def test_polls_of_tasks_started_with_different_keys_each_carry_their_own(
+    make_settings: Callable[..., Settings], fake_ms: FakeModelScope
+) -> None:
+    # Given two tasks, each started with its own key, polled in turn on one shared client
+    fake_ms.task_duration = 0.3
+    fake_ms.tokens |= {"ms-alice-token", "ms-bob-token"}
+    async with provider_client(make_settings()) as client:
+        provider = ModelScope(make_settings(), client)
+        alice, bob = _job("ms-alice-token"), _job("ms-bob-token")
+        a, b = await provider.start(alice), await provider.start(bob)
+        assert a.task_id is not None and b.task_id is not None
+
+        # When each is polled several times, interleaved, until both ended
+        seen: dict[str, list[object]] = {a.task_id: [], b.task_id: []}
+        for _ in range(200):
+            for job, task in ((alice, a.task_id), (bob, b.task_id)):
+                if not seen[task] or isinstance(seen[task][-1], Running):
+                    seen[task].append(await provider.check(job, task))
+            if all(isinstance(s[-1], Finished) for s in seen.values()):
+                break
+
+    # Then every poll carried the key of its own task, and both tasks gave their images
+    assert all(isinstance(s[-1], Finished) for s in seen.values())
+    owner = {a.task_id: "ms-alice-token", b.task_id: "ms-bob-token"}
+    polled = [task for task, _, _ in fake_ms.polls]
+    polls = list(zip(polled, fake_ms.poll_tokens, strict=True))
+    assert len(polls) == sum(len(s) for s in seen.values()) > 2
+    assert all(token == owner[task] for task, token in polls), polls
