@@ -312,7 +312,8 @@ async def test_an_edit_through_the_images_api(app_with: Callable[..., httpx.Asyn
 
 
 def test_a_gateway_that_draws_no_demo_picture_never_imports_pillow() -> None:
-    """Pillow is imported on the demo's first picture, not at start-up (README "Cold start")."""
+    """Pillow is imported on the demo's first picture, not at start-up (docs/architecture.md
+    "Cold start and memory")."""
     import subprocess
     import sys
 

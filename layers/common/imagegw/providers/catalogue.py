@@ -1,10 +1,10 @@
 """How a model id outside a provider's image catalogue is treated, and a provider's own "model
 not found" told with the ids the client probably meant.
 
-The rule (README "Model classes"): an id in the catalogue is what the catalogue says; any other
-id whose words name an image model (`base.classify`: image, flux, kolors, ...) is sent as an
-image model, and on the Images API any other id as an image model of the endpoint's kind; on
-chat completions the rest is passed on to the provider's chat API as a chat model. Answers to
+The rule (docs/providers.md "Model classes"): an id in the catalogue is what the catalogue says;
+any other id whose words name an image model (`base.classify`: image, flux, kolors, ...) is sent
+as an image model, and on the Images API any other id as an image model of the endpoint's kind;
+on chat completions the rest is passed on to the provider's chat API as a chat model. Answers to
 ids outside the catalogue carry the `x-model-treatment` header saying which it was
 (`treatment`), and when the provider answers that no such model exists (a 404, or a 400 whose
 message says so: ModelScope's "Invalid model id", SiliconFlow's code 20012), the client gets a

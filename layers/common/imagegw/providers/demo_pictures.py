@@ -1,8 +1,8 @@
 """The demo provider's pictures, drawn with Pillow (`imagegw.providers.demo`).
 
 Imported on the demo's first picture, not with the provider registry: a gateway that never
-serves the demo never imports Pillow (README "Cold start"). Every function takes and gives
-bytes; the same arguments give the same pixels.
+serves the demo never imports Pillow (docs/architecture.md "Cold start and memory"). Every
+function takes and gives bytes; the same arguments give the same pixels.
 """
 
 from __future__ import annotations

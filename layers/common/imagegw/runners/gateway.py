@@ -106,8 +106,8 @@ class Gateway:
         return self._client
 
     async def _first_provider_call(self, request: httpx.Request) -> None:
-        # the S3 client is built in the background while the provider works (README "Cold
-        # start"); after the first call this returns at once
+        # the S3 client is built in the background while the provider works
+        # (docs/architecture.md "Cold start and memory"); after the first call this returns at once
         self.store.warm()
 
     def provider(self, name: str | None) -> Provider:
