@@ -173,6 +173,33 @@ def _access(asides: dict[str, float], *tokens: str) -> Access:
     )
 
 
+class _WritableAsides(_Asides):
+    """The table's set-aside tokens, written to as a lease sets one aside."""
+
+    def set_aside(self, provider: str, token: str, until: float) -> None:
+        self.found[token] = until
+
+
+def test_a_token_refused_for_good_leaves_the_keys_share_and_the_next_one_serves() -> None:
+    # Given a two-token pool and a gateway key whose half of it is the token the provider refuses
+    refused, good = "ms-refused", "ms-good"
+    access = Access(
+        Settings(),
+        table=cast("AccessTable", _WritableAsides({})),
+        secret=cast("SecretSource", _Secret(refused, good)),
+        clock=lambda: NOON,
+    )
+    lease = anyio.run(access.lease, "modelscope", "00000000" + "0" * 56)
+    assert lease.token.get_secret_value() == refused
+
+    # When the provider refuses that token (a 401: refused until the owner changes it)
+    bad_key = AuthenticationError("Invalid API key", code="invalid_api_key")
+    token = anyio.run(lease.fail_over, [bad_key], "Qwen/Qwen-Image")
+
+    # Then the key's share is the pool without it, and the same request goes on with the other
+    assert token is not None and token.get_secret_value() == good
+
+
 def test_a_jobs_lease_starts_on_the_token_it_names_or_the_next_one_not_set_aside() -> None:
     a, b, c = "ms-a", "ms-b", "ms-c"
     ref = f"pool:modelscope:{token_id(b)}"

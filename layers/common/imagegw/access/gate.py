@@ -196,12 +196,15 @@ class PoolLease:
         pool: Sequence[str],
         start: int,
         positions: Sequence[int] | None = None,
+        key: str | None = None,
     ) -> None:
         self.access = access
         self.provider = provider
         self.pool = list(pool)
         self.index = start
         self.positions = list(positions) if positions is not None else list(range(len(pool)))
+        #: the gateway key's hash whose share this is (None: the whole pool)
+        self.key = key
         self.tried: set[int] = set()
 
     @property
@@ -220,6 +223,10 @@ class PoolLease:
         429 when there is none."""
         asides = await self.access.asides(self.provider)
         now = self.access.clock()
+        if self.key is not None:  # a token refused for good since leaves the share: a new one
+            ids = [self._id(i) for i in range(len(self.pool))]
+            share = self.access.settings.key_pool_share
+            self.positions = window(len(self.pool), self.key, share, asides, ids, now)
         at = self.positions.index(self.index) if self.index in self.positions else -1
         for step in range(1, len(self.positions) + 1):
             index = self.positions[(at + step) % len(self.positions)]
@@ -444,7 +451,7 @@ class Access:
         for step in range(len(share)):
             index = share[(turn + step) % len(share)]
             if asides.get(ids[index], 0) <= now:
-                return PoolLease(self, provider, pool, index, share)
+                return PoolLease(self, provider, pool, index, share, key)
         raise self.exhausted(provider, [pool[i] for i in share], asides)
 
     async def lease_at(self, ref: str) -> PoolLease | None:
