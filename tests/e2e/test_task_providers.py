@@ -370,6 +370,9 @@ def test_a_gateway_key_pool_fails_over_per_provider(
         BFL_HOSTS=hosts.netloc(hosts.poll),
         ALLOW_PRIVATE_URLS="true",
         ACCESS_MODE="keys",
+        # the whole pool is the key's to spend (its share of it is tested in test_access.py),
+        # so the order of the tokens, not the key's hash, says which is tried first
+        KEY_POOL_SHARE="1",
         JOB_POLL_INTERVAL="0",
         POLL_INTERVAL="0.05",
         POLL_INTERVAL_MAX="0.2",
