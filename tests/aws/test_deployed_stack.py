@@ -36,7 +36,7 @@ pytestmark = pytest.mark.aws
 
 TOKEN = "ms-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-FAIL_REASON = "The prompt was flagged by the content filter"
+FAIL_REASON = "The inference node ran out of memory"
 JOB_TIMEOUT = 60.0
 
 
