@@ -84,7 +84,7 @@ def test_a_batch_with_one_failing_prompt_completes_with_output_and_error_files(
     client = sdk(local_server)
     prompts = [f"a lighthouse, take {i}" for i in range(5)] + ["a forbidden scene"]
     batch = start(client, [line(f"req-{i}", prompt) for i, prompt in enumerate(prompts)])
-    assert batch.status == "in_progress"
+    assert batch.status == "validating"  # the run checks the lines first
     done = wait_until(client, batch.id, {"completed", "failed", "expired", "cancelled"})
     assert done.status == "completed"
     assert done.request_counts is not None
@@ -113,10 +113,12 @@ def test_a_malformed_file_fails_with_its_line_number(
     local_server: str, fake_ms: FakeModelScope
 ) -> None:
     client = sdk(local_server)
-    batch = start(client, [line("a", "a cat"), '{"custom_id": "b", "method": "POST"'])
-    assert batch.status == "failed"
+    created = start(client, [line("a", "a cat"), '{"custom_id": "b", "method": "POST"'])
+    assert created.status == "validating"
+    batch = wait_until(client, created.id, {"failed", "in_progress", "completed"})
+    assert batch.status == "failed" and batch.failed_at is not None
     assert [(e.line, e.code) for e in batch.errors.data or []] == [(2, "invalid_json_line")]  # type: ignore[union-attr]
-    assert client.batches.retrieve(batch.id).status == "failed"
+    assert batch.request_counts is not None and batch.request_counts.total == 0
     assert fake_ms.submissions == []
 
 

@@ -1,5 +1,6 @@
 """Step Functions task `Notify*` of the image-job state machine: POST a job's signed event to its
-`webhook_url` (README "Webhooks"), once per attempt.
+`webhook_url` (README "Webhooks"), once per attempt. The batch state machine's `Notify*` states
+call it too, with `batch_id` in place of `job_id` and a `batch.*` event (docs/batches.md).
 
 An attempt answered 2xx ends the delivery; any other answer, a timeout or no connection raises
 `WebhookDeliveryError`, which the state machine retries (exponential backoff, the first retry
@@ -27,7 +28,10 @@ from imagegw.runners.gateway import Gateway
 
 #: seconds one attempt waits for the receiver's answer
 DELIVERY_TIMEOUT: Final = 10.0
-EVENT_TYPES: Final = frozenset({"job.succeeded", "job.failed"})
+JOB_EVENTS: Final = frozenset({"job.succeeded", "job.failed"})
+BATCH_EVENTS: Final = frozenset(
+    {"batch.completed", "batch.failed", "batch.expired", "batch.cancelled"}
+)
 #: the clock of the signatures' timestamps; tests may set it
 clock: Callable[[], float] = time.time
 
@@ -48,8 +52,13 @@ def _created_at(entered: Any) -> int:
 
 async def notify(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     """One delivery attempt of the event `event` describes."""
-    job_id, url, kind = str(event["job_id"]), str(event["webhook"]), str(event["type"])
-    if kind not in EVENT_TYPES:
+    batch = "batch_id" in event
+    job_id, url, kind = (
+        str(event["batch_id" if batch else "job_id"]),
+        str(event["webhook"]),
+        str(event["type"]),
+    )
+    if kind not in (BATCH_EVENTS if batch else JOB_EVENTS):
         raise ValueError(f"unknown event type {kind!r}")
     attempt = int(event.get("attempt") or 0) + 1
     body = event_body(job_id, cast("EventType", kind), _created_at(event.get("entered")))
