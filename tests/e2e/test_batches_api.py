@@ -82,7 +82,11 @@ def served(
     _gateway_server: tuple[ServerThread, SwappableApp], make_settings: Callable[..., Settings]
 ) -> Served:
     server, swappable = _gateway_server
-    settings = make_settings(job_key_id="alias/test")
+    settings = make_settings(
+        job_key_id="alias/test",
+        webhook_secret="arn:aws:secretsmanager:us-east-1:1:secret:w",  # (never read here)
+        allow_private_urls=False,
+    )
     app = create_app(settings)
     runner, kms = MemoryRunner(), SealingKms()
     store = BatchStore(ImageStore(settings))
@@ -350,3 +354,35 @@ def test_without_a_batch_state_machine_batches_are_a_404(gateway_url: str) -> No
     with pytest.raises(openai.NotFoundError) as caught:
         client.batches.create(input_file_id="file-x", endpoint=GENERATIONS, completion_window="24h")
     assert caught.value.code == "batches_disabled"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/hook",  # not https
+        "https://127.0.0.1/hook",  # not a public address
+        "https://user:pw@example.com/hook",  # credentials
+        "not a url",
+    ],
+)
+def test_a_bad_webhook_url_is_refused_before_the_batch_starts(served: Served, url: str) -> None:
+    client = served.sdk()
+    file_id = upload(client, prompts(1))
+    runs = served.store.store.s3.list_objects_v2
+    bucket = served.store.store.bucket
+
+    def stored() -> int:
+        return int(runs(Bucket=bucket, Prefix="batches/runs/").get("KeyCount", 0))
+
+    before = stored()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(
+            input_file_id=file_id,
+            endpoint=GENERATIONS,
+            completion_window="24h",
+            extra_body={"webhook_url": url},
+        )
+    assert caught.value.param == "webhook_url"
+    # nothing started, no batch stored
+    assert served.runner.started == []
+    assert stored() == before

@@ -13,7 +13,6 @@ from fakes.aws import ENDPOINT_VARIABLES, REGION, MockedAws, mocked_aws
 from fakes.faulty_jobs import FaultyModelScope
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
-from fakes.webhook_receiver import WebhookReceiver
 from functional.machine import World, make_world
 
 
@@ -52,14 +51,6 @@ def faulty_ms(
     fake.base_url = fake_ms.base_url  # type: ignore[attr-defined]
     _fake_ms_server[1].app = fake
     return fake
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
-    """A webhook receiver on loopback and its URL."""
-    app = WebhookReceiver()
-    with ServerThread(app) as server:
-        yield app, f"{server.url}/hook"
 
 
 @pytest.fixture
