@@ -285,6 +285,31 @@ def test_cancel_marks_the_batch_cancelling_until_its_run_ends(served: Served) ->
     assert client.batches.retrieve(batch.id).status == "cancelling"
 
 
+def test_a_batch_cancelled_while_validating_stays_cancelling(served: Served) -> None:
+    client = served.sdk(f"ms-{uuid.uuid4().hex}")
+    batch = client.batches.create(
+        input_file_id=upload(client, prompts(2)), endpoint=GENERATIONS, completion_window="24h"
+    )
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    # its run validates it as usual (its items, all skipped, end it cancelled)
+    assert served.validate(batch.id)["status"] == "in_progress"
+    assert client.batches.retrieve(batch.id).status == "cancelling"
+
+
+def test_a_batch_that_could_not_start_is_not_kept(served: Served) -> None:
+    client = served.sdk(f"ms-{uuid.uuid4().hex}")
+    file_id = upload(client, prompts(1))
+
+    def refuse(name: str, payload: str) -> bool:
+        raise ConnectionError("Step Functions unreachable")
+
+    served.runner.start = refuse  # type: ignore[method-assign]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.batches.create(input_file_id=file_id, endpoint=GENERATIONS, completion_window="24h")
+    assert caught.value.status_code >= 500
+    assert client.batches.list().data == []
+
+
 def test_a_failed_batch_cannot_be_cancelled(served: Served) -> None:
     client = served.sdk()
     failed = client.batches.create(

@@ -172,6 +172,8 @@ class Batches:
             await anyio.to_thread.run_sync(self.runner.start, batch_id, json.dumps(payload))
         except Exception as exc:
             logger.warning("batch start failed", extra={"error": type(exc).__name__})
+            # no batch left validating for ever: the caller tries again
+            await self.store.delete(self.store.run_key(owner, batch_id, "batch.json"))
             raise GatewayError(
                 f"The batch could not be started ({type(exc).__name__}); try again.",
                 code="batches_unavailable",
