@@ -52,17 +52,13 @@ def _created_at(entered: Any) -> int:
 
 async def notify(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     """One delivery attempt of the event `event` describes."""
-    batch = "batch_id" in event
-    job_id, url, kind = (
-        str(event["batch_id" if batch else "job_id"]),
-        str(event["webhook"]),
-        str(event["type"]),
-    )
-    if kind not in (BATCH_EVENTS if batch else JOB_EVENTS):
+    name = "batch_id" if "batch_id" in event else "job_id"  # whose event: a batch's or a job's
+    subject, url, kind = str(event[name]), str(event["webhook"]), str(event["type"])
+    if kind not in (BATCH_EVENTS if name == "batch_id" else JOB_EVENTS):
         raise ValueError(f"unknown event type {kind!r}")
     attempt = int(event.get("attempt") or 0) + 1
-    body = event_body(job_id, cast("EventType", kind), _created_at(event.get("entered")))
-    webhook_id = event_id(job_id, cast("EventType", kind))
+    body = event_body(subject, cast("EventType", kind), _created_at(event.get("entered")))
+    webhook_id = event_id(subject, cast("EventType", kind))
     code: int | None = None
     fetcher = Fetcher(kit.settings, timeout=DELIVERY_TIMEOUT)
     try:
@@ -78,7 +74,7 @@ async def notify(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         await fetcher.aclose()
     outcome = {"attempts": attempt, "last_status_code": code}
     if code is not None and 200 <= code < 300:
-        logger.info("webhook delivered", extra={"job_id": job_id, **outcome})
+        logger.info("webhook delivered", extra={name: subject, **outcome})
         return {"status": "delivered", **outcome}
-    logger.info("webhook attempt failed", extra={"job_id": job_id, **outcome})
+    logger.info("webhook attempt failed", extra={name: subject, **outcome})
     raise WebhookDeliveryError(json.dumps(outcome))
