@@ -198,9 +198,13 @@ class Batches:
         """The caller's batch object; another caller's (or an unknown id) is a 404."""
         return await self._view(owner, await self._record(owner, batch_id))
 
-    async def _view(self, owner: str, record: dict[str, Any]) -> dict[str, Any]:
+    async def _view(
+        self, owner: str, record: dict[str, Any], *, delivery: bool = True
+    ) -> dict[str, Any]:
+        """The batch object; with `delivery`, a batch with a webhook_url shows its delivery (two
+        Step Functions reads once it has ended: not for every batch of a listing)."""
         batch = await self._status(owner, record)
-        if record.get("webhook"):
+        if delivery and record.get("webhook"):
             batch["webhook"] = await self._delivery(record["id"], batch["status"] in ENDED)
         return batch
 
@@ -290,7 +294,7 @@ class Batches:
         if after:
             ids = [record["id"] for record in records]
             records = records[ids.index(after) + 1 :] if after in ids else []
-        page = [await self._view(owner, record) for record in records[:limit]]
+        page = [await self._view(owner, r, delivery=False) for r in records[:limit]]
         return {
             "object": "list",
             "data": page,
