@@ -161,7 +161,7 @@ def architecture_mismatch(built: str, saved: str) -> str | None:
         return None
     return (
         f"The stack's Architecture is {saved} (samconfig.toml) but the build was for "
-        f"{built or 'none'}: building for {saved} and deploying again, so the functions get "
+        f"{built or 'none'}: building for {saved} before the deploy, so the functions get "
         f"wheels they can import."
     )
 
