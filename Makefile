@@ -188,11 +188,13 @@ bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
 # with python3.13 (put on PATH above) for the saved Architecture. The guided questions run as
 # `sam deploy --guided --no-execute-changeset`: they save the answers (SAM saves them before it
 # packages) and show a change set that is never executed (a first one leaves the stack in
-# REVIEW_IN_PROGRESS, which the next `sam deploy` creates as a new stack). When the answers
-# changed the Architecture it builds again; then the one deploy that changes anything,
-# `sam deploy` with the saved answers, always ships a build for the stack's Architecture. Last it
-# prints the addresses to use.
-STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
+# REVIEW_IN_PROGRESS, which the next `sam deploy` creates as a new stack). It stops there when
+# the saved parameters cannot work together (`stacktool parameters`: a GenerationTimeout not
+# below FunctionTimeout, which the template cannot compare). When the answers changed the
+# Architecture it builds again; then the one deploy that changes anything, `sam deploy` with
+# the saved answers, always ships a build for the stack's Architecture. Last it prints the
+# addresses to use.
+STACKTOOL := PYTHONPATH=layers/common:tools $(BIN)/python -m stacktool
 GUIDED ?= 1
 PREVIEW_NOTE := The guided questions first: their change set is only shown. The deploy follows, \
   built for the Architecture you choose.
@@ -202,6 +204,7 @@ deploy: $(BIN)/.ready $(SAM_VENV)/.ready
 	@$(MAKE) --no-print-directory build
 	@$(if $(filter 1,$(GUIDED)),echo "$(PREVIEW_NOTE)")
 	$(if $(filter 1,$(GUIDED)),$(SAM) deploy --guided --no-execute-changeset)
+	@$(STACKTOOL) parameters
 	@$(STACKTOOL) architecture --built "$$(cat $(BUILT_ARCH))" || $(MAKE) --no-print-directory build
 	$(SAM) deploy
 	@$(STACKTOOL) outputs

@@ -55,7 +55,7 @@ with open("sam-calls.jsonl", "a") as calls:
 # stacktool with AWS stood in for: the credentials check passes, the outputs are one line; the
 # Architecture commands are the real ones (reading the scratch folder's samconfig.toml)
 FAKE_STACKTOOL = """import sys
-sys.path.insert(0, "tools")
+sys.path[:0] = ["tools", {layers!r}]
 if sys.argv[1] in ("credentials", "outputs"):
     print("stood in:", sys.argv[1])
     sys.exit(0)
@@ -64,16 +64,23 @@ sys.exit(main())
 """
 
 
-def overrides(arch: str | None) -> str:
-    return "" if arch is None else f'parameter_overrides = "Architecture=\\"{arch}\\" A=\\"b\\""\n'
+def overrides(arch: str | None, more: str = "") -> str:
+    if arch is None:
+        return ""
+    return f'parameter_overrides = "Architecture=\\"{arch}\\" A=\\"b\\"{more}"\n'
 
 
-def make_deploy(tmp_path: Path, saved: str | None, answered: str | None, guided: bool) -> Any:
+def make_deploy(
+    tmp_path: Path, saved: str | None, answered: str | None, guided: bool, more: str = ""
+) -> Any:
     """Run `make deploy` in a scratch copy of the project whose samconfig.toml saves `saved`
-    (None: nothing saved) and whose guided answers choose `answered`; the fake sam's calls."""
+    (None: nothing saved) and whose guided answers choose `answered` (and the parameters in
+    `more`); the fake sam's calls, the Architecture saved at the end, make's output and exit
+    status."""
     work = tmp_path / "project"
     shutil.copytree(ROOT / "tools" / "stacktool", work / "tools" / "stacktool")
     shutil.copy(ROOT / "Makefile", work / "Makefile")
+    shutil.copy(ROOT / "template.yaml", work / "template.yaml")
     (work / "samconfig.toml").write_text(SAVED.format(overrides=overrides(saved)))
     # the virtualenvs' markers, newer than what they are made from, so nothing is installed
     fake = tmp_path / "bin"
@@ -85,18 +92,17 @@ def make_deploy(tmp_path: Path, saved: str | None, answered: str | None, guided:
     venv, sam_venv = tmp_path / "venv", tmp_path / "venv-sam"
     (venv / "bin").mkdir(parents=True)
     sam_venv.mkdir()
-    (venv / "bin" / "python").symlink_to(sys.executable)
     (venv / "bin" / ".ready").touch()
     (sam_venv / ".ready").touch()
     (fake / "python3.13").symlink_to(sys.executable)  # the build's check that 3.13 is there
     sam = fake / "sam"
     sam.write_text(FAKE_SAM.format(python=sys.executable))
     sam.chmod(0o755)
-    (work / "fakestack.py").write_text(FAKE_STACKTOOL)
+    (work / "fakestack.py").write_text(FAKE_STACKTOOL.format(layers=str(ROOT / "layers/common")))
     env = {
         **os.environ,
         "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}",
-        "FAKE_GUIDED_ANSWERS": SAVED.format(overrides=overrides(answered)),
+        "FAKE_GUIDED_ANSWERS": SAVED.format(overrides=overrides(answered, more)),
         "PYENV_ROOT": str(tmp_path / "no-pyenv"),
     }
     env.pop("MAKEFLAGS", None)
@@ -109,7 +115,7 @@ def make_deploy(tmp_path: Path, saved: str | None, answered: str | None, guided:
             f"VENV={venv}",
             f"SAM_VENV={sam_venv}",
             f"SAM={sam}",
-            f"STACKTOOL={venv}/bin/python fakestack.py",
+            f"STACKTOOL={sys.executable} fakestack.py",
         ],
         cwd=work,
         env=env,
@@ -117,9 +123,9 @@ def make_deploy(tmp_path: Path, saved: str | None, answered: str | None, guided:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     calls = [json.loads(line) for line in (work / "sam-calls.jsonl").read_text().splitlines()]
-    return calls, saved_architecture(work / "samconfig.toml"), done.stdout + done.stderr
+    told = done.stdout + done.stderr
+    return calls, saved_architecture(work / "samconfig.toml"), told, done.returncode
 
 
 def steps(calls: list[dict[str, Any]]) -> list[str]:
@@ -143,9 +149,10 @@ def test_a_guided_deploy_that_changes_the_architecture_never_ships_the_old_build
     tmp_path: Path,
 ) -> None:
     # Given a stack saved as arm64, and guided answers that choose x86_64
-    calls, saved, told = make_deploy(tmp_path, "arm64", "x86_64", guided=True)
+    calls, saved, told, status = make_deploy(tmp_path, "arm64", "x86_64", guided=True)
     # Then the guided questions only preview, the build is redone for x86_64, and the one
     # deploy that changes anything ships the x86_64 build
+    assert status == 0, told
     assert steps(calls) == ["build arm64", "preview", "build x86_64", "deploy x86_64"]
     assert saved == "x86_64"
     assert "building for x86_64 before the deploy" in told
@@ -156,14 +163,30 @@ def test_a_guided_deploy_that_keeps_the_architecture_builds_once(
     tmp_path: Path, saved: str | None
 ) -> None:
     # Given a saved Architecture (or none: the template's arm64) that the answers keep
-    calls, _, _ = make_deploy(tmp_path, saved, saved, guided=True)
+    calls, _, told, status = make_deploy(tmp_path, saved, saved, guided=True)
     arch = saved or "arm64"
+    assert status == 0, told
     assert steps(calls) == [f"build {arch}", "preview", f"deploy {arch}"]
 
 
 def test_a_deploy_with_the_saved_answers_builds_for_them_and_deploys_once(
     tmp_path: Path,
 ) -> None:
-    calls, _, told = make_deploy(tmp_path, "x86_64", None, guided=False)
+    calls, _, told, status = make_deploy(tmp_path, "x86_64", None, guided=False)
+    assert status == 0, told
     assert steps(calls) == ["build x86_64", "deploy x86_64"]
     assert "stood in: outputs" in told  # the addresses are printed at the end
+
+
+def test_guided_answers_whose_timeouts_cannot_work_together_stop_before_any_deploy(
+    tmp_path: Path,
+) -> None:
+    # Given guided answers with a GenerationTimeout longer than the FunctionTimeout (which
+    # CloudFormation takes: the template cannot compare two parameters)
+    more = ' FunctionTimeout=\\"300\\" GenerationTimeout=\\"600\\"'
+    calls, _, told, status = make_deploy(tmp_path, "arm64", "arm64", guided=True, more=more)
+    # Then make deploy stops after the preview, saying what to set, and nothing is deployed
+    assert status != 0
+    assert steps(calls) == ["build arm64", "preview"]
+    assert "GenerationTimeout 600 does not fit FunctionTimeout 300" in told
+    assert "Set GenerationTimeout to 270 or less" in told
