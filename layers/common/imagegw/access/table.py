@@ -10,8 +10,9 @@
   images made, once the generation is over. Chat requests passed through to a provider's chat
   model with the stack's tokens are counted there too (`chats`, `chat:<id>`), outside the
   image quota;
-- `aside#<provider>`: tokens set aside, as `t:<token id>` -> Unix time they come back, shared by
-  every instance;
+- `aside#<provider>`: tokens set aside, as `t:<token id>` (or `t:<token id>@<model>` for one
+  model) -> Unix time they come back, shared by every instance; each write also removes names
+  already back (a bounded number), so the record does not grow with every model ever refused;
 - `settled#<job id>`: a durable job's quota settled (TTL'd): written in the same transaction as
   the settlement itself, on the condition that it is new, so a job step run twice (Step
   Functions runs a task at least once) settles once.
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,6 +39,9 @@ DAY_TTL: Final = 40 * 86400
 MONTH_TTL: Final = 400 * 86400
 #: an estimate's item lives this long after its last write
 ESTIMATE_TTL: Final = 90 * 86400
+#: the most expired names one set-aside write removes from its record (the rest go with the
+#: next writes): a refused model adds a `t:<token id>@<model>` name, which nothing else removes
+PRUNE_AT_MOST: Final = 40
 
 
 @dataclass(frozen=True)
@@ -287,13 +292,39 @@ class AccessTable:
             if name.startswith("t:")
         }
 
-    def set_aside(self, provider: str, token: str, until: float) -> None:
+    def set_aside(
+        self, provider: str, token: str, until: float, now: float = 0, expired: Iterable[str] = ()
+    ) -> None:
+        """Set `token` (a token id, `@<model>` when only for that model) aside until `until`,
+        and in the same update remove up to PRUNE_AT_MOST of the record's `expired` names
+        (back by `now`), each only if it is still back by then: another instance may have set
+        it aside again meanwhile, and then the write goes without pruning."""
+        key = {"pk": {"S": f"aside#{provider}"}}
+        names = {"#t": f"t:{token}"}
+        values = {":until": {"N": str(int(until))}}
+        gone = [name for name in dict.fromkeys(expired) if name != token][:PRUNE_AT_MOST]
+        if gone:
+            removed = {f"#e{i}": f"t:{name}" for i, name in enumerate(gone)}
+            try:
+                self.client.update_item(
+                    TableName=self.name,
+                    Key=key,
+                    UpdateExpression=f"SET #t = :until REMOVE {', '.join(removed)}",
+                    ConditionExpression=" AND ".join(
+                        f"(attribute_not_exists({e}) OR {e} <= :now)" for e in removed
+                    ),
+                    ExpressionAttributeNames=names | removed,
+                    ExpressionAttributeValues=values | {":now": {"N": str(int(now))}},
+                )
+                return
+            except self.client.exceptions.ConditionalCheckFailedException:
+                pass
         self.client.update_item(
             TableName=self.name,
-            Key={"pk": {"S": f"aside#{provider}"}},
+            Key=key,
             UpdateExpression="SET #t = :until",
-            ExpressionAttributeNames={"#t": f"t:{token}"},
-            ExpressionAttributeValues={":until": {"N": str(int(until))}},
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
         )
 
     # ------------------------------------------------------------------ run-time estimates
