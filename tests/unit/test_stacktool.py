@@ -250,6 +250,12 @@ def test_the_template_defaults_work_together_and_a_bad_pair_is_refused_before_th
     assert parameter_problems({**near, "GenerationTimeout": "870"}) == ([], [])
 
 
+def test_a_saved_value_that_is_no_number_is_one_clear_problem_not_a_traceback() -> None:
+    (problem,), notes = parameter_problems({**template_defaults(), "FunctionTimeout": "abc"})
+    assert problem.startswith("The saved parameters are not numbers")
+    assert "FUNCTION_TIMEOUT" in problem and notes == []
+
+
 def test_a_job_timeout_too_long_for_its_poll_interval_is_told_not_refused() -> None:
     # 86,400 s at 5 s would be 17,280 polls: the history holds 2,400 of them
     values = {**template_defaults(), "JobTimeout": "86400", "JobPollInterval": "5"}

@@ -192,19 +192,25 @@ def parameter_problems(values: dict[str, str]) -> tuple[list[str], list[str]]:
     from imagegw.infra.config import Settings
     from imagegw.runners.stepfunctions.service import MAX_POLLS, poll_wait
 
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     function, generation = values["FunctionTimeout"], values["GenerationTimeout"]
-    held = Settings.from_env({"FUNCTION_TIMEOUT": function, "GENERATION_TIMEOUT": generation})
+    timeout, interval = values["JobTimeout"], values["JobPollInterval"]
+    try:
+        held = Settings.from_env({"FUNCTION_TIMEOUT": function, "GENERATION_TIMEOUT": generation})
+        float(generation)
+        jobs = Settings(job_timeout=int(timeout), job_poll_interval=int(interval))
+    except ValueError as exc:  # CloudFormation refuses it too; say which before it does
+        return [f"The saved parameters are not numbers where numbers are needed: {exc}"], []
     if held.generation_timeout < float(generation):
         problems.append(
             f"GenerationTimeout {generation} does not fit FunctionTimeout {function}: a "
             f"generation may wait at most {held.generation_timeout:g} s (FunctionTimeout less "
-            f"30 s, a quarter less below 120 s), so Lambda can answer the client first. Set "
+            f"30 s; less a quarter of it below 120 s), so the client hears the timeout before "
+            f"Lambda ends the call. Set "
             f"GenerationTimeout to {int(held.generation_timeout)} or less, or raise "
             f"FunctionTimeout (sam deploy --guided, or samconfig.toml's parameter_overrides)."
         )
-    timeout, interval = values["JobTimeout"], values["JobPollInterval"]
-    jobs = Settings(job_timeout=int(timeout), job_poll_interval=int(interval))
     if poll_wait(jobs) > jobs.job_poll_interval:
         notes.append(
             f"JobTimeout {timeout} at JobPollInterval {interval} would be more than "
