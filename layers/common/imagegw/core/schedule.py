@@ -18,8 +18,8 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   (`OVERRUN`) of the time since the window closed, so a long task of a model whose recent
   tasks were short costs a few polls, not one every POLL_INTERVAL;
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
-  or a short history (`LEARNED`), never denser than POLL_INTERVAL nor sparser than today's
-  schedule until the prior's window has passed.
+  or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
+  schedule while the task runs, until the prior's window has passed.
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
@@ -188,7 +188,7 @@ def next_delay(
 
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than today's schedule would wait. So a prediction that is far off
+    history) never longer than today's schedule would wait (while queued: `_queued`). So a prediction that is far off
     costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL, and
     until a model has a history never below it (a prior is a guess)."""
     if timing.polls == 0:
