@@ -188,9 +188,10 @@ def next_delay(
 
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than today's schedule would wait (while queued: `_queued`). So a prediction that is far off
-    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL, and
-    until a model has a history never below it (a prior is a guess)."""
+    history) never longer than today's schedule would wait (while queued: `_queued`). So a
+    prediction that is far off costs a few polls, not a long lag. The dense spacing is never
+    above POLL_INTERVAL, and until a model has a history never below it (a prior is a
+    guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
     today = poll_delay(now - timing.submitted, base, maximum)
