@@ -187,7 +187,7 @@ def _one_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes
 
 @contextlib.contextmanager
 def fake_modelscope(
-    task_duration: Duration, pending_seconds: float = 0.1, backlog: int = 2048
+    task_duration: Duration, pending_seconds: Duration = 0.1, backlog: int = 2048
 ) -> Iterator[tuple[FakeModelScope, str]]:
     """The fake ModelScope served on loopback in a thread; the fake and its API base URL.
 

@@ -169,7 +169,8 @@ class FakeModelScope:
     - ``tokens``: accepted bearer tokens; ``models``/``chat_models``: known model ids.
     - ``task_duration``: seconds from submit to the end (a float, or a callable taking the
       submitted body); ``pending_seconds``: how long a task stays ``PENDING`` (at most the
-      duration); ``running_status_name``: the in-progress name after that (``"RUNNING"``).
+      duration; a float, or a callable of the body: an uneven queue, where some tasks wait
+      long before they run); ``running_status_name``: the in-progress name after that (``"RUNNING"``).
     - ``clock``: the time tasks run on (``time.monotonic``; tests may simulate it).
     - ``fail_reason``: when set, tasks submitted from now on end ``FAILED`` with this message.
     - ``fail_prompts``: prompt -> message: tasks of that prompt end ``FAILED`` with it (as the
@@ -200,7 +201,7 @@ class FakeModelScope:
         models: set[str] | None = None,
         chat_models: set[str] | None = None,
         task_duration: Duration = 0.3,
-        pending_seconds: float = 0.1,
+        pending_seconds: Duration = 0.1,
     ) -> None:
         self.tokens: set[str] = set(DEFAULT_TOKENS if tokens is None else tokens)
         self.models: set[str] = set(DEFAULT_IMAGE_MODELS if models is None else models)
@@ -208,7 +209,7 @@ class FakeModelScope:
             DEFAULT_CHAT_MODELS if chat_models is None else chat_models
         )
         self.task_duration: Duration = task_duration
-        self.pending_seconds: float = pending_seconds
+        self.pending_seconds: Duration = pending_seconds
         self.running_status_name: str = "RUNNING"
         #: the clock tasks run on (`time.monotonic`; a test may run them on simulated time)
         self.clock: Callable[[], float] = time.monotonic
@@ -344,6 +345,8 @@ class FakeModelScope:
 
         duration = self.task_duration(body) if callable(self.task_duration) else self.task_duration
         duration = max(0.0, float(duration))
+        queued = self.pending_seconds
+        queued = max(0.0, float(queued(body) if callable(queued) else queued))
         created = self.clock()
         with self.lock:
             task_id = self.next_task_ids.pop(0) if self.next_task_ids else uuid.uuid4().hex
@@ -353,7 +356,7 @@ class FakeModelScope:
             prompt=prompt,
             body=body,
             created=created,
-            pending_until=created + min(max(0.0, self.pending_seconds), duration),
+            pending_until=created + min(queued, duration),
             finishes_at=created + duration,
             fail_reason=fetch_error
             if fetch_error is not None

@@ -264,6 +264,51 @@ def test_default_size_and_duration_callable(client: httpx.Client, fake: FakeMode
     assert fake.task_status(slow) == "RUNNING"
 
 
+def test_queue_time_callable_keeps_some_tasks_pending_longer(
+    client: httpx.Client, fake: FakeModelScope
+) -> None:
+    # Given an uneven queue on a simulated clock: "queued" prompts wait 20 s, others 0.5 s,
+    # and every task ends 26 s after its submission
+    now = [100.0]
+    fake.clock = lambda: now[0]
+    fake.task_duration = 26.0
+    fake.pending_seconds = lambda body: 20.0 if body["prompt"].startswith("queued") else 0.5
+
+    def status(task_id: str) -> str:
+        response = client.get(f"/tasks/{task_id}", headers=POLL_HEADERS)
+        assert response.status_code == 200, response.text
+        return str(response.json()["task_status"])
+
+    waits, runs = submit(client, prompt="queued cat"), submit(client, prompt="quick cat")
+    # When they are polled as the clock moves
+    seen = []
+    for at in (100.2, 101.0, 119.9, 120.1, 126.1):
+        now[0] = at
+        seen.append((status(waits), status(runs)))
+    # Then the queued one stays PENDING for its own queue time, then runs to the same end
+    assert seen == [
+        ("PENDING", "PENDING"),
+        ("PENDING", "RUNNING"),
+        ("PENDING", "RUNNING"),
+        ("RUNNING", "RUNNING"),
+        ("SUCCEED", "SUCCEED"),
+    ]
+
+
+def test_queue_time_is_at_most_the_duration(client: httpx.Client, fake: FakeModelScope) -> None:
+    # Given a queue time longer than the task (either form)
+    now = [10.0]
+    fake.clock = lambda: now[0]
+    fake.task_duration = 2.0
+    for queued in (5.0, lambda body: 5.0):
+        fake.pending_seconds = queued
+        task_id = submit(client)
+        # Then the task ends at its duration, not after the queue
+        now[0] += 2.0
+        response = client.get(f"/tasks/{task_id}", headers=POLL_HEADERS)
+        assert response.json()["task_status"] == "SUCCEED"
+
+
 def test_failed_task_carries_the_reason_captured_at_submit(
     client: httpx.Client, fake: FakeModelScope
 ) -> None:
