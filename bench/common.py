@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import random
 import re
 import signal
 import socket
@@ -202,6 +203,41 @@ def fake_modelscope(
             yield fake, f"{server.url}/v1"
     finally:
         fake_module.make_png = make_png  # type: ignore[attr-defined]
+
+
+#: the uneven mix (issue 25): one model whose tasks run 2-11 s once they begin; one task in
+#: five first waits 15-30 s in the provider's queue (PENDING: 25-40 s in all), the others
+#: 0.1-1 s. The queue is what is uneven, as real queues are: a run's length does not tell a
+#: long task apart, its time queued does.
+MIX_LONG_SHARE, MIX_RUN, MIX_SHORT_QUEUE = 0.2, (2.0, 11.0), (0.1, 1.0)
+MIX_LONG_TOTAL, MIX_LONG_QUEUE = (25.0, 40.0), (15.0, 30.0)
+
+
+@dataclass(frozen=True)
+class MixTask:
+    """One task of the uneven mix: seconds queued (PENDING), then running."""
+
+    queued: float
+    run: float
+
+    @property
+    def total(self) -> float:
+        return self.queued + self.run
+
+
+def uneven_mix(count: int, rng: random.Random) -> list[MixTask]:
+    """`count` tasks of the uneven mix, drawn from `rng` (deterministic from its seed)."""
+    tasks = []
+    for _ in range(count):
+        long = rng.random() < MIX_LONG_SHARE
+        run = rng.uniform(*MIX_RUN)
+        if long:  # queued 15-30 s, and 25-40 s in all
+            low, high = MIX_LONG_TOTAL[0] - run, MIX_LONG_TOTAL[1] - run
+            queued = rng.uniform(max(MIX_LONG_QUEUE[0], low), min(MIX_LONG_QUEUE[1], high))
+        else:
+            queued = rng.uniform(*MIX_SHORT_QUEUE)
+        tasks.append(MixTask(queued, run))
+    return tasks
 
 
 def gateway_settings(s3_env: dict[str, str], base_url: str, **overrides: Any) -> Settings:

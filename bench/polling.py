@@ -10,9 +10,9 @@ today's (`poll_delay` from the first poll at POLL_INTERVAL) and the predictive o
 (`next_delay`), which first learns each model from 30 tasks it polls itself (`MemoryEstimates`),
 then is measured. Lag = the poll that saw SUCCEED - the task's end. Polls a second = a group's
 polls / its seconds of generation (submission to end, queue included). The uneven mix is
-bench versus' (one model, 2-12 s, one task in five 25-40 s, queued 0.1 s), run on the model's
-catalogue prior alone (15 s, as bench versus' first 30 tasks run) and once learned from 30
-tasks of the same mix.
+bench versus' (one model whose tasks run 2-11 s; one in five first queued 15-30 s, 25-40 s in
+all, the others queued 0.1-1 s), run on the model's catalogue prior alone (15 s, as bench
+versus' first 30 tasks run) and once learned from 30 tasks of the same mix.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from bench.common import (
     stream_chat,
     task_ids_by_prompt,
     timelines,
+    uneven_mix,
 )
 from fakes.server import ServerThread
 from imagegw.core.estimates import MemoryEstimates
@@ -177,17 +178,13 @@ class NoEstimates:
         return None
 
 
-#: bench versus' uneven mix, one model: 2-12 s, one task in five 25-40 s, queued 0.1 s; its
-#: catalogue prior (Qwen-Image's 15 s)
-UNEVEN_QUEUE, UNEVEN_LONG, UNEVEN_PRIOR = 0.1, 0.2, 15.0
+#: bench versus' uneven mix (`bench.common.uneven_mix`: one model, runs of 2-11 s, one task in
+#: five queued 15-30 s first); its catalogue prior (Qwen-Image's 15 s)
+UNEVEN_PRIOR: Final = 15.0
 
 
 def uneven(count: int, rng: random.Random) -> list[Task]:
-    ends = [
-        rng.uniform(25.0, 40.0) if rng.random() < UNEVEN_LONG else rng.uniform(2.0, 12.0)
-        for _ in range(count)
-    ]
-    return [Task("uneven", UNEVEN_QUEUE, end - UNEVEN_QUEUE) for end in ends]
+    return [Task("uneven", task.queued, task.run) for task in uneven_mix(count, rng)]
 
 
 async def compare_uneven(settings: Settings, seed: int = SIM_SEED) -> dict[str, dict[str, float]]:

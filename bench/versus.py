@@ -40,6 +40,7 @@ from bench.artifact import Booted, Lambda, boot, lambda_runtime_here
 from bench.common import (
     AUTH,
     ROOT,
+    MixTask,
     Report,
     StreamOutcome,
     Table,
@@ -52,6 +53,7 @@ from bench.common import (
     s3_stand_in,
     stream_chat,
     timelines,
+    uneven_mix,
 )
 
 SEED_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -226,21 +228,16 @@ def _instant(runtime: Lambda, side: Side, s3: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _mix_durations() -> list[float]:
-    rng = random.Random(MIX_SEED)
-    return [
-        rng.uniform(25.0, 40.0) if rng.random() < 0.2 else rng.uniform(2.0, 12.0)
-        for _ in range(MIX_GENERATIONS)
-    ]
-
-
 def _mix(runtime: Lambda, side: Side, s3: dict[str, str]) -> dict[str, Any]:
-    """The uneven mix: lag and polls per second of generation, short and long tasks apart."""
-    durations = _mix_durations()
+    """The uneven mix (`bench.common.uneven_mix`): lag and polls per second of generation,
+    short and long tasks apart."""
+    tasks = uneven_mix(MIX_GENERATIONS, random.Random(MIX_SEED))
 
-    def duration(body: dict[str, Any]) -> float:
+    def task(body: dict[str, Any]) -> MixTask:
         prompt = str(body.get("prompt"))
-        return 0.5 if prompt.startswith(WARMUP) else durations[int(prompt.rsplit("#", 1)[1])]
+        if prompt.startswith(WARMUP):
+            return MixTask(0.1, 0.4)
+        return tasks[int(prompt.rsplit("#", 1)[1])]
 
     async def drive(url: str) -> list[StreamOutcome]:
         gate = asyncio.Semaphore(MIX_AT_ONCE)
@@ -251,9 +248,15 @@ def _mix(runtime: Lambda, side: Side, s3: dict[str, str]) -> dict[str, Any]:
                     return await stream_chat(client, url, f"bench mix {side.name} #{index}")
 
             async with asyncio.timeout(TIME_LIMIT):
-                return await asyncio.gather(*(one(i) for i in range(len(durations))))
+                return await asyncio.gather(*(one(i) for i in range(len(tasks))))
 
-    with fake_modelscope(task_duration=duration) as (fake, base):
+    def total(body: dict[str, Any]) -> float:
+        return task(body).total
+
+    def queued(body: dict[str, Any]) -> float:
+        return task(body).queued
+
+    with fake_modelscope(task_duration=total, pending_seconds=queued) as (fake, base):
         env = {**s3, "MODELSCOPE_BASE_URL": base, "IMAGE_LINKS": "provider"}
         with side.start(runtime, env) as booted:
             outcomes = asyncio.run(drive(booted.url))

@@ -170,7 +170,8 @@ class FakeModelScope:
     - ``task_duration``: seconds from submit to the end (a float, or a callable taking the
       submitted body); ``pending_seconds``: how long a task stays ``PENDING`` (at most the
       duration; a float, or a callable of the body: an uneven queue, where some tasks wait
-      long before they run); ``running_status_name``: the in-progress name after that (``"RUNNING"``).
+      long before they run); ``running_status_name``: the in-progress name after that
+      (``"RUNNING"``).
     - ``clock``: the time tasks run on (``time.monotonic``; tests may simulate it).
     - ``fail_reason``: when set, tasks submitted from now on end ``FAILED`` with this message.
     - ``fail_prompts``: prompt -> message: tasks of that prompt end ``FAILED`` with it (as the

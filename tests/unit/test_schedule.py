@@ -99,13 +99,31 @@ async def test_estimates_learn_from_samples_and_start_from_priors() -> None:
     key = Key("modelscope", "Qwen/Qwen-Image")
     prior = await store.get(key)
     assert prior is not None and prior.samples == 0 and prior.seconds == 15.0
-    for seconds in (8.0, 8.4, 7.6, 8.2):
+    for seconds in (8.0, 8.4, 7.6, 8.2) * 5:
         await store.record(key, seconds)
     learned = await store.get(key)
-    assert learned is not None and learned.samples == 4
+    assert learned is not None and learned.samples == 20
     assert 7.6 < learned.seconds < 8.4 and 0 < learned.spread < 1.0
     assert await store.get(Key("modelscope", "other")) is None
     assert fold(None, 5.0).seconds == 5.0
+
+
+async def test_a_models_first_task_moves_its_prior_halfway_not_all_the_way() -> None:
+    # Given a model whose catalogue prior is 15 s, and a burst whose quickest task ends first
+    store = MemoryEstimates({("modelscope", "Qwen/Qwen-Image"): 15.0})
+    key = Key("modelscope", "Qwen/Qwen-Image")
+    # When that 3-s task is learned
+    await store.record(key, 3.0)
+    first = await store.get(key)
+    # Then the prior counts as one sample: the estimate is between the two, and its spread
+    # says how much they disagree (not 15% of the one task: the next 10-s task is no surprise)
+    assert first is not None and first.samples == 1
+    assert first.seconds == pytest.approx(9.0)
+    assert first.spread > 4.0
+    # And without a prior the first task is the estimate
+    await store.record(Key("modelscope", "unlisted"), 3.0)
+    alone = await store.get(Key("modelscope", "unlisted"))
+    assert alone is not None and (alone.seconds, alone.samples) == (3.0, 1)
 
 
 class Timed:
@@ -236,3 +254,41 @@ def test_a_queued_task_is_polled_less_and_less_the_longer_it_waits_in_the_queue(
         polls, lag = polls_until(33.0, 30.0, estimate)
         today, _ = polls_until(33.0, 30.0, None)
         assert polls <= 0.6 * today and lag <= MAXIMUM
+
+
+UNEVEN = Estimate(seconds=6.5, spread=2.6, samples=20)  # runs of 2-11 s, learned
+
+
+def test_a_learned_model_with_a_wide_run_spread_waits_longer_in_the_queue() -> None:
+    # the run's begin seen up to two spreads late widens the predicted end less than the run's
+    # own spread: while queued, a model whose runs vary by 2.6 s waits up to 5.2 s (at most
+    # twice POLL_INTERVAL_MAX), one whose runs vary by 0.3 s at most POLL_INTERVAL_MAX
+    narrow = Estimate(seconds=6.5, spread=0.3, samples=20)
+    queued = Timing(submitted=0.0).seen(0.0, "PENDING").seen(12.0, "PENDING")
+    assert next_delay(queued, UNEVEN, 12.0, BASE, MAXIMUM) == pytest.approx(5.2)
+    assert next_delay(queued, narrow, 12.0, BASE, MAXIMUM) == MAXIMUM
+    long_queue = queued.seen(40.0, "PENDING")
+    wide = Estimate(seconds=60.0, spread=20.0, samples=20)
+    assert next_delay(long_queue, wide, 40.0, BASE, MAXIMUM) == 2 * MAXIMUM
+
+
+def test_once_running_the_end_is_predicted_from_the_run_time_not_queue_and_run() -> None:
+    # a task of a learned 6.5-s model queued 20 s: the dense polls come about 6.5 s after the
+    # poll that saw it running, not 6.5 s after the submission
+    timing = Timing(submitted=0.0)
+    for at in (0.0, 5.2, 10.4, 15.6, 20.8):
+        timing = timing.seen(at, "PENDING" if at < 20.0 else "RUNNING")
+    span = window(timing, UNEVEN)
+    assert 15.6 + 6.5 <= span.centre <= 20.8 + 6.5  # the run began between those polls
+    assert next_delay(timing, UNEVEN, 20.8, BASE, MAXIMUM) >= 1.0  # sparse on the way
+
+
+def test_the_uneven_queues_long_tasks_cost_fewer_polls_a_second_than_its_short_ones() -> None:
+    # the mix of bench versus: short tasks queued 0.5 s, long ones 15-30 s, all running 2-11 s;
+    # the long ones' polls a second stay within the 0.35 and the short ones' within 1.0
+    short = [polls_until(0.5 + run, 0.5, UNEVEN) for run in (2.5, 4.0, 6.5, 9.0, 11.0)]
+    long = [polls_until(queue + run, queue, UNEVEN) for queue, run in ((15, 11), (22, 6), (30, 9))]
+    assert sum(p for p, _ in short) / sum((2.5, 4.0, 6.5, 9.0, 11.0, 0.5 * 5)) <= 1.0
+    assert sum(p for p, _ in long) / sum((26, 28, 39)) <= 0.35
+    # and a long task's end is still heard of within POLL_INTERVAL_MAX
+    assert max(lag for _, lag in long) <= MAXIMUM

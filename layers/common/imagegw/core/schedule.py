@@ -8,8 +8,10 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   not at a first scheduled poll;
 - while the provider says it is queued (its run has not begun: ModelScope's PENDING), on a
   pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, between
-  POLL_INTERVAL and POLL_INTERVAL_MAX): a long queue costs a few polls, and the run's predicted
-  end is counted from the poll that saw it running, not from the submission;
+  POLL_INTERVAL and POLL_INTERVAL_MAX; for a model with a history, from twice its run's spread
+  up to `QUEUE_MAX` POLL_INTERVAL_MAX): a long queue costs a few polls, and the run's predicted
+  end is counted from the poll that saw it running (the learned *run* time, not queue and run),
+  not from the submission;
 - sparsely while running far from its predicted end (each wait half the time left to the
   window), then densely in a window around the predicted end, as wide as the learned spread
   and the uncertainty of when the run began; the density is bounded by a poll budget
@@ -45,7 +47,9 @@ JOB_STRETCH: Final = 0.75
 #: between polls while the provider says the task is queued, at least (a learned model)
 QUEUED_EVERY: Final = 1.0
 #: while queued, each wait is at least this share of the time queued so far
-QUEUE_STRETCH: Final = 0.25
+QUEUE_STRETCH: Final = 0.35
+#: while queued, a model with a history waits at most this many POLL_INTERVAL_MAX
+QUEUE_MAX: Final = 2.0
 #: the densest polling, in the window around the predicted end
 DENSE_MIN: Final = 0.3
 #: half-width of the dense window, in spreads (about 70% of the ends fall inside)
@@ -169,9 +173,16 @@ def budget(expected: float) -> float:
 def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum: float) -> float:
     """While queued: as often as the run's own spread makes worth knowing when it began (at
     POLL_INTERVAL until the model has a history), and sparser the longer the queue lasts
-    (`QUEUE_STRETCH` of the time queued), never sparser than POLL_INTERVAL_MAX."""
-    every = base if estimate.samples < LEARNED else max(QUEUED_EVERY, 2 * estimate.spread)
-    return min(maximum, max(every, QUEUE_STRETCH * (now - timing.submitted)))
+    (`QUEUE_STRETCH` of the time queued), up to POLL_INTERVAL_MAX; for a model with a history,
+    up to twice its run's spread (at most `QUEUE_MAX` POLL_INTERVAL_MAX): a run's begin seen
+    that late widens the predicted end by less than the run's own spread does, and an uneven
+    queue's long waits cost a poll every few seconds, not every POLL_INTERVAL_MAX."""
+    if estimate.samples < LEARNED:
+        every, cap = base, maximum
+    else:
+        every = max(QUEUED_EVERY, 2 * estimate.spread)
+        cap = max(maximum, min(QUEUE_MAX * maximum, every))
+    return min(cap, max(every, QUEUE_STRETCH * (now - timing.submitted)))
 
 
 def _dense(timing: Timing, span: Window, dense: float) -> float:
