@@ -7,9 +7,9 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
 - once as soon as the submission answered (`EARLY`), so an instant task is answered at once,
   not at a first scheduled poll;
 - while the provider says it is queued (its run has not begun: ModelScope's PENDING), on a
-  pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, between
-  POLL_INTERVAL and POLL_INTERVAL_MAX; for a model with a history, from twice its run's spread
-  up to `QUEUE_MAX` POLL_INTERVAL_MAX): a long queue costs a few polls, and the run's predicted
+  pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, from one spread
+  of the run, two for a model with a history, up to twice the spread within POLL_INTERVAL_MAX
+  and `QUEUE_MAX` times it): a long queue costs a few polls, and the run's predicted
   end is counted from the poll that saw it running (the learned *run* time, not queue and run),
   not from the submission;
 - sparsely while running far from its predicted end (each wait half the time left to the
@@ -171,17 +171,18 @@ def budget(expected: float) -> float:
 
 
 def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum: float) -> float:
-    """While queued: as often as the run's own spread makes worth knowing when it began (at
-    POLL_INTERVAL until the model has a history), and sparser the longer the queue lasts
-    (`QUEUE_STRETCH` of the time queued), up to POLL_INTERVAL_MAX; for a model with a history,
-    up to twice its run's spread (at most `QUEUE_MAX` POLL_INTERVAL_MAX): a run's begin seen
-    that late widens the predicted end by less than the run's own spread does, and an uneven
-    queue's long waits cost a poll every few seconds, not every POLL_INTERVAL_MAX."""
+    """While queued: as often as the run's own spread makes worth knowing when it began, and
+    sparser the longer the queue lasts (`QUEUE_STRETCH` of the time queued). A run's begin seen
+    one wait late widens the predicted end by that wait over √12 in quadrature with the run's
+    spread: a wait of one spread (a prior or a short history: a guess; between POLL_INTERVAL
+    and POLL_INTERVAL_MAX) or two (a model with a history) widens it by 4% or 15%. The waits go
+    up to twice the spread, at least POLL_INTERVAL_MAX and at most `QUEUE_MAX` times it: an
+    uneven queue's long waits cost a poll every few seconds."""
     if estimate.samples < LEARNED:
-        every, cap = base, maximum
+        every = min(maximum, max(base, estimate.spread))
     else:
         every = max(QUEUED_EVERY, 2 * estimate.spread)
-        cap = max(maximum, min(QUEUE_MAX * maximum, every))
+    cap = max(maximum, min(QUEUE_MAX * maximum, 2 * estimate.spread))
     return min(cap, max(every, QUEUE_STRETCH * (now - timing.submitted)))
 
 
