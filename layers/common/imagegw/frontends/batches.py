@@ -27,10 +27,11 @@ from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError
 from imagegw.frontends.batch_lines import ENDPOINTS, Endpoint, check_file
 from imagegw.infra.batchstore import BATCH_ID, BatchStore
 from imagegw.infra.config import Settings
-from imagegw.infra.executions import JobRunner, StepFunctionsRunner
+from imagegw.infra.executions import JobRunner
 from imagegw.infra.log import logger
 from imagegw.infra.sealer import KeySealer
 from imagegw.providers.base import Provider
+from imagegw.runners.stepfunctions.machine import StateMachineService
 from imagegw.runners.stepfunctions.service import max_polls
 
 #: the completion windows a batch may ask for, in seconds
@@ -60,8 +61,12 @@ def _timestamps() -> dict[str, Any]:
 _PRIVATE: Final = ("owner", "provider", "total")
 
 
-class Batches:
+class Batches(StateMachineService):
     """Create, read, cancel and list batches of one gateway."""
+
+    ARN_SETTING = "batch_state_machine_arn"
+    DISABLED = "Batches"
+    DISABLED_CODE = "batches_disabled"
 
     def __init__(
         self,
@@ -71,27 +76,8 @@ class Batches:
         runner: JobRunner | None = None,
         sealer: KeySealer | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, runner=runner, sealer=sealer)
         self.store = store
-        self._runner = runner
-        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
-
-    @property
-    def enabled(self) -> bool:
-        return self._runner is not None or bool(self.settings.batch_state_machine_arn)
-
-    @property
-    def runner(self) -> JobRunner:
-        if self._runner is None:
-            if not self.settings.batch_state_machine_arn:
-                raise NotFoundError(
-                    "Batches are not enabled on this gateway (no BATCH_STATE_MACHINE_ARN).",
-                    code="batches_disabled",
-                )
-            self._runner = StepFunctionsRunner(
-                self.settings.batch_state_machine_arn, self.settings.aws_region
-            )
-        return self._runner
 
     async def create(
         self,
