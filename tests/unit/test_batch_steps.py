@@ -1,5 +1,6 @@
 """The batch state machine's own steps (`imagegw.frontends.batch_steps`) against moto's S3 on
-loopback: what an item does once its batch is cancelled or past its window, and what the
+loopback: what an item does once its batch is cancelled or past its window, how a cancel waits
+for the items between their last look at the cancel mark and their submission, and what the
 batch's end writes."""
 
 from __future__ import annotations
@@ -7,15 +8,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
 
 from fakes.modelscope import FakeModelScope
 from imagegw.frontends import batch_steps
+from imagegw.frontends import batches as batches_module
+from imagegw.frontends.batches import SUBMITTING, Batches
 from imagegw.infra.batchstore import BatchStore
 from imagegw.infra.config import Settings
+from imagegw.infra.executions import JobRunner
 from imagegw.infra.sealer import KeySealer
 from imagegw.runners.gateway import Gateway
 from imagegw.runners.stepfunctions.service import owner_of
@@ -40,13 +44,13 @@ def item(index: int) -> dict[str, Any]:
     return {"index": index, "custom_id": f"req-{index}", "job": job}
 
 
-def event(batch_id: str, index: int, *, expires_at: float) -> dict[str, Any]:
+def event(batch_id: str, index: int, *, expires_at: float, key: str = "sealed") -> dict[str, Any]:
     batch = {"id": batch_id, "owner": OWNER, "expires_at": expires_at, "total": 4}
     return {
-        "step": "prepare",
+        "step": "submit",
         "item": item(index),
         "batch": {**batch, "base_url": "https://gw"},
-        "key": "sealed",
+        "key": key,
         "wait_seconds": 0,
         "max_polls": 10,
     }
@@ -77,7 +81,7 @@ def test_items_of_a_batch_past_its_window_are_skipped_and_the_batch_expires(
         anyio.run(store.put_json, store.run_key(OWNER, batch_id, name), line)
     # When the rest start after it ended
     for index in (2, 3):
-        answer = run(batch_steps.prepare, event(batch_id, index, expires_at=time.time() - 1), kit)
+        answer = run(batch_steps.submit, event(batch_id, index, expires_at=time.time() - 1), kit)
         assert answer["skip"] == "expired" and "job" not in answer
         run(batch_steps.record, {"state": answer}, kit)
     # Then nothing reached the provider (no key was even opened: NoKms)
@@ -102,9 +106,71 @@ def test_items_of_a_cancelled_batch_are_not_submitted(
     batch_id = "batch_" + "b2" * 12
     store = BatchStore(kit.store)
     anyio.run(store.put_json, store.run_key(OWNER, batch_id, "cancel.json"), {"cancelling_at": 1})
-    answer = run(batch_steps.prepare, event(batch_id, 0, expires_at=time.time() + 60), kit)
-    assert answer["skip"] == "cancelled"
+    answer = run(batch_steps.submit, event(batch_id, 0, expires_at=time.time() + 60), kit)
+    assert answer["skip"] == "cancelled" and "progress" not in answer
     assert fake_ms.submissions == []
+
+
+def test_an_item_cancelled_while_it_is_prepared_is_not_submitted(
+    kit: Gateway, fake_ms: FakeModelScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = "batch_" + "c3" * 12
+    store = BatchStore(kit.store)
+    cancel = store.run_key(OWNER, batch_id, "cancel.json")
+
+    async def placed_as_the_cancel_comes(images: Any) -> list[Any]:
+        await store.put_json(cancel, {"cancelling_at": 1})
+        return []
+
+    # Given an item that read no cancel mark when it started, and is cancelled while its
+    # inputs are placed (a server-held token: nothing to open)
+    monkeypatch.setattr(kit.store, "place_all", placed_as_the_cancel_comes)
+    pooled = event(batch_id, 0, expires_at=time.time() + 60, key="pool:modelscope:t1")
+    # When it comes to submit
+    answer = run(batch_steps.submit, pooled, kit)
+    # Then it looks again right before the provider would be called: nothing is submitted
+    assert answer["skip"] == "cancelled" and "progress" not in answer
+    assert fake_ms.submissions == []
+    # and no marker is left for a cancel to wait on
+    assert anyio.run(store.keys, store.run_key(OWNER, batch_id, SUBMITTING)) == []
+
+
+def test_a_cancel_answers_once_no_item_is_between_its_look_and_its_submission(
+    kit: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = "batch_" + "d4" * 12
+    store = BatchStore(kit.store)
+    record = {"id": batch_id, "status": "in_progress", "created_at": 1, "total": 2}
+    anyio.run(store.put_json, store.run_key(OWNER, batch_id, "batch.json"), record)
+    marker = store.run_key(OWNER, batch_id, f"{SUBMITTING}000001")
+    batches = Batches(kit.settings, store, runner=cast("JobRunner", object()))
+    order: list[str] = []
+
+    async def main() -> None:
+        # Given an item that read no cancel mark and is submitting (its marker)
+        await store.put(marker, b"{}")
+
+        async def submitted() -> None:
+            await anyio.sleep(0.3)
+            order.append("submitted")
+            await store.delete(marker)
+
+        async def cancel() -> None:
+            view = await batches.cancel(OWNER, batch_id)
+            order.append(view["status"])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(submitted)
+            group.start_soon(cancel)
+
+    # When the batch is cancelled meanwhile
+    anyio.run(main)
+    # Then the cancel answers only after that submission was made
+    assert order == ["submitted", "cancelling"]
+    # And a marker left behind (a crashed step) holds a cancel up no longer than its bound
+    monkeypatch.setattr(batches_module, "CANCEL_FENCE", 0.2)
+    anyio.run(store.put, marker, b"{}")
+    assert anyio.run(batches.cancel, OWNER, batch_id)["status"] == "cancelling"
 
 
 @pytest.mark.parametrize(

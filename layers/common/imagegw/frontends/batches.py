@@ -19,6 +19,7 @@ import time
 from functools import partial
 from typing import Any, Final
 
+import anyio
 import anyio.to_thread
 from pydantic import SecretStr
 
@@ -42,6 +43,11 @@ MAX_METADATA: Final = 16
 OK: Final = ".ok.json"
 FAILED: Final = ".failed.json"
 SKIPPED: Final = ".skipped.json"
+#: `submitting/{index}`: an item between its last look at the cancel mark and the provider's
+#: answer to its submission; a cancel answers once none is left (at most `CANCEL_FENCE` s)
+SUBMITTING: Final = "submitting/"
+CANCEL_FENCE: Final = 5.0
+FENCE_PAUSE: Final = 0.05
 
 
 def new_batch_id() -> str:
@@ -254,7 +260,19 @@ class Batches(StateMachineService):
             key = self.store.run_key(owner, batch_id, "cancel.json")
             await self.store.put_json(key, {"cancelling_at": int(time.time())})
             logger.info("batch cancelled", extra={"batch_id": batch_id})
+        await self._fence(owner, batch_id)
         return await self._view(owner, record)
+
+    async def _fence(self, owner: str, batch_id: str) -> None:
+        """Wait until no item is between its last look at the cancel mark and its submission
+        (its `SUBMITTING` marker, written before that look: one that read no mark is seen
+        here), at most `CANCEL_FENCE` seconds: after the answer, nothing more is submitted."""
+        prefix = self.store.run_key(owner, batch_id, SUBMITTING)
+        with anyio.move_on_after(CANCEL_FENCE):
+            for _ in range(int(CANCEL_FENCE / FENCE_PAUSE)):
+                if not await self.store.keys(prefix):
+                    return
+                await anyio.sleep(FENCE_PAUSE)
 
     async def list(self, owner: str, *, after: str | None, limit: int) -> dict[str, Any]:
         """The caller's batches, newest first, `limit` after the one `after` names."""
