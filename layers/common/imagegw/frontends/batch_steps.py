@@ -121,7 +121,8 @@ async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
             if await _cancelled(store, batch):
                 await settle(reserved, 0)
                 return {**here, "skip": "cancelled"}
-            progress = await steps.submit(payload, kit, opened)
+            submitted = {name: payload[name] for name in ("job", "key", "wait_seconds")}
+            progress = await steps.submit(submitted, kit, opened)
         finally:
             await _unmark(store, marker)
     except BaseException:
