@@ -181,3 +181,29 @@ def test_an_items_error_keeps_the_status_a_single_request_would_have(
     kind: str, status: int
 ) -> None:
     assert batch_steps.status_of({"error": {"type": kind}}) == status
+
+
+def test_a_listing_that_races_a_delete_is_made_again(kit: Gateway) -> None:
+    # Given a bucket whose first listing fails (moto's S3 fails one that races a DELETE, as
+    # an item's marker is removed while a batch's status is read)
+    store = BatchStore(kit.store)
+    key = store.run_key(OWNER, "batch_" + "e5" * 12, "results/000000.ok.json")
+    anyio.run(store.put_json, key, {})
+    s3 = kit.store.s3
+    listings: list[str] = []
+
+    class RacingS3:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(s3, name)
+
+        def get_paginator(self, name: str) -> Any:
+            listings.append(name)
+            if len(listings) == 1:
+                raise KeyError("batches/runs/.../submitting/000003")
+            return s3.get_paginator(name)
+
+    kit.store._s3 = RacingS3()
+    # When the results are listed
+    found = anyio.run(store.keys, key.rsplit("/", 1)[0] + "/")
+    # Then the listing is made again and finds them
+    assert found == [key] and len(listings) == 2
