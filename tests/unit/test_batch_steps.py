@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 import anyio
 import pytest
+from pydantic import SecretStr
 
 from fakes.modelscope import FakeModelScope
+from imagegw.errors import TransientJobError
 from imagegw.frontends import batch_steps
 from imagegw.frontends import batches as batches_module
 from imagegw.frontends.batches import SUBMITTING, Batches
@@ -207,3 +211,71 @@ def test_a_listing_that_races_a_delete_is_made_again(kit: Gateway) -> None:
     found = anyio.run(store.keys, key.rsplit("/", 1)[0] + "/")
     # Then the listing is made again and finds them
     assert found == [key] and len(listings) == 2
+
+
+class EchoKms:
+    """KMS as far as the sealer uses it: a blob opens only with the context it was sealed for."""
+
+    def encrypt(self, KeyId: str, Plaintext: bytes, EncryptionContext: Any) -> Any:
+        return {"CiphertextBlob": json.dumps([EncryptionContext, Plaintext.decode()]).encode()}
+
+    def decrypt(self, KeyId: str, CiphertextBlob: bytes, EncryptionContext: Any) -> Any:
+        context, text = json.loads(CiphertextBlob)
+        assert context == EncryptionContext
+        return {"Plaintext": text.encode()}
+
+
+@dataclass
+class Held:
+    """A gateway key's reservation of an item's image, and what it was settled with."""
+
+    record: Any = field(default_factory=lambda: SimpleNamespace(hash="a" * 64))
+    at: float = 1.0
+    settled: list[int] = field(default_factory=list)
+
+    async def settle(self, made: int) -> None:
+        self.settled.append(made)
+
+
+def test_a_retried_item_submit_gives_its_reservation_back_and_reserves_anew(
+    make_settings: Callable[..., Settings],
+    fake_ms: FakeModelScope,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kit = Gateway(make_settings(job_key_id="k"), sealer=KeySealer("k", "r", EchoKms()))
+    batch_id = "batch_" + "f6" * 12
+    sealed = kit.sealer.seal(SecretStr("ms-test-token"), batch_id)
+    held: list[Held] = []
+
+    async def reserve(key_hash: Any, model: str, n: int, kit: Gateway) -> Held:
+        held.append(Held())
+        return held[-1]
+
+    monkeypatch.setattr(batch_steps, "_reserve", reserve)
+    payload = event(batch_id, 0, expires_at=time.time() + 60, key=sealed)
+    # Given an item of a gateway key's batch whose submission is rate-limited (nothing started)
+    fake_ms.submit_override = (429, {"errors": {"message": "Rate limit exceeded"}}, {})
+
+    async def twice() -> tuple[BaseException | None, dict[str, Any]]:
+        try:  # the state machine's Retry: the same event again (one event loop: one client)
+            await batch_steps.submit(payload, kit)
+        except TransientJobError as exc:
+            first: BaseException | None = exc
+        else:
+            first = None
+        given_back = [h.settled for h in held]
+        assert given_back == [[0]], given_back
+        return first, await batch_steps.submit(payload, kit)
+
+    # When its Submit runs, then runs again
+    first, answer = anyio.run(twice)
+    # Then the first attempt had the state machine run it again (TransientJobError) and gave
+    # its reservation back whole; the retry reserved anew and submitted, its job holding that
+    # reservation
+    assert isinstance(first, TransientJobError)
+    assert answer["progress"]["status"] == "running"
+    assert [h.settled for h in held] == [[0], []]
+    assert answer["job"]["quota"] == {"key": "a" * 64, "at": 1.0}
+    # the item's job carries the key sealed for the job, never in the clear
+    assert "ms-test-token" not in json.dumps(answer)
+    assert kit.sealer.open(answer["key"], answer["job"]["id"]).get_secret_value() == "ms-test-token"
