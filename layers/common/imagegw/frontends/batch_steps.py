@@ -110,6 +110,8 @@ async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     try:
         payload, opened, reserved = await _prepare(event, item, batch, kit)
     except GatewayError as exc:
+        if exc.retryable is True:  # the bucket, KMS or the key table failing for a moment
+            raise retry_later(exc) from None
         return {**here, "failure": _failure(exc)}
     marker = store.run_key(batch["owner"], batch["id"], f"{SUBMITTING}{item.index:06d}")
     try:
