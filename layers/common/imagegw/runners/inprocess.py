@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -168,6 +168,13 @@ class _Run:
         if not self.book.started:
             raise self.book.final_error()
 
+    def adopt(self, task_ids: Sequence[str]) -> None:
+        """The tasks an earlier request started for this same job, one per call (a repeated
+        request, `imagegw.frontends.replays`): polled from now on, never started again."""
+        assert len(task_ids) == len(self.parts), "one task per call"
+        for index, task_id in enumerate(task_ids):
+            self.book = self.book.apply(index, advance(self.provider.title, None, Started(task_id)))
+
     async def _start_all(self) -> list[Started | Finished | BaseException]:
         """Start every part; with a server-held token (a lease), a submission refused whole
         (401/403, quota, rate: nothing started) goes again with the pool's next token."""
@@ -319,16 +326,22 @@ async def generate(
     clock: Callable[[], float] = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     estimates: Estimates | None = None,
+    resume: Sequence[str] = (),
 ) -> AsyncGenerator[Event, None]:
     """Run the calls that make `request.n` images and yield progress, then the result (images in
     the order of the calls). Polls follow, and teach, the run times in `estimates` (none:
-    today's fixed schedule). Raises GatewayError."""
-    job = _Run(provider, request, settings, clock, sleep, estimates)
-    async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
-        async for event in starting:
-            yield event
+    today's fixed schedule). With `resume`, the tasks an earlier request started for this job
+    (one per call) are polled instead of starting any: they teach nothing (when they began is
+    not known here). Raises GatewayError."""
+    job = _Run(provider, request, settings, clock, sleep, None if resume else estimates)
+    if resume:
+        job.adopt(resume)
+    else:
+        async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
+            async for event in starting:
+                yield event
     logger.info(
-        "tasks started",
+        "tasks resumed" if resume else "tasks started",
         extra={
             "provider": provider.name,
             "model": request.model,
