@@ -10,7 +10,9 @@ what every answer means and what to do next:
   up; the deadline (`Book.out_of_time`, one wording: `late`);
 - the final-error rule (`final_error`), the progress summary (`Summary`), the next poll
   (`next_poll`, `job_waits`, over `imagegw.core.schedule`), and quota settlement
-  (`settlement`: what is counted and what given back).
+  (`settlement`: what is counted and what given back);
+- whether a job's error left a task that may still finish (`may_still_finish`: a repeated
+  request then asks about it again, `imagegw.frontends.replays`).
 
 A paid task is never abandoned silently: a task given up on, or still running at the deadline,
 fails with an error that names it, says it may still finish at the provider, and names the last

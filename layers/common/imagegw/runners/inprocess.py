@@ -5,7 +5,9 @@ call, or batches), polls each task when the model's learned run time says it sho
 (`imagegw.core.schedule`; today's fixed schedule for a model not learned yet), retries
 transient poll failures (backing off) until POLL_FAILURE_WINDOW seconds pass without a good
 answer, and yields `Progress` events (also while a synchronous provider works inside `start`),
-then one `Result`. What an answer means, and every decision of the job's life (the task book,
+then one `Result`. A repeated request whose twin's tasks may still finish
+(`imagegw.frontends.replays`) resumes them instead (`resume`): polled, never started again. What
+an answer means, and every decision of the job's life (the task book,
 back-off and giving up, the deadline, the final error), is the core's
 (`imagegw.core.lifecycle`): this module does the I/O and keeps the time (`clock`, `sleep`, both
 injectable). Rendering (SSE or JSON) is someone else's job.
