@@ -207,7 +207,7 @@ def run() -> Report:
         ["items", f"{ITEMS:,}"],
         ["status", str(view["status"])],
         ["completed / failed", f"{counts['completed']} / {counts['failed']}"],
-        ["validation + start", fmt_s(validated)],
+        ["create (answers validating: the run checks the lines)", fmt_s(validated)],
         ["wall time to completed", fmt_s(wall)],
         ["most provider tasks at once", f"{peak} (cap {CONCURRENCY})"],
         [

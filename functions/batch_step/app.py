@@ -1,7 +1,8 @@
-"""Step Functions tasks of the batch state machine (statemachine/image_batch.asl.json): an
-item's `Submit` (the item as a job, submitted) and `Store` (the job's images stored, the item's
-line written), `Record` (an item that ended without images) and `Finalize`; the event's `step`
-names which. One function for the four: they share the bucket's permissions.
+"""Step Functions tasks of the batch state machine (statemachine/image_batch.asl.json):
+`Validate` (the input file checked), an item's `Submit` (the item as a job, submitted) and
+`Store` (the job's images stored, the item's line written), `Record` (an item that ended
+without images) and `Finalize`; the event's `step` names which. One function for the five:
+they share the bucket's permissions.
 
 Thin: the work is `imagegw.frontends.batch_steps` in the shared layer, around the image-job
 steps (`imagegw.runners.stepfunctions.steps`) every durable job runs; an item's Polls run on
