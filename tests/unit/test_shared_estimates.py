@@ -56,9 +56,8 @@ def item(name: str, key: Key) -> dict[str, Any]:
     return found.get("Item", {})
 
 
-def learned(*samples: float, prior: bool = True) -> Estimate:
-    """The estimate after `samples`, folded into the model's prior (one sample's weight)."""
-    estimate = MemoryEstimates(PRIORS).prior(MODEL) if prior else None
+def learned(*samples: float) -> Estimate:
+    estimate = None
     for seconds in samples:
         estimate = fold(estimate, seconds)
     assert estimate is not None
@@ -167,7 +166,7 @@ async def test_a_sample_that_loses_the_race_twice_is_dropped_from_the_table_only
 
     # Then the table holds the rival's two samples, intact, and not this one (dropped)...
     assert len(rival.rival_writes) == 2
-    assert same(await store.get(MODEL), learned(30.0, 30.0, prior=False))
+    assert same(await store.get(MODEL), learned(30.0, 30.0))
     # ...which this instance's memory still has
     assert same(await store.memory.get(MODEL), learned(10.0))
 
@@ -302,12 +301,11 @@ async def test_the_gateway_shares_estimates_through_the_access_table_when_there_
         # When the first learns a run time
         await first.estimates.record(MODEL, 10.0)
 
-        # Then the second predicts with it (folded into the catalogue's prior); the one
-        # without a table has its prior only
+        # Then the second predicts with it; the one without a table has its prior only
+        assert same(await second.estimates.get(MODEL), learned(10.0))
         assert isinstance(alone.estimates, MemoryEstimates)
         prior = await alone.estimates.get(MODEL)
         assert prior is not None and prior.samples == 0
-        assert same(await second.estimates.get(MODEL), fold(prior, 10.0))
     finally:
         for gateway in (first, second, alone):
             await gateway.aclose()

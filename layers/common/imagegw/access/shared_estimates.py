@@ -91,7 +91,7 @@ class SharedEstimates:
             for _ in range(2):
                 cached = self._cache.get(key)
                 old = cached[0] if cached else (await self._read(key, consistent=True))[0]
-                new = fold(old or self.memory.prior(key), seconds)
+                new = fold(old, seconds)
                 read = old.samples if old else 0
                 write = self.table.write_estimate
                 if await self._call("record", write, pk_of(key), new, read, self.clock()):

@@ -35,12 +35,10 @@ class Estimates(Protocol):
 
 
 def fold(old: Estimate | None, seconds: float) -> Estimate:
-    """`old` with one more sample: an exponentially weighted mean and deviation. A prior
-    (`old.samples == 0`) counts as one sample: a model's first task, the quickest of a burst
-    say, moves the estimate halfway, and does not replace the catalogue's figure outright."""
-    if old is None:
+    """`old` with one more sample: an exponentially weighted mean and deviation."""
+    if old is None or old.samples == 0:
         return Estimate(seconds, FIRST_SPREAD * seconds, 1)
-    weight = max(WEIGHT, 1.0 / (old.samples + 1)) if old.samples else 0.5
+    weight = max(WEIGHT, 1.0 / (old.samples + 1))
     delta = seconds - old.seconds
     variance = (1 - weight) * (old.spread**2 + weight * delta**2)
     return Estimate(old.seconds + weight * delta, math.sqrt(variance), old.samples + 1)
@@ -53,17 +51,15 @@ class MemoryEstimates:
         self.priors = dict(priors or {})
         self.learned: dict[Key, Estimate] = {}
 
-    def prior(self, key: Key) -> Estimate | None:
-        """The catalogue's figure for the key's model (no sample: `samples` 0), if any."""
+    async def get(self, key: Key) -> Estimate | None:
+        found = self.learned.get(key)
+        if found is not None:
+            return found
         prior = self.priors.get((key.provider, key.model))
         return None if prior is None else Estimate(prior, PRIOR_SPREAD * prior, 0)
 
-    async def get(self, key: Key) -> Estimate | None:
-        found = self.learned.get(key)
-        return found if found is not None else self.prior(key)
-
     async def record(self, key: Key, seconds: float) -> None:
-        self.learned[key] = fold(self.learned.get(key) or self.prior(key), seconds)
+        self.learned[key] = fold(self.learned.get(key), seconds)
 
 
 async def learn(estimates: Estimates | None, key: Key, timing: Timing, ended_seen: float) -> None:

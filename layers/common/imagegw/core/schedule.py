@@ -178,11 +178,12 @@ def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum
     and POLL_INTERVAL_MAX) or two (a model with a history) widens it by 4% or 15%. The waits go
     up to twice the spread, at least POLL_INTERVAL_MAX and at most `QUEUE_MAX` times it: an
     uneven queue's long waits cost a poll every few seconds."""
+    spread = estimate.spread
     if estimate.samples < LEARNED:
-        every = min(maximum, max(base, estimate.spread))
+        every = min(maximum, max(base, spread))
     else:
-        every = max(QUEUED_EVERY, 2 * estimate.spread)
-    cap = max(maximum, min(QUEUE_MAX * maximum, 2 * estimate.spread))
+        every = max(QUEUED_EVERY, 2 * spread)
+    cap = max(maximum, min(QUEUE_MAX * maximum, 2 * spread))
     return min(cap, max(every, QUEUE_STRETCH * (now - timing.submitted)))
 
 
