@@ -17,6 +17,9 @@ Figures (issue 25's targets, ratios gateway / reference):
   tasks (≤ 0.25 s) and polls per second of generation, short (≤ 1.0) and long (≤ 0.35);
 - with `BENCH_BIG=1`: 1,000 concurrent 3-s streams with stored links, wall time (≤ 1.2) and
   memory per stream (≤ 1.0).
+
+`BENCH_VERSUS=boot,cpu_stored,cpu_provider,instant,mix` (any of them, comma-separated) runs only
+those figures (all of them when unset; `big` is the same as `BENCH_BIG=1`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,20 @@ MIX_GENERATIONS, MIX_AT_ONCE, MIX_SEED = 36, 30, 20261206
 BIG_STREAMS = 1000
 TIME_LIMIT = 240.0
 WARMUP = "warm-up"
+FIGURES = ("boot", "cpu_stored", "cpu_provider", "instant", "mix", "big")
+
+
+def _chosen() -> frozenset[str]:
+    """The figures to run: `BENCH_VERSUS` (comma-separated), else all (`big` with BENCH_BIG=1)."""
+    named = {n.strip() for n in os.environ.get("BENCH_VERSUS", "").split(",") if n.strip()}
+    unknown = named - set(FIGURES)
+    if unknown:
+        raise ValueError(f"BENCH_VERSUS: unknown {sorted(unknown)}; choose from {FIGURES}")
+    chosen = named or set(FIGURES[:-1])
+    if os.environ.get("BENCH_BIG") == "1":
+        chosen.add("big")
+    return frozenset(chosen)
+
 
 TARGETS: dict[str, tuple[str, float]] = {
     "boot": ("boot to first 200, ratio", 0.5),
@@ -362,11 +379,15 @@ def run() -> Report:
         data[label] = {"gateway": gw, "seed": sd, "ratio": ratio}
         return ratio
 
+    chosen = _chosen()
     with lambda_runtime_here() as runtime, s3_stand_in() as s3:
-        boots = _alternate(runtime, lambda side: _boot_once(runtime, side, s3), REPEATS + 2)
-        verdict("boot", compare("boot → first 200 of /v1/models", boots, None))
+        if "boot" in chosen:
+            boots = _alternate(runtime, lambda side: _boot_once(runtime, side, s3), REPEATS + 2)
+            verdict("boot", compare("boot → first 200 of /v1/models", boots, None))
 
         for links, key in (("stored", "cpu_stored"), ("provider", "cpu_provider")):
+            if key not in chosen:
+                continue
             bursts = _alternate(
                 runtime,
                 lambda side, links=links: _burst(runtime, side, s3, links, STREAMS),
@@ -382,25 +403,27 @@ def run() -> Report:
             compare(f"{STREAMS} at once, wall ({links} links)", bursts, "wall_s")
             data[f"errors_{links}"] = {s: [r["errors"] for r in v] for s, v in bursts.items()}
 
-        instant = _alternate(runtime, lambda side: _instant(runtime, side, s3), REPEATS)
-        verdict(
-            "instant_request",
-            compare("non-streamed request, instant provider", instant, "median_s"),
-        )
-        compare("answer after the instant task ended", instant, "after_end_s")
-        verdict("instant_after_end", _pick(instant, "gateway", "after_end_s")["median"])
+        if "instant" in chosen:
+            instant = _alternate(runtime, lambda side: _instant(runtime, side, s3), REPEATS)
+            verdict(
+                "instant_request",
+                compare("non-streamed request, instant provider", instant, "median_s"),
+            )
+            compare("answer after the instant task ended", instant, "after_end_s")
+            verdict("instant_after_end", _pick(instant, "gateway", "after_end_s")["median"])
 
-        mix = _alternate(runtime, lambda side: _mix(runtime, side, s3), 1)
-        compare("uneven mix: median lag, short tasks", mix, "lag_short_s")
-        compare("uneven mix: median lag, long tasks", mix, "lag_long_s")
-        compare("uneven mix: polls / s of generation, short", mix, "polls_short", unit="x")
-        compare("uneven mix: polls / s of generation, long", mix, "polls_long", unit="x")
-        verdict("mix_lag_short", _pick(mix, "gateway", "lag_short_s")["median"])
-        verdict("mix_polls_short", _pick(mix, "gateway", "polls_short")["median"])
-        verdict("mix_polls_long", _pick(mix, "gateway", "polls_long")["median"])
-        data["mix_errors"] = {s: [r["errors"] for r in v] for s, v in mix.items()}
+        if "mix" in chosen:
+            mix = _alternate(runtime, lambda side: _mix(runtime, side, s3), 1)
+            compare("uneven mix: median lag, short tasks", mix, "lag_short_s")
+            compare("uneven mix: median lag, long tasks", mix, "lag_long_s")
+            compare("uneven mix: polls / s of generation, short", mix, "polls_short", unit="x")
+            compare("uneven mix: polls / s of generation, long", mix, "polls_long", unit="x")
+            verdict("mix_lag_short", _pick(mix, "gateway", "lag_short_s")["median"])
+            verdict("mix_polls_short", _pick(mix, "gateway", "polls_short")["median"])
+            verdict("mix_polls_long", _pick(mix, "gateway", "polls_long")["median"])
+            data["mix_errors"] = {s: [r["errors"] for r in v] for s, v in mix.items()}
 
-        if os.environ.get("BENCH_BIG") == "1":
+        if "big" in chosen:
             big = _alternate(
                 runtime, lambda side: _burst(runtime, side, s3, "stored", BIG_STREAMS), 1
             )
