@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final
+from weakref import WeakKeyDictionary
 
 import httpx
 
@@ -33,6 +34,9 @@ Hook = Callable[..., Awaitable[Any]]
 TransportLayer = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
 
 _LAYERS: list[TransportLayer] = []
+#: provider clients whose transport is a bare `PooledTransport` (no layer wraps it): the
+#: transport, for requests that go to it directly (`direct_transport`)
+_DIRECT: WeakKeyDictionary[httpx.AsyncClient, PooledTransport] = WeakKeyDictionary()
 
 
 def add_transport_layer(layer: TransportLayer) -> None:
@@ -77,10 +81,25 @@ def provider_client(
     once more: nothing was sent, so a submit cannot start a task twice
     (`imagegw.infra.transport`). Answers are read through `imagegw.providers.upstream`, which
     bounds their size and their whole time."""
-    return httpx.AsyncClient(
+    pooled = PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)
+    transport = layered(pooled)
+    client = httpx.AsyncClient(
         cookies=NoCookies(),
         timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
-        transport=layered(PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)),
+        transport=transport,
         follow_redirects=False,
         event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
     )
+    if transport is pooled:
+        _DIRECT[client] = pooled
+    return client
+
+
+def direct_transport(client: httpx.AsyncClient) -> PooledTransport | None:
+    """The pool under a client `provider_client` built with no transport layer (none observes
+    its calls), for a request that needs none of the client's own work: a poll
+    (`imagegw.providers.upstream.send_request`, `PooledTransport.read_whole`). None for any
+    other client (a test's, a traced one): such requests go through the client. The client's
+    event hooks do not run for these requests (the provider client's one runs on its first
+    call, a submission)."""
+    return _DIRECT.get(client)
