@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final
-from weakref import WeakKeyDictionary
 
 import httpx
 
@@ -34,9 +33,6 @@ Hook = Callable[..., Awaitable[Any]]
 TransportLayer = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
 
 _LAYERS: list[TransportLayer] = []
-#: provider clients whose transport is a bare `PooledTransport` (no layer wraps it): the
-#: transport, for requests that go to it directly (`direct_transport`)
-_DIRECT: WeakKeyDictionary[httpx.AsyncClient, PooledTransport] = WeakKeyDictionary()
 
 
 def add_transport_layer(layer: TransportLayer) -> None:
@@ -72,6 +68,13 @@ class NoCookies(CookieJar):
         return None
 
 
+class ProviderClient(httpx.AsyncClient):
+    """The provider client: an httpx client that also knows its pool when no transport layer
+    wraps it (`direct`, for `direct_transport`)."""
+
+    direct: PooledTransport | None = None
+
+
 def provider_client(
     settings: Settings, *, event_hooks: Mapping[str, Sequence[Hook]] | None = None
 ) -> httpx.AsyncClient:
@@ -83,15 +86,14 @@ def provider_client(
     bounds their size and their whole time."""
     pooled = PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)
     transport = layered(pooled)
-    client = httpx.AsyncClient(
+    client = ProviderClient(
         cookies=NoCookies(),
         timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
         transport=transport,
         follow_redirects=False,
         event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
     )
-    if transport is pooled:
-        _DIRECT[client] = pooled
+    client.direct = pooled if transport is pooled else None
     return client
 
 
@@ -102,4 +104,4 @@ def direct_transport(client: httpx.AsyncClient) -> PooledTransport | None:
     other client (a test's, a traced one): such requests go through the client. The client's
     event hooks do not run for these requests (the provider client's one runs on its first
     call, a submission)."""
-    return _DIRECT.get(client)
+    return client.direct if isinstance(client, ProviderClient) else None
