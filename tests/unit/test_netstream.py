@@ -11,6 +11,7 @@ import gzip
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,17 @@ async def test_a_poll_sent_straight_to_the_pool_stops_reading_past_its_limit() -
                 )
             # and the pool's slot was given back: the next request is served
             assert (await http.get(f"http://127.0.0.1:{server.port}/")).status_code == 200
+
+
+async def test_a_connection_closed_by_the_server_is_not_reused_before_the_loop_saw_it() -> None:
+    # Given a connection the server closes after its answer
+    with OneAnswer(answer(b"ok")) as server:
+        async with httpx.AsyncClient(transport=PooledTransport(max_connections=4)) as http:
+            url = f"http://127.0.0.1:{server.port}/"
+            assert (await http.get(url)).text == "ok"
+            # When the close has arrived (0.5 s after the answer) while the event loop was
+            # busy, so that nothing read it yet
+            time.sleep(1.0)  # noqa: ASYNC251 (blocks the loop on purpose)
+            # Then the next request does not go on it: it is answered on a new connection
+            assert (await http.get(url)).text == "ok"
+    assert len(server.requests) == 2

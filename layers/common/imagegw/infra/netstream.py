@@ -10,7 +10,8 @@ provider poll paid an extra loop turn and four system calls on top of its send a
 Here a connection is an `asyncio.Protocol` that reads as data arrives (up to `HIGH_WATER` bytes
 held, then the transport pauses until the reader catches up) and a write goes straight to the
 transport (waiting only when it asks to pause). An idle pooled connection the server closed is
-known without a system call: its protocol saw the end of the stream (`is_readable`).
+not reused: its protocol saw the end of the stream, or a poll of its socket finds it readable
+(`is_readable`, the check httpcore's own backends make).
 
 Failures are httpcore's own exceptions (`ConnectError`, `ConnectTimeout`, `ReadError`,
 `ReadTimeout`, `WriteError`, `WriteTimeout`), as the other backends raise them.
@@ -19,6 +20,7 @@ Failures are httpcore's own exceptions (`ConnectError`, `ConnectTimeout`, `ReadE
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections import deque
 from collections.abc import Iterable
@@ -28,6 +30,16 @@ import httpcore
 
 #: bytes a connection holds unread before it stops reading the socket (and resumes at half)
 HIGH_WATER: Final = 256 * 1024
+
+
+def _readable_now(sock: Any) -> bool:
+    """Whether a socket has something to read (data or its end) right now, or is gone."""
+    fileno = -1 if sock is None else sock.fileno()
+    if fileno < 0:
+        return True
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Reader(asyncio.Protocol):
@@ -169,9 +181,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            # an idle connection with anything to read, or its end seen, is not to be reused
+            # an idle connection with anything to read, or its end seen, is not to be reused;
+            # the socket is asked too: the server's close may be in but not yet read by the loop
             reader = self.reader
-            return bool(reader.chunks) or reader.eof or self.transport.is_closing()
+            if reader.chunks or reader.eof or self.transport.is_closing():
+                return True
+            return _readable_now(self.transport.get_extra_info("socket"))
         if info == "ssl_object":
             return self.transport.get_extra_info("ssl_object")
         if info == "client_addr":
