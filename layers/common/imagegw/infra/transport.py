@@ -51,8 +51,12 @@ from imagegw.infra.netstream import AsyncioBackend
 
 #: connections being opened to one origin at a time (see the module docstring)
 MAX_OPENING: Final = 8
-#: seconds an unused connection is kept (httpx's default)
-KEEPALIVE_EXPIRY: Final = 5.0
+#: seconds an unused connection is kept: under the shortest keep-alive common servers give an
+#: idle connection (uvicorn's and Node's 5 s; httpx's own default is those 5 s), so the pool
+#: drops a connection before such a server closes it. At equal timeouts a burst took
+#: connections idle for nearly 5 s just as the server closed them, and a submission sent on one
+#: failed as dropped (it may have started, so it is not sent again)
+KEEPALIVE_EXPIRY: Final = 4.0
 
 _OriginKey = tuple[bytes, bytes, int | None]
 
