@@ -199,7 +199,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """Connections as `AsyncioStream`s (the module docstring says why)."""
+    """TCP connections as `AsyncioStream`s (the module docstring says why); the gateway makes
+    no Unix-socket connections (httpcore's base class refuses them)."""
 
     async def connect_tcp(
         self,
@@ -228,24 +229,6 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         if sock is not None:
             for option in socket_options or ():
                 sock.setsockopt(*option)
-        return AsyncioStream(transport, reader)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        reader = _Reader()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_unix_connection(lambda: reader, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout("The connection timed out.") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
-        assert isinstance(transport, asyncio.Transport)
         return AsyncioStream(transport, reader)
 
     async def sleep(self, seconds: float) -> None:
