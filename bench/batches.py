@@ -166,7 +166,7 @@ def run() -> Report:
             "completed / failed",
             f"{view['request_counts']['completed']} / {view['request_counts']['failed']}",
         ],
-        ["validation + start", fmt_s(validated)],
+        ["create (answers validating: the run checks the lines)", fmt_s(validated)],
         ["wall time to completed", fmt_s(wall)],
         ["most provider tasks at once", f"{peak} (cap {CONCURRENCY})"],
         ["Lambda invocations / item", f"{sum(calls.values()) / ITEMS:.2f}"],

@@ -1,6 +1,6 @@
-"""Step Functions tasks `Prepare`, `Record` and `Finalize` of the batch state machine
+"""Step Functions tasks `Validate`, `Prepare`, `Record` and `Finalize` of the batch state machine
 (statemachine/image_batch.asl.json): the event's `step` names which. One function for the
-three: each is small, and they share the bucket's permissions.
+four: each is small, and they share the bucket's permissions.
 
 Thin: the work is `imagegw.frontends.batch_steps` in the shared layer; an item's job itself runs
 on the image-job steps (functions/job_*), as every durable job does.

@@ -12,6 +12,7 @@ state machine's waits (its Retry backoff, its Wait and Backoff states) are recor
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import anyio
 import boto3
+import openai
 import pytest
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
@@ -213,3 +215,11 @@ def simulate_time(
 def transitions(history: list[dict[str, Any]]) -> int:
     """State transitions as Step Functions Standard bills them: each state entered."""
     return sum(1 for event in history if str(event["type"]).endswith("StateEntered"))
+
+
+def verified(delivery: Any, secret: str) -> dict[str, Any]:
+    """A webhook delivery's event, its signature checked by the official SDK."""
+    client = openai.OpenAI(api_key="unused")
+    client.webhooks.verify_signature(delivery.body, delivery.headers, secret=secret)
+    event: dict[str, Any] = json.loads(delivery.body)
+    return event

@@ -84,7 +84,8 @@ def test_items_of_a_batch_past_its_window_are_skipped_and_the_batch_expires(
     assert fake_ms.submissions == []
     # And the batch ends expired, with what was made and an error line per other item
     batch = {"id": batch_id, "owner": OWNER, "total": 4}
-    assert run(batch_steps.finalize, {"batch": batch}, kit) == {"status": "expired"}
+    ended = run(batch_steps.finalize, {"batch": batch}, kit)
+    assert ended == {"status": "expired", "event": "batch.expired"}  # its webhook's event
     final = anyio.run(store.get_json, store.run_key(OWNER, batch_id, "final.json"))
     assert final["request_counts"] == {"total": 4, "completed": 1, "failed": 1}
     assert final["expired_at"] >= final["finalizing_at"]

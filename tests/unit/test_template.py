@@ -521,8 +521,14 @@ def test_the_demo_provider_is_off_unless_its_parameter_turns_it_on(
     parameter = template["Parameters"]["DemoProvider"]
     assert parameter["Default"] == "disabled"
     assert set(parameter["AllowedValues"]) == {"disabled", "enabled"}
-    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
-    assert api["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    # every function that resolves a provider reads the same switch (a demo job's Submit, Poll
+    # and Store refused the provider the API had accepted when only the API had it)
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert shared["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            own = resource["Properties"].get("Environment", {}).get("Variables", {})
+            assert "DEMO_PROVIDER" not in own, name
     # the app reads the same words: only "enabled" turns it on
     from imagegw.infra.config import Settings
     from imagegw.providers.demo import enabled

@@ -8,6 +8,11 @@ window), then the job state machine's own states, copied here unchanged except a
 where a job ends, an item goes on to Record (its outcome written to the bucket), so an item
 never fails its child workflow and the map tolerates every item's failure. Finalize writes the
 output and error files once the map is over.
+
+Around the map (the outer machine): Validate first (the batch step that reads the input file,
+checks every line and writes the items; nothing is paid before it passes), then the map, or
+the batch's end as `failed`; and, for a batch with a `webhook_url`, a Notify state posting its
+signed `batch.*` event (the job's Notify function and Retry) before the execution ends.
 """
 
 from __future__ import annotations
@@ -74,6 +79,119 @@ def item_states(job: dict[str, Any]) -> dict[str, Any]:
     return states
 
 
+#: a batch's webhook_url is set (a Choice rule)
+HAS_WEBHOOK = {
+    "And": [
+        {"Variable": "$.batch.webhook", "IsPresent": True},
+        {"Variable": "$.batch.webhook", "IsNull": False},
+    ]
+}
+
+
+def notify_state(
+    job: dict[str, Any], kind: dict[str, str], comment: str, then: str
+) -> dict[str, Any]:
+    """A batch's Notify state: the job's Notify function and its Retry (the same delivery
+    schedule), then `then` whether it was delivered or not."""
+    template = job["States"]["NotifySucceeded"]
+    return {
+        "Type": "Task",
+        "Comment": comment,
+        "Resource": template["Resource"],
+        "Parameters": {
+            "batch_id.$": "$.batch.id",
+            "owner.$": "$.batch.owner",
+            "webhook.$": "$.batch.webhook",
+            **kind,
+            "attempt.$": "$$.State.RetryCount",
+            "entered.$": "$$.State.EnteredTime",
+        },
+        "ResultPath": None,
+        "Retry": copy.deepcopy(template["Retry"]),
+        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": None, "Next": then}],
+        "Next": then,
+    }
+
+
+def outer_states(job: dict[str, Any]) -> dict[str, Any]:
+    """The batch's own states before and after the map (Items, given by the caller)."""
+    transient = {
+        "ErrorEquals": ["TransientJobError"],
+        "IntervalSeconds": 5,
+        "BackoffRate": 2,
+        "MaxAttempts": 6,
+    }
+    return {
+        "Validate": {
+            "Type": "Task",
+            "Comment": "Read the input file and check every line as the single request would be "
+            "checked (nothing is paid before): the items written as a JSON array for the map, or "
+            "the batch failed with errors.data[] (line numbers). The batch shows validating until "
+            "this ends.",
+            "Resource": STEP,
+            "Parameters": {"step": "validate", "batch.$": "$.batch"},
+            "ResultPath": "$.validated",
+            "Retry": [*RETRY, transient],
+            "Next": "Valid",
+        },
+        "Valid": {
+            "Type": "Choice",
+            "Comment": "A batch with a bad line ends failed (telling its webhook_url first).",
+            "Choices": [
+                {
+                    "And": [
+                        {"Variable": "$.validated.status", "StringEquals": "failed"},
+                        HAS_WEBHOOK,
+                    ],
+                    "Next": "NotifyInvalid",
+                },
+                {"Variable": "$.validated.status", "StringEquals": "failed", "Next": "Invalid"},
+            ],
+            "Default": "Items",
+        },
+        "NotifyInvalid": notify_state(
+            job,
+            {"type": "batch.failed"},
+            "POST the batch's signed batch.failed event to its webhook_url (the JobNotify "
+            "function, the job's Notify Retry); delivered or not, the batch has failed.",
+            "Invalid",
+        ),
+        "Invalid": {
+            "Type": "Succeed",
+            "Comment": "The batch failed validation: nothing was started (its status says so).",
+            "OutputPath": "$.validated",
+        },
+        "Finalize": {
+            "Type": "Task",
+            "Comment": "Write the output file (succeeded items) and the error file (failed, "
+            "cancelled or expired items) and the batch's end: completed, cancelled or expired.",
+            "Resource": STEP,
+            "Parameters": {
+                "step": "finalize",
+                "batch.$": "$.batch",
+                "total.$": "$.validated.total",
+            },
+            "ResultPath": "$.final",
+            "Retry": [*RETRY, transient],
+            "Next": "Ended",
+        },
+        "Ended": {
+            "Type": "Choice",
+            "Comment": "A batch with a webhook_url tells how it ended before the execution ends.",
+            "Choices": [{**HAS_WEBHOOK, "Next": "NotifyEnded"}],
+            "Default": "Done",
+        },
+        "NotifyEnded": notify_state(
+            job,
+            {"type.$": "$.final.event"},
+            "POST the batch's signed batch.completed, batch.expired or batch.cancelled event "
+            "(as NotifyInvalid, same Retry); delivered or not, the batch has ended.",
+            "Done",
+        ),
+        "Done": {"Type": "Succeed", "OutputPath": "$.final"},
+    }
+
+
 def batch_machine(job: dict[str, Any]) -> dict[str, Any]:
     prepare = {
         "Type": "Task",
@@ -114,6 +232,7 @@ def batch_machine(job: dict[str, Any]) -> dict[str, Any]:
         "Retry": RETRY,
         "End": True,
     }
+    outer = outer_states(job)
     processor = {
         "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
         "StartAt": "Prepare",
@@ -123,11 +242,13 @@ def batch_machine(job: dict[str, Any]) -> dict[str, Any]:
         "Comment": "A Batch API batch (docs/batches.md): a Distributed Map over the batch's "
         "checked items (a JSON array in the bucket), at most BATCH_CONCURRENCY at once, each "
         "item one durable job of the image-job lifecycle (generated from image_job.asl.json "
-        "by tools/batchasl), then Finalize writes the output and error files. Standard child "
+        "by tools/batchasl), after Validate checked every line; then Finalize writes the output "
+        "and error files, and a batch with a webhook_url gets its batch.* event. Standard child "
         "workflows: an item's job may wait on its provider up to JOB_TIMEOUT (an hour by "
         "default), past Express's 5 minutes.",
-        "StartAt": "Items",
+        "StartAt": "Validate",
         "States": {
+            **{name: outer[name] for name in ("Validate", "Valid", "NotifyInvalid", "Invalid")},
             "Items": {
                 "Type": "Map",
                 "Comment": "Items read from S3; an item records its own failure, so none fails "
@@ -154,23 +275,7 @@ def batch_machine(job: dict[str, Any]) -> dict[str, Any]:
                 "ResultPath": "$.map",
                 "Next": "Finalize",
             },
-            "Finalize": {
-                "Type": "Task",
-                "Comment": "Write the output file (succeeded items) and the error file (failed, "
-                "cancelled or expired items) and the batch's end: completed, cancelled or expired.",
-                "Resource": STEP,
-                "Parameters": {"step": "finalize", "batch.$": "$.batch"},
-                "Retry": [
-                    *RETRY,
-                    {
-                        "ErrorEquals": ["TransientJobError"],
-                        "IntervalSeconds": 5,
-                        "BackoffRate": 2,
-                        "MaxAttempts": 6,
-                    },
-                ],
-                "End": True,
-            },
+            **{name: outer[name] for name in ("Finalize", "Ended", "NotifyEnded", "Done")},
         },
     }
 

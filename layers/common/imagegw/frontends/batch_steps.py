@@ -2,6 +2,11 @@
 functions/batch_step): each item of a batch is one durable job of the image-job lifecycle,
 run by the job's own steps (`imagegw.runners.stepfunctions.steps`) between these:
 
+- `validate` (the batch's first state, before anything is paid): the input file read and every
+  line checked as the single request would be (`batch_lines.check_file`, a gateway key's
+  allowed models included); the items written as a JSON array for the map, or the batch
+  `failed` with `errors.data[]` (line numbers). It writes `validated.json`: until then the
+  batch shows `validating`.
 - `prepare`: the item (a line planned when the batch was created, `batch_lines.Item`) as a
   job's execution input: the job's id derived from the batch's and the item's (so a retried
   step starts nothing twice), input images placed as a durable job's are, the provider key
@@ -20,11 +25,14 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Final
+
+import anyio.to_thread
 
 from imagegw.errors import AuthenticationError, GatewayError
 from imagegw.frontends import job_answers
-from imagegw.frontends.batch_lines import Item
+from imagegw.frontends.batch_lines import Item, check_file
 from imagegw.frontends.batches import FAILED, OK, SKIPPED, result_name
 from imagegw.frontends.routes.files import file_object, new_file_id
 from imagegw.infra.batchstore import BatchStore
@@ -65,6 +73,73 @@ def status_of(body: Mapping[str, Any]) -> int:
 
 def _store(kit: Gateway) -> BatchStore:
     return BatchStore(kit.store)
+
+
+def _batch_error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """An error of the whole batch in `errors.data[]` (no line)."""
+    return {"code": code, "message": message, "param": param, "line": None}
+
+
+async def validate(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """The batch's input file checked (nothing is paid before): `{"status": "in_progress",
+    "total"}` with the items written for the map, or `{"status": "failed", "total": 0}` with
+    every bad line in `validated.json`'s `errors.data[]`."""
+    batch = event["batch"]
+    batch_id, owner = batch["id"], batch["owner"]
+    store = _store(kit)
+    record = await store.get_json(store.run_key(owner, batch_id, "batch.json"))
+    errors, items = await _check(record, batch.get("quota_key"), kit)
+    now = int(time.time())
+    if errors:
+        state: dict[str, Any] = {
+            "status": "failed",
+            "failed_at": now,
+            "total": 0,
+            "errors": {"object": "list", "data": errors},
+        }
+    else:
+        body = json.dumps([item.model_dump(mode="json") for item in items]).encode()
+        await store.put(store.run_key(owner, batch_id, "items.json"), body)
+        state = {"status": "in_progress", "in_progress_at": now, "total": len(items)}
+    await store.put_json(store.run_key(owner, batch_id, "validated.json"), state)
+    logger.info(
+        "batch validated",
+        extra={"batch_id": batch_id, "status": state["status"], "items": len(items)},
+    )
+    return {"status": state["status"], "total": state["total"]}
+
+
+async def _check(
+    record: Mapping[str, Any], key_hash: str | None, kit: Gateway
+) -> tuple[list[dict[str, Any]], tuple[Item, ...]]:
+    """The errors of the batch's input file (each bad line's), and its items when none."""
+    store = _store(kit)
+    content = await store.file_content(record["owner"], record["input_file_id"])
+    if content is None:
+        message = "The input file was deleted before the batch was validated."
+        return [_batch_error("file_not_found", message, "input_file_id")], ()
+    caller = None
+    try:
+        if key_hash:  # a gateway key's batch: its allowed models as they stand now
+            caller = await kit.access.keyed_caller(key_hash)
+            if caller is None:
+                message = "The gateway key that made this batch is revoked or expired."
+                return [_batch_error("invalid_api_key", message)], ()
+        provider = kit.provider(record["provider"])
+    except GatewayError as exc:
+        return [_batch_error(exc.code or "invalid_request", exc.message, exc.param)], ()
+    # 50,000 lines planned: in a worker thread, the event loop stays free
+    checked = await anyio.to_thread.run_sync(
+        partial(
+            check_file,
+            content,
+            endpoint=record["endpoint"],
+            provider=provider,
+            max_items=kit.settings.batch_max_items,
+            caller=caller,
+        )
+    )
+    return [error.body() for error in checked.errors], checked.items
 
 
 async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
@@ -202,6 +277,8 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
 
 
 async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """The output and error files and the batch's end (`final.json`): `{"status", "event"}`,
+    the event its webhook_url gets (`batch.completed`, `batch.cancelled`, `batch.expired`)."""
     batch = event["batch"]
     batch_id, owner = batch["id"], batch["owner"]
     store = _store(kit)
@@ -235,7 +312,7 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         "output_file_id": output_id,
         "error_file_id": error_id,
         "request_counts": {
-            "total": int(batch["total"]),
+            "total": int(event.get("total", batch.get("total", 0))),
             "completed": len(done),
             "failed": sum(1 for key in names if key.endswith(FAILED)),
         },
@@ -250,7 +327,7 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
             "failed": len(failed),
         },
     )
-    return {"status": status}
+    return {"status": status, "event": f"batch.{status}"}
 
 
 async def _save(store: BatchStore, owner: str, filename: str, lines: list[bytes]) -> str | None:
@@ -262,4 +339,9 @@ async def _save(store: BatchStore, owner: str, filename: str, lines: list[bytes]
     return str(meta["id"])
 
 
-STEPS: Final = {"prepare": prepare, "record": record, "finalize": finalize}
+STEPS: Final = {
+    "validate": validate,
+    "prepare": prepare,
+    "record": record,
+    "finalize": finalize,
+}

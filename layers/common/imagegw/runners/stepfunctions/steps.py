@@ -177,12 +177,13 @@ async def open_key(sealed: str, job_id: str, kit: Gateway) -> SecretStr:
     return token
 
 
-async def _open(sealed: str, job_id: str, kit: Gateway) -> tuple[SecretStr, PoolLease | None]:
+async def _open(spec: JobSpec, sealed: str, kit: Gateway) -> tuple[SecretStr, PoolLease | None]:
     """The token Submit starts with, and for a server-held one its lease on the pool (to fail
-    over to the next token): the referenced token, or the next one not set aside."""
+    over to the next token): the referenced token, or the next one not set aside, within the
+    share of the pool the job's gateway key spends (KEY_POOL_SHARE, as its requests)."""
     if not sealed.startswith(POOL_REF):
-        return kit.sealer.open(sealed, job_id), None
-    leased = await kit.access.lease_at(sealed)
+        return kit.sealer.open(sealed, spec.id), None
+    leased = await kit.access.lease_at(sealed, spec.quota.key if spec.quota else None)
     if leased is None:
         raise _removed()
     return leased.token, leased
@@ -319,7 +320,7 @@ async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     spec = payload.job
     try:
         provider = kit.provider(spec.provider)
-        key, leased = await _open(payload.key, spec.id, kit)
+        key, leased = await _open(spec, payload.key, kit)
         protect(key.get_secret_value())
         images = await _inputs(spec, kit)
         parts = provider.split(_request(spec, key, images))
