@@ -10,7 +10,6 @@ import datetime as dt
 import gzip
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,44 +21,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fakes.socketserver import LoopbackServer
 from imagegw.infra.netstream import HIGH_WATER
 from imagegw.infra.transport import PooledTransport
 
 pytestmark = pytest.mark.anyio
 
 
-class OneAnswer:
+class OneAnswer(LoopbackServer):
     """A server on loopback that reads a request head and answers `answer` (or nothing), on
     every connection; optionally over TLS."""
 
     def __init__(self, answer: bytes | None, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__()
         self.answer = answer
         self.tls = tls
         self.requests: list[bytes] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> OneAnswer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket) -> None:
         connection.settimeout(5)
         try:
             if self.tls is not None:
@@ -73,10 +52,10 @@ class OneAnswer:
                     head += chunk
                 self.requests.append(head)
                 if self.answer is None:
-                    self._stop.wait(5)
+                    self.stopping.wait(5)
                     return
                 connection.sendall(self.answer)
-                self._stop.wait(0.5)
+                self.stopping.wait(0.5)
         except (OSError, ssl.SSLError):
             return
 
