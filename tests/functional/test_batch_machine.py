@@ -2,7 +2,8 @@
 state checks the lines (the batch shows `validating` until then), its Distributed Map runs the
 items on the job's steps, and a batch made with a `webhook_url` gets one signed `batch.*` event
 when it ends, delivered by the job's Notify function with its Retry (waits recorded, not
-slept); the batch object shows the delivery."""
+slept); the batch object shows the delivery. An item takes no more state transitions than the
+same durable job."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any
 
 import anyio
 import pytest
-from machine import TOKEN, World, verified
+from machine import TOKEN, World, entered_states, simulate_time, transitions, verified
 from pydantic import SecretStr
 
 from fakes.aws import REGION, MockedAws
 from fakes.modelscope import FakeModelScope
 from fakes.webhook_receiver import WebhookReceiver
+from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.webhooks import caller_secret
 from imagegw.frontends.batches import Batches
 from imagegw.frontends.local import BATCH_ASL_FILE, state_machine_definition
@@ -27,7 +29,9 @@ from imagegw.infra.batchstore import BatchStore
 from imagegw.infra.executions import StepFunctionsRunner
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
+from imagegw.providers import priors
 from imagegw.runners.gateway import Gateway
+from imagegw.runners.stepfunctions import steps
 from imagegw.runners.stepfunctions.service import owner_of
 
 pytestmark = pytest.mark.functional
@@ -183,3 +187,50 @@ def test_a_batch_without_a_webhook_url_ends_without_a_notify_state(
     assert batches.get(created["id"])["status"] == "completed"
     assert batches.entered(created["id"])[-3:] == ["Finalize", "Ended", "Done"]
     assert app.deliveries == []
+
+
+def test_a_batch_item_takes_no_more_state_transitions_than_the_same_durable_job(
+    world: Callable[..., World],
+    aws: MockedAws,
+    fake_ms: FakeModelScope,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given 30-s tasks (on simulated time) of a model whose run time is learned, one item of
+    # a batch at a time (each item's waits are its own)
+    w = world(job_poll_interval=5, batch_concurrency=1)
+    simulate_time(w, monkeypatch, fake_ms)
+    monkeypatch.setattr(steps, "ESTIMATES", MemoryEstimates(priors()))
+    fake_ms.pending_seconds, fake_ms.task_duration = 2.0, 30.0
+    jobs = []
+    for _ in range(4):
+        job_id = w.submit()
+        assert w.wait(job_id)["status"] == "SUCCEEDED"
+        jobs.append(transitions(w.history(job_id)))
+    # (a job the provider refuses, for the refused item's bar)
+    fake_ms.fail_prompts["a forbidden scene"] = "content moderation refused the prompt"
+    failed = w.submit(prompt="a forbidden scene")
+    assert w.wait(failed)["status"] == "FAILED"
+    failed_job = transitions(w.history(failed))
+    # When the same images are asked for in a batch, with the refused prompt
+    entered = entered_states(monkeypatch)
+    batches = Run(w, aws)
+    prompts = [f"a lighthouse, take {i}" for i in range(4)] + ["a forbidden scene"]
+    created = batches.start([line(f"req-{i}", p) for i, p in enumerate(prompts)], None)
+    assert batches.wait(created["id"]) == "SUCCEEDED"
+    # Then the batch completes, its items as the jobs did
+    view = batches.get(created["id"])
+    assert view["status"] == "completed"
+    assert view["request_counts"] == {"total": 5, "completed": 4, "failed": 1}
+    # And an item takes no more state transitions than the same durable job once learned
+    # (Submit, Check, the predicted wait, Poll, Check, Store: the job's 7 less its Done), the
+    # refused one no more than the failed job
+    processor = json.loads(BATCH_ASL_FILE.read_text())["States"]["Items"]["ItemProcessor"]
+    items = [name for name in entered if name in processor["States"]]
+    runs = "|".join(items).split("|Submit")  # one item at a time: each run from its Submit
+    assert len(runs) == 5 and items[0] == "Submit"
+    succeeded = [run for run in runs if "Store" in run]
+    refused = [run for run in runs if "Record" in run]
+    assert len(succeeded) == 4 and len(refused) == 1
+    for run in succeeded:
+        assert len(run.split("|")) <= jobs[-1] - 1, (run, jobs)
+    assert len(refused[0].split("|")) <= failed_job, (refused, failed_job)

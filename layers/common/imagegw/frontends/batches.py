@@ -25,6 +25,7 @@ import secrets
 import time
 from typing import Any, Final
 
+import anyio
 import anyio.to_thread
 from pydantic import SecretStr
 
@@ -33,11 +34,12 @@ from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError
 from imagegw.frontends.batch_lines import ENDPOINTS, Endpoint
 from imagegw.infra.batchstore import BATCH_ID, BatchStore
 from imagegw.infra.config import Settings
-from imagegw.infra.executions import JobRunner, StepFunctionsRunner
+from imagegw.infra.executions import JobRunner
 from imagegw.infra.log import logger
 from imagegw.infra.sealer import KeySealer
 from imagegw.providers.base import Provider
 from imagegw.runners.stepfunctions.delivery import read_delivery
+from imagegw.runners.stepfunctions.machine import StateMachineService
 from imagegw.runners.stepfunctions.service import max_polls
 
 #: the completion windows a batch may ask for, in seconds
@@ -48,6 +50,11 @@ MAX_METADATA: Final = 16
 OK: Final = ".ok.json"
 FAILED: Final = ".failed.json"
 SKIPPED: Final = ".skipped.json"
+#: `submitting/{index}`: an item between its last look at the cancel mark and the provider's
+#: answer to its submission; a cancel answers once none is left (at most `CANCEL_FENCE` s)
+SUBMITTING: Final = "submitting/"
+CANCEL_FENCE: Final = 5.0
+FENCE_PAUSE: Final = 0.05
 
 
 def new_batch_id() -> str:
@@ -69,8 +76,12 @@ _PRIVATE: Final = ("owner", "provider", "total", "webhook")
 ENDED: Final = frozenset({"failed", "completed", "expired", "cancelled"})
 
 
-class Batches:
+class Batches(StateMachineService):
     """Create, read, cancel and list batches of one gateway."""
+
+    ARN_SETTING = "batch_state_machine_arn"
+    DISABLED = "Batches"
+    DISABLED_CODE = "batches_disabled"
 
     def __init__(
         self,
@@ -80,27 +91,8 @@ class Batches:
         runner: JobRunner | None = None,
         sealer: KeySealer | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, runner=runner, sealer=sealer)
         self.store = store
-        self._runner = runner
-        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
-
-    @property
-    def enabled(self) -> bool:
-        return self._runner is not None or bool(self.settings.batch_state_machine_arn)
-
-    @property
-    def runner(self) -> JobRunner:
-        if self._runner is None:
-            if not self.settings.batch_state_machine_arn:
-                raise NotFoundError(
-                    "Batches are not enabled on this gateway (no BATCH_STATE_MACHINE_ARN).",
-                    code="batches_disabled",
-                )
-            self._runner = StepFunctionsRunner(
-                self.settings.batch_state_machine_arn, self.settings.aws_region
-            )
-        return self._runner
 
     async def create(
         self,
@@ -283,7 +275,19 @@ class Batches:
             key = self.store.run_key(owner, batch_id, "cancel.json")
             await self.store.put_json(key, {"cancelling_at": int(time.time())})
             logger.info("batch cancelled", extra={"batch_id": batch_id})
+        await self._fence(owner, batch_id)
         return await self._view(owner, record)
+
+    async def _fence(self, owner: str, batch_id: str) -> None:
+        """Wait until no item is between its last look at the cancel mark and its submission
+        (its `SUBMITTING` marker, written before that look: one that read no mark is seen
+        here), at most `CANCEL_FENCE` seconds: after the answer, nothing more is submitted."""
+        prefix = self.store.run_key(owner, batch_id, SUBMITTING)
+        with anyio.move_on_after(CANCEL_FENCE):
+            for _ in range(int(CANCEL_FENCE / FENCE_PAUSE)):
+                if not await self.store.keys(prefix):
+                    return
+                await anyio.sleep(FENCE_PAUSE)
 
     async def list(self, owner: str, *, after: str | None, limit: int) -> dict[str, Any]:
         """The caller's batches, newest first, `limit` after the one `after` names."""

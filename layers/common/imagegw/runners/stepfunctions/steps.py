@@ -311,16 +311,21 @@ async def _waits(
     return job_waits(book, policy, interval, run, queue, now)
 
 
-async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+async def submit(
+    event: Mapping[str, Any], kit: Gateway, opened: SecretStr | None = None
+) -> dict[str, Any]:
     """Start the job's provider calls; a `JobProgress` (polls 0). A gateway key's job fails
     over to its pool's next token when every call was refused in a way that sets the token
     aside (`start_leased`); the token used is named in the progress (`JobProgress.key`) for
-    Poll."""
+    Poll. `opened`: the client's key, already open (a batch item's Submit opened the batch's)."""
     payload = SubmitEvent.model_validate(event)
     spec = payload.job
     try:
         provider = kit.provider(spec.provider)
-        key, leased = await _open(spec, payload.key, kit)
+        if opened is None:
+            key, leased = await _open(spec, payload.key, kit)
+        else:
+            key, leased = opened, None
         protect(key.get_secret_value())
         images = await _inputs(spec, kit)
         parts = provider.split(_request(spec, key, images))
