@@ -120,7 +120,9 @@ class _Instance:
             if self.gateway is not None:
                 self.runner.run(self.gateway.aclose())
         except Exception as exc:  # closing is tidying up: a failure must not fail a step
-            logger.warning("job step gateway not closed cleanly", extra={"error": type(exc).__name__})
+            logger.warning(
+                "job step gateway not closed cleanly", extra={"error": type(exc).__name__}
+            )
         finally:
             self.runner.close()
 
