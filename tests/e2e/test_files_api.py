@@ -160,3 +160,24 @@ def test_an_upload_whose_parts_do_not_add_up_is_refused_and_stays_the_owners(
     assert client.uploads.cancel(upload.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         client.uploads.parts.create(upload.id, data=b"{}\n")
+
+
+def test_anonymous_demo_callers_keep_no_files_another_could_list(
+    gateway: Callable[..., str],
+) -> None:
+    # Given the demo on, which serves callers without a token (none tells them apart)
+    url = gateway(demo_provider="enabled")
+
+    # When a caller without a token uploads a file, or lists the files, on the demo
+    upload = httpx.post(f"{url}/demo/v1/files", files={"file": ("a.jsonl", JSONL)})
+    listing = httpx.get(f"{url}/demo/v1/files")
+
+    # Then both are 401s naming the way out (any token), and nothing was kept
+    for answer in (upload, listing):
+        assert answer.status_code == 401
+        assert answer.json()["error"]["code"] == "missing_api_key"
+        assert "the demo takes any" in answer.json()["error"]["message"]
+    # while a demo caller with a token of their own keeps files the next one does not see
+    mine = sdk(url, "anything-a", "/demo").files.create(file=("a.jsonl", JSONL), purpose="batch")
+    assert mine.id in [item.id for item in sdk(url, "anything-a", "/demo").files.list()]
+    assert mine.id not in [item.id for item in sdk(url, "anything-b", "/demo").files.list()]

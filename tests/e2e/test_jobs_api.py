@@ -268,3 +268,32 @@ def test_unknown_and_foreign_jobs_are_404(local_server: str, fake_ms: FakeModelS
     assert foreign.status_code == 404
     assert httpx.get(accepted.headers["location"], timeout=30).status_code == 401
     wait_for(accepted.headers["location"])
+
+
+def test_anonymous_demo_jobs_share_no_idempotency_key_and_others_jobs_stay_theirs(
+    local_server: str,
+) -> None:
+    demo = f"{local_server}/demo/v1/images/generations"
+    body = {"model": "demo/shapes", "prompt": "a red square", "size": "64x64"}
+    anonymous = {"prefer": "respond-async"}
+
+    # Given a demo caller with a token of their own, whose job has an Idempotency-Key
+    mine = {**anonymous, "authorization": "Bearer anything-a", "idempotency-key": "k1"}
+    accepted = httpx.post(demo, json=body, headers=mine, timeout=30)
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+
+    # When a caller without a token asks for it, or sends the same Idempotency-Key
+    asked = httpx.get(location, timeout=30)
+    same_key = httpx.post(demo, json=body, headers={**anonymous, "idempotency-key": "k1"})
+
+    # Then the job is not theirs (a 404), and the key is refused before anything starts: it
+    # would name one job for every caller without a token
+    assert asked.status_code == 404
+    assert same_key.status_code == 400
+    assert same_key.json()["error"]["code"] == "idempotency_key_needs_token"
+    # while the owner reads the job, and a caller without a token reads their own by its link
+    assert wait_for(location, token="anything-a")["status"] == "succeeded"
+    own = httpx.post(demo, json=body, headers=anonymous, timeout=30)
+    assert own.status_code == 202, own.text
+    assert httpx.get(own.headers["location"], timeout=30).status_code == 200
