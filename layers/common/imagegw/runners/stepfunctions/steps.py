@@ -427,7 +427,8 @@ async def poll(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         protect(key.get_secret_value())
     except GatewayError as exc:
         return await _ended(spec, _refused(exc, polls, key=used), kit)
-    parts = provider.split(_request(spec, key))
+    images = await _inputs(spec, kit) if provider.checks_with_inputs else ()
+    parts = provider.split(_request(spec, key, images))
     book = progress.book()
     pending = book.running()
     answers = await asyncio.gather(
