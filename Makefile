@@ -187,17 +187,28 @@ bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
 # Deploy and operate (README "Deploy and operate"): the stack's name and region are
 # samconfig.toml's, which `sam deploy --guided` writes. `make deploy` first stops with a how-to
 # when boto3 finds no AWS credentials (or AWS cannot be reached), before the build; it builds
-# with python3.13 (put on PATH above) for the saved Architecture, deploys, builds and deploys
-# again when the guided answers chose another Architecture, then prints the addresses to use.
-STACKTOOL := PYTHONPATH=tools $(BIN)/python -m stacktool
+# with python3.13 (put on PATH above) for the saved Architecture. The guided questions run as
+# `sam deploy --guided --no-execute-changeset`: they save the answers (SAM saves them before it
+# packages) and show a change set that is never executed (a first one leaves the stack in
+# REVIEW_IN_PROGRESS, which the next `sam deploy` creates as a new stack). It stops there when
+# the saved parameters cannot work together (`stacktool parameters`: a GenerationTimeout not
+# below FunctionTimeout, which the template cannot compare). When the answers changed the
+# Architecture it builds again; then the one deploy that changes anything, `sam deploy` with
+# the saved answers, always ships a build for the stack's Architecture. Last it prints the
+# addresses to use.
+STACKTOOL := PYTHONPATH=layers/common:tools $(BIN)/python -m stacktool
 GUIDED ?= 1
+PREVIEW_NOTE := The guided questions first: their change set is only shown. The deploy follows, \
+  built for the Architecture you choose.
 
 deploy: $(BIN)/.ready $(SAM_VENV)/.ready
 	@$(STACKTOOL) credentials --for deploy
 	@$(MAKE) --no-print-directory build
-	$(SAM) deploy $(if $(filter 1,$(GUIDED)),--guided)
-	@$(STACKTOOL) architecture --built "$$(cat $(BUILT_ARCH))" || \
-	  { $(MAKE) --no-print-directory build && $(SAM) deploy; }
+	@$(if $(filter 1,$(GUIDED)),echo "$(PREVIEW_NOTE)")
+	$(if $(filter 1,$(GUIDED)),$(SAM) deploy --guided --no-execute-changeset)
+	@$(STACKTOOL) parameters
+	@$(STACKTOOL) architecture --built "$$(cat $(BUILT_ARCH))" || $(MAKE) --no-print-directory build
+	$(SAM) deploy
 	@$(STACKTOOL) outputs
 
 logs: $(BIN)/.ready

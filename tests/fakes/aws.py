@@ -7,6 +7,7 @@ backend of the test process, the session's S3 stand-in server (`conftest.s3_env`
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,3 +107,70 @@ def s3_stand_in_env(bucket: str) -> Iterator[dict[str, str]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class TransactionConflicts:
+    """A DynamoDB client (moto's) that refuses writes as DynamoDB does while a transaction is
+    writing one of their items, which moto never does: another transaction is cancelled
+    (`TransactionCanceledException`, reason `TransactionConflict` for that item), an UpdateItem
+    fails (`TransactionConflictException`). Nothing of a refused write is applied. The first
+    transaction stays in progress until a write has run into it (or 10 s), so a test of
+    concurrent writes meets a conflict every run. `conflicts` counts the refusals."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._writing: set[str] = set()
+        self._first = True
+        self._collided = threading.Event()
+        self.conflicts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _refuse(self, items: list[str]) -> bool:
+        """Whether one of `items` is being written by a transaction (counted when so)."""
+        if self._writing.isdisjoint(items):
+            return False
+        self.conflicts += 1
+        self._collided.set()
+        return True
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        items = [next(iter(op.values()))["Key"]["pk"]["S"] for op in kwargs["TransactItems"]]
+        with self._lock:
+            if self._refuse(items):
+                reasons = [
+                    {"Code": "TransactionConflict" if i in self._writing else "None"} for i in items
+                ]
+                error = {
+                    "Error": {
+                        "Code": "TransactionCanceledException",
+                        "Message": "Transaction cancelled, please refer cancellation reasons",
+                    },
+                    "CancellationReasons": reasons,
+                }
+                raise self._client.exceptions.TransactionCanceledException(
+                    error, "TransactWriteItems"
+                )
+            self._writing.update(items)
+            first, self._first = self._first, False
+        try:
+            if first:
+                self._collided.wait(10)
+            return self._client.transact_write_items(**kwargs)
+        finally:
+            with self._lock:
+                self._writing.difference_update(items)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        with self._lock:
+            if self._refuse([kwargs["Key"]["pk"]["S"]]):
+                error = {
+                    "Error": {
+                        "Code": "TransactionConflictException",
+                        "Message": "Transaction is ongoing for the item",
+                    }
+                }
+                raise self._client.exceptions.TransactionConflictException(error, "UpdateItem")
+        return self._client.update_item(**kwargs)

@@ -176,7 +176,9 @@ def _access(asides: dict[str, float], *tokens: str) -> Access:
 class _WritableAsides(_Asides):
     """The table's set-aside tokens, written to as a lease sets one aside."""
 
-    def set_aside(self, provider: str, token: str, until: float) -> None:
+    def set_aside(
+        self, provider: str, token: str, until: float, now: float, expired: list[str]
+    ) -> None:
         self.found[token] = until
 
 
@@ -306,3 +308,75 @@ def test_a_token_added_after_a_no_token_answer_serves_the_next_request_at_once()
         # for the 5-minute cache to expire
         now[0] += 2
         assert anyio.run(access.lease, "modelscope").token.get_secret_value() == "ms-new"
+
+
+def test_a_set_aside_write_prunes_the_records_names_already_back() -> None:
+    import boto3
+
+    from fakes.aws import REGION, mocked_account, new_access_table
+
+    with mocked_account():
+        # Given a pool token refused for three models over time (each adds a name to the shared
+        # record), and for one of them still refused
+        client = boto3.client("dynamodb", region_name=REGION)
+        table = AccessTable(new_access_table(), REGION, client)
+        now = [float(NOON)]
+        access = Access(
+            Settings(),
+            table=table,
+            secret=cast("SecretSource", _Secret("ms-a")),
+            clock=lambda: now[0],
+        )
+        tok = token_id("ms-a")
+        table.set_aside("modelscope", f"{tok}@old-1", NOON + 60)
+        table.set_aside("modelscope", f"{tok}@old-2", NOON + 120)
+        table.set_aside("modelscope", f"{tok}@still", NOON + 86400)
+        anyio.run(access.asides, "modelscope")  # what this instance has read of them
+
+        # When, after the first two came back, the token is set aside for another model
+        now[0] = NOON + 600
+        anyio.run(access.set_aside, "modelscope", f"{tok}@new", NOON + 3600, "per-model quota")
+
+        # Then the record holds what is still set aside, and none of the names already back
+        assert table.asides("modelscope") == {
+            f"{tok}@still": NOON + 86400,
+            f"{tok}@new": NOON + 3600,
+        }
+
+
+def test_a_name_set_aside_again_by_another_instance_is_not_pruned() -> None:
+    import boto3
+
+    from fakes.aws import REGION, mocked_account, new_access_table
+
+    with mocked_account():
+        table = AccessTable(
+            new_access_table(), REGION, boto3.client("dynamodb", region_name=REGION)
+        )
+        # Given a name this instance saw expire, which another instance has set aside again
+        table.set_aside("modelscope", "tok@m", NOON + 7200)
+        # When this instance writes, believing it back
+        table.set_aside("modelscope", "tok@n", NOON + 60, NOON + 600, ["tok@m"])
+        # Then it is kept (and the write is made all the same)
+        assert table.asides("modelscope") == {"tok@m": NOON + 7200, "tok@n": NOON + 60}
+
+
+def test_a_set_aside_write_prunes_a_bounded_number_of_names() -> None:
+    import boto3
+
+    from fakes.aws import REGION, mocked_account, new_access_table
+    from imagegw.access.table import PRUNE_AT_MOST
+
+    with mocked_account():
+        table = AccessTable(
+            new_access_table(), REGION, boto3.client("dynamodb", region_name=REGION)
+        )
+        old = [f"tok@m{i}" for i in range(PRUNE_AT_MOST + 5)]
+        for name in old:
+            table.set_aside("modelscope", name, NOON)
+        # one write removes PRUNE_AT_MOST of them, the next the rest
+        table.set_aside("modelscope", "tok@a", NOON + 60, NOON + 10, old)
+        assert len(table.asides("modelscope")) == 1 + 5
+        left = [name for name in table.asides("modelscope") if name != "tok@a"]
+        table.set_aside("modelscope", "tok@b", NOON + 60, NOON + 10, left)
+        assert table.asides("modelscope") == {"tok@a": NOON + 60, "tok@b": NOON + 60}

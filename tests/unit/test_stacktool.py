@@ -18,9 +18,12 @@ from stacktool.__main__ import (
     log_groups,
     main,
     no_credentials,
+    parameter_problems,
     retained_bucket,
     saved_architecture,
     saved_settings,
+    template_defaults,
+    template_parameters,
 )
 
 OUTPUTS = {
@@ -219,10 +222,56 @@ def test_build_and_deploy_agree_on_the_architecture_the_guided_deploy_saved(
     assert saved_architecture(config) == "x86_64"
     # and a build made before the guided answers changed it is found out, and redone
     told = architecture_mismatch("arm64", "x86_64")
-    assert told is not None and "building for x86_64 and deploying again" in told
+    assert told is not None and "building for x86_64 before the deploy" in told
     assert architecture_mismatch("x86_64", "x86_64") is None
     # The list form of parameter_overrides is read as well
     config.write_text(
         '[default.deploy.parameters]\nparameter_overrides = ["Architecture=x86_64", "A=b"]\n'
     )
     assert saved_architecture(config) == "x86_64"
+
+
+def test_the_template_defaults_work_together_and_a_bad_pair_is_refused_before_the_deploy() -> None:
+    defaults = template_defaults()
+    assert parameter_problems(defaults) == ([], [])
+    # the worst pair the parameters' own bounds let through: refused, saying what to set
+    params = template_parameters()
+    worst = {
+        **defaults,
+        "FunctionTimeout": str(params["FunctionTimeout"]["MinValue"]),
+        "GenerationTimeout": str(params["GenerationTimeout"]["MaxValue"]),
+    }
+    (problem,), _ = parameter_problems(worst)
+    assert problem.startswith("GenerationTimeout 890 does not fit FunctionTimeout 30")
+    assert "Set GenerationTimeout to 22 or less" in problem
+    # a GenerationTimeout inside the 30 s margin is refused too; one below it is not
+    near = {**defaults, "FunctionTimeout": "900", "GenerationTimeout": "880"}
+    assert "Set GenerationTimeout to 870 or less" in parameter_problems(near)[0][0]
+    assert parameter_problems({**near, "GenerationTimeout": "870"}) == ([], [])
+
+
+def test_a_saved_value_that_is_no_number_is_one_clear_problem_not_a_traceback() -> None:
+    (problem,), notes = parameter_problems({**template_defaults(), "FunctionTimeout": "abc"})
+    assert problem.startswith("The saved parameters are not numbers")
+    assert "FUNCTION_TIMEOUT" in problem and notes == []
+
+
+def test_a_job_timeout_too_long_for_its_poll_interval_is_told_not_refused() -> None:
+    # 86,400 s at 5 s would be 17,280 polls: the history holds 2,400 of them
+    values = {**template_defaults(), "JobTimeout": "86400", "JobPollInterval": "5"}
+    problems, (note,) = parameter_problems(values)
+    assert problems == []
+    assert "jobs poll every 36 s instead" in note
+
+
+def test_make_deploy_checks_the_saved_parameters_in_the_stack_s_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "samconfig.toml"
+    config.write_text(
+        '[default.deploy.parameters]\nparameter_overrides = "FunctionTimeout=\\"120\\""\n'
+    )
+    monkeypatch.setattr("stacktool.__main__.SAMCONFIG", config)
+    # the template's GenerationTimeout (840) does not fit a FunctionTimeout of 120
+    assert main(["parameters"]) == 1
+    assert "GenerationTimeout 840 does not fit FunctionTimeout 120" in capsys.readouterr().err

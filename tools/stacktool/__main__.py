@@ -7,6 +7,10 @@
 - `architecture [--built ARCH]`: the stack's Architecture as `sam deploy` will use it (what
   `sam deploy --guided` saved in samconfig.toml, else the template's default), which `make
   build` builds for; with `--built`, exit 3 (and say so) when the build was for another one.
+- `parameters`: before the build and the deploy, refuse saved parameters that CloudFormation
+  takes but that cannot work together (a GenerationTimeout not below FunctionTimeout; the
+  template cannot compare two parameters: docs/configuration.md "Parameters checked together"),
+  and tell how a JobTimeout too long for JobPollInterval is polled.
 - `outputs`: after a deploy, the address to paste into a chat client, the dashboard's address
   and the bucket, from the stack's outputs.
 - `logs`: follow the API's and the job functions' log groups (CloudWatch Logs, from now on, or
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 SAMCONFIG = Path(__file__).resolve().parents[2] / "samconfig.toml"
+TEMPLATE = SAMCONFIG.parent / "template.yaml"
 DEFAULT_STACK = "lambda-image-gateway"
 #: what each command did not do for want of credentials
 NOT_DONE = {
@@ -141,17 +146,78 @@ def overrides(value: Any) -> dict[str, str]:
     return found
 
 
-def saved_architecture(path: Path = SAMCONFIG) -> str:
-    """The Architecture `sam deploy` will use: the deploy parameters' (what `sam deploy
-    --guided` saved), else the global ones', else the template's default."""
+def saved_overrides(path: Path = SAMCONFIG) -> dict[str, str]:
+    """The template parameters `sam deploy` will be given: the deploy parameters' (what `sam
+    deploy --guided` saved) over the global ones'."""
     if not path.exists():
-        return DEFAULT_ARCHITECTURE
+        return {}
     default = tomllib.loads(path.read_text()).get("default", {})
-    for section in ("deploy", "global"):
-        given = overrides(default.get(section, {}).get("parameters", {}).get("parameter_overrides"))
-        if given.get("Architecture") in ARCHITECTURES:
-            return given["Architecture"]
-    return DEFAULT_ARCHITECTURE
+    found: dict[str, str] = {}
+    for section in ("global", "deploy"):
+        found |= overrides(
+            default.get(section, {}).get("parameters", {}).get("parameter_overrides")
+        )
+    return found
+
+
+def saved_architecture(path: Path = SAMCONFIG) -> str:
+    """The Architecture `sam deploy` will use: the saved one, else the template's default."""
+    saved = saved_overrides(path).get("Architecture", "")
+    return saved if saved in ARCHITECTURES else DEFAULT_ARCHITECTURE
+
+
+def template_parameters(path: Path = TEMPLATE) -> dict[str, dict[str, Any]]:
+    """The template's Parameters section."""
+    import yaml  # type: ignore[import-untyped,unused-ignore]
+
+    class Loader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]
+        """YAML with CloudFormation's short tags (`!Ref x`), read as plain values."""
+
+    def plain(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        return None
+
+    Loader.add_multi_constructor("!", plain)
+    params: dict[str, dict[str, Any]] = yaml.load(path.read_text(), Loader)["Parameters"]  # noqa: S506
+    return params
+
+
+def template_defaults(path: Path = TEMPLATE) -> dict[str, str]:
+    """Each template parameter's Default, as text."""
+    return {k: str(p["Default"]) for k, p in template_parameters(path).items() if "Default" in p}
+
+
+def parameter_problems(values: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(what cannot work, what is only told) about parameters that depend on each other, by
+    the gateway's own rules (imagegw.infra.config, imagegw.runners.stepfunctions.service)."""
+    from imagegw.infra.config import Settings
+    from imagegw.runners.stepfunctions.service import MAX_POLLS, poll_wait
+
+    problems: list[str] = []
+    notes: list[str] = []
+    function, generation = values["FunctionTimeout"], values["GenerationTimeout"]
+    timeout, interval = values["JobTimeout"], values["JobPollInterval"]
+    try:
+        held = Settings.from_env({"FUNCTION_TIMEOUT": function, "GENERATION_TIMEOUT": generation})
+        float(generation)
+        jobs = Settings(job_timeout=int(timeout), job_poll_interval=int(interval))
+    except ValueError as exc:  # CloudFormation refuses it too; say which before it does
+        return [f"The saved parameters are not numbers where numbers are needed: {exc}"], []
+    if held.generation_timeout < float(generation):
+        problems.append(
+            f"GenerationTimeout {generation} does not fit FunctionTimeout {function}: a "
+            f"generation may wait at most {held.generation_timeout:g} s (FunctionTimeout less "
+            f"30 s; less a quarter of it below 120 s), so the client hears the timeout before "
+            f"Lambda ends the call. Set "
+            f"GenerationTimeout to {int(held.generation_timeout)} or less, or raise "
+            f"FunctionTimeout (sam deploy --guided, or samconfig.toml's parameter_overrides)."
+        )
+    if poll_wait(jobs) > jobs.job_poll_interval:
+        notes.append(
+            f"JobTimeout {timeout} at JobPollInterval {interval} would be more than "
+            f"{MAX_POLLS:,} polls, more than an execution's history holds: jobs poll every "
+            f"{poll_wait(jobs)} s instead, and still get their whole JobTimeout."
+        )
+    return problems, notes
 
 
 def architecture_mismatch(built: str, saved: str) -> str | None:
@@ -161,7 +227,7 @@ def architecture_mismatch(built: str, saved: str) -> str | None:
         return None
     return (
         f"The stack's Architecture is {saved} (samconfig.toml) but the build was for "
-        f"{built or 'none'}: building for {saved} and deploying again, so the functions get "
+        f"{built or 'none'}: building for {saved} before the deploy, so the functions get "
         f"wheels they can import."
     )
 
@@ -292,7 +358,8 @@ def retained_bucket(boto: Any, stack: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stacktool")
     parser.add_argument(
-        "command", choices=["credentials", "outputs", "logs", "bucket", "architecture"]
+        "command",
+        choices=["credentials", "outputs", "logs", "bucket", "architecture", "parameters"],
     )
     parser.add_argument("--stack", default="", help="stack name (default: samconfig.toml's)")
     parser.add_argument("--region", default="", help="region (default: samconfig.toml's)")
@@ -310,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
             print(told, file=sys.stderr)
             return 3
         return 0
+    if args.command == "parameters":
+        given = template_defaults(TEMPLATE) | saved_overrides(SAMCONFIG)
+        problems, notes = parameter_problems(given)
+        for told in problems + notes:
+            print(told, file=sys.stderr)
+        return 1 if problems else 0
     stack, region = saved_settings()
     stack = args.stack or stack
     boto = session(args.region or region)

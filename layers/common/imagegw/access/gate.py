@@ -517,13 +517,18 @@ class Access:
 
     async def set_aside(self, provider: str, token: str, until: float, why: str) -> None:
         current, at = self._asides.get(provider, ({}, time.monotonic()))
-        self._asides[provider] = ({**current, token: until}, at)
+        now = self.clock()
+        expired = [name for name, back in current.items() if back <= now]
+        kept = {name: back for name, back in current.items() if back > now}
+        self._asides[provider] = ({**kept, token: until}, at)
         logger.warning(
             "provider token set aside",
             extra={"provider": provider, "token_id": token, "until": iso(until), "why": why},
         )
         with contextlib.suppress(GatewayError):  # this instance knows; others find out alone
-            await self._call("set aside", self.table.set_aside, provider, token, until)
+            await self._call(
+                "set aside", self.table.set_aside, provider, token, until, now, expired
+            )
 
     def exhausted(
         self,

@@ -10,8 +10,9 @@
   images made, once the generation is over. Chat requests passed through to a provider's chat
   model with the stack's tokens are counted there too (`chats`, `chat:<id>`), outside the
   image quota;
-- `aside#<provider>`: tokens set aside, as `t:<token id>` -> Unix time they come back, shared by
-  every instance;
+- `aside#<provider>`: tokens set aside, as `t:<token id>` (or `t:<token id>@<model>` for one
+  model) -> Unix time they come back, shared by every instance; each write also removes names
+  already back (a bounded number), so the record does not grow with every model ever refused;
 - `settled#<job id>`: a durable job's quota settled (TTL'd): written in the same transaction as
   the settlement itself, on the condition that it is new, so a job step run twice (Step
   Functions runs a task at least once) settles once.
@@ -23,10 +24,12 @@
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from imagegw.core import lifecycle
 from imagegw.core.schedule import Estimate
@@ -37,6 +40,16 @@ DAY_TTL: Final = 40 * 86400
 MONTH_TTL: Final = 400 * 86400
 #: an estimate's item lives this long after its last write
 ESTIMATE_TTL: Final = 90 * 86400
+#: how often a usage write is tried that DynamoDB refused because a transaction was writing the
+#: same item at that moment (`conflicted`), and the first wait between tries (doubling, with
+#: full jitter, at most a second): concurrent settlements of one key's jobs, and a request's
+#: count made while a job settles, write the same usage items
+CONFLICT_TRIES: Final = 8
+CONFLICT_WAIT: Final = 0.02
+
+#: the most expired names one set-aside write removes from its record (the rest go with the
+#: next writes): a refused model adds a `t:<token id>@<model>` name, which nothing else removes
+PRUNE_AT_MOST: Final = 40
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,38 @@ def _usage(item: dict[str, Any] | None) -> Usage:
         int(item.get("chats", {"N": "0"})["N"]),
         _counts(item, "chat:"),
     )
+
+
+_T = TypeVar("_T")
+
+
+def conflicted(exc: BaseException) -> bool:
+    """Whether DynamoDB refused a write only because a transaction was writing one of its items
+    at that moment (nothing of it was applied, so trying again is safe): an UpdateItem's
+    `TransactionConflictException`, or a transaction cancelled for `TransactionConflict` with
+    no condition failed. botocore does not retry either."""
+    response = getattr(exc, "response", None) or {}
+    code = response.get("Error", {}).get("Code")
+    if code == "TransactionConflictException":
+        return True
+    if code != "TransactionCanceledException":
+        return False
+    reasons = [reason.get("Code") for reason in response.get("CancellationReasons") or []]
+    return "TransactionConflict" in reasons and "ConditionalCheckFailed" not in reasons
+
+
+def through_conflicts(write: Callable[[], _T]) -> _T:
+    """`write()`, tried again (CONFLICT_TRIES in all) while DynamoDB refuses it for a
+    concurrent transaction on the same item: without this, one of two jobs of a key settling
+    at once lost its count (the failure is logged, never raised, so the job's outcome stands)."""
+    for attempt in range(CONFLICT_TRIES):
+        try:
+            return write()
+        except Exception as exc:
+            if attempt == CONFLICT_TRIES - 1 or not conflicted(exc):
+                raise
+            time.sleep(random.uniform(0, min(1.0, CONFLICT_WAIT * 2**attempt)))
+    raise AssertionError("unreachable")
 
 
 class AccessTable:
@@ -243,7 +288,7 @@ class AccessTable:
             if quota - n < 0:
                 raise QuotaFull
         try:
-            self.client.update_item(**kwargs)
+            through_conflicts(lambda: self.client.update_item(**kwargs))
         except self.client.exceptions.ConditionalCheckFailedException:
             raise QuotaFull from None
 
@@ -260,11 +305,11 @@ class AccessTable:
     def settle_job(self, job_id: str, hash_: str, model: str, n: int, made: int, at: float) -> bool:
         """Settle a durable job's reservation of `n` images made at `at`, once: give back
         those not made, count those made in the month, and mark the job settled, in one
-        transaction of conditional updates. False when the job was settled already."""
+        transaction of conditional updates (tried again while cancelled for a concurrent one on
+        the same items: `through_conflicts`). False when the job was settled already."""
+        items = settlement(self.name, job_id, hash_, model, n, made, at)
         try:
-            self.client.transact_write_items(
-                TransactItems=settlement(self.name, job_id, hash_, model, n, made, at)
-            )
+            through_conflicts(lambda: self.client.transact_write_items(TransactItems=items))
         except self.client.exceptions.TransactionCanceledException as exc:
             reasons = exc.response.get("CancellationReasons") or []
             if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
@@ -287,13 +332,39 @@ class AccessTable:
             if name.startswith("t:")
         }
 
-    def set_aside(self, provider: str, token: str, until: float) -> None:
+    def set_aside(
+        self, provider: str, token: str, until: float, now: float = 0, expired: Iterable[str] = ()
+    ) -> None:
+        """Set `token` (a token id, `@<model>` when only for that model) aside until `until`,
+        and in the same update remove up to PRUNE_AT_MOST of the record's `expired` names
+        (back by `now`), each only if it is still back by then: another instance may have set
+        it aside again meanwhile, and then the write goes without pruning."""
+        key = {"pk": {"S": f"aside#{provider}"}}
+        names = {"#t": f"t:{token}"}
+        values = {":until": {"N": str(int(until))}}
+        gone = [name for name in dict.fromkeys(expired) if name != token][:PRUNE_AT_MOST]
+        if gone:
+            removed = {f"#e{i}": f"t:{name}" for i, name in enumerate(gone)}
+            try:
+                self.client.update_item(
+                    TableName=self.name,
+                    Key=key,
+                    UpdateExpression=f"SET #t = :until REMOVE {', '.join(removed)}",
+                    ConditionExpression=" AND ".join(
+                        f"(attribute_not_exists({e}) OR {e} <= :now)" for e in removed
+                    ),
+                    ExpressionAttributeNames=names | removed,
+                    ExpressionAttributeValues=values | {":now": {"N": str(int(now))}},
+                )
+                return
+            except self.client.exceptions.ConditionalCheckFailedException:
+                pass
         self.client.update_item(
             TableName=self.name,
-            Key={"pk": {"S": f"aside#{provider}"}},
+            Key=key,
             UpdateExpression="SET #t = :until",
-            ExpressionAttributeNames={"#t": f"t:{token}"},
-            ExpressionAttributeValues={":until": {"N": str(int(until))}},
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
         )
 
     # ------------------------------------------------------------------ run-time estimates

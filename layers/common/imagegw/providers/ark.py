@@ -21,18 +21,16 @@ from typing import Any, Final
 import httpx
 
 from imagegw.errors import InvalidRequestError, ProviderError
-from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
     ModelInfo,
     ModelKind,
-    Provider,
     check_image_count,
 )
 from imagegw.providers.options import as_float, as_int, common_options, option_names, parse_size
 from imagegw.providers.sizes import STEP, SizeLimits
-from imagegw.providers.tasks import refusal
+from imagegw.providers.tasks import TaskProvider, refusal, task_settings
 from imagegw.providers.upstream import image_answer_limit, send, unreachable, work_timeout
 
 #: sizes Seedream 4 takes by name
@@ -82,16 +80,10 @@ def _at_least(width: int, height: int, pixels: int, hi: int) -> tuple[int, int]:
     return min(hi, sides[0]), min(hi, sides[1])
 
 
-class ArkSettings(ProviderSettings):
-    """Ark's settings: where its API is."""
-
-    ark_base_url: BaseUrl = "https://ark.cn-beijing.volces.com/api/v3"
-
-
-class Ark(Provider):
+class Ark(TaskProvider):
     name = "ark"
     title = "Volcengine Ark"
-    settings_model = ArkSettings
+    settings_model = task_settings("ark", "https://ark.cn-beijing.volces.com/api/v3")
     catalog = (
         ModelInfo("doubao-seedream-4-0-250828", ModelKind.GENERATE),
         ModelInfo("doubao-seedream-3-0-t2i-250415", ModelKind.GENERATE),
@@ -177,7 +169,7 @@ class Ark(Provider):
                 deadline=self.settings.generation_timeout,
                 limit=image_answer_limit(self.settings),
                 json=self.body(request),
-                headers={"Authorization": f"Bearer {request.api_key.get_secret_value()}"},
+                headers=self._headers(request),
                 timeout=work_timeout(self.settings),
             )
         except httpx.TransportError as exc:

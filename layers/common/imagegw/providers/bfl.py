@@ -20,14 +20,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from imagegw.errors import InvalidRequestError, PermissionDeniedError, ProviderError
-from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.providers.base import (
     Failed,
     Finished,
     GenerationRequest,
     ModelInfo,
     ModelKind,
-    Provider,
     Running,
     Started,
     TaskStatus,
@@ -38,17 +36,16 @@ from imagegw.providers.base import (
 from imagegw.providers.options import as_float, as_int, common_options, option_names, parse_size
 from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.tasks import (
+    TaskProvider,
     aspect,
     auth_refusal,
-    host_patterns,
     json_of,
     moderated,
     path_model,
-    polled,
     submit,
+    task_settings,
 )
 
-#: the hosts polling URLs may be on, besides BFL_BASE_URL's (`host`, `host:port`, `*.domain`)
 #: width/height models: multiples of 32 from 256 to 1440
 SIDE_RANGE: Final = (256, 1440)
 SIDE_STEP: Final = 32
@@ -95,17 +92,13 @@ def _sides(width: int, height: int) -> tuple[int, int]:
     )
 
 
-class BFLSettings(ProviderSettings):
-    """BFL's settings: where its API is, and the hosts its polling URLs may be on."""
-
-    bfl_base_url: BaseUrl = "https://api.bfl.ai/v1"
-    bfl_hosts: str = "*.bfl.ai"
-
-
-class BlackForestLabs(Provider):
+class BlackForestLabs(TaskProvider):
     name = "bfl"
     title = "Black Forest Labs"
-    settings_model = BFLSettings
+    #: BFL_HOSTS: the hosts polling URLs may be on, besides BFL_BASE_URL's
+    settings_model = task_settings("bfl", "https://api.bfl.ai/v1", hosts="*.bfl.ai")
+    key_header = ("x-key", "")
+    edit_ids = re.compile(r"kontext|fill|edit", re.I)
     catalog = (
         ModelInfo("flux-pro-1.1", ModelKind.GENERATE, seconds=8.0),
         ModelInfo("flux-pro-1.1-ultra", ModelKind.GENERATE, seconds=15.0),
@@ -115,15 +108,6 @@ class BlackForestLabs(Provider):
         ModelInfo("flux-kontext-max", ModelKind.EDIT, seconds=15.0),
     )
     own_fields = frozenset({"output_format", "safety_tolerance", "prompt_upsampling"})
-
-    def classify(self, model: str) -> ModelKind:
-        """Every BFL model makes images: an id not listed edits when it names kontext/fill."""
-        for info in self.catalog:
-            if info.id == model.lower():
-                return info.kind
-        return (
-            ModelKind.EDIT if re.search(r"kontext|fill|edit", model, re.I) else ModelKind.GENERATE
-        )
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
         return SizeLimits(*SIDE_RANGE, default=(1024, 1024))
@@ -177,13 +161,6 @@ class BlackForestLabs(Provider):
         body.setdefault("output_format", "png")
         return body
 
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return host_patterns(BFLSettings.of(self.settings).bfl_hosts)
-
-    def _headers(self, request: GenerationRequest) -> dict[str, str]:
-        return {"x-key": request.api_key.get_secret_value()}
-
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"prompt": request.prompt, **request.options}
         for name, image in zip(IMAGE_FIELDS, request.images, strict=False):
@@ -217,10 +194,7 @@ class BlackForestLabs(Provider):
         )
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
-        response = await polled(
-            self, task_id, task_id, self._headers(request), request.api_key, self.hosts
-        )
-        answer = json_of(self, response, task_id)
+        answer = await self.poll(request, task_id, task_id)
         status = str(answer.get("status") or "")
         result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
         if status == "Ready":

@@ -16,11 +16,9 @@ International accounts use `https://dashscope-intl.aliyuncs.com/api/v1`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, Final
 
 from imagegw.errors import InvalidRequestError, ProviderError
-from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.infra.log import logger
 from imagegw.providers.base import (
     Failed,
@@ -28,7 +26,6 @@ from imagegw.providers.base import (
     GenerationRequest,
     ModelInfo,
     ModelKind,
-    Provider,
     Running,
     Started,
     TaskStatus,
@@ -36,7 +33,7 @@ from imagegw.providers.base import (
 )
 from imagegw.providers.options import as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.tasks import json_of, moderated, polled, submit
+from imagegw.providers.tasks import TaskProvider, batches, json_of, moderated, submit, task_settings
 
 ASYNC_HEADER: Final = "X-DashScope-Async"
 GENERATE_PATH: Final = "/services/aigc/text2image/image-synthesis"
@@ -76,16 +73,10 @@ def _flag(name: str, value: Any) -> bool:
     raise InvalidRequestError(f"'{name}' must be true or false; got {value!r}.", param=name)
 
 
-class DashScopeSettings(ProviderSettings):
-    """DashScope's settings: where its API is."""
-
-    dashscope_base_url: BaseUrl = "https://dashscope.aliyuncs.com/api/v1"
-
-
-class DashScope(Provider):
+class DashScope(TaskProvider):
     name = "dashscope"
     title = "DashScope"
-    settings_model = DashScopeSettings
+    settings_model = task_settings("dashscope", "https://dashscope.aliyuncs.com/api/v1")
     max_prompt_chars = MAX_PROMPT
     catalog = (
         ModelInfo("wan2.5-t2i-preview", ModelKind.GENERATE, seconds=30.0),
@@ -141,13 +132,7 @@ class DashScope(Provider):
 
     def split(self, request: GenerationRequest) -> list[GenerationRequest]:
         """Up to 4 images a task (`parameters.n`)."""
-        return [
-            replace(request, n=min(MAX_BATCH, request.n - done))
-            for done in range(0, request.n, MAX_BATCH)
-        ]
-
-    def _headers(self, request: GenerationRequest) -> dict[str, str]:
-        return {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
+        return batches(request, MAX_BATCH)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         """The submission's body: `input` and `parameters` as DashScope names them."""
@@ -186,11 +171,9 @@ class DashScope(Provider):
         return Started(task_id)
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
-        response = await polled(
-            self, task_id, f"{self.base_url}/tasks/{task_id}", self._headers(request),
-            request.api_key,
-        )  # fmt: skip
-        output = json_of(self, response, task_id).get("output")
+        output = (await self.poll(request, task_id, f"{self.base_url}/tasks/{task_id}")).get(
+            "output"
+        )
         if not isinstance(output, dict):
             output = {}
         status = str(output.get("task_status") or "UNKNOWN").upper()

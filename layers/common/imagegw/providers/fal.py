@@ -22,14 +22,12 @@ from typing import Any, Final
 import httpx
 
 from imagegw.errors import ProviderError, TransientProviderError
-from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.providers.base import (
     Failed,
     Finished,
     GenerationRequest,
     ModelInfo,
     ModelKind,
-    Provider,
     Running,
     Started,
     TaskStatus,
@@ -47,13 +45,15 @@ from imagegw.providers.options import (
 )
 from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.tasks import (
+    TaskProvider,
     aspect,
-    host_patterns,
+    batches,
     json_of,
     moderated,
     path_model,
     polled,
     submit,
+    task_settings,
 )
 from imagegw.providers.upstream import message_of
 
@@ -99,30 +99,15 @@ def _urls(task_id: str) -> tuple[str, str]:
     return status, response or status.removesuffix("/status")
 
 
-class FalSettings(ProviderSettings):
-    """Fal's settings: where its API is, and the hosts its polling URLs may be on."""
-
-    fal_base_url: BaseUrl = "https://queue.fal.run"
-    fal_hosts: str = "*.fal.run"
-
-
-class Fal(Provider):
+class Fal(TaskProvider):
     name = "fal"
     title = "fal"
-    settings_model = FalSettings
+    settings_model = task_settings("fal", "https://queue.fal.run", hosts="*.fal.run")
+    key_header = ("Authorization", "Key ")
+    #: every fal model here makes images: one not listed edits if its id says so
+    edit_ids = re.compile(r"kontext|edit|inpaint", re.I)
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
     own_fields = frozenset({"num_images", "enable_safety_checker", "output_format"})
-
-    def classify(self, model: str) -> ModelKind:
-        """Every fal model here makes images: one not listed edits if its id says so."""
-        for info in self.catalog:
-            if info.id == model.lower():
-                return info.kind
-        return (
-            ModelKind.EDIT
-            if re.search(r"kontext|edit|inpaint", model, re.I)
-            else ModelKind.GENERATE
-        )
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
         return SizeLimits(*SIDE_RANGE, default=(1024, 1024))
@@ -180,17 +165,7 @@ class Fal(Provider):
         """Up to 4 images a request (`num_images`)."""
         if not spec_of(request.model, request.kind).batch:
             return super().split(request)
-        return [
-            replace(request, n=min(MAX_BATCH, request.n - done))
-            for done in range(0, request.n, MAX_BATCH)
-        ]
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return host_patterns(FalSettings.of(self.settings).fal_hosts)
-
-    def _headers(self, request: GenerationRequest) -> dict[str, str]:
-        return {"Authorization": f"Key {request.api_key.get_secret_value()}"}
+        return batches(request, MAX_BATCH)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         spec = spec_of(request.model, request.kind)
@@ -223,11 +198,9 @@ class Fal(Provider):
         status_url, response_url = _urls(task_id)
         headers = self._headers(request)
         key = request.api_key
-        polled_status = await polled(
-            self, task_id, status_url, headers, key, self.hosts,
-            what="status URL", done_statuses=frozenset({200, 202}),
-        )  # fmt: skip
-        state = json_of(self, polled_status, task_id)
+        state = await self.poll(
+            request, task_id, status_url, what="status URL", done_statuses=frozenset({200, 202})
+        )
         status = str(state.get("status") or "").upper()
         if status == "IN_QUEUE":
             position = state.get("queue_position")

@@ -16,18 +16,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from imagegw.errors import ProviderError
-from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.providers.base import (
     Failed,
     Finished,
     GenerationRequest,
     ModelInfo,
     ModelKind,
-    Provider,
     Running,
     Started,
     TaskStatus,
@@ -36,12 +34,13 @@ from imagegw.providers.base import (
 from imagegw.providers.options import as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.tasks import (
-    host_patterns,
+    TaskProvider,
+    batches,
     json_of,
     moderated,
     path_model,
-    polled,
     submit,
+    task_settings,
 )
 
 MAX_SEED: Final = 2**31 - 1
@@ -97,30 +96,19 @@ def nearest_ratio(width: int, height: int, ratios: tuple[str, ...] = RATIOS) -> 
     return min(ratios, key=distance)
 
 
-class ReplicateSettings(ProviderSettings):
-    """Replicate's settings: where its API is, and the hosts its polling URLs may be on."""
-
-    replicate_base_url: BaseUrl = "https://api.replicate.com/v1"
-    replicate_hosts: str = "api.replicate.com"
-
-
-class Replicate(Provider):
+class Replicate(TaskProvider):
     name = "replicate"
     title = "Replicate"
-    settings_model = ReplicateSettings
+    settings_model = task_settings(
+        "replicate", "https://api.replicate.com/v1", hosts="api.replicate.com"
+    )
+    #: every Replicate model here makes images: one not listed edits if its id says so
+    edit_ids = re.compile(r"kontext|edit|inpaint", re.I)
     catalog = tuple(ModelInfo(model, spec.kind) for model, spec in MODELS.items())
     own_fields = frozenset({"output_format", "num_outputs"})
 
-    def classify(self, model: str) -> ModelKind:
-        """Every Replicate model here makes images: one not listed edits if its id says so."""
-        for info in self.catalog:
-            if info.id == model.split(":", 1)[0].lower():
-                return info.kind
-        return (
-            ModelKind.EDIT
-            if re.search(r"kontext|edit|inpaint", model, re.I)
-            else ModelKind.GENERATE
-        )
+    def catalogue_id(self, model: str) -> str:
+        return model.split(":", 1)[0].lower()  # owner/name[:version]
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
         return SizeLimits(256, 1440, default=(1024, 1024))
@@ -157,17 +145,7 @@ class Replicate(Provider):
         batch = spec_of(request.model, request.kind).batch
         if batch is None:
             return super().split(request)
-        most = batch[1]
-        return [
-            replace(request, n=min(most, request.n - done)) for done in range(0, request.n, most)
-        ]
-
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        return host_patterns(ReplicateSettings.of(self.settings).replicate_hosts)
-
-    def _headers(self, request: GenerationRequest) -> dict[str, str]:
-        return {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
+        return batches(request, batch[1])
 
     def call(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         """The submission's URL and body."""
@@ -199,10 +177,7 @@ class Replicate(Provider):
         raise ProviderError("Replicate answered without a prediction.", code="provider_error")
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
-        response = await polled(
-            self, task_id, task_id, self._headers(request), request.api_key, self.hosts
-        )
-        answer = json_of(self, response, task_id)
+        answer = await self.poll(request, task_id, task_id)
         status = str(answer.get("status") or "").lower()
         if status == "succeeded":
             output = answer.get("output")

@@ -9,17 +9,21 @@
 - `polled`: a poll's answer, its transient failures (no answer, 5xx, 429) as
   `TransientProviderError` so both drivers try again.
 - `moderated`: a provider's content-moderation refusal as a 400 `content_policy_violation`.
+- `task_settings` and `TaskProvider`: each one's settings (`<NAME>_BASE_URL`, and `<NAME>_HOSTS`
+  for those that follow URLs they return), how its key is sent, its hosts, the kind of a model
+  it does not list, its batches and one poll read as JSON.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from math import gcd
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, ClassVar, Final
 
 import httpx
-from pydantic import SecretStr
+from pydantic import SecretStr, create_model
 
 from imagegw.errors import (
     AuthenticationError,
@@ -29,11 +33,10 @@ from imagegw.errors import (
     ProviderError,
     TransientProviderError,
 )
+from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.infra.fetcher import DEFAULT_PORTS, FetchError, where
+from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.upstream import error_for, redact, send, unreachable
-
-if TYPE_CHECKING:
-    from imagegw.providers.base import Provider
 
 #: the error code of a moderation refusal (OpenAI's own word for it)
 CONTENT_POLICY: Final = "content_policy_violation"
@@ -277,3 +280,72 @@ def aspect(width: int, height: int) -> str:
     """`1024x768` as the aspect ratio `4:3` (reduced)."""
     divisor = gcd(width, height) or 1
     return f"{width // divisor}:{height // divisor}"
+
+
+def task_settings(name: str, base_url: str, hosts: str | None = None) -> type[ProviderSettings]:
+    """The settings model of the task provider `name`: `<name>_base_url` (where its API is,
+    `<NAME>_BASE_URL`) and, for a provider that returns URLs to poll, `<name>_hosts` (the hosts
+    they may be on besides the base URL's, `<NAME>_HOSTS`: `host_patterns`)."""
+    fields: dict[str, Any] = {f"{name}_base_url": (BaseUrl, base_url)}
+    if hosts is not None:
+        fields[f"{name}_hosts"] = (str, hosts)
+    return create_model(
+        f"{name.capitalize()}Settings",
+        __base__=ProviderSettings,
+        __module__=f"imagegw.providers.{name}",
+        __doc__=f"{name}'s settings: where its API is"
+        + (", and the hosts its polling URLs may be on." if hosts is not None else "."),
+        **fields,
+    )
+
+
+class TaskProvider(Provider):
+    """What DashScope, Ark, BFL, Replicate and fal share besides the calls above: how the key
+    is sent, the hosts URLs they return may be on, the kind of a model they do not list, and
+    one poll read as JSON."""
+
+    #: how a request's key is sent: the header, and what comes before the key in it
+    key_header: ClassVar[tuple[str, str]] = ("Authorization", "Bearer ")
+    #: an id the catalogue does not list edits when this matches it, and else generates (every
+    #: model of the provider makes images); None: `Provider.classify`
+    edit_ids: ClassVar[re.Pattern[str] | None] = None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The hosts, besides the base URL's, that URLs the provider returns may be on: its
+        `<NAME>_HOSTS` setting (none when it declares none)."""
+        field = f"{self.name}_hosts"
+        if field not in self.settings_model.model_fields:
+            return ()
+        return host_patterns(self.settings.provider_setting(field.upper()))
+
+    def _headers(self, request: GenerationRequest) -> dict[str, str]:
+        header, prefix = self.key_header
+        return {header: f"{prefix}{request.api_key.get_secret_value()}"}
+
+    def catalogue_id(self, model: str) -> str:
+        """The catalogue's id for `model` (what `classify` looks up)."""
+        return model.lower()
+
+    def classify(self, model: str) -> ModelKind:
+        if self.edit_ids is None:
+            return super().classify(model)
+        wanted = self.catalogue_id(model)
+        for info in self.catalog:
+            if info.id == wanted:
+                return info.kind
+        return ModelKind.EDIT if self.edit_ids.search(model) else ModelKind.GENERATE
+
+    async def poll(
+        self, request: GenerationRequest, task_id: str, url: str, **options: Any
+    ) -> dict[str, Any]:
+        """One poll of the task at `url` (`polled`, on the provider's hosts), its JSON object."""
+        response = await polled(
+            self, task_id, url, self._headers(request), request.api_key, self.hosts, **options
+        )
+        return json_of(self, response, task_id)
+
+
+def batches(request: GenerationRequest, most: int) -> list[GenerationRequest]:
+    """`request` as calls of at most `most` images each (a provider's batch field)."""
+    return [replace(request, n=min(most, request.n - done)) for done in range(0, request.n, most)]
