@@ -285,7 +285,9 @@ def test_anonymous_demo_jobs_share_no_idempotency_key_and_others_jobs_stay_their
 
     # When a caller without a token asks for it, or sends the same Idempotency-Key
     asked = httpx.get(location, timeout=30)
-    same_key = httpx.post(demo, json=body, headers={**anonymous, "idempotency-key": "k1"})
+    same_key = httpx.post(
+        demo, json=body, headers={**anonymous, "idempotency-key": "k1"}, timeout=30
+    )
 
     # Then the job is not theirs (a 404), and the key is refused before anything starts: it
     # would name one job for every caller without a token

@@ -49,7 +49,7 @@ def image_urls(content: str | None) -> list[str]:
 def stored_png(url: str, base: str) -> bytes:
     """The picture behind a gateway link (a lasting /v1/files/ link, never a data URI)."""
     assert url.startswith(f"{base}/v1/files/"), url
-    picture = httpx.get(url, follow_redirects=True)
+    picture = httpx.get(url, follow_redirects=True, timeout=30)
     assert picture.status_code == 200
     return picture.content
 
@@ -312,7 +312,7 @@ def test_stored_links_outlive_siliconflow_links(
     # When SiliconFlow's hour is over
     fake_sf.expire_files = True
     # Then SiliconFlow's own link is dead, and the gateway's still shows the picture
-    assert httpx.get(borrowed).status_code == 403
+    assert httpx.get(borrowed, timeout=30).status_code == 403
     assert png_size(stored_png(lasting, stored)) == (1328, 1328)
 
 

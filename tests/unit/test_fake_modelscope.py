@@ -258,7 +258,7 @@ def test_task_goes_pending_running_succeed_with_a_png_of_the_requested_size(
     assert task.finishes_at - task.created == pytest.approx(0.4)
     assert fake.polls[-1] == (task_id, task.finishes_at, "SUCCEED")
     # And the output link is a real PNG of the requested size
-    image = httpx.get(done["output_images"][0], trust_env=False)
+    image = httpx.get(done["output_images"][0], trust_env=False, timeout=30)
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert png_size(image.content) == (640, 480)
@@ -270,7 +270,10 @@ def test_default_size_and_duration_callable(client: httpx.Client, fake: FakeMode
     slow = submit(client)
     done = poll_until_done(client, fast)[-1]
     assert done["task_status"] == "SUCCEED"
-    assert png_size(httpx.get(done["output_images"][0], trust_env=False).content) == (1024, 1024)
+    assert png_size(httpx.get(done["output_images"][0], trust_env=False, timeout=30).content) == (
+        1024,
+        1024,
+    )
     assert fake.task_status(slow) == "RUNNING"
 
 
@@ -353,9 +356,9 @@ def test_expired_output_links_answer_403_access_denied(
     client: httpx.Client, fake: FakeModelScope
 ) -> None:
     url = poll_until_done(client, submit(client))[-1]["output_images"][0]
-    assert httpx.get(url, trust_env=False).status_code == 200
+    assert httpx.get(url, trust_env=False, timeout=30).status_code == 200
     fake.expire_files = True
-    expired = httpx.get(url, trust_env=False)
+    expired = httpx.get(url, trust_env=False, timeout=30)
     assert expired.status_code == 403
     assert "<Code>AccessDenied</Code>" in expired.text
     assert expired.headers["content-type"].startswith("application/xml")
@@ -366,8 +369,13 @@ def test_output_of_unfinished_or_unknown_task_is_not_served(
 ) -> None:
     fake.task_duration = 5.0
     task_id = submit(client)
-    assert httpx.get(f"{server.url}/files/{task_id}-0.png", trust_env=False).status_code == 404
-    assert httpx.get(f"{server.url}/files/nope-0.png", trust_env=False).status_code == 404
+    assert (
+        httpx.get(f"{server.url}/files/{task_id}-0.png", trust_env=False, timeout=30).status_code
+        == 404
+    )
+    assert (
+        httpx.get(f"{server.url}/files/nope-0.png", trust_env=False, timeout=30).status_code == 404
+    )
 
 
 # ----------------------------------------------------------------------------- image_url
@@ -500,7 +508,7 @@ async def test_chat_stream_arrives_in_several_chunks_and_ends_with_done(
 def test_anything_else_is_a_json_404(client: httpx.Client, server: ServerThread) -> None:
     for response in (
         client.post("/images/edits", headers=SUBMIT_HEADERS, json={}),
-        httpx.get(f"{server.url}/nothing", trust_env=False),
+        httpx.get(f"{server.url}/nothing", trust_env=False, timeout=30),
     ):
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/json"
