@@ -145,10 +145,16 @@ class Booted:
 
 @contextlib.contextmanager
 def boot(
-    argv: list[str], env: dict[str, str], port: int, cwd: Path | None = None
+    argv: list[str],
+    env: dict[str, str],
+    port: int,
+    cwd: Path | None = None,
+    ready_path: str = "/healthz",
+    timeout: float = 30.0,
 ) -> Iterator[Booted]:
-    """Start `argv`, wait until GET /healthz answers 200, stop it afterwards. stdout (one log
-    line a request) goes to /dev/null; stderr is shown when it does not become ready."""
+    """Start `argv`, wait until GET `ready_path` answers 200 (within `timeout` seconds), stop it
+    afterwards. stdout (one log line a request) goes to /dev/null; stderr is shown when it does
+    not become ready."""
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as errors:
         began = time.perf_counter()
@@ -162,7 +168,7 @@ def boot(
         )
         try:
             try:
-                ready = wait_until_ready(url, process)
+                ready = wait_until_ready(url, process, timeout, path=ready_path)
             except (RuntimeError, TimeoutError) as exc:
                 errors.seek(0)
                 tail = errors.read().decode(errors="replace")[-4000:]

@@ -244,16 +244,20 @@ def gateway_in_process(settings: Settings) -> Iterator[str]:
 
 
 def wait_until_ready(
-    url: str, process: subprocess.Popen[bytes], timeout: float = 30.0, every: float = 0.005
+    url: str,
+    process: subprocess.Popen[bytes],
+    timeout: float = 30.0,
+    every: float = 0.005,
+    path: str = "/healthz",
 ) -> float:
-    """Poll GET {url}/healthz until it answers 200; the perf_counter time it did."""
+    """Poll GET {url}{path} until it answers 200; the perf_counter time it did."""
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=1.0) as client:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the server exited with {process.returncode} before ready")
             with contextlib.suppress(httpx.TransportError):
-                if client.get(f"{url}/healthz").status_code == 200:
+                if client.get(f"{url}{path}").status_code == 200:
                     return time.perf_counter()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} was not ready within {timeout:g} s")

@@ -9,7 +9,10 @@ the HTTP round trips). The schedules are the gateway's own functions (`imagegw.c
 today's (`poll_delay` from the first poll at POLL_INTERVAL) and the predictive one
 (`next_delay`), which first learns each model from 30 tasks it polls itself (`MemoryEstimates`),
 then is measured. Lag = the poll that saw SUCCEED - the task's end. Polls a second = a group's
-polls / its seconds of generation (submission to end, queue included).
+polls / its seconds of generation (submission to end, queue included). The uneven mix is
+bench versus' (one model, 2-12 s, one task in five 25-40 s, queued 0.1 s), run on the model's
+catalogue prior alone (15 s, as bench versus' first 30 tasks run) and once learned from 30
+tasks of the same mix.
 """
 
 from __future__ import annotations
@@ -120,8 +123,10 @@ def predictive(settings: Settings, estimate: Estimate | None) -> Delay:
     return delay
 
 
-async def run_predictive(tasks: list[Task], settings: Settings) -> list[Outcome]:
-    store = MemoryEstimates()
+async def run_predictive(
+    tasks: list[Task], settings: Settings, priors: dict[tuple[str, str], float] | None = None
+) -> list[Outcome]:
+    store = MemoryEstimates(priors)
     outcomes = []
     for task in tasks:
         key = Key("sim", task.model)
@@ -172,23 +177,63 @@ class NoEstimates:
         return None
 
 
+#: bench versus' uneven mix, one model: 2-12 s, one task in five 25-40 s, queued 0.1 s; its
+#: catalogue prior (Qwen-Image's 15 s)
+UNEVEN_QUEUE, UNEVEN_LONG, UNEVEN_PRIOR = 0.1, 0.2, 15.0
+
+
+def uneven(count: int, rng: random.Random) -> list[Task]:
+    ends = [
+        rng.uniform(25.0, 40.0) if rng.random() < UNEVEN_LONG else rng.uniform(2.0, 12.0)
+        for _ in range(count)
+    ]
+    return [Task("uneven", UNEVEN_QUEUE, end - UNEVEN_QUEUE) for end in ends]
+
+
+async def compare_uneven(settings: Settings, seed: int = SIM_SEED) -> dict[str, dict[str, float]]:
+    """The uneven mix on its prior alone (as bench versus' first 30 tasks run), and once the
+    model is learned from 30 tasks of the same mix; short and long tasks apart."""
+    rng = random.Random(seed)
+    warm, measured = uneven(WARM_UP, rng), uneven(MEASURED, rng)
+    priors = {("sim", "uneven"): UNEVEN_PRIOR}
+    prior = await MemoryEstimates(priors).get(Key("sim", "uneven"))
+    on_prior = [simulate(task, predictive(settings, prior))[0] for task in measured]
+    learned = (await run_predictive(warm + measured, settings, priors))[len(warm) :]
+    result = {}
+    for name, outcomes in (("prior", on_prior), ("learned", learned)):
+        for group, keep in (
+            ("short", lambda o: o.seconds < 20),
+            ("long", lambda o: o.seconds >= 20),
+        ):
+            result[f"{name}, {group}"] = summary([o for o in outcomes if keep(o)])
+    return result
+
+
+def _sim_row(label: str, schedule: str, figures: dict[str, float]) -> list[str]:
+    return [
+        label,
+        schedule,
+        fmt_s(figures["median_lag"]),
+        fmt_s(figures["p90_lag"]),
+        f"{figures['polls_per_s']:.2f}",
+        f"{figures['polls_per_task']:.1f}",
+    ]
+
+
 def simulated(settings: Settings) -> tuple[list[list[str]], dict[str, Any]]:
     rows, data = [], {}
     for name, models in (("short (2-12 s)", SHORT), ("long (20-60 s)", LONG)):
         result = asyncio.run(compare(models, settings, seed=SIM_SEED))
         data[name] = result
         for schedule in ("today", "predictive"):
-            figures = result[schedule]
-            rows.append(
-                [
-                    f"simulated, {name}",
-                    schedule,
-                    fmt_s(figures["median_lag"]),
-                    fmt_s(figures["p90_lag"]),
-                    f"{figures['polls_per_s']:.2f}",
-                    f"{figures['polls_per_task']:.1f}",
-                ]
-            )
+            rows.append(_sim_row(f"simulated, {name}", schedule, result[schedule]))
+    mix = asyncio.run(compare_uneven(settings))
+    data["uneven"] = mix
+    for key, figures in mix.items():
+        known, group = key.split(", ")
+        rows.append(
+            _sim_row(f"simulated, uneven mix, {group} tasks", f"predictive, {known}", figures)
+        )
     return rows, data
 
 

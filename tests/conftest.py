@@ -16,6 +16,7 @@ from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
+from fakes.webhook_receiver import WebhookReceiver
 from imagegw.frontends.app import create_app
 from imagegw.infra.config import Settings
 
@@ -165,3 +166,11 @@ def image_host(_image_host_server: tuple[ServerThread, SwappableApp]) -> FakeIma
     fake.url = server.url
     swappable.app = fake
     return fake
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
+    """A webhook receiver on loopback (`fakes.webhook_receiver`) and its URL."""
+    app = WebhookReceiver()
+    with ServerThread(app) as server:
+        yield app, f"{server.url}/hook"

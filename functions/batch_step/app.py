@@ -1,9 +1,12 @@
-"""Step Functions tasks `Prepare`, `Record` and `Finalize` of the batch state machine
-(statemachine/image_batch.asl.json): the event's `step` names which. One function for the
-three: each is small, and they share the bucket's permissions.
+"""Step Functions tasks of the batch state machine (statemachine/image_batch.asl.json):
+`Validate` (the input file checked), an item's `Submit` (the item as a job, submitted) and
+`Store` (the job's images stored, the item's line written), `Record` (an item that ended
+without images) and `Finalize`; the event's `step` names which. One function for the five:
+they share the bucket's permissions.
 
-Thin: the work is `imagegw.frontends.batch_steps` in the shared layer; an item's job itself runs
-on the image-job steps (functions/job_*), as every durable job does.
+Thin: the work is `imagegw.frontends.batch_steps` in the shared layer, around the image-job
+steps (`imagegw.runners.stepfunctions.steps`) every durable job runs; an item's Polls run on
+functions/job_poll.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from imagegw.runners.stepfunctions import steps
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     step = str(event.get("step"))
     answer = steps.run_step(STEPS[step], event)
-    if step == "record":
+    if step in ("store", "record"):
         name = "BatchItemsSucceeded" if answer.get("ok") else "BatchItemsFailed"
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     return answer

@@ -1,5 +1,6 @@
 """Step Functions tasks `Notify*` of the image-job state machine: one attempt at POSTing a
-job's signed event to its `webhook_url` (README "Webhooks"); the state machine retries it.
+job's (or a batch's) signed event to its `webhook_url` (README "Webhooks"); the state machine
+retries it.
 
 Thin: the work is `imagegw.runners.stepfunctions.notify.notify` in the shared layer. It needs
 no provider key, and reads only the deployment's webhook secret.
@@ -17,7 +18,7 @@ from imagegw.infra.telemetry import metrics, tracer
 from imagegw.runners.stepfunctions import notify, steps
 
 
-@logger.inject_lambda_context(correlation_id_path="job_id")
+@logger.inject_lambda_context(correlation_id_path="job_id || batch_id")
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

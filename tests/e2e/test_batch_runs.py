@@ -1,7 +1,9 @@
 """Batches run end to end with the official SDK against `make run`'s own server: moto on
 loopback runs the batch state machine (statemachine/image_batch.asl.json, a Distributed Map)
 and each item's job on the image-job steps, the tasks dispatched to the real handlers; the
-provider is the fake ModelScope on loopback.
+provider is the fake ModelScope on loopback. A batch made with a `webhook_url` gets one signed
+`batch.*` event when it ends (its run's Notify state), read with the official SDK's
+`client.webhooks.unwrap` as an OpenAI batch event, from a receiver on loopback.
 """
 
 from __future__ import annotations
@@ -16,15 +18,23 @@ import httpx
 import openai
 import pytest
 from openai.types import Batch
+from openai.types.webhooks import (
+    BatchCancelledWebhookEvent,
+    BatchCompletedWebhookEvent,
+    BatchFailedWebhookEvent,
+)
 
 from e2e.test_gateway_keys import Local
+from e2e.test_webhooks_api import secret_of
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
 from fakes.server import ServerThread, SwappableApp
+from fakes.webhook_receiver import Delivery, WebhookReceiver
 from local_run import serve_locally
 
 TOKEN = "ms-test-token"
 GENERATIONS = "/v1/images/generations"
+ENDS = {"completed", "failed", "expired", "cancelled"}
 pytestmark = pytest.mark.e2e
 
 
@@ -38,6 +48,7 @@ def local_server(
         MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
         JOB_POLL_INTERVAL="0",
         BATCH_CONCURRENCY="3",
+        ALLOW_PRIVATE_URLS="true",  # the webhook receiver is on loopback
         POWERTOOLS_LOG_LEVEL="WARNING",
     ) as (url, _):
         yield url
@@ -84,7 +95,7 @@ def test_a_batch_with_one_failing_prompt_completes_with_output_and_error_files(
     client = sdk(local_server)
     prompts = [f"a lighthouse, take {i}" for i in range(5)] + ["a forbidden scene"]
     batch = start(client, [line(f"req-{i}", prompt) for i, prompt in enumerate(prompts)])
-    assert batch.status == "in_progress"
+    assert batch.status == "validating"  # the run checks the lines first
     done = wait_until(client, batch.id, {"completed", "failed", "expired", "cancelled"})
     assert done.status == "completed"
     assert done.request_counts is not None
@@ -113,10 +124,12 @@ def test_a_malformed_file_fails_with_its_line_number(
     local_server: str, fake_ms: FakeModelScope
 ) -> None:
     client = sdk(local_server)
-    batch = start(client, [line("a", "a cat"), '{"custom_id": "b", "method": "POST"'])
-    assert batch.status == "failed"
+    created = start(client, [line("a", "a cat"), '{"custom_id": "b", "method": "POST"'])
+    assert created.status == "validating"
+    batch = wait_until(client, created.id, {"failed", "in_progress", "completed"})
+    assert batch.status == "failed" and batch.failed_at is not None
     assert [(e.line, e.code) for e in batch.errors.data or []] == [(2, "invalid_json_line")]  # type: ignore[union-attr]
-    assert client.batches.retrieve(batch.id).status == "failed"
+    assert batch.request_counts is not None and batch.request_counts.total == 0
     assert fake_ms.submissions == []
 
 
@@ -129,13 +142,14 @@ def test_a_cancelled_batch_submits_nothing_more(local_server: str, fake_ms: Fake
         time.sleep(0.1)
     time.sleep(1.0)
     cancelling = client.batches.cancel(batch.id)
+    answered = time.monotonic()  # the fake runs in this process: the same clock
     assert cancelling.status == "cancelling"
-    submitted_at_cancel = len(fake_ms.submissions)
     done = wait_until(client, batch.id, {"cancelled", "completed"}, timeout=120)
     assert done.status == "cancelled" and done.cancelled_at is not None
-    # the items at the provider when it was cancelled finished and were kept; none after
-    assert len(fake_ms.submissions) <= submitted_at_cancel + 3  # those already in Prepare
-    assert len(fake_ms.submissions) < 40
+    # no submission reached the provider after the cancel's answer (each is timed as it
+    # arrives); the items at the provider by then finished and were kept
+    assert [s["time"] for s in fake_ms.submissions if s["time"] > answered] == []
+    assert 0 < len(fake_ms.submissions) < 40
     assert done.request_counts is not None
     assert done.request_counts.completed == len(fake_ms.submissions)
     output = jsonl(client, done.output_file_id)
@@ -188,3 +202,100 @@ def test_a_gateway_keys_quota_counts_each_item(
     ).json()
     # the day's reservations are the 3 made (the 2 refused reserved nothing)
     assert usage["today"]["images"] == 3
+
+
+# ---------------------------------------------------------------- batch webhooks
+
+
+def hooked(client: openai.OpenAI, lines: list[str], hook: str) -> str:
+    """A batch of `lines` made with `webhook_url` (the SDK sends it as an extra field)."""
+    content = ("\n".join(lines) + "\n").encode()
+    file_id = client.files.create(file=("in.jsonl", content), purpose="batch").id
+    batch = client.batches.create(
+        input_file_id=file_id,
+        endpoint=GENERATIONS,
+        completion_window="24h",
+        extra_body={"webhook_url": hook},
+    )
+    assert batch.status == "validating"
+    return batch.id
+
+
+def delivery_of(client: openai.OpenAI, batch_id: str) -> dict[str, object]:
+    webhook: dict[str, object] = (client.batches.retrieve(batch_id).model_extra or {})["webhook"]
+    return webhook
+
+
+def unwrapped(url: str, delivery: Delivery) -> object:
+    """The event as the official SDK reads it, its signature checked with the caller's secret."""
+    client = openai.OpenAI(api_key="unused")
+    return client.webhooks.unwrap(delivery.body, delivery.headers, secret=secret_of(url, TOKEN))
+
+
+def test_a_batch_posts_one_signed_batch_completed_when_it_ends(
+    local_server: str, fake_ms: FakeModelScope, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    app, hook = receiver
+    fake_ms.fail_prompts["a forbidden scene"] = "content moderation refused the prompt"
+    client = sdk(local_server)
+    prompts = ["a lighthouse, take 0", "a lighthouse, take 1", "a forbidden scene"]
+    batch_id = hooked(client, [line(f"req-{i}", p) for i, p in enumerate(prompts)], hook)
+
+    (delivery,) = app.wait_for(1, timeout=90)
+    event = unwrapped(local_server, delivery)
+    assert isinstance(event, BatchCompletedWebhookEvent)
+    assert event.data.id == batch_id and event.object == "event"
+    assert delivery.headers["webhook-id"] == event.id
+    assert TOKEN not in delivery.body.decode()
+    batch = client.batches.retrieve(batch_id)
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 1)
+    assert batch.completed_at is not None and event.created_at >= batch.completed_at
+    # the delivery, shown as a job's is (once the attempt has ended); its items sent none
+    deadline = time.monotonic() + 30
+    while (webhook := delivery_of(client, batch_id))["status"] == "pending":
+        assert time.monotonic() < deadline, webhook
+        time.sleep(0.2)
+    assert webhook == {"status": "delivered", "attempts": 1, "last_status_code": 200}
+    assert len(app.deliveries) == 1
+
+
+def test_a_malformed_batch_posts_batch_failed(
+    local_server: str, fake_ms: FakeModelScope, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    app, hook = receiver
+    client = sdk(local_server)
+    batch_id = hooked(client, [line("a", "a cat"), '{"custom_id": "b", "method": "POST"'], hook)
+
+    (delivery,) = app.wait_for(1, timeout=90)
+    event = unwrapped(local_server, delivery)
+    assert isinstance(event, BatchFailedWebhookEvent) and event.data.id == batch_id
+    batch = client.batches.retrieve(batch_id)
+    assert batch.status == "failed"
+    assert [e.line for e in batch.errors.data or []] == [2]  # type: ignore[union-attr]
+    assert fake_ms.submissions == []
+
+
+def test_a_cancelled_batch_posts_batch_cancelled(
+    local_server: str, fake_ms: FakeModelScope, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    app, hook = receiver
+    fake_ms.task_duration = 2.0
+    client = sdk(local_server)
+    batch_id = hooked(client, [line(f"slow-{i}", f"a slow scene {i}") for i in range(12)], hook)
+    deadline = time.monotonic() + 60
+    while not fake_ms.submissions and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.batches.cancel(batch_id).status == "cancelling"
+
+    (delivery,) = app.wait_for(1, timeout=120)
+    event = unwrapped(local_server, delivery)
+    assert isinstance(event, BatchCancelledWebhookEvent) and event.data.id == batch_id
+    done = wait_until(client, batch_id, ENDS)
+    assert done.status == "cancelled"
+
+
+def test_a_batch_without_a_webhook_url_shows_no_delivery(local_server: str) -> None:
+    batch = start(sdk(local_server), [line("plain", "a plain scene")])
+    assert "webhook" not in (batch.model_extra or {})
+    assert wait_until(sdk(local_server), batch.id, ENDS).status == "completed"

@@ -47,6 +47,21 @@ def local_server(
         yield url
 
 
+@pytest.fixture(scope="module")
+def quick_deadline_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    _fake_ms_server: tuple[ServerThread, SwappableApp],
+) -> Iterator[str]:
+    """The same, with a 3-s generation deadline."""
+    with serve_locally(
+        tmp_path_factory.mktemp("cherry-deadline"),
+        MODELSCOPE_BASE_URL=f"{_fake_ms_server[0].url}/v1",
+        POWERTOOLS_LOG_LEVEL="WARNING",
+        GENERATION_TIMEOUT="3",
+    ) as (url, _):
+        yield url
+
+
 def cherry_studio(base: str, prompt: str) -> dict[str, Any]:
     """The library's outcome for one image of `prompt` (its retries included)."""
     done = subprocess.run(
@@ -101,4 +116,19 @@ def test_a_generation_refused_for_its_content_is_submitted_once(
     # Then it is a 400 (as OpenAI answers its content-policy refusals), not retried at all
     assert outcome["ok"] is False and outcome["status"] == 400, outcome
     assert outcome["attempts"] == 1
+    assert len(fake_ms.submissions) == 1
+
+
+@needs_node
+def test_a_generation_that_outlives_the_deadline_reaches_cherry_studio_through_its_retry(
+    quick_deadline_server: str, fake_ms: FakeModelScope
+) -> None:
+    # Given a task that takes 5 s, past the gateway's 3-s deadline (a 504 to the first attempt)
+    fake_ms.task_duration = 5.0
+
+    # When Cherry Studio asks for an image (and retries the 504, 2 s later, as it does)
+    outcome = cherry_studio(quick_deadline_server, "a slow sunrise")
+
+    # Then its retry is answered from the task, finished by then: the image, submitted once
+    assert outcome == {"ok": True, "images": 1}, outcome
     assert len(fake_ms.submissions) == 1

@@ -750,6 +750,24 @@ def test_a_403_for_one_model_does_not_remove_the_token(
     assert made.status_code == 200, made.text
 
 
+def keys_by_half(local: Local, name: str) -> tuple[str, str]:
+    """Two new keys whose halves of a two-token pool differ (a key's half is given by its
+    hash): the one spending the first token, then the one spending the second."""
+    table = local.aws("dynamodb")
+    halves: dict[int, str] = {}
+    for i in range(40):
+        key = local.key(f"{name}-{i}")
+        hashes = [
+            item["pk"]["S"][4:]
+            for item in table.scan(TableName=local.env()["ACCESS_TABLE"])["Items"]
+            if item.get("name", {}).get("S") == f"{name}-{i}"
+        ]
+        halves.setdefault(int(hashes[0][:8], 16) % 2, key)
+        if len(halves) == 2:
+            return halves[0], halves[1]
+    raise AssertionError("no two keys with different halves in 40")
+
+
 def test_one_key_cannot_spend_the_whole_pool(
     start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:
@@ -757,20 +775,8 @@ def test_one_key_cannot_spend_the_whole_pool(
     # keys whose halves differ (a key's half is given by its hash)
     local = start_local("keys", "0.5")
     local.pool("ms-pool-v", "ms-pool-a")
-    table = local.aws("dynamodb")
-    halves: dict[int, str] = {}
-    for i in range(40):
-        key = local.key(f"share-{i}")
-        hashes = [
-            item["pk"]["S"][4:]
-            for item in table.scan(TableName=local.env()["ACCESS_TABLE"])["Items"]
-            if item.get("name", {}).get("S") == f"share-{i}"
-        ]
-        halves.setdefault(int(hashes[0][:8], 16) % 2, key)
-        if len(halves) == 2:
-            break
     # the first key's token (position 0) is the one the provider will refuse for its quota
-    greedy, other = halves[0], halves[1]
+    greedy, other = keys_by_half(local, "share")
     fake.token_answers["ms-pool-v"] = (
         429,
         {"errors": {"message": "Your daily quota of API calls is exhausted."}},
@@ -788,3 +794,34 @@ def test_one_key_cannot_spend_the_whole_pool(
     made = generate(local, other, "other")
     assert made.status_code == 200, made.text
     assert fake.submissions[-1]["token"] == "ms-pool-a"
+
+
+def test_one_keys_job_cannot_fail_over_to_a_token_outside_its_share(
+    start_local: Callable[..., Local], fake: FakeModelScope
+) -> None:
+    # Given a pool of two tokens, each key spending half of it, and two keys with different
+    # halves; the provider refuses the first key's token for its spent daily quota (the
+    # gateway learns it only when the job submits)
+    local = start_local("keys", "0.5")
+    fake.tokens |= {"ms-pool-w", "ms-pool-x"}
+    local.pool("ms-pool-w", "ms-pool-x")
+    greedy, other = keys_by_half(local, "job-share")
+    fake.token_answers["ms-pool-w"] = (
+        429,
+        {"errors": {"message": "Your daily quota of API calls is exhausted."}},
+        {},
+    )
+
+    # When the first key runs a job (accepted on its token, not yet known to be spent)
+    job = finished(local, greedy, start_job(local, greedy, "greedy job"))
+
+    # Then it fails as the pool's 429 naming the return of the key's own token, and the
+    # other key's token was never spent on it
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "provider_tokens_exhausted"
+    assert [s["token"] for s in fake.submissions] == ["ms-pool-w"]
+    assert usage(local, greedy)["today"]["images"] == 0
+    # and the other key still generates, with the token left to it
+    made = finished(local, other, start_job(local, other, "other job"))
+    assert made["status"] == "succeeded", made
+    assert fake.submissions[-1]["token"] == "ms-pool-x"

@@ -352,7 +352,7 @@ def test_batch_events_record_an_item_and_end_the_batch(run: Invoker) -> None:
     assert recorded.result() == {"index": 3, "ok": False}
     ended = run("batch-finalize.json")
     assert ended.status == 0, ended.log[-3000:]
-    assert ended.result() == {"status": "completed"}
+    assert ended.result() == {"status": "completed", "event": "batch.completed"}
     # Then the batch's end and its error file, with the provider's reason, are in the bucket
     batch = _event("batch-finalize.json")["batch"]
     s3 = run.running.client("s3")

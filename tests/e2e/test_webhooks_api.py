@@ -43,13 +43,6 @@ def local_server(
         yield url
 
 
-@pytest.fixture
-def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
-    app = WebhookReceiver()
-    with ServerThread(app) as server:
-        yield app, f"{server.url}/hook"
-
-
 def secret_of(url: str, token: str) -> str:
     answer = httpx.get(
         f"{url}/v1/webhooks/secret", headers={"authorization": f"Bearer {token}"}, timeout=30

@@ -3,11 +3,13 @@ the state machine run whole in it (`machine.World`)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
+import boto3
 import pytest
 
-from fakes.aws import ENDPOINT_VARIABLES, MockedAws, mocked_aws
+from fakes.aws import ENDPOINT_VARIABLES, REGION, MockedAws, mocked_aws
 from fakes.faulty_jobs import FaultyModelScope
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
@@ -49,3 +51,17 @@ def faulty_ms(
     fake.base_url = fake_ms.base_url  # type: ignore[attr-defined]
     _fake_ms_server[1].app = fake
     return fake
+
+
+@pytest.fixture
+def hooked(
+    world: Callable[..., World], aws: MockedAws, monkeypatch: pytest.MonkeyPatch
+) -> tuple[World, str]:
+    """A world whose deployment has a webhook secret (the API side and the task functions)."""
+    deployment = "d" * 48
+    arn = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name=f"webhooks-{uuid.uuid4().hex}", SecretString=deployment
+    )["ARN"]
+    monkeypatch.setenv("WEBHOOK_SECRET", arn)
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")  # the receiver is on loopback
+    return world(webhook_secret=arn, allow_private_urls=True), deployment

@@ -12,6 +12,7 @@ state machine's waits (its Retry backoff, its Wait and Backoff states) are recor
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -20,10 +21,12 @@ from typing import Any
 
 import anyio
 import boto3
+import openai
 import pytest
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
+from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
 from pydantic import SecretStr
 
 from fakes.aws import BUCKET, REGION, MockedAws
@@ -79,13 +82,14 @@ class World:
         model: str = "Qwen/Qwen-Image",
         token: str = TOKEN,
         response_format: Any = "url",
+        prompt: str = "a lighthouse at dusk",
         **options: Any,
     ) -> str:
         request = GenerationRequest(
             provider=provider,
             model=model,
             kind=ModelKind.GENERATE,
-            prompt="a lighthouse at dusk",
+            prompt=prompt,
             api_key=SecretStr(token),
             options=options,
             n=n,
@@ -213,3 +217,28 @@ def simulate_time(
 def transitions(history: list[dict[str, Any]]) -> int:
     """State transitions as Step Functions Standard bills them: each state entered."""
     return sum(1 for event in history if str(event["type"]).endswith("StateEntered"))
+
+
+def entered_states(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the states entered from now on, in every execution and in the child
+    workflows of a Distributed Map (whose histories moto keeps nowhere it lists): the state
+    transitions Step Functions Standard bills."""
+    entered: list[str] = []
+    add_event = EventManager.add_event
+
+    def recording(self: Any, context: Any, event_type: Any, *args: Any, **kwargs: Any) -> int:
+        details = args[0] if args else kwargs.get("event_details")
+        if str(getattr(event_type, "value", event_type)).endswith("StateEntered") and details:
+            entered.append(details["stateEnteredEventDetails"]["name"])
+        return add_event(self, context, event_type, *args, **kwargs)
+
+    monkeypatch.setattr(EventManager, "add_event", recording)
+    return entered
+
+
+def verified(delivery: Any, secret: str) -> dict[str, Any]:
+    """A webhook delivery's event, its signature checked by the official SDK."""
+    client = openai.OpenAI(api_key="unused")
+    client.webhooks.verify_signature(delivery.body, delivery.headers, secret=secret)
+    event: dict[str, Any] = json.loads(delivery.body)
+    return event

@@ -5,48 +5,18 @@ status shows the delivery."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import anyio
-import boto3
-import openai
 import pytest
-from machine import TOKEN, World, transitions
+from machine import TOKEN, World, transitions, verified
 from pydantic import SecretStr
 
-from fakes.aws import REGION, MockedAws
 from fakes.modelscope import FakeModelScope
-from fakes.server import ServerThread
 from fakes.webhook_receiver import WebhookReceiver
 from imagegw.core.webhooks import caller_secret
 from imagegw.providers.base import GenerationRequest, ModelKind
 from imagegw.runners.stepfunctions.service import owner_of
 
 pytestmark = pytest.mark.functional
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
-    app = WebhookReceiver()
-    with ServerThread(app) as server:
-        yield app, f"{server.url}/hook"
-
-
-@pytest.fixture
-def hooked(
-    world: Callable[..., World], aws: MockedAws, monkeypatch: pytest.MonkeyPatch
-) -> tuple[World, str]:
-    """A world whose deployment has a webhook secret (the API side and the task functions)."""
-    deployment = "d" * 48
-    arn = boto3.client("secretsmanager", region_name=REGION).create_secret(
-        Name=f"webhooks-{uuid.uuid4().hex}", SecretString=deployment
-    )["ARN"]
-    monkeypatch.setenv("WEBHOOK_SECRET", arn)
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")  # the receiver is on loopback
-    return world(webhook_secret=arn, allow_private_urls=True), deployment
 
 
 def submit(world: World, url: str, token: str = TOKEN) -> str:
@@ -59,13 +29,6 @@ def submit(world: World, url: str, token: str = TOKEN) -> str:
     )
     view = anyio.run(lambda: world.jobs.submit(request, webhook=url))
     return view.id
-
-
-def verified(delivery: Any, secret: str) -> dict[str, Any]:
-    client = openai.OpenAI(api_key="unused")
-    client.webhooks.verify_signature(delivery.body, delivery.headers, secret=secret)
-    event: dict[str, Any] = json.loads(delivery.body)
-    return event
 
 
 def test_a_succeeded_job_posts_its_signed_event(

@@ -121,8 +121,9 @@ def check_answer(response: RawResponse, *, method: str, provider_called: bool) -
     if status >= 500:
         # a provider's genuine failure: the provider was called (it failed by itself, or the
         # fuzz told the fake to fail) and the gateway says so as a 502/504 of a provider type;
-        # or such a failure of the same request moments ago, answered again without calling
-        # the provider (`x-gateway-replayed`: a retrying client must not pay twice)
+        # or such a failure of the same request moments ago, answered again without a new
+        # submission (`x-gateway-replayed`: its task polled again at most; a retrying client
+        # must not pay twice)
         replayed = response.header("x-gateway-replayed") == "true"
         genuine = (
             (provider_called or replayed)

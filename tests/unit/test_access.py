@@ -3,9 +3,11 @@ aside, when a refused submission fails over, and the settings that keys mode nee
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import anyio
+import httpx
 import pytest
 
 from imagegw.access.gate import Access, Aside, aside_until, provider_reset, window
@@ -20,7 +22,17 @@ from imagegw.errors import (
     RateLimitError,
 )
 from imagegw.infra.config import Settings
-from imagegw.providers.base import Started
+from imagegw.providers.base import (
+    GenerationRequest,
+    ModelKind,
+    Provider,
+    Running,
+    Started,
+    TaskStatus,
+)
+from imagegw.runners.gateway import Gateway
+from imagegw.runners.stepfunctions import steps
+from imagegw.runners.stepfunctions.schema import JobProgress, JobQuota
 
 NOON = 1_764_504_000  # 2025-11-30 12:00:00 UTC
 
@@ -228,6 +240,101 @@ def test_a_job_whose_every_token_is_set_aside_is_told_when_one_comes_back() -> N
     assert refused.value.code == "provider_tokens_exhausted"
     assert refused.value.retryable is True  # back within a minute: the job tries again
     assert refused.value.headers["retry-after"] == "30"
+
+
+def test_a_jobs_lease_keeps_to_its_keys_share_of_the_pool() -> None:
+    a, b, c, d = "ms-a", "ms-b", "ms-c", "ms-d"
+    ref = f"pool:modelscope:{token_id(c)}"
+    key = "00000002" + "0" * 56  # half of four tokens from position 2: c and d
+
+    async def lease(asides: dict[str, float], key: str | None = key) -> str:
+        leased = await _access(asides, a, b, c, d).lease_at(ref, key)
+        assert leased is not None
+        return leased.token.get_secret_value()
+
+    # the token the job names, then the next one of the key's share
+    assert anyio.run(lease, {}) == c
+    assert anyio.run(lease, {token_id(c): NOON + 60}) == d
+    # its whole share set aside: the pool's 429, never a token of the other keys' share
+    with pytest.raises(RateLimitError) as refused:
+        anyio.run(lease, {token_id(c): NOON + 60, token_id(d): NOON + 90})
+    assert refused.value.code == "provider_tokens_exhausted"
+    assert refused.value.headers["retry-after"] == "60"
+    # a job without a key (no share) may use the whole pool
+    assert anyio.run(lease, {token_id(c): NOON + 60, token_id(d): NOON + 90}, None) == a
+
+
+class _ByToken(Provider):
+    """A provider named as ModelScope whose tokens answer as `refusals` says (a started task
+    otherwise); it records the token of every submission."""
+
+    name = "modelscope"
+    title = "ModelScope"
+    catalog = ()
+
+    def __init__(self, settings: Settings, refusals: dict[str, Exception]) -> None:
+        super().__init__(settings, cast("httpx.AsyncClient", None))
+        self.refusals, self.tokens = refusals, list[str]()
+
+    def prepare(
+        self, model: str, kind: ModelKind, fields: Mapping[str, Any], image_count: int
+    ) -> dict[str, Any]:
+        return {}
+
+    async def start(self, request: GenerationRequest) -> Started:
+        token = request.api_key.get_secret_value()
+        self.tokens.append(token)
+        if token in self.refusals:
+            raise self.refusals[token]
+        return Started(f"task-{len(self.tokens)}")
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        return Running("RUNNING")
+
+
+def test_a_gateway_keys_job_fails_over_only_within_the_keys_share() -> None:
+    # Given a pool of two tokens, a key whose half of it is the first (KEY_POOL_SHARE 0.5), and
+    # a provider that refuses that token for its spent daily quota
+    mine, others = "ms-mine", "ms-others"
+    key = "00000000" + "0" * 56
+    settings = Settings(key_pool_share=0.5)
+    access = Access(
+        settings,
+        table=cast("AccessTable", _WritableAsides({})),
+        secret=cast("SecretSource", _Secret(mine, others)),
+        clock=lambda: NOON,
+    )
+    spent = RateLimitError("You have exceeded today's quota", code="rate_limit_exceeded")
+    provider = _ByToken(settings, {mine: spent})
+    kit = Gateway(settings, access=access, providers={"modelscope": provider})
+    job = {
+        "id": "job-" + "0" * 32,
+        "owner": "o",
+        "fingerprint": "f",
+        "created": 0,
+        "provider": "modelscope",
+        "model": "Qwen/Qwen-Image",
+        "kind": "image",
+        "prompt": "a cat",
+        "quota": JobQuota(key=key, at=NOON).model_dump(),
+    }
+    sealed = f"pool:modelscope:{token_id(mine)}"
+
+    # When the job's Submit step runs with that token
+    async def submit() -> dict[str, Any]:
+        try:
+            return await steps.submit({"job": job, "key": sealed, "wait_seconds": 1}, kit)
+        finally:
+            await kit.aclose()
+
+    state = anyio.run(submit)
+
+    # Then it fails with the pool's 429 as the key's own requests would, and the other keys'
+    # token is never spent on it
+    progress = JobProgress.model_validate(state)
+    assert progress.status == "failed", state
+    assert progress.book().final_error().code == "provider_tokens_exhausted"
+    assert provider.tokens == [mine]
 
 
 def test_a_jobs_settlement_is_one_transaction_marked_by_the_job() -> None:

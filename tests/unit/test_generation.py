@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from imagegw.core.estimates import MemoryEstimates
 from imagegw.errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -457,6 +458,40 @@ async def test_some_starts_refused_still_returns_the_others() -> None:
 
 
 # ----------------------------------------------------------------------------- poll schedule
+
+
+async def test_a_resumed_job_polls_the_tasks_it_is_given_and_starts_none() -> None:
+    # Given the two tasks an earlier request started for a job (a repeated request): one
+    # finished since, one finishing at its second poll
+    provider = Scripted(FAST, [[Finished((img(0),))], [Running("RUNNING"), Finished((img(1),))]])
+    learned = MemoryEstimates()
+
+    # When the job is resumed with them
+    resumed = generate(provider, job(2), FAST, estimates=learned, resume=("task-0", "task-1"))
+    events = [event async for event in resumed]
+
+    # Then their images come in the order of the calls, without a call started
+    result = events[-1]
+    assert isinstance(result, Result) and result.images == (img(0), img(1))
+    assert result.task_ids == ("task-0", "task-1")
+    assert provider.started == []
+    assert sorted(provider.checks) == ["task-0", "task-1", "task-1"]
+    # and the first progress names them at once
+    first = events[0]
+    assert isinstance(first, Progress) and first.task_ids == ("task-0", "task-1")
+    # and their run times, unknown here (they began before), teach nothing
+    assert learned.learned == {}
+
+
+async def test_a_resumed_job_still_running_at_its_deadline_is_the_504_naming_it() -> None:
+    settings = FAST.model_copy(update={"generation_timeout": 0.2, "progress_interval": 0.05})
+    provider = Scripted(settings, [[Running("RUNNING")]])
+
+    with pytest.raises(DeadlineExceededError) as caught:
+        async for _ in generate(provider, job(), settings, resume=("task-0",)):
+            pass
+
+    assert "task-0" in caught.value.message and provider.started == []
 
 
 def test_poll_delay_is_the_base_for_the_first_15_seconds() -> None:

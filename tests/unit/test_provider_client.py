@@ -3,6 +3,7 @@ nothing one answer sets rides along with another request, and each poll carries 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -82,6 +83,7 @@ async def test_polls_of_tasks_started_with_different_keys_each_carry_their_own(
                     seen[task].append(await provider.check(job, task))
             if all(isinstance(s[-1], Finished) for s in seen.values()):
                 break
+            await asyncio.sleep(0.02)  # a poll takes well under 0.3 s / 200: wait for the tasks
 
     # Then every poll carried the key of its own task, and both tasks gave their images
     assert all(isinstance(s[-1], Finished) for s in seen.values())

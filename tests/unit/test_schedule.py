@@ -219,3 +219,20 @@ def test_a_task_overrunning_its_models_prior_thins_out_within_poll_interval_max(
         assert polls < today and lag <= MAXIMUM
     for end in (3.0, 7.0, 11.0):
         assert polls_until(end, 0.1, prior)[0] <= polls_until(end, 0.1, None)[0]
+
+
+def test_a_queued_task_is_polled_less_and_less_the_longer_it_waits_in_the_queue() -> None:
+    # the provider says PENDING for 30 s (an uneven queue), then the run takes 3 s: the polls
+    # while queued thin out with the time queued, up to POLL_INTERVAL_MAX, with or without a
+    # history of the model; the run's end is still heard of within POLL_INTERVAL_MAX
+    prior = Estimate(seconds=15.0, spread=4.5, samples=0)
+    short = Estimate(seconds=3.0, spread=0.3, samples=20)
+    for estimate in (prior, short):
+        timing, waits = Timing(submitted=0.0), []
+        for now in (0.1, 4.0, 8.0, 16.0, 30.0):
+            timing = timing.seen(now, "PENDING")
+            waits.append(next_delay(timing, estimate, now, BASE, MAXIMUM))
+        assert waits == sorted(waits) and waits[0] <= 1.0 and waits[-1] == MAXIMUM
+        polls, lag = polls_until(33.0, 30.0, estimate)
+        today, _ = polls_until(33.0, 30.0, None)
+        assert polls <= 0.6 * today and lag <= MAXIMUM

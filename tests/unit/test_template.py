@@ -334,7 +334,12 @@ def test_functions_may_only_read_the_secret_and_get_or_update_table_items(
             "secretsmanager:GetSecretValue",
         },
         "JobStoreFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
-        "BatchStepFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        # an item's Submit: the job's (a gateway key's item uses a server-held token)
+        "BatchStepFunction": {
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "secretsmanager:GetSecretValue",
+        },
         # one attempt at a job's webhook: reads the webhook secret, nothing else
         "JobNotifyFunction": {"secretsmanager:GetSecretValue"},
     }
@@ -372,7 +377,13 @@ def test_the_batch_machine_runs_the_job_machines_states_for_each_item(
     assert ROOT / machine["DefinitionUri"] == BATCH_ASL_FILE
     text = BATCH_ASL_FILE.read_text()
     assert set(re.findall(r"\$\{(\w+)\}", text)) == set(machine["DefinitionSubstitutions"])
-    assert set(TASKS) <= set(machine["DefinitionSubstitutions"])
+    # an item's Polls on the job's Poll function; a batch's batch.* event on its Notify one
+    assert set(machine["DefinitionSubstitutions"]) == {
+        "JobPollFunctionArn",
+        "JobNotifyFunctionArn",
+        "BatchStepFunctionArn",
+        "BatchBucket",
+    }
     # the file is what tools/batchasl makes of the job machine today (`make asl` checks it too)
     check = subprocess.run([sys.executable, str(ROOT / "tools" / "batchasl"), "--check"])
     assert check.returncode == 0, (
@@ -385,19 +396,52 @@ def test_the_batch_machine_runs_the_job_machines_states_for_each_item(
     processor = items["ItemProcessor"]
     assert processor["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     states = processor["States"]
-    # the job's lifecycle steps, unchanged but for where a job ends: each item is recorded
+    assert processor["StartAt"] == job["StartAt"] == "Submit"
     recorded = {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": "Record"}
-    for name in ("Submit", "Check", "Predicted", "Wait", "Backoff", "Poll", "Reserved", "Release"):
+    # the job's lifecycle steps: the waits and Poll unchanged but for a step that failed
+    # beyond its retries, which is the item's failure
+    for name in ("Predicted", "Wait", "Backoff", "Poll"):
         state = dict(states[name])
         if state["Type"] == "Task":
             *catches, last = state.pop("Catch")
-            assert last == recorded  # a step failed beyond its retries: the item's failure
+            assert last == recorded
             if catches:
                 state["Catch"] = catches
         assert state == job["States"][name], name
-    ends = [s for s in states.values() if s.get("End")]
-    assert ends == [states["Record"]]
+    # Submit and Store are the job's, run by the batch step (which wraps the job's own), with
+    # the job's Retry: a submission is retried only where nothing started
+    for name in ("Submit", "Store"):
+        assert states[name]["Resource"] == "${BatchStepFunctionArn}"
+        assert states[name]["Parameters"]["step"] == name.lower()
+        assert states[name]["Retry"] == job["States"][name]["Retry"]
+        assert states[name]["Catch"][-1] == recorded
+    # Check is the job's, less its webhook branches (items have none); where a job fails, or
+    # an item was not submitted, the item is recorded
+    job_rules = [
+        rule
+        for rule in job["States"]["Check"]["Choices"]
+        if "$.job.webhook" not in json.dumps(rule)
+    ]
+    first, *rules = states["Check"]["Choices"]
+    assert first == {"Variable": "$.progress", "IsPresent": False, "Next": "Record"}
+    assert [r["Next"] for r in rules] == [
+        "Record" if r["Next"] == "Failed" else r["Next"] for r in job_rules
+    ]
+    # an item ends in Store (images) or Record (none): never a failed child workflow
+    assert sorted(name for name, s in states.items() if s.get("End")) == ["Record", "Store"]
     assert not [s for s in states.values() if s["Type"] in ("Fail", "Succeed")]
+    # no state is left that no item enters (the job's webhook and Release paths)
+    assert set(states) == {
+        "Submit",
+        "Check",
+        "Predicted",
+        "Wait",
+        "Backoff",
+        "Poll",
+        "Store",
+        "TimedOut",
+        "Record",
+    }
     env = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert env["BATCH_STATE_MACHINE_ARN"] == {"Ref": "ImageBatchStateMachine"}
 
@@ -521,8 +565,14 @@ def test_the_demo_provider_is_off_unless_its_parameter_turns_it_on(
     parameter = template["Parameters"]["DemoProvider"]
     assert parameter["Default"] == "disabled"
     assert set(parameter["AllowedValues"]) == {"disabled", "enabled"}
-    api = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
-    assert api["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    # every function that resolves a provider reads the same switch (a demo job's Submit, Poll
+    # and Store refused the provider the API had accepted when only the API had it)
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert shared["DEMO_PROVIDER"] == {"Ref": "DemoProvider"}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            own = resource["Properties"].get("Environment", {}).get("Variables", {})
+            assert "DEMO_PROVIDER" not in own, name
     # the app reads the same words: only "enabled" turns it on
     from imagegw.infra.config import Settings
     from imagegw.providers.demo import enabled

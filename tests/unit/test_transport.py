@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from fakes.server import ServerThread
+from fakes.socketserver import LoopbackServer
 from imagegw.infra.transport import PooledTransport
 
 pytestmark = pytest.mark.anyio
@@ -23,42 +24,18 @@ Behaviour = Literal["keep-alive", "close-after-answer", "reset-after-request"]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
-class RawServer:
+class RawServer(LoopbackServer):
     """An HTTP/1.1 server on a socket, for what uvicorn will not do on purpose: it counts the
     connections and requests it gets and answers `ok`, keeping connections open, closing each
     after its answer (as a server does with idle connections), or resetting each after reading
     its request (as a provider that crashed midway)."""
 
     def __init__(self, behaviour: Behaviour, backlog: int = 64) -> None:
+        super().__init__(backlog)
         self.behaviour = behaviour
-        self.connections = 0
         self.requests = 0
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
-        self._listener.settimeout(0.05)  # so that the accepting thread sees the stop
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> RawServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            connection.settimeout(5)
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket) -> None:
         with connection:
             buffer = b""
             while True:

@@ -454,10 +454,12 @@ class Access:
                 return PoolLease(self, provider, pool, index, share, key)
         raise self.exhausted(provider, [pool[i] for i in share], asides)
 
-    async def lease_at(self, ref: str) -> PoolLease | None:
-        """A lease on the token a job's reference (`pool:<provider>:<id>`) names, with its pool
-        behind it to fail over to; when that token is set aside meanwhile, on the next one that
-        is not. None when the owner removed the token; a 429 when every token is set aside."""
+    async def lease_at(self, ref: str, key: str | None = None) -> PoolLease | None:
+        """A lease on the token a job's reference (`pool:<provider>:<id>`) names, with the
+        share of its pool that the gateway key with the hash `key` spends behind it to fail over
+        to (`window`, as `lease`; None: the whole pool); when that token is set aside meanwhile,
+        on the next one of the share that is not. None when the owner removed the token; a 429
+        when every token of the share is set aside."""
         _, provider, wanted = ref.split(":", 2)
         pool = (await self.pools()).pool(provider)
         index = next((i for i, t in enumerate(pool) if token_id(t) == wanted), None)
@@ -467,11 +469,15 @@ class Access:
             protect(token)
         asides = await self.asides(provider)
         now = self.clock()
-        for step in range(len(pool)):
-            at = (index + step) % len(pool)
-            if asides.get(token_id(pool[at]), 0) <= now:
-                return PoolLease(self, provider, pool, at)
-        raise self.exhausted(provider, pool, asides)
+        ids = [token_id(t) for t in pool]
+        share = window(len(pool), key, self.settings.key_pool_share, asides, ids, now)
+        # from the named token on, in the share's order (the share may have moved since)
+        first = share.index(index) if index in share else 0
+        for step in range(len(share)):
+            at = share[(first + step) % len(share)]
+            if asides.get(ids[at], 0) <= now:
+                return PoolLease(self, provider, pool, at, share, key)
+        raise self.exhausted(provider, [pool[i] for i in share], asides)
 
     async def settle_job(
         self, job_id: str, key: str, model: str, n: int, made: int, at: float

@@ -10,7 +10,9 @@ what every answer means and what to do next:
   up; the deadline (`Book.out_of_time`, one wording: `late`);
 - the final-error rule (`final_error`), the progress summary (`Summary`), the next poll
   (`next_poll`, `job_waits`, over `imagegw.core.schedule`), and quota settlement
-  (`settlement`: what is counted and what given back).
+  (`settlement`: what is counted and what given back);
+- whether a job's error left a task that may still finish (`may_still_finish`: a repeated
+  request then asks about it again, `imagegw.frontends.replays`).
 
 A paid task is never abandoned silently: a task given up on, or still running at the deadline,
 fails with an error that names it, says it may still finish at the provider, and names the last
@@ -35,6 +37,8 @@ Image = TypeVar("Image")
 #: the longest wait between a durable job's polls after failed polls (unless its interval is
 #: longer)
 JOB_BACKOFF_MAX: Final = 60
+#: the code of a task given up on because its polls failed (`unpollable`)
+UNPOLLABLE: Final = "provider_unavailable"
 
 
 # ------------------------------------------------------------------------------ the task book
@@ -266,8 +270,15 @@ def unpollable(title: str, task_id: str, policy: PollPolicy, last: GatewayError)
     return ProviderError(
         f"{title} could not be polled for {policy.window or 0:g} s (task {task_id}): "
         f"last error: {reason}.",
-        code="provider_unavailable",
+        code=UNPOLLABLE,
     )
+
+
+def may_still_finish(error: GatewayError) -> bool:
+    """Whether a job that ended with `error` left a task that may still finish at the
+    provider: the deadline (`late`), or polls that failed for the policy's window
+    (`unpollable`). Asking about its tasks again may find their images."""
+    return isinstance(error, DeadlineExceededError) or error.code == UNPOLLABLE
 
 
 def late(title: str, tasks: Sequence[Task[Image]], limit: float) -> DeadlineExceededError:

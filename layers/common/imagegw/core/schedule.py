@@ -6,7 +6,10 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
 
 - once as soon as the submission answered (`EARLY`), so an instant task is answered at once,
   not at a first scheduled poll;
-- every `QUEUED_EVERY` while the provider says it is queued (its run has not begun);
+- while the provider says it is queued (its run has not begun: ModelScope's PENDING), on a
+  pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, between
+  POLL_INTERVAL and POLL_INTERVAL_MAX): a long queue costs a few polls, and the run's predicted
+  end is counted from the poll that saw it running, not from the submission;
 - sparsely while running far from its predicted end (each wait half the time left to the
   window), then densely in a window around the predicted end, as wide as the learned spread
   and the uncertainty of when the run began; the density is bounded by a poll budget
@@ -15,8 +18,8 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   (`OVERRUN`) of the time since the window closed, so a long task of a model whose recent
   tasks were short costs a few polls, not one every POLL_INTERVAL;
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
-  or a short history (`LEARNED`), never denser than POLL_INTERVAL nor sparser than today's
-  schedule until the prior's window has passed.
+  or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
+  schedule while the task runs, until the prior's window has passed.
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
@@ -39,8 +42,10 @@ OVERRUN: Final = 0.5
 #: a durable job whose model has no history (a catalogue prior, or fewer than `LEARNED` tasks)
 #: waits, once the prior's likely end passed, this share of the task's age before each poll
 JOB_STRETCH: Final = 0.75
-#: between polls while the provider says the task is queued
+#: between polls while the provider says the task is queued, at least (a learned model)
 QUEUED_EVERY: Final = 1.0
+#: while queued, each wait is at least this share of the time queued so far
+QUEUE_STRETCH: Final = 0.25
 #: the densest polling, in the window around the predicted end
 DENSE_MIN: Final = 0.3
 #: half-width of the dense window, in spreads (about 70% of the ends fall inside)
@@ -161,12 +166,12 @@ def budget(expected: float) -> float:
     return (SHORT_BUDGET if expected < LONG_TASK else LONG_BUDGET) * expected
 
 
-def _queued(estimate: Estimate, base: float, maximum: float) -> float:
+def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum: float) -> float:
     """While queued: as often as the run's own spread makes worth knowing when it began (at
-    POLL_INTERVAL until the model has a history)."""
-    if estimate.samples < LEARNED:
-        return base
-    return min(maximum, max(QUEUED_EVERY, 2 * estimate.spread))
+    POLL_INTERVAL until the model has a history), and sparser the longer the queue lasts
+    (`QUEUE_STRETCH` of the time queued), never sparser than POLL_INTERVAL_MAX."""
+    every = base if estimate.samples < LEARNED else max(QUEUED_EVERY, 2 * estimate.spread)
+    return min(maximum, max(every, QUEUE_STRETCH * (now - timing.submitted)))
 
 
 def _dense(timing: Timing, span: Window, dense: float) -> float:
@@ -183,20 +188,22 @@ def next_delay(
 
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than today's schedule would wait. So a prediction that is far off
-    costs a few polls, not a long lag. The dense spacing is never above POLL_INTERVAL, and
-    until a model has a history never below it (a prior is a guess)."""
+    history) never longer than today's schedule would wait (while queued: `_queued`). So a
+    prediction that is far off costs a few polls, not a long lag. The dense spacing is never
+    above POLL_INTERVAL, and until a model has a history never below it (a prior is a
+    guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
     today = poll_delay(now - timing.submitted, base, maximum)
     if estimate is None:
         return today
     predicted = _predicted_delay(timing, estimate, now, base, maximum)
-    if estimate.samples >= LEARNED:
+    if estimate.samples >= LEARNED or timing.running_seen is None:
         return predicted
     # a prior alone is no history: never wait longer than today's schedule would, but past
-    # the prior's window, where the waits thin out up to POLL_INTERVAL_MAX (`_predicted_delay`)
-    if timing.running_seen is not None and now > window(timing, estimate).end:
+    # the prior's window, where the waits thin out up to POLL_INTERVAL_MAX (`_predicted_delay`),
+    # and while queued (the run has not begun: its own pace, `_queued`)
+    if now > window(timing, estimate).end:
         return predicted
     return min(predicted, today)
 
@@ -206,7 +213,7 @@ def _predicted_delay(
 ) -> float:
     """`next_delay` for a task polled at least once, whose model has an estimate."""
     if timing.running_seen is None:
-        return _queued(estimate, base, maximum)
+        return _queued(timing, estimate, now, base, maximum)
     ran = max(base, now - timing.began()[1])
     cap = max(maximum, ran) if estimate.samples >= LEARNED else min(maximum, ran)
     # a prior or a short history is a guess: no denser than POLL_INTERVAL around it

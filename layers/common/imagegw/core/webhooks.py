@@ -6,7 +6,9 @@
   It is a Standard Webhooks secret: `whsec_` and the base64 of 32 bytes.
 - An event is `{"id": "evt_…", "object": "event", "type": "job.succeeded" | "job.failed",
   "created_at": …, "data": {"id": "<job id>"}}`: the job id only (no key, no image); the
-  receiver fetches the job with its own key. Its id is derived from the job id and the type, so
+  receiver fetches the job with its own key. A batch's (docs/batches.md) is the same with
+  `batch.completed` | `batch.failed` | `batch.expired` | `batch.cancelled` and the batch id, as
+  OpenAI's batch events are. Its id is derived from the job's (or batch's) id and the type, so
   every attempt carries the same `webhook-id` (receivers drop duplicates by it).
 - Signing is Standard Webhooks': `webhook-id`, `webhook-timestamp` (Unix seconds, fresh at each
   attempt) and `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`,
@@ -21,7 +23,14 @@ import hmac
 import json
 from typing import Final, Literal
 
-EventType = Literal["job.succeeded", "job.failed"]
+EventType = Literal[
+    "job.succeeded",
+    "job.failed",
+    "batch.completed",
+    "batch.failed",
+    "batch.expired",
+    "batch.cancelled",
+]
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 (a prefix, not a secret)
 _DOMAIN: Final = b"imagegw-webhook-secret\0"
 _EVENT_DOMAIN: Final = "imagegw-webhook-event\0"
@@ -34,13 +43,14 @@ def caller_secret(deployment_secret: str, owner: str) -> str:
 
 
 def event_id(job_id: str, kind: EventType) -> str:
-    """The event's id, the same at every attempt (the `webhook-id`)."""
+    """The event's id, the same at every attempt (the `webhook-id`); `job_id`: the job's or
+    the batch's id."""
     digest = hashlib.sha256(f"{_EVENT_DOMAIN}{job_id}\0{kind}".encode()).hexdigest()
     return f"evt_{digest[:32]}"
 
 
 def event_body(job_id: str, kind: EventType, created_at: int) -> bytes:
-    """The JSON body of a job's event."""
+    """The JSON body of a job's (or a batch's) event."""
     event = {
         "id": event_id(job_id, kind),
         "object": "event",

@@ -1,14 +1,22 @@
 """The batch state machine's own steps (statemachine/image_batch.asl.json, function
 functions/batch_step): each item of a batch is one durable job of the image-job lifecycle,
-run by the job's own steps (`imagegw.runners.stepfunctions.steps`) between these:
+run by the job's own steps (`imagegw.runners.stepfunctions.steps`), wrapped where an item
+starts and ends so that it takes no more state transitions than the job alone:
 
-- `prepare`: the item (a line planned when the batch was created, `batch_lines.Item`) as a
-  job's execution input: the job's id derived from the batch's and the item's (so a retried
-  step starts nothing twice), input images placed as a durable job's are, the provider key
-  sealed for that job (a gateway key's batch: its pool reference, as its jobs carry). A
-  cancelled batch, or one past its completion window, skips the item: nothing is submitted.
-- `record`: the item's outcome in the bucket (`results/`): the body a single request answers
-  (lasting links, or a chat completion), or the OpenAI-shaped error with its status.
+- `validate` (the batch's first state, before anything is paid): the input file read and every
+  line checked as the single request would be (`batch_lines.check_file`, a gateway key's
+  allowed models included); the items written as a JSON array for the map, or the batch
+  `failed` with `errors.data[]` (line numbers). It writes `validated.json`: until then the
+  batch shows `validating`.
+- `submit` (the item's Submit): the item (a line planned when the batch was created,
+  `batch_lines.Item`) as a job's input (the job's id derived from the batch's and the item's,
+  input images placed as a durable job's are, the provider key sealed for that job, a gateway
+  key's quota reserved), then submitted by the job's Submit. A cancelled batch, or one past
+  its completion window, skips the item: nothing is submitted.
+- `store` (the item's Store): the job's Store, then the item's line in the bucket
+  (`results/`): the body a single request answers (lasting links, or a chat completion).
+- `record`: an item that ended without images: the OpenAI-shaped error with its status, or
+  why it was skipped.
 - `finalize`: the output file (one line per succeeded item) and the error file (one line per
   failed or skipped item), as files of the batch's owner, and the batch's end.
 """
@@ -20,16 +28,23 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Final
 
-from imagegw.errors import AuthenticationError, GatewayError
+import anyio.to_thread
+from pydantic import SecretStr
+
+from imagegw.access.gate import Reservation
+from imagegw.errors import AuthenticationError, GatewayError, StorageError
 from imagegw.frontends import job_answers
-from imagegw.frontends.batch_lines import Item
-from imagegw.frontends.batches import FAILED, OK, SKIPPED, result_name
+from imagegw.frontends.batch_lines import Item, check_file
+from imagegw.frontends.batches import FAILED, OK, SKIPPED, SUBMITTING, result_name
 from imagegw.frontends.routes.files import file_object, new_file_id
 from imagegw.infra.batchstore import BatchStore
 from imagegw.infra.log import logger
 from imagegw.runners.gateway import Gateway
+from imagegw.runners.quota import settle
+from imagegw.runners.stepfunctions import steps
 from imagegw.runners.stepfunctions.schema import (
     InputRef,
     JobInput,
@@ -39,7 +54,7 @@ from imagegw.runners.stepfunctions.schema import (
     error_body,
 )
 from imagegw.runners.stepfunctions.service import Jobs, JobView
-from imagegw.runners.stepfunctions.steps import POOL_REF
+from imagegw.runners.stepfunctions.steps import POOL_REF, retry_later
 
 _JOB_DOMAIN: Final = "imagegw-batch-item\0"
 #: item results Finalize reads at once (each a GET in a worker thread)
@@ -67,44 +82,163 @@ def _store(kit: Gateway) -> BatchStore:
     return BatchStore(kit.store)
 
 
-async def prepare(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
-    """The item's job input; or, with `skip`, why it is not submitted; or, with `failure`, the
-    gateway's refusal of it (the key revoked, its quota spent), recorded as the item's error."""
+def _batch_error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """An error of the whole batch in `errors.data[]` (no line)."""
+    return {"code": code, "message": message, "param": param, "line": None}
+
+
+async def validate(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """The batch's input file checked (nothing is paid before): `{"status": "in_progress",
+    "total"}` with the items written for the map, or `{"status": "failed", "total": 0}` with
+    every bad line in `validated.json`'s `errors.data[]`."""
+    batch = event["batch"]
+    batch_id, owner = batch["id"], batch["owner"]
+    store = _store(kit)
+    record = await store.get_json(store.run_key(owner, batch_id, "batch.json"))
+    errors, items = await _check(record, batch.get("quota_key"), kit)
+    now = int(time.time())
+    if errors:
+        state: dict[str, Any] = {
+            "status": "failed",
+            "failed_at": now,
+            "total": 0,
+            "errors": {"object": "list", "data": errors},
+        }
+    else:
+        body = json.dumps([item.model_dump(mode="json") for item in items]).encode()
+        await store.put(store.run_key(owner, batch_id, "items.json"), body)
+        state = {"status": "in_progress", "in_progress_at": now, "total": len(items)}
+    await store.put_json(store.run_key(owner, batch_id, "validated.json"), state)
+    logger.info(
+        "batch validated",
+        extra={"batch_id": batch_id, "status": state["status"], "items": len(items)},
+    )
+    return {"status": state["status"], "total": state["total"]}
+
+
+async def _check(
+    record: Mapping[str, Any], key_hash: str | None, kit: Gateway
+) -> tuple[list[dict[str, Any]], tuple[Item, ...]]:
+    """The errors of the batch's input file (each bad line's), and its items when none."""
+    store = _store(kit)
+    content = await store.file_content(record["owner"], record["input_file_id"])
+    if content is None:
+        message = "The input file was deleted before the batch was validated."
+        return [_batch_error("file_not_found", message, "input_file_id")], ()
+    caller = None
+    try:
+        if key_hash:  # a gateway key's batch: its allowed models as they stand now
+            caller = await kit.access.keyed_caller(key_hash)
+            if caller is None:
+                message = "The gateway key that made this batch is revoked or expired."
+                return [_batch_error("invalid_api_key", message)], ()
+        provider = kit.provider(record["provider"])
+    except GatewayError as exc:
+        return [_batch_error(exc.code or "invalid_request", exc.message, exc.param)], ()
+    # 50,000 lines planned: in a worker thread, the event loop stays free
+    checked = await anyio.to_thread.run_sync(
+        partial(
+            check_file,
+            content,
+            endpoint=record["endpoint"],
+            provider=provider,
+            max_items=kit.settings.batch_max_items,
+            caller=caller,
+        )
+    )
+    return [error.body() for error in checked.errors], checked.items
+
+
+def _failure(exc: GatewayError) -> dict[str, str]:
+    return {"Error": type(exc).__name__, "Cause": json.dumps(exc.body())}
+
+
+async def _cancelled(store: BatchStore, batch: Mapping[str, Any]) -> bool:
+    """Whether the batch's owner cancelled it (its `cancel.json`); the bucket failing is
+    passing trouble before anything is paid: the step is run again (`TransientJobError`)."""
+    try:
+        mark = await store.get(store.run_key(batch["owner"], batch["id"], "cancel.json"))
+    except StorageError as exc:
+        raise retry_later(exc) from None
+    return mark is not None
+
+
+async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """An item's Submit: the item as a durable job (`_prepare`), submitted by the job's own
+    step (`steps.submit`), in one step. Its state: the job's input and progress beside the
+    item's place (`item`, `batch`); or no progress, with `skip` (cancelled, past the window:
+    nothing submitted) or `failure` (the gateway refused it: its key revoked, its quota
+    spent), which Record writes.
+
+    Cancel stops submissions at once: the cancel mark is read again right before the
+    provider is called, under a marker (`submitting/{index}`) that the cancel waits on
+    (`Batches.cancel`), so no item that read no mark submits after the cancel's answer."""
     item = Item.model_validate(event["item"])
     batch = dict(event["batch"])
     here = {"item": {"index": item.index, "custom_id": item.custom_id}, "batch": batch}
+    store = _store(kit)
+    if time.time() >= float(batch["expires_at"]):
+        return {**here, "skip": "expired"}
+    if await _cancelled(store, batch):  # before any work: a cancelled batch's items are cheap
+        return {**here, "skip": "cancelled"}
     try:
-        return await _prepare(event, item, batch, here, kit)
+        payload, opened, reserved = await _prepare(event, item, batch, kit)
     except GatewayError as exc:
-        failure = {"Error": type(exc).__name__, "Cause": json.dumps(exc.body())}
-        return {**here, "failure": failure}
+        if exc.retryable is True:  # the bucket, KMS or the key table failing for a moment
+            raise retry_later(exc) from None
+        return {**here, "failure": _failure(exc)}
+    marker = store.run_key(batch["owner"], batch["id"], f"{SUBMITTING}{item.index:06d}")
+    try:
+        try:
+            await store.put(marker, b"{}")
+        except StorageError as exc:
+            raise retry_later(exc) from None
+        try:
+            if await _cancelled(store, batch):
+                await settle(reserved, 0)
+                return {**here, "skip": "cancelled"}
+            submitted = {name: payload[name] for name in ("job", "key", "wait_seconds")}
+            progress = await steps.submit(submitted, kit, opened)
+        finally:
+            await _unmark(store, marker)
+    except BaseException:
+        # nothing recorded for this attempt: its reservation given back (a retried Submit
+        # reserves anew; an item that fails is recorded without images)
+        await settle(reserved, 0)
+        raise
+    return {**payload, **here, "progress": progress}
+
+
+async def _unmark(store: BatchStore, marker: str) -> None:
+    """The submission is made (or not): the cancel need not wait on it. Never raises: the
+    item's outcome must not be lost to the bucket (a marker left makes a cancel wait its
+    bound, `CANCEL_FENCE`)."""
+    try:
+        await store.delete(marker)
+    except StorageError as exc:
+        logger.warning("batch item marker not removed", extra={"error": exc.message})
 
 
 async def _prepare(
-    event: Mapping[str, Any],
-    item: Item,
-    batch: dict[str, Any],
-    here: dict[str, Any],
-    kit: Gateway,
-) -> dict[str, Any]:
+    event: Mapping[str, Any], item: Item, batch: dict[str, Any], kit: Gateway
+) -> tuple[dict[str, Any], SecretStr | None, Reservation | None]:
+    """The item as a job's input (`JobInput`): the job's id derived from the batch's and the
+    item's, the provider key sealed for that job (for its Polls), a gateway key's quota
+    reserved, input images placed; with the client's key open (None: a pool reference, which
+    the job's Submit leases) and the reservation (given back if the item submits nothing)."""
     batch_id, owner = batch["id"], batch["owner"]
-    store = _store(kit)
-    if await store.get(store.run_key(owner, batch_id, "cancel.json")) is not None:
-        return {**here, "skip": "cancelled"}
-    if time.time() >= float(batch["expires_at"]):
-        return {**here, "skip": "expired"}
     job_id = item_job_id(batch_id, item.index)
     sealed = str(event["key"])
+    opened: SecretStr | None = None
     if not sealed.startswith(POOL_REF):
-        key = kit.sealer.open(sealed, batch_id)
-        sealed = kit.sealer.seal(key, job_id)
+        opened = kit.sealer.open(sealed, batch_id)
+        sealed = kit.sealer.seal(opened, job_id)
     job = item.job
-    quota = await _reserve(batch.get("quota_key"), job.model, job.n, kit)
+    reserved = await _reserve(batch.get("quota_key"), job.model, job.n, kit)
     try:
         placed = await kit.store.place_all(job.images)
     except BaseException:
-        if quota is not None:
-            await kit.access.settle_job(job_id, quota.key, job.model, job.n, 0, quota.at)
+        await settle(reserved, 0)
         raise
     spec = JobSpec(
         id=job_id,
@@ -120,7 +254,7 @@ async def _prepare(
         images=tuple(InputRef(key=p.key, url=p.url) for p in placed),
         response_format=job.response_format,
         api=job.api,
-        quota=quota,
+        quota=None if reserved is None else JobQuota(key=reserved.record.hash, at=reserved.at),
     )
     payload = JobInput(
         job=spec,
@@ -128,10 +262,10 @@ async def _prepare(
         wait_seconds=int(event["wait_seconds"]),
         max_polls=int(event["max_polls"]),
     ).model_dump(mode="json")
-    return {**payload, **here}
+    return payload, opened, reserved
 
 
-async def _reserve(key_hash: str | None, model: str, n: int, kit: Gateway) -> JobQuota | None:
+async def _reserve(key_hash: str | None, model: str, n: int, kit: Gateway) -> Reservation | None:
     """A gateway key's batch item counts on the key's quota as a durable job does (its job
     settles it when it ends); the key's 401 once revoked, its 429 once the day's quota is spent
     (the item fails with it; the batch goes on)."""
@@ -142,11 +276,21 @@ async def _reserve(key_hash: str | None, model: str, n: int, kit: Gateway) -> Jo
         raise AuthenticationError(
             "The gateway key that made this batch is revoked or expired.", code="invalid_api_key"
         )
-    reservation = await kit.access.reserve(caller, model, n)
-    return None if reservation is None else JobQuota(key=reservation.record.hash, at=reservation.at)
+    return await kit.access.reserve(caller, model, n)
+
+
+async def store(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """An item's Store: the job's (`steps.store`: the images copied into the bucket, the
+    quota settled), then the item's line written (`record`): the step that ends the item."""
+    job = {"job": event["job"], "progress": event["progress"]}
+    output = await steps.store(job, kit)
+    return await record({"state": {**event, "output": output}}, kit)
 
 
 async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """Write an item's outcome to the bucket (`results/`): the body a single request answers
+    (an item's Store), or its error: skipped, refused, failed at the provider (`progress`) or
+    a step failed beyond its retries (`failure`)."""
     state = event["state"]
     item, batch = state["item"], state["batch"]
     index, custom_id = int(item["index"]), str(item["custom_id"])
@@ -166,7 +310,11 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         line.update(response=None, error={"code": f"batch_{why}", "message": message})
         name = f"results/{index:06d}{SKIPPED}"
     elif "failure" in state or "output" not in state:
-        failure = state.get("failure") or {}
+        progress = state.get("progress") or {}
+        failure = state.get("failure") or {
+            "Error": progress.get("error"),
+            "Cause": progress.get("cause"),
+        }
         body = error_body(failure.get("Error"), failure.get("Cause"))
         response = {"status_code": status_of(body), "request_id": request_id, "body": body}
         line.update(response=response, error=None)
@@ -202,6 +350,8 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
 
 
 async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+    """The output and error files and the batch's end (`final.json`): `{"status", "event"}`,
+    the event its webhook_url gets (`batch.completed`, `batch.cancelled`, `batch.expired`)."""
     batch = event["batch"]
     batch_id, owner = batch["id"], batch["owner"]
     store = _store(kit)
@@ -235,7 +385,7 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         "output_file_id": output_id,
         "error_file_id": error_id,
         "request_counts": {
-            "total": int(batch["total"]),
+            "total": int(event.get("total", batch.get("total", 0))),
             "completed": len(done),
             "failed": sum(1 for key in names if key.endswith(FAILED)),
         },
@@ -250,7 +400,7 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
             "failed": len(failed),
         },
     )
-    return {"status": status}
+    return {"status": status, "event": f"batch.{status}"}
 
 
 async def _save(store: BatchStore, owner: str, filename: str, lines: list[bytes]) -> str | None:
@@ -262,4 +412,10 @@ async def _save(store: BatchStore, owner: str, filename: str, lines: list[bytes]
     return str(meta["id"])
 
 
-STEPS: Final = {"prepare": prepare, "record": record, "finalize": finalize}
+STEPS: Final = {
+    "validate": validate,
+    "submit": submit,
+    "store": store,
+    "record": record,
+    "finalize": finalize,
+}

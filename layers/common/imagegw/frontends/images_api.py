@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -41,11 +41,14 @@ from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.refusals import images_api_words
 from imagegw.runners import pipeline
 from imagegw.runners.gateway import Gateway
+from imagegw.runners.inprocess import Event
 
 _IMAGE_FIELD: Final = re.compile(r"^image(?:\[\d*\])?$")
 _NESTED_FIELD: Final = re.compile(r"^([A-Za-z_]\w*)\[([^\[\]]+)\]$")
 
 Input = str | ImageBytes
+#: sees a run's events on their way to the answer (`imagegw.frontends.replays.Attempt.watch`)
+Tap = Callable[[AsyncIterator[Event]], AsyncIterator[Event]]
 
 
 @dataclass(frozen=True)
@@ -210,9 +213,15 @@ def build_job(provider: Provider, call: ImagesCall, api_key: SecretStr) -> Gener
 
 
 async def prepare(
-    gateway: Gateway, provider: Provider, call: ImagesCall, api_key: SecretStr
+    gateway: Gateway,
+    provider: Provider,
+    call: ImagesCall,
+    api_key: SecretStr,
+    *,
+    staged: bool = True,
 ) -> GenerationRequest:
-    """The job of `call`, checked, its mask (if any) staged in the bucket. Raises GatewayError."""
+    """The job of `call`, checked, its mask (if any) staged in the bucket (not when `staged` is
+    false: its tasks already started, `answer(resume=...)`). Raises GatewayError."""
     settings = gateway.settings
     if call.mask is not None and not provider.supports_masks:
         raise InvalidRequestError(
@@ -222,7 +231,7 @@ async def prepare(
             code="mask_not_supported",
         )
     job = build_job(provider, call, api_key)
-    if call.mask is not None:
+    if call.mask is not None and staged:
         checked = read_image(
             call.mask, max_bytes=settings.max_image_bytes, what="mask", param="mask"
         )
@@ -269,14 +278,20 @@ async def answer(
     api_key: SecretStr,
     base_url: str,
     budget: float | None = None,
+    resume: Sequence[str] = (),
+    tap: Tap | None = None,
 ) -> dict[str, Any]:
     """Run the job and answer in the Images API's shape (within `budget` seconds when the
-    client said how long it waits). Raises GatewayError."""
-    job = await prepare(gateway, provider, call, api_key)
+    client said how long it waits); with `resume`, by polling the tasks an earlier request
+    started for it (`pipeline.events`). `tap` sees the run's events on their way. Raises
+    GatewayError."""
+    job = await prepare(gateway, provider, call, api_key, staged=not resume)
     n = job.n
     mode = link_mode(call, gateway.settings.image_links)
-    events = pipeline.events(gateway, provider, job, call.images, base_url, mode, budget=budget)
-    result = await collect(events)
+    events: AsyncIterator[Event] = pipeline.events(
+        gateway, provider, job, call.images, base_url, mode, budget=budget, resume=resume
+    )
+    result = await collect(tap(events) if tap is not None else events)
     if result.failures:
         logger.warning("some images failed", extra={"failures": list(result.failures), "n": n})
     # n images as n items, whatever the provider's batching; fewer only when some task failed

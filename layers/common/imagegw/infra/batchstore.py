@@ -39,6 +39,7 @@ BATCH_ID: Final = re.compile(r"^batch_[0-9a-f]{24}$")
 UPLOAD_ID: Final = re.compile(r"^upload_[0-9a-f]{24}$")
 PART_ID: Final = re.compile(r"^part_[0-9a-f]{24}$")
 _OWNER: Final = re.compile(r"^[0-9a-f]{64}$")
+LIST_ATTEMPTS: Final = 3
 _MISSING: Final = frozenset({"404", "NoSuchKey", "403", "AccessDenied"})
 
 
@@ -86,6 +87,17 @@ class BatchStore:
             self.store.s3.delete_object(Bucket=self.store.bucket, Key=key)
 
     def _keys(self, prefix: str) -> list[str]:
+        """The keys under `prefix`. A listing that fails is made again (it only reads): moto's
+        S3 (`make run`) fails one that races a DELETE in the bucket (a batch item's marker)."""
+        for _ in range(LIST_ATTEMPTS - 1):
+            try:
+                return self._list(prefix)
+            except Exception as exc:
+                if _missing(exc):
+                    raise
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         pages = self.store.s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.store.bucket, Prefix=prefix

@@ -68,6 +68,13 @@ class NoCookies(CookieJar):
         return None
 
 
+class ProviderClient(httpx.AsyncClient):
+    """The provider client: an httpx client that also knows its pool when no transport layer
+    wraps it (`direct`, for `direct_transport`)."""
+
+    direct: PooledTransport | None = None
+
+
 def provider_client(
     settings: Settings, *, event_hooks: Mapping[str, Sequence[Hook]] | None = None
 ) -> httpx.AsyncClient:
@@ -77,10 +84,24 @@ def provider_client(
     once more: nothing was sent, so a submit cannot start a task twice
     (`imagegw.infra.transport`). Answers are read through `imagegw.providers.upstream`, which
     bounds their size and their whole time."""
-    return httpx.AsyncClient(
+    pooled = PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)
+    transport = layered(pooled)
+    client = ProviderClient(
         cookies=NoCookies(),
         timeout=httpx.Timeout(settings.provider_timeout, connect=10.0),
-        transport=layered(PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)),
+        transport=transport,
         follow_redirects=False,
         event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
     )
+    client.direct = pooled if transport is pooled else None
+    return client
+
+
+def direct_transport(client: httpx.AsyncClient) -> PooledTransport | None:
+    """The pool under a client `provider_client` built with no transport layer (none observes
+    its calls), for a request that needs none of the client's own work: a poll
+    (`imagegw.providers.upstream.send_request`, `PooledTransport.read_whole`). None for any
+    other client (a test's, a traced one): such requests go through the client. The client's
+    event hooks do not run for these requests (the provider client's one runs on its first
+    call, a submission)."""
+    return client.direct if isinstance(client, ProviderClient) else None

@@ -43,6 +43,7 @@ import httpx
 from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings, declared
 from imagegw.infra.log import logger
+from imagegw.infra.netstream import AsyncioBackend
 from imagegw.infra.transport import PooledTransport
 
 IPAddress = IPv4Address | IPv6Address
@@ -186,7 +187,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self._resolve = resolver
         self._policy = policy
         self._trusted = trusted
-        self._network = network or httpcore.AnyIOBackend()
+        self._network = network or AsyncioBackend()
 
     async def connect_tcp(
         self,

@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -47,10 +47,16 @@ import anyio
 import httpcore
 import httpx
 
+from imagegw.infra.netstream import AsyncioBackend
+
 #: connections being opened to one origin at a time (see the module docstring)
 MAX_OPENING: Final = 8
-#: seconds an unused connection is kept (httpx's default)
-KEEPALIVE_EXPIRY: Final = 5.0
+#: seconds an unused connection is kept: under the shortest keep-alive common servers give an
+#: idle connection (uvicorn's and Node's 5 s; httpx's own default is those 5 s), so the pool
+#: drops a connection before such a server closes it. At equal timeouts a burst took
+#: connections idle for nearly 5 s just as the server closed them, and a submission sent on one
+#: failed as dropped (it may have started, so it is not sent again)
+KEEPALIVE_EXPIRY: Final = 4.0
 
 _OriginKey = tuple[bytes, bytes, int | None]
 
@@ -72,6 +78,28 @@ _ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] =
     (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
     (httpcore.ProtocolError, httpx.ProtocolError),
 )
+
+
+#: headers that describe how a body was framed on the wire, not the body read
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+#: what a response read whole keeps of httpcore's extensions
+_KEPT_EXTENSIONS: Final = frozenset({"http_version", "reason_phrase"})
+
+
+def _core_request(
+    request: httpx.Request, content: bytes | AsyncIterable[bytes]
+) -> httpcore.Request:
+    """httpx's request as httpcore's (the URL's parts as sent, its headers, its extensions)."""
+    url = request.url
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        ),
+        headers=request.headers.raw,
+        content=content,
+        extensions=request.extensions,
+    )
 
 
 @contextlib.contextmanager
@@ -296,8 +324,9 @@ class _ResponseBody(httpx.AsyncByteStream):
 
 class PooledTransport(httpx.AsyncBaseTransport):
     """An httpx transport over a `LanePool` (what the module docstring says). `network_backend`:
-    how connections are made (default: httpcore's); `ssl_context`: default, httpx's (certifi,
-    or SSL_CERT_FILE / SSL_CERT_DIR when set, as httpx's own transport does)."""
+    how connections are made (default: asyncio's streams, `imagegw.infra.netstream`);
+    `ssl_context`: default, httpx's (certifi, or SSL_CERT_FILE / SSL_CERT_DIR when set, as
+    httpx's own transport does)."""
 
     def __init__(
         self,
@@ -315,29 +344,56 @@ class PooledTransport(httpx.AsyncBaseTransport):
             max_opening=max_opening,
             keepalive_expiry=keepalive_expiry,
             retries=retries,
-            network_backend=network_backend,
+            network_backend=network_backend or AsyncioBackend(),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, AsyncIterable)
-        url = request.url
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
         with _httpx_errors():
-            answer = await self.pool.handle_async_request(core)
+            answer = await self.pool.handle_async_request(_core_request(request, request.stream))
         assert isinstance(answer.stream, _PooledStream)
         return httpx.Response(
             status_code=answer.status,
             headers=answer.headers,
             stream=_ResponseBody(answer.stream),
             extensions=answer.extensions,
+        )
+
+    async def read_whole(
+        self, request: httpx.Request, *, limit: int, too_large: Callable[[], Exception]
+    ) -> httpx.Response | None:
+        """A request without a body (a provider poll) sent straight to the pool, and its answer
+        read whole, as a closed response holding its body: none of the client's layers a
+        poll does not use (auth, redirects, cookies, event hooks) nor a streamed response's
+        wrappers. No further than `limit` bytes (`too_large()` is raised past them). None,
+        with nothing read, when the answer's body is encoded (gzip...): the caller sends the
+        request again through the client, whose decoders read it (a GET is safe to repeat).
+        httpcore's errors are raised as httpx's, as `handle_async_request` raises them."""
+        with _httpx_errors():
+            answer = await self.pool.handle_async_request(_core_request(request, b""))
+            stream = answer.stream
+            assert isinstance(stream, _PooledStream)
+            try:
+                headers = answer.headers
+                encoded = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
+                if encoded.strip().lower() not in (b"", b"identity"):
+                    return None
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large()
+                    chunks.append(chunk)
+            finally:
+                await stream.aclose()
+        extensions = answer.extensions
+        return httpx.Response(
+            answer.status,
+            headers=[(k, v) for k, v in headers if k.lower() not in _FRAMING],
+            content=b"".join(chunks),
+            request=request,
+            extensions={k: v for k, v in extensions.items() if k in _KEPT_EXTENSIONS},
         )
 
     async def aclose(self) -> None:

@@ -36,6 +36,7 @@ from imagegw.errors import (
     RateLimitError,
     for_status,
 )
+from imagegw.infra.clients import direct_transport
 from imagegw.infra.config import Settings
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
@@ -143,9 +144,18 @@ async def send_request(
     limit: int = MAX_ANSWER_BYTES,
 ) -> httpx.Response:
     """`send` of a request built before (`client.build_request`), so that a request sent again
-    and again (a task's poll) is built once; read as `send` reads."""
+    and again (a task's poll) is built once; read as `send` reads. A GET of the provider client
+    goes straight to its pool (`PooledTransport.read_whole`: a poll spends nothing on the
+    client's layers), unless its answer is encoded."""
+    direct = direct_transport(client) if request.method == "GET" else None
     try:
         with anyio.fail_after(deadline):
+            if direct is not None:
+                whole = await direct.read_whole(
+                    request, limit=limit, too_large=lambda: too_large(title, limit)
+                )
+                if whole is not None:
+                    return whole
             answer = await client.send(request, stream=True)
             try:
                 return await read_answer(answer, title=title, limit=limit)

@@ -5,7 +5,9 @@ call, or batches), polls each task when the model's learned run time says it sho
 (`imagegw.core.schedule`; today's fixed schedule for a model not learned yet), retries
 transient poll failures (backing off) until POLL_FAILURE_WINDOW seconds pass without a good
 answer, and yields `Progress` events (also while a synchronous provider works inside `start`),
-then one `Result`. What an answer means, and every decision of the job's life (the task book,
+then one `Result`. A repeated request whose twin's tasks may still finish
+(`imagegw.frontends.replays`) resumes them instead (`resume`): polled, never started again. What
+an answer means, and every decision of the job's life (the task book,
 back-off and giving up, the deadline, the final error), is the core's
 (`imagegw.core.lifecycle`): this module does the I/O and keeps the time (`clock`, `sleep`, both
 injectable). Rendering (SSE or JSON) is someone else's job.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -168,6 +170,13 @@ class _Run:
         if not self.book.started:
             raise self.book.final_error()
 
+    def adopt(self, task_ids: Sequence[str]) -> None:
+        """The tasks an earlier request started for this same job, one per call (a repeated
+        request, `imagegw.frontends.replays`): polled from now on, never started again."""
+        assert len(task_ids) == len(self.parts), "one task per call"
+        for index, task_id in enumerate(task_ids):
+            self.book = self.book.apply(index, advance(self.provider.title, None, Started(task_id)))
+
     async def _start_all(self) -> list[Started | Finished | BaseException]:
         """Start every part; with a server-held token (a lease), a submission refused whole
         (401/403, quota, rate: nothing started) goes again with the pool's next token."""
@@ -319,16 +328,22 @@ async def generate(
     clock: Callable[[], float] = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     estimates: Estimates | None = None,
+    resume: Sequence[str] = (),
 ) -> AsyncGenerator[Event, None]:
     """Run the calls that make `request.n` images and yield progress, then the result (images in
     the order of the calls). Polls follow, and teach, the run times in `estimates` (none:
-    today's fixed schedule). Raises GatewayError."""
-    job = _Run(provider, request, settings, clock, sleep, estimates)
-    async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
-        async for event in starting:
-            yield event
+    today's fixed schedule). With `resume`, the tasks an earlier request started for this job
+    (one per call) are polled instead of starting any: they teach nothing (when they began is
+    not known here). Raises GatewayError."""
+    job = _Run(provider, request, settings, clock, sleep, None if resume else estimates)
+    if resume:
+        job.adopt(resume)
+    else:
+        async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
+            async for event in starting:
+                yield event
     logger.info(
-        "tasks started",
+        "tasks resumed" if resume else "tasks started",
         extra={
             "provider": provider.name,
             "model": request.model,

@@ -31,11 +31,14 @@ async def events(
     base_url: str,
     link_mode: LinkMode | None = None,
     budget: float | None = None,
+    resume: Sequence[str] = (),
 ) -> AsyncGenerator[Event, None]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
     result with its images delivered as links (`link_mode`, default IMAGE_LINKS).
 
-    `budget` (seconds) shortens GENERATION_TIMEOUT for this request (see `web.client_budget`)."""
+    `budget` (seconds) shortens GENERATION_TIMEOUT for this request (see `web.client_budget`).
+    `resume`: the tasks an earlier request started for this job, polled instead of starting
+    new ones (`generate`); their inputs were sent then, so nothing is uploaded."""
     began = time.monotonic()
     settings = gateway.settings
     if budget is not None and budget < settings.generation_timeout:
@@ -44,13 +47,14 @@ async def events(
     task_ids: tuple[str, ...] = ()
     try:
         staged = request
-        if any(isinstance(item, ImageBytes) for item in inputs):
+        uploads = () if resume else inputs
+        if any(isinstance(item, ImageBytes) for item in uploads):
             yield Progress("UPLOADING", 0.0, 0, request.n, where=provider.title)
-        if inputs:
-            staged = replace(request, images=await gateway.store.stage(inputs))
+        if uploads:
+            staged = replace(request, images=await gateway.store.stage(uploads))
         stage = "generating"
         async with aclosing(
-            generate(provider, staged, settings, estimates=gateway.estimates)
+            generate(provider, staged, settings, estimates=gateway.estimates, resume=resume)
         ) as running:
             async for event in running:
                 if isinstance(event, Result):

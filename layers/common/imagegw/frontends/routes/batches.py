@@ -1,7 +1,9 @@
 """`/v1/batches`: the OpenAI Batch API for images (`imagegw.frontends.batches`).
 
-`POST /v1/batches` `{input_file_id, endpoint, completion_window: "24h", metadata}` checks every
-line of the input file before anything is paid and starts the batch; `GET /v1/batches/{id}`,
+`POST /v1/batches` `{input_file_id, endpoint, completion_window: "24h", metadata, webhook_url}`
+starts the batch `validating` (its run checks every line of the input file before anything is
+paid; `webhook_url`, checked here before anything starts, gets its signed `batch.*` event when
+it ends); `GET /v1/batches/{id}`,
 `POST /v1/batches/{id}/cancel`, `GET /v1/batches?after=&limit=`. A batch belongs to the key that
 made it (anyone else gets the 404 of an unknown id) and runs on the provider its path names
 (`/siliconflow/v1/batches` on SiliconFlow).
@@ -16,6 +18,7 @@ from starlette.routing import Route
 from imagegw.access import lease
 from imagegw.frontends.batches import Batches
 from imagegw.frontends.routes.files import limit_of, owner
+from imagegw.frontends.routes.webhooks import checked_webhook_url
 from imagegw.frontends.web import (
     authorize,
     gateway_of,
@@ -42,6 +45,7 @@ async def create_batch(request: Request) -> Response:
     _ = batches.runner  # batches disabled: the 404 before the body is read
     base_url = public_base_url(request, gateway.settings)  # a bad Host: refused now
     body = await read_json(request, gateway.settings.max_body_bytes)
+    webhook = await checked_webhook_url(gateway.settings, body.get("webhook_url"))
     leased = lease.current() if caller.keyed else None
     batch = await batches.create(
         body,
@@ -51,6 +55,7 @@ async def create_batch(request: Request) -> Response:
         key_ref=leased.ref if leased is not None else None,
         base_url=base_url,
         caller=caller,
+        webhook=webhook,
     )
     return JSONResponse(batch)
 

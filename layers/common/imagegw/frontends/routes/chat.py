@@ -11,16 +11,20 @@ A chat model is refused for async: its streamed answer is already the right tool
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from imagegw.access.gate import Caller
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
-from imagegw.errors import GatewayError, InvalidRequestError
+from imagegw.errors import InvalidRequestError
 from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
-from imagegw.frontends.replays import replays_of
+from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.schemas import ChatRequest, Completion, read
@@ -35,8 +39,8 @@ from imagegw.frontends.web import (
     read_json,
 )
 from imagegw.infra.log import logger
-from imagegw.infra.media import decode_refs
-from imagegw.providers.base import ModelKind
+from imagegw.infra.media import ImageBytes, decode_refs
+from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 from imagegw.runners import pipeline
 from imagegw.runners.quota import metered
@@ -114,32 +118,13 @@ async def chat_completions(request: Request) -> Response:
             accepted.headers[IGNORED_HEADER] = ignored
         accepted.headers.update(told)
         return accepted
-    replays = replays_of(request)
-    if not chat.stream:  # the same request just failed after paid work: its answer
-        replays.replay(request)
-    reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
-    events = metered(
-        pipeline.events(
-            gateway,
-            provider,
-            job,
-            inputs,
-            base_url,
-            # a streamed answer stays alive with keep-alives; a JSON one must beat the client's
-            # timer
-            budget=None if chat.stream else client_budget(request),
-        ),
-        reservation,
-    )
-    completion = Completion(chat.model)
-    if not chat.stream:  # a stream stops by itself when the client leaves; this must be told
-        try:
-            result = await unless_disconnected(request, collect(events))
-        except GatewayError as failed:
-            replays.remember(request, failed)
-            raise
+    if not chat.stream:
         headers = {IGNORED_HEADER: ignored, **told} if ignored else told
-        return JSONResponse(completion.message(markdown(result)), headers=headers)
+        return await _completion(request, caller, provider, job, inputs, base_url, headers)
+    reservation = await gateway.access.reserve(caller, job.model, n)  # gateway keys' quota
+    # a streamed answer stays alive with keep-alives: no budget
+    events = metered(pipeline.events(gateway, provider, job, inputs, base_url), reservation)
+    completion = Completion(chat.model)
     intro = f"{provider.title} · {chat.model} · {n} image{'s' if n > 1 else ''}"
     if parsed.from_history:
         intro += " · editing the previous image"
@@ -156,6 +141,39 @@ async def chat_completions(request: Request) -> Response:
         media_type="text/event-stream",
         headers={**SSE_HEADERS, **told},
     )
+
+
+async def _completion(
+    request: Request,
+    caller: Caller,
+    provider: Provider,
+    job: GenerationRequest,
+    inputs: Sequence[str | ImageBytes],
+    base_url: str,
+    headers: dict[str, str],
+) -> JSONResponse:
+    """The non-streamed answer: one `chat.completion` once the images are made, before the
+    client's timer runs out; a repeat of a request that just failed after paid work is
+    answered from its tasks (`imagegw.frontends.replays`)."""
+    gateway = gateway_of(request)
+    asked = Paid(provider.name, job.model, job.n, "chat")
+    async with replays_of(request).attempt(request, asked, gateway.access, job.api_key) as attempt:
+        reservation = await gateway.access.reserve(caller, job.model, job.n)  # keys' quota
+        events = pipeline.events(
+            gateway,
+            provider,
+            replace(job, api_key=attempt.api_key),
+            inputs,
+            base_url,
+            budget=attempt.budget(client_budget(request)),
+            resume=attempt.resume,
+        )
+        # a stream stops by itself when the client leaves; this must be told
+        metered_events = attempt.watch(metered(events, reservation))
+        result = await unless_disconnected(request, collect(metered_events))
+    completion = Completion(job.model)
+    answer = completion.message(markdown(result))
+    return JSONResponse(answer, headers={**headers, **attempt.headers})
 
 
 def routes(prefix: str) -> list[Route]:

@@ -18,7 +18,7 @@ from imagegw.frontends import images_api
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.image_stream import images_stream, relayed_stream
 from imagegw.frontends.images_api import ImagesCall
-from imagegw.frontends.replays import replays_of
+from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import accept_async, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.waits import refuse_short_wait
@@ -69,21 +69,29 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         base_url = public_base_url(request, gateway.settings)
         planned = images_api.build_job(provider, call, key)
         caller.check_model(planned.model)
-        replays = replays_of(request)
-        replays.replay(request)  # the same request just failed after paid work: its answer
-        reservation = await gateway.access.reserve(caller, planned.model, planned.n)
-        try:
-            answer = await unless_disconnected(
-                request,
-                images_api.answer(
-                    gateway, provider, call, key, base_url, budget=client_budget(request)
-                ),
-            )
-        except GatewayError as failed:
-            await settle(reservation, 0)  # nothing made: the quota given back
-            replays.remember(request, failed)
-            raise
-        await settle(reservation, len(answer["data"]))
+        asked = Paid(provider.name, planned.model, planned.n, call.response_format)
+        # the same request just failed after paid work: answered from its tasks (replays.py)
+        async with replays_of(request).attempt(request, asked, gateway.access, key) as attempt:
+            reservation = await gateway.access.reserve(caller, planned.model, planned.n)
+            try:
+                answer = await unless_disconnected(
+                    request,
+                    images_api.answer(
+                        gateway,
+                        provider,
+                        call,
+                        attempt.api_key,
+                        base_url,
+                        budget=attempt.budget(client_budget(request)),
+                        resume=attempt.resume,
+                        tap=attempt.watch,
+                    ),
+                )
+            except GatewayError:
+                await settle(reservation, 0)  # nothing made: the quota given back
+                raise
+            await settle(reservation, len(answer["data"]))
+        headers.update(attempt.headers)
         treated = treatment(provider.catalog, planned.model, planned.kind)
         if treated:
             headers[TREATMENT_HEADER] = treated

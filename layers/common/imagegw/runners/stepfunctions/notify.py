@@ -1,5 +1,6 @@
 """Step Functions task `Notify*` of the image-job state machine: POST a job's signed event to its
-`webhook_url` (README "Webhooks"), once per attempt.
+`webhook_url` (README "Webhooks"), once per attempt. The batch state machine's `Notify*` states
+call it too, with `batch_id` in place of `job_id` and a `batch.*` event (docs/batches.md).
 
 An attempt answered 2xx ends the delivery; any other answer, a timeout or no connection raises
 `WebhookDeliveryError`, which the state machine retries (exponential backoff, the first retry
@@ -27,7 +28,10 @@ from imagegw.runners.gateway import Gateway
 
 #: seconds one attempt waits for the receiver's answer
 DELIVERY_TIMEOUT: Final = 10.0
-EVENT_TYPES: Final = frozenset({"job.succeeded", "job.failed"})
+JOB_EVENTS: Final = frozenset({"job.succeeded", "job.failed"})
+BATCH_EVENTS: Final = frozenset(
+    {"batch.completed", "batch.failed", "batch.expired", "batch.cancelled"}
+)
 #: the clock of the signatures' timestamps; tests may set it
 clock: Callable[[], float] = time.time
 
@@ -48,12 +52,13 @@ def _created_at(entered: Any) -> int:
 
 async def notify(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     """One delivery attempt of the event `event` describes."""
-    job_id, url, kind = str(event["job_id"]), str(event["webhook"]), str(event["type"])
-    if kind not in EVENT_TYPES:
+    name = "batch_id" if "batch_id" in event else "job_id"  # whose event: a batch's or a job's
+    subject, url, kind = str(event[name]), str(event["webhook"]), str(event["type"])
+    if kind not in (BATCH_EVENTS if name == "batch_id" else JOB_EVENTS):
         raise ValueError(f"unknown event type {kind!r}")
     attempt = int(event.get("attempt") or 0) + 1
-    body = event_body(job_id, cast("EventType", kind), _created_at(event.get("entered")))
-    webhook_id = event_id(job_id, cast("EventType", kind))
+    body = event_body(subject, cast("EventType", kind), _created_at(event.get("entered")))
+    webhook_id = event_id(subject, cast("EventType", kind))
     code: int | None = None
     fetcher = Fetcher(kit.settings, timeout=DELIVERY_TIMEOUT)
     try:
@@ -69,7 +74,7 @@ async def notify(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         await fetcher.aclose()
     outcome = {"attempts": attempt, "last_status_code": code}
     if code is not None and 200 <= code < 300:
-        logger.info("webhook delivered", extra={"job_id": job_id, **outcome})
+        logger.info("webhook delivered", extra={name: subject, **outcome})
         return {"status": "delivered", **outcome}
-    logger.info("webhook attempt failed", extra={"job_id": job_id, **outcome})
+    logger.info("webhook attempt failed", extra={name: subject, **outcome})
     raise WebhookDeliveryError(json.dumps(outcome))

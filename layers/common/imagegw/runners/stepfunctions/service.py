@@ -38,13 +38,14 @@ from imagegw.errors import (
     ServiceUnavailableError,
 )
 from imagegw.infra.config import Settings
-from imagegw.infra.executions import Execution, JobRunner, StepFunctionsRunner
+from imagegw.infra.executions import Execution, JobRunner
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers.base import GenerationRequest
 from imagegw.runners.stepfunctions.delivery import notified
+from imagegw.runners.stepfunctions.machine import StateMachineService
 from imagegw.runners.stepfunctions.schema import (
     JOB_ID,
     STATE_LIMIT,
@@ -202,8 +203,12 @@ def progress_of(progress: JobProgress) -> dict[str, Any]:
     }
 
 
-class Jobs:
+class Jobs(StateMachineService):
     """Durable jobs over a `JobRunner` (Step Functions unless one is given)."""
+
+    ARN_SETTING = "job_state_machine_arn"
+    DISABLED = "Durable jobs"
+    DISABLED_CODE = "jobs_disabled"
 
     def __init__(
         self,
@@ -213,27 +218,8 @@ class Jobs:
         runner: JobRunner | None = None,
         sealer: KeySealer | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, runner=runner, sealer=sealer)
         self.store = store
-        self._runner = runner
-        self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
-
-    @property
-    def enabled(self) -> bool:
-        return self._runner is not None or bool(self.settings.job_state_machine_arn)
-
-    @property
-    def runner(self) -> JobRunner:
-        if self._runner is None:
-            if not self.settings.job_state_machine_arn:
-                raise NotFoundError(
-                    "Durable jobs are not enabled on this gateway (no JOB_STATE_MACHINE_ARN).",
-                    code="jobs_disabled",
-                )
-            self._runner = StepFunctionsRunner(
-                self.settings.job_state_machine_arn, self.settings.aws_region
-            )
-        return self._runner
 
     async def _call(self, what: str, function: Any, *args: Any) -> Any:
         """A runner call in a worker thread; AWS failures become a 5xx that names no secret."""

@@ -214,12 +214,13 @@ async def open_key(sealed: str, job_id: str, kit: Gateway) -> SecretStr:
     return token
 
 
-async def _open(sealed: str, job_id: str, kit: Gateway) -> tuple[SecretStr, PoolLease | None]:
+async def _open(spec: JobSpec, sealed: str, kit: Gateway) -> tuple[SecretStr, PoolLease | None]:
     """The token Submit starts with, and for a server-held one its lease on the pool (to fail
-    over to the next token): the referenced token, or the next one not set aside."""
+    over to the next token): the referenced token, or the next one not set aside, within the
+    share of the pool the job's gateway key spends (KEY_POOL_SHARE, as its requests)."""
     if not sealed.startswith(POOL_REF):
-        return kit.sealer.open(sealed, job_id), None
-    leased = await kit.access.lease_at(sealed)
+        return kit.sealer.open(sealed, spec.id), None
+    leased = await kit.access.lease_at(sealed, spec.quota.key if spec.quota else None)
     if leased is None:
         raise _removed()
     return leased.token, leased
@@ -347,16 +348,21 @@ async def _waits(
     return job_waits(book, policy, interval, run, queue, now)
 
 
-async def submit(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+async def submit(
+    event: Mapping[str, Any], kit: Gateway, opened: SecretStr | None = None
+) -> dict[str, Any]:
     """Start the job's provider calls; a `JobProgress` (polls 0). A gateway key's job fails
     over to its pool's next token when every call was refused in a way that sets the token
     aside (`start_leased`); the token used is named in the progress (`JobProgress.key`) for
-    Poll."""
+    Poll. `opened`: the client's key, already open (a batch item's Submit opened the batch's)."""
     payload = SubmitEvent.model_validate(event)
     spec = payload.job
     try:
         provider = kit.provider(spec.provider)
-        key, leased = await _open(payload.key, spec.id, kit)
+        if opened is None:
+            key, leased = await _open(spec, payload.key, kit)
+        else:
+            key, leased = opened, None
         protect(key.get_secret_value())
         images = await _inputs(spec, kit)
         parts = provider.split(_request(spec, key, images))

@@ -1,0 +1,45 @@
+"""A server on a loopback socket for what uvicorn will not do on purpose (close or reset a
+connection at a chosen moment, answer raw bytes, speak TLS with a test certificate): it accepts
+connections in a thread and serves each in a thread of its own (`serve`, for a subclass)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Self
+
+
+class LoopbackServer:
+    """Listens on 127.0.0.1 (`port`, `url`) while used as a context manager; counts the
+    connections it accepted."""
+
+    def __init__(self, backlog: int = 64) -> None:
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
+        self._listener.settimeout(0.05)  # so that the accepting thread sees the stop
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self._thread.join(2)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            connection.settimeout(5)
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(connection,), daemon=True).start()
+
+    def serve(self, connection: socket.socket) -> None:
+        raise NotImplementedError
