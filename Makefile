@@ -63,10 +63,12 @@ help:
 	@echo "make logs   follow the deployed API's and jobs' logs [SINCE=<minutes back>]"
 	@echo "make delete delete the deployed stack (its image bucket stays: see the message)"
 
-$(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt
+# the layer's packages at the versions its build takes (layers/common/constraints.txt)
+$(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt layers/common/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing project dependencies into $(VENV) (the first time: a few minutes)"
-	@$(BIN)/$(PIP_PROGRESS) -r requirements-dev.txt $(PROGRESS) "project dependencies"
+	@$(BIN)/$(PIP_PROGRESS) -r requirements-dev.txt -c layers/common/constraints.txt \
+	  $(PROGRESS) "project dependencies"
 	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest"
 	@touch $@
 

@@ -32,7 +32,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-#: the README's screenshots, written by the tests so they stay true
+#: the README's screenshots, written by the tests when asked (UPDATE_SCREENSHOTS=1) so they
+#: stay true; otherwise a test's screenshots go to its temporary folder (the progress timings
+#: in them differ on every run: a committed picture changes only when someone means it to)
 SCREENSHOTS = REPO_ROOT / "docs" / "images"
 #: how long a step in the page may take (a demo task runs about 4 s)
 PATIENCE_MS = 30_000
@@ -133,6 +135,13 @@ class Console:
 
     def problems(self) -> list[tuple[str, str]]:
         return [(kind, text) for kind, text in self.messages if kind in ("error", "pageerror")]
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where a test writes its screenshots: `SCREENSHOTS` with UPDATE_SCREENSHOTS=1, else its
+    temporary folder."""
+    return SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
 
 
 @pytest.fixture

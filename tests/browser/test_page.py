@@ -7,10 +7,11 @@ without the key, and never reads a prompt as markup. The README's screenshots co
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
-from browser.conftest import SCREENSHOTS, Console, Served
+from browser.conftest import Console, Served
 
 from fakes.modelscope import FakeModelScope
 
@@ -51,7 +52,9 @@ def test_the_page_loads_under_its_policy_without_console_errors(page: Page, serv
     assert console.problems() == []
 
 
-def test_a_demo_picture_with_progress_while_it_is_made(page: Page, served: Served) -> None:
+def test_a_demo_picture_with_progress_while_it_is_made(
+    page: Page, served: Served, screenshots: Path
+) -> None:
     tab, console = page
     open_page(tab, served)
     tab.fill("#prompt", "a lighthouse on a cliff at dusk")
@@ -66,11 +69,14 @@ def test_a_demo_picture_with_progress_while_it_is_made(page: Page, served: Serve
     steps = tab.eval_on_selector_all(".run .steps li", "all => all.map(li => li.textContent)")
     assert any(step.startswith("queued at Demo") for step in steps)
     assert any(step.startswith("generating") for step in steps)
-    tab.screenshot(path=str(SCREENSHOTS / "page.png"), full_page=True)
+    tab.screenshot(path=str(screenshots / "page.png"), full_page=True)
+    assert (screenshots / "page.png").stat().st_size > 0
     assert console.problems() == []
 
 
-def test_one_prompt_on_two_models_side_by_side(page: Page, served: Served) -> None:
+def test_one_prompt_on_two_models_side_by_side(
+    page: Page, served: Served, screenshots: Path
+) -> None:
     tab, _ = page
     open_page(tab, served)
     tab.check("#model-list input[value='demo/waves']")
@@ -83,7 +89,7 @@ def test_one_prompt_on_two_models_side_by_side(page: Page, served: Served) -> No
     assert loaded_images(tab, ".run figure img") == [256, 256]
     sources = tab.eval_on_selector_all(".run figure img", "all => all.map(i => i.src)")
     assert sources[0] != sources[1]
-    tab.screenshot(path=str(SCREENSHOTS / "page-compare.png"), full_page=False)
+    tab.screenshot(path=str(screenshots / "page-compare.png"), full_page=False)
 
 
 def test_a_picture_through_modelscope_with_the_clients_token(

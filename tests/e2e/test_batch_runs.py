@@ -111,7 +111,7 @@ def test_a_batch_with_one_failing_prompt_completes_with_output_and_error_files(
         (image,) = item["response"]["body"]["data"]
         assert "/v1/files/" in image["url"]
     link = output[0]["response"]["body"]["data"][0]["url"]
-    assert png_size(httpx.get(link, follow_redirects=True).content) == (96, 64)
+    assert png_size(httpx.get(link, follow_redirects=True, timeout=30).content) == (96, 64)
     (error,) = jsonl(client, done.error_file_id)
     assert error["custom_id"] == "req-5"
     assert "content moderation refused the prompt" in json.dumps(error["response"]["body"])
@@ -198,7 +198,7 @@ def test_a_gateway_keys_quota_counts_each_item(
     assert {e["response"]["status_code"] for e in errors} == {429}
     assert {e["response"]["body"]["error"]["code"] for e in errors} == {"quota_exceeded"}
     usage = httpx.get(
-        f"{keyed_server.url}/v1/usage", headers={"authorization": f"Bearer {key}"}
+        f"{keyed_server.url}/v1/usage", headers={"authorization": f"Bearer {key}"}, timeout=30
     ).json()
     # the day's reservations are the 3 made (the 2 refused reserved nothing)
     assert usage["today"]["images"] == 3

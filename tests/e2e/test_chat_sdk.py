@@ -55,7 +55,7 @@ def test_seed_text_to_image_with_options(gateway_url: str, fake_ms: FakeModelSco
     assert answer.choices[0].finish_reason == "stop"
     urls = image_urls(answer.choices[0].message.content)
     assert len(urls) == 1
-    picture = httpx.get(urls[0], follow_redirects=True)
+    picture = httpx.get(urls[0], follow_redirects=True, timeout=30)
     assert picture.status_code == 200
     assert png_size(picture.content) == (928, 1664)
     # And ModelScope got the async header and the options under its own names
@@ -138,7 +138,7 @@ def test_iterative_editing_reuses_the_returned_image(
     assert f"/images/{returned.rsplit('/', 1)[1]}?" in sent
     assert fake_ms.submissions[1]["body"]["prompt"] == "now make it night"
     second = fake_ms.tasks[fake_ms.submissions[1]["task_id"]]
-    assert second.inputs == [httpx.get(returned, follow_redirects=True).content]
+    assert second.inputs == [httpx.get(returned, follow_redirects=True, timeout=30).content]
 
 
 def test_stream_with_usage_and_several_images(gateway_url: str, fake_ms: FakeModelScope) -> None:
@@ -184,7 +184,7 @@ def test_models_are_listed_without_auth(gateway_url: str) -> None:
         "Qwen/Qwen-Image-Edit-2509",
         "Qwen/Qwen-Image-Edit-2511",
     ]
-    assert httpx.get(f"{gateway_url}/modelscope/v1/models").json()["object"] == "list"
+    assert httpx.get(f"{gateway_url}/modelscope/v1/models", timeout=30).json()["object"] == "list"
 
 
 @pytest.mark.parametrize(
@@ -226,7 +226,7 @@ def test_missing_or_malformed_auth_is_401(gateway_url: str) -> None:
     url = f"{gateway_url}/v1/chat/completions"
     body = {"model": "Qwen/Qwen-Image", "messages": [{"role": "user", "content": "x"}]}
     for headers in ({}, {"authorization": "Token abc"}):
-        answer = httpx.post(url, json=body, headers=headers)
+        answer = httpx.post(url, json=body, headers=headers, timeout=30)
         assert answer.status_code == 401
         assert answer.json()["error"]["type"] == "authentication_error"
 
@@ -345,17 +345,18 @@ def test_body_too_large_is_413(gateway: Callable[..., str]) -> None:
         f"{base}/v1/chat/completions",
         headers={"authorization": f"Bearer {TOKEN}"},
         json={"model": "Qwen/Qwen-Image-Edit", "messages": [{"role": "user", "content": big}]},
+        timeout=30,
     )
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "request_too_large"
 
 
 def test_unknown_paths_and_methods_are_json(gateway_url: str) -> None:
-    missing = httpx.get(f"{gateway_url}/v2/nothing")
+    missing = httpx.get(f"{gateway_url}/v2/nothing", timeout=30)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
-    wrong = httpx.get(f"{gateway_url}/v1/chat/completions")
+    wrong = httpx.get(f"{gateway_url}/v1/chat/completions", timeout=30)
     assert wrong.status_code == 405 and "error" in wrong.json()
-    provider = httpx.get(f"{gateway_url}/nosuch/v1/models")
+    provider = httpx.get(f"{gateway_url}/nosuch/v1/models", timeout=30)
     assert provider.status_code == 404 and "Known providers" in provider.json()["error"]["message"]
 
 

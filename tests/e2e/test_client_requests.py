@@ -84,7 +84,9 @@ def test_chat_route_variants_all_reach_the_provider(
     ],
 )
 def test_model_list_variants(gateway_url: str, path: str, listed: str) -> None:
-    answer = httpx.get(gateway_url + path, headers={"authorization": f"Bearer {MS_TOKEN}"})
+    answer = httpx.get(
+        gateway_url + path, headers={"authorization": f"Bearer {MS_TOKEN}"}, timeout=30
+    )
 
     assert answer.status_code == 200, answer.text
     assert listed in [card["id"] for card in answer.json()["data"]]
@@ -106,7 +108,9 @@ def test_images_api_without_v1(gateway_url: str, fake_sf: FakeSiliconFlow) -> No
 
 @pytest.mark.parametrize("path", ["/files/no-such-file.png", "/jobs/job-" + "0" * 32])
 def test_files_and_jobs_without_v1_reach_their_routes(gateway_url: str, path: str) -> None:
-    answer = httpx.get(gateway_url + path, headers={"authorization": f"Bearer {MS_TOKEN}"})
+    answer = httpx.get(
+        gateway_url + path, headers={"authorization": f"Bearer {MS_TOKEN}"}, timeout=30
+    )
 
     # the route answered (its own refusal), not the "no such route" of an unknown path
     assert answer.json()["error"]["code"] != "unknown_url"

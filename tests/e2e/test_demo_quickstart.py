@@ -73,7 +73,7 @@ def test_the_openai_sdk_streams_demo_progress_then_two_different_pictures(tmp_pa
         assert "queued at Demo" in progress and "generating" in progress
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", content)
         assert len(links) == 2
-        pictures = [httpx.get(link, follow_redirects=True).content for link in links]
+        pictures = [httpx.get(link, follow_redirects=True, timeout=30).content for link in links]
         assert pictures[0] != pictures[1]
         # the same seed again: the same two pictures
         again = client.images.generate(

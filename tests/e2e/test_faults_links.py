@@ -54,7 +54,7 @@ def test_a_bucket_failing_at_result_copy_gives_the_providers_link(
     (task,) = fake_ms.tasks.values()
     provider_base = fake_ms.base_url.removesuffix("/v1")  # type: ignore[attr-defined]
     assert link == f"{provider_base}/files/{task.output_names[0]}"
-    assert png_size(httpx.get(link).content) == (96, 64)
+    assert png_size(httpx.get(link, timeout=30).content) == (96, 64)
     assert outage.refused == ["put_object"]
     assert len(fake_ms.submissions) == 1
 
@@ -86,11 +86,11 @@ def test_a_stored_link_with_the_bucket_unreachable_is_a_retryable_503(
     outage = BucketOutage(["head_object"]).install(monkeypatch)
     outage.down = False
     link = generate(gateway(), size="96x64")
-    assert httpx.get(link).status_code == 307
+    assert httpx.get(link, timeout=30).status_code == 307
     outage.down = True
 
     # When the client follows the lasting link
-    answer = httpx.request(method, link)
+    answer = httpx.request(method, link, timeout=30)
 
     # Then it is told to try again later: a 503 storage_unavailable, not a 500 nor a 404
     assert answer.status_code == 503

@@ -85,7 +85,7 @@ def test_a_file_that_cannot_be_a_batch_input_is_a_400(
 
 def test_files_need_a_key_and_stay_under_the_body_limit(gateway: Callable[..., str]) -> None:
     url = gateway(max_body_bytes=4096)
-    answer = httpx.post(f"{url}/v1/files", files={"file": ("a.jsonl", JSONL)})
+    answer = httpx.post(f"{url}/v1/files", files={"file": ("a.jsonl", JSONL)}, timeout=30)
     assert answer.status_code == 401
     with pytest.raises(openai.APIStatusError) as caught:
         sdk(url).files.create(file=("big.jsonl", JSONL * 100), purpose="batch")
@@ -103,11 +103,11 @@ def test_image_links_under_v1_files_still_serve_their_image(
     # And files of the Batch API stored beside it
     client.files.create(file=("prompts.jsonl", JSONL), purpose="batch")
     # Then the link still answers with the image, with no key at all, GET and HEAD
-    answer = httpx.get(link, follow_redirects=True)
+    answer = httpx.get(link, follow_redirects=True, timeout=30)
     assert answer.status_code == 200 and png_size(answer.content) == (96, 64)
-    assert httpx.head(link).status_code == 307
+    assert httpx.head(link, timeout=30).status_code == 307
     # And an unknown image name is the 404 it always was
-    assert httpx.get(link.replace(".png", "x.png")).status_code == 404
+    assert httpx.get(link.replace(".png", "x.png"), timeout=30).status_code == 404
 
 
 def big_file(lines: int) -> bytes:
@@ -160,3 +160,24 @@ def test_an_upload_whose_parts_do_not_add_up_is_refused_and_stays_the_owners(
     assert client.uploads.cancel(upload.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):
         client.uploads.parts.create(upload.id, data=b"{}\n")
+
+
+def test_anonymous_demo_callers_keep_no_files_another_could_list(
+    gateway: Callable[..., str],
+) -> None:
+    # Given the demo on, which serves callers without a token (none tells them apart)
+    url = gateway(demo_provider="enabled")
+
+    # When a caller without a token uploads a file, or lists the files, on the demo
+    upload = httpx.post(f"{url}/demo/v1/files", files={"file": ("a.jsonl", JSONL)}, timeout=30)
+    listing = httpx.get(f"{url}/demo/v1/files", timeout=30)
+
+    # Then both are 401s naming the way out (any token), and nothing was kept
+    for answer in (upload, listing):
+        assert answer.status_code == 401
+        assert answer.json()["error"]["code"] == "missing_api_key"
+        assert "the demo takes any" in answer.json()["error"]["message"]
+    # while a demo caller with a token of their own keeps files the next one does not see
+    mine = sdk(url, "anything-a", "/demo").files.create(file=("a.jsonl", JSONL), purpose="batch")
+    assert mine.id in [item.id for item in sdk(url, "anything-a", "/demo").files.list()]
+    assert mine.id not in [item.id for item in sdk(url, "anything-b", "/demo").files.list()]

@@ -120,7 +120,7 @@ def test_a_latin1_bearer_token_is_a_401_and_reaches_no_provider(
 
 def test_a_latin1_bearer_token_on_a_job_lookup_is_a_401(gateway_url: str) -> None:
     answer = httpx.get(
-        f"{gateway_url}/v1/jobs/job-0123", headers={"authorization": b"Bearer \xff" * 3}
+        f"{gateway_url}/v1/jobs/job-0123", headers={"authorization": b"Bearer \xff" * 3}, timeout=30
     )
     assert error_of(answer, 401)["code"] == "invalid_api_key"
 

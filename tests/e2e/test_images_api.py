@@ -165,7 +165,7 @@ def auth() -> dict[str, str]:
 
 
 def picture(url: str) -> bytes:
-    answer = httpx.get(url, follow_redirects=True)
+    answer = httpx.get(url, follow_redirects=True, timeout=30)
     assert answer.status_code == 200
     return answer.content
 
@@ -447,6 +447,7 @@ def test_bad_response_format(gateway_url: str, fake_ms: FakeModelScope) -> None:
         f"{gateway_url}/v1/images/generations",
         headers=auth(),
         json={"model": "Qwen/Qwen-Image", "prompt": "a cat", "response_format": "base64"},
+        timeout=30,
     )
     assert answer.status_code == 400
     error = error_of(answer)
@@ -457,7 +458,10 @@ def test_bad_response_format(gateway_url: str, fake_ms: FakeModelScope) -> None:
 
 def test_missing_prompt(gateway_url: str, fake_ms: FakeModelScope) -> None:
     answer = httpx.post(
-        f"{gateway_url}/v1/images/generations", headers=auth(), json={"model": "Qwen/Qwen-Image"}
+        f"{gateway_url}/v1/images/generations",
+        headers=auth(),
+        json={"model": "Qwen/Qwen-Image"},
+        timeout=30,
     )
     assert answer.status_code == 400
     assert error_of(answer)["param"] == "prompt"
@@ -469,6 +473,7 @@ def test_edit_without_image(gateway_url: str, fake_ms: FakeModelScope) -> None:
         f"{gateway_url}/v1/images/edits",
         headers=auth(),
         files={"prompt": (None, "make it night")},
+        timeout=30,
     )
     assert answer.status_code == 400
     assert error_of(answer)["param"] == "image"
@@ -480,6 +485,7 @@ def test_edit_with_a_file_that_is_no_image(gateway_url: str, fake_ms: FakeModelS
         headers=auth(),
         data={"prompt": "make it night", "model": "Qwen/Qwen-Image-Edit"},
         files={"image": ("notes.png", b"just text", "image/png")},
+        timeout=30,
     )
     assert answer.status_code == 400
     error = error_of(answer)
@@ -493,6 +499,7 @@ def test_edit_body_over_the_limit(gateway: Callable[..., str], fake_ms: FakeMode
         headers=auth(),
         data={"prompt": "make it night", "model": "Qwen/Qwen-Image-Edit"},
         files={"image": ("big.png", make_png(300, 300) + b"\0" * 60_000, "image/png")},
+        timeout=30,
     )
     assert answer.status_code == 413
     assert error_of(answer)["code"] == "request_too_large"
@@ -512,6 +519,7 @@ def test_a_stream_that_is_no_boolean_is_refused(gateway_url: str, fake_ms: FakeM
         f"{gateway_url}/v1/images/generations",
         headers=auth(),
         json={"model": "Qwen/Qwen-Image", "prompt": "a cat", "stream": "maybe"},
+        timeout=30,
     )
     assert answer.status_code == 400
     assert error_of(answer)["param"] == "stream"

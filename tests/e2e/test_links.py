@@ -40,12 +40,12 @@ def test_stored_link_outlives_the_providers(gateway_url: str, fake_ms: FakeModel
     fake_ms.expire_files = True
     (task,) = fake_ms.tasks.values()
     provider_link = f"{fake_ms.base_url.removesuffix('/v1')}/files/{task.output_names[0]}"  # type: ignore[attr-defined]
-    assert httpx.get(provider_link).status_code == 403
+    assert httpx.get(provider_link, timeout=30).status_code == 403
     # Then the gateway's link still redirects to the picture, freshly signed each time
-    first = httpx.get(link)
+    first = httpx.get(link, timeout=30)
     assert first.status_code == 307
     assert "X-Amz-Signature=" in first.headers["location"]
-    picture = httpx.get(link, follow_redirects=True)
+    picture = httpx.get(link, follow_redirects=True, timeout=30)
     assert picture.status_code == 200
     assert png_size(picture.content) == (96, 64)
 
@@ -66,7 +66,7 @@ def test_provider_links_are_passed_on(gateway: Callable[..., str], fake_ms: Fake
 
 def test_unknown_or_malformed_file_is_404(gateway_url: str) -> None:
     for name in ("A" * 32 + ".png", "..%2F..%2Fetc.png", "short.png"):
-        answer = httpx.get(f"{gateway_url}/v1/files/{name}")
+        answer = httpx.get(f"{gateway_url}/v1/files/{name}", timeout=30)
         assert answer.status_code == 404
         assert answer.json()["error"]["code"] in ("file_not_found", "unknown_url")
 

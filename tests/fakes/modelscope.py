@@ -187,6 +187,10 @@ class FakeModelScope:
     - ``rate_limit_headers``: add ``modelscope-ratelimit-*`` headers to accepted submits.
     - ``expire_files``: output image links answer 403 AccessDenied like an expired OSS link.
     - ``chat_chunk_delay``: seconds between streamed chat chunks.
+    - ``chat_lockstep``: instead, each streamed chunk after the first content one waits for a
+      ``chat_go.release()`` (a test's, once it has received the previous one), so a test knows
+      what was sent when a chunk arrived (``chat_sent``) whatever the machine's load; a wait
+      longer than 10 s sets ``chat_stalled`` and sends the rest at once.
     - ``public_url``: base of output image links; by default the URL the request came in on.
     - ``next_task_ids``: ids the next accepted submissions get, in order (a sample event's task
       id, say); once used up, fresh random ids.
@@ -226,6 +230,10 @@ class FakeModelScope:
         self.rate_limit_model_requests: int = 500
         self.expire_files: bool = False
         self.chat_chunk_delay: float = 0.05
+        self.chat_lockstep: bool = False
+        self.chat_go = threading.Semaphore(0)
+        self.chat_sent: int = 0  # content chunks streamed so far
+        self.chat_stalled: bool = False
         self.fetch_timeout: float = 10.0
         self.public_url: str | None = None
         self.next_task_ids: list[str] = []
@@ -576,10 +584,11 @@ class FakeModelScope:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
         yield chunk({"role": "assistant", "content": ""}, None)
-        for piece in re.findall(r"\S+\s*", reply):
-            await asyncio.sleep(self.chat_chunk_delay)
+        for index, piece in enumerate(re.findall(r"\S+\s*", reply)):
+            await self._chat_pace(first=index == 0)
+            self.chat_sent = index + 1
             yield chunk({"content": piece}, None)
-        await asyncio.sleep(self.chat_chunk_delay)
+        await self._chat_pace(first=False)
         yield chunk({}, "stop")
         if include_usage:
             payload = {
@@ -592,6 +601,14 @@ class FakeModelScope:
             }
             yield f"data: {json.dumps(payload)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+    async def _chat_pace(self, *, first: bool) -> None:
+        """Wait before a streamed chunk: chat_chunk_delay, or in lockstep the test's go."""
+        if not self.chat_lockstep:
+            await asyncio.sleep(self.chat_chunk_delay)
+        elif not first and not self.chat_stalled:
+            released = await asyncio.to_thread(self.chat_go.acquire, True, 10.0)
+            self.chat_stalled = not released
 
     # ----------------------------------------------------------------- other paths
 

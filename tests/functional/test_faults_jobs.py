@@ -216,7 +216,7 @@ def test_a_bucket_down_at_store_gives_the_providers_links(
     expected = {f"{base}/files/{task.output_names[0]}" for task in faulty_ms.tasks.values()}
     assert {item["url"] for item in body["data"]} == expected
     for item in body["data"]:
-        assert png_size(httpx.get(item["url"]).content) == (96, 64)
+        assert png_size(httpx.get(item["url"], timeout=30).content) == (96, 64)
     assert len(faulty_ms.submissions) == 2
 
 

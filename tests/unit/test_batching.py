@@ -124,14 +124,24 @@ async def test_default_split_is_one_image_a_call() -> None:
 
 
 async def test_progress_goes_on_while_a_synchronous_provider_works() -> None:
-    # Given a provider that answers after 0.3 s, and progress every 0.05 s
-    provider = Batching(delays=(0.3,))
+    # Given a provider that answers once the client has heard three progress updates (every
+    # 0.05 s): a runner that told nothing while it waited would never get the answer
+    heard = asyncio.Event()
 
-    *progress, result = await events_of(provider, 1)
+    class Held(Batching):
+        async def start(self, request: GenerationRequest) -> Finished:
+            await heard.wait()
+            return await super().start(request)
 
-    # Then the client hears RUNNING with a growing elapsed time before the result
-    running = [p for p in progress if isinstance(p, Progress) and p.state == "RUNNING"]
-    assert len(running) >= 3
+    events: list[Progress | Result] = []
+    async for event in generate(Held(), job(1), FAST):
+        events.append(event)
+        running = [p for p in events if isinstance(p, Progress) and p.state == "RUNNING"]
+        if len(running) == 3:
+            heard.set()
+
+    # Then the client heard RUNNING with a growing elapsed time before the result
+    result = events[-1]
     assert running[-1].elapsed > running[0].elapsed
     assert isinstance(result, Result) and result.images == ("img-0-0",)
 

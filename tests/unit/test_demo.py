@@ -167,19 +167,20 @@ async def test_an_edit_visibly_transforms_its_input(demo: Demo, clock: SteppedCl
     assert left[2] > left[0]
 
 
-async def test_an_edit_polled_without_its_input_still_ends_with_the_edited_picture(
+async def test_an_edits_task_id_is_short_and_its_input_is_the_requests(
     demo: Demo, clock: SteppedClock
 ) -> None:
-    """A durable job's Poll step knows the prompt and options, not the input images: the task
-    id carries a small copy of the input."""
+    """The task id carries the start, the seed and the size, not the input: a durable job's
+    Poll step gives the demo the job's input (`checks_with_inputs`)."""
     given = InputImage(
         "https://example.invalid/in.png", check_image(_red_left_blue_right(), max_bytes=10**6)
     )
     request = ask("demo/edit", options={"seed": 1, "size": "200x100"}, images=(given,))
     started = await demo.start(request)
     assert isinstance(started, Started)
+    assert len(started.task_id) < 48 and Demo.checks_with_inputs
     clock.now += 10
-    edited = picture(await demo.check(ask("demo/edit", options=request.options), started.task_id))
+    edited = picture(await demo.check(request, started.task_id))
     assert edited.size == (200, 100)
     left = ImageStat.Stat(edited.crop((20, 20, 80, 60))).mean
     assert left[2] > left[0]

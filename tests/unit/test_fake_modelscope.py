@@ -76,22 +76,23 @@ def submit(client: httpx.Client, **body: Any) -> str:
     return str(data["task_id"])
 
 
+def poll(client: httpx.Client, task_id: str) -> Any:
+    """One poll's answer."""
+    response = client.get(f"/tasks/{task_id}", headers=POLL_HEADERS)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def poll_until_done(client: httpx.Client, task_id: str, timeout: float = 3.0) -> list[Any]:
     """Every poll answer until a terminal status; the last one is terminal."""
     answers: list[Any] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = client.get(f"/tasks/{task_id}", headers=POLL_HEADERS)
-        assert response.status_code == 200, response.text
-        answers.append(response.json())
+        answers.append(poll(client, task_id))
         if answers[-1]["task_status"] in TERMINAL:
             return answers
         time.sleep(0.02)
     raise AssertionError(f"task {task_id} did not finish: {answers[-1:]}")
-
-
-def dedup(statuses: list[str]) -> list[str]:
-    return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
 
 
 def free_port() -> int:
@@ -230,25 +231,34 @@ def test_unknown_model_is_404_and_prompt_is_required(
 def test_task_goes_pending_running_succeed_with_a_png_of_the_requested_size(
     client: httpx.Client, fake: FakeModelScope
 ) -> None:
-    # Given tasks that stay pending a while, then run
+    # Given tasks that stay pending a while, then run, on a clock the test moves
+    now = [100.0]
+    fake.clock = lambda: now[0]
     fake.pending_seconds = 0.15
     fake.task_duration = 0.4
-    # When a task is submitted and polled to its end
+    # When a task is submitted and polled as its clock passes each boundary
     task_id = submit(client, size="640x480")
-    answers = poll_until_done(client, task_id)
-    # Then it walks through the documented statuses on wall time
-    assert dedup([a["task_status"] for a in answers]) == ["PENDING", "RUNNING", "SUCCEED"]
+    answers = []
+    for seconds in (0.0, 0.149, 0.15, 0.399, 0.4):
+        now[0] = 100.0 + seconds
+        answers.append(poll(client, task_id))
+    # Then it walks through the documented statuses on that clock
+    assert [a["task_status"] for a in answers] == [
+        "PENDING",
+        "PENDING",
+        "RUNNING",
+        "RUNNING",
+        "SUCCEED",
+    ]
     assert answers[0] == {"task_status": "PENDING"}
     done = answers[-1]
     assert set(done) == {"task_status", "output_images", "request_id"}
     assert len(done["output_images"]) == 1
     task = fake.tasks[task_id]
     assert task.finishes_at - task.created == pytest.approx(0.4)
-    assert fake.polls[-1][0] == task_id
-    assert fake.polls[-1][2] == "SUCCEED"
-    assert fake.polls[-1][1] >= task.finishes_at
+    assert fake.polls[-1] == (task_id, task.finishes_at, "SUCCEED")
     # And the output link is a real PNG of the requested size
-    image = httpx.get(done["output_images"][0], trust_env=False)
+    image = httpx.get(done["output_images"][0], trust_env=False, timeout=30)
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert png_size(image.content) == (640, 480)
@@ -260,7 +270,10 @@ def test_default_size_and_duration_callable(client: httpx.Client, fake: FakeMode
     slow = submit(client)
     done = poll_until_done(client, fast)[-1]
     assert done["task_status"] == "SUCCEED"
-    assert png_size(httpx.get(done["output_images"][0], trust_env=False).content) == (1024, 1024)
+    assert png_size(httpx.get(done["output_images"][0], trust_env=False, timeout=30).content) == (
+        1024,
+        1024,
+    )
     assert fake.task_status(slow) == "RUNNING"
 
 
@@ -338,11 +351,15 @@ def test_missing_task_type_header_or_unknown_task_is_task_not_found(client: http
 def test_unknown_in_progress_name_can_be_configured(
     client: httpx.Client, fake: FakeModelScope
 ) -> None:
+    now = [100.0]
+    fake.clock = lambda: now[0]
     fake.running_status_name = "PROCESSING"
     fake.pending_seconds = 0.0
     fake.task_duration = 0.2
-    answers = poll_until_done(client, submit(client))
-    assert dedup([a["task_status"] for a in answers]) == ["PROCESSING", "SUCCEED"]
+    task_id = submit(client)
+    assert poll(client, task_id) == {"task_status": "PROCESSING"}
+    now[0] += 0.2
+    assert poll(client, task_id)["task_status"] == "SUCCEED"
 
 
 def test_poll_errors_answer_503_then_recover(client: httpx.Client, fake: FakeModelScope) -> None:
@@ -384,9 +401,9 @@ def test_expired_output_links_answer_403_access_denied(
     client: httpx.Client, fake: FakeModelScope
 ) -> None:
     url = poll_until_done(client, submit(client))[-1]["output_images"][0]
-    assert httpx.get(url, trust_env=False).status_code == 200
+    assert httpx.get(url, trust_env=False, timeout=30).status_code == 200
     fake.expire_files = True
-    expired = httpx.get(url, trust_env=False)
+    expired = httpx.get(url, trust_env=False, timeout=30)
     assert expired.status_code == 403
     assert "<Code>AccessDenied</Code>" in expired.text
     assert expired.headers["content-type"].startswith("application/xml")
@@ -397,8 +414,13 @@ def test_output_of_unfinished_or_unknown_task_is_not_served(
 ) -> None:
     fake.task_duration = 5.0
     task_id = submit(client)
-    assert httpx.get(f"{server.url}/files/{task_id}-0.png", trust_env=False).status_code == 404
-    assert httpx.get(f"{server.url}/files/nope-0.png", trust_env=False).status_code == 404
+    assert (
+        httpx.get(f"{server.url}/files/{task_id}-0.png", trust_env=False, timeout=30).status_code
+        == 404
+    )
+    assert (
+        httpx.get(f"{server.url}/files/nope-0.png", trust_env=False, timeout=30).status_code == 404
+    )
 
 
 # ----------------------------------------------------------------------------- image_url
@@ -491,26 +513,30 @@ def test_chat_non_stream_counts_images_and_unknown_model_uses_error(
 async def test_chat_stream_arrives_in_several_chunks_and_ends_with_done(
     server: ServerThread, fake: FakeModelScope
 ) -> None:
-    fake.chat_chunk_delay = 0.02
+    fake.chat_lockstep = True
     body = {
         "model": "Qwen/Qwen3-VL-30B-A3B-Instruct",
         "messages": _vision_messages(1),
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    arrivals: list[tuple[float, str]] = []
+    lines: list[str] = []
+    sent_when_received: list[int] = []
     async with (
-        httpx.AsyncClient(base_url=f"{server.url}/v1", trust_env=False, timeout=5) as client,
+        httpx.AsyncClient(base_url=f"{server.url}/v1", trust_env=False, timeout=30) as client,
         client.stream("POST", "/chat/completions", headers=AUTH, json=body) as response,
     ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
             if line:
-                arrivals.append((time.monotonic(), line))
-    assert all(line.startswith("data: ") for _, line in arrivals)
-    assert arrivals[-1][1] == "data: [DONE]"
-    chunks = [json.loads(line[6:]) for _, line in arrivals[:-1]]
+                lines.append(line)
+            if '"content": "' in line and '""' not in line:
+                sent_when_received.append(fake.chat_sent)
+                fake.chat_go.release()
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     content_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert len(content_chunks) >= 3
@@ -519,15 +545,15 @@ async def test_chat_stream_arrives_in_several_chunks_and_ends_with_done(
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["total_tokens"] > 0
-    # Chunks were not buffered: they arrived spread out over the delays between them
-    content_times = [t for (t, line) in arrivals if '"content": "' in line and '""' not in line]
-    assert content_times[-1] - content_times[0] >= 0.02 * (len(content_times) - 1) * 0.8
+    # Chunks were not buffered: each arrived before the next was sent
+    assert sent_when_received == list(range(1, len(content_chunks) + 1))
+    assert not fake.chat_stalled
 
 
 def test_anything_else_is_a_json_404(client: httpx.Client, server: ServerThread) -> None:
     for response in (
         client.post("/images/edits", headers=SUBMIT_HEADERS, json={}),
-        httpx.get(f"{server.url}/nothing", trust_env=False),
+        httpx.get(f"{server.url}/nothing", trust_env=False, timeout=30),
     ):
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/json"

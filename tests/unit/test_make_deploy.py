@@ -85,7 +85,11 @@ def make_deploy(
     # the virtualenvs' markers, newer than what they are made from, so nothing is installed
     fake = tmp_path / "bin"
     fake.mkdir()
-    for made_from in ("requirements-dev.txt", "layers/common/requirements.txt"):
+    for made_from in (
+        "requirements-dev.txt",
+        "layers/common/requirements.txt",
+        "layers/common/constraints.txt",
+    ):
         (work / made_from).parent.mkdir(parents=True, exist_ok=True)
         (work / made_from).write_text("")
         os.utime(work / made_from, (1, 1))

@@ -345,17 +345,21 @@ async def test_start_sends_the_input_image_as_a_list_of_urls(
 async def test_check_polls_until_the_images_are_ready(
     provider: ModelScope, fake_ms: FakeModelScope
 ) -> None:
+    # Given a task pending 0.05 s then running to 0.2 s, on a clock the test moves
+    now = [100.0]
+    fake_ms.clock = lambda: now[0]
     fake_ms.task_duration = 0.2
     fake_ms.pending_seconds = 0.05
     request = job()
     started = await provider.start(request)
 
-    seen = await wait_until_done(provider, request, started.task_id)
+    seen = []
+    for seconds in (0.0, 0.1, 0.2):
+        now[0] = 100.0 + seconds
+        seen.append(await provider.check(request, started.task_id))
 
     # Then it was PENDING, RUNNING, and finally gave the image links
-    states = [s.state for s in seen if isinstance(s, Running)]
-    assert states[0] == "PENDING"
-    assert "RUNNING" in states
+    assert seen[:2] == [Running("PENDING"), Running("RUNNING")]
     final = seen[-1]
     assert isinstance(final, Finished)
     assert final.images == (f"{root_of(fake_ms)}/files/{started.task_id}-0.png",)

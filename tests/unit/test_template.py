@@ -591,3 +591,17 @@ def test_browsers_may_read_stored_images_from_the_bucket_and_nothing_more(
     assert "content-type" in rule["ExposedHeaders"]
     # still private: CORS lets a page read what a presigned URL already grants
     assert all(bucket["PublicAccessBlockConfiguration"].values())
+
+
+def test_the_job_steps_that_open_a_jobs_inputs_may_read_them(template: dict[str, Any]) -> None:
+    """Submit gives the provider the job's input images; Poll does too, for a provider whose
+    check needs them (`Provider.checks_with_inputs`: the demo's edit)."""
+    functions = resources(template, "AWS::Serverless::Function")
+    for name in ("JobSubmitFunction", "JobPollFunction"):
+        (reads,) = [s for s in statements(functions[name]) if s.get("Sid") == "ReadInputs"]
+        assert reads["Action"] == "s3:GetObject"
+        resources_read = {part["Fn::Sub"] for part in reads["Resource"]}
+        assert resources_read == {
+            "${UploadsBucket.Arn}/uploads/*",
+            "${UploadsBucket.Arn}/images/*",
+        }, name

@@ -43,6 +43,7 @@ from imagegw.providers import PROVIDERS
 from imagegw.providers.demo import NO_TOKEN
 from imagegw.redaction import protect
 from imagegw.runners.gateway import Gateway
+from imagegw.runners.stepfunctions.service import owner_of
 
 #: the longest a non-streamed answer through the REST API may take: API Gateway closes a
 #: regional REST API's stream after 5 minutes without a byte (README "Limits"), less a margin
@@ -111,6 +112,24 @@ def _anonymous(request: Request) -> bool:
     if gateway_of(request).settings.access_mode == "keys":
         return False
     return request.headers.get("authorization") is None
+
+
+def anonymous(caller: Caller) -> bool:
+    """Whether `caller` is the demo's anonymous caller (no token), whom nothing tells apart
+    from any other anonymous caller."""
+    return not caller.keyed and caller.bearer.get_secret_value() == NO_TOKEN
+
+
+def owner_for(caller: Caller) -> str:
+    """Who keeps what `caller` stores (files, batches): a hash of their bearer token. The demo's
+    anonymous callers cannot be told apart, so they keep nothing another could list: a 401."""
+    if anonymous(caller):
+        raise AuthenticationError(
+            "Files and batches are kept apart by token, and callers without one cannot be told "
+            "apart: send one as 'Bearer <key>' (the demo takes any).",
+            code="missing_api_key",
+        )
+    return owner_of(caller.bearer.get_secret_value())
 
 
 async def authorize(request: Request, provider: str) -> tuple[Caller, SecretStr]:

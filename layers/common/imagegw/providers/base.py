@@ -165,6 +165,10 @@ class Provider(ABC):
     daily_reset_utc_hour: ClassVar[int] = 0
     #: whether requests must carry a token (the demo provider's need none: `web.authorize`)
     needs_token: ClassVar[bool] = True
+    #: whether `check` needs the request's input images (the durable jobs' Poll step then
+    #: reads the job's copies, which it leaves in the bucket otherwise): the demo's edit draws
+    #: its picture from its input when the task ends
+    checks_with_inputs: ClassVar[bool] = False
 
     def __init__(
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None

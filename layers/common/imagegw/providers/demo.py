@@ -8,9 +8,10 @@ image (recoloured by the prompt, mirrored, framed and captioned).
 
 It behaves like an asynchronous provider (ModelScope's start/check): `start` answers a task id,
 `check` answers PENDING for a moment, then RUNNING for a few seconds, then the picture. The task
-id carries everything `check` needs (when it started, the seed, the size; for an edit a small
-copy of the input), so any instance answers for it: the in-process poll loop and the durable
-jobs' Poll step alike (Poll knows the request's prompt and options, not its input images).
+id carries what `check` needs besides the request (when it started, the seed, the size), so any
+instance answers for it: the in-process poll loop and the durable jobs' Poll step alike. An
+edit's input stays where the request keeps it (the client's upload or URL, a job's copy in the
+bucket, which Poll reads for this provider: `Provider.checks_with_inputs`), not in the id.
 
 Off unless DEMO_PROVIDER=enabled (`make run` turns it on; a stack by its `DemoProvider`
 parameter). It needs no provider token (`Provider.needs_token`): a request without one is
@@ -20,7 +21,6 @@ served, a gateway key is still checked (and counted) as for any provider.
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -58,8 +58,6 @@ SIDES: Final = (64, 2048)
 DEFAULT_SIDE: Final = 1024
 #: seconds a task says PENDING before it runs
 QUEUED_FOR: Final = 0.8
-#: the side of the copy of an edit's input kept in the task id
-THUMB_SIDE: Final = 48
 _PREFIX: Final = "demo1"
 
 
@@ -93,22 +91,20 @@ class Task:
     seed: int
     width: int
     height: int
-    thumb: bytes = b""
 
     def encode(self) -> str:
-        thumb = base64.urlsafe_b64encode(self.thumb).decode("ascii").rstrip("=")
-        return f"{_PREFIX}-{self.started_ms}-{self.seed}-{self.width}x{self.height}-{thumb}"
+        return f"{_PREFIX}-{self.started_ms}-{self.seed}-{self.width}x{self.height}"
 
     @classmethod
     def decode(cls, task_id: str) -> Task | None:
+        # a fifth part: an id made before edits' inputs left it (a copy of the input), unused
         parts = task_id.split("-", 4)
-        if len(parts) != 5 or parts[0] != _PREFIX:
+        if len(parts) not in (4, 5) or parts[0] != _PREFIX:
             return None
         try:
             width, height = (int(side) for side in parts[3].split("x", 1))
-            thumb = base64.urlsafe_b64decode(parts[4] + "=" * (-len(parts[4]) % 4))
-            return cls(int(parts[1]), int(parts[2]), width, height, thumb)
-        except (ValueError, binascii.Error):
+            return cls(int(parts[1]), int(parts[2]), width, height)
+        except ValueError:
             return None
 
 
@@ -122,6 +118,7 @@ class Demo(Provider):
     settings_model = DemoSettings
     max_prompt_chars = MAX_TEXT
     needs_token: ClassVar[bool] = False
+    checks_with_inputs: ClassVar[bool] = True
     catalog = tuple(
         ModelInfo(
             model,
@@ -210,14 +207,13 @@ class Demo(Provider):
         if seed is None:
             seed = secrets.randbelow(MAX_SEED + 1)
         width, height = self._size(request)
-        thumb = b""
-        if request.images:
+        if request.images:  # an unreadable input is the client's 400 now, not a failed task
             from imagegw.providers import demo_pictures  # Pillow: on first use
 
             source = await self._input(request.images[0], 1)
-            thumb = await anyio.to_thread.run_sync(demo_pictures.thumbnail, source, 1, THUMB_SIDE)
+            await anyio.to_thread.run_sync(demo_pictures.check_readable, source, 1)
         started = round(self.clock() * 1000)
-        return Started(Task(started, int(seed), width, height, thumb).encode())
+        return Started(Task(started, int(seed), width, height).encode())
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         task = Task.decode(task_id)
@@ -233,10 +229,8 @@ class Demo(Provider):
 
         size = (task.width, task.height)
         source: bytes | None = None
-        if request.images:  # the whole input, where the caller still has it
+        if request.images:
             source = await self._input(request.images[0], 1)
-        elif task.thumb:
-            source = task.thumb
 
         def paint() -> bytes:  # CPU work: off the event loop
             if source is not None:

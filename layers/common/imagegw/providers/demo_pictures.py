@@ -174,9 +174,6 @@ def _open(data: bytes, index: int) -> Image.Image:
     return picture
 
 
-def thumbnail(data: bytes, index: int, side: int) -> bytes:
-    """A small JPEG of the input image `data` (at most `side` pixels a side); a 400 naming
-    input image `index` when it cannot be read as a picture."""
-    small = ImageOps.exif_transpose(_open(data, index)).convert("RGB")
-    small.thumbnail((side, side))
-    return _jpeg(small, quality=70)
+def check_readable(data: bytes, index: int) -> None:
+    """A 400 naming input image `index` when `data` cannot be read as a picture."""
+    _open(data, index)

@@ -19,8 +19,13 @@ from imagegw.access import lease
 from imagegw.frontends.batches import Batches
 from imagegw.frontends.routes.files import limit_of, owner
 from imagegw.frontends.routes.webhooks import checked_webhook_url
-from imagegw.frontends.web import authorize, gateway_of, public_base_url, read_json
-from imagegw.runners.stepfunctions.service import owner_of
+from imagegw.frontends.web import (
+    authorize,
+    gateway_of,
+    owner_for,
+    public_base_url,
+    read_json,
+)
 
 #: the most batches a listing answers at once
 MAX_LIST = 100
@@ -35,6 +40,7 @@ async def create_batch(request: Request) -> Response:
     gateway = gateway_of(request)
     provider = gateway.provider(request.path_params.get("provider"))
     caller, key = await authorize(request, provider.name)  # before the body is read
+    who = owner_for(caller)
     batches = batches_of(request)
     _ = batches.runner  # batches disabled: the 404 before the body is read
     base_url = public_base_url(request, gateway.settings)  # a bad Host: refused now
@@ -43,7 +49,7 @@ async def create_batch(request: Request) -> Response:
     leased = lease.current() if caller.keyed else None
     batch = await batches.create(
         body,
-        owner=owner_of(caller.bearer.get_secret_value()),
+        owner=who,
         provider=provider,
         api_key=key,
         key_ref=leased.ref if leased is not None else None,

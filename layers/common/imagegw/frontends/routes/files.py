@@ -22,9 +22,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from imagegw.errors import InvalidRequestError, NotFoundError
-from imagegw.frontends.web import authorize, gateway_of, read_form
+from imagegw.frontends.web import authorize, gateway_of, owner_for, read_form
 from imagegw.infra.batchstore import FILE_ID, BatchStore
-from imagegw.runners.stepfunctions.service import owner_of
 
 #: presigned URLs of redirects live this long; clients follow them at once
 REDIRECT_TTL = 300
@@ -57,11 +56,11 @@ def file_object(
 
 async def owner(request: Request) -> str:
     """Who the caller is, by headers only (`web.authorize`: ACCESS_MODE's 401 first): a hash
-    of their bearer token."""
+    of their bearer token (`web.owner_for`: none for an anonymous caller)."""
     gateway = gateway_of(request)
     provider = gateway.provider(request.path_params.get("provider"))  # unknown: a 404
     caller, _ = await authorize(request, provider.name)
-    return owner_of(caller.bearer.get_secret_value())
+    return owner_for(caller)
 
 
 def store_of(request: Request) -> BatchStore:

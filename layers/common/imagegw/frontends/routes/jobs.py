@@ -28,6 +28,7 @@ from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.webhooks import checked_webhook_url
 from imagegw.frontends.web import (
+    anonymous,
     api_key,
     authorize,
     bearer_for,
@@ -120,6 +121,13 @@ async def start_job(
     `webhook_url`: where the job's end is POSTed, signed (`routes/webhooks.py`); checked here,
     before anything is reserved, stored or started."""
     gateway = gateway_of(request)
+    if idempotency_key is not None and anonymous(caller):
+        raise InvalidRequestError(
+            "An Idempotency-Key is kept per token, and callers without one cannot be told "
+            "apart: send one as 'Bearer <key>' (the demo takes any), or leave the key out.",
+            param="Idempotency-Key",
+            code="idempotency_key_needs_token",
+        )
     if base_url is None:
         base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
     webhook = await checked_webhook_url(gateway.settings, webhook_url)

@@ -31,6 +31,7 @@ Nothing here logs or returns the key.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -103,16 +104,54 @@ CLOCK: Clock = Clock()
 ESTIMATES: Estimates | None = None
 
 
-class _Instance(threading.local):
+class _Instance:
     """One event loop and one `Gateway` (its provider client, fetchers, access and learned run
-    times) per Lambda instance (per thread, where several executions share a process:
-    `make run`), so a warm instance reuses its connections and caches."""
+    times) per Lambda instance (per thread, where several executions share a process: `make
+    run`, whose Step Functions runs each execution on a thread of its own), so a warm instance
+    reuses its connections and caches. One whose thread ended is closed (its gateway's
+    clients, then its loop) by the next step that starts, and every one at exit."""
 
-    runner: asyncio.Runner | None = None
-    gateway: Gateway | None = None
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+        self.gateway: Gateway | None = None
+
+    def close(self) -> None:
+        try:
+            if self.gateway is not None:
+                self.runner.run(self.gateway.aclose())
+        except Exception as exc:  # closing is tidying up: a failure must not fail a step
+            logger.warning(
+                "job step gateway not closed cleanly", extra={"error": type(exc).__name__}
+            )
+        finally:
+            self.runner.close()
 
 
-_INSTANCE = _Instance()
+_INSTANCES: dict[threading.Thread, _Instance] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def _instance() -> _Instance:
+    """This thread's instance (a new one on its first step), after closing those of the
+    threads that ended."""
+    with _INSTANCES_LOCK:
+        ended = [_INSTANCES.pop(thread) for thread in list(_INSTANCES) if not thread.is_alive()]
+        mine = _INSTANCES.get(threading.current_thread())
+        if mine is None:
+            mine = _INSTANCES[threading.current_thread()] = _Instance()
+    for instance in ended:
+        instance.close()
+    return mine
+
+
+@atexit.register
+def close_instances() -> None:
+    """Close every thread's instance (at exit; the next step makes a new one)."""
+    with _INSTANCES_LOCK:
+        instances = list(_INSTANCES.values())
+        _INSTANCES.clear()
+    for instance in instances:
+        instance.close()
 
 
 def gateway_for(settings: Settings) -> Gateway:
@@ -121,15 +160,14 @@ def gateway_for(settings: Settings) -> Gateway:
     global ESTIMATES
     if ESTIMATES is None:
         ESTIMATES = learned_times(settings)
-    if _INSTANCE.runner is None:
-        _INSTANCE.runner = asyncio.Runner()
-    kit = _INSTANCE.gateway
+    instance = _instance()
+    kit = instance.gateway
     if kit is not None:
         if kit.settings == settings and kit.clock is CLOCK and kit.estimates is ESTIMATES:
             return kit
-        _INSTANCE.runner.run(kit.aclose())
-    _INSTANCE.gateway = Gateway(settings, clock=CLOCK, estimates=ESTIMATES)
-    return _INSTANCE.gateway
+        instance.runner.run(kit.aclose())
+    instance.gateway = Gateway(settings, clock=CLOCK, estimates=ESTIMATES)
+    return instance.gateway
 
 
 def run_step(
@@ -142,8 +180,7 @@ def run_step(
     async def main() -> dict[str, Any]:
         return await step(event, kit)
 
-    assert _INSTANCE.runner is not None
-    return _INSTANCE.runner.run(main())
+    return _instance().runner.run(main())
 
 
 def _request(
@@ -396,7 +433,8 @@ async def poll(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         protect(key.get_secret_value())
     except GatewayError as exc:
         return await _ended(spec, _refused(exc, polls, key=used), kit)
-    parts = provider.split(_request(spec, key))
+    images = await _inputs(spec, kit) if provider.checks_with_inputs else ()
+    parts = provider.split(_request(spec, key, images))
     book = progress.book()
     pending = book.running()
     answers = await asyncio.gather(
