@@ -91,6 +91,41 @@ def test_two_callers_get_different_secrets(local_server: str) -> None:
     assert secret_of(local_server, "ms-one-token") == secret_of(local_server, "ms-one-token")
 
 
+def test_the_demos_anonymous_callers_get_no_webhook_and_no_secret(
+    local_server: str, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    app, hook = receiver
+    demo = f"{local_server}/demo/v1/images/generations"
+    body = {"model": "demo/shapes", "prompt": "a red square", "size": "64x64"}
+
+    # Given callers of the demo without a token, whom nothing tells apart (no header, or the
+    # placeholder token), when they ask for a webhook or for a signing secret
+    hooked = httpx.post(
+        demo, json={**body, "webhook_url": hook}, headers={"prefer": "respond-async"}, timeout=30
+    )
+    secrets = [
+        httpx.get(f"{local_server}/demo/v1/webhooks/secret", headers=headers, timeout=30)
+        for headers in ({}, {"authorization": "Bearer demo"})
+    ]
+
+    # Then the webhook is refused before anything starts (one secret would sign every
+    # anonymous caller's events, and anyone could fetch it), and no secret is handed out
+    assert hooked.status_code == 400, hooked.text
+    assert hooked.json()["error"]["param"] == "webhook_url"
+    assert hooked.json()["error"]["code"] == "webhook_needs_token"
+    assert [s.status_code for s in secrets] == [401, 401]
+    assert all("whsec_" not in s.text for s in secrets)
+    # while a demo caller with a token of their own gets both
+    mine = {"authorization": "Bearer anything-w", "prefer": "respond-async"}
+    accepted = httpx.post(demo, json={**body, "webhook_url": hook}, headers=mine, timeout=30)
+    assert accepted.status_code == 202, accepted.text
+    (delivery,) = app.wait_for(1, timeout=60)
+    secret = secret_of(local_server, "anything-w")
+    openai.OpenAI(api_key="unused").webhooks.verify_signature(
+        delivery.body, delivery.headers, secret=secret
+    )
+
+
 @pytest.mark.parametrize(
     "url",
     [

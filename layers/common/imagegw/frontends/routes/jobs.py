@@ -128,6 +128,14 @@ async def start_job(
             param="Idempotency-Key",
             code="idempotency_key_needs_token",
         )
+    if webhook_url not in (None, "") and anonymous(caller):
+        raise InvalidRequestError(
+            "A webhook is signed with its caller's own secret, and callers without a token "
+            "cannot be told apart: send one as 'Bearer <key>' (the demo takes any), or leave "
+            "'webhook_url' out.",
+            param="webhook_url",
+            code="webhook_needs_token",
+        )
     if base_url is None:
         base_url = public_base_url(request, gateway.settings)  # a bad Host: before the quota
     webhook = await checked_webhook_url(gateway.settings, webhook_url)

@@ -2,7 +2,9 @@
 
 - `GET /v1/webhooks/secret`: the caller's signing secret, `{"object": "webhook_secret",
   "secret": "whsec_…"}`, derived from the deployment's webhook secret and the caller's identity
-  (a hash of its bearer token): nothing is stored, two callers never share one.
+  (a hash of its bearer token): nothing is stored, two callers never share one. The demo's
+  anonymous caller (no token, or the placeholder `demo`) has none: a 401, and a `webhook_url`
+  from it is a 400 (`webhook_needs_token`), as nothing tells one anonymous caller from another.
 - `checked_webhook_url`: a job's `webhook_url`, checked before anything is stored or started:
   https (http only under ALLOW_PRIVATE_URLS, the tests' opt-in), no credentials, a host whose
   every address is public (the guarded fetcher's rules; checked again at each delivery, which
@@ -19,10 +21,9 @@ from starlette.routing import Route
 
 from imagegw.access.webhook_secret import WebhookSecret
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends.web import api_key, gateway_of
+from imagegw.frontends.web import api_key, gateway_of, owner_for
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
-from imagegw.runners.stepfunctions.service import owner_of
 
 MAX_URL_CHARS: Final = 2048
 
@@ -75,7 +76,7 @@ async def get_secret(request: Request) -> Response:
     provider = gateway.provider(request.path_params.get("provider"))  # unknown: a 404
     key = api_key(request)
     caller = await gateway.access.caller(key.get_secret_value(), provider.name)  # a 401
-    owner = owner_of(caller.bearer.get_secret_value())
+    owner = owner_for(caller)  # the demo's anonymous caller has no secret of its own: a 401
     secret = await WebhookSecret(gateway.settings).afor_caller(owner)
     return JSONResponse(
         {"object": "webhook_secret", "secret": secret},
