@@ -43,7 +43,7 @@ MAX_CUSTOM_ID: Final = 512
 class ItemJob(BaseModel):
     """One line's planned job, as a batch item carries it: no key, no secret."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     provider: str
     model: str
@@ -60,7 +60,7 @@ class ItemJob(BaseModel):
 class Item(BaseModel):
     """A batch item: its position (0-based), the caller's id for it, and its job."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     index: int
     custom_id: str

@@ -98,7 +98,7 @@ def read(model: type[M], data: Any) -> M:
 class TextPart(BaseModel):
     """A text part: `{"type": "text", "text": ...}` (`input_text` as some clients name it)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: Literal["text", "input_text"]
     text: str | None = None
@@ -107,7 +107,7 @@ class TextPart(BaseModel):
 class ImageLink(BaseModel):
     """An image given as an object: `{"url": ...}` (OpenAI's `image_url`) or `{"data": ...}`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     url: str | None = None
     data: str | None = None
@@ -116,7 +116,7 @@ class ImageLink(BaseModel):
 class ImageSource(BaseModel):
     """The Anthropic-like `source` some clients send: a URL, or base64 data and its type."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     url: str | None = None
     data: str | None = None
@@ -129,7 +129,7 @@ class ImagePart(BaseModel):
     `"image_url": "..."`), Cherry Studio's `{"type": "image", "image": ...}`, the Responses
     API's `{"type": "input_image", "image_url": ...}`, or a `source` object."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: Literal["image_url", "image", "input_image"]
     image_url: str | ImageLink | None = None
@@ -158,7 +158,7 @@ class OtherPart(BaseModel):
     """A part of another type (audio, a file, a tool's): kept for a chat model, which gets the
     body as sent; an image model reads none of it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: Any = None
 
@@ -184,7 +184,7 @@ class ChatMessage(BaseModel):
     """One message: a role, and content as a string or a list of parts (a string part is a
     text part)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     role: str = Field(min_length=1)
     content: str | list[ContentPart] | None = None
@@ -219,7 +219,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     """A chat completion request. Extra fields are kept: they carry generation options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -254,7 +254,7 @@ class ImagesRequest(BaseModel):
     other field is an option for the provider (`options`: the gateway's common names or the
     provider's own, numbers also as strings)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     #: what the prompt describes, in the words of a missing prompt's error
     describes: ClassVar[str] = "the picture to make"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagegw.errors import (
     InvalidRequestError,
@@ -71,10 +71,14 @@ SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
 
 
 class _Submitted(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     task_id: str
 
 
 class _Task(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     task_status: str
     output_images: list[str] | None = None
     errors: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
@@ -110,11 +110,15 @@ class Made:
 
 
 class _Datum(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     url: str | None = None
     b64_json: str | None = None
 
 
 class _Images(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     data: list[_Datum]
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, ProviderError
 from imagegw.infra.config import BaseUrl, ProviderSettings
@@ -88,10 +88,14 @@ OTHER_EDIT: Final = ModelSpec(ModelKind.EDIT, (1, 3), None, _GUIDANCE_SCALE)
 
 
 class _Image(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     url: str
 
 
 class _Generated(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     images: list[_Image]
 
 
