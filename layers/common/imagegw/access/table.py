@@ -152,17 +152,27 @@ def _usage(item: dict[str, Any] | None) -> Usage:
 _T = TypeVar("_T")
 
 
+def error_code(exc: BaseException) -> str | None:
+    """The DynamoDB error code of a botocore `ClientError` (None for anything else). Matched by
+    code, not by `client.exceptions.<Name>`: botocore makes a client's exception classes on first
+    use, and threads using a new client at once can each make their own, so a class caught
+    by one thread may not be the class another thread's call raised."""
+    response = getattr(exc, "response", None) or {}
+    code = response.get("Error", {}).get("Code")
+    return code if isinstance(code, str) else None
+
+
 def conflicted(exc: BaseException) -> bool:
     """Whether DynamoDB refused a write only because a transaction was writing one of its items
     at that moment (nothing of it was applied, so trying again is safe): an UpdateItem's
     `TransactionConflictException`, or a transaction cancelled for `TransactionConflict` with
     no condition failed. botocore does not retry either."""
-    response = getattr(exc, "response", None) or {}
-    code = response.get("Error", {}).get("Code")
+    code = error_code(exc)
     if code == "TransactionConflictException":
         return True
     if code != "TransactionCanceledException":
         return False
+    response = getattr(exc, "response", None) or {}
     reasons = [reason.get("Code") for reason in response.get("CancellationReasons") or []]
     return "TransactionConflict" in reasons and "ConditionalCheckFailed" not in reasons
 
@@ -289,8 +299,10 @@ class AccessTable:
                 raise QuotaFull
         try:
             through_conflicts(lambda: self.client.update_item(**kwargs))
-        except self.client.exceptions.ConditionalCheckFailedException:
-            raise QuotaFull from None
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                raise QuotaFull from None
+            raise
 
     def usage(self, hash_: str, now: float) -> tuple[Usage, Usage]:
         """Images of today and of this month (UTC)."""
@@ -310,8 +322,10 @@ class AccessTable:
         items = settlement(self.name, job_id, hash_, model, n, made, at)
         try:
             through_conflicts(lambda: self.client.transact_write_items(TransactItems=items))
-        except self.client.exceptions.TransactionCanceledException as exc:
-            reasons = exc.response.get("CancellationReasons") or []
+        except Exception as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
             if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
                 return False
             raise
@@ -357,8 +371,9 @@ class AccessTable:
                     ExpressionAttributeValues=values | {":now": {"N": str(int(now))}},
                 )
                 return
-            except self.client.exceptions.ConditionalCheckFailedException:
-                pass
+            except Exception as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
         self.client.update_item(
             TableName=self.name,
             Key=key,
