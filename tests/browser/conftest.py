@@ -81,7 +81,11 @@ def browser() -> Iterator[Any]:
 def fake_modelscope() -> Iterator[FakeModelScope]:
     swappable = SwappableApp()
     with ServerThread(swappable) as server:
-        fake = FakeModelScope(task_duration=2.0, pending_seconds=0.5)
+        # queued half a second, then running: long enough for a poll to see it running (the
+        # page's "generating" step). A model on its catalogue prior (Qwen-Image: ~15 s) is
+        # polled every few seconds while queued (core/schedule._queued), so a 2-s task could
+        # end between two polls and the page rightly never show it running.
+        fake = FakeModelScope(task_duration=6.0, pending_seconds=0.5)
         fake.base_url = f"{server.url}/v1"  # type: ignore[attr-defined]
         swappable.app = fake
         yield fake
