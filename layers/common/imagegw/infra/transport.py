@@ -360,17 +360,24 @@ class PooledTransport(httpx.AsyncBaseTransport):
         )
 
     async def read_whole(
-        self, request: httpx.Request, *, limit: int, too_large: Callable[[], Exception]
+        self,
+        request: httpx.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+        content: bytes | AsyncIterable[bytes] = b"",
     ) -> httpx.Response | None:
-        """A request without a body (a provider poll) sent straight to the pool, and its answer
-        read whole, as a closed response holding its body: none of the client's layers a
-        poll does not use (auth, redirects, cookies, event hooks) nor a streamed response's
-        wrappers. No further than `limit` bytes (`too_large()` is raised past them). None,
-        with nothing read, when the answer's body is encoded (gzip...): the caller sends the
-        request again through the client, whose decoders read it (a GET is safe to repeat).
-        httpcore's errors are raised as httpx's, as `handle_async_request` raises them."""
+        """A request sent straight to the pool, and its answer read whole, as a closed response
+        holding its body: none of the client's layers a provider poll or an upload to the
+        bucket does not use (auth, redirects, cookies, event hooks) nor a streamed response's
+        wrappers. `content`: the request's body (none by default; its framing headers are the
+        request's own), sent chunk by chunk as given. No further than `limit` bytes
+        (`too_large()` is raised past them). None, with nothing read, when the answer's body is
+        encoded (gzip...): the caller sends the request again through the client, whose
+        decoders read it (a GET is safe to repeat). httpcore's errors are raised as httpx's, as
+        `handle_async_request` raises them."""
         with _httpx_errors():
-            answer = await self.pool.handle_async_request(_core_request(request, b""))
+            answer = await self.pool.handle_async_request(_core_request(request, content))
             stream = answer.stream
             assert isinstance(stream, _PooledStream)
             try:

@@ -121,6 +121,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self.fetcher.aclose()
         await self.result_fetcher.aclose()
+        await self.store.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
