@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final, Literal
 
+import httpx
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from starlette.requests import Request
@@ -155,8 +156,9 @@ class _UnreachableS3:
 class BucketOutage:
     """The bucket unreachable for the S3 operations named (boto3 names: ``put_object``,
     ``head_object``, ``get_object``), for the next ``times`` calls of them (default: all).
-    `install` makes every `ImageStore` built afterwards use it; ``refused`` records each call it
-    failed, ``down = False`` ends the outage."""
+    `install` makes every `ImageStore` use it; ``refused`` records each call it failed,
+    ``down = False`` ends the outage. An upload (``put_object``: the store's POST of a signed
+    form, not a boto3 call) fails as a refused connection does, once its tries are spent."""
 
     def __init__(self, operations: Iterable[str] = ("put_object",), times: int = ALWAYS) -> None:
         self.operations = frozenset(operations)
@@ -181,4 +183,13 @@ class BucketOutage:
             return _UnreachableS3(build(store), self)
 
         monkeypatch.setattr(ImageStore, "_client", client)
+        put = ImageStore._put
+
+        async def unreachable(store: ImageStore, *args: Any) -> None:
+            if self.take("put_object"):
+                raise httpx.ConnectError("All connection attempts failed")
+            await put(store, *args)
+
+        if "put_object" in self.operations:
+            monkeypatch.setattr(ImageStore, "_put", unreachable)
         return self

@@ -17,14 +17,19 @@ from functional.machine import World, make_world
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope) -> Iterator[MockedAws]:
+def aws(
+    monkeypatch: pytest.MonkeyPatch, fake_ms: FakeModelScope, s3_env: dict[str, str]
+) -> Iterator[MockedAws]:
     """moto's mock (`fakes.aws`), with the environment the task handlers read on Lambda: the
-    bucket, the KMS key, the fake ModelScope."""
+    bucket, the KMS key, the fake ModelScope. Uploads to the bucket are plain HTTP POSTs, which
+    moto's in-process mock does not see: they go to the session's moto server on loopback
+    (`s3_env`), which keeps its buckets in the same moto backends as the mock."""
     for name in ENDPOINT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with mocked_aws() as account:
         for name, value in {
             "BUCKET": account.bucket,
+            "S3_ENDPOINT_URL": s3_env["S3_ENDPOINT_URL"],
             "AWS_REGION": account.region,
             "MODELSCOPE_BASE_URL": fake_ms.base_url,  # type: ignore[attr-defined]
             "JOB_KEY_ID": account.key_id,

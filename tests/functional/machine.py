@@ -13,6 +13,7 @@ state machine's waits (its Retry backoff, its Wait and Backoff states) are recor
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -164,6 +165,7 @@ def make_world(
         )
         values: dict[str, Any] = {
             "bucket": BUCKET,
+            "s3_endpoint_url": os.environ["S3_ENDPOINT_URL"],  # the `aws` fixture's
             "modelscope_base_url": fake_ms.base_url,  # type: ignore[attr-defined]
             "job_state_machine_arn": machine["stateMachineArn"],
             "job_key_id": aws.key_id,

@@ -59,6 +59,8 @@ UPLOAD_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
 UPLOAD_TRIES: Final = 3
 #: uploads in flight to the bucket per instance (more wait for a connection)
 UPLOAD_CONNECTIONS: Final = 64
+#: images up to this size are sent with their form in one write (see `_post`)
+_JOINED: Final = 256 * 1024
 #: S3's answer to a POST Object is no larger (an XML error at most)
 _ANSWER_LIMIT: Final = 64 * 1024
 
@@ -216,11 +218,13 @@ class ImageStore:
         head += b"Content-Type: %s\r\n\r\n" % image.mime.encode()
         tail = b"\r\n--%s--\r\n" % self._boundary
         data = image.data
+        # each chunk is a write to the socket: a small image goes in one (copying a few KiB
+        # costs less than two system calls), a large one as it is, uncopied
+        chunks = (head + data + tail,) if len(data) <= _JOINED else (head, data, tail)
 
-        async def body() -> AsyncIterator[bytes]:  # the image's bytes as they are: no copy
-            yield head
-            yield data
-            yield tail
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk
 
         request = httpx.Request(
             "POST",
