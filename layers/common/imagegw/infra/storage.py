@@ -90,6 +90,7 @@ class ImageStore:
         #: the upload connections of each event loop (connections belong to their loop)
         self._transports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PooledTransport]
         self._transports = weakref.WeakKeyDictionary()
+        self._pooling = threading.Lock()
         #: a multipart boundary no image can forge: random, never sent anywhere but the bucket
         self._boundary = f"imagegw-{secrets.token_hex(16)}".encode()
 
@@ -197,7 +198,7 @@ class ImageStore:
 
     def _transport(self) -> PooledTransport:
         loop = asyncio.get_running_loop()
-        with self._lock:
+        with self._pooling:  # not `_lock`, held while the S3 client is built
             transport = self._transports.get(loop)
             if transport is None:
                 transport = PooledTransport(max_connections=UPLOAD_CONNECTIONS)
@@ -269,7 +270,7 @@ class ImageStore:
     async def aclose(self) -> None:
         """Close the upload connections of the running event loop."""
         loop = asyncio.get_running_loop()
-        with self._lock:
+        with self._pooling:
             transport = self._transports.pop(loop, None)
         if transport is not None:
             await transport.aclose()
