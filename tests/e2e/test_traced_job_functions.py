@@ -163,8 +163,16 @@ def test_traced_job_with_two_images_succeeds(
     downloads = http_subsegments(entities, "/files/")
     assert len(downloads) == 2
     assert {d["parent_id"] for d in downloads} <= handler_ids
-    # the AWS calls too (the key opened with KMS, the images put in S3)
+    # the AWS calls too: the key opened with KMS (botocore's), the two images posted to the
+    # bucket (plain HTTP requests, each in its own subsegment under Store's handler)
     assert any(e.get("name") == "kms" for e in entities)
-    assert any(e.get("name") == "s3" for e in entities)
+    uploads = [
+        u
+        for u in http_subsegments(entities, f"/{s3_env['BUCKET']}")
+        if u["http"]["request"]["method"] == "POST"
+    ]
+    assert len(uploads) == 2
+    assert {u["parent_id"] for u in uploads} <= handler_ids
+    assert all(u["http"]["response"]["status"] == 204 for u in uploads)
     # and the provider key is in none of it
     assert TOKEN not in daemon.raw()

@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -31,6 +31,7 @@ import anyio.to_thread
 import httpx
 
 from imagegw.errors import ConfigurationError, StorageError
+from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, InputImage, check_image
@@ -88,7 +89,9 @@ class ImageStore:
         self._forms: dict[str, _Form] = {}
         self._signing = threading.Lock()
         #: the upload connections of each event loop (connections belong to their loop)
-        self._transports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PooledTransport]
+        self._transports: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[PooledTransport, httpx.AsyncBaseTransport]
+        ]
         self._transports = weakref.WeakKeyDictionary()
         self._pooling = threading.Lock()
         #: a multipart boundary no image can forge: random, never sent anywhere but the bucket
@@ -196,14 +199,16 @@ class ImageStore:
                 form = self._forms[prefix] = self._sign_form(prefix)
             return form
 
-    def _transport(self) -> PooledTransport:
+    def _transport(self) -> tuple[PooledTransport, httpx.AsyncBaseTransport]:
+        """The running loop's upload pool, and the same in the transport layers added so far
+        (`imagegw.infra.clients.layered`: X-Ray's, in a traced task function)."""
         loop = asyncio.get_running_loop()
         with self._pooling:  # not `_lock`, held while the S3 client is built
-            transport = self._transports.get(loop)
-            if transport is None:
-                transport = PooledTransport(max_connections=UPLOAD_CONNECTIONS)
-                self._transports[loop] = transport
-        return transport
+            pair = self._transports.get(loop)
+            if pair is None:
+                pooled = PooledTransport(max_connections=UPLOAD_CONNECTIONS)
+                pair = self._transports[loop] = (pooled, layered(pooled))
+        return pair
 
     async def _post(self, form: _Form, key: str, image: ImageBytes) -> int:
         """One POST of the form with `image` under `key`; S3's status."""
@@ -234,16 +239,26 @@ class ImageStore:
                 "Content-Type": f"multipart/form-data; boundary={self._boundary.decode()}",
                 "Content-Length": str(len(head) + len(data) + len(tail)),
             },
+            content=body(),
             extensions={"timeout": UPLOAD_TIMEOUT.as_dict()},
         )
-
-        def too_large() -> Exception:
-            return BucketRefused("an answer too large")
-
-        answer = await self._transport().read_whole(
-            request, limit=_ANSWER_LIMIT, too_large=too_large, content=body()
-        )
-        return 502 if answer is None else answer.status_code
+        pooled, outer = self._transport()
+        if outer is pooled:  # nothing observes the pool: straight to it, the answer read whole
+            assert isinstance(request.stream, AsyncIterable)
+            answer = await pooled.read_whole(
+                request, limit=_ANSWER_LIMIT, too_large=_too_large, content=request.stream
+            )
+            return 502 if answer is None else answer.status_code
+        response = await outer.handle_async_request(request)
+        try:
+            size = 0
+            async for chunk in response.aiter_raw():  # read, so the connection is kept
+                size += len(chunk)
+                if size > _ANSWER_LIMIT:
+                    raise _too_large()
+        finally:
+            await response.aclose()
+        return response.status_code
 
     async def _put(self, key: str, image: ImageBytes) -> None:
         """Store `image` under `key` (POST Object with the prefix's signed form): tried again
@@ -271,9 +286,9 @@ class ImageStore:
         """Close the upload connections of the running event loop."""
         loop = asyncio.get_running_loop()
         with self._pooling:
-            transport = self._transports.pop(loop, None)
-        if transport is not None:
-            await transport.aclose()
+            pair = self._transports.pop(loop, None)
+        if pair is not None:
+            await pair[1].aclose()
 
     def _presign(self, key: str, ttl: int) -> str:
         url: str = self.s3.generate_presigned_url(
@@ -425,6 +440,10 @@ class ImageStore:
 
 class BucketRefused(Exception):
     """The bucket answered an upload with an error status (its text names no secret)."""
+
+
+def _too_large() -> Exception:
+    return BucketRefused("an answer too large")
 
 
 @dataclass(frozen=True)

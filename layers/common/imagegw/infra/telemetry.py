@@ -8,7 +8,8 @@ and the tests do).
 
 What is traced: each handler call (Powertools' `## lambda_handler` subsegment), the AWS calls
 (the X-Ray SDK's botocore patch: KMS, S3) and every HTTP request of the gateway's httpx clients
-(the provider's API, result images) in a subsegment of its own, made by `TracedTransport`: when
+(the provider's API, result images) and of its uploads to the bucket (`imagegw.infra.storage`)
+in a subsegment of its own, made by `TracedTransport`: when
 tracing is on, importing this module adds it as a transport layer (`imagegw.infra.clients`), so
 every client built afterwards has its transport wrapped in it at construction (no patch of
 httpx).
