@@ -12,12 +12,12 @@ from imagegw.frontends.common import gateway_of
 
 
 async def list_models(request: Request) -> Response:
-    provider = gateway_of(request).provider(request.path_params.get("provider"))
+    provider = gateway_of(request).listing(request.path_params.get("provider"))
     return JSONResponse(model_list(provider.name, [m.id for m in provider.catalog]))
 
 
 async def get_model(request: Request) -> Response:
-    provider = gateway_of(request).provider(request.path_params.get("provider"))
+    provider = gateway_of(request).listing(request.path_params.get("provider"))
     model = request.path_params["model"]
     if not any(m.id == model for m in provider.catalog):
         raise NotFoundError(
