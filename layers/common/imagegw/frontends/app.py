@@ -263,5 +263,6 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    app.state.gateway = gateway  # the Batch API's service: at its first request (`batches_of`)
+    # (the Batch API's service is made by its first request: `routes.batches.batches_of`)
+    app.state.gateway = gateway
     return app
