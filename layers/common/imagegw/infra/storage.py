@@ -248,7 +248,8 @@ class ImageStore:
             answer = await pooled.read_whole(
                 request, limit=_ANSWER_LIMIT, too_large=_too_large, content=request.stream
             )
-            return 502 if answer is None else answer.status_code
+            await answer.aclose()  # an encoded answer comes back open, unread
+            return answer.status_code
         response = await outer.handle_async_request(request)
         try:
             size = 0
