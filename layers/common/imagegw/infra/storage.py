@@ -25,17 +25,19 @@ import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio.to_thread
-import httpx
 
 from imagegw.errors import ConfigurationError, StorageError
-from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, InputImage, check_image
-from imagegw.infra.transport import PooledTransport
+
+if TYPE_CHECKING:  # httpx and the pool are imported by the first upload (cold start)
+    import httpx
+
+    from imagegw.infra.transport import PooledTransport
 
 T = TypeVar("T")
 #: S3 error codes of a HeadObject on a key that is not there
@@ -55,7 +57,7 @@ POLICY_MARGIN: Final = 120
 POLICY_MAX_BYTES: Final = 5 * 1024**3
 #: connect and read limits of an upload: an unreachable bucket must fail in seconds (callers
 #: then fall back: a paid result is delivered by the provider's link)
-UPLOAD_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+UPLOAD_TIMEOUT: Final = {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 30.0}
 #: tries of an upload that met a connection failure, a 5xx or (once signed again) a 403
 UPLOAD_TRIES: Final = 3
 #: uploads in flight to the bucket per instance (more wait for a connection)
@@ -202,6 +204,9 @@ class ImageStore:
     def _transport(self) -> tuple[PooledTransport, httpx.AsyncBaseTransport]:
         """The running loop's upload pool, and the same in the transport layers added so far
         (`imagegw.infra.clients.layered`: X-Ray's, in a traced task function)."""
+        from imagegw.infra.clients import layered
+        from imagegw.infra.transport import PooledTransport
+
         loop = asyncio.get_running_loop()
         with self._pooling:  # not `_lock`, held while the S3 client is built
             pair = self._transports.get(loop)
@@ -212,6 +217,8 @@ class ImageStore:
 
     async def _post(self, form: _Form, key: str, image: ImageBytes) -> int:
         """One POST of the form with `image` under `key`; S3's status."""
+        import httpx
+
         head = b"%s%s%s--%s\r\n" % (
             form.signed,
             self._part("key", key),
@@ -240,7 +247,7 @@ class ImageStore:
                 "Content-Length": str(len(head) + len(data) + len(tail)),
             },
             content=body(),
-            extensions={"timeout": UPLOAD_TIMEOUT.as_dict()},
+            extensions={"timeout": UPLOAD_TIMEOUT},
         )
         pooled, outer = self._transport()
         if outer is pooled:  # nothing observes the pool: straight to it, the answer read whole
@@ -265,6 +272,8 @@ class ImageStore:
         """Store `image` under `key` (POST Object with the prefix's signed form): tried again
         after a connection failure or a 5xx, and signed again after a 403 (the credentials may
         have rotated)."""
+        import httpx
+
         prefix = key.split("/", 1)[0] + "/"
         form = await self._form(prefix)
         renewed = False
