@@ -278,7 +278,7 @@ def _walk(span: Window, start: float, stop: float) -> Iterator[tuple[float, floa
     longer far from it."""
     at = start
     while at < stop:
-        step = max(0.1 * span.spread, 0.1 * abs(at - span.centre), 0.02)
+        step = max(0.2 * span.spread, 0.2 * abs(at - span.centre), 0.05)
         yield at, step
         at += step
 
