@@ -66,7 +66,8 @@ def test_a_learned_model_is_polled_sparsely_far_from_its_end_and_densely_near_it
     span = window(timing, LEARNED)
     far = next_delay(timing, LEARNED, 1.0, BASE, MAXIMUM)
     near = next_delay(timing, LEARNED, span.centre, BASE, MAXIMUM)
-    assert far > 2.0 and near <= 0.3
+    # about three polls a second at the likely end (the density follows the end's hazard)
+    assert far > 2.0 and near <= 0.35
     assert span.start < 0.5 + 10.0 < span.end
 
 

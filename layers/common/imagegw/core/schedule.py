@@ -64,10 +64,10 @@ QUEUE_MAX: Final = 2.0
 DENSE_MIN: Final = 0.3
 #: a learned model's tasks that overrun the normal law of its run times (a queue's or a
 #: provider's hiccup): past the likely end the hazard falls, and the polls thin out
-LATE: Final = 0.1
+LATE: Final = 0.2
 #: what a poll is worth, in seconds of expected lag per second of the task's expected age
 #: (0.005: 35 ms for a 7-s task, 0.15 s for a 30-s one)
-PRICE: Final = 0.004
+PRICE: Final = 0.005
 #: half-width of the dense window, in spreads (about 70% of the ends fall inside)
 CORE: Final = 0.75
 #: beyond this distance to the window, waits halve it (a check on the way: sparse)
@@ -315,7 +315,7 @@ def _hazard_delay(timing: Timing, span: Window, now: float, dense: float, cap: f
             break
         covered += density * step
     wait = max(dense, ahead - now)
-    if now > span.end:
+    if now > span.end:  # overrunning: heard of within a share of the time since the end
         wait = min(wait, max(dense, OVERRUN * (now - span.centre)))
     return wait
 
