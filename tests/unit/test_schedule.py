@@ -66,8 +66,8 @@ def test_a_learned_model_is_polled_sparsely_far_from_its_end_and_densely_near_it
     span = window(timing, LEARNED)
     far = next_delay(timing, LEARNED, 1.0, BASE, MAXIMUM)
     near = next_delay(timing, LEARNED, span.centre, BASE, MAXIMUM)
-    # about three polls a second at the likely end (the density follows the end's hazard)
-    assert far > 2.0 and near <= 0.35
+    # two to three polls a second at the likely end (the density follows the end's hazard)
+    assert far > 2.0 and near <= 0.4
     assert span.start < 0.5 + 10.0 < span.end
 
 
@@ -297,14 +297,14 @@ def test_a_learned_models_polls_are_densest_where_its_end_is_most_likely() -> No
 
 
 def test_a_learned_models_wait_does_not_jump_over_its_likely_end() -> None:
-    # from far before the likely end, each wait lands before the window's centre: the polls walk
-    # into the window, they do not step over it
+    # from far before the likely end, each wait lands within the window at the latest: the
+    # polls walk into it, they do not step over it
     for estimate in (LEARNED, UNEVEN, Estimate(seconds=60.0, spread=6.0, samples=20)):
         timing = Timing(submitted=0.0).seen(0.0, "RUNNING")
         span, now = window(timing, estimate), 0.0
         while now < span.start:
             now += next_delay(timing, estimate, now, BASE, MAXIMUM)
-            assert now < span.centre
+            assert now <= span.end
             timing = timing.seen(now, "RUNNING")
 
 
@@ -320,3 +320,16 @@ def test_a_task_that_queued_long_is_polled_more_sparsely_in_its_run() -> None:
         ]
 
     assert all(old > new for old, new in zip(waits(-25.0), waits(-0.5), strict=True))
+
+
+def test_a_law_learned_from_few_tasks_is_trusted_less_but_its_window_is_still_polled() -> None:
+    # a model's first samples are often a burst's quickest tasks: learned from 3 tasks, its
+    # polls gather less around the mean than learned from 50; a task that overruns it by a tenth
+    # is still heard of within a second (the window's end is always polled)
+    few, many = (Estimate(seconds=10.0, spread=0.5, samples=n) for n in (3, 50))
+    timing = Timing(submitted=0.0).seen(0.0, "RUNNING")
+    at = window(timing, many).centre - 0.3
+    assert next_delay(timing, few, at, BASE, MAXIMUM) > next_delay(timing, many, at, BASE, MAXIMUM)
+    for estimate in (few, many):
+        _, lag = polls_until(11.5, 0.5, estimate)
+        assert lag <= 1.0

@@ -14,12 +14,13 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   not from the submission;
 - while running, a model with a history (`LEARNED` tasks): where its end is likely
   (`_hazard_delay`). The predicted end is a normal law (the learned run time and spread, widened
-  by the uncertainty of when the run began) beside a share (`LATE`) of tasks that overrun it;
+  by the uncertainty of when the run began) beside a share of tasks that overrun it (`LATE`,
+  more while few tasks were learned from: `UNSURE`);
   the polls' density follows the square root of the chance that the task ends in the next
   moment given it has not yet (its hazard), which balances the lag a poll saves against its
   price (`PRICE` of the task's expected age, so a task that queued long or runs long is
   polled more sparsely): sparse far before the likely end, densest late in it, and thinning
-  out once the task overruns it;
+  out once the task overruns it; no wait steps over the end of the likely window;
 - a model on its prior or a short history, while running: sparsely far from its predicted end
   (each wait half the time left to the window), then densely in a window around the
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
@@ -65,6 +66,9 @@ DENSE_MIN: Final = 0.3
 #: a learned model's tasks that overrun the normal law of its run times (a queue's or a
 #: provider's hiccup): past the likely end the hazard falls, and the polls thin out
 LATE: Final = 0.2
+#: ... and more while the law is learned from few tasks (UNSURE/√samples: a model's first
+#: samples are often a burst's quickest tasks, the first to end), at least `LATE`
+UNSURE: Final = 1.5
 #: what a poll is worth, in seconds of expected lag per second of the task's expected age
 #: (0.005: 35 ms for a 7-s task, 0.15 s for a 30-s one)
 PRICE: Final = 0.005
@@ -249,7 +253,8 @@ def _predicted_delay(
     dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)
     if estimate.samples >= LEARNED:
-        return min(cap, _hazard_delay(timing, span, now, dense, cap))
+        late = max(LATE, UNSURE / math.sqrt(estimate.samples))
+        return min(cap, _hazard_delay(timing, span, now, dense, cap, late))
     if now < span.start:  # far: halve the distance while it is long, then go to the window
         far = span.start - now
         return min(cap, far if far <= FAR else far / 2)
@@ -259,18 +264,18 @@ def _predicted_delay(
     return min(cap, max(dense, OVERRUN * (now - span.end)))
 
 
-def _hazard(span: Window, at: float) -> float:
+def _hazard(span: Window, at: float, late: float) -> float:
     """The chance a second that the task ends at `at`, given it has not ended before: a
-    normal law around the window's centre, beside `LATE` of tasks that end later."""
+    normal law around the window's centre, beside a share `late` of tasks that end later."""
     z = (at - span.centre) / span.spread
     density = math.exp(-z * z / 2) / (math.sqrt(2 * math.pi) * span.spread)
     survives = 0.5 * math.erfc(z / math.sqrt(2))
-    return (1 - LATE) * density / ((1 - LATE) * survives + LATE)
+    return (1 - late) * density / ((1 - late) * survives + late)
 
 
-def _survives(span: Window, at: float) -> float:
+def _survives(span: Window, at: float, late: float) -> float:
     """The chance that the task runs on past `at` (`_hazard`'s law)."""
-    return (1 - LATE) * 0.5 * math.erfc((at - span.centre) / (span.spread * math.sqrt(2))) + LATE
+    return (1 - late) * 0.5 * math.erfc((at - span.centre) / (span.spread * math.sqrt(2))) + late
 
 
 def _walk(span: Window, start: float, stop: float) -> Iterator[tuple[float, float]]:
@@ -283,39 +288,44 @@ def _walk(span: Window, start: float, stop: float) -> Iterator[tuple[float, floa
         at += step
 
 
-def _price(timing: Timing, span: Window, now: float) -> float:
+def _price(timing: Timing, span: Window, now: float, late: float) -> float:
     """A poll's price in seconds of lag: `PRICE` of the task's expected age, or more if the
     polls that price buys from now on would overspend the task's `budget`."""
     price = PRICE * max(span.centre - timing.submitted, span.spread)
     left = budget(span.centre - timing.submitted) - timing.polls
     # the expected polls at this price: the density over the time the task is likely to run
     expected = sum(
-        step * _survives(span, at) * math.sqrt(_hazard(span, at) / (2 * price))
+        step * _survives(span, at, late) * math.sqrt(_hazard(span, at, late) / (2 * price))
         for at, step in _walk(span, now, span.centre + 3 * span.spread)
     )
     # the expected polls go as 1/sqrt(price): the price at which they fit what is left
     return price * max(1.0, expected / max(1.0, left)) ** 2
 
 
-def _hazard_delay(timing: Timing, span: Window, now: float, dense: float, cap: float) -> float:
+def _hazard_delay(
+    timing: Timing, span: Window, now: float, dense: float, cap: float, late: float
+) -> float:
     """The next poll of a running task of a learned model: one poll's worth of density ahead.
 
     A poll every d seconds around t costs the tasks still running 1/d polls a second and saves
     the ones ending there about d/2 of lag; with the hazard h(t) and a poll's price c (seconds
     of lag: `_price`), the cheapest density is √(h / 2c) polls a second. The wait walks ahead
     until that density sums to one poll, so a wait never jumps over the rise of the hazard.
-    At least `dense`; past the window at most `OVERRUN` of the time since the predicted end
-    (or `dense`): an overrunning task is heard of within a share of its overrun."""
-    price = _price(timing, span, now)
+    At least `dense`; never past the end of the window from before it; past the window at most
+    `OVERRUN` of the time since the predicted end (or `dense`): an overrunning task is heard of
+    within a share of its overrun. `late`: the share of tasks taken as ending past the law."""
+    price = _price(timing, span, now, late)
     ahead, covered = now + cap, 0.0
     for at, step in _walk(span, now, now + cap):
-        density = math.sqrt(_hazard(span, at) / (2 * price))
+        density = math.sqrt(_hazard(span, at, late) / (2 * price))
         if covered + density * step >= 1.0:
             ahead = at + (1.0 - covered) / density
             break
         covered += density * step
     wait = max(dense, ahead - now)
-    if now > span.end:  # overrunning: heard of within a share of the time since the end
+    if now < span.end:  # the window's end is polled whatever the law says
+        wait = min(wait, max(dense, span.end - now))
+    else:  # overrunning: heard of within a share of the time since the predicted end
         wait = min(wait, max(dense, OVERRUN * (now - span.centre)))
     return wait
 
