@@ -26,9 +26,10 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
   bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
   0.28 for long ones);
-- past the predicted end, thinning out the longer the task overruns it: each wait at least a
-  share (`OVERRUN`) of the time since the window closed, so a long task of a model whose recent
-  tasks were short costs a few polls, not one every POLL_INTERVAL;
+- past the predicted end, thinning out the longer the task overruns it: each wait a share
+  (`OVERRUN`) of the overrun (at least, on a prior or a short history; at most, for a learned
+  model, whose hazard falls there), so a long task of a model whose recent tasks were short
+  costs a few polls, not one every POLL_INTERVAL;
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
   or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
   schedule while the task runs, until the prior's window has passed.
@@ -269,8 +270,7 @@ def _hazard(span: Window, at: float, late: float) -> float:
     normal law around the window's centre, beside a share `late` of tasks that end later."""
     z = (at - span.centre) / span.spread
     density = math.exp(-z * z / 2) / (math.sqrt(2 * math.pi) * span.spread)
-    survives = 0.5 * math.erfc(z / math.sqrt(2))
-    return (1 - late) * density / ((1 - late) * survives + late)
+    return (1 - late) * density / _survives(span, at, late)
 
 
 def _survives(span: Window, at: float, late: float) -> float:
