@@ -12,16 +12,15 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   and `QUEUE_MAX` times it): a long queue costs a few polls, and the run's predicted
   end is counted from the poll that saw it running (the learned *run* time, not queue and run),
   not from the submission;
-- while running, a model with a history (`LEARNED` tasks): where its end is likely
+- while running, a model learned from `SHAPED` tasks or more: where its end is likely
   (`_hazard_delay`). The predicted end is a normal law (the learned run time and spread, widened
-  by the uncertainty of when the run began) beside a share of tasks that overrun it (`LATE`,
-  more while few tasks were learned from: `UNSURE`);
+  by the uncertainty of when the run began) beside a share of tasks that overrun it (`LATE`);
   the polls' density follows the square root of the chance that the task ends in the next
   moment given it has not yet (its hazard), which balances the lag a poll saves against its
   price (`PRICE` of the task's expected age, so a task that queued long or runs long is
   polled more sparsely): sparse far before the likely end, densest late in it, and thinning
   out once the task overruns it; no wait steps over the end of the likely window;
-- a model on its prior or a short history, while running: sparsely far from its predicted end
+- a model on its prior or a shorter history, while running: sparsely far from its predicted end
   (each wait half the time left to the window), then densely in a window around the
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
   bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
@@ -66,10 +65,11 @@ QUEUE_MAX: Final = 2.0
 DENSE_MIN: Final = 0.3
 #: a learned model's tasks that overrun the normal law of its run times (a queue's or a
 #: provider's hiccup): past the likely end the hazard falls, and the polls thin out
-LATE: Final = 0.2
-#: ... and more while the law is learned from few tasks (UNSURE/√samples: a model's first
-#: samples are often a burst's quickest tasks, the first to end), at least `LATE`
-UNSURE: Final = 1.5
+LATE: Final = 0.1
+#: samples from which a model's law is shaped by its hazard (`_hazard_delay`): by then the
+#: weighted estimate (`estimates.WEIGHT` 0.2) has all but forgotten its first samples, often a
+#: burst's quickest tasks (the first to end), which put the law too early and too narrow
+SHAPED: Final = 20
 #: what a poll is worth, in seconds of expected lag per second of the task's expected age
 #: (0.005: 35 ms for a 7-s task, 0.15 s for a 30-s one)
 PRICE: Final = 0.005
@@ -253,9 +253,8 @@ def _predicted_delay(
     # a prior or a short history is a guess: no denser than POLL_INTERVAL around it
     dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)
-    if estimate.samples >= LEARNED:
-        late = max(LATE, UNSURE / math.sqrt(estimate.samples))
-        return min(cap, _hazard_delay(timing, span, now, dense, cap, late))
+    if estimate.samples >= SHAPED:
+        return min(cap, _hazard_delay(timing, span, now, dense, cap, LATE))
     if now < span.start:  # far: halve the distance while it is long, then go to the window
         far = span.start - now
         return min(cap, far if far <= FAR else far / 2)
