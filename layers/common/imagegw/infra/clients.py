@@ -35,6 +35,12 @@ TransportLayer = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
 _LAYERS: list[TransportLayer] = []
 
 
+class AnswerTimeout(httpx.ReadTimeout):
+    """A provider's whole answer did not come within the call's deadline
+    (`imagegw.providers.upstream.send`). An httpx read timeout, so callers word it as they
+    word one: the request may have started."""
+
+
 def add_transport_layer(layer: TransportLayer) -> None:
     """Wrap the transport of every client built from now on in `layer` (once per layer)."""
     if layer not in _LAYERS:

@@ -23,7 +23,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
-import httpx
 from pydantic import SecretStr
 
 from imagegw import redaction
@@ -36,8 +35,8 @@ from imagegw.errors import (
     RateLimitError,
     for_status,
 )
-from imagegw.infra.clients import direct_transport
 from imagegw.infra.config import Settings
+from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 #: the longest provider message passed on
@@ -50,11 +49,6 @@ RETRY_HEADERS: Final = ("retry-after", "retry-after-ms")
 MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
 #: headers of an answer that describe its encoded body, not the body the gateway read
 _BODY_HEADERS: Final = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-
-
-class AnswerTimeout(httpx.ReadTimeout):
-    """A provider's whole answer did not come within the call's deadline (`send`). An httpx
-    read timeout, so callers word it as they word one: the request may have started."""
 
 
 def image_answer_limit(settings: Settings) -> int:
@@ -147,6 +141,8 @@ async def send_request(
     and again (a task's poll) is built once; read as `send` reads. A GET of the provider client
     goes straight to its pool (`PooledTransport.read_whole`: a poll spends nothing on the
     client's layers), unless its answer is encoded."""
+    from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
+
     direct = direct_transport(client) if request.method == "GET" else None
     try:
         with anyio.fail_after(deadline):
@@ -171,6 +167,8 @@ async def opened(
 ) -> AsyncIterator[httpx.Response]:
     """A streamed call's answer, open with its body unread (read it with `read_answer`, or
     line by line with `lines`): its head within `deadline` seconds, else `AnswerTimeout`."""
+    from imagegw.infra.clients import AnswerTimeout  # loaded with the client
+
     request = client.build_request(method, url, **kwargs)
     try:
         with anyio.fail_after(deadline):
@@ -276,11 +274,6 @@ def error_for(
     return for_status(status)(message, code="provider_error")
 
 
-#: transport failures that happen before a request is on the wire (refused, DNS, connect
-#: timeout, no free connection): the provider cannot have started anything
-NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
 def unreachable(
     title: str, exc: httpx.TransportError, settings: Settings, *, waited: float | None = None
 ) -> GatewayError:
@@ -291,7 +284,9 @@ def unreachable(
     so the client is told not to retry. `waited`: the read timeout the call had (default
     GENERATION_TIMEOUT, as for calls that wait for the work itself)."""
     name = type(exc).__name__
-    if isinstance(exc, NOT_SENT):
+    # failures before the request is on the wire (refused, DNS, connect timeout, no free
+    # connection): the provider cannot have started anything
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return ProviderUnreachableError(
             f"{title} could not be reached ({name}); nothing was sent, so trying again is safe.",
             code="provider_unreachable",
