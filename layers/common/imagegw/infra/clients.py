@@ -103,11 +103,14 @@ def provider_client(
     return client
 
 
-def direct_transport(client: httpx.AsyncClient) -> PooledTransport | None:
+def direct_transport(client: httpx.AsyncClient, request: httpx.Request) -> PooledTransport | None:
     """The pool under a client `provider_client` built with no transport layer (none observes
-    its calls), for a request that needs none of the client's own work: a poll
-    (`imagegw.providers.upstream.send_request`, `PooledTransport.read_whole`). None for any
-    other client (a test's, a traced one): such requests go through the client. The client's
-    event hooks do not run for these requests (the provider client's one runs on its first
-    call, a submission)."""
-    return client.direct if isinstance(client, ProviderClient) else None
+    its calls), for a request that needs none of the client's own work: one whose body is in
+    memory (a poll's GET, a JSON submission: `imagegw.providers.upstream.send_request`,
+    `PooledTransport.read_whole`). None for any other client (a test's, a traced one), for a
+    streamed or multipart body, or when the client has response hooks: such requests go
+    through the client. The caller runs the client's request hooks (the provider client's
+    one warms the S3 client on the first call)."""
+    if not isinstance(client, ProviderClient) or client.event_hooks["response"]:
+        return None
+    return client.direct if isinstance(request.stream, httpx.ByteStream) else None
