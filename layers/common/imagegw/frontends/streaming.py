@@ -18,6 +18,7 @@ from imagegw.errors import GatewayError, render
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
+from imagegw.infra.waits import done_within
 from imagegw.runners.inprocess import Event, Progress, Result
 
 T = TypeVar("T")
@@ -106,28 +107,6 @@ async def _next(iterator: AsyncIterator[T]) -> T | object:
         return _END
 
 
-async def _done_within(task: asyncio.Task[Any], seconds: float) -> bool:
-    """Whether `task` is done within `seconds`; it runs on either way. `asyncio.wait` of one
-    task, without the set, the two coroutines and the counter that call makes: a stream waits
-    so for each of its events, all its life."""
-    if task.done():
-        return True
-    waiter = asyncio.get_running_loop().create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = asyncio.get_running_loop().call_later(seconds, wake)
-    task.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        task.remove_done_callback(wake)
-    return task.done()
-
-
 async def with_keepalive(
     events: AsyncIterator[T],
     interval: float,
@@ -142,7 +121,7 @@ async def with_keepalive(
             if pending is None:
                 pending = asyncio.create_task(_next(iterator))
             wait = max(0.0, last + interval - clock())
-            if not await _done_within(pending, wait):
+            if not await done_within(pending, wait):
                 last = clock()
                 yield None
                 continue
