@@ -4,10 +4,11 @@
   so modules without it would be compiled on every cold start, and timestamp-checked bytecode
   could be judged stale after the zip and unzip of the deployment.
 - The layer leaves the runtime's own packages (boto3 and its dependencies) to the runtime.
-- Booted the way Lambda boots it (test_deployed_build.py), the app imports no boto3 before its
-  readiness check passes; the first generation that needs the bucket does; after the first
-  generation, a generation imports nothing (a failing import, retried on every request, costs a
-  search of the whole path each time).
+- Booted the way Lambda boots it (test_deployed_build.py), listing its models loads neither
+  httpx's client nor another front end's module.
+- Booted so, the app imports no boto3 before its readiness check passes; the first generation
+  that needs the bucket does; after the first generation, a generation imports nothing (a
+  failing import, retried on every request, costs a search of the whole path each time).
 
 Imports are seen from outside, with PYTHONPROFILEIMPORTTIME=1 (`python -X importtime`), which
 makes the interpreter write a line to stderr for each module it imports, as it does.
@@ -140,6 +141,23 @@ def _generate(url: str, prompt: str) -> str:
     )
     assert "/v1/files/" in content, text[-2000:]
     return content
+
+
+def test_listing_models_after_readiness_loads_no_http_client_and_no_other_route(
+    profiled_app: Profiled,
+) -> None:
+    # Given the build booted as Lambda boots it, past its readiness check
+    # When its models are listed (the bench's readiness request)
+    answer = httpx.get(f"{profiled_app.url}/v1/models", timeout=30.0)
+
+    # Then they are, and neither httpx's client nor what the other front ends read requests
+    # with (their reader, the pydantic request models) is loaded
+    assert answer.status_code == 200
+    assert "Qwen/Qwen-Image" in [card["id"] for card in answer.json()["data"]]
+    imported = set(profiled_app.imported())
+    assert "imagegw.frontends.app" in imported  # the profile is there
+    unused = {"httpx._client", "httpcore", "imagegw.frontends.web", "imagegw.frontends.schemas"}
+    assert sorted(imported & (unused | set(BOTO))) == []
 
 
 def test_boto3_is_imported_by_the_first_generation_not_before_readiness(

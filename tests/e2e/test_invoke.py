@@ -27,6 +27,9 @@ from pydantic import SecretStr
 from e2e.test_deployed_build import LAYER, _build_dir, _check_architecture
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size
+from imagegw.frontends.batch_steps import item_job_id
+from imagegw.frontends.batches import result_name
+from imagegw.infra.batchstore import BatchStore
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import RESULTS
 from imagegw.runners.stepfunctions.schema import JobInput
@@ -53,6 +56,9 @@ FUNCTIONS = {
     "job-submit.json": "JobSubmitFunction",
     "job-poll.json": "JobPollFunction",
     "job-store.json": "JobStoreFunction",
+    "batch-validate.json": "BatchStepFunction",
+    "batch-submit.json": "BatchStepFunction",
+    "batch-store.json": "BatchStepFunction",
     "batch-record.json": "BatchStepFunction",
     "batch-finalize.json": "BatchStepFunction",
     "job-notify.json": "JobNotifyFunction",
@@ -345,6 +351,96 @@ def test_store_event_stores_the_image(run: Invoker) -> None:
     )
 
 
+def _run_object(running: StandIns, batch: dict[str, Any], name: str) -> Any:
+    """A batch run's JSON object in the stand-in bucket."""
+    key = BatchStore.run_key(batch["owner"], batch["id"], name)
+    return json.loads(
+        running.client("s3").get_object(Bucket=running.bucket, Key=key)["Body"].read()
+    )
+
+
+def test_batch_validate_event_checks_the_input_file(run: Invoker) -> None:
+    # Given the Validate event as it is, before any batch record is in the bucket
+    batch = _event("batch-validate.json")["batch"]
+    # When it is invoked / Then the batch fails with a clear reason, nothing to run
+    alone = run("batch-validate.json")
+    assert alone.status == 0, alone.log[-3000:]
+    assert alone.result() == {"status": "failed", "total": 0}
+    (error,) = _run_object(run.running, batch, "validated.json")["errors"]["data"]
+    assert error["code"] == "batch_not_found" and batch["id"] in error["message"]
+
+    # Given the batch's record and input file, as `POST /v1/files` and `/v1/batches` store them
+    s3, owner = run.running.client("s3"), batch["owner"]
+    file_id = "file-" + "4" * 24
+    lines = [
+        {"custom_id": f"cat-{i}", "method": "POST", "url": "/v1/images/generations",
+         "body": {"model": "Qwen/Qwen-Image", "prompt": f"A golden cat, take {i}"}}
+        for i in (1, 2)
+    ]  # fmt: skip
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    s3.put_object(
+        Bucket=run.running.bucket, Key=BatchStore.file_key(owner, file_id, "data"), Body=content
+    )
+    record = {
+        "id": batch["id"], "owner": owner, "input_file_id": file_id,
+        "endpoint": "/v1/images/generations", "provider": "modelscope",
+    }  # fmt: skip
+    key = BatchStore.run_key(owner, batch["id"], "batch.json")
+    s3.put_object(Bucket=run.running.bucket, Key=key, Body=json.dumps(record).encode())
+
+    # When it is invoked again
+    checked = run("batch-validate.json")
+
+    # Then the file passed: two items written for the map, each line's job planned
+    assert checked.status == 0, checked.log[-3000:]
+    assert checked.result() == {"status": "in_progress", "total": 2}
+    items = _run_object(run.running, batch, "items.json")
+    assert [(i["index"], i["custom_id"], i["job"]["prompt"]) for i in items] == [
+        (0, "cat-1", "A golden cat, take 1"),
+        (1, "cat-2", "A golden cat, take 2"),
+    ]
+    assert {i["job"]["provider"] for i in items} == {"modelscope"}
+
+
+def test_batch_submit_event_submits_the_item_as_its_own_job(
+    run: Invoker, fake_ms: FakeModelScope
+) -> None:
+    # Given the item's Submit event, its key sealed for the batch (`make events`)
+    event = _event("batch-submit.json")
+
+    # When it is invoked
+    outcome = run("batch-submit.json")
+
+    # Then the item's task started at ModelScope, as a job whose id is the item's own
+    assert outcome.status == 0, outcome.log[-3000:]
+    state = outcome.result()
+    assert state["progress"]["status"] == "running"
+    assert state["job"]["id"] == item_job_id(event["batch"]["id"], event["item"]["index"])
+    assert state["item"] == {"index": 0, "custom_id": "cat-1"}
+    (submitted,) = fake_ms.submissions
+    assert submitted["body"]["prompt"] == event["item"]["job"]["prompt"]
+    # and the key is sealed anew for that job: it is in neither answer nor log
+    assert state["key"] != event["key"]
+    assert SAMPLE_TOKEN not in outcome.output.decode() + outcome.log
+
+
+def test_batch_store_event_stores_the_image_and_writes_the_line(run: Invoker) -> None:
+    # Given an item whose task succeeded with an inline image / When its Store is invoked
+    event = _event("batch-store.json")
+    outcome = run("batch-store.json")
+
+    # Then the item ended well, and its line answers the image's lasting link
+    assert outcome.status == 0, outcome.log[-3000:]
+    assert outcome.result() == {"index": 0, "ok": True}
+    line = _run_object(run.running, event["batch"], result_name(0, ok=True))
+    assert line["custom_id"] == "cat-1" and line["error"] is None
+    assert line["response"]["status_code"] == 200
+    (image,) = line["response"]["body"]["data"]
+    assert image["url"].startswith(event["batch"]["base_url"] + "/v1/files/")
+    uri = event["progress"]["tasks"][0]["images"][0]["url"]
+    assert _stored(run.running, image["url"]) == base64.b64decode(uri.split(",", 1)[1])
+
+
 def test_batch_events_record_an_item_and_end_the_batch(run: Invoker) -> None:
     # Given an item of a batch that failed at the provider / When Record, then Finalize run
     recorded = run("batch-record.json")
@@ -433,11 +529,17 @@ def test_make_events_keeps_current_keys_and_seals_copies(run: Invoker, tmp_path:
     # When a key of your own is sealed (into another folder)
     copies = seal(EVENTS, tmp_path / "own", sealer, SecretStr("ms-own"), keep_current=False)
 
-    # Then the job events with a key are copied with it sealed for their job, the rest not
-    assert sorted(p.name for p in copies) == ["job-poll.json", "job-submit.json"]
+    # Then the events with a key are copied with it sealed for their job (a batch item's: for
+    # its batch, as `POST /v1/batches` seals it), the rest not
+    assert sorted(p.name for p in copies) == [
+        "batch-submit.json",
+        "job-poll.json",
+        "job-submit.json",
+    ]
     for path in copies:
         event = json.loads(path.read_text())
-        assert sealer.open(event["key"], event["job"]["id"]).get_secret_value() == "ms-own"
+        sealed_for = (event.get("job") or event["batch"])["id"]
+        assert sealer.open(event["key"], sealed_for).get_secret_value() == "ms-own"
         assert {k: v for k, v in event.items() if k != "key"} == {
             k: v for k, v in _event(path.name).items() if k != "key"
         }

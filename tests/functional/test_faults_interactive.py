@@ -10,11 +10,12 @@ answer a byte a second; a result link no URL parser takes (an invalid IDNA host)
 generated image (the provider's fault, not the client's); an upload declaring a huge size, or cut
 short (refused before anything is stored or sent); a client waiting a few seconds; the job service
 down; a job with a private image URL; a failed paid request repeated (answered from the first);
-a task refused for its content (a 400).
+a task refused for its content (a 400); a run-time estimates table slow to write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -39,6 +40,8 @@ from fakes.openai_images import FakeOpenAIImages
 from fakes.png import make_png
 from fakes.server import ServerThread, SwappableApp
 from fakes.siliconflow import FakeSiliconFlow
+from imagegw.core.estimates import MemoryEstimates
+from imagegw.core.schedule import Key
 from imagegw.frontends.app import create_app
 from imagegw.infra.config import Settings
 from imagegw.infra.storage import ImageStore
@@ -470,6 +473,42 @@ def test_a_client_that_stays_gets_its_images(
     assert answer.status_code == 200
     assert len(answer.json()["data"]) == 1
     assert ms.count("POST", SUBMIT) == 1
+
+
+class SlowTable(MemoryEstimates):
+    """Run-time estimates in a table that takes a while to write (the access table's
+    `estimate#` items, `access/shared_estimates.py`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[float] = []
+
+    async def record(self, key: Key, seconds: float) -> None:
+        await asyncio.sleep(0.3)
+        await super().record(key, seconds)
+        self.written.append(seconds)
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_slow_estimates_table_is_written_before_the_answer_ends(
+    serve: Callable[[ASGIApp], str],
+    make_settings: Callable[..., Settings],
+    ms: Faulty,
+    fake_ms: FakeModelScope,
+    front_end: str,
+) -> None:
+    # Given a run-time table slow to write, and a task done at once
+    fake_ms.task_duration = 0.0
+    app = create_app(make_settings())
+    table = app.state.gateway.estimates = SlowTable()
+
+    # When a client gets its image
+    answer = post(serve(app), front_end)
+
+    # Then the task's run time was written before the answer ended (on Lambda nothing runs
+    # after it)
+    assert answer.status_code == 200
+    assert len(table.written) == 1
 
 
 def test_a_client_leaving_a_chat_pass_through_hangs_up_on_the_provider(

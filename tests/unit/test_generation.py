@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from imagegw.core.estimates import MemoryEstimates
+from imagegw.core.schedule import Estimate, Key
 from imagegw.errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -208,13 +208,13 @@ async def test_an_unexpected_poll_error_ends_the_job_at_once() -> None:
     # Given a provider whose check crashes, and a generous deadline
     settings = FAST.model_copy(update={"generation_timeout": 5.0})
     provider = Scripted(settings, [[RuntimeError("boom: ms-secret")]])
-    began = time.monotonic()
 
-    # Then the job fails promptly with an opaque 500, not a 504 at the deadline
+    # Then the job fails at its first poll with an opaque 500, not a 504 at the deadline
     with pytest.raises(GatewayError) as caught:
         await events_of(provider, job(), settings)
 
-    assert time.monotonic() - began < 1.0
+    assert not isinstance(caught.value, DeadlineExceededError)
+    assert provider.checks == ["task-0"]
     status, body, headers = render(caught.value)
     assert status == 500
     assert "ms-secret" not in body["error"]["message"]
@@ -224,12 +224,11 @@ async def test_an_unexpected_poll_error_ends_the_job_at_once() -> None:
 async def test_deadline_is_a_504_naming_the_task() -> None:
     settings = FAST.model_copy(update={"generation_timeout": 0.2, "progress_interval": 0.05})
     provider = Scripted(settings, [[Running("RUNNING")]])
-    began = time.monotonic()
 
     with pytest.raises(DeadlineExceededError) as caught:
         await events_of(provider, job(), settings)
 
-    assert time.monotonic() - began < 1.0
+    assert provider.checks  # the task was polled until the deadline, then given up on
     error = caught.value
     assert error.status == 504
     assert error.code == "deadline_exceeded"
@@ -481,6 +480,116 @@ async def test_a_resumed_job_polls_the_tasks_it_is_given_and_starts_none() -> No
     assert isinstance(first, Progress) and first.task_ids == ("task-0", "task-1")
     # and their run times, unknown here (they began before), teach nothing
     assert learned.learned == {}
+
+
+class SharedLike(MemoryEstimates):
+    """Estimates kept in a slow table: a lookup answers once `answer_lookups` is set, a record
+    is written once `finish_records` is set (or fails with `record_error`)."""
+
+    def __init__(self, record_error: Exception | None = None) -> None:
+        super().__init__()
+        self.answer_lookups = asyncio.Event()
+        self.finish_records = asyncio.Event()
+        self.record_error = record_error
+        self.recording = 0
+
+    async def get(self, key: Key) -> Estimate | None:
+        await self.answer_lookups.wait()
+        return await super().get(key)
+
+    async def record(self, key: Key, seconds: float) -> None:
+        self.recording += 1
+        await self.finish_records.wait()
+        if self.record_error is not None:
+            raise self.record_error
+        await super().record(key, seconds)
+
+
+class StartsOnceAsked(Scripted):
+    """Its calls answer only once the model's run time has been asked for (`asked`); each
+    sets `submitted` when sent."""
+
+    def __init__(self, scripts: Sequence[Sequence[Step]], asked: asyncio.Event) -> None:
+        super().__init__(FAST, scripts)
+        self.asked = asked
+        self.submitted = asyncio.Event()
+
+    async def start(self, request: GenerationRequest) -> Started:
+        self.submitted.set()
+        await self.asked.wait()
+        return await super().start(request)
+
+
+class AsksOnceSubmitted(SharedLike):
+    """A table that answers a lookup only once the job's call was sent (`submitted`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.submitted = asyncio.Event()
+        self.finish_records.set()
+
+    async def get(self, key: Key) -> Estimate | None:
+        self.asked.set()
+        await self.submitted.wait()
+        return await MemoryEstimates.get(self, key)
+
+
+async def test_the_result_is_not_held_up_by_recording_the_run_time() -> None:
+    # Given estimates in a table whose writes are slow
+    estimates = SharedLike()
+    estimates.answer_lookups.set()
+    provider = Scripted(FAST, [[Finished((img(0),))]])
+    events = generate(provider, job(), FAST, estimates=estimates)
+
+    # When the task ends, its result comes while its run time is still being written
+    async with asyncio.timeout(10):
+        result = [event async for event in _until_result(events)][-1]
+    assert isinstance(result, Result) and result.images == (img(0),)
+    assert estimates.recording == 1 and estimates.learned == {}
+
+    # and the run ends only once the sample is written (nothing is left running after it)
+    estimates.finish_records.set()
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    assert [e.samples for e in estimates.learned.values()] == [1]
+
+
+async def test_a_run_time_that_cannot_be_recorded_loses_the_sample_not_the_result() -> None:
+    estimates = SharedLike(record_error=RuntimeError("table gone"))
+    estimates.answer_lookups.set()
+    estimates.finish_records.set()
+    provider = Scripted(FAST, [[Finished((img(0),))]])
+
+    events = await events_of_with(provider, estimates)
+
+    assert isinstance(events[-1], Result) and events[-1].images == (img(0),)
+    assert estimates.learned == {}
+
+
+async def test_the_run_time_is_looked_up_while_the_calls_start() -> None:
+    # Given a submission that answers only once the model's estimate was asked for, and a
+    # table that answers only once the submission was sent
+    estimates = AsksOnceSubmitted()
+    provider = StartsOnceAsked([[Finished((img(0),))]], estimates.asked)
+    estimates.submitted = provider.submitted
+
+    # When a job runs, both go on at once (one after the other, neither would ever answer)
+    async with asyncio.timeout(10):
+        events = await events_of_with(provider, estimates)
+
+    assert isinstance(events[-1], Result) and provider.started == ["task-0"]
+
+
+async def _until_result(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for event in events:
+        yield event
+        if isinstance(event, Result):
+            return
+
+
+async def events_of_with(provider: Provider, estimates: MemoryEstimates) -> list[Any]:
+    return [event async for event in generate(provider, job(), FAST, estimates=estimates)]
 
 
 async def test_a_resumed_job_still_running_at_its_deadline_is_the_504_naming_it() -> None:

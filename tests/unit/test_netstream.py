@@ -22,8 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fakes.socketserver import LoopbackServer
+from imagegw.infra.clients import direct_transport, provider_client
+from imagegw.infra.config import Settings
 from imagegw.infra.netstream import HIGH_WATER
 from imagegw.infra.transport import PooledTransport
+from imagegw.providers.upstream import read_answer, send
 
 pytestmark = pytest.mark.anyio
 
@@ -149,22 +152,30 @@ async def test_tls_is_spoken_and_the_name_checked(
             await http.get(f"https://127.0.0.1:{tls_server.port}/")
 
 
-async def test_a_poll_sent_straight_to_the_pool_reads_an_encoded_answer_through_the_client() -> (
-    None
-):
+async def test_an_encoded_answer_straight_from_the_pool_is_decoded_as_it_is_read() -> None:
     # Given a server that gzips its answer
-    body = b'{"task_status": "RUNNING"}'
+    body = b'{"task_id": "t-1"}'
     with OneAnswer(answer(gzip.compress(body), "Content-Encoding: gzip")) as server:
         transport = PooledTransport(max_connections=4)
         async with httpx.AsyncClient(transport=transport) as http:
-            request = http.build_request("GET", f"http://127.0.0.1:{server.port}/tasks/1")
-            # When the poll goes straight to the pool
+            request = http.build_request(
+                "POST", f"http://127.0.0.1:{server.port}/images/generations", json={"p": "x"}
+            )
+            # When a submission goes straight to the pool
             straight = await transport.read_whole(
                 request, limit=1024, too_large=lambda: AssertionError("too large")
             )
-            # Then it is left to the client, which decodes it
-            assert straight is None
-            assert (await http.send(request)).content == body
+            # Then its answer comes back unread, and reading it decodes it
+            assert not straight.is_closed
+            try:
+                read = await read_answer(straight, title="Fake", limit=1024)
+            finally:
+                await straight.aclose()
+            assert read.content == body
+            assert read.json() == {"task_id": "t-1"}
+    # and the submission was sent once
+    assert len(server.requests) == 1
+    assert server.requests[0].startswith(b"POST /images/generations ")
 
 
 async def test_a_poll_sent_straight_to_the_pool_is_read_as_the_client_reads_it() -> None:
@@ -218,3 +229,34 @@ async def test_a_connection_closed_by_the_server_is_not_reused_before_the_loop_s
             # Then the next request does not go on it: it is answered on a new connection
             assert (await http.get(url)).text == "ok"
     assert len(server.requests) == 2
+
+
+async def test_the_provider_clients_request_hooks_see_a_submission_sent_straight_to_the_pool() -> (
+    None
+):
+    # Given the provider client with a request hook (the gateway's warms the S3 client)
+    seen: list[tuple[str, bytes]] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append((request.method, request.content))
+
+    body = b'{"task_id": "t-1"}'
+    with OneAnswer(answer(gzip.compress(body), "Content-Encoding: gzip")) as server:
+        client = provider_client(Settings(), event_hooks={"request": [hook]})
+        assert direct_transport(client, client.build_request("POST", "http://x/", json={}))
+        try:
+            # When a submission is sent through `send`
+            got = await send(
+                client,
+                "POST",
+                f"http://127.0.0.1:{server.port}/images/generations",
+                title="Fake",
+                deadline=10,
+                json={"p": "x"},
+            )
+        finally:
+            await client.aclose()
+    # Then the hook saw it, it was sent once, and its answer reads decoded
+    assert seen == [("POST", b'{"p":"x"}')]
+    assert len(server.requests) == 1
+    assert got.json() == {"task_id": "t-1"}

@@ -16,7 +16,8 @@ import pytest
 
 import imagegw.providers as package
 from imagegw.errors import ProviderError
-from imagegw.providers.upstream import MAX_ANSWER_BYTES, AnswerTimeout, send
+from imagegw.infra.clients import AnswerTimeout
+from imagegw.providers.upstream import MAX_ANSWER_BYTES, send
 
 pytestmark = pytest.mark.anyio
 MB = 1024 * 1024

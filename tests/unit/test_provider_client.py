@@ -18,11 +18,11 @@ from starlette.routing import Route
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread
 from imagegw.infra import clients
-from imagegw.infra.clients import provider_client
+from imagegw.infra.clients import AnswerTimeout, provider_client
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Running
 from imagegw.providers.modelscope import ModelScope
-from imagegw.providers.upstream import AnswerTimeout, send
+from imagegw.providers.upstream import send
 
 pytestmark = pytest.mark.anyio
 

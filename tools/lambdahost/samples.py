@@ -1,5 +1,7 @@
 """`make events`: the provider key in the job events (`events/job-*.json` with a `key`), sealed
-for each event's job id with a KMS key, so the Submit and Poll functions can open it.
+for each event's job id with a KMS key, so the Submit and Poll functions can open it; and in a
+batch item's Submit event (`events/batch-submit.json`), sealed for its batch id, as
+`POST /v1/batches` seals it.
 
 - By default the key is the sample token (`standins.SAMPLE_TOKEN`, which the tests' fake
   providers accept) sealed with the stand-ins' job key, whose id and material are fixed: the
@@ -24,17 +26,29 @@ from imagegw.infra.sealer import KeySealer
 from lambdahost.build import InvokeError
 
 
+def sealed_for(event: Any) -> str | None:
+    """The id an event's provider key is sealed for: its job's, or a batch item's batch's
+    (an item's job seals its own copy); None for an event that carries no key."""
+    if not isinstance(event, dict) or "key" not in event:
+        return None
+    for owner in ("job", "batch"):
+        found = (event.get(owner) or {}).get("id")
+        if found:
+            return str(found)
+    return None
+
+
 def sealed_events(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """The events of `folder` that carry a sealed provider key for a job."""
+    """The events of `folder` that carry a sealed provider key (a job's or a batch's)."""
     for path in sorted(folder.glob("*.json")):
         event = json.loads(path.read_text())
-        if isinstance(event, dict) and "key" in event and "id" in (event.get("job") or {}):
+        if sealed_for(event):
             yield path, event
 
 
 def _opens_to(sealer: KeySealer, event: dict[str, Any], token: SecretStr) -> bool:
     try:
-        opened = sealer.open(str(event["key"]), str(event["job"]["id"]))
+        opened = sealer.open(str(event["key"]), str(sealed_for(event)))
     except GatewayError:
         return False
     return opened.get_secret_value() == token.get_secret_value()
@@ -51,7 +65,7 @@ def seal(
         if keep_current and _opens_to(sealer, event, token):
             continue
         try:
-            event["key"] = sealer.seal(token, str(event["job"]["id"]))
+            event["key"] = sealer.seal(token, str(sealed_for(event)))
         except GatewayError as exc:
             raise InvokeError(f"{path.name}: {exc.message}") from None
         out.mkdir(parents=True, exist_ok=True)

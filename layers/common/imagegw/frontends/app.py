@@ -1,5 +1,6 @@
-"""The ASGI app: routes from `imagegw.frontends.routes`, one error handler, CORS, request logging
-and a deadline on reading request bodies.
+"""The ASGI app: routes from `imagegw.frontends.routes` (each front end's module imported at its
+first request), one error handler, CORS, request logging and a deadline on reading request
+bodies.
 
 The same app runs under the Lambda Web Adapter (functions/api) and in `make run`.
 """
@@ -10,9 +11,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -29,20 +30,21 @@ from imagegw.errors import (
     NotFoundError,
     RequestTimeoutError,
 )
-from imagegw.frontends import webpage
-from imagegw.frontends.batches import Batches
+from imagegw.frontends import routes
+from imagegw.frontends.common import error_response
 from imagegw.frontends.cors import ApiGatewayCORS
 from imagegw.frontends.demo_routing import TokenlessToDemo
 from imagegw.frontends.paths import NormalizePath
-from imagegw.frontends.routes import batches, chat, files, images, jobs, models, uploads, webhooks
-from imagegw.frontends.web import error_response
 from imagegw.infra import apimetrics
-from imagegw.infra.batchstore import BatchStore
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
-from imagegw.infra.storage import ImageStore
 from imagegw.providers import PROVIDERS
 from imagegw.runners.gateway import Gateway
+
+if TYPE_CHECKING:
+    import httpx
+
+    from imagegw.infra.storage import ImageStore
 
 EXPOSED_HEADERS = [
     "retry-after",
@@ -53,8 +55,6 @@ EXPOSED_HEADERS = [
     "x-ignored-parameters",
     "x-model-treatment",
 ]
-#: front ends, each serving `/v1/...` and `/{provider}/v1/...`
-FRONT_ENDS = (models, chat, images, jobs, files, webhooks, batches, uploads)
 
 
 async def health(request: Request) -> Response:
@@ -211,11 +211,7 @@ def _declares_body(scope: Scope) -> bool:
 
 
 def all_routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = [*webpage.routes(), Route("/healthz", health)]
-    for prefix in ("", "/{provider}"):
-        for front_end in FRONT_ENDS:
-            routes += front_end.routes(prefix)
-    return routes
+    return [Route("/healthz", health), *routes.routes()]
 
 
 def create_app(
@@ -267,6 +263,6 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # (the Batch API's service is made by its first request: `routes.batches.batches_of`)
     app.state.gateway = gateway
-    app.state.batches = Batches(settings, BatchStore(gateway.store), sealer=gateway.sealer)
     return app

@@ -95,7 +95,11 @@ async def validate(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     batch_id, owner = batch["id"], batch["owner"]
     store = _store(kit)
     record = await store.get_json(store.run_key(owner, batch_id, "batch.json"))
-    errors, items = await _check(record, batch.get("quota_key"), kit)
+    if isinstance(record, dict):
+        errors, items = await _check(record, batch.get("quota_key"), kit)
+    else:  # `POST /v1/batches` writes it before the run starts: an event made by hand
+        message = f"No batch record for {batch_id} in the bucket: create the batch first."
+        errors, items = [_batch_error("batch_not_found", message)], ()
     now = int(time.time())
     if errors:
         state: dict[str, Any] = {

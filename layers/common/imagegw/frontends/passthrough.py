@@ -23,6 +23,7 @@ from imagegw.access.gate import Caller
 from imagegw.errors import GatewayError, ProviderError, render
 from imagegw.frontends.streaming import DONE, sse
 from imagegw.infra import apimetrics
+from imagegw.infra.clients import AnswerTimeout
 from imagegw.infra.log import logger
 from imagegw.providers.base import Provider
 from imagegw.providers.catalogue import (
@@ -32,7 +33,6 @@ from imagegw.providers.catalogue import (
     with_suggestions,
 )
 from imagegw.providers.upstream import (
-    AnswerTimeout,
     error_for,
     image_answer_limit,
     message_of,

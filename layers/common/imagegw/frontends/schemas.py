@@ -422,11 +422,3 @@ def images_response(
     else:
         data = [{"url": ref} for ref in images]
     return {"created": int(time.time()) if created is None else created, "data": data}
-
-
-def model_list(provider: str, models: list[str]) -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(provider, m) for m in models]}
-
-
-def model_card(provider: str, model: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": 1700000000, "owned_by": provider}

@@ -18,7 +18,6 @@ from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import Message
 
 from imagegw.access import lease
@@ -27,8 +26,8 @@ from imagegw.errors import (
     AuthenticationError,
     InvalidRequestError,
     PayloadTooLargeError,
-    render,
 )
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.cors import came_through_rest_api
 from imagegw.frontends.inbound import (
     check_header,
@@ -37,12 +36,10 @@ from imagegw.frontends.inbound import (
     parse_json,
     parse_json_text,
 )
-from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
 from imagegw.providers import PROVIDERS
 from imagegw.providers.demo import NO_TOKEN
 from imagegw.redaction import protect
-from imagegw.runners.gateway import Gateway
 from imagegw.runners.stepfunctions.service import owner_of
 
 #: the longest a non-streamed answer through the REST API may take: API Gateway closes a
@@ -54,17 +51,6 @@ _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
 _STAGE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: a Host header: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port
 _HOST = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
-
-
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    apimetrics.failure(exc)
-    status, body, headers = render(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def header(request: Request, name: str) -> str | None:

@@ -23,8 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagegw.errors import NotFoundError
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.demo_routing import serves_tokenless
-from imagegw.frontends.web import gateway_of, public_base_url
+from imagegw.frontends.web import public_base_url
 from imagegw.infra.config import Settings
 from imagegw.providers import PROVIDERS
 

@@ -40,6 +40,12 @@ TransportLayer = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
 _LAYERS: list[TransportLayer] = []
 
 
+class AnswerTimeout(httpx.ReadTimeout):
+    """A provider's whole answer did not come within the call's deadline
+    (`imagegw.providers.upstream.send`). An httpx read timeout, so callers word it as they
+    word one: the request may have started."""
+
+
 def add_transport_layer(layer: TransportLayer) -> None:
     """Wrap the transport of every client built from now on in `layer` (once per layer)."""
     if layer not in _LAYERS:
@@ -131,11 +137,14 @@ def provider_client(
     return client
 
 
-def direct_transport(client: httpx.AsyncClient) -> PooledTransport | None:
+def direct_transport(client: httpx.AsyncClient, request: httpx.Request) -> PooledTransport | None:
     """The pool under a client `provider_client` built with no transport layer (none observes
-    its calls), for a request that needs none of the client's own work: a poll
-    (`imagegw.providers.upstream.send_request`, `PooledTransport.read_whole`). None for any
-    other client (a test's, a traced one): such requests go through the client. The client's
-    event hooks do not run for these requests (the provider client's one runs on its first
-    call, a submission)."""
-    return client.direct if isinstance(client, ProviderClient) else None
+    its calls), for a request that needs none of the client's own work: one whose body is in
+    memory (a poll's GET, a JSON submission: `imagegw.providers.upstream.send_request`,
+    `PooledTransport.read_whole`). None for any other client (a test's, a traced one), for a
+    streamed or multipart body, or when the client has response hooks: such requests go
+    through the client. The caller runs the client's request hooks (the provider client's
+    one warms the S3 client on the first call)."""
+    if not isinstance(client, ProviderClient) or client.event_hooks["response"]:
+        return None
+    return client.direct if isinstance(request.stream, httpx.ByteStream) else None

@@ -45,7 +45,7 @@ class ProviderSettings(BaseModel):
     `BaseUrl` is where the provider's API is. `imagegw.providers.register` makes them known
     here (`declare`): this module never imports a provider."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     @classmethod
     def declared(cls) -> tuple[ProviderSetting, ...]:

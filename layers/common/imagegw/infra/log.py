@@ -6,6 +6,7 @@ current request or job step (`imagegw.redaction`), tracebacks included.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -39,6 +40,56 @@ _BOILERPLATE: Final = frozenset(
         "taskName",
     }
 )
+
+
+#: how a JSON text can begin (json.loads skips whitespace first)
+_JSON_STARTS: Final = frozenset('{["-0123456789tfnNI')
+
+
+def json_or_text(message: str) -> Any:
+    """A log message as Powertools reads one (the value, when it is JSON; else the text), without
+    letting json.loads raise for every plain sentence: a message no JSON text begins like is
+    given back as it is, which is what Powertools does when json.loads fails."""
+    if message.lstrip(" \t\n\r")[:1] in _JSON_STARTS:
+        return json.loads(message)
+    return message
+
+
+class JsonFormatter(LambdaPowertoolsFormatter):
+    """Powertools' JSON formatter, its lines the same to the byte, at a lower cost a line: its
+    documented options (`json_deserializer`: `json_or_text`) and public methods only
+    (`serialize`, with one JSON encoder built once instead of one a line; `formatTime`, whose
+    default format is rendered once a second and the milliseconds added to it)."""
+
+    def __init__(self, **options: Any) -> None:
+        # Powertools types the option as giving a str; it takes what json.loads gives
+        super().__init__(json_deserializer=json_or_text, **options)  # type: ignore[arg-type]
+        # what Powertools' default serializer passes json.dumps, a line at a time
+        self._encode = json.JSONEncoder(
+            default=self.json_default,
+            separators=(",", ":"),
+            indent=self.json_indent,
+            ensure_ascii=False,
+        ).encode
+        self._second: tuple[int, str, str] = (-1, "", "")
+
+    def serialize(self, log: dict[str, Any]) -> str:  # type: ignore[override]
+        return self._encode(log)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt or self.datefmt or self.use_rfc3339_iso8601:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:  # Powertools' default: "%Y-%m-%d %H:%M:%S,<ms>%z"
+            moment = self.converter(second)
+            cached = (
+                second,
+                time.strftime("%Y-%m-%d %H:%M:%S,", moment),
+                time.strftime("%z", moment),
+            )
+            self._second = cached
+        return f"{cached[1]}{int(record.msecs):03d}{cached[2]}"
 
 
 class ConsoleFormatter(LambdaPowertoolsFormatter):
@@ -77,7 +128,7 @@ def console_filter(record: logging.LogRecord) -> bool:
 _CONSOLE: Final = os.environ.get("IMAGEGW_LOG_FORMAT") == "text"
 logger = Logger(
     service=os.environ.get("POWERTOOLS_SERVICE_NAME", "image-gateway"),
-    logger_formatter=ConsoleFormatter() if _CONSOLE else None,
+    logger_formatter=ConsoleFormatter() if _CONSOLE else JsonFormatter(),
 )
 if _CONSOLE:
     logger.registered_handler.addFilter(console_filter)

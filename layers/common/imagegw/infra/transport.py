@@ -322,6 +322,18 @@ class _ResponseBody(httpx.AsyncByteStream):
         await self.stream.aclose()
 
 
+def _streamed(answer: httpcore.Response) -> httpx.Response:
+    """httpcore's answer from the pool as httpx's response, its body unread (httpx decodes an
+    encoded one as it is read)."""
+    assert isinstance(answer.stream, _PooledStream)
+    return httpx.Response(
+        status_code=answer.status,
+        headers=answer.headers,
+        stream=_ResponseBody(answer.stream),
+        extensions=answer.extensions,
+    )
+
+
 class PooledTransport(httpx.AsyncBaseTransport):
     """An httpx transport over a `LanePool` (what the module docstring says). `network_backend`:
     how connections are made (default: asyncio's streams, `imagegw.infra.netstream`);
@@ -351,33 +363,31 @@ class PooledTransport(httpx.AsyncBaseTransport):
         assert isinstance(request.stream, AsyncIterable)
         with _httpx_errors():
             answer = await self.pool.handle_async_request(_core_request(request, request.stream))
-        assert isinstance(answer.stream, _PooledStream)
-        return httpx.Response(
-            status_code=answer.status,
-            headers=answer.headers,
-            stream=_ResponseBody(answer.stream),
-            extensions=answer.extensions,
-        )
+        return _streamed(answer)
 
     async def read_whole(
         self, request: httpx.Request, *, limit: int, too_large: Callable[[], Exception]
-    ) -> httpx.Response | None:
-        """A request without a body (a provider poll) sent straight to the pool, and its answer
-        read whole, as a closed response holding its body: none of the client's layers a
-        poll does not use (auth, redirects, cookies, event hooks) nor a streamed response's
-        wrappers. No further than `limit` bytes (`too_large()` is raised past them). None,
-        with nothing read, when the answer's body is encoded (gzip...): the caller sends the
-        request again through the client, whose decoders read it (a GET is safe to repeat).
+    ) -> httpx.Response:
+        """A request whose body is in memory (`request.content`: a poll's GET, a submission's
+        JSON) sent straight to the pool, and its answer read whole, as a closed response
+        holding its body: none of the client's layers such a call does not use (auth,
+        redirects, cookies, event hooks: the caller runs the hooks) nor a streamed response's
+        wrappers. No further than `limit` bytes (`too_large()` is raised past them). An answer
+        whose body is encoded (gzip...) is given back open and unread instead, as the client
+        would give it with `stream=True`: httpx's decoders read it as the caller reads it
+        (`imagegw.providers.upstream.read_answer`), and the request is not sent twice.
         httpcore's errors are raised as httpx's, as `handle_async_request` raises them."""
         with _httpx_errors():
-            answer = await self.pool.handle_async_request(_core_request(request, b""))
+            answer = await self.pool.handle_async_request(_core_request(request, request.content))
             stream = answer.stream
             assert isinstance(stream, _PooledStream)
+            headers = answer.headers
+            encoded = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
+            if encoded.strip().lower() not in (b"", b"identity"):
+                response = _streamed(answer)
+                response.request = request
+                return response
             try:
-                headers = answer.headers
-                encoded = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
-                if encoded.strip().lower() not in (b"", b"identity"):
-                    return None
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in stream:

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
-
 from imagegw.errors import InvalidRequestError, ProviderError
+from imagegw.infra.lazy import httpx
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,

@@ -15,18 +15,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 from pydantic import SecretStr
 
 from imagegw.errors import InvalidRequestError
 from imagegw.infra.config import ProviderSetting, ProviderSettings, Settings
-from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.lazy import httpx
 from imagegw.infra.media import InputImage
 from imagegw.providers.options import image_count
 from imagegw.providers.refusals import ImageCount, ImageCountError
 from imagegw.providers.sizes import SizeLimits
+
+if TYPE_CHECKING:
+    from imagegw.infra.fetcher import Fetcher
 
 
 class ModelKind(StrEnum):
@@ -177,7 +179,11 @@ class Provider(ABC):
         #: the shared client for the provider's own API (the owner's base URL: trusted)
         self.client = client
         #: downloads URLs a client sent (the SSRF guard); its own client, built on first use
-        self.fetcher = fetcher or Fetcher(settings)
+        if fetcher is None:
+            from imagegw.infra.fetcher import Fetcher
+
+            fetcher = Fetcher(settings)
+        self.fetcher = fetcher
         self.timeout = httpx.Timeout(settings.provider_timeout, connect=10.0)
 
     @classmethod

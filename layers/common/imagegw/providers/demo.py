@@ -25,14 +25,13 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
-import httpx
 
 from imagegw.errors import InvalidRequestError
 from imagegw.infra.config import ProviderSettings, Settings
-from imagegw.infra.fetcher import Fetcher, FetchError
+from imagegw.infra.lazy import httpx
 from imagegw.infra.media import InputImage, check_image
 from imagegw.providers.base import (
     Failed,
@@ -48,6 +47,9 @@ from imagegw.providers.base import (
 )
 from imagegw.providers.options import as_int, as_text, common_options, option_names, parse_size
 from imagegw.providers.sizes import SizeLimits
+
+if TYPE_CHECKING:
+    from imagegw.infra.fetcher import Fetcher
 
 #: what the provider is given as a key when the client sent none (never sent anywhere)
 NO_TOKEN: Final = "demo"  # noqa: S105 (not a secret: the placeholder of none)
@@ -189,6 +191,8 @@ class Demo(Provider):
 
     async def _input(self, image: InputImage, index: int) -> bytes:
         """An input image: its bytes when uploaded, else downloaded by the guarded fetcher."""
+        from imagegw.infra.fetcher import FetchError
+
         data = image.image.data if image.image is not None else None
         if data is None:
             try:

@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import httpx
-
 from imagegw.errors import ProviderError, TransientProviderError
+from imagegw.infra.lazy import httpx
 from imagegw.providers.base import (
     Failed,
     Finished,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagegw.errors import (
@@ -22,7 +21,7 @@ from imagegw.errors import (
     TransientProviderError,
 )
 from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
-from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.lazy import httpx
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -45,6 +44,9 @@ from imagegw.providers.options import (
 )
 from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.upstream import error_for, send, send_request, unreachable
+
+if TYPE_CHECKING:
+    from imagegw.infra.fetcher import Fetcher
 
 ASYNC_MODE_HEADER: Final = "X-ModelScope-Async-Mode"
 TASK_TYPE_HEADER: Final = "X-ModelScope-Task-Type"

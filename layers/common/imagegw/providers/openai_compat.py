@@ -20,14 +20,13 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
-from imagegw.infra.fetcher import Fetcher, FetchError
+from imagegw.infra.lazy import httpx
 from imagegw.infra.media import ImageBytes, InputImage, check_image, sniff_mime
 from imagegw.providers.base import (
     Finished,
@@ -56,6 +55,9 @@ from imagegw.providers.upstream import (
     unreachable,
     work_timeout,
 )
+
+if TYPE_CHECKING:
+    from imagegw.infra.fetcher import Fetcher
 
 #: OpenAI's own image models: OpenAI's parameter names only
 OPENAI_MODELS: Final = re.compile(r"^(gpt-image|chatgpt-image|dall-e)", re.IGNORECASE)
@@ -232,6 +234,8 @@ class OpenAICompatible(Provider):
         """The bytes of an input image: known when uploaded, else downloaded from its URL by
         the guarded fetcher. Every failure of a client's URL is the same 400 (the reason is
         logged), so the answer tells nothing about what the gateway can reach."""
+        from imagegw.infra.fetcher import FetchError
+
         if image.image is not None:
             return image.image
         try:

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, ProviderError
 from imagegw.infra.config import BaseUrl, ProviderSettings
+from imagegw.infra.lazy import httpx
 from imagegw.infra.log import logger
 from imagegw.providers.base import (
     Finished,

@@ -22,7 +22,6 @@ from dataclasses import replace
 from math import gcd
 from typing import Any, ClassVar, Final
 
-import httpx
 from pydantic import SecretStr, create_model
 
 from imagegw.errors import (
@@ -34,7 +33,7 @@ from imagegw.errors import (
     TransientProviderError,
 )
 from imagegw.infra.config import BaseUrl, ProviderSettings
-from imagegw.infra.fetcher import DEFAULT_PORTS, FetchError, where
+from imagegw.infra.lazy import httpx
 from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.upstream import error_for, redact, send, unreachable
 
@@ -79,6 +78,8 @@ def host_patterns(setting: str) -> tuple[str, ...]:
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    from imagegw.infra.fetcher import DEFAULT_PORTS  # the guarded fetcher's: at first use
+
     port = url.port or DEFAULT_PORTS.get(url.scheme, 0)
     return url.scheme, url.host.lower(), port
 
@@ -87,6 +88,8 @@ def is_own_host(url: httpx.URL, patterns: tuple[str, ...]) -> bool:
     """Whether `url`'s host (and port) is one the patterns name: `host`, `host:port`, or
     `*.domain` (the domain and its subdomains); a pattern without a port means the scheme's
     default port."""
+    from imagegw.infra.fetcher import DEFAULT_PORTS
+
     _, host, port = _origin(url)
     for pattern in patterns:
         name, _, wanted = pattern.rpartition(":") if ":" in pattern else (pattern, "", "")
@@ -114,6 +117,8 @@ async def follow(
 ) -> httpx.Response:
     """GET a URL the provider returned, with its key, only on its own hosts (module doc).
     Transport failures raise `httpx.TransportError` (the caller words them)."""
+    from imagegw.infra.fetcher import DEFAULT_PORTS, FetchError, where
+
     try:
         target: httpx.URL | None = httpx.URL(url)
         host = target.host if target is not None else ""  # an IDNA label that does not decode

@@ -18,12 +18,12 @@ key never appears in it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
-import httpx
 from pydantic import SecretStr
 
 from imagegw import redaction
@@ -36,8 +36,8 @@ from imagegw.errors import (
     RateLimitError,
     for_status,
 )
-from imagegw.infra.clients import direct_transport, turn
 from imagegw.infra.config import Settings
+from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 #: the longest provider message passed on
@@ -50,11 +50,6 @@ RETRY_HEADERS: Final = ("retry-after", "retry-after-ms")
 MAX_ANSWER_BYTES: Final = 4 * 1024 * 1024
 #: headers of an answer that describe its encoded body, not the body the gateway read
 _BODY_HEADERS: Final = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-
-
-class AnswerTimeout(httpx.ReadTimeout):
-    """A provider's whole answer did not come within the call's deadline (`send`). An httpx
-    read timeout, so callers word it as they word one: the request may have started."""
 
 
 def image_answer_limit(settings: Settings) -> int:
@@ -133,6 +128,8 @@ async def send(
     `AnswerTimeout`. httpx's errors are raised as they are, for the caller to word. The
     request is built once it has its turn (`imagegw.infra.clients.turn`): a burst queues
     before anything is built."""
+    from imagegw.infra.clients import AnswerTimeout, turn  # loaded with the client
+
     try:
         async with turn(client, deadline) as waited:
             request = client.build_request(method, url, **kwargs)
@@ -160,19 +157,26 @@ async def send_request(
     limit: int = MAX_ANSWER_BYTES,
 ) -> httpx.Response:
     """`send` of a request built before (`client.build_request`), so that a request sent again
-    and again (a task's poll) is built once; read as `send` reads. A GET of the provider client
-    goes straight to its pool (`PooledTransport.read_whole`: a poll spends nothing on the
-    client's layers), unless its answer is encoded."""
-    direct = direct_transport(client) if request.method == "GET" else None
+    and again (a task's poll) is built once; read as `send` reads. A request of the provider
+    client whose body is in memory (a poll, a JSON submission) goes straight to its pool
+    (`PooledTransport.read_whole`: it spends nothing on the client's layers), after the client's
+    request hooks; an encoded answer comes back open and is read here as any other."""
+    from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
+
+    direct = direct_transport(client, request)
     try:
-        with anyio.fail_after(deadline):
+        # asyncio's own timeout: anyio's cancel scope cost a tenth of a poll's CPU
+        async with asyncio.timeout(deadline):
             if direct is not None:
-                whole = await direct.read_whole(
+                for hook in client.event_hooks["request"]:
+                    await hook(request)
+                answer = await direct.read_whole(
                     request, limit=limit, too_large=lambda: too_large(title, limit)
                 )
-                if whole is not None:
-                    return whole
-            answer = await client.send(request, stream=True)
+                if answer.is_closed:
+                    return answer
+            else:
+                answer = await client.send(request, stream=True)
             try:
                 return await read_answer(answer, title=title, limit=limit)
             finally:
@@ -187,6 +191,8 @@ async def opened(
 ) -> AsyncIterator[httpx.Response]:
     """A streamed call's answer, open with its body unread (read it with `read_answer`, or
     line by line with `lines`): its head within `deadline` seconds, else `AnswerTimeout`."""
+    from imagegw.infra.clients import AnswerTimeout  # loaded with the client
+
     request = client.build_request(method, url, **kwargs)
     try:
         with anyio.fail_after(deadline):
@@ -292,11 +298,6 @@ def error_for(
     return for_status(status)(message, code="provider_error")
 
 
-#: transport failures that happen before a request is on the wire (refused, DNS, connect
-#: timeout, no free connection): the provider cannot have started anything
-NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
 def unreachable(
     title: str, exc: httpx.TransportError, settings: Settings, *, waited: float | None = None
 ) -> GatewayError:
@@ -307,7 +308,9 @@ def unreachable(
     so the client is told not to retry. `waited`: the read timeout the call had (default
     GENERATION_TIMEOUT, as for calls that wait for the work itself)."""
     name = type(exc).__name__
-    if isinstance(exc, NOT_SENT):
+    # failures before the request is on the wire (refused, DNS, connect timeout, no free
+    # connection): the provider cannot have started anything
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return ProviderUnreachableError(
             f"{title} could not be reached ({name}); nothing was sent, so trying again is safe.",
             code="provider_unreachable",

@@ -4,8 +4,10 @@ and the time.
 
 Every runner works with a `Gateway`: the API function's app makes one for its life (the
 in-process runner), and the Step Functions task functions one per Lambda instance
-(`imagegw.runners.stepfunctions.steps.run_step`). Everything is created on first use, so
-building it does no I/O, and tests inject fakes.
+(`imagegw.runners.stepfunctions.steps.run_step`). Everything is created on first use, its module
+imported then too (the API function is ready before httpx or the access table's code is
+loaded: docs/architecture.md "Cold start and memory"), so building it does no I/O, and tests
+inject fakes.
 
 Three HTTP clients, never mixed: `client` calls the providers' APIs (the owner's base URLs);
 `fetcher` downloads URLs clients send and `result_fetcher` the result images providers link to,
@@ -18,21 +20,20 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-import httpx
-
-from imagegw.access.gate import Access
-from imagegw.access.shared_estimates import estimates_for
-from imagegw.core.estimates import Estimates
-from imagegw.infra.clients import provider_client
 from imagegw.infra.config import Settings
-from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.sealer import KeySealer
 from imagegw.infra.storage import ImageStore
 from imagegw.providers import Provider, lookup, priors
 
 if TYPE_CHECKING:
+    import httpx
+
+    from imagegw.access.gate import Access
+    from imagegw.core.estimates import Estimates
+    from imagegw.infra.fetcher import Fetcher
     from imagegw.runners.stepfunctions.service import Jobs
 
 
@@ -48,6 +49,8 @@ class Clock:
 def learned_times(settings: Settings) -> Estimates:
     """The run times learned for predictive polling: shared through the access table where
     there is one, per instance otherwise (`imagegw.access.shared_estimates`)."""
+    from imagegw.access.shared_estimates import estimates_for
+
     return estimates_for(settings, priors())
 
 
@@ -69,17 +72,12 @@ class Gateway:
         self.store = store or ImageStore(settings)
         #: providers by name, made on first use (`provider`); tests may give their own
         self._providers: dict[str, Provider] = dict(providers or {})
-        #: client-supplied URLs: never trusted
-        self.fetcher = Fetcher(settings)
-        #: result images: the configured providers' hosts are trusted, any other is checked
-        self.result_fetcher = Fetcher.for_results(settings)
-        #: learned run times for predictive polling: shared through the access table where
-        #: there is one, per instance otherwise (`imagegw.access.shared_estimates`)
-        self.estimates: Estimates = estimates or learned_times(settings)
+        if estimates is not None:
+            self.estimates = estimates
         #: seals a client's provider key into a durable job's input, and opens it in its steps
         self.sealer = sealer or KeySealer(settings.job_key_id, settings.aws_region)
-        #: gateway keys, server-held tokens and quotas (README "Sharing a deployment")
-        self.access = access or Access(settings)
+        if access is not None:
+            self.access = access
         self.clock = clock or Clock()
         self._jobs: Jobs | None = None
 
@@ -97,9 +95,39 @@ class Gateway:
     def jobs(self, jobs: Jobs) -> None:
         self._jobs = jobs
 
+    @cached_property
+    def fetcher(self) -> Fetcher:
+        """Downloads client-supplied URLs: never trusted."""
+        from imagegw.infra.fetcher import Fetcher
+
+        return Fetcher(self.settings)
+
+    @cached_property
+    def result_fetcher(self) -> Fetcher:
+        """Downloads result images: the configured providers' hosts are trusted, any other is
+        checked."""
+        from imagegw.infra.fetcher import Fetcher
+
+        return Fetcher.for_results(self.settings)
+
+    @cached_property
+    def estimates(self) -> Estimates:
+        """Learned run times for predictive polling: shared through the access table where
+        there is one, per instance otherwise (`imagegw.access.shared_estimates`)."""
+        return learned_times(self.settings)
+
+    @cached_property
+    def access(self) -> Access:
+        """Gateway keys, server-held tokens and quotas (README "Sharing a deployment")."""
+        from imagegw.access.gate import Access
+
+        return Access(self.settings)
+
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            from imagegw.infra.clients import provider_client
+
             self._client = provider_client(
                 self.settings, event_hooks={"request": [self._first_provider_call]}
             )
@@ -118,9 +146,21 @@ class Gateway:
             self._providers[key] = cls(self.settings, self.client, self.fetcher)
         return self._providers[key]
 
+    def listing(self, name: str | None) -> Provider | type[Provider]:
+        """What lists the models of the provider a route names (or the default one): its class
+        when the catalogue is the class's, so `GET /v1/models` builds no HTTP client; the
+        provider itself when already made, or when its catalogue comes from settings."""
+        key = (name or self.settings.default_provider).lower()
+        if key in self._providers:
+            return self._providers[key]
+        cls = lookup(key, self.settings)
+        return cls if hasattr(cls, "catalog") else self.provider(key)
+
     async def aclose(self) -> None:
-        await self.fetcher.aclose()
-        await self.result_fetcher.aclose()
+        for made in ("fetcher", "result_fetcher"):  # only those made (`cached_property`)
+            fetcher: Fetcher | None = self.__dict__.get(made)
+            if fetcher is not None:
+                await fetcher.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -141,9 +141,43 @@ class _Run:
         self.book: Book[str] = Book.of(len(self.parts))
         self.began = clock()
         self.deadline = self.began + settings.generation_timeout
+        #: the model's estimate being looked up while the calls start (`foresee`)
+        self._foreseen: asyncio.Future[Estimate | None] | None = None
+        #: the run times being recorded while the images are delivered (`learned`)
+        self._learning: list[asyncio.Task[None]] = []
 
     def elapsed(self) -> float:
         return self.clock() - self.began
+
+    def foresee(self) -> None:
+        """Look the model's run time up while the calls start: a shared table's read (or its
+        client's first build) is not waited for between the submission and the first poll."""
+        estimates = self.forecast.estimates
+        if estimates is not None:
+            self._foreseen = asyncio.ensure_future(estimates.get(self.forecast.key))
+
+    def learn(self, timing: Timing, ended_seen: float) -> None:
+        """A task ended: its run time is recorded meanwhile, not before its answer is used (a
+        shared table's write goes on while the images are delivered; `settle` waits for it)."""
+        if self.forecast.estimates is not None:
+            self._learning.append(asyncio.create_task(self.forecast.learn(timing, ended_seen)))
+
+    async def settle(self, *, cancel: bool = False) -> None:
+        """At the run's end: the lookup stopped if nobody used it, the records waited for
+        (`cancel`: stopped too, the reader left). A record that failed is a sample lost, never
+        the job's failure."""
+        if self._foreseen is not None and not self._foreseen.done():
+            self._foreseen.cancel()
+        if self._foreseen is not None:
+            await asyncio.gather(self._foreseen, return_exceptions=True)
+            self._foreseen = None
+        learning, self._learning = self._learning, []
+        if cancel:
+            for task in learning:
+                task.cancel()
+        for outcome in await asyncio.gather(*learning, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                logger.warning("run time not learned", extra={"error": type(outcome).__name__})
 
     def left(self) -> float:
         """Seconds left before GENERATION_TIMEOUT."""
@@ -251,7 +285,7 @@ class _Run:
                 if expected is not None:
                     forecast.ends[index] = timing.submitted + expected
             elif isinstance(status, Finished):
-                await forecast.learn(timing, answered)
+                self.learn(timing, answered)
                 if timing.last_running is not None:  # it ended between these two polls
                     apimetrics.seconds("DetectionLag", answered - timing.last_running)
             await queue.put((index, status))
@@ -265,8 +299,9 @@ class _Run:
         settings, clock = self.settings, self.clock
         queue: asyncio.Queue[tuple[int, Answer]] = asyncio.Queue()
         forecast = self.forecast
-        if forecast.estimates is not None:
-            forecast.estimate = await forecast.estimates.get(forecast.key)
+        if self._foreseen is not None:
+            foreseen, self._foreseen = self._foreseen, None
+            forecast.estimate = await foreseen
         pollers = [
             asyncio.create_task(self._poll(i, str(self.book.tasks[i].task_id), queue))
             for i in self.book.running()
@@ -337,25 +372,33 @@ async def generate(
     (one per call) are polled instead of starting any: they teach nothing (when they began is
     not known here). Raises GatewayError."""
     job = _Run(provider, request, settings, clock, sleep, None if resume else estimates)
-    if resume:
-        job.adopt(resume)
-    else:
-        async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
-            async for event in starting:
+    left = False
+    try:
+        if resume:
+            job.adopt(resume)
+        else:
+            job.foresee()
+            async with aclosing(job.start()) as starting:  # closed with us: the calls cancelled
+                async for event in starting:
+                    yield event
+        logger.info(
+            "tasks resumed" if resume else "tasks started",
+            extra={
+                "provider": provider.name,
+                "model": request.model,
+                "task_ids": list(job.book.task_ids()),
+            },
+        )
+        async with aclosing(job.watch()) as watching:  # closed with us: no poll after
+            async for event in watching:
                 yield event
-    logger.info(
-        "tasks resumed" if resume else "tasks started",
-        extra={
-            "provider": provider.name,
-            "model": request.model,
-            "task_ids": list(job.book.task_ids()),
-        },
-    )
-    async with aclosing(job.watch()) as watching:  # closed with us: no poll after
-        async for event in watching:
-            yield event
-    result = job.result()
-    apimetrics.count("Generations")
-    apimetrics.count("ImagesGenerated", len(result.images))
-    apimetrics.seconds("GenerationSeconds", result.elapsed)
-    yield result
+        result = job.result()
+        apimetrics.count("Generations")
+        apimetrics.count("ImagesGenerated", len(result.images))
+        apimetrics.seconds("GenerationSeconds", result.elapsed)
+        yield result  # delivered meanwhile, while the run times are recorded
+    except asyncio.CancelledError:
+        left = True
+        raise
+    finally:
+        await job.settle(cancel=left)

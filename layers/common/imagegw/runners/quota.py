@@ -54,7 +54,8 @@ async def metered(
 ) -> AsyncGenerator[Event, None]:
     """`events`, with the reservation settled: by the images of the result, or given back
     whole when the generation failed (nothing made). A reader that leaves keeps it: the
-    provider may still be making (and charging for) the images."""
+    provider may still be making (and charging for) the images. Closed, it closes `events`
+    at once (their clean-up runs before the answer ends, not when they are collected)."""
     try:
         async for event in events:
             if isinstance(event, Result):
@@ -63,3 +64,7 @@ async def metered(
     except GatewayError:
         await settle(reserved, 0)
         raise
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()

@@ -13,26 +13,27 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from imagegw.access import lease
 from imagegw.frontends.batches import Batches
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.routes.files import limit_of, owner
 from imagegw.frontends.routes.webhooks import checked_webhook_url
-from imagegw.frontends.web import (
-    authorize,
-    gateway_of,
-    owner_for,
-    public_base_url,
-    read_json,
-)
+from imagegw.frontends.web import authorize, owner_for, public_base_url, read_json
+from imagegw.infra.batchstore import BatchStore
 
 #: the most batches a listing answers at once
 MAX_LIST = 100
 
 
 def batches_of(request: Request) -> Batches:
-    batches: Batches = request.app.state.batches
+    """The app's Batch API service, made at its first request (tests may set their own)."""
+    state = request.app.state
+    if getattr(state, "batches", None) is None:
+        gateway = gateway_of(request)
+        store = BatchStore(gateway.store)
+        state.batches = Batches(gateway.settings, store, sealer=gateway.sealer)
+    batches: Batches = state.batches
     return batches
 
 
@@ -75,12 +76,3 @@ async def list_batches(request: Request) -> Response:
     limit = limit_of(request.query_params.get("limit"), default=20, most=MAX_LIST)
     after = request.query_params.get("after")
     return JSONResponse(await batches_of(request).list(who, after=after, limit=limit))
-
-
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/v1/batches", create_batch, methods=["POST"]),
-        Route(f"{prefix}/v1/batches", list_batches, methods=["GET"]),
-        Route(f"{prefix}/v1/batches/{{batch_id}}", get_batch, methods=["GET"]),
-        Route(f"{prefix}/v1/batches/{{batch_id}}/cancel", cancel_batch, methods=["POST"]),
-    ]

@@ -16,12 +16,12 @@ from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from imagegw.access.gate import Caller
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import passthrough, prompt_options
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.replays import Paid, replays_of
@@ -30,14 +30,7 @@ from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.schemas import ChatRequest, Completion, read
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.waits import refuse_short_wait
-from imagegw.frontends.web import (
-    authorize,
-    client_budget,
-    gateway_of,
-    header,
-    public_base_url,
-    read_json,
-)
+from imagegw.frontends.web import authorize, client_budget, header, public_base_url, read_json
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, decode_refs
 from imagegw.providers.base import GenerationRequest, ModelKind, Provider
@@ -174,7 +167,3 @@ async def _completion(
     completion = Completion(job.model)
     answer = completion.message(markdown(result))
     return JSONResponse(answer, headers={**headers, **attempt.headers})
-
-
-def routes(prefix: str) -> list[Route]:
-    return [Route(f"{prefix}/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -19,10 +19,10 @@ from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 from imagegw.errors import InvalidRequestError, NotFoundError
-from imagegw.frontends.web import authorize, gateway_of, owner_for, read_form
+from imagegw.frontends.common import gateway_of
+from imagegw.frontends.web import authorize, owner_for, read_form
 from imagegw.infra.batchstore import FILE_ID, BatchStore
 
 #: presigned URLs of redirects live this long; clients follow them at once
@@ -169,13 +169,3 @@ async def delete_file(request: Request) -> Response:
         raise _not_found(file_id)
     await store.delete_file(who, file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
-
-
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/v1/files", create_file, methods=["POST"]),
-        Route(f"{prefix}/v1/files", list_files, methods=["GET"]),
-        Route(f"{prefix}/v1/files/{{name}}", get_file, methods=["GET", "HEAD"]),
-        Route(f"{prefix}/v1/files/{{name}}", delete_file, methods=["DELETE"]),
-        Route(f"{prefix}/v1/files/{{name}}/content", file_content, methods=["GET"]),
-    ]

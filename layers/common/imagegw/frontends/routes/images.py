@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from imagegw.access.gate import Caller
 from imagegw.core.plan import IGNORED_HEADER, ignored_notice
 from imagegw.errors import GatewayError
 from imagegw.frontends import images_api
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.disconnect import unless_disconnected
 from imagegw.frontends.image_stream import images_stream, relayed_stream
 from imagegw.frontends.images_api import ImagesCall
@@ -22,14 +22,7 @@ from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import accept_async, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.waits import refuse_short_wait
-from imagegw.frontends.web import (
-    authorize,
-    client_budget,
-    gateway_of,
-    public_base_url,
-    read_form,
-    read_json,
-)
+from imagegw.frontends.web import authorize, client_budget, public_base_url, read_form, read_json
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Provider
 from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
@@ -145,10 +138,3 @@ async def _streamed(
 
 generations = _endpoint(_generation)
 edits = _endpoint(_edit)
-
-
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/v1/images/generations", generations, methods=["POST"]),
-        Route(f"{prefix}/v1/images/edits", edits, methods=["POST"]),
-    ]

@@ -19,23 +19,15 @@ from typing import Any
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import images_api, job_answers
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.webhooks import checked_webhook_url
-from imagegw.frontends.web import (
-    anonymous,
-    api_key,
-    authorize,
-    bearer_for,
-    gateway_of,
-    header,
-    public_base_url,
-)
+from imagegw.frontends.web import anonymous, api_key, authorize, bearer_for, header, public_base_url
 from imagegw.infra.media import ImageBytes
 from imagegw.infra.urlcheck import check_inputs
 from imagegw.providers.base import GenerationRequest, Provider
@@ -194,10 +186,3 @@ async def get_usage(request: Request) -> Response:
     key = api_key(request)
     caller = await gateway.access.caller(key.get_secret_value(), provider.name)
     return JSONResponse(await gateway.access.usage(caller))
-
-
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/v1/jobs/{{job_id}}", get_job, methods=["GET"]),
-        Route(f"{prefix}/v1/usage", get_usage, methods=["GET"]),
-    ]

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from imagegw.errors import NotFoundError
-from imagegw.frontends.schemas import model_card, model_list
-from imagegw.frontends.web import gateway_of
+from imagegw.frontends.common import gateway_of
 
 
 async def list_models(request: Request) -> Response:
-    provider = gateway_of(request).provider(request.path_params.get("provider"))
+    provider = gateway_of(request).listing(request.path_params.get("provider"))
     return JSONResponse(model_list(provider.name, [m.id for m in provider.catalog]))
 
 
 async def get_model(request: Request) -> Response:
-    provider = gateway_of(request).provider(request.path_params.get("provider"))
+    provider = gateway_of(request).listing(request.path_params.get("provider"))
     model = request.path_params["model"]
     if not any(m.id == model for m in provider.catalog):
         raise NotFoundError(
@@ -26,8 +26,9 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(model_card(provider.name, model))
 
 
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/v1/models", list_models, methods=["GET"]),
-        Route(f"{prefix}/v1/models/{{model:path}}", get_model, methods=["GET"]),
-    ]
+def model_list(provider: str, models: list[str]) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(provider, m) for m in models]}
+
+
+def model_card(provider: str, model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1700000000, "owned_by": provider}

@@ -16,11 +16,11 @@ from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from imagegw.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from imagegw.frontends.common import gateway_of
 from imagegw.frontends.routes.files import PURPOSES, file_object, new_file_id, owner, store_of
-from imagegw.frontends.web import gateway_of, read_form, read_json
+from imagegw.frontends.web import read_form, read_json
 from imagegw.infra.batchstore import PART_ID, UPLOAD_ID, BatchStore
 
 #: the largest file an upload may make: a 50,000-line batch file with room to spare (it is
@@ -171,12 +171,3 @@ async def cancel_upload(request: Request) -> Response:
     cancelled = {**upload, "status": "cancelled"}
     await store.put_json(store.upload_key(who, upload_id, "upload.json"), cancelled)
     return JSONResponse(cancelled)
-
-
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/v1/uploads", create_upload, methods=["POST"]),
-        Route(f"{prefix}/v1/uploads/{{upload_id}}/parts", add_part, methods=["POST"]),
-        Route(f"{prefix}/v1/uploads/{{upload_id}}/complete", complete_upload, methods=["POST"]),
-        Route(f"{prefix}/v1/uploads/{{upload_id}}/cancel", cancel_upload, methods=["POST"]),
-    ]

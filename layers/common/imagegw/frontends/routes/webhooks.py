@@ -17,11 +17,11 @@ from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from imagegw.access.webhook_secret import WebhookSecret
 from imagegw.errors import InvalidRequestError
-from imagegw.frontends.web import api_key, gateway_of, owner_for
+from imagegw.frontends.common import gateway_of
+from imagegw.frontends.web import api_key, owner_for
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
 
@@ -82,7 +82,3 @@ async def get_secret(request: Request) -> Response:
         {"object": "webhook_secret", "secret": secret},
         headers={"cache-control": "no-store"},
     )
-
-
-def routes(prefix: str) -> list[Route]:
-    return [Route(f"{prefix}/v1/webhooks/secret", get_secret, methods=["GET"])]

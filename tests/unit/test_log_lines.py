@@ -1,0 +1,102 @@
+"""The gateway's JSON log lines (`imagegw.infra.log.JsonFormatter`) are Powertools' own lines to
+the byte: the same fields, in the same order, with the same values, for every kind of line (plain
+and JSON messages, %-arguments, extra fields, request keys, errors with their tracebacks),
+only cheaper to make."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+from aws_lambda_powertools import Logger
+
+from imagegw.infra.log import JsonFormatter, json_or_text, logger
+
+Write = Callable[[Logger], None]
+
+
+def boom() -> None:
+    raise ValueError("the bucket failed")
+
+
+def failing(log: Logger) -> None:
+    try:
+        boom()
+    except ValueError:
+        log.exception("result lost", extra={"error": "bucket"})
+
+
+LINES: dict[str, Write] = {
+    "plain": lambda log: log.info("request", extra={"method": "POST", "status": 200, "ms": 12}),
+    "json object": lambda log: log.info('{"a": 1, "b": [1, 2]}'),
+    "json after spaces": lambda log: log.info('  \n [1, "x"]'),
+    "a number, true, null": lambda log: [log.info(m) for m in ("-12.5", "true", "null")],
+    "not quite json": lambda log: log.info("{broken"),
+    "empty": lambda log: log.info(""),
+    "arguments": lambda log: log.warning("%s tasks of %d", "two", 3),
+    "unicode and objects": lambda log: log.info(
+        "café ✓", extra={"ids": ("a", "b"), "at": time.gmtime(0), "n": None}
+    ),
+    "error": failing,
+}
+
+
+Pair = tuple[Logger, io.StringIO, Logger, io.StringIO]
+
+
+@pytest.fixture
+def pair(request: pytest.FixtureRequest) -> Pair:
+    """Two Loggers writing to two buffers: with Powertools' formatter and with ours (a
+    Powertools Logger is one per service name, so each has its own)."""
+    stock_out, ours_out = io.StringIO(), io.StringIO()
+    name = request.node.name
+    stock = Logger(service=f"stock-{name}", stream=stock_out)
+    ours = Logger(service=f"ours--{name}", stream=ours_out, logger_formatter=JsonFormatter())
+    return stock, stock_out, ours, ours_out
+
+
+@pytest.mark.parametrize("kind", sorted(LINES))
+def test_a_line_is_powertools_own_line(kind: str, pair: Pair) -> None:
+    stock, stock_out, ours, ours_out = pair
+    for log in (stock, ours):
+        log.thread_safe_append_keys(request_id="r-1")
+        log.append_keys(job_id="j-1")
+    try:
+        # When each writes the same line at the same moment (the records' clock: time_ns on
+        # 3.13, time before)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time_ns", lambda: 1_765_000_000_250_000_000)
+            patch.setattr(time, "time", lambda: 1_765_000_000.25)
+            LINES[kind](stock)
+            LINES[kind](ours)
+    finally:
+        stock.thread_safe_remove_keys(["request_id"])
+    # Then the lines are the same to the byte (but for the service names, of the same length)
+    written = stock_out.getvalue().replace(f'"{stock.service}"', f'"{ours.service}"')
+    assert written.count('"level"') >= 1
+    assert ours_out.getvalue() == written
+
+
+def test_the_gateways_logger_uses_it() -> None:
+    assert isinstance(logger.registered_handler.formatter, JsonFormatter)
+
+
+def test_a_message_is_read_as_json_when_it_is_json() -> None:
+    assert json_or_text('{"a": 1}') == {"a": 1}
+    assert json_or_text(" 7") == 7
+    assert json_or_text("request") == "request"
+    with pytest.raises(ValueError, match="Expecting"):
+        json_or_text("{broken")
+
+
+def test_the_timestamp_follows_the_clock_across_seconds() -> None:
+    formatter = JsonFormatter()
+    reference = Logger(service="timestamps", stream=io.StringIO()).registered_handler.formatter
+    assert reference is not None
+    for created in (10.999, 11.0, 11.5, 3600.001, 86399.999):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000 // 1
+        assert formatter.formatTime(record) == reference.formatTime(record)
