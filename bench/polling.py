@@ -12,12 +12,15 @@ then is measured. Lag = the poll that saw SUCCEED - the task's end. Polls a seco
 polls / its seconds of generation (submission to end, queue included). The uneven mix is
 bench versus' (one model whose tasks run 2-11 s; one in five first queued 15-30 s, 25-40 s in
 all, the others queued 0.1-1 s), run on the model's catalogue prior alone (15 s, as bench
-versus' first 30 tasks run) and once learned from 30 tasks of the same mix.
+versus' first 30 tasks run) and once learned from 30 tasks of the same mix; and as bench
+versus runs it (its 36 tasks, 30 at once from a fresh process, the last 6 reading what the
+burst's first ends taught: its quickest tasks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import statistics
 import time
@@ -206,6 +209,51 @@ async def compare_uneven(settings: Settings, seed: int = SIM_SEED) -> dict[str, 
     return result
 
 
+#: bench versus' mix as it runs there (its MIX_GENERATIONS, MIX_AT_ONCE, MIX_SEED): 30 streams
+#: at once on a fresh process, the rest as slots free; a stream's submission answers SUBMIT_S
+#: after it began (a fresh process's first requests: about 2 s), and it reads its model's
+#: estimate then
+BURST_TASKS, BURST_AT_ONCE, BURST_SEED, SUBMIT_S = 36, 30, 20261206, 2.0
+
+
+async def compare_burst(settings: Settings) -> dict[str, dict[str, float]]:
+    """bench versus' uneven mix on the simulated clock: the first `BURST_AT_ONCE` streams run on
+    the catalogue's prior, the later ones on what the burst's first ends taught (its quickest
+    tasks: a history biased short), short and long tasks apart."""
+    tasks = uneven(BURST_TASKS, random.Random(BURST_SEED))
+    store, key = MemoryEstimates({("sim", "uneven"): UNEVEN_PRIOR}), Key("sim", "uneven")
+    base, maximum = settings.poll_interval, settings.poll_interval_max
+    # (when, order, index, poll): a stream's submission answering (poll False) or its next poll
+    events = [(SUBMIT_S, index, index, False) for index in range(BURST_AT_ONCE)]
+    streams: dict[int, tuple[Estimate | None, Timing]] = {}
+    outcomes: list[Outcome] = []
+    order, waiting = BURST_TASKS, list(range(BURST_AT_ONCE, BURST_TASKS))
+    while events:
+        now, _, index, poll = heapq.heappop(events)
+        task = tasks[index]
+        if not poll:
+            streams[index] = (await store.get(key), Timing(submitted=now))
+        estimate, timing = streams[index]
+        state = task.state(now - timing.submitted) if poll else "PENDING"
+        if state is None:  # ended: learned, and the next stream's slot is free
+            outcomes.append(Outcome(now - timing.submitted - task.end, timing.polls + 1, task.end))
+            await store.record(key, timing.run_time(now))
+            if waiting:
+                heapq.heappush(events, (now + SUBMIT_S, order, waiting.pop(0), False))
+                order += 1
+            continue
+        if poll:
+            timing = timing.seen(now, state)
+            streams[index] = (estimate, timing)
+        wait = next_delay(timing, estimate, now, base, maximum)
+        heapq.heappush(events, (now + wait, order, index, True))
+        order += 1
+    return {
+        "short": summary([o for o in outcomes if o.seconds < 20]),
+        "long": summary([o for o in outcomes if o.seconds >= 20]),
+    }
+
+
 def _sim_row(label: str, schedule: str, figures: dict[str, float]) -> list[str]:
     return [
         label,
@@ -231,6 +279,11 @@ def simulated(settings: Settings) -> tuple[list[list[str]], dict[str, Any]]:
         rows.append(
             _sim_row(f"simulated, uneven mix, {group} tasks", f"predictive, {known}", figures)
         )
+    burst = asyncio.run(compare_burst(settings))
+    data["uneven_burst"] = burst
+    for group, figures in burst.items():
+        label = f"simulated, uneven mix as bench versus runs it, {group} tasks"
+        rows.append(_sim_row(label, "predictive, prior then the burst's first ends", figures))
     return rows, data
 
 

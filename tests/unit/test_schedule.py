@@ -66,7 +66,8 @@ def test_a_learned_model_is_polled_sparsely_far_from_its_end_and_densely_near_it
     span = window(timing, LEARNED)
     far = next_delay(timing, LEARNED, 1.0, BASE, MAXIMUM)
     near = next_delay(timing, LEARNED, span.centre, BASE, MAXIMUM)
-    assert far > 2.0 and near <= 0.3
+    # two to three polls a second at the likely end (the density follows the end's hazard)
+    assert far > 2.0 and near <= 0.4
     assert span.start < 0.5 + 10.0 < span.end
 
 
@@ -276,3 +277,65 @@ def test_the_uneven_queues_long_tasks_cost_fewer_polls_a_second_than_its_short_o
     assert sum(p for p, _ in long) / sum((26, 28, 39)) <= 0.35
     # and a long task's end is still heard of within POLL_INTERVAL_MAX
     assert max(lag for _, lag in long) <= MAXIMUM
+
+
+def test_a_learned_models_polls_are_densest_where_its_end_is_most_likely() -> None:
+    # a model whose runs vary widely (2-11 s): the chance a task ends in the next moment, given
+    # it has not, rises across the likely window, so the waits shrink through it (not one
+    # spacing for the whole window); past it (an overrun: one of the late tasks) they grow again
+    timing = Timing(submitted=0.0).seen(0.0, "RUNNING")
+    span = window(timing, UNEVEN)
+
+    def wait(at: float) -> float:
+        return next_delay(timing.seen(at, "RUNNING"), UNEVEN, at, BASE, MAXIMUM)
+
+    sigma = span.spread
+    early, centre, late = (wait(span.centre + k * sigma) for k in (-0.5, 0.0, 0.5))
+    assert early > centre > late
+    overrun = [wait(span.centre + k * sigma) for k in (1.0, 3.0, 6.0, 10.0)]
+    assert overrun == sorted(overrun) and overrun[-1] > 2 * overrun[0]
+
+
+def test_a_learned_models_wait_does_not_jump_over_its_likely_end() -> None:
+    # from far before the likely end, each wait lands within the window at the latest: the
+    # polls walk into it, they do not step over it
+    for estimate in (LEARNED, UNEVEN, Estimate(seconds=60.0, spread=6.0, samples=20)):
+        timing = Timing(submitted=0.0).seen(0.0, "RUNNING")
+        span, now = window(timing, estimate), 0.0
+        while now < span.start:
+            now += next_delay(timing, estimate, now, BASE, MAXIMUM)
+            assert now <= span.end
+            timing = timing.seen(now, "RUNNING")
+
+
+def test_a_task_that_queued_long_is_polled_more_sparsely_in_its_run() -> None:
+    # the same run of the same model, seen beginning between the same two polls: after a 25-s
+    # queue its lag weighs less against its age than after a 0.5-s one, so it waits longer
+    def waits(submitted: float) -> list[float]:
+        timing = Timing(submitted=submitted).seen(0.0, "PENDING").seen(1.0, "RUNNING")
+        span = window(timing, UNEVEN)
+        return [
+            next_delay(timing.seen(at, "RUNNING"), UNEVEN, at, BASE, MAXIMUM)
+            for at in (span.centre - span.spread, span.centre, span.centre + span.spread)
+        ]
+
+    assert all(old > new for old, new in zip(waits(-25.0), waits(-0.5), strict=True))
+
+
+def test_a_laws_shape_is_trusted_only_from_a_long_history() -> None:
+    # a model's first samples are often a burst's quickest tasks: learned from 5 tasks, its
+    # window is polled evenly; learned from 50, the polls gather where the end is most likely
+    few, many = (Estimate(seconds=10.0, spread=2.0, samples=n) for n in (5, 50))
+    timing = Timing(submitted=0.0).seen(0.0, "RUNNING")
+    span = window(timing, many)
+
+    def waits(estimate: Estimate) -> list[float]:
+        ats = (span.centre - 0.5 * span.spread, span.centre + 0.5 * span.spread)
+        return [next_delay(timing.seen(at, "RUNNING"), estimate, at, BASE, MAXIMUM) for at in ats]
+
+    assert waits(few)[0] == pytest.approx(waits(few)[1])
+    assert waits(many)[0] > waits(many)[1]
+    # either way, a task that overruns by half is heard of within a third of its overrun
+    for estimate in (few, many):
+        _, lag = polls_until(15.5, 0.5, estimate)
+        assert lag <= 5.0 / 3

@@ -12,13 +12,23 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   and `QUEUE_MAX` times it): a long queue costs a few polls, and the run's predicted
   end is counted from the poll that saw it running (the learned *run* time, not queue and run),
   not from the submission;
-- sparsely while running far from its predicted end (each wait half the time left to the
-  window), then densely in a window around the predicted end, as wide as the learned spread
-  and the uncertainty of when the run began; the density is bounded by a poll budget
-  (`budget`: 1.5 polls a second of the expected time for short tasks, 0.28 for long ones);
-- past the window, thinning out the longer the task overruns its prediction: each wait a share
-  (`OVERRUN`) of the time since the window closed, so a long task of a model whose recent
-  tasks were short costs a few polls, not one every POLL_INTERVAL;
+- while running, a model learned from `SHAPED` tasks or more: where its end is likely
+  (`_hazard_delay`). The predicted end is a normal law (the learned run time and spread, widened
+  by the uncertainty of when the run began) beside a share of tasks that overrun it (`LATE`);
+  the polls' density follows the square root of the chance that the task ends in the next
+  moment given it has not yet (its hazard), which balances the lag a poll saves against its
+  price (`PRICE` of the task's expected age, so a task that queued long or runs long is
+  polled more sparsely): sparse far before the likely end, densest late in it, and thinning
+  out once the task overruns it; no wait steps over the end of the likely window;
+- a model on its prior or a shorter history, while running: sparsely far from its predicted end
+  (each wait half the time left to the window), then densely in a window around the
+  predicted end, as wide as the spread and the uncertainty of when the run began, the density
+  bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
+  0.28 for long ones);
+- past the predicted end, thinning out the longer the task overruns it: each wait a share
+  (`OVERRUN`) of the overrun (at least, on a prior or a short history; at most, for a learned
+  model, whose hazard falls there), so a long task of a model whose recent tasks were short
+  costs a few polls, not one every POLL_INTERVAL;
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
   or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
   schedule while the task runs, until the prior's window has passed.
@@ -30,6 +40,7 @@ ask `next_delay`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -52,6 +63,16 @@ QUEUE_STRETCH: Final = 0.35
 QUEUE_MAX: Final = 2.0
 #: the densest polling, in the window around the predicted end
 DENSE_MIN: Final = 0.3
+#: a learned model's tasks that overrun the normal law of its run times (a queue's or a
+#: provider's hiccup): past the likely end the hazard falls, and the polls thin out
+LATE: Final = 0.1
+#: samples from which a model's law is shaped by its hazard (`_hazard_delay`): by then the
+#: weighted estimate (`estimates.WEIGHT` 0.2) has all but forgotten its first samples, often a
+#: burst's quickest tasks (the first to end), which put the law too early and too narrow
+SHAPED: Final = 20
+#: what a poll is worth, in seconds of expected lag per second of the task's expected age
+#: (0.005: 35 ms for a 7-s task, 0.15 s for a 30-s one)
+PRICE: Final = 0.005
 #: half-width of the dense window, in spreads (about 70% of the ends fall inside)
 CORE: Final = 0.75
 #: beyond this distance to the window, waits halve it (a check on the way: sparse)
@@ -232,6 +253,8 @@ def _predicted_delay(
     # a prior or a short history is a guess: no denser than POLL_INTERVAL around it
     dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)
+    if estimate.samples >= SHAPED:
+        return min(cap, _hazard_delay(timing, span, now, dense, cap, LATE))
     if now < span.start:  # far: halve the distance while it is long, then go to the window
         far = span.start - now
         return min(cap, far if far <= FAR else far / 2)
@@ -239,6 +262,71 @@ def _predicted_delay(
         return min(cap, _dense(timing, span, dense))
     # past the window: the longer the overrun, the sparser (an uneven queue's long tail)
     return min(cap, max(dense, OVERRUN * (now - span.end)))
+
+
+def _hazard(span: Window, at: float, late: float) -> float:
+    """The chance a second that the task ends at `at`, given it has not ended before: a
+    normal law around the window's centre, beside a share `late` of tasks that end later."""
+    z = (at - span.centre) / span.spread
+    density = math.exp(-z * z / 2) / (math.sqrt(2 * math.pi) * span.spread)
+    return (1 - late) * density / _survives(span, at, late)
+
+
+def _survives(span: Window, at: float, late: float) -> float:
+    """The chance that the task runs on past `at` (`_hazard`'s law)."""
+    return (1 - late) * 0.5 * math.erfc((at - span.centre) / (span.spread * math.sqrt(2))) + late
+
+
+def _walk(span: Window, start: float, stop: float) -> Iterator[tuple[float, float]]:
+    """Points from `start` to `stop` and the step after each: small near the likely end,
+    longer far from it."""
+    at = start
+    while at < stop:
+        step = max(0.2 * span.spread, 0.2 * abs(at - span.centre), 0.05)
+        yield at, step
+        at += step
+
+
+def _price(timing: Timing, span: Window, now: float, late: float) -> float:
+    """A poll's price in seconds of lag: `PRICE` of the task's expected age, or more if the
+    polls that price buys from now on would overspend the task's `budget`."""
+    price = PRICE * max(span.centre - timing.submitted, span.spread)
+    left = budget(span.centre - timing.submitted) - timing.polls
+    # the expected polls at this price: the density over the time the task is likely to run
+    expected = sum(
+        step * _survives(span, at, late) * math.sqrt(_hazard(span, at, late) / (2 * price))
+        for at, step in _walk(span, now, span.centre + 3 * span.spread)
+    )
+    # the expected polls go as 1/sqrt(price): the price at which they fit what is left
+    return price * max(1.0, expected / max(1.0, left)) ** 2
+
+
+def _hazard_delay(
+    timing: Timing, span: Window, now: float, dense: float, cap: float, late: float
+) -> float:
+    """The next poll of a running task of a learned model: one poll's worth of density ahead.
+
+    A poll every d seconds around t costs the tasks still running 1/d polls a second and saves
+    the ones ending there about d/2 of lag; with the hazard h(t) and a poll's price c (seconds
+    of lag: `_price`), the cheapest density is √(h / 2c) polls a second. The wait walks ahead
+    until that density sums to one poll, so a wait never jumps over the rise of the hazard.
+    At least `dense`; never past the end of the window from before it; past the window at most
+    `OVERRUN` of the time since the predicted end (or `dense`): an overrunning task is heard of
+    within a share of its overrun. `late`: the share of tasks taken as ending past the law."""
+    price = _price(timing, span, now, late)
+    ahead, covered = now + cap, 0.0
+    for at, step in _walk(span, now, now + cap):
+        density = math.sqrt(_hazard(span, at, late) / (2 * price))
+        if covered + density * step >= 1.0:
+            ahead = at + (1.0 - covered) / density
+            break
+        covered += density * step
+    wait = max(dense, ahead - now)
+    if now < span.end:  # the window's end is polled whatever the law says
+        wait = min(wait, max(dense, span.end - now))
+    else:  # overrunning: heard of within a share of the time since the predicted end
+        wait = min(wait, max(dense, OVERRUN * (now - span.centre)))
+    return wait
 
 
 def expected_total(timing: Timing, estimate: Estimate | None) -> float | None:
