@@ -8,7 +8,7 @@ import json
 from openai.types import ImageEditCompletedEvent, ImageGenCompletedEvent
 
 from fakes.png import JPEG_1x1, make_png
-from imagegw.frontends.image_stream import comment, completed, event
+from imagegw.frontends.image_stream import HEADER_CHARS, comment, completed, event, image_event
 from imagegw.infra.media import dimensions
 
 MAX = 10_000_000
@@ -49,3 +49,38 @@ def test_events_and_comments_are_one_sse_block_each() -> None:
     assert text.startswith("event: error\ndata: ") and text.endswith("\n\n")
     assert json.loads(text.split("data: ", 1)[1])["error"]["message"] == "a\nb"
     assert comment("generating\n· 12 s\n") == ": generating · 12 s\n\n"
+
+
+def with_app_segment(jpeg: bytes, size: int) -> bytes:
+    """`jpeg` with an APP1 segment of `size` bytes (EXIF-like) before its frame header."""
+    segment = b"\xff\xe1" + (size + 2).to_bytes(2, "big") + bytes(size)
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def test_a_jpeg_whose_frame_header_comes_late_still_reports_its_size() -> None:
+    # Given a JPEG whose metadata puts its frame header past the bytes first decoded
+    jpeg = with_app_segment(with_app_segment(JPEG_1x1, 60_000), 60_000)
+    assert len(base64.b64encode(jpeg)) > 2 * HEADER_CHARS
+    # When its completed event is made, Then its size is read from the whole image
+    payload = completed("image_edit", data_uri(jpeg, "image/jpeg"), {}, 1700000000, MAX)
+    parsed = ImageEditCompletedEvent.model_validate(payload)
+    assert (parsed.size, parsed.output_format) == ("1x1", "jpeg")
+    assert base64.b64decode(parsed.b64_json) == jpeg
+
+
+def test_an_image_event_is_the_same_json_as_any_event() -> None:
+    png = make_png(96, 64, (1, 2, 3))
+    payload = completed("image_generation", data_uri(png, "image/png"), {}, 1700000000, MAX)
+    text = image_event("image_generation.completed", payload)
+    assert text.startswith("event: image_generation.completed\ndata: ") and text.endswith("\n\n")
+    assert text.count("\n") == 3  # one event: its name, one data line, the blank line
+    parsed = json.loads(text.split("data: ", 1)[1])
+    assert parsed == payload
+    assert ImageGenCompletedEvent.model_validate(parsed).size == "96x64"
+
+
+def test_an_image_event_whose_text_needs_escaping_is_still_valid_json() -> None:
+    payload = {"type": "image_generation.completed", "b64_json": 'a"b\\c\nd'}
+    text = image_event("image_generation.completed", payload)
+    assert text.count("\n") == 3
+    assert json.loads(text.split("data: ", 1)[1]) == payload

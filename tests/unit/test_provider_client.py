@@ -4,8 +4,10 @@ nothing one answer sets rides along with another request, and each poll carries 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -15,10 +17,12 @@ from starlette.routing import Route
 
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread
-from imagegw.infra.clients import provider_client
+from imagegw.infra import clients
+from imagegw.infra.clients import AnswerTimeout, provider_client
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Running
 from imagegw.providers.modelscope import ModelScope
+from imagegw.providers.upstream import send
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +96,61 @@ async def test_polls_of_tasks_started_with_different_keys_each_carry_their_own(
     polls = list(zip(polled, fake_ms.poll_tokens, strict=True))
     assert len(polls) == sum(len(s) for s in seen.values()) > 2
     assert all(token == owner[task] for task, token in polls), polls
+
+
+def _slow_server(release: threading.Event) -> Starlette:
+    """A provider whose every answer waits until `release` is set (at most 10 s)."""
+
+    async def answer(request: Request) -> Response:
+        await asyncio.to_thread(release.wait, 10)
+        return JSONResponse({"task_id": "t"})
+
+    return Starlette(routes=[Route("/{path:path}", answer, methods=["POST"])])
+
+
+async def test_a_burst_of_submissions_waits_its_turn_before_entering_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a provider client with 3 turns, and a provider that answers only when released
+    monkeypatch.setattr(clients, "MAX_PROVIDER_CONNECTIONS", 3)
+    release, entered, three = threading.Event(), [], asyncio.Event()
+
+    async def hook(request: httpx.Request) -> None:  # runs inside the client's send
+        entered.append(request.url.path)
+        if len(entered) >= 3:
+            three.set()
+
+    with ServerThread(_slow_server(release)) as server:
+        async with provider_client(Settings(), event_hooks={"request": [hook]}) as client:
+
+            async def submit(i: int) -> int:
+                url = f"{server.url}/v1/images/generations/{i}"
+                answer = await send(client, "POST", url, title="P", deadline=30, json={})
+                return answer.status_code
+
+            # When 10 submissions start at once
+            burst = asyncio.gather(*(submit(i) for i in range(10)))
+            async with asyncio.timeout(30):
+                await three.wait()
+            await asyncio.sleep(0.2)
+            # Then only 3 entered the client meanwhile; the others wait, and all are answered
+            assert len(entered) == 3
+            release.set()
+            assert await burst == [200] * 10
+    assert len(entered) == 10
+
+
+async def test_a_submission_that_gets_no_turn_in_time_is_a_read_timeout_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(clients, "MAX_PROVIDER_CONNECTIONS", 1)
+    release = threading.Event()
+    with ServerThread(_slow_server(release)) as server:
+        async with provider_client(Settings()) as client:
+            url = f"{server.url}/v1/images/generations"
+            first = asyncio.create_task(send(client, "POST", url, title="P", deadline=30, json={}))
+            await asyncio.sleep(0.1)
+            with pytest.raises(AnswerTimeout, match=r"no whole answer within 0\.2 s"):
+                await send(client, "POST", url, title="P", deadline=0.2, json={})
+            release.set()
+            assert (await first).status_code == 200

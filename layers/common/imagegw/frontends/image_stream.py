@@ -19,6 +19,8 @@ A client that leaves closes the stream, which stops the polling (Starlette cance
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -32,7 +34,7 @@ from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
-from imagegw.infra.media import decode_data_uri, dimensions, is_data_uri
+from imagegw.infra.media import decode_data_uri, dimensions, is_data_uri, sniff_mime
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.providers.openai_compat import Made, Preview
 from imagegw.runners.gateway import Gateway
@@ -48,12 +50,31 @@ USAGE: Final = {
     "output_tokens": 0,
     "total_tokens": 0,
 }
+#: base64 characters of an image decoded to read its type and size (48 KiB of the file: a
+#: JPEG's frame header follows its EXIF and colour profile, which are almost always smaller;
+#: else the whole image is decoded)
+HEADER_CHARS: Final = 65536
 
 
 def event(name: str, payload: Mapping[str, Any]) -> str:
     """One SSE event: its name, and its data as one JSON line."""
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return f"event: {name}\ndata: {data}\n\n"
+
+
+def image_event(name: str, payload: Mapping[str, Any]) -> str:
+    """`event(name, payload)` for an image's event, its `b64_json` first and put in the text as
+    it is: base64 needs no JSON escaping, so the encoder does not copy the image's few
+    megabytes once more (one copy, the text itself). Anything else is encoded as JSON."""
+    b64 = payload["b64_json"]
+    if not (b64.isascii() and b64.isprintable()) or '"' in b64 or "\\" in b64:
+        return event(name, payload)  # not base64: the encoder escapes what needs it
+    rest = json.dumps(
+        {k: v for k, v in payload.items() if k != "b64_json"},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return "".join((f'event: {name}\ndata: {{"b64_json":"', b64, '",', rest[1:], "\n\n"))
 
 
 def comment(text: str) -> str:
@@ -67,19 +88,35 @@ def _asked(fields: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str
     return text if text in allowed else "auto"
 
 
+def _header(data_uri: str, max_bytes: int) -> tuple[str | None, tuple[int, int] | None]:
+    """The type and size of the image in `data_uri`, read from the start of its bytes. A
+    streamed image was checked whole when it was made (`imagegw.core.deliver`), so only its
+    header is decoded here, not a second copy of the image; a URI whose start does not decode
+    is decoded and checked whole (`decode_data_uri`, which says what is wrong)."""
+    start = data_uri.find(",") + 1
+    try:
+        head = base64.b64decode(data_uri[start : start + HEADER_CHARS], validate=True)
+    except (binascii.Error, ValueError):
+        head = b""
+    size = dimensions(head)
+    if not head or (size is None and len(data_uri) - start > HEADER_CHARS):
+        image = decode_data_uri(data_uri, max_bytes=max_bytes, what="generated image")
+        return image.mime, dimensions(image.data)
+    return sniff_mime(head), size
+
+
 def completed(
     kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
 ) -> dict[str, Any]:
     """The `*.completed` event of one image (a data URI)."""
-    image = decode_data_uri(data_uri, max_bytes=max_bytes, what="generated image")
-    size = dimensions(image.data)
+    mime, size = _header(data_uri, max_bytes)
     return {
         "type": f"{kind}.completed",
-        "b64_json": data_uri.partition(",")[2],
+        "b64_json": data_uri[data_uri.find(",") + 1 :],
         "size": f"{size[0]}x{size[1]}" if size else "auto",
         "quality": _asked(fields, "quality", QUALITIES),
         "background": _asked(fields, "background", BACKGROUNDS),
-        "output_format": FORMATS.get(image.mime, "png"),
+        "output_format": FORMATS.get(mime or "", "png"),
         "created_at": created_at,
         "usage": USAGE,
     }
@@ -111,7 +148,7 @@ async def images_stream(
                         raise GatewayError(
                             "A streamed image got a link.", code="internal_error", retryable=False
                         )
-                    yield event(
+                    yield image_event(
                         f"{kind}.completed", completed(kind, ref, fields, created_at, max_bytes)
                     )
     except Exception as exc:
@@ -157,7 +194,7 @@ async def relayed_stream(
                     mode="data",
                 )
                 made += 1
-                yield event(
+                yield image_event(
                     f"{kind}.completed",
                     completed(kind, ref, call.fields, int(time.time()), settings.max_result_bytes),
                 )

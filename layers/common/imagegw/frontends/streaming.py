@@ -18,6 +18,7 @@ from imagegw.errors import GatewayError, render
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
+from imagegw.infra.waits import done_within
 from imagegw.runners.inprocess import Event, Progress, Result
 
 T = TypeVar("T")
@@ -120,8 +121,7 @@ async def with_keepalive(
             if pending is None:
                 pending = asyncio.create_task(_next(iterator))
             wait = max(0.0, last + interval - clock())
-            done, _ = await asyncio.wait({pending}, timeout=wait)
-            if not done:
+            if not await done_within(pending, wait):
                 last = clock()
                 yield None
                 continue

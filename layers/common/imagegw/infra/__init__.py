@@ -9,7 +9,7 @@ HTTP routes.
   bucket (staged inputs, stored results); `clients`: the AWS clients; `localstate`: the
   stand-ins `make run` uses;
 - `sealer`: provider keys sealed with KMS for durable jobs; `executions`: the Step Functions
-  executions that run them.
+  executions that run them; `waits`: waiting for a task with a time limit, cheaply.
 
 Layers, lowest first: the package root (`errors`, `redaction`) < infra < `providers` < `core`
 < `access` < `runners` < `frontends`; a module imports only from its own layer or lower ones

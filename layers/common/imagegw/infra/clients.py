@@ -14,7 +14,10 @@ or private attribute is patched.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final
 
@@ -25,7 +28,9 @@ from imagegw.infra.transport import PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
 #: per request does not grow with it (`imagegw.infra.transport`); one connection serves a
-#: request for milliseconds, so a few dozen serve hundreds of streams.
+#: request for milliseconds, so a few dozen serve hundreds of streams. The requests
+#: `imagegw.providers.upstream.send` makes (submissions) also take one of as many turns before
+#: they are built (`turn`).
 MAX_PROVIDER_CONNECTIONS: Final = 100
 
 Hook = Callable[..., Awaitable[Any]]
@@ -76,9 +81,38 @@ class NoCookies(CookieJar):
 
 class ProviderClient(httpx.AsyncClient):
     """The provider client: an httpx client that also knows its pool when no transport layer
-    wraps it (`direct`, for `direct_transport`)."""
+    wraps it (`direct`, for `direct_transport`), and its turns (`turn`)."""
 
     direct: PooledTransport | None = None
+    turns: asyncio.Semaphore | None = None
+
+
+@contextlib.asynccontextmanager
+async def turn(client: httpx.AsyncClient, deadline: float) -> AsyncIterator[float]:
+    """A turn to build and send a request through the provider client (the seconds waited for
+    it): at most MAX_PROVIDER_CONNECTIONS at once, the others waiting in a FIFO queue before
+    their request is built, for at most `deadline` seconds (then `TimeoutError`). The pool
+    bounds the requests in flight all the same, but a request waiting there holds the client's
+    send, auth, redirect and transport frames, its timeouts and its request objects; waiting
+    here, a stream of a burst (1,000 streams submitting at once) holds only its own coroutines.
+    No turn for another client (a test's)."""
+    if not isinstance(client, ProviderClient):
+        yield 0.0
+        return
+    if client.turns is None:  # made on the loop that uses it, as the pool's slots are
+        client.turns = asyncio.Semaphore(MAX_PROVIDER_CONNECTIONS)
+    turns, waited = client.turns, 0.0
+    if turns.locked():
+        began = time.monotonic()
+        async with asyncio.timeout(deadline):
+            await turns.acquire()
+        waited = time.monotonic() - began
+    else:
+        await turns.acquire()  # free: at once
+    try:
+        yield waited
+    finally:
+        turns.release()
 
 
 def provider_client(

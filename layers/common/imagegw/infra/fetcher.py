@@ -294,19 +294,23 @@ def _target(url: str | httpx.URL, base: httpx.URL | None = None) -> httpx.URL:
 
 
 async def _read(answer: httpx.Response, limit: int) -> bytes:
-    """The body of `answer`, read no further than `limit` bytes."""
+    """The body of `answer`, read no further than `limit` bytes. The chunks are joined once at
+    the end (a body that came in one chunk is that chunk): the image is never copied while it
+    is read, nor once more into `bytes`."""
     declared = answer.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise FetchError(f"declares {declared} bytes, over the limit of {limit}")
     encoding = answer.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):  # a small body could expand without bound
         raise FetchError(f"a compressed answer ({encoding})")
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in answer.aiter_raw():
-        body += chunk
-        if len(body) > limit:
+        size += len(chunk)
+        if size > limit:
             raise FetchError(f"more than the limit of {limit} bytes")
-    return bytes(body)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class Fetcher:

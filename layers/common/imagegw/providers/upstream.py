@@ -124,10 +124,28 @@ async def send(
     **kwargs: Any,
 ) -> httpx.Response:
     """`client.request(method, url, **kwargs)`, its answer read whole by `read_answer`, all of
-    it (connect, send, the whole body) within `deadline` seconds: past it, `AnswerTimeout`.
-    httpx's errors are raised as they are, for the caller to word."""
-    request = client.build_request(method, url, **kwargs)
-    return await send_request(client, request, title=title, deadline=deadline, limit=limit)
+    it (its turn, connect, send, the whole body) within `deadline` seconds: past it,
+    `AnswerTimeout`. httpx's errors are raised as they are, for the caller to word. The
+    request is built once it has its turn (`imagegw.infra.clients.turn`): a burst queues
+    before anything is built."""
+    from imagegw.infra.clients import AnswerTimeout, turn  # loaded with the client
+
+    try:
+        async with turn(client, deadline) as waited:
+            request = client.build_request(method, url, **kwargs)
+            try:
+                return await send_request(
+                    client, request, title=title, deadline=deadline - waited, limit=limit
+                )
+            except AnswerTimeout:
+                if not waited:
+                    raise
+                raise AnswerTimeout(
+                    f"no whole answer within {deadline:g} s", request=request
+                ) from None
+    except TimeoutError:  # no turn within the deadline: nothing was built nor sent
+        request = client.build_request(method, url, **kwargs)
+        raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
 
 
 async def send_request(

@@ -30,6 +30,7 @@ from imagegw.errors import GatewayError, TransientProviderError
 from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
+from imagegw.infra.waits import done_within
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -192,7 +193,7 @@ class _Run:
                 left = self.left()
                 if left <= 0:
                     raise late(title, (), limit)
-                await asyncio.wait({starting}, timeout=min(self.settings.progress_interval, left))
+                await done_within(starting, min(self.settings.progress_interval, left))
                 if not starting.done():
                     yield Progress("RUNNING", self.elapsed(), 0, len(self.parts), where=title)
         finally:
