@@ -244,3 +244,44 @@ def test_a_failing_bucket_is_a_storage_error_that_names_no_secret(
     (signature,) = client.signatures
     for secret in (TOKEN, signature):
         assert secret not in raised.value.message and secret not in caplog.text
+
+
+def test_a_burst_past_the_pools_connections_waits_its_turn_before_building_its_request(
+    make_settings: Callable[..., Settings],
+    bucket: tuple[FakeBucket, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a store with 3 upload connections, whose uploads are held once their request is
+    # being built and sent
+    monkeypatch.setattr("imagegw.infra.storage.UPLOAD_CONNECTIONS", 3)
+    fake, url = bucket
+    store, _ = _store_at(make_settings, url)
+    real_post = store._post
+    sending: list[str] = []
+
+    async def burst() -> tuple[int, list[str]]:
+        release = asyncio.Event()
+
+        async def held_post(form: Any, key: str, given: ImageBytes) -> int:
+            sending.append(key)
+            await release.wait()
+            return await real_post(form, key, given)
+
+        store._post = held_post  # type: ignore[method-assign]
+        saves = asyncio.gather(*(store.save_result(image()) for _ in range(10)))
+        for _ in range(100):  # every upload that can start has started
+            await asyncio.sleep(0.01)
+        building = len(sending)
+        release.set()
+        try:
+            return building, list(await saves)
+        finally:
+            await store.aclose()
+
+    # When 10 images are stored at once
+    building, names = asyncio.run(burst())
+
+    # Then only 3 built a request while the others waited (holding no request, no body), and
+    # all 10 were stored in the end
+    assert building == 3
+    assert len(set(names)) == 10 and len(fake.forms) == 10

@@ -90,9 +90,11 @@ class ImageStore:
         #: signed upload forms by key prefix
         self._forms: dict[str, _Form] = {}
         self._signing = threading.Lock()
-        #: the upload connections of each event loop (connections belong to their loop)
+        #: the upload connections of each event loop (connections belong to their loop), and
+        #: its turns: at most UPLOAD_CONNECTIONS uploads build and send their request at once
         self._transports: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[PooledTransport, httpx.AsyncBaseTransport]
+            asyncio.AbstractEventLoop,
+            tuple[PooledTransport, httpx.AsyncBaseTransport, asyncio.Semaphore],
         ]
         self._transports = weakref.WeakKeyDictionary()
         self._pooling = threading.Lock()
@@ -201,9 +203,11 @@ class ImageStore:
                 form = self._forms[prefix] = self._sign_form(prefix)
             return form
 
-    def _transport(self) -> tuple[PooledTransport, httpx.AsyncBaseTransport]:
-        """The running loop's upload pool, and the same in the transport layers added so far
-        (`imagegw.infra.clients.layered`: X-Ray's, in a traced task function)."""
+    def _transport(
+        self,
+    ) -> tuple[PooledTransport, httpx.AsyncBaseTransport, asyncio.Semaphore]:
+        """The running loop's upload pool, the same in the transport layers added so far
+        (`imagegw.infra.clients.layered`: X-Ray's, in a traced task function), and its turns."""
         from imagegw.infra.clients import layered
         from imagegw.infra.transport import PooledTransport
 
@@ -212,7 +216,8 @@ class ImageStore:
             pair = self._transports.get(loop)
             if pair is None:
                 pooled = PooledTransport(max_connections=UPLOAD_CONNECTIONS)
-                pair = self._transports[loop] = (pooled, layered(pooled))
+                turns = asyncio.Semaphore(UPLOAD_CONNECTIONS)
+                pair = self._transports[loop] = (pooled, layered(pooled), turns)
         return pair
 
     async def _post(self, form: _Form, key: str, image: ImageBytes) -> int:
@@ -249,7 +254,7 @@ class ImageStore:
             content=body(),
             extensions={"timeout": UPLOAD_TIMEOUT},
         )
-        pooled, outer = self._transport()
+        pooled, outer, _ = self._transport()
         if outer is pooled:  # nothing observes the pool: straight to it, the answer read whole
             assert isinstance(request.stream, AsyncIterable)
             answer = await pooled.read_whole(
@@ -272,6 +277,13 @@ class ImageStore:
         """Store `image` under `key` (POST Object with the prefix's signed form): tried again
         after a connection failure or a 5xx, and signed again after a 403 (the credentials may
         have rotated)."""
+        # a burst's uploads past the pool's connections wait for a turn before their request is
+        # built, holding their own coroutine only (in the pool's queue each would hold its
+        # request, its body and the transport's frames: memory per stream of 1,000 at once)
+        async with self._transport()[2]:
+            await self._put_now(key, image)
+
+    async def _put_now(self, key: str, image: ImageBytes) -> None:
         import httpx
 
         prefix = key.split("/", 1)[0] + "/"
