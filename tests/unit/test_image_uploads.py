@@ -262,10 +262,10 @@ def test_a_burst_past_the_pools_connections_waits_its_turn_before_building_its_r
     async def burst() -> tuple[int, list[str]]:
         release = asyncio.Event()
 
-        async def held_post(form: Any, key: str, given: ImageBytes) -> int:
+        async def held_post(form: Any, key: str, given: ImageBytes, transports: Any) -> int:
             sending.append(key)
             await release.wait()
-            return await real_post(form, key, given)
+            return await real_post(form, key, given, transports)
 
         store._post = held_post  # type: ignore[method-assign]
         saves = asyncio.gather(*(store.save_result(image()) for _ in range(10)))

@@ -220,8 +220,15 @@ class ImageStore:
                 pair = self._transports[loop] = (pooled, layered(pooled), turns)
         return pair
 
-    async def _post(self, form: _Form, key: str, image: ImageBytes) -> int:
-        """One POST of the form with `image` under `key`; S3's status."""
+    async def _post(
+        self,
+        form: _Form,
+        key: str,
+        image: ImageBytes,
+        transports: tuple[PooledTransport, httpx.AsyncBaseTransport],
+    ) -> int:
+        """One POST of the form with `image` under `key` through `transports` (the loop's pool,
+        and the same in its layers); S3's status."""
         import httpx
 
         head = b"%s%s%s--%s\r\n" % (
@@ -254,7 +261,7 @@ class ImageStore:
             content=body(),
             extensions={"timeout": UPLOAD_TIMEOUT},
         )
-        pooled, outer, _ = self._transport()
+        pooled, outer = transports
         if outer is pooled:  # nothing observes the pool: straight to it, the answer read whole
             assert isinstance(request.stream, AsyncIterable)
             answer = await pooled.read_whole(
@@ -280,10 +287,16 @@ class ImageStore:
         # a burst's uploads past the pool's connections wait for a turn before their request is
         # built, holding their own coroutine only (in the pool's queue each would hold its
         # request, its body and the transport's frames: memory per stream of 1,000 at once)
-        async with self._transport()[2]:
-            await self._put_now(key, image)
+        pooled, outer, turns = self._transport()
+        async with turns:
+            await self._put_now(key, image, (pooled, outer))
 
-    async def _put_now(self, key: str, image: ImageBytes) -> None:
+    async def _put_now(
+        self,
+        key: str,
+        image: ImageBytes,
+        transports: tuple[PooledTransport, httpx.AsyncBaseTransport],
+    ) -> None:
         import httpx
 
         prefix = key.split("/", 1)[0] + "/"
@@ -291,7 +304,7 @@ class ImageStore:
         renewed = False
         for attempt in range(1, UPLOAD_TRIES + 1):
             try:
-                status = await self._post(form, key, image)
+                status = await self._post(form, key, image, transports)
             except httpx.TransportError:
                 if attempt == UPLOAD_TRIES:
                     raise

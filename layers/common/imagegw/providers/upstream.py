@@ -133,16 +133,9 @@ async def send(
     try:
         async with turn(client, deadline) as waited:
             request = client.build_request(method, url, **kwargs)
-            try:
-                return await send_request(
-                    client, request, title=title, deadline=deadline - waited, limit=limit
-                )
-            except AnswerTimeout:
-                if not waited:
-                    raise
-                raise AnswerTimeout(
-                    f"no whole answer within {deadline:g} s", request=request
-                ) from None
+            return await send_request(
+                client, request, title=title, deadline=deadline - waited, limit=limit, said=deadline
+            )
     except TimeoutError:  # no turn within the deadline: nothing was built nor sent
         request = client.build_request(method, url, **kwargs)
         raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
@@ -155,12 +148,15 @@ async def send_request(
     title: str,
     deadline: float,
     limit: int = MAX_ANSWER_BYTES,
+    said: float | None = None,
 ) -> httpx.Response:
     """`send` of a request built before (`client.build_request`), so that a request sent again
     and again (a task's poll) is built once; read as `send` reads. A request of the provider
     client whose body is in memory (a poll, a JSON submission) goes straight to its pool
     (`PooledTransport.read_whole`: it spends nothing on the client's layers), after the client's
-    request hooks; an encoded answer comes back open and is read here as any other."""
+    request hooks; an encoded answer comes back open and is read here as any other. `said`:
+    the deadline an `AnswerTimeout` names (`send`'s whole one, of which its turn took a part;
+    default `deadline`)."""
     from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
 
     direct = direct_transport(client, request)
@@ -182,7 +178,8 @@ async def send_request(
             finally:
                 await answer.aclose()
     except TimeoutError:
-        raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
+        whole = deadline if said is None else said
+        raise AnswerTimeout(f"no whole answer within {whole:g} s", request=request) from None
 
 
 @asynccontextmanager
