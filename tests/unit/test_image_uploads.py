@@ -340,3 +340,19 @@ def test_a_burst_of_stored_results_downloads_no_more_images_than_it_has_upload_t
         assert name is not None
         stored = store.s3.get_object(Bucket=settings.bucket, Key=RESULTS + name)["Body"].read()
         assert stored == image_host.files[f"r{index}.png"]
+
+
+def test_the_s3_stand_in_keeps_its_connections_alive_as_s3_does(s3_env: dict[str, str]) -> None:
+    # Given a client of the S3 stand-in (moto's server, as the tests and `make run` serve it)
+    url = f"{s3_env['S3_ENDPOINT_URL']}/{s3_env['BUCKET']}"
+    with httpx.Client() as client:
+        # When it lists the bucket twice
+        answers = [client.get(url) for _ in range(2)]
+
+        # Then both answers came over one HTTP/1.1 connection, kept open (S3 keeps
+        # connections alive; werkzeug's development server closes each one)
+        assert [a.status_code for a in answers] == [200, 200]
+        assert all(a.http_version == "HTTP/1.1" for a in answers)
+        assert all(a.headers.get("connection", "").lower() != "close" for a in answers)
+        streams = [a.extensions["network_stream"] for a in answers]
+        assert len({s.get_extra_info("client_addr")[1] for s in streams}) == 1
