@@ -84,7 +84,8 @@ class MotoServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
-        app = WSGIMiddleware(DomainDispatcherApplication(create_backend_app), workers=16)
+        moto_app: Any = DomainDispatcherApplication(create_backend_app)  # WSGI, typed loosely
+        app = WSGIMiddleware(moto_app, workers=16)
         config = uvicorn.Config(
             app,
             interface="asgi3",
