@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagegw.infra.collector import YOUNG_THRESHOLD, pace_for_server
+from imagegw.infra.collector import YOUNG_THRESHOLD, loading, pace_for_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +51,25 @@ def test_a_collector_switched_off_or_slower_already_is_left_as_it_is() -> None:
         assert gc.get_threshold() == (50_000, 7, 9)
     finally:
         gc.set_threshold(*before)
+
+
+def test_what_loading_made_is_frozen_and_the_collector_is_on_again_as_it_was() -> None:
+    before = gc.get_freeze_count()
+    was_on = gc.isenabled()
+    try:
+        # When something is made while loading
+        with loading():
+            assert not gc.isenabled()  # (no collection walks what the import makes)
+            made = [[index] for index in range(1000)]
+        # Then it is out of later collections, and the collector is on again
+        assert gc.get_freeze_count() >= before + len(made)
+        assert gc.isenabled()
+        # And a collector switched off before stays off
+        gc.disable()
+        with loading():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.unfreeze()
+        if was_on:
+            gc.enable()

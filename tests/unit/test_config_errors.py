@@ -125,7 +125,6 @@ def test_poll_interval_max_equal_to_poll_interval_is_fine() -> None:
     assert settings.poll_interval == settings.poll_interval_max == 2.0
 
 
-
 #: environments read without building the settings' validator (`Settings._plain`) or with it
 ENVIRONMENTS = [
     {},
@@ -167,6 +166,7 @@ def test_plain_values_out_of_bounds_are_refused_as_validation_refuses_them(
 ) -> None:
     with pytest.raises(ValueError, match=rf"invalid configuration: {name}: "):
         Settings.from_env({name: value})
+
 
 # ----------------------------------------------------------------------------- render
 

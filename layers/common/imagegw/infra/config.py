@@ -218,9 +218,10 @@ def _plain_value(annotation: Any, metadata: list[Any], value: Any) -> tuple[bool
         return (texts, value)
     if annotation is int and isinstance(value, str) and _PLAIN_INT.fullmatch(value):
         number: float = int(value)
-    elif annotation is float and isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value):
-        number = float(value)
-    elif annotation is float and type(value) in (int, float):  # a validator's own figure
+    elif annotation is float and (
+        (isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value))
+        or type(value) in (int, float)  # a validator's own figure
+    ):
         number = float(value)
     else:
         return (False, None)
@@ -316,6 +317,16 @@ class Settings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _before(cls, data: Any) -> Any:
+        return cls._prepared(data)
+
+    @classmethod
+    def _prepared(cls, data: Any) -> Any:
+        """What the fields are validated from: `_provider_fields`, then
+        `_generation_below_function`."""
+        return cls._generation_below_function(cls._provider_fields(data))
+
+    @classmethod
     def _generation_below_function(cls, data: Any) -> Any:
         """GENERATION_TIMEOUT held below FUNCTION_TIMEOUT (CloudFormation cannot compare two
         parameters): a generation never outlives the invocation that answers it."""
@@ -331,7 +342,6 @@ class Settings(BaseModel):
             return {**data, "generation_timeout": most}
         return data
 
-    @model_validator(mode="before")
     @classmethod
     def _provider_fields(cls, data: Any) -> Any:
         """`Settings(modelscope_base_url=...)`: a provider setting by its lower-case name."""
@@ -360,7 +370,11 @@ class Settings(BaseModel):
             return super().__getattr__(name)
 
     @model_validator(mode="after")
+    def _after(self) -> Settings:
+        return self._check()
+
     def _check(self) -> Settings:
+        """The checks of settings as a whole (ValueError)."""
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("POLL_INTERVAL_MAX must be >= POLL_INTERVAL")
         if self.access_mode == "keys" and not (self.access_table and self.access_secret):
@@ -399,8 +413,7 @@ class Settings(BaseModel):
         model's checks pass, built without validation (`model_construct`); None otherwise, and
         `from_env` validates them as usual. Runs the model's validators as validation would:
         the `before` ones, each field, the `after` one."""
-        # (pydantic runs `before` validators last-defined first)
-        data = cls._generation_below_function(cls._provider_fields(values))
+        data = cls._prepared(values)
         fields = cls.model_fields
         plain: dict[str, Any] = {}
         for name, value in data.items():
