@@ -39,14 +39,13 @@ def pace_for_server() -> None:
 @contextmanager
 def loading() -> Iterator[None]:
     """The collector off while the block runs (the app's modules imported, the app made), then
-    what exists frozen out of later collections and the collector on again, as it was (one
-    switched off before stays off). Garbage in cycles made by the block is kept: an import's
-    few cycles (a module, its classes and functions) live as long as the process anyway."""
-    was_on = gc.isenabled()
+    what exists frozen out of later collections and the collector on. The API function's start
+    script (functions/api/serve.py) switches it off from the process's first line, so that
+    importing uvicorn is not collected either. Garbage in cycles made meanwhile is kept: an
+    import's few cycles (a module, its classes and functions) live as long as the process."""
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
-        if was_on:
-            gc.enable()
+        gc.enable()
