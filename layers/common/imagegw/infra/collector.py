@@ -10,10 +10,11 @@ counting waits for it; only garbage in reference cycles waits a little longer.
 
 While the API function starts (`loading`: its modules imported, its app made), the collector is
 off: importing makes tens of thousands of objects that live as long as the process (modules,
-classes, functions), and some 30 collections walked them again and again, about 13 ms of a cold
-start. What start-up made is then frozen (`gc.freeze()`: kept out of every later collection,
-which walks only what requests make) and the collector switched back on. (As a cure for the
-streams' collections, freezing changed nothing measurable: those walk what the streams make.)
+classes, functions), and some 30 collections walked them again and again (about 13 ms of a cold
+start on a loaded 2-core machine). What start-up made is then frozen (`gc.freeze()`: kept out
+of every later collection, which walks only what requests make) and the collector switched
+back on. (As a cure for the streams' collections, freezing changed nothing measurable: those
+walk what the streams make.)
 """
 
 from __future__ import annotations
