@@ -4,8 +4,10 @@ fetcher), made of httpx's and httpcore's public classes only.
 `PooledTransport` is an httpx transport as httpx documents custom ones (`httpx.AsyncBaseTransport`)
 over `LanePool`, a connection pool whose connections are httpcore's own
 (`httpcore.AsyncHTTPConnection`, with a network backend given when the pool is built: the SSRF
-guard's for the fetcher). Nothing reaches into a library's private attributes, so httpx and
-httpcore are not pinned to one release (layers/common/requirements.txt).
+guard's for the fetcher) or, with `lean=True` (the providers' and the bucket's pools), the
+gateway's lean HTTP/1.1 connections (`imagegw.infra.http11`, through the same backend).
+Nothing reaches into a library's private attributes, so httpx and httpcore are not pinned to
+one release (layers/common/requirements.txt).
 
 Why not httpcore's pool (`httpcore.AsyncConnectionPool`, what `httpx.AsyncHTTPTransport` builds):
 it looks at every pooled connection and every queued request each time it places a request and
@@ -47,6 +49,7 @@ import anyio
 import httpcore
 import httpx
 
+from imagegw.infra.http11 import LeanConnection
 from imagegw.infra.netstream import AsyncioBackend
 
 #: connections being opened to one origin at a time (see the module docstring)
@@ -149,8 +152,10 @@ class LanePool:
         retries: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        lean: bool = False,
     ) -> None:
         self.max_connections = max_connections
+        self.lean = lean
         self.max_opening = max_opening
         self._keepalive_expiry = keepalive_expiry
         self._retries = retries
@@ -161,6 +166,15 @@ class LanePool:
         self._closed = False
 
     def _connect(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        if self.lean:
+            assert self._network_backend is not None
+            return LeanConnection(
+                origin,
+                ssl_context=self._ssl_context,
+                keepalive_expiry=self._keepalive_expiry,
+                retries=self._retries,
+                network_backend=self._network_backend,
+            )
         return httpcore.AsyncHTTPConnection(
             origin=origin,
             ssl_context=self._ssl_context,
@@ -349,6 +363,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         ssl_context: ssl.SSLContext | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        lean: bool = False,
     ) -> None:
         self.pool = LanePool(
             ssl_context=ssl_context or httpx.create_ssl_context(),
@@ -357,6 +372,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=keepalive_expiry,
             retries=retries,
             network_backend=network_backend or AsyncioBackend(),
+            lean=lean,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
