@@ -60,12 +60,13 @@ _CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})[ \t]*(?:;[\t\x20-\x7e\x80
 _NO_BODY: Final = frozenset({204, 304})
 
 
-def request_head(request: httpcore.Request) -> tuple[bytes, bool, int | None]:
-    """The request's head as sent, whether its body is chunked, and its declared length.
-    A header that is not a token and visible text is refused (`LocalProtocolError`)."""
+def request_head(request: httpcore.Request) -> tuple[bytes, bool, int | None, bool]:
+    """The request's head as sent, whether its body is chunked, its declared length, and
+    whether it says `Connection: close`. A header that is not a token and visible text is
+    refused (`LocalProtocolError`)."""
     url = request.url
     parts = [request.method, b" ", url.target, b" HTTP/1.1\r\n"]
-    chunked, length = False, None
+    chunked, length, closes = False, None, False
     for name, value in request.headers:
         if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
             raise httpcore.LocalProtocolError(f"Illegal header {name!r}.")
@@ -78,9 +79,11 @@ def request_head(request: httpcore.Request) -> tuple[bytes, bool, int | None]:
             if not value.isdigit():
                 raise httpcore.LocalProtocolError("Content-Length must be a number.")
             length = int(value)
+        elif lowered == b"connection":
+            closes = closes or _says_close(value)
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
-    return b"".join(parts), chunked, None if chunked else length
+    return b"".join(parts), chunked, None if chunked else length, closes
 
 
 class LeanConnection(httpcore.AsyncConnectionInterface):
@@ -161,7 +164,7 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         except BaseException:
             await self.aclose()
             raise
-        body = _Body(self, framing, length, read_timeout, keep and keep_alive)
+        body = Body(self, framing, length, read_timeout, keep and keep_alive)
         return httpcore.Response(
             status=status,
             headers=headers,
@@ -203,7 +206,7 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         """Write the request; whether it lets the connection be kept (no `Connection: close`).
         A body in memory (httpx's and httpcore's byte streams are iterables too) is read
         without an async generator."""
-        head, chunked, length = request_head(request)
+        head, chunked, length, closes = request_head(request)
         network = self.network
         assert network is not None
         pending, sent = head, 0
@@ -235,7 +238,7 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         last = pending + b"0\r\n\r\n" if chunked else pending
         if last:
             await network.write(last, within)
-        return not _closes(request.headers)
+        return not closes
 
     async def more(self, within: float | None) -> bool:
         """Read what the server sent next into `received`; False at its end."""
@@ -283,13 +286,14 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         return version, int(status), reason or b"", headers
 
 
+def _says_close(value: bytes) -> bool:
+    """Whether a `Connection` header's value says `close`."""
+    return any(token.strip().lower() == b"close" for token in value.split(b","))
+
+
 def _closes(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether the headers say `Connection: close`."""
-    return any(
-        name.lower() == b"connection"
-        and any(token.strip().lower() == b"close" for token in value.split(b","))
-        for name, value in headers
-    )
+    return any(name.lower() == b"connection" and _says_close(value) for name, value in headers)
 
 
 def _framing(
@@ -314,7 +318,7 @@ def _framing(
     return "close", 0, False
 
 
-class _Body:
+class Body:
     """An answer's body as it is read (an iterator object, not an async generator: one left
     unfinished has nothing for the event loop to finalize). Read whole, the connection goes
     idle (or closes, when it may not be kept); closed before that, it closes."""

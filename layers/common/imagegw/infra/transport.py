@@ -49,7 +49,7 @@ import anyio
 import httpcore
 import httpx
 
-from imagegw.infra.http11 import LeanConnection
+from imagegw.infra.http11 import Body, LeanConnection
 from imagegw.infra.netstream import AsyncioBackend
 
 #: connections being opened to one origin at a time (see the module docstring)
@@ -215,12 +215,10 @@ class LanePool:
             lane.wake_one()
             raise
         assert isinstance(response.stream, AsyncIterable)
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_PooledStream(response.stream, self, lane, connection),
-            extensions=response.extensions,
-        )
+        # the connection's own answer, its body read through the pool (not a copy of the
+        # answer: its headers are not checked twice)
+        response.stream = _PooledStream(response.stream, self, lane, connection)
+        return response
 
     async def _checkout(
         self, lane: _Lane, origin: httpcore.Origin, deadline: float | None
@@ -251,17 +249,26 @@ class LanePool:
 
     async def checkin(self, lane: _Lane, connection: httpcore.AsyncConnectionInterface) -> None:
         """A response was closed: its connection goes back on the stack, if it can be reused."""
+        for closing in self.give_back(lane, connection):
+            await _close(closing)
+
+    def give_back(
+        self, lane: _Lane, connection: httpcore.AsyncConnectionInterface
+    ) -> list[httpcore.AsyncConnectionInterface]:
+        """`checkin` but for the closing: the slot freed, the connection back on the stack if
+        it can be reused, the next waiter woken; the connections to close."""
         assert self._slots is not None
         self._slots.release()
+        closing = []
         if self._closed or not connection.is_idle():
-            await _close(connection)
+            closing.append(connection)
         else:
             lane.idle.append(connection)
             oldest = lane.idle[0]
             if len(lane.idle) > self.max_connections or oldest.has_expired():
-                lane.idle.pop(0)
-                await _close(oldest)
+                closing.append(lane.idle.pop(0))
         lane.wake_one()
+        return closing
 
     async def aclose(self) -> None:
         self._closed = True
@@ -308,6 +315,12 @@ class _PooledStream:
         if self.closed:
             return
         self.closed = True
+        if isinstance(self.stream, Body) and self.stream.done:
+            # a lean connection's body, read whole: nothing of it to close, nothing to wait for
+            # unless a connection is to be closed (shielded then, `_close`)
+            for closing in self.pool.give_back(self.lane, self.connection):
+                await _close(closing)
+            return
         with anyio.CancelScope(shield=True):
             try:
                 for part in (self.parts, self.stream):  # httpcore's iterator: finished now
