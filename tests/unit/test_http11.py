@@ -5,6 +5,7 @@ headers cannot smuggle another header in."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -243,3 +244,15 @@ async def test_request_bodies_arrive_whole_in_memory_or_streamed() -> None:
     ]
     assert b"transfer-encoding: chunked" in server.requests[2][0].lower()
     assert server.connections == 1
+
+
+async def test_a_connection_idle_past_its_keep_alive_is_not_reused() -> None:
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((plain, "keep"), (plain, "keep")) as server:
+        transport = PooledTransport(max_connections=4, keepalive_expiry=0.05, lean=True)
+        async with httpx.AsyncClient(transport=transport, timeout=5) as http:
+            await http.get(server.url)
+            await asyncio.sleep(0.2)  # idle past its keep-alive
+            await http.get(server.url)
+
+    assert server.connections == 2

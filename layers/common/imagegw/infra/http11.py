@@ -129,6 +129,13 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
     def is_idle(self) -> bool:
         return self.state == _IDLE
 
+    def idled_out(self) -> bool:
+        """`has_expired` by the clock alone: idle past its keep-alive, with no system call
+        asking the socket (what the pool checks of its oldest idle connection each time one
+        comes back; the connection it hands out is checked whole)."""
+        expire_at = self.expire_at
+        return self.state == _IDLE and expire_at is not None and time.monotonic() > expire_at
+
     def is_closed(self) -> bool:
         return self.state == _CLOSED
 

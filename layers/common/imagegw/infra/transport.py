@@ -20,7 +20,8 @@ Here requests over the limit wait in an `asyncio.Semaphore` (a FIFO queue: O(1) 
 the idle connections of each origin are a stack: a request takes the most recently used one,
 checking that one only, or opens a new connection; a returned connection goes on top, and the
 oldest one is checked then, so connections the server closed or that idled too long are dropped
-over time. `max_connections` bounds the requests in flight.
+over time (a lean connection there by the clock alone: no system call asks its socket, the
+connection handed out is checked whole). `max_connections` bounds the requests in flight.
 
 A burst on a cold pool would open a connection per request at once. A provider whose accept
 queue is short drops the surplus after the request was sent: the client sees a reset, the
@@ -132,6 +133,14 @@ class _Lane:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def _idled_out(connection: httpcore.AsyncConnectionInterface) -> bool:
+    """Whether the oldest idle connection is to be dropped: past its keep-alive (a lean
+    connection, by the clock alone: one the server closed is found when it is handed out)."""
+    if isinstance(connection, LeanConnection):
+        return connection.idled_out()
+    return connection.has_expired()
 
 
 async def _close(connection: httpcore.AsyncConnectionInterface) -> None:
@@ -265,7 +274,7 @@ class LanePool:
         else:
             lane.idle.append(connection)
             oldest = lane.idle[0]
-            if len(lane.idle) > self.max_connections or oldest.has_expired():
+            if len(lane.idle) > self.max_connections or _idled_out(oldest):
                 closing.append(lane.idle.pop(0))
         lane.wake_one()
         return closing
