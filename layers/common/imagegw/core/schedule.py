@@ -83,6 +83,11 @@ LONG_BUDGET: Final = 0.28
 LONG_TASK: Final = 15.0
 #: polls run at the base interval this long, then slow down towards the maximum (today's)
 FAST_POLLING_SECONDS: Final = 15.0
+#: a prior or a short history, while the task runs before its window has passed, waits at
+#: most this share of the task's age (or POLL_INTERVAL): where the end is as likely at any
+#: time as the age suggests (a hazard of 1/age), the wait whose lag saved is worth its price
+#: (`PRICE` of the age) is √(2·PRICE) of the age
+GROWTH: Final = math.sqrt(2 * PRICE)
 #: samples after which a model's history is trusted beyond POLL_INTERVAL_MAX
 LEARNED: Final = 3
 #: provider states that mean "not begun" (anything else not final is running)
@@ -228,18 +233,17 @@ def next_delay(
     guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
-    today = poll_delay(now - timing.submitted, base, maximum)
     if estimate is None:
-        return today
+        return poll_delay(now - timing.submitted, base, maximum)
     predicted = _predicted_delay(timing, estimate, now, base, maximum)
     if estimate.samples >= LEARNED or timing.running_seen is None:
         return predicted
-    # a prior alone is no history: never wait longer than today's schedule would, but past
-    # the prior's window, where the waits thin out up to POLL_INTERVAL_MAX (`_predicted_delay`),
-    # and while queued (the run has not begun: its own pace, `_queued`)
+    # a prior or a short history is a guess: never wait longer than a share of the task's age
+    # (`GROWTH`), but past its window, where the waits thin out up to POLL_INTERVAL_MAX
+    # (`_predicted_delay`), and while queued (the run has not begun: its own pace, `_queued`)
     if now > window(timing, estimate).end:
         return predicted
-    return min(predicted, today)
+    return min(predicted, max(base, GROWTH * (now - timing.submitted)))
 
 
 def _predicted_delay(
@@ -257,11 +261,15 @@ def _predicted_delay(
         return min(cap, _hazard_delay(timing, span, now, dense, cap, LATE))
     if now < span.start:  # far: halve the distance while it is long, then go to the window
         far = span.start - now
-        return min(cap, far if far <= FAR else far / 2)
+        # a window less than one spacing away is polled inside, not at its edge and again
+        return min(cap, far / 2 if far > FAR else max(far, min(dense, span.end - now)))
     if now <= span.end:
         return min(cap, _dense(timing, span, dense))
-    # past the window: the longer the overrun, the sparser (an uneven queue's long tail)
-    return min(cap, max(dense, OVERRUN * (now - span.end)))
+    # past the window: the longer the overrun, the sparser (an uneven queue's long tail); a
+    # prior or a short history that the task overran says little of its end: a share of the
+    # time it has run
+    since = span.end if estimate.samples >= LEARNED else sum(timing.began()) / 2
+    return min(cap, max(dense, OVERRUN * (now - since)))
 
 
 def _hazard(span: Window, at: float, late: float) -> float:
