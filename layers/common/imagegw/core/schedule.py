@@ -263,7 +263,7 @@ def _predicted_delay(
         far = span.start - now
         # a window less than one spacing away is polled inside, not at its edge and again
         return min(cap, far / 2 if far > FAR else max(far, min(dense, span.end - now)))
-    if now <= span.end:
+    if now < span.end:
         return min(cap, _dense(timing, span, dense))
     # past the window: the longer the overrun, the sparser (an uneven queue's long tail); a
     # prior or a short history that the task overran says little of its end: a share of the
