@@ -24,14 +24,19 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   (each wait half the time left to the window), then densely in a window around the
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
   bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
-  0.28 for long ones);
-- past the predicted end, thinning out the longer the task overruns it: each wait a share
-  (`OVERRUN`) of the overrun (at least, on a prior or a short history; at most, for a learned
-  model, whose hazard falls there), so a long task of a model whose recent tasks were short
-  costs a few polls, not one every POLL_INTERVAL;
+  0.28 for long ones); a window less than one spacing away is polled inside (at its end at
+  the latest), not at its edge and again one spacing later;
+- past the predicted end, thinning out the longer the task overruns it: for a learned model
+  each wait at most a share (`OVERRUN`) of the overrun (its hazard falls there); on a prior or
+  a short history, which a task that overran says little of, at least that share of the time
+  the task has run (from the middle of the span in which it began), so a 3-s task of a model
+  whose one sample is 0.5 s, or a long task of a model whose recent tasks were short, costs a
+  few polls, not one every POLL_INTERVAL;
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
-  or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
-  schedule while the task runs, until the prior's window has passed.
+  or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor, while the task runs
+  and until the prior's window has passed, sparser than POLL_INTERVAL or `GROWTH` of the
+  task's age (a guess may be wrong: a young task is heard of within POLL_INTERVAL, an old one
+  within a tenth of its age, the wait whose lag is worth its price when nothing is known).
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
@@ -227,7 +232,8 @@ def next_delay(
 
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than today's schedule would wait (while queued: `_queued`). So a
+    history) never longer than POLL_INTERVAL_MAX, nor, before the predicted end's window has
+    passed, than POLL_INTERVAL or `GROWTH` of the task's age (while queued: `_queued`). So a
     prediction that is far off costs a few polls, not a long lag. The dense spacing is never
     above POLL_INTERVAL, and until a model has a history never below it (a prior is a
     guess)."""
