@@ -9,7 +9,6 @@ from pydantic import SecretStr
 from imagegw.core.estimates import MemoryEstimates, fold
 from imagegw.core.schedule import (
     EARLY,
-    GROWTH,
     OVERRUN,
     Estimate,
     Key,
@@ -343,48 +342,30 @@ def test_a_laws_shape_is_trusted_only_from_a_long_history() -> None:
         assert lag <= 5.0 / 3
 
 
-def test_a_task_that_overran_a_short_history_is_polled_by_a_share_of_its_run() -> None:
+def test_a_window_less_than_a_spacing_away_is_polled_inside_not_at_its_edge_and_again() -> None:
     # one sample of 1.5 s (a warm-up's), and a task seen queued at 0 then running at 0.75: the
-    # run began about 0.375 s in, and its window (1.64-2.11 s) is polled once inside, at its
-    # end, not at its edge and again one spacing later
+    # run began about 0.375 s in, and its window is 1.64-2.11 s
     once = Estimate(seconds=1.5, spread=0.225, samples=1)
     running = Timing(submitted=0.0).seen(0.0, "PENDING").seen(0.75, "RUNNING")
     span = window(running, once)
     assert next_delay(running, once, 0.75, BASE, MAXIMUM) == BASE  # no longer than it ran
+    # at 1.5 s the window begins 0.14 s ahead: the next poll is at its end (one spacing at
+    # most), not at its edge and again one spacing later
     at = 1.5
-    assert span.start - at < BASE
-    assert next_delay(running.seen(at, "RUNNING"), once, at, BASE, MAXIMUM) == pytest.approx(
-        span.end - at
+    assert 0 < span.start - at < BASE
+    wait = next_delay(running.seen(at, "RUNNING"), once, at, BASE, MAXIMUM)
+    assert wait == pytest.approx(span.end - at) and wait < BASE
+    # a poll at the window's end is past it: the overrun's waits follow
+    ended = running.seen(span.end, "RUNNING")
+    assert next_delay(ended, once, span.end, BASE, MAXIMUM) == BASE
+    later = span.end + 2.0
+    assert next_delay(ended.seen(later, "RUNNING"), once, later, BASE, MAXIMUM) == pytest.approx(
+        max(BASE, OVERRUN * 2.0)
     )
-    # past the window, each wait is half the time the task has run (not POLL_INTERVAL): the
-    # sample said little of this task
-    for at in (2.2, 3.2):
-        wait = next_delay(running.seen(at, "RUNNING"), once, at, BASE, MAXIMUM)
-        assert wait == pytest.approx(OVERRUN * (at - 0.375)) and wait > BASE
-    # so a 3-s task costs five or six polls (the first at once: an instant task's), six and a
-    # half on average before, and its end is heard of within half its run
+    # so tasks of 2.5-3.5 s cost 5.6 polls on average (6.4 before), at most six, the first at
+    # once (an instant task's), and none is heard of later than one POLL_INTERVAL after its end
     ends = [2.5 + 0.05 * i for i in range(21)]
     outcomes = [polls_until(end, 0.1, once) for end in ends]
     assert max(polls for polls, _ in outcomes) <= 6
     assert sum(polls for polls, _ in outcomes) / len(ends) <= 5.7
-    assert all(lag <= OVERRUN * end for (_, lag), end in zip(outcomes, ends, strict=True))
-
-
-def test_on_a_prior_a_running_task_waits_a_share_of_its_age_far_from_the_window() -> None:
-    # the catalogue's 15 s (a guess), and a task seen running at 0.5 s: POLL_INTERVAL while it
-    # is young (the guess may be wrong: a 3-s task is heard of within it); after a 20-s queue,
-    # up to GROWTH of its age (not today's POLL_INTERVAL), within the time it has run
-    prior = Estimate(seconds=15.0, spread=4.5, samples=0)
-    young = Timing(submitted=0.0).seen(0.0, "PENDING").seen(0.5, "RUNNING")
-    for at in (3.0, 6.0):
-        assert next_delay(young.seen(at, "RUNNING"), prior, at, BASE, MAXIMUM) == BASE
-    assert next_delay(young.seen(9.0, "RUNNING"), prior, 9.0, BASE, MAXIMUM) == pytest.approx(
-        GROWTH * 9.0
-    )
-    queued = Timing(submitted=0.0).seen(0.0, "PENDING").seen(16.5, "PENDING")
-    running = queued.seen(22.0, "RUNNING")
-    waits = [
-        next_delay(running.seen(at, "RUNNING"), prior, at, BASE, MAXIMUM)
-        for at in (22.0, 23.5, 25.0)
-    ]
-    assert waits == pytest.approx([BASE, 1.5, GROWTH * 25.0])
+    assert max(lag for _, lag in outcomes) <= BASE

@@ -25,18 +25,20 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
   bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
   0.28 for long ones); a window less than one spacing away is polled inside (at its end at
-  the latest), not at its edge and again one spacing later;
-- past the predicted end, thinning out the longer the task overruns it: for a learned model
-  each wait at most a share (`OVERRUN`) of the overrun (its hazard falls there); on a prior or
-  a short history, which a task that overran says little of, at least that share of the time
-  the task has run (from the middle of the span in which it began), so a 3-s task of a model
-  whose one sample is 0.5 s, or a long task of a model whose recent tasks were short, costs a
-  few polls, not one every POLL_INTERVAL;
+  the latest), not at its edge and again one spacing later (a model's first sample, a 0.5-s
+  warm-up, and a 3-s task: five polls, not six);
+- past the predicted end, thinning out the longer the task overruns it: each wait a share
+  (`OVERRUN`) of the overrun (at least, on a prior or a short history; at most, for a learned
+  model, whose hazard falls there), so a long task of a model whose recent tasks were short
+  costs a few polls, not one every POLL_INTERVAL;
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
-  or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor, while the task runs
-  and until the prior's window has passed, sparser than POLL_INTERVAL or `GROWTH` of the
-  task's age (a guess may be wrong: a young task is heard of within POLL_INTERVAL, an old one
-  within a tenth of its age, the wait whose lag is worth its price when nothing is known).
+  or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
+  schedule while the task runs, until the prior's window has passed. (Tried and left out, on
+  bench polling's simulated uneven mix: waits of a tenth of the task's age there saved its
+  long tasks one poll in twenty for 0.3-0.6 s more lag, a prior's "far from the end" being
+  where tasks the guess does not fit end; past a short history's window, waits of half the
+  time run saved one poll in six for twice the lag, a burst's first samples being its
+  quickest tasks. Both cost far more than a poll's `PRICE`.)
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
@@ -88,11 +90,6 @@ LONG_BUDGET: Final = 0.28
 LONG_TASK: Final = 15.0
 #: polls run at the base interval this long, then slow down towards the maximum (today's)
 FAST_POLLING_SECONDS: Final = 15.0
-#: a prior or a short history, while the task runs before its window has passed, waits at
-#: most this share of the task's age (or POLL_INTERVAL): where the end is as likely at any
-#: time as the age suggests (a hazard of 1/age), the wait whose lag saved is worth its price
-#: (`PRICE` of the age) is √(2·PRICE) of the age
-GROWTH: Final = math.sqrt(2 * PRICE)
 #: samples after which a model's history is trusted beyond POLL_INTERVAL_MAX
 LEARNED: Final = 3
 #: provider states that mean "not begun" (anything else not final is running)
@@ -232,24 +229,24 @@ def next_delay(
 
     A wait while running is never longer than the task has run so far, unless that is below
     POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than POLL_INTERVAL_MAX, nor, before the predicted end's window has
-    passed, than POLL_INTERVAL or `GROWTH` of the task's age (while queued: `_queued`). So a
+    history) never longer than today's schedule would wait (while queued: `_queued`). So a
     prediction that is far off costs a few polls, not a long lag. The dense spacing is never
     above POLL_INTERVAL, and until a model has a history never below it (a prior is a
     guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
+    today = poll_delay(now - timing.submitted, base, maximum)
     if estimate is None:
-        return poll_delay(now - timing.submitted, base, maximum)
+        return today
     predicted = _predicted_delay(timing, estimate, now, base, maximum)
     if estimate.samples >= LEARNED or timing.running_seen is None:
         return predicted
-    # a prior or a short history is a guess: never wait longer than a share of the task's age
-    # (`GROWTH`), but past its window, where the waits thin out up to POLL_INTERVAL_MAX
-    # (`_predicted_delay`), and while queued (the run has not begun: its own pace, `_queued`)
+    # a prior alone is no history: never wait longer than today's schedule would, but past
+    # the prior's window, where the waits thin out up to POLL_INTERVAL_MAX (`_predicted_delay`),
+    # and while queued (the run has not begun: its own pace, `_queued`)
     if now > window(timing, estimate).end:
         return predicted
-    return min(predicted, max(base, GROWTH * (now - timing.submitted)))
+    return min(predicted, today)
 
 
 def _predicted_delay(
@@ -271,11 +268,8 @@ def _predicted_delay(
         return min(cap, far / 2 if far > FAR else max(far, min(dense, span.end - now)))
     if now < span.end:
         return min(cap, _dense(timing, span, dense))
-    # past the window: the longer the overrun, the sparser (an uneven queue's long tail); a
-    # prior or a short history that the task overran says little of its end: a share of the
-    # time it has run
-    since = span.end if estimate.samples >= LEARNED else sum(timing.began()) / 2
-    return min(cap, max(dense, OVERRUN * (now - since)))
+    # past the window: the longer the overrun, the sparser (an uneven queue's long tail)
+    return min(cap, max(dense, OVERRUN * (now - span.end)))
 
 
 def _hazard(span: Window, at: float, late: float) -> float:
