@@ -25,8 +25,8 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
   bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
   0.28 for long ones); a window less than one spacing away is polled inside (at its end at
-  the latest), not at its edge and again one spacing later (a model's first sample, a 0.5-s
-  warm-up, and a 3-s task: five polls, not six);
+  the latest), not at its edge and again one spacing later (bench versus' CPU part, a 3-s
+  task of a model whose one sample is a 0.5-s warm-up: five polls, not six);
 - past the predicted end, thinning out the longer the task overruns it: each wait a share
   (`OVERRUN`) of the overrun (at least, on a prior or a short history; at most, for a learned
   model, whose hazard falls there), so a long task of a model whose recent tasks were short
