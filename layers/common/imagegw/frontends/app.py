@@ -165,11 +165,12 @@ class BodyDeadline:
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not _declares_body(scope):
+            # nothing to time (nor anyio's event-loop backend to load: `GET /v1/models`)
             await self.app(scope, receive, send)
             return
+        pending = True
         deadline = anyio.current_time() + self.timeout
-        pending = _declares_body(scope)
         started = False
 
         async def receive_in_time() -> Message:
