@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 
 import fakes.modelscope as fake_module
-from fakes.aws import s3_stand_in_env
 from fakes.modelscope import DEFAULT_TOKENS, Duration, FakeModelScope
 from fakes.png import make_png
 from fakes.server import ServerThread
@@ -175,11 +174,41 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def s3_stand_in() -> Iterator[dict[str, str]]:
-    """moto's S3 server on loopback with one bucket; the env that points at it (its AWS_*
-    credentials are also set in os.environ meanwhile, as tests/conftest.py does)."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request lines
-    with s3_stand_in_env(BUCKET) as env:
-        yield env
+    """moto's S3 server on loopback with one bucket, in a process of its own (`bench.s3stand`);
+    the env that points at it (its AWS_* credentials are also set in os.environ meanwhile, as
+    tests/conftest.py does)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.s3stand", BUCKET],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    line = process.stdout.readline()
+    process.stdout.close()
+    try:
+        if not line:
+            raise RuntimeError(f"the S3 stand-in did not start (exit status {process.wait()})")
+        env: dict[str, str] = json.loads(line)
+        credentials = {k: v for k, v in env.items() if k.startswith("AWS_")}
+        saved = {k: os.environ.get(k) for k in credentials}
+        os.environ.update(credentials)
+        try:
+            yield env
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _one_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:

@@ -27,12 +27,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from fakes.image_host import FakeImageHost
 from fakes.png import make_png
 from fakes.server import ServerThread
+from imagegw.core.deliver import deliver
 from imagegw.errors import StorageError
 from imagegw.infra.config import Settings
+from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.media import ImageBytes, check_image
-from imagegw.infra.storage import RESULTS, UPLOAD_TRIES, UPLOADS, ImageStore
+from imagegw.infra.storage import RESULTS, UPLOAD_TRIES, UPLOADS, ImageStore, own_file_name
 
 #: a session token stands for every secret of a signed form (policy signature, credentials)
 TOKEN = "SESSIONTOKENs3cr3t-do-not-log"
@@ -285,3 +288,71 @@ def test_a_burst_past_the_pools_connections_waits_its_turn_before_building_its_r
     # all 10 were stored in the end
     assert building == 3
     assert len(set(names)) == 10 and len(fake.forms) == 10
+
+
+def test_a_burst_of_stored_results_downloads_no_more_images_than_it_has_upload_turns(
+    make_settings: Callable[..., Settings],
+    image_host: FakeImageHost,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a store with 3 upload connections whose uploads are held, and 10 results linked
+    # by a provider's image host
+    monkeypatch.setattr("imagegw.infra.storage.UPLOAD_CONNECTIONS", 3)
+    settings = make_settings(image_links="stored")
+    store = ImageStore(settings)
+    fetcher = Fetcher(settings)
+    refs = []
+    for index in range(10):
+        image_host.files[f"r{index}.png"] = make_png(20 + index, 20)
+        refs.append(f"{image_host.url}/files/r{index}.png")
+    real_post = store._post
+
+    async def burst() -> tuple[int, tuple[str, ...]]:
+        release = asyncio.Event()
+
+        async def held_post(form: Any, key: str, given: ImageBytes, transports: Any) -> int:
+            await release.wait()
+            return await real_post(form, key, given, transports)
+
+        store._post = held_post  # type: ignore[method-assign]
+        links = asyncio.ensure_future(
+            deliver(refs, settings=settings, store=store, fetcher=fetcher, base_url="http://gw")
+        )
+        for _ in range(100):  # every download that can start has been answered
+            await asyncio.sleep(0.01)
+        downloaded = len(image_host.requests)
+        release.set()
+        try:
+            return downloaded, await links
+        finally:
+            await store.aclose()
+            await fetcher.aclose()
+
+    # When the 10 are delivered with stored links at once
+    downloaded, links = asyncio.run(burst())
+
+    # Then only 3 were downloaded while the uploads were held (the others held no image), and
+    # each of the 10 was stored in the end, its own bytes under its lasting link
+    assert downloaded == 3
+    assert len(image_host.requests) == 10
+    for index, link in enumerate(links):
+        name = own_file_name(link)
+        assert name is not None
+        stored = store.s3.get_object(Bucket=settings.bucket, Key=RESULTS + name)["Body"].read()
+        assert stored == image_host.files[f"r{index}.png"]
+
+
+def test_the_s3_stand_in_keeps_its_connections_alive_as_s3_does(s3_env: dict[str, str]) -> None:
+    # Given a client of the S3 stand-in (moto's server, as the tests and `make run` serve it)
+    url = f"{s3_env['S3_ENDPOINT_URL']}/{s3_env['BUCKET']}"
+    with httpx.Client() as client:
+        # When it lists the bucket twice
+        answers = [client.get(url) for _ in range(2)]
+
+        # Then both answers came over one HTTP/1.1 connection, kept open (S3 keeps
+        # connections alive; werkzeug's development server closes each one)
+        assert [a.status_code for a in answers] == [200, 200]
+        assert all(a.http_version == "HTTP/1.1" for a in answers)
+        assert all(a.headers.get("connection", "").lower() != "close" for a in answers)
+        streams = [a.extensions["network_stream"] for a in answers]
+        assert len({s.get_extra_info("client_addr")[1] for s in streams}) == 1

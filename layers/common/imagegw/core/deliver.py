@@ -154,6 +154,14 @@ async def deliver(
             return ref
         if how == "data":  # the bytes are the answer: no link to fall back on
             return (await fetch_image(fetcher, ref, settings)).data_uri()
+        if how != "stored":
+            return await copy(ref)
+        # the download waits for an upload turn: a burst of results holds no more images
+        # fetched and not yet stored than the bucket has connections
+        async with store.turn():
+            return await copy(ref)
+
+    async def copy(ref: str) -> str:
         image = await _fetch_or_keep(ref, fetcher, settings)
         if image is None:
             return ref

@@ -62,24 +62,69 @@ LOCAL_REGION: Final = "us-east-1"
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+class MotoServer:
+    """moto's server app (every mocked service, as `moto_server` serves them) under uvicorn on
+    a loopback port, in a daemon thread.
+
+    Not moto's `ThreadedMotoServer`: that runs werkzeug's development server, which answers
+    every request with `Connection: close` and starts a thread per connection, where AWS's
+    endpoints keep HTTP/1.1 connections alive (the AWS SDKs reuse them by default). A gateway
+    that pools its connections to the bucket would otherwise pay a connect per upload and the
+    stand-in a thread per request: costs a real bucket does not have (issue 25). moto's WSGI
+    app runs in a2wsgi's worker threads; uvicorn keeps the connections (5 s idle)."""
+
+    def __init__(self) -> None:
+        import uvicorn
+        from a2wsgi import WSGIMiddleware
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then;
+        # without it a kept connection's answer can wait ~40 ms for a delayed ACK
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        moto_app: Any = DomainDispatcherApplication(create_backend_app)  # WSGI, typed loosely
+        app = WSGIMiddleware(moto_app, workers=16)
+        config = uvicorn.Config(
+            app,
+            interface="asgi3",
+            log_level="warning",
+            access_log=False,
+            ws="none",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name=f"moto-{self.port}",
+            daemon=True,
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the moto server did not start")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5.0)
+        self._socket.close()
 
 
-def start_moto() -> tuple[Any, str]:
+def start_moto() -> tuple[MotoServer, str]:
     """Start a moto server on loopback; the server and its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
+    server = MotoServer()
     # where moto's Step Functions reaches its own services from a Distributed Map's ItemReader
     # and ResultWriter (`moto.settings.moto_server_port`; else port 5000)
-    os.environ["MOTO_PORT"] = str(port)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    os.environ["MOTO_PORT"] = str(server.port)
     server.start()
-    return server, f"http://127.0.0.1:{port}"
+    return server, f"http://127.0.0.1:{server.port}"
 
 
 def start_s3_stand_in(bucket: str = "image-gateway-local") -> tuple[Any, dict[str, str]]:

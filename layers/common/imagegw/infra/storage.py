@@ -17,6 +17,8 @@ it at moto (a moto *server*, for uploads: they do not go through botocore).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import datetime as dt
 import re
 import secrets
@@ -40,6 +42,10 @@ if TYPE_CHECKING:  # httpx and the pool are imported by the first upload (cold s
     from imagegw.infra.transport import PooledTransport
 
 T = TypeVar("T")
+#: whether the running task holds an upload turn (`ImageStore.turn`)
+_HOLDING: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar(
+    "imagegw_upload_turn", default=False
+)
 #: S3 error codes of a HeadObject on a key that is not there
 _MISSING = frozenset({"404", "NoSuchKey", "403", "AccessDenied"})
 
@@ -280,6 +286,23 @@ class ImageStore:
             await response.aclose()
         return response.status_code
 
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """One of the running loop's upload turns, held for the duration: the uploads inside
+        (`save_result`, `upload`) take no other. A copy of a result holds one from before its
+        download to after its upload (`imagegw.core.deliver`), so a burst of results holds at
+        most UPLOAD_CONNECTIONS images fetched and not yet stored, not one per stream."""
+        if _HOLDING.get():
+            yield
+            return
+        turns = self._transport()[2]
+        async with turns:
+            held = _HOLDING.set(True)
+            try:
+                yield
+            finally:
+                _HOLDING.reset(held)
+
     async def _put(self, key: str, image: ImageBytes) -> None:
         """Store `image` under `key` (POST Object with the prefix's signed form): tried again
         after a connection failure or a 5xx, and signed again after a 403 (the credentials may
@@ -287,8 +310,8 @@ class ImageStore:
         # a burst's uploads past the pool's connections wait for a turn before their request is
         # built, holding their own coroutine only (in the pool's queue each would hold its
         # request, its body and the transport's frames: memory per stream of 1,000 at once)
-        pooled, outer, turns = self._transport()
-        async with turns:
+        async with self.turn():
+            pooled, outer, _ = self._transport()
             await self._put_now(key, image, (pooled, outer))
 
     async def _put_now(

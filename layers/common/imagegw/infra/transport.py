@@ -417,8 +417,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
         whole, as a closed response holding its body: none of the client's layers such a call
         does not use (auth, redirects, cookies, event hooks: the caller runs the hooks) nor a
         streamed response's wrappers. No further than `limit` bytes (`too_large()` is raised
-        past them). An answer whose body is encoded (gzip...) is given back open and unread
-        instead, as the client would give it with `stream=True`: httpx's decoders read it as
+        past them, or before reading when the answer declares more). An answer whose body is
+        encoded (gzip...) is given back open and unread instead, as the client would give it
+        with `stream=True`: httpx's decoders read it as
         the caller reads it (`imagegw.providers.upstream.read_answer`), and the request is not
         sent twice. httpcore's errors are raised as httpx's, as `handle_async_request` raises
         them."""
@@ -434,6 +435,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 response.request = request
                 return response
             try:
+                declared = next((v for k, v in headers if k.lower() == b"content-length"), b"")
+                if declared.isdigit() and int(declared) > limit:  # refused unread
+                    raise too_large()
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in stream:
