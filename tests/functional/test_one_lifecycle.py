@@ -209,7 +209,9 @@ class Access:
 
 
 async def step_functions(case: Case, n: int, aws: MockedAws) -> Ending:
-    settings = Settings(bucket=aws.bucket, aws_region=aws.region)
+    # the task functions' settings, read from the environment the `aws` fixture gives them
+    # (the bucket in the mocked account, its uploads to the session's moto server)
+    settings = Settings.from_env()
     provider = case.provider(settings)
     access = Access()
     kit = Gateway(
