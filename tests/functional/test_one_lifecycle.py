@@ -244,6 +244,8 @@ async def step_functions(case: Case, n: int, aws: MockedAws) -> Ending:
             _, retry = ended_by(progress.book().final_error())
             return Ending("failed", 0, error=body, should_retry=retry, settled=(*access.settled,))
         output = JobOutput.model_validate(await steps.store({"job": job, "progress": state}, kit))
+        # the job's copies went to the bucket (none fell back to the provider's link)
+        assert all(image.name is not None for image in output.images), output.images
         return Ending(
             "succeeded", len(output.images), output.failures, settled=tuple(access.settled)
         )
