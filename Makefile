@@ -141,9 +141,12 @@ build-local: $(SAM_VENV)/.ready
 # the tests run on TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0: in this one), a test
 # file on one worker from start to end: its module-scoped servers start once and its tests keep
 # their order (tests/fuzz's last test sums up the others). Every test takes free ports and its
-# own temporary folders, so the workers share nothing but the build they read.
+# own temporary folders, so the workers share nothing but the build they read. The files are
+# handed out in collection order (--no-loadscope-reorder, not most tests first): the long
+# browser and end-to-end files start first, and the many short unit files fill the end.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+PYTEST := $(BIN)/pytest \
+  $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 unit: $(BIN)/.ready
 	$(PYTEST) tests/unit
