@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagegw.infra.collector import YOUNG_THRESHOLD, pace_for_server
+from imagegw.infra.collector import YOUNG_THRESHOLD, loading, pace_for_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +51,44 @@ def test_a_collector_switched_off_or_slower_already_is_left_as_it_is() -> None:
         assert gc.get_threshold() == (50_000, 7, 9)
     finally:
         gc.set_threshold(*before)
+
+
+def test_what_loading_made_is_frozen_and_the_collector_is_on_after_it() -> None:
+    before = gc.get_freeze_count()
+    was_on = gc.isenabled()
+    try:
+        # Given the collector off, as the API function's start script leaves it (serve.py)
+        gc.disable()
+        # When something is made while loading
+        with loading():
+            assert not gc.isenabled()  # (no collection walks what the import makes)
+            made = [[index] for index in range(1000)]
+        # Then it is out of later collections, and the collector is on
+        assert gc.get_freeze_count() >= before + len(made)
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        if not was_on:
+            gc.disable()
+
+
+def test_the_start_script_runs_uvicorns_command_line_with_the_collector_off() -> None:
+    # When the start script's Python is run as run.sh runs it, with uvicorn's --help
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "common")}
+    probe = (
+        "import gc, runpy, sys; sys.argv = ['serve.py', '--help']\n"
+        "try:\n    runpy.run_path('serve.py', run_name='__main__')\n"
+        "except SystemExit as end:\n    print(end.code, gc.isenabled())"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT / "functions" / "api",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # Then it is uvicorn's command line, and the collector is off (main.py switches it on)
+    assert "Usage:" in shown and "--app-dir" in shown
+    assert shown.split()[-2:] == ["0", "False"]

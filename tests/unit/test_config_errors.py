@@ -125,6 +125,49 @@ def test_poll_interval_max_equal_to_poll_interval_is_fine() -> None:
     assert settings.poll_interval == settings.poll_interval_max == 2.0
 
 
+#: environments read without building the settings' validator (`Settings._plain`) or with it
+ENVIRONMENTS = [
+    {},
+    {"BUCKET": "b", "GENERATION_TIMEOUT": "840", "FUNCTION_TIMEOUT": "900", "PRESIGN_TTL": "0900"},
+    {"FUNCTION_TIMEOUT": "60", "GENERATION_TIMEOUT": "600"},  # held below the function's
+    {"FUNCTION_TIMEOUT": "1.5e2", "POLL_INTERVAL": "1.25", "KEEPALIVE_INTERVAL": "15"},
+    {"ACCESS_MODE": "keys", "ACCESS_TABLE": "t", "ACCESS_SECRET": "s", "CORS_SCOPE": "api-gateway"},
+    {"IMAGE_LINKS": "inline", "DEMO_PROVIDER": "enabled", "ALLOW_PRIVATE_URLS": "yes"},
+    {"PROVIDER_SETTINGS": "MODELSCOPE_BASE_URL=http://127.0.0.1:9/v1", "KEY_POOL_SHARE": "1"},
+    {"JOB_POLL_INTERVAL": "0", "BATCH_CONCURRENCY": "1000", "MAX_BODY_BYTES": "+5"},
+]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_settings_read_without_validation_are_those_validation_gives(env: dict[str, str]) -> None:
+    # When the same environment is read by `from_env` and validated by pydantic field by field
+    settings = Settings.from_env(env)
+    values = {name: getattr(settings, name) for name in settings.model_fields_set}
+    validated = Settings.model_validate(values)
+
+    # Then both are the same settings, value for value and type for type
+    assert settings == validated
+    assert settings.model_fields_set == validated.model_fields_set
+    for name in Settings.model_fields:
+        assert type(getattr(settings, name)) is type(getattr(validated, name)), name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KEEPALIVE_INTERVAL", "15.5"),  # digits, out of bounds
+        ("KEY_POOL_SHARE", "0"),
+        ("CORS_SCOPE", "API-gateway"),  # not one of the words
+        ("BATCH_MAX_ITEMS", "50001"),
+    ],
+)
+def test_plain_values_out_of_bounds_are_refused_as_validation_refuses_them(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"invalid configuration: {name}: "):
+        Settings.from_env({name: value})
+
+
 # ----------------------------------------------------------------------------- render
 
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator
 
+import pytest
 from openai.types import ImageEditCompletedEvent, ImageGenCompletedEvent
 
 from fakes.png import JPEG_1x1, make_png
-from imagegw.frontends.image_stream import HEADER_CHARS, comment, completed, event, image_event
+from imagegw.frontends.image_stream import (
+    HEADER_CHARS,
+    comment,
+    completed,
+    event,
+    image_event,
+    images_stream,
+)
 from imagegw.infra.media import dimensions
+from imagegw.runners.inprocess import Event, Progress, Result
 
 MAX = 10_000_000
 
@@ -84,3 +94,25 @@ def test_an_image_event_whose_text_needs_escaping_is_still_valid_json() -> None:
     text = image_event("image_generation.completed", payload)
     assert text.count("\n") == 3
     assert json.loads(text.split("data: ", 1)[1]) == payload
+
+
+@pytest.mark.anyio
+async def test_a_progress_comment_the_reader_already_has_is_not_written_again() -> None:
+    # SUBMITTED then PENDING at the same second read the same ("queued · 0.0 s"): one comment
+    png = data_uri(make_png(8, 8, (1, 2, 3)), "image/png")
+
+    async def events() -> AsyncIterator[Event]:
+        yield Progress("SUBMITTED", 0.01, where="ModelScope")
+        yield Progress("PENDING", 0.02, where="ModelScope")
+        yield Progress("RUNNING", 1.5, where="ModelScope")
+        yield Result(images=(png,), failures=(), task_ids=("t-1",), elapsed=2.0)
+
+    chunks = [
+        chunk
+        async for chunk in images_stream(
+            events(), edit=False, n=1, fields={}, keepalive_interval=5.0, max_bytes=MAX
+        )
+    ]
+    comments = [chunk for chunk in chunks if chunk.startswith(":")]
+    assert comments == [": queued at ModelScope · 0.0 s\n\n", ": generating · 1.5 s\n\n"]
+    assert chunks[-2].startswith("event: image_generation.completed")

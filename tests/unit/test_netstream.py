@@ -31,6 +31,13 @@ from imagegw.providers.upstream import read_answer, send
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=[False, True], ids=["httpcore", "lean"])
+def lean(request: pytest.FixtureRequest) -> bool:
+    """Each test runs over httpcore's connections and over the lean ones (the providers' and
+    the bucket's: `imagegw.infra.http11`)."""
+    return bool(request.param)
+
+
 class OneAnswer(LoopbackServer):
     """A server on loopback that reads a request head and answers `answer` (or nothing), on
     every connection; optionally over TLS."""
@@ -68,11 +75,15 @@ def answer(body: bytes, *headers: str) -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
 
 
-async def test_a_body_larger_than_what_a_connection_holds_arrives_whole_to_a_slow_reader() -> None:
+async def test_a_body_larger_than_what_a_connection_holds_arrives_whole_to_a_slow_reader(
+    lean: bool,
+) -> None:
     # Given a server answering 8 times what a connection holds unread
     body = bytes(range(256)) * (HIGH_WATER * 8 // 256)
     with OneAnswer(answer(body)) as server:
-        async with httpx.AsyncClient(transport=PooledTransport(max_connections=4)) as http:
+        async with httpx.AsyncClient(
+            transport=PooledTransport(lean=lean, max_connections=4)
+        ) as http:
             # When the answer is read a chunk at a time, slowly
             got = bytearray()
             async with http.stream("GET", f"http://127.0.0.1:{server.port}/") as response:
@@ -84,18 +95,20 @@ async def test_a_body_larger_than_what_a_connection_holds_arrives_whole_to_a_slo
     assert bytes(got) == body
 
 
-async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
+async def test_a_server_that_never_answers_is_a_read_timeout(lean: bool) -> None:
     with OneAnswer(None) as server:
-        async with httpx.AsyncClient(transport=PooledTransport(max_connections=4)) as http:
+        async with httpx.AsyncClient(
+            transport=PooledTransport(lean=lean, max_connections=4)
+        ) as http:
             with pytest.raises(httpx.ReadTimeout):
                 await http.get(f"http://127.0.0.1:{server.port}/", timeout=0.2)
 
 
-async def test_a_closed_port_is_a_connect_error() -> None:
+async def test_a_closed_port_is_a_connect_error(lean: bool) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()
-    async with httpx.AsyncClient(transport=PooledTransport(max_connections=4)) as http:
+    async with httpx.AsyncClient(transport=PooledTransport(lean=lean, max_connections=4)) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"http://127.0.0.1:{port}/")
 
@@ -139,10 +152,10 @@ def tls_server(certificate: tuple[Path, Path]) -> Iterator[OneAnswer]:
 
 
 async def test_tls_is_spoken_and_the_name_checked(
-    tls_server: OneAnswer, certificate: tuple[Path, Path]
+    lean: bool, tls_server: OneAnswer, certificate: tuple[Path, Path]
 ) -> None:
     trusting = ssl.create_default_context(cafile=str(certificate[0]))
-    transport = PooledTransport(max_connections=4, ssl_context=trusting)
+    transport = PooledTransport(lean=lean, max_connections=4, ssl_context=trusting)
     async with httpx.AsyncClient(transport=transport) as http:
         # When the server is asked for by the name in its certificate / Then it answers
         ok = await http.get(f"https://localhost:{tls_server.port}/")
@@ -152,11 +165,13 @@ async def test_tls_is_spoken_and_the_name_checked(
             await http.get(f"https://127.0.0.1:{tls_server.port}/")
 
 
-async def test_an_encoded_answer_straight_from_the_pool_is_decoded_as_it_is_read() -> None:
+async def test_an_encoded_answer_straight_from_the_pool_is_decoded_as_it_is_read(
+    lean: bool,
+) -> None:
     # Given a server that gzips its answer
     body = b'{"task_id": "t-1"}'
     with OneAnswer(answer(gzip.compress(body), "Content-Encoding: gzip")) as server:
-        transport = PooledTransport(max_connections=4)
+        transport = PooledTransport(lean=lean, max_connections=4)
         async with httpx.AsyncClient(transport=transport) as http:
             request = http.build_request(
                 "POST", f"http://127.0.0.1:{server.port}/images/generations", json={"p": "x"}
@@ -178,11 +193,11 @@ async def test_an_encoded_answer_straight_from_the_pool_is_decoded_as_it_is_read
     assert server.requests[0].startswith(b"POST /images/generations ")
 
 
-async def test_a_poll_sent_straight_to_the_pool_is_read_as_the_client_reads_it() -> None:
+async def test_a_poll_sent_straight_to_the_pool_is_read_as_the_client_reads_it(lean: bool) -> None:
     body = b'{"task_status": "SUCCEED"}'
     raw = answer(body, "Content-Type: application/json", "X-Trace: abc", "Connection: close")
     with OneAnswer(raw) as server:
-        transport = PooledTransport(max_connections=4)
+        transport = PooledTransport(lean=lean, max_connections=4)
         async with httpx.AsyncClient(transport=transport) as http:
             request = http.build_request(
                 "GET", f"http://127.0.0.1:{server.port}/tasks/1", headers={"X-Task": "t"}
@@ -204,9 +219,9 @@ async def test_a_poll_sent_straight_to_the_pool_is_read_as_the_client_reads_it()
     assert server.requests[0] == server.requests[1]
 
 
-async def test_a_poll_sent_straight_to_the_pool_stops_reading_past_its_limit() -> None:
+async def test_a_poll_sent_straight_to_the_pool_stops_reading_past_its_limit(lean: bool) -> None:
     with OneAnswer(answer(b"x" * 10_000)) as server:
-        transport = PooledTransport(max_connections=4)
+        transport = PooledTransport(lean=lean, max_connections=4)
         async with httpx.AsyncClient(transport=transport) as http:
             request = http.build_request("GET", f"http://127.0.0.1:{server.port}/")
             with pytest.raises(ValueError, match="over"):
@@ -217,10 +232,14 @@ async def test_a_poll_sent_straight_to_the_pool_stops_reading_past_its_limit() -
             assert (await http.get(f"http://127.0.0.1:{server.port}/")).status_code == 200
 
 
-async def test_a_connection_closed_by_the_server_is_not_reused_before_the_loop_saw_it() -> None:
+async def test_a_connection_closed_by_the_server_is_not_reused_before_the_loop_saw_it(
+    lean: bool,
+) -> None:
     # Given a connection the server closes after its answer
     with OneAnswer(answer(b"ok")) as server:
-        async with httpx.AsyncClient(transport=PooledTransport(max_connections=4)) as http:
+        async with httpx.AsyncClient(
+            transport=PooledTransport(lean=lean, max_connections=4)
+        ) as http:
             url = f"http://127.0.0.1:{server.port}/"
             assert (await http.get(url)).text == "ok"
             # When the close has arrived (0.5 s after the answer) while the event loop was

@@ -9,6 +9,7 @@ from pydantic import SecretStr
 from imagegw.core.estimates import MemoryEstimates, fold
 from imagegw.core.schedule import (
     EARLY,
+    OVERRUN,
     Estimate,
     Key,
     Timing,
@@ -339,3 +340,32 @@ def test_a_laws_shape_is_trusted_only_from_a_long_history() -> None:
     for estimate in (few, many):
         _, lag = polls_until(15.5, 0.5, estimate)
         assert lag <= 5.0 / 3
+
+
+def test_a_window_less_than_a_spacing_away_is_polled_inside_not_at_its_edge_and_again() -> None:
+    # one sample of 1.5 s (a warm-up's), and a task seen queued at 0 then running at 0.75: the
+    # run began about 0.375 s in, and its window is 1.64-2.11 s
+    once = Estimate(seconds=1.5, spread=0.225, samples=1)
+    running = Timing(submitted=0.0).seen(0.0, "PENDING").seen(0.75, "RUNNING")
+    span = window(running, once)
+    assert next_delay(running, once, 0.75, BASE, MAXIMUM) == BASE  # no longer than it ran
+    # at 1.5 s the window begins 0.14 s ahead: the next poll is at its end (one spacing at
+    # most), not at its edge and again one spacing later
+    at = 1.5
+    assert 0 < span.start - at < BASE
+    wait = next_delay(running.seen(at, "RUNNING"), once, at, BASE, MAXIMUM)
+    assert wait == pytest.approx(span.end - at) and wait < BASE
+    # a poll at the window's end is past it: the overrun's waits follow
+    ended = running.seen(span.end, "RUNNING")
+    assert next_delay(ended, once, span.end, BASE, MAXIMUM) == BASE
+    later = span.end + 2.0
+    assert next_delay(ended.seen(later, "RUNNING"), once, later, BASE, MAXIMUM) == pytest.approx(
+        max(BASE, OVERRUN * 2.0)
+    )
+    # so tasks of 2.5-3.5 s cost 5.6 polls on average (6.4 before), at most six, the first at
+    # once (an instant task's), and none is heard of later than one POLL_INTERVAL after its end
+    ends = [2.5 + 0.05 * i for i in range(21)]
+    outcomes = [polls_until(end, 0.1, once) for end in ends]
+    assert max(polls for polls, _ in outcomes) <= 6
+    assert sum(polls for polls, _ in outcomes) / len(ends) <= 5.7
+    assert max(lag for _, lag in outcomes) <= BASE

@@ -101,6 +101,41 @@ async def test_a_complete_stream() -> None:
     assert items[-1] == "[DONE]"
 
 
+async def test_a_progress_line_the_reader_already_has_is_not_written_again() -> None:
+    # the run reports the submission (SUBMITTED) and the provider's queue (PENDING) at the same
+    # second: both read "queued · 0.0 s", which the reader gets once; a later line that shows
+    # the time going on is written even in the same words
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted(
+                [
+                    Progress("SUBMITTED", 0.01, where="ModelScope"),
+                    Progress("PENDING", 0.02, where="ModelScope"),
+                    Progress("PENDING", 5.0, where="ModelScope"),
+                    Progress("RUNNING", 5.8, where="ModelScope"),
+                    RESULT,
+                ]
+            ),
+            Completion(MODEL),
+            include_usage=False,
+            keepalive_interval=5.0,
+        )
+    ]
+    lines = [
+        d["reasoning_content"]
+        for d in deltas(payloads([f for c in chunks for f in c.split("\n\n") if f]))
+        if "reasoning_content" in d
+    ]
+    assert lines == [
+        "queued at ModelScope · 0.0 s\n",
+        "queued at ModelScope · 5.0 s\n",
+        "generating · 5.8 s\n",
+    ]
+    # one write each: the head, three lines, the images with the end
+    assert len(chunks) == 5
+
+
 async def test_the_images_and_the_end_of_the_stream_arrive_together() -> None:
     # a client reading the stream gets the images, the stop, the usage and [DONE] in one read
     # (and the gateway makes one write for them), right when the result is known

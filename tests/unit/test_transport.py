@@ -20,6 +20,14 @@ from imagegw.infra.transport import PooledTransport
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(params=[False, True], ids=["httpcore", "lean"])
+def lean(request: pytest.FixtureRequest) -> bool:
+    """Each test runs over httpcore's connections and over the lean ones (the providers' and
+    the bucket's: `imagegw.infra.http11`)."""
+    return bool(request.param)
+
+
 Behaviour = Literal["keep-alive", "close-after-answer", "reset-after-request"]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -61,13 +69,14 @@ def keep_alive() -> Iterator[RawServer]:
         yield server
 
 
-def client(**kwargs: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=PooledTransport(**kwargs), timeout=10.0)
+def client(lean: bool, max_connections: int) -> httpx.AsyncClient:
+    transport = PooledTransport(max_connections=max_connections, lean=lean)
+    return httpx.AsyncClient(transport=transport, timeout=10.0)
 
 
-async def test_requests_in_sequence_share_one_connection(keep_alive: RawServer) -> None:
+async def test_requests_in_sequence_share_one_connection(lean: bool, keep_alive: RawServer) -> None:
     # Given the transport / When three requests are made one after the other
-    async with client(max_connections=10) as http:
+    async with client(lean, max_connections=10) as http:
         answers = [await http.get(keep_alive.url) for _ in range(3)]
 
     # Then all are answered over one connection
@@ -75,7 +84,7 @@ async def test_requests_in_sequence_share_one_connection(keep_alive: RawServer) 
     assert (keep_alive.connections, keep_alive.requests) == (1, 3)
 
 
-async def test_a_burst_against_a_short_accept_queue_loses_nothing() -> None:
+async def test_a_burst_against_a_short_accept_queue_loses_nothing(lean: bool) -> None:
     # Given a server (uvicorn) whose listen backlog is 8, as a busy provider's may be
     seen: list[int] = []
 
@@ -89,7 +98,7 @@ async def test_a_burst_against_a_short_accept_queue_loses_nothing() -> None:
 
     with ServerThread(app, backlog=8) as server:  # type: ignore[arg-type]
         # When 100 requests are sent at once on a cold pool
-        async with client(max_connections=100) as http:
+        async with client(lean, max_connections=100) as http:
             answers = await asyncio.gather(
                 *(http.post(server.url, json={"n": i}) for i in range(100)),
                 return_exceptions=True,
@@ -126,13 +135,13 @@ class RefusingFirst(httpcore.AsyncNetworkBackend):
         await self._real.sleep(seconds)
 
 
-async def test_a_connection_refused_once_is_tried_again(keep_alive: RawServer) -> None:
+async def test_a_connection_refused_once_is_tried_again(lean: bool, keep_alive: RawServer) -> None:
     # Given a provider that refuses the first connection
     backend = RefusingFirst(failures=1)
 
     # When a request is made
     async with httpx.AsyncClient(
-        transport=PooledTransport(max_connections=10, network_backend=backend)
+        transport=PooledTransport(lean=lean, max_connections=10, network_backend=backend)
     ) as http:
         answer = await http.post(keep_alive.url, json={"prompt": "a cat"})
 
@@ -142,10 +151,12 @@ async def test_a_connection_refused_once_is_tried_again(keep_alive: RawServer) -
     assert keep_alive.requests == 1
 
 
-async def test_a_connection_refused_twice_fails_as_a_connect_error(keep_alive: RawServer) -> None:
+async def test_a_connection_refused_twice_fails_as_a_connect_error(
+    lean: bool, keep_alive: RawServer
+) -> None:
     backend = RefusingFirst(failures=2)
     async with httpx.AsyncClient(
-        transport=PooledTransport(max_connections=10, network_backend=backend)
+        transport=PooledTransport(lean=lean, max_connections=10, network_backend=backend)
     ) as http:
         with pytest.raises(httpx.ConnectError):
             await http.post(keep_alive.url, json={"prompt": "a cat"})
@@ -153,11 +164,11 @@ async def test_a_connection_refused_twice_fails_as_a_connect_error(keep_alive: R
     assert keep_alive.requests == 0
 
 
-async def test_a_request_reset_after_it_was_sent_is_not_sent_again() -> None:
+async def test_a_request_reset_after_it_was_sent_is_not_sent_again(lean: bool) -> None:
     # Given a provider that resets the connection after reading the request
     with RawServer("reset-after-request") as server:
         # When a submit is made
-        async with client(max_connections=10) as http:
+        async with client(lean, max_connections=10) as http:
             with pytest.raises(httpx.TransportError):
                 await http.post(server.url, json={"prompt": "a cat"})
 
@@ -165,10 +176,10 @@ async def test_a_request_reset_after_it_was_sent_is_not_sent_again() -> None:
         assert server.requests == 1
 
 
-async def test_a_connection_the_server_closed_is_not_reused() -> None:
+async def test_a_connection_the_server_closed_is_not_reused(lean: bool) -> None:
     # Given a provider that closes each connection after answering
     with RawServer("close-after-answer") as server:
-        async with client(max_connections=10) as http:
+        async with client(lean, max_connections=10) as http:
             first = await http.get(server.url)
             await asyncio.sleep(0.1)  # the server's close arrives while the connection is idle
             # When another request is made
@@ -205,10 +216,11 @@ async def wait_for(event: threading.Event) -> None:
 
 
 async def test_requests_over_the_limit_wait_for_the_pool_timeout(
+    lean: bool,
     slow_server: tuple[str, threading.Event, threading.Event],
 ) -> None:
     url, arrived, _ = slow_server
-    async with client(max_connections=1) as http:
+    async with client(lean, max_connections=1) as http:
         # Given the only connection busy with a slow request
         slow = asyncio.create_task(http.get(f"{url}/slow"))
         await wait_for(arrived)
@@ -221,10 +233,11 @@ async def test_requests_over_the_limit_wait_for_the_pool_timeout(
 
 
 async def test_a_cancelled_request_frees_its_connection(
+    lean: bool,
     slow_server: tuple[str, threading.Event, threading.Event],
 ) -> None:
     url, arrived, _ = slow_server
-    async with client(max_connections=1) as http:
+    async with client(lean, max_connections=1) as http:
         # Given the only connection taken by a request that is then cancelled
         slow = asyncio.create_task(http.get(f"{url}/slow"))
         await wait_for(arrived)

@@ -191,7 +191,9 @@ class Book(Generic[Image]):
 
     def summary(self) -> Summary:
         running = [task.state for task in self.tasks if not task.ended]
-        if running:
+        if len(running) == 1:  # one task running (most jobs): its state
+            state = running[0]
+        elif running:
             state = Counter(running).most_common(1)[0][0]
         else:
             state = "SUCCEED" if self.images() else "FAILED"

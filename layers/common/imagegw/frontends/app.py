@@ -7,13 +7,13 @@ The same app runs under the Lambda Web Adapter (functions/api) and in `make run`
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -165,26 +165,30 @@ class BodyDeadline:
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not _declares_body(scope):
+            # nothing to time (`GET /v1/models`)
             await self.app(scope, receive, send)
             return
-        deadline = anyio.current_time() + self.timeout
-        pending = _declares_body(scope)
+        pending = True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         started = False
 
         async def receive_in_time() -> Message:
             nonlocal pending
             if not pending or started:
                 return await receive()
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                message = await receive()
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    pending = False
-                return message
-            raise RequestTimeoutError(
-                f"The request body did not arrive within {self.timeout:g} seconds.",
-                code="body_timeout",
-            )
+            try:
+                # asyncio's own timeout: anyio's cancel scope cost more than the read
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"The request body did not arrive within {self.timeout:g} seconds.",
+                    code="body_timeout",
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                pending = False
+            return message
 
         async def send_closing(message: Message) -> None:
             nonlocal started

@@ -133,12 +133,16 @@ async def images_stream(
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed Images API answer (`events` deliver data URIs)."""
     kind = "image_edit" if edit else "image_generation"
+    shown = ""
     try:
         async for item in with_keepalive(events, keepalive_interval):
             if item is None:
                 yield KEEPALIVE
             elif isinstance(item, Progress):
-                yield comment(progress_text(item))
+                text = progress_text(item)
+                if text != shown:  # a line the reader already has is not written again
+                    shown = text
+                    yield comment(text)
             else:
                 if item.failures:
                     logger.warning("some images failed", extra={"failures": list(item.failures)})

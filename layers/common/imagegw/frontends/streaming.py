@@ -161,7 +161,7 @@ async def chat_stream(
 
     head = sse(completion.chunk({"role": "assistant", "content": ""}))
     yield head + sse(completion.chunk({"reasoning_content": intro})) if intro else head
-    closed = False
+    closed, shown = False, ""
     try:
         async for event in with_keepalive(events, keepalive_interval):
             if closed:
@@ -169,7 +169,12 @@ async def chat_stream(
             if event is None:
                 yield KEEPALIVE
             elif isinstance(event, Progress):
-                yield sse(completion.chunk({"reasoning_content": progress_text(event)}))
+                # a line the reader already has (two states in the same words at the same
+                # second: SUBMITTED then PENDING) is not written again
+                text = progress_text(event)
+                if text != shown:
+                    shown = text
+                    yield sse(completion.chunk({"reasoning_content": text}))
             else:
                 closed = True
                 yield sse(completion.chunk({"content": markdown(event)})) + closing()

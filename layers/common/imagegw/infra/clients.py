@@ -124,7 +124,7 @@ def provider_client(
     once more: nothing was sent, so a submit cannot start a task twice
     (`imagegw.infra.transport`). Answers are read through `imagegw.providers.upstream`, which
     bounds their size and their whole time."""
-    pooled = PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1)
+    pooled = PooledTransport(max_connections=MAX_PROVIDER_CONNECTIONS, retries=1, lean=True)
     transport = layered(pooled)
     client = ProviderClient(
         cookies=NoCookies(),

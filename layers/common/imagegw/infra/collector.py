@@ -6,13 +6,22 @@ that live through a request (its tasks, coroutines and provider calls, for secon
 by every young collection while they live. 200 concurrent 3-s streams spent 5-7% of the server's
 CPU in the collector, about a millisecond a young collection; collecting the youngest generation
 every 10,000 allocations cut that to about 1% (docs/benchmarks.md). Nothing freed by reference
-counting waits for it; only garbage in reference cycles waits a little longer, and
-`gc.freeze()` after start-up changed nothing measurable, so it is not used.
+counting waits for it; only garbage in reference cycles waits a little longer.
+
+While the API function starts (`loading`: its modules imported, its app made), the collector is
+off: importing makes tens of thousands of objects that live as long as the process (modules,
+classes, functions), and some 30 collections walked them again and again (about 13 ms of a cold
+start on a loaded 2-core machine). What start-up made is then frozen (`gc.freeze()`: kept out
+of every later collection, which walks only what requests make) and the collector switched
+back on. (As a cure for the streams' collections, freezing changed nothing measurable: those
+walk what the streams make.)
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 #: new container objects between two collections of the youngest generation
@@ -26,3 +35,18 @@ def pace_for_server() -> None:
     young, *older = gc.get_threshold()
     if 0 < young < YOUNG_THRESHOLD:
         gc.set_threshold(YOUNG_THRESHOLD, *older)
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """The collector off while the block runs (the app's modules imported, the app made), then
+    what exists frozen out of later collections and the collector on. The API function's start
+    script (functions/api/serve.py) switches it off from the process's first line, so that
+    importing uvicorn is not collected either. Garbage in cycles made meanwhile is kept: an
+    import's few cycles (a module, its classes and functions) live as long as the process."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()

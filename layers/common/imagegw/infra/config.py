@@ -10,10 +10,23 @@ kept in `Settings.provider_settings`. This module imports no provider (no layer 
 from __future__ import annotations
 
 import os
+import re
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Final,
+    Literal,
+    Self,
+    Union,
+    get_args,
+    get_origin,
+)
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: the variable that holds provider settings as `NAME=value;NAME=value`
@@ -174,10 +187,59 @@ def _provider_values(source: Mapping[str, str]) -> dict[str, str]:
 FUNCTION_MARGIN: Final = 30.0
 
 
-class Settings(BaseModel):
-    """Everything the gateway can be configured with. See docs/configuration.md."""
+#: the numbers `Settings.from_env` reads without pydantic (`_plain_value`); any other spelling
+#: ("1e3", "+5", "inf") is left to pydantic's validation
+_PLAIN_INT: Final = re.compile(r"[0-9]+")
+_PLAIN_FLOAT: Final = re.compile(r"[0-9]+(\.[0-9]+)?")
+#: the bounds of a field (`Field(gt=0, le=15)`) a plain value is checked against
+_BOUNDS: Final = {
+    annotated_types.Gt: lambda value, m: value > m.gt,
+    annotated_types.Ge: lambda value, m: value >= m.ge,
+    annotated_types.Lt: lambda value, m: value < m.lt,
+    annotated_types.Le: lambda value, m: value <= m.le,
+}
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+def _plain_value(annotation: Any, metadata: list[Any], value: Any) -> tuple[bool, Any]:
+    """(True, the value pydantic would give) for a value of the environment that plainly fits
+    its field: text for a text field, one of a `Literal`'s words, digits for a number within its
+    bounds, a `dict` of texts; (False, None) for anything else, which pydantic then validates
+    (and words the error of)."""
+    if get_origin(annotation) in (types.UnionType, Union) and type(None) in get_args(annotation):
+        (annotation,) = (a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return (value in get_args(annotation), value)
+    if annotation is str:
+        return (isinstance(value, str), value)
+    if get_origin(annotation) is dict:
+        texts = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+        return (texts, value)
+    if annotation is int and isinstance(value, str) and _PLAIN_INT.fullmatch(value):
+        number: float = int(value)
+    elif annotation is float and (
+        (isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value))
+        or type(value) in (int, float)  # a validator's own figure
+    ):
+        number = float(value)
+    else:
+        return (False, None)
+    for mark in metadata:
+        check = _BOUNDS.get(type(mark))
+        if check is None or not check(number, mark):
+            return (False, None)
+    return (True, number)
+
+
+class Settings(BaseModel):
+    """Everything the gateway can be configured with. See docs/configuration.md.
+
+    Built at its first validation (`defer_build`): `from_env` gives settings whose every value
+    is plain without building the validator at all (`_plain`), which spares the API function's
+    cold start the model's schema (docs/architecture.md "Cold start and memory")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     bucket: str | None = None
     s3_endpoint_url: str | None = None
@@ -255,6 +317,16 @@ class Settings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _before(cls, data: Any) -> Any:
+        return cls._prepared(data)
+
+    @classmethod
+    def _prepared(cls, data: Any) -> Any:
+        """What the fields are validated from: `_provider_fields`, then
+        `_generation_below_function`."""
+        return cls._generation_below_function(cls._provider_fields(data))
+
+    @classmethod
     def _generation_below_function(cls, data: Any) -> Any:
         """GENERATION_TIMEOUT held below FUNCTION_TIMEOUT (CloudFormation cannot compare two
         parameters): a generation never outlives the invocation that answers it."""
@@ -270,7 +342,6 @@ class Settings(BaseModel):
             return {**data, "generation_timeout": most}
         return data
 
-    @model_validator(mode="before")
     @classmethod
     def _provider_fields(cls, data: Any) -> Any:
         """`Settings(modelscope_base_url=...)`: a provider setting by its lower-case name."""
@@ -299,7 +370,11 @@ class Settings(BaseModel):
             return super().__getattr__(name)
 
     @model_validator(mode="after")
+    def _after(self) -> Settings:
+        return self._check()
+
     def _check(self) -> Settings:
+        """The checks of settings as a whole (ValueError)."""
         if self.poll_interval_max < self.poll_interval:
             raise ValueError("POLL_INTERVAL_MAX must be >= POLL_INTERVAL")
         if self.access_mode == "keys" and not (self.access_table and self.access_secret):
@@ -318,6 +393,9 @@ class Settings(BaseModel):
         values["provider_settings"] = _provider_values(source)
         if "aws_region" not in values and source.get("AWS_DEFAULT_REGION", "").strip():
             values["aws_region"] = source["AWS_DEFAULT_REGION"].strip()
+        plain = cls._plain(values)
+        if plain is not None:
+            return plain
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -328,6 +406,28 @@ class Settings(BaseModel):
                 for e in exc.errors()
             )
             raise ValueError(f"invalid configuration: {problems}") from None
+
+    @classmethod
+    def _plain(cls, values: dict[str, Any]) -> Settings | None:
+        """The settings `values` make when each is plainly valid (`_plain_value`) and the
+        model's checks pass, built without validation (`model_construct`); None otherwise, and
+        `from_env` validates them as usual. Runs the model's validators as validation would:
+        the `before` ones, each field, the `after` one."""
+        data = cls._prepared(values)
+        fields = cls.model_fields
+        plain: dict[str, Any] = {}
+        for name, value in data.items():
+            field = fields.get(name)
+            if field is None:
+                return None
+            fits, plain[name] = _plain_value(field.annotation, field.metadata, value)
+            if not fits:
+                return None
+        settings = cls.model_construct(**plain)
+        try:
+            return settings._check()
+        except ValueError:
+            return None
 
     @property
     def cors_origins(self) -> list[str]:

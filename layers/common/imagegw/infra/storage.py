@@ -215,7 +215,7 @@ class ImageStore:
         with self._pooling:  # not `_lock`, held while the S3 client is built
             pair = self._transports.get(loop)
             if pair is None:
-                pooled = PooledTransport(max_connections=UPLOAD_CONNECTIONS)
+                pooled = PooledTransport(max_connections=UPLOAD_CONNECTIONS, lean=True)
                 turns = asyncio.Semaphore(UPLOAD_CONNECTIONS)
                 pair = self._transports[loop] = (pooled, layered(pooled), turns)
         return pair

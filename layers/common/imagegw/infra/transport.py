@@ -4,8 +4,10 @@ fetcher), made of httpx's and httpcore's public classes only.
 `PooledTransport` is an httpx transport as httpx documents custom ones (`httpx.AsyncBaseTransport`)
 over `LanePool`, a connection pool whose connections are httpcore's own
 (`httpcore.AsyncHTTPConnection`, with a network backend given when the pool is built: the SSRF
-guard's for the fetcher). Nothing reaches into a library's private attributes, so httpx and
-httpcore are not pinned to one release (layers/common/requirements.txt).
+guard's for the fetcher) or, with `lean=True` (the providers' and the bucket's pools), the
+gateway's lean HTTP/1.1 connections (`imagegw.infra.http11`, through the same backend).
+Nothing reaches into a library's private attributes, so httpx and httpcore are not pinned to
+one release (layers/common/requirements.txt).
 
 Why not httpcore's pool (`httpcore.AsyncConnectionPool`, what `httpx.AsyncHTTPTransport` builds):
 it looks at every pooled connection and every queued request each time it places a request and
@@ -18,7 +20,8 @@ Here requests over the limit wait in an `asyncio.Semaphore` (a FIFO queue: O(1) 
 the idle connections of each origin are a stack: a request takes the most recently used one,
 checking that one only, or opens a new connection; a returned connection goes on top, and the
 oldest one is checked then, so connections the server closed or that idled too long are dropped
-over time. `max_connections` bounds the requests in flight.
+over time (a lean connection there by the clock alone: no system call asks its socket, the
+connection handed out is checked whole). `max_connections` bounds the requests in flight.
 
 A burst on a cold pool would open a connection per request at once. A provider whose accept
 queue is short drops the surplus after the request was sent: the client sees a reset, the
@@ -47,6 +50,7 @@ import anyio
 import httpcore
 import httpx
 
+from imagegw.infra.http11 import Body, LeanConnection
 from imagegw.infra.netstream import AsyncioBackend
 
 #: connections being opened to one origin at a time (see the module docstring)
@@ -131,6 +135,14 @@ class _Lane:
                 return
 
 
+def _idled_out(connection: httpcore.AsyncConnectionInterface) -> bool:
+    """Whether the oldest idle connection is to be dropped: past its keep-alive (a lean
+    connection, by the clock alone: one the server closed is found when it is handed out)."""
+    if isinstance(connection, LeanConnection):
+        return connection.idled_out()
+    return connection.has_expired()
+
+
 async def _close(connection: httpcore.AsyncConnectionInterface) -> None:
     with anyio.CancelScope(shield=True):
         await connection.aclose()
@@ -149,8 +161,10 @@ class LanePool:
         retries: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        lean: bool = False,
     ) -> None:
         self.max_connections = max_connections
+        self.lean = lean
         self.max_opening = max_opening
         self._keepalive_expiry = keepalive_expiry
         self._retries = retries
@@ -161,6 +175,15 @@ class LanePool:
         self._closed = False
 
     def _connect(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        if self.lean:
+            assert self._network_backend is not None
+            return LeanConnection(
+                origin,
+                ssl_context=self._ssl_context,
+                keepalive_expiry=self._keepalive_expiry,
+                retries=self._retries,
+                network_backend=self._network_backend,
+            )
         return httpcore.AsyncHTTPConnection(
             origin=origin,
             ssl_context=self._ssl_context,
@@ -201,12 +224,10 @@ class LanePool:
             lane.wake_one()
             raise
         assert isinstance(response.stream, AsyncIterable)
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_PooledStream(response.stream, self, lane, connection),
-            extensions=response.extensions,
-        )
+        # the connection's own answer, its body read through the pool (not a copy of the
+        # answer: its headers are not checked twice)
+        response.stream = _PooledStream(response.stream, self, lane, connection)
+        return response
 
     async def _checkout(
         self, lane: _Lane, origin: httpcore.Origin, deadline: float | None
@@ -237,17 +258,26 @@ class LanePool:
 
     async def checkin(self, lane: _Lane, connection: httpcore.AsyncConnectionInterface) -> None:
         """A response was closed: its connection goes back on the stack, if it can be reused."""
+        for closing in self.give_back(lane, connection):
+            await _close(closing)
+
+    def give_back(
+        self, lane: _Lane, connection: httpcore.AsyncConnectionInterface
+    ) -> list[httpcore.AsyncConnectionInterface]:
+        """`checkin` but for the closing: the slot freed, the connection back on the stack if
+        it can be reused, the next waiter woken; the connections to close."""
         assert self._slots is not None
         self._slots.release()
+        closing = []
         if self._closed or not connection.is_idle():
-            await _close(connection)
+            closing.append(connection)
         else:
             lane.idle.append(connection)
             oldest = lane.idle[0]
-            if len(lane.idle) > self.max_connections or oldest.has_expired():
-                lane.idle.pop(0)
-                await _close(oldest)
+            if len(lane.idle) > self.max_connections or _idled_out(oldest):
+                closing.append(lane.idle.pop(0))
         lane.wake_one()
+        return closing
 
     async def aclose(self) -> None:
         self._closed = True
@@ -294,6 +324,12 @@ class _PooledStream:
         if self.closed:
             return
         self.closed = True
+        if isinstance(self.stream, Body) and self.stream.done:
+            # a lean connection's body, read whole: nothing of it to close, nothing to wait for
+            # unless a connection is to be closed (shielded then, `_close`)
+            for closing in self.pool.give_back(self.lane, self.connection):
+                await _close(closing)
+            return
         with anyio.CancelScope(shield=True):
             try:
                 for part in (self.parts, self.stream):  # httpcore's iterator: finished now
@@ -349,6 +385,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         ssl_context: ssl.SSLContext | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        lean: bool = False,
     ) -> None:
         self.pool = LanePool(
             ssl_context=ssl_context or httpx.create_ssl_context(),
@@ -357,6 +394,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=keepalive_expiry,
             retries=retries,
             network_backend=network_backend or AsyncioBackend(),
+            lean=lean,
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from imagegw.infra.config import Settings
 from imagegw.infra.sealer import KeySealer
-from imagegw.infra.storage import ImageStore
 from imagegw.providers import Provider, lookup, priors
 
 if TYPE_CHECKING:
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from imagegw.access.gate import Access
     from imagegw.core.estimates import Estimates
     from imagegw.infra.fetcher import Fetcher
+    from imagegw.infra.storage import ImageStore
     from imagegw.runners.stepfunctions.service import Jobs
 
 
@@ -69,7 +69,8 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self._client = http_client
-        self.store = store or ImageStore(settings)
+        if store is not None:
+            self.store = store
         #: providers by name, made on first use (`provider`); tests may give their own
         self._providers: dict[str, Provider] = dict(providers or {})
         if estimates is not None:
@@ -94,6 +95,14 @@ class Gateway:
     @jobs.setter
     def jobs(self, jobs: Jobs) -> None:
         self._jobs = jobs
+
+    @cached_property
+    def store(self) -> ImageStore:
+        """The bucket's images: inputs staged, results stored and linked. Made on first use
+        (`GET /v1/models` has none)."""
+        from imagegw.infra.storage import ImageStore
+
+        return ImageStore(self.settings)
 
     @cached_property
     def fetcher(self) -> Fetcher:
@@ -157,11 +166,10 @@ class Gateway:
         return cls if hasattr(cls, "catalog") else self.provider(key)
 
     async def aclose(self) -> None:
-        for made in ("fetcher", "result_fetcher"):  # only those made (`cached_property`)
-            fetcher: Fetcher | None = self.__dict__.get(made)
-            if fetcher is not None:
-                await fetcher.aclose()
-        await self.store.aclose()
+        for made in ("fetcher", "result_fetcher", "store"):  # only those made (`cached_property`)
+            done: Fetcher | ImageStore | None = self.__dict__.get(made)
+            if done is not None:
+                await done.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from imagegw.access import lease
 from imagegw.core.advance import advance, start_leased
 from imagegw.core.estimates import Estimates, learn
-from imagegw.core.lifecycle import Book, PollPolicy, failure_notes, late, next_poll
+from imagegw.core.lifecycle import Book, PollPolicy, Summary, failure_notes, late, next_poll
 from imagegw.core.schedule import Estimate, Key, Timing, bucket, expected_total, poll_delay
 from imagegw.errors import GatewayError, TransientProviderError
 from imagegw.infra import apimetrics
@@ -218,8 +218,9 @@ class _Run:
         outcomes, self.parts = await start_leased(self.provider, self.parts, lease.current())
         return outcomes
 
-    def progress(self) -> Progress:
-        summary = self.book.summary()
+    def progress(self, summary: Summary | None = None) -> Progress:
+        """Where the run stands (`summary`: the book's, when the caller has it at hand)."""
+        summary = summary or self.book.summary()
         expected = self.forecast.expected(self.book.running(), self.began)
         return Progress(
             summary.state,
@@ -307,7 +308,8 @@ class _Run:
             for i in self.book.running()
         ]
         try:
-            yield self.progress()
+            summary = self.book.summary()  # the book's, kept as each answer changes it
+            yield self.progress(summary)
             last_progress = clock()
             while not self.book.ended:
                 left = self.left()
@@ -319,17 +321,17 @@ class _Run:
                 try:
                     index, answer = await asyncio.wait_for(queue.get(), timeout=wait)
                 except TimeoutError:
-                    yield self.progress()
+                    yield self.progress(summary)
                     last_progress = clock()
                     continue
-                before = self.book.summary()
+                before = summary
                 self._answer(index, answer)
-                after = self.book.summary()
+                summary = self.book.summary()
                 # a change (state, tasks ended, the provider's words) at once; an unchanged
                 # state every progress_interval even while polls keep answering (they come
                 # more often than that)
-                if after != before or clock() - last_progress >= settings.progress_interval:
-                    yield self.progress()
+                if summary != before or clock() - last_progress >= settings.progress_interval:
+                    yield self.progress(summary)
                     last_progress = clock()
         finally:
             for poller in pollers:

@@ -1,0 +1,258 @@
+"""The lean HTTP/1.1 connection of the providers' and the bucket's pools (imagegw.infra.http11):
+answers framed every way HTTP/1.1 allows are read whole, a connection is reused only when that
+is safe, malformed answers are protocol errors (never an answer cut short), and a request's
+headers cannot smuggle another header in."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import httpx
+import pytest
+
+from fakes.socketserver import LoopbackServer
+from imagegw.infra.http11 import MAX_HEAD
+from imagegw.infra.transport import PooledTransport
+
+pytestmark = pytest.mark.anyio
+
+After = Literal["keep", "close"]
+
+
+class Scripted(LoopbackServer):
+    """Answers each request with the next of `answers` (raw bytes, then keeps the connection or
+    closes it), and records every request it read whole (head, decoded body)."""
+
+    def __init__(self, *answers: tuple[bytes, After]) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    def serve(self, connection: socket.socket) -> None:
+        with connection:
+            pending = b""
+            while self.answers:
+                try:
+                    request, pending = self._request(connection, pending)
+                except (OSError, EOFError):
+                    return
+                self.requests.append(request)
+                answer, after = self.answers.pop(0)
+                connection.sendall(answer)
+                if after == "close":
+                    return
+
+    @staticmethod
+    def _request(connection: socket.socket, pending: bytes) -> tuple[tuple[bytes, bytes], bytes]:
+        def more() -> bytes:
+            chunk = connection.recv(65536)
+            if not chunk:
+                raise EOFError
+            return chunk
+
+        while b"\r\n\r\n" not in pending:
+            pending += more()
+        head, _, pending = pending.partition(b"\r\n\r\n")
+        lowered = head.lower()
+        body = b""
+        if b"transfer-encoding: chunked" in lowered:
+            while True:
+                while b"\r\n" not in pending:
+                    pending += more()
+                size_line, _, pending = pending.partition(b"\r\n")
+                size = int(size_line, 16)
+                while len(pending) < size + 2:
+                    pending += more()
+                body, pending = body + pending[:size], pending[size + 2 :]
+                if size == 0:
+                    break
+        elif b"content-length:" in lowered:
+            length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(pending) < length:
+                pending += more()
+            body, pending = pending[:length], pending[length:]
+        return (head, body), pending
+
+
+def client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=PooledTransport(max_connections=4, lean=True), timeout=5)
+
+
+async def test_a_chunked_answer_is_read_whole_and_its_connection_reused() -> None:
+    # Given a server answering in chunks (with an extension and a trailer), then plainly
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    )
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((chunked, "keep"), (plain, "keep")) as server:
+        async with client() as http:
+            # When two requests are made one after the other
+            first = await http.get(server.url)
+            second = await http.get(server.url)
+
+    # Then both bodies arrive whole, over one connection
+    assert (first.text, second.text) == ("hello world", "ok")
+    assert server.connections == 1
+
+
+async def test_an_answer_without_a_length_is_read_until_the_server_closes() -> None:
+    # Given a server that frames its answer by closing the connection
+    unframed = b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((unframed, "close"), (plain, "keep")) as server:
+        async with client() as http:
+            # When it is read, and another request made
+            first = await http.get(server.url)
+            second = await http.get(server.url)
+
+    # Then the body is all it sent, and the next request had a new connection
+    assert (first.text, second.text) == ("until the end", "ok")
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+    ],
+    ids=["connection-close", "http-1.0", "bytes-past-the-end"],
+)
+async def test_a_connection_is_not_reused_after_an_answer_that_forbids_it(answer: bytes) -> None:
+    # Given a server whose answer says (or shows) the connection must not be used again
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((answer, "keep"), (plain, "keep")) as server:
+        async with client() as http:
+            # When two requests are made
+            first = await http.get(server.url)
+            second = await http.get(server.url)
+
+    # Then the second went over a new connection
+    assert (first.text, second.text) == ("ok", "ok")
+    assert server.connections == 2
+
+
+async def test_an_informational_answer_before_the_answer_is_skipped() -> None:
+    informational = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nmade"
+    )
+    with Scripted((informational, "keep")) as server:
+        async with client() as http:
+            answer = await http.post(server.url, json={"prompt": "a cat"})
+
+    assert (answer.status_code, answer.text) == (201, "made")
+
+
+async def test_an_answer_to_head_has_no_body_and_keeps_the_connection() -> None:
+    head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((head_answer, "keep"), (plain, "keep")) as server:
+        async with client() as http:
+            first = await http.head(server.url)
+            second = await http.get(server.url)
+
+    assert (first.headers["content-length"], first.content, second.text) == ("1000", b"", "ok")
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 200 OK\r\nContent-",
+        b"",
+    ],
+    ids=["body-cut-short", "chunk-cut-short", "head-cut-short", "nothing"],
+)
+async def test_a_server_that_closes_early_is_a_protocol_error(answer: bytes) -> None:
+    with Scripted((answer, "close")) as server:
+        async with client() as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get(server.url)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokay\r\n0\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"SPDY/3 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * (MAX_HEAD + 10) + b"\r\n\r\n",
+    ],
+    ids=[
+        "folded-header",
+        "no-colon",
+        "space-in-name",
+        "two-lengths",
+        "negative-length",
+        "unknown-coding",
+        "bad-chunk-size",
+        "chunk-longer-than-its-size",
+        "bad-status",
+        "not-http",
+        "head-too-long",
+    ],
+)
+async def test_a_malformed_answer_is_a_protocol_error(answer: bytes) -> None:
+    with Scripted((answer, "keep")) as server:
+        async with client() as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get(server.url)
+
+
+async def test_a_header_that_would_smuggle_another_is_refused_before_anything_is_sent() -> None:
+    with Scripted((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "keep")) as server:
+        async with client() as http:
+            with pytest.raises(httpx.LocalProtocolError):
+                await http.get(server.url, headers={"x-task": "1\r\nx-injected: yes"})
+
+    assert server.requests == []
+
+
+async def test_request_bodies_arrive_whole_in_memory_or_streamed() -> None:
+    answers = [(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "keep")] * 3
+    big = bytes(range(256)) * 400  # 100 KiB: past what goes out with the head
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"first part, "
+        yield b""
+        yield b"second part"
+
+    with Scripted(*answers) as server:  # type: ignore[arg-type]
+        async with client() as http:
+            await http.post(server.url, json={"prompt": "a cat"})
+            await http.put(server.url, content=big)
+            await http.post(server.url, content=parts())
+
+    assert [body for _, body in server.requests] == [
+        b'{"prompt":"a cat"}',
+        big,
+        b"first part, second part",
+    ]
+    assert b"transfer-encoding: chunked" in server.requests[2][0].lower()
+    assert server.connections == 1
+
+
+async def test_a_connection_idle_past_its_keep_alive_is_not_reused() -> None:
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((plain, "keep"), (plain, "keep")) as server:
+        transport = PooledTransport(max_connections=4, keepalive_expiry=0.05, lean=True)
+        async with httpx.AsyncClient(transport=transport, timeout=5) as http:
+            await http.get(server.url)
+            await asyncio.sleep(0.2)  # idle past its keep-alive
+            await http.get(server.url)
+
+    assert server.connections == 2
