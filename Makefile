@@ -69,7 +69,7 @@ $(BIN)/.ready: requirements-dev.txt layers/common/requirements.txt layers/common
 	@echo "installing project dependencies into $(VENV) (the first time: a few minutes)"
 	@$(BIN)/$(PIP_PROGRESS) -r requirements-dev.txt -c layers/common/constraints.txt \
 	  $(PROGRESS) "project dependencies"
-	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest"
+	@$(BIN)/python -c "import starlette, uvicorn, httpx, moto, openai, pytest, xdist"
 	@touch $@
 
 # asl-validator (npm, pinned in package.json / package-lock.json) checks the ASL files offline
@@ -138,19 +138,29 @@ build: $(BIN)/.ready $(SAM_VENV)/.ready
 build-local: $(SAM_VENV)/.ready
 	$(SAM) build --build-dir $(LOCAL_BUILD) --parameter-overrides Architecture=$(LOCAL_ARCH)
 
+# the tests run on TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0: in this one), a test
+# file on one worker from start to end: its module-scoped servers start once and its tests keep
+# their order (tests/fuzz's last test sums up the others). Every test takes free ports and its
+# own temporary folders, so the workers share nothing but the build they read. The files are
+# handed out in collection order (--no-loadscope-reorder, not most tests first): the long
+# browser and end-to-end files start first, and the many short unit files fill the end.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest \
+  $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 unit: $(BIN)/.ready
-	$(BIN)/pytest tests/unit
+	$(PYTEST) tests/unit
 
 functional: $(BIN)/.ready
-	$(BIN)/pytest tests/functional
+	$(PYTEST) tests/functional
 
 e2e: $(BIN)/.ready build-local
-	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest tests/e2e
+	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(PYTEST) tests/e2e
 
 check: lint types validate asl
 
 test: check build build-local
-	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(BIN)/pytest --ignore=tests/aws
+	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(PYTEST) --ignore=tests/aws
 
 # the stack for this machine deployed with `sam deploy` on the emulator, and used (tests/aws);
 # the tests start and stop the emulator themselves

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -53,6 +54,16 @@ def generate(url: str, key: str) -> httpx.Response:
         headers={"authorization": f"Bearer {key}"},
         timeout=60,
     )
+
+
+def logged(log: Path, wanted: str, patience: float = 30.0) -> str:
+    """The log's text once it has a line with `wanted` (or at the end of `patience` s)."""
+    deadline = time.monotonic() + patience
+    text = log.read_text()
+    while wanted not in text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = log.read_text()
+    return text
 
 
 def test_keys_and_token_pools_outlive_a_restart_of_make_run(
@@ -134,7 +145,8 @@ def test_the_console_shows_one_short_line_per_request_with_its_error_code(
         # and a request with a cut-off key is refused
         assert generate(url, "ms-test-token").status_code == 200
         assert generate(url, "gk-abc").status_code == 401
-        text = log.read_text()
+        # (a request's line is written as its answer ends: the client may read it first)
+        text = logged(log, " POST /v1/images/generations 401 ")
 
     lines = text.splitlines()
     # Then each request is one short human line: method, path, status, duration, error code

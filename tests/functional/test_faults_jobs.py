@@ -127,8 +127,8 @@ def test_a_provider_down_at_submit_fails_the_job_with_nothing_started(
         ("503", "answered 503"),
         ("garbage", "unreadable status"),
         ("cut", "could not be reached"),  # the provider dying mid-poll
-        # a byte every 0.2 s: no read waits PROVIDER_TIMEOUT (2 s here), the whole poll does
-        ("trickle", "no answer within 2 s"),
+        # a byte every 0.2 s: no read waits PROVIDER_TIMEOUT (1 s here), the whole poll does
+        ("trickle", "no answer within 1 s"),
     ],
 )
 def test_polls_that_keep_failing_are_tried_until_the_deadline_then_named(
@@ -140,7 +140,7 @@ def test_polls_that_keep_failing_are_tried_until_the_deadline_then_named(
 ) -> None:
     # Given a job allowed 30 s (JOB_TIMEOUT, at 0 s polls) and every poll failing
     if fault == "trickle":
-        monkeypatch.setenv("PROVIDER_TIMEOUT", "2")
+        monkeypatch.setenv("PROVIDER_TIMEOUT", "1")
     w = world(job_timeout=30)
     faulty_ms.poll_fault = fault
     faulty_ms.poll_faults = ALWAYS

@@ -209,7 +209,9 @@ class Access:
 
 
 async def step_functions(case: Case, n: int, aws: MockedAws) -> Ending:
-    settings = Settings(bucket=aws.bucket, aws_region=aws.region)
+    # the task functions' settings, read from the environment the `aws` fixture gives them
+    # (the bucket in the mocked account, its uploads to the session's moto server)
+    settings = Settings.from_env()
     provider = case.provider(settings)
     access = Access()
     kit = Gateway(
@@ -242,6 +244,8 @@ async def step_functions(case: Case, n: int, aws: MockedAws) -> Ending:
             _, retry = ended_by(progress.book().final_error())
             return Ending("failed", 0, error=body, should_retry=retry, settled=(*access.settled,))
         output = JobOutput.model_validate(await steps.store({"job": job, "progress": state}, kit))
+        # the job's copies went to the bucket (none fell back to the provider's link)
+        assert all(image.name is not None for image in output.images), output.images
         return Ending(
             "succeeded", len(output.images), output.failures, settled=tuple(access.settled)
         )
