@@ -97,15 +97,18 @@ def _gateway_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
 @pytest.fixture
 def gateway(
     _gateway_server: tuple[ServerThread, SwappableApp], make_settings: Callable[..., Settings]
-) -> Callable[..., str]:
-    """Serve a gateway app built from `make_settings(**overrides)`; its base URL."""
+) -> Iterator[Callable[..., str]]:
+    """Serve a gateway app built from `make_settings(**overrides)`; its base URL. The session's
+    server is settled after the test: a request's last log line, written after its answer,
+    belongs to this test, not to the next one's captured output."""
     server, swappable = _gateway_server
 
     def serve(**overrides: Any) -> str:
         swappable.app = create_app(make_settings(**overrides))
         return server.url
 
-    return serve
+    yield serve
+    swappable.settle()
 
 
 @pytest.fixture

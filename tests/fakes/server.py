@@ -99,8 +99,22 @@ class SwappableApp:
 
     def __init__(self, app: ASGIApp | None = None) -> None:
         self.app = app
+        #: requests the app is still serving (an answer's last bytes go out before its app
+        #: returns, e.g. before a gateway writes the request's log line)
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
             raise RuntimeError("SwappableApp has no app to forward to")
-        await self.app(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait (at most `timeout` seconds) until no request is being served, so what a test's
+        requests still do after their answers (log lines, clean-up) ends inside that test."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
