@@ -25,10 +25,12 @@ from typing import Any
 import httpx
 
 import fakes.modelscope as fake_module
+from fakes.aws import aws_credentials
 from fakes.modelscope import DEFAULT_TOKENS, Duration, FakeModelScope
 from fakes.png import make_png
 from fakes.server import ServerThread
 from imagegw.frontends.app import create_app
+from imagegw.frontends.local import stop_stand_ins
 from imagegw.infra.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,31 +186,17 @@ def s3_stand_in() -> Iterator[dict[str, str]]:
         text=True,
         cwd=ROOT,
     )
-    assert process.stdin is not None and process.stdout is not None
+    assert process.stdout is not None
     line = process.stdout.readline()
     process.stdout.close()
     try:
         if not line:
             raise RuntimeError(f"the S3 stand-in did not start (exit status {process.wait()})")
         env: dict[str, str] = json.loads(line)
-        credentials = {k: v for k, v in env.items() if k.startswith("AWS_")}
-        saved = {k: os.environ.get(k) for k in credentials}
-        os.environ.update(credentials)
-        try:
+        with aws_credentials(env):
             yield env
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     finally:
-        process.stdin.close()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_stand_ins(process)
 
 
 def _one_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:

@@ -95,13 +95,23 @@ def s3_stand_in_env(bucket: str) -> Iterator[dict[str, str]]:
     from imagegw.frontends.local import start_s3_stand_in
 
     server, env = start_s3_stand_in(bucket)
+    try:
+        with aws_credentials(env):
+            yield env
+    finally:
+        server.stop()
+
+
+@contextmanager
+def aws_credentials(env: dict[str, str]) -> Iterator[None]:
+    """The AWS_* values of `env` in os.environ meanwhile (for boto3 in this process); the
+    previous values come back afterwards."""
     credentials = {k: v for k, v in env.items() if k.startswith("AWS_")}
     saved = {k: os.environ.get(k) for k in credentials}
     os.environ.update(credentials)
     try:
-        yield env
+        yield
     finally:
-        server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
