@@ -15,18 +15,24 @@ from imagegw.infra.collector import YOUNG_THRESHOLD, loading, pace_for_server
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_api_functions_process_collects_its_youngest_generation_at_a_servers_pace() -> None:
-    # Given the API function's entry point imported as uvicorn imports it
+def in_api_function(code: str) -> str:
+    """What `code` prints, run by a fresh interpreter in the API function's folder with the
+    layer's package on the path (as uvicorn runs `main`)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "common")}
-    shown = subprocess.run(
-        [sys.executable, "-c", "import gc, main; print(*gc.get_threshold())"],
+    return subprocess.run(
+        [sys.executable, "-c", code],
         cwd=ROOT / "functions" / "api",
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
-    ).stdout.split()
+    ).stdout
+
+
+def test_the_api_functions_process_collects_its_youngest_generation_at_a_servers_pace() -> None:
+    # Given the API function's entry point imported as uvicorn imports it
+    shown = in_api_function("import gc, main; print(*gc.get_threshold())").split()
     # Then its youngest generation is collected every YOUNG_THRESHOLD allocations, the
     # older generations at the interpreter's default pace
     default = subprocess.run(
@@ -74,21 +80,11 @@ def test_what_loading_made_is_frozen_and_the_collector_is_on_after_it() -> None:
 
 def test_the_start_script_runs_uvicorns_command_line_with_the_collector_off() -> None:
     # When the start script's Python is run as run.sh runs it, with uvicorn's --help
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "common")}
-    probe = (
+    shown = in_api_function(
         "import gc, runpy, sys; sys.argv = ['serve.py', '--help']\n"
         "try:\n    runpy.run_path('serve.py', run_name='__main__')\n"
         "except SystemExit as end:\n    print(end.code, gc.isenabled())"
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT / "functions" / "api",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
     # Then it is uvicorn's command line, and the collector is off (main.py switches it on)
     assert "Usage:" in shown and "--app-dir" in shown
     assert shown.split()[-2:] == ["0", "False"]
