@@ -419,10 +419,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
         streamed response's wrappers. No further than `limit` bytes (`too_large()` is raised
         past them, or before reading when the answer declares more). An answer whose body is
         encoded (gzip...) is given back open and unread instead, as the client would give it
-        with `stream=True`: httpx's decoders read it as
-        the caller reads it (`imagegw.providers.upstream.read_answer`), and the request is not
-        sent twice. httpcore's errors are raised as httpx's, as `handle_async_request` raises
-        them."""
+        with `stream=True`: httpx's decoders read it as the caller reads it
+        (`imagegw.providers.upstream.read_answer`), and the request is not sent twice.
+        httpcore's errors are raised as httpx's, as `handle_async_request` raises them."""
         body = request.content if content is None else content
         with _httpx_errors():
             answer = await self.pool.handle_async_request(_core_request(request, body))
