@@ -4,8 +4,9 @@ fetcher), made of httpx's and httpcore's public classes only.
 `PooledTransport` is an httpx transport as httpx documents custom ones (`httpx.AsyncBaseTransport`)
 over `LanePool`, a connection pool whose connections are httpcore's own
 (`httpcore.AsyncHTTPConnection`, with a network backend given when the pool is built: the SSRF
-guard's for the fetcher) or, with `lean=True` (the providers' and the bucket's pools), the
-gateway's lean HTTP/1.1 connections (`imagegw.infra.http11`, through the same backend).
+guard's for the fetcher) or, with `lean=True` (the providers', the bucket's and the result
+images' pools), the gateway's lean HTTP/1.1 connections (`imagegw.infra.http11`, through the
+same backend).
 Nothing reaches into a library's private attributes, so httpx and httpcore are not pinned to
 one release (layers/common/requirements.txt).
 
