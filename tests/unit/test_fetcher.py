@@ -414,9 +414,7 @@ async def test_the_reason_is_logged_without_the_query(
 
 
 @pytest.mark.anyio
-async def test_the_opt_in_allows_loopback(
-    image_host: FakeImageHost, guarded: Made
-) -> None:
+async def test_the_opt_in_allows_loopback(image_host: FakeImageHost, guarded: Made) -> None:
     url = f"{image_host.url}/files/x.png"
     with pytest.raises(FetchError):
         await fetcher(guarded, Settings()).fetch(url, limit=10**6)
@@ -464,9 +462,7 @@ async def test_tls_verifies_the_host_name_while_connecting_to_the_checked_addres
 
 
 @pytest.mark.anyio
-async def test_redirects_are_followed_up_to_three(
-    image_host: FakeImageHost, guarded: Made
-) -> None:
+async def test_redirects_are_followed_up_to_three(image_host: FakeImageHost, guarded: Made) -> None:
     guard = fetcher(guarded, policy=stand_in)
     data = await guard.fetch(f"{image_host.url}/hop/{MAX_REDIRECTS}/x.png", limit=10**6)
     assert data == image_host.files["x.png"]
@@ -508,9 +504,7 @@ async def test_a_redirect_to_a_private_address_is_refused(
 
 
 @pytest.mark.anyio
-async def test_the_size_cap_stops_reading(
-    image_host: FakeImageHost, guarded: Made
-) -> None:
+async def test_the_size_cap_stops_reading(image_host: FakeImageHost, guarded: Made) -> None:
     # Given a server streaming 64 MiB without a Content-Length
     size = 64 * 1024 * 1024
     network = Recording()
