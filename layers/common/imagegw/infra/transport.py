@@ -91,16 +91,20 @@ _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 _KEPT_EXTENSIONS: Final = frozenset({"http_version", "reason_phrase"})
 
 
+def core_url(url: httpx.URL) -> httpcore.URL:
+    """httpx's URL as httpcore's: its parts as sent."""
+    return httpcore.URL(
+        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+    )
+
+
 def _core_request(
     request: httpx.Request, content: bytes | AsyncIterable[bytes]
 ) -> httpcore.Request:
     """httpx's request as httpcore's (the URL's parts as sent, its headers, its extensions)."""
-    url = request.url
     return httpcore.Request(
         method=request.method,
-        url=httpcore.URL(
-            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-        ),
+        url=core_url(request.url),
         headers=request.headers.raw,
         content=content,
         extensions=request.extensions,
@@ -455,6 +459,32 @@ class PooledTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions={k: v for k, v in extensions.items() if k in _KEPT_EXTENSIONS},
         )
+
+    async def status_of(
+        self,
+        request: httpcore.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+    ) -> int:
+        """httpcore's `request`, built by the caller (an upload to the bucket: its URL parsed
+        once, its body the chunks it writes), sent straight to the pool: the answer's status,
+        its body read (no further than `limit` bytes, else `too_large()`) and dropped, so the
+        connection is kept; no httpx request or response is made. httpcore's errors are
+        raised as httpx's."""
+        with _httpx_errors():
+            answer = await self.pool.handle_async_request(request)
+            stream = answer.stream
+            assert isinstance(stream, _PooledStream)
+            try:
+                size = 0
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large()
+            finally:
+                await stream.aclose()
+        return answer.status
 
     async def aclose(self) -> None:
         await self.pool.aclose()
