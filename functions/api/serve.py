@@ -5,7 +5,7 @@ collector off from the process's first line.
   --no-access-log --timeout-graceful-shutdown 2 --app-dir <here> main:app`, everything else at
   its default: the event loop and HTTP parser `auto` (uvloop and httptools when the layer has
   them), uvicorn's log configuration, proxy headers from loopback, one process.
-  tests/unit/test_serve.py checks that they equal what that command line makes.
+  tests/unit/test_collector.py checks that they equal what that command line makes.
 - The command line itself is not run: importing `uvicorn` runs its `__init__`, which imports it
   (click) and the reload and worker supervisors (multiprocessing), ~12 ms of a cold start's CPU
   a server started with fixed settings never uses. The server's modules are imported from the
