@@ -385,3 +385,19 @@ def test_a_window_less_than_a_spacing_away_is_polled_inside_not_at_its_edge_and_
     assert max(polls for polls, _ in outcomes) <= 6
     assert sum(polls for polls, _ in outcomes) / len(ends) <= 5.7
     assert max(lag for _, lag in outcomes) <= BASE
+
+
+def test_an_overrun_is_polled_no_denser_than_the_window_before_it() -> None:
+    # a task of a model learned from 5 tasks (4 s ± 1 s) that queued 20 s has spent its poll
+    # budget in the queue, so its likely window is polled sparsely; once past the window (it
+    # overruns) the waits do not fall back to the densest spacing, they stay as sparse
+    few = Estimate(seconds=4.0, spread=1.0, samples=5)
+    timing = Timing(submitted=0.0)
+    for at in (0.0, 3.0, 6.0, 9.0, 13.5, 20.0):
+        timing = timing.seen(at, "PENDING")
+    timing = timing.seen(26.0, "RUNNING")
+    span = window(timing, few)
+    inside = next_delay(timing.seen(span.centre, "RUNNING"), few, span.centre, BASE, MAXIMUM)
+    assert inside > 1.0
+    for at in (span.end + 0.01, span.end + 0.5, span.end + 1.0):
+        assert next_delay(timing.seen(at, "RUNNING"), few, at, BASE, MAXIMUM) >= inside
