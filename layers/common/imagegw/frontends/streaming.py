@@ -166,6 +166,8 @@ async def with_keepalive(events: AsyncIterator[T], interval: float) -> AsyncIter
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+        elif not reader.cancelled():
+            reader.exception()  # seen: a failure after the stream was closed is not news
         closer = getattr(iterator, "aclose", None)
         if closer is not None:
             await closer()
