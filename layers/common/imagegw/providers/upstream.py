@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from pydantic import SecretStr
@@ -39,6 +39,9 @@ from imagegw.errors import (
 from imagegw.infra.config import Settings
 from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
+
+if TYPE_CHECKING:
+    from imagegw.infra.transport import PooledTransport, Whole
 
 #: the longest provider message passed on
 MAX_MESSAGE: Final = 500
@@ -150,27 +153,86 @@ async def send_request(
     limit: int = MAX_ANSWER_BYTES,
     said: float | None = None,
 ) -> httpx.Response:
-    """`send` of a request built before (`client.build_request`), so that a request sent again
-    and again (a task's poll) is built once; read as `send` reads. A request of the provider
-    client whose body is in memory (a poll, a JSON submission) goes straight to its pool
-    (`PooledTransport.read_whole`: it spends nothing on the client's layers), after the client's
-    request hooks; an encoded answer comes back open and is read here as any other. `said`:
-    the deadline an `AnswerTimeout` names (`send`'s whole one, of which its turn took a part;
-    default `deadline`)."""
+    """`send` of a request built before (`client.build_request`), read as `send` reads. A
+    request of the provider client whose body is in memory (a JSON submission) goes straight
+    to its pool (`PooledTransport.read_whole`: it spends nothing on the client's layers), after
+    the client's request hooks; an encoded answer comes back open and is read here as any
+    other. `said`: the deadline an `AnswerTimeout` names (`send`'s whole one, of which its turn
+    took a part; default `deadline`)."""
+    answer = await _exchange(
+        client, request, None, title=title, deadline=deadline, limit=limit, said=said
+    )
+    return as_response(answer)
+
+
+class Repeated:
+    """A request sent again and again (a task's poll), made once: httpx's `request`, and, when
+    it goes straight to the client's pool (`imagegw.infra.clients.direct_transport`), the
+    pool's own form of it, its head in bytes (`PooledTransport.keep`). Merging the client's
+    URL, headers and cookies into a request, then making httpcore's request and its head of it,
+    was most of a poll's own CPU. The client's request hooks still run at each send (they must
+    not change the request: what is sent was made once)."""
+
+    __slots__ = ("client", "direct", "kept", "request")
+
+    def __init__(self, client: httpx.AsyncClient, request: httpx.Request) -> None:
+        from imagegw.infra.clients import direct_transport  # loaded with the client
+
+        self.client, self.request = client, request
+        self.direct: PooledTransport | None = direct_transport(client, request)
+        self.kept = None if self.direct is None else self.direct.keep(request)
+
+
+async def resend(
+    repeated: Repeated, *, title: str, deadline: float, limit: int = MAX_ANSWER_BYTES
+) -> Whole | httpx.Response:
+    """`send_request` of a `Repeated` request: its answer read whole as it came (`Whole`:
+    its status and body, `as_response` for the rest) when it went straight to the pool, else
+    as httpx's response."""
+    return await _exchange(
+        repeated.client, repeated.request, repeated, title=title, deadline=deadline, limit=limit
+    )
+
+
+def as_response(answer: Whole | httpx.Response) -> httpx.Response:
+    """An answer of `resend` as httpx's response (an error to read: `error_for`)."""
+    return answer if isinstance(answer, httpx.Response) else answer.response()
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    repeated: Repeated | None,
+    *,
+    title: str,
+    deadline: float,
+    limit: int,
+    said: float | None = None,
+) -> Whole | httpx.Response:
+    """`request` sent through the client, or straight to its pool (as `repeated` says when
+    given, else as `direct_transport` finds), and read whole (module docstring)."""
     from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
 
-    direct = direct_transport(client, request)
+    direct = direct_transport(client, request) if repeated is None else repeated.direct
     try:
         # asyncio's own timeout: anyio's cancel scope cost a tenth of a poll's CPU
         async with asyncio.timeout(deadline):
             if direct is not None:
                 for hook in client.event_hooks["request"]:
                     await hook(request)
-                answer = await direct.read_whole(
-                    request, limit=limit, too_large=lambda: too_large(title, limit)
-                )
-                if answer.is_closed:
-                    return answer
+                kept = None if repeated is None else repeated.kept
+                read: Whole | httpx.Response
+                if kept is None:
+                    read = await direct.read_whole(
+                        request, limit=limit, too_large=lambda: too_large(title, limit)
+                    )
+                else:
+                    read = await direct.read_kept(
+                        kept, request, limit=limit, too_large=lambda: too_large(title, limit)
+                    )
+                if not isinstance(read, httpx.Response) or read.is_closed:
+                    return read  # read whole
+                answer = read  # encoded: read below, through httpx's decoders
             else:
                 answer = await client.send(request, stream=True)
             try:
