@@ -214,3 +214,25 @@ async def test_a_tasks_poll_is_sent_whole_each_time_and_its_answers_read_as_any(
     for error in errors:
         assert error.status == 401
         assert "Invalid token for this task" in error.message
+
+
+async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> None:
+    # Given the provider client, and submissions of two keys, again and again
+    async with provider_client(Settings()) as client:
+        url, timeout = "https://api.example.com/v1/images/generations", httpx.Timeout(9.0)
+
+        def submission(key: str, prompt: str) -> dict[str, object]:
+            headers = {"Authorization": f"Bearer {key}", "X-Async": "true"}
+            return {"json": {"prompt": prompt, "n": 1}, "headers": headers, "timeout": timeout}
+
+        calls = [("ms-alice", "a cat"), ("ms-bob", "一只猫"), ("ms-alice", "a dog")] * 2
+        # When each is built through the client's templates, and by httpx itself
+        built = [clients.build_request(client, "POST", url, **submission(*c)) for c in calls]
+        plain = [client.build_request("POST", url, **submission(*c)) for c in calls]  # type: ignore[arg-type]
+
+    # Then each is the very request httpx builds: its key, its body, its framing, its timeout
+    for ours, theirs in zip(built, plain, strict=True):
+        assert (ours.method, ours.url, ours.content) == (theirs.method, theirs.url, theirs.content)
+        assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
+        assert ours.extensions == theirs.extensions
+    assert [r.headers["authorization"] for r in built] == [f"Bearer {k}" for k, _ in calls]

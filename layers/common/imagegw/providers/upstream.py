@@ -131,11 +131,11 @@ async def send(
     `AnswerTimeout`. httpx's errors are raised as they are, for the caller to word. The
     request is built once it has its turn (`imagegw.infra.clients.turn`): a burst queues
     before anything is built."""
-    from imagegw.infra.clients import AnswerTimeout, turn  # loaded with the client
+    from imagegw.infra.clients import AnswerTimeout, build_request, turn  # loaded with the client
 
     try:
         async with turn(client, deadline) as waited:
-            request = client.build_request(method, url, **kwargs)
+            request = build_request(client, method, url, **kwargs)
             return await send_request(
                 client, request, title=title, deadline=deadline - waited, limit=limit, said=deadline
             )
