@@ -270,7 +270,7 @@ async def test_a_kept_request_goes_out_as_made_each_time_it_is_sent() -> None:
             kept = [transport.keep(poll), transport.keep(post)]
             # When each kept request is sent twice on one connection
             answers = [
-                await transport.read_kept(one, made, limit=100, too_large=RuntimeError)
+                await transport.read(made, limit=100, too_large=RuntimeError, kept=one)
                 for one, made in zip(kept * 2, [poll, post] * 2, strict=True)
             ]
             fresh = await http.send(http.build_request("GET", f"{server.url}/v1/tasks/7"))

@@ -206,7 +206,7 @@ def provider_client(
 def direct_transport(client: httpx.AsyncClient, request: httpx.Request) -> PooledTransport | None:
     """The pool under a client `provider_client` built with no transport layer (none observes
     its calls), for a request that needs none of the client's own work: one whose body is in
-    memory (a poll's GET, a JSON submission: `imagegw.providers.upstream.send_request`,
+    memory (a poll's GET, a JSON submission: `imagegw.providers.upstream.exchange`,
     `PooledTransport.read_whole`). None for any other client (a test's, a traced one), for a
     streamed or multipart body, or when the client has response hooks: such requests go
     through the client. The caller runs the client's request hooks (the provider client's

@@ -374,7 +374,7 @@ def _streamed(answer: httpcore.Response) -> httpx.Response:
 
 @dataclass(frozen=True, slots=True)
 class Whole:
-    """An answer read whole from the pool (`PooledTransport.read_kept`), as it came: a caller
+    """An answer read whole from the pool (`PooledTransport.read`), as it came: a caller
     that reads only its status and its body (a poll of a task still running) makes nothing
     more of it; `response()` is httpx's response of it, for anything else (an error to read)."""
 
@@ -433,7 +433,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
     def keep(self, request: httpx.Request) -> KeptRequest:
         """The pool's own form of a request whose body is in memory and that is sent again and
         again (a task's poll): made once, its head checked and in bytes
-        (`imagegw.infra.http11.KeptRequest`), for `read_kept`."""
+        (`imagegw.infra.http11.KeptRequest`), for `read`."""
         kept = _core_request(request, request.content, KeptRequest)
         assert isinstance(kept, KeptRequest)
         return kept
@@ -457,23 +457,26 @@ class PooledTransport(httpx.AsyncBaseTransport):
         with `stream=True`: httpx's decoders read it as the caller reads it
         (`imagegw.providers.upstream.read_answer`), and the request is not sent twice.
         httpcore's errors are raised as httpx's, as `handle_async_request` raises them."""
-        body = request.content if content is None else content
-        answer = await self._read(
-            _core_request(request, body), request, limit=limit, too_large=too_large
-        )
-        return answer.response() if isinstance(answer, Whole) else answer
+        answer = await self.read(request, limit=limit, too_large=too_large, content=content)
+        return answer if isinstance(answer, httpx.Response) else answer.response()
 
-    async def read_kept(
+    async def read(
         self,
-        kept: KeptRequest,
         request: httpx.Request,
         *,
         limit: int,
         too_large: Callable[[], Exception],
+        content: AsyncIterable[bytes] | None = None,
+        kept: KeptRequest | None = None,
     ) -> Whole | httpx.Response:
-        """`read_whole` of a request kept for sending again (`keep`: `request` is what it was
-        made of), its answer read whole given as it came (`Whole`): no httpx object is made of
-        an answer of which the caller reads only the status and the body."""
+        """`read_whole`, an answer read whole given as it came (`Whole`): no httpx object is
+        made of an answer of which the caller reads only the status and the body. `kept`: the
+        pool's own form of `request`, made before (`keep`: a task's poll)."""
+        if kept is None:
+            body = request.content if content is None else content
+            return await self._read(
+                _core_request(request, body), request, limit=limit, too_large=too_large
+            )
         return await self._read(kept, request, limit=limit, too_large=too_large)
 
     async def _read(

@@ -47,8 +47,8 @@ from imagegw.providers.upstream import (
     Repeated,
     as_response,
     error_for,
+    exchange,
     resend,
-    send,
     unreachable,
 )
 
@@ -217,7 +217,7 @@ class ModelScope(Provider):
         if request.images:
             body["image_url"] = [image.url for image in request.images]
         try:
-            response = await send(
+            answer = await exchange(
                 self.client,
                 "POST",
                 f"{self.base_url}/images/generations",
@@ -232,12 +232,16 @@ class ModelScope(Provider):
             raise unreachable(
                 self.title, exc, self.settings, waited=self.settings.provider_timeout
             ) from None
-        if response.status_code != 200:
+        if answer.status_code != 200:
             raise error_for(
-                self.title, response, key=request.api_key, model=request.model, known=self.known_ids
+                self.title,
+                as_response(answer),
+                key=request.api_key,
+                model=request.model,
+                known=self.known_ids,
             )
         try:
-            return Started(_Submitted.model_validate_json(response.content).task_id)
+            return Started(_Submitted.model_validate_json(answer.content).task_id)
         except ValidationError:
             raise ProviderError(
                 "ModelScope answered the submission without a task id.", code="provider_error"

@@ -131,38 +131,45 @@ async def send(
     `AnswerTimeout`. httpx's errors are raised as they are, for the caller to word. The
     request is built once it has its turn (`imagegw.infra.clients.turn`): a burst queues
     before anything is built."""
+    answer = await exchange(
+        client, method, url, title=title, deadline=deadline, limit=limit, **kwargs
+    )
+    return as_response(answer)
+
+
+async def exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    title: str,
+    deadline: float,
+    limit: int = MAX_ANSWER_BYTES,
+    **kwargs: Any,
+) -> Whole | httpx.Response:
+    """`send`, its answer given as it came when it was read whole straight from the pool
+    (`Whole`: its status and body; `as_response` for the rest), else as httpx's response. A
+    request of the provider client whose body is in memory (a JSON submission) goes straight
+    to its pool (`PooledTransport.read`: it spends nothing on the client's layers), after the
+    client's request hooks; it is built from the client's template of such requests
+    (`imagegw.infra.clients.build_request`)."""
     from imagegw.infra.clients import AnswerTimeout, build_request, turn  # loaded with the client
 
     try:
         async with turn(client, deadline) as waited:
             request = build_request(client, method, url, **kwargs)
-            return await send_request(
-                client, request, title=title, deadline=deadline - waited, limit=limit, said=deadline
+            return await _exchange(
+                client,
+                request,
+                None,
+                title=title,
+                deadline=deadline - waited,
+                limit=limit,
+                said=deadline,
             )
     except TimeoutError:  # no turn within the deadline: nothing was built nor sent
         request = client.build_request(method, url, **kwargs)
         raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
-
-
-async def send_request(
-    client: httpx.AsyncClient,
-    request: httpx.Request,
-    *,
-    title: str,
-    deadline: float,
-    limit: int = MAX_ANSWER_BYTES,
-    said: float | None = None,
-) -> httpx.Response:
-    """`send` of a request built before (`client.build_request`), read as `send` reads. A
-    request of the provider client whose body is in memory (a JSON submission) goes straight
-    to its pool (`PooledTransport.read_whole`: it spends nothing on the client's layers), after
-    the client's request hooks; an encoded answer comes back open and is read here as any
-    other. `said`: the deadline an `AnswerTimeout` names (`send`'s whole one, of which its turn
-    took a part; default `deadline`)."""
-    answer = await _exchange(
-        client, request, None, title=title, deadline=deadline, limit=limit, said=said
-    )
-    return as_response(answer)
 
 
 class Repeated:
@@ -186,16 +193,15 @@ class Repeated:
 async def resend(
     repeated: Repeated, *, title: str, deadline: float, limit: int = MAX_ANSWER_BYTES
 ) -> Whole | httpx.Response:
-    """`send_request` of a `Repeated` request: its answer read whole as it came (`Whole`:
-    its status and body, `as_response` for the rest) when it went straight to the pool, else
-    as httpx's response."""
+    """`exchange` of a `Repeated` request. It takes no turn (`imagegw.infra.clients.turn`):
+    that queue is for bursts of submissions."""
     return await _exchange(
         repeated.client, repeated.request, repeated, title=title, deadline=deadline, limit=limit
     )
 
 
 def as_response(answer: Whole | httpx.Response) -> httpx.Response:
-    """An answer of `resend` as httpx's response (an error to read: `error_for`)."""
+    """An answer of `exchange` or `resend` as httpx's response (an error to read: `error_for`)."""
     return answer if isinstance(answer, httpx.Response) else answer.response()
 
 
@@ -221,15 +227,9 @@ async def _exchange(
                 for hook in client.event_hooks["request"]:
                     await hook(request)
                 kept = None if repeated is None else repeated.kept
-                read: Whole | httpx.Response
-                if kept is None:
-                    read = await direct.read_whole(
-                        request, limit=limit, too_large=lambda: too_large(title, limit)
-                    )
-                else:
-                    read = await direct.read_kept(
-                        kept, request, limit=limit, too_large=lambda: too_large(title, limit)
-                    )
+                read = await direct.read(
+                    request, limit=limit, too_large=lambda: too_large(title, limit), kept=kept
+                )
                 if not isinstance(read, httpx.Response) or read.is_closed:
                     return read  # read whole
                 answer = read  # encoded: read below, through httpx's decoders
