@@ -209,7 +209,8 @@ class LanePool:
         except TimeoutError:
             raise httpcore.PoolTimeout("No connection came free in time.") from None
         origin = request.url.origin
-        lane = self._lanes.setdefault((origin.scheme, origin.host, origin.port), _Lane())
+        key = (origin.scheme, origin.host, origin.port)
+        lane = self._lanes.get(key) or self._lanes.setdefault(key, _Lane())
         connection: httpcore.AsyncConnectionInterface | None = None
         try:
             connection, new = await self._checkout(lane, origin, deadline)
