@@ -217,15 +217,18 @@ async def test_a_tasks_poll_is_sent_whole_each_time_and_its_answers_read_as_any(
 
 
 async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> None:
-    # Given the provider client, and submissions of two keys, again and again
+    # Given the provider client, and submissions of two keys, again and again, each with its
+    # timeout made afresh (as calls that wait for the work make theirs), one with another
     async with provider_client(Settings()) as client:
-        url, timeout = "https://api.example.com/v1/images/generations", httpx.Timeout(9.0)
+        url = "https://api.example.com/v1/images/generations"
 
-        def submission(key: str, prompt: str) -> dict[str, object]:
+        def submission(key: str, prompt: str, wait: float = 9.0) -> dict[str, object]:
             headers = {"Authorization": f"Bearer {key}", "X-Async": "true"}
-            return {"json": {"prompt": prompt, "n": 1}, "headers": headers, "timeout": timeout}
+            body = {"prompt": prompt, "n": 1}
+            return {"json": body, "headers": headers, "timeout": httpx.Timeout(wait)}
 
         calls = [("ms-alice", "a cat"), ("ms-bob", "一只猫"), ("ms-alice", "a dog")] * 2
+        calls.append(("ms-alice", "a slow cat", 30.0))  # type: ignore[arg-type]
         # When each is built through the client's templates, and by httpx itself
         built = [clients.build_request(client, "POST", url, **submission(*c)) for c in calls]
         plain = [client.build_request("POST", url, **submission(*c)) for c in calls]  # type: ignore[arg-type]
@@ -235,4 +238,7 @@ async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> No
         assert (ours.method, ours.url, ours.content) == (theirs.method, theirs.url, theirs.content)
         assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
         assert ours.extensions == theirs.extensions
-    assert [r.headers["authorization"] for r in built] == [f"Bearer {k}" for k, _ in calls]
+    assert [r.headers["authorization"] for r in built] == [f"Bearer {c[0]}" for c in calls]
+    assert built[-1].extensions["timeout"]["read"] == 30.0
+    # And one template serves each key and timeout, however often it is sent
+    assert client.templates is not None and len(client.templates) == 3

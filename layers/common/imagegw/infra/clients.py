@@ -92,7 +92,7 @@ class JsonTemplate:
     submission's own CPU). `request(body)` is the request the client would build, its body
     encoded as httpx encodes JSON, its type and length last among its headers."""
 
-    __slots__ = ("extensions", "headers", "method", "timeout", "url")
+    __slots__ = ("extensions", "headers", "method", "url")
 
     def __init__(
         self, client: httpx.AsyncClient, method: str, url: str, headers: Any, timeout: Any
@@ -105,7 +105,6 @@ class JsonTemplate:
         kept["Content-Type"] = "application/json"
         self.method, self.url, self.headers = method, made.url, kept
         self.extensions = made.extensions
-        self.timeout = timeout  # held: its id is part of the template's key
 
     def request(self, body: Any) -> httpx.Request:
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -139,7 +138,12 @@ def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
     headers, timeout = kwargs.get("headers"), kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
     if headers is not None and not isinstance(headers, Mapping):
         return client.build_request(method, url, **kwargs)
-    key = (method, url, id(timeout), *(headers or {}).items())
+    limits = (  # by value: a call may make its timeout afresh (`upstream.work_timeout`)
+        (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        if isinstance(timeout, httpx.Timeout)
+        else timeout
+    )
+    key = (method, url, limits, *(headers or {}).items())
     templates = client.templates
     if templates is None:
         templates = client.templates = OrderedDict()
