@@ -155,17 +155,26 @@ def png_answer(*headers: str) -> tuple[bytes, ...]:
     return ("\r\n".join(head).encode() + b"\r\n\r\n", png)
 
 
-@pytest.fixture
-async def guarded() -> AsyncIterator[list[Fetcher]]:
-    """Fetchers made by a test, closed after it."""
-    made: list[Fetcher] = []
+class Made(list[Fetcher]):
+    """The fetchers a test made, and over which connections they read HTTP/1.1."""
+
+    def __init__(self, lean: bool) -> None:
+        super().__init__()
+        self.lean = lean
+
+
+@pytest.fixture(params=[False, True], ids=["httpcore", "lean"])
+async def guarded(request: pytest.FixtureRequest) -> AsyncIterator[Made]:
+    """Fetchers made by a test, closed after it: every guard holds over httpcore's connection
+    (client URLs) and the lean one (result images, `Fetcher.for_results`)."""
+    made = Made(lean=request.param)
     yield made
     for fetcher in made:
         await fetcher.aclose()
 
 
-def fetcher(made: list[Fetcher], settings: Settings | None = None, **kwargs: object) -> Fetcher:
-    one = Fetcher(settings or Settings(), **kwargs)  # type: ignore[arg-type]
+def fetcher(made: Made, settings: Settings | None = None, **kwargs: object) -> Fetcher:
+    one = Fetcher(settings or Settings(), lean=made.lean, **kwargs)  # type: ignore[arg-type]
     made.append(one)
     return one
 
@@ -300,7 +309,7 @@ async def test_the_system_resolver_reads_literals_without_asking_dns() -> None:
     ],
 )
 async def test_private_urls_are_refused_before_any_connection(
-    url: str, image_host: FakeImageHost, guarded: list[Fetcher]
+    url: str, image_host: FakeImageHost, guarded: Made
 ) -> None:
     network = Recording()
     port = image_host.url.rsplit(":", 1)[1]
@@ -341,7 +350,7 @@ MALFORMED = [
 @pytest.mark.anyio
 @pytest.mark.parametrize("url", MALFORMED)
 async def test_a_malformed_url_is_the_one_refusal_with_nothing_fetched(
-    url: str, guarded: list[Fetcher], caplog: pytest.LogCaptureFixture
+    url: str, guarded: Made, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a fetcher that would connect anywhere (every name resolves to loopback)
     network = Recording()
@@ -356,7 +365,7 @@ async def test_a_malformed_url_is_the_one_refusal_with_nothing_fetched(
 
 @pytest.mark.anyio
 async def test_a_redirect_to_a_malformed_url_is_refused(
-    image_host: FakeImageHost, guarded: list[Fetcher]
+    image_host: FakeImageHost, guarded: Made
 ) -> None:
     url = f"{image_host.url}/away?to=http://xn--a.com/x.png"
     with pytest.raises(FetchError):
@@ -373,7 +382,7 @@ class _Everywhere:
 
 @pytest.mark.anyio
 async def test_every_address_of_a_name_must_be_public(
-    image_host: FakeImageHost, guarded: list[Fetcher]
+    image_host: FakeImageHost, guarded: Made
 ) -> None:
     # a name answering a public address and a private one is refused: either may be used
     names = Names({"mixed.test": [["127.0.0.1", "10.0.0.1"]], "none.test": [[]]})
@@ -389,7 +398,7 @@ async def test_every_address_of_a_name_must_be_public(
 
 @pytest.mark.anyio
 async def test_the_reason_is_logged_without_the_query(
-    image_host: FakeImageHost, guarded: list[Fetcher], caplog: pytest.LogCaptureFixture
+    image_host: FakeImageHost, guarded: Made, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"{image_host.url}/files/x.png?X-Amz-Signature=s3cr3t-signature"
     with caplog.at_level(logging.WARNING), pytest.raises(FetchError) as caught:
@@ -405,9 +414,7 @@ async def test_the_reason_is_logged_without_the_query(
 
 
 @pytest.mark.anyio
-async def test_the_opt_in_allows_loopback(
-    image_host: FakeImageHost, guarded: list[Fetcher]
-) -> None:
+async def test_the_opt_in_allows_loopback(image_host: FakeImageHost, guarded: Made) -> None:
     url = f"{image_host.url}/files/x.png"
     with pytest.raises(FetchError):
         await fetcher(guarded, Settings()).fetch(url, limit=10**6)
@@ -418,7 +425,7 @@ async def test_the_opt_in_allows_loopback(
 
 @pytest.mark.anyio
 async def test_the_connection_goes_to_the_checked_address(
-    image_host: FakeImageHost, guarded: list[Fetcher]
+    image_host: FakeImageHost, guarded: Made
 ) -> None:
     # Given a name whose first answer passes the check and whose later answers are private
     # (DNS rebinding)
@@ -440,7 +447,7 @@ async def test_the_connection_goes_to_the_checked_address(
 
 @pytest.mark.anyio
 async def test_tls_verifies_the_host_name_while_connecting_to_the_checked_address(
-    guarded: list[Fetcher],
+    guarded: Made,
 ) -> None:
     # no network: a canned answer; the default policy, a name with a public address
     names = Names({"images.example": [[PUBLIC], ["127.0.0.1"]]})
@@ -455,9 +462,7 @@ async def test_tls_verifies_the_host_name_while_connecting_to_the_checked_addres
 
 
 @pytest.mark.anyio
-async def test_redirects_are_followed_up_to_three(
-    image_host: FakeImageHost, guarded: list[Fetcher]
-) -> None:
+async def test_redirects_are_followed_up_to_three(image_host: FakeImageHost, guarded: Made) -> None:
     guard = fetcher(guarded, policy=stand_in)
     data = await guard.fetch(f"{image_host.url}/hop/{MAX_REDIRECTS}/x.png", limit=10**6)
     assert data == image_host.files["x.png"]
@@ -484,7 +489,7 @@ async def test_redirects_are_followed_up_to_three(
     ],
 )
 async def test_a_redirect_to_a_private_address_is_refused(
-    target: str, image_host: FakeImageHost, guarded: list[Fetcher]
+    target: str, image_host: FakeImageHost, guarded: Made
 ) -> None:
     names = Names({"metadata.test": [["169.254.169.254"]], "private.test": [["10.0.0.1"]]})
     network = Recording()
@@ -499,9 +504,7 @@ async def test_a_redirect_to_a_private_address_is_refused(
 
 
 @pytest.mark.anyio
-async def test_the_size_cap_stops_reading(
-    image_host: FakeImageHost, guarded: list[Fetcher]
-) -> None:
+async def test_the_size_cap_stops_reading(image_host: FakeImageHost, guarded: Made) -> None:
     # Given a server streaming 64 MiB without a Content-Length
     size = 64 * 1024 * 1024
     network = Recording()
@@ -524,7 +527,7 @@ async def test_the_size_cap_stops_reading(
     ],
 )
 async def test_too_large_or_compressed_answers_are_refused_unread(
-    headers: tuple[str, ...], reason: str, guarded: list[Fetcher]
+    headers: tuple[str, ...], reason: str, guarded: Made
 ) -> None:
     # Given an answer that declares 100 MB (and sends 4x4 pixels: a body read would end
     # early, a protocol error) or a compressed one
@@ -537,7 +540,7 @@ async def test_too_large_or_compressed_answers_are_refused_unread(
 
 @pytest.mark.anyio
 async def test_an_answer_that_never_comes_times_out(
-    image_host: FakeImageHost, guarded: list[Fetcher]
+    image_host: FakeImageHost, guarded: Made
 ) -> None:
     # Given a host answering after 5 s (its default), and a timeout of 1.5 s: long enough for
     # the request to reach the host on a busy machine, far short of the answer
@@ -548,13 +551,13 @@ async def test_an_answer_that_never_comes_times_out(
 
 
 @pytest.mark.anyio
-async def test_error_statuses_fail(image_host: FakeImageHost, guarded: list[Fetcher]) -> None:
+async def test_error_statuses_fail(image_host: FakeImageHost, guarded: Made) -> None:
     with pytest.raises(FetchError, match="HTTP 404"):
         await fetcher(guarded, policy=stand_in).fetch(f"{image_host.url}/files/no.png", limit=9)
 
 
 @pytest.mark.anyio
-async def test_no_cookies_are_kept(image_host: FakeImageHost, guarded: list[Fetcher]) -> None:
+async def test_no_cookies_are_kept(image_host: FakeImageHost, guarded: Made) -> None:
     guard = fetcher(guarded, policy=stand_in)
     await guard.fetch(f"{image_host.url}/cookie/x.png", limit=10**6)
     await guard.fetch(f"{image_host.url}/files/x.png", limit=10**6)
@@ -564,7 +567,7 @@ async def test_no_cookies_are_kept(image_host: FakeImageHost, guarded: list[Fetc
 
 @pytest.mark.anyio
 async def test_proxies_from_the_environment_are_not_used(
-    image_host: FakeImageHost, guarded: list[Fetcher], monkeypatch: pytest.MonkeyPatch
+    image_host: FakeImageHost, guarded: Made, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
@@ -579,7 +582,7 @@ async def test_proxies_from_the_environment_are_not_used(
 
 @pytest.mark.anyio
 async def test_result_links_on_a_configured_providers_host_are_trusted(
-    image_host: FakeImageHost, guarded: list[Fetcher]
+    image_host: FakeImageHost, guarded: Made
 ) -> None:
     # Given a self-hosted provider on a private address (loopback here), no opt-in
     settings = Settings(openai_base_url=f"{image_host.url}/v1")

@@ -15,7 +15,10 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,6 +78,21 @@ def test_a_stored_result_is_in_the_bucket_and_its_link_serves_it(store: ImageSto
         assert httpx.get(link, timeout=30).content == given.data
 
 
+def test_a_large_image_is_stored_whole(store: ImageStore) -> None:
+    # Given a 600 KiB PNG (its bytes past the size the store sends with the form in one write:
+    # a private ancillary chunk of random bytes, which decoders skip)
+    png = make_png(32, 32)
+    filler = os.urandom(600 * 1024)
+    chunk = struct.pack(">I", len(filler)) + b"prVt" + filler
+    chunk += struct.pack(">I", zlib.crc32(b"prVt" + filler))
+    given = check_image(png[:-12] + chunk + png[-12:], max_bytes=1 << 21)
+
+    # When it is stored / Then the bucket holds every byte of it
+    (name,) = asyncio.run(_saved(store, [given]))
+    stored = store.s3.get_object(Bucket=store.bucket, Key=RESULTS + name)
+    assert stored["Body"].read() == given.data
+
+
 def test_an_input_image_is_uploaded_under_uploads(store: ImageStore) -> None:
     given = image(16, 16)
 
@@ -118,6 +136,8 @@ class FakeBucket:
 
     def __init__(self, statuses: list[int] | None = None) -> None:
         self.statuses = list(statuses or [])
+        #: the body of every answer, when set (else S3's: none, or an error's XML)
+        self.body: bytes | None = None
         self.forms: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
@@ -131,6 +151,8 @@ class FakeBucket:
             self.forms.append(fields)
             status = self.statuses.pop(0) if self.statuses else 204
         body = b"<Error><Code>AccessDenied</Code></Error>" if status >= 400 else b""
+        if self.body is not None:
+            body = self.body
         await Response(body, status_code=status)(scope, receive, send)
 
 
@@ -247,6 +269,25 @@ def test_a_failing_bucket_is_a_storage_error_that_names_no_secret(
     (signature,) = client.signatures
     for secret in (TOKEN, signature):
         assert secret not in raised.value.message and secret not in caplog.text
+
+
+def test_a_bucket_answer_too_large_to_be_s3_s_is_a_storage_error(
+    make_settings: Callable[..., Settings], bucket: tuple[FakeBucket, str]
+) -> None:
+    # Given a bucket endpoint that answers an upload with 1 MiB (S3 answers a POST with an
+    # empty body or an error's XML)
+    fake, url = bucket
+    fake.statuses, fake.body = [200], b"x" * (1 << 20)
+    store, client = _store_at(make_settings, url)
+
+    # When an image is stored / Then it is refused after reading no more than S3 would send,
+    # a storage error naming no secret
+    with pytest.raises(StorageError) as raised:
+        asyncio.run(_saved(store, [image()]))
+    assert raised.value.code == "storage_unavailable"
+    assert len(fake.forms) == 1
+    (signature,) = client.signatures
+    assert TOKEN not in raised.value.message and signature not in raised.value.message
 
 
 def test_a_burst_past_the_pools_connections_waits_its_turn_before_building_its_request(

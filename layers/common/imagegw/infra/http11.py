@@ -1,5 +1,6 @@
 """A lean HTTP/1.1 client connection for the pools of the gateway's own origins: the providers'
-APIs and the bucket (`imagegw.infra.transport.PooledTransport(lean=True)`).
+APIs and the bucket, and for the result images providers link to
+(`imagegw.infra.transport.PooledTransport(lean=True)`).
 
 It is an `httpcore.AsyncConnectionInterface`, the public interface httpcore's pools and ours
 (`LanePool`) take, and it connects through an `httpcore.AsyncNetworkBackend` as httpcore's own
@@ -26,8 +27,9 @@ The rules it keeps are HTTP/1.1's as h11 applies them to a client (RFC 9112):
 - a request whose body could not be sent whole (the server closed early) still reads the
   answer the server may have sent before closing.
 
-The guarded fetcher, which reads answers from any server a client names, keeps httpcore's own
-connection (`imagegw.infra.fetcher`).
+The guarded fetcher of result images (`imagegw.infra.fetcher.Fetcher.for_results`) uses it too,
+through its guarded network backend; the fetcher of URLs clients send keeps httpcore's own
+connection.
 """
 
 from __future__ import annotations

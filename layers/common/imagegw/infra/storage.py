@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -36,7 +36,8 @@ from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, InputImage, check_image
 
-if TYPE_CHECKING:  # httpx and the pool are imported by the first upload (cold start)
+if TYPE_CHECKING:  # httpx, httpcore and the pool are imported by the first upload (cold start)
+    import httpcore
     import httpx
 
     from imagegw.infra.transport import PooledTransport
@@ -106,6 +107,7 @@ class ImageStore:
         self._pooling = threading.Lock()
         #: a multipart boundary no image can forge: random, never sent anywhere but the bucket
         self._boundary = f"imagegw-{secrets.token_hex(16)}".encode()
+        self._form_type = b"multipart/form-data; boundary=%s" % self._boundary
 
     @property
     def s3(self) -> Any:
@@ -170,6 +172,10 @@ class ImageStore:
     def _sign_form(self, prefix: str) -> _Form:
         """A POST policy for keys under `prefix`, signed by botocore with the client's current
         credentials (a session token, when there is one, is among the signed fields)."""
+        import httpx
+
+        from imagegw.infra.transport import core_url
+
         post = self.s3.generate_presigned_post(
             self.bucket,
             prefix + "${filename}",  # botocore: a `starts-with $key prefix` condition
@@ -181,8 +187,11 @@ class ImageStore:
         )
         fields = {k: v for k, v in post["fields"].items() if k != "key"}
         signed = b"".join(self._part(name, value) for name, value in fields.items())
+        url = httpx.URL(post["url"])
         return _Form(
             url=post["url"],
+            target=core_url(url),
+            host=url.netloc,
             signed=signed,
             renew_at=time.monotonic() + POLICY_SECONDS - POLICY_MARGIN,
         )
@@ -226,17 +235,10 @@ class ImageStore:
                 pair = self._transports[loop] = (pooled, layered(pooled), turns)
         return pair
 
-    async def _post(
-        self,
-        form: _Form,
-        key: str,
-        image: ImageBytes,
-        transports: tuple[PooledTransport, httpx.AsyncBaseTransport],
-    ) -> int:
-        """One POST of the form with `image` under `key` through `transports` (the loop's pool,
-        and the same in its layers); S3's status."""
-        import httpx
-
+    def _body(self, form: _Form, key: str, image: ImageBytes) -> tuple[tuple[bytes, ...], int]:
+        """The multipart body of the form with `image` under `key`: the chunks written, one a
+        write to the socket (a small image goes in one: copying a few KiB costs less than two
+        system calls; a large one as it is, uncopied), and its length."""
         head = b"%s%s%s--%s\r\n" % (
             form.signed,
             self._part("key", key),
@@ -249,9 +251,40 @@ class ImageStore:
         head += b"Content-Type: %s\r\n\r\n" % image.mime.encode()
         tail = b"\r\n--%s--\r\n" % self._boundary
         data = image.data
-        # each chunk is a write to the socket: a small image goes in one (copying a few KiB
-        # costs less than two system calls), a large one as it is, uncopied
         chunks = (head + data + tail,) if len(data) <= _JOINED else (head, data, tail)
+        return chunks, len(head) + len(data) + len(tail)
+
+    async def _post(
+        self,
+        form: _Form,
+        key: str,
+        image: ImageBytes,
+        transports: tuple[PooledTransport, httpx.AsyncBaseTransport],
+    ) -> int:
+        """One POST of the form with `image` under `key` through `transports` (the loop's pool,
+        and the same in its layers); S3's status."""
+        import httpcore
+        import httpx
+
+        chunks, length = self._body(form, key, image)
+        headers = [
+            (b"Host", form.host),
+            (b"Content-Type", self._form_type),
+            (b"Content-Length", b"%d" % length),
+        ]
+        pooled, outer = transports
+        if outer is pooled:
+            # nothing observes the pool: httpcore's request straight to it (the form's URL
+            # parsed when it was signed, the chunks written as they are by the pool's lean
+            # connections), and S3's answer read for its status only
+            core = httpcore.Request(
+                b"POST",
+                form.target,
+                headers=headers,
+                content=chunks,
+                extensions={"timeout": UPLOAD_TIMEOUT},
+            )
+            return await pooled.status_of(core, limit=_ANSWER_LIMIT, too_large=_too_large)
 
         async def body() -> AsyncIterator[bytes]:
             for chunk in chunks:
@@ -260,21 +293,10 @@ class ImageStore:
         request = httpx.Request(
             "POST",
             form.url,
-            headers={
-                "Content-Type": f"multipart/form-data; boundary={self._boundary.decode()}",
-                "Content-Length": str(len(head) + len(data) + len(tail)),
-            },
+            headers=headers,
             content=body(),
             extensions={"timeout": UPLOAD_TIMEOUT},
         )
-        pooled, outer = transports
-        if outer is pooled:  # nothing observes the pool: straight to it, the answer read whole
-            assert isinstance(request.stream, AsyncIterable)
-            answer = await pooled.read_whole(
-                request, limit=_ANSWER_LIMIT, too_large=_too_large, content=request.stream
-            )
-            await answer.aclose()  # an encoded answer comes back open, unread
-            return answer.status_code
         response = await outer.handle_async_request(request)
         try:
             size = 0
@@ -510,6 +532,9 @@ class _Form:
     credential scope, signature, a session token: never logged), and when to sign it again."""
 
     url: str
+    #: the same URL as httpcore's request takes it, and its Host header
+    target: httpcore.URL
+    host: bytes
     signed: bytes = field(repr=False)
     renew_at: float
 

@@ -4,8 +4,9 @@ fetcher), made of httpx's and httpcore's public classes only.
 `PooledTransport` is an httpx transport as httpx documents custom ones (`httpx.AsyncBaseTransport`)
 over `LanePool`, a connection pool whose connections are httpcore's own
 (`httpcore.AsyncHTTPConnection`, with a network backend given when the pool is built: the SSRF
-guard's for the fetcher) or, with `lean=True` (the providers' and the bucket's pools), the
-gateway's lean HTTP/1.1 connections (`imagegw.infra.http11`, through the same backend).
+guard's for the fetcher) or, with `lean=True` (the providers', the bucket's and the result
+images' pools), the gateway's lean HTTP/1.1 connections (`imagegw.infra.http11`, through the
+same backend).
 Nothing reaches into a library's private attributes, so httpx and httpcore are not pinned to
 one release (layers/common/requirements.txt).
 
@@ -90,18 +91,22 @@ _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 _KEPT_EXTENSIONS: Final = frozenset({"http_version", "reason_phrase"})
 
 
+def core_url(url: httpx.URL) -> httpcore.URL:
+    """httpx's URL as httpcore's: its parts as sent."""
+    return httpcore.URL(
+        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+    )
+
+
 def _core_request(
     request: httpx.Request,
     content: bytes | AsyncIterable[bytes],
     made: type[httpcore.Request] = httpcore.Request,
 ) -> httpcore.Request:
     """httpx's request as httpcore's (the URL's parts as sent, its headers, its extensions)."""
-    url = request.url
     return made(
         method=request.method,
-        url=httpcore.URL(
-            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-        ),
+        url=core_url(request.url),
         headers=request.headers.raw,
         content=content,
         extensions=request.extensions,
@@ -513,6 +518,32 @@ class PooledTransport(httpx.AsyncBaseTransport):
             finally:
                 await stream.aclose()
         return Whole(answer.status, headers, b"".join(chunks), answer.extensions, request)
+
+    async def status_of(
+        self,
+        request: httpcore.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+    ) -> int:
+        """httpcore's `request`, built by the caller (an upload to the bucket: its URL parsed
+        once, its body the chunks it writes), sent straight to the pool: the answer's status,
+        its body read (no further than `limit` bytes, else `too_large()`) and dropped, so the
+        connection is kept; no httpx request or response is made. httpcore's errors are
+        raised as httpx's."""
+        with _httpx_errors():
+            answer = await self.pool.handle_async_request(request)
+            stream = answer.stream
+            assert isinstance(stream, _PooledStream)
+            try:
+                size = 0
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large()
+            finally:
+                await stream.aclose()
+        return answer.status
 
     async def aclose(self) -> None:
         await self.pool.aclose()
