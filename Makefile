@@ -185,13 +185,16 @@ env-json: $(BIN)/.ready
 
 # the cold-start and concurrency benchmarks boot the build-local output as Lambda boots it
 # the seed-shaped reference of `python -m bench versus` runs in its own venv (FastAPI pins Starlette)
+# on the interpreter the gateway runs on (Lambda's python3.13), made again when it is another
 BENCH_VENV := .venv-bench
-$(BENCH_VENV)/.ready: bench/seedref/requirements.txt
-	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+$(BENCH_VENV)/.ready-3.13: bench/seedref/requirements.txt
+	@python3.13 -c pass 2>/dev/null || { echo "the benchmarks need python3.13 on PATH (pyenv install 3.13)"; exit 1; }
+	@$(BENCH_VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null \
+	  || { rm -rf $(BENCH_VENV); python3.13 -m venv $(BENCH_VENV); }
 	@$(BENCH_VENV)/bin/$(PIP) -r bench/seedref/requirements.txt $(QUIET_PIP)
 	@touch $@
 
-bench: $(BIN)/.ready $(BENCH_VENV)/.ready build-local
+bench: $(BIN)/.ready $(BENCH_VENV)/.ready-3.13 build-local
 	PYTHONPATH=layers/common:tests:tools $(BIN)/python -m bench
 
 # Deploy and operate (README "Deploy and operate"): the stack's name and region are
