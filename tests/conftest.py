@@ -32,6 +32,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+#: asyncio's own event loop and uvloop's: the API function runs on uvloop (uvicorn picks it when
+#: it is installed, as in the layer), anything else may run on asyncio's
+BOTH_LOOPS = ("asyncio", ("asyncio", {"use_uvloop": True}))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_loops` runs once on each event loop (`anyio_backend` parametrized)."""
+    if metafunc.definition.get_closest_marker("both_loops") is not None:
+        metafunc.parametrize("anyio_backend", BOTH_LOOPS, ids=["asyncio", "uvloop"])
+
+
 @pytest.fixture(scope="session")
 def s3_env() -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback with one bucket; AWS credentials point at it."""
