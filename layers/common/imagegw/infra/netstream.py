@@ -181,9 +181,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
         if secured is None:  # the connection closed meanwhile
             raise httpcore.ConnectError("The connection closed during the TLS handshake.")
-        tls = cast("asyncio.Transport", secured)  # either loop's (see connection_made)
-        self.reader.transport = tls
-        return AsyncioStream(tls, self.reader)
+        self.reader.transport = secured
+        return AsyncioStream(secured, self.reader)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
@@ -234,7 +233,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         if sock is not None:
             for option in socket_options or ():
                 sock.setsockopt(*option)
-        return AsyncioStream(cast("asyncio.Transport", transport), reader)
+        return AsyncioStream(transport, reader)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
