@@ -362,18 +362,27 @@ def _instant(settings: Settings, fake: Any) -> list[float]:
 
 def durable() -> tuple[list[list[str]], dict[str, Any]]:
     """30-s jobs on the state machine under moto, on simulated time: transitions per job."""
-    from fakes.aws import mocked_aws
+    from fakes.aws import mocked_aws, s3_stand_in_env
     from fakes.modelscope import FakeModelScope
     from functional.machine import make_world, simulate_time, transitions
     from imagegw.runners.stepfunctions import steps
 
     counts: list[int] = []
     waits: list[int] = []
-    with quiet_gateway_logs(), pytest.MonkeyPatch.context() as patch, mocked_aws() as aws:
+    # uploads to the bucket are plain HTTP POSTs, which moto's in-process mock does not see: they
+    # go to moto's server on loopback, which keeps its buckets in the same backends as the mock
+    # (as in tests/functional's `aws` fixture)
+    with (
+        quiet_gateway_logs(),
+        s3_stand_in_env("bench-polling-stand-in") as s3,
+        pytest.MonkeyPatch.context() as patch,
+        mocked_aws() as aws,
+    ):
         fake = FakeModelScope()
         with ServerThread(fake) as server:
             for name, value in {
                 "BUCKET": aws.bucket,
+                "S3_ENDPOINT_URL": s3["S3_ENDPOINT_URL"],
                 "AWS_REGION": aws.region,
                 "MODELSCOPE_BASE_URL": f"{server.url}/v1",
                 "JOB_KEY_ID": aws.key_id,

@@ -151,7 +151,8 @@ def test_listing_models_after_readiness_loads_no_http_client_and_no_other_route(
     answer = httpx.get(f"{profiled_app.url}/v1/models", timeout=30.0)
 
     # Then they are, and neither httpx's client nor what the other front ends read requests
-    # with (their reader, the pydantic request models) is loaded
+    # with (their reader, the pydantic request models) nor uvicorn's command line (click, its
+    # reload and worker supervisors) is loaded
     assert answer.status_code == 200
     assert "Qwen/Qwen-Image" in [card["id"] for card in answer.json()["data"]]
     imported = set(profiled_app.imported())
@@ -162,6 +163,10 @@ def test_listing_models_after_readiness_loads_no_http_client_and_no_other_route(
         "imagegw.frontends.web",
         "imagegw.frontends.schemas",
         "anyio._backends._asyncio",  # (what times a request body's reading)
+        "click",
+        "uvicorn.main",
+        "uvicorn.supervisors",
+        "multiprocessing",
     }
     assert sorted(imported & (unused | set(BOTO))) == []
 

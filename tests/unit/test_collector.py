@@ -1,10 +1,12 @@
 """The API function's process collects reference cycles at a server's pace
 (`imagegw.infra.collector`): its youngest generation less often than the interpreter's
-default, the older ones as usual."""
+default, the older ones as usual; its start script (functions/api/serve.py) serves the app with
+the collector off until the app is made, as uvicorn's command line would serve it."""
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +17,10 @@ from imagegw.infra.collector import YOUNG_THRESHOLD, loading, pace_for_server
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def in_api_function(code: str) -> str:
+def in_api_function(code: str, **env: str) -> str:
     """What `code` prints, run by a fresh interpreter in the API function's folder with the
-    layer's package on the path (as uvicorn runs `main`)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "common")}
+    layer's package on the path (as uvicorn runs `main`), and `env` added to its environment."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "common"), **env}
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT / "functions" / "api",
@@ -78,13 +80,32 @@ def test_what_loading_made_is_frozen_and_the_collector_is_on_after_it() -> None:
             gc.disable()
 
 
-def test_the_start_script_runs_uvicorns_command_line_with_the_collector_off() -> None:
-    # When the start script's Python is run as run.sh runs it, with uvicorn's --help
+def test_the_start_script_serves_as_uvicorns_command_line_would_without_loading_it() -> None:
+    # When the start script's Python is run as run.sh runs it (its server's settings made, not
+    # served), and uvicorn's command line is then given the flags run.sh used to pass it
     shown = in_api_function(
-        "import gc, runpy, sys; sys.argv = ['serve.py', '--help']\n"
-        "try:\n    runpy.run_path('serve.py', run_name='__main__')\n"
-        "except SystemExit as end:\n    print(end.code, gc.isenabled())"
+        "import gc, json, runpy, sys\n"
+        "script = runpy.run_path('serve.py')\n"
+        "ours = script['config']()\n"
+        "loaded = sorted({'click', 'uvicorn.main', 'multiprocessing'} & set(sys.modules))\n"
+        "print(json.dumps({'collector_on': gc.isenabled(), 'loaded': loaded}))\n"
+        "import uvicorn.main\n"
+        "given = {}\n"
+        "uvicorn.main.run = lambda app, **flags: given.update(flags, app=app)\n"
+        "uvicorn.main.main.main(['--host', '127.0.0.1', '--port', '8123', '--no-access-log',\n"
+        "    '--timeout-graceful-shutdown', '2', '--app-dir', '.', 'main:app'],\n"
+        "    standalone_mode=False)\n"
+        "app_dir = given.pop('app_dir')\n"
+        "theirs = uvicorn.main.Config(**given)\n"
+        "same = {k: v == getattr(theirs, k) for k, v in vars(ours).items()}\n"
+        "print(json.dumps({'same': same, 'app_dir': app_dir == '.', 'dir': script['APP_DIR']}))\n",
+        PORT="8123",
     )
-    # Then it is uvicorn's command line, and the collector is off (main.py switches it on)
-    assert "Usage:" in shown and "--app-dir" in shown
-    assert shown.split()[-2:] == ["0", "False"]
+    before, after = (json.loads(line) for line in shown.splitlines())
+    # Then uvicorn's command line and supervisors were not imported, and the collector is off
+    # (main.py switches it on once the app is made)
+    assert before == {"collector_on": False, "loaded": []}
+    # And the server's settings are what the command line makes of those flags, setting by
+    # setting (the event loop and HTTP parser "auto", the log configuration, the port...)
+    assert after["same"] and all(after["same"].values()), after["same"]
+    assert Path(after["dir"]) == ROOT / "functions" / "api"

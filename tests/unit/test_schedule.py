@@ -227,16 +227,16 @@ def test_a_queued_task_is_polled_less_and_less_the_longer_it_waits_in_the_queue(
     # the provider says PENDING for 30 s (an uneven queue), then the run takes 3 s: the polls
     # while queued start at one spread of the run (the prior's 4.5 s: POLL_INTERVAL_MAX), or a
     # second for a learned model whose runs vary little, and thin out with the time queued up
-    # to twice the spread, within POLL_INTERVAL_MAX and twice it, with or without a history of
-    # the model; the run's end is still heard of within POLL_INTERVAL_MAX
+    # to twice POLL_INTERVAL_MAX, with or without a history of the model; the run's end is
+    # still heard of within POLL_INTERVAL_MAX
     prior = Estimate(seconds=15.0, spread=4.5, samples=0)
     short = Estimate(seconds=3.0, spread=0.3, samples=20)
-    for estimate, cap in ((prior, 2 * MAXIMUM), (short, MAXIMUM)):
+    for estimate in (prior, short):
         timing, waits = Timing(submitted=0.0), []
         for now in (0.1, 4.0, 8.0, 16.0, 30.0):
             timing = timing.seen(now, "PENDING")
             waits.append(next_delay(timing, estimate, now, BASE, MAXIMUM))
-        assert waits == sorted(waits) and waits[0] <= MAXIMUM and waits[-1] == cap
+        assert waits == sorted(waits) and waits[0] <= MAXIMUM and waits[-1] == 2 * MAXIMUM
         polls, lag = polls_until(33.0, 30.0, estimate)
         today, _ = polls_until(33.0, 30.0, None)
         assert polls <= 0.6 * today and lag <= MAXIMUM
@@ -247,15 +247,31 @@ UNEVEN = Estimate(seconds=6.5, spread=2.6, samples=20)  # runs of 2-11 s, learne
 
 def test_a_learned_model_with_a_wide_run_spread_waits_longer_in_the_queue() -> None:
     # the run's begin seen up to two spreads late widens the predicted end less than the run's
-    # own spread: while queued, a model whose runs vary by 2.6 s waits up to 5.2 s (at most
-    # twice POLL_INTERVAL_MAX), one whose runs vary by 0.3 s at most POLL_INTERVAL_MAX
+    # own spread: early in the queue, a model whose runs vary by 2.6 s waits 5.2 s, one whose
+    # runs vary by 0.3 s a second; a queue that lasts thins both out to twice POLL_INTERVAL_MAX
     narrow = Estimate(seconds=6.5, spread=0.3, samples=20)
-    queued = Timing(submitted=0.0).seen(0.0, "PENDING").seen(12.0, "PENDING")
-    assert next_delay(queued, UNEVEN, 12.0, BASE, MAXIMUM) == pytest.approx(5.2)
-    assert next_delay(queued, narrow, 12.0, BASE, MAXIMUM) == MAXIMUM
+    queued = Timing(submitted=0.0).seen(0.0, "PENDING").seen(2.0, "PENDING")
+    assert next_delay(queued, UNEVEN, 2.0, BASE, MAXIMUM) == pytest.approx(5.2)
+    assert next_delay(queued, narrow, 2.0, BASE, MAXIMUM) == pytest.approx(1.0)
     long_queue = queued.seen(40.0, "PENDING")
     wide = Estimate(seconds=60.0, spread=20.0, samples=20)
-    assert next_delay(long_queue, wide, 40.0, BASE, MAXIMUM) == 2 * MAXIMUM
+    for estimate in (narrow, UNEVEN, wide):
+        assert next_delay(long_queue, estimate, 40.0, BASE, MAXIMUM) == 2 * MAXIMUM
+
+
+def test_a_long_queue_of_a_model_whose_runs_vary_little_costs_a_few_polls() -> None:
+    # a learned 3-s model whose runs vary by 0.3 s, one of its tasks queued 25 s (an uneven
+    # queue): at most 9 polls while it is queued (13 when the queue's waits stopped at
+    # POLL_INTERVAL_MAX for such a model), 12 in all (15), its end heard of within
+    # POLL_INTERVAL_MAX
+    narrow = Estimate(seconds=3.0, spread=0.3, samples=20)
+    timing, now = Timing(submitted=0.0), 0.0
+    while now < 25.0:
+        now += next_delay(timing, narrow, now, BASE, MAXIMUM)
+        timing = timing.seen(now, "PENDING" if now < 25.0 else "RUNNING")
+    assert timing.polls - 1 <= 9  # the last poll saw it running
+    polls, lag = polls_until(28.0, 25.0, narrow)
+    assert polls <= 12 and lag <= MAXIMUM
 
 
 def test_once_running_the_end_is_predicted_from_the_run_time_not_queue_and_run() -> None:
@@ -369,3 +385,19 @@ def test_a_window_less_than_a_spacing_away_is_polled_inside_not_at_its_edge_and_
     assert max(polls for polls, _ in outcomes) <= 6
     assert sum(polls for polls, _ in outcomes) / len(ends) <= 5.7
     assert max(lag for _, lag in outcomes) <= BASE
+
+
+def test_an_overrun_is_polled_no_denser_than_the_window_before_it() -> None:
+    # a task of a model learned from 5 tasks (4 s ± 1 s) that queued 20 s has spent its poll
+    # budget in the queue, so its likely window is polled sparsely; once past the window (it
+    # overruns) the waits do not fall back to the densest spacing, they stay as sparse
+    few = Estimate(seconds=4.0, spread=1.0, samples=5)
+    timing = Timing(submitted=0.0)
+    for at in (0.0, 3.0, 6.0, 9.0, 13.5, 20.0):
+        timing = timing.seen(at, "PENDING")
+    timing = timing.seen(26.0, "RUNNING")
+    span = window(timing, few)
+    inside = next_delay(timing.seen(span.centre, "RUNNING"), few, span.centre, BASE, MAXIMUM)
+    assert inside > 1.0
+    for at in (span.end + 0.01, span.end + 0.5, span.end + 1.0):
+        assert next_delay(timing.seen(at, "RUNNING"), few, at, BASE, MAXIMUM) >= inside

@@ -8,10 +8,15 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   not at a first scheduled poll;
 - while the provider says it is queued (its run has not begun: ModelScope's PENDING), on a
   pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, from one spread
-  of the run, two for a model with a history, up to twice the spread within POLL_INTERVAL_MAX
-  and `QUEUE_MAX` times it): a long queue costs a few polls, and the run's predicted
+  of the run, two for a model with a history, up to `QUEUE_MAX` times POLL_INTERVAL_MAX
+  whatever the run's spread): a long queue costs a few polls, and the run's predicted
   end is counted from the poll that saw it running (the learned *run* time, not queue and run),
-  not from the submission;
+  not from the submission. (Until the sixth round the waits grew by 0.35 of the time queued
+  and stopped at twice the run's spread, so a learned model whose runs vary little was polled
+  every POLL_INTERVAL_MAX through a 25-s queue, 13 polls; now 9. On bench polling's simulated
+  uneven mix, eight seeds, the long tasks went from 0.37 to 0.36 polls a second on the prior,
+  0.32 to 0.29 learned, 0.42 to 0.35 as bench versus runs it, with their median lag 0.77 to
+  0.62 s, 0.78 to 0.77 s, 0.74 to 0.63 s; the short tasks' figures did not move);
 - while running, a model learned from `SHAPED` tasks or more: where its end is likely
   (`_hazard_delay`). The predicted end is a normal law (the learned run time and spread, widened
   by the uncertainty of when the run began) beside a share of tasks that overrun it (`LATE`);
@@ -28,9 +33,14 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   the latest), not at its edge and again one spacing later (bench versus' CPU part, a 3-s
   task of a model whose one sample is a 0.5-s warm-up: five polls, not six);
 - past the predicted end, thinning out the longer the task overruns it: each wait a share
-  (`OVERRUN`) of the overrun (at least, on a prior or a short history; at most, for a learned
-  model, whose hazard falls there), so a long task of a model whose recent tasks were short
-  costs a few polls, not one every POLL_INTERVAL;
+  (`OVERRUN`) of the overrun (at least, on a prior or a short history, and never denser than
+  the window's spacing, which its budget may have widened; at most, for a learned model, whose
+  hazard falls there), so a long task of a model whose recent tasks were short costs a few
+  polls, not one every POLL_INTERVAL. (Until the sixth round a short history's overrun began
+  at the densest spacing, 0.3 s, after a window its budget had polled every 2-3 s: on bench
+  polling's simulated uneven mix as bench versus runs it, 24 seeds, its short tasks went from
+  1.14 to 1.11 polls a second at 0.39 to 0.40 s of median lag, its long ones from 0.363 to
+  0.358 at 0.65 to 0.64 s);
 - on today's schedule (`poll_delay`) when nothing is known of the model; with a catalogue prior
   or a short history (`LEARNED`), never denser than POLL_INTERVAL, nor sparser than today's
   schedule while the task runs, until the prior's window has passed. (Tried and left out, on
@@ -39,6 +49,15 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   where tasks the guess does not fit end; past a short history's window, waits of half the
   time run saved one poll in six for twice the lag, a burst's first samples being its
   quickest tasks. Both cost far more than a poll's `PRICE`.)
+
+What bench versus' uneven mix asks of its short tasks (median lag ≤0.25 s at ≤1.0 polls a
+second of generation, queue included) is at the edge of what any schedule can do there: with
+their law (runs uniform in 2-11 s, queued 0.1-1 s) known exactly and each run's begin seen at
+once, the best of the schedules of three evenly polled stretches reaches 0.249 s at 0.97
+polls a second, and only by polling the tasks that end before 6 s every 2 s (one poll every
+POLL_INTERVAL, 0.75 s: 0.37 s at 1.44). The mix's first 30 streams read the catalogue's prior
+(a guess of 15 s), which knows nothing of that law, so they are polled every POLL_INTERVAL
+while they run.
 
 Pure: the drivers (the interactive poller, the job's Poll step) keep a `Timing` per task and
 ask `next_delay`.
@@ -65,8 +84,8 @@ JOB_STRETCH: Final = 0.75
 #: between polls while the provider says the task is queued, at least (a learned model)
 QUEUED_EVERY: Final = 1.0
 #: while queued, each wait is at least this share of the time queued so far
-QUEUE_STRETCH: Final = 0.35
-#: while queued, a model with a history waits at most this many POLL_INTERVAL_MAX
+QUEUE_STRETCH: Final = 0.5
+#: while queued, a wait is at most this many POLL_INTERVAL_MAX
 QUEUE_MAX: Final = 2.0
 #: the densest polling, in the window around the predicted end
 DENSE_MIN: Final = 0.3
@@ -203,16 +222,16 @@ def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum
     sparser the longer the queue lasts (`QUEUE_STRETCH` of the time queued). A run's begin seen
     one wait late widens the predicted end by that wait over √12 in quadrature with the run's
     spread: a wait of one spread (a prior or a short history: a guess; between POLL_INTERVAL
-    and POLL_INTERVAL_MAX) or two (a model with a history) widens it by 4% or 15%. The waits go
-    up to twice the spread, at least POLL_INTERVAL_MAX and at most `QUEUE_MAX` times it: an
-    uneven queue's long waits cost a poll every few seconds."""
+    and POLL_INTERVAL_MAX) or two (a model with a history) widens it by 4% or 15%. Once the
+    queue has lasted, the waits grow with it up to `QUEUE_MAX` times POLL_INTERVAL_MAX whatever
+    the spread: a task that has waited long is old, and a second of its lag weighs less than a
+    poll (`PRICE`), so an uneven queue's long waits cost a poll every few seconds."""
     spread = estimate.spread
     if estimate.samples < LEARNED:
         every = min(maximum, max(base, spread))
     else:
         every = max(QUEUED_EVERY, 2 * spread)
-    cap = max(maximum, min(QUEUE_MAX * maximum, 2 * spread))
-    return min(cap, max(every, QUEUE_STRETCH * (now - timing.submitted)))
+    return min(QUEUE_MAX * maximum, max(every, QUEUE_STRETCH * (now - timing.submitted)))
 
 
 def _dense(timing: Timing, span: Window, dense: float) -> float:
@@ -268,8 +287,9 @@ def _predicted_delay(
         return min(cap, far / 2 if far > FAR else max(far, min(dense, span.end - now)))
     if now < span.end:
         return min(cap, _dense(timing, span, dense))
-    # past the window: the longer the overrun, the sparser (an uneven queue's long tail)
-    return min(cap, max(dense, OVERRUN * (now - span.end)))
+    # past the window: the longer the overrun, the sparser (an uneven queue's long tail), from
+    # the window's own spacing on
+    return min(cap, max(_dense(timing, span, dense), OVERRUN * (now - span.end)))
 
 
 def _hazard(span: Window, at: float, late: float) -> float:

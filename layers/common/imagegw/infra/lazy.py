@@ -5,6 +5,11 @@ imported (docs/architecture.md "Cold start and memory"). The providers' modules 
 (their settings and catalogues), and they name httpx, which only their calls use: they import
 it from here, as a module that loads itself at its first attribute read
 (`importlib.util.LazyLoader`). The type checker sees the real module.
+
+The API function's start script (functions/api/serve.py) imports uvicorn's server modules from a
+package whose own `__init__` has not run (`package_without_init`): uvicorn's `__init__` imports
+its command line (click) and its reload and worker supervisors (multiprocessing), which a server
+started with fixed settings never uses.
 """
 
 from __future__ import annotations
@@ -30,6 +35,30 @@ def lazy_import(name: str) -> ModuleType:
     sys.modules[name] = module
     loader.exec_module(module)
     return module
+
+
+def package_without_init(name: str) -> ModuleType:
+    """The top-level package `name`, put in `sys.modules` without running its `__init__` (as it
+    is when it was imported already): its submodules import as usual by their full name
+    (`from name.sub import x`; `from name import sub` reads the attribute first), and its
+    `__init__` runs at the first read of an attribute the package does not have yet."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError(f"No package named {name!r}", name=name)
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def run_init(attribute: str) -> object:
+        del package.__dict__["__getattr__"]  # once: an attribute `__init__` lacks is an error
+        loader.exec_module(package)
+        return getattr(package, attribute)
+
+    package.__dict__["__getattr__"] = run_init
+    sys.modules[name] = package
+    return package
 
 
 if TYPE_CHECKING:
