@@ -222,3 +222,32 @@ def test_a_self_hosted_server_that_does_not_stream_gives_its_image_and_no_previe
     (event,) = list(stream)
     assert event.type == "image_generation.completed"
     assert png_size(base64.b64decode(event.b64_json)) == (96, 64)
+
+
+def test_a_stream_and_a_plain_answer_agree_and_neither_says_it_saves(
+    gateway: Callable[..., str], fake_ms: FakeModelScope
+) -> None:
+    # Given a gateway passing the provider's links on
+    base = gateway(image_links="provider")
+    # When the same picture is asked for as base64, plainly and streamed
+    plain = sdk(base).images.generate(
+        model="Qwen/Qwen-Image", prompt="a red square", size=SIZE, response_format="b64_json"
+    )
+    answer = httpx.post(
+        f"{base}/v1/images/generations",
+        json={"model": "Qwen/Qwen-Image", "prompt": "a red square", "size": SIZE, "stream": True},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    # Then both carry the picture itself, of the size asked, in the same format
+    ((name, data),) = sse_events(answer.text)
+    assert name == "image_generation.completed"
+    (item,) = plain.data or []
+    pictures = [base64.b64decode(str(item.b64_json)), base64.b64decode(data["b64_json"])]
+    assert [png_size(picture) for picture in pictures] == [(96, 64)] * 2
+    assert data["output_format"] == "png" and data["size"] == SIZE
+    # And the stream's progress says what it waited for, never a copy nothing made
+    comments = [line for line in answer.text.splitlines() if line.startswith(": ")]
+    assert any("generating" in line or "queued" in line for line in comments)
+    assert not any("saving" in line for line in comments)
+    assert len(fake_ms.submissions) == 2

@@ -74,3 +74,34 @@ def test_unknown_or_malformed_file_is_404(gateway_url: str) -> None:
 def test_public_base_url_setting_wins(gateway: Callable[..., str], fake_ms: FakeModelScope) -> None:
     link = generate(gateway(public_base_url="https://images.example.org/"))
     assert link.startswith("https://images.example.org/v1/files/")
+
+
+def streamed(base: str) -> tuple[str, str]:
+    """A streamed chat generation's thinking block and its content."""
+    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=TOKEN, max_retries=0)
+    chunks = list(
+        sdk.chat.completions.create(
+            model="Qwen/Qwen-Image",
+            messages=[{"role": "user", "content": "a red square"}],
+            extra_body={"size": "96x64"},
+            stream=True,
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    thinking = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+    return thinking, "".join(d.content or "" for d in deltas)
+
+
+def test_a_stream_says_it_saves_only_what_it_stores(
+    gateway: Callable[..., str], fake_ms: FakeModelScope
+) -> None:
+    # Given the provider's links passed on: nothing is saved, so nothing says so
+    thinking, content = streamed(gateway(image_links="provider"))
+    assert "generating · " in thinking
+    assert "saving" not in thinking
+    (task,) = fake_ms.tasks.values()
+    assert content.endswith(f"/files/{task.output_names[0]})")
+    # And with stored links the copy is waited for in words
+    thinking, content = streamed(gateway(image_links="stored"))
+    assert "saving the image · " in thinking
+    assert "/v1/files/" in content

@@ -1,4 +1,4 @@
-"""The body deadline (`imagegw.frontends.app.BodyDeadline`) times reading the body only: a slow
+"""The body deadline (`imagegw.frontends.app.Envelope`) times reading the body only: a slow
 body is a 408 that closes the connection; a complete body, a bodiless request and a started
 answer are left alone (streamed answers listen on `receive` for the client leaving)."""
 
@@ -11,7 +11,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from imagegw.errors import RequestTimeoutError
-from imagegw.frontends.app import BodyDeadline
+from imagegw.frontends.app import Envelope
 
 pytestmark = pytest.mark.anyio
 DEADLINE = 0.05
@@ -58,7 +58,7 @@ async def test_a_body_that_stops_arriving_is_a_408() -> None:
         while (await receive()).get("more_body"):
             pass
 
-    app = BodyDeadline(reads_body, timeout=DEADLINE)
+    app = Envelope(reads_body, body_timeout=DEADLINE)
     # Then reading the body fails with the gateway's 408
     with pytest.raises(RequestTimeoutError):
         await app(scope([(b"content-length", b"100")]), client.receive, client.send)
@@ -71,7 +71,7 @@ async def test_an_answer_before_the_body_was_read_closes_the_connection() -> Non
     async def ignores_body(scope: Scope, receive: Receive, send: Send) -> None:
         await answer(send, [(b"connection", b"keep-alive")])
 
-    await BodyDeadline(ignores_body, timeout=DEADLINE)(
+    await Envelope(ignores_body, body_timeout=DEADLINE)(
         scope([(b"content-length", b"100")]), client.receive, client.send
     )
     # Then the server is told not to wait for the rest
@@ -91,7 +91,7 @@ async def test_after_the_body_receive_is_not_timed() -> None:
         seen.append((await receive())["type"])  # what a streamed answer listens for
         await send({"type": "http.response.body", "body": b""})
 
-    await BodyDeadline(streams, timeout=DEADLINE)(
+    await Envelope(streams, body_timeout=DEADLINE)(
         scope([(b"content-length", b"2")]), client.receive, client.send
     )
     # Then the app hears the client leave, and the connection may be kept
@@ -107,6 +107,6 @@ async def test_a_request_without_a_body_is_left_alone() -> None:
         seen.extend([(await receive())["type"], (await receive())["type"]])
         await answer(send)
 
-    await BodyDeadline(waits, timeout=DEADLINE)(scope([]), client.receive, client.send)
+    await Envelope(waits, body_timeout=DEADLINE)(scope([]), client.receive, client.send)
     assert seen == ["http.request", "http.disconnect"]
     assert b"connection" not in client.response_headers()

@@ -1,16 +1,18 @@
-"""`disconnect.unless_disconnected`: a JSON answer's work stops when the client leaves, driven
-by a scripted ASGI `receive` channel (over real HTTP: tests/functional/test_faults_interactive)."""
+"""`disconnect.unless_disconnected` and `disconnect.WatchedStream`: a JSON answer's work, and a
+streamed answer's, stops when the client leaves, driven by a scripted ASGI `receive` channel
+(over real HTTP: tests/functional/test_faults_interactive)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
 from imagegw.errors import ClientDisconnectedError, InvalidRequestError, render
-from imagegw.frontends.disconnect import unless_disconnected
+from imagegw.frontends.disconnect import WatchedStream, unless_disconnected
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +27,9 @@ class Channel:
     async def receive(self) -> Message:
         self.waiting += 1
         return await self.messages.get()
+
+    def scope(self) -> dict[str, object]:
+        return {"type": "http", "method": "POST", "headers": [], "asgi": {"spec_version": "2.3"}}
 
     def request(self) -> Request:
         return Request({"type": "http", "method": "POST", "headers": []}, self.receive)
@@ -102,3 +107,78 @@ async def test_cancelling_the_request_cancels_the_work() -> None:
     with pytest.raises(asyncio.CancelledError):
         await running
     assert work.cancelled
+
+
+class Stream:
+    """A streamed body: one chunk, then chunks as the test releases them; notes how it ended."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Queue[bytes | None]()
+        self.ended = ""
+        self.sent: list[Message] = []
+
+    async def body(self) -> AsyncIterator[bytes]:
+        try:
+            yield b"data: first\n\n"
+            while (chunk := await self.release.get()) is not None:
+                yield chunk
+            self.ended = "complete"
+        except asyncio.CancelledError:
+            self.ended = "cancelled"
+            raise
+        except GeneratorExit:
+            self.ended = "closed"
+            raise
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def text(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+
+async def test_a_stream_stops_when_the_client_leaves() -> None:
+    # Given a stream that has begun and waits for its provider
+    channel, stream = Channel(), Stream()
+    answer = WatchedStream(stream.body(), media_type="text/event-stream")
+    running = asyncio.ensure_future(answer(channel.scope(), channel.receive, stream.send))
+    await asyncio.sleep(0.01)
+    assert stream.text() == b"data: first\n\n"
+
+    # When the client leaves
+    await channel.messages.put({"type": "http.disconnect"})
+
+    # Then the stream's work is cancelled and the answer ends without an error
+    await asyncio.wait_for(running, 30)  # (a bound, not a timing: it ends at once)
+    assert stream.ended == "cancelled"
+    assert not running.cancelled()
+
+
+async def test_a_stream_of_a_client_that_stays_is_sent_whole() -> None:
+    channel, stream = Channel(), Stream()
+    answer = WatchedStream(stream.body(), media_type="text/event-stream")
+    running = asyncio.ensure_future(answer(channel.scope(), channel.receive, stream.send))
+    await channel.messages.put({"type": "http.request", "body": b"", "more_body": False})
+    await stream.release.put(b"data: [DONE]\n\n")
+    await stream.release.put(None)
+
+    await running
+    # the server's `http.disconnect` once the answer is complete cancels nothing
+    await channel.messages.put({"type": "http.disconnect"})
+    await asyncio.sleep(0.01)
+    assert stream.ended == "complete"
+    assert stream.text() == b"data: first\n\ndata: [DONE]\n\n"
+    assert stream.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_cancelling_a_streamed_request_cancels_it_and_closes_the_body() -> None:
+    channel, stream = Channel(), Stream()
+    answer = WatchedStream(stream.body(), media_type="text/event-stream")
+    running = asyncio.ensure_future(answer(channel.scope(), channel.receive, stream.send))
+    await asyncio.sleep(0.01)
+
+    running.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert stream.ended == "cancelled"

@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Literal
 
+import httpcore
 import httpx
 import pytest
 
@@ -256,3 +257,37 @@ async def test_a_connection_idle_past_its_keep_alive_is_not_reused() -> None:
             await http.get(server.url)
 
     assert server.connections == 2
+
+
+async def test_a_kept_request_goes_out_as_made_each_time_it_is_sent() -> None:
+    # Given a request kept for sending again (a task's poll), and the same request made afresh
+    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted(*[(plain, "keep")] * 5) as server:  # type: ignore[arg-type]
+        transport = PooledTransport(max_connections=4, lean=True)
+        async with httpx.AsyncClient(transport=transport, timeout=5) as http:
+            poll = http.build_request("GET", f"{server.url}/v1/tasks/7", headers={"x-key": "k1"})
+            post = http.build_request("POST", f"{server.url}/v1/submit", json={"prompt": "a cat"})
+            kept = [transport.keep(poll), transport.keep(post)]
+            # When each kept request is sent twice on one connection
+            answers = [
+                await transport.read(made, limit=100, too_large=RuntimeError, kept=one)
+                for one, made in zip(kept * 2, [poll, post] * 2, strict=True)
+            ]
+            fresh = await http.send(http.build_request("GET", f"{server.url}/v1/tasks/7"))
+
+    # Then each went out whole each time, as httpx made it, and its answer was read whole
+    head, body = server.requests[0]
+    assert head.startswith(b"GET /v1/tasks/7 HTTP/1.1\r\n") and b"\r\nx-key: k1" in head
+    assert server.requests[2] == server.requests[0] and body == b""
+    assert server.requests[3] == server.requests[1]
+    assert server.requests[1][1] == b'{"prompt":"a cat"}'
+    assert [(a.status_code, a.content) for a in answers] == [(200, b"ok")] * 4
+    assert fresh.text == "ok" and server.connections == 1
+
+
+async def test_a_kept_request_that_would_smuggle_a_header_is_refused_when_kept() -> None:
+    transport = PooledTransport(max_connections=4, lean=True)
+    async with httpx.AsyncClient(transport=transport) as http:
+        poll = http.build_request("GET", "http://127.0.0.1:9/", headers={"x": "1\r\ny: 2"})
+        with pytest.raises(httpcore.LocalProtocolError):
+            transport.keep(poll)

@@ -4,6 +4,7 @@ nothing one answer sets rides along with another request, and each poll carries 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,7 @@ from starlette.routing import Route
 
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread
+from imagegw.errors import GatewayError, TransientProviderError
 from imagegw.infra import clients
 from imagegw.infra.clients import AnswerTimeout, provider_client
 from imagegw.infra.config import Settings
@@ -154,3 +156,89 @@ async def test_a_submission_that_gets_no_turn_in_time_is_a_read_timeout_saying_s
                 await send(client, "POST", url, title="P", deadline=0.2, json={})
             release.set()
             assert (await first).status_code == 200
+
+
+def _status_server(seen: list[tuple[str, str | None, str | None]]) -> Starlette:
+    """A ModelScope-shaped status endpoint: `gz` answers its status gzip-encoded, `bad` a 401
+    in ModelScope's error shape, `busy` a 503, any other task RUNNING; it notes each poll's
+    task, key and task type."""
+
+    async def answer(request: Request) -> Response:
+        task = request.path_params["task"]
+        headers = request.headers
+        seen.append((task, headers.get("authorization"), headers.get("x-modelscope-task-type")))
+        if task == "gz":
+            body = gzip.compress(b'{"task_status":"SUCCEED","output_images":["https://a/1.png"]}')
+            return Response(
+                body, media_type="application/json", headers={"Content-Encoding": "gzip"}
+            )
+        if task == "bad":
+            return JSONResponse({"errors": {"message": "Invalid token for this task"}}, 401)
+        if task == "busy":
+            return JSONResponse({"message": "overloaded"}, 503)
+        return JSONResponse({"task_status": "RUNNING"})
+
+    return Starlette(routes=[Route("/v1/tasks/{task}", answer)])
+
+
+async def test_a_tasks_poll_is_sent_whole_each_time_and_its_answers_read_as_any(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Given a provider polled through the provider client: each task's status request is made
+    # once and sent again by every poll
+    seen: list[tuple[str, str | None, str | None]] = []
+    with ServerThread(_status_server(seen)) as server:
+        settings = make_settings(modelscope_base_url=f"{server.url}/v1")
+        async with provider_client(settings) as client:
+            provider = ModelScope(settings, client)
+            job = _job("ms-carol-token")
+            # When a running task is polled three times, then the others once or twice
+            running = [await provider.check(job, "run") for _ in range(3)]
+            finished = await provider.check(job, "gz")
+            with pytest.raises(TransientProviderError) as busy:
+                await provider.check(job, "busy")
+            errors = []
+            for _ in range(2):
+                with pytest.raises(GatewayError) as refused:
+                    await provider.check(job, "bad")
+                errors.append(refused.value)
+
+    # Then every poll carried the whole request: its key and its task type
+    assert [task for task, _, _ in seen] == ["run"] * 3 + ["gz", "busy", "bad", "bad"]
+    assert {(key, kind) for _, key, kind in seen} == {("Bearer ms-carol-token", "image_generation")}
+    # And each answer reads as the provider meant it: running, an encoded result, a 503 to try
+    # again, and a refusal with the provider's own message, both times
+    assert all(isinstance(status, Running) for status in running)
+    assert finished == Finished(("https://a/1.png",))
+    assert "503" in busy.value.message
+    for error in errors:
+        assert error.status == 401
+        assert "Invalid token for this task" in error.message
+
+
+async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> None:
+    # Given the provider client, and submissions of two keys, again and again, each with its
+    # timeout made afresh (as calls that wait for the work make theirs), one with another
+    async with provider_client(Settings()) as client:
+        url = "https://api.example.com/v1/images/generations"
+
+        def submission(key: str, prompt: str, wait: float = 9.0) -> dict[str, object]:
+            headers = {"Authorization": f"Bearer {key}", "X-Async": "true"}
+            body = {"prompt": prompt, "n": 1}
+            return {"json": body, "headers": headers, "timeout": httpx.Timeout(wait)}
+
+        calls = [("ms-alice", "a cat"), ("ms-bob", "一只猫"), ("ms-alice", "a dog")] * 2
+        calls.append(("ms-alice", "a slow cat", 30.0))  # type: ignore[arg-type]
+        # When each is built through the client's templates, and by httpx itself
+        built = [clients.build_request(client, "POST", url, **submission(*c)) for c in calls]
+        plain = [client.build_request("POST", url, **submission(*c)) for c in calls]  # type: ignore[arg-type]
+
+    # Then each is the very request httpx builds: its key, its body, its framing, its timeout
+    for ours, theirs in zip(built, plain, strict=True):
+        assert (ours.method, ours.url, ours.content) == (theirs.method, theirs.url, theirs.content)
+        assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
+        assert ours.extensions == theirs.extensions
+    assert [r.headers["authorization"] for r in built] == [f"Bearer {c[0]}" for c in calls]
+    assert built[-1].extensions["timeout"]["read"] == 30.0
+    # And one template serves each key and timeout, however often it is sent
+    assert client.templates is not None and len(client.templates) == 3

@@ -135,6 +135,15 @@ async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str)
     return image.data_uri()
 
 
+def saves(refs: Sequence[Ref], mode: LinkMode) -> bool:
+    """Whether `deliver(refs, mode=mode)` may store a copy in the bucket (what a stream tells
+    its reader it waits for): never for links passed on as they are (`provider`, `as_is`) nor
+    for `data`, which only downloads."""
+    if mode in ("stored", "inline"):
+        return any(not isinstance(ref, Stored) for ref in refs)
+    return mode == "provider" and any(isinstance(ref, str) and is_data_uri(ref) for ref in refs)
+
+
 async def deliver(
     refs: Sequence[Ref],
     *,

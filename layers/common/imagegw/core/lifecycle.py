@@ -37,6 +37,8 @@ Image = TypeVar("Image")
 #: the longest wait between a durable job's polls after failed polls (unless its interval is
 #: longer)
 JOB_BACKOFF_MAX: Final = 60
+#: the state of a job whose tasks all ended with images made (`Book.summary`)
+SUCCEEDED: Final = "SUCCEED"
 #: the code of a task given up on because its polls failed (`unpollable`)
 UNPOLLABLE: Final = "provider_unavailable"
 
@@ -196,7 +198,7 @@ class Book(Generic[Image]):
         elif running:
             state = Counter(running).most_common(1)[0][0]
         else:
-            state = "SUCCEED" if self.images() else "FAILED"
+            state = SUCCEEDED if self.images() else "FAILED"
         detail = next((task.detail for task in self.tasks if task.detail and not task.ended), "")
         return Summary(state, self.done, self.total, self.task_ids(), detail)
 

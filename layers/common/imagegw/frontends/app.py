@@ -1,6 +1,6 @@
 """The ASGI app: routes from `imagegw.frontends.routes` (each front end's module imported at its
-first request), one error handler, CORS, request logging and a deadline on reading request
-bodies.
+first request), one error handler, and one envelope around the routes (`Envelope`: request
+ids and logging, path spelling, demo routing, a deadline on reading request bodies, CORS).
 
 The same app runs under the Lambda Web Adapter (functions/api) and in `make run`.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,9 +32,9 @@ from imagegw.errors import (
 )
 from imagegw.frontends import routes
 from imagegw.frontends.common import error_response
-from imagegw.frontends.cors import ApiGatewayCORS
-from imagegw.frontends.demo_routing import TokenlessToDemo
-from imagegw.frontends.paths import NormalizePath
+from imagegw.frontends.cors import REQUEST_CONTEXT_HEADER, is_rest_api_context
+from imagegw.frontends.demo_routing import demo_path, serves_tokenless
+from imagegw.frontends.paths import normalize
 from imagegw.infra import apimetrics
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from imagegw.infra.storage import ImageStore
 
+REQUEST_CONTEXT = REQUEST_CONTEXT_HEADER.encode()
 EXPOSED_HEADERS = [
     "retry-after",
     "x-request-id",
@@ -101,17 +102,48 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-class RequestLog:
-    """Pure ASGI middleware (streaming-safe): a request id header, the same id on every log
-    line of the request (and the job id, once a job is known:
-    `imagegw.runners.stepfunctions.service`), one
-    log line a request, and the request's metrics (`imagegw.infra.apimetrics`).
+class Envelope:
+    """Pure ASGI middleware (streaming-safe), the one layer every request goes through before
+    its route, with one wrapper of `send` and, for a request with a body, one of `receive`:
 
-    The ids are Powertools' context keys (a context variable): each request runs in a task of
-    its own, so concurrent requests never see each other's ids."""
+    - **request id and log**: an `x-request-id` header, the same id on every log line of the
+      request (and the job id, once a job is known: `imagegw.runners.stepfunctions.service`),
+      one log line a request (the path as the client wrote it) after its last byte, and the
+      request's metrics (`imagegw.infra.apimetrics`). The ids are Powertools' context keys (a
+      context variable): each request runs in a task of its own, so concurrent requests never
+      see each other's ids;
+    - **path spelling**: routes see `imagegw.frontends.paths.normalize(path)`;
+    - **demo routing**: a request without an `Authorization` header goes to the demo provider
+      when it serves token-less requests (`imagegw.frontends.demo_routing`);
+    - **body deadline**: a client has `body_timeout` seconds from the start of its request to
+      send the whole body, else a 408 and the connection is closed. uvicorn waits for a body
+      as long as the client keeps the connection open, so a request declaring more bytes than
+      it sends would hold a connection (and the task reading it) forever. Only reads of the
+      body are timed: once it is complete, or once the answer has started, `receive` passes
+      through untouched (streamed answers listen on it for the client leaving). An answer
+      given before the body was read whole (an unknown route, a 405, an early error) carries
+      `connection: close`, so the server does not wait for the rest either;
+    - **CORS**: Starlette's `CORSMiddleware` around the routes, for every request
+      (`CORS_SCOPE=all`) or only for those that came through API Gateway's REST API
+      (`imagegw.frontends.cors`), when CORS_ALLOW_ORIGINS names any origin.
+    """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        body_timeout: float,
+        providers: Collection[str] = (),
+        tokenless_to_demo: bool = False,
+        cors: dict[str, Any] | None = None,
+        cors_scope: str = "all",
+    ) -> None:
         self.app = app
+        self.timeout = body_timeout
+        self.providers = frozenset(name.lower() for name in providers)
+        self.demo = tokenless_to_demo
+        self.cors = CORSMiddleware(app, **cors) if cors is not None else None
+        self.cors_always = cors_scope == "all"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,59 +151,45 @@ class RequestLog:
             return
         request_id = uuid.uuid4().hex
         began = time.monotonic()
+        declares_body = authorized = False
+        context: bytes | None = None
+        for name, value in scope["headers"]:  # one pass over the headers
+            if name == b"transfer-encoding" or (
+                name == b"content-length" and value.strip() != b"0"
+            ):
+                declares_body = True
+            elif name == b"authorization":
+                authorized = True
+            elif name == REQUEST_CONTEXT and context is None:
+                context = value
+        path: str = scope["path"]
+        route = normalize(path, self.providers)
+        if self.demo and not authorized:
+            route = demo_path(route)
+        inner = scope if route == path else {**scope, "path": route}
+        app = self.app
+        if self.cors is not None and (
+            self.cors_always or is_rest_api_context(context.decode("latin-1") if context else None)
+        ):
+            app = self.cors
         status = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                message["headers"] = headers
-            await send(message)
-
-        token = apimetrics.begin()
-        logger.thread_safe_append_keys(request_id=request_id)
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            # after the last byte: streams are not held up
-            recorder = apimetrics.finish(token, status)
-            extra: dict[str, object] = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "ms": round((time.monotonic() - began) * 1000),
-            }
-            if recorder is not None and recorder.codes:  # the error codes the client was told
-                extra["error"] = ",".join(sorted(recorder.codes))
-            logger.info("request", extra=extra)
-            logger.thread_safe_remove_keys(["request_id", "job_id"])
-
-
-class BodyDeadline:
-    """Pure ASGI middleware: a client has `timeout` seconds from the start of its request to
-    send the whole body, else a 408 and the connection is closed. uvicorn waits for a body as
-    long as the client keeps the connection open, so a request declaring more bytes than it
-    sends would hold a connection (and the task reading it) forever.
-
-    Only reads of the body are timed: once it is complete, or once the answer has started,
-    `receive` passes through untouched (streamed answers listen on it for the client leaving).
-    An answer given before the body was read whole (an unknown route, a 405, an early error)
-    carries `connection: close`, so the server does not wait for the rest either.
-    """
-
-    def __init__(self, app: ASGIApp, timeout: float) -> None:
-        self.app = app
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _declares_body(scope):
-            # nothing to time (`GET /v1/models`)
-            await self.app(scope, receive, send)
-            return
-        pending = True
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        pending = declares_body  # body bytes announced and not read yet
         started = False
+        deadline = asyncio.get_running_loop().time() + self.timeout
+
+        async def send_once(message: Message) -> None:
+            nonlocal status, started
+            if not started and message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = message.get("headers", [])
+                if pending:
+                    headers = [
+                        (name, value) for name, value in headers if name.lower() != b"connection"
+                    ]
+                    headers.append((b"connection", b"close"))
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+            await send(message)
 
         async def receive_in_time() -> Message:
             nonlocal pending
@@ -190,28 +208,23 @@ class BodyDeadline:
                 pending = False
             return message
 
-        async def send_closing(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start" and not started:
-                started = True
-                if pending:
-                    headers = [
-                        (name, value)
-                        for name, value in message.get("headers", [])
-                        if name.lower() != b"connection"
-                    ]
-                    message["headers"] = [*headers, (b"connection", b"close")]
-            await send(message)
-
-        await self.app(scope, receive_in_time, send_closing)
-
-
-def _declares_body(scope: Scope) -> bool:
-    """Whether the request announces a body (a non-zero Content-Length, or chunked)."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
+        token = apimetrics.begin()
+        logger.thread_safe_append_keys(request_id=request_id)
+        try:
+            await app(inner, receive_in_time if declares_body else receive, send_once)
+        finally:
+            # after the last byte: streams are not held up
+            recorder = apimetrics.finish(token, status)
+            extra: dict[str, object] = {
+                "method": scope["method"],
+                "path": path,
+                "status": status,
+                "ms": round((time.monotonic() - began) * 1000),
+            }
+            if recorder is not None and recorder.codes:  # the error codes the client was told
+                extra["error"] = ",".join(sorted(recorder.codes))
+            logger.info("request", extra=extra)
+            logger.thread_safe_remove_keys(["request_id", "job_id"])
 
 
 def all_routes() -> list[BaseRoute]:
@@ -236,29 +249,26 @@ def create_app(
         yield
         await gateway.aclose()
 
-    middleware = [
-        Middleware(RequestLog),
+    cors = {
+        "allow_origins": settings.cors_origins,
+        "allow_methods": ["*"],
+        "allow_headers": ["*"],
+        "expose_headers": EXPOSED_HEADERS,
+        "max_age": 86400,
+    }
+    envelope = Middleware(
+        Envelope,
+        body_timeout=settings.body_timeout,
         # `/chat/completions`, `/v1//models`, `/v1/models/`: the routes' one spelling
-        Middleware(NormalizePath, providers=PROVIDERS),
-        Middleware(TokenlessToDemo, settings=settings),  # no token: the demo, when it is on
-        Middleware(BodyDeadline, timeout=settings.body_timeout),
-    ]
-    if settings.cors_origins:
+        providers=PROVIDERS,
+        tokenless_to_demo=serves_tokenless(settings),  # no token: the demo, when it is on
         # CORS_SCOPE=api-gateway (the stack): the Function URL answers CORS itself
-        cors = CORSMiddleware if settings.cors_scope == "all" else ApiGatewayCORS
-        middleware.append(
-            Middleware(
-                cors,
-                allow_origins=settings.cors_origins,
-                allow_methods=["*"],
-                allow_headers=["*"],
-                expose_headers=EXPOSED_HEADERS,
-                max_age=86400,
-            )
-        )
+        cors=cors if settings.cors_origins else None,
+        cors_scope=settings.cors_scope,
+    )
     app = Starlette(
         routes=all_routes(),
-        middleware=middleware,
+        middleware=[envelope],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,

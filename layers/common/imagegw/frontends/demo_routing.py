@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from imagegw.infra.config import Settings
 from imagegw.providers.demo import Demo
 
@@ -25,17 +23,9 @@ def serves_tokenless(settings: Settings) -> bool:
     return Demo.available(settings) and settings.access_mode != "keys"
 
 
-class TokenlessToDemo:
-    """Pure ASGI middleware (after `NormalizePath`): the rerouting above."""
-
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
-        self.on = serves_tokenless(settings)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.on and scope["type"] == "http":
-            path: str = scope["path"]
-            tokenless = all(name != b"authorization" for name, _ in scope["headers"])
-            if tokenless and (path == "/v1/models" or path.startswith(REROUTED)):
-                scope = {**scope, "path": f"/{Demo.name}{path}"}
-        await self.app(scope, receive, send)
+def demo_path(path: str) -> str:
+    """The route of a token-less request on `path` (in the routes' spelling) when the demo
+    serves token-less requests: the demo's own for the re-routed families, else `path`."""
+    if path == "/v1/models" or path.startswith(REROUTED):
+        return f"/{Demo.name}{path}"
+    return path

@@ -1,10 +1,9 @@
 """Stop the work of a client that left: a JSON (non-streamed) answer is worked out while the
-connection is watched, and cancelled as soon as the client closes it.
+connection is watched, and cancelled as soon as the client closes it; a streamed answer
+(`WatchedStream`) is sent while the connection is watched, and stopped the same way.
 
-Streamed answers need nothing of this: Starlette's `StreamingResponse` watches the connection
-itself and cancels the stream. A JSON answer has no such watcher, so without this a client
-that gave up would leave the gateway polling the provider until the deadline and then storing
-a result nobody reads.
+Without this a client that gave up would leave the gateway polling the provider until the
+deadline and then storing a result nobody reads.
 
 The watch reads the ASGI `receive()` channel directly, once the request body has been read:
 from then on the server answers it with `http.disconnect` only when the client closes the
@@ -20,7 +19,8 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.types import Receive
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from imagegw.errors import ClientDisconnectedError
 from imagegw.infra.log import logger
@@ -71,3 +71,54 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
             if not task.done():
                 task.cancel()
         await asyncio.gather(job, watch, return_exceptions=True)
+
+
+async def _until_left(receive: Receive) -> None:
+    """Return once the server says the client closed the connection (whatever else it says
+    meanwhile is not for a stream that has read its request)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class WatchedStream(StreamingResponse):
+    """Starlette's `StreamingResponse` for the gateway's streams, watched without anyio's task
+    group: the body is sent from the request's own task while one plain task waits on
+    `receive` for the client leaving; when it does, the sending is cancelled (so the stream's
+    work is: the provider's polls stop) and the answer ends as if complete. The body's iterator
+    is closed before this returns, however it ended, so its clean-up never waits for the
+    garbage collector. A server of ASGI spec 2.4 or later (which raises `OSError` on a send to
+    a closed connection instead) is left to Starlette's own handling."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        spec = scope.get("asgi", {}).get("spec_version", "2.0")
+        if task is None or scope["type"] != "http" or spec not in ("2.0", "2.1", "2.2", "2.3"):
+            await super().__call__(scope, receive, send)
+            return
+        sending, cut = True, False
+
+        def left(watch: asyncio.Future[None]) -> None:
+            nonlocal cut
+            if sending and not watch.cancelled() and watch.exception() is None:
+                cut = True
+                task.cancel()
+
+        watch = asyncio.ensure_future(_until_left(receive))
+        watch.add_done_callback(left)
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            # the client left (and nobody else cancelled this request): the answer is over
+            if not cut or task.uncancel() > 0:
+                raise
+            cut = False
+        finally:
+            sending = False
+            watch.cancel()
+            closer = getattr(self.body_iterator, "aclose", None)
+            if closer is not None:
+                await closer()
+        if cut:  # cancelled while the stream was closing, and the stream swallowed it
+            task.uncancel()
+        if self.background is not None:
+            await self.background()

@@ -13,7 +13,7 @@
   (`{"error": {...}}`: the Python SDK raises it as an `APIError`);
 - `data: [DONE]` last, as the gateway's chat streams end (the SDKs stop there).
 
-A client that leaves closes the stream, which stops the polling (Starlette cancels it; see
+A client that leaves closes the stream, which stops the polling (`WatchedStream` cancels it; see
 `imagegw.runners.pipeline`).
 """
 

@@ -16,11 +16,12 @@ import anyio
 import httpx
 from pydantic import SecretStr
 from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
 from imagegw.errors import GatewayError, ProviderError, render
+from imagegw.frontends.disconnect import WatchedStream
 from imagegw.frontends.streaming import DONE, sse
 from imagegw.infra import apimetrics
 from imagegw.infra.clients import AnswerTimeout
@@ -97,7 +98,7 @@ async def chat(
             media_type=media_type,
             headers=told,
         )
-    return StreamingResponse(
+    return WatchedStream(
         _relay(upstream, provider.title),
         media_type=media_type,
         headers={**SSE_HEADERS, **told},

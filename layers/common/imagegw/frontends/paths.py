@@ -2,7 +2,8 @@
 
 Clients differ in what they append to a base URL: Cherry Studio keeps a trailing `/` (so
 `.../v1//chat/completions`), others drop `/v1` (`/chat/completions`, `/models`). Rather than
-declare every variant as a route, one middleware rewrites the path before routing:
+declare every variant as a route, the app's envelope (`imagegw.frontends.app.Envelope`)
+rewrites the path before routing:
 
 - runs of slashes become one, and a trailing slash is dropped (`/v1/models/` is `/v1/models`);
 - a doubled `/v1/v1` (a base URL ending in `/v1` that the client appends `/v1` to) is one;
@@ -21,8 +22,6 @@ import re
 from collections.abc import Collection
 from typing import Final
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 #: first segments of the gateway's `/v1/...` routes
 FAMILIES: Final = frozenset({"chat", "models", "images", "jobs", "files"})
 _SLASHES: Final = re.compile(r"/{2,}")
@@ -30,6 +29,8 @@ _SLASHES: Final = re.compile(r"/{2,}")
 
 def normalize(path: str, providers: Collection[str]) -> str:
     """`path` in the routes' spelling (see the module's docstring)."""
+    if path.startswith("/v1/") and "//" not in path and path[-1] != "/" and path[4:6] != "v1":
+        return path  # the routes' spelling already (most requests)
     tidy = _SLASHES.sub("/", path)
     if len(tidy) > 1 and tidy.endswith("/"):
         tidy = tidy.rstrip("/") or "/"
@@ -44,18 +45,3 @@ def normalize(path: str, providers: Collection[str]) -> str:
     if len(segments) > 2 and segments[1].lower() in providers and segments[2] in FAMILIES:
         return f"/{segments[1]}/v1/" + "/".join(segments[2:])
     return tidy
-
-
-class NormalizePath:
-    """Pure ASGI middleware: routes see `normalize(path)`; the log and errors see it too."""
-
-    def __init__(self, app: ASGIApp, providers: Collection[str]) -> None:
-        self.app = app
-        self.providers = frozenset(name.lower() for name in providers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = normalize(scope["path"], self.providers)
-            if path != scope["path"]:
-                scope = {**scope, "path": path}
-        await self.app(scope, receive, send)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar, cast
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Generic, TypeVar
 
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
-from imagegw.infra.waits import done_within
 from imagegw.runners.inprocess import Event, Progress, Result
 
 T = TypeVar("T")
@@ -97,47 +96,78 @@ async def collect(events: AsyncIterator[Event]) -> Result:
     raise GatewayError("The generation ended without a result.", code="internal_error")
 
 
-_END = object()
+class _Handover(Generic[T]):
+    """Events read by one task for a stream's whole life and handed to the stream one at a
+    time: the next is asked for once this one is taken."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ready: deque[T] = deque()
+        self.taken: asyncio.Future[None] | None = None  # the reader waits on it
+        self.waiter: asyncio.Future[None] | None = None  # the stream waits on it
+
+    def wake(self, _: object = None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self, iterator: AsyncIterator[T]) -> None:
+        async for event in iterator:
+            self.taken = self.loop.create_future()
+            self.ready.append(event)
+            self.wake()
+            await self.taken
+
+    def take(self) -> T:
+        taken = self.taken
+        if taken is not None and not taken.done():
+            taken.set_result(None)
+        return self.ready.popleft()
 
 
-async def _next(iterator: AsyncIterator[T]) -> T | object:
-    try:
-        return await anext(iterator)
-    except StopAsyncIteration:
-        return _END
+async def with_keepalive(events: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+    """The events, with a `None` whenever `interval` seconds pass since the last `None`.
 
-
-async def with_keepalive(
-    events: AsyncIterator[T],
-    interval: float,
-    clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[T | None]:
-    """The events, with a `None` whenever `interval` seconds pass since the last `None`."""
+    One task reads the events for the whole stream and one timer runs per keep-alive period
+    (the time of the next `None` moves only when one is sent), not a task and a timer per
+    event. Closing this closes `events`: the reading task is cancelled (a wait for the
+    provider stops there), then the iterator is closed."""
+    loop = asyncio.get_running_loop()
     iterator = aiter(events)
-    pending: asyncio.Task[T | object] | None = None
-    last = clock()
+    handover: _Handover[T] = _Handover(loop)
+    reader = loop.create_task(handover.read(iterator))
+    reader.add_done_callback(handover.wake)
+    due = loop.time() + interval
+    timer: asyncio.TimerHandle | None = None
     try:
         while True:
-            if pending is None:
-                pending = asyncio.create_task(_next(iterator))
-            wait = max(0.0, last + interval - clock())
-            if not await done_within(pending, wait):
-                last = clock()
-                yield None
-                continue
-            finished, pending = pending, None
-            event = finished.result()
-            if event is _END:
+            if handover.ready:
+                yield handover.take()
+                if loop.time() >= due:
+                    due = loop.time() + interval
+                    yield None
+            elif reader.done():
+                reader.result()  # the events' error, if they failed
                 return
-            yield cast("T", event)
-            if clock() - last >= interval:
-                last = clock()
+            elif loop.time() >= due:
+                due = loop.time() + interval
                 yield None
+            else:
+                if timer is None or timer.when() != due:
+                    if timer is not None:
+                        timer.cancel()
+                    timer = loop.call_at(due, handover.wake)
+                handover.waiter = loop.create_future()
+                await handover.waiter
     finally:
-        if pending is not None:
-            pending.cancel()
+        if timer is not None:
+            timer.cancel()
+        if not reader.done():
+            reader.cancel()
             with contextlib.suppress(BaseException):
-                await pending
+                await reader
+        elif not reader.cancelled():
+            reader.exception()  # seen: a failure after the stream was closed is not news
         closer = getattr(iterator, "aclose", None)
         if closer is not None:
             await closer()

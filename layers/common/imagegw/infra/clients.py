@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final
@@ -32,6 +34,11 @@ from imagegw.infra.transport import PooledTransport
 #: `imagegw.providers.upstream.send` makes (submissions) also take one of as many turns before
 #: they are built (`turn`).
 MAX_PROVIDER_CONNECTIONS: Final = 100
+
+#: JSON request templates the provider client keeps (`build_request`): one per provider, key
+#: and kind of call in use
+TEMPLATES_KEPT: Final = 256
+_JSON: Final = frozenset({"json", "headers", "timeout"})
 
 Hook = Callable[..., Awaitable[Any]]
 #: wraps a transport in another (that calls it)
@@ -79,12 +86,75 @@ class NoCookies(CookieJar):
         return None
 
 
+class JsonTemplate:
+    """What `client.build_request(method, url, headers=..., timeout=...)` makes of any JSON
+    body, made once: the URL parsed and the client's headers merged (that was most of a
+    submission's own CPU). `request(body)` is the request the client would build, its body
+    encoded as httpx encodes JSON, its type and length last among its headers."""
+
+    __slots__ = ("extensions", "headers", "method", "url")
+
+    def __init__(
+        self, client: httpx.AsyncClient, method: str, url: str, headers: Any, timeout: Any
+    ) -> None:
+        made = client.build_request(method, url, headers=headers, timeout=timeout)
+        kept = httpx.Headers(made.headers)
+        for framing in ("content-length", "transfer-encoding", "content-type"):
+            if framing in kept:
+                del kept[framing]
+        kept["Content-Type"] = "application/json"
+        self.method, self.url, self.headers = method, made.url, kept
+        self.extensions = made.extensions
+
+    def request(self, body: Any) -> httpx.Request:
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return httpx.Request(
+            self.method,
+            self.url,
+            headers=self.headers,
+            content=content.encode(),
+            extensions=self.extensions,
+        )
+
+
 class ProviderClient(httpx.AsyncClient):
     """The provider client: an httpx client that also knows its pool when no transport layer
-    wraps it (`direct`, for `direct_transport`), and its turns (`turn`)."""
+    wraps it (`direct`, for `direct_transport`), its turns (`turn`), and the templates of its
+    JSON requests (`build_request`)."""
 
     direct: PooledTransport | None = None
     turns: asyncio.Semaphore | None = None
+    templates: OrderedDict[tuple[Any, ...], JsonTemplate] | None = None
+
+
+def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Request:
+    """`client.build_request(method, url, **kwargs)`. A JSON request of the provider client
+    (a submission: `json`, and `headers` and `timeout` if any) is made from the template of its
+    method, URL, headers and timeout (`JsonTemplate`, TEMPLATES_KEPT kept, the least recently
+    used dropped). The provider client keeps no cookies (`NoCookies`), so the template holds
+    all the client would add."""
+    if not isinstance(client, ProviderClient) or "json" not in kwargs or kwargs.keys() - _JSON:
+        return client.build_request(method, url, **kwargs)
+    headers, timeout = kwargs.get("headers"), kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
+    if headers is not None and not isinstance(headers, Mapping):
+        return client.build_request(method, url, **kwargs)
+    limits = (  # by value: a call may make its timeout afresh (`upstream.work_timeout`)
+        (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        if isinstance(timeout, httpx.Timeout)
+        else timeout
+    )
+    key = (method, url, limits, *(headers or {}).items())
+    templates = client.templates
+    if templates is None:
+        templates = client.templates = OrderedDict()
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = JsonTemplate(client, method, url, headers, timeout)
+        if len(templates) > TEMPLATES_KEPT:
+            templates.popitem(last=False)
+    else:
+        templates.move_to_end(key)
+    return template.request(kwargs["json"])
 
 
 @contextlib.asynccontextmanager
@@ -140,7 +210,7 @@ def provider_client(
 def direct_transport(client: httpx.AsyncClient, request: httpx.Request) -> PooledTransport | None:
     """The pool under a client `provider_client` built with no transport layer (none observes
     its calls), for a request that needs none of the client's own work: one whose body is in
-    memory (a poll's GET, a JSON submission: `imagegw.providers.upstream.send_request`,
+    memory (a poll's GET, a JSON submission: `imagegw.providers.upstream.exchange`,
     `PooledTransport.read_whole`). None for any other client (a test's, a traced one), for a
     streamed or multipart body, or when the client has response hooks: such requests go
     through the client. The caller runs the client's request hooks (the provider client's

@@ -36,7 +36,7 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Final
+from typing import Any, Final
 
 import httpcore
 
@@ -84,6 +84,16 @@ def request_head(request: httpcore.Request) -> tuple[bytes, bool, int | None, bo
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts), chunked, None if chunked else length, closes
+
+
+class KeptRequest(httpcore.Request):
+    """A request sent again and again (a task's poll, `imagegw.infra.transport.PooledTransport.
+    keep`): its head checked and made into bytes once (`request_head`), not at each send. Its
+    body, if any, must be bytes in memory (read afresh at each send)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wire = request_head(self)
 
 
 class LeanConnection(httpcore.AsyncConnectionInterface):
@@ -213,7 +223,8 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         """Write the request; whether it lets the connection be kept (no `Connection: close`).
         A body in memory (httpx's and httpcore's byte streams are iterables too) is read
         without an async generator."""
-        head, chunked, length, closes = request_head(request)
+        wire = request.wire if isinstance(request, KeptRequest) else request_head(request)
+        head, chunked, length, closes = wire
         network = self.network
         assert network is not None
         pending, sent = head, 0

@@ -42,15 +42,15 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import httpcore
 import httpx
 
-from imagegw.infra.http11 import Body, LeanConnection
+from imagegw.infra.http11 import Body, KeptRequest, LeanConnection
 from imagegw.infra.netstream import AsyncioBackend
 
 #: connections being opened to one origin at a time (see the module docstring)
@@ -91,11 +91,13 @@ _KEPT_EXTENSIONS: Final = frozenset({"http_version", "reason_phrase"})
 
 
 def _core_request(
-    request: httpx.Request, content: bytes | AsyncIterable[bytes]
+    request: httpx.Request,
+    content: bytes | AsyncIterable[bytes],
+    made: type[httpcore.Request] = httpcore.Request,
 ) -> httpcore.Request:
     """httpx's request as httpcore's (the URL's parts as sent, its headers, its extensions)."""
     url = request.url
-    return httpcore.Request(
+    return made(
         method=request.method,
         url=httpcore.URL(
             scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
@@ -207,7 +209,8 @@ class LanePool:
         except TimeoutError:
             raise httpcore.PoolTimeout("No connection came free in time.") from None
         origin = request.url.origin
-        lane = self._lanes.setdefault((origin.scheme, origin.host, origin.port), _Lane())
+        key = (origin.scheme, origin.host, origin.port)
+        lane = self._lanes.get(key) or self._lanes.setdefault(key, _Lane())
         connection: httpcore.AsyncConnectionInterface | None = None
         try:
             connection, new = await self._checkout(lane, origin, deadline)
@@ -370,6 +373,31 @@ def _streamed(answer: httpcore.Response) -> httpx.Response:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """An answer read whole from the pool (`PooledTransport.read`), as it came: a caller
+    that reads only its status and its body (a poll of a task still running) makes nothing
+    more of it; `response()` is httpx's response of it, for anything else (an error to read)."""
+
+    status_code: int
+    #: as received, framing headers included
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+    extensions: MutableMapping[str, Any]
+    request: httpx.Request
+
+    def response(self) -> httpx.Response:
+        """The answer as httpx's closed response holding its body (without the headers of its
+        framing on the wire)."""
+        return httpx.Response(
+            self.status_code,
+            headers=[(k, v) for k, v in self.headers if k.lower() not in _FRAMING],
+            content=self.content,
+            request=self.request,
+            extensions={k: v for k, v in self.extensions.items() if k in _KEPT_EXTENSIONS},
+        )
+
+
 class PooledTransport(httpx.AsyncBaseTransport):
     """An httpx transport over a `LanePool` (what the module docstring says). `network_backend`:
     how connections are made (default: asyncio's streams, `imagegw.infra.netstream`);
@@ -403,6 +431,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
             answer = await self.pool.handle_async_request(_core_request(request, request.stream))
         return _streamed(answer)
 
+    def keep(self, request: httpx.Request) -> KeptRequest:
+        """The pool's own form of a request whose body is in memory and that is sent again and
+        again (a task's poll): made once, its head checked and in bytes
+        (`imagegw.infra.http11.KeptRequest`), for `read`."""
+        kept = _core_request(request, request.content, KeptRequest)
+        assert isinstance(kept, KeptRequest)
+        return kept
+
     async def read_whole(
         self,
         request: httpx.Request,
@@ -422,9 +458,39 @@ class PooledTransport(httpx.AsyncBaseTransport):
         with `stream=True`: httpx's decoders read it as the caller reads it
         (`imagegw.providers.upstream.read_answer`), and the request is not sent twice.
         httpcore's errors are raised as httpx's, as `handle_async_request` raises them."""
-        body = request.content if content is None else content
+        answer = await self.read(request, limit=limit, too_large=too_large, content=content)
+        return answer if isinstance(answer, httpx.Response) else answer.response()
+
+    async def read(
+        self,
+        request: httpx.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+        content: AsyncIterable[bytes] | None = None,
+        kept: KeptRequest | None = None,
+    ) -> Whole | httpx.Response:
+        """`read_whole`, an answer read whole given as it came (`Whole`): no httpx object is
+        made of an answer of which the caller reads only the status and the body. `kept`: the
+        pool's own form of `request`, made before (`keep`: a task's poll)."""
+        if kept is None:
+            body = request.content if content is None else content
+            return await self._read(
+                _core_request(request, body), request, limit=limit, too_large=too_large
+            )
+        return await self._read(kept, request, limit=limit, too_large=too_large)
+
+    async def _read(
+        self,
+        core: httpcore.Request,
+        request: httpx.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+    ) -> Whole | httpx.Response:
+        """`read_whole` of httpx's `request` sent as `core`: an answer read whole as `Whole`."""
         with _httpx_errors():
-            answer = await self.pool.handle_async_request(_core_request(request, body))
+            answer = await self.pool.handle_async_request(core)
             stream = answer.stream
             assert isinstance(stream, _PooledStream)
             headers = answer.headers
@@ -446,14 +512,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                     chunks.append(chunk)
             finally:
                 await stream.aclose()
-        extensions = answer.extensions
-        return httpx.Response(
-            answer.status,
-            headers=[(k, v) for k, v in headers if k.lower() not in _FRAMING],
-            content=b"".join(chunks),
-            request=request,
-            extensions={k: v for k, v in extensions.items() if k in _KEPT_EXTENSIONS},
-        )
+        return Whole(answer.status, headers, b"".join(chunks), answer.extensions, request)
 
     async def aclose(self) -> None:
         await self.pool.aclose()

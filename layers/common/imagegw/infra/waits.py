@@ -1,5 +1,5 @@
 """Waiting for a task with a time limit, cheaply: what a stream does for each of its events, all
-its life (`imagegw.frontends.streaming.with_keepalive`, `imagegw.runners.inprocess`)."""
+its life (`imagegw.runners.inprocess`)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,14 @@ from imagegw.providers.options import (
     parse_size,
 )
 from imagegw.providers.sizes import SizeLimits
-from imagegw.providers.upstream import error_for, send, send_request, unreachable
+from imagegw.providers.upstream import (
+    Repeated,
+    as_response,
+    error_for,
+    exchange,
+    resend,
+    unreachable,
+)
 
 if TYPE_CHECKING:
     from imagegw.infra.fetcher import Fetcher
@@ -137,7 +144,7 @@ class ModelScope(Provider):
     ) -> None:
         super().__init__(settings, client, fetcher)
         #: (task id, key) -> the task's status request, re-sent by each poll
-        self._polls: OrderedDict[tuple[str, str], httpx.Request] = OrderedDict()
+        self._polls: OrderedDict[tuple[str, str], Repeated] = OrderedDict()
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
         lo, hi = size_range(model)
@@ -178,19 +185,22 @@ class ModelScope(Provider):
     def _headers(self, request: GenerationRequest) -> dict[str, str]:
         return {"Authorization": f"Bearer {request.api_key.get_secret_value()}"}
 
-    def _poll_request(self, request: GenerationRequest, task_id: str) -> httpx.Request:
-        """The GET of a task's status, built once per task (and key) and re-sent by every poll
-        of it: merging the client's URL, headers and cookies into a new request is most of a
-        poll's own CPU. Kept for the tasks still polled (`POLLS_KEPT`, the oldest dropped)."""
+    def _poll_request(self, request: GenerationRequest, task_id: str) -> Repeated:
+        """The GET of a task's status, made once per task (and key) and re-sent by every poll
+        of it (`imagegw.providers.upstream.Repeated`). Kept for the tasks still polled
+        (`POLLS_KEPT`, the oldest dropped)."""
         polls = self._polls
         key = (task_id, request.api_key.get_secret_value())
         built = polls.get(key)
         if built is None:
-            built = self.client.build_request(
-                "GET",
-                f"{self.base_url}/tasks/{task_id}",
-                headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
-                timeout=self.timeout,
+            built = Repeated(
+                self.client,
+                self.client.build_request(
+                    "GET",
+                    f"{self.base_url}/tasks/{task_id}",
+                    headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
+                    timeout=self.timeout,
+                ),
             )
             polls[key] = built
             if len(polls) > POLLS_KEPT:
@@ -207,7 +217,7 @@ class ModelScope(Provider):
         if request.images:
             body["image_url"] = [image.url for image in request.images]
         try:
-            response = await send(
+            answer = await exchange(
                 self.client,
                 "POST",
                 f"{self.base_url}/images/generations",
@@ -222,12 +232,16 @@ class ModelScope(Provider):
             raise unreachable(
                 self.title, exc, self.settings, waited=self.settings.provider_timeout
             ) from None
-        if response.status_code != 200:
+        if answer.status_code != 200:
             raise error_for(
-                self.title, response, key=request.api_key, model=request.model, known=self.known_ids
+                self.title,
+                as_response(answer),
+                key=request.api_key,
+                model=request.model,
+                known=self.known_ids,
             )
         try:
-            return Started(_Submitted.model_validate_json(response.content).task_id)
+            return Started(_Submitted.model_validate_json(answer.content).task_id)
         except ValidationError:
             raise ProviderError(
                 "ModelScope answered the submission without a task id.", code="provider_error"
@@ -235,8 +249,7 @@ class ModelScope(Provider):
 
     async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         try:
-            response = await send_request(
-                self.client,
+            answer = await resend(
                 self._poll_request(request, task_id),
                 title=self.title,
                 deadline=self.settings.provider_timeout,
@@ -251,16 +264,17 @@ class ModelScope(Provider):
                 reason=reason,
                 code="provider_unreachable",
             ) from None
-        if response.status_code >= 500 or response.status_code == 429:
+        status_code = answer.status_code
+        if status_code >= 500 or status_code == 429:
             raise TransientProviderError(
-                f"ModelScope answered {response.status_code} while polling task {task_id}.",
-                reason=f"answered {response.status_code}",
+                f"ModelScope answered {status_code} while polling task {task_id}.",
+                reason=f"answered {status_code}",
                 code="provider_unavailable",
             )
-        if response.status_code != 200:
-            raise error_for(self.title, response, key=request.api_key)
+        if status_code != 200:
+            raise error_for(self.title, as_response(answer), key=request.api_key)
         try:
-            task = _Task.model_validate_json(response.content)
+            task = _Task.model_validate_json(answer.content)
         except ValidationError:
             raise TransientProviderError(
                 f"ModelScope answered an unreadable status for task {task_id}.",

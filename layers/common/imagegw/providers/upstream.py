@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from pydantic import SecretStr
@@ -39,6 +39,9 @@ from imagegw.errors import (
 from imagegw.infra.config import Settings
 from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
+
+if TYPE_CHECKING:
+    from imagegw.infra.transport import PooledTransport, Whole
 
 #: the longest provider message passed on
 MAX_MESSAGE: Final = 500
@@ -128,49 +131,108 @@ async def send(
     `AnswerTimeout`. httpx's errors are raised as they are, for the caller to word. The
     request is built once it has its turn (`imagegw.infra.clients.turn`): a burst queues
     before anything is built."""
-    from imagegw.infra.clients import AnswerTimeout, turn  # loaded with the client
+    answer = await exchange(
+        client, method, url, title=title, deadline=deadline, limit=limit, **kwargs
+    )
+    return as_response(answer)
+
+
+async def exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    title: str,
+    deadline: float,
+    limit: int = MAX_ANSWER_BYTES,
+    **kwargs: Any,
+) -> Whole | httpx.Response:
+    """`send`, its answer given as it came when it was read whole straight from the pool
+    (`Whole`: its status and body; `as_response` for the rest), else as httpx's response. A
+    request of the provider client whose body is in memory (a JSON submission) goes straight
+    to its pool (`PooledTransport.read`: it spends nothing on the client's layers), after the
+    client's request hooks; it is built from the client's template of such requests
+    (`imagegw.infra.clients.build_request`)."""
+    from imagegw.infra.clients import AnswerTimeout, build_request, turn  # loaded with the client
 
     try:
         async with turn(client, deadline) as waited:
-            request = client.build_request(method, url, **kwargs)
-            return await send_request(
-                client, request, title=title, deadline=deadline - waited, limit=limit, said=deadline
+            request = build_request(client, method, url, **kwargs)
+            return await _exchange(
+                client,
+                request,
+                None,
+                title=title,
+                deadline=deadline - waited,
+                limit=limit,
+                said=deadline,
             )
     except TimeoutError:  # no turn within the deadline: nothing was built nor sent
         request = client.build_request(method, url, **kwargs)
         raise AnswerTimeout(f"no whole answer within {deadline:g} s", request=request) from None
 
 
-async def send_request(
+class Repeated:
+    """A request sent again and again (a task's poll), made once: httpx's `request`, and, when
+    it goes straight to the client's pool (`imagegw.infra.clients.direct_transport`), the
+    pool's own form of it, its head in bytes (`PooledTransport.keep`). Merging the client's
+    URL, headers and cookies into a request, then making httpcore's request and its head of it,
+    was most of a poll's own CPU. The client's request hooks still run at each send (they must
+    not change the request: what is sent was made once)."""
+
+    __slots__ = ("client", "direct", "kept", "request")
+
+    def __init__(self, client: httpx.AsyncClient, request: httpx.Request) -> None:
+        from imagegw.infra.clients import direct_transport  # loaded with the client
+
+        self.client, self.request = client, request
+        self.direct: PooledTransport | None = direct_transport(client, request)
+        self.kept = None if self.direct is None else self.direct.keep(request)
+
+
+async def resend(
+    repeated: Repeated, *, title: str, deadline: float, limit: int = MAX_ANSWER_BYTES
+) -> Whole | httpx.Response:
+    """`exchange` of a `Repeated` request. It takes no turn (`imagegw.infra.clients.turn`):
+    that queue is for bursts of submissions."""
+    return await _exchange(
+        repeated.client, repeated.request, repeated, title=title, deadline=deadline, limit=limit
+    )
+
+
+def as_response(answer: Whole | httpx.Response) -> httpx.Response:
+    """An answer of `exchange` or `resend` as httpx's response (an error to read: `error_for`)."""
+    return answer if isinstance(answer, httpx.Response) else answer.response()
+
+
+async def _exchange(
     client: httpx.AsyncClient,
     request: httpx.Request,
+    repeated: Repeated | None,
     *,
     title: str,
     deadline: float,
-    limit: int = MAX_ANSWER_BYTES,
+    limit: int,
     said: float | None = None,
-) -> httpx.Response:
-    """`send` of a request built before (`client.build_request`), so that a request sent again
-    and again (a task's poll) is built once; read as `send` reads. A request of the provider
-    client whose body is in memory (a poll, a JSON submission) goes straight to its pool
-    (`PooledTransport.read_whole`: it spends nothing on the client's layers), after the client's
-    request hooks; an encoded answer comes back open and is read here as any other. `said`:
-    the deadline an `AnswerTimeout` names (`send`'s whole one, of which its turn took a part;
-    default `deadline`)."""
+) -> Whole | httpx.Response:
+    """`request` sent through the client, or straight to its pool (as `repeated` says when
+    given, else as `direct_transport` finds), and read whole (module docstring)."""
     from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
 
-    direct = direct_transport(client, request)
+    direct = direct_transport(client, request) if repeated is None else repeated.direct
     try:
         # asyncio's own timeout: anyio's cancel scope cost a tenth of a poll's CPU
         async with asyncio.timeout(deadline):
             if direct is not None:
                 for hook in client.event_hooks["request"]:
                     await hook(request)
-                answer = await direct.read_whole(
-                    request, limit=limit, too_large=lambda: too_large(title, limit)
+                kept = None if repeated is None else repeated.kept
+                read = await direct.read(
+                    request, limit=limit, too_large=lambda: too_large(title, limit), kept=kept
                 )
-                if answer.is_closed:
-                    return answer
+                if not isinstance(read, httpx.Response) or read.is_closed:
+                    return read  # read whole
+                answer = read  # encoded: read below, through httpx's decoders
             else:
                 answer = await client.send(request, stream=True)
             try:

@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from imagegw.core.deliver import LinkMode, deliver
+from imagegw.core.deliver import LinkMode, deliver, saves
+from imagegw.core.lifecycle import SUCCEEDED
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes
 from imagegw.providers.base import GenerationRequest, Provider
@@ -34,7 +35,10 @@ async def events(
     resume: Sequence[str] = (),
 ) -> AsyncGenerator[Event, None]:
     """Upload input images (reported as UPLOADING), yield the generation's progress, then the
-    result with its images delivered as links (`link_mode`, default IMAGE_LINKS).
+    result with its images delivered as links (`link_mode`, default IMAGE_LINKS). The
+    progress of the ended run ("saving the image") is told only when the delivery may store a
+    copy (`imagegw.core.deliver.saves`): a link passed on as it is comes at once, in the
+    result's own chunk.
 
     `budget` (seconds) shortens GENERATION_TIMEOUT for this request (see `web.client_budget`).
     `resume`: the tasks an earlier request started for this job, polled instead of starting
@@ -53,11 +57,15 @@ async def events(
         if uploads:
             staged = replace(request, images=await gateway.store.stage(uploads))
         stage = "generating"
+        how = link_mode or gateway.settings.image_links
+        ended: Progress | None = None  # the last progress: every task ended, images made
         async with aclosing(
             generate(provider, staged, settings, estimates=gateway.estimates, resume=resume)
         ) as running:
             async for event in running:
                 if isinstance(event, Result):
+                    if ended is not None and saves(event.images, how):
+                        yield ended  # what the reader waits for now: the copy
                     stage, task_ids = "delivering", event.task_ids
                     delivered = await deliver(
                         event.images,
@@ -75,6 +83,10 @@ async def events(
                     shift = elapsed - event.elapsed
                     expected = None if event.expected is None else event.expected + shift
                     event = replace(event, elapsed=elapsed, expected=expected)
+                    if event.state == SUCCEEDED and event.done == event.total:
+                        # the result comes next: this is told only if its delivery saves
+                        ended = event
+                        continue
                 yield event
     except (asyncio.CancelledError, GeneratorExit):
         if stage != "delivered":

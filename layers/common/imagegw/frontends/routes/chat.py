@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from imagegw.access.gate import Caller
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import passthrough, prompt_options
 from imagegw.frontends.common import gateway_of
-from imagegw.frontends.disconnect import unless_disconnected
+from imagegw.frontends.disconnect import WatchedStream, unless_disconnected
 from imagegw.frontends.messages import parse_messages
 from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
@@ -62,7 +62,7 @@ async def chat_completions(request: Request) -> Response:
         )
     if kind is ModelKind.CHAT:
         # a client that leaves before the provider answers stops the wait (a stream, once
-        # started, is watched by StreamingResponse itself)
+        # started, is watched by WatchedStream)
         relayed = passthrough.chat(gateway, provider, body, key, caller)
         return await unless_disconnected(request, relayed)
     refuse_short_wait(request, as_job=as_job)  # before anything is stored or started
@@ -123,7 +123,7 @@ async def chat_completions(request: Request) -> Response:
         intro += " · editing the previous image"
     if ignored:
         intro += f"\nignored: {ignored}"
-    return StreamingResponse(
+    return WatchedStream(
         chat_stream(
             events,
             completion,

@@ -8,14 +8,14 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import SecretStr
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from imagegw.access.gate import Caller
 from imagegw.core.plan import IGNORED_HEADER, ignored_notice
 from imagegw.errors import GatewayError
 from imagegw.frontends import images_api
 from imagegw.frontends.common import gateway_of
-from imagegw.frontends.disconnect import unless_disconnected
+from imagegw.frontends.disconnect import WatchedStream, unless_disconnected
 from imagegw.frontends.image_stream import images_stream, relayed_stream
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.replays import Paid, replays_of
@@ -114,7 +114,7 @@ async def _streamed(
         await settle(reservation, 0)
         raise
     if images_api.relays_previews(provider, call):  # an upstream's previews passed through
-        return StreamingResponse(
+        return WatchedStream(
             relayed_stream(gateway, provider, job, call, reservation, settings.keepalive_interval),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **headers},
@@ -131,9 +131,7 @@ async def _streamed(
         keepalive_interval=settings.keepalive_interval,
         max_bytes=settings.max_result_bytes,
     )
-    return StreamingResponse(
-        body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
-    )
+    return WatchedStream(body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
 generations = _endpoint(_generation)
