@@ -32,6 +32,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+#: asyncio's own event loop and uvloop's: the API function runs on uvloop (uvicorn picks it when
+#: it is installed, as in the layer), anything else may run on asyncio's
+BOTH_LOOPS = ("asyncio", ("asyncio", {"use_uvloop": True}))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_loops` runs once on each event loop (`anyio_backend` parametrized)."""
+    if metafunc.definition.get_closest_marker("both_loops") is not None:
+        metafunc.parametrize("anyio_backend", BOTH_LOOPS, ids=["asyncio", "uvloop"])
+
+
 @pytest.fixture(scope="session")
 def s3_env() -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback with one bucket; AWS credentials point at it."""
@@ -41,9 +52,7 @@ def s3_env() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def _fake_ms_server() -> Iterator[tuple[ServerThread, SwappableApp]]:
-    swappable = SwappableApp()
-    with ServerThread(swappable) as server:
-        yield server, swappable
+    yield from _serve_swappable()
 
 
 @pytest.fixture
@@ -118,9 +127,12 @@ def gateway_url(gateway: Callable[..., str]) -> str:
 
 
 def _serve_swappable() -> Iterator[tuple[ServerThread, SwappableApp]]:
-    """A loopback server whose app each test swaps for a fresh fake."""
+    """A loopback server whose app each test swaps for a fresh fake provider. On asyncio's
+    loop, whatever the venv has: a fake that downloads a client's image URL fails at once on a
+    link-local address without a zone, as a provider does, where uvloop (libuv) picks an
+    interface and waits out the fetch's timeout, past the gateway's deadline."""
     swappable = SwappableApp()
-    with ServerThread(swappable) as server:
+    with ServerThread(swappable, loop="asyncio") as server:
         yield server, swappable
 
 

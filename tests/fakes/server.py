@@ -12,6 +12,8 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LifespanMode = Literal["auto", "on", "off"]
+#: uvicorn's event loop: "auto" is uvloop when installed (the dev venv has it, as the layer does)
+LoopMode = Literal["auto", "asyncio"]
 
 
 class ServerThread:
@@ -30,6 +32,7 @@ class ServerThread:
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
         backlog: int = 2048,
+        loop: LoopMode = "auto",
     ) -> None:
         self.app = app
         self.startup_timeout = startup_timeout
@@ -51,6 +54,7 @@ class ServerThread:
             # connections the kernel completes before the app accepts them (listen(2)); a
             # small one stands in for a busy provider that refuses or drops new connections
             backlog=backlog,
+            loop=loop,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.port}", daemon=True)

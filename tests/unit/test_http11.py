@@ -18,7 +18,7 @@ from fakes.socketserver import LoopbackServer
 from imagegw.infra.http11 import MAX_HEAD
 from imagegw.infra.transport import PooledTransport
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_loops]  # either loop: tests/conftest.py
 
 After = Literal["keep", "close"]
 

@@ -28,7 +28,7 @@ from imagegw.infra.netstream import HIGH_WATER
 from imagegw.infra.transport import PooledTransport
 from imagegw.providers.upstream import read_answer, send
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_loops]  # either loop: tests/conftest.py
 
 
 @pytest.fixture(params=[False, True], ids=["httpcore", "lean"])

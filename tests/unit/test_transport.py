@@ -18,7 +18,7 @@ from fakes.server import ServerThread
 from fakes.socketserver import LoopbackServer
 from imagegw.infra.transport import PooledTransport
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.both_loops]  # either loop: tests/conftest.py
 
 
 @pytest.fixture(params=[False, True], ids=["httpcore", "lean"])

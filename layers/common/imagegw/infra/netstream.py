@@ -13,6 +13,12 @@ transport (waiting only when it asks to pause). An idle pooled connection the se
 not reused: its protocol saw the end of the stream, or a poll of its socket finds it readable
 (`is_readable`, the check httpcore's own backends make).
 
+The same code runs on asyncio's own event loop and on uvloop's (what the API function runs:
+uvicorn picks uvloop when it is installed): uvloop's transports have asyncio.Transport's methods
+without subclassing it, and the socket they report is a stand-in that has `fileno` and
+`setsockopt` but refuses `recv`, so nothing here checks a transport's class or reads its socket
+other than through the transport (`_readable_now` polls the descriptor).
+
 Failures are httpcore's own exceptions (`ConnectError`, `ConnectTimeout`, `ReadError`,
 `ReadTimeout`, `WriteError`, `WriteTimeout`), as the other backends raise them.
 """
@@ -24,7 +30,7 @@ import select
 import ssl
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httpcore
 
@@ -56,8 +62,8 @@ class _Reader(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport on either loop (uvloop's does not subclass asyncio.Transport)
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -175,7 +181,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
         if secured is None:  # the connection closed meanwhile
             raise httpcore.ConnectError("The connection closed during the TLS handshake.")
-        assert isinstance(secured, asyncio.Transport)
         self.reader.transport = secured
         return AsyncioStream(secured, self.reader)
 
@@ -224,8 +229,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout("The connection timed out.") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
-        assert isinstance(transport, asyncio.Transport)
-        sock = transport.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")  # uvloop's stand-in has setsockopt too
         if sock is not None:
             for option in socket_options or ():
                 sock.setsockopt(*option)
