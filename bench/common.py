@@ -199,6 +199,39 @@ def s3_stand_in() -> Iterator[dict[str, str]]:
         stop_stand_ins(process)
 
 
+def access_stand_in(s3: dict[str, str]) -> dict[str, str]:
+    """A fresh access table and secret on the S3 stand-in's moto server (which serves every
+    AWS service), as the template's default mixed mode has them: the gateway reads and writes
+    its shared run-time estimates there as on AWS (an unreachable table would send it to its
+    memory after one timeout, and the bench would miss what the table costs). Each boot gets a
+    table of its own, so each starts with no history, as the scenarios say. The env to add."""
+    import uuid
+
+    import boto3
+
+    from imagegw.frontends.local import create_access_table
+
+    endpoint, region = s3["S3_ENDPOINT_URL"], s3["AWS_REGION"]
+    credentials = {
+        "region_name": region,
+        "endpoint_url": endpoint,
+        "aws_access_key_id": s3["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": s3["AWS_SECRET_ACCESS_KEY"],
+    }
+    name = f"bench-access-{uuid.uuid4().hex[:12]}"
+    create_access_table(boto3.client("dynamodb", **credentials), name)
+    value = json.dumps({"pepper": uuid.uuid4().hex, "tokens": {}})
+    secret = boto3.client("secretsmanager", **credentials).create_secret(
+        Name=name, SecretString=value
+    )["ARN"]
+    return {
+        "ACCESS_TABLE": name,
+        "ACCESS_SECRET": secret,
+        "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+    }
+
+
 def _one_colour_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     return make_png(width, height)  # lru-cached: encoded once per size
 

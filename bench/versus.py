@@ -44,6 +44,7 @@ from bench.common import (
     Report,
     StreamOutcome,
     Table,
+    access_stand_in,
     chat_body,
     fake_modelscope,
     free_port,
@@ -108,9 +109,11 @@ def gateway(runtime: Lambda, env: dict[str, str]) -> Iterator[Booted]:
     port = free_port()
     from lambda_runtime import FUNCTION
 
+    # the template's default mixed mode: an access table (shared estimates), fresh for each boot
+    access = access_stand_in(env) if "S3_ENDPOINT_URL" in env else {}
     with boot(
         runtime.artifact_argv(),
-        runtime.artifact_env(port, {"GENERATION_TIMEOUT": GENERATION_TIMEOUT, **env}),
+        runtime.artifact_env(port, {"GENERATION_TIMEOUT": GENERATION_TIMEOUT, **env, **access}),
         port,
         runtime.build / FUNCTION,
         READY_PATH,
