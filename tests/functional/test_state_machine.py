@@ -24,6 +24,7 @@ from fakes.aws import BUCKET, new_access_table
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size, sniff_image
 from functional.machine import TOKEN, World, simulate_time, transitions
+from imagegw.access import shared_estimates
 from imagegw.access.shared_estimates import SharedEstimates
 from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.schedule import QUEUE_MODEL
@@ -225,6 +226,9 @@ def test_a_fresh_instance_waits_for_the_end_other_instances_learned_through_the_
     simulate_time(w, monkeypatch, fake_ms)
     monkeypatch.setenv("ACCESS_TABLE", new_access_table())
     monkeypatch.setattr(steps, "ESTIMATES", None)
+    # the jobs are 30 s apart on the simulated clock but moments apart on the table's (real)
+    # one: each writes its samples as it would 30 s after the last write
+    monkeypatch.setattr(shared_estimates, "FLUSH_SECONDS", 0.0)
     rng = random.Random(31)
 
     def job() -> int:

@@ -11,12 +11,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import anyio
+import anyio.to_thread
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from fakes.aws import REGION, mocked_dynamodb, new_access_table
-from imagegw.access.shared_estimates import CACHE_SECONDS, PAUSE, SharedEstimates, pk_of
+from imagegw.access.shared_estimates import (
+    CACHE_SECONDS,
+    FLUSH_SECONDS,
+    PAUSE,
+    SharedEstimates,
+    pk_of,
+)
 from imagegw.access.table import ESTIMATE_TTL, AccessTable
 from imagegw.core.estimates import MemoryEstimates, fold, learn
 from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing
@@ -88,13 +96,14 @@ async def test_what_one_instance_learns_another_predicts_with_once_its_cache_exp
     first, second = instance(table, clock), instance(table, clock)
     assert await second.get(MODEL) == Estimate(20.0, 6.0, 0)
 
-    # When the first learns three run times
+    # When the first learns three run times, a write window apart (each written as it ends)
     for seconds in (10.0, 12.0, 11.0):
         await first.record(MODEL, seconds)
+        clock.now += FLUSH_SECONDS
 
     # Then the first predicts with them at once; the second keeps its copy for a minute...
     assert same(await first.get(MODEL), learned(10.0, 12.0, 11.0))
-    clock.now += CACHE_SECONDS - 1
+    clock.now = START + CACHE_SECONDS - 1
     assert await second.get(MODEL) == Estimate(20.0, 6.0, 0)
     # ...then predicts with what the first learned, as a fresh instance does at once
     clock.now += 1
@@ -161,15 +170,18 @@ class Rival:
 
 
 async def test_a_sample_that_loses_the_race_twice_is_dropped_from_the_table_only(
-    table: str,
+    table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given an instance whose writes are each preceded by another instance's
     clock = Clock()
     rival = Rival(boto3.client("dynamodb", region_name=REGION), table)
     store = instance(table, clock, rival)
 
-    # When it learns a run time: no error, two tries
-    await store.record(MODEL, 10.0)
+    # When it learns a run time: no error, two tries, one line naming how many were dropped
+    with caplog.at_level(logging.INFO):
+        await store.record(MODEL, 10.0)
+    [dropped] = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped.samples == 1  # type: ignore[attr-defined]
 
     # Then the table holds the rival's two samples, intact, and not this one (dropped)...
     assert len(rival.rival_writes) == 2
@@ -274,7 +286,9 @@ class Counting:
         return self.client.update_item(**kwargs)
 
 
-async def test_a_generation_costs_two_writes_and_at_most_two_reads(table: str) -> None:
+async def test_a_generation_costs_at_most_two_writes_and_two_reads_and_one_within_the_window_none(
+    table: str,
+) -> None:
     # Given an instance, and a generation as the interactive driver makes it: its model's
     # estimate read, then its run and queue times learned
     clock = Clock()
@@ -289,10 +303,110 @@ async def test_a_generation_costs_two_writes_and_at_most_two_reads(table: str) -
     # When the first one runs: one read of each key (the queue's for its write), two writes
     await generation()
     assert (client.reads, client.writes) == ([False, True], 2)
-    # When another runs within the minute: two writes only
+    # When another runs within the write window: no table call (its samples wait)
+    await generation()
+    assert (client.reads, client.writes) == ([False, True], 2)
+    assert item(table, QUEUE)["samples"] == {"N": "1"}
+    # When a third runs once the window has passed (within the minute): two writes carrying
+    # the waiting samples with its own, and no read
+    clock.now += FLUSH_SECONDS
     await generation()
     assert (client.reads, client.writes) == ([False, True], 4)
-    assert item(table, QUEUE)["samples"] == {"N": "2"}
+    assert item(table, QUEUE)["samples"] == {"N": "3"}
+    assert item(table, MODEL)["samples"] == {"N": "3"}
+
+
+async def test_a_burst_costs_one_write_per_key_and_one_more_after_the_window_with_the_rest(
+    table: str,
+) -> None:
+    # Given an instance, and another that has read the model's (empty) item
+    clock = Clock()
+    client = Counting(boto3.client("dynamodb", region_name=REGION))
+    store, other = instance(table, clock, client), instance(table, clock)
+    assert await other.get(MODEL) == Estimate(20.0, 6.0, 0)
+    burst = [10.0 + n % 7 for n in range(50)]
+
+    # When 50 generations of the model end together (within one write window)
+    for seconds in burst:
+        await store.record(MODEL, seconds)
+
+    # Then the table was written once, with the first sample (the rest wait)
+    assert client.writes == 1 and item(table, MODEL)["samples"] == {"N": "1"}
+
+    # When one more ends after the window: one more write, carrying all the rest
+    clock.now += FLUSH_SECONDS
+    await store.record(MODEL, 13.0)
+    assert client.writes == 2
+
+    # Then every sample is in the table, folded in order: the other instance predicts with
+    # them all once its cache expires
+    clock.now = START + CACHE_SECONDS
+    assert same(await other.get(MODEL), learned(*burst, 13.0))
+    assert item(table, MODEL)["samples"] == {"N": "51"}
+
+
+async def test_samples_waiting_for_the_table_count_in_the_instance_own_predictions_at_once(
+    table: str,
+) -> None:
+    # Given an instance that has written its first sample of the model
+    clock = Clock()
+    store, other = instance(table, clock), instance(table, clock)
+    await store.record(MODEL, 10.0)
+
+    # When two more end within the window (not written yet)
+    await store.record(MODEL, 20.0)
+    await store.record(MODEL, 16.0)
+
+    # Then this instance predicts with all three, while the table (another instance) has one
+    assert same(await store.get(MODEL), learned(10.0, 20.0, 16.0))
+    assert same(await other.get(MODEL), learned(10.0))
+
+
+class Slow(Counting):
+    """A counting client whose estimate updates wait until released (a slow table)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def update_item(self, **kwargs: Any) -> Any:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.entered.set()
+        self.release.wait(10)
+        try:
+            return super().update_item(**kwargs)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_concurrent_records_of_a_key_make_one_write_in_flight(table: str) -> None:
+    # Given an instance whose table is slow to take a write
+    clock = Clock()
+    client = Slow(boto3.client("dynamodb", region_name=REGION))
+    store = instance(table, clock, client)
+
+    async with anyio.create_task_group() as group:
+        # When a first sample's write is under way and more samples end meanwhile, even after
+        # the window (a write outlasting it)
+        group.start_soon(store.record, MODEL, 10.0)
+        assert await anyio.to_thread.run_sync(client.entered.wait, 10)
+        clock.now += FLUSH_SECONDS
+        for seconds in (12.0, 14.0):
+            await store.record(MODEL, seconds)  # (return at once: no second write)
+        assert same(await store.get(MODEL), learned(10.0, 12.0, 14.0))
+        client.release.set()
+
+    # Then only that one write was made; the samples waiting go with the next record
+    assert (client.writes, client.most_in_flight) == (1, 1)
+    assert item(table, MODEL)["samples"] == {"N": "1"}
+    clock.now += FLUSH_SECONDS
+    await store.record(MODEL, 11.0)
+    assert client.writes == 2 and item(table, MODEL)["samples"] == {"N": "4"}
+    assert same(await instance(table, clock).get(MODEL), learned(10.0, 12.0, 14.0, 11.0))
 
 
 async def test_the_gateway_shares_estimates_through_the_access_table_when_there_is_one(

@@ -3,24 +3,38 @@
 
 `SharedEstimates` is an `imagegw.core.estimates.Estimates`:
 
-- `get` reads the key's item, cached CACHE_SECONDS per instance; with no item, this instance's
-  `MemoryEstimates` answers (the priors, unless it learned the model while the table failed);
-- `record` folds the sample into the latest value this instance knows (its cache, whatever its
-  age; else a consistent read) and writes it with one update conditional on the sample count it
-  folded into. When another instance wrote first, it reads again and retries once; losing twice
-  drops the sample from the table (these are statistics). Its own result is cached at once.
+- `get` reads the key's item, cached CACHE_SECONDS per instance, and folds this instance's
+  samples not yet written on top (it predicts with its own samples at once); with no item, this
+  instance's `MemoryEstimates` answers (the priors, unless it learned the model while the table
+  failed);
+- `record` folds the sample into this instance's memory at once, and writes the table at most
+  once per key per FLUSH_SECONDS, one write in flight per key: a key's first sample after the
+  window is written at once (a lone generation writes as it ends); samples within the window
+  wait (at most MAX_PENDING, the newest) and go with the key's next record after it. A write
+  folds the samples one by one into the latest value this instance knows (its cache, whatever
+  its age; else a consistent read) with one update conditional on the sample count it folded
+  into. When another instance wrote first, it reads again, refolds and retries once; losing
+  twice drops those samples from the table (these are statistics), with one log line. Its own
+  result is cached at once.
+
+So a burst (a hundred streams of one model ending together) costs an instance one write per key,
+and one more with the rest once the window has passed, not one per sample each racing the
+others. There are no timers (a Lambda instance is frozen between invocations): samples still
+waiting when an instance ends are lost to the table, as are those of a key it records no more.
 
 The table is a help, never a need: each call runs in a worker thread within CALL_BUDGET seconds
 (the client is built once before, outside it: building it is no sign of a slow table);
 any failure (throttling, no endpoint, a timeout) logs one warning naming no secret, and for
-PAUSE seconds this instance answers from, and learns in, its memory alone.
+PAUSE seconds this instance answers from, and learns in, its memory alone (the samples of a
+failed write, or waiting then, are dropped from the table).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -36,6 +50,12 @@ from imagegw.infra.log import logger
 CACHE_SECONDS: Final = 60.0
 #: the longest a table call may hold up a generation; the memory answers after that
 CALL_BUDGET: Final = 0.5
+#: a key's table writes are this far apart at least (per instance): a burst costs one write, not
+#: one per sample, while other instances, reading through their CACHE_SECONDS cache anyway, see
+#: a sample at most this much later; 6 writes a minute per key and instance at most
+FLUSH_SECONDS: Final = 10.0
+#: samples a key keeps waiting for its next write (the newest: the mean weighs them most)
+MAX_PENDING: Final = 64
 #: how long the memory alone answers after a table call failed
 PAUSE: Final = 60.0
 #: connect and read timeouts of the table client (it retries once)
@@ -71,6 +91,11 @@ class SharedEstimates:
         self.clock = clock
         self.budget = budget
         self._cache: dict[Key, tuple[Estimate | None, float]] = {}
+        #: samples not in the table yet: waiting for the next write, and being written
+        self._pending: dict[Key, deque[float]] = {}
+        self._writing: dict[Key, list[float]] = {}
+        #: when each key's last write began
+        self._written: dict[Key, float] = {}
         self._paused_until = -math.inf
         self._client_ready = False
 
@@ -81,17 +106,35 @@ class SharedEstimates:
                 cached = await self._read(key, consistent=False)
             except _Unavailable:
                 return await self.memory.get(key)
-        return cached[0] or await self.memory.get(key)
+        if cached[0] is None:
+            return await self.memory.get(key)
+        return _folded(cached[0], [*self._writing.get(key, ()), *self._pending.get(key, ())])
 
     async def record(self, key: Key, seconds: float) -> None:
         await self.memory.record(key, seconds)
         if not math.isfinite(seconds) or seconds < 0 or len(pk_of(key)) > MAX_PK:
             return
+        pending = self._pending.get(key)
+        if pending is None:
+            if len(self._pending) >= _MAX_CACHED:  # many keys, each with samples waiting
+                self._pending.clear()
+            pending = self._pending[key] = deque(maxlen=MAX_PENDING)
+        pending.append(seconds)
+        if key in self._writing or self.clock() - self._written.get(key, -math.inf) < FLUSH_SECONDS:
+            return  # the key's next record after the window writes them
+        await self._flush(key)
+
+    async def _flush(self, key: Key) -> None:
+        """Writes the key's waiting samples (one write in flight per key)."""
+        if len(self._written) >= _MAX_CACHED:
+            self._written.clear()
+        self._written[key] = self.clock()
+        samples = self._writing[key] = list(self._pending.pop(key, ()))
         try:
             for _ in range(2):
                 cached = self._cache.get(key)
                 old = cached[0] if cached else (await self._read(key, consistent=True))[0]
-                new = fold(old, seconds)
+                new = _folded(old, samples)  # (never empty: this record's own sample is in)
                 read = old.samples if old else 0
                 write = self.table.write_estimate
                 if await self._call("record", write, pk_of(key), new, read, self.clock()):
@@ -100,7 +143,12 @@ class SharedEstimates:
                 self._cache.pop(key, None)  # another instance wrote first: read again
         except _Unavailable:
             return
-        logger.info("run-time sample dropped: two concurrent writes won", extra={"key": str(key)})
+        finally:
+            del self._writing[key]
+        logger.info(
+            "run-time samples dropped: two concurrent writes won",
+            extra={"key": str(key), "samples": len(samples)},
+        )
 
     async def _read(self, key: Key, *, consistent: bool) -> tuple[Estimate | None, float]:
         def read() -> Estimate | None:
@@ -135,6 +183,12 @@ class SharedEstimates:
                 extra={"call": what, "error": code or type(exc).__name__, "pause": PAUSE},
             )
             raise _Unavailable from None
+
+
+def _folded(old: Estimate | None, samples: Iterable[float]) -> Estimate | None:
+    for seconds in samples:
+        old = fold(old, seconds)
+    return old
 
 
 def estimates_for(settings: Settings, priors: Mapping[tuple[str, str], float]) -> Estimates:

@@ -4,8 +4,9 @@
 Where the gateway has its access table (ACCESS_TABLE),
 `imagegw.access.shared_estimates.SharedEstimates`
 shares them across instances with the same two calls: `get` reads the key's item (cached 60 s
-per instance), `record` folds a sample in with one update conditional on the sample count (a
-lost race reads again and retries once, then drops the sample: these are statistics); a table
+per instance), `record` folds samples in with one update conditional on the sample count, at
+most once per key every 10 s per instance (samples meanwhile wait for the next; a lost race reads
+again and retries once, then drops them: these are statistics); a table
 that fails leaves each instance its own `MemoryEstimates`. Priors for the providers' catalogue
 models (`ModelInfo.seconds`) answer until a model has a history.
 """
