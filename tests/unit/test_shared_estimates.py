@@ -4,6 +4,7 @@ costs a generation nothing but the sharing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -284,6 +285,21 @@ class Counting:
     def update_item(self, **kwargs: Any) -> Any:
         self.writes += 1
         return self.client.update_item(**kwargs)
+
+
+async def test_a_burst_that_finds_no_fresh_copy_reads_the_table_once(table: str) -> None:
+    # Given an instance that has not read the model yet, and a table that knows it
+    clock = Clock()
+    await instance(table, clock).record(MODEL, 10.0)
+    client = Counting(boto3.client("dynamodb", region_name=REGION))
+    store = instance(table, clock, client)
+
+    # When 50 generations of a burst ask for the estimate at once
+    found = await asyncio.gather(*(store.get(MODEL) for _ in range(50)))
+
+    # Then one read answered them all, with what the table holds
+    assert client.reads == [False]
+    assert all(same(estimate, learned(10.0)) for estimate in found)
 
 
 async def test_a_generation_costs_at_most_two_writes_and_two_reads_and_one_within_the_window_none(

@@ -3,7 +3,8 @@
 
 `SharedEstimates` is an `imagegw.core.estimates.Estimates`:
 
-- `get` reads the key's item, cached CACHE_SECONDS per instance, and folds this instance's
+- `get` reads the key's item (one read in flight per key: a burst waits for it), cached
+  CACHE_SECONDS per instance, and folds this instance's
   samples not yet written on top (it predicts with its own samples at once); with no item, this
   instance's `MemoryEstimates` answers (the priors, unless it learned the model while the table
   failed);
@@ -31,6 +32,7 @@ failed write, or waiting then, are dropped from the table).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -91,6 +93,8 @@ class SharedEstimates:
         self.clock = clock
         self.budget = budget
         self._cache: dict[Key, tuple[Estimate | None, float]] = {}
+        #: the read of each key in flight, which every `get` without a fresh copy waits for
+        self._reading: dict[Key, asyncio.Future[tuple[Estimate | None, float]]] = {}
         #: samples not in the table yet: waiting for the next write, and being written
         self._pending: dict[Key, deque[float]] = {}
         self._writing: dict[Key, list[float]] = {}
@@ -103,7 +107,7 @@ class SharedEstimates:
         cached = self._cache.get(key)
         if cached is None or self.clock() - cached[1] >= CACHE_SECONDS:
             try:
-                cached = await self._read(key, consistent=False)
+                cached = await self._read_shared(key)
             except _Unavailable:
                 return await self.memory.get(key)
         if cached[0] is None:
@@ -149,6 +153,24 @@ class SharedEstimates:
             "run-time samples dropped: two concurrent writes won",
             extra={"key": str(key), "samples": len(samples)},
         )
+
+    async def _read_shared(self, key: Key) -> tuple[Estimate | None, float]:
+        """`_read` (eventually consistent), one at a time per key: the generations of a burst
+        that find no fresh copy wait for the read in flight instead of each making its own (a
+        burst of 100 made 100 reads at once). A waiter that is cancelled leaves the read to
+        the others."""
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(key, consistent=False))
+            self._reading[key] = reading
+
+            def done(finished: asyncio.Future[tuple[Estimate | None, float]]) -> None:
+                self._reading.pop(key, None)
+                if not finished.cancelled():
+                    finished.exception()  # seen, even when every waiter left
+
+            reading.add_done_callback(done)
+        return await asyncio.shield(reading)
 
     async def _read(self, key: Key, *, consistent: bool) -> tuple[Estimate | None, float]:
         def read() -> Estimate | None:
