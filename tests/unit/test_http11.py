@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Final, Literal
 
 import httpcore
 import httpx
@@ -82,37 +82,41 @@ def client() -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=PooledTransport(max_connections=4, lean=True), timeout=5)
 
 
+#: a plain answer on a connection that may be used again
+PLAIN: Final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def two_gets(*script: tuple[bytes, After]) -> tuple[str, str, int]:
+    """Two GETs one after the other to a server answering `script`: their bodies, and how
+    many connections the server saw."""
+    with Scripted(*script) as server:
+        async with client() as http:
+            first = await http.get(server.url)
+            second = await http.get(server.url)
+    return first.text, second.text, server.connections
+
+
 async def test_a_chunked_answer_is_read_whole_and_its_connection_reused() -> None:
     # Given a server answering in chunks (with an extension and a trailer), then plainly
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
     )
-    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with Scripted((chunked, "keep"), (plain, "keep")) as server:
-        async with client() as http:
-            # When two requests are made one after the other
-            first = await http.get(server.url)
-            second = await http.get(server.url)
+    # When two requests are made one after the other
+    answers = await two_gets((chunked, "keep"), (PLAIN, "keep"))
 
     # Then both bodies arrive whole, over one connection
-    assert (first.text, second.text) == ("hello world", "ok")
-    assert server.connections == 1
+    assert answers == ("hello world", "ok", 1)
 
 
 async def test_an_answer_without_a_length_is_read_until_the_server_closes() -> None:
     # Given a server that frames its answer by closing the connection
     unframed = b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
-    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with Scripted((unframed, "close"), (plain, "keep")) as server:
-        async with client() as http:
-            # When it is read, and another request made
-            first = await http.get(server.url)
-            second = await http.get(server.url)
+    # When it is read, and another request made
+    answers = await two_gets((unframed, "close"), (PLAIN, "keep"))
 
     # Then the body is all it sent, and the next request had a new connection
-    assert (first.text, second.text) == ("until the end", "ok")
-    assert server.connections == 2
+    assert answers == ("until the end", "ok", 2)
 
 
 @pytest.mark.parametrize(
@@ -126,16 +130,11 @@ async def test_an_answer_without_a_length_is_read_until_the_server_closes() -> N
 )
 async def test_a_connection_is_not_reused_after_an_answer_that_forbids_it(answer: bytes) -> None:
     # Given a server whose answer says (or shows) the connection must not be used again
-    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with Scripted((answer, "keep"), (plain, "keep")) as server:
-        async with client() as http:
-            # When two requests are made
-            first = await http.get(server.url)
-            second = await http.get(server.url)
+    # When two requests are made
+    answers = await two_gets((answer, "keep"), (PLAIN, "keep"))
 
     # Then the second went over a new connection
-    assert (first.text, second.text) == ("ok", "ok")
-    assert server.connections == 2
+    assert answers == ("ok", "ok", 2)
 
 
 async def test_an_informational_answer_before_the_answer_is_skipped() -> None:
@@ -151,8 +150,7 @@ async def test_an_informational_answer_before_the_answer_is_skipped() -> None:
 
 async def test_an_answer_to_head_has_no_body_and_keeps_the_connection() -> None:
     head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
-    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with Scripted((head_answer, "keep"), (plain, "keep")) as server:
+    with Scripted((head_answer, "keep"), (PLAIN, "keep")) as server:
         async with client() as http:
             first = await http.head(server.url)
             second = await http.get(server.url)
@@ -248,8 +246,7 @@ async def test_request_bodies_arrive_whole_in_memory_or_streamed() -> None:
 
 
 async def test_a_connection_idle_past_its_keep_alive_is_not_reused() -> None:
-    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with Scripted((plain, "keep"), (plain, "keep")) as server:
+    with Scripted((PLAIN, "keep"), (PLAIN, "keep")) as server:
         transport = PooledTransport(max_connections=4, keepalive_expiry=0.05, lean=True)
         async with httpx.AsyncClient(transport=transport, timeout=5) as http:
             await http.get(server.url)
@@ -261,8 +258,7 @@ async def test_a_connection_idle_past_its_keep_alive_is_not_reused() -> None:
 
 async def test_a_kept_request_goes_out_as_made_each_time_it_is_sent() -> None:
     # Given a request kept for sending again (a task's poll), and the same request made afresh
-    plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with Scripted(*[(plain, "keep")] * 5) as server:  # type: ignore[arg-type]
+    with Scripted(*[(PLAIN, "keep")] * 5) as server:  # type: ignore[arg-type]
         transport = PooledTransport(max_connections=4, lean=True)
         async with httpx.AsyncClient(transport=transport, timeout=5) as http:
             poll = http.build_request("GET", f"{server.url}/v1/tasks/7", headers={"x-key": "k1"})
