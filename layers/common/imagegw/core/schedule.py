@@ -85,6 +85,9 @@ JOB_STRETCH: Final = 0.75
 QUEUED_EVERY: Final = 1.0
 #: while queued, each wait is at least this share of the time queued so far
 QUEUE_STRETCH: Final = 0.5
+#: while queued, a prior's or a short history's waits are at least this share of the time
+#: queued (its window is a guess, which a precisely seen begin sharpens little)
+GUESS_STRETCH: Final = 1.0
 #: while queued, a wait is at most this many POLL_INTERVAL_MAX
 QUEUE_MAX: Final = 2.0
 #: the densest polling, in the window around the predicted end
@@ -226,12 +229,12 @@ def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum
     queue has lasted, the waits grow with it up to `QUEUE_MAX` times POLL_INTERVAL_MAX whatever
     the spread: a task that has waited long is old, and a second of its lag weighs less than a
     poll (`PRICE`), so an uneven queue's long waits cost a poll every few seconds."""
-    spread = estimate.spread
+    spread, stretch = estimate.spread, QUEUE_STRETCH
     if estimate.samples < LEARNED:
-        every = min(maximum, max(base, spread))
+        every, stretch = min(maximum, max(base, spread)), GUESS_STRETCH
     else:
         every = max(QUEUED_EVERY, 2 * spread)
-    return min(QUEUE_MAX * maximum, max(every, QUEUE_STRETCH * (now - timing.submitted)))
+    return min(QUEUE_MAX * maximum, max(every, stretch * (now - timing.submitted)))
 
 
 def _dense(timing: Timing, span: Window, dense: float) -> float:
@@ -274,8 +277,11 @@ def _predicted_delay(
     """`next_delay` for a task polled at least once, whose model has an estimate."""
     if timing.running_seen is None:
         return _queued(timing, estimate, now, base, maximum)
-    ran = max(base, now - timing.began()[1])
-    cap = max(maximum, ran) if estimate.samples >= LEARNED else min(maximum, ran)
+    earliest, latest = timing.began()
+    if estimate.samples >= LEARNED:
+        cap = max(maximum, now - latest)
+    else:  # no longer than it has likely run (from the middle of the span its run began in)
+        cap = min(maximum, max(base, now - (earliest + latest) / 2))
     # a prior or a short history is a guess: no denser than POLL_INTERVAL around it
     dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)
