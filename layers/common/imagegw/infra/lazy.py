@@ -6,6 +6,9 @@ imported (docs/architecture.md "Cold start and memory"). The providers' modules 
 it from here, as a module that loads itself at its first attribute read
 (`importlib.util.LazyLoader`). The type checker sees the real module.
 
+httpx's own `__init__` tries its command line (`httpx._main`), which imports click and then fails
+for want of rich: it is marked missing here, so httpx loads without click.
+
 The API function's start script (functions/api/serve.py) imports uvicorn's server modules from a
 package whose own `__init__` has not run (`package_without_init`): uvicorn's `__init__` imports
 its command line (click) and its reload and worker supervisors (multiprocessing), which a server
@@ -17,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 
 def lazy_import(name: str) -> ModuleType:
@@ -34,6 +37,9 @@ def lazy_import(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:  # as an import binds a submodule to its package (`logging.config`)
+        setattr(sys.modules[parent], child, module)
     return module
 
 
@@ -60,6 +66,13 @@ def package_without_init(name: str) -> ModuleType:
     sys.modules[name] = package
     return package
 
+
+#: httpx's command line, which httpx's `__init__` imports when it can: it loads click (in the
+#: layer for uvicorn) before it finds that rich, which it needs too, is not there, and httpx then
+#: defines a stand-in `main` that says so. Marked missing, the import fails at once, with the
+#: same stand-in and no click (none of the gateway's code runs httpx's command line).
+HTTPX_COMMAND_LINE: Final = "httpx._main"
+sys.modules.setdefault(HTTPX_COMMAND_LINE, None)  # type: ignore[arg-type]
 
 if TYPE_CHECKING:
     import httpx as httpx
