@@ -13,8 +13,8 @@ collector off from the process's first line.
 - uvicorn's log configuration is applied as `logging.config.dictConfig` applies it, without
   that module (`Settings.configure_logging`): `logging.config` imports `logging.handlers`,
   `socketserver` and `pickle` and compiles its patterns, for a configuration of three loggers.
-  uvicorn's `config` module names it at its top, so it is put in place as a module that loads
-  at its first use (`imagegw.infra.lazy.lazy_import`), which nothing here makes.
+  uvicorn's `config` module imports it at its top, so a stand-in is put in its place first
+  (`imagegw.infra.lazy.stand_in`), which would import it at its first use (none here).
 - The listening socket is opened before the app is imported, as a server started by socket
   activation is given one: a readiness check that comes during the imports waits in the
   socket's queue and is answered as soon as the server serves, rather than refused and tried
@@ -39,10 +39,10 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from imagegw.infra.lazy import lazy_import, package_without_init  # noqa: E402
+from imagegw.infra.lazy import package_without_init, stand_in  # noqa: E402
 
 server_package = package_without_init("uvicorn")
-lazy_import("logging.config")
+stand_in("logging.config")
 
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE, Config  # noqa: E402
 

@@ -37,10 +37,31 @@ def lazy_import(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     loader.exec_module(module)
-    parent, _, child = name.rpartition(".")
-    if parent:  # as an import binds a submodule to its package (`logging.config`)
-        setattr(sys.modules[parent], child, module)
     return module
+
+
+def stand_in(name: str) -> ModuleType:
+    """A stand-in for the module `name` (in `sys.modules`, and on its package), which imports
+    the module and gives way to it at the first read of one of its attributes (at once the
+    module when it was imported already). Unlike `lazy_import`'s module, it is not loaded by an
+    `import name` elsewhere (the import system reads a module's `__spec__` when it finds it in
+    `sys.modules`, and a lazy module loads at the first attribute read, whichever it is)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    placeholder = ModuleType(name)
+
+    def load(attribute: str) -> object:
+        if sys.modules.get(name) is placeholder:
+            del sys.modules[name]
+        return getattr(importlib.import_module(name), attribute)
+
+    placeholder.__dict__["__getattr__"] = load
+    sys.modules[name] = placeholder
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, placeholder)
+    return placeholder
 
 
 def package_without_init(name: str) -> ModuleType:
