@@ -55,6 +55,7 @@ from uvicorn.server import Server  # noqa: E402
 APP_DIR = str(Path(__file__).resolve().parent)
 #: the variable that switches pydantic's search for plugins off (`__all__`: all of them)
 NO_PYDANTIC_PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
+os.environ.setdefault(NO_PYDANTIC_PLUGINS, "__all__")
 
 
 def _formatter(spec: dict[str, Any]) -> logging.Formatter:
@@ -139,7 +140,6 @@ def listening(settings: Config) -> socket.socket:
 def serve() -> None:
     """Import the app and serve it until SIGTERM, as `uvicorn.run` does for one process; exit
     with uvicorn's start-up failure status when it did not start."""
-    os.environ.setdefault(NO_PYDANTIC_PLUGINS, "__all__")
     sys.path.insert(0, APP_DIR)
     settings = config()
     sock = listening(settings)

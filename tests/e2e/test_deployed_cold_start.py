@@ -9,6 +9,8 @@
 - Booted so, the app imports no boto3 before its readiness check passes; the first generation
   that needs the bucket does; after the first generation, a generation imports nothing (a
   failing import, retried on every request, costs a search of the whole path each time).
+- Neither readiness nor a generation loads logging's configurator (`logging.config`, which
+  uvicorn's log configuration would go through) or httpx's command line (click).
 
 Imports are seen from outside, with PYTHONPROFILEIMPORTTIME=1 (`python -X importtime`), which
 makes the interpreter write a line to stderr for each module it imports, as it does.
@@ -167,6 +169,9 @@ def test_listing_models_after_readiness_loads_no_http_client_and_no_other_route(
         "uvicorn.main",
         "uvicorn.supervisors",
         "multiprocessing",
+        "logging.config",  # (uvicorn's log configuration is applied without it: serve.py)
+        "logging.handlers",
+        "socketserver",
     }
     assert sorted(imported & (unused | set(BOTO))) == []
 
@@ -195,6 +200,20 @@ def test_boto3_is_imported_by_the_first_generation_not_before_readiness(
     # Then boto3 was not imported before readiness, but for that generation
     assert sorted(before_ready & set(BOTO)) == []
     assert "boto3" in profiled_app.imported()
+
+
+def test_the_first_generation_loads_neither_httpxs_command_line_nor_the_log_configurator(
+    profiled_app: Profiled, fake_ms: FakeModelScope
+) -> None:
+    # Given the build booted as Lambda boots it
+    # When a generation runs (the first one, when this test runs alone)
+    _generate(profiled_app.url, "one more")
+
+    # Then httpx was loaded without its command line (click: `imagegw.infra.lazy`), and
+    # logging's configurator (which uvicorn's config module imports) was not loaded at all
+    imported = set(profiled_app.imported())
+    assert {"httpx._client", "boto3"} <= imported  # the generation's modules are there
+    assert sorted(imported & {"click", "logging.config", "logging.handlers"}) == []
 
 
 def test_a_generation_after_the_first_imports_nothing(

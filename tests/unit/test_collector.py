@@ -109,3 +109,74 @@ def test_the_start_script_serves_as_uvicorns_command_line_would_without_loading_
     # setting (the event loop and HTTP parser "auto", the log configuration, the port...)
     assert after["same"] and all(after["same"].values()), after["same"]
     assert Path(after["dir"]) == ROOT / "functions" / "api"
+
+
+#: the state of the loggers uvicorn's log configuration sets, and of the handlers on them
+LOGGERS_STATE = (
+    "import json, logging, sys\n"
+    "def state():\n"
+    "    loggers = {}\n"
+    "    for name, known in sorted(logging.root.manager.loggerDict.items()):\n"
+    "        if not isinstance(known, logging.Logger):\n"
+    "            continue\n"
+    "        loggers[name] = [known.level, known.propagate, known.disabled, [\n"
+    "            [type(h).__name__, h.name, getattr(h.stream, 'name', None),\n"
+    "             type(h.formatter).__name__, h.formatter._fmt,\n"
+    "             getattr(h.formatter, 'use_colors', None)]\n"
+    "            for h in known.handlers]]\n"
+    "    return loggers\n"
+)
+
+
+def test_the_start_script_logs_as_uvicorns_log_configuration_without_logging_config() -> None:
+    # When the start script's server settings are made (ours), and in another interpreter
+    # uvicorn's own Config is given the same settings (theirs: logging.config's dictConfig)
+    run = "import runpy\nscript = runpy.run_path('serve.py')\n"
+    flags = "'main:app', host='127.0.0.1', port=8123, access_log=False"
+    ours = in_api_function(
+        f"{LOGGERS_STATE}{run}script['config']()\n"
+        "loaded = sorted({'logging.handlers', 'socketserver'} & set(sys.modules))\n"
+        "print(json.dumps({'loggers': state(), 'loaded': loaded}))\n"
+    )
+    theirs = in_api_function(
+        f"{LOGGERS_STATE}{run}"
+        f"from uvicorn.config import Config\nConfig({flags}, timeout_graceful_shutdown=2)\n"
+        "print(json.dumps({'loggers': state(), 'logging_config': 'dictConfig' in\n"
+        "    vars(sys.modules['logging.config'])}))\n"
+    )
+    ours_shown, theirs_shown = json.loads(ours), json.loads(theirs)
+
+    # Then uvicorn's loggers, their handlers and formats are the same, and the start script's
+    # way imported neither logging.config's handlers module nor its socket server
+    assert theirs_shown["logging_config"] is True  # uvicorn's way went through dictConfig
+    assert ours_shown["loggers"] == theirs_shown["loggers"]
+    assert {"uvicorn", "uvicorn.error", "uvicorn.access"} <= set(ours_shown["loggers"])
+    assert ours_shown["loaded"] == []
+
+
+def test_the_start_script_switches_pydantics_plugin_search_off_unless_told_otherwise() -> None:
+    # When the start script's module is run (as run.sh runs it, up to serving) and pydantic
+    # then builds a validator
+    code = (
+        "import json, os, runpy\n"
+        "runpy.run_path('serve.py')\n"
+        "from pydantic import TypeAdapter\n"
+        "TypeAdapter(int).validate_python(1)\n"
+        "from pydantic.plugin import _loader\n"
+        "print(json.dumps([os.environ['PYDANTIC_DISABLE_PLUGINS'], _loader._plugins is None]))\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    shown = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "functions" / "api",
+        env={**environment, "PYTHONPATH": str(ROOT / "layers" / "common")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # Then pydantic did not search the installed distributions for plugins
+    assert json.loads(shown) == ["__all__", True]
+    # And a value the environment gives is kept
+    told = in_api_function(code, PYDANTIC_DISABLE_PLUGINS="some_plugin")
+    assert json.loads(told) == ["some_plugin", False]
