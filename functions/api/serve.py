@@ -21,7 +21,8 @@ collector off from the process's first line.
   again later; and the address is the literal 127.0.0.1, bound without a name lookup.
 - Pydantic looks for plugins (every installed distribution's entry points) when it builds its
   first validator, the first request's: the layer has none, so the search is switched off
-  (PYDANTIC_DISABLE_PLUGINS, unless the environment says otherwise).
+  (PYDANTIC_DISABLE_PLUGINS, unless the environment says otherwise), and `importlib.metadata`,
+  which its loader imports for that search alone, is a stand-in until something reads it.
 - Importing uvicorn and then the app makes tens of thousands of objects that live as long as the
   process; `main.py` makes the app inside `imagegw.infra.collector.loading`, which freezes them
   and switches the collector on.
@@ -56,6 +57,8 @@ APP_DIR = str(Path(__file__).resolve().parent)
 #: the variable that switches pydantic's search for plugins off (`__all__`: all of them)
 NO_PYDANTIC_PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
 os.environ.setdefault(NO_PYDANTIC_PLUGINS, "__all__")
+# what pydantic's plugin loader imports at its top for the search alone
+stand_in("importlib.metadata")
 
 
 def _formatter(spec: dict[str, Any]) -> logging.Formatter:

@@ -163,7 +163,10 @@ def test_the_start_script_switches_pydantics_plugin_search_off_unless_told_other
         "from pydantic import TypeAdapter\n"
         "TypeAdapter(int).validate_python(1)\n"
         "from pydantic.plugin import _loader\n"
-        "print(json.dumps([os.environ['PYDANTIC_DISABLE_PLUGINS'], _loader._plugins is None]))\n"
+        "import sys\n"
+        "searched = 'version' in vars(sys.modules['importlib.metadata'])\n"
+        "print(json.dumps([os.environ['PYDANTIC_DISABLE_PLUGINS'], _loader._plugins is None,\n"
+        "    searched]))\n"
     )
     environment = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
     shown = subprocess.run(
@@ -175,8 +178,9 @@ def test_the_start_script_switches_pydantics_plugin_search_off_unless_told_other
         timeout=60,
         check=True,
     ).stdout
-    # Then pydantic did not search the installed distributions for plugins
-    assert json.loads(shown) == ["__all__", True]
-    # And a value the environment gives is kept
+    # Then pydantic did not search the installed distributions for plugins, nor loaded what
+    # it searches them with
+    assert json.loads(shown) == ["__all__", True, False]
+    # And a value the environment gives is kept (and the search made)
     told = in_api_function(code, PYDANTIC_DISABLE_PLUGINS="some_plugin")
-    assert json.loads(told) == ["some_plugin", False]
+    assert json.loads(told) == ["some_plugin", False, True]
