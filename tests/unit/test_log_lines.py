@@ -41,6 +41,10 @@ LINES: dict[str, Write] = {
         "café ✓", extra={"ids": ("a", "b"), "at": time.gmtime(0), "n": None}
     ),
     "error": failing,
+    "extra fields named like later ones": lambda log: log.info(
+        "x", extra={"exception_name": "mine", "stack_trace": "s", "xray_trace_id": "t"}
+    ),
+    "a dict message": lambda log: log.info({"a": 1}, extra={"b": 2}),
 }
 
 
@@ -78,6 +82,26 @@ def test_a_line_is_powertools_own_line(kind: str, pair: Pair) -> None:
     written = stock_out.getvalue().replace(f'"{stock.service}"', f'"{ours.service}"')
     assert written.count('"level"') >= 1
     assert ours_out.getvalue() == written
+
+
+def test_a_structure_of_the_owners_is_rendered_as_powertools_renders_it() -> None:
+    # Given a Logger whose fields render other record attributes (and one that is not text)
+    outs = io.StringIO(), io.StringIO()
+    for out, formatter in zip(outs, (None, JsonFormatter()), strict=True):
+        log = Logger(
+            service=f"structure-{len(out.getvalue())}-{formatter is None}",
+            stream=out,
+            logger_formatter=formatter,
+        )
+        log.append_keys(location="%(module)s", level="%(levelno)d", sampled=3)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time_ns", lambda: 1_765_000_000_250_000_000)
+            patch.setattr(time, "time", lambda: 1_765_000_000.25)
+            log.info("structured", extra={"n": 1})
+    # Then ours writes Powertools' line
+    stock, ours = (out.getvalue() for out in outs)
+    assert '"location":"test_log_lines"' in stock
+    assert ours.replace('-False"', '-True"') == stock
 
 
 def test_the_gateways_logger_uses_it() -> None:
