@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from imagegw.errors import GatewayError, render
+from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
@@ -183,7 +184,8 @@ async def chat_stream(
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed chat completion. Frames that go out together are one chunk
     (one write to the socket): the role and the intro; the images, the stop, the usage and
-    [DONE], sent as soon as the result is known."""
+    [DONE], sent as soon as the result is known, with the answer's end (`LastChunk`), as is
+    an error's last chunk. The events are read to their end all the same."""
 
     def closing() -> str:
         usage = sse(completion.usage_chunk()) if include_usage else ""
@@ -207,14 +209,14 @@ async def chat_stream(
                     yield sse(completion.chunk({"reasoning_content": text}))
             else:
                 closed = True
-                yield sse(completion.chunk({"content": markdown(event)})) + closing()
+                yield LastChunk(sse(completion.chunk({"content": markdown(event)})) + closing())
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
         apimetrics.failure(exc)
         if not closed:
             _, body, _ = render(exc)
-            yield sse(body) + DONE
+            yield LastChunk(sse(body) + DONE)
         return
     if not closed:
-        yield closing()
+        yield LastChunk(closing())
