@@ -22,6 +22,7 @@ from fakes.aws import REGION, mocked_dynamodb, new_access_table
 from imagegw.access.shared_estimates import (
     CACHE_SECONDS,
     FLUSH_SECONDS,
+    MAX_PENDING,
     PAUSE,
     SharedEstimates,
     pk_of,
@@ -376,6 +377,26 @@ async def test_samples_waiting_for_the_table_count_in_the_instance_own_predictio
     # Then this instance predicts with all three, while the table (another instance) has one
     assert same(await store.get(MODEL), learned(10.0, 20.0, 16.0))
     assert same(await other.get(MODEL), learned(10.0))
+
+
+async def test_a_burst_s_lookups_predict_with_every_waiting_sample_as_folded_afresh(
+    table: str,
+) -> None:
+    # Given an instance that has written its first sample of the model
+    clock = Clock()
+    store = instance(table, clock)
+    await store.record(MODEL, 10.0)
+    assert same(await store.get(MODEL), learned(10.0))
+    waiting: list[float] = []
+    # When many more end within the window, more than are kept waiting, each generation
+    # looking the model up between them (some twice)
+    for index in range(MAX_PENDING + 20):
+        seconds = 8.0 + (index * 7) % 11
+        await store.record(MODEL, seconds)
+        waiting = [*waiting, seconds][-MAX_PENDING:]
+        for _ in range(1 + index % 2):
+            # Then each prediction is the table's value with the newest waiting samples
+            assert same(await store.get(MODEL), learned(10.0, *waiting))
 
 
 class Slow(Counting):
