@@ -11,7 +11,7 @@ import pytest
 
 from imagegw.errors import ProviderError
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.streaming import DONE, chat_stream, collect, markdown
+from imagegw.frontends.streaming import DONE, Frames, chat_stream, collect, markdown, sse
 from imagegw.runners.inprocess import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
@@ -260,3 +260,21 @@ async def test_collect_returns_the_result() -> None:
 
 async def test_markdown_is_one_image_per_line() -> None:
     assert markdown(RESULT) == f"![image 1]({URLS[0]})\n![image 2]({URLS[1]})"
+
+
+@pytest.mark.parametrize(
+    ("delta", "finish_reason"),
+    [
+        ({"role": "assistant", "content": ""}, None),
+        ({"reasoning_content": "queued at ModelScope · 0.0 s\n"}, None),
+        ({"content": '![image 1](https://x.test/a.png?q="1"&b=\\)\n> 出错了 ✓'}, None),
+        ({}, "stop"),
+    ],
+)
+def test_a_chunk_s_frame_is_the_chunk_encoded_whole(
+    delta: dict[str, Any], finish_reason: str | None
+) -> None:
+    completion = Completion("Qwen/Qwen-Image «édition»", created=1_765_000_000)
+    frame = Frames(completion).chunk(delta, finish_reason)
+    assert frame == sse(completion.chunk(delta, finish_reason))  # type: ignore[arg-type]
+    assert json.loads(frame.removeprefix("data: "))["choices"][0]["delta"] == delta

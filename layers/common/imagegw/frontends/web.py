@@ -297,7 +297,8 @@ def public_base_url(request: Request, settings: Settings) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
     proto = header(request, "X-Forwarded-Proto")
-    scheme = (proto or request.url.scheme).split(",")[0].strip().lower()
+    # (the scope's scheme is what `request.url.scheme` says, without building the URL)
+    scheme = (proto or request.scope.get("scheme", "http")).split(",")[0].strip().lower()
     if scheme not in ("http", "https"):
         raise InvalidRequestError(
             "The 'X-Forwarded-Proto' header must be http or https.",
