@@ -45,6 +45,9 @@ LINES: dict[str, Write] = {
         "x", extra={"exception_name": "mine", "stack_trace": "s", "xray_trace_id": "t"}
     ),
     "a dict message": lambda log: log.info({"a": 1}, extra={"b": 2}),
+    "sentences that begin like JSON words": lambda log: [
+        log.info(m) for m in ("tasks started", "null and void", " NaN", "Infinity\n", "fals")
+    ],
 }
 
 
@@ -112,6 +115,8 @@ def test_a_message_is_read_as_json_when_it_is_json() -> None:
     assert json_or_text('{"a": 1}') == {"a": 1}
     assert json_or_text(" 7") == 7
     assert json_or_text("request") == "request"
+    assert json_or_text("tasks started") == "tasks started"
+    assert json_or_text(" false\n") is False
     with pytest.raises(ValueError, match="Expecting"):
         json_or_text("{broken")
 

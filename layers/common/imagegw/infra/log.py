@@ -59,15 +59,23 @@ _AFTER: Final = ("exception", "exception_name", "exception_notes")
 
 #: how a JSON text can begin (json.loads skips whitespace first)
 _JSON_STARTS: Final = frozenset('{["-0123456789tfnNI')
+#: JSON texts that begin with a letter: these words alone (json.loads takes Python's NaN and
+#: Infinity too), whitespace around them aside
+_JSON_WORDS: Final = frozenset({"true", "false", "null", "NaN", "Infinity"})
+_JSON_SPACE: Final = " \t\n\r"
 
 
 def json_or_text(message: str) -> Any:
     """A log message as Powertools reads one (the value, when it is JSON; else the text), without
     letting json.loads raise for every plain sentence: a message no JSON text begins like is
-    given back as it is, which is what Powertools does when json.loads fails."""
-    if message.lstrip(" \t\n\r")[:1] in _JSON_STARTS:
-        return json.loads(message)
-    return message
+    given back as it is, which is what Powertools does when json.loads fails. So is one that
+    begins with a letter and is not one of JSON's words alone ("tasks started")."""
+    first = message.lstrip(_JSON_SPACE)[:1]
+    if first not in _JSON_STARTS:
+        return message
+    if first.isalpha() and message.strip(_JSON_SPACE) not in _JSON_WORDS:
+        return message
+    return json.loads(message)
 
 
 class JsonFormatter(LambdaPowertoolsFormatter):
