@@ -207,8 +207,10 @@ async def chat_stream(
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed chat completion. Frames that go out together are one chunk
     (one write to the socket): the role and the intro; the images, the stop, the usage and
-    [DONE], sent as soon as the result is known, with the answer's end (`LastChunk`), as is
-    an error's last chunk. The events are read to their end all the same."""
+    [DONE], sent as soon as the result is known. The answer ends once the events have: the
+    run's records (a run time written to the shared table) are done before it, for on Lambda
+    nothing runs after it (docs/development.md). A stream that ends without a result (a
+    failure) ends its answer with its last chunk (`LastChunk`: one write, not two)."""
 
     frames = Frames(completion)
 
@@ -234,7 +236,7 @@ async def chat_stream(
                     yield frames.chunk({"reasoning_content": text})
             else:
                 closed = True
-                yield LastChunk(frames.chunk({"content": markdown(event)}) + closing())
+                yield frames.chunk({"content": markdown(event)}) + closing()
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
