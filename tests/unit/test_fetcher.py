@@ -147,6 +147,34 @@ class Canned(httpcore.AsyncNetworkBackend):
         pass
 
 
+class _Written(_TLSStream):
+    def __init__(self, buffer: list[bytes], names: list[str | None], sent: list[bytes]) -> None:
+        super().__init__(buffer, names)
+        self._sent = sent
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        self._sent.append(buffer)
+
+
+class CannedWritten(Canned):
+    """`Canned`, recording the bytes the gateway sent."""
+
+    def __init__(self, *answer: bytes) -> None:
+        super().__init__(*answer)
+        self.sent: list[bytes] = []
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.hosts.append(host)
+        return _Written(list(self.answer), self.server_names, self.sent)
+
+
 def png_answer(*headers: str) -> tuple[bytes, ...]:
     png = make_png(4, 4)
     head = ["HTTP/1.1 200 OK", "Content-Type: image/png", *headers]
@@ -575,6 +603,35 @@ async def test_proxies_from_the_environment_are_not_used(
     monkeypatch.delenv("no_proxy", raising=False)
     data = await fetcher(guarded, policy=stand_in).fetch(f"{image_host.url}/files/x.png", limit=99)
     assert data == image_host.files["x.png"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://images.example/a.png",
+        "https://Images.Example:8443/dir/a%20b.png?Expires=1&Signature=x%2By",
+        "http://images.example:80/a.png?",
+    ],
+)
+async def test_a_download_sends_what_httpx_s_client_sends(url: str, guarded: Made) -> None:
+    # Given a fetcher whose pool no transport layer observes (its downloads skip the client)
+    names = Names({"images.example": [[PUBLIC]]})
+    network = CannedWritten(*png_answer())
+    guard = fetcher(guarded, resolver=names, network=network)
+
+    # When it downloads a URL
+    assert await guard.fetch(url, limit=10**6) == make_png(4, 4)
+
+    # Then the request is the one the client builds: its target, the Host header first, then
+    # the client's own headers (identity encoding asked), in the same order
+    head = b"".join(network.sent).split(b"\r\n\r\n")[0].split(b"\r\n")
+    built = guard.client.build_request("GET", url)
+    assert head[0] == b"GET " + built.url.raw_path + b" HTTP/1.1"
+    sent = [tuple(line.split(b": ", 1)) for line in head[1:]]
+    assert [(k.lower(), v) for k, v in sent] == [(k.lower(), v) for k, v in built.headers.raw]
+    assert sent[0][1] == built.url.netloc
+    assert (b"accept-encoding", b"identity") in [(k.lower(), v) for k, v in sent]
 
 
 # ----------------------------------------------------------------------------- results

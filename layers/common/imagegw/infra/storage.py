@@ -223,10 +223,16 @@ class ImageStore:
     ) -> tuple[PooledTransport, httpx.AsyncBaseTransport, asyncio.Semaphore]:
         """The running loop's upload pool, the same in the transport layers added so far
         (`imagegw.infra.clients.layered`: X-Ray's, in a traced task function), and its turns."""
+        loop = asyncio.get_running_loop()
+        pair = self._transports.get(loop)  # made once per loop, then only read
+        return self._new_transport(loop) if pair is None else pair
+
+    def _new_transport(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[PooledTransport, httpx.AsyncBaseTransport, asyncio.Semaphore]:
         from imagegw.infra.clients import layered
         from imagegw.infra.transport import PooledTransport
 
-        loop = asyncio.get_running_loop()
         with self._pooling:  # not `_lock`, held while the S3 client is built
             pair = self._transports.get(loop)
             if pair is None:
@@ -332,9 +338,12 @@ class ImageStore:
         # a burst's uploads past the pool's connections wait for a turn before their request is
         # built, holding their own coroutine only (in the pool's queue each would hold its
         # request, its body and the transport's frames: memory per stream of 1,000 at once)
-        async with self.turn():
-            pooled, outer, _ = self._transport()
-            await self._put_now(key, image, (pooled, outer))
+        if not _HOLDING.get():  # a copy of a result holds its turn already
+            async with self.turn():
+                await self._put(key, image)
+            return
+        pooled, outer, _ = self._transport()
+        await self._put_now(key, image, (pooled, outer))
 
     async def _put_now(
         self,
