@@ -73,6 +73,8 @@ UPLOAD_CONNECTIONS: Final = 64
 _JOINED: Final = 256 * 1024
 #: S3's answer to a POST Object is no larger (an XML error at most)
 _ANSWER_LIMIT: Final = 64 * 1024
+#: an upload's request extensions (read, never written, by the pool and its connections)
+_UPLOAD_EXTENSIONS: Final = {"timeout": UPLOAD_TIMEOUT}
 
 
 def is_file_name(name: str) -> bool:
@@ -172,8 +174,10 @@ class ImageStore:
     def _sign_form(self, prefix: str) -> _Form:
         """A POST policy for keys under `prefix`, signed by botocore with the client's current
         credentials (a session token, when there is one, is among the signed fields)."""
+        import httpcore
         import httpx
 
+        from imagegw.infra.http11 import request_head
         from imagegw.infra.transport import core_url
 
         post = self.s3.generate_presigned_post(
@@ -188,10 +192,15 @@ class ImageStore:
         fields = {k: v for k, v in post["fields"].items() if k != "key"}
         signed = b"".join(self._part(name, value) for name, value in fields.items())
         url = httpx.URL(post["url"])
+        target, host = core_url(url), url.netloc
+        # the request's head but its length, checked as any request's head is (`request_head`)
+        headers = [(b"Host", host), (b"Content-Type", self._form_type)]
+        head = request_head(httpcore.Request(b"POST", target, headers=headers))[0]
         return _Form(
             url=post["url"],
-            target=core_url(url),
-            host=url.netloc,
+            target=target,
+            host=host,
+            head=head.removesuffix(b"\r\n"),
             signed=signed,
             renew_at=time.monotonic() + POLICY_SECONDS - POLICY_MARGIN,
         )
@@ -269,26 +278,23 @@ class ImageStore:
     ) -> int:
         """One POST of the form with `image` under `key` through `transports` (the loop's pool,
         and the same in its layers); S3's status."""
-        import httpcore
         import httpx
 
+        from imagegw.infra.http11 import FramedRequest
+
         chunks, length = self._body(form, key, image)
-        headers = [
-            (b"Host", form.host),
-            (b"Content-Type", self._form_type),
-            (b"Content-Length", b"%d" % length),
-        ]
         pooled, outer = transports
         if outer is pooled:
             # nothing observes the pool: httpcore's request straight to it (the form's URL
-            # parsed when it was signed, the chunks written as they are by the pool's lean
-            # connections), and S3's answer read for its status only
-            core = httpcore.Request(
+            # parsed and its head made when it was signed, the chunks written as they are by
+            # the pool's lean connections), and S3's answer read for its status only
+            core = FramedRequest(
                 b"POST",
                 form.target,
-                headers=headers,
+                head=form.head + b"Content-Length: %d\r\n\r\n" % length,
+                length=length,
                 content=chunks,
-                extensions={"timeout": UPLOAD_TIMEOUT},
+                extensions=_UPLOAD_EXTENSIONS,
             )
             return await pooled.status_of(core, limit=_ANSWER_LIMIT, too_large=_too_large)
 
@@ -299,7 +305,11 @@ class ImageStore:
         request = httpx.Request(
             "POST",
             form.url,
-            headers=headers,
+            headers=[
+                (b"Host", form.host),
+                (b"Content-Type", self._form_type),
+                (b"Content-Length", b"%d" % length),
+            ],
             content=body(),
             extensions={"timeout": UPLOAD_TIMEOUT},
         )
@@ -544,6 +554,8 @@ class _Form:
     #: the same URL as httpcore's request takes it, and its Host header
     target: httpcore.URL
     host: bytes
+    #: the POST's request line and headers, up to its Content-Length (`FramedRequest`)
+    head: bytes
     signed: bytes = field(repr=False)
     renew_at: float
 
