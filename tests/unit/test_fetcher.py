@@ -9,6 +9,7 @@ in for a public address, and a table of made-up names instead of DNS (`Names`)."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -21,6 +22,7 @@ import pytest
 
 from fakes.image_host import FakeImageHost
 from fakes.png import make_png
+from imagegw.infra import fetcher as fetcher_module
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import (
     MAX_REDIRECTS,
@@ -471,6 +473,48 @@ async def test_the_connection_goes_to_the_checked_address(
     assert network.hosts == ["127.0.0.1"]
     # with the URL's own host in the Host header
     assert image_host.hosts == [f"rebind.test:{port}"]
+
+
+@pytest.mark.anyio
+async def test_a_host_s_checked_addresses_serve_new_connections_until_their_verdict_lapses(
+    guarded: Made, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a name whose first answer is public and whose later answers are private
+    # (rebinding), and a server that closes every connection after one answer
+    names = Names({"images.example": [[PUBLIC], [PUBLIC], ["10.0.0.1"]]})
+    network = Canned(*png_answer("Connection: close"))
+    guard = fetcher(guarded, resolver=names, network=network)
+    url = "http://images.example/a.png"
+
+    # When a burst of downloads opens connections to it, then one more comes
+    for data in await asyncio.gather(*(guard.fetch(url, limit=10**6) for _ in range(5))):
+        assert data == make_png(4, 4)
+    assert await guard.fetch(url, limit=10**6) == make_png(4, 4)
+
+    # Then the name was resolved once and every connection went to the checked address
+    assert names.asked == ["images.example"]
+    assert network.hosts == [PUBLIC] * 6
+
+    # And once the verdict has lapsed the name is resolved again: the private answer is refused
+    monkeypatch.setattr(fetcher_module, "VERDICT_SECONDS", 0.0)
+    guard = fetcher(guarded, resolver=names, network=network)
+    assert await guard.fetch(url, limit=10**6) == make_png(4, 4)  # resolved: the public answer
+    with pytest.raises(FetchError):
+        await guard.fetch(url, limit=10**6)
+    assert names.asked == ["images.example"] * 3
+    assert network.hosts == [PUBLIC] * 7
+
+
+@pytest.mark.anyio
+async def test_a_refusal_is_not_kept(guarded: Made) -> None:
+    # Given a name that first does not resolve, then resolves to a public address
+    names = Names({"images.example": [[], [PUBLIC]]})
+    guard = fetcher(guarded, resolver=names, network=Canned(*png_answer()))
+    with pytest.raises(FetchError):
+        await guard.fetch("http://images.example/a.png", limit=10**6)
+    # When it is fetched again / Then it is resolved again, and fetched
+    assert await guard.fetch("http://images.example/a.png", limit=10**6) == make_png(4, 4)
+    assert names.asked == ["images.example"] * 2
 
 
 @pytest.mark.anyio

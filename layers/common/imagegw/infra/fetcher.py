@@ -8,9 +8,12 @@ provider links to are fetched by a `Fetcher`, never by the provider client:
   followed here, at most `MAX_REDIRECTS`, each hop checked again;
 - every address a host resolves to must be public (`is_public`: no loopback, private, link-local
   or metadata, CGNAT, multicast, reserved, ULA, nor such an address spelled another way). The
-  check sits in the network backend under httpx: a host is resolved once per connection and the
-  connection goes to the address that was checked, so a second DNS answer (rebinding) is never
-  used. The Host header, TLS SNI and certificate checks still use the URL's host name;
+  check sits in the network backend under httpx: a host is resolved when a connection is made
+  and the connection goes to the address that was checked, so a second DNS answer (rebinding)
+  is never used. A warm instance keeps a host's allowed addresses `VERDICT_SECONDS` for its
+  new connections (a burst of downloads resolves once); a refusal is not kept, and a lapsed
+  verdict is checked afresh. The Host header, TLS SNI and certificate checks still use the
+  URL's host name;
 - the body is read as a stream and abandoned once past its size limit; one total timeout; no
   proxies from the environment, no cookies, no compressed bodies; at most `MAX_CONNECTIONS`
   downloads in flight, the others waiting in a FIFO queue (`imagegw.infra.transport`);
@@ -36,6 +39,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -59,6 +63,10 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 AddressPolicy = Callable[[IPAddress], bool]
 
 MAX_REDIRECTS: Final = 3
+#: seconds a host's checked addresses are used for new connections without resolving it again
+#: (`GuardedBackend.vet`), and how many hosts' are kept
+VERDICT_SECONDS: Final = 10.0
+MAX_VERDICTS: Final = 256
 #: downloads of one fetcher in flight at once; more wait their turn in a FIFO queue
 #: (`imagegw.infra.transport`: the pool's work per request does not grow with the queue)
 MAX_CONNECTIONS: Final = 100
@@ -194,6 +202,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self._policy = policy
         self._trusted = trusted
         self._network = network or AsyncioBackend()
+        #: (host, port) -> until when, and its addresses, each allowed by the policy
+        self._verdicts: dict[tuple[str, int], tuple[float, Sequence[IPAddress]]] = {}
+        #: (host, port) -> its resolution in flight (a burst of connections resolves once)
+        self._resolving: dict[tuple[str, int], asyncio.Future[Sequence[IPAddress]]] = {}
 
     async def connect_tcp(
         self,
@@ -220,7 +232,35 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         raise failure
 
     async def vet(self, host: str, port: int) -> Sequence[IPAddress]:
-        """The addresses of `host`, each allowed by the policy; else `FetchError`."""
+        """The addresses of `host`, each allowed by the policy; else `FetchError`.
+
+        An allowed answer is kept VERDICT_SECONDS: new connections to the host within that
+        time go to those checked addresses without resolving it again (a refusal or a failure
+        is not kept). Connections still go only to addresses that passed the check, so a host
+        that later resolves elsewhere (rebinding) is never connected to there, and is refused
+        once its verdict has lapsed. Concurrent connections to a host share one resolution."""
+        key = (host.lower(), port)
+        kept = self._verdicts.get(key)
+        if kept is not None and time.monotonic() < kept[0]:
+            return kept[1]
+        resolving = self._resolving.get(key)
+        if resolving is None:
+            resolving = asyncio.ensure_future(self._vet_now(host, port))
+            resolving.add_done_callback(lambda done: self._vetted(key, done))
+            self._resolving[key] = resolving
+        return await asyncio.shield(resolving)
+
+    def _vetted(self, key: tuple[str, int], done: asyncio.Future[Sequence[IPAddress]]) -> None:
+        """A resolution ended: an allowed answer kept (the oldest verdict dropped past
+        MAX_VERDICTS), any failure retrieved (its waiters each raise it)."""
+        self._resolving.pop(key, None)
+        if done.cancelled() or done.exception() is not None:
+            return
+        if len(self._verdicts) >= MAX_VERDICTS:
+            self._verdicts.pop(next(iter(self._verdicts)))
+        self._verdicts[key] = (time.monotonic() + VERDICT_SECONDS, done.result())
+
+    async def _vet_now(self, host: str, port: int) -> Sequence[IPAddress]:
         try:
             addresses = await self._resolve(host, port)
         except (OSError, UnicodeError, ValueError) as exc:
