@@ -208,11 +208,14 @@ class LanePool:
         deadline = None if timeout is None else loop.time() + timeout
         if self._slots is None:  # made on the loop that uses it
             self._slots = asyncio.Semaphore(self.max_connections)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("No connection came free in time.") from None
+        if self._slots.locked():  # a queue: wait in it, no longer than the pool timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpcore.PoolTimeout("No connection came free in time.") from None
+        else:  # a free slot is taken at once: no timer to set and cancel
+            await self._slots.acquire()
         origin = request.url.origin
         key = (origin.scheme, origin.host, origin.port)
         lane = self._lanes.get(key) or self._lanes.setdefault(key, _Lane())
