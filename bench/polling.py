@@ -180,6 +180,9 @@ class NoEstimates:
     async def record(self, key: Key, seconds: float) -> None:
         return None
 
+    async def flush(self) -> None:
+        return None
+
 
 #: bench versus' uneven mix (`bench.common.uneven_mix`: one model, runs of 2-11 s, one task in
 #: five queued 15-30 s first); its catalogue prior (Qwen-Image's 15 s)
