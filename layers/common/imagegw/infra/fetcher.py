@@ -244,7 +244,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         if kept is not None and time.monotonic() < kept[0]:
             return kept[1]
         resolving = self._resolving.get(key)
-        if resolving is None:
+        if resolving is None or resolving.get_loop() is not asyncio.get_running_loop():
             resolving = asyncio.ensure_future(self._vet_now(host, port))
             resolving.add_done_callback(lambda done: self._vetted(key, done))
             self._resolving[key] = resolving
