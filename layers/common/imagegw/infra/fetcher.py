@@ -253,7 +253,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     def _vetted(self, key: tuple[str, int], done: asyncio.Future[Sequence[IPAddress]]) -> None:
         """A resolution ended: an allowed answer kept (the oldest verdict dropped past
         MAX_VERDICTS), any failure retrieved (its waiters each raise it)."""
-        self._resolving.pop(key, None)
+        if self._resolving.get(key) is done:
+            del self._resolving[key]
         if done.cancelled() or done.exception() is not None:
             return
         if len(self._verdicts) >= MAX_VERDICTS:
