@@ -188,6 +188,21 @@ def make_world(
     return make
 
 
+def function_env(world: World, task: str, **variables: str) -> None:
+    """The function of `task` (its ARN's name in the ASL: `JobPollFunctionArn`) runs with
+    `variables` in its environment, set for each of its calls only, as a Lambda function's
+    configuration is its own (the other tasks keep the test's)."""
+    handler = world.lambdas.handlers[world.arns[task]]
+
+    def configured(event: dict[str, Any], context: Any) -> Any:
+        with pytest.MonkeyPatch.context() as scoped:
+            for name, value in variables.items():
+                scoped.setenv(name, value)
+            return handler(event, context)
+
+    world.lambdas.handlers[world.arns[task]] = configured
+
+
 @dataclass
 class SimulatedClock:
     """Seconds on a clock that moves only when the state machine waits."""

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from fakes.aws import REGION, mocked_dynamodb, new_access_table
+from fakes.aws import REGION, TABLE_BUDGET, mocked_dynamodb, new_access_table
 from imagegw.access.shared_estimates import (
     CACHE_SECONDS,
     FLUSH_SECONDS,
@@ -53,13 +53,8 @@ def table() -> Iterator[str]:
         yield new_access_table()
 
 
-#: the call budget of these tests' stores: moto on a busy CI machine may take longer than the
-#: 0.5 s a deployed call gets, and the budget is tested on its own (a table that hangs)
-GENEROUS: Final = 30.0
-
-
 def instance(
-    name: str, clock: Clock, client: Any = None, budget: float = GENEROUS
+    name: str, clock: Clock, client: Any = None, budget: float = TABLE_BUDGET
 ) -> SharedEstimates:
     """One Lambda instance's store: its own client (unless given) and its own cache."""
     client = client or boto3.client("dynamodb", region_name=REGION)
@@ -433,7 +428,7 @@ async def test_the_gateway_shares_estimates_through_the_access_table_when_there_
     first, second, alone = Gateway(shared), Gateway(shared), Gateway(Settings())
     for gateway in (first, second):  # sharing is tested here, not the budget
         assert isinstance(gateway.estimates, SharedEstimates)
-        gateway.estimates.budget = GENEROUS
+        gateway.estimates.budget = TABLE_BUDGET
     try:
         # When the first learns a run time
         await first.estimates.record(MODEL, 10.0)
