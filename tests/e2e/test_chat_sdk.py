@@ -288,7 +288,9 @@ def test_deadline_is_504_naming_the_task(
     gateway: Callable[..., str], fake_ms: FakeModelScope
 ) -> None:
     fake_ms.task_duration = 30.0
-    base = gateway(generation_timeout=0.6)
+    # the deadline bounds the submission too: 2 s, so a busy machine's submission is in
+    # before it (at 0.6 s one could miss it, and the 504 named no task)
+    base = gateway(generation_timeout=2.0)
     with pytest.raises(openai.APIStatusError) as caught:
         client(base, retries=2).chat.completions.create(
             model="Qwen/Qwen-Image", messages=[{"role": "user", "content": "x"}]
