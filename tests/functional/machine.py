@@ -100,7 +100,9 @@ class World:
         )
         return view.id
 
-    def wait(self, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    def wait(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The execution once it ended (`timeout`: a bound for a machine under load, not a
+        timing: a job whose trickled polls take 5 s was waited on 7.5 s at load 8)."""
         arn = StepFunctionsRunner(str(self.settings.job_state_machine_arn), REGION)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
