@@ -322,8 +322,9 @@ def test_unknown_status_names_keep_polling(gateway_url: str, fake_ms: FakeModelS
 def test_keepalive_comments_while_waiting(
     gateway: Callable[..., str], fake_ms: FakeModelScope
 ) -> None:
-    # Given a slow task and a short keep-alive interval, read the raw SSE
-    fake_ms.task_duration = 1.0
+    # Given a slow task and a short keep-alive interval, read the raw SSE (the task lasts ten
+    # intervals: a busy machine's stall of a few does not leave fewer than three)
+    fake_ms.task_duration = 2.0
     base = gateway(keepalive_interval=0.2, progress_interval=5.0)
     body = {
         "model": "Qwen/Qwen-Image",
