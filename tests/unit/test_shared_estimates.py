@@ -451,7 +451,7 @@ async def test_samples_waiting_for_the_window_are_written_when_the_gateway_shuts
     # for its key's window (the first was written as it ended)
     gateway = Gateway(Settings(access_table=table, aws_region=REGION))
     assert isinstance(gateway.estimates, SharedEstimates)
-    gateway.estimates.budget = GENEROUS
+    gateway.estimates.budget = TABLE_BUDGET
     await gateway.estimates.record(MODEL, 10.0)
     await gateway.estimates.record(MODEL, 20.0)
     assert item(table, MODEL)["samples"] == {"N": "1"}
@@ -474,7 +474,7 @@ def test_a_job_step_writes_the_run_times_it_left_waiting_before_it_returns(
 
     async def step(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         assert isinstance(kit.estimates, SharedEstimates)
-        kit.estimates.budget = GENEROUS
+        kit.estimates.budget = TABLE_BUDGET
         for seconds in event["run_times"]:
             await kit.estimates.record(MODEL, seconds)
         return {"status": "done"}
@@ -507,7 +507,7 @@ async def test_a_table_that_does_not_take_the_shutdown_write_is_given_up_within_
         # Then it stopped waiting for the write (well before the write's own budget, 30 s
         # here: the process is about to end) and said samples may be lost; the table holds
         # the first sample only
-        assert client.entered.is_set() and waited < GENEROUS / 2
+        assert client.entered.is_set() and waited < TABLE_BUDGET / 2
         assert "samples may be lost at shutdown" in caplog.text
         assert item(table, MODEL)["samples"] == {"N": "1"}
     finally:
