@@ -11,6 +11,7 @@ import pytest
 from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
 from imagegw.infra.media import (
+    URI_STEP,
     ImageBytes,
     canonical_uri,
     check_image,
@@ -250,3 +251,10 @@ def test_a_data_uri_is_canonical_only_when_it_is_what_the_image_encodes_to(
     assert canonical_uri(uri, image) is canonical
     assert canonical_uri(image.data_uri(), image)
     assert (uri == image.data_uri()) is canonical
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, URI_STEP - 1, URI_STEP, URI_STEP + 1, 2 * URI_STEP + 2])
+def test_a_data_uri_encoded_in_steps_is_the_whole_base64(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+    assert ImageBytes(data, "image/gif").data_uri() == data_uri(data, "image/gif")

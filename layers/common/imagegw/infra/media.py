@@ -27,6 +27,9 @@ MAX_SIDE: Final = 16384
 #: the most pixels of an input image (a decoder's memory: 4 bytes each, 256 MiB)
 MAX_PIXELS: Final = 64 * 1024 * 1024
 
+#: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between)
+URI_STEP: Final = 3 << 18
+
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
 
@@ -58,7 +61,13 @@ class ImageBytes:
         return EXTENSIONS[self.mime]
 
     def data_uri(self) -> str:
-        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+        """The image as a `data:` URI. Its base64 is appended a step at a time to the one text
+        (which CPython grows in place): never the whole image's base64 as bytes beside it."""
+        uri = f"data:{self.mime};base64,"
+        view = memoryview(self.data)
+        for at in range(0, len(view), URI_STEP):
+            uri += base64.b64encode(view[at : at + URI_STEP]).decode("ascii")
+        return uri
 
 
 #: JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC): they hold the size

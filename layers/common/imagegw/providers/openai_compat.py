@@ -296,6 +296,7 @@ class OpenAICompatible(Provider):
             data_items = _Images.model_validate_json(response.content).data
         except ValidationError:
             data_items = []
+        del response  # its body (the images' base64, as read) freed before the data URIs
         # b64 first: the answer holds the bytes; a url is fetched (and stored) by links.deliver
         images = [_data_uri(item.b64_json) if item.b64_json else item.url for item in data_items]
         found = tuple(image for image in images if image)
