@@ -24,7 +24,7 @@ from imagegw.frontends.images_api import (
     provider_options,
 )
 from imagegw.frontends.schemas import ImagesAnswer, ResponseFormat, images_response
-from imagegw.frontends.spans import STEP, PiecesResponse
+from imagegw.frontends.spans import STEP, Around, PiecesResponse, Span, encoded
 from imagegw.frontends.web import read_form
 from imagegw.infra.config import Settings
 from imagegw.infra.media import ImageBytes
@@ -380,3 +380,23 @@ async def test_read_form_refuses_a_declared_length_over_the_limit() -> None:
 async def test_read_form_refuses_what_is_no_multipart_form(content_type: str, body: bytes) -> None:
     with pytest.raises(InvalidRequestError):
         await read_form(form_request(content_type, [body]), LIMIT)
+
+
+def test_a_value_is_written_around_its_payloads_whatever_else_it_holds() -> None:
+    # Given a job-like body whose other fields hold text a client chose: another answer's
+    # mark too (a mark is new for each answer: no client can send the one of its answer)
+    around = Around()
+    assert around.mark != Around().mark
+    uri = f"data:image/png;base64,{base64.b64encode(PNG).decode()}"
+    body = {
+        "id": "job-1",
+        "prompt": f'{Around().mark}0\ue000 "quoted" \\ é',
+        "data": images_response([uri, uri], "b64_json", 3, around)["data"],
+        "error": None,
+    }
+
+    # When it is written around its payloads, Then it is the JSON of the body with the payloads
+    pieces = around.pieces(body)
+    text = b"".join(encoded(pieces)).decode()
+    assert json.loads(text) == {**body, "data": images_response([uri, uri], "b64_json", 3)["data"]}
+    assert [piece for piece in pieces if isinstance(piece, Span)] == [Span(uri, 22)] * 2

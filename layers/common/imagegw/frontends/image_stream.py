@@ -30,7 +30,7 @@ from imagegw.access.gate import Reservation
 from imagegw.core.deliver import deliver
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.images_api import ImagesCall
-from imagegw.frontends.spans import dumps, encoded, with_payload
+from imagegw.frontends.spans import Around, dumps, encoded
 from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
@@ -65,11 +65,9 @@ def image_event(name: str, data_uri: str, meta: Mapping[str, Any]) -> Iterator[b
     """The bytes of `event(name, {"b64_json": <data_uri's payload>, **meta})`, its `b64_json`
     first and written as it is (`imagegw.frontends.spans`: no whole copy of the image's few
     megabytes is made, a megabyte of it is encoded at a time)."""
-    head, *rest = with_payload("b64_json", data_uri, meta)
-    if not rest:  # one text: escaped by the encoder
-        return encoded([f"event: {name}\ndata: {head}\n\n"])
-    *middle, tail = rest
-    return encoded([f"event: {name}\ndata: {head}", *middle, f"{tail}\n\n"])
+    around = Around()
+    head, *rest = around.pieces({"b64_json": around.payload(data_uri), **meta})
+    return encoded([f"event: {name}\ndata: {head}", *rest, "\n\n"])
 
 
 def comment(text: str) -> str:

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from imagegw.errors import GatewayError, InvalidRequestError
-from imagegw.frontends.spans import Piece, dumps, with_payload
+from imagegw.frontends.spans import Around, Piece
 from imagegw.infra.media import is_data_uri
 
 #: a refusal raised inside a model: its `message` (where `{where}` is the field's place,
@@ -416,13 +416,19 @@ def _only_data_uris(images: Sequence[str], response_format: ResponseFormat) -> N
 
 
 def images_response(
-    images: Sequence[str], response_format: ResponseFormat, created: int | None = None
+    images: Sequence[str],
+    response_format: ResponseFormat,
+    created: int | None = None,
+    around: Around | None = None,
 ) -> dict[str, Any]:
     """An Images API answer with only `url` items (`images` are links), or only `b64_json`
-    items (`images` are data URIs; their base64 payload is the item). Never both forms."""
+    items (`images` are data URIs; their base64 payload is the item, or with `around` its mark:
+    `Around.pieces` writes the answer around the payloads). Never both forms."""
     _only_data_uris(images, response_format)
     if response_format == "b64_json":
-        data = [{"b64_json": ref.partition(",")[2]} for ref in images]
+        data = [
+            {"b64_json": around.payload(ref) if around else ref.partition(",")[2]} for ref in images
+        ]
     else:
         data = [{"url": ref} for ref in images]
     return {"created": int(time.time()) if created is None else created, "data": data}
@@ -443,12 +449,7 @@ class ImagesAnswer:
 
     def pieces(self) -> list[Piece]:
         """The answer's JSON text: the bytes `json.dumps(images_response(...))` would make."""
-        if self.response_format == "url":
-            return [dumps(images_response(self.images, "url", self.created))]
-        pieces: list[Piece] = [f'{{"created":{self.created},"data":[']
-        for index, ref in enumerate(self.images):
-            if index:
-                pieces.append(",")
-            pieces += with_payload("b64_json", ref, {})
-        pieces.append("]}")
-        return pieces
+        around = Around()
+        return around.pieces(
+            images_response(self.images, self.response_format, self.created, around)
+        )

@@ -13,6 +13,7 @@ The bytes are those `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -51,13 +52,35 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def with_payload(key: str, data_uri: str, rest: Mapping[str, Any]) -> list[Piece]:
-    """The JSON object `{key: <data_uri's payload>, **rest}`, as pieces."""
-    span = payload(data_uri)
-    if span is None:  # escaped by the encoder
-        return [dumps({key: data_uri.partition(",")[2], **rest})]
-    tail = dumps(dict(rest))
-    return [f'{{"{key}":"', span, f'",{tail[1:]}' if rest else '"}']
+class Around:
+    """A JSON value written around the base64 payloads it carries: `payload(data_uri)` is what
+    to put in the value where a payload goes (a mark, unique to this answer and no text a
+    client can guess, or the payload itself when it needs escaping); `pieces(value)` is the
+    value's JSON text, each mark's place a span of its data URI."""
+
+    def __init__(self) -> None:
+        self.mark = f"\ue000{secrets.token_hex(8)}:"
+        self.spans: list[Span] = []
+
+    def payload(self, data_uri: str) -> str:
+        span = payload(data_uri)
+        if span is None:  # escaped by the encoder
+            return data_uri[data_uri.find(",") + 1 :]
+        self.spans.append(span)
+        return f"{self.mark}{len(self.spans) - 1}\ue000"
+
+    def pieces(self, value: Any) -> list[Piece]:
+        """The JSON text of `value` as JSONResponse writes it, as pieces: the text between the
+        payloads, and each payload's span."""
+        rest = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        pieces: list[Piece] = []
+        for index, span in enumerate(self.spans):
+            before, found, rest = rest.partition(f"{self.mark}{index}\ue000")
+            if not found:
+                raise ValueError(f"payload {index} is not in the value")
+            pieces += [before, span]
+        pieces.append(rest)
+        return pieces
 
 
 def encoded(pieces: Iterable[Piece]) -> Iterator[bytes]:
