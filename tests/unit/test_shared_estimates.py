@@ -8,7 +8,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,6 +31,7 @@ from imagegw.core.estimates import MemoryEstimates, fold, learn
 from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing
 from imagegw.infra.config import Settings
 from imagegw.runners.gateway import Gateway
+from imagegw.runners.stepfunctions import steps
 
 pytestmark = pytest.mark.anyio
 MODEL = Key("modelscope", "Qwen/Qwen-Image")
@@ -466,6 +467,29 @@ async def test_samples_waiting_for_the_window_are_written_when_the_gateway_shuts
     # Then the waiting sample is in the table: another instance predicts with both
     assert item(table, MODEL)["samples"] == {"N": "2"}
     assert same(await instance(table, Clock()).get(MODEL), learned(10.0, 20.0))
+
+
+def test_a_job_step_writes_the_run_times_it_left_waiting_before_it_returns(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job function's instance with ACCESS_TABLE (no SIGTERM reaches it at its end),
+    # whose step learns two run times of a model, the second within its key's write window
+    monkeypatch.setattr(steps, "ESTIMATES", None)
+    settings = Settings(access_table=table, aws_region=REGION)
+
+    async def step(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+        assert isinstance(kit.estimates, SharedEstimates)
+        kit.estimates.budget = GENEROUS
+        for seconds in event["run_times"]:
+            await kit.estimates.record(MODEL, seconds)
+        return {"status": "done"}
+
+    # When the step runs as the task function runs it
+    assert steps.run_step(step, {"run_times": [10.0, 20.0]}, settings) == {"status": "done"}
+
+    # Then both are in the table when it returns: another instance predicts with both
+    assert item(table, MODEL)["samples"] == {"N": "2"}
+    steps.close_instances()
 
 
 async def test_a_table_that_does_not_take_the_shutdown_write_is_given_up_within_its_budget(

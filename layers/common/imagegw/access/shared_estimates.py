@@ -24,8 +24,7 @@ others. There are no timers (a Lambda instance is frozen between invocations): s
 go with the key's next record after the window, or with `flush` when the instance shuts down
 (the API function's lifespan, on the SIGTERM Lambda sends it through the Web Adapter: every
 waiting key in one write each, at once, within SHUTDOWN_BUDGET seconds of the runtime's 300 ms).
-A job function gets no SIGTERM: what its instance still holds at its end is lost to the table
-(these are statistics).
+A job function gets no SIGTERM: each of its steps ends with `flush` (`stepfunctions.steps`).
 
 The table is a help, never a need: each call runs in a worker thread within CALL_BUDGET seconds
 (the client is built once before, outside it: building it is no sign of a slow table);
@@ -135,8 +134,9 @@ class SharedEstimates:
         await self._flush(key)
 
     async def flush(self) -> None:
-        """Writes every key's waiting samples at once (at shutdown), waiting SHUTDOWN_BUDGET at
-        most; a write not done by then may be lost with the process (one log line)."""
+        """Writes every key's waiting samples at once (at shutdown, or a job step's end),
+        waiting SHUTDOWN_BUDGET at most; a write not done by then may be lost with the process
+        (one log line)."""
         keys = [key for key in self._pending if key not in self._writing]
         if not keys:
             return

@@ -208,11 +208,14 @@ class LanePool:
         deadline = None if timeout is None else loop.time() + timeout
         if self._slots is None:  # made on the loop that uses it
             self._slots = asyncio.Semaphore(self.max_connections)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("No connection came free in time.") from None
+        if self._slots.locked():  # a queue: wait in it, no longer than the pool timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpcore.PoolTimeout("No connection came free in time.") from None
+        else:  # a free slot is taken at once: no timer to set and cancel
+            await self._slots.acquire()
         origin = request.url.origin
         key = (origin.scheme, origin.host, origin.port)
         lane = self._lanes.get(key) or self._lanes.setdefault(key, _Lane())
@@ -494,6 +497,25 @@ class PooledTransport(httpx.AsyncBaseTransport):
         too_large: Callable[[], Exception],
     ) -> Whole | httpx.Response:
         """`read_whole` of httpx's `request` sent as `core`: an answer read whole as `Whole`."""
+        answer = await self.read_core(core, limit=limit, too_large=too_large)
+        if isinstance(answer, httpx.Response):
+            answer.request = request
+            return answer
+        head, content = answer
+        return Whole(head.status, head.headers, content, head.extensions, request)
+
+    async def read_core(
+        self,
+        core: httpcore.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+    ) -> tuple[httpcore.Response, bytes] | httpx.Response:
+        """httpcore's `request`, built by the caller (a download of a result image: no httpx
+        request is made), sent straight to the pool: its answer and its body read whole, no
+        further than `limit` bytes (else `too_large()`), or, when its body is encoded, httpx's
+        open and unread response of it (no request set), as `read_whole` gives one. httpcore's
+        errors are raised as httpx's."""
         with _httpx_errors():
             answer = await self.pool.handle_async_request(core)
             stream = answer.stream
@@ -501,9 +523,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             headers = answer.headers
             encoded = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
             if encoded.strip().lower() not in (b"", b"identity"):
-                response = _streamed(answer)
-                response.request = request
-                return response
+                return _streamed(answer)
             try:
                 declared = next((v for k, v in headers if k.lower() == b"content-length"), b"")
                 if declared.isdigit() and int(declared) > limit:  # refused unread
@@ -517,7 +537,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                     chunks.append(chunk)
             finally:
                 await stream.aclose()
-        return Whole(answer.status, headers, b"".join(chunks), answer.extensions, request)
+        return answer, chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def status_of(
         self,
