@@ -198,7 +198,7 @@ def decode_data_uri(
         raise PayloadTooLargeError(
             f"The {what} is larger than the limit of {max_bytes} bytes.", code="image_too_large"
         )
-    try:  # read as it is when it is plain base64 (no copy of the text made first)
+    try:  # plain base64 checked as it is decoded (no ASCII copy of it, no separate scan)
         data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         try:  # else as before: line breaks dropped, then only base64 characters taken
