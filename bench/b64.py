@@ -10,12 +10,13 @@ not compress, whose base64 is 5.3 MB, in each way a client gets an image's bytes
 - `chat-inline`: a non-streamed chat completion with IMAGE_LINKS=inline (a data URI).
 
 For each: the peak memory one answer adds above the process's resting RSS (the median of 3
-answers' VmHWM, each after `/proc/<pid>/clear_refs` 5, above the lowest RSS seen between them;
-glibc is told to map every block over 64 KiB on its own, MALLOC_MMAP_THRESHOLD_, so a freed
-copy leaves the RSS and the peak counts the copies alive at once), the process's highest RSS
-while answering them (an answer may leave memory held until the next: the highest RSS counts
-it where the first figure may not), and the process's CPU per answer over `BENCH_B64_ANSWERS`
-answers (default 6). Each copy of the base64 is ~5.1 MiB, of the image 3.8 MiB.
+answers' VmHWM, each after `/proc/<pid>/clear_refs` 5, above the lowest RSS seen between them:
+the client may have the whole answer a moment before the server frees its memory, so the RSS
+read before the next answer can still hold it; glibc is told to map every block over 64 KiB on
+its own, MALLOC_MMAP_THRESHOLD_, so a freed copy leaves the RSS and the peak counts the copies
+alive at once), the process's highest RSS while answering them, and the process's CPU per
+answer over `BENCH_B64_ANSWERS` answers (default 6). Each copy of the base64 is ~5.1 MiB, of
+the image 3.8 MiB.
 Run it by name: `python -m bench b64` (with the local build, `make build-local`).
 """
 
@@ -116,7 +117,8 @@ def _case(name: str, providers: dict[str, str], s3: dict[str, str]) -> dict[str,
             for _ in range(ANSWERS):
                 _answer(client, url, body, stream, key)
             cpu = (proc_cpu_seconds(pid) - cpu) / ANSWERS
-    # above the lowest RSS between answers: what one answer leaves held until the next counts
+    # above the lowest RSS between answers: an answer's memory may be freed just after the next
+    # one's RSS is read (the client has the whole body before the server's task ends)
     peak = statistics.median(peaks) - min(resting)
     return {"body_bytes": size, "peak_kib": peak, "highest_kib": max(peaks), "cpu_s": cpu}
 
