@@ -109,15 +109,17 @@ class Book(Generic[Image]):
     def apply(self, index: int, outcome: Outcome[Image]) -> Book[Image]:
         """The book after a `start` or `check` answer meant `outcome` for task `index`. Any
         such answer is usable: the count of failed polls starts again."""
-        task = replace(self.tasks[index], failures=0, last_error=None)
-        if isinstance(outcome, Submitted):
-            task = replace(task, task_id=outcome.task_id, state=outcome.state)
+        task, state = self.tasks[index], outcome.state
+        if isinstance(outcome, Submitted):  # (one `replace` an answer: it was most of this)
+            task = replace(task, failures=0, last_error=None, task_id=outcome.task_id, state=state)
         elif isinstance(outcome, Working):
-            task = replace(task, state=outcome.state, detail=outcome.detail)
+            task = replace(task, failures=0, last_error=None, state=state, detail=outcome.detail)
         elif isinstance(outcome, Made):
-            task = replace(task, state=outcome.state, images=outcome.images)
+            task = replace(task, failures=0, last_error=None, state=state, images=outcome.images)
         else:
-            task = replace(task, state=outcome.state, error=outcome.error, images=())
+            task = replace(
+                task, failures=0, last_error=None, state=state, error=outcome.error, images=()
+            )
         return self._with(index, task)
 
     def poll_failed(self, index: int, error: GatewayError) -> Book[Image]:
