@@ -1,7 +1,7 @@
 """`python -m bench [lag|coldstart|overhead|concurrency|memory ...]`: run the benchmarks (all of
-them by default but `batches`, a quarter of an hour under moto: name it to run it) one after
-another, print a Markdown table per benchmark, the machine facts and a
-final summary for the README, and write bench/results/latest.json."""
+them by default but `batches`, a quarter of an hour under moto, and `b64`: name them to run
+them) one after another, print a Markdown table per benchmark, the machine facts and a final
+summary for the README, and write bench/results/latest.json."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    b64,
     batches,
     coldstart,
     concurrency,
@@ -41,10 +42,11 @@ BENCHMARKS: dict[str, Callable[[], Report]] = {
     "pool": pool.run,
     "versus": versus.run,
     "batches": batches.run,
+    "b64": b64.run,
 }
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 #: run only when named (`python -m bench batches`): too long for every `make bench`
-ON_REQUEST = frozenset({"batches"})
+ON_REQUEST = frozenset({"batches", "b64"})
 
 
 def _clean(value: Any) -> Any:

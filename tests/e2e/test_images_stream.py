@@ -15,9 +15,10 @@ import httpx
 import openai
 import pytest
 
+import fakes.openai_images
 from fakes.modelscope import FakeModelScope
 from fakes.openai_images import FakeOpenAIImages
-from fakes.png import make_png, png_size
+from fakes.png import make_png, noisy_png, png_size
 
 pytestmark = pytest.mark.e2e
 TOKEN = "ms-test-token"
@@ -251,3 +252,27 @@ def test_a_stream_and_a_plain_answer_agree_and_neither_says_it_saves(
     assert any("generating" in line or "queued" in line for line in comments)
     assert not any("saving" in line for line in comments)
     assert len(fake_ms.submissions) == 2
+
+
+def test_a_large_image_comes_whole_as_b64_json_answered_or_streamed(
+    gateway_url: str, fake_openai: FakeOpenAIImages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an OpenAI-compatible server whose picture does not compress: 1.5 MB, its base64
+    # sent in more than one piece
+    big = noisy_png(800, 640)
+    assert len(big) > 1_500_000
+    monkeypatch.setattr(fakes.openai_images, "make_png", lambda *size: big)
+    client = openai.OpenAI(base_url=f"{gateway_url}/openai/v1", api_key="sk-local", max_retries=0)
+    asked: dict[str, Any] = {"model": "Qwen/Qwen-Image", "prompt": "noise"}
+
+    # When it is asked for as b64_json, in one answer and streamed
+    answer = client.images.with_raw_response.generate(**asked, response_format="b64_json")
+    events = list(client.images.generate(**asked, response_format="b64_json", stream=True))
+
+    # Then both hold the picture byte for byte, the answer as long as it says
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    (item,) = answer.parse().data or []
+    assert base64.b64decode(item.b64_json or "") == big
+    assert [event.type for event in events] == ["image_generation.completed"]
+    assert base64.b64decode(events[0].b64_json) == big  # type: ignore[union-attr]
+    assert events[0].size == "800x640"  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ The 1x1 JPEG, GIF and WEBP byte strings are small valid files used to test forma
 
 from __future__ import annotations
 
+import random
 import struct
 import zlib
 from functools import lru_cache
@@ -30,6 +31,17 @@ def make_png(width: int, height: int, rgb: tuple[int, int, int] = (200, 80, 40))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     scanline = b"\x00" + bytes(rgb) * width  # filter type 0 (None), then the pixels
     idat = zlib.compress(scanline * height, 6)
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+@lru_cache(maxsize=4)
+def noisy_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A valid 8-bit RGB PNG of random pixels: it does not compress (3 bytes a pixel and a
+    little more), so a large picture is as large as real photos are."""
+    rng = random.Random(seed)
+    scanlines = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(scanlines, 1)
     return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 

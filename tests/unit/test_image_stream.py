@@ -14,10 +14,12 @@ from imagegw.frontends.image_stream import (
     HEADER_CHARS,
     comment,
     completed,
+    completed_event,
     event,
     image_event,
     images_stream,
 )
+from imagegw.frontends.spans import STEP
 from imagegw.infra.media import dimensions
 from imagegw.runners.inprocess import Event, Progress, Result
 
@@ -80,20 +82,37 @@ def test_a_jpeg_whose_frame_header_comes_late_still_reports_its_size() -> None:
 
 def test_an_image_event_is_the_same_json_as_any_event() -> None:
     png = make_png(96, 64, (1, 2, 3))
-    payload = completed("image_generation", data_uri(png, "image/png"), {}, 1700000000, MAX)
-    text = image_event("image_generation.completed", payload)
-    assert text.startswith("event: image_generation.completed\ndata: ") and text.endswith("\n\n")
+    uri = data_uri(png, "image/png")
+    payload = completed("image_generation", uri, {}, 1700000000, MAX)
+    text = b"".join(completed_event("image_generation", uri, {}, 1700000000, MAX)).decode()
+    assert text == event("image_generation.completed", payload)
     assert text.count("\n") == 3  # one event: its name, one data line, the blank line
     parsed = json.loads(text.split("data: ", 1)[1])
     assert parsed == payload
     assert ImageGenCompletedEvent.model_validate(parsed).size == "96x64"
 
 
+def test_a_large_image_event_is_sent_in_pieces_of_the_same_text() -> None:
+    # Given an image whose base64 is several steps long
+    big = JPEG_1x1
+    for _ in range(40):
+        big = with_app_segment(big, 65_000)
+    uri = data_uri(big, "image/jpeg")
+    assert len(uri) > 3 * STEP
+    # When its event is encoded, Then it comes in several pieces that make the one event
+    pieces = list(completed_event("image_edit", uri, {}, 1700000000, MAX))
+    assert len(pieces) > 3 and max(map(len, pieces)) <= STEP + 200
+    text = b"".join(pieces).decode()
+    assert text == event("image_edit.completed", completed("image_edit", uri, {}, 1700000000, MAX))
+    assert base64.b64decode(json.loads(text.split("data: ", 1)[1])["b64_json"]) == big
+
+
 def test_an_image_event_whose_text_needs_escaping_is_still_valid_json() -> None:
-    payload = {"type": "image_generation.completed", "b64_json": 'a"b\\c\nd'}
-    text = image_event("image_generation.completed", payload)
+    uri = 'data:image/png;base64,a"b\\c\nd'
+    text = b"".join(image_event("image_generation.completed", uri, {"type": "x"})).decode()
     assert text.count("\n") == 3
-    assert json.loads(text.split("data: ", 1)[1]) == payload
+    parsed = json.loads(text.split("data: ", 1)[1])
+    assert parsed == {"b64_json": 'a"b\\c\nd', "type": "x"}
 
 
 @pytest.mark.anyio
@@ -108,11 +127,11 @@ async def test_a_progress_comment_the_reader_already_has_is_not_written_again() 
         yield Result(images=(png,), failures=(), task_ids=("t-1",), elapsed=2.0)
 
     chunks = [
-        chunk
+        chunk if isinstance(chunk, str) else chunk.decode()
         async for chunk in images_stream(
             events(), edit=False, n=1, fields={}, keepalive_interval=5.0, max_bytes=MAX
         )
     ]
     comments = [chunk for chunk in chunks if chunk.startswith(":")]
     assert comments == [": queued at ModelScope · 0.0 s\n\n", ": generating · 1.5 s\n\n"]
-    assert chunks[-2].startswith("event: image_generation.completed")
+    assert "".join(chunks[2:-1]).startswith("event: image_generation.completed")

@@ -10,7 +10,15 @@ import pytest
 
 from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
-from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, decode_refs, sniff_mime
+from imagegw.infra.media import (
+    URI_STEP,
+    ImageBytes,
+    canonical_uri,
+    check_image,
+    decode_data_uri,
+    decode_refs,
+    sniff_mime,
+)
 
 PNG = make_png(4, 3)
 LIMIT = 1024 * 1024
@@ -223,3 +231,30 @@ def test_an_unreadable_header_is_a_400(data: bytes) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         check_image(data, max_bytes=LIMIT)
     assert caught.value.code == "invalid_image"
+
+
+@pytest.mark.parametrize(
+    ("uri", "canonical"),
+    [
+        (data_uri(PNG), True),
+        (data_uri(PNG, "image/jpeg"), False),  # the type its bytes do not show
+        (data_uri(PNG, "IMAGE/PNG"), False),
+        (data_uri(PNG).replace(";base64", ";name=a.png;base64"), False),
+        (data_uri(make_png(40, 40)).replace("A", "A\n", 1), False),  # a line break
+    ],
+)
+def test_a_data_uri_is_canonical_only_when_it_is_what_the_image_encodes_to(
+    uri: str, canonical: bool
+) -> None:
+    image = decode_data_uri(uri, max_bytes=LIMIT)
+
+    assert canonical_uri(uri, image) is canonical
+    assert canonical_uri(image.data_uri(), image)
+    assert (uri == image.data_uri()) is canonical
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, URI_STEP - 1, URI_STEP, URI_STEP + 1, 2 * URI_STEP + 2])
+def test_a_data_uri_encoded_in_steps_is_the_whole_base64(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+    assert ImageBytes(data, "image/gif").data_uri() == data_uri(data, "image/gif")

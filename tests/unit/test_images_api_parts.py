@@ -3,7 +3,9 @@ how results are delivered, the default model, and the multipart reader's limits.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +23,8 @@ from imagegw.frontends.images_api import (
     link_mode,
     provider_options,
 )
-from imagegw.frontends.schemas import images_response
+from imagegw.frontends.schemas import ImagesAnswer, ResponseFormat, images_response
+from imagegw.frontends.spans import STEP, Around, PiecesResponse, Span, encoded
 from imagegw.frontends.web import read_form
 from imagegw.infra.config import Settings
 from imagegw.infra.media import ImageBytes
@@ -211,6 +214,58 @@ def test_b64_answer_has_only_the_payloads() -> None:
 def test_b64_answer_never_carries_a_link() -> None:
     with pytest.raises(GatewayError):
         images_response(["https://a/1.png"], "b64_json")
+    with pytest.raises(GatewayError):
+        ImagesAnswer(("https://a/1.png",), "b64_json")
+
+
+def sent(response: PiecesResponse) -> tuple[list[Message], bytes]:
+    """The ASGI messages `response` sends, and its body."""
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    asyncio.run(response({"type": "http"}, receive, send))
+    return messages, b"".join(m.get("body", b"") for m in messages[1:])
+
+
+@pytest.mark.parametrize(
+    ("images", "response_format"),
+    [
+        ((), "b64_json"),
+        ((f"data:image/png;base64,{base64.b64encode(PNG).decode()}",), "b64_json"),
+        (
+            ("data:image/png;base64," + "QUJD" * (STEP // 2), "data:image/gif;base64,R0lG"),
+            "b64_json",
+        ),
+        (('data:image/png;base64,a"b\\c\n\u00e9',), "b64_json"),  # not base64: escaped
+        (("https://a/1.png", "https://a/ü.png"), "url"),
+    ],
+)
+def test_an_answer_is_sent_as_the_json_of_its_images(
+    images: tuple[str, ...], response_format: ResponseFormat
+) -> None:
+    # Given an answer, When it is sent
+    answer = ImagesAnswer(images, response_format, created=7)
+    messages, body = sent(PiecesResponse(answer.pieces(), headers={"x-a": "1"}))
+
+    # Then its body is the JSON of its images, byte for byte, and its length says so
+    expected = json.dumps(
+        images_response(images, response_format, created=7),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    assert body == expected
+    headers = dict(messages[0]["headers"])
+    assert headers[b"content-length"] == str(len(expected)).encode()
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"x-a"] == b"1"
+    assert messages[-1]["more_body"] is False
+    # a payload several steps long comes a step at a time
+    assert max(len(m["body"]) for m in messages[1:]) <= STEP + 64
 
 
 @pytest.mark.parametrize(
@@ -325,3 +380,23 @@ async def test_read_form_refuses_a_declared_length_over_the_limit() -> None:
 async def test_read_form_refuses_what_is_no_multipart_form(content_type: str, body: bytes) -> None:
     with pytest.raises(InvalidRequestError):
         await read_form(form_request(content_type, [body]), LIMIT)
+
+
+def test_a_value_is_written_around_its_payloads_whatever_else_it_holds() -> None:
+    # Given a job-like body whose other fields hold text a client chose: another answer's
+    # mark too (a mark is new for each answer: no client can send the one of its answer)
+    around = Around()
+    assert around.mark != Around().mark
+    uri = f"data:image/png;base64,{base64.b64encode(PNG).decode()}"
+    body = {
+        "id": "job-1",
+        "prompt": f'{Around().mark}0\ue000 "quoted" \\ é',
+        "data": images_response([uri, uri], "b64_json", 3, around)["data"],
+        "error": None,
+    }
+
+    # When it is written around its payloads, Then it is the JSON of the body with the payloads
+    pieces = around.pieces(body)
+    text = b"".join(encoded(pieces)).decode()
+    assert json.loads(text) == {**body, "data": images_response([uri, uri], "b64_json", 3)["data"]}
+    assert [piece for piece in pieces if isinstance(piece, Span)] == [Span(uri, 22)] * 2

@@ -30,7 +30,13 @@ from imagegw.errors import (
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
 from imagegw.infra.log import logger
-from imagegw.infra.media import ImageBytes, check_image, decode_data_uri, is_data_uri
+from imagegw.infra.media import (
+    ImageBytes,
+    canonical_uri,
+    check_image,
+    decode_data_uri,
+    is_data_uri,
+)
 from imagegw.infra.storage import ImageStore
 
 INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg"})
@@ -135,6 +141,12 @@ async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str)
     return image.data_uri()
 
 
+def as_data_uri(ref: str, image: ImageBytes) -> str:
+    """`image` (got from `ref`) as a data URI: `ref` itself when it is that URI already (a
+    provider's base64 answer), so a few megabytes are not decoded and encoded once more."""
+    return ref if is_data_uri(ref) and canonical_uri(ref, image) else image.data_uri()
+
+
 def saves(refs: Sequence[Ref], mode: LinkMode) -> bool:
     """Whether `deliver(refs, mode=mode)` may store a copy in the bucket (what a stream tells
     its reader it waits for): never for links passed on as they are (`provider`, `as_is`) nor
@@ -162,7 +174,7 @@ async def deliver(
         if how == "as_is" or (how == "provider" and not is_data_uri(ref)):
             return ref
         if how == "data":  # the bytes are the answer: no link to fall back on
-            return (await fetch_image(fetcher, ref, settings)).data_uri()
+            return as_data_uri(ref, await fetch_image(fetcher, ref, settings))
         if how != "stored":
             return await copy(ref)
         # the download waits for an upload turn: a burst of results holds no more images
@@ -175,7 +187,7 @@ async def deliver(
         if image is None:
             return ref
         if how == "inline" and image.mime in INLINE_TYPES:
-            return image.data_uri()
+            return as_data_uri(ref, image)
         kept = await _save_or_keep(image, ref, store.save_result)
         return file_link(base_url, kept.name) if isinstance(kept, Stored) else kept
 

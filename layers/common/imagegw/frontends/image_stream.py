@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
@@ -31,6 +30,7 @@ from imagegw.access.gate import Reservation
 from imagegw.core.deliver import deliver
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.images_api import ImagesCall
+from imagegw.frontends.spans import Around, dumps, encoded
 from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
@@ -58,23 +58,16 @@ HEADER_CHARS: Final = 65536
 
 def event(name: str, payload: Mapping[str, Any]) -> str:
     """One SSE event: its name, and its data as one JSON line."""
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {name}\ndata: {data}\n\n"
+    return f"event: {name}\ndata: {dumps(payload)}\n\n"
 
 
-def image_event(name: str, payload: Mapping[str, Any]) -> str:
-    """`event(name, payload)` for an image's event, its `b64_json` first and put in the text as
-    it is: base64 needs no JSON escaping, so the encoder does not copy the image's few
-    megabytes once more (one copy, the text itself). Anything else is encoded as JSON."""
-    b64 = payload["b64_json"]
-    if not (b64.isascii() and b64.isprintable()) or '"' in b64 or "\\" in b64:
-        return event(name, payload)  # not base64: the encoder escapes what needs it
-    rest = json.dumps(
-        {k: v for k, v in payload.items() if k != "b64_json"},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return "".join((f'event: {name}\ndata: {{"b64_json":"', b64, '",', rest[1:], "\n\n"))
+def image_event(name: str, data_uri: str, meta: Mapping[str, Any]) -> Iterator[bytes]:
+    """The bytes of `event(name, {"b64_json": <data_uri's payload>, **meta})`, its `b64_json`
+    first and written as it is (`imagegw.frontends.spans`: no whole copy of the image's few
+    megabytes is made, a megabyte of it is encoded at a time)."""
+    around = Around()
+    head, *rest = around.pieces({"b64_json": around.payload(data_uri), **meta})
+    return encoded([f"event: {name}\ndata: {head}", *rest, "\n\n"])
 
 
 def comment(text: str) -> str:
@@ -105,14 +98,13 @@ def _header(data_uri: str, max_bytes: int) -> tuple[str | None, tuple[int, int] 
     return sniff_mime(head), size
 
 
-def completed(
+def details(
     kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
 ) -> dict[str, Any]:
-    """The `*.completed` event of one image (a data URI)."""
+    """The `*.completed` event of one image (a data URI) but its `b64_json`."""
     mime, size = _header(data_uri, max_bytes)
     return {
         "type": f"{kind}.completed",
-        "b64_json": data_uri[data_uri.find(",") + 1 :],
         "size": f"{size[0]}x{size[1]}" if size else "auto",
         "quality": _asked(fields, "quality", QUALITIES),
         "background": _asked(fields, "background", BACKGROUNDS),
@@ -120,6 +112,24 @@ def completed(
         "created_at": created_at,
         "usage": USAGE,
     }
+
+
+def completed(
+    kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
+) -> dict[str, Any]:
+    """The `*.completed` event of one image (a data URI)."""
+    return {
+        "b64_json": data_uri[data_uri.find(",") + 1 :],
+        **details(kind, data_uri, fields, created_at, max_bytes),
+    }
+
+
+def completed_event(
+    kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
+) -> Iterator[bytes]:
+    """The bytes of the `*.completed` event of one image (`completed`, sent by `image_event`)."""
+    meta = details(kind, data_uri, fields, created_at, max_bytes)
+    return image_event(f"{kind}.completed", data_uri, meta)
 
 
 async def images_stream(
@@ -130,7 +140,7 @@ async def images_stream(
     fields: Mapping[str, Any],
     keepalive_interval: float,
     max_bytes: int,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     """The SSE body of a streamed Images API answer (`events` deliver data URIs)."""
     kind = "image_edit" if edit else "image_generation"
     shown = ""
@@ -152,9 +162,8 @@ async def images_stream(
                         raise GatewayError(
                             "A streamed image got a link.", code="internal_error", retryable=False
                         )
-                    yield image_event(
-                        f"{kind}.completed", completed(kind, ref, fields, created_at, max_bytes)
-                    )
+                    for piece in completed_event(kind, ref, fields, created_at, max_bytes):
+                        yield piece
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
@@ -171,7 +180,7 @@ async def relayed_stream(
     call: ImagesCall,
     reservation: Reservation | None,
     keepalive_interval: float,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     """The SSE body of a streamed call relayed from an upstream that streams: its partial
     images passed through, each finished image as our `*.completed` event, keep-alives
     meanwhile; the quota settled by the images made."""
@@ -198,10 +207,11 @@ async def relayed_stream(
                     mode="data",
                 )
                 made += 1
-                yield image_event(
-                    f"{kind}.completed",
-                    completed(kind, ref, call.fields, int(time.time()), settings.max_result_bytes),
-                )
+                created_at = int(time.time())
+                for piece in completed_event(
+                    kind, ref, call.fields, created_at, settings.max_result_bytes
+                ):
+                    yield piece
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")

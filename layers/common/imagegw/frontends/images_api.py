@@ -28,10 +28,10 @@ from imagegw.core.deliver import LinkMode
 from imagegw.core.plan import Ask, plan
 from imagegw.errors import GatewayError, InvalidRequestError
 from imagegw.frontends.schemas import (
+    ImagesAnswer,
     ImagesEditRequest,
     ImagesRequest,
     ResponseFormat,
-    images_response,
     read,
 )
 from imagegw.frontends.streaming import collect
@@ -280,7 +280,7 @@ async def answer(
     budget: float | None = None,
     resume: Sequence[str] = (),
     tap: Tap | None = None,
-) -> dict[str, Any]:
+) -> ImagesAnswer:
     """Run the job and answer in the Images API's shape (within `budget` seconds when the
     client said how long it waits); with `resume`, by polling the tasks an earlier request
     started for it (`pipeline.events`). `tap` sees the run's events on their way. Raises
@@ -295,4 +295,4 @@ async def answer(
     if result.failures:
         logger.warning("some images failed", extra={"failures": list(result.failures), "n": n})
     # n images as n items, whatever the provider's batching; fewer only when some task failed
-    return images_response(result.images[:n], call.response_format)
+    return ImagesAnswer(result.images[:n], call.response_format)

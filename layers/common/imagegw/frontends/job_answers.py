@@ -16,16 +16,20 @@ from typing import Any
 
 from imagegw.core.deliver import deliver
 from imagegw.frontends.schemas import Completion, images_response
+from imagegw.frontends.spans import Around
 from imagegw.frontends.streaming import markdown_of
 from imagegw.infra.fetcher import Fetcher
 from imagegw.runners.stepfunctions.schema import JobOutput
 from imagegw.runners.stepfunctions.service import Jobs, JobView
 
 
-async def render(jobs: Jobs, view: JobView, *, base_url: str, fetcher: Fetcher) -> dict[str, Any]:
+async def render(
+    jobs: Jobs, view: JobView, *, base_url: str, fetcher: Fetcher, around: Around | None = None
+) -> dict[str, Any]:
     """The job resource: its summary, with `data` when it succeeded (as the synchronous
-    Images API answers) or `error` when it failed; a chat job that succeeded is the
-    `chat.completion` the synchronous chat call answers (`_completion`)."""
+    Images API answers; `b64_json` payloads as `around`'s marks when given) or `error` when it
+    failed; a chat job that succeeded is the `chat.completion` the synchronous chat call
+    answers (`_completion`)."""
     if view.api == "chat" and view.output is not None:
         return await _completion(jobs, view, view.output, base_url=base_url, fetcher=fetcher)
     body = {**view.summary(), "model": view.model}
@@ -40,7 +44,7 @@ async def render(jobs: Jobs, view: JobView, *, base_url: str, fetcher: Fetcher) 
             base_url=base_url,
             mode="data" if view.response_format == "b64_json" else "as_is",
         )
-        body["data"] = images_response(images, view.response_format, view.created)["data"]
+        body["data"] = images_response(images, view.response_format, view.created, around)["data"]
     if view.error is not None:
         body["error"] = view.error.get("error", view.error)
     if view.webhook is not None:  # a job with a `webhook_url`: its delivery

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from imagegw.errors import GatewayError, InvalidRequestError
+from imagegw.frontends.spans import Around, Piece
 from imagegw.infra.media import is_data_uri
 
 #: a refusal raised inside a model: its `message` (where `{where}` is the field's place,
@@ -408,17 +410,46 @@ class Completion:
         }
 
 
+def _only_data_uris(images: Sequence[str], response_format: ResponseFormat) -> None:
+    if response_format == "b64_json" and not all(is_data_uri(ref) for ref in images):
+        raise GatewayError("A b64_json answer got a link.", code="internal_error", retryable=False)
+
+
 def images_response(
-    images: Sequence[str], response_format: ResponseFormat, created: int | None = None
+    images: Sequence[str],
+    response_format: ResponseFormat,
+    created: int | None = None,
+    around: Around | None = None,
 ) -> dict[str, Any]:
     """An Images API answer with only `url` items (`images` are links), or only `b64_json`
-    items (`images` are data URIs; their base64 payload is the item). Never both forms."""
+    items (`images` are data URIs; their base64 payload is the item, or with `around` its mark:
+    `Around.pieces` writes the answer around the payloads). Never both forms."""
+    _only_data_uris(images, response_format)
     if response_format == "b64_json":
-        if not all(is_data_uri(ref) for ref in images):
-            raise GatewayError(
-                "A b64_json answer got a link.", code="internal_error", retryable=False
-            )
-        data = [{"b64_json": ref.partition(",")[2]} for ref in images]
+        data = [
+            {"b64_json": around.payload(ref) if around else ref.partition(",")[2]} for ref in images
+        ]
     else:
         data = [{"url": ref} for ref in images]
     return {"created": int(time.time()) if created is None else created, "data": data}
+
+
+@dataclass(frozen=True)
+class ImagesAnswer:
+    """A synchronous Images API answer (`images_response`'s), kept as the delivered images
+    until it is sent: `pieces` writes its JSON around each `b64_json` payload, which stays a
+    part of its data URI (`imagegw.frontends.spans`), not a copy."""
+
+    images: tuple[str, ...]
+    response_format: ResponseFormat
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        _only_data_uris(self.images, self.response_format)
+
+    def pieces(self) -> list[Piece]:
+        """The answer's JSON text: the bytes `json.dumps(images_response(...))` would make."""
+        around = Around()
+        return around.pieces(
+            images_response(self.images, self.response_format, self.created, around)
+        )

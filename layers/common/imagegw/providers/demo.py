@@ -20,7 +20,6 @@ served, a gateway key is still checked (and counted) as for any provider.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ import anyio
 from imagegw.errors import InvalidRequestError
 from imagegw.infra.config import ProviderSettings, Settings
 from imagegw.infra.lazy import httpx
-from imagegw.infra.media import InputImage, check_image
+from imagegw.infra.media import ImageBytes, InputImage, check_image
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -243,5 +242,5 @@ class Demo(Provider):
                 request.model, style.shapes, style.count, request.prompt, task.seed, size
             )
 
-        data = base64.b64encode(await anyio.to_thread.run_sync(paint)).decode("ascii")
-        return Finished((f"data:image/jpeg;base64,{data}",))
+        painted = ImageBytes(await anyio.to_thread.run_sync(paint), "image/jpeg")
+        return Finished((painted.data_uri(),))

@@ -134,6 +134,14 @@ def catalog_of(settings: Settings) -> tuple[ModelInfo, ...]:
     )
 
 
+def _items(content: bytes) -> list[_Datum]:
+    """The `data` of a JSON answer; none when it is not one."""
+    try:
+        return _Images.model_validate_json(content).data
+    except ValidationError:
+        return []
+
+
 def _data_uri(b64: str) -> str:
     """A `b64_json` answer as a data URI of the type its bytes show."""
     try:
@@ -292,16 +300,18 @@ class OpenAICompatible(Provider):
             raise error_for(
                 self.title, response, key=request.api_key, model=request.model, known=self.known_ids
             )
-        try:
-            data_items = _Images.model_validate_json(response.content).data
-        except ValidationError:
-            data_items = []
-        # b64 first: the answer holds the bytes; a url is fetched (and stored) by links.deliver
-        images = [_data_uri(item.b64_json) if item.b64_json else item.url for item in data_items]
-        found = tuple(image for image in images if image)
+        items = _items(response.content)
+        del response  # its body (the images' base64, as read) freed before the data URIs
+        return Finished(self._images(items))
+
+    def _images(self, items: list[_Datum]) -> tuple[str, ...]:
+        """The images of a JSON answer's `data`: `b64_json` first, as a data URI (the answer
+        holds the bytes), else the `url` (fetched, and stored, by `core.deliver`)."""
+        refs = [_data_uri(item.b64_json) if item.b64_json else item.url for item in items]
+        found = tuple(ref for ref in refs if ref)
         if not found:
             raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
-        return Finished(found)
+        return found
 
     def streams(self, model: str) -> bool:
         """Whether `model` may be asked for a streamed answer with previews."""
@@ -347,8 +357,10 @@ class OpenAICompatible(Provider):
                     whole = await read_answer(response, title=self.title, limit=limit)
                     if whole.status_code != 200:
                         raise error_for(self.title, whole, key=request.api_key)
-                    async for image in self._json_images(whole):
-                        yield image
+                    items = _items(whole.content)
+                    del whole  # as in `start`
+                    for ref in self._images(items):
+                        yield Made(ref)
                     return
                 if response.status_code != 200:
                     whole = await read_answer(response, title=self.title, limit=limit)
@@ -359,18 +371,6 @@ class OpenAICompatible(Provider):
                     yield item
         except httpx.TransportError as exc:
             raise unreachable(self.title, exc, self.settings) from None
-
-    async def _json_images(self, response: httpx.Response) -> AsyncIterator[Made]:
-        try:
-            items = _Images.model_validate_json(response.content).data
-        except ValidationError:
-            items = []
-        refs = [_data_uri(item.b64_json) if item.b64_json else item.url for item in items]
-        found = [ref for ref in refs if ref]
-        if not found:
-            raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
-        for ref in found:
-            yield Made(ref)
 
     async def _events(self, answer: AsyncIterator[str]) -> AsyncIterator[Preview | Made]:
         made = 0

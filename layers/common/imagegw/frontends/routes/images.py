@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import SecretStr
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from imagegw.access.gate import Caller
 from imagegw.core.plan import IGNORED_HEADER, ignored_notice
@@ -21,6 +21,7 @@ from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import accept_async, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
+from imagegw.frontends.spans import PiecesResponse
 from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import authorize, client_budget, public_base_url, read_form, read_json
 from imagegw.infra.config import Settings
@@ -83,12 +84,12 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
             except GatewayError:
                 await settle(reservation, 0)  # nothing made: the quota given back
                 raise
-            await settle(reservation, len(answer["data"]))
+            await settle(reservation, len(answer.images))
         headers.update(attempt.headers)
         treated = treatment(provider.catalog, planned.model, planned.kind)
         if treated:
             headers[TREATMENT_HEADER] = treated
-        return JSONResponse(answer, headers=headers)
+        return PiecesResponse(answer.pieces(), headers=headers)
 
     return endpoint
 

@@ -27,6 +27,7 @@ from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.common import gateway_of
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.webhooks import checked_webhook_url
+from imagegw.frontends.spans import Around, PiecesResponse
 from imagegw.frontends.web import anonymous, api_key, authorize, bearer_for, header, public_base_url
 from imagegw.infra.media import ImageBytes
 from imagegw.infra.urlcheck import check_inputs
@@ -170,13 +171,15 @@ async def get_job(request: Request) -> Response:
     key = bearer_for(request, provider.name)  # the demo's anonymous jobs: no header
     await gateway.access.caller(key.get_secret_value(), provider.name)  # ACCESS_MODE's 401
     view = await gateway.jobs.status(request.path_params["job_id"], key.get_secret_value())
+    around = Around()  # a b64_json job's images: written around, not through the encoder
     body = await job_answers.render(
         gateway.jobs,
         view,
         base_url=public_base_url(request, gateway.settings),
         fetcher=gateway.result_fetcher,
+        around=around,
     )
-    return JSONResponse(body)
+    return PiecesResponse(around.pieces(body))
 
 
 async def get_usage(request: Request) -> Response:
