@@ -108,8 +108,19 @@ class Book(Generic[Image]):
 
     def apply(self, index: int, outcome: Outcome[Image]) -> Book[Image]:
         """The book after a `start` or `check` answer meant `outcome` for task `index`. Any
-        such answer is usable: the count of failed polls starts again."""
-        task = replace(self.tasks[index], failures=0, last_error=None)
+        such answer is usable: the count of failed polls starts again. A task still working
+        in the same state and words, with no failed poll counted, leaves the book as it is
+        (the same book: most polls' answer)."""
+        task = self.tasks[index]
+        if (
+            isinstance(outcome, Working)
+            and task.state == outcome.state
+            and task.detail == outcome.detail
+            and not task.failures
+            and task.last_error is None
+        ):
+            return self
+        task = replace(task, failures=0, last_error=None)
         if isinstance(outcome, Submitted):
             task = replace(task, task_id=outcome.task_id, state=outcome.state)
         elif isinstance(outcome, Working):

@@ -184,9 +184,8 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
             await self.aclose()
             raise
         body = Body(self, framing, length, read_timeout, keep and keep_alive)
-        return httpcore.Response(
+        response = httpcore.Response(
             status=status,
-            headers=headers,
             content=body,
             extensions={
                 "http_version": b"HTTP/1." + version,
@@ -194,6 +193,10 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
                 "network_stream": self.network,
             },
         )
+        # bytes pairs `read_head` checked already: httpcore's constructor would check and copy
+        # them again
+        response.headers = headers
+        return response
 
     # ------------------------------------------------------------------ the wire
 

@@ -204,15 +204,18 @@ class LanePool:
         if scheme not in ("http", "https"):
             raise httpcore.UnsupportedProtocol(f"Request URL has an unsupported scheme '{scheme}'.")
         timeout = request.extensions.get("timeout", {}).get("pool")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        if self._slots is None:  # made on the loop that uses it
-            self._slots = asyncio.Semaphore(self.max_connections)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("No connection came free in time.") from None
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        slots = self._slots
+        if slots is None:  # made on the loop that uses it
+            slots = self._slots = asyncio.Semaphore(self.max_connections)
+        if slots.locked():  # a wait: bounded by the pool timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await slots.acquire()
+            except TimeoutError:
+                raise httpcore.PoolTimeout("No connection came free in time.") from None
+        else:  # a free slot is taken at once: no timer to set and cancel
+            await slots.acquire()
         origin = request.url.origin
         key = (origin.scheme, origin.host, origin.port)
         lane = self._lanes.get(key) or self._lanes.setdefault(key, _Lane())
@@ -226,7 +229,7 @@ class LanePool:
                     lane.opening -= 1
                     lane.wake_one()
         except BaseException:
-            self._slots.release()
+            slots.release()
             if connection is not None:
                 await _close(connection)
             lane.wake_one()
