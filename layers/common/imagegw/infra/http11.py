@@ -90,12 +90,16 @@ def request_head(request: httpcore.Request) -> tuple[bytes, bool, int | None, bo
 
 class KeptRequest(httpcore.Request):
     """A request sent again and again (a task's poll, `imagegw.infra.transport.PooledTransport.
-    keep`): its head checked and made into bytes once (`request_head`), not at each send. Its
-    body, if any, must be bytes in memory (read afresh at each send)."""
+    keep`): its head checked and made into bytes once (`request_head`), and its origin made
+    once (httpcore's `url.origin` makes one at each use), not at each send. Its body, if any,
+    must be bytes in memory (read afresh at each send); a request made with none (a GET:
+    `bodiless`) is sent as its head alone."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wire = request_head(self)
+        self.origin = self.url.origin
+        self.bodiless = kwargs.get("content") in (None, b"")
 
 
 class LeanConnection(httpcore.AsyncConnectionInterface):
@@ -161,8 +165,9 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
             await network.aclose()
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        if not self.can_handle_request(request.url.origin):
-            raise RuntimeError(f"A request to {request.url.origin} on a link to {self.origin}")
+        origin = request.origin if isinstance(request, KeptRequest) else request.url.origin
+        if origin is not self.origin and not self.can_handle_request(origin):
+            raise RuntimeError(f"A request to {origin} on a link to {self.origin}")
         if self.state not in (_NEW, _IDLE):
             raise httpcore.ConnectionNotAvailable()
         self.state, self.expire_at = _ACTIVE, None
@@ -228,10 +233,15 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         """Write the request; whether it lets the connection be kept (no `Connection: close`).
         A body in memory (httpx's and httpcore's byte streams are iterables too) is read
         without an async generator."""
-        wire = request.wire if isinstance(request, KeptRequest) else request_head(request)
-        head, chunked, length, closes = wire
         network = self.network
         assert network is not None
+        if isinstance(request, KeptRequest):
+            head, chunked, length, closes = request.wire
+            if request.bodiless and not chunked and not length:  # a poll's GET: its head
+                await network.write(head, within)
+                return not closes
+        else:
+            head, chunked, length, closes = request_head(request)
         pending, sent = head, 0
 
         async def put(chunk: bytes) -> None:
