@@ -396,6 +396,28 @@ class Body:
             self.done = True
             await self.connection.aclose()
 
+    def received_whole(self) -> bytes | None:
+        """The whole body, unread yet, when it is in already (a small answer: the read that
+        brought its head brought it too) and its connection can be kept: taken at once, the
+        connection idle again (what reading it to its end does, without a wait). None
+        otherwise: nothing is taken, the body is read as it comes."""
+        connection, left = self.connection, self.left
+        received = connection.received
+        if (
+            self.done
+            or self.framing != "length"
+            or len(received) != left  # more than the body: not kept (`_finished`)
+            or not self.keep
+            or connection.state != _ACTIVE
+        ):
+            return None
+        body = bytes(received)
+        received.clear()
+        self.left, self.done = 0, True
+        connection.state = _IDLE
+        connection.expire_at = time.monotonic() + connection.keepalive_expiry
+        return body
+
     async def _finished(self) -> None:
         connection = self.connection
         if self.keep and not connection.received and connection.state == _ACTIVE:

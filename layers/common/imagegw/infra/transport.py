@@ -523,16 +523,21 @@ class PooledTransport(httpx.AsyncBaseTransport):
             try:  # an answer declared too long is refused unread
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise too_large()
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in stream:
-                    size += len(chunk)
-                    if size > limit:
-                        raise too_large()
-                    chunks.append(chunk)
+                body = stream.stream
+                # a small answer (a poll's) is most often in whole with its head: taken at once
+                content = body.received_whole() if isinstance(body, Body) else None
+                if content is None:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in stream:
+                        size += len(chunk)
+                        if size > limit:
+                            raise too_large()
+                        chunks.append(chunk)
+                    content = b"".join(chunks)
             finally:
                 await stream.aclose()
-        return Whole(answer.status, headers, b"".join(chunks), answer.extensions, request)
+        return Whole(answer.status, headers, content, answer.extensions, request)
 
     async def status_of(
         self,
