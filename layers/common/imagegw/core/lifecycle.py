@@ -108,19 +108,11 @@ class Book(Generic[Image]):
 
     def apply(self, index: int, outcome: Outcome[Image]) -> Book[Image]:
         """The book after a `start` or `check` answer meant `outcome` for task `index`. Any
-        such answer is usable: the count of failed polls starts again. A task still working
-        in the same state and words, with no failed poll counted, leaves the book as it is
-        (the same book: most polls' answer)."""
-        task = self.tasks[index]
-        if (
-            isinstance(outcome, Working)
-            and task.state == outcome.state
-            and task.detail == outcome.detail
-            and not task.failures
-            and task.last_error is None
-        ):
+        such answer is usable: the count of failed polls starts again. An outcome the book
+        `keeps` leaves it as it is (the same book)."""
+        if self.keeps(index, outcome):
             return self
-        task = replace(task, failures=0, last_error=None)
+        task = replace(self.tasks[index], failures=0, last_error=None)
         if isinstance(outcome, Submitted):
             task = replace(task, task_id=outcome.task_id, state=outcome.state)
         elif isinstance(outcome, Working):
@@ -130,6 +122,18 @@ class Book(Generic[Image]):
         else:
             task = replace(task, state=outcome.state, error=outcome.error, images=())
         return self._with(index, task)
+
+    def keeps(self, index: int, outcome: Outcome[Image]) -> bool:
+        """Whether `outcome` for task `index` changes nothing: the task still working, in the
+        same state and words, with no failed poll counted (most polls' answer)."""
+        task = self.tasks[index]
+        return (
+            isinstance(outcome, Working)
+            and task.state == outcome.state
+            and task.detail == outcome.detail
+            and not task.failures
+            and task.last_error is None
+        )
 
     def poll_failed(self, index: int, error: GatewayError) -> Book[Image]:
         """A poll of task `index` got no usable answer (`error`): still running, counted."""

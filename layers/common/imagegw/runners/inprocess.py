@@ -304,7 +304,7 @@ class _Run:
         follows the model's learned run time; a task that ends teaches it how long this one
         took."""
         clock, forecast, policy = self.clock, self.forecast, self.policy
-        request = self.parts[index]
+        request, title = self.parts[index], self.provider.title
         timing = Timing(submitted=clock())
         answered, failures = timing.submitted, 0
         while True:
@@ -334,6 +334,10 @@ class _Run:
                 expected = expected_total(timing, forecast.estimate)
                 if expected is not None:
                     forecast.ends[index] = timing.submitted + expected
+                # an answer that changes nothing (the book as `watch` left it: no answer
+                # waiting) does not wake the watcher: its timer tells the time
+                if not inbox.answers and self.book.keeps(index, advance(title, task_id, status)):
+                    continue
             elif isinstance(status, Finished):
                 self.learn(timing, answered)
                 if timing.last_running is not None:  # it ended between these two polls
@@ -379,7 +383,8 @@ class _Run:
                     summary = self.book.summary()
                 # a change (state, tasks ended, the provider's words) at once; an unchanged
                 # state every progress_interval even while polls keep answering (they come
-                # more often than that)
+                # more often than that; those that change nothing do not wake this loop:
+                # `_poll`, and the wait's timer rings)
                 if summary != before or clock() - last_progress >= settings.progress_interval:
                     yield self.progress(summary)
                     last_progress = clock()
