@@ -324,25 +324,28 @@ def _says_close(value: bytes) -> bool:
     return any(token.strip().lower() == b"close" for token in value.split(b","))
 
 
-def _closes(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the headers say `Connection: close`."""
-    return any(name.lower() == b"connection" and _says_close(value) for name, value in headers)
-
-
 def _framing(
     method: bytes, version: bytes, status: int, headers: list[tuple[bytes, bytes]]
 ) -> tuple[str, int, bool]:
     """How the answer's body is framed ("length", "chunked" or "close": read until the end),
-    its length (for "length"), and whether the connection may be kept after it."""
-    keep = version == b"1" and not _closes(headers)
+    its length (for "length"), and whether the connection may be kept after it (the headers
+    read in one pass)."""
+    closes, codings, lengths = False, [], set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            closes = closes or _says_close(value)
+        elif lowered == b"transfer-encoding":
+            codings.append(value)
+        elif lowered == b"content-length":
+            lengths.add(value.strip())
+    keep = version == b"1" and not closes
     if method == b"HEAD" or status in _NO_BODY or status < 200:
         return "length", 0, keep and status != 101
-    codings = [value for name, value in headers if name.lower() == b"transfer-encoding"]
     if codings:
         if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
             raise httpcore.RemoteProtocolError("Only Transfer-Encoding: chunked is supported.")
         return "chunked", 0, keep
-    lengths = {value.strip() for name, value in headers if name.lower() == b"content-length"}
     if lengths:
         length = lengths.pop() if len(lengths) == 1 else b""
         if not length.isdigit():
