@@ -35,14 +35,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import boto3
 import httpx
 import pytest
 
 import lambda_runtime
 from fakes.modelscope import FakeModelScope
 from fakes.server import ServerThread, SwappableApp
+from imagegw.frontends.local import create_access_table
 from lambdahost.events import to_http_request
 
 pytestmark = pytest.mark.e2e
@@ -304,3 +306,55 @@ def test_streamed_edit_event_generates_through_the_build(
     (task,) = fake_ms.tasks.values()
     photo = next(p for p in request.json()["messages"][-1]["content"] if p["type"] == "image_url")
     assert task.inputs == [base64.b64decode(photo["image_url"]["url"].split(",", 1)[1])]
+
+
+def _access_table(s3_env: dict[str, str], name: str) -> tuple[Any, dict[str, str]]:
+    """A fresh access table and secret on the stand-in's moto server (it serves every AWS
+    service); a DynamoDB client on it, and the function's environment that names them."""
+    credentials = {
+        "region_name": s3_env["AWS_REGION"],
+        "endpoint_url": s3_env["S3_ENDPOINT_URL"],
+        "aws_access_key_id": s3_env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": s3_env["AWS_SECRET_ACCESS_KEY"],
+    }
+    dynamodb = boto3.client("dynamodb", **credentials)
+    create_access_table(dynamodb, name)
+    value = json.dumps({"pepper": "e2e-pepper-" + name, "tokens": {}})
+    secret = boto3.client("secretsmanager", **credentials).create_secret(
+        Name=name, SecretString=value
+    )["ARN"]
+    return dynamodb, {
+        "ACCESS_TABLE": name,
+        "ACCESS_SECRET": secret,
+        "AWS_ENDPOINT_URL_DYNAMODB": s3_env["S3_ENDPOINT_URL"],
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": s3_env["S3_ENDPOINT_URL"],
+    }
+
+
+def test_run_times_learned_within_the_write_window_reach_the_table_at_shutdown(
+    tmp_path: Path, s3_env: dict[str, str], fake_ms: FakeModelScope
+) -> None:
+    # Given the build with a reachable access table (the template's default mixed mode)
+    dynamodb, access = _access_table(s3_env, "e2e-shutdown-estimates")
+    with booted_build(tmp_path, s3_env, fake_ms.base_url, access) as (url, _log):  # type: ignore[attr-defined]
+        # When two generations of one model end within a few seconds (the second's run time
+        # waits for its key's write window, FLUSH_SECONDS)
+        for prompt in ("a red fox", "a blue fox"):
+            answer = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": "Qwen/Qwen-Image",
+                    "messages": [{"role": "user", "content": prompt}],
+                },
+                headers={"authorization": "Bearer ms-test-token"},
+                timeout=30.0,
+            )
+            assert answer.status_code == 200, answer.text
+        # and Lambda shuts the instance down (SIGTERM, on leaving `booted_build`)
+
+    # Then the table holds both samples of the model's run time
+    found = dynamodb.get_item(
+        TableName="e2e-shutdown-estimates",
+        Key={"pk": {"S": "estimate#modelscope#Qwen/Qwen-Image#default/std"}},
+    )
+    assert found["Item"]["samples"] == {"N": "2"}, found.get("Item")

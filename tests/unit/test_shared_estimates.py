@@ -8,7 +8,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,6 +31,7 @@ from imagegw.core.estimates import MemoryEstimates, fold, learn
 from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing
 from imagegw.infra.config import Settings
 from imagegw.runners.gateway import Gateway
+from imagegw.runners.stepfunctions import steps
 
 pytestmark = pytest.mark.anyio
 MODEL = Key("modelscope", "Qwen/Qwen-Image")
@@ -446,6 +447,76 @@ async def test_the_gateway_shares_estimates_through_the_access_table_when_there_
     finally:
         for gateway in (first, second, alone):
             await gateway.aclose()
+
+
+async def test_samples_waiting_for_the_window_are_written_when_the_gateway_shuts_down(
+    table: str,
+) -> None:
+    # Given a gateway (an API instance) with ACCESS_TABLE whose second sample of a model waits
+    # for its key's window (the first was written as it ended)
+    gateway = Gateway(Settings(access_table=table, aws_region=REGION))
+    assert isinstance(gateway.estimates, SharedEstimates)
+    gateway.estimates.budget = GENEROUS
+    await gateway.estimates.record(MODEL, 10.0)
+    await gateway.estimates.record(MODEL, 20.0)
+    assert item(table, MODEL)["samples"] == {"N": "1"}
+
+    # When it shuts down (the lifespan's end, on Lambda's SIGTERM)
+    await gateway.aclose()
+
+    # Then the waiting sample is in the table: another instance predicts with both
+    assert item(table, MODEL)["samples"] == {"N": "2"}
+    assert same(await instance(table, Clock()).get(MODEL), learned(10.0, 20.0))
+
+
+def test_a_job_step_writes_the_run_times_it_left_waiting_before_it_returns(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job function's instance with ACCESS_TABLE (no SIGTERM reaches it at its end),
+    # whose step learns two run times of a model, the second within its key's write window
+    monkeypatch.setattr(steps, "ESTIMATES", None)
+    settings = Settings(access_table=table, aws_region=REGION)
+
+    async def step(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
+        assert isinstance(kit.estimates, SharedEstimates)
+        kit.estimates.budget = GENEROUS
+        for seconds in event["run_times"]:
+            await kit.estimates.record(MODEL, seconds)
+        return {"status": "done"}
+
+    # When the step runs as the task function runs it
+    assert steps.run_step(step, {"run_times": [10.0, 20.0]}, settings) == {"status": "done"}
+
+    # Then both are in the table when it returns: another instance predicts with both
+    assert item(table, MODEL)["samples"] == {"N": "2"}
+    steps.close_instances()
+
+
+async def test_a_table_that_does_not_take_the_shutdown_write_is_given_up_within_its_budget(
+    table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an instance with a sample waiting, whose table then stops taking writes
+    client = Slow(boto3.client("dynamodb", region_name=REGION))
+    client.release.set()
+    store = instance(table, Clock(), client)
+    await store.record(MODEL, 10.0)
+    await store.record(MODEL, 20.0)
+    client.release.clear()
+    try:
+        # When it shuts down
+        with caplog.at_level(logging.WARNING):
+            began = time.monotonic()
+            await store.flush()
+            waited = time.monotonic() - began
+
+        # Then it stopped waiting for the write (well before the write's own budget, 30 s
+        # here: the process is about to end) and said samples may be lost; the table holds
+        # the first sample only
+        assert client.entered.is_set() and waited < GENEROUS / 2
+        assert "samples may be lost at shutdown" in caplog.text
+        assert item(table, MODEL)["samples"] == {"N": "1"}
+    finally:
+        client.release.set()
 
 
 class SlowToBuild(AccessTable):

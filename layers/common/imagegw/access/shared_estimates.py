@@ -20,8 +20,11 @@
 
 So a burst (a hundred streams of one model ending together) costs an instance one write per key,
 and one more with the rest once the window has passed, not one per sample each racing the
-others. There are no timers (a Lambda instance is frozen between invocations): samples still
-waiting when an instance ends are lost to the table, as are those of a key it records no more.
+others. There are no timers (a Lambda instance is frozen between invocations): samples waiting
+go with the key's next record after the window, or with `flush` when the instance shuts down
+(the API function's lifespan, on the SIGTERM Lambda sends it through the Web Adapter: every
+waiting key in one write each, at once, within SHUTDOWN_BUDGET seconds of the runtime's 300 ms).
+A job function gets no SIGTERM: each of its steps ends with `flush` (`stepfunctions.steps`).
 
 The table is a help, never a need: each call runs in a worker thread within CALL_BUDGET seconds
 (the client is built once before, outside it: building it is no sign of a slow table);
@@ -56,6 +59,8 @@ CALL_BUDGET: Final = 0.5
 #: one per sample, while other instances, reading through their CACHE_SECONDS cache anyway, see
 #: a sample at most this much later; 6 writes a minute per key and instance at most
 FLUSH_SECONDS: Final = 10.0
+#: the most `flush` may take at shutdown (Lambda gives the runtime 300 ms after its SIGTERM)
+SHUTDOWN_BUDGET: Final = 0.2
 #: samples a key keeps waiting for its next write (the newest: the mean weighs them most)
 MAX_PENDING: Final = 64
 #: how long the memory alone answers after a table call failed
@@ -127,6 +132,22 @@ class SharedEstimates:
         if key in self._writing or self.clock() - self._written.get(key, -math.inf) < FLUSH_SECONDS:
             return  # the key's next record after the window writes them
         await self._flush(key)
+
+    async def flush(self) -> None:
+        """Writes every key's waiting samples at once (at shutdown, or a job step's end),
+        waiting SHUTDOWN_BUDGET at most; a write not done by then may be lost with the process
+        (one log line)."""
+        keys = [key for key in self._pending if key not in self._writing]
+        if not keys:
+            return
+        try:
+            async with asyncio.timeout(SHUTDOWN_BUDGET):
+                await asyncio.gather(*(self._flush(key) for key in keys))
+        except TimeoutError:
+            logger.warning(
+                "run-time samples may be lost at shutdown: the table did not answer in time",
+                extra={"keys": len(keys)},
+            )
 
     async def _flush(self, key: Key) -> None:
         """Writes the key's waiting samples (one write in flight per key)."""

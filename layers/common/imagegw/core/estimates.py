@@ -34,6 +34,9 @@ class Estimates(Protocol):
 
     async def record(self, key: Key, seconds: float) -> None: ...
 
+    async def flush(self) -> None:
+        """Stores what waits to be stored (at shutdown)."""
+
 
 def fold(old: Estimate | None, seconds: float) -> Estimate:
     """`old` with one more sample: an exponentially weighted mean and deviation."""
@@ -61,6 +64,9 @@ class MemoryEstimates:
 
     async def record(self, key: Key, seconds: float) -> None:
         self.learned[key] = fold(self.learned.get(key), seconds)
+
+    async def flush(self) -> None:
+        """Nothing waits: the process's memory is the store."""
 
 
 async def learn(estimates: Estimates | None, key: Key, timing: Timing, ended_seen: float) -> None:

@@ -7,16 +7,26 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
 - once as soon as the submission answered (`EARLY`), so an instant task is answered at once,
   not at a first scheduled poll;
 - while the provider says it is queued (its run has not begun: ModelScope's PENDING), on a
-  pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, from one spread
-  of the run, two for a model with a history, up to `QUEUE_MAX` times POLL_INTERVAL_MAX
-  whatever the run's spread): a long queue costs a few polls, and the run's predicted
-  end is counted from the poll that saw it running (the learned *run* time, not queue and run),
-  not from the submission. (Until the sixth round the waits grew by 0.35 of the time queued
-  and stopped at twice the run's spread, so a learned model whose runs vary little was polled
-  every POLL_INTERVAL_MAX through a 25-s queue, 13 polls; now 9. On bench polling's simulated
-  uneven mix, eight seeds, the long tasks went from 0.37 to 0.36 polls a second on the prior,
-  0.32 to 0.29 learned, 0.42 to 0.35 as bench versus runs it, with their median lag 0.77 to
-  0.62 s, 0.78 to 0.77 s, 0.74 to 0.63 s; the short tasks' figures did not move);
+  pace of its own that thins out with the time queued (`QUEUE_STRETCH` of it, all of it for a
+  prior or a short history, `GUESS_STRETCH`: its window is a guess, which a begin seen
+  precisely sharpens little; from one spread of the run, two for a model with a history, up to
+  `QUEUE_MAX` times POLL_INTERVAL_MAX whatever the run's spread): a long queue costs a few
+  polls, and the run's predicted end is counted from the poll that saw it running (the learned
+  *run* time, not queue and run), not from the submission. (Until the sixth round the waits
+  grew by 0.35 of the time queued and stopped at twice the run's spread, so a learned model
+  whose runs vary little was polled every POLL_INTERVAL_MAX through a 25-s queue, 13 polls;
+  now 9. On bench polling's simulated uneven mix, eight seeds, the long tasks went from 0.37
+  to 0.36 polls a second on the prior, 0.32 to 0.29 learned, 0.42 to 0.35 as bench versus runs
+  it, with their median lag 0.77 to 0.62 s, 0.78 to 0.77 s, 0.74 to 0.63 s; the short tasks'
+  figures did not move. Until the seventh round a prior's waits grew by half the time queued
+  too, so a 25-s queue took 7 polls, now 6, and its run, once seen, was polled as if it had
+  just begun; with both, on bench polling's simulated uneven mix as bench versus runs it (its
+  tasks made 0.5 s before the gateway has the submission's answer, as in real runs), 24 seeds,
+  the long tasks went from 0.354 to 0.320 polls a second, 10.8 to 9.8 polls a task, for a
+  median lag of 0.74 to 0.80 s and a mean of 0.86 to 0.90 s (a poll saved for 0.04 s of lag,
+  under a poll's `PRICE` at their age, 0.15 s), on the prior alone from 0.357 to 0.318 at a
+  mean lag of 0.76 to 0.85 s; the short tasks' figures did not move, a learned model's by
+  under 0.01);
 - while running, a model learned from `SHAPED` tasks or more: where its end is likely
   (`_hazard_delay`). The predicted end is a normal law (the learned run time and spread, widened
   by the uncertainty of when the run began) beside a share of tasks that overrun it (`LATE`);
@@ -26,7 +36,9 @@ by (provider, model, size/steps bucket) in an `Estimates` store, and a task is p
   polled more sparsely): sparse far before the likely end, densest late in it, and thinning
   out once the task overruns it; no wait steps over the end of the likely window;
 - a model on its prior or a shorter history, while running: sparsely far from its predicted end
-  (each wait half the time left to the window), then densely in a window around the
+  (each wait half the time left to the window, and no longer than the run has likely lasted,
+  counted from the middle of the span in which it began: a run seen after a long queued wait
+  is not polled as if it had just begun), then densely in a window around the
   predicted end, as wide as the spread and the uncertainty of when the run began, the density
   bounded by a poll budget (`budget`: 1.5 polls a second of the expected time for short tasks,
   0.28 for long ones); a window less than one spacing away is polled inside (at its end at
@@ -83,8 +95,11 @@ OVERRUN: Final = 0.5
 JOB_STRETCH: Final = 0.75
 #: between polls while the provider says the task is queued, at least (a learned model)
 QUEUED_EVERY: Final = 1.0
-#: while queued, each wait is at least this share of the time queued so far
+#: while queued, each wait is at least this share of the time queued so far (a learned model)
 QUEUE_STRETCH: Final = 0.5
+#: while queued, a prior's or a short history's waits are at least this share of the time
+#: queued (its window is a guess, which a precisely seen begin sharpens little)
+GUESS_STRETCH: Final = 1.0
 #: while queued, a wait is at most this many POLL_INTERVAL_MAX
 QUEUE_MAX: Final = 2.0
 #: the densest polling, in the window around the predicted end
@@ -220,19 +235,20 @@ def budget(expected: float) -> float:
 
 def _queued(timing: Timing, estimate: Estimate, now: float, base: float, maximum: float) -> float:
     """While queued: as often as the run's own spread makes worth knowing when it began, and
-    sparser the longer the queue lasts (`QUEUE_STRETCH` of the time queued). A run's begin seen
+    sparser the longer the queue lasts (`QUEUE_STRETCH` of the time queued; all of it,
+    `GUESS_STRETCH`, for a prior or a short history, whose window is a guess). A run's begin seen
     one wait late widens the predicted end by that wait over √12 in quadrature with the run's
     spread: a wait of one spread (a prior or a short history: a guess; between POLL_INTERVAL
     and POLL_INTERVAL_MAX) or two (a model with a history) widens it by 4% or 15%. Once the
     queue has lasted, the waits grow with it up to `QUEUE_MAX` times POLL_INTERVAL_MAX whatever
     the spread: a task that has waited long is old, and a second of its lag weighs less than a
     poll (`PRICE`), so an uneven queue's long waits cost a poll every few seconds."""
-    spread = estimate.spread
+    spread, stretch = estimate.spread, QUEUE_STRETCH
     if estimate.samples < LEARNED:
-        every = min(maximum, max(base, spread))
+        every, stretch = min(maximum, max(base, spread)), GUESS_STRETCH
     else:
         every = max(QUEUED_EVERY, 2 * spread)
-    return min(QUEUE_MAX * maximum, max(every, QUEUE_STRETCH * (now - timing.submitted)))
+    return min(QUEUE_MAX * maximum, max(every, stretch * (now - timing.submitted)))
 
 
 def _dense(timing: Timing, span: Window, dense: float) -> float:
@@ -248,11 +264,12 @@ def next_delay(
     POLL_INTERVAL_MAX, for today's schedule).
 
     A wait while running is never longer than the task has run so far, unless that is below
-    POLL_INTERVAL_MAX; until a model has a history (`LEARNED` tasks: a catalogue prior is no
-    history) never longer than today's schedule would wait (while queued: `_queued`). So a
-    prediction that is far off costs a few polls, not a long lag. The dense spacing is never
-    above POLL_INTERVAL, and until a model has a history never below it (a prior is a
-    guess)."""
+    POLL_INTERVAL_MAX (with no history: than it has likely run, from the middle of the span in
+    which its run began, and never above POLL_INTERVAL_MAX); until a model has a history
+    (`LEARNED` tasks: a catalogue prior is no history) never longer than today's schedule
+    would wait (while queued: `_queued`). So a prediction that is far off costs a few polls,
+    not a long lag. The dense spacing is never above POLL_INTERVAL, and until a model has a
+    history never below it (a prior is a guess)."""
     if timing.polls == 0:
         return max(0.0, timing.submitted + min(EARLY, base) - now)
     today = poll_delay(now - timing.submitted, base, maximum)
@@ -275,8 +292,11 @@ def _predicted_delay(
     """`next_delay` for a task polled at least once, whose model has an estimate."""
     if timing.running_seen is None:
         return _queued(timing, estimate, now, base, maximum)
-    ran = max(base, now - timing.began()[1])
-    cap = max(maximum, ran) if estimate.samples >= LEARNED else min(maximum, ran)
+    earliest, latest = timing.began()
+    if estimate.samples >= LEARNED:
+        cap = max(maximum, now - latest)
+    else:  # no longer than it has likely run (from the middle of the span its run began in)
+        cap = min(maximum, max(base, now - (earliest + latest) / 2))
     # a prior or a short history is a guess: no denser than POLL_INTERVAL around it
     dense = min(DENSE_MIN, base) if estimate.samples >= LEARNED else base
     span = window(timing, estimate)

@@ -166,6 +166,9 @@ class Gateway:
         return cls if hasattr(cls, "catalog") else self.provider(key)
 
     async def aclose(self) -> None:
+        learned: Estimates | None = self.__dict__.get("estimates")  # (`cached_property`)
+        if learned is not None:  # samples waiting for the access table: written now, not lost
+            await learned.flush()
         for made in ("fetcher", "result_fetcher", "store"):  # only those made (`cached_property`)
             done: Fetcher | ImageStore | None = self.__dict__.get(made)
             if done is not None:

@@ -174,11 +174,15 @@ def run_step(
     step: Step, event: Mapping[str, Any], settings: Settings | None = None
 ) -> dict[str, Any]:
     """Run one step to completion (the task functions' synchronous entry), on the instance's
-    event loop with its `Gateway`."""
+    event loop with its `Gateway`. Run times learned in the step and still waiting for the
+    access table are written before it returns: a job function gets no SIGTERM at its end."""
     kit = gateway_for(settings or Settings.from_env())
 
     async def main() -> dict[str, Any]:
-        return await step(event, kit)
+        try:
+            return await step(event, kit)
+        finally:
+            await kit.estimates.flush()
 
     return _instance().runner.run(main())
 
