@@ -288,7 +288,9 @@ def test_deadline_is_504_naming_the_task(
     gateway: Callable[..., str], fake_ms: FakeModelScope
 ) -> None:
     fake_ms.task_duration = 30.0
-    base = gateway(generation_timeout=0.6)
+    # the deadline bounds the submission too: 2 s, so a busy machine's submission is in
+    # before it (at 0.6 s one could miss it, and the 504 named no task)
+    base = gateway(generation_timeout=2.0)
     with pytest.raises(openai.APIStatusError) as caught:
         client(base, retries=2).chat.completions.create(
             model="Qwen/Qwen-Image", messages=[{"role": "user", "content": "x"}]
@@ -320,8 +322,9 @@ def test_unknown_status_names_keep_polling(gateway_url: str, fake_ms: FakeModelS
 def test_keepalive_comments_while_waiting(
     gateway: Callable[..., str], fake_ms: FakeModelScope
 ) -> None:
-    # Given a slow task and a short keep-alive interval, read the raw SSE
-    fake_ms.task_duration = 1.0
+    # Given a slow task and a short keep-alive interval, read the raw SSE (the task lasts ten
+    # intervals: a busy machine's stall of a few does not leave fewer than three)
+    fake_ms.task_duration = 2.0
     base = gateway(keepalive_interval=0.2, progress_interval=5.0)
     body = {
         "model": "Qwen/Qwen-Image",

@@ -100,7 +100,9 @@ class World:
         )
         return view.id
 
-    def wait(self, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    def wait(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The execution once it ended (`timeout`: a bound for a machine under load, not a
+        timing: a job whose trickled polls take 5 s was waited on 7.5 s at load 8)."""
         arn = StepFunctionsRunner(str(self.settings.job_state_machine_arn), REGION)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -186,6 +188,21 @@ def make_world(
         return world
 
     return make
+
+
+def function_env(world: World, task: str, **variables: str) -> None:
+    """The function of `task` (its ARN's name in the ASL: `JobPollFunctionArn`) runs with
+    `variables` in its environment, set for each of its calls only, as a Lambda function's
+    configuration is its own (the other tasks keep the test's)."""
+    handler = world.lambdas.handlers[world.arns[task]]
+
+    def configured(event: dict[str, Any], context: Any) -> Any:
+        with pytest.MonkeyPatch.context() as scoped:
+            for name, value in variables.items():
+                scoped.setenv(name, value)
+            return handler(event, context)
+
+    world.lambdas.handlers[world.arns[task]] = configured
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pytest
 from fakes.faulty_jobs import ALWAYS, BucketOutage, FaultyModelScope, PollFault
 from fakes.openai_images import FakeOpenAIImages
 from fakes.png import png_size
-from functional.machine import World
+from functional.machine import World, function_env
 from imagegw.errors import StorageError, render
 from imagegw.infra.storage import RESULTS
 from imagegw.runners.stepfunctions import steps
@@ -127,7 +127,8 @@ def test_a_provider_down_at_submit_fails_the_job_with_nothing_started(
         ("503", "answered 503"),
         ("garbage", "unreadable status"),
         ("cut", "could not be reached"),  # the provider dying mid-poll
-        # a byte every 0.2 s: no read waits PROVIDER_TIMEOUT (1 s here), the whole poll does
+        # a byte every 0.2 s: no read waits PROVIDER_TIMEOUT (1 s for the polls here), the
+        # whole poll does
         ("trickle", "no answer within 1 s"),
     ],
 )
@@ -136,12 +137,13 @@ def test_polls_that_keep_failing_are_tried_until_the_deadline_then_named(
     faulty_ms: FaultyModelScope,
     fault: PollFault,
     named: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a job allowed 30 s (JOB_TIMEOUT, at 0 s polls) and every poll failing
-    if fault == "trickle":
-        monkeypatch.setenv("PROVIDER_TIMEOUT", "1")
     w = world(job_timeout=30)
+    if fault == "trickle":
+        # the Poll function's own: the submission keeps the default (on a busy machine a
+        # submission could take over 1 s and fail the job before any poll)
+        function_env(w, POLL, PROVIDER_TIMEOUT="1")
     faulty_ms.poll_fault = fault
     faulty_ms.poll_faults = ALWAYS
 

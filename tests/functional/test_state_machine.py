@@ -20,14 +20,15 @@ from typing import Any
 import pytest
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
-from fakes.aws import BUCKET, new_access_table
+from fakes.aws import BUCKET, TABLE_BUDGET, new_access_table
 from fakes.modelscope import FakeModelScope
 from fakes.png import png_size, sniff_image
 from functional.machine import TOKEN, World, simulate_time, transitions
 from imagegw.access import shared_estimates
 from imagegw.access.shared_estimates import SharedEstimates
-from imagegw.core.estimates import MemoryEstimates
+from imagegw.core.estimates import Estimates, MemoryEstimates
 from imagegw.core.schedule import QUEUE_MODEL
+from imagegw.infra.config import Settings
 from imagegw.infra.storage import RESULTS
 from imagegw.providers import priors
 from imagegw.runners.stepfunctions import steps
@@ -226,6 +227,17 @@ def test_a_fresh_instance_waits_for_the_end_other_instances_learned_through_the_
     simulate_time(w, monkeypatch, fake_ms)
     monkeypatch.setenv("ACCESS_TABLE", new_access_table())
     monkeypatch.setattr(steps, "ESTIMATES", None)
+    # the instances' stores wait for moto as long as it takes on a busy machine: one call over
+    # the deployed 0.5 s would leave a store learning alone, and sharing is tested here
+    made = steps.learned_times
+
+    def learned_times(settings: Settings) -> Estimates:
+        store = made(settings)
+        assert isinstance(store, SharedEstimates)
+        store.budget = TABLE_BUDGET
+        return store
+
+    monkeypatch.setattr(steps, "learned_times", learned_times)
     # the jobs are 30 s apart on the simulated clock but moments apart on the table's (real)
     # one: each writes its samples as it would 30 s after the last write
     monkeypatch.setattr(shared_estimates, "FLUSH_SECONDS", 0.0)

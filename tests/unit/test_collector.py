@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagegw.infra.collector import YOUNG_THRESHOLD, loading, pace_for_server
+from imagegw.infra.collector import YOUNG_THRESHOLD, Requests, loading, pace_for_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,3 +109,54 @@ def test_the_start_script_serves_as_uvicorns_command_line_would_without_loading_
     # setting (the event loop and HTTP parser "auto", the log configuration, the port...)
     assert after["same"] and all(after["same"].values()), after["same"]
     assert Path(after["dir"]) == ROOT / "functions" / "api"
+
+
+def collected(thing: object) -> bool:
+    """Whether the collector walks `thing` (frozen objects are in none of its generations)."""
+    return any(found is thing for found in gc.get_objects())
+
+
+def test_what_the_server_loads_later_is_frozen_after_a_request_that_ends_alone() -> None:
+    requests = Requests()
+    requests.settling, requests.modules = True, len(sys.modules)
+    try:
+        # Given two requests in flight, one of which imports a module and keeps what it made
+        requests.began()
+        requests.began()
+        sys.modules["imagegw_test_loaded_later"] = type(sys)("imagegw_test_loaded_later")
+        kept = [[index] for index in range(10)]
+        # When the first ends, the other still in flight: nothing is frozen
+        requests.ended()
+        assert collected(kept)
+        # When the other ends too: what the process holds is frozen
+        requests.ended()
+        assert not collected(kept)
+        # and a later request that loads nothing freezes nothing more
+        requests.began()
+        more = [[index] for index in range(10)]
+        requests.ended()
+        assert collected(more)
+    finally:
+        del sys.modules["imagegw_test_loaded_later"]
+        gc.unfreeze()
+
+
+def test_only_the_api_functions_process_freezes_after_requests() -> None:
+    # Given the requests of a process whose collector was not set to a server's pace (a test's)
+    requests = Requests()
+    try:
+        requests.began()
+        sys.modules["imagegw_test_loaded_later"] = type(sys)("imagegw_test_loaded_later")
+        made = [[index] for index in range(10)]
+        requests.ended()
+        # Then nothing is frozen
+        assert collected(made)
+    finally:
+        del sys.modules["imagegw_test_loaded_later"]
+    # while the API function's process settles (main.py)
+    assert (
+        in_api_function(
+            "import main; from imagegw.infra import collector; print(collector.requests.settling)"
+        ).strip()
+        == "True"
+    )

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from imagegw.errors import ClientDisconnectedError, InvalidRequestError, render
-from imagegw.frontends.disconnect import WatchedStream, unless_disconnected
+from imagegw.frontends.disconnect import LastChunk, WatchedStream, unless_disconnected
 
 pytestmark = pytest.mark.anyio
 
@@ -113,11 +113,11 @@ class Stream:
     """A streamed body: one chunk, then chunks as the test releases them; notes how it ended."""
 
     def __init__(self) -> None:
-        self.release = asyncio.Queue[bytes | None]()
+        self.release = asyncio.Queue[bytes | str | None]()
         self.ended = ""
         self.sent: list[Message] = []
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self) -> AsyncIterator[bytes | str]:
         try:
             yield b"data: first\n\n"
             while (chunk := await self.release.get()) is not None:
@@ -182,3 +182,35 @@ async def test_cancelling_a_streamed_request_cancels_it_and_closes_the_body() ->
     with pytest.raises(asyncio.CancelledError):
         await running
     assert stream.ended == "cancelled"
+
+
+async def test_a_last_chunk_ends_the_answer_and_the_stream_s_work_still_ends() -> None:
+    # Given a stream whose last chunk is marked, with work to do after it
+    channel, stream = Channel(), Stream()
+    answer = WatchedStream(stream.body(), media_type="text/event-stream")
+    running = asyncio.ensure_future(answer(channel.scope(), channel.receive, stream.send))
+    await asyncio.sleep(0.01)
+
+    # When it yields its last chunk
+    await stream.release.put(LastChunk("data: [DONE]\n\n"))
+    await asyncio.sleep(0.01)
+
+    # Then the client has the whole answer at once: the chunk goes with the answer's end
+    bodies = [m for m in stream.sent if m["type"] == "http.response.body"]
+    assert bodies[-1] == {
+        "type": "http.response.body",
+        "body": b"data: [DONE]\n\n",
+        "more_body": False,
+    }
+    assert stream.text() == b"data: first\n\ndata: [DONE]\n\n"
+    # and the server's `http.disconnect` for the finished answer stops nothing
+    await channel.messages.put({"type": "http.disconnect"})
+    await asyncio.sleep(0.01)
+    assert not running.done()
+    # what the stream yields after its last chunk is not sent; it is read to its end
+    await stream.release.put(b"data: late\n\n")
+    await stream.release.put(None)
+    await asyncio.wait_for(running, 30)  # (a bound, not a timing: it ends at once)
+    assert stream.ended == "complete"
+    assert stream.sent[-1]["more_body"] is False
+    assert len([m for m in stream.sent if m["type"] == "http.response.body"]) == len(bodies)

@@ -9,6 +9,7 @@ in for a public address, and a table of made-up names instead of DNS (`Names`)."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -21,6 +22,7 @@ import pytest
 
 from fakes.image_host import FakeImageHost
 from fakes.png import make_png
+from imagegw.infra import fetcher as fetcher_module
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import (
     MAX_REDIRECTS,
@@ -145,6 +147,34 @@ class Canned(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         pass
+
+
+class _Written(_TLSStream):
+    def __init__(self, buffer: list[bytes], names: list[str | None], sent: list[bytes]) -> None:
+        super().__init__(buffer, names)
+        self._sent = sent
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        self._sent.append(buffer)
+
+
+class CannedWritten(Canned):
+    """`Canned`, recording the bytes the gateway sent."""
+
+    def __init__(self, *answer: bytes) -> None:
+        super().__init__(*answer)
+        self.sent: list[bytes] = []
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.hosts.append(host)
+        return _Written(list(self.answer), self.server_names, self.sent)
 
 
 def png_answer(*headers: str) -> tuple[bytes, ...]:
@@ -446,6 +476,48 @@ async def test_the_connection_goes_to_the_checked_address(
 
 
 @pytest.mark.anyio
+async def test_a_host_s_checked_addresses_serve_new_connections_until_their_verdict_lapses(
+    guarded: Made, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a name whose first answer is public and whose later answers are private
+    # (rebinding), and a server that closes every connection after one answer
+    names = Names({"images.example": [[PUBLIC], [PUBLIC], ["10.0.0.1"]]})
+    network = Canned(*png_answer("Connection: close"))
+    guard = fetcher(guarded, resolver=names, network=network)
+    url = "http://images.example/a.png"
+
+    # When a burst of downloads opens connections to it, then one more comes
+    for data in await asyncio.gather(*(guard.fetch(url, limit=10**6) for _ in range(5))):
+        assert data == make_png(4, 4)
+    assert await guard.fetch(url, limit=10**6) == make_png(4, 4)
+
+    # Then the name was resolved once and every connection went to the checked address
+    assert names.asked == ["images.example"]
+    assert network.hosts == [PUBLIC] * 6
+
+    # And once the verdict has lapsed the name is resolved again: the private answer is refused
+    monkeypatch.setattr(fetcher_module, "VERDICT_SECONDS", 0.0)
+    guard = fetcher(guarded, resolver=names, network=network)
+    assert await guard.fetch(url, limit=10**6) == make_png(4, 4)  # resolved: the public answer
+    with pytest.raises(FetchError):
+        await guard.fetch(url, limit=10**6)
+    assert names.asked == ["images.example"] * 3
+    assert network.hosts == [PUBLIC] * 7
+
+
+@pytest.mark.anyio
+async def test_a_refusal_is_not_kept(guarded: Made) -> None:
+    # Given a name that first does not resolve, then resolves to a public address
+    names = Names({"images.example": [[], [PUBLIC]]})
+    guard = fetcher(guarded, resolver=names, network=Canned(*png_answer()))
+    with pytest.raises(FetchError):
+        await guard.fetch("http://images.example/a.png", limit=10**6)
+    # When it is fetched again / Then it is resolved again, and fetched
+    assert await guard.fetch("http://images.example/a.png", limit=10**6) == make_png(4, 4)
+    assert names.asked == ["images.example"] * 2
+
+
+@pytest.mark.anyio
 async def test_tls_verifies_the_host_name_while_connecting_to_the_checked_address(
     guarded: Made,
 ) -> None:
@@ -575,6 +647,35 @@ async def test_proxies_from_the_environment_are_not_used(
     monkeypatch.delenv("no_proxy", raising=False)
     data = await fetcher(guarded, policy=stand_in).fetch(f"{image_host.url}/files/x.png", limit=99)
     assert data == image_host.files["x.png"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://images.example/a.png",
+        "https://Images.Example:8443/dir/a%20b.png?Expires=1&Signature=x%2By",
+        "http://images.example:80/a.png?",
+    ],
+)
+async def test_a_download_sends_what_httpx_s_client_sends(url: str, guarded: Made) -> None:
+    # Given a fetcher whose pool no transport layer observes (its downloads skip the client)
+    names = Names({"images.example": [[PUBLIC]]})
+    network = CannedWritten(*png_answer())
+    guard = fetcher(guarded, resolver=names, network=network)
+
+    # When it downloads a URL
+    assert await guard.fetch(url, limit=10**6) == make_png(4, 4)
+
+    # Then the request is the one the client builds: its target, the Host header first, then
+    # the client's own headers (identity encoding asked), in the same order
+    head = b"".join(network.sent).split(b"\r\n\r\n")[0].split(b"\r\n")
+    built = guard.client.build_request("GET", url)
+    assert head[0] == b"GET " + built.url.raw_path + b" HTTP/1.1"
+    sent = [tuple(line.split(b": ", 1)) for line in head[1:]]
+    assert [(k.lower(), v) for k, v in sent] == [(k.lower(), v) for k, v in built.headers.raw]
+    assert sent[0][1] == built.url.netloc
+    assert (b"accept-encoding", b"identity") in [(k.lower(), v) for k, v in sent]
 
 
 # ----------------------------------------------------------------------------- results

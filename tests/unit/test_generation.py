@@ -125,8 +125,17 @@ class FakeClock:
             await asyncio.sleep(0)
 
 
-async def events_of(provider: Provider, request: GenerationRequest, settings: Settings) -> list:
-    return [event async for event in generate(provider, request, settings)]
+async def events_of(
+    provider: Provider,
+    request: GenerationRequest,
+    settings: Settings,
+    clock: FakeClock | None = None,
+) -> list:
+    """Every event of the run; on `clock` (its waits take no time) when given."""
+    if clock is None:
+        return [event async for event in generate(provider, request, settings)]
+    run = generate(provider, request, settings, clock=clock, sleep=clock.sleep)
+    return [event async for event in run]
 
 
 # ----------------------------------------------------------------------------- one task
@@ -278,13 +287,15 @@ def unavailable() -> TransientProviderError:
 
 
 async def test_polls_failing_for_the_whole_window_are_a_502_naming_the_last_error() -> None:
-    # Given a task whose polls keep failing, and a deadline far beyond the failure window
+    # Given a task whose polls keep failing, and a deadline far beyond the failure window (on
+    # a clock that moves as the poller waits: a busy machine's stall outlasting the window
+    # would leave one poll)
     settings = FAST.model_copy(update={"poll_failure_window": 0.2, "generation_timeout": 30.0})
     provider = Scripted(settings, [[unavailable()]])
 
     # Then the client hears of it after the window, not at the deadline
     with pytest.raises(ProviderError) as caught:
-        await events_of(provider, job(), settings)
+        await events_of(provider, job(), settings, FakeClock())
 
     error = caught.value
     assert error.message == (
@@ -309,12 +320,13 @@ async def test_failed_polls_back_off() -> None:
 
 
 async def test_a_good_answer_restarts_the_failure_window() -> None:
-    # Given streaks of failures, each shorter than the window but together far longer
+    # Given streaks of failures, each shorter than the window but together far longer (on a
+    # clock that moves as the poller waits: a stall mid-streak would outlast the window)
     settings = FAST.model_copy(update={"poll_failure_window": 0.15})
     streak = [unavailable(), unavailable(), Running("RUNNING")]
     provider = Scripted(settings, [streak * 6 + [Finished((img(0),))]])
 
-    *_, result = await events_of(provider, job(), settings)
+    *_, result = await events_of(provider, job(), settings, FakeClock())
 
     assert isinstance(result, Result)
     assert result.images == (img(0),)

@@ -41,6 +41,13 @@ LINES: dict[str, Write] = {
         "café ✓", extra={"ids": ("a", "b"), "at": time.gmtime(0), "n": None}
     ),
     "error": failing,
+    "extra fields named like later ones": lambda log: log.info(
+        "x", extra={"exception_name": "mine", "stack_trace": "s", "xray_trace_id": "t"}
+    ),
+    "a dict message": lambda log: log.info({"a": 1}, extra={"b": 2}),
+    "sentences that begin like JSON words": lambda log: [
+        log.info(m) for m in ("tasks started", "null and void", " NaN", "Infinity\n", "fals")
+    ],
 }
 
 
@@ -80,6 +87,26 @@ def test_a_line_is_powertools_own_line(kind: str, pair: Pair) -> None:
     assert ours_out.getvalue() == written
 
 
+def test_a_structure_of_the_owners_is_rendered_as_powertools_renders_it() -> None:
+    # Given a Logger whose fields render other record attributes (and one that is not text)
+    outs = io.StringIO(), io.StringIO()
+    for out, formatter in zip(outs, (None, JsonFormatter()), strict=True):
+        log = Logger(
+            service=f"structure-{len(out.getvalue())}-{formatter is None}",
+            stream=out,
+            logger_formatter=formatter,
+        )
+        log.append_keys(location="%(module)s", level="%(levelno)d", sampled=3)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time_ns", lambda: 1_765_000_000_250_000_000)
+            patch.setattr(time, "time", lambda: 1_765_000_000.25)
+            log.info("structured", extra={"n": 1})
+    # Then ours writes Powertools' line
+    stock, ours = (out.getvalue() for out in outs)
+    assert '"location":"test_log_lines"' in stock
+    assert ours.replace('-False"', '-True"') == stock
+
+
 def test_the_gateways_logger_uses_it() -> None:
     assert isinstance(logger.registered_handler.formatter, JsonFormatter)
 
@@ -88,6 +115,8 @@ def test_a_message_is_read_as_json_when_it_is_json() -> None:
     assert json_or_text('{"a": 1}') == {"a": 1}
     assert json_or_text(" 7") == 7
     assert json_or_text("request") == "request"
+    assert json_or_text("tasks started") == "tasks started"
+    assert json_or_text(" false\n") is False
     with pytest.raises(ValueError, match="Expecting"):
         json_or_text("{broken")
 

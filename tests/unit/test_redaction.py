@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from imagegw.errors import ProviderError, TransientJobError, render
 from imagegw.infra.log import logger
 from imagegw.providers.upstream import MAX_MESSAGE, error_for
-from imagegw.redaction import MIN_RUN, protect, redact
+from imagegw.redaction import FEW_PIECES, MIN_RUN, protect, redact
 
 KEY = "ms-Zq8rT2vLx9WmP4sKd7YbN3cHf"  # 29 characters
 
@@ -44,6 +44,26 @@ def test_every_run_of_eight_or_more_is_redacted_and_shorter_ones_are_kept() -> N
     assert leaked_runs(redacted) == []
     assert KEY[:7] in redacted  # 7 characters tell nothing about the key
     assert redacted.startswith("a [key] b [key] c ")
+
+
+#: a key of more pieces than are looked for one by one (a JWT-like token)
+LONG_KEY = "eyJhbGciOiJIUzI1NiJ9." + "".join(f"{i:x}Qw" for i in range(40)) + ".sig-Zq8rT2vLx9"
+
+
+@pytest.mark.parametrize("key", [KEY, LONG_KEY], ids=["few pieces", "many pieces"])
+@pytest.mark.parametrize("start", [0, 1, 5, 13])
+def test_a_run_anywhere_in_a_line_is_redacted_whatever_the_keys_length(
+    key: str, start: int
+) -> None:
+    assert len(LONG_KEY) - MIN_RUN + 1 > FEW_PIECES
+    for stop in (start + MIN_RUN, start + MIN_RUN + 3, len(key)):
+        line = f'{{"level":"INFO","note":"at {"x" * start}{key[start:stop]}","n":1}}'
+        redacted = redact(line, key)
+        assert leaked_runs(redacted, key) == []
+        assert "[key]" in redacted
+    # and a line without a run of it is left as it is
+    clean = f'{{"message":"request","id":"{key[: MIN_RUN - 1]}","path":"/v1/models"}}'
+    assert redact(clean, key) == clean
 
 
 def test_a_json_escaped_key_is_redacted_too() -> None:

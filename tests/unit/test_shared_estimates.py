@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -18,10 +18,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from fakes.aws import REGION, mocked_dynamodb, new_access_table
+from fakes.aws import REGION, TABLE_BUDGET, mocked_dynamodb, new_access_table
 from imagegw.access.shared_estimates import (
     CACHE_SECONDS,
     FLUSH_SECONDS,
+    MAX_PENDING,
     PAUSE,
     SharedEstimates,
     pk_of,
@@ -54,13 +55,8 @@ def table() -> Iterator[str]:
         yield new_access_table()
 
 
-#: the call budget of these tests' stores: moto on a busy CI machine may take longer than the
-#: 0.5 s a deployed call gets, and the budget is tested on its own (a table that hangs)
-GENEROUS: Final = 30.0
-
-
 def instance(
-    name: str, clock: Clock, client: Any = None, budget: float = GENEROUS
+    name: str, clock: Clock, client: Any = None, budget: float = TABLE_BUDGET
 ) -> SharedEstimates:
     """One Lambda instance's store: its own client (unless given) and its own cache."""
     client = client or boto3.client("dynamodb", region_name=REGION)
@@ -379,6 +375,26 @@ async def test_samples_waiting_for_the_table_count_in_the_instance_own_predictio
     assert same(await other.get(MODEL), learned(10.0))
 
 
+async def test_a_burst_s_lookups_predict_with_every_waiting_sample_as_folded_afresh(
+    table: str,
+) -> None:
+    # Given an instance that has written its first sample of the model
+    clock = Clock()
+    store = instance(table, clock)
+    await store.record(MODEL, 10.0)
+    assert same(await store.get(MODEL), learned(10.0))
+    waiting: list[float] = []
+    # When many more end within the window, more than are kept waiting, each generation
+    # looking the model up between them (some twice)
+    for index in range(MAX_PENDING + 20):
+        seconds = 8.0 + (index * 7) % 11
+        await store.record(MODEL, seconds)
+        waiting = [*waiting, seconds][-MAX_PENDING:]
+        for _ in range(1 + index % 2):
+            # Then each prediction is the table's value with the newest waiting samples
+            assert same(await store.get(MODEL), learned(10.0, *waiting))
+
+
 class Slow(Counting):
     """A counting client whose estimate updates wait until released (a slow table)."""
 
@@ -434,7 +450,7 @@ async def test_the_gateway_shares_estimates_through_the_access_table_when_there_
     first, second, alone = Gateway(shared), Gateway(shared), Gateway(Settings())
     for gateway in (first, second):  # sharing is tested here, not the budget
         assert isinstance(gateway.estimates, SharedEstimates)
-        gateway.estimates.budget = GENEROUS
+        gateway.estimates.budget = TABLE_BUDGET
     try:
         # When the first learns a run time
         await first.estimates.record(MODEL, 10.0)
@@ -456,7 +472,7 @@ async def test_samples_waiting_for_the_window_are_written_when_the_gateway_shuts
     # for its key's window (the first was written as it ended)
     gateway = Gateway(Settings(access_table=table, aws_region=REGION))
     assert isinstance(gateway.estimates, SharedEstimates)
-    gateway.estimates.budget = GENEROUS
+    gateway.estimates.budget = TABLE_BUDGET
     await gateway.estimates.record(MODEL, 10.0)
     await gateway.estimates.record(MODEL, 20.0)
     assert item(table, MODEL)["samples"] == {"N": "1"}
@@ -479,7 +495,7 @@ def test_a_job_step_writes_the_run_times_it_left_waiting_before_it_returns(
 
     async def step(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         assert isinstance(kit.estimates, SharedEstimates)
-        kit.estimates.budget = GENEROUS
+        kit.estimates.budget = TABLE_BUDGET
         for seconds in event["run_times"]:
             await kit.estimates.record(MODEL, seconds)
         return {"status": "done"}
@@ -512,7 +528,7 @@ async def test_a_table_that_does_not_take_the_shutdown_write_is_given_up_within_
         # Then it stopped waiting for the write (well before the write's own budget, 30 s
         # here: the process is about to end) and said samples may be lost; the table holds
         # the first sample only
-        assert client.entered.is_set() and waited < GENEROUS / 2
+        assert client.entered.is_set() and waited < TABLE_BUDGET / 2
         assert "samples may be lost at shutdown" in caplog.text
         assert item(table, MODEL)["samples"] == {"N": "1"}
     finally:

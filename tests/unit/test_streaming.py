@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from imagegw.errors import ProviderError
+from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.streaming import DONE, chat_stream, collect, markdown
+from imagegw.frontends.streaming import DONE, Frames, chat_stream, collect, markdown, sse
 from imagegw.runners.inprocess import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
@@ -152,6 +153,24 @@ async def test_the_images_and_the_end_of_the_stream_arrive_together() -> None:
     assert URLS[0] in last and '"finish_reason":"stop"' in last and last.endswith(DONE)
     assert '"usage"' in last
     assert all(URLS[0] not in chunk for chunk in chunks[:-1])
+    # the answer does not end with them: the run's records after its result come first
+    assert not isinstance(last, LastChunk)
+
+
+async def test_a_stream_that_fails_ends_its_answer_with_its_error() -> None:
+    # the events are over when their error is known: the error and [DONE] end the answer
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([Progress("RUNNING", 0.0), ProviderError("no", code="provider_error")]),
+            Completion(MODEL),
+            include_usage=False,
+            keepalive_interval=5.0,
+        )
+    ]
+    assert isinstance(chunks[-1], LastChunk) and chunks[-1].endswith(DONE)
+    assert '"provider_error"' in chunks[-1]
+    assert not any(isinstance(chunk, LastChunk) for chunk in chunks[:-1])
 
 
 async def test_usage_chunk_only_with_include_usage() -> None:
@@ -260,3 +279,21 @@ async def test_collect_returns_the_result() -> None:
 
 async def test_markdown_is_one_image_per_line() -> None:
     assert markdown(RESULT) == f"![image 1]({URLS[0]})\n![image 2]({URLS[1]})"
+
+
+@pytest.mark.parametrize(
+    ("delta", "finish_reason"),
+    [
+        ({"role": "assistant", "content": ""}, None),
+        ({"reasoning_content": "queued at ModelScope · 0.0 s\n"}, None),
+        ({"content": '![image 1](https://x.test/a.png?q="1"&b=\\)\n> 出错了 ✓'}, None),
+        ({}, "stop"),
+    ],
+)
+def test_a_chunk_s_frame_is_the_chunk_encoded_whole(
+    delta: dict[str, Any], finish_reason: str | None
+) -> None:
+    completion = Completion("Qwen/Qwen-Image «édition»", created=1_765_000_000)
+    frame = Frames(completion).chunk(delta, finish_reason)
+    assert frame == sse(completion.chunk(delta, finish_reason))  # type: ignore[arg-type]
+    assert json.loads(frame.removeprefix("data: "))["choices"][0]["delta"] == delta

@@ -42,25 +42,33 @@ class RawServer(LoopbackServer):
         super().__init__(backlog)
         self.behaviour = behaviour
         self.requests = 0
+        #: released once a connection is closed (by the server, or after its client left)
+        self.closed = threading.Semaphore(0)
 
     def serve(self, connection: socket.socket) -> None:
-        with connection:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                _, _, buffer = buffer.partition(b"\r\n\r\n")
-                self.requests += 1
-                if self.behaviour == "reset-after-request":
-                    linger_zero = struct.pack("ii", 1, 0)  # close = reset
-                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+        try:
+            with connection:
+                self.answer(connection)
+        finally:
+            self.closed.release()
+
+    def answer(self, connection: socket.socket) -> None:
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                chunk = connection.recv(65536)
+                if not chunk:
                     return
-                connection.sendall(ANSWER)
-                if self.behaviour == "close-after-answer":
-                    return
+                buffer += chunk
+            _, _, buffer = buffer.partition(b"\r\n\r\n")
+            self.requests += 1
+            if self.behaviour == "reset-after-request":
+                linger_zero = struct.pack("ii", 1, 0)  # close = reset
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+                return
+            connection.sendall(ANSWER)
+            if self.behaviour == "close-after-answer":
+                return
 
 
 @pytest.fixture
@@ -181,7 +189,8 @@ async def test_a_connection_the_server_closed_is_not_reused(lean: bool) -> None:
     with RawServer("close-after-answer") as server:
         async with client(lean, max_connections=10) as http:
             first = await http.get(server.url)
-            await asyncio.sleep(0.1)  # the server's close arrives while the connection is idle
+            # the server's close arrives while the connection is idle (a bound, not a timing)
+            assert await asyncio.to_thread(server.closed.acquire, True, 30)
             # When another request is made
             second = await http.get(server.url)
 

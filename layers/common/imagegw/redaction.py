@@ -59,11 +59,25 @@ def _forms(secret: str) -> frozenset[str]:
     return frozenset({secret, json.dumps(secret)[1:-1]})
 
 
+#: a secret with at most this many pieces of MIN_RUN characters is looked for piece by piece
+#: (a search of the text each, in C); a longer one by `_may_hold`'s stride
+FEW_PIECES: Final = 64
+
+
 def _may_hold(text: str, halves: frozenset[str]) -> bool:
     """False when `text` cannot hold a run of MIN_RUN characters of the secret: such a run, at
     any offset, holds a piece of _STRIDE characters starting at a multiple of _STRIDE, so only
     those are looked at (a quarter of the positions of a full scan)."""
     return any(text[i : i + _STRIDE] in halves for i in range(0, len(text) - _STRIDE + 1, _STRIDE))
+
+
+def _holds_a_piece(text: str, grams: frozenset[str], halves: frozenset[str]) -> bool:
+    """Whether `text` may hold a run of MIN_RUN characters of the secret whose pieces of MIN_RUN
+    characters are `grams`: for a secret of a few pieces (most keys), whether it holds one of
+    them, each looked for by `str.__contains__`; for a longer one, `_may_hold`."""
+    if len(grams) <= FEW_PIECES:
+        return any(map(text.__contains__, grams))
+    return _may_hold(text, halves)
 
 
 def _runs(text: str, secret: str) -> list[tuple[int, int]]:
@@ -75,7 +89,7 @@ def _runs(text: str, secret: str) -> list[tuple[int, int]]:
             start = text.find(secret, start + len(secret))
         return spans
     grams, halves = _pieces(secret)
-    if not _may_hold(text, halves):
+    if not _holds_a_piece(text, grams, halves):
         return []
     spans = []
     i, end = 0, len(text) - MIN_RUN + 1

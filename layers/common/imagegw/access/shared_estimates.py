@@ -7,7 +7,8 @@
   CACHE_SECONDS per instance, and folds this instance's
   samples not yet written on top (it predicts with its own samples at once); with no item, this
   instance's `MemoryEstimates` answers (the priors, unless it learned the model while the table
-  failed);
+  failed). What it folded is kept (`_Folded`): the next `get` folds only the samples recorded
+  since (a burst's generations each looked up the model over up to 128 waiting samples);
 - `record` folds the sample into this instance's memory at once, and writes the table at most
   once per key per FLUSH_SECONDS, one write in flight per key: a key's first sample after the
   window is written at once (a lone generation writes as it ends); samples within the window
@@ -40,6 +41,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -82,6 +85,20 @@ def pk_of(key: Key) -> str:
     return f"estimate#{key.provider}#{key.model}#{key.bucket}"
 
 
+@dataclass(frozen=True)
+class _Folded:
+    """What `SharedEstimates.get` folded for a key: the table's value, the samples being
+    written, the waiting ones (their deque, how many it held and how many the key had
+    recorded), and the result."""
+
+    base: Estimate
+    writing: list[float] | None
+    pending: deque[float] | None
+    held: int
+    recorded: int
+    result: Estimate | None
+
+
 class SharedEstimates:
     """Estimates in the access table, cached per instance, with a memory fallback."""
 
@@ -105,6 +122,9 @@ class SharedEstimates:
         self._writing: dict[Key, list[float]] = {}
         #: when each key's last write began
         self._written: dict[Key, float] = {}
+        #: samples recorded per key (their count), and what `get` folded last (`_Folded`)
+        self._recorded: dict[Key, int] = {}
+        self._folds: dict[Key, _Folded] = {}
         self._paused_until = -math.inf
         self._client_ready = False
 
@@ -117,7 +137,31 @@ class SharedEstimates:
                 return await self.memory.get(key)
         if cached[0] is None:
             return await self.memory.get(key)
-        return _folded(cached[0], [*self._writing.get(key, ()), *self._pending.get(key, ())])
+        return self._with_own(key, cached[0])
+
+    def _with_own(self, key: Key, base: Estimate) -> Estimate | None:
+        """`base` with this instance's samples not in the table yet folded on top: those
+        being written, then those waiting. When only samples were added since the last such
+        fold (same base, same write, none of the waiting dropped), only those are folded."""
+        writing, pending = self._writing.get(key), self._pending.get(key)
+        held, recorded = len(pending or ()), self._recorded.get(key, 0)
+        last = self._folds.get(key)
+        if (
+            last is not None
+            and last.base is base
+            and last.writing is writing
+            and last.pending is pending
+            and held - last.held == recorded - last.recorded >= 0
+        ):
+            if held == last.held:
+                return last.result
+            result = _folded(last.result, islice(pending or (), last.held, None))
+        else:
+            result = _folded(base, [*(writing or ()), *(pending or ())])
+        if len(self._folds) >= _MAX_CACHED:
+            self._folds.clear()
+        self._folds[key] = _Folded(base, writing, pending, held, recorded, result)
+        return result
 
     async def record(self, key: Key, seconds: float) -> None:
         await self.memory.record(key, seconds)
@@ -129,6 +173,10 @@ class SharedEstimates:
                 self._pending.clear()
             pending = self._pending[key] = deque(maxlen=MAX_PENDING)
         pending.append(seconds)
+        if len(self._recorded) >= _MAX_CACHED:
+            self._recorded.clear()
+            self._folds.clear()
+        self._recorded[key] = self._recorded.get(key, 0) + 1
         if key in self._writing or self.clock() - self._written.get(key, -math.inf) < FLUSH_SECONDS:
             return  # the key's next record after the window writes them
         await self._flush(key)

@@ -179,4 +179,6 @@ async def deliver(
         kept = await _save_or_keep(image, ref, store.save_result)
         return file_link(base_url, kept.name) if isinstance(kept, Stored) else kept
 
+    if len(refs) == 1:  # one image (most answers): no task to gather
+        return (await one(refs[0]),)
     return tuple(await asyncio.gather(*(one(ref) for ref in refs)))

@@ -112,15 +112,17 @@ class Book(Generic[Image]):
         `keeps` leaves it as it is (the same book)."""
         if self.keeps(index, outcome):
             return self
-        task = replace(self.tasks[index], failures=0, last_error=None)
-        if isinstance(outcome, Submitted):
-            task = replace(task, task_id=outcome.task_id, state=outcome.state)
+        task, state = self.tasks[index], outcome.state
+        if isinstance(outcome, Submitted):  # (one `replace` an answer: it was most of this)
+            task = replace(task, failures=0, last_error=None, task_id=outcome.task_id, state=state)
         elif isinstance(outcome, Working):
-            task = replace(task, state=outcome.state, detail=outcome.detail)
+            task = replace(task, failures=0, last_error=None, state=state, detail=outcome.detail)
         elif isinstance(outcome, Made):
-            task = replace(task, state=outcome.state, images=outcome.images)
+            task = replace(task, failures=0, last_error=None, state=state, images=outcome.images)
         else:
-            task = replace(task, state=outcome.state, error=outcome.error, images=())
+            task = replace(
+                task, failures=0, last_error=None, state=state, error=outcome.error, images=()
+            )
         return self._with(index, task)
 
     def keeps(self, index: int, outcome: Outcome[Image]) -> bool:

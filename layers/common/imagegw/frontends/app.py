@@ -36,6 +36,7 @@ from imagegw.frontends.cors import REQUEST_CONTEXT_HEADER, is_rest_api_context
 from imagegw.frontends.demo_routing import demo_path, serves_tokenless
 from imagegw.frontends.paths import normalize
 from imagegw.infra import apimetrics
+from imagegw.infra.collector import requests
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.providers import PROVIDERS
@@ -125,7 +126,9 @@ class Envelope:
       `connection: close`, so the server does not wait for the rest either;
     - **CORS**: Starlette's `CORSMiddleware` around the routes, for every request
       (`CORS_SCOPE=all`) or only for those that came through API Gateway's REST API
-      (`imagegw.frontends.cors`), when CORS_ALLOW_ORIGINS names any origin.
+      (`imagegw.frontends.cors`), when CORS_ALLOW_ORIGINS names any origin;
+    - **requests in flight** (`imagegw.infra.collector.requests`): after one that ends alone,
+      what the process loaded for good meanwhile is frozen out of the collector's walks.
     """
 
     def __init__(
@@ -210,9 +213,11 @@ class Envelope:
 
         token = apimetrics.begin()
         logger.thread_safe_append_keys(request_id=request_id)
+        requests.began()
         try:
             await app(inner, receive_in_time if declares_body else receive, send_once)
         finally:
+            requests.ended()  # (what the process loaded for good frozen: infra/collector)
             # after the last byte: streams are not held up
             recorder = apimetrics.finish(token, status)
             extra: dict[str, object] = {

@@ -15,7 +15,7 @@ polled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -80,6 +80,14 @@ async def _until_left(receive: Receive) -> None:
         pass
 
 
+class LastChunk(str):
+    """A stream's last chunk (`WatchedStream`): sent with the end of the answer, in one
+    message (one write to the socket instead of two). What the stream yields after it is not
+    sent."""
+
+    __slots__ = ()
+
+
 class WatchedStream(StreamingResponse):
     """Starlette's `StreamingResponse` for the gateway's streams, watched without anyio's task
     group: the body is sent from the request's own task while one plain task waits on
@@ -87,7 +95,11 @@ class WatchedStream(StreamingResponse):
     work is: the provider's polls stop) and the answer ends as if complete. The body's iterator
     is closed before this returns, however it ended, so its clean-up never waits for the
     garbage collector. A server of ASGI spec 2.4 or later (which raises `OSError` on a send to
-    a closed connection instead) is left to Starlette's own handling."""
+    a closed connection instead) is left to Starlette's own handling.
+
+    A `LastChunk` ends the answer as it is sent (the client has it whole at once); the stream
+    is then read to its end unwatched, so the work after its last chunk (a run time recorded,
+    the stream's clean-up) is done, not cut short by the client closing the finished answer."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -103,10 +115,15 @@ class WatchedStream(StreamingResponse):
                 cut = True
                 task.cancel()
 
+        def answered() -> None:
+            nonlocal sending
+            sending = False
+            watch.cancel()
+
         watch = asyncio.ensure_future(_until_left(receive))
         watch.add_done_callback(left)
         try:
-            await self.stream_response(send)
+            await self._send_body(send, answered)
         except asyncio.CancelledError:
             # the client left (and nobody else cancelled this request): the answer is over
             if not cut or task.uncancel() > 0:
@@ -122,3 +139,23 @@ class WatchedStream(StreamingResponse):
             task.uncancel()
         if self.background is not None:
             await self.background()
+
+    async def _send_body(self, send: Send, answered: Callable[[], None]) -> None:
+        """Starlette's `stream_response`, a `LastChunk` sent with the answer's end (then
+        `answered()`, and nothing more sent)."""
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        ended = False
+        async for chunk in self.body_iterator:
+            if ended:
+                continue
+            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+            if isinstance(chunk, LastChunk):
+                ended = True
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                answered()
+            else:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

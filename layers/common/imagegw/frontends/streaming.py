@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from imagegw.errors import GatewayError, render
+from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
@@ -25,8 +26,31 @@ DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
 
 
+#: what `sse` encodes with: `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`,
+#: built once
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"data: {_encode(payload)}\n\n"
+
+
+class Frames:
+    """A streamed completion's chunks as SSE frames: `sse(completion.chunk(...))` to the byte,
+    with the part every chunk of the stream shares (its id, creation time and model) encoded
+    once."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, completion: Completion) -> None:
+        self.head = (
+            f'data: {{"id":{_encode(completion.id)},"object":"chat.completion.chunk",'
+            f'"created":{_encode(completion.created)},"model":{_encode(completion.model)},'
+            '"choices":[{"index":0,"delta":'
+        )
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        return f'{self.head}{_encode(delta)},"finish_reason":{_encode(finish_reason)}}}]}}\n\n'
 
 
 def markdown(result: Result) -> str:
@@ -183,14 +207,19 @@ async def chat_stream(
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed chat completion. Frames that go out together are one chunk
     (one write to the socket): the role and the intro; the images, the stop, the usage and
-    [DONE], sent as soon as the result is known."""
+    [DONE], sent as soon as the result is known. The answer ends once the events have: the
+    run's records (a run time written to the shared table) are done before it, for on Lambda
+    nothing runs after it (docs/development.md). A stream that ends without a result (a
+    failure) ends its answer with its last chunk (`LastChunk`: one write, not two)."""
+
+    frames = Frames(completion)
 
     def closing() -> str:
         usage = sse(completion.usage_chunk()) if include_usage else ""
-        return sse(completion.chunk({}, finish_reason="stop")) + usage + DONE
+        return frames.chunk({}, finish_reason="stop") + usage + DONE
 
-    head = sse(completion.chunk({"role": "assistant", "content": ""}))
-    yield head + sse(completion.chunk({"reasoning_content": intro})) if intro else head
+    head = frames.chunk({"role": "assistant", "content": ""})
+    yield head + frames.chunk({"reasoning_content": intro}) if intro else head
     closed, shown = False, ""
     try:
         async for event in with_keepalive(events, keepalive_interval):
@@ -204,17 +233,17 @@ async def chat_stream(
                 text = progress_text(event)
                 if text != shown:
                     shown = text
-                    yield sse(completion.chunk({"reasoning_content": text}))
+                    yield frames.chunk({"reasoning_content": text})
             else:
                 closed = True
-                yield sse(completion.chunk({"content": markdown(event)})) + closing()
+                yield frames.chunk({"content": markdown(event)}) + closing()
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")
         apimetrics.failure(exc)
         if not closed:
             _, body, _ = render(exc)
-            yield sse(body) + DONE
+            yield LastChunk(sse(body) + DONE)
         return
     if not closed:
-        yield closing()
+        yield LastChunk(closing())

@@ -154,25 +154,49 @@ def check_length(request: Request, limit: int) -> None:
         )
 
 
+class _Counted:
+    """A request body counted as it arrives: past `limit` bytes, a 413; once whole, its SHA-256
+    kept as `request.state.body_sha256` (the body as read: `imagegw.frontends.replays`)."""
+
+    __slots__ = ("digest", "limit", "request", "size")
+
+    def __init__(self, request: Request, limit: int) -> None:
+        check_length(request, limit)
+        self.request, self.limit, self.size = request, limit, 0
+        self.digest = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise PayloadTooLargeError(
+                f"The request body is over the limit of {self.limit} bytes.",
+                code="request_too_large",
+            )
+        self.digest.update(chunk)
+
+    def whole(self) -> None:
+        self.request.state.body_sha256 = self.digest.hexdigest()
+
+
 async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body's chunks, refusing bodies over `limit` bytes as they arrive."""
-    check_length(request, limit)
-    size = 0
-    digest = hashlib.sha256()
+    counted = _Counted(request, limit)
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(
-                f"The request body is over the limit of {limit} bytes.", code="request_too_large"
-            )
-        digest.update(chunk)
+        counted.add(chunk)
         yield chunk
-    request.state.body_sha256 = digest.hexdigest()  # the body as read (`imagegw.frontends.replays`)
+    counted.whole()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw request body, refusing bodies over `limit` bytes."""
-    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+    """The raw request body, refusing bodies over `limit` bytes (`limited_stream`, read
+    whole)."""
+    counted = _Counted(request, limit)
+    chunks = []
+    async for chunk in request.stream():
+        counted.add(chunk)
+        chunks.append(chunk)
+    counted.whole()
+    return b"".join(chunks)
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -186,24 +210,14 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 def _limited(request: Request, limit: int) -> Request:
     """The same request, its body counted as it arrives: over `limit` bytes, a 413."""
-    check_length(request, limit)
-    size = 0
-    digest = hashlib.sha256()
+    counted = _Counted(request, limit)
 
     async def receive() -> Message:
-        nonlocal size
         message = await request.receive()
         if message["type"] == "http.request":
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(
-                    f"The request body is over the limit of {limit} bytes.",
-                    code="request_too_large",
-                )
-            digest.update(chunk)
-            if not message.get("more_body"):  # the body as read (`imagegw.frontends.replays`)
-                request.state.body_sha256 = digest.hexdigest()
+            counted.add(message.get("body", b""))
+            if not message.get("more_body"):
+                counted.whole()
         return message
 
     return Request(request.scope, receive)
@@ -297,7 +311,8 @@ def public_base_url(request: Request, settings: Settings) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
     proto = header(request, "X-Forwarded-Proto")
-    scheme = (proto or request.url.scheme).split(",")[0].strip().lower()
+    # (the scope's scheme is what `request.url.scheme` says, without building the URL)
+    scheme = (proto or request.scope.get("scheme", "http")).split(",")[0].strip().lower()
     if scheme not in ("http", "https"):
         raise InvalidRequestError(
             "The 'X-Forwarded-Proto' header must be http or https.",

@@ -24,6 +24,7 @@ import os
 from collections import Counter
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final
 
 from aws_lambda_powertools.metrics import Metrics, MetricUnit, single_metric
@@ -100,25 +101,29 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 MAX_VALUES: Final = 100
 
 
+@lru_cache(maxsize=256)
+def _declared(shape: tuple[tuple[str, str], ...], dimensions: tuple[str, ...]) -> str:
+    """The `CloudWatchMetrics` part of an EMF line (the metrics' names and units, the
+    dimensions' names), encoded once per shape: a request's lines mostly have the same few."""
+    return _encode(
+        [
+            {
+                "Namespace": NAMESPACE,
+                "Dimensions": [list(dimensions)],
+                "Metrics": [{"Name": name, "Unit": unit} for name, unit in shape],
+            }
+        ]
+    )
+
+
 def emf_line(metrics: list[tuple[str, str, list[float]]], dimensions: dict[str, str]) -> str:
     """One EMF line as Powertools' `Metrics.flush_metrics` prints it, to the byte: the metrics
-    (name, unit, values) with `dimensions` (the service's first), stamped now."""
-    return _encode(
-        {
-            "_aws": {
-                "Timestamp": int(dt.datetime.now().timestamp() * 1000),
-                "CloudWatchMetrics": [
-                    {
-                        "Namespace": NAMESPACE,
-                        "Dimensions": [list(dimensions)],
-                        "Metrics": [{"Name": name, "Unit": unit} for name, unit, _ in metrics],
-                    }
-                ],
-            },
-            **dimensions,
-            **{name: values for name, _, values in metrics},
-        }
-    )
+    (name, unit, values) with `dimensions` (the service's first), stamped now. What it declares
+    is encoded once per shape (`_declared`), its values at each line."""
+    stamp = int(dt.datetime.now().timestamp() * 1000)
+    declared = _declared(tuple((name, unit) for name, unit, _ in metrics), tuple(dimensions))
+    said = _encode({**dimensions, **{name: values for name, _, values in metrics}})
+    return f'{{"_aws":{{"Timestamp":{stamp},"CloudWatchMetrics":{declared}}},{said[1:]}'
 
 
 def write(recorder: Recorder) -> None:

@@ -8,9 +8,12 @@ provider links to are fetched by a `Fetcher`, never by the provider client:
   followed here, at most `MAX_REDIRECTS`, each hop checked again;
 - every address a host resolves to must be public (`is_public`: no loopback, private, link-local
   or metadata, CGNAT, multicast, reserved, ULA, nor such an address spelled another way). The
-  check sits in the network backend under httpx: a host is resolved once per connection and the
-  connection goes to the address that was checked, so a second DNS answer (rebinding) is never
-  used. The Host header, TLS SNI and certificate checks still use the URL's host name;
+  check sits in the network backend under httpx: a host is resolved when a connection is made
+  and the connection goes to the address that was checked, so a second DNS answer (rebinding)
+  is never used. A warm instance keeps a host's allowed addresses `VERDICT_SECONDS` for its
+  new connections (a burst of downloads resolves once); a refusal is not kept, and a lapsed
+  verdict is checked afresh. The Host header, TLS SNI and certificate checks still use the
+  URL's host name;
 - the body is read as a stream and abandoned once past its size limit; one total timeout; no
   proxies from the environment, no cookies, no compressed bodies; at most `MAX_CONNECTIONS`
   downloads in flight, the others waiting in a FIFO queue (`imagegw.infra.transport`);
@@ -33,15 +36,15 @@ through the same guarded network backend, limits and timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import re
 import socket
+import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import httpcore
@@ -51,7 +54,7 @@ from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings, declared
 from imagegw.infra.log import logger
 from imagegw.infra.netstream import AsyncioBackend
-from imagegw.infra.transport import PooledTransport
+from imagegw.infra.transport import PooledTransport, core_url
 
 IPAddress = IPv4Address | IPv6Address
 #: host name, port -> the addresses it resolves to
@@ -60,6 +63,10 @@ Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 AddressPolicy = Callable[[IPAddress], bool]
 
 MAX_REDIRECTS: Final = 3
+#: seconds a host's checked addresses are used for new connections without resolving it again
+#: (`GuardedBackend.vet`), and how many hosts' are kept
+VERDICT_SECONDS: Final = 10.0
+MAX_VERDICTS: Final = 256
 #: downloads of one fetcher in flight at once; more wait their turn in a FIFO queue
 #: (`imagegw.infra.transport`: the pool's work per request does not grow with the queue)
 MAX_CONNECTIONS: Final = 100
@@ -195,6 +202,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self._policy = policy
         self._trusted = trusted
         self._network = network or AsyncioBackend()
+        #: (host, port) -> until when, and its addresses, each allowed by the policy
+        self._verdicts: dict[tuple[str, int], tuple[float, Sequence[IPAddress]]] = {}
+        #: (host, port) -> its resolution in flight (a burst of connections resolves once)
+        self._resolving: dict[tuple[str, int], asyncio.Future[Sequence[IPAddress]]] = {}
 
     async def connect_tcp(
         self,
@@ -221,7 +232,36 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         raise failure
 
     async def vet(self, host: str, port: int) -> Sequence[IPAddress]:
-        """The addresses of `host`, each allowed by the policy; else `FetchError`."""
+        """The addresses of `host`, each allowed by the policy; else `FetchError`.
+
+        An allowed answer is kept VERDICT_SECONDS: new connections to the host within that
+        time go to those checked addresses without resolving it again (a refusal or a failure
+        is not kept). Connections still go only to addresses that passed the check, so a host
+        that later resolves elsewhere (rebinding) is never connected to there, and is refused
+        once its verdict has lapsed. Concurrent connections to a host share one resolution."""
+        key = (host.lower(), port)
+        kept = self._verdicts.get(key)
+        if kept is not None and time.monotonic() < kept[0]:
+            return kept[1]
+        resolving = self._resolving.get(key)
+        if resolving is None or resolving.get_loop() is not asyncio.get_running_loop():
+            resolving = asyncio.ensure_future(self._vet_now(host, port))
+            resolving.add_done_callback(lambda done: self._vetted(key, done))
+            self._resolving[key] = resolving
+        return await asyncio.shield(resolving)
+
+    def _vetted(self, key: tuple[str, int], done: asyncio.Future[Sequence[IPAddress]]) -> None:
+        """A resolution ended: an allowed answer kept (the oldest verdict dropped past
+        MAX_VERDICTS), any failure retrieved (its waiters each raise it)."""
+        if self._resolving.get(key) is done:
+            del self._resolving[key]
+        if done.cancelled() or done.exception() is not None:
+            return
+        if len(self._verdicts) >= MAX_VERDICTS:
+            self._verdicts.pop(next(iter(self._verdicts)))
+        self._verdicts[key] = (time.monotonic() + VERDICT_SECONDS, done.result())
+
+    async def _vet_now(self, host: str, port: int) -> Sequence[IPAddress]:
         try:
             addresses = await self._resolve(host, port)
         except (OSError, UnicodeError, ValueError) as exc:
@@ -300,6 +340,14 @@ def _target(url: str | httpx.URL, base: httpx.URL | None = None) -> httpx.URL:
     return parsed
 
 
+async def _answered(answer: httpx.Response, limit: int) -> tuple[int, str | None, bytes]:
+    """An open answer's status, its `Location` and, for a 200, its body (`_read`)."""
+    status = answer.status_code
+    if status == 200:
+        return status, None, await _read(answer, limit)
+    return status, answer.headers.get("location"), b""
+
+
 async def _read(answer: httpx.Response, limit: int) -> bytes:
     """The body of `answer`, read no further than `limit` bytes. The chunks are joined once at
     the end (a body that came in one chunk is that chunk): the image is never copied while it
@@ -345,6 +393,8 @@ class Fetcher:
         self._client: httpx.AsyncClient | None = None
         #: the client's pool when no transport layer observes it (`_get`)
         self._direct: PooledTransport | None = None
+        #: the client's headers and timeouts, as its requests carry them (`_request`)
+        self._made: tuple[tuple[tuple[bytes, bytes], ...], dict[str, Any]] | None = None
 
     @classmethod
     def for_results(cls, settings: Settings) -> Fetcher:
@@ -395,43 +445,63 @@ class Fetcher:
     async def _follow(self, url: str, limit: int) -> bytes:
         target = _target(url)
         for _ in range(MAX_REDIRECTS + 1):
-            async with self._get(target, limit) as answer:
-                location = answer.headers.get("location")
-                if answer.status_code in REDIRECT_STATUSES and location:
-                    target = _target(location, target)
-                    continue
-                if answer.status_code != 200:
-                    raise FetchError(f"{where(target)} answered HTTP {answer.status_code}")
-                if answer.is_closed:  # read whole by the pool, within the limit
-                    return answer.content
-                return await _read(answer, limit)
+            status, location, body = await self._get(target, limit)
+            if status in REDIRECT_STATUSES and location:
+                target = _target(location, target)
+                continue
+            if status != 200:
+                raise FetchError(f"{where(target)} answered HTTP {status}")
+            return body
         raise FetchError(f"more than {MAX_REDIRECTS} redirects")
 
-    @contextlib.asynccontextmanager
-    async def _get(self, target: httpx.URL, limit: int) -> AsyncIterator[httpx.Response]:
-        """The answer to a GET of `target`, open. With no transport layer over the pool (none
-        observes the fetcher), the request the client builds (its headers, its timeouts) goes
-        straight to the pool and its answer comes back read whole, no further than `limit`
-        bytes; an encoded one comes back open and unread, for `_read` to refuse. That skips
-        the client's auth, redirect, cookie and hook layers, which a fetch does not use:
-        redirects are followed here, each checked, and the jar keeps no cookie (parsing an
-        answer's cookies for it was a tenth of a fetch's CPU). Else through the client."""
+    async def _get(self, target: httpx.URL, limit: int) -> tuple[int, str | None, bytes]:
+        """A GET of `target`: the answer's status, its `Location` and, for a 200, its body (no
+        further than `limit` bytes; a compressed one is refused unread, `_read`).
+
+        With no transport layer over the pool (none observes the fetcher), the request goes
+        straight to the pool as httpcore's, made here as the client would build it (`_request`),
+        and its answer is read whole as it came: no httpx request or response is made of a
+        download. That skips the client's auth, redirect, cookie and hook layers, which a fetch
+        does not use: redirects are followed here, each checked, and the jar keeps no cookie
+        (parsing an answer's cookies for it was a tenth of a fetch's CPU). Else through the
+        client."""
         client = self.client
         direct = self._direct
         if direct is None:
             async with client.stream("GET", target) as answer:
-                yield answer
-            return
-        request = client.build_request("GET", target)
-        answer = await direct.read_whole(
-            request,
+                return await _answered(answer, limit)
+        read = await direct.read_core(
+            self._request(target),
             limit=limit,
             too_large=lambda: FetchError(f"more than the limit of {limit} bytes"),
         )
-        try:
-            yield answer
-        finally:
-            await answer.aclose()
+        if isinstance(read, httpx.Response):  # an encoded body, open and unread
+            try:
+                return await _answered(read, limit)
+            finally:
+                await read.aclose()
+        head, body = read
+        if head.status in REDIRECT_STATUSES:  # the header read as httpx reads it
+            return head.status, httpx.Headers(head.headers).get("location"), b""
+        return head.status, None, body
+
+    def _request(self, target: httpx.URL) -> httpcore.Request:
+        """The GET of `target` as httpcore's request, as `self.client.build_request("GET",
+        target)` makes it (its headers: `Host` first, then the client's; its timeouts)."""
+        made = self._made
+        if made is None:
+            client = self.client
+            made = self._made = (
+                tuple(client.headers.raw),
+                {"timeout": client.timeout.as_dict()},
+            )
+        headers, extensions = made
+        return httpcore.Request(
+            b"GET",
+            core_url(target),
+            headers=[(b"Host", target.netloc), *headers],
+            extensions=extensions,
+        )
 
     async def check(self, url: str, *, https_only: bool) -> None:
         """Whether `url` may be fetched at all: http(s) (https only when asked, unless

@@ -102,6 +102,28 @@ class KeptRequest(httpcore.Request):
         self.bodiless = kwargs.get("content") in (None, b"")
 
 
+class FramedRequest(KeptRequest):
+    """A request whose head the caller made (`head`: the request line and headers, checked by
+    `request_head` when the caller made them; an upload to the bucket, whose head differs only
+    by its Content-Length) and whose body is `content`, `length` bytes in memory. Only a lean
+    connection can send it: its headers are in `head` alone."""
+
+    def __init__(
+        self,
+        method: bytes,
+        url: httpcore.URL,
+        *,
+        head: bytes,
+        length: int,
+        content: Iterable[bytes],
+        extensions: dict[str, Any],
+    ) -> None:
+        httpcore.Request.__init__(self, method, url, content=content, extensions=extensions)
+        self.wire = (head, False, length, False)
+        self.origin = self.url.origin
+        self.bodiless = False
+
+
 class LeanConnection(httpcore.AsyncConnectionInterface):
     """One HTTP/1.1 connection to `origin`, one request at a time (what the module docstring
     says). Made unconnected; the first request connects it."""

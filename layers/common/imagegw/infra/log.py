@@ -13,7 +13,11 @@ import time
 from typing import Any, Final
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.logging.formatter import (
+    RESERVED_LOG_ATTRS,
+    THREAD_LOCAL_KEYS,
+    LambdaPowertoolsFormatter,
+)
 
 from imagegw import redaction
 
@@ -42,24 +46,45 @@ _BOILERPLATE: Final = frozenset(
 )
 
 
+#: a record's attributes that are not extra fields, as Powertools tells them apart
+_RESERVED: Final = frozenset(RESERVED_LOG_ATTRS)
+#: the fields Powertools renders from a record by default, rendered without `%`
+_RENDERED: Final[dict[str, Any]] = {
+    "%(levelname)s": lambda record, asctime: record.levelname,
+    "%(funcName)s:%(lineno)d": lambda record, asctime: f"{record.funcName}:{record.lineno:d}",
+    "%(asctime)s": lambda record, asctime: asctime,
+}
+#: the fields Powertools fills in after the extra ones (None: left out)
+_AFTER: Final = ("exception", "exception_name", "exception_notes")
+
 #: how a JSON text can begin (json.loads skips whitespace first)
 _JSON_STARTS: Final = frozenset('{["-0123456789tfnNI')
+#: JSON texts that begin with a letter: these words alone (json.loads takes Python's NaN and
+#: Infinity too), whitespace around them aside
+_JSON_WORDS: Final = frozenset({"true", "false", "null", "NaN", "Infinity"})
+_JSON_SPACE: Final = " \t\n\r"
 
 
 def json_or_text(message: str) -> Any:
     """A log message as Powertools reads one (the value, when it is JSON; else the text), without
     letting json.loads raise for every plain sentence: a message no JSON text begins like is
-    given back as it is, which is what Powertools does when json.loads fails."""
-    if message.lstrip(" \t\n\r")[:1] in _JSON_STARTS:
-        return json.loads(message)
-    return message
+    given back as it is, which is what Powertools does when json.loads fails. So is one that
+    begins with a letter and is not one of JSON's words alone ("tasks started")."""
+    first = message.lstrip(_JSON_SPACE)[:1]
+    if first not in _JSON_STARTS:
+        return message
+    if first.isalpha() and message.strip(_JSON_SPACE) not in _JSON_WORDS:
+        return message
+    return json.loads(message)
 
 
 class JsonFormatter(LambdaPowertoolsFormatter):
     """Powertools' JSON formatter, its lines the same to the byte, at a lower cost a line: its
     documented options (`json_deserializer`: `json_or_text`) and public methods only
     (`serialize`, with one JSON encoder built once instead of one a line; `formatTime`, whose
-    default format is rendered once a second and the milliseconds added to it)."""
+    default format is rendered once a second and the milliseconds added to it; `format`, which
+    builds a line without copying the record, for a record with neither an exception nor
+    %-arguments: the others, rare, through Powertools' own)."""
 
     def __init__(self, **options: Any) -> None:
         # Powertools types the option as giving a str; it takes what json.loads gives
@@ -75,6 +100,41 @@ class JsonFormatter(LambdaPowertoolsFormatter):
 
     def serialize(self, log: dict[str, Any]) -> str:  # type: ignore[override]
         return self._encode(log)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Powertools' `format` (its fields, their order and values): the structure's keys
+        (`log_format`, then the context's), `%`-fields rendered from the record, the extra
+        fields, the message (JSON when it reads as JSON), the exception's fields, the trace id,
+        and no field whose value is None."""
+        if record.args or record.exc_info is not None:
+            return super().format(record)
+        asctime = self.formatTime(record)
+        log: dict[str, Any] = {}
+        for keys in (self.log_format, THREAD_LOCAL_KEYS.get()):
+            for key, value in keys.items():
+                if value and key in _RESERVED:
+                    render = _RENDERED.get(value) if isinstance(value, str) else None
+                    if render is None:  # rendered (or refused) as Powertools does
+                        return super().format(record)
+                    log[key] = render(record, asctime)
+                else:
+                    log[key] = value
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED:
+                log[key] = value
+        message = record.msg
+        if isinstance(message, str):
+            try:
+                message = self.json_deserializer(message)
+            except (TypeError, ValueError):  # json.JSONDecodeError included: the text
+                message = record.msg
+        log["message"] = message
+        for key in _AFTER:
+            log.setdefault(key, None)
+        if self.serialize_stacktrace:
+            log["stack_trace"] = None  # what Powertools makes of a record without exc_info
+        log["xray_trace_id"] = self._get_latest_trace_id()
+        return self._encode({key: value for key, value in log.items() if value is not None})
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt or self.datefmt or self.use_rfc3339_iso8601:

@@ -73,6 +73,8 @@ UPLOAD_CONNECTIONS: Final = 64
 _JOINED: Final = 256 * 1024
 #: S3's answer to a POST Object is no larger (an XML error at most)
 _ANSWER_LIMIT: Final = 64 * 1024
+#: an upload's request extensions (read, never written, by the pool and its connections)
+_UPLOAD_EXTENSIONS: Final = {"timeout": UPLOAD_TIMEOUT}
 
 
 def is_file_name(name: str) -> bool:
@@ -172,8 +174,10 @@ class ImageStore:
     def _sign_form(self, prefix: str) -> _Form:
         """A POST policy for keys under `prefix`, signed by botocore with the client's current
         credentials (a session token, when there is one, is among the signed fields)."""
+        import httpcore
         import httpx
 
+        from imagegw.infra.http11 import request_head
         from imagegw.infra.transport import core_url
 
         post = self.s3.generate_presigned_post(
@@ -188,10 +192,15 @@ class ImageStore:
         fields = {k: v for k, v in post["fields"].items() if k != "key"}
         signed = b"".join(self._part(name, value) for name, value in fields.items())
         url = httpx.URL(post["url"])
+        target, host = core_url(url), url.netloc
+        # the request's head but its length, checked as any request's head is (`request_head`)
+        headers = [(b"Host", host), (b"Content-Type", self._form_type)]
+        head = request_head(httpcore.Request(b"POST", target, headers=headers))[0]
         return _Form(
             url=post["url"],
-            target=core_url(url),
-            host=url.netloc,
+            target=target,
+            host=host,
+            head=head.removesuffix(b"\r\n"),
             signed=signed,
             renew_at=time.monotonic() + POLICY_SECONDS - POLICY_MARGIN,
         )
@@ -223,10 +232,16 @@ class ImageStore:
     ) -> tuple[PooledTransport, httpx.AsyncBaseTransport, asyncio.Semaphore]:
         """The running loop's upload pool, the same in the transport layers added so far
         (`imagegw.infra.clients.layered`: X-Ray's, in a traced task function), and its turns."""
+        loop = asyncio.get_running_loop()
+        pair = self._transports.get(loop)  # made once per loop, then only read
+        return self._new_transport(loop) if pair is None else pair
+
+    def _new_transport(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[PooledTransport, httpx.AsyncBaseTransport, asyncio.Semaphore]:
         from imagegw.infra.clients import layered
         from imagegw.infra.transport import PooledTransport
 
-        loop = asyncio.get_running_loop()
         with self._pooling:  # not `_lock`, held while the S3 client is built
             pair = self._transports.get(loop)
             if pair is None:
@@ -263,26 +278,23 @@ class ImageStore:
     ) -> int:
         """One POST of the form with `image` under `key` through `transports` (the loop's pool,
         and the same in its layers); S3's status."""
-        import httpcore
         import httpx
 
+        from imagegw.infra.http11 import FramedRequest
+
         chunks, length = self._body(form, key, image)
-        headers = [
-            (b"Host", form.host),
-            (b"Content-Type", self._form_type),
-            (b"Content-Length", b"%d" % length),
-        ]
         pooled, outer = transports
         if outer is pooled:
             # nothing observes the pool: httpcore's request straight to it (the form's URL
-            # parsed when it was signed, the chunks written as they are by the pool's lean
-            # connections), and S3's answer read for its status only
-            core = httpcore.Request(
+            # parsed and its head made when it was signed, the chunks written as they are by
+            # the pool's lean connections), and S3's answer read for its status only
+            core = FramedRequest(
                 b"POST",
                 form.target,
-                headers=headers,
+                head=form.head + b"Content-Length: %d\r\n\r\n" % length,
+                length=length,
                 content=chunks,
-                extensions={"timeout": UPLOAD_TIMEOUT},
+                extensions=_UPLOAD_EXTENSIONS,
             )
             return await pooled.status_of(core, limit=_ANSWER_LIMIT, too_large=_too_large)
 
@@ -293,7 +305,11 @@ class ImageStore:
         request = httpx.Request(
             "POST",
             form.url,
-            headers=headers,
+            headers=[
+                (b"Host", form.host),
+                (b"Content-Type", self._form_type),
+                (b"Content-Length", b"%d" % length),
+            ],
             content=body(),
             extensions={"timeout": UPLOAD_TIMEOUT},
         )
@@ -332,9 +348,12 @@ class ImageStore:
         # a burst's uploads past the pool's connections wait for a turn before their request is
         # built, holding their own coroutine only (in the pool's queue each would hold its
         # request, its body and the transport's frames: memory per stream of 1,000 at once)
-        async with self.turn():
-            pooled, outer, _ = self._transport()
-            await self._put_now(key, image, (pooled, outer))
+        if not _HOLDING.get():  # a copy of a result holds its turn already
+            async with self.turn():
+                await self._put(key, image)
+            return
+        pooled, outer, _ = self._transport()
+        await self._put_now(key, image, (pooled, outer))
 
     async def _put_now(
         self,
@@ -535,6 +554,8 @@ class _Form:
     #: the same URL as httpcore's request takes it, and its Host header
     target: httpcore.URL
     host: bytes
+    #: the POST's request line and headers, up to its Content-Length (`FramedRequest`)
+    head: bytes
     signed: bytes = field(repr=False)
     renew_at: float
 

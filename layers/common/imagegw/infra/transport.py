@@ -503,6 +503,25 @@ class PooledTransport(httpx.AsyncBaseTransport):
         too_large: Callable[[], Exception],
     ) -> Whole | httpx.Response:
         """`read_whole` of httpx's `request` sent as `core`: an answer read whole as `Whole`."""
+        answer = await self.read_core(core, limit=limit, too_large=too_large)
+        if isinstance(answer, httpx.Response):
+            answer.request = request
+            return answer
+        head, content = answer
+        return Whole(head.status, head.headers, content, head.extensions, request)
+
+    async def read_core(
+        self,
+        core: httpcore.Request,
+        *,
+        limit: int,
+        too_large: Callable[[], Exception],
+    ) -> tuple[httpcore.Response, bytes] | httpx.Response:
+        """httpcore's `request`, built by the caller (a download of a result image: no httpx
+        request is made), sent straight to the pool: its answer and its body read whole, no
+        further than `limit` bytes (else `too_large()`), or, when its body is encoded, httpx's
+        open and unread response of it (no request set), as `read_whole` gives one. httpcore's
+        errors are raised as httpx's."""
         with _HTTPX_ERRORS:
             answer = await self.pool.handle_async_request(core)
             stream = answer.stream
@@ -517,9 +536,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 elif declared is None and lowered == b"content-length":
                     declared = value
             if encoded is not None and encoded.strip().lower() not in (b"", b"identity"):
-                response = _streamed(answer)
-                response.request = request
-                return response
+                return _streamed(answer)
             try:  # an answer declared too long is refused unread
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise too_large()
@@ -537,7 +554,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
                     content = b"".join(chunks)
             finally:
                 await stream.aclose()
-        return Whole(answer.status, headers, content, answer.extensions, request)
+        return answer, content
 
     async def status_of(
         self,
