@@ -215,6 +215,39 @@ def test_the_thinking_block_shows_the_providers_own_progress(
     assert words[case.name] in reasoning, reasoning
 
 
+#: where provider-wire.md says each provider's task is polled: its API's `/tasks/{id}`
+#: (DashScope), or the URL its submission answered (BFL's `polling_url`, Replicate's `urls.get`,
+#: fal's `status_url`), on the fakes' hosts
+POLLED = {
+    "dashscope": "{api}/api/v1/tasks/{task}",
+    "bfl": "{poll}/v1/get_result?id={task}",
+    "replicate": "{poll}/v1/predictions/{task}",
+    "fal": "{poll}/fal-ai/flux/requests/{task}/status",
+}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in POLLED], indirect=True,
+                         ids=list(POLLED))  # fmt: skip
+def test_every_poll_of_a_task_is_the_request_the_wire_doc_says(
+    local_server: str, case: Case, fake: TaskHostsFake
+) -> None:
+    # Given a task that ends at its fourth poll
+    fake.polls_to_finish = 4
+    # When a client asks for a picture
+    answer = sdk(local_server, case).chat.completions.create(
+        model=case.generate, messages=[{"role": "user", "content": "a kite over dunes"}]
+    )
+    assert len(image_urls(answer.choices[0].message.content)) == 1
+    # Then each of the four polls was a GET of the task's own URL carrying the provider's key
+    # in its own header, and every poll the very same request
+    (task,) = fake.tasks
+    url = POLLED[case.name].format(api=fake.api_url, poll=fake.poll_url, task=task)
+    polls = [r for r in fake.requests if r["method"] == "GET" and r["url"] == url]
+    assert len(polls) == 4, [(r["method"], r["url"]) for r in fake.requests]
+    assert polls[0]["headers"][case.header] == case.credential
+    assert all(poll["headers"] == polls[0]["headers"] for poll in polls[1:])
+
+
 def test_two_images_of_the_asked_shape(local_server: str, case: Case, fake: TaskHostsFake) -> None:
     # When a client asks the Images API for two 1024x768 pictures
     answer = sdk(local_server, case).images.generate(

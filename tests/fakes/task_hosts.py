@@ -93,7 +93,7 @@ class TaskHostsFake:
         self.expire_files = False
         self.next_failure: str | None = None
         self.next_moderation = False
-        #: every request: host (host:port), method, path, headers, JSON body
+        #: every request: host (host:port), method, path, its whole URL, headers, JSON body
         self.requests: list[dict[str, Any]] = []
         #: the bytes of every accepted input image, per submission
         self.inputs: list[list[bytes]] = []
@@ -134,6 +134,7 @@ class TaskHostsFake:
             "host": request.headers.get("host", ""),
             "method": request.method,
             "path": request.url.path,
+            "url": str(request.url),
             "headers": dict(request.headers),
             "body": body,
         }

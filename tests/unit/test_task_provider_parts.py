@@ -388,6 +388,18 @@ async def test_a_url_not_on_the_providers_hosts_is_refused_before_sending(url: s
     assert sent == []
 
 
+async def test_a_task_polled_at_a_url_not_the_providers_is_refused_at_every_poll() -> None:
+    # Given a BFL task whose polling URL is on another host than BFL's own
+    sent: list[httpx.Request] = []
+    provider = make("bfl", lambda r: sent.append(r) or httpx.Response(200, json={}))  # type: ignore[func-returns-value]
+    request = job(provider, "flux-pro-1.1", {})
+    # Then each poll of it is refused before anything is sent (no request is kept for it)
+    for _ in range(2):
+        with pytest.raises(ProviderError, match="not its own"):
+            await provider.check(request, "https://attacker.example/v1/get_result?id=1")
+    assert sent == []
+
+
 async def test_the_base_urls_own_origin_goes_through_the_provider_client() -> None:
     sent: list[httpx.Request] = []
 

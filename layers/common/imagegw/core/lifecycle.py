@@ -108,7 +108,10 @@ class Book(Generic[Image]):
 
     def apply(self, index: int, outcome: Outcome[Image]) -> Book[Image]:
         """The book after a `start` or `check` answer meant `outcome` for task `index`. Any
-        such answer is usable: the count of failed polls starts again."""
+        such answer is usable: the count of failed polls starts again. An outcome the book
+        `keeps` leaves it as it is (the same book)."""
+        if self.keeps(index, outcome):
+            return self
         task, state = self.tasks[index], outcome.state
         if isinstance(outcome, Submitted):  # (one `replace` an answer: it was most of this)
             task = replace(task, failures=0, last_error=None, task_id=outcome.task_id, state=state)
@@ -121,6 +124,18 @@ class Book(Generic[Image]):
                 task, failures=0, last_error=None, state=state, error=outcome.error, images=()
             )
         return self._with(index, task)
+
+    def keeps(self, index: int, outcome: Outcome[Image]) -> bool:
+        """Whether `outcome` for task `index` changes nothing: the task still working, in the
+        same state and words, with no failed poll counted (most polls' answer)."""
+        task = self.tasks[index]
+        return (
+            isinstance(outcome, Working)
+            and task.state == outcome.state
+            and task.detail == outcome.detail
+            and not task.failures
+            and task.last_error is None
+        )
 
     def poll_failed(self, index: int, error: GatewayError) -> Book[Image]:
         """A poll of task `index` got no usable answer (`error`): still running, counted."""

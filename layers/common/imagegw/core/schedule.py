@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 from imagegw.providers.base import Workload
@@ -182,11 +182,12 @@ class Timing:
 
     def seen(self, at: float, state: str) -> Timing:
         """After a poll at `at` answered `state` (a state still in progress)."""
-        polls = self.polls + 1
-        if state.upper() in QUEUED_STATES and self.running_seen is None:
-            return replace(self, polls=polls, queued_seen=at)
-        first = self.running_seen if self.running_seen is not None else at
-        return replace(self, polls=polls, running_seen=first, last_running=at)
+        # made directly: `dataclasses.replace` costs several times as much, at every poll
+        polls, running_seen = self.polls + 1, self.running_seen
+        if running_seen is None and state.upper() in QUEUED_STATES:
+            return Timing(self.submitted, polls, at, None, self.last_running)
+        first = running_seen if running_seen is not None else at
+        return Timing(self.submitted, polls, self.queued_seen, first, at)
 
     def began(self) -> tuple[float, float]:
         """When the run began, at the earliest and the latest."""
@@ -312,38 +313,51 @@ def _predicted_delay(
     return min(cap, max(_dense(timing, span, dense), OVERRUN * (now - span.end)))
 
 
-def _hazard(span: Window, at: float, late: float) -> float:
-    """The chance a second that the task ends at `at`, given it has not ended before: a
-    normal law around the window's centre, beside a share `late` of tasks that end later."""
-    z = (at - span.centre) / span.spread
-    density = math.exp(-z * z / 2) / (math.sqrt(2 * math.pi) * span.spread)
-    return (1 - late) * density / _survives(span, at, late)
+class _Law:
+    """When a running task of a learned model ends: a normal law around the window's centre,
+    beside a share `late` of tasks that end later. Its constants are worked out once per
+    decision (a walk asks it at tens of points), each value as the formula gives it."""
+
+    __slots__ = ("centre", "keep", "late", "norm", "scale", "spread", "step")
+
+    def __init__(self, span: Window, late: float) -> None:
+        self.centre, self.spread, self.late = span.centre, span.spread, late
+        self.keep = 1 - late
+        self.norm = math.sqrt(2 * math.pi) * span.spread
+        self.scale = span.spread * math.sqrt(2)
+        self.step = 0.2 * span.spread
+
+    def survives(self, at: float) -> float:
+        """The chance that the task runs on past `at`."""
+        return self.keep * 0.5 * math.erfc((at - self.centre) / self.scale) + self.late
+
+    def hazard(self, at: float, survives: float) -> float:
+        """The chance a second that the task ends at `at`, given it has not ended before
+        (`survives`: the chance it runs on past `at`)."""
+        z = (at - self.centre) / self.spread
+        density = math.exp(-z * z / 2) / self.norm
+        return self.keep * density / survives
+
+    def walk(self, start: float, stop: float) -> Iterator[tuple[float, float]]:
+        """Points from `start` to `stop` and the step after each: small near the likely end,
+        longer far from it."""
+        at, centre, least = start, self.centre, self.step
+        while at < stop:
+            step = max(least, 0.2 * abs(at - centre), 0.05)
+            yield at, step
+            at += step
 
 
-def _survives(span: Window, at: float, late: float) -> float:
-    """The chance that the task runs on past `at` (`_hazard`'s law)."""
-    return (1 - late) * 0.5 * math.erfc((at - span.centre) / (span.spread * math.sqrt(2))) + late
-
-
-def _walk(span: Window, start: float, stop: float) -> Iterator[tuple[float, float]]:
-    """Points from `start` to `stop` and the step after each: small near the likely end,
-    longer far from it."""
-    at = start
-    while at < stop:
-        step = max(0.2 * span.spread, 0.2 * abs(at - span.centre), 0.05)
-        yield at, step
-        at += step
-
-
-def _price(timing: Timing, span: Window, now: float, late: float) -> float:
+def _price(timing: Timing, span: Window, now: float, law: _Law) -> float:
     """A poll's price in seconds of lag: `PRICE` of the task's expected age, or more if the
     polls that price buys from now on would overspend the task's `budget`."""
     price = PRICE * max(span.centre - timing.submitted, span.spread)
     left = budget(span.centre - timing.submitted) - timing.polls
     # the expected polls at this price: the density over the time the task is likely to run
+    twice = 2 * price
     expected = sum(
-        step * _survives(span, at, late) * math.sqrt(_hazard(span, at, late) / (2 * price))
-        for at, step in _walk(span, now, span.centre + 3 * span.spread)
+        step * (survives := law.survives(at)) * math.sqrt(law.hazard(at, survives) / twice)
+        for at, step in law.walk(now, span.centre + 3 * span.spread)
     )
     # the expected polls go as 1/sqrt(price): the price at which they fit what is left
     return price * max(1.0, expected / max(1.0, left)) ** 2
@@ -360,11 +374,13 @@ def _hazard_delay(
     until that density sums to one poll, so a wait never jumps over the rise of the hazard.
     At least `dense`; never past the end of the window from before it; past the window at most
     `OVERRUN` of the time since the predicted end (or `dense`): an overrunning task is heard of
-    within a share of its overrun. `late`: the share of tasks taken as ending past the law."""
-    price = _price(timing, span, now, late)
+    within a share of its overrun. `late`: the share of tasks taken as ending past the law
+    (`_Law`)."""
+    law = _Law(span, late)
+    twice = 2 * _price(timing, span, now, law)
     ahead, covered = now + cap, 0.0
-    for at, step in _walk(span, now, now + cap):
-        density = math.sqrt(_hazard(span, at, late) / (2 * price))
+    for at, step in law.walk(now, now + cap):
+        density = math.sqrt(law.hazard(at, law.survives(at)) / twice)
         if covered + density * step >= 1.0:
             ahead = at + (1.0 - covered) / density
             break

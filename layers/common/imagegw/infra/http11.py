@@ -90,12 +90,16 @@ def request_head(request: httpcore.Request) -> tuple[bytes, bool, int | None, bo
 
 class KeptRequest(httpcore.Request):
     """A request sent again and again (a task's poll, `imagegw.infra.transport.PooledTransport.
-    keep`): its head checked and made into bytes once (`request_head`), not at each send. Its
-    body, if any, must be bytes in memory (read afresh at each send)."""
+    keep`): its head checked and made into bytes once (`request_head`), and its origin made
+    once (httpcore's `url.origin` makes one at each use), not at each send. Its body, if any,
+    must be bytes in memory (read afresh at each send); a request made with none (a GET:
+    `bodiless`) is sent as its head alone."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wire = request_head(self)
+        self.origin = self.url.origin
+        self.bodiless = kwargs.get("content") in (None, b"")
 
 
 class FramedRequest(KeptRequest):
@@ -116,6 +120,8 @@ class FramedRequest(KeptRequest):
     ) -> None:
         httpcore.Request.__init__(self, method, url, content=content, extensions=extensions)
         self.wire = (head, False, length, False)
+        self.origin = self.url.origin
+        self.bodiless = False
 
 
 class LeanConnection(httpcore.AsyncConnectionInterface):
@@ -181,8 +187,9 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
             await network.aclose()
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        if not self.can_handle_request(request.url.origin):
-            raise RuntimeError(f"A request to {request.url.origin} on a link to {self.origin}")
+        origin = request.origin if isinstance(request, KeptRequest) else request.url.origin
+        if origin is not self.origin and not self.can_handle_request(origin):
+            raise RuntimeError(f"A request to {origin} on a link to {self.origin}")
         if self.state not in (_NEW, _IDLE):
             raise httpcore.ConnectionNotAvailable()
         self.state, self.expire_at = _ACTIVE, None
@@ -204,9 +211,8 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
             await self.aclose()
             raise
         body = Body(self, framing, length, read_timeout, keep and keep_alive)
-        return httpcore.Response(
+        response = httpcore.Response(
             status=status,
-            headers=headers,
             content=body,
             extensions={
                 "http_version": b"HTTP/1." + version,
@@ -214,6 +220,10 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
                 "network_stream": self.network,
             },
         )
+        # bytes pairs `read_head` checked already: httpcore's constructor would check and copy
+        # them again
+        response.headers = headers
+        return response
 
     # ------------------------------------------------------------------ the wire
 
@@ -245,10 +255,15 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
         """Write the request; whether it lets the connection be kept (no `Connection: close`).
         A body in memory (httpx's and httpcore's byte streams are iterables too) is read
         without an async generator."""
-        wire = request.wire if isinstance(request, KeptRequest) else request_head(request)
-        head, chunked, length, closes = wire
         network = self.network
         assert network is not None
+        if isinstance(request, KeptRequest):
+            head, chunked, length, closes = request.wire
+            if request.bodiless and not chunked and not length:  # a poll's GET: its head
+                await network.write(head, within)
+                return not closes
+        else:
+            head, chunked, length, closes = request_head(request)
         pending, sent = head, 0
 
         async def put(chunk: bytes) -> None:
@@ -331,25 +346,28 @@ def _says_close(value: bytes) -> bool:
     return any(token.strip().lower() == b"close" for token in value.split(b","))
 
 
-def _closes(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the headers say `Connection: close`."""
-    return any(name.lower() == b"connection" and _says_close(value) for name, value in headers)
-
-
 def _framing(
     method: bytes, version: bytes, status: int, headers: list[tuple[bytes, bytes]]
 ) -> tuple[str, int, bool]:
     """How the answer's body is framed ("length", "chunked" or "close": read until the end),
-    its length (for "length"), and whether the connection may be kept after it."""
-    keep = version == b"1" and not _closes(headers)
+    its length (for "length"), and whether the connection may be kept after it (the headers
+    read in one pass)."""
+    closes, codings, lengths = False, [], set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            closes = closes or _says_close(value)
+        elif lowered == b"transfer-encoding":
+            codings.append(value)
+        elif lowered == b"content-length":
+            lengths.add(value.strip())
+    keep = version == b"1" and not closes
     if method == b"HEAD" or status in _NO_BODY or status < 200:
         return "length", 0, keep and status != 101
-    codings = [value for name, value in headers if name.lower() == b"transfer-encoding"]
     if codings:
         if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
             raise httpcore.RemoteProtocolError("Only Transfer-Encoding: chunked is supported.")
         return "chunked", 0, keep
-    lengths = {value.strip() for name, value in headers if name.lower() == b"content-length"}
     if lengths:
         length = lengths.pop() if len(lengths) == 1 else b""
         if not length.isdigit():
@@ -402,6 +420,28 @@ class Body:
         if not self.done:  # left unread: the connection cannot be used again
             self.done = True
             await self.connection.aclose()
+
+    def received_whole(self) -> bytes | None:
+        """The whole body, unread yet, when it is in already (a small answer: the read that
+        brought its head brought it too) and its connection can be kept: taken at once, the
+        connection idle again (what reading it to its end does, without a wait). None
+        otherwise: nothing is taken, the body is read as it comes."""
+        connection, left = self.connection, self.left
+        received = connection.received
+        if (
+            self.done
+            or self.framing != "length"
+            or len(received) != left  # more than the body: not kept (`_finished`)
+            or not self.keep
+            or connection.state != _ACTIVE
+        ):
+            return None
+        body = bytes(received)
+        received.clear()
+        self.left, self.done = 0, True
+        connection.state = _IDLE
+        connection.expire_at = time.monotonic() + connection.keepalive_expiry
+        return body
 
     async def _finished(self) -> None:
         connection = self.connection

@@ -48,6 +48,12 @@ def _readable_now(sock: Any) -> bool:
     return bool(poller.poll(0))
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    """A read's time is up: its waiter fails with httpcore's `ReadTimeout`."""
+    if not waiter.done():
+        waiter.set_exception(httpcore.ReadTimeout("The read timed out."))
+
+
 class _Reader(asyncio.Protocol):
     """What one connection received and has not been read yet, and its state."""
 
@@ -126,14 +132,17 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 if reader.error is not None:
                     raise httpcore.ReadError(str(reader.error) or type(reader.error).__name__)
                 return b""
-            waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
             reader.waiter = waiter
+            # the timeout fails the waiter itself: one timer, no timeout context (a poll's
+            # read waits here every time)
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    await waiter
-            except TimeoutError:
-                raise httpcore.ReadTimeout("The read timed out.") from None
+                await waiter
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if reader.waiter is waiter:
                     reader.waiter = None
         return reader.take(max_bytes)

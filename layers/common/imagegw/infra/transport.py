@@ -40,10 +40,9 @@ For asyncio, which the gateway runs on (uvicorn).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -113,16 +112,22 @@ def _core_request(
     )
 
 
-@contextlib.contextmanager
-def _httpx_errors() -> Iterator[None]:
-    """httpcore's errors raised as httpx's; any other exception (the SSRF guard's) unchanged."""
-    try:
-        yield
-    except Exception as exc:
-        for theirs, ours in _ERRORS:
-            if isinstance(exc, theirs):
-                raise ours(str(exc)) from exc
-        raise
+class _HttpxErrors:
+    """A context in which httpcore's errors are raised as httpx's; any other exception (the
+    SSRF guard's) unchanged. One stateless instance serves every use (`_HTTPX_ERRORS`): a
+    generator's context manager made afresh cost each poll more than the mapping itself."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, Exception):
+            for theirs, ours in _ERRORS:
+                if isinstance(exc, theirs):
+                    raise ours(str(exc)) from exc
+
+
+_HTTPX_ERRORS: Final = _HttpxErrors()
 
 
 @dataclass
@@ -200,23 +205,24 @@ class LanePool:
         )
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        scheme = request.url.scheme.decode()
-        if scheme not in ("http", "https"):
+        # a kept request (a poll) made its origin once
+        origin = request.origin if isinstance(request, KeptRequest) else request.url.origin
+        if origin.scheme not in (b"http", b"https"):
+            scheme = origin.scheme.decode()
             raise httpcore.UnsupportedProtocol(f"Request URL has an unsupported scheme '{scheme}'.")
         timeout = request.extensions.get("timeout", {}).get("pool")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        if self._slots is None:  # made on the loop that uses it
-            self._slots = asyncio.Semaphore(self.max_connections)
-        if self._slots.locked():  # a queue: wait in it, no longer than the pool timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        slots = self._slots
+        if slots is None:  # made on the loop that uses it
+            slots = self._slots = asyncio.Semaphore(self.max_connections)
+        if slots.locked():  # a wait: bounded by the pool timeout
             try:
                 async with asyncio.timeout_at(deadline):
-                    await self._slots.acquire()
+                    await slots.acquire()
             except TimeoutError:
                 raise httpcore.PoolTimeout("No connection came free in time.") from None
         else:  # a free slot is taken at once: no timer to set and cancel
-            await self._slots.acquire()
-        origin = request.url.origin
+            await slots.acquire()
         key = (origin.scheme, origin.host, origin.port)
         lane = self._lanes.get(key) or self._lanes.setdefault(key, _Lane())
         connection: httpcore.AsyncConnectionInterface | None = None
@@ -229,7 +235,7 @@ class LanePool:
                     lane.opening -= 1
                     lane.wake_one()
         except BaseException:
-            self._slots.release()
+            slots.release()
             if connection is not None:
                 await _close(connection)
             lane.wake_one()
@@ -362,7 +368,7 @@ class _ResponseBody(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
-        with _httpx_errors():
+        with _HTTPX_ERRORS:
             return await anext(self.stream)
 
     async def aclose(self) -> None:
@@ -435,7 +441,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, AsyncIterable)
-        with _httpx_errors():
+        with _HTTPX_ERRORS:
             answer = await self.pool.handle_async_request(_core_request(request, request.stream))
         return _streamed(answer)
 
@@ -516,28 +522,39 @@ class PooledTransport(httpx.AsyncBaseTransport):
         further than `limit` bytes (else `too_large()`), or, when its body is encoded, httpx's
         open and unread response of it (no request set), as `read_whole` gives one. httpcore's
         errors are raised as httpx's."""
-        with _httpx_errors():
+        with _HTTPX_ERRORS:
             answer = await self.pool.handle_async_request(core)
             stream = answer.stream
             assert isinstance(stream, _PooledStream)
             headers = answer.headers
-            encoded = next((v for k, v in headers if k.lower() == b"content-encoding"), b"")
-            if encoded.strip().lower() not in (b"", b"identity"):
+            encoded: bytes | None = None  # the first of each, as httpx reads them
+            declared: bytes | None = None
+            for name, value in headers:
+                lowered = name.lower()
+                if encoded is None and lowered == b"content-encoding":
+                    encoded = value
+                elif declared is None and lowered == b"content-length":
+                    declared = value
+            if encoded is not None and encoded.strip().lower() not in (b"", b"identity"):
                 return _streamed(answer)
-            try:
-                declared = next((v for k, v in headers if k.lower() == b"content-length"), b"")
-                if declared.isdigit() and int(declared) > limit:  # refused unread
+            try:  # an answer declared too long is refused unread
+                if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise too_large()
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in stream:
-                    size += len(chunk)
-                    if size > limit:
-                        raise too_large()
-                    chunks.append(chunk)
+                body = stream.stream
+                # a small answer (a poll's) is most often in whole with its head: taken at once
+                content = body.received_whole() if isinstance(body, Body) else None
+                if content is None:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in stream:
+                        size += len(chunk)
+                        if size > limit:
+                            raise too_large()
+                        chunks.append(chunk)
+                    content = b"".join(chunks)
             finally:
                 await stream.aclose()
-        return answer, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return answer, content
 
     async def status_of(
         self,
@@ -551,7 +568,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         its body read (no further than `limit` bytes, else `too_large()`) and dropped, so the
         connection is kept; no httpx request or response is made. httpcore's errors are
         raised as httpx's."""
-        with _httpx_errors():
+        with _HTTPX_ERRORS:
             answer = await self.pool.handle_async_request(request)
             stream = answer.stream
             assert isinstance(stream, _PooledStream)

@@ -193,7 +193,7 @@ class BlackForestLabs(TaskProvider):
             "Black Forest Labs answered the submission without a task.", code="provider_error"
         )
 
-    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+    async def status(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         answer = await self.poll(request, task_id, task_id)
         status = str(answer.get("status") or "")
         result = answer.get("result") if isinstance(answer.get("result"), dict) else {}

@@ -170,7 +170,7 @@ class DashScope(TaskProvider):
             )
         return Started(task_id)
 
-    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+    async def status(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         output = (await self.poll(request, task_id, f"{self.base_url}/tasks/{task_id}")).get(
             "output"
         )

@@ -193,7 +193,7 @@ class Fal(TaskProvider):
             return Started(f"{status} {result}")
         raise ProviderError("fal answered the submission without a request.", code="provider_error")
 
-    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+    async def status(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         status_url, response_url = _urls(task_id)
         headers = self._headers(request)
         key = request.api_key

@@ -9,7 +9,6 @@ Protocol (see shared/docs/provider-wire.md): `POST /images/generations` with
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,6 +43,7 @@ from imagegw.providers.options import (
 )
 from imagegw.providers.sizes import SizeLimits
 from imagegw.providers.upstream import (
+    KeptPolls,
     Repeated,
     as_response,
     error_for,
@@ -66,8 +66,6 @@ MAX_LORAS: Final = 6
 #: input images an edit takes: Qwen-Image-Edit-2509/2511 take 1 to 3; the service's own maximum
 #: is undocumented, so this bounds what one request can upload (docs/security.md)
 MAX_INPUT_IMAGES: Final = 3
-#: tasks whose status request is kept for their next poll (`ModelScope._poll_request`)
-POLLS_KEPT: Final = 4096
 
 # size ranges by model family, first match wins (seed 002's parameter table)
 SIZE_RANGES: Final[tuple[tuple[str, int, int], ...]] = (
@@ -143,8 +141,8 @@ class ModelScope(Provider):
         self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
     ) -> None:
         super().__init__(settings, client, fetcher)
-        #: (task id, key) -> the task's status request, re-sent by each poll
-        self._polls: OrderedDict[tuple[str, str], Repeated] = OrderedDict()
+        #: each task's status request, re-sent by each poll
+        self._polls = KeptPolls()
 
     def size_limits(self, model: str, kind: ModelKind) -> SizeLimits:
         lo, hi = size_range(model)
@@ -187,29 +185,17 @@ class ModelScope(Provider):
 
     def _poll_request(self, request: GenerationRequest, task_id: str) -> Repeated:
         """The GET of a task's status, made once per task (and key) and re-sent by every poll
-        of it (`imagegw.providers.upstream.Repeated`). Kept for the tasks still polled
-        (`POLLS_KEPT`, the oldest dropped)."""
-        polls = self._polls
-        key = (task_id, request.api_key.get_secret_value())
-        built = polls.get(key)
+        of it (`imagegw.providers.upstream.KeptPolls`)."""
+        built = self._polls.get(task_id, request.api_key)
         if built is None:
-            built = Repeated(
-                self.client,
-                self.client.build_request(
-                    "GET",
-                    f"{self.base_url}/tasks/{task_id}",
-                    headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
-                    timeout=self.timeout,
-                ),
+            made = self.client.build_request(
+                "GET",
+                f"{self.base_url}/tasks/{task_id}",
+                headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
+                timeout=self.timeout,
             )
-            polls[key] = built
-            if len(polls) > POLLS_KEPT:
-                polls.popitem(last=False)
+            built = self._polls.keep(task_id, request.api_key, Repeated(self.client, made))
         return built
-
-    def _polled(self, request: GenerationRequest, task_id: str) -> None:
-        """The task ended: its status request is not sent again."""
-        self._polls.pop((task_id, request.api_key.get_secret_value()), None)
 
     async def start(self, request: GenerationRequest) -> Started:
         body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
@@ -283,7 +269,7 @@ class ModelScope(Provider):
             ) from None
         status = task.task_status.upper()
         if status in (SUCCEED, FAILED):
-            self._polled(request, task_id)
+            self._polls.drop(task_id, request.api_key)
         if status == SUCCEED:
             if not task.output_images:
                 return Failed("the task succeeded but returned no image")

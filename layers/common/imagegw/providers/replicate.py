@@ -176,7 +176,7 @@ class Replicate(TaskProvider):
             return Started(f"{self.base_url}/predictions/{answer['id']}")
         raise ProviderError("Replicate answered without a prediction.", code="provider_error")
 
-    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+    async def status(self, request: GenerationRequest, task_id: str) -> TaskStatus:
         answer = await self.poll(request, task_id, task_id)
         status = str(answer.get("status") or "").lower()
         if status == "succeeded":

@@ -16,11 +16,12 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from math import gcd
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from pydantic import SecretStr, create_model
 
@@ -32,10 +33,32 @@ from imagegw.errors import (
     ProviderError,
     TransientProviderError,
 )
-from imagegw.infra.config import BaseUrl, ProviderSettings
+from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
 from imagegw.infra.lazy import httpx
-from imagegw.providers.base import GenerationRequest, ModelKind, Provider
-from imagegw.providers.upstream import error_for, redact, send, unreachable
+from imagegw.providers.base import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    ModelKind,
+    Provider,
+    TaskStatus,
+)
+from imagegw.providers.upstream import (
+    KeptPolls,
+    Repeated,
+    as_response,
+    error_for,
+    redact,
+    resend,
+    send,
+    unreachable,
+)
+
+if TYPE_CHECKING:
+    from imagegw.infra.fetcher import Fetcher
+    from imagegw.infra.transport import Whole
+
+T = TypeVar("T")
 
 #: the error code of a moderation refusal (OpenAI's own word for it)
 CONTENT_POLICY: Final = "content_policy_violation"
@@ -107,17 +130,13 @@ def is_own_host(url: httpx.URL, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-async def follow(
-    provider: Provider,
-    url: str,
-    headers: Mapping[str, str],
-    patterns: tuple[str, ...],
-    *,
-    what: str = "polling URL",
-) -> httpx.Response:
-    """GET a URL the provider returned, with its key, only on its own hosts (module doc).
-    Transport failures raise `httpx.TransportError` (the caller words them)."""
-    from imagegw.infra.fetcher import DEFAULT_PORTS, FetchError, where
+def route(
+    provider: Provider, url: str, patterns: tuple[str, ...], what: str
+) -> tuple[httpx.URL, httpx.AsyncClient]:
+    """Where a URL the provider returned is called (module doc): the URL, and the provider
+    client for its base URL's origin or the guarded fetcher's for another of its own hosts.
+    Any other URL is refused (`ProviderError`) before anything is sent."""
+    from imagegw.infra.fetcher import DEFAULT_PORTS, where
 
     try:
         target: httpx.URL | None = httpx.URL(url)
@@ -131,15 +150,7 @@ async def follow(
             code="provider_error",
         )
     if _origin(target) == _origin(base):
-        return await send(
-            provider.client,
-            "GET",
-            str(target),
-            title=provider.title,
-            deadline=provider.settings.provider_timeout,
-            headers=dict(headers),
-            timeout=provider.timeout,
-        )
+        return target, provider.client
     secure = target.scheme == "https" or base.scheme == "http"  # http only where the base is
     if not (secure and is_own_host(target, patterns)):
         raise ProviderError(
@@ -147,21 +158,44 @@ async def follow(
             f"({where(target)}); the key was not sent there.",
             code="provider_error",
         )
+    return target, provider.fetcher.client
+
+
+async def _called(provider: Provider, what: str, call: Awaitable[T]) -> T:
+    """`call`'s answer; the guarded fetcher's refusal of its URL (`FetchError`) as the
+    provider's error."""
+    from imagegw.infra.fetcher import FetchError
+
     try:
-        return await send(
-            provider.fetcher.client,
-            "GET",
-            str(target),
-            title=provider.title,
-            deadline=provider.settings.provider_timeout,
-            headers=dict(headers),
-            timeout=provider.timeout,
-        )
+        return await call
     except FetchError as exc:
         raise ProviderError(
             f"{provider.title}'s {what} is not reachable by the gateway ({exc.reason}).",
             code="provider_error",
         ) from None
+
+
+async def follow(
+    provider: Provider,
+    url: str,
+    headers: Mapping[str, str],
+    patterns: tuple[str, ...],
+    *,
+    what: str = "polling URL",
+) -> httpx.Response:
+    """GET a URL the provider returned, with its key, only on its own hosts (`route`).
+    Transport failures raise `httpx.TransportError` (the caller words them)."""
+    target, client = route(provider, url, patterns, what)
+    call = send(
+        client,
+        "GET",
+        str(target),
+        title=provider.title,
+        deadline=provider.settings.provider_timeout,
+        headers=dict(headers),
+        timeout=provider.timeout,
+    )
+    return await _called(provider, what, call)
 
 
 async def submit(
@@ -243,8 +277,21 @@ async def polled(
     """One poll of `url` (the provider's own API, or a URL it returned: `follow`): an answer
     with a status in `done_statuses`, or 4xx as the provider's error; no answer, a 5xx or a
     429 as a `TransientProviderError` (tried again)."""
+    call = follow(provider, url, headers, patterns, what=what)
+    return as_response(await _answered(provider, task, key, call, done_statuses))
+
+
+async def _answered(
+    provider: Provider,
+    task: str,
+    key: SecretStr,
+    call: Awaitable[Whole | httpx.Response],
+    done_statuses: frozenset[int],
+) -> Whole | httpx.Response:
+    """`polled`'s rules for the answer of `call` (a poll sent, as `follow` or `resend` sends
+    it): as it came when its status is in `done_statuses`."""
     try:
-        response = await follow(provider, url, headers, patterns, what=what)
+        response = await call
     except httpx.TransportError as exc:
         if isinstance(exc, httpx.TimeoutException):
             reason = f"no answer within {provider.settings.provider_timeout:g} s"
@@ -263,13 +310,14 @@ async def polled(
             reason=f"answered {response.status_code}",
             code="provider_unavailable",
         )
-    raise refusal(provider.title, response, key)
+    raise refusal(provider.title, as_response(response), key)
 
 
-def json_of(provider: Provider, response: httpx.Response, task: str) -> dict[str, Any]:
-    """A poll's JSON object; an unreadable one is transient (polled again)."""
+def json_of(provider: Provider, response: Whole | httpx.Response, task: str) -> dict[str, Any]:
+    """A poll's JSON object (read as httpx's `Response.json` reads it); an unreadable one is
+    transient (polled again)."""
     try:
-        body = response.json()
+        body = json.loads(response.content)
     except ValueError:
         body = None
     if not isinstance(body, dict):
@@ -307,7 +355,8 @@ def task_settings(name: str, base_url: str, hosts: str | None = None) -> type[Pr
 class TaskProvider(Provider):
     """What DashScope, Ark, BFL, Replicate and fal share besides the calls above: how the key
     is sent, the hosts URLs they return may be on, the kind of a model they do not list, and
-    one poll read as JSON."""
+    one poll read as JSON, its request made once per task (`poll`). A provider that polls
+    reads a poll's answer in `status`."""
 
     #: how a request's key is sent: the header, and what comes before the key in it
     key_header: ClassVar[tuple[str, str]] = ("Authorization", "Bearer ")
@@ -341,14 +390,55 @@ class TaskProvider(Provider):
                 return info.kind
         return ModelKind.EDIT if self.edit_ids.search(model) else ModelKind.GENERATE
 
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, fetcher: Fetcher | None = None
+    ) -> None:
+        super().__init__(settings, client, fetcher)
+        #: each task's status request, re-sent by each poll
+        self._polls = KeptPolls()
+
+    async def check(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        """`status`. A task that ended (images, a failure, a refusal) is not polled again: its
+        kept request is dropped (`poll`)."""
+        try:
+            status = await self.status(request, task_id)
+        except TransientProviderError:
+            raise
+        except GatewayError:
+            self._polls.drop(task_id, request.api_key)
+            raise
+        if isinstance(status, Finished | Failed):
+            self._polls.drop(task_id, request.api_key)
+        return status
+
+    async def status(self, request: GenerationRequest, task_id: str) -> TaskStatus:
+        """What one poll of a submitted task says (`poll`)."""
+        raise NotImplementedError(f"{self.name} has no tasks to check")
+
     async def poll(
-        self, request: GenerationRequest, task_id: str, url: str, **options: Any
+        self,
+        request: GenerationRequest,
+        task_id: str,
+        url: str,
+        *,
+        what: str = "polling URL",
+        done_statuses: frozenset[int] = frozenset({200}),
     ) -> dict[str, Any]:
-        """One poll of the task at `url` (`polled`, on the provider's hosts), its JSON object."""
-        response = await polled(
-            self, task_id, url, self._headers(request), request.api_key, self.hosts, **options
-        )
-        return json_of(self, response, task_id)
+        """One poll of the task at `url` (`polled`'s rules, on the provider's hosts: `route`),
+        its JSON object. The GET is made at the task's first poll and sent again as it was
+        made by the next ones (`imagegw.providers.upstream.KeptPolls`): a URL not the
+        provider's own is refused at each poll, and none is kept."""
+        key = request.api_key
+        repeated = self._polls.get(task_id, key)
+        if repeated is None:
+            target, client = route(self, url, self.hosts, what)
+            made = client.build_request(
+                "GET", str(target), headers=self._headers(request), timeout=self.timeout
+            )
+            repeated = self._polls.keep(task_id, key, Repeated(client, made))
+        deadline = self.settings.provider_timeout
+        call = _called(self, what, resend(repeated, title=self.title, deadline=deadline))
+        return json_of(self, await _answered(self, task_id, key, call, done_statuses), task_id)
 
 
 def batches(request: GenerationRequest, most: int) -> list[GenerationRequest]:

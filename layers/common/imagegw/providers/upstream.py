@@ -19,6 +19,7 @@ key never appears in it.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -188,6 +189,36 @@ class Repeated:
         self.client, self.request = client, request
         self.direct: PooledTransport | None = direct_transport(client, request)
         self.kept = None if self.direct is None else self.direct.keep(request)
+
+
+#: tasks whose status request is kept for their next poll (`KeptPolls`)
+POLLS_KEPT: Final = 4096
+
+
+class KeptPolls:
+    """A provider's status requests (`Repeated`), one per task it polls and key it polls
+    with: made at the task's first poll, re-sent by every poll of it, dropped when the task
+    ended (`drop`). The POLLS_KEPT most recently made are kept (a task whose end was never
+    seen: the reader left), the oldest dropped."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[str, str], Repeated] = OrderedDict()
+
+    def get(self, task_id: str, key: SecretStr) -> Repeated | None:
+        return self._kept.get((task_id, key.get_secret_value()))
+
+    def keep(self, task_id: str, key: SecretStr, repeated: Repeated) -> Repeated:
+        kept = self._kept
+        kept[(task_id, key.get_secret_value())] = repeated
+        if len(kept) > POLLS_KEPT:
+            kept.popitem(last=False)
+        return repeated
+
+    def drop(self, task_id: str, key: SecretStr) -> None:
+        """The task ended: its status request is not sent again."""
+        self._kept.pop((task_id, key.get_secret_value()), None)
 
 
 async def resend(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -99,6 +100,56 @@ class _Forecast:
         """About how long the run takes, from `began`, while the `pending` tasks all run."""
         ends = [self.ends[i] for i in pending if i in self.ends]
         return max(ends) - began if ends and len(ends) == len(pending) else None
+
+
+class _Inbox:
+    """What the pollers tell `watch`, in the order told: put at once (no await), waited for
+    with at most one timer per wait's end (`wait_until`), not a timer per answer."""
+
+    __slots__ = ("answers", "timer", "waiter")
+
+    def __init__(self) -> None:
+        self.answers: deque[tuple[int, Answer]] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def put(self, index: int, answer: Answer) -> None:
+        self.answers.append((index, answer))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _rang(self) -> None:
+        self.timer = None
+        self._wake()
+
+    async def wait_until(self, due: float) -> bool:
+        """Whether an answer came before the loop's time `due`. The timer set for an earlier
+        wait stays when it rings no later than `due` (most answers come before it rings):
+        when it rings before `due`, the wait goes on, with a timer for `due` then."""
+        loop = asyncio.get_running_loop()
+        while not self.answers:
+            if loop.time() >= due:
+                return False
+            timer = self.timer
+            if timer is None or timer.when() > due:
+                if timer is not None:
+                    timer.cancel()
+                self.timer = loop.call_at(due, self._rang)
+            self.waiter = loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return True
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 async def _ask(
@@ -243,10 +294,8 @@ class _Run:
         else:
             self.book = book.apply(index, advance(title, book.tasks[index].task_id, answer))
 
-    async def _poll(
-        self, index: int, task_id: str, queue: asyncio.Queue[tuple[int, Answer]]
-    ) -> None:
-        """Poll one task until it ends; report each answer on the queue.
+    async def _poll(self, index: int, task_id: str, inbox: _Inbox) -> None:
+        """Poll one task until it ends; report each answer in the inbox.
 
         Transient failures (5xx, unreadable answers, no connection, a poll timing out) are
         retried after the policy's back-off until it gives up (POLL_FAILURE_WINDOW without a
@@ -255,7 +304,7 @@ class _Run:
         follows the model's learned run time; a task that ends teaches it how long this one
         took."""
         clock, forecast, policy = self.clock, self.forecast, self.policy
-        request = self.parts[index]
+        request, title = self.parts[index], self.provider.title
         timing = Timing(submitted=clock())
         answered, failures = timing.submitted, 0
         while True:
@@ -264,20 +313,20 @@ class _Run:
             status = await _ask(self.provider, request, task_id)
             if isinstance(status, TransientProviderError):
                 failures += 1
-                await queue.put((index, status))
+                inbox.put(index, status)
                 if policy.gives_up(answered, clock()):
                     logger.warning(
                         "polling given up",
                         extra={"task_id": task_id, "failures": failures, "error": status.message},
                     )
-                    await queue.put((index, None))
+                    inbox.put(index, None)
                     return
                 logger.warning(
                     "transient poll failure; will retry", extra={"error": status.message}
                 )
                 continue
             if isinstance(status, GatewayError):
-                await queue.put((index, status))
+                inbox.put(index, status)
                 return
             answered, failures = clock(), 0
             if isinstance(status, Running):
@@ -285,11 +334,15 @@ class _Run:
                 expected = expected_total(timing, forecast.estimate)
                 if expected is not None:
                     forecast.ends[index] = timing.submitted + expected
+                # an answer that changes nothing (the book as `watch` left it: no answer
+                # waiting) does not wake the watcher: its timer tells the time
+                if not inbox.answers and self.book.keeps(index, advance(title, task_id, status)):
+                    continue
             elif isinstance(status, Finished):
                 self.learn(timing, answered)
                 if timing.last_running is not None:  # it ended between these two polls
                     apimetrics.seconds("DetectionLag", answered - timing.last_running)
-            await queue.put((index, status))
+            inbox.put(index, status)
             if isinstance(status, Finished | Failed):
                 return
 
@@ -298,15 +351,16 @@ class _Run:
         and every PROGRESS_INTERVAL while nothing changes. No poll after this (the reader may
         leave). At the deadline the tasks still running fail (`Book.out_of_time`)."""
         settings, clock = self.settings, self.clock
-        queue: asyncio.Queue[tuple[int, Answer]] = asyncio.Queue()
+        inbox = _Inbox()
         forecast = self.forecast
         if self._foreseen is not None:
             foreseen, self._foreseen = self._foreseen, None
             forecast.estimate = await foreseen
         pollers = [
-            asyncio.create_task(self._poll(i, str(self.book.tasks[i].task_id), queue))
+            asyncio.create_task(self._poll(i, str(self.book.tasks[i].task_id), inbox))
             for i in self.book.running()
         ]
+        loop = asyncio.get_running_loop()
         try:
             summary = self.book.summary()  # the book's, kept as each answer changes it
             yield self.progress(summary)
@@ -318,22 +372,24 @@ class _Run:
                     self.book = self.book.out_of_time(title, limit)
                     break
                 wait = min(settings.progress_interval, left)
-                try:
-                    index, answer = await asyncio.wait_for(queue.get(), timeout=wait)
-                except TimeoutError:
+                if not await inbox.wait_until(loop.time() + wait):
                     yield self.progress(summary)
                     last_progress = clock()
                     continue
-                before = summary
+                index, answer = inbox.answers.popleft()
+                before, book = summary, self.book
                 self._answer(index, answer)
-                summary = self.book.summary()
+                if self.book is not book:  # an answer that changes nothing keeps the book
+                    summary = self.book.summary()
                 # a change (state, tasks ended, the provider's words) at once; an unchanged
                 # state every progress_interval even while polls keep answering (they come
-                # more often than that)
+                # more often than that; those that change nothing do not wake this loop:
+                # `_poll`, and the wait's timer rings)
                 if summary != before or clock() - last_progress >= settings.progress_interval:
                     yield self.progress(summary)
                     last_progress = clock()
         finally:
+            inbox.close()
             for poller in pollers:
                 poller.cancel()
             if pollers:
