@@ -264,36 +264,21 @@ def test_with_no_history_a_queued_task_waits_as_long_as_it_has_queued() -> None:
     assert timing.polls - 1 == 6  # the last poll saw it running
 
 
-def test_with_no_history_a_run_seen_late_is_not_polled_as_if_it_had_just_begun() -> None:
-    # a run seen beginning between two polls 6 s apart has run about 3 s: its next wait is
-    # today's schedule (1.3 s at 26 s), not POLL_INTERVAL as for a run seen to begin within
-    # the last 0.5 s; neither waits longer than the run has likely lasted
-    prior = Estimate(seconds=15.0, spread=4.5, samples=0)
-    today = poll_delay(26.0, BASE, MAXIMUM)
-    wide = Timing(submitted=0.0).seen(20.0, "PENDING").seen(26.0, "RUNNING")
-    close = Timing(submitted=0.0).seen(25.5, "PENDING").seen(26.0, "RUNNING")
-    assert today > BASE
-    assert next_delay(wide, prior, 26.0, BASE, MAXIMUM) == pytest.approx(today)
-    assert next_delay(close, prior, 26.0, BASE, MAXIMUM) == BASE
-    # a task that just began: no longer than it has likely run, under POLL_INTERVAL_MAX
-    began = Timing(submitted=-30.0).seen(0.0, "PENDING").seen(1.0, "RUNNING")
-    assert next_delay(began.seen(2.5, "RUNNING"), prior, 2.5, BASE, MAXIMUM) <= 2.0
-
-
-def test_on_the_prior_the_uneven_queues_long_tasks_cost_under_a_third_of_a_poll_a_second() -> None:
+def test_on_the_prior_the_uneven_queues_long_tasks_cost_at_most_0_35_polls_a_second() -> None:
     # bench versus' mix on the catalogue's prior (15 s; its runs are 2-11 s): tasks queued
-    # 16-28 s take at most 0.33 polls a second of generation (0.40 when queued waits grew by
-    # half the time queued and a run seen late was polled as if just begun), for the same mean
-    # lag; tasks queued under a second as before; every end heard of within POLL_INTERVAL_MAX
+    # 16-28 s take at most 0.35 polls a second of generation (0.40 when queued waits grew by
+    # half the time queued) for a mean lag of 0.81 s, not 0.71 (a poll saved for 0.08 s of
+    # lag, under a poll's PRICE at their age); tasks queued under a second as before; every
+    # end heard of within POLL_INTERVAL_MAX
     prior = Estimate(seconds=15.0, spread=4.5, samples=0)
     runs = (2.5, 5.0, 8.0, 11.0)
     long = {(q, r): polls_until(q + r, q, prior) for q in (16, 19, 22, 25, 28) for r in runs}
     short = {(q, r): polls_until(q + r, q, prior) for q in (0.2, 0.5, 0.9) for r in runs}
-    for group, most in ((long, 0.33), (short, 1.15)):
+    for group, most in ((long, 0.35), (short, 1.15)):
         seconds = sum(q + r for q, r in group)
         assert sum(polls for polls, _ in group.values()) / seconds <= most
         assert max(lag for _, lag in group.values()) <= MAXIMUM
-    assert sum(lag for _, lag in long.values()) / len(long) <= 0.75
+    assert sum(lag for _, lag in long.values()) / len(long) <= 0.85
 
 
 UNEVEN = Estimate(seconds=6.5, spread=2.6, samples=20)  # runs of 2-11 s, learned
