@@ -313,3 +313,12 @@ def test_a_real_key_is_never_sealed_into_events(
     assert status == 2
     assert "never written into events/" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in EVENTS.glob("*.json")} == before
+
+
+def test_every_function_starts_with_pydantics_plugin_search_off(template: Template) -> None:
+    # Given each function of the template / When its environment is made
+    for function in template.function_ids():
+        env, _notes = environment(template, function)
+        # Then pydantic's search of the installed packages for plugins (none in the layer) is
+        # off from its first validator on, for the job functions as for the API function
+        assert env.get("PYDANTIC_DISABLE_PLUGINS") == "__all__", function
