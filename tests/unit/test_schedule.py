@@ -154,6 +154,13 @@ async def test_the_interactive_driver_shows_the_estimate_and_learns_the_run() ->
         progress_text(Progress("RUNNING", 12.0, expected=20.0))
         == "generating · 12 s of about 20 s\n"
     )
+    # and a short run's, or one close to its end, in tenths, never "1 s of about 1 s"
+    assert progress_text(Progress("RUNNING", 0.6, expected=1.4)) == (
+        "generating · 0.6 s of about 1.4 s\n"
+    )
+    assert progress_text(Progress("RUNNING", 19.6, expected=20.4)) == (
+        "generating · 19.6 s of about 20.4 s\n"
+    )
     learned = await store.get(key)
     assert learned is not None and learned.samples == 4
 

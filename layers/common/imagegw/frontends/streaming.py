@@ -98,7 +98,10 @@ def progress_text(event: Progress) -> str:
     if event.detail:  # the provider's own words: queue position, percent done
         stage += f" ({event.detail})"
     if event.expected is not None and event.expected > event.elapsed:
-        text = f"{stage} · {event.elapsed:.0f} s of about {event.expected:.0f} s"
+        # whole seconds, unless they would read alike ("1 s of about 1 s") or the run is short
+        whole = event.expected >= 10 and round(event.elapsed) < round(event.expected)
+        digits = 0 if whole else 1
+        text = f"{stage} · {event.elapsed:.{digits}f} s of about {event.expected:.{digits}f} s"
     else:
         text = f"{stage} · {event.elapsed:.1f} s"
     if event.total > 1:
