@@ -508,6 +508,22 @@ def test_a_job_step_writes_the_run_times_it_left_waiting_before_it_returns(
     steps.close_instances()
 
 
+async def test_flushes_of_one_key_at_once_make_one_write_and_lose_nothing(table: str) -> None:
+    # Given an instance with a sample waiting for its key's window (the local runner's job
+    # threads share one store: a step's end and another's may flush it at once)
+    client = Counting(boto3.client("dynamodb", region_name=REGION))
+    store = instance(table, Clock(), client)
+    await store.record(MODEL, 10.0)
+    await store.record(MODEL, 20.0)
+
+    # When two flushes run at once
+    await asyncio.gather(store.flush(), store.flush())
+
+    # Then the waiting sample was written once, and the table holds both
+    assert client.writes == 2
+    assert item(table, MODEL)["samples"] == {"N": "2"}
+
+
 async def test_a_table_that_does_not_take_the_shutdown_write_is_given_up_within_its_budget(
     table: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -198,16 +198,23 @@ class SharedEstimates:
             )
 
     async def _flush(self, key: Key) -> None:
-        """Writes the key's waiting samples (one write in flight per key)."""
+        """Writes the key's waiting samples (one write in flight per key: with one already
+        in flight, or none waiting, nothing; `flush` and a record, or the local runner's job
+        threads sharing one store, may both come here for a key)."""
+        if key in self._writing:
+            return
+        samples = list(self._pending.pop(key, ()))
+        if not samples:
+            return
         if len(self._written) >= _MAX_CACHED:
             self._written.clear()
         self._written[key] = self.clock()
-        samples = self._writing[key] = list(self._pending.pop(key, ()))
+        self._writing[key] = samples
         try:
             for _ in range(2):
                 cached = self._cache.get(key)
                 old = cached[0] if cached else (await self._read(key, consistent=True))[0]
-                new = _folded(old, samples)  # (never empty: this record's own sample is in)
+                new = _folded(old, samples)  # (never empty: checked above)
                 read = old.samples if old else 0
                 write = self.table.write_estimate
                 if await self._call("record", write, pk_of(key), new, read, self.clock()):
@@ -217,7 +224,8 @@ class SharedEstimates:
         except _Unavailable:
             return
         finally:
-            del self._writing[key]
+            if self._writing.get(key) is samples:
+                del self._writing[key]
         logger.info(
             "run-time samples dropped: two concurrent writes won",
             extra={"key": str(key), "samples": len(samples)},
