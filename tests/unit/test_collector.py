@@ -17,10 +17,12 @@ from imagegw.infra.collector import YOUNG_THRESHOLD, Requests, loading, pace_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def in_api_function(code: str, **env: str) -> str:
+def in_api_function(code: str, without: tuple[str, ...] = (), **env: str) -> str:
     """What `code` prints, run by a fresh interpreter in the API function's folder with the
-    layer's package on the path (as uvicorn runs `main`), and `env` added to its environment."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "common"), **env}
+    layer's package on the path (as uvicorn runs `main`), and `env` added to its environment
+    (the variables named `without` taken out of it)."""
+    kept = {k: v for k, v in os.environ.items() if k not in without}
+    env = {**kept, "PYTHONPATH": str(ROOT / "layers" / "common"), **env}
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT / "functions" / "api",
@@ -168,16 +170,7 @@ def test_the_start_script_switches_pydantics_plugin_search_off_unless_told_other
         "print(json.dumps([os.environ['PYDANTIC_DISABLE_PLUGINS'], _loader._plugins is None,\n"
         "    searched]))\n"
     )
-    environment = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
-    shown = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT / "functions" / "api",
-        env={**environment, "PYTHONPATH": str(ROOT / "layers" / "common")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    shown = in_api_function(code, without=("PYDANTIC_DISABLE_PLUGINS",))
     # Then pydantic did not search the installed distributions for plugins, nor loaded what
     # it searches them with
     assert json.loads(shown) == ["__all__", True, False]
