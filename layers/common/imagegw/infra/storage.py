@@ -17,7 +17,6 @@ it at moto (a moto *server*, for uploads: they do not go through botocore).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import datetime as dt
 import re
@@ -324,22 +323,13 @@ class ImageStore:
             await response.aclose()
         return response.status_code
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """One of the running loop's upload turns, held for the duration: the uploads inside
-        (`save_result`, `upload`) take no other. A copy of a result holds one from before its
-        download to after its upload (`imagegw.core.deliver`), so a burst of results holds at
-        most UPLOAD_CONNECTIONS images fetched and not yet stored, not one per stream."""
-        if _HOLDING.get():
-            yield
-            return
-        turns = self._transport()[2]
-        async with turns:
-            held = _HOLDING.set(True)
-            try:
-                yield
-            finally:
-                _HOLDING.reset(held)
+    def turn(self) -> _Turn:
+        """One of the running loop's upload turns, held for the duration (`async with`): the
+        uploads inside (`save_result`, `upload`) take no other. A copy of a result holds one
+        from before its download to after its upload (`imagegw.core.deliver`), so a burst of
+        results holds at most UPLOAD_CONNECTIONS images fetched and not yet stored, not one per
+        stream."""
+        return _Turn(self._transport()[2])
 
     async def _put(self, key: str, image: ImageBytes) -> None:
         """Store `image` under `key` (POST Object with the prefix's signed form): tried again
@@ -535,6 +525,28 @@ class ImageStore:
             return await self.open(await self.place(item))
 
         return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+
+
+class _Turn:
+    """An upload turn (`ImageStore.turn`): taken on entry unless the task holds one already,
+    given back on exit. A class, not a generator's context manager: one is made per result."""
+
+    __slots__ = ("held", "turns")
+
+    def __init__(self, turns: asyncio.Semaphore) -> None:
+        self.turns = turns
+        self.held: contextvars.Token[bool] | None = None
+
+    async def __aenter__(self) -> None:
+        if not _HOLDING.get():
+            await self.turns.acquire()
+            self.held = _HOLDING.set(True)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.held is not None:
+            _HOLDING.reset(self.held)
+            self.held = None
+            self.turns.release()
 
 
 class BucketRefused(Exception):
