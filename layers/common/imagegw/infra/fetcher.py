@@ -30,7 +30,9 @@ loopback only).
 The result fetcher, which downloads an image for every stored link, reads HTTP/1.1 through the
 gateway's lean connection (`imagegw.infra.http11`: h11's client rules without its event machinery,
 a third less CPU a download); the fetcher of client URLs keeps httpcore's own connection. Both go
-through the same guarded network backend, limits and timeout.
+through the same guarded network backend, limits and timeout. A plain URL (`_plain`: what httpx
+would read exactly as it is written, as providers' result links are) is read here, not by httpx's
+URL parser (a fifth of a download's CPU); any other URL, and every redirect, is httpx's.
 """
 
 from __future__ import annotations
