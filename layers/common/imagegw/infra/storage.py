@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio.to_thread
 
@@ -34,6 +34,7 @@ from imagegw.errors import ConfigurationError, StorageError
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, InputImage, check_image
+from imagegw.infra.presign import PROBE_KEY, Presigner
 
 if TYPE_CHECKING:  # httpx, httpcore and the pool are imported by the first upload (cold start)
     import httpcore
@@ -93,6 +94,10 @@ class ImageStore:
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
         self._s3 = client
+        #: the credentials of the client this store built (`_client`), and the presigner of
+        #: its links (`_learn`; False: not learnt yet)
+        self._credentials: Any = None
+        self._signer: Presigner | Literal[False] | None = False
         self._lock = threading.Lock()
         self._warming: threading.Thread | None = None
         #: signed upload forms by key prefix
@@ -146,7 +151,7 @@ class ImageStore:
         # a custom endpoint (moto, MinIO) is addressed by path; AWS by virtual host, which
         # gives regional URLs a provider can fetch
         style = "path" if self.settings.s3_endpoint_url else "virtual"
-        return boto3.client(
+        client = boto3.client(
             "s3",
             region_name=self.settings.aws_region,
             endpoint_url=self.settings.s3_endpoint_url,
@@ -160,6 +165,11 @@ class ImageStore:
                 read_timeout=30,
             ),
         )
+        # the client's own credentials (its session's: boto3.client's default session), which
+        # the presigner signs with (`_learn`)
+        session = boto3.DEFAULT_SESSION
+        self._credentials = None if session is None else session.get_credentials()
+        return client
 
     @property
     def bucket(self) -> str:
@@ -380,10 +390,29 @@ class ImageStore:
             await pair[1].aclose()
 
     def _presign(self, key: str, ttl: int) -> str:
+        """A presigned GET URL of `key` (in a worker thread: the client may be built here)."""
+        signer = self._signer if self._signer is not False else self._learn()
+        if signer is not None and Presigner.fits(key):
+            return signer.url(key, ttl, _utc_now())
         url: str = self.s3.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
         )
         return url
+
+    def _learn(self) -> Presigner | None:
+        """The presigner of this bucket's links (`imagegw.infra.presign`), learnt from one link
+        botocore signs; None when the client is not one this store built (its credentials are
+        not at hand) or the link has another shape: botocore then signs every link."""
+        client = self.s3
+        credentials = self._credentials
+        signer = None
+        if credentials is not None:
+            probe = client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY}, ExpiresIn=60
+            )
+            signer = Presigner.learn(probe, credentials)
+        self._signer = signer
+        return signer
 
     async def upload(self, image: ImageBytes) -> str:
         """Store an input image under uploads/; its key."""
@@ -411,7 +440,19 @@ class ImageStore:
             ) from None
 
     async def presign(self, key: str, ttl: int | None = None) -> str:
-        return await self._run("presign", self._presign, key, ttl or self.settings.presign_ttl)
+        """A presigned GET URL of `key`: signed here once the presigner is learnt (no worker
+        thread: about 20 µs), else in a worker thread (the first link, or botocore's)."""
+        ttl = ttl or self.settings.presign_ttl
+        signer = self._signer
+        if signer and Presigner.fits(key):
+            try:
+                return signer.url(key, ttl, _utc_now())
+            except Exception as exc:  # credentials that failed to refresh
+                raise StorageError(
+                    f"The bucket could not be reached (presign: {type(exc).__name__}); try again.",
+                    code="storage_unavailable",
+                ) from None
+        return await self._run("presign", self._presign, key, ttl)
 
     async def save_result(self, image: ImageBytes) -> str:
         """Store a generated image under images/ with an unguessable name; the name."""
@@ -525,6 +566,11 @@ class ImageStore:
             return await self.open(await self.place(item))
 
         return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+
+
+def _utc_now() -> dt.datetime:
+    """The signing clock: UTC, as botocore's."""
+    return dt.datetime.now(dt.UTC)
 
 
 class _Turn:
