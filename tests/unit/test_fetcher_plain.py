@@ -5,12 +5,16 @@ is left to httpx (which may refuse it)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagegw.infra.fetcher import Plain, _plain
+from fakes.png import make_png
+from imagegw.infra.config import Settings
+from imagegw.infra.fetcher import Fetcher, Plain, _plain
 
 #: result links as providers give them, and as the fakes of the tests and benchmarks do
 LINKS = [
@@ -35,6 +39,8 @@ NOT_PLAIN = [
     "http://xn--a.example/x.png",  # IDNA: decoded (and refused) by httpx
     "http://999.1.1.1/x.png",  # not an IPv4 address
     "http://01.2.3.4/x.png",
+    "http://1.2.3.256/x.png",
+    "http://1.2.3.0004/x.png",
     "http://user@cdn.example/x.png",
     "http://cdn.example/a/../x.png",  # dot segments dropped
     "http://cdn.example/./x.png",
@@ -125,6 +131,9 @@ HOST_PIECES = st.sampled_from(
         "xn--",
         "127.0.0.1",
         "1.2.3",
+        "01",
+        "256",
+        "1.0.0",
         ".300",
         "A",
         "é",
@@ -150,3 +159,47 @@ def test_whatever_is_read_plain_httpx_reads_alike(
     if plain is not None:
         assert _as_plain(plain) == _as_httpx(url)
         assert plain.url == url
+
+
+async def _heads_of(urls: list[str], lean: bool) -> tuple[list[bytes], list[bytes]]:
+    """The request heads a raw HTTP server on loopback received for `urls`, fetched one after
+    the other by a fetcher (lean connections or httpcore's), and the bodies fetched."""
+    heads: list[bytes] = []
+    png = make_png(4, 4)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # each request on the connection, until the client closes it
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(png), png))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    fetcher = Fetcher(Settings(allow_private_urls=True), lean=lean)
+    try:
+        bodies = [await fetcher.fetch(url.format(port=port), limit=1 << 20) for url in urls]
+    finally:
+        await fetcher.aclose()
+        server.close()
+    return heads, bodies
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_plain_link_is_sent_as_httpx_reading_it_would_send_it(lean: bool) -> None:
+    # Given a result link read plain, and the same link spelt so that httpx reads it
+    plain = "http://127.0.0.1:{port}/files/r.png?X-Sig=a%2Fb&e=1"
+    spelt = "HTTP://127.0.0.1:{port}/files/r.png?X-Sig=a%2Fb&e=1"
+    assert _plain(plain.format(port=1)) is not None and _plain(spelt.format(port=1)) is None
+
+    # When both are fetched
+    heads, bodies = asyncio.run(_heads_of([plain, spelt], lean))
+
+    # Then the server got the same request head, byte for byte, and both got the image
+    assert len(heads) == 2 and heads[0] == heads[1]
+    assert heads[0].startswith(b"GET /files/r.png?X-Sig=a%2Fb&e=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert bodies == [make_png(4, 4)] * 2

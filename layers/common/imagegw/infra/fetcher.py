@@ -55,6 +55,7 @@ import httpx
 
 from imagegw.infra.clients import layered
 from imagegw.infra.config import Settings, declared
+from imagegw.infra.http11 import FramedRequest, request_head
 from imagegw.infra.log import logger
 from imagegw.infra.netstream import AsyncioBackend
 from imagegw.infra.transport import PooledTransport, core_url
@@ -90,6 +91,7 @@ _SPECIAL_V6: Final = (
 )
 _LOW32: Final = 0xFFFF_FFFF
 _LAST_PORT: Final = 65535
+_LAST_OCTET: Final = 255
 #: the longest URL `_plain` reads (httpx refuses longer ones)
 _PLAIN_LENGTH: Final = 65536
 #: an IPv4 address as inet_aton reads it: 1 to 4 parts, each decimal, octal (0...) or hex (0x...)
@@ -382,11 +384,11 @@ def _plain(url: str) -> Plain | None:
     # dotted address and leaves out a default port: such URLs go its way
     if "xn--" in host or "/." in target.partition("?")[0]:
         return None
-    if _IPV4_STYLE.fullmatch(host):
-        try:
-            IPv4Address(host)
-        except ValueError:
-            return None
+    if _IPV4_STYLE.fullmatch(host) and not all(
+        int(part) <= _LAST_OCTET and (len(part) == 1 or part[0] != "0")  # as `IPv4Address`
+        for part in host.split(".")
+    ):
+        return None
     number = None
     netloc = host
     if port is not None:
@@ -455,8 +457,9 @@ class Fetcher:
         self._client: httpx.AsyncClient | None = None
         #: the client's pool when no transport layer observes it (`_get`)
         self._direct: PooledTransport | None = None
-        #: the client's headers and timeouts, as its requests carry them (`_request`)
-        self._made: tuple[tuple[tuple[bytes, bytes], ...], dict[str, Any]] | None = None
+        #: the client's headers (as pairs, and as a checked head's lines) and timeouts, as its
+        #: requests carry them (`_request`)
+        self._made: tuple[tuple[tuple[bytes, bytes], ...], bytes, dict[str, Any]] | None = None
 
     @classmethod
     def for_results(cls, settings: Settings) -> Fetcher:
@@ -549,25 +552,34 @@ class Fetcher:
 
     def _request(self, target: httpx.URL | Plain) -> httpcore.Request:
         """The GET of `target` as httpcore's request, as `self.client.build_request("GET",
-        target)` makes it (its headers: `Host` first, then the client's; its timeouts)."""
+        target)` makes it (its headers: `Host` first, then the client's; its timeouts). On a
+        lean connection, a plain URL's request is framed here (`FramedRequest`): the head is
+        the client's headers, checked once (`request_head`), after the request line and Host
+        header of a URL `_PLAIN` admits (visible characters, none that could break a line)."""
         made = self._made
         if made is None:
             client = self.client
-            made = self._made = (
-                tuple(client.headers.raw),
-                {"timeout": client.timeout.as_dict()},
+            headers = tuple(client.headers.raw)
+            sample = httpcore.Request(b"GET", "http://host/", headers=list(headers))
+            block = request_head(sample)[0].split(b"\r\n", 1)[1].removesuffix(b"\r\n")
+            made = self._made = (headers, block, {"timeout": client.timeout.as_dict()})
+        headers, block, extensions = made
+        if not isinstance(target, Plain):
+            return httpcore.Request(
+                b"GET",
+                core_url(target),
+                headers=[(b"Host", target.netloc), *headers],
+                extensions=extensions,
             )
-        headers, extensions = made
-        url = (
-            httpcore.URL(
-                scheme=target.scheme, host=target.host, port=target.port, target=target.target
+        url = httpcore.URL(
+            scheme=target.scheme, host=target.host, port=target.port, target=target.target
+        )
+        if not self._lean:
+            return httpcore.Request(
+                b"GET", url, headers=[(b"Host", target.netloc), *headers], extensions=extensions
             )
-            if isinstance(target, Plain)
-            else core_url(target)
-        )
-        return httpcore.Request(
-            b"GET", url, headers=[(b"Host", target.netloc), *headers], extensions=extensions
-        )
+        head = b"GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target.target, target.netloc, block)
+        return FramedRequest(b"GET", url, head=head, length=0, content=(), extensions=extensions)
 
     async def check(self, url: str, *, https_only: bool) -> None:
         """Whether `url` may be fetched at all: http(s) (https only when asked, unless
