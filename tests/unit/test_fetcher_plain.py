@@ -41,6 +41,7 @@ NOT_PLAIN = [
     "http://01.2.3.4/x.png",
     "http://1.2.3.256/x.png",
     "http://1.2.3.0004/x.png",
+    "http://1.2.3." + "9" * 5000 + "/x.png",
     "http://user@cdn.example/x.png",
     "http://cdn.example/a/../x.png",  # dot segments dropped
     "http://cdn.example/./x.png",

@@ -384,8 +384,8 @@ def _plain(url: str) -> Plain | None:
     # dotted address and leaves out a default port: such URLs go its way
     if "xn--" in host or "/." in target.partition("?")[0]:
         return None
-    if _IPV4_STYLE.fullmatch(host) and not all(
-        int(part) <= _LAST_OCTET and (len(part) == 1 or part[0] != "0")  # as `IPv4Address`
+    if _IPV4_STYLE.fullmatch(host) and not all(  # as `IPv4Address` reads a dotted address
+        len(part) <= 3 and int(part) <= _LAST_OCTET and (len(part) == 1 or part[0] != "0")
         for part in host.split(".")
     ):
         return None
