@@ -26,6 +26,7 @@ from typing import Any, Final
 import httpx
 
 from imagegw.infra.config import Settings
+from imagegw.infra.http11 import KeptRequest
 from imagegw.infra.transport import PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
@@ -36,9 +37,11 @@ from imagegw.infra.transport import PooledTransport
 MAX_PROVIDER_CONNECTIONS: Final = 100
 
 #: JSON request templates the provider client keeps (`build_request`): one per provider, key
-#: and kind of call in use
+#: and kind of call in use; as many templates of requests with no body (`bare_request`)
 TEMPLATES_KEPT: Final = 256
 _JSON: Final = frozenset({"json", "headers", "timeout"})
+#: a bodiless request's body, as httpx makes it (`bare_request`)
+_NO_BODY: Final = b""
 
 Hook = Callable[..., Awaitable[Any]]
 #: wraps a transport in another (that calls it)
@@ -117,14 +120,89 @@ class JsonTemplate:
         )
 
 
+class BareTemplate:
+    """What `client.build_request(method, url, headers=..., timeout=...)` makes of a request
+    with no body (a task's poll), for any URL of one origin, made once: the client's headers
+    merged, the Host header included. `request(url)` is the request the client would build for
+    `url` (of that origin); `kept` the pool's form of the template's own request
+    (`imagegw.infra.transport.PooledTransport.keep`), once asked, from which those of the
+    others are made (`KeptRequest.retarget`)."""
+
+    __slots__ = ("extensions", "headers", "kept", "made", "method")
+
+    def __init__(
+        self, client: httpx.AsyncClient, method: str, url: httpx.URL, headers: Any, timeout: Any
+    ) -> None:
+        made = client.build_request(method, url, headers=headers, timeout=timeout)
+        self.made, self.method = made, made.method
+        self.headers, self.extensions = made.headers, made.extensions
+        self.kept: KeptRequest | None = None
+
+    def request(self, url: httpx.URL) -> httpx.Request:
+        request = httpx.Request(
+            self.method,
+            url,
+            headers=self.headers,
+            extensions=self.extensions,
+            stream=httpx.ByteStream(_NO_BODY),
+        )
+        request.read()  # as httpx's own build of a request with no body (`request.content`)
+        return request
+
+    def keep(self, pool: PooledTransport, request: httpx.Request) -> KeptRequest:
+        """`pool.keep(request)` for a request this template made."""
+        if self.kept is None:
+            self.kept = pool.keep(self.made)
+        return self.kept.retarget(request.url.raw_path)
+
+
 class ProviderClient(httpx.AsyncClient):
     """The provider client: an httpx client that also knows its pool when no transport layer
     wraps it (`direct`, for `direct_transport`), its turns (`turn`), and the templates of its
-    JSON requests (`build_request`)."""
+    JSON requests (`build_request`) and of its requests with no body (`bare_request`)."""
 
     direct: PooledTransport | None = None
     turns: asyncio.Semaphore | None = None
     templates: OrderedDict[tuple[Any, ...], JsonTemplate] | None = None
+    bare: OrderedDict[tuple[Any, ...], BareTemplate] | None = None
+
+
+def _timeout_key(timeout: Any) -> Any:
+    """A call's timeout by value: a call may make its timeout afresh (`upstream.work_timeout`)."""
+    if isinstance(timeout, httpx.Timeout):
+        return (timeout.connect, timeout.read, timeout.write, timeout.pool)
+    return timeout
+
+
+def bare_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    timeout: Any = httpx.USE_CLIENT_DEFAULT,
+) -> tuple[httpx.Request, BareTemplate | None]:
+    """`client.build_request(method, url, headers=headers, timeout=timeout)` of a request with
+    no body, and the template it was made from (`BareTemplate`: one per method, origin,
+    headers and timeout, TEMPLATES_KEPT kept, the least recently used dropped), or None when
+    made by the client itself (another client than the provider client, a relative URL)."""
+    if not isinstance(client, ProviderClient):
+        return client.build_request(method, url, headers=headers, timeout=timeout), None
+    parsed = httpx.URL(url)
+    if parsed.is_relative_url:
+        return client.build_request(method, url, headers=headers, timeout=timeout), None
+    key = (method, parsed.scheme, parsed.netloc, _timeout_key(timeout), *headers.items())
+    templates = client.bare
+    if templates is None:
+        templates = client.bare = OrderedDict()
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = BareTemplate(client, method, parsed, headers, timeout)
+        if len(templates) > TEMPLATES_KEPT:
+            templates.popitem(last=False)
+    else:
+        templates.move_to_end(key)
+    return template.request(parsed), template
 
 
 def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Request:
@@ -138,12 +216,7 @@ def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
     headers, timeout = kwargs.get("headers"), kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
     if headers is not None and not isinstance(headers, Mapping):
         return client.build_request(method, url, **kwargs)
-    limits = (  # by value: a call may make its timeout afresh (`upstream.work_timeout`)
-        (timeout.connect, timeout.read, timeout.write, timeout.pool)
-        if isinstance(timeout, httpx.Timeout)
-        else timeout
-    )
-    key = (method, url, limits, *(headers or {}).items())
+    key = (method, url, _timeout_key(timeout), *(headers or {}).items())
     templates = client.templates
     if templates is None:
         templates = client.templates = OrderedDict()

@@ -107,6 +107,26 @@ class KeptRequest(httpcore.Request):
         self.origin = self.url.origin
         self.bodiless = kwargs.get("content") in (None, b"")
 
+    def retarget(self, target: bytes) -> KeptRequest:
+        """This request to another target of its origin (a poll of another task): its head
+        made from this one's (its headers, checked already, not checked again), its origin
+        and extensions this one's. Only for a request with no body."""
+        assert self.bodiless, "a request with no body"
+        url = self.url
+        other = KeptRequest.__new__(KeptRequest)
+        httpcore.Request.__init__(
+            other,
+            self.method,
+            httpcore.URL(scheme=url.scheme, host=url.host, port=url.port, target=target),
+            extensions=self.extensions,
+        )
+        other.headers = self.headers
+        head, chunked, length, closes = self.wire
+        fields = head[head.index(b"\r\n") :]  # after the request line
+        other.wire = (b"%b %b HTTP/1.1%b" % (self.method, target, fields), chunked, length, closes)
+        other.origin, other.bodiless = self.origin, True
+        return other
+
 
 class FramedRequest(KeptRequest):
     """A request whose head the caller made (`head`: the request line and headers, checked by

@@ -42,6 +42,8 @@ from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 if TYPE_CHECKING:
+    from imagegw.infra.clients import BareTemplate
+    from imagegw.infra.http11 import KeptRequest
     from imagegw.infra.transport import PooledTransport, Whole
 
 #: the longest provider message passed on
@@ -183,12 +185,33 @@ class Repeated:
 
     __slots__ = ("client", "direct", "kept", "request")
 
-    def __init__(self, client: httpx.AsyncClient, request: httpx.Request) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        request: httpx.Request,
+        template: BareTemplate | None = None,
+    ) -> None:
         from imagegw.infra.clients import direct_transport  # loaded with the client
 
         self.client, self.request = client, request
-        self.direct: PooledTransport | None = direct_transport(client, request)
-        self.kept = None if self.direct is None else self.direct.keep(request)
+        direct = direct_transport(client, request)
+        self.direct: PooledTransport | None = direct
+        self.kept: KeptRequest | None = None
+        if direct is not None:
+            self.kept = direct.keep(request) if template is None else template.keep(direct, request)
+
+
+def repeated_get(
+    client: httpx.AsyncClient, url: str, *, headers: Mapping[str, str], timeout: Any
+) -> Repeated:
+    """The `Repeated` GET of `url` (`client.build_request("GET", url, headers=headers,
+    timeout=timeout)`), made from the client's template of such requests of its origin,
+    headers and timeout (`imagegw.infra.clients.bare_request`): a task's status request is
+    made at its first poll, and a burst of tasks makes each one from the same template."""
+    from imagegw.infra.clients import bare_request  # loaded with the client
+
+    request, template = bare_request(client, "GET", url, headers=headers, timeout=timeout)
+    return Repeated(client, request, template)
 
 
 #: tasks whose status request is kept for their next poll (`KeptPolls`)
