@@ -230,7 +230,8 @@ async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> No
         calls = [("ms-alice", "a cat"), ("ms-bob", "一只猫"), ("ms-alice", "a dog")] * 2
         calls.append(("ms-alice", "a slow cat", 30.0))  # type: ignore[arg-type]
         # When each is built through the client's templates, and by httpx itself
-        built = [clients.build_request(client, "POST", url, **submission(*c)) for c in calls]
+        made = [clients.json_request(client, "POST", url, **submission(*c)) for c in calls]
+        built = [request for request, _ in made]
         plain = [client.build_request("POST", url, **submission(*c)) for c in calls]  # type: ignore[arg-type]
 
     # Then each is the very request httpx builds: its key, its body, its framing, its timeout
@@ -240,6 +241,20 @@ async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> No
         assert ours.extensions == theirs.extensions
     assert [r.headers["authorization"] for r in built] == [f"Bearer {c[0]}" for c in calls]
     assert built[-1].extensions["timeout"]["read"] == 30.0
+    # And each goes on the wire as it would made afresh: its head, its Content-Length, its body
+    assert client.direct is not None
+    for (ours, template), theirs in zip(made, plain, strict=True):
+        assert template is not None
+        framed = template.framed(client.direct, ours)
+        kept = client.direct.keep(ours)  # the pool's form of it, made afresh
+        assert framed is not None
+        assert framed.wire == kept.wire
+        assert (framed.origin, framed.url, framed.extensions) == (
+            kept.origin,
+            kept.url,
+            ours.extensions,
+        )
+        assert b"".join(framed.stream) == theirs.content  # type: ignore[arg-type]
     # And one template serves each key and timeout, however often it is sent
     assert client.templates is not None and len(client.templates) == 3
 

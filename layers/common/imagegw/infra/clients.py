@@ -21,12 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+import httpcore
 import httpx
 
 from imagegw.infra.config import Settings
-from imagegw.infra.http11 import KeptRequest
+from imagegw.infra.http11 import FramedRequest, KeptRequest
 from imagegw.infra.transport import PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
@@ -95,7 +96,7 @@ class JsonTemplate:
     submission's own CPU). `request(body)` is the request the client would build, its body
     encoded as httpx encodes JSON, its type and length last among its headers."""
 
-    __slots__ = ("extensions", "headers", "method", "url")
+    __slots__ = ("extensions", "head", "headers", "method", "url", "wire_url")
 
     def __init__(
         self, client: httpx.AsyncClient, method: str, url: str, headers: Any, timeout: Any
@@ -108,6 +109,10 @@ class JsonTemplate:
         kept["Content-Type"] = "application/json"
         self.method, self.url, self.headers = method, made.url, kept
         self.extensions = made.extensions
+        #: its requests' head on the wire but their Content-Length line (`framed`): None until
+        #: the first is sent, False when it was not of that shape
+        self.head: bytes | Literal[False] | None = None
+        self.wire_url: httpcore.URL | None = None
 
     def request(self, body: Any) -> httpx.Request:
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -117,6 +122,31 @@ class JsonTemplate:
             headers=self.headers,
             content=content.encode(),
             extensions=self.extensions,
+        )
+
+    def framed(self, pool: PooledTransport, request: httpx.Request) -> FramedRequest | None:
+        """The pool's form of a request this template made (`request`), its head the
+        template's (checked once, by `pool.keep` of the first request sent) with the request's
+        own Content-Length: its headers are not checked and made into bytes again at each
+        submission. None when the first request's head did not end with its Content-Length
+        (then the pool makes each, as for any request)."""
+        content = request.content
+        tail = b"Content-Length: %d\r\n\r\n" % len(content)
+        if self.head is None:
+            kept = pool.keep(request)
+            head, chunked, length, closes = kept.wire
+            fits = not chunked and not closes and length == len(content) and head.endswith(tail)
+            self.head = head[: -len(tail)] if fits else False
+            self.wire_url = kept.url
+        if self.head is False or self.wire_url is None:
+            return None
+        return FramedRequest(
+            request.method.encode("ascii"),
+            self.wire_url,
+            head=self.head + tail,
+            length=len(content),
+            content=(content,),
+            extensions=request.extensions,
         )
 
 
@@ -211,11 +241,19 @@ def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
     method, URL, headers and timeout (`JsonTemplate`, TEMPLATES_KEPT kept, the least recently
     used dropped). The provider client keeps no cookies (`NoCookies`), so the template holds
     all the client would add."""
+    return json_request(client, method, url, **kwargs)[0]
+
+
+def json_request(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> tuple[httpx.Request, JsonTemplate | None]:
+    """`build_request`, and the template the request was made from (None: made by the client
+    itself)."""
     if not isinstance(client, ProviderClient) or "json" not in kwargs or kwargs.keys() - _JSON:
-        return client.build_request(method, url, **kwargs)
+        return client.build_request(method, url, **kwargs), None
     headers, timeout = kwargs.get("headers"), kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
     if headers is not None and not isinstance(headers, Mapping):
-        return client.build_request(method, url, **kwargs)
+        return client.build_request(method, url, **kwargs), None
     key = (method, url, _timeout_key(timeout), *(headers or {}).items())
     templates = client.templates
     if templates is None:
@@ -227,7 +265,7 @@ def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
             templates.popitem(last=False)
     else:
         templates.move_to_end(key)
-    return template.request(kwargs["json"])
+    return template.request(kwargs["json"]), template
 
 
 @contextlib.asynccontextmanager

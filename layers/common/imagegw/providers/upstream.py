@@ -42,7 +42,7 @@ from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 if TYPE_CHECKING:
-    from imagegw.infra.clients import BareTemplate
+    from imagegw.infra.clients import BareTemplate, JsonTemplate
     from imagegw.infra.http11 import KeptRequest
     from imagegw.infra.transport import PooledTransport, Whole
 
@@ -156,11 +156,11 @@ async def exchange(
     to its pool (`PooledTransport.read`: it spends nothing on the client's layers), after the
     client's request hooks; it is built from the client's template of such requests
     (`imagegw.infra.clients.build_request`)."""
-    from imagegw.infra.clients import AnswerTimeout, build_request, turn  # loaded with the client
+    from imagegw.infra.clients import AnswerTimeout, json_request, turn  # loaded with the client
 
     try:
         async with turn(client, deadline) as waited:
-            request = build_request(client, method, url, **kwargs)
+            request, template = json_request(client, method, url, **kwargs)
             return await _exchange(
                 client,
                 request,
@@ -169,6 +169,7 @@ async def exchange(
                 deadline=deadline - waited,
                 limit=limit,
                 said=deadline,
+                template=template,
             )
     except TimeoutError:  # no turn within the deadline: nothing was built nor sent
         request = client.build_request(method, url, **kwargs)
@@ -268,9 +269,11 @@ async def _exchange(
     deadline: float,
     limit: int,
     said: float | None = None,
+    template: JsonTemplate | None = None,
 ) -> Whole | httpx.Response:
     """`request` sent through the client, or straight to its pool (as `repeated` says when
-    given, else as `direct_transport` finds), and read whole (module docstring)."""
+    given, else as `direct_transport` finds), and read whole (module docstring). `template`:
+    the one `request` was made from, whose head it is sent with (`JsonTemplate.framed`)."""
     from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
 
     direct = direct_transport(client, request) if repeated is None else repeated.direct
@@ -280,7 +283,10 @@ async def _exchange(
             if direct is not None:
                 for hook in client.event_hooks["request"]:
                     await hook(request)
-                kept = None if repeated is None else repeated.kept
+                if repeated is not None:
+                    kept = repeated.kept
+                else:
+                    kept = None if template is None else template.framed(direct, request)
                 read = await direct.read(
                     request, limit=limit, too_large=lambda: too_large(title, limit), kept=kept
                 )
