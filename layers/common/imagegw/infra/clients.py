@@ -115,14 +115,22 @@ class JsonTemplate:
         self.wire_url: httpcore.URL | None = None
 
     def request(self, body: Any) -> httpx.Request:
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return httpx.Request(
+        content = json.dumps(
+            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+        # its headers the template's and its length, as httpx adds it to a body in memory (the
+        # request given its stream: httpx does not normalise every header again)
+        headers = httpx.Headers(self.headers)
+        headers["Content-Length"] = str(len(content))
+        request = httpx.Request(
             self.method,
             self.url,
-            headers=self.headers,
-            content=content.encode(),
+            headers=headers,
+            stream=httpx.ByteStream(content),
             extensions=self.extensions,
         )
+        request.read()
+        return request
 
     def framed(self, pool: PooledTransport, request: httpx.Request) -> FramedRequest | None:
         """The pool's form of a request this template made (`request`), its head the
