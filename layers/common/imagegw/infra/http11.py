@@ -58,12 +58,14 @@ _TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VALUE: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*|")
 _STATUS: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
-#: a header line as `read_head` takes it (each line ended by LF, a CR before it dropped): a
-#: token, a colon, then a field value between optional spaces and tabs; its name and value
-_FIELD: Final = rb"(" + _TOKEN.pattern + rb"):[ \t]*(" + _VALUE.pattern + rb")[ \t]*\r?\n"
-_FIELD_LINE: Final = re.compile(_FIELD)
-#: header lines, all of them well-formed: what lets `read_head` take them in one pass
-_FIELD_LINES: Final = re.compile(rb"(?:" + _FIELD + rb")*")
+#: answer header lines seen already, and their name and value (`read_head`): a provider's
+#: answers repeat most of theirs (its server, the type, often the length), so a poll's are
+#: checked once, not at every answer. Lines up to KNOWN_LINE bytes, KNOWN_LINES of them at most
+#: (then forgotten all at once); status lines likewise
+KNOWN_LINE: Final = 256
+KNOWN_LINES: Final = 512
+_known_fields: dict[bytes, tuple[bytes, bytes]] = {}
+_known_statuses: dict[bytes, tuple[bytes, int, bytes]] = {}
 _CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 _NO_BODY: Final = frozenset({204, 304})
 
@@ -349,29 +351,46 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
                 )
         if end.start() > MAX_HEAD:
             raise httpcore.RemoteProtocolError("The answer's head is too long.")
-        # the head's lines each end with LF: the status line, then the header lines
-        head = bytes(received[: end.start() + 1])
+        lines = bytes(received[: end.start()]).split(b"\n")
         del received[: end.end()]
-        first = head.index(b"\n") + 1
-        status_line = head[: first - 1].removesuffix(b"\r")
-        matched = _STATUS.fullmatch(status_line)
-        if matched is None:
-            raise httpcore.RemoteProtocolError(f"Not a status line: {status_line[:80]!r}")
-        # every header line checked in one pass, then taken in one (not a match a line)
-        if _FIELD_LINES.fullmatch(head, first) is None:
-            raise httpcore.RemoteProtocolError(f"Illegal header line: {_illegal(head[first:])!r}")
-        headers: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(head, first)
-        version, status, reason = matched.groups()
-        return version, int(status), reason or b"", headers
+        version, status, reason = _known_statuses.get(lines[0]) or _status(lines[0])
+        headers: list[tuple[bytes, bytes]] = []
+        known = _known_fields
+        for raw in lines[1:]:
+            headers.append(known.get(raw) or _field(raw))
+        return version, status, reason, headers
 
 
-def _illegal(lines: bytes) -> bytes:
-    """The first header line of `lines` that is not one (up to 80 bytes, without its CR)."""
-    for raw in lines.split(b"\n"):
-        line = raw.removesuffix(b"\r")
-        if _FIELD_LINE.fullmatch(line + b"\n") is None:
-            return line[:80]
-    return b""
+def _remember(known: dict[bytes, Any], raw: bytes, value: Any) -> None:
+    if len(raw) <= KNOWN_LINE:
+        if len(known) >= KNOWN_LINES:
+            known.clear()
+        known[raw] = value
+
+
+def _status(raw: bytes) -> tuple[bytes, int, bytes]:
+    """A status line's version digit, status and reason (`RemoteProtocolError` if it is not
+    one), remembered (`_known_statuses`)."""
+    status_line = raw.removesuffix(b"\r")
+    matched = _STATUS.fullmatch(status_line)
+    if matched is None:
+        raise httpcore.RemoteProtocolError(f"Not a status line: {status_line[:80]!r}")
+    version, status, reason = matched.groups()
+    parsed = (version, int(status), reason or b"")
+    _remember(_known_statuses, raw, parsed)
+    return parsed
+
+
+def _field(raw: bytes) -> tuple[bytes, bytes]:
+    """A header line's name and value (`RemoteProtocolError` if it is not one: a name that
+    is not a token, a value not visible text), remembered (`_known_fields`)."""
+    line = raw.removesuffix(b"\r")
+    name, colon, value = line.partition(b":")
+    value = value.strip(b" \t")
+    if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+        raise httpcore.RemoteProtocolError(f"Illegal header line: {line[:80]!r}")
+    _remember(_known_fields, raw, (name, value))
+    return name, value
 
 
 def _says_close(value: bytes) -> bool:
