@@ -19,6 +19,7 @@ key never appears in it.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -184,7 +185,7 @@ class Repeated:
     was most of a poll's own CPU. The client's request hooks still run at each send (they must
     not change the request: what is sent was made once)."""
 
-    __slots__ = ("client", "direct", "kept", "request")
+    __slots__ = ("client", "direct", "kept", "request", "untimed")
 
     def __init__(
         self,
@@ -198,8 +199,27 @@ class Repeated:
         direct = direct_transport(client, request)
         self.direct: PooledTransport | None = direct
         self.kept: KeptRequest | None = None
+        self.untimed: KeptRequest | None = None
         if direct is not None:
             self.kept = direct.keep(request) if template is None else template.keep(direct, request)
+
+    def kept_within(self, deadline: float) -> KeptRequest | None:
+        """`kept`, for a send whose whole answer is due within `deadline` seconds (`_exchange`
+        sets that timer before anything is sent): without a timer of its own at each read when
+        its read timeout is no shorter (the whole answer's, set before the first read, rings
+        first: a poll's timeouts are both PROVIDER_TIMEOUT), made once."""
+        kept = self.kept
+        if kept is None:
+            return None
+        timeouts = kept.extensions.get("timeout", {})
+        read = timeouts.get("read")
+        if read is None or deadline > read:
+            return kept
+        if self.untimed is None:
+            untimed = copy.copy(kept)
+            untimed.extensions = {**kept.extensions, "timeout": {**timeouts, "read": None}}
+            self.untimed = untimed
+        return self.untimed
 
 
 def repeated_get(
@@ -284,7 +304,7 @@ async def _exchange(
                 for hook in client.event_hooks["request"]:
                     await hook(request)
                 if repeated is not None:
-                    kept = repeated.kept
+                    kept = repeated.kept_within(deadline)
                 else:
                     kept = None if template is None else template.framed(direct, request)
                 read = await direct.read(
