@@ -10,7 +10,8 @@ provider poll spent more CPU in httpcore's and h11's state machines (events, hea
 normalisation, the protocol's state transitions, a lock per request and per response) than in
 everything else it does (issue 25: a third of the server's CPU per streamed generation).
 Here a request is one write (its head and a small body together), the answer's head is parsed
-at once from the bytes received, and its body read as its framing says.
+at once from the bytes received (its status and header lines checked once each and remembered:
+a provider's answers repeat most of theirs), and its body read as its framing says.
 
 The rules it keeps are HTTP/1.1's as h11 applies them to a client (RFC 9112):
 
