@@ -155,8 +155,9 @@ async def exchange(
     (`Whole`: its status and body; `as_response` for the rest), else as httpx's response. A
     request of the provider client whose body is in memory (a JSON submission) goes straight
     to its pool (`PooledTransport.read`: it spends nothing on the client's layers), after the
-    client's request hooks; it is built from the client's template of such requests
-    (`imagegw.infra.clients.build_request`)."""
+    client's request hooks (which must not change it, as for a poll: it goes out with its
+    template's head, `JsonTemplate.framed`); it is built from the client's template of such
+    requests (`imagegw.infra.clients.build_request`)."""
     from imagegw.infra.clients import AnswerTimeout, json_request, turn  # loaded with the client
 
     try:
