@@ -12,7 +12,15 @@ import pytest
 from imagegw.errors import ProviderError
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.streaming import DONE, Frames, chat_stream, collect, markdown, sse
+from imagegw.frontends.streaming import (
+    DONE,
+    Frames,
+    chat_stream,
+    collect,
+    markdown,
+    sse,
+    with_keepalive,
+)
 from imagegw.runners.inprocess import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
@@ -249,6 +257,34 @@ async def test_an_unexpected_error_mid_stream_is_opaque() -> None:
     assert error["code"] == "internal_error"
     assert "ms-secret" not in error["message"]
     assert items[-1] == "[DONE]"
+
+
+async def test_events_are_read_at_most_one_ahead_of_a_stream_that_stops_reading() -> None:
+    # Given events that come at once, as many as asked for
+    asked = 0
+
+    async def events() -> AsyncIterator[int]:
+        nonlocal asked
+        while True:
+            asked += 1
+            yield asked
+            await asyncio.sleep(0)
+
+    stream = with_keepalive(events(), 5.0)
+    try:
+        # When the stream takes the first, then stops reading a while
+        assert await anext(stream) == 1
+        for _ in range(20):  # a while: turns of the loop, not seconds
+            await asyncio.sleep(0)
+
+        # Then one more waits to be taken and one is in hand: no more were asked for
+        assert asked == 3
+        assert [await anext(stream), await anext(stream)] == [2, 3]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert asked == 5
+    finally:
+        await stream.aclose()
 
 
 async def test_closing_the_stream_closes_the_events() -> None:

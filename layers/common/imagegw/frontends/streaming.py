@@ -124,8 +124,10 @@ async def collect(events: AsyncIterator[Event]) -> Result:
 
 
 class _Handover(Generic[T]):
-    """Events read by one task for a stream's whole life and handed to the stream one at a
-    time: the next is asked for once this one is taken."""
+    """Events read by one task for a stream's whole life and handed to the stream: the next is
+    asked for as soon as one is handed over, and one at most waits to be taken (the reader
+    waits for that, which a stream quicker than its events never makes it do). So an event
+    costs the stream one wake-up, and the reader none."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -140,16 +142,18 @@ class _Handover(Generic[T]):
 
     async def read(self, iterator: AsyncIterator[T]) -> None:
         async for event in iterator:
-            self.taken = self.loop.create_future()
+            if self.ready:  # the one before is not taken yet
+                self.taken = self.loop.create_future()
+                await self.taken
             self.ready.append(event)
             self.wake()
-            await self.taken
 
     def take(self) -> T:
+        event = self.ready.popleft()
         taken = self.taken
         if taken is not None and not taken.done():
             taken.set_result(None)
-        return self.ready.popleft()
+        return event
 
 
 async def with_keepalive(events: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
