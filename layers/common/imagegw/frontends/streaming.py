@@ -18,6 +18,7 @@ from imagegw.errors import GatewayError, render
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
+from imagegw.infra.jsontext import encoder_of
 from imagegw.infra.log import logger
 from imagegw.runners.inprocess import Event, Progress, Result
 
@@ -27,8 +28,8 @@ KEEPALIVE = ": keep-alive\n\n"
 
 
 #: what `sse` encodes with: `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`,
-#: built once
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: built once (the gateway's own dicts of text and numbers: `jsontext.encoder_of`)
+_encode = encoder_of(json.JSONEncoder(ensure_ascii=False, separators=(",", ":")), own_values=True)
 
 
 def sse(payload: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from typing import Final
 from aws_lambda_powertools.metrics import Metrics, MetricUnit, single_metric
 
 from imagegw.errors import GatewayError
+from imagegw.infra.jsontext import encoder_of
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "image-gateway")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImageGateway")
@@ -96,8 +97,8 @@ def finish(token: Token[Recorder | None], status: int) -> Recorder | None:
     return recorder
 
 
-#: what Powertools' EMF flush passes json.dumps, built once
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+#: what Powertools' EMF flush passes json.dumps, built once (`jsontext.encoder_of`)
+_encode = encoder_of(json.JSONEncoder(separators=(",", ":")), own_values=True)
 #: values of one metric in one EMF line at most (CloudWatch's limit; Powertools flushes then)
 MAX_VALUES: Final = 100
 

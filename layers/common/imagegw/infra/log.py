@@ -23,6 +23,7 @@ from aws_lambda_powertools.logging.formatter import (
 )
 
 from imagegw import redaction
+from imagegw.infra.jsontext import encoder_of
 
 #: the keys every line carries, left out of a console line
 _BOILERPLATE: Final = frozenset(
@@ -84,7 +85,8 @@ def json_or_text(message: str) -> Any:
 class JsonFormatter(LambdaPowertoolsFormatter):
     """Powertools' JSON formatter, its lines the same to the byte, at a lower cost a line: its
     documented options (`json_deserializer`: `json_or_text`) and public methods only
-    (`serialize`, with one JSON encoder built once instead of one a line; `formatTime`, whose
+    (`serialize`, with one JSON encoder built once instead of one a line, and called without
+    `json.JSONEncoder.encode`'s work at each call: `imagegw.infra.jsontext`; `formatTime`, whose
     default format is rendered once a second and the milliseconds added to it; `format`, which
     builds a line without copying the record, for a record with neither an exception nor
     %-arguments: the others, rare, through Powertools' own)."""
@@ -92,13 +94,16 @@ class JsonFormatter(LambdaPowertoolsFormatter):
     def __init__(self, **options: Any) -> None:
         # Powertools types the option as giving a str; it takes what json.loads gives
         super().__init__(json_deserializer=json_or_text, **options)  # type: ignore[arg-type]
-        # what Powertools' default serializer passes json.dumps, a line at a time
-        self._encode = json.JSONEncoder(
-            default=self.json_default,
-            separators=(",", ":"),
-            indent=self.json_indent,
-            ensure_ascii=False,
-        ).encode
+        # what Powertools' default serializer passes json.dumps, a line at a time (a line's
+        # extra fields are anyone's values: checked for holding themselves, as json.dumps does)
+        self._encode = encoder_of(
+            json.JSONEncoder(
+                default=self.json_default,
+                separators=(",", ":"),
+                indent=self.json_indent,
+                ensure_ascii=False,
+            )
+        )
         self._second: tuple[int, str, str] = (-1, "", "")
 
     def serialize(self, log: dict[str, Any]) -> str:  # type: ignore[override]
