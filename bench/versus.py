@@ -402,7 +402,6 @@ def run() -> Report:
                 f"CPU s per 100 streamed 3-s generations ({links} links)",
                 bursts,
                 "cpu_per_100_s",
-                unit="x",
             )
             verdict(key, ratio)
             compare(f"{STREAMS} at once, wall ({links} links)", bursts, "wall_s")

@@ -579,3 +579,49 @@ async def test_building_the_client_is_not_taken_for_a_slow_table(
     # Then no "estimates table failed" warning is logged, and the estimate is the table's
     assert not [r for r in caplog.records if r.levelno == logging.WARNING], caplog.text
     assert same(found, learned(10.0)) and item(table, MODEL)
+
+
+class SlowRead(Counting):
+    """A counting client whose first read waits until released (a slow table)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def get_item(self, **kwargs: Any) -> Any:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(10)
+        return super().get_item(**kwargs)
+
+
+def test_threads_on_event_loops_of_their_own_share_a_store(table: str) -> None:
+    # Given a store shared by two threads, each with its event loop (`make run`'s job
+    # threads share the process's store), and a table that knows the model but is slow
+    clock = Clock()
+    asyncio.run(instance(table, clock).record(MODEL, 10.0))
+    client = SlowRead(boto3.client("dynamodb", region_name=REGION))
+    store = instance(table, clock, client)
+    found: list[Estimate | None] = []
+    failures: list[BaseException] = []
+
+    def lookup() -> None:
+        try:
+            found.append(asyncio.run(store.get(MODEL)))
+        except BaseException as exc:  # what the thread's job step would fail with
+            failures.append(exc)
+
+    # When one thread's read is in flight and the other thread asks for the same model
+    first = threading.Thread(target=lookup)
+    first.start()
+    assert client.entered.wait(10)
+    second = threading.Thread(target=lookup)
+    second.start()
+    second.join(10)
+    client.release.set()
+    first.join(10)
+
+    # Then both have the table's estimate, and neither failed
+    assert failures == []
+    assert len(found) == 2 and all(same(estimate, learned(10.0)) for estimate in found)

@@ -115,8 +115,12 @@ class SharedEstimates:
         self.clock = clock
         self.budget = budget
         self._cache: dict[Key, tuple[Estimate | None, float]] = {}
-        #: the read of each key in flight, which every `get` without a fresh copy waits for
-        self._reading: dict[Key, asyncio.Future[tuple[Estimate | None, float]]] = {}
+        #: the read of each key in flight, which every `get` without a fresh copy waits for;
+        #: by event loop too (`make run`'s job threads share one store, each on a loop of its
+        #: own, and a loop cannot wait for another's future)
+        self._reading: dict[
+            tuple[asyncio.AbstractEventLoop, Key], asyncio.Future[tuple[Estimate | None, float]]
+        ] = {}
         #: samples not in the table yet: waiting for the next write, and being written
         self._pending: dict[Key, deque[float]] = {}
         self._writing: dict[Key, list[float]] = {}
@@ -232,17 +236,18 @@ class SharedEstimates:
         )
 
     async def _read_shared(self, key: Key) -> tuple[Estimate | None, float]:
-        """`_read` (eventually consistent), one at a time per key: the generations of a burst
-        that find no fresh copy wait for the read in flight instead of each making its own (a
-        burst of 100 made 100 reads at once). A waiter that is cancelled leaves the read to
-        the others."""
-        reading = self._reading.get(key)
+        """`_read` (eventually consistent), one at a time per key and event loop: the
+        generations of a burst that find no fresh copy wait for the read in flight instead of
+        each making its own (a burst of 100 made 100 reads at once). A waiter that is cancelled
+        leaves the read to the others."""
+        slot = (asyncio.get_running_loop(), key)
+        reading = self._reading.get(slot)
         if reading is None:
             reading = asyncio.ensure_future(self._read(key, consistent=False))
-            self._reading[key] = reading
+            self._reading[slot] = reading
 
             def done(finished: asyncio.Future[tuple[Estimate | None, float]]) -> None:
-                self._reading.pop(key, None)
+                self._reading.pop(slot, None)
                 if not finished.cancelled():
                     finished.exception()  # seen, even when every waiter left
 
