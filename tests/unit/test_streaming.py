@@ -165,6 +165,39 @@ async def test_the_images_and_the_end_of_the_stream_arrive_together() -> None:
     assert not isinstance(last, LastChunk)
 
 
+async def test_a_result_whose_run_is_over_ends_the_answer_with_it() -> None:
+    # the run's records were done without a wait when its result was handed over: the images,
+    # the stop and [DONE] end the answer in the same write (nothing is left to wait for)
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([Progress("RUNNING", 0.0), RESULT]),
+            Completion(MODEL),
+            include_usage=False,
+            keepalive_interval=5.0,
+        )
+    ]
+    last = chunks[-1]
+    assert isinstance(last, LastChunk)
+    assert URLS[0] in last and '"finish_reason":"stop"' in last and last.endswith(DONE)
+    assert all(URLS[0] not in chunk for chunk in chunks[:-1])
+
+
+async def test_a_result_before_records_that_fail_does_not_end_the_answer() -> None:
+    # records that fail after the result: the images are sent at once, the answer ends after
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([RESULT, KeyError("the table")]),
+            Completion(MODEL),
+            include_usage=False,
+            keepalive_interval=5.0,
+        )
+    ]
+    assert URLS[0] in chunks[-1] and chunks[-1].endswith(DONE)
+    assert not isinstance(chunks[-1], LastChunk)
+
+
 async def test_a_stream_that_fails_ends_its_answer_with_its_error() -> None:
     # the events are over when their error is known: the error and [DONE] end the answer
     chunks = [
