@@ -212,6 +212,32 @@ async def test_a_malformed_answer_is_a_protocol_error(answer: bytes) -> None:
                 await http.get(server.url)
 
 
+async def test_answers_that_repeat_their_header_lines_read_alike_and_a_changed_one_is_checked() -> (
+    None
+):
+    # Given a server answering three times with the same header lines (as a provider's polls
+    # do), then with one of them changed into one that is not a header line
+    same = b"HTTP/1.1 200 OK\r\nServer: fake\r\nX-Id: 7\r\nContent-Length: 2\r\n\r\nok"
+    bad = b"HTTP/1.1 200 OK\r\nServer: fake\r\nX-Id: 7\x00\r\nContent-Length: 2\r\n\r\nok"
+    with Scripted((same, "keep"), (same, "keep"), (same, "keep"), (bad, "keep")) as server:
+        async with client() as http:
+            # When each is read
+            answers = [await http.get(server.url) for _ in range(3)]
+            with pytest.raises(httpx.RemoteProtocolError) as refused:
+                await http.get(server.url)
+
+    # Then the three read alike, with every header as sent
+    for answer in answers:
+        assert answer.headers.multi_items() == [
+            ("server", "fake"),
+            ("x-id", "7"),
+            ("content-length", "2"),
+        ]
+        assert answer.text == "ok"
+    # And the changed line is refused all the same, named in the error
+    assert "X-Id: 7\\x00" in str(refused.value)
+
+
 async def test_a_header_that_would_smuggle_another_is_refused_before_anything_is_sent() -> None:
     with Scripted((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "keep")) as server:
         async with client() as http:

@@ -24,7 +24,7 @@ from imagegw.infra.clients import AnswerTimeout, provider_client
 from imagegw.infra.config import Settings
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Running
 from imagegw.providers.modelscope import ModelScope
-from imagegw.providers.upstream import send
+from imagegw.providers.upstream import repeated_get, send
 
 pytestmark = pytest.mark.anyio
 
@@ -230,7 +230,8 @@ async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> No
         calls = [("ms-alice", "a cat"), ("ms-bob", "一只猫"), ("ms-alice", "a dog")] * 2
         calls.append(("ms-alice", "a slow cat", 30.0))  # type: ignore[arg-type]
         # When each is built through the client's templates, and by httpx itself
-        built = [clients.build_request(client, "POST", url, **submission(*c)) for c in calls]
+        made = [clients.json_request(client, "POST", url, **submission(*c)) for c in calls]
+        built = [request for request, _ in made]
         plain = [client.build_request("POST", url, **submission(*c)) for c in calls]  # type: ignore[arg-type]
 
     # Then each is the very request httpx builds: its key, its body, its framing, its timeout
@@ -240,5 +241,54 @@ async def test_a_json_request_is_what_the_client_builds_whoever_sends_it() -> No
         assert ours.extensions == theirs.extensions
     assert [r.headers["authorization"] for r in built] == [f"Bearer {c[0]}" for c in calls]
     assert built[-1].extensions["timeout"]["read"] == 30.0
+    # And each goes on the wire as it would made afresh: its head, its Content-Length, its body
+    assert client.direct is not None
+    for (ours, template), theirs in zip(made, plain, strict=True):
+        assert template is not None
+        framed = template.framed(client.direct, ours)
+        kept = client.direct.keep(ours)  # the pool's form of it, made afresh
+        assert framed is not None
+        assert framed.wire == kept.wire
+        assert (framed.origin, framed.url, framed.extensions) == (
+            kept.origin,
+            kept.url,
+            ours.extensions,
+        )
+        assert b"".join(framed.stream) == theirs.content  # type: ignore[arg-type]
     # And one template serves each key and timeout, however often it is sent
     assert client.templates is not None and len(client.templates) == 3
+
+
+async def test_a_status_request_is_what_the_client_builds_and_goes_out_as_its_own() -> None:
+    # Given the provider client, and the status requests of many tasks on two hosts, polled
+    # with two keys; the task ids as providers may give them (spaces, a query, non-ASCII)
+    async with provider_client(Settings()) as client:
+        hosts = ("https://api.example.com/v1", "http://127.0.0.1:8123/v1")
+        tasks = ("t-1", "t 2", "t3?x=1", "té", "%41", "t5#frag")
+        calls = [
+            (f"{host}/tasks/{task}", {"Authorization": f"Bearer {key}", "X-Type": "image"})
+            for host in hosts
+            for task in tasks
+            for key in ("ms-alice", "ms-bob")
+        ]
+        timeout = httpx.Timeout(9.0, connect=10.0)
+        # When each is made from the client's templates (`repeated_get`), and by httpx itself
+        made = [repeated_get(client, url, headers=h, timeout=timeout) for url, h in calls]
+        plain = [client.build_request("GET", url, headers=h, timeout=timeout) for url, h in calls]
+        assert client.direct is not None
+        kept = [client.direct.keep(request) for request in plain]
+
+    # Then each is the very request httpx builds: its URL, its key, its Host, its timeout
+    for ours, theirs in zip(made, plain, strict=True):
+        request = ours.request
+        assert (request.method, request.url, request.content) == ("GET", theirs.url, b"")
+        assert request.headers.multi_items() == theirs.headers.multi_items()
+        assert request.extensions == theirs.extensions
+    # And each goes on the wire as its own request would: its target, its headers, its origin
+    for ours, theirs in zip(made, kept, strict=True):
+        assert ours.kept is not None
+        assert ours.kept.wire == theirs.wire
+        assert (ours.kept.origin, ours.kept.url) == (theirs.origin, theirs.url)
+        assert ours.kept.extensions == theirs.extensions
+    # And one template serves each host and key, however many tasks it polls
+    assert client.bare is not None and len(client.bare) == 4

@@ -28,6 +28,7 @@ NOT_BEFORE_USE = (
     "botocore.session",
     "imagegw.access.gate",  # gateway keys: `GET /v1/models` takes none
     "imagegw.frontends.schemas",  # the pydantic request models
+    "difflib",  # the closest ids to a model a provider does not know
     "imagegw.frontends.web",  # the request reader of the routes that read requests
     "imagegw.frontends.routes.chat",
     "imagegw.frontends.routes.images",

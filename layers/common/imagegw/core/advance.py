@@ -87,7 +87,18 @@ async def start_all(
     provider: Provider, parts: Sequence[GenerationRequest]
 ) -> list[Started | Finished | BaseException]:
     """Start every part of a job at once (`Provider.split`); each call's answer or failure, in
-    the order of the parts (for `advance`)."""
+    the order of the parts (for `advance`). A job of one call (most) awaits it here: no task
+    of its own, as `asyncio.gather` would make it."""
+    if len(parts) == 1:
+        try:
+            return [await provider.start(parts[0])]
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this start is cancelled: not an answer
+                raise
+            return [exc]  # the call's own cancellation, an answer as gather gives it
+        except Exception as exc:
+            return [exc]
     return await asyncio.gather(*(provider.start(part) for part in parts), return_exceptions=True)
 
 

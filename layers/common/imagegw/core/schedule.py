@@ -78,7 +78,6 @@ ask `next_delay`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -314,8 +313,13 @@ def _predicted_delay(
 
 class _Law:
     """When a running task of a learned model ends: a normal law around the window's centre,
-    beside a share `late` of tasks that end later. Its constants are worked out once per
-    decision (a walk asks it at tens of points), each value as the formula gives it."""
+    beside a share `late` of tasks that end later. At a time t, the chance that the task runs
+    on past t is S(t) = (1 - late) erfc((t - centre) / (spread √2)) / 2 + late, and the chance
+    a second that it ends at t, given it has not ended before (its hazard), is
+    h(t) = (1 - late) φ(t) / S(t), φ the normal density. Its constants are worked out once per
+    decision; a walk (`expected_polls`, `reach`) asks it at tens of points, in one loop (no
+    generator, no method call a point: a learned model's poll decision spent most of its time
+    there)."""
 
     __slots__ = ("centre", "keep", "late", "norm", "scale", "spread", "step")
 
@@ -326,25 +330,43 @@ class _Law:
         self.scale = span.spread * math.sqrt(2)
         self.step = 0.2 * span.spread
 
-    def survives(self, at: float) -> float:
-        """The chance that the task runs on past `at`."""
-        return self.keep * 0.5 * math.erfc((at - self.centre) / self.scale) + self.late
-
-    def hazard(self, at: float, survives: float) -> float:
-        """The chance a second that the task ends at `at`, given it has not ended before
-        (`survives`: the chance it runs on past `at`)."""
-        z = (at - self.centre) / self.spread
-        density = math.exp(-z * z / 2) / self.norm
-        return self.keep * density / survives
-
-    def walk(self, start: float, stop: float) -> Iterator[tuple[float, float]]:
-        """Points from `start` to `stop` and the step after each: small near the likely end,
-        longer far from it."""
-        at, centre, least = start, self.centre, self.step
+    def expected_polls(self, start: float, stop: float, twice: float) -> float:
+        """The polls expected from `start` to `stop` at the density √(hazard / `twice`), over
+        the time the task likely runs on: the walk's points from `start` to `stop` (small
+        steps near the likely end, longer far from it), each weighed by its step and the
+        chance the task runs on past it."""
+        centre, spread, scale, norm = self.centre, self.spread, self.scale, self.norm
+        keep, late, least = self.keep, self.late, self.step
+        erfc, exp, sqrt = math.erfc, math.exp, math.sqrt
+        terms = []
+        at = start
         while at < stop:
             step = max(least, 0.2 * abs(at - centre), 0.05)
-            yield at, step
+            survives = keep * 0.5 * erfc((at - centre) / scale) + late
+            z = (at - centre) / spread
+            hazard = keep * (exp(-z * z / 2) / norm) / survives
+            terms.append(step * survives * sqrt(hazard / twice))
             at += step
+        return sum(terms)
+
+    def reach(self, start: float, stop: float, twice: float) -> float | None:
+        """Where, walking from `start` to `stop`, the density √(hazard / `twice`) sums to one
+        poll (None: not before `stop`)."""
+        centre, spread, scale, norm = self.centre, self.spread, self.scale, self.norm
+        keep, late, least = self.keep, self.late, self.step
+        erfc, exp, sqrt = math.erfc, math.exp, math.sqrt
+        covered = 0.0
+        at = start
+        while at < stop:
+            step = max(least, 0.2 * abs(at - centre), 0.05)
+            survives = keep * 0.5 * erfc((at - centre) / scale) + late
+            z = (at - centre) / spread
+            density = sqrt(keep * (exp(-z * z / 2) / norm) / survives / twice)
+            if covered + density * step >= 1.0:
+                return at + (1.0 - covered) / density
+            covered += density * step
+            at += step
+        return None
 
 
 def _price(timing: Timing, span: Window, now: float, law: _Law) -> float:
@@ -353,11 +375,7 @@ def _price(timing: Timing, span: Window, now: float, law: _Law) -> float:
     price = PRICE * max(span.centre - timing.submitted, span.spread)
     left = budget(span.centre - timing.submitted) - timing.polls
     # the expected polls at this price: the density over the time the task is likely to run
-    twice = 2 * price
-    expected = sum(
-        step * (survives := law.survives(at)) * math.sqrt(law.hazard(at, survives) / twice)
-        for at, step in law.walk(now, span.centre + 3 * span.spread)
-    )
+    expected = law.expected_polls(now, span.centre + 3 * span.spread, 2 * price)
     # the expected polls go as 1/sqrt(price): the price at which they fit what is left
     return price * max(1.0, expected / max(1.0, left)) ** 2
 
@@ -377,13 +395,8 @@ def _hazard_delay(
     (`_Law`)."""
     law = _Law(span, late)
     twice = 2 * _price(timing, span, now, law)
-    ahead, covered = now + cap, 0.0
-    for at, step in law.walk(now, now + cap):
-        density = math.sqrt(law.hazard(at, law.survives(at)) / twice)
-        if covered + density * step >= 1.0:
-            ahead = at + (1.0 - covered) / density
-            break
-        covered += density * step
+    reached = law.reach(now, now + cap, twice)
+    ahead = now + cap if reached is None else reached
     wait = max(dense, ahead - now)
     if now < span.end:  # the window's end is polled whatever the law says
         wait = min(wait, max(dense, span.end - now))

@@ -21,11 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+import httpcore
 import httpx
 
 from imagegw.infra.config import Settings
+from imagegw.infra.http11 import FramedRequest, KeptRequest
 from imagegw.infra.transport import PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
@@ -36,9 +38,11 @@ from imagegw.infra.transport import PooledTransport
 MAX_PROVIDER_CONNECTIONS: Final = 100
 
 #: JSON request templates the provider client keeps (`build_request`): one per provider, key
-#: and kind of call in use
+#: and kind of call in use; as many templates of requests with no body (`bare_request`)
 TEMPLATES_KEPT: Final = 256
 _JSON: Final = frozenset({"json", "headers", "timeout"})
+#: a bodiless request's body, as httpx makes it (`bare_request`)
+_NO_BODY: Final = b""
 
 Hook = Callable[..., Awaitable[Any]]
 #: wraps a transport in another (that calls it)
@@ -92,7 +96,7 @@ class JsonTemplate:
     submission's own CPU). `request(body)` is the request the client would build, its body
     encoded as httpx encodes JSON, its type and length last among its headers."""
 
-    __slots__ = ("extensions", "headers", "method", "url")
+    __slots__ = ("extensions", "head", "headers", "method", "url", "wire_url")
 
     def __init__(
         self, client: httpx.AsyncClient, method: str, url: str, headers: Any, timeout: Any
@@ -105,26 +109,138 @@ class JsonTemplate:
         kept["Content-Type"] = "application/json"
         self.method, self.url, self.headers = method, made.url, kept
         self.extensions = made.extensions
+        #: its requests' head on the wire but their Content-Length line (`framed`): None until
+        #: the first is sent, False when it was not of that shape
+        self.head: bytes | Literal[False] | None = None
+        self.wire_url: httpcore.URL | None = None
 
     def request(self, body: Any) -> httpx.Request:
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return httpx.Request(
+        content = json.dumps(
+            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+        # its headers the template's and its length, as httpx adds it to a body in memory (the
+        # request given its stream: httpx does not normalise every header again)
+        headers = httpx.Headers(self.headers)
+        headers["Content-Length"] = str(len(content))
+        request = httpx.Request(
             self.method,
             self.url,
-            headers=self.headers,
-            content=content.encode(),
+            headers=headers,
+            stream=httpx.ByteStream(content),
             extensions=self.extensions,
         )
+        request.read()
+        return request
+
+    def framed(self, pool: PooledTransport, request: httpx.Request) -> FramedRequest | None:
+        """The pool's form of a request this template made (`request`), its head the
+        template's (checked once, by `pool.keep` of the first request sent) with the request's
+        own Content-Length: its headers are not checked and made into bytes again at each
+        submission. None when the first request's head did not end with its Content-Length
+        (then the pool makes each, as for any request)."""
+        content = request.content
+        tail = b"Content-Length: %d\r\n\r\n" % len(content)
+        if self.head is None:
+            kept = pool.keep(request)
+            head, chunked, length, closes = kept.wire
+            fits = not chunked and not closes and length == len(content) and head.endswith(tail)
+            self.head = head[: -len(tail)] if fits else False
+            self.wire_url = kept.url
+        if self.head is False or self.wire_url is None:
+            return None
+        return FramedRequest(
+            request.method.encode("ascii"),
+            self.wire_url,
+            head=self.head + tail,
+            length=len(content),
+            content=(content,),
+            extensions=request.extensions,
+        )
+
+
+class BareTemplate:
+    """What `client.build_request(method, url, headers=..., timeout=...)` makes of a request
+    with no body (a task's poll), for any URL of one origin, made once: the client's headers
+    merged, the Host header included. `request(url)` is the request the client would build for
+    `url` (of that origin); `kept` the pool's form of the template's own request
+    (`imagegw.infra.transport.PooledTransport.keep`), once asked, from which those of the
+    others are made (`KeptRequest.retarget`)."""
+
+    __slots__ = ("extensions", "headers", "kept", "made", "method")
+
+    def __init__(
+        self, client: httpx.AsyncClient, method: str, url: httpx.URL, headers: Any, timeout: Any
+    ) -> None:
+        made = client.build_request(method, url, headers=headers, timeout=timeout)
+        self.made, self.method = made, made.method
+        self.headers, self.extensions = made.headers, made.extensions
+        self.kept: KeptRequest | None = None
+
+    def request(self, url: httpx.URL) -> httpx.Request:
+        request = httpx.Request(
+            self.method,
+            url,
+            headers=self.headers,
+            extensions=self.extensions,
+            stream=httpx.ByteStream(_NO_BODY),
+        )
+        request.read()  # as httpx's own build of a request with no body (`request.content`)
+        return request
+
+    def keep(self, pool: PooledTransport, request: httpx.Request) -> KeptRequest:
+        """`pool.keep(request)` for a request this template made."""
+        if self.kept is None:
+            self.kept = pool.keep(self.made)
+        return self.kept.retarget(request.url.raw_path)
 
 
 class ProviderClient(httpx.AsyncClient):
     """The provider client: an httpx client that also knows its pool when no transport layer
     wraps it (`direct`, for `direct_transport`), its turns (`turn`), and the templates of its
-    JSON requests (`build_request`)."""
+    JSON requests (`build_request`) and of its requests with no body (`bare_request`)."""
 
     direct: PooledTransport | None = None
     turns: asyncio.Semaphore | None = None
     templates: OrderedDict[tuple[Any, ...], JsonTemplate] | None = None
+    bare: OrderedDict[tuple[Any, ...], BareTemplate] | None = None
+
+
+def _timeout_key(timeout: Any) -> Any:
+    """A call's timeout by value: a call may make its timeout afresh (`upstream.work_timeout`)."""
+    if isinstance(timeout, httpx.Timeout):
+        return (timeout.connect, timeout.read, timeout.write, timeout.pool)
+    return timeout
+
+
+def bare_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    timeout: Any = httpx.USE_CLIENT_DEFAULT,
+) -> tuple[httpx.Request, BareTemplate | None]:
+    """`client.build_request(method, url, headers=headers, timeout=timeout)` of a request with
+    no body, and the template it was made from (`BareTemplate`: one per method, origin,
+    headers and timeout, TEMPLATES_KEPT kept, the least recently used dropped), or None when
+    made by the client itself (another client than the provider client, a relative URL)."""
+    if not isinstance(client, ProviderClient):
+        return client.build_request(method, url, headers=headers, timeout=timeout), None
+    parsed = httpx.URL(url)
+    if parsed.is_relative_url:
+        return client.build_request(method, url, headers=headers, timeout=timeout), None
+    key = (method, parsed.scheme, parsed.netloc, _timeout_key(timeout), *headers.items())
+    templates = client.bare
+    if templates is None:
+        templates = client.bare = OrderedDict()
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = BareTemplate(client, method, parsed, headers, timeout)
+        if len(templates) > TEMPLATES_KEPT:
+            templates.popitem(last=False)
+    else:
+        templates.move_to_end(key)
+    return template.request(parsed), template
 
 
 def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Request:
@@ -133,17 +249,20 @@ def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
     method, URL, headers and timeout (`JsonTemplate`, TEMPLATES_KEPT kept, the least recently
     used dropped). The provider client keeps no cookies (`NoCookies`), so the template holds
     all the client would add."""
+    return json_request(client, method, url, **kwargs)[0]
+
+
+def json_request(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> tuple[httpx.Request, JsonTemplate | None]:
+    """`build_request`, and the template the request was made from (None: made by the client
+    itself)."""
     if not isinstance(client, ProviderClient) or "json" not in kwargs or kwargs.keys() - _JSON:
-        return client.build_request(method, url, **kwargs)
+        return client.build_request(method, url, **kwargs), None
     headers, timeout = kwargs.get("headers"), kwargs.get("timeout", httpx.USE_CLIENT_DEFAULT)
     if headers is not None and not isinstance(headers, Mapping):
-        return client.build_request(method, url, **kwargs)
-    limits = (  # by value: a call may make its timeout afresh (`upstream.work_timeout`)
-        (timeout.connect, timeout.read, timeout.write, timeout.pool)
-        if isinstance(timeout, httpx.Timeout)
-        else timeout
-    )
-    key = (method, url, limits, *(headers or {}).items())
+        return client.build_request(method, url, **kwargs), None
+    key = (method, url, _timeout_key(timeout), *(headers or {}).items())
     templates = client.templates
     if templates is None:
         templates = client.templates = OrderedDict()
@@ -154,7 +273,7 @@ def build_request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
             templates.popitem(last=False)
     else:
         templates.move_to_end(key)
-    return template.request(kwargs["json"])
+    return template.request(kwargs["json"]), template
 
 
 @contextlib.asynccontextmanager

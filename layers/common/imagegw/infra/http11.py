@@ -10,7 +10,8 @@ provider poll spent more CPU in httpcore's and h11's state machines (events, hea
 normalisation, the protocol's state transitions, a lock per request and per response) than in
 everything else it does (issue 25: a third of the server's CPU per streamed generation).
 Here a request is one write (its head and a small body together), the answer's head is parsed
-at once from the bytes received, and its body read as its framing says.
+at once from the bytes received (its status and header lines checked once each and remembered:
+a provider's answers repeat most of theirs), and its body read as its framing says.
 
 The rules it keeps are HTTP/1.1's as h11 applies them to a client (RFC 9112):
 
@@ -58,6 +59,14 @@ _TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VALUE: Final = re.compile(rb"[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*|")
 _STATUS: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
+#: answer header lines seen already, and their name and value (`read_head`): a provider's
+#: answers repeat most of theirs (its server, the type, often the length), so a poll's are
+#: checked once, not at every answer. Lines up to KNOWN_LINE bytes, KNOWN_LINES of them at most
+#: (then forgotten all at once); status lines likewise
+KNOWN_LINE: Final = 256
+KNOWN_LINES: Final = 512
+_known_fields: dict[bytes, tuple[bytes, bytes]] = {}
+_known_statuses: dict[bytes, tuple[bytes, int, bytes]] = {}
 _CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 _NO_BODY: Final = frozenset({204, 304})
 
@@ -100,6 +109,26 @@ class KeptRequest(httpcore.Request):
         self.wire = request_head(self)
         self.origin = self.url.origin
         self.bodiless = kwargs.get("content") in (None, b"")
+
+    def retarget(self, target: bytes) -> KeptRequest:
+        """This request to another target of its origin (a poll of another task): its head
+        made from this one's (its headers, checked already, not checked again), its origin
+        and extensions this one's. Only for a request with no body."""
+        assert self.bodiless, "a request with no body"
+        url = self.url
+        other = KeptRequest.__new__(KeptRequest)
+        httpcore.Request.__init__(
+            other,
+            self.method,
+            httpcore.URL(scheme=url.scheme, host=url.host, port=url.port, target=target),
+            extensions=self.extensions,
+        )
+        other.headers = self.headers
+        head, chunked, length, closes = self.wire
+        fields = head[head.index(b"\r\n") :]  # after the request line
+        other.wire = (b"%b %b HTTP/1.1%b" % (self.method, target, fields), chunked, length, closes)
+        other.origin, other.bodiless = self.origin, True
+        return other
 
 
 class FramedRequest(KeptRequest):
@@ -325,20 +354,44 @@ class LeanConnection(httpcore.AsyncConnectionInterface):
             raise httpcore.RemoteProtocolError("The answer's head is too long.")
         lines = bytes(received[: end.start()]).split(b"\n")
         del received[: end.end()]
-        status_line = lines[0].removesuffix(b"\r")
-        matched = _STATUS.fullmatch(status_line)
-        if matched is None:
-            raise httpcore.RemoteProtocolError(f"Not a status line: {status_line[:80]!r}")
+        version, status, reason = _known_statuses.get(lines[0]) or _status(lines[0])
         headers: list[tuple[bytes, bytes]] = []
+        known = _known_fields
         for raw in lines[1:]:
-            line = raw.removesuffix(b"\r")
-            name, colon, value = line.partition(b":")
-            value = value.strip(b" \t")
-            if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
-                raise httpcore.RemoteProtocolError(f"Illegal header line: {line[:80]!r}")
-            headers.append((name, value))
-        version, status, reason = matched.groups()
-        return version, int(status), reason or b"", headers
+            headers.append(known.get(raw) or _field(raw))
+        return version, status, reason, headers
+
+
+def _remember(known: dict[bytes, Any], raw: bytes, value: Any) -> None:
+    if len(raw) <= KNOWN_LINE:
+        if len(known) >= KNOWN_LINES:
+            known.clear()
+        known[raw] = value
+
+
+def _status(raw: bytes) -> tuple[bytes, int, bytes]:
+    """A status line's version digit, status and reason (`RemoteProtocolError` if it is not
+    one), remembered (`_known_statuses`)."""
+    status_line = raw.removesuffix(b"\r")
+    matched = _STATUS.fullmatch(status_line)
+    if matched is None:
+        raise httpcore.RemoteProtocolError(f"Not a status line: {status_line[:80]!r}")
+    version, status, reason = matched.groups()
+    parsed = (version, int(status), reason or b"")
+    _remember(_known_statuses, raw, parsed)
+    return parsed
+
+
+def _field(raw: bytes) -> tuple[bytes, bytes]:
+    """A header line's name and value (`RemoteProtocolError` if it is not one: a name that
+    is not a token, a value not visible text), remembered (`_known_fields`)."""
+    line = raw.removesuffix(b"\r")
+    name, colon, value = line.partition(b":")
+    value = value.strip(b" \t")
+    if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+        raise httpcore.RemoteProtocolError(f"Illegal header line: {line[:80]!r}")
+    _remember(_known_fields, raw, (name, value))
+    return name, value
 
 
 def _says_close(value: bytes) -> bool:

@@ -14,7 +14,6 @@ message says so: ModelScope's "Invalid model id", SiliconFlow's code 20012), the
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -48,6 +47,8 @@ def treatment(catalog: Sequence[ModelInfo], model: str, kind: ModelKind) -> str 
 
 def closest(model: str, known: Sequence[str], count: int = 3) -> list[str]:
     """The known ids nearest to `model` (difflib, case folded), best first."""
+    import difflib  # (only a provider's "no such model" needs it: not before readiness)
+
     by_folded = {k.lower(): k for k in known if k.lower() != model.lower()}
     found = difflib.get_close_matches(model.lower(), list(by_folded), n=count, cutoff=0.6)
     return [by_folded[f] for f in found]

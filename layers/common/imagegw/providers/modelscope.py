@@ -48,6 +48,7 @@ from imagegw.providers.upstream import (
     as_response,
     error_for,
     exchange,
+    repeated_get,
     resend,
     unreachable,
 )
@@ -188,13 +189,13 @@ class ModelScope(Provider):
         of it (`imagegw.providers.upstream.KeptPolls`)."""
         built = self._polls.get(task_id, request.api_key)
         if built is None:
-            made = self.client.build_request(
-                "GET",
+            made = repeated_get(
+                self.client,
                 f"{self.base_url}/tasks/{task_id}",
                 headers={**self._headers(request), TASK_TYPE_HEADER: TASK_TYPE},
                 timeout=self.timeout,
             )
-            built = self._polls.keep(task_id, request.api_key, Repeated(self.client, made))
+            built = self._polls.keep(task_id, request.api_key, made)
         return built
 
     async def start(self, request: GenerationRequest) -> Started:

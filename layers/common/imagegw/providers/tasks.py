@@ -45,10 +45,10 @@ from imagegw.providers.base import (
 )
 from imagegw.providers.upstream import (
     KeptPolls,
-    Repeated,
     as_response,
     error_for,
     redact,
+    repeated_get,
     resend,
     send,
     unreachable,
@@ -432,10 +432,10 @@ class TaskProvider(Provider):
         repeated = self._polls.get(task_id, key)
         if repeated is None:
             target, client = route(self, url, self.hosts, what)
-            made = client.build_request(
-                "GET", str(target), headers=self._headers(request), timeout=self.timeout
+            made = repeated_get(
+                client, str(target), headers=self._headers(request), timeout=self.timeout
             )
-            repeated = self._polls.keep(task_id, key, Repeated(client, made))
+            repeated = self._polls.keep(task_id, key, made)
         deadline = self.settings.provider_timeout
         call = _called(self, what, resend(repeated, title=self.title, deadline=deadline))
         return json_of(self, await _answered(self, task_id, key, call, done_statuses), task_id)

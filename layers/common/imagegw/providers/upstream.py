@@ -19,6 +19,7 @@ key never appears in it.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +43,8 @@ from imagegw.infra.lazy import httpx
 from imagegw.providers.catalogue import says_no_such_model, with_suggestions
 
 if TYPE_CHECKING:
+    from imagegw.infra.clients import BareTemplate, JsonTemplate
+    from imagegw.infra.http11 import KeptRequest
     from imagegw.infra.transport import PooledTransport, Whole
 
 #: the longest provider message passed on
@@ -152,13 +155,14 @@ async def exchange(
     (`Whole`: its status and body; `as_response` for the rest), else as httpx's response. A
     request of the provider client whose body is in memory (a JSON submission) goes straight
     to its pool (`PooledTransport.read`: it spends nothing on the client's layers), after the
-    client's request hooks; it is built from the client's template of such requests
-    (`imagegw.infra.clients.build_request`)."""
-    from imagegw.infra.clients import AnswerTimeout, build_request, turn  # loaded with the client
+    client's request hooks (which must not change it, as for a poll: it goes out with its
+    template's head, `JsonTemplate.framed`); it is built from the client's template of such
+    requests (`imagegw.infra.clients.build_request`)."""
+    from imagegw.infra.clients import AnswerTimeout, json_request, turn  # loaded with the client
 
     try:
         async with turn(client, deadline) as waited:
-            request = build_request(client, method, url, **kwargs)
+            request, template = json_request(client, method, url, **kwargs)
             return await _exchange(
                 client,
                 request,
@@ -167,6 +171,7 @@ async def exchange(
                 deadline=deadline - waited,
                 limit=limit,
                 said=deadline,
+                template=template,
             )
     except TimeoutError:  # no turn within the deadline: nothing was built nor sent
         request = client.build_request(method, url, **kwargs)
@@ -181,14 +186,54 @@ class Repeated:
     was most of a poll's own CPU. The client's request hooks still run at each send (they must
     not change the request: what is sent was made once)."""
 
-    __slots__ = ("client", "direct", "kept", "request")
+    __slots__ = ("client", "direct", "kept", "request", "untimed")
 
-    def __init__(self, client: httpx.AsyncClient, request: httpx.Request) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        request: httpx.Request,
+        template: BareTemplate | None = None,
+    ) -> None:
         from imagegw.infra.clients import direct_transport  # loaded with the client
 
         self.client, self.request = client, request
-        self.direct: PooledTransport | None = direct_transport(client, request)
-        self.kept = None if self.direct is None else self.direct.keep(request)
+        direct = direct_transport(client, request)
+        self.direct: PooledTransport | None = direct
+        self.kept: KeptRequest | None = None
+        self.untimed: KeptRequest | None = None
+        if direct is not None:
+            self.kept = direct.keep(request) if template is None else template.keep(direct, request)
+
+    def kept_within(self, deadline: float) -> KeptRequest | None:
+        """`kept`, for a send whose whole answer is due within `deadline` seconds (`_exchange`
+        sets that timer before anything is sent): without a timer of its own at each read when
+        its read timeout is no shorter (the whole answer's, set before the first read, rings
+        first: a poll's timeouts are both PROVIDER_TIMEOUT), made once."""
+        kept = self.kept
+        if kept is None:
+            return None
+        timeouts = kept.extensions.get("timeout", {})
+        read = timeouts.get("read")
+        if read is None or deadline > read:
+            return kept
+        if self.untimed is None:
+            untimed = copy.copy(kept)
+            untimed.extensions = {**kept.extensions, "timeout": {**timeouts, "read": None}}
+            self.untimed = untimed
+        return self.untimed
+
+
+def repeated_get(
+    client: httpx.AsyncClient, url: str, *, headers: Mapping[str, str], timeout: Any
+) -> Repeated:
+    """The `Repeated` GET of `url` (`client.build_request("GET", url, headers=headers,
+    timeout=timeout)`), made from the client's template of such requests of its origin,
+    headers and timeout (`imagegw.infra.clients.bare_request`): a task's status request is
+    made at its first poll, and a burst of tasks makes each one from the same template."""
+    from imagegw.infra.clients import bare_request  # loaded with the client
+
+    request, template = bare_request(client, "GET", url, headers=headers, timeout=timeout)
+    return Repeated(client, request, template)
 
 
 #: tasks whose status request is kept for their next poll (`KeptPolls`)
@@ -245,9 +290,11 @@ async def _exchange(
     deadline: float,
     limit: int,
     said: float | None = None,
+    template: JsonTemplate | None = None,
 ) -> Whole | httpx.Response:
     """`request` sent through the client, or straight to its pool (as `repeated` says when
-    given, else as `direct_transport` finds), and read whole (module docstring)."""
+    given, else as `direct_transport` finds), and read whole (module docstring). `template`:
+    the one `request` was made from, whose head it is sent with (`JsonTemplate.framed`)."""
     from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
 
     direct = direct_transport(client, request) if repeated is None else repeated.direct
@@ -257,7 +304,10 @@ async def _exchange(
             if direct is not None:
                 for hook in client.event_hooks["request"]:
                     await hook(request)
-                kept = None if repeated is None else repeated.kept
+                if repeated is not None:
+                    kept = repeated.kept_within(deadline)
+                else:
+                    kept = None if template is None else template.framed(direct, request)
                 read = await direct.read(
                     request, limit=limit, too_large=lambda: too_large(title, limit), kept=kept
                 )
