@@ -44,3 +44,26 @@ def test_the_lines_are_powertools_lines(
     assert len(ours.splitlines()) == 3 + (lags > apimetrics.MAX_VALUES)
     for line in ours.splitlines():
         assert json.loads(line)["_aws"]["Timestamp"] > 0
+
+
+def test_a_request_s_lines_are_written_whole_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given metrics on and a stdout that keeps each write apart (unbuffered, as on Lambda,
+    # where another writer's line could come between two writes)
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    writes: list[str] = []
+
+    class Unbuffered:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr("sys.stdout", Unbuffered())
+
+    # When a request's figures (a line of figures and two of error codes) are written
+    apimetrics.write(recorder(2))
+
+    # Then they are one write of whole lines
+    assert len(writes) == 1
+    lines = writes[0].split("\n")
+    assert lines[-1] == "" and len(lines) == 4
+    assert [json.loads(line)["_aws"]["Timestamp"] > 0 for line in lines[:-1]] == [True] * 3

@@ -6,7 +6,9 @@ only cheaper to make."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -129,3 +131,35 @@ def test_the_timestamp_follows_the_clock_across_seconds() -> None:
         record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
         record.created, record.msecs = created, (created - int(created)) * 1000 // 1
         assert formatter.formatTime(record) == reference.formatTime(record)
+
+
+def two_sites(lines: list[int]) -> None:
+    """Logs from two places, three times each (the line of each call noted just before it)."""
+    for _ in range(3):
+        lines.append(sys._getframe().f_lineno + 1)
+        logger.info("first site")
+        lines.append(sys._getframe().f_lineno + 1)
+        logger.info("second site", extra={"n": 2})
+
+
+def test_each_line_says_where_it_was_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the gateway's logger writing to a buffer
+    out = io.StringIO()
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    monkeypatch.setattr(handler, "stream", out)
+    lines: list[int] = []
+
+    # When a function logs from two places, again and again, untraced (as deployed) and traced
+    previous = sys.gettrace()
+    sys.settrace(None)
+    try:
+        two_sites(lines)
+    finally:
+        sys.settrace(previous)
+    two_sites(lines)
+
+    # Then every line's location is its own call's: function and line
+    written = [json.loads(line)["location"] for line in out.getvalue().splitlines()]
+    assert written == [f"two_sites:{line}" for line in lines]
+    assert len(set(written)) == 2

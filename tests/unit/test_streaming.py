@@ -12,7 +12,15 @@ import pytest
 from imagegw.errors import ProviderError
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.streaming import DONE, Frames, chat_stream, collect, markdown, sse
+from imagegw.frontends.streaming import (
+    DONE,
+    Frames,
+    chat_stream,
+    collect,
+    markdown,
+    sse,
+    with_keepalive,
+)
 from imagegw.runners.inprocess import Event, Progress, Result
 
 pytestmark = pytest.mark.anyio
@@ -157,6 +165,39 @@ async def test_the_images_and_the_end_of_the_stream_arrive_together() -> None:
     assert not isinstance(last, LastChunk)
 
 
+async def test_a_result_whose_run_is_over_ends_the_answer_with_it() -> None:
+    # the run's records were done without a wait when its result was handed over: the images,
+    # the stop and [DONE] end the answer in the same write (nothing is left to wait for)
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([Progress("RUNNING", 0.0), RESULT]),
+            Completion(MODEL),
+            include_usage=False,
+            keepalive_interval=5.0,
+        )
+    ]
+    last = chunks[-1]
+    assert isinstance(last, LastChunk)
+    assert URLS[0] in last and '"finish_reason":"stop"' in last and last.endswith(DONE)
+    assert all(URLS[0] not in chunk for chunk in chunks[:-1])
+
+
+async def test_a_result_before_records_that_fail_does_not_end_the_answer() -> None:
+    # records that fail after the result: the images are sent at once, the answer ends after
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([RESULT, KeyError("the table")]),
+            Completion(MODEL),
+            include_usage=False,
+            keepalive_interval=5.0,
+        )
+    ]
+    assert URLS[0] in chunks[-1] and chunks[-1].endswith(DONE)
+    assert not isinstance(chunks[-1], LastChunk)
+
+
 async def test_a_stream_that_fails_ends_its_answer_with_its_error() -> None:
     # the events are over when their error is known: the error and [DONE] end the answer
     chunks = [
@@ -249,6 +290,34 @@ async def test_an_unexpected_error_mid_stream_is_opaque() -> None:
     assert error["code"] == "internal_error"
     assert "ms-secret" not in error["message"]
     assert items[-1] == "[DONE]"
+
+
+async def test_events_are_read_at_most_one_ahead_of_a_stream_that_stops_reading() -> None:
+    # Given events that come at once, as many as asked for
+    asked = 0
+
+    async def events() -> AsyncIterator[int]:
+        nonlocal asked
+        while True:
+            asked += 1
+            yield asked
+            await asyncio.sleep(0)
+
+    stream = with_keepalive(events(), 5.0)
+    try:
+        # When the stream takes the first, then stops reading a while
+        assert await anext(stream) == 1
+        for _ in range(20):  # a while: turns of the loop, not seconds
+            await asyncio.sleep(0)
+
+        # Then one more waits to be taken and one is in hand: no more were asked for
+        assert asked == 3
+        assert [await anext(stream), await anext(stream)] == [2, 3]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert asked == 5
+    finally:
+        await stream.aclose()
 
 
 async def test_closing_the_stream_closes_the_events() -> None:

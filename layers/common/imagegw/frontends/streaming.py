@@ -18,6 +18,7 @@ from imagegw.errors import GatewayError, render
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
 from imagegw.infra import apimetrics
+from imagegw.infra.jsontext import encoder_of
 from imagegw.infra.log import logger
 from imagegw.runners.inprocess import Event, Progress, Result
 
@@ -27,8 +28,8 @@ KEEPALIVE = ": keep-alive\n\n"
 
 
 #: what `sse` encodes with: `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`,
-#: built once
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: built once (the gateway's own dicts of text and numbers: `jsontext.encoder_of`)
+_encode = encoder_of(json.JSONEncoder(ensure_ascii=False, separators=(",", ":")), own_values=True)
 
 
 def sse(payload: dict[str, Any]) -> str:
@@ -124,8 +125,10 @@ async def collect(events: AsyncIterator[Event]) -> Result:
 
 
 class _Handover(Generic[T]):
-    """Events read by one task for a stream's whole life and handed to the stream one at a
-    time: the next is asked for once this one is taken."""
+    """Events read by one task for a stream's whole life and handed to the stream: the next is
+    asked for as soon as one is handed over, and one at most waits to be taken (the reader
+    waits for that, which a stream quicker than its events never makes it do). So an event
+    costs the stream one wake-up, and the reader none."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -140,25 +143,41 @@ class _Handover(Generic[T]):
 
     async def read(self, iterator: AsyncIterator[T]) -> None:
         async for event in iterator:
-            self.taken = self.loop.create_future()
+            if self.ready:  # the one before is not taken yet
+                self.taken = self.loop.create_future()
+                await self.taken
             self.ready.append(event)
             self.wake()
-            await self.taken
 
     def take(self) -> T:
+        event = self.ready.popleft()
         taken = self.taken
         if taken is not None and not taken.done():
             taken.set_result(None)
-        return self.ready.popleft()
+        return event
 
 
-async def with_keepalive(events: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+class Ended:
+    """What `with_keepalive` tells of its events' end: `last` is True while the event it has
+    just handed over is known to be the last (the events ended without an error, nothing more
+    to take), so its stream can end its answer with it in one write, no later."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = False
+
+
+async def with_keepalive(
+    events: AsyncIterator[T], interval: float, ended: Ended | None = None
+) -> AsyncIterator[T | None]:
     """The events, with a `None` whenever `interval` seconds pass since the last `None`.
 
     One task reads the events for the whole stream and one timer runs per keep-alive period
     (the time of the next `None` moves only when one is sent), not a task and a timer per
     event. Closing this closes `events`: the reading task is cancelled (a wait for the
-    provider stops there), then the iterator is closed."""
+    provider stops there), then the iterator is closed. `ended`, when given, says of each
+    event handed over whether the events had ended by then (`Ended`)."""
     loop = asyncio.get_running_loop()
     iterator = aiter(events)
     handover: _Handover[T] = _Handover(loop)
@@ -169,7 +188,15 @@ async def with_keepalive(events: AsyncIterator[T], interval: float) -> AsyncIter
     try:
         while True:
             if handover.ready:
-                yield handover.take()
+                event = handover.take()
+                if ended is not None:
+                    ended.last = (
+                        not handover.ready
+                        and reader.done()
+                        and not reader.cancelled()
+                        and reader.exception() is None
+                    )
+                yield event
                 if loop.time() >= due:
                     due = loop.time() + interval
                     yield None
@@ -213,7 +240,9 @@ async def chat_stream(
     [DONE], sent as soon as the result is known. The answer ends once the events have: the
     run's records (a run time written to the shared table) are done before it, for on Lambda
     nothing runs after it (docs/development.md). A stream that ends without a result (a
-    failure) ends its answer with its last chunk (`LastChunk`: one write, not two)."""
+    failure) ends its answer with its last chunk (`LastChunk`: one write, not two); so does
+    a result whose events had already ended when it was handed over (records done without a
+    wait: `Ended`), never held back for them."""
 
     frames = Frames(completion)
 
@@ -223,9 +252,9 @@ async def chat_stream(
 
     head = frames.chunk({"role": "assistant", "content": ""})
     yield head + frames.chunk({"reasoning_content": intro}) if intro else head
-    closed, shown = False, ""
+    closed, shown, ended = False, "", Ended()
     try:
-        async for event in with_keepalive(events, keepalive_interval):
+        async for event in with_keepalive(events, keepalive_interval, ended):
             if closed:
                 continue
             if event is None:
@@ -239,7 +268,8 @@ async def chat_stream(
                     yield frames.chunk({"reasoning_content": text})
             else:
                 closed = True
-                yield frames.chunk({"content": markdown(event)}) + closing()
+                final = frames.chunk({"content": markdown(event)}) + closing()
+                yield LastChunk(final) if ended.last else final
     except Exception as exc:
         if not isinstance(exc, GatewayError):
             logger.exception("generation failed unexpectedly")

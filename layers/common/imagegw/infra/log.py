@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
+from types import CodeType, FrameType
 from typing import Any, Final
 
 from aws_lambda_powertools import Logger
@@ -20,6 +23,7 @@ from aws_lambda_powertools.logging.formatter import (
 )
 
 from imagegw import redaction
+from imagegw.infra.jsontext import encoder_of
 
 #: the keys every line carries, left out of a console line
 _BOILERPLATE: Final = frozenset(
@@ -81,7 +85,8 @@ def json_or_text(message: str) -> Any:
 class JsonFormatter(LambdaPowertoolsFormatter):
     """Powertools' JSON formatter, its lines the same to the byte, at a lower cost a line: its
     documented options (`json_deserializer`: `json_or_text`) and public methods only
-    (`serialize`, with one JSON encoder built once instead of one a line; `formatTime`, whose
+    (`serialize`, with one JSON encoder built once instead of one a line, and called without
+    `json.JSONEncoder.encode`'s work at each call: `imagegw.infra.jsontext`; `formatTime`, whose
     default format is rendered once a second and the milliseconds added to it; `format`, which
     builds a line without copying the record, for a record with neither an exception nor
     %-arguments: the others, rare, through Powertools' own)."""
@@ -89,13 +94,16 @@ class JsonFormatter(LambdaPowertoolsFormatter):
     def __init__(self, **options: Any) -> None:
         # Powertools types the option as giving a str; it takes what json.loads gives
         super().__init__(json_deserializer=json_or_text, **options)  # type: ignore[arg-type]
-        # what Powertools' default serializer passes json.dumps, a line at a time
-        self._encode = json.JSONEncoder(
-            default=self.json_default,
-            separators=(",", ":"),
-            indent=self.json_indent,
-            ensure_ascii=False,
-        ).encode
+        # what Powertools' default serializer passes json.dumps, a line at a time (a line's
+        # extra fields are anyone's values: checked for holding themselves, as json.dumps does)
+        self._encode = encoder_of(
+            json.JSONEncoder(
+                default=self.json_default,
+                separators=(",", ":"),
+                indent=self.json_indent,
+                ensure_ascii=False,
+            )
+        )
         self._second: tuple[int, str, str] = (-1, "", "")
 
     def serialize(self, log: dict[str, Any]) -> str:  # type: ignore[override]
@@ -209,3 +217,62 @@ def _redact_lines(handler: logging.Handler) -> None:
 
 
 _redact_lines(logger.registered_handler)
+
+
+#: (a code object's id, the offset of an instruction in it) -> (that code, the instruction's
+#: line): the line of a call site that logs, worked out once. A frame's `f_lineno` reads its
+#: code's line table from the start at every call (~8,000 instructions, 2-3 us, for a long
+#: function such as a route's): three lines a request. The code is kept beside its line, so an
+#: id in the table is never another code's; the table is emptied when full.
+_LINES: dict[tuple[int, int], tuple[CodeType, int]] = {}
+_LINES_MAX: Final = 4096
+#: how `logging` tells its own frames (and importlib's) from the caller's (Python 3.11+)
+_internal: Callable[[FrameType], bool] | None = getattr(logging, "_is_internal_frame", None)
+
+
+def line_of(frame: FrameType) -> int:
+    """`frame.f_lineno`, from the table when the frame's code and instruction are known (a
+    traced frame's line, which its tracer may set, is always read)."""
+    if frame.f_trace is not None or sys.gettrace() is not None:
+        return frame.f_lineno
+    code = frame.f_code
+    key = (id(code), frame.f_lasti)
+    known = _LINES.get(key)
+    if known is not None and known[0] is code:
+        return known[1]
+    line = frame.f_lineno
+    if len(_LINES) >= _LINES_MAX:
+        _LINES.clear()
+    _LINES[key] = (code, line)
+    return line
+
+
+def _locate_lines_once(target: logging.Logger) -> None:
+    """The logger's `findCaller` (the `location` field: function and line), the line read from
+    `line_of`: the standard library's walk up the stack, the same frame found (a stack asked
+    for, or a `logging` without `_is_internal_frame`: its own)."""
+    original = target.findCaller
+    internal = _internal
+    if internal is None:
+        return
+
+    def find_caller(
+        stack_info: bool = False, stacklevel: int = 1
+    ) -> tuple[str, int, str, str | None]:
+        if stack_info:
+            return original(stack_info, stacklevel)
+        frame = sys._getframe(0)
+        while stacklevel > 0:
+            above = frame.f_back
+            if above is None:
+                break
+            frame = above
+            if not internal(frame):
+                stacklevel -= 1
+        code = frame.f_code
+        return code.co_filename, line_of(frame), code.co_name, None
+
+    target.findCaller = find_caller  # type: ignore[method-assign]
+
+
+_locate_lines_once(logger._logger)
