@@ -9,9 +9,7 @@ multipart POST of those signed fields, its key and its bytes through a pooled co
 cost about 2.5 ms of CPU an image (issue 25). The policy is signed again before it expires and
 after a 403 (rotated credentials); IAM-wise a POST is `s3:PutObject`, as `put_object` was.
 
-Presigned GET links are signed here (`imagegw.infra.presign`: the same links as botocore's, learnt
-from one botocore signs; about 24 µs of CPU a link instead of 0.26 ms and a worker thread).
-The other calls (HEAD, GET) are boto3's: synchronous, so they run in a worker thread.
+The other calls (HEAD, GET, presigning) are boto3's: synchronous, so they run in a worker thread.
 The client is created on first use, so importing this module does no work and tests can point
 it at moto (a moto *server*, for uploads: they do not go through botocore).
 """
@@ -28,7 +26,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio.to_thread
 
@@ -36,7 +34,6 @@ from imagegw.errors import ConfigurationError, StorageError
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, InputImage, check_image
-from imagegw.infra.presign import PROBE_KEY, Presigner
 
 if TYPE_CHECKING:  # httpx, httpcore and the pool are imported by the first upload (cold start)
     import httpcore
@@ -96,10 +93,6 @@ class ImageStore:
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
         self._s3 = client
-        #: the credentials of the client this store built (`_client`), and the presigner of
-        #: its links (`_learn`; False: not learnt yet)
-        self._credentials: Any = None
-        self._signer: Presigner | Literal[False] | None = False
         self._lock = threading.Lock()
         self._warming: threading.Thread | None = None
         #: signed upload forms by key prefix
@@ -153,7 +146,7 @@ class ImageStore:
         # a custom endpoint (moto, MinIO) is addressed by path; AWS by virtual host, which
         # gives regional URLs a provider can fetch
         style = "path" if self.settings.s3_endpoint_url else "virtual"
-        client = boto3.client(
+        return boto3.client(
             "s3",
             region_name=self.settings.aws_region,
             endpoint_url=self.settings.s3_endpoint_url,
@@ -167,11 +160,6 @@ class ImageStore:
                 read_timeout=30,
             ),
         )
-        # the client's own credentials (its session's: boto3.client's default session), which
-        # the presigner signs with (`_learn`)
-        session = boto3.DEFAULT_SESSION
-        self._credentials = None if session is None else session.get_credentials()
-        return client
 
     @property
     def bucket(self) -> str:
@@ -392,29 +380,10 @@ class ImageStore:
             await pair[1].aclose()
 
     def _presign(self, key: str, ttl: int) -> str:
-        """A presigned GET URL of `key` (in a worker thread: the client may be built here)."""
-        signer = self._signer if self._signer is not False else self._learn()
-        if signer is not None and Presigner.fits(key):
-            return signer.url(key, ttl, _utc_now())
         url: str = self.s3.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
         )
         return url
-
-    def _learn(self) -> Presigner | None:
-        """The presigner of this bucket's links (`imagegw.infra.presign`), learnt from one link
-        botocore signs; None when the client is not one this store built (its credentials are
-        not at hand) or the link has another shape: botocore then signs every link."""
-        client = self.s3
-        credentials = self._credentials
-        signer = None
-        if credentials is not None:
-            probe = client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY}, ExpiresIn=60
-            )
-            signer = Presigner.learn(probe, credentials)
-        self._signer = signer
-        return signer
 
     async def upload(self, image: ImageBytes) -> str:
         """Store an input image under uploads/; its key."""
@@ -442,19 +411,7 @@ class ImageStore:
             ) from None
 
     async def presign(self, key: str, ttl: int | None = None) -> str:
-        """A presigned GET URL of `key`: signed here once the presigner is learnt (no worker
-        thread: about 20 µs), else in a worker thread (the first link, or botocore's)."""
-        ttl = ttl or self.settings.presign_ttl
-        signer = self._signer
-        if signer and Presigner.fits(key):
-            try:
-                return signer.url(key, ttl, _utc_now())
-            except Exception as exc:  # credentials that failed to refresh
-                raise StorageError(
-                    f"The bucket could not be reached (presign: {type(exc).__name__}); try again.",
-                    code="storage_unavailable",
-                ) from None
-        return await self._run("presign", self._presign, key, ttl)
+        return await self._run("presign", self._presign, key, ttl or self.settings.presign_ttl)
 
     async def save_result(self, image: ImageBytes) -> str:
         """Store a generated image under images/ with an unguessable name; the name."""
@@ -568,11 +525,6 @@ class ImageStore:
             return await self.open(await self.place(item))
 
         return tuple(await asyncio.gather(*(one(item) for item in inputs)))
-
-
-def _utc_now() -> dt.datetime:
-    """The signing clock: UTC, as botocore's."""
-    return dt.datetime.now(dt.UTC)
 
 
 class _Turn:
