@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import httpcore
 import httpx
@@ -45,6 +45,7 @@ _JSON: Final = frozenset({"json", "headers", "timeout"})
 _NO_BODY: Final = b""
 
 Hook = Callable[..., Awaitable[Any]]
+_T = TypeVar("_T")
 #: wraps a transport in another (that calls it)
 TransportLayer = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
 
@@ -212,6 +213,21 @@ def _timeout_key(timeout: Any) -> Any:
     return timeout
 
 
+def _kept(
+    templates: OrderedDict[tuple[Any, ...], _T], key: tuple[Any, ...], make: Callable[[], _T]
+) -> _T:
+    """The template of `key` in `templates` (made by `make` when missing): TEMPLATES_KEPT kept,
+    the least recently used dropped."""
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = make()
+        if len(templates) > TEMPLATES_KEPT:
+            templates.popitem(last=False)
+    else:
+        templates.move_to_end(key)
+    return template
+
+
 def bare_request(
     client: httpx.AsyncClient,
     method: str,
@@ -230,16 +246,11 @@ def bare_request(
     if parsed.is_relative_url:
         return client.build_request(method, url, headers=headers, timeout=timeout), None
     key = (method, parsed.scheme, parsed.netloc, _timeout_key(timeout), *headers.items())
-    templates = client.bare
-    if templates is None:
-        templates = client.bare = OrderedDict()
-    template = templates.get(key)
-    if template is None:
-        template = templates[key] = BareTemplate(client, method, parsed, headers, timeout)
-        if len(templates) > TEMPLATES_KEPT:
-            templates.popitem(last=False)
-    else:
-        templates.move_to_end(key)
+    if client.bare is None:
+        client.bare = OrderedDict()
+    template = _kept(
+        client.bare, key, lambda: BareTemplate(client, method, parsed, headers, timeout)
+    )
     return template.request(parsed), template
 
 
@@ -263,16 +274,11 @@ def json_request(
     if headers is not None and not isinstance(headers, Mapping):
         return client.build_request(method, url, **kwargs), None
     key = (method, url, _timeout_key(timeout), *(headers or {}).items())
-    templates = client.templates
-    if templates is None:
-        templates = client.templates = OrderedDict()
-    template = templates.get(key)
-    if template is None:
-        template = templates[key] = JsonTemplate(client, method, url, headers, timeout)
-        if len(templates) > TEMPLATES_KEPT:
-            templates.popitem(last=False)
-    else:
-        templates.move_to_end(key)
+    if client.templates is None:
+        client.templates = OrderedDict()
+    template = _kept(
+        client.templates, key, lambda: JsonTemplate(client, method, url, headers, timeout)
+    )
     return template.request(kwargs["json"]), template
 
 
