@@ -646,3 +646,12 @@ def test_default_schedule_meets_the_lag_and_load_targets() -> None:
 
     assert statistics.median(lags) <= 0.5
     assert statistics.mean(rates) <= 1.5
+
+
+def test_a_progress_moved_to_another_clock_keeps_the_rest() -> None:
+    """What the pipeline tells the reader: the same progress, with the request's elapsed and
+    expected seconds."""
+    progress = Progress("RUNNING", 1.0, 1, 3, ("t1", "t2"), 4.0, "ModelScope", "position 2")
+    moved = progress.timed(1.5, 4.5)
+    assert moved == Progress("RUNNING", 1.5, 1, 3, ("t1", "t2"), 4.5, "ModelScope", "position 2")
+    assert progress.timed(0.2, None).expected is None

@@ -68,6 +68,20 @@ class Progress:
     #: the provider's own progress words of a running task ("position 3 in the queue")
     detail: str = ""
 
+    def timed(self, elapsed: float, expected: float | None) -> Progress:
+        """This progress with another `elapsed` and `expected` (`replace(self, ...)` made
+        directly: the pipeline moves every progress to its request's clock)."""
+        return Progress(
+            self.state,
+            elapsed,
+            self.done,
+            self.total,
+            self.task_ids,
+            expected,
+            self.where,
+            self.detail,
+        )
+
 
 @dataclass(frozen=True)
 class Result:
