@@ -68,11 +68,9 @@ class Around:
         self.spans: list[Span] = []
 
     def payload(self, data_uri: str) -> str:
-        span = payload(data_uri)
-        if span is None:  # escaped by the encoder
-            return data_uri[data_uri.find(",") + 1 :]
-        self.spans.append(span)
-        return f"{self.mark}{len(self.spans) - 1}\ue000"
+        mark = self._mark(data_uri)
+        # a payload that needs escaping is escaped by the encoder
+        return data_uri[data_uri.find(",") + 1 :] if mark is None else mark
 
     @classmethod
     def of(cls, images: Sequence[str]) -> Around | None:
@@ -82,11 +80,17 @@ class Around:
 
     def uri(self, image: str) -> str:
         """`image` as a text carrying it shows it: a data URI with its payload as the mark
-        (`payload`); a link as it is."""
-        if not image.startswith("data:"):
-            return image
-        start = image.find(",") + 1
-        return f"{image[:start]}{self.payload(image)}" if start else image
+        (`payload`); a link, or a data URI whose payload needs escaping, as it is."""
+        mark = self._mark(image) if image.startswith("data:") else None
+        return image if mark is None else f"{image[: image.find(',') + 1]}{mark}"
+
+    def _mark(self, data_uri: str) -> str | None:
+        """The mark of `data_uri`'s payload, its span kept; None when it needs escaping."""
+        span = payload(data_uri)
+        if span is None:
+            return None
+        self.spans.append(span)
+        return f"{self.mark}{len(self.spans) - 1}\ue000"
 
     def pieces(self, value: Any) -> list[Piece]:
         """The JSON text of `value` as JSONResponse writes it, as pieces: the text between the
