@@ -76,7 +76,10 @@ class Around:
     def of(cls, images: Sequence[str]) -> Around | None:
         """An `Around` for a text that links `images`, or None when none is a data URI (links
         alone: the text is written as it is)."""
-        return cls() if any(image.startswith("data:") for image in images) else None
+        for image in images:  # (a loop: no generator for the one link most answers carry)
+            if image.startswith("data:"):
+                return cls()
+        return None
 
     def uri(self, image: str) -> str:
         """`image` as a text carrying it shows it: a data URI with its payload as the mark
