@@ -139,7 +139,8 @@ def size(pieces: Iterable[Piece]) -> int:
 
 class PiecesResponse(Response):
     """A JSON answer made of pieces: its Content-Length counted first, its body sent a piece
-    (or a STEP of a span) at a time, never joined into one copy."""
+    (or a STEP of a span) at a time, never joined into one copy, the last piece ending the
+    answer (an answer of one piece, links alone, is one message as JSONResponse sends it)."""
 
     media_type = "application/json"
 
@@ -158,8 +159,13 @@ class PiecesResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        for body in encoded(self.pieces):
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        body = b""
+        for piece in encoded(self.pieces):  # each sent once the next is known (the last ends it)
+            if not piece:
+                continue
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            body = piece
+        await send({"type": "http.response.body", "body": body, "more_body": False})
         if self.background is not None:
             await self.background()
