@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from imagegw.errors import ProviderError
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.spans import STEP, Around, PiecesResponse, encoded
+from imagegw.frontends.spans import STEP, Around, PiecesResponse, Span, encoded
 from imagegw.frontends.streaming import (
     DONE,
     Frames,
@@ -374,12 +374,16 @@ def test_a_chunk_s_frame_is_the_chunk_encoded_whole(
 
 def inline_result(payload_lines: bool) -> Result:
     """A result whose first image is a data URI of more than a megabyte of base64 (in lines of
-    76 when `payload_lines`: JSON escapes those), then a link, and a failed task's reason."""
+    76 when `payload_lines`: JSON escapes those), then a link and a small data URI, and a
+    failed task's reason."""
     data = base64.b64encode(random.Random(7).randbytes(900_000)).decode()
     if payload_lines:
         data = "\n".join(data[at : at + 76] for at in range(0, len(data), 76))
     uri = f"data:image/png;base64,{data}"
-    return Result(images=(uri, URLS[0]), failures=('task 3: "bad" \\ ✗',), task_ids=(), elapsed=1)
+    small = f"data:image/jpeg;base64,{base64.b64encode(b'jpeg').decode()}"
+    return Result(
+        images=(uri, URLS[0], small), failures=('task 4: "bad" \\ ✗',), task_ids=(), elapsed=1
+    )
 
 
 @pytest.mark.parametrize("payload_lines", [False, True])
@@ -427,6 +431,8 @@ async def test_an_inline_image_is_answered_as_the_bytes_of_its_whole_json(
 
     # When its answer is written around the payloads
     pieces = around.pieces(completion.message(markdown(result, around)))
+    # (each data URI's payload a span, but one that needs escaping)
+    assert len([piece for piece in pieces if isinstance(piece, Span)]) == 1 + (not payload_lines)
     sent: list[bytes] = []
 
     async def send(message: dict[str, Any]) -> None:
