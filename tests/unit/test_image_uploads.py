@@ -20,7 +20,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import boto3
@@ -36,6 +36,7 @@ from fakes.png import make_png
 from fakes.server import ServerThread
 from imagegw.core.deliver import deliver
 from imagegw.errors import StorageError
+from imagegw.infra.clients import add_transport_layer, remove_transport_layer
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.media import ImageBytes, check_image
@@ -504,3 +505,42 @@ def test_a_check_the_bucket_fails_is_tried_again_then_a_storage_error(
     assert len(fake.gets) == 2 + UPLOAD_TRIES
     assert raised.value.code == "storage_unavailable"
     assert TOKEN not in raised.value.message
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """A transport layer (as X-Ray's in a traced task function) that records each request."""
+
+    seen: ClassVar[list[httpx.Request]] = []
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        Recording.seen.append(request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_check_in_a_traced_function_goes_through_its_transport_layer(
+    make_settings: Callable[..., Settings], bucket: tuple[FakeBucket, str]
+) -> None:
+    # Given a transport layer over every client built (X-Ray's, in a traced task function),
+    # and a bucket that holds one object and not the other
+    fake, url = bucket
+    fake.statuses = [206, 404]
+    store, _ = _store_at(make_settings, url)
+    Recording.seen = []
+    add_transport_layer(Recording)
+    try:
+        # When two links are asked for
+        found, missing = _link(store, "E" * 32 + ".png"), _link(store, "F" * 32 + ".png")
+    finally:
+        remove_transport_layer(Recording)
+
+    # Then the layer saw both checks, each a GET of the first byte by the presigned URL, and
+    # the answers are the same as without it
+    assert found is not None and missing is None
+    assert [(r.method, r.headers["range"]) for r in Recording.seen] == [("GET", "bytes=0-0")] * 2
+    assert str(Recording.seen[0].url) == found
