@@ -7,7 +7,8 @@ not compress, whose base64 is 5.3 MB, in each way a client gets an image's bytes
   `stream: true`, from ModelScope (the result downloaded from the provider's link);
 - `openai-b64`, `openai-b64-stream`: the same from an OpenAI-compatible server that answers
   `b64_json` itself;
-- `chat-inline`: a non-streamed chat completion with IMAGE_LINKS=inline (a data URI).
+- `chat-inline`, `chat-inline-stream`: a chat completion with IMAGE_LINKS=inline (a markdown
+  data URI in its content), in one answer and streamed.
 
 For each: the peak memory one answer adds above the process's resting RSS (the median of 3
 answers' VmHWM, each after `/proc/<pid>/clear_refs` 5, above the lowest RSS seen between them:
@@ -17,7 +18,8 @@ its own, MALLOC_MMAP_THRESHOLD_, so a freed copy leaves the RSS and the peak cou
 alive at once), the process's highest RSS while answering them, and the process's CPU per
 answer over `BENCH_B64_ANSWERS` answers (default 6). Each copy of the base64 is ~5.1 MiB, of
 the image 3.8 MiB.
-Run it by name: `python -m bench b64` (with the local build, `make build-local`).
+Run it by name: `python -m bench b64` (with the local build, `make build-local`);
+`BENCH_B64_CASES` (comma-separated) runs only those cases.
 """
 
 from __future__ import annotations
@@ -68,8 +70,26 @@ CASES: dict[str, tuple[str, str, dict[str, Any], bool, str | None]] = {
         None,
     ),
     "chat-inline": ("", "/v1/chat/completions", chat_body("x", stream=False), False, "inline"),
+    "chat-inline-stream": (
+        "",
+        "/v1/chat/completions",
+        chat_body("x", stream=True),
+        True,
+        "inline",
+    ),
 }
+
+
 OPENAI_KEY = {"Authorization": "Bearer sk-bench"}
+
+
+def _cases() -> list[str]:
+    """The cases to run: BENCH_B64_CASES, else all."""
+    chosen = [c.strip() for c in os.environ.get("BENCH_B64_CASES", "").split(",") if c.strip()]
+    unknown = set(chosen) - set(CASES)
+    if unknown:
+        raise ValueError(f"BENCH_B64_CASES: unknown {sorted(unknown)}; choose from {list(CASES)}")
+    return chosen or list(CASES)
 
 
 @contextlib.contextmanager
@@ -128,7 +148,7 @@ def run() -> Report:
     png = _png_of(IMAGE_BYTES)
     rows = []
     with s3_stand_in() as s3, _providers(png) as providers:
-        for name in CASES:
+        for name in _cases():
             figures = _case(name, providers, s3)
             report.data[name] = figures
             rows.append(

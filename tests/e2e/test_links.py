@@ -4,15 +4,18 @@ provider's own."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
+import fakes.modelscope
 from fakes.modelscope import FakeModelScope
-from fakes.png import png_size
+from fakes.png import noisy_png, png_size
 
 pytestmark = pytest.mark.e2e
 TOKEN = "ms-test-token"
@@ -56,6 +59,41 @@ def test_inline_links_are_png_data_uris(
     link = generate(gateway(image_links="inline"))
     assert link.startswith("data:image/png;base64,")
     assert png_size(base64.b64decode(link.split(",", 1)[1])) == (96, 64)
+
+
+def test_a_large_inline_picture_comes_whole_answered_or_streamed(
+    gateway: Callable[..., str], fake_ms: FakeModelScope, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a provider whose picture does not compress: 1.5 MB, its base64 more than a megabyte
+    big = noisy_png(800, 640)
+    assert len(big) > 1_500_000
+    monkeypatch.setattr(fakes.modelscope, "make_png", lambda *args: big)
+    sdk = openai.OpenAI(
+        base_url=f"{gateway(image_links='inline')}/v1", api_key=TOKEN, max_retries=0
+    )
+    asked: dict[str, Any] = {
+        "model": "Qwen/Qwen-Image",
+        "messages": [{"role": "user", "content": "noise"}],
+    }
+
+    # When it is asked for in one answer and streamed
+    raw = sdk.chat.completions.with_raw_response.create(**asked)
+    chunks = list(sdk.chat.completions.create(**asked, stream=True))
+
+    # Then both hold the picture byte for byte, the answer as long as it says and written as
+    # JSON writes it
+    assert int(raw.headers["content-length"]) == len(raw.content)
+    assert (
+        raw.content
+        == json.dumps(json.loads(raw.content), ensure_ascii=False, separators=(",", ":")).encode()
+    )
+    answered = raw.parse().choices[0].message.content
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    for content in (answered, streamed):
+        match = re.fullmatch(r"!\[image 1\]\(data:image/png;base64,([\w+/=]+)\)", content or "")
+        assert match, (content or "")[:80]
+        assert base64.b64decode(match.group(1)) == big
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_provider_links_are_passed_on(gateway: Callable[..., str], fake_ms: FakeModelScope) -> None:

@@ -158,7 +158,9 @@ class BucketOutage:
     ``head_object``, ``get_object``), for the next ``times`` calls of them (default: all).
     `install` makes every `ImageStore` use it; ``refused`` records each call it failed,
     ``down = False`` ends the outage. An upload (``put_object``: the store's POST of a signed
-    form, not a boto3 call) fails as a refused connection does, once its tries are spent."""
+    form, not a boto3 call) and a check that an object is there (``head_object``: the store's
+    GET of its first byte by a presigned URL) fail as a refused connection does, once their
+    tries are spent."""
 
     def __init__(self, operations: Iterable[str] = ("put_object",), times: int = ALWAYS) -> None:
         self.operations = frozenset(operations)
@@ -192,4 +194,13 @@ class BucketOutage:
 
         if "put_object" in self.operations:
             monkeypatch.setattr(ImageStore, "_put", unreachable)
+        present = ImageStore._present
+
+        async def unanswered(store: ImageStore, url: str) -> bool:
+            if self.take("head_object"):
+                raise httpx.ConnectError("All connection attempts failed")
+            return await present(store, url)
+
+        if "head_object" in self.operations:
+            monkeypatch.setattr(ImageStore, "_present", unanswered)
         return self

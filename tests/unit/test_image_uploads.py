@@ -20,7 +20,8 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -35,6 +36,7 @@ from fakes.png import make_png
 from fakes.server import ServerThread
 from imagegw.core.deliver import deliver
 from imagegw.errors import StorageError
+from imagegw.infra.clients import add_transport_layer, remove_transport_layer
 from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher
 from imagegw.infra.media import ImageBytes, check_image
@@ -131,18 +133,27 @@ def test_a_burst_of_uploads_signs_the_form_once(store: ImageStore) -> None:
 
 
 class FakeBucket:
-    """A bucket on loopback that records each POST's form and answers with `statuses` in turn
-    (then 204)."""
+    """A bucket on loopback that records each POST's form and each GET, and answers with
+    `statuses` in turn (then 204 to a POST, and to a GET 206 with one byte)."""
 
     def __init__(self, statuses: list[int] | None = None) -> None:
         self.statuses = list(statuses or [])
         #: the body of every answer, when set (else S3's: none, or an error's XML)
         self.body: bytes | None = None
         self.forms: list[dict[str, Any]] = []
+        #: each GET's path, query and headers
+        self.gets: list[tuple[str, str, Any]] = []
         self.lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        if request.method == "GET":  # an object's bytes: a presigned GET
+            with self.lock:
+                self.gets.append((request.url.path, request.url.query, request.headers))
+                status = self.statuses.pop(0) if self.statuses else 206
+            body = b"<Error><Code>NoSuchKey</Code></Error>" if status >= 400 else b"\x89"
+            await Response(body, status_code=status)(scope, receive, send)
+            return
         form = await request.form()
         fields: dict[str, Any] = {}
         for name, value in form.multi_items():
@@ -178,6 +189,10 @@ class SigningClient:
         post: dict[str, Any] = self.real.generate_presigned_post(*args, **kwargs)
         self.signatures.append(post["fields"]["x-amz-signature"])
         return {**post, "url": self.url}
+
+    def generate_presigned_url(self, *args: Any, **kwargs: Any) -> str:
+        signed = urlsplit(self.real.generate_presigned_url(*args, **kwargs))
+        return f"{self.url}{signed.path}?{signed.query}"
 
 
 @pytest.fixture
@@ -397,3 +412,135 @@ def test_the_s3_stand_in_keeps_its_connections_alive_as_s3_does(s3_env: dict[str
         assert all(a.headers.get("connection", "").lower() != "close" for a in answers)
         streams = [a.extensions["network_stream"] for a in answers]
         assert len({s.get_extra_info("client_addr")[1] for s in streams}) == 1
+
+
+# ------------------------------------------------------------ is a stored result there?
+
+
+def test_a_lasting_link_is_the_presigned_url_of_a_stored_result_and_none_of_a_missing_one(
+    store: ImageStore,
+) -> None:
+    # Given a stored result (in moto's bucket)
+    given = image(24, 24)
+    (name,) = asyncio.run(_saved(store, [given]))
+
+    async def links() -> tuple[str | None, str | None]:
+        try:
+            return (
+                await store.result_link(name),
+                await store.result_link("A" * 32 + ".png"),
+            )
+        finally:
+            await store.aclose()
+
+    # When its link and the link of a name never stored are asked for
+    found, missing = asyncio.run(links())
+
+    # Then the first is a presigned URL that serves the image whole, the second none
+    assert found is not None and httpx.get(found, timeout=30).content == given.data
+    assert missing is None
+
+
+def _link(store: ImageStore, name: str) -> str | None:
+    async def ask() -> str | None:
+        try:
+            return await store.result_link(name)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(ask())
+
+
+def test_a_stored_result_is_checked_with_its_own_link_for_one_byte(
+    make_settings: Callable[..., Settings], bucket: tuple[FakeBucket, str]
+) -> None:
+    # Given a bucket that holds the object
+    fake, url = bucket
+    store, _ = _store_at(make_settings, url)
+    name = "B" * 32 + ".png"
+
+    # When the lasting link of a result is asked for
+    link = _link(store, name)
+
+    # Then the bucket was asked once, by the presigned URL handed out, for the first byte only
+    assert link is not None
+    ((path, query, headers),) = fake.gets
+    assert path == urlsplit(link).path and path.endswith(RESULTS + name)
+    assert query == urlsplit(link).query and "X-Amz-Signature=" in query
+    assert headers["range"] == "bytes=0-0"
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_a_result_the_bucket_does_not_hold_has_no_link(
+    make_settings: Callable[..., Settings], bucket: tuple[FakeBucket, str], status: int
+) -> None:
+    # Given a bucket that answers the check as S3 answers for a missing key (404 to a caller
+    # that may list the prefix, else 403)
+    fake, url = bucket
+    fake.statuses = [status]
+    store, _ = _store_at(make_settings, url)
+
+    # When the lasting link is asked for / Then there is none (the route's 404), asked once
+    assert _link(store, "C" * 32 + ".png") is None
+    assert len(fake.gets) == 1
+
+
+def test_a_check_the_bucket_fails_is_tried_again_then_a_storage_error(
+    make_settings: Callable[..., Settings], bucket: tuple[FakeBucket, str]
+) -> None:
+    # Given a bucket that fails once, then always
+    fake, url = bucket
+    fake.statuses = [503]
+    store, _ = _store_at(make_settings, url)
+
+    # When a link is asked for / Then the second try found the object
+    assert _link(store, "D" * 32 + ".png") is not None
+    assert len(fake.gets) == 2
+
+    fake.statuses = [503] * UPLOAD_TRIES
+    with pytest.raises(StorageError) as raised:
+        _link(store, "D" * 32 + ".png")
+
+    # and a bucket failing every try is a retryable storage error naming no secret
+    assert len(fake.gets) == 2 + UPLOAD_TRIES
+    assert raised.value.code == "storage_unavailable"
+    assert TOKEN not in raised.value.message
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """A transport layer (as X-Ray's in a traced task function) that records each request."""
+
+    seen: ClassVar[list[httpx.Request]] = []
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        Recording.seen.append(request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_check_in_a_traced_function_goes_through_its_transport_layer(
+    make_settings: Callable[..., Settings], bucket: tuple[FakeBucket, str]
+) -> None:
+    # Given a transport layer over every client built (X-Ray's, in a traced task function),
+    # and a bucket that holds one object and not the other
+    fake, url = bucket
+    fake.statuses = [206, 404]
+    store, _ = _store_at(make_settings, url)
+    Recording.seen = []
+    add_transport_layer(Recording)
+    try:
+        # When two links are asked for
+        found, missing = _link(store, "E" * 32 + ".png"), _link(store, "F" * 32 + ".png")
+    finally:
+        remove_transport_layer(Recording)
+
+    # Then the layer saw both checks, each a GET of the first byte by the presigned URL, and
+    # the answers are the same as without it
+    assert found is not None and missing is None
+    assert [(r.method, r.headers["range"]) for r in Recording.seen] == [("GET", "bytes=0-0")] * 2
+    assert str(Recording.seen[0].url) == found

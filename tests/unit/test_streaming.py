@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from starlette.responses import JSONResponse
 
 from imagegw.errors import ProviderError
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
+from imagegw.frontends.spans import STEP, Around, PiecesResponse, Span, encoded
 from imagegw.frontends.streaming import (
     DONE,
     Frames,
@@ -366,3 +370,76 @@ def test_a_chunk_s_frame_is_the_chunk_encoded_whole(
     frame = Frames(completion).chunk(delta, finish_reason)
     assert frame == sse(completion.chunk(delta, finish_reason))  # type: ignore[arg-type]
     assert json.loads(frame.removeprefix("data: "))["choices"][0]["delta"] == delta
+
+
+def inline_result(payload_lines: bool) -> Result:
+    """A result whose first image is a data URI of more than a megabyte of base64 (in lines of
+    76 when `payload_lines`: JSON escapes those), then a link and a small data URI, and a
+    failed task's reason."""
+    data = base64.b64encode(random.Random(7).randbytes(900_000)).decode()
+    if payload_lines:
+        data = "\n".join(data[at : at + 76] for at in range(0, len(data), 76))
+    uri = f"data:image/png;base64,{data}"
+    small = f"data:image/jpeg;base64,{base64.b64encode(b'jpeg').decode()}"
+    return Result(
+        images=(uri, URLS[0], small), failures=('task 4: "bad" \\ ✗',), task_ids=(), elapsed=1
+    )
+
+
+@pytest.mark.parametrize("payload_lines", [False, True])
+async def test_an_inline_image_streams_as_the_bytes_of_its_whole_frame(payload_lines: bool) -> None:
+    # Given a result with an image as a data URI (IMAGE_LINKS=inline), the run over
+    result = inline_result(payload_lines)
+    completion = Completion(MODEL)
+
+    # When it is streamed
+    chunks = [
+        chunk
+        async for chunk in chat_stream(
+            scripted([result]), completion, include_usage=True, keepalive_interval=5.0
+        )
+    ]
+
+    # Then the client reads the bytes of the frames encoded whole
+    frames = Frames(completion)
+    whole = (
+        frames.chunk({"role": "assistant", "content": ""})
+        + frames.chunk({"content": markdown(result)})
+        + frames.chunk({}, "stop")
+        + sse(completion.usage_chunk())
+        + DONE
+    )
+    body = b"".join(chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in chunks)
+    assert body == whole.encode()
+    # And a plain payload is sent a megabyte at a time, never as one piece with its frame
+    if not payload_lines:
+        assert len(chunks) > 3
+        assert max(len(chunk) for chunk in chunks) <= STEP
+    # And the answer ends with its last piece, in the same write
+    assert isinstance(chunks[-1], LastChunk) and chunks[-1].endswith(DONE)
+
+
+@pytest.mark.parametrize("payload_lines", [False, True])
+async def test_an_inline_image_is_answered_as_the_bytes_of_its_whole_json(
+    payload_lines: bool,
+) -> None:
+    # Given a result with an image as a data URI, answered in one JSON (not streamed)
+    result = inline_result(payload_lines)
+    completion = Completion(MODEL)
+    around = Around.of(result.images)
+    assert around is not None and Around.of(URLS) is None  # links alone: nothing written around
+
+    # When its answer is written around the payloads
+    pieces = around.pieces(completion.message(markdown(result, around)))
+    # (each data URI's payload a span, but one that needs escaping)
+    assert len([piece for piece in pieces if isinstance(piece, Span)]) == 1 + (not payload_lines)
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+
+    await PiecesResponse(pieces)({"type": "http"}, None, send)  # type: ignore[arg-type]
+
+    # Then it is the bytes JSONResponse writes for the whole answer
+    assert b"".join(sent) == JSONResponse(completion.message(markdown(result))).body
+    assert b"".join(encoded(pieces)) == b"".join(sent)

@@ -23,6 +23,8 @@ from starlette.types import Receive, Scope, Send
 
 #: characters of a payload encoded (and sent) at a time
 STEP: Final = 1 << 20
+#: ASCII characters JSON escapes that a payload is looked for (each a fast scan)
+_ESCAPED: Final = ('"', "\\", "\n", "\r", "\t")
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,14 @@ Piece = str | Span
 
 def payload(data_uri: str) -> Span | None:
     """The payload of `data_uri` (after its comma) as a span, or None when it could not go
-    into a JSON string as it is (a quote, a backslash, or any character beyond ASCII)."""
+    into a JSON string as it is (a quote, a backslash, a line break or tab, or any character
+    beyond ASCII; other control characters never get here: a delivered data URI's payload was
+    decoded strictly or encoded by the gateway, and scanning a few megabytes for them would
+    cost milliseconds)."""
     start = data_uri.find(",") + 1
     if not (start and data_uri.isascii()):
         return None
-    if data_uri.find('"', start) >= 0 or data_uri.find("\\", start) >= 0:
+    if any(data_uri.find(char, start) >= 0 for char in _ESCAPED):
         return None
     return Span(data_uri, start)
 
@@ -63,16 +68,45 @@ class Around:
         self.spans: list[Span] = []
 
     def payload(self, data_uri: str) -> str:
+        mark = self._mark(data_uri)
+        # a payload that needs escaping is escaped by the encoder
+        return data_uri[data_uri.find(",") + 1 :] if mark is None else mark
+
+    @classmethod
+    def of(cls, images: Sequence[str]) -> Around | None:
+        """An `Around` for a text that links `images`, or None when none is a data URI (links
+        alone: the text is written as it is)."""
+        for image in images:  # (a loop: no generator for the one link most answers carry)
+            if image.startswith("data:"):
+                return cls()
+        return None
+
+    def uri(self, image: str) -> str:
+        """`image` as a text carrying it shows it: a data URI with its payload as the mark
+        (`payload`); a link, or a data URI whose payload needs escaping, as it is."""
+        mark = self._mark(image) if image.startswith("data:") else None
+        return image if mark is None else f"{image[: image.find(',') + 1]}{mark}"
+
+    def _mark(self, data_uri: str) -> str | None:
+        """The mark of `data_uri`'s payload, its span kept; None when it needs escaping."""
         span = payload(data_uri)
-        if span is None:  # escaped by the encoder
-            return data_uri[data_uri.find(",") + 1 :]
+        if span is None:
+            return None
         self.spans.append(span)
         return f"{self.mark}{len(self.spans) - 1}\ue000"
 
     def pieces(self, value: Any) -> list[Piece]:
         """The JSON text of `value` as JSONResponse writes it, as pieces: the text between the
         payloads, and each payload's span."""
-        rest = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return self.cut(
+            json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        )
+
+    def cut(self, text: str) -> list[Piece]:
+        """`text`, which holds each mark once, in order (a JSON text of a value holding them,
+        and what comes with it), as pieces: the text between the payloads, and each payload's
+        span. The last piece is text."""
+        rest = text
         pieces: list[Piece] = []
         for index, span in enumerate(self.spans):
             before, found, rest = rest.partition(f"{self.mark}{index}\ue000")
@@ -105,7 +139,8 @@ def size(pieces: Iterable[Piece]) -> int:
 
 class PiecesResponse(Response):
     """A JSON answer made of pieces: its Content-Length counted first, its body sent a piece
-    (or a STEP of a span) at a time, never joined into one copy."""
+    (or a STEP of a span) at a time, never joined into one copy, the last piece ending the
+    answer (an answer of one piece, links alone, is one message as JSONResponse sends it)."""
 
     media_type = "application/json"
 
@@ -124,8 +159,13 @@ class PiecesResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        for body in encoded(self.pieces):
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        body = b""
+        for piece in encoded(self.pieces):  # each sent once the next is known (the last ends it)
+            if not piece:
+                continue
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            body = piece
+        await send({"type": "http.response.body", "body": body, "more_body": False})
         if self.background is not None:
             await self.background()

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
+from imagegw.frontends.spans import Around, encoded
 from imagegw.infra import apimetrics
 from imagegw.infra.jsontext import encoder_of
 from imagegw.infra.log import logger
@@ -54,13 +55,19 @@ class Frames:
         return f'{self.head}{_encode(delta)},"finish_reason":{_encode(finish_reason)}}}]}}\n\n'
 
 
-def markdown(result: Result) -> str:
-    """One markdown image per line, then a line per failed task (when some succeeded)."""
-    return markdown_of(result.images, result.failures)
+def markdown(result: Result, around: Around | None = None) -> str:
+    """One markdown image per line, then a line per failed task (when some succeeded); with
+    `around`, each data URI's payload is its mark (`Around.uri`: the answer is written around
+    the payloads, `imagegw.frontends.spans`)."""
+    return markdown_of(result.images, result.failures, around)
 
 
-def markdown_of(images: Sequence[str], failures: Sequence[str] = ()) -> str:
+def markdown_of(
+    images: Sequence[str], failures: Sequence[str] = (), around: Around | None = None
+) -> str:
     """`markdown` of links and reasons (a durable chat job's answer is built from its output)."""
+    if around is not None:
+        images = [around.uri(image) for image in images]
     lines = [f"![image {i}]({url})" for i, url in enumerate(images, 1)]
     lines += [f"> {reason}" for reason in failures]
     return "\n".join(lines)
@@ -234,7 +241,7 @@ async def chat_stream(
     include_usage: bool,
     keepalive_interval: float,
     intro: str = "",
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     """The SSE body of a streamed chat completion. Frames that go out together are one chunk
     (one write to the socket): the role and the intro; the images, the stop, the usage and
     [DONE], sent as soon as the result is known. The answer ends once the events have: the
@@ -268,7 +275,15 @@ async def chat_stream(
                     yield frames.chunk({"reasoning_content": text})
             else:
                 closed = True
-                final = frames.chunk({"content": markdown(event)}) + closing()
+                # images as data URIs (IMAGE_LINKS=inline): the frame written around their
+                # payloads, sent a megabyte at a time (`imagegw.frontends.spans`), not copied
+                around = Around.of(event.images)
+                final = frames.chunk({"content": markdown(event, around)}) + closing()
+                if around is not None:
+                    *pieces, rest = around.cut(final)
+                    for piece in encoded(pieces):
+                        yield piece
+                    final = str(rest)  # (`cut` ends with text)
                 yield LastChunk(final) if ended.last else final
     except Exception as exc:
         if not isinstance(exc, GatewayError):

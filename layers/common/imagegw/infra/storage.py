@@ -9,9 +9,14 @@ multipart POST of those signed fields, its key and its bytes through a pooled co
 cost about 2.5 ms of CPU an image (issue 25). The policy is signed again before it expires and
 after a 403 (rotated credentials); IAM-wise a POST is `s3:PutObject`, as `put_object` was.
 
-The other calls (HEAD, GET, presigning) are boto3's: synchronous, so they run in a worker thread.
+Whether a stored object is there (the lasting link `GET /v1/files/{name}`, an input image that
+is one of the gateway's links) is asked with the presigned URL the caller gets anyway: a GET of
+its first byte through the same pooled connections (`_present`), not a boto3 HeadObject in a
+worker thread (its request pipeline: about 2 ms of CPU, and a second thread hop).
+
+The other calls (GET, presigning) are boto3's: synchronous, so they run in a worker thread.
 The client is created on first use, so importing this module does no work and tests can point
-it at moto (a moto *server*, for uploads: they do not go through botocore).
+it at moto (a moto *server*, for uploads and checks: they do not go through botocore).
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ T = TypeVar("T")
 _HOLDING: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar(
     "imagegw_upload_turn", default=False
 )
-#: S3 error codes of a HeadObject on a key that is not there
-_MISSING = frozenset({"404", "NoSuchKey", "403", "AccessDenied"})
+#: S3's statuses to a GET of the first byte of an object (`ImageStore._present`): there (a
+#: range, the whole, or the range of an empty object), and not there
+_PRESENT: Final = frozenset({200, 206, 416})
+_MISSING: Final = frozenset({403, 404})
 
 UPLOADS = "uploads/"
 RESULTS = "images/"
@@ -282,12 +289,11 @@ class ImageStore:
         from imagegw.infra.http11 import FramedRequest
 
         chunks, length = self._body(form, key, image)
-        pooled, outer = transports
-        if outer is pooled:
-            # nothing observes the pool: httpcore's request straight to it (the form's URL
-            # parsed and its head made when it was signed, the chunks written as they are by
-            # the pool's lean connections), and S3's answer read for its status only
-            core = FramedRequest(
+
+        def framed() -> httpcore.Request:
+            # the form's URL parsed and its head made when it was signed, the chunks written
+            # as they are by the pool's lean connections
+            return FramedRequest(
                 b"POST",
                 form.target,
                 head=form.head + b"Content-Length: %d\r\n\r\n" % length,
@@ -295,33 +301,25 @@ class ImageStore:
                 content=chunks,
                 extensions=_UPLOAD_EXTENSIONS,
             )
-            return await pooled.status_of(core, limit=_ANSWER_LIMIT, too_large=_too_large)
 
-        async def body() -> AsyncIterator[bytes]:
-            for chunk in chunks:
-                yield chunk
+        def layered() -> httpx.Request:
+            async def body() -> AsyncIterator[bytes]:
+                for chunk in chunks:
+                    yield chunk
 
-        request = httpx.Request(
-            "POST",
-            form.url,
-            headers=[
-                (b"Host", form.host),
-                (b"Content-Type", self._form_type),
-                (b"Content-Length", b"%d" % length),
-            ],
-            content=body(),
-            extensions={"timeout": UPLOAD_TIMEOUT},
-        )
-        response = await outer.handle_async_request(request)
-        try:
-            size = 0
-            async for chunk in response.aiter_raw():  # read, so the connection is kept
-                size += len(chunk)
-                if size > _ANSWER_LIMIT:
-                    raise _too_large()
-        finally:
-            await response.aclose()
-        return response.status_code
+            return httpx.Request(
+                "POST",
+                form.url,
+                headers=[
+                    (b"Host", form.host),
+                    (b"Content-Type", self._form_type),
+                    (b"Content-Length", b"%d" % length),
+                ],
+                content=body(),
+                extensions={"timeout": UPLOAD_TIMEOUT},
+            )
+
+        return await _status(transports, framed, layered)
 
     def turn(self) -> _Turn:
         """One of the running loop's upload turns, held for the duration (`async with`): the
@@ -426,24 +424,68 @@ class ImageStore:
             ) from None
         return name
 
-    def _exists(self, key: str) -> bool:
-        try:
-            self.s3.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
+    async def _present(self, url: str) -> bool:
+        """Whether the object behind `url`, a presigned GET, is in the bucket: a GET of its
+        first byte (`Range: bytes=0-0`) through the loop's pooled connections, no worker thread
+        nor boto3 request (a HEAD cannot use a URL signed for GET; S3 signs no Range header in
+        it, so the URL serves a range as it serves the whole). Tried again after a connection
+        failure or a 5xx; another answer than a range, the whole, an unsatisfiable range (an
+        empty object) or a missing key raises `BucketRefused`."""
+        import httpcore
+        import httpx
+
+        from imagegw.infra.transport import core_url
+
+        target = httpx.URL(url)
+        headers = [(b"Host", target.netloc), (b"Range", b"bytes=0-0")]
+
+        def plain() -> httpcore.Request:
+            return httpcore.Request(
+                b"GET", core_url(target), headers=headers, extensions=_UPLOAD_EXTENSIONS
+            )
+
+        def layered() -> httpx.Request:
+            return httpx.Request(
+                "GET", target, headers=headers, extensions={"timeout": UPLOAD_TIMEOUT}
+            )
+
+        pooled, outer, _ = self._transport()
+        for attempt in range(1, UPLOAD_TRIES + 1):
+            try:
+                status = await _status((pooled, outer), plain, layered)
+            except httpx.TransportError:
+                if attempt == UPLOAD_TRIES:
+                    raise
+                continue
+            if status in _PRESENT:
+                return True
             # S3 answers a missing key with 404 only to callers that may list its prefix
             # (template: ListBucket with an s3:prefix condition); the function may read every
             # key it asks about, so a 403 here means missing too
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in _MISSING:
+            if status in _MISSING:
                 return False
-            raise
-        return True
+            if status < 500 or attempt == UPLOAD_TRIES:
+                raise BucketRefused(f"HTTP {status}")
+        raise BucketRefused("no try left")
+
+    async def _checked_link(self, key: str, ttl: int | None = None) -> str | None:
+        """A fresh presigned GET of `key`, or None when there is no such object (`_present`
+        asks the bucket with that very URL); a bucket that cannot tell is a `StorageError`."""
+        url = await self.presign(key, ttl)
+        try:
+            present = await self._present(url)
+        except Exception as exc:
+            raise StorageError(
+                f"The bucket could not be reached (head: {type(exc).__name__}); try again.",
+                code="storage_unavailable",
+            ) from None
+        return url if present else None
 
     async def result_link(self, name: str, ttl: int | None = None) -> str | None:
         """A fresh presigned URL of a stored result, or None when there is no such result."""
-        key = RESULTS + name
-        if not is_file_name(name) or not await self._run("head", self._exists, key):
+        if not is_file_name(name):
             return None
-        return await self.presign(key, ttl)
+        return await self._checked_link(RESULTS + name, ttl)
 
     async def own_result(self, url: str) -> tuple[str, str] | None:
         """When `url` is a lasting link this gateway gave (`.../v1/files/{name}`) to a result
@@ -501,7 +543,7 @@ class ImageStore:
         if name is None or not self.settings.bucket:
             return Placed(url=item)
         key = RESULTS + name
-        stored: bool = await self._run("head", self._exists, key)
+        stored = await self._checked_link(key) is not None
         return Placed(key=key) if stored else Placed(url=item)
 
     async def open(self, placed: Placed) -> InputImage:
@@ -525,6 +567,31 @@ class ImageStore:
             return await self.open(await self.place(item))
 
         return tuple(await asyncio.gather(*(one(item) for item in inputs)))
+
+
+async def _status(
+    transports: tuple[PooledTransport, httpx.AsyncBaseTransport],
+    plain: Callable[[], httpcore.Request],
+    layered: Callable[[], httpx.Request],
+) -> int:
+    """The bucket's status to one request through `transports` (the loop's pool, and the same
+    in its layers), its answer read (no further than _ANSWER_LIMIT) and dropped, so the
+    connection is kept. When nothing observes the pool, `plain()` goes straight to it as
+    httpcore's request: no httpx request or response is made; else `layered()` goes through
+    the layers."""
+    pooled, outer = transports
+    if outer is pooled:
+        return await pooled.status_of(plain(), limit=_ANSWER_LIMIT, too_large=_too_large)
+    response = await outer.handle_async_request(layered())
+    try:
+        size = 0
+        async for chunk in response.aiter_raw():  # read, so the connection is kept
+            size += len(chunk)
+            if size > _ANSWER_LIMIT:
+                raise _too_large()
+    finally:
+        await response.aclose()
+    return response.status_code
 
 
 class _Turn:

@@ -28,6 +28,7 @@ from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.schemas import ChatRequest, Completion, read
+from imagegw.frontends.spans import Around, PiecesResponse
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import authorize, client_budget, header, public_base_url, read_json
@@ -144,7 +145,7 @@ async def _completion(
     inputs: Sequence[str | ImageBytes],
     base_url: str,
     headers: dict[str, str],
-) -> JSONResponse:
+) -> Response:
     """The non-streamed answer: one `chat.completion` once the images are made, before the
     client's timer runs out; a repeat of a request that just failed after paid work is
     answered from its tasks (`imagegw.frontends.replays`)."""
@@ -165,5 +166,8 @@ async def _completion(
         metered_events = attempt.watch(metered(events, reservation))
         result = await unless_disconnected(request, collect(metered_events))
     completion = Completion(job.model)
-    answer = completion.message(markdown(result))
+    around = Around.of(result.images)  # data URIs (IMAGE_LINKS=inline): written around
+    answer = completion.message(markdown(result, around))
+    if around is not None:
+        return PiecesResponse(around.pieces(answer), headers={**headers, **attempt.headers})
     return JSONResponse(answer, headers={**headers, **attempt.headers})
