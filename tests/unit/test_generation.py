@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -567,16 +568,28 @@ async def test_the_result_is_not_held_up_by_recording_the_run_time() -> None:
     assert [e.samples for e in estimates.learned.values()] == [1]
 
 
-async def test_a_run_time_that_cannot_be_recorded_loses_the_sample_not_the_result() -> None:
+@pytest.mark.parametrize("failing", ["at once", "after a wait"])
+async def test_a_run_time_that_cannot_be_recorded_loses_the_sample_not_the_result(
+    failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
     estimates = SharedLike(record_error=RuntimeError("table gone"))
     estimates.answer_lookups.set()
-    estimates.finish_records.set()
+    if failing == "at once":  # failed before the run's end, or failing as it ends
+        estimates.finish_records.set()
     provider = Scripted(FAST, [[Finished((img(0),))]])
 
-    events = await events_of_with(provider, estimates)
+    with caplog.at_level(logging.WARNING):
+        events = generate(provider, job(), FAST, estimates=estimates)
+        async with asyncio.timeout(10):
+            seen = [event async for event in _until_result(events)]
+            estimates.finish_records.set()
+            with pytest.raises(StopAsyncIteration):
+                await anext(events)
 
-    assert isinstance(events[-1], Result) and events[-1].images == (img(0),)
+    assert isinstance(seen[-1], Result) and seen[-1].images == (img(0),)
     assert estimates.learned == {}
+    [warning] = [r for r in caplog.records if r.getMessage() == "run time not learned"]
+    assert warning.error == "RuntimeError"  # type: ignore[attr-defined]
 
 
 async def test_the_run_time_is_looked_up_while_the_calls_start() -> None:
@@ -646,3 +659,12 @@ def test_default_schedule_meets_the_lag_and_load_targets() -> None:
 
     assert statistics.median(lags) <= 0.5
     assert statistics.mean(rates) <= 1.5
+
+
+def test_a_progress_moved_to_another_clock_keeps_the_rest() -> None:
+    """What the pipeline tells the reader: the same progress, with the request's elapsed and
+    expected seconds."""
+    progress = Progress("RUNNING", 1.0, 1, 3, ("t1", "t2"), 4.0, "ModelScope", "position 2")
+    moved = progress.timed(1.5, 4.5)
+    assert moved == Progress("RUNNING", 1.5, 1, 3, ("t1", "t2"), 4.5, "ModelScope", "position 2")
+    assert progress.timed(0.2, None).expected is None

@@ -288,3 +288,47 @@ def test_a_provider_reads_its_own_size_and_steps(
     work = provider(Settings(), None).workload(options)  # type: ignore[arg-type]
 
     assert work == Workload(pixels=1024 * 1024, steps=steps)
+
+
+def test_an_answer_changes_only_its_own_fields_of_a_task() -> None:
+    """Each usable answer sets what it says, clears the failed polls, and keeps the rest of
+    the task (its timing, what earlier answers said), whatever came before it."""
+    error = ProviderError("the task failed", code="provider_error")
+    poll_error = TransientProviderError("no answer")
+    timing = Timing(submitted=1.0, polls=2, running_seen=1.5)
+    book: Book[str] = Book.of(2).apply(1, Submitted("t1")).timed(1, timing)
+    book = book.apply(1, Working("QUEUED", "position 3")).poll_failed(1, poll_error)
+    assert book.tasks[1].failures == 1 and book.tasks[1].last_error is poll_error
+
+    working = book.apply(1, Working("RUNNING", "half way")).tasks[1]
+    assert (working.task_id, working.state, working.detail) == ("t1", "RUNNING", "half way")
+    assert (working.failures, working.last_error, working.timing) == (0, None, timing)
+    assert (working.images, working.error) == ((), None)
+
+    made = book.apply(1, Made(("https://x/a.png",))).tasks[1]
+    assert (made.task_id, made.state, made.detail) == ("t1", "SUCCEED", "position 3")
+    assert (made.images, made.error, made.failures, made.last_error) == (
+        ("https://x/a.png",),
+        None,
+        0,
+        None,
+    )
+    assert made.timing == timing and made.ended
+
+    broke = book.apply(1, Broke(error)).tasks[1]
+    assert (broke.task_id, broke.state, broke.images, broke.error) == ("t1", "FAILED", (), error)
+    assert (broke.detail, broke.failures, broke.last_error, broke.timing) == (
+        "position 3",
+        0,
+        None,
+        timing,
+    )
+
+    again = book.apply(1, Submitted("t2")).tasks[1]
+    assert (again.task_id, again.state, again.detail, again.timing) == (
+        "t2",
+        "SUBMITTED",
+        "position 3",
+        timing,
+    )
+    assert book.tasks[0] == Book.of(1).tasks[0]  # the other task untouched

@@ -73,6 +73,20 @@ class Task(Generic[Image]):
         return self.task_id is not None and not self.ended
 
 
+def _answered(
+    task: Task[Image],
+    state: str,
+    task_id: str | None,
+    detail: str,
+    images: tuple[Image, ...],
+    error: GatewayError | None,
+) -> Task[Image]:
+    """`task` after a usable answer (`Book.apply`): these fields as given, no failed poll
+    counted, its timing kept (`replace(task, failures=0, last_error=None, ...)`, made directly
+    at every answer that changes something)."""
+    return Task(task_id, state, detail, images, error, 0, None, task.timing)
+
+
 #: what an answer meant (`imagegw.core.advance.advance`), its images as the runner holds them
 Outcome = Submitted | Working | Made[Image] | Broke
 
@@ -113,16 +127,16 @@ class Book(Generic[Image]):
         if self.keeps(index, outcome):
             return self
         task, state = self.tasks[index], outcome.state
-        if isinstance(outcome, Submitted):  # (one `replace` an answer: it was most of this)
-            task = replace(task, failures=0, last_error=None, task_id=outcome.task_id, state=state)
+        # made directly (`_answered`): `dataclasses.replace` walks every field, and it was
+        # most of an answer's cost
+        if isinstance(outcome, Submitted):
+            task = _answered(task, state, outcome.task_id, task.detail, task.images, task.error)
         elif isinstance(outcome, Working):
-            task = replace(task, failures=0, last_error=None, state=state, detail=outcome.detail)
+            task = _answered(task, state, task.task_id, outcome.detail, task.images, task.error)
         elif isinstance(outcome, Made):
-            task = replace(task, failures=0, last_error=None, state=state, images=outcome.images)
+            task = _answered(task, state, task.task_id, task.detail, outcome.images, task.error)
         else:
-            task = replace(
-                task, failures=0, last_error=None, state=state, error=outcome.error, images=()
-            )
+            task = _answered(task, state, task.task_id, task.detail, (), outcome.error)
         return self._with(index, task)
 
     def keeps(self, index: int, outcome: Outcome[Image]) -> bool:

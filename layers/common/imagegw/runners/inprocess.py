@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from imagegw.access import lease
 from imagegw.core.advance import advance, start_leased
@@ -68,6 +69,20 @@ class Progress:
     #: the provider's own progress words of a running task ("position 3 in the queue")
     detail: str = ""
 
+    def timed(self, elapsed: float, expected: float | None) -> Progress:
+        """This progress with another `elapsed` and `expected` (`replace(self, ...)` made
+        directly: the pipeline moves every progress to its request's clock)."""
+        return Progress(
+            self.state,
+            elapsed,
+            self.done,
+            self.total,
+            self.task_ids,
+            expected,
+            self.where,
+            self.detail,
+        )
+
 
 @dataclass(frozen=True)
 class Result:
@@ -80,6 +95,23 @@ class Result:
 
 
 Event = Progress | Result
+
+
+async def _joined(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """`asyncio.gather(*tasks, return_exceptions=True)`: each task's result, or its exception
+    (a cancelled one's `CancelledError`), every exception seen. When every task is done
+    already (a run's pollers at its end, its records made in memory), without gather's future
+    and the turn of the event loop it waits for its children's callbacks."""
+    if not all(task.done() for task in tasks):
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    outcomes: list[Any] = []
+    for task in tasks:
+        if task.cancelled():
+            outcomes.append(asyncio.CancelledError())
+        else:
+            error = task.exception()
+            outcomes.append(task.result() if error is None else error)
+    return outcomes
 
 
 @dataclass
@@ -226,7 +258,7 @@ class _Run:
         if cancel:
             for task in learning:
                 task.cancel()
-        for outcome in await asyncio.gather(*learning, return_exceptions=True):
+        for outcome in await _joined(learning):
             if isinstance(outcome, Exception):
                 logger.warning("run time not learned", extra={"error": type(outcome).__name__})
 
@@ -393,7 +425,7 @@ class _Run:
             for poller in pollers:
                 poller.cancel()
             if pollers:
-                await asyncio.gather(*pollers, return_exceptions=True)
+                await _joined(pollers)
 
     def result(self) -> Result:
         """The result (images in the order of the calls), or the job's one error when none

@@ -82,7 +82,7 @@ async def events(
                     elapsed = time.monotonic() - began
                     shift = elapsed - event.elapsed
                     expected = None if event.expected is None else event.expected + shift
-                    event = replace(event, elapsed=elapsed, expected=expected)
+                    event = event.timed(elapsed, expected)
                     if event.state == SUCCEEDED and event.done == event.total:
                         # the result comes next: this is told only if its delivery saves
                         ended = event
