@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from fakes.modelscope import FakeModelScope
 from fakes.webhook_receiver import WebhookReceiver
 from imagegw.core.estimates import MemoryEstimates
 from imagegw.core.webhooks import caller_secret
+from imagegw.frontends import batch_steps
 from imagegw.frontends.batches import Batches
 from imagegw.frontends.local import BATCH_ASL_FILE, state_machine_definition
 from imagegw.frontends.routes.files import file_object, new_file_id
@@ -92,6 +94,11 @@ class Run:
 
     def get(self, batch_id: str) -> dict[str, Any]:
         return anyio.run(self.batches.get, OWNER, batch_id)
+
+    def content(self, file_id: str) -> str:
+        data = anyio.run(self.store.file_content, OWNER, file_id)
+        assert data is not None, f"no file {file_id}"
+        return data.decode()
 
     def entered(self, batch_id: str) -> list[str]:
         return [
@@ -174,6 +181,47 @@ def test_a_batch_that_fails_validation_posts_batch_failed_and_submits_nothing(
     assert batch["webhook"] == {"status": "delivered", "attempts": 1, "last_status_code": 200}
     assert fake_ms.submissions == []
     assert batches.entered(created["id"]) == ["Validate", "Valid", "NotifyInvalid", "Invalid"]
+
+
+def test_a_batch_whose_window_passed_before_its_items_ran_ends_expired_submitting_nothing(
+    run: Callable[[], Run],
+    hooked: tuple[World, str],
+    receiver: tuple[WebhookReceiver, str],
+    fake_ms: FakeModelScope,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, deployment = hooked
+    app, url = receiver
+    batches = run()
+    # Given a batch of 2 requests made with a webhook_url, whose 24-h completion window has
+    # passed by the time its steps run (the steps' clock 25 h on)
+    created = batches.start([line("a", "a cat"), line("b", "a dog")], url)
+    later = time.time() + 25 * 3600
+    monkeypatch.setattr(batch_steps, "time", SimpleNamespace(time=lambda: later))
+    # When it runs to its end
+    assert batches.wait(created["id"]) == "SUCCEEDED"
+    # Then nothing was submitted, and the batch ended expired with each request in its error
+    # file as batch_expired, as OpenAI's Batch API reports requests its window left unrun
+    # (counted neither completed nor failed: they did not run)
+    assert fake_ms.submissions == []
+    batch = batches.get(created["id"])
+    assert batch["status"] == "expired" and batch["expired_at"] is not None
+    assert batch["completed_at"] is None
+    assert batch["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
+    assert batch["output_file_id"] is None and batch["error_file_id"] is not None
+    errors = [json.loads(row) for row in batches.content(batch["error_file_id"]).splitlines()]
+    assert sorted(row["custom_id"] for row in errors) == ["a", "b"]
+    assert {row["error"]["code"] for row in errors} == {"batch_expired"}
+    # And its webhook_url got one signed batch.expired
+    (delivery,) = app.wait_for(1)
+    event = verified(delivery, caller_secret(deployment, OWNER))
+    assert event["type"] == "batch.expired" and event["data"] == {"id": created["id"]}
+    # And the log line of its end counts the same
+    ended = [vars(r) for r in caplog.records if r.getMessage() == "batch ended"]
+    assert [(e["status"], e["completed"], e["failed"], e["not_submitted"]) for e in ended] == [
+        ("expired", 0, 0, 2)
+    ]
 
 
 def test_a_batch_without_a_webhook_url_ends_without_a_notify_state(

@@ -382,6 +382,9 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     output_id = await _save(store, owner, f"{batch_id}_output.jsonl", done)
     error_id = await _save(store, owner, f"{batch_id}_error.jsonl", failed)
     status = "cancelled" if cancelled else "expired" if expired else "completed"
+    # the error file holds the failed items and those not submitted (cancelled or expired),
+    # which `request_counts` counts as neither completed nor failed
+    failures = sum(1 for key in names if key.endswith(FAILED))
     end = {
         "status": status,
         "finalizing_at": now,
@@ -391,7 +394,7 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         "request_counts": {
             "total": int(event.get("total", batch.get("total", 0))),
             "completed": len(done),
-            "failed": sum(1 for key in names if key.endswith(FAILED)),
+            "failed": failures,
         },
     }
     await store.put_json(store.run_key(owner, batch_id, "final.json"), end)
@@ -401,7 +404,8 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
             "batch_id": batch_id,
             "status": status,
             "completed": len(done),
-            "failed": len(failed),
+            "failed": failures,
+            "not_submitted": len(failed) - failures,
         },
     )
     return {"status": status, "event": f"batch.{status}"}
