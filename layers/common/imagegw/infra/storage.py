@@ -476,7 +476,7 @@ class ImageStore:
             present = await self._present(url)
         except Exception as exc:
             raise StorageError(
-                f"The bucket could not be reached (head: {type(exc).__name__}); try again.",
+                f"The bucket could not be reached (check: {type(exc).__name__}); try again.",
                 code="storage_unavailable",
             ) from None
         return url if present else None
