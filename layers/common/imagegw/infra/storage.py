@@ -579,16 +579,14 @@ async def _status(
     connection is kept. When nothing observes the pool, `plain()` goes straight to it as
     httpcore's request: no httpx request or response is made; else `layered()` goes through
     the layers."""
+    from imagegw.infra.transport import drain
+
     pooled, outer = transports
     if outer is pooled:
         return await pooled.status_of(plain(), limit=_ANSWER_LIMIT, too_large=_too_large)
     response = await outer.handle_async_request(layered())
     try:
-        size = 0
-        async for chunk in response.aiter_raw():  # read, so the connection is kept
-            size += len(chunk)
-            if size > _ANSWER_LIMIT:
-                raise _too_large()
+        await drain(response.aiter_raw(), _ANSWER_LIMIT, _too_large)
     finally:
         await response.aclose()
     return response.status_code

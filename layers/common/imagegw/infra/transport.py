@@ -412,6 +412,18 @@ class Whole:
         )
 
 
+async def drain(
+    chunks: AsyncIterable[bytes], limit: int, too_large: Callable[[], Exception]
+) -> None:
+    """An answer's body read to its end and dropped (so its connection is kept), no further
+    than `limit` bytes, else `too_large()` is raised."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+
+
 class PooledTransport(httpx.AsyncBaseTransport):
     """An httpx transport over a `LanePool` (what the module docstring says). `network_backend`:
     how connections are made (default: asyncio's streams, `imagegw.infra.netstream`);
@@ -573,11 +585,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             stream = answer.stream
             assert isinstance(stream, _PooledStream)
             try:
-                size = 0
-                async for chunk in stream:
-                    size += len(chunk)
-                    if size > limit:
-                        raise too_large()
+                await drain(stream, limit, too_large)
             finally:
                 await stream.aclose()
         return answer.status
