@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import struct
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ MAX_PIXELS: Final = 64 * 1024 * 1024
 
 #: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between)
 URI_STEP: Final = 3 << 18
+#: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups)
+DECODE_STEP: Final = 1 << 20
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
@@ -192,22 +195,46 @@ def decode_data_uri(
             f"The {what} is not a base64 data URI (expected data:image/png;base64,...).",
             code="invalid_image",
         )
-    payload = uri[match.end() :]
     # a base64 payload of N chars decodes to about 3N/4 bytes: refuse huge ones before decoding
-    if len(payload) * 3 // 4 > max_bytes + 3:
+    if (len(uri) - match.end()) * 3 // 4 > max_bytes + 3:
         raise PayloadTooLargeError(
             f"The {what} is larger than the limit of {max_bytes} bytes.", code="image_too_large"
         )
-    try:  # plain base64 checked as it is decoded (no ASCII copy of it, no separate scan)
-        data = binascii.a2b_base64(payload, strict_mode=True)
-    except (binascii.Error, ValueError):
+    data = plain_base64(uri, match.end())
+    if data is None:
         try:  # else as before: line breaks dropped, then only base64 characters taken
-            data = base64.b64decode("".join(payload.split()), validate=True)
+            data = base64.b64decode("".join(uri[match.end() :].split()), validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequestError(
                 f"The {what} has invalid base64 data.", code="invalid_image"
             ) from None
     return check_image(data, max_bytes=max_bytes, what=what, limits=limits)
+
+
+def plain_base64(text: str, start: int) -> bytes | None:
+    """The bytes of `text[start:]` when it is plain base64 (no line breaks, padding only at its
+    end; checked as it is decoded), else None. Decoded DECODE_STEP characters at a time into
+    the one buffer the bytes end in: neither the payload nor the bytes are copied whole (a
+    slice of the text would be a copy of the payload, and joined parts a second of the bytes)."""
+    chars = len(text) - start
+    if chars % 4:
+        return None
+    size = chars // 4 * 3 - (2 if text.endswith("==") else 1 if text.endswith("=") else 0)
+    if size <= 0:
+        return b""
+    out = io.BytesIO()
+    out.seek(size - 1)
+    out.write(b"\0")  # the buffer sized once; getvalue() gives it without a copy
+    out.seek(0)
+    for at in range(start, len(text), DECODE_STEP):
+        part = text[at : at + DECODE_STEP]
+        if at + DECODE_STEP < len(text) and part.endswith("="):
+            return None  # padding inside the payload
+        try:
+            out.write(binascii.a2b_base64(part, strict_mode=True))
+        except (binascii.Error, ValueError):
+            return None
+    return out.getvalue() if out.tell() == size else None
 
 
 def canonical_uri(uri: str, image: ImageBytes) -> bool:
