@@ -8,7 +8,7 @@ import binascii
 import io
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -71,6 +71,63 @@ class ImageBytes:
         for at in range(0, len(view), URI_STEP):
             uri += base64.b64encode(view[at : at + URI_STEP]).decode("ascii")
         return uri
+
+
+@dataclass(frozen=True, eq=False)
+class DataUri:
+    """An image an answer carries as a `data:` URI, never made into one text: its `head`, then
+    its base64 `payload` written a part at a time, encoded URI_STEP bytes of the image at a
+    time (or, for a provider's own URI of it, passed on as it is: `of`). An answer holds the
+    image's bytes and a part, not the bytes and the whole URI's text beside them."""
+
+    mime: str
+    width: int
+    height: int
+    #: the image's bytes, or a data URI of them that is already what they encode to
+    source: bytes | str
+
+    @classmethod
+    def of(cls, image: ImageBytes, ref: str = "") -> DataUri:
+        """`image` as a data URI; `ref` (what it was got from) itself when it is that URI
+        already (a provider's base64 answer: not encoded once more, `canonical_uri`)."""
+        source = ref if is_data_uri(ref) and canonical_uri(ref, image) else image.data
+        return cls(image.mime, image.width, image.height, source)
+
+    @property
+    def head(self) -> str:
+        """The URI up to its payload: `data:<type>;base64,`."""
+        return f"data:{self.mime};base64,"
+
+    def payload_size(self) -> int:
+        """The characters of the payload."""
+        if isinstance(self.source, str):
+            return len(self.source) - len(self.head)
+        return 4 * -(-len(self.source) // 3)
+
+    def payload(self) -> Iterator[bytes]:
+        """The payload's ASCII bytes, a part (URI_STEP bytes of the image, 1 MiB) at a time."""
+        if isinstance(self.source, str):
+            text, chars = self.source, URI_STEP // 3 * 4
+            for at in range(len(self.head), len(text), chars):
+                yield text[at : at + chars].encode("ascii")
+            return
+        view = memoryview(self.source)
+        for at in range(0, len(view), URI_STEP):
+            yield base64.b64encode(view[at : at + URI_STEP])
+
+    def payload_text(self) -> str:
+        """The payload as one text, for a value that must hold it whole (an answer not written
+        around its payloads: a batch's output line): the copy `payload` avoids."""
+        if isinstance(self.source, str):
+            return self.source[len(self.head) :]
+        text = ""
+        for part in self.payload():  # appended in place, as `ImageBytes.data_uri` does
+            text += part.decode("ascii")
+        return text
+
+    def text(self) -> str:
+        """The whole URI as one text (see `payload_text`)."""
+        return self.source if isinstance(self.source, str) else self.head + self.payload_text()
 
 
 #: JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC): they hold the size
