@@ -37,7 +37,7 @@ def data_uri(data: bytes, mime: str) -> DataUri:
 def provider_uri(data: bytes) -> DataUri:
     """`data` as a provider's own base64 answer delivers it: its (canonical) text."""
     text = f"data:image/png;base64,{base64.b64encode(data).decode()}"
-    image = DataUri.of(decode_data_uri(text, max_bytes=MAX), text)
+    image = DataUri.of(decode_data_uri(text, max_bytes=MAX))
     assert image.source == text
     return image
 

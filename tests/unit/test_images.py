@@ -253,6 +253,9 @@ def test_a_data_uri_is_canonical_only_when_it_is_what_the_image_encodes_to(
     assert canonical_uri(uri, image) is canonical
     assert canonical_uri(image.data_uri(), image)
     assert (uri == image.data_uri()) is canonical
+    # a canonical URI is kept and passed on as it is (to a provider, in an answer): no new text
+    assert (image.data_uri() is uri) is canonical
+    assert (image.uri is uri) is canonical
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, URI_STEP - 1, URI_STEP, URI_STEP + 1, 2 * URI_STEP + 2])

@@ -46,7 +46,9 @@ def image(data: bytes) -> DataUri:
 def provider_image(data: bytes) -> DataUri:
     """`data` as a provider's own (canonical) base64 answer is delivered: its text."""
     text = f"data:image/png;base64,{base64.b64encode(data).decode()}"
-    return DataUri.of(decode_data_uri(text, max_bytes=10**8), text)
+    made = DataUri.of(decode_data_uri(text, max_bytes=10**8))
+    assert made.source is text
+    return made
 
 
 LIMIT = 1_000_000

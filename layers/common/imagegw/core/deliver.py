@@ -176,7 +176,7 @@ async def deliver(
         if how == "as_is" or (how == "provider" and not is_data_uri(ref)):
             return ref
         if how == "data":  # the bytes are the answer: no link to fall back on
-            return DataUri.of(await fetch_image(fetcher, ref, settings), ref)
+            return DataUri.of(await fetch_image(fetcher, ref, settings))
         if how != "stored":
             return await copy(ref)
         # the download waits for an upload turn: a burst of results holds no more images
@@ -189,11 +189,11 @@ async def deliver(
         if image is None:
             return ref
         if how == "inline" and image.mime in INLINE_TYPES:
-            return DataUri.of(image, ref)
+            return DataUri.of(image)
         stored = await _saved(image, store.save_result)
         if stored is not None:
             return file_link(base_url, stored.name)
-        return DataUri.of(image, ref) if is_data_uri(ref) else ref
+        return DataUri.of(image) if is_data_uri(ref) else ref
 
     if len(refs) == 1:  # one image (most answers): no task to gather
         return (await one(refs[0]),)

@@ -9,7 +9,7 @@ import io
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
@@ -58,14 +58,20 @@ class ImageBytes:
     #: the dimensions its header declares (0: not read)
     width: int = field(default=0, compare=False)
     height: int = field(default=0, compare=False)
+    #: the data URI it was decoded from, when that is what its bytes encode to (`canonical_uri`)
+    uri: str = field(default="", compare=False, repr=False)
 
     @property
     def extension(self) -> str:
         return EXTENSIONS[self.mime]
 
     def data_uri(self) -> str:
-        """The image as a `data:` URI. Its base64 is appended a step at a time to the one text
-        (which CPython grows in place): never the whole image's base64 as bytes beside it."""
+        """The image as a `data:` URI: the one it was decoded from when that is canonical (a
+        client's or a provider's, passed on: not encoded once more), else made. Its base64 is
+        appended a step at a time to the one text (which CPython grows in place): never the
+        whole image's base64 as bytes beside it."""
+        if self.uri:
+            return self.uri
         uri = f"data:{self.mime};base64,"
         view = memoryview(self.data)
         for at in range(0, len(view), URI_STEP):
@@ -87,11 +93,10 @@ class DataUri:
     source: bytes | str
 
     @classmethod
-    def of(cls, image: ImageBytes, ref: str = "") -> DataUri:
-        """`image` as a data URI; `ref` (what it was got from) itself when it is that URI
-        already (a provider's base64 answer: not encoded once more, `canonical_uri`)."""
-        source = ref if is_data_uri(ref) and canonical_uri(ref, image) else image.data
-        return cls(image.mime, image.width, image.height, source)
+    def of(cls, image: ImageBytes) -> DataUri:
+        """`image` as a data URI: the one it was decoded from when that is canonical (a
+        provider's base64 answer: not encoded once more), else its bytes."""
+        return cls(image.mime, image.width, image.height, image.uri or image.data)
 
     @property
     def head(self) -> str:
@@ -265,7 +270,8 @@ def decode_data_uri(
             raise InvalidRequestError(
                 f"The {what} has invalid base64 data.", code="invalid_image"
             ) from None
-    return check_image(data, max_bytes=max_bytes, what=what, limits=limits)
+    image = check_image(data, max_bytes=max_bytes, what=what, limits=limits)
+    return replace(image, uri=uri) if canonical_uri(uri, image) else image
 
 
 def plain_base64(text: str, start: int) -> bytes | None:
@@ -295,8 +301,8 @@ def plain_base64(text: str, start: int) -> bytes | None:
 
 
 def canonical_uri(uri: str, image: ImageBytes) -> bool:
-    """Whether `uri`, a data URI that decoded to `image`, is exactly `image.data_uri()`: its
-    declared type is the one the bytes show and its payload is plain base64 of their length
+    """Whether `uri`, a data URI that decoded to `image`, is exactly what its bytes encode to:
+    its declared type is the one the bytes show and its payload is plain base64 of their length
     (no line breaks, no padding but at its end). Such a URI can be passed on as it is instead
     of being encoded again."""
     head = f"data:{image.mime};base64,"
