@@ -67,16 +67,9 @@ class ImageBytes:
 
     def data_uri(self) -> str:
         """The image as a `data:` URI: the one it was decoded from when that is canonical (a
-        client's or a provider's, passed on: not encoded once more), else made. Its base64 is
-        appended a step at a time to the one text (which CPython grows in place): never the
-        whole image's base64 as bytes beside it."""
-        if self.uri:
-            return self.uri
-        uri = f"data:{self.mime};base64,"
-        view = memoryview(self.data)
-        for at in range(0, len(view), URI_STEP):
-            uri += base64.b64encode(view[at : at + URI_STEP]).decode("ascii")
-        return uri
+        client's or a provider's, passed on: not encoded once more), else made from its bytes
+        (`DataUri.text`)."""
+        return self.uri or DataUri.of(self).text()
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,14 +118,18 @@ class DataUri:
         around its payloads: a batch's output line): the copy `payload` avoids."""
         if isinstance(self.source, str):
             return self.source[len(self.head) :]
-        text = ""
-        for part in self.payload():  # appended in place, as `ImageBytes.data_uri` does
-            text += part.decode("ascii")
-        return text
+        return self._appended("")
 
     def text(self) -> str:
         """The whole URI as one text (see `payload_text`)."""
-        return self.source if isinstance(self.source, str) else self.head + self.payload_text()
+        return self.source if isinstance(self.source, str) else self._appended(self.head)
+
+    def _appended(self, text: str) -> str:
+        """`text` and the payload: its base64 appended a part at a time to the one text (which
+        CPython grows in place), never the whole image's base64 as bytes beside it."""
+        for part in self.payload():
+            text += part.decode("ascii")
+        return text
 
 
 #: JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC): they hold the size
