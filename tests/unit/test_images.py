@@ -285,6 +285,7 @@ def test_plain_base64_decoded_in_steps_is_the_whole_payload(size: int) -> None:
         "QUJD" * (DECODE_STEP // 4 - 1) + "QQ==" + "QUJD",  # ... at the end of a step
         "QUJD" * (DECODE_STEP // 4) + "QU\nD",  # a line break (in the second step)
         "QUJD" * (DECODE_STEP // 4) + "QU*D",
+        "QUJD" * 3 + "QUé=",  # beyond ASCII
     ],
 )
 def test_what_is_not_plain_base64_is_left_to_the_lenient_decoder(payload: str) -> None:
