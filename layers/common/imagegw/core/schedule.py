@@ -2,7 +2,10 @@
 
 A task's life as the poller sees it: submitted, queued (the provider says PENDING), running
 (the provider's own state change, e.g. RUNNING), done. The run time of finished tasks is learned
-by (provider, model, size/steps bucket) in an `Estimates` store, and a task is polled:
+by (provider, model, size/steps bucket) in an `Estimates` store (`Timing.run_time`: from the
+middle of the span in which the run began to the middle of the span in which it ended, or, for
+a model learned from `SHAPED` tasks, to where the law it was polled by puts the end within that
+span, `likely_end`), and a task is polled:
 
 - once as soon as the submission answered (`EARLY`), so an instant task is answered at once,
   not at a first scheduled poll;
