@@ -130,7 +130,7 @@ class _Forecast:
 
     async def learn(self, timing: Timing, ended_seen: float) -> None:
         """A task ended: its run time (and the provider's queue time) is one more sample."""
-        await learn(self.estimates, self.key, timing, ended_seen)
+        await learn(self.estimates, self.key, timing, ended_seen, self.estimate)
 
     def expected(self, pending: list[int], began: float) -> float | None:
         """About how long the run takes, from `began`, while the `pending` tasks all run."""
