@@ -5,10 +5,11 @@
   which redirects to a fresh presigned URL for as long as the object is kept;
 - `inline`: a PNG/JPEG data URI (other types are stored: Cherry Studio shows only those two);
 - `data`: a data URI of any type, nothing stored (the Images API's `b64_json`; not a setting);
-
-a data URI is delivered as a `DataUri` (`imagegw.infra.media`): the image's bytes, which the
-answer writes as base64 a part at a time, never the whole URI's text beside them;
 - `as_is`: what the job already kept (a durable job's result: copies were made by its Store).
+
+A data URI is delivered as a `DataUri` (`imagegw.infra.media`): the image's bytes (or a
+provider's own canonical URI of them, as it came), which the answer writes as base64 a
+megabyte at a time, never the whole URI's text beside them.
 
 A result is paid for: when it cannot be copied (the provider's link fails, or the bucket does),
 the client still gets it, as the provider's own link or, for an image the provider answered
