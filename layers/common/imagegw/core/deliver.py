@@ -9,7 +9,7 @@
 
 A data URI is delivered as a `DataUri` (`imagegw.infra.media`): the image's bytes (or a
 provider's own canonical URI of them, as it came), which the answer writes as base64 a
-megabyte at a time, never the whole URI's text beside them.
+part at a time, never the whole URI's text beside them.
 
 A result is paid for: when it cannot be copied (the provider's link fails, or the bucket does),
 the client still gets it, as the provider's own link or, for an image the provider answered

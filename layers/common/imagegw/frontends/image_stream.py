@@ -59,7 +59,7 @@ def event(name: str, payload: Mapping[str, Any]) -> str:
 def image_event(name: str, image: DataUri, meta: Mapping[str, Any]) -> Iterator[bytes]:
     """The bytes of `event(name, {"b64_json": <image's payload>, **meta})`, its `b64_json`
     first and written from the image's bytes (`imagegw.frontends.spans`: no whole copy of its
-    base64 is made, a megabyte of it is encoded at a time)."""
+    base64 is made, a part of it is encoded at a time)."""
     around = Around()
     head, *rest = around.pieces({"b64_json": around.payload(image), **meta})
     return encoded([f"event: {name}\ndata: {head}", *rest, "\n\n"])

@@ -3,8 +3,8 @@ images' payloads instead of through `json.dumps`: a 4 MB image is 5.3 MB of base
 whole copy of it (the data URI's text, the JSON text, that text's bytes, a chunk framed by the
 server) costs a few milliseconds and as many megabytes. Here an answer is a list of pieces,
 short texts and the delivered images (`imagegw.infra.media.DataUri`), and each image's base64
-is made from its bytes a megabyte at a time as it is sent: an answer holds the image's bytes
-and a megabyte of its base64, not its whole data URI.
+is made from its bytes half a megabyte at a time as it is sent (`DataUri.payload`): an answer
+holds the image's bytes and half a megabyte of its base64, not its whole data URI.
 
 A payload is plain base64 (encoded by the gateway, or a provider's own checked and passed on
 only when canonical, `imagegw.infra.media.canonical_uri`), which JSON takes as it is. The
@@ -93,7 +93,7 @@ def shown(image: str | DataUri, around: Around | None) -> str:
 
 
 def encoded(pieces: Iterable[Piece]) -> Iterator[bytes]:
-    """The UTF-8 bytes of `pieces`, an image's payload a megabyte at a time."""
+    """The UTF-8 bytes of `pieces`, an image's payload half a megabyte at a time."""
     for piece in pieces:
         if isinstance(piece, str):
             yield piece.encode()
@@ -110,7 +110,7 @@ def size(pieces: Iterable[Piece]) -> int:
 
 class PiecesResponse(Response):
     """A JSON answer made of pieces: its Content-Length counted first, its body sent a piece
-    (or a megabyte of an image's payload) at a time, never joined into one copy, the last
+    (or a part of an image's payload) at a time, never joined into one copy, the last
     piece ending the answer (an answer of one piece, links alone, is one message as
     JSONResponse sends it)."""
 

@@ -276,7 +276,7 @@ async def chat_stream(
             else:
                 closed = True
                 # images as data URIs (IMAGE_LINKS=inline): the frame written around their
-                # payloads, sent a megabyte at a time (`imagegw.frontends.spans`), not copied
+                # payloads, sent a part at a time (`imagegw.frontends.spans`), not copied
                 around = Around.of(event.images)
                 final = frames.chunk({"content": markdown(event, around)}) + closing()
                 if around is not None:

@@ -28,10 +28,11 @@ MAX_SIDE: Final = 16384
 #: the most pixels of an input image (a decoder's memory: 4 bytes each, 256 MiB)
 MAX_PIXELS: Final = 64 * 1024 * 1024
 
-#: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between)
-URI_STEP: Final = 3 << 18
+#: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between;
+#: 384 KiB, 512 KiB of base64: an answer holds the image and one such part)
+URI_STEP: Final = 3 << 17
 #: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups)
-DECODE_STEP: Final = 1 << 20
+DECODE_STEP: Final = 1 << 19
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
@@ -103,7 +104,7 @@ class DataUri:
         return 4 * -(-len(self.source) // 3)
 
     def payload(self) -> Iterator[bytes]:
-        """The payload's ASCII bytes, a part (URI_STEP bytes of the image, 1 MiB) at a time."""
+        """The payload's ASCII bytes, a part (of URI_STEP bytes of the image) at a time."""
         if isinstance(self.source, str):
             text, chars = self.source, URI_STEP // 3 * 4
             for at in range(len(self.head), len(text), chars):
