@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import threading
 from collections.abc import Callable, Iterator
 
@@ -292,3 +293,100 @@ async def test_a_status_request_is_what_the_client_builds_and_goes_out_as_its_ow
         assert ours.kept.extensions == theirs.extensions
     # And one template serves each host and key, however many tasks it polls
     assert client.bare is not None and len(client.bare) == 4
+
+
+def _bodies() -> list[dict[str, object]]:
+    """Submissions with and without long data URIs, with text JSON escapes beside them."""
+    png = "data:image/png;base64," + "iVBORw0KGgo" * 60_000 + "AA=="
+    jpeg = "data:image/jpeg;base64," + "/9j/4AAQ+" * 9_000
+    tricky = 'a "quoted" \\ back\nslash\t\x01 猫 \u2028 ✓'
+    return [
+        {"prompt": tricky, "n": 1, "size": "1024x1024"},
+        {"model": "Qwen/Qwen-Image-Edit", "prompt": tricky, "image": png},
+        {"prompt": tricky, "image_urls": [png, "https://x/y.png", jpeg], "seed": 7},
+        {"input": {"image": jpeg, "mask": png, "strength": 0.5, "flag": None}, "p": [tricky]},
+        # long strs that are not such URIs: one JSON escapes within, a long prompt
+        {"image": png[:-4] + '"\\x', "prompt": "x" * 200_000},
+        {"image": png, "prompt": tricky + png},  # the same URI inside another str too
+    ]
+
+
+async def test_a_body_with_a_data_uri_goes_out_as_json_would_encode_it_whole() -> None:
+    # Given the provider client and submissions carrying long data URIs among text to escape
+    async with provider_client(Settings()) as client:
+        url = "https://api.example.com/v1/images/generations"
+        assert client.direct is not None
+        bodies = _bodies()  # the 2nd to 4th hold URIs only as long strs
+        for index, body in enumerate(bodies):
+            expected = json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            # When each is built through the client's template and framed for the wire
+            ours, template = clients.json_request(client, "POST", url, json=body)
+            assert template is not None
+            framed = template.framed(client.direct, ours)
+            assert framed is not None
+            # Then its bytes, twice over (a retried connection sends them again), and its
+            # Content-Length are exactly those of the body's JSON made whole
+            assert framed.wire[2] == len(expected)
+            assert ours.headers["Content-Length"] == str(len(expected))
+            assert b"".join(framed.stream) == expected  # type: ignore[arg-type]
+            assert b"".join(framed.stream) == expected  # type: ignore[arg-type]
+            # And a body whose long strs are all data URIs is never held as one bytes
+            if index in (1, 2, 3):
+                longest = max(len(part) for part in framed.stream)  # type: ignore[union-attr]
+                assert longest <= clients.URI_PART < len(expected)
+
+
+def _echo_server(seen: list[bytes]) -> Starlette:
+    async def echo(request: Request) -> Response:
+        seen.append(await request.body())
+        return JSONResponse({"images": [{"url": "https://x/1.png"}]})
+
+    return Starlette(routes=[Route("/v1/images/generations", echo, methods=["POST"])])
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["pool", "through-a-transport-layer"])
+async def test_a_provider_receives_a_data_uri_body_exactly(traced: bool) -> None:
+    # Given a provider on loopback, and the provider client sending to it straight to its pool,
+    # or through a transport layer (as the traced task functions' client does)
+    seen: list[bytes] = []
+    layer: clients.TransportLayer = lambda inner: _Through(inner)  # noqa: E731
+    if traced:
+        clients.add_transport_layer(layer)
+    try:
+        with ServerThread(_echo_server(seen)) as server:
+            async with provider_client(Settings()) as client:
+                assert (client.direct is None) is traced
+                # When each submission is sent, twice (a template made, then reused)
+                for body in _bodies() * 2:
+                    answer = await send(
+                        client,
+                        "POST",
+                        f"{server.url}/v1/images/generations",
+                        title="Fake",
+                        deadline=10.0,
+                        json=body,
+                        headers={"Authorization": "Bearer sf-test"},
+                    )
+                    assert answer.status_code == 200
+    finally:
+        clients.remove_transport_layer(layer)
+    # Then the provider received each body exactly as its JSON made whole
+    assert seen == [
+        json.dumps(b, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        for b in _bodies() * 2
+    ]
+
+
+class _Through(httpx.AsyncBaseTransport):
+    """A transport layer that passes each request on (as an observing one does)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final, Literal, TypeVar
 
@@ -28,7 +29,7 @@ import httpx
 
 from imagegw.infra.config import Settings
 from imagegw.infra.http11 import FramedRequest, KeptRequest
-from imagegw.infra.transport import PooledTransport
+from imagegw.infra.transport import Parts, PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
 #: per request does not grow with it (`imagegw.infra.transport`); one connection serves a
@@ -43,6 +44,13 @@ TEMPLATES_KEPT: Final = 256
 _JSON: Final = frozenset({"json", "headers", "timeout"})
 #: a bodiless request's body, as httpx makes it (`bare_request`)
 _NO_BODY: Final = b""
+#: a str value of a JSON body this long that is a data URI (an image a client sent, passed on)
+#: is sent as it is, a part of URI_PART characters at a time, not copied into the body's text
+#: and bytes (`JsonTemplate.request`)
+SPLICE_AT: Final = 64 * 1024
+URI_PART: Final = 512 * 1024
+#: what JSON escapes in a str (`ensure_ascii=False`): a URI holding none is its JSON as it is
+_ESCAPED: Final = '"\\' + "".join(map(chr, range(0x20)))
 
 Hook = Callable[..., Awaitable[Any]]
 _T = TypeVar("_T")
@@ -116,22 +124,25 @@ class JsonTemplate:
         self.wire_url: httpcore.URL | None = None
 
     def request(self, body: Any) -> httpx.Request:
+        if isinstance(body, dict) and _holds_long_str(body):
+            spliced = _spliced(body)
+            if spliced is not None:
+                return self._made(spliced, str(spliced.length))
         content = json.dumps(
             body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
+        request = self._made(httpx.ByteStream(content), str(len(content)))
+        request.read()
+        return request
+
+    def _made(self, stream: httpx.ByteStream, length: str) -> httpx.Request:
         # its headers the template's and its length, as httpx adds it to a body in memory (the
         # request given its stream: httpx does not normalise every header again)
         headers = httpx.Headers(self.headers)
-        headers["Content-Length"] = str(len(content))
-        request = httpx.Request(
-            self.method,
-            self.url,
-            headers=headers,
-            stream=httpx.ByteStream(content),
-            extensions=self.extensions,
+        headers["Content-Length"] = length
+        return httpx.Request(
+            self.method, self.url, headers=headers, stream=stream, extensions=self.extensions
         )
-        request.read()
-        return request
 
     def framed(self, pool: PooledTransport, request: httpx.Request) -> FramedRequest | None:
         """The pool's form of a request this template made (`request`), its head the
@@ -139,12 +150,14 @@ class JsonTemplate:
         own Content-Length: its headers are not checked and made into bytes again at each
         submission. None when the first request's head did not end with its Content-Length
         (then the pool makes each, as for any request)."""
-        content = request.content
-        tail = b"Content-Length: %d\r\n\r\n" % len(content)
+        stream = request.stream
+        content = stream if isinstance(stream, Parts) else (request.content,)
+        size = stream.length if isinstance(stream, Parts) else len(request.content)
+        tail = b"Content-Length: %d\r\n\r\n" % size
         if self.head is None:
             kept = pool.keep(request)
             head, chunked, length, closes = kept.wire
-            fits = not chunked and not closes and length == len(content) and head.endswith(tail)
+            fits = not chunked and not closes and length == size and head.endswith(tail)
             self.head = head[: -len(tail)] if fits else False
             self.wire_url = kept.url
         if self.head is False or self.wire_url is None:
@@ -153,10 +166,67 @@ class JsonTemplate:
             request.method.encode("ascii"),
             self.wire_url,
             head=self.head + tail,
-            length=len(content),
-            content=(content,),
+            length=size,
+            content=content,
             extensions=request.extensions,
         )
+
+
+def _holds_long_str(value: Any) -> bool:
+    """Whether a JSON body holds a str of SPLICE_AT characters or more (a data URI, maybe)."""
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        if isinstance(item, str):
+            if len(item) >= SPLICE_AT:
+                return True
+        elif isinstance(item, dict | list | tuple) and _holds_long_str(item):
+            return True
+    return False
+
+
+def _spliceable(value: str) -> bool:
+    """A long data URI that is its own JSON text (ASCII, nothing JSON escapes)."""
+    return (
+        len(value) >= SPLICE_AT
+        and value.startswith("data:")
+        and value.isascii()
+        and not any(c in value for c in _ESCAPED)
+    )
+
+
+def _spliced(body: Any) -> Parts | None:
+    """`body`'s JSON as `json.dumps(body, ensure_ascii=False, separators=(",", ":"))` encodes
+    it, byte for byte, as parts: the text around its long data URIs (each made a one-off token
+    first, the body's containers copied, its values not), and each URI's ASCII bytes a part
+    of URI_PART characters at a time, made as they are sent. None when it holds none."""
+    token, uris = secrets.token_hex(16), []
+
+    def tokened(value: Any) -> Any:
+        if isinstance(value, str):
+            if _spliceable(value):
+                uris.append(value)
+                return token
+            return value
+        if isinstance(value, dict):
+            return {key: tokened(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [tokened(item) for item in value]
+        return value
+
+    text = json.dumps(tokened(body), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    around = text.split(token)
+    if not uris or len(around) != len(uris) + 1:
+        return None  # none, or the token elsewhere (never by chance): encoded whole
+    pieces = [piece.encode() for piece in around]
+
+    def parts() -> Iterator[bytes]:
+        for piece, uri in zip(pieces, uris, strict=False):
+            yield piece
+            for at in range(0, len(uri), URI_PART):
+                yield uri[at : at + URI_PART].encode("ascii")
+        yield pieces[-1]
+
+    return Parts(sum(map(len, pieces)) + sum(map(len, uris)), parts)
 
 
 class BareTemplate:
