@@ -23,6 +23,7 @@ from imagegw.errors import GatewayError, TransientProviderError
 from imagegw.infra import clients
 from imagegw.infra.clients import AnswerTimeout, provider_client
 from imagegw.infra.config import Settings
+from imagegw.infra.media import InlineImages
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Running
 from imagegw.providers.modelscope import ModelScope
 from imagegw.providers.upstream import repeated_get, send
@@ -296,18 +297,20 @@ async def test_a_status_request_is_what_the_client_builds_and_goes_out_as_its_ow
 
 
 def _bodies() -> list[dict[str, object]]:
-    """Submissions with and without long data URIs, with text JSON escapes beside them."""
+    """Submissions with and without long data URIs, with text JSON escapes beside them: those
+    that hold images' data URIs say so (`InlineImages`), as the providers' do."""
     png = "data:image/png;base64," + "iVBORw0KGgo" * 60_000 + "AA=="
     jpeg = "data:image/jpeg;base64," + "/9j/4AAQ+" * 9_000
     tricky = 'a "quoted" \\ back\nslash\t\x01 猫 \u2028 ✓'
     return [
         {"prompt": tricky, "n": 1, "size": "1024x1024"},
-        {"model": "Qwen/Qwen-Image-Edit", "prompt": tricky, "image": png},
-        {"prompt": tricky, "image_urls": [png, "https://x/y.png", jpeg], "seed": 7},
-        {"input": {"image": jpeg, "mask": png, "strength": 0.5, "flag": None}, "p": [tricky]},
+        InlineImages({"model": "Qwen/Qwen-Image-Edit", "prompt": tricky, "image": png}),
+        InlineImages({"prompt": tricky, "image_urls": [png, "https://x/y.png", jpeg], "seed": 7}),
+        InlineImages({"input": {"image": jpeg, "mask": png, "strength": 0.5, "flag": None}}),
         # long strs that are not such URIs: one JSON escapes within, a long prompt
-        {"image": png[:-4] + '"\\x', "prompt": "x" * 200_000},
-        {"image": png, "prompt": tricky + png},  # the same URI inside another str too
+        InlineImages({"image": png[:-4] + '"\\x', "prompt": "x" * 200_000}),
+        InlineImages({"image": png, "prompt": tricky + png}),  # the URI inside another str too
+        {"image": png, "prompt": tricky},  # a body that does not say it holds images
     ]
 
 
@@ -316,7 +319,7 @@ async def test_a_body_with_a_data_uri_goes_out_as_json_would_encode_it_whole() -
     async with provider_client(Settings()) as client:
         url = "https://api.example.com/v1/images/generations"
         assert client.direct is not None
-        bodies = _bodies()  # the 2nd to 4th hold URIs only as long strs
+        bodies = _bodies()  # the 2nd to 4th say they hold images, and only those as long strs
         for index, body in enumerate(bodies):
             expected = json.dumps(
                 body, ensure_ascii=False, separators=(",", ":"), allow_nan=False

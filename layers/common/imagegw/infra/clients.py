@@ -29,6 +29,7 @@ import httpx
 
 from imagegw.infra.config import Settings
 from imagegw.infra.http11 import FramedRequest, KeptRequest
+from imagegw.infra.media import InlineImages
 from imagegw.infra.transport import Parts, PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
@@ -44,9 +45,9 @@ TEMPLATES_KEPT: Final = 256
 _JSON: Final = frozenset({"json", "headers", "timeout"})
 #: a bodiless request's body, as httpx makes it (`bare_request`)
 _NO_BODY: Final = b""
-#: a str value of a JSON body this long that is a data URI (an image a client sent, passed on)
-#: is sent as it is, a part of URI_PART characters at a time, not copied into the body's text
-#: and bytes (`JsonTemplate.request`)
+#: a str value this long of a body that holds images (`InlineImages`) that is a data URI (an
+#: image a client sent, passed on) is sent as it is, a part of URI_PART characters at a time,
+#: not copied into the body's text and bytes (`JsonTemplate.request`)
 SPLICE_AT: Final = 64 * 1024
 URI_PART: Final = 512 * 1024
 #: what JSON escapes in a str (`ensure_ascii=False`): a URI holding none is its JSON as it is
@@ -103,7 +104,9 @@ class JsonTemplate:
     """What `client.build_request(method, url, headers=..., timeout=...)` makes of any JSON
     body, made once: the URL parsed and the client's headers merged (that was most of a
     submission's own CPU). `request(body)` is the request the client would build, its body
-    encoded as httpx encodes JSON, its type and length last among its headers."""
+    encoded as httpx encodes JSON, its type and length last among its headers; a body that
+    holds images (`InlineImages`) is sent as those bytes in parts, each long data URI in it as
+    it is (`_spliced`)."""
 
     __slots__ = ("extensions", "head", "headers", "method", "url", "wire_url")
 
@@ -124,22 +127,22 @@ class JsonTemplate:
         self.wire_url: httpcore.URL | None = None
 
     def request(self, body: Any) -> httpx.Request:
-        if isinstance(body, dict) and _holds_long_str(body):
+        if type(body) is InlineImages:
             spliced = _spliced(body)
             if spliced is not None:
-                return self._made(spliced, str(spliced.length))
+                return self._request(spliced, spliced.length)
         content = json.dumps(
             body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
-        request = self._made(httpx.ByteStream(content), str(len(content)))
+        request = self._request(httpx.ByteStream(content), len(content))
         request.read()
         return request
 
-    def _made(self, stream: httpx.ByteStream, length: str) -> httpx.Request:
+    def _request(self, stream: httpx.ByteStream, length: int) -> httpx.Request:
         # its headers the template's and its length, as httpx adds it to a body in memory (the
         # request given its stream: httpx does not normalise every header again)
         headers = httpx.Headers(self.headers)
-        headers["Content-Length"] = length
+        headers["Content-Length"] = str(length)
         return httpx.Request(
             self.method, self.url, headers=headers, stream=stream, extensions=self.extensions
         )
@@ -170,18 +173,6 @@ class JsonTemplate:
             content=content,
             extensions=request.extensions,
         )
-
-
-def _holds_long_str(value: Any) -> bool:
-    """Whether a JSON body holds a str of SPLICE_AT characters or more (a data URI, maybe)."""
-    items = value.values() if isinstance(value, dict) else value
-    for item in items:
-        if isinstance(item, str):
-            if len(item) >= SPLICE_AT:
-                return True
-        elif isinstance(item, dict | list | tuple) and _holds_long_str(item):
-            return True
-    return False
 
 
 def _spliceable(value: str) -> bool:
