@@ -4,8 +4,10 @@ nothing one answer sets rides along with another request, and each poll carries 
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -339,6 +341,29 @@ async def test_a_body_with_a_data_uri_goes_out_as_json_would_encode_it_whole() -
             if index in (1, 2, 3):
                 longest = max(len(part) for part in framed.stream)  # type: ignore[union-attr]
                 assert longest <= clients.URI_PART < len(expected)
+
+
+async def test_a_data_uri_sent_is_freed_without_the_collector() -> None:
+    # Given the provider client, and a body holding a client's data URI (no one else's copy)
+    async with provider_client(Settings()) as client:
+        assert client.direct is not None
+        uri = "data:image/png;base64," + "QUJD" * 100_000
+        held = sys.getrefcount(uri)
+        gc.disable()  # the API process collects rarely, and freezes what is alive then
+        try:
+            # When a request is built of it, framed and its bytes read, then dropped
+            body = InlineImages({"image": uri})
+            request, template = clients.json_request(client, "POST", "https://x/v1", json=body)
+            assert template is not None
+            framed = template.framed(client.direct, request)
+            assert framed is not None and b"".join(framed.stream) == (  # type: ignore[arg-type]
+                b'{"image":"%b"}' % uri.encode()
+            )
+            del body, request, framed
+            # Then nothing holds the URI any more: it is freed at once, not at a collection
+            assert sys.getrefcount(uri) == held
+        finally:
+            gc.enable()
 
 
 def _echo_server(seen: list[bytes]) -> Starlette:

@@ -185,26 +185,32 @@ def _spliceable(value: str) -> bool:
     )
 
 
+def _tokened(value: Any, token: str, uris: list[str]) -> Any:
+    """`value` with each long data URI in it made `token` (appended to `uris`), its containers
+    copied, its values not. (A function of the module, not a closure of `_spliced`: a nested
+    function that calls itself is a reference cycle, which would hold the URIs until the
+    collector ran, or for good once frozen: `imagegw.infra.collector`.)"""
+    if isinstance(value, str):
+        if _spliceable(value):
+            uris.append(value)
+            return token
+        return value
+    if isinstance(value, dict):
+        return {key: _tokened(item, token, uris) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tokened(item, token, uris) for item in value]
+    return value
+
+
 def _spliced(body: Any) -> Parts | None:
     """`body`'s JSON as `json.dumps(body, ensure_ascii=False, separators=(",", ":"))` encodes
     it, byte for byte, as parts: the text around its long data URIs (each made a one-off token
     first, the body's containers copied, its values not), and each URI's ASCII bytes a part
     of URI_PART characters at a time, made as they are sent. None when it holds none."""
-    token, uris = secrets.token_hex(16), []
-
-    def tokened(value: Any) -> Any:
-        if isinstance(value, str):
-            if _spliceable(value):
-                uris.append(value)
-                return token
-            return value
-        if isinstance(value, dict):
-            return {key: tokened(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [tokened(item) for item in value]
-        return value
-
-    text = json.dumps(tokened(body), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    token = secrets.token_hex(16)
+    uris: list[str] = []
+    tokened = _tokened(body, token, uris)
+    text = json.dumps(tokened, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     around = text.split(token)
     if not uris or len(around) != len(uris) + 1:
         return None  # none, or the token elsewhere (never by chance): encoded whole
