@@ -20,7 +20,15 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final, Literal, TypeVar
 
@@ -154,8 +162,12 @@ class JsonTemplate:
         submission. None when the first request's head did not end with its Content-Length
         (then the pool makes each, as for any request)."""
         stream = request.stream
-        content = stream if isinstance(stream, Parts) else (request.content,)
-        size = stream.length if isinstance(stream, Parts) else len(request.content)
+        if isinstance(stream, Parts):  # a body around data URIs (`request`)
+            content: Iterable[bytes] = stream
+            size = stream.length
+        else:
+            whole = request.content
+            content, size = (whole,), len(whole)
         tail = b"Content-Length: %d\r\n\r\n" % size
         if self.head is None:
             kept = pool.keep(request)
