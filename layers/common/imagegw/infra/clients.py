@@ -142,13 +142,22 @@ class JsonTemplate:
         content = json.dumps(
             body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
-        request = self._request(httpx.ByteStream(content), len(content))
+        # its headers the template's and its length, as httpx adds it to a body in memory (the
+        # request given its stream: httpx does not normalise every header again)
+        headers = httpx.Headers(self.headers)
+        headers["Content-Length"] = str(len(content))
+        request = httpx.Request(
+            self.method,
+            self.url,
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            extensions=self.extensions,
+        )
         request.read()
         return request
 
-    def _request(self, stream: httpx.ByteStream, length: int) -> httpx.Request:
-        # its headers the template's and its length, as httpx adds it to a body in memory (the
-        # request given its stream: httpx does not normalise every header again)
+    def _request(self, stream: Parts, length: int) -> httpx.Request:
+        """`request` of a body sent in parts (`_spliced`): not read (that would join them)."""
         headers = httpx.Headers(self.headers)
         headers["Content-Length"] = str(length)
         return httpx.Request(
