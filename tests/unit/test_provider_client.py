@@ -4,7 +4,10 @@ nothing one answer sets rides along with another request, and each poll carries 
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
+import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -22,6 +25,7 @@ from imagegw.errors import GatewayError, TransientProviderError
 from imagegw.infra import clients
 from imagegw.infra.clients import AnswerTimeout, provider_client
 from imagegw.infra.config import Settings
+from imagegw.infra.media import InlineImages
 from imagegw.providers.base import Finished, GenerationRequest, ModelKind, Running
 from imagegw.providers.modelscope import ModelScope
 from imagegw.providers.upstream import repeated_get, send
@@ -292,3 +296,125 @@ async def test_a_status_request_is_what_the_client_builds_and_goes_out_as_its_ow
         assert ours.kept.extensions == theirs.extensions
     # And one template serves each host and key, however many tasks it polls
     assert client.bare is not None and len(client.bare) == 4
+
+
+def _bodies() -> list[dict[str, object]]:
+    """Submissions with and without long data URIs, with text JSON escapes beside them: those
+    that hold images' data URIs say so (`InlineImages`), as the providers' do."""
+    png = "data:image/png;base64," + "iVBORw0KGgo" * 60_000 + "AA=="
+    jpeg = "data:image/jpeg;base64," + "/9j/4AAQ+" * 9_000
+    tricky = 'a "quoted" \\ back\nslash\t\x01 猫 \u2028 ✓'
+    return [
+        {"prompt": tricky, "n": 1, "size": "1024x1024"},
+        InlineImages({"model": "Qwen/Qwen-Image-Edit", "prompt": tricky, "image": png}),
+        InlineImages({"prompt": tricky, "image_urls": [png, "https://x/y.png", jpeg], "seed": 7}),
+        InlineImages({"input": {"image": jpeg, "mask": png, "strength": 0.5, "flag": None}}),
+        # long strs that are not such URIs: one JSON escapes within, a long prompt
+        InlineImages({"image": png[:-4] + '"\\x', "prompt": "x" * 200_000}),
+        InlineImages({"image": png, "prompt": tricky + png}),  # the URI inside another str too
+        {"image": png, "prompt": tricky},  # a body that does not say it holds images
+    ]
+
+
+async def test_a_body_with_a_data_uri_goes_out_as_json_would_encode_it_whole() -> None:
+    # Given the provider client and submissions carrying long data URIs among text to escape
+    async with provider_client(Settings()) as client:
+        url = "https://api.example.com/v1/images/generations"
+        assert client.direct is not None
+        bodies = _bodies()  # the 2nd to 4th say they hold images, and only those as long strs
+        for index, body in enumerate(bodies):
+            expected = json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            # When each is built through the client's template and framed for the wire
+            ours, template = clients.json_request(client, "POST", url, json=body)
+            assert template is not None
+            framed = template.framed(client.direct, ours)
+            assert framed is not None
+            # Then its bytes, twice over (a retried connection sends them again), and its
+            # Content-Length are exactly those of the body's JSON made whole
+            assert framed.wire[2] == len(expected)
+            assert ours.headers["Content-Length"] == str(len(expected))
+            assert b"".join(framed.stream) == expected  # type: ignore[arg-type]
+            assert b"".join(framed.stream) == expected  # type: ignore[arg-type]
+            # And a body whose long strs are all data URIs is never held as one bytes
+            if index in (1, 2, 3):
+                longest = max(len(part) for part in framed.stream)  # type: ignore[union-attr]
+                assert longest <= clients.URI_PART < len(expected)
+
+
+async def test_a_data_uri_sent_is_freed_without_the_collector() -> None:
+    # Given the provider client, and a body holding a client's data URI (no one else's copy)
+    async with provider_client(Settings()) as client:
+        assert client.direct is not None
+        uri = "data:image/png;base64," + "QUJD" * 100_000
+        held = sys.getrefcount(uri)
+        gc.disable()  # the API process collects rarely, and freezes what is alive then
+        try:
+            # When a request is built of it, framed and its bytes read, then dropped
+            body = InlineImages({"image": uri})
+            request, template = clients.json_request(client, "POST", "https://x/v1", json=body)
+            assert template is not None
+            framed = template.framed(client.direct, request)
+            assert framed is not None and b"".join(framed.stream) == (  # type: ignore[arg-type]
+                b'{"image":"%b"}' % uri.encode()
+            )
+            del body, request, framed
+            # Then nothing holds the URI any more: it is freed at once, not at a collection
+            assert sys.getrefcount(uri) == held
+        finally:
+            gc.enable()
+
+
+def _echo_server(seen: list[bytes]) -> Starlette:
+    async def echo(request: Request) -> Response:
+        seen.append(await request.body())
+        return JSONResponse({"images": [{"url": "https://x/1.png"}]})
+
+    return Starlette(routes=[Route("/v1/images/generations", echo, methods=["POST"])])
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["pool", "through-a-transport-layer"])
+async def test_a_provider_receives_a_data_uri_body_exactly(traced: bool) -> None:
+    # Given a provider on loopback, and the provider client sending to it straight to its pool,
+    # or through a transport layer (as the traced task functions' client does)
+    seen: list[bytes] = []
+    layer: clients.TransportLayer = lambda inner: _Through(inner)  # noqa: E731
+    if traced:
+        clients.add_transport_layer(layer)
+    try:
+        with ServerThread(_echo_server(seen)) as server:
+            async with provider_client(Settings()) as client:
+                assert (client.direct is None) is traced
+                # When each submission is sent, twice (a template made, then reused)
+                for body in _bodies() * 2:
+                    answer = await send(
+                        client,
+                        "POST",
+                        f"{server.url}/v1/images/generations",
+                        title="Fake",
+                        deadline=10.0,
+                        json=body,
+                        headers={"Authorization": "Bearer sf-test"},
+                    )
+                    assert answer.status_code == 200
+    finally:
+        clients.remove_transport_layer(layer)
+    # Then the provider received each body exactly as its JSON made whole
+    assert seen == [
+        json.dumps(b, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        for b in _bodies() * 2
+    ]
+
+
+class _Through(httpx.AsyncBaseTransport):
+    """A transport layer that passes each request on (as an observing one does)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -17,9 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from http.cookiejar import Cookie, CookieJar
 from typing import Any, Final, Literal, TypeVar
 
@@ -28,7 +37,8 @@ import httpx
 
 from imagegw.infra.config import Settings
 from imagegw.infra.http11 import FramedRequest, KeptRequest
-from imagegw.infra.transport import PooledTransport
+from imagegw.infra.media import InlineImages
+from imagegw.infra.transport import Parts, PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
 #: per request does not grow with it (`imagegw.infra.transport`); one connection serves a
@@ -43,6 +53,13 @@ TEMPLATES_KEPT: Final = 256
 _JSON: Final = frozenset({"json", "headers", "timeout"})
 #: a bodiless request's body, as httpx makes it (`bare_request`)
 _NO_BODY: Final = b""
+#: a str value this long of a body that holds images (`InlineImages`) that is a data URI (an
+#: image a client sent, passed on) is sent as it is, a part of URI_PART characters at a time,
+#: not copied into the body's text and bytes (`JsonTemplate.request`)
+SPLICE_AT: Final = 64 * 1024
+URI_PART: Final = 512 * 1024
+#: what JSON escapes in a str (`ensure_ascii=False`): a URI holding none is its JSON as it is
+_ESCAPED: Final = '"\\' + "".join(map(chr, range(0x20)))
 
 Hook = Callable[..., Awaitable[Any]]
 _T = TypeVar("_T")
@@ -95,7 +112,9 @@ class JsonTemplate:
     """What `client.build_request(method, url, headers=..., timeout=...)` makes of any JSON
     body, made once: the URL parsed and the client's headers merged (that was most of a
     submission's own CPU). `request(body)` is the request the client would build, its body
-    encoded as httpx encodes JSON, its type and length last among its headers."""
+    encoded as httpx encodes JSON, its type and length last among its headers; a body that
+    holds images (`InlineImages`) is sent as those bytes in parts, each long data URI in it as
+    it is (`_spliced`)."""
 
     __slots__ = ("extensions", "head", "headers", "method", "url", "wire_url")
 
@@ -116,6 +135,10 @@ class JsonTemplate:
         self.wire_url: httpcore.URL | None = None
 
     def request(self, body: Any) -> httpx.Request:
+        if type(body) is InlineImages:
+            spliced = _spliced(body)
+            if spliced is not None:
+                return self._request(spliced, spliced.length)
         content = json.dumps(
             body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
@@ -133,18 +156,32 @@ class JsonTemplate:
         request.read()
         return request
 
+    def _request(self, stream: Parts, length: int) -> httpx.Request:
+        """`request` of a body sent in parts (`_spliced`): not read (that would join them)."""
+        headers = httpx.Headers(self.headers)
+        headers["Content-Length"] = str(length)
+        return httpx.Request(
+            self.method, self.url, headers=headers, stream=stream, extensions=self.extensions
+        )
+
     def framed(self, pool: PooledTransport, request: httpx.Request) -> FramedRequest | None:
         """The pool's form of a request this template made (`request`), its head the
         template's (checked once, by `pool.keep` of the first request sent) with the request's
         own Content-Length: its headers are not checked and made into bytes again at each
         submission. None when the first request's head did not end with its Content-Length
         (then the pool makes each, as for any request)."""
-        content = request.content
-        tail = b"Content-Length: %d\r\n\r\n" % len(content)
+        stream = request.stream
+        if isinstance(stream, Parts):  # a body around data URIs (`request`)
+            content: Iterable[bytes] = stream
+            size = stream.length
+        else:
+            whole = request.content
+            content, size = (whole,), len(whole)
+        tail = b"Content-Length: %d\r\n\r\n" % size
         if self.head is None:
             kept = pool.keep(request)
             head, chunked, length, closes = kept.wire
-            fits = not chunked and not closes and length == len(content) and head.endswith(tail)
+            fits = not chunked and not closes and length == size and head.endswith(tail)
             self.head = head[: -len(tail)] if fits else False
             self.wire_url = kept.url
         if self.head is False or self.wire_url is None:
@@ -153,10 +190,61 @@ class JsonTemplate:
             request.method.encode("ascii"),
             self.wire_url,
             head=self.head + tail,
-            length=len(content),
-            content=(content,),
+            length=size,
+            content=content,
             extensions=request.extensions,
         )
+
+
+def _spliceable(value: str) -> bool:
+    """A long data URI that is its own JSON text (ASCII, nothing JSON escapes)."""
+    return (
+        len(value) >= SPLICE_AT
+        and value.startswith("data:")
+        and value.isascii()
+        and not any(c in value for c in _ESCAPED)
+    )
+
+
+def _tokened(value: Any, token: str, uris: list[str]) -> Any:
+    """`value` with each long data URI in it made `token` (appended to `uris`), its containers
+    copied, its values not. (A function of the module, not a closure of `_spliced`: a nested
+    function that calls itself is a reference cycle, which would hold the URIs until the
+    collector ran, or for good once frozen: `imagegw.infra.collector`.)"""
+    if isinstance(value, str):
+        if _spliceable(value):
+            uris.append(value)
+            return token
+        return value
+    if isinstance(value, dict):
+        return {key: _tokened(item, token, uris) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tokened(item, token, uris) for item in value]
+    return value
+
+
+def _spliced(body: Any) -> Parts | None:
+    """`body`'s JSON as `json.dumps(body, ensure_ascii=False, separators=(",", ":"))` encodes
+    it, byte for byte, as parts: the text around its long data URIs (each made a one-off token
+    first, the body's containers copied, its values not), and each URI's ASCII bytes a part
+    of URI_PART characters at a time, made as they are sent. None when it holds none."""
+    token = secrets.token_hex(16)
+    uris: list[str] = []
+    tokened = _tokened(body, token, uris)
+    text = json.dumps(tokened, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    around = text.split(token)
+    if not uris or len(around) != len(uris) + 1:
+        return None  # none, or the token elsewhere (never by chance): encoded whole
+    pieces = [piece.encode() for piece in around]
+
+    def parts() -> Iterator[bytes]:
+        for piece, uri in zip(pieces, uris, strict=False):
+            yield piece
+            for at in range(0, len(uri), URI_PART):
+                yield uri[at : at + URI_PART].encode("ascii")
+        yield pieces[-1]
+
+    return Parts(sum(map(len, pieces)) + sum(map(len, uris)), parts)
 
 
 class BareTemplate:

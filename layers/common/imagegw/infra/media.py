@@ -8,9 +8,9 @@ import binascii
 import io
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
 from imagegw.infra.imageinfo import Unreadable, facts
@@ -48,6 +48,14 @@ def sniff_mime(data: bytes) -> str | None:
     if data.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
     return None
+
+
+class InlineImages(dict[str, Any]):
+    """A provider request's JSON body that holds images' data URIs (`ImageBytes.data_uri`):
+    encoded as any dict, but the provider client sends each long data URI in it as it is, a
+    part at a time, not copied into the body's JSON text and its bytes
+    (`imagegw.infra.clients.JsonTemplate.request`). Any other body is a plain dict: nothing
+    is looked for in it."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,12 @@ class InputImage:
 
     url: str
     image: ImageBytes | None = None
+
+
+def inlined(body: dict[str, Any], images: Iterable[InputImage]) -> dict[str, Any]:
+    """A provider's JSON body as `InlineImages` when one of `images` went in it as a data URI
+    (its bytes are held: `ImageBytes.data_uri`), else `body` itself."""
+    return InlineImages(body) if any(i.image is not None for i in images) else body
 
 
 def is_data_uri(ref: str) -> bool:

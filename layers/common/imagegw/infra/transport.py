@@ -43,7 +43,7 @@ import asyncio
 import io
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -129,6 +129,32 @@ async def gathered(
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class Parts(httpx.ByteStream):
+    """A body in memory held as parts (`parts()`, made again at each send: a request retried
+    on a connection that could not be made sends them anew), `length` bytes in all: a JSON
+    body around a client's data URI, the URI's ASCII bytes made a part at a time
+    (`imagegw.infra.clients.JsonTemplate`), never joined into one bytes. The pool sends it as
+    a body in memory (`PooledTransport.read`, `keep`); `request.read()` would join it, so
+    nothing here calls it."""
+
+    def __init__(self, length: int, parts: Callable[[], Iterator[bytes]]) -> None:
+        super().__init__(b"")
+        self.length, self.parts = length, parts
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.parts()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts():
+            yield part
+
+
+def in_memory(request: httpx.Request) -> bytes | Parts:
+    """The body of a request whose body is in memory: its `Parts`, else its content."""
+    stream = request.stream
+    return stream if isinstance(stream, Parts) else request.content
+
+
 def core_url(url: httpx.URL) -> httpcore.URL:
     """httpx's URL as httpcore's: its parts as sent."""
     return httpcore.URL(
@@ -138,7 +164,7 @@ def core_url(url: httpx.URL) -> httpcore.URL:
 
 def _core_request(
     request: httpx.Request,
-    content: bytes | AsyncIterable[bytes],
+    content: bytes | Parts | AsyncIterable[bytes],
     made: type[httpcore.Request] = httpcore.Request,
 ) -> httpcore.Request:
     """httpx's request as httpcore's (the URL's parts as sent, its headers, its extensions)."""
@@ -500,7 +526,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         """The pool's own form of a request whose body is in memory and that is sent again and
         again (a task's poll): made once, its head checked and in bytes
         (`imagegw.infra.http11.KeptRequest`), for `read`."""
-        kept = _core_request(request, request.content, KeptRequest)
+        kept = _core_request(request, in_memory(request), KeptRequest)
         assert isinstance(kept, KeptRequest)
         return kept
 
@@ -539,7 +565,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         made of an answer of which the caller reads only the status and the body. `kept`: the
         pool's own form of `request`, made before (`keep`: a task's poll)."""
         if kept is None:
-            body = request.content if content is None else content
+            body = in_memory(request) if content is None else content
             return await self._read(
                 _core_request(request, body), request, limit=limit, too_large=too_large
             )

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.infra.lazy import httpx
+from imagegw.infra.media import inlined
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
@@ -156,7 +157,7 @@ class Ark(TaskProvider):
             body["image"] = images[0]
         elif images:
             body["image"] = images
-        return body
+        return inlined(body, request.images)
 
     async def start(self, request: GenerationRequest) -> Finished:
         try:

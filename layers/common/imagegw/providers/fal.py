@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from imagegw.errors import ProviderError, TransientProviderError
 from imagegw.infra.lazy import httpx
+from imagegw.infra.media import inlined
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -177,7 +178,7 @@ class Fal(TaskProvider):
             body["image_urls"] = images
         elif spec.image_field is not None and images:
             body[spec.image_field] = images[0]
-        return body
+        return inlined(body, request.images) if spec.image_field is not None else body
 
     async def start(self, request: GenerationRequest) -> Started:
         response = await submit(

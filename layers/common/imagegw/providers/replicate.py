@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from imagegw.errors import ProviderError
+from imagegw.infra.media import InlineImages
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -153,16 +154,19 @@ class Replicate(TaskProvider):
         model_input: dict[str, Any] = {"prompt": request.prompt, **request.options}
         if spec.batch is not None:
             model_input[spec.batch[0]] = request.n
+        inline = False
         if spec.image_field is not None and request.images:
             image = request.images[0]
-            small = image.image is not None and len(image.image.data) <= MAX_INLINE
+            inline = image.image is not None and len(image.image.data) <= MAX_INLINE
             model_input[spec.image_field] = (
-                image.image.data_uri() if small and image.image is not None else image.url
+                image.image.data_uri() if inline and image.image is not None else image.url
             )
         model, _, version = request.model.partition(":")
+        body = {"version": version, "input": model_input} if version else {"input": model_input}
+        body = InlineImages(body) if inline else body  # the image's bytes in it
         if version:
-            return f"{self.base_url}/predictions", {"version": version, "input": model_input}
-        return f"{self.base_url}/models/{model}/predictions", {"input": model_input}
+            return f"{self.base_url}/predictions", body
+        return f"{self.base_url}/models/{model}/predictions", body
 
     async def start(self, request: GenerationRequest) -> Started:
         url, body = self.call(request)

@@ -20,6 +20,7 @@ from imagegw.errors import GatewayError, InvalidRequestError, NotFoundError, Pro
 from imagegw.infra.config import BaseUrl, ProviderSettings
 from imagegw.infra.lazy import httpx
 from imagegw.infra.log import logger
+from imagegw.infra.media import inlined
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
@@ -216,7 +217,7 @@ class SiliconFlow(Provider):
                 f"{self.base_url}/images/generations",
                 title=self.title,
                 deadline=self.settings.generation_timeout,
-                json=body,
+                json=inlined(body, request.images[: len(IMAGE_FIELDS)]),
                 headers={"Authorization": f"Bearer {request.api_key.get_secret_value()}"},
                 timeout=work_timeout(self.settings),
             )

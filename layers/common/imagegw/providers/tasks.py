@@ -35,6 +35,7 @@ from imagegw.errors import (
 )
 from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
 from imagegw.infra.lazy import httpx
+from imagegw.infra.media import InlineImages
 from imagegw.providers.base import (
     Failed,
     Finished,
@@ -215,7 +216,7 @@ async def submit(
             url,
             title=provider.title,
             deadline=provider.settings.provider_timeout,
-            json=dict(body),
+            json=body if type(body) is InlineImages else dict(body),
             headers=dict(headers),
             timeout=provider.timeout,
         )
