@@ -40,15 +40,19 @@ _KEY: Final = re.compile(r"[\x21-\x7e]+")
 
 def parse_json(raw: bytes, *, what: str = "The request body") -> Any:
     """`raw` as JSON (UTF-8, an optional BOM), checked by `check_value`. Raises a 400."""
+    return parse_json_text(json_text(raw, what=what), what=what)
+
+
+def json_text(raw: bytes, *, what: str = "The request body") -> str:
+    """`raw`, a JSON body, as text: UTF-8 with an optional BOM. Raises a 400."""
     try:
         # what "utf-8-sig" does (a BOM dropped, the rest strict: no surrogates smuggled as
         # CESU-8 bytes, an error's offset counted after the BOM), with the C codec
-        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        return raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(
             f"{what} is not valid UTF-8 (byte {exc.start}).", code="invalid_encoding"
         ) from None
-    return parse_json_text(text, what=what)
 
 
 def parse_json_text(text: str, *, what: str = "The request body") -> Any:
