@@ -8,7 +8,10 @@ not compress, whose base64 is 5.3 MB, in each way a client gets an image's bytes
 - `openai-b64`, `openai-b64-stream`: the same from an OpenAI-compatible server that answers
   `b64_json` itself;
 - `chat-inline`, `chat-inline-stream`: a chat completion with IMAGE_LINKS=inline (a markdown
-  data URI in its content), in one answer and streamed.
+  data URI in its content), in one answer and streamed;
+- `siliconflow-input`: the other way, the image sent by the client as a data URI in a chat
+  completion to SiliconFlow's Qwen-Image-Edit (which takes data URIs: the client's is passed
+  on), answered with the provider's link (IMAGE_LINKS=provider).
 
 For each: the peak memory one answer adds above the process's resting RSS (the median of 3
 answers' VmHWM, each after `/proc/<pid>/clear_refs` 5, above the lowest RSS seen between them:
@@ -24,6 +27,7 @@ Run it by name: `python -m bench b64` (with the local build, `make build-local`)
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import statistics
@@ -51,14 +55,27 @@ from bench.memory import _png_of
 from bench.versus import gateway
 from fakes.openai_images import FakeOpenAIImages
 from fakes.server import ServerThread
+from fakes.siliconflow import FakeSiliconFlow
+
+#: a request's body, or what makes it of the image
+Body = dict[str, Any] | Callable[[bytes], dict[str, Any]]
 
 IMAGE_BYTES = 4_000_000
 ANSWERS = int(os.environ.get("BENCH_B64_ANSWERS", "6"))
 PEAKS = 3
 MODEL = "Qwen/Qwen-Image"
 IMAGES = {"model": MODEL, "prompt": "x", "response_format": "b64_json", "size": "1024x1024"}
-#: name: (provider's route prefix, path, body, streamed, IMAGE_LINKS)
-CASES: dict[str, tuple[str, str, dict[str, Any], bool, str | None]] = {
+
+
+def _edit(png: bytes) -> dict[str, Any]:
+    """A chat completion to edit `png`, sent as a data URI."""
+    uri = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    content = [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": uri}}]
+    return {"model": "Qwen/Qwen-Image-Edit", "messages": [{"role": "user", "content": content}]}
+
+
+#: name: (provider's route prefix, path, body (or made of the image), streamed, IMAGE_LINKS)
+CASES: dict[str, tuple[str, str, Body, bool, str | None]] = {
     "images-b64": ("", "/v1/images/generations", IMAGES, False, None),
     "images-b64-stream": ("", "/v1/images/generations", {**IMAGES, "stream": True}, True, None),
     "openai-b64": ("/openai", "/v1/images/generations", IMAGES, False, None),
@@ -77,10 +94,12 @@ CASES: dict[str, tuple[str, str, dict[str, Any], bool, str | None]] = {
         True,
         "inline",
     ),
+    "siliconflow-input": ("/siliconflow", "/v1/chat/completions", _edit, False, "provider"),
 }
 
 
 OPENAI_KEY = {"Authorization": "Bearer sk-bench"}
+KEYS = {"/openai": OPENAI_KEY, "/siliconflow": {"Authorization": "Bearer sk-sf-test-token"}}
 
 
 def _cases() -> list[str]:
@@ -94,15 +113,23 @@ def _cases() -> list[str]:
 
 @contextlib.contextmanager
 def _providers(png: bytes) -> Iterator[dict[str, str]]:
-    """The fake ModelScope and OpenAI-compatible server, both answering `png`; their settings."""
+    """The fake ModelScope and OpenAI-compatible server, both answering `png`, and the fake
+    SiliconFlow; their settings."""
     made: Callable[..., bytes] = lambda *args, **kwargs: png  # noqa: E731
     with fake_modelscope(task_duration=lambda body: 0.0, pending_seconds=0.0) as (_, base):
         modelscope_fake.make_png = made  # type: ignore[attr-defined]  # (restored by the fake)
         original = openai_fake.make_png
         openai_fake.make_png = made  # type: ignore[assignment]
         try:
-            with ServerThread(FakeOpenAIImages()) as server:
-                yield {"MODELSCOPE_BASE_URL": base, "OPENAI_BASE_URL": f"{server.url}/v1"}
+            with (
+                ServerThread(FakeOpenAIImages()) as server,
+                ServerThread(FakeSiliconFlow(latency=0.0)) as siliconflow,
+            ):
+                yield {
+                    "MODELSCOPE_BASE_URL": base,
+                    "OPENAI_BASE_URL": f"{server.url}/v1",
+                    "SILICONFLOW_BASE_URL": f"{siliconflow.url}/v1",
+                }
         finally:
             openai_fake.make_png = original
 
@@ -116,12 +143,13 @@ def _answer(client: httpx.Client, url: str, body: dict[str, Any], stream: bool, 
     return size
 
 
-def _case(name: str, providers: dict[str, str], s3: dict[str, str]) -> dict[str, float]:
-    prefix, path, body, stream, links = CASES[name]
+def _case(name: str, png: bytes, providers: dict[str, str], s3: dict[str, str]) -> dict[str, float]:
+    prefix, path, made, stream, links = CASES[name]
+    body = made(png) if callable(made) else made
     env = {**s3, **providers, "MALLOC_MMAP_THRESHOLD_": "65536"}
     if links:
         env["IMAGE_LINKS"] = links
-    key = OPENAI_KEY if prefix else AUTH
+    key = KEYS.get(prefix, AUTH)
     with lambda_runtime_here() as runtime, gateway(runtime, env) as booted:
         pid, url = booted.process.pid, f"{booted.url}{prefix}{path}"
         with httpx.Client(timeout=120) as client:
@@ -144,12 +172,12 @@ def _case(name: str, providers: dict[str, str], s3: dict[str, str]) -> dict[str,
 
 
 def run() -> Report:
-    report = Report("b64", "one 4 MB image answered as base64")
+    report = Report("b64", "one 4 MB image answered as base64 (and sent as a data URI)")
     png = _png_of(IMAGE_BYTES)
     rows = []
     with s3_stand_in() as s3, _providers(png) as providers:
         for name in _cases():
-            figures = _case(name, providers, s3)
+            figures = _case(name, png, providers, s3)
             report.data[name] = figures
             rows.append(
                 [

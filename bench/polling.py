@@ -135,8 +135,9 @@ async def run_predictive(
     outcomes = []
     for task in tasks:
         key = Key("sim", task.model)
-        outcome, timing, seen = simulate(task, predictive(settings, await store.get(key)))
-        await store.record(key, timing.run_time(seen))
+        estimate = await store.get(key)
+        outcome, timing, seen = simulate(task, predictive(settings, estimate))
+        await store.record(key, timing.run_time(seen, estimate))
         outcomes.append(outcome)
     return outcomes
 
@@ -249,7 +250,7 @@ async def burst(settings: Settings, seed: int = BURST_SEED) -> list[Outcome]:
         state = task.state(now - made) if poll else "PENDING"
         if state is None:  # ended: learned, and the next stream's slot is free
             outcomes.append(Outcome(now - made - task.end, timing.polls + 1, task.end))
-            await store.record(key, timing.run_time(now))
+            await store.record(key, timing.run_time(now, estimate))
             if waiting:
                 heapq.heappush(events, (now + SUBMIT_S, order, waiting.pop(0), False))
                 order += 1

@@ -8,15 +8,17 @@ import zlib
 
 import pytest
 
-from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png
+from fakes.png import GIF_1x1, JPEG_1x1, WEBP_1x1, make_png, noisy_png
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
 from imagegw.infra.media import (
+    DECODE_STEP,
     URI_STEP,
     ImageBytes,
     canonical_uri,
     check_image,
     decode_data_uri,
     decode_refs,
+    plain_base64,
     sniff_mime,
 )
 
@@ -251,6 +253,9 @@ def test_a_data_uri_is_canonical_only_when_it_is_what_the_image_encodes_to(
     assert canonical_uri(uri, image) is canonical
     assert canonical_uri(image.data_uri(), image)
     assert (uri == image.data_uri()) is canonical
+    # a canonical URI is kept and passed on as it is (to a provider, in an answer): no new text
+    assert (image.data_uri() is uri) is canonical
+    assert (image.uri is uri) is canonical
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, URI_STEP - 1, URI_STEP, URI_STEP + 1, 2 * URI_STEP + 2])
@@ -258,3 +263,53 @@ def test_a_data_uri_encoded_in_steps_is_the_whole_base64(size: int) -> None:
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
 
     assert ImageBytes(data, "image/gif").data_uri() == data_uri(data, "image/gif")
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 2, 3, DECODE_STEP // 4 * 3 - 1, DECODE_STEP // 4 * 3, 2 * DECODE_STEP // 4 * 3 + 2],
+)
+def test_plain_base64_decoded_in_steps_is_the_whole_payload(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    uri = data_uri(data)
+
+    assert plain_base64(uri, uri.index(",") + 1) == data
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "QUJ",  # not whole groups
+        "QU=D",  # padding inside a group
+        "QQ==QUJD",  # padding inside the payload
+        "QUJD" * (DECODE_STEP // 4 - 1) + "QQ==" + "QUJD",  # ... at the end of a step
+        "QUJD" * (DECODE_STEP // 4) + "QU\nD",  # a line break (in the second step)
+        "QUJD" * (DECODE_STEP // 4) + "QU*D",
+        "QUJD" * 3 + "QUé=",  # beyond ASCII
+    ],
+)
+def test_what_is_not_plain_base64_is_left_to_the_lenient_decoder(payload: str) -> None:
+    assert plain_base64(f"data:image/png;base64,{payload}", 22) is None
+
+
+def test_padding_at_the_end_of_a_step_is_invalid_base64_as_it_was() -> None:
+    # Given base64 whose groups are each valid but which holds padding where one step ends
+    uri = data_uri(make_png(40, 40))
+    start = uri.index(",") + 1
+    bad = f"{uri[:start]}{'QUJD' * (DECODE_STEP // 4 - 1)}QQ=={uri[start:]}"
+
+    with pytest.raises(InvalidRequestError) as caught:
+        decode_data_uri(bad, max_bytes=10 * LIMIT)
+
+    assert caught.value.code == "invalid_image"
+    assert "invalid base64" in caught.value.message
+
+
+def test_a_base64_image_of_a_few_steps_is_decoded_to_its_bytes() -> None:
+    png = noisy_png(1000, 600)
+    assert len(png) * 4 // 3 > 2 * DECODE_STEP
+
+    image = decode_data_uri(data_uri(png), max_bytes=10 * LIMIT)
+
+    assert image.data == png
+    assert (image.width, image.height) == (1000, 600)

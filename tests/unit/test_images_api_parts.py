@@ -13,7 +13,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from fakes.png import GIF_1x1, JPEG_1x1, make_png
+from fakes.png import GIF_1x1, JPEG_1x1, make_png, noisy_png
 from imagegw.errors import GatewayError, InvalidRequestError, PayloadTooLargeError
 from imagegw.frontends.images_api import (
     ImagesCall,
@@ -24,14 +24,33 @@ from imagegw.frontends.images_api import (
     provider_options,
 )
 from imagegw.frontends.schemas import ImagesAnswer, ResponseFormat, images_response
-from imagegw.frontends.spans import STEP, Around, PiecesResponse, Span, encoded
+from imagegw.frontends.spans import Around, PiecesResponse, encoded
 from imagegw.frontends.web import read_form
 from imagegw.infra.config import Settings
-from imagegw.infra.media import ImageBytes
+from imagegw.infra.media import URI_STEP, DataUri, ImageBytes, check_image, decode_data_uri
 from imagegw.providers.base import ModelKind
 from imagegw.providers.modelscope import ModelScope
 
 PNG = make_png(4, 4)
+#: characters of base64 written at a time
+STEP = URI_STEP // 3 * 4
+#: a noisy PNG whose base64 is a few steps long
+BIG = noisy_png(900, 700)
+
+
+def image(data: bytes) -> DataUri:
+    """`data` as the gateway delivers a data URI: the checked image's bytes."""
+    return DataUri.of(check_image(data, max_bytes=10**8))
+
+
+def provider_image(data: bytes) -> DataUri:
+    """`data` as a provider's own (canonical) base64 answer is delivered: its text."""
+    text = f"data:image/png;base64,{base64.b64encode(data).decode()}"
+    made = DataUri.of(decode_data_uri(text, max_bytes=10**8))
+    assert made.source is text
+    return made
+
+
 LIMIT = 1_000_000
 OFFLINE = ModelScope(Settings(), None)  # type: ignore[arg-type]
 
@@ -204,11 +223,20 @@ def test_url_answer_has_only_urls() -> None:
     assert body == {"created": 5, "data": [{"url": "https://a/1.png"}, {"url": "https://a/2.png"}]}
 
 
-def test_b64_answer_has_only_the_payloads() -> None:
+@pytest.mark.parametrize("made", [image, provider_image])
+def test_b64_answer_has_only_the_payloads(made: Any) -> None:
     payload = base64.b64encode(PNG).decode()
-    body = images_response([f"data:image/png;base64,{payload}"], "b64_json")
+    body = images_response([made(PNG)], "b64_json")
     assert body["data"] == [{"b64_json": payload}]
     assert isinstance(body["created"], int)
+
+
+def test_an_inline_url_answer_has_the_data_uris() -> None:
+    body = images_response([image(PNG), "https://a/2.png"], "url", created=5)
+    assert body["data"] == [
+        {"url": f"data:image/png;base64,{base64.b64encode(PNG).decode()}"},
+        {"url": "https://a/2.png"},
+    ]
 
 
 def test_b64_answer_never_carries_a_link() -> None:
@@ -236,17 +264,16 @@ def sent(response: PiecesResponse) -> tuple[list[Message], bytes]:
     ("images", "response_format"),
     [
         ((), "b64_json"),
-        ((f"data:image/png;base64,{base64.b64encode(PNG).decode()}",), "b64_json"),
-        (
-            ("data:image/png;base64," + "QUJD" * (STEP // 2), "data:image/gif;base64,R0lG"),
-            "b64_json",
-        ),
-        (('data:image/png;base64,a"b\\c\n\u00e9',), "b64_json"),  # not base64: escaped
+        ((image(PNG),), "b64_json"),
+        ((provider_image(PNG),), "b64_json"),
+        ((image(BIG), image(GIF_1x1)), "b64_json"),  # a payload of several steps
+        ((provider_image(BIG),), "b64_json"),
         (("https://a/1.png", "https://a/ü.png"), "url"),
+        (("https://a/1.png", image(BIG)), "url"),  # IMAGE_LINKS=inline
     ],
 )
 def test_an_answer_is_sent_as_the_json_of_its_images(
-    images: tuple[str, ...], response_format: ResponseFormat
+    images: tuple[str | DataUri, ...], response_format: ResponseFormat
 ) -> None:
     # Given an answer, When it is sent
     answer = ImagesAnswer(images, response_format, created=7)
@@ -266,10 +293,12 @@ def test_an_answer_is_sent_as_the_json_of_its_images(
     # the last piece ends the answer (links alone: one message, as JSONResponse sends it)
     assert [m["more_body"] for m in messages[1:]] == [True] * (len(messages) - 2) + [False]
     assert all(m["body"] for m in messages[1:])
-    if response_format == "url":
+    if all(isinstance(i, str) for i in images):  # links alone
         assert len(messages) == 2
     # a payload several steps long comes a step at a time
     assert max(len(m["body"]) for m in messages[1:]) <= STEP + 64
+    if any(isinstance(i, DataUri) and i.payload_size() > 2 * STEP for i in images):
+        assert len(messages) > 4
 
 
 @pytest.mark.parametrize(
@@ -391,7 +420,7 @@ def test_a_value_is_written_around_its_payloads_whatever_else_it_holds() -> None
     # mark too (a mark is new for each answer: no client can send the one of its answer)
     around = Around()
     assert around.mark != Around().mark
-    uri = f"data:image/png;base64,{base64.b64encode(PNG).decode()}"
+    uri = image(PNG)
     body = {
         "id": "job-1",
         "prompt": f'{Around().mark}0\ue000 "quoted" \\ é',
@@ -403,4 +432,4 @@ def test_a_value_is_written_around_its_payloads_whatever_else_it_holds() -> None
     pieces = around.pieces(body)
     text = b"".join(encoded(pieces)).decode()
     assert json.loads(text) == {**body, "data": images_response([uri, uri], "b64_json", 3)["data"]}
-    assert [piece for piece in pieces if isinstance(piece, Span)] == [Span(uri, 22)] * 2
+    assert [piece for piece in pieces if isinstance(piece, DataUri)] == [uri, uri]

@@ -15,6 +15,7 @@ from imagegw.core.schedule import (
     Timing,
     bucket,
     job_wait,
+    likely_end,
     next_delay,
     poll_delay,
     window,
@@ -447,3 +448,76 @@ def test_an_overrun_is_polled_no_denser_than_the_window_before_it() -> None:
     assert inside > 1.0
     for at in (span.end + 0.01, span.end + 0.5, span.end + 1.0):
         assert next_delay(timing.seen(at, "RUNNING"), few, at, BASE, MAXIMUM) >= inside
+
+
+def seen_and_ended(end: float, queue: float, estimate: Estimate) -> tuple[int, float]:
+    """Poll a task queued `queue` s, ending at `end`, by `estimate`: (polls, run time learned)."""
+    timing, now = Timing(submitted=0.0), 0.0
+    while True:
+        now += next_delay(timing, estimate, now, BASE, MAXIMUM)
+        if now >= end:
+            return timing.polls + 1, timing.run_time(now, estimate)
+        timing = timing.seen(now, "PENDING" if now < queue else "RUNNING")
+
+
+def bursts(runs: list[float], first: Estimate) -> tuple[list[float], Estimate]:
+    """Bursts of 100 tasks queued 0.1 s, all polled by what the bursts before taught (as a
+    burst of streams reads the model once, before any of its tasks ends): the mean polls a task
+    of each burst, and the estimate learned at the end."""
+    estimate, mean_polls = first, []
+    for run in runs:
+        seen = [seen_and_ended(0.1 + run, 0.1, estimate) for _ in range(100)]
+        mean_polls.append(sum(polls for polls, _ in seen) / len(seen))
+        for _, learned in seen:
+            estimate = fold(estimate, learned)
+    return mean_polls, estimate
+
+
+def test_an_end_seen_one_long_wait_late_is_learned_where_the_models_law_puts_it() -> None:
+    # a 3-s task of a model learned at 3.2 s, seen queued at 0, running at 1.0 s and done at
+    # 3.3 s: its end is learned near 3 s (its begin about 0.5 s), not at the span's middle 2.15 s
+    learned = Estimate(seconds=2.7, spread=0.1, samples=64)
+    timing = Timing(submitted=0.0).seen(0.0, "PENDING").seen(1.0, "RUNNING")
+    assert timing.run_time(3.3) == pytest.approx(1.65)
+    assert 2.3 <= timing.run_time(3.3, learned) <= 2.8
+    # a short history or a prior is no law to trust: the middle
+    for guess in (Estimate(2.7, 0.1, 5), Estimate(2.7, 0.8, 0)):
+        assert timing.run_time(3.3, guess) == pytest.approx(1.65)
+    # a narrow span keeps its place whatever the law
+    close = timing.seen(3.0, "RUNNING")
+    assert close.run_time(3.3, learned) == pytest.approx(close.run_time(3.3), abs=0.15)
+
+
+def test_an_end_far_from_the_models_law_is_learned_at_its_spans_middle() -> None:
+    # a task that ran twice as long as its model's law says (overran it by far): the middle of
+    # its span, so a real change of run time is learned at once, not pulled back to the law
+    law = window(Timing(submitted=0.0).seen(0.5, "RUNNING"), Estimate(3.0, 0.2, 64))
+    assert likely_end(law, 6.0, 7.0, 3.5) == pytest.approx(6.5, abs=0.01)
+    # within the window, the law weighs most: the end nearer its centre than the middle is
+    assert likely_end(law, 2.0, 3.6, 3.5) > 3.2
+    # a span the law gives no chance (far before the window): its middle
+    assert likely_end(law, 0.1, 0.3, 3.5) == pytest.approx(0.2)
+
+
+def test_bursts_of_identical_tasks_settle_near_their_run_time() -> None:
+    # bursts of 3-s tasks after a 0.5-s warm-up (bench versus' CPU part): the polls a task
+    # settle, not swinging from burst to burst as when each end was learned at its span's
+    # middle (4, 5 and 6 polls in turn), and the run is learned near 3 s (the begin is taken
+    # as the middle of 0-1 s, 0.4 s late: about 2.6 s)
+    mean_polls, learned = bursts([3.0] * 8, fold(None, 0.5))
+    settled = mean_polls[2:]
+    assert max(settled) - min(settled) <= 1.0
+    assert sum(settled) / len(settled) <= 4.4
+    assert learned.seconds == pytest.approx(2.6, abs=0.2)
+
+
+@pytest.mark.parametrize("after", [2.0, 6.0])
+def test_a_change_of_run_time_is_learned_within_a_few_bursts(after: float) -> None:
+    # 3-s tasks learned, then the model's runs take 2 s or 6 s: the ends of the overrunning
+    # tasks are far past the law (their spans' middles: learned at once); the early ones are
+    # pulled towards the law, the estimate moving down by a few tenths a burst; by the third
+    # burst the change is learned and the polls a task are back to a few
+    _, before = bursts([3.0] * 4, fold(None, 0.5))
+    mean_polls, learned = bursts([after] * 3, before)
+    assert learned.seconds == pytest.approx(after - 0.4, abs=0.3)
+    assert mean_polls[-1] <= 5

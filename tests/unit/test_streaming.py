@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from imagegw.errors import ProviderError
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.spans import STEP, Around, PiecesResponse, Span, encoded
+from imagegw.frontends.spans import Around, PiecesResponse, encoded
 from imagegw.frontends.streaming import (
     DONE,
     Frames,
@@ -25,13 +25,18 @@ from imagegw.frontends.streaming import (
     sse,
     with_keepalive,
 )
-from imagegw.runners.inprocess import Event, Progress, Result
+from imagegw.infra.media import URI_STEP, DataUri
+from imagegw.runners.inprocess import Progress, Result
+from imagegw.runners.pipeline import Event
 
 pytestmark = pytest.mark.anyio
 
 MODEL = "Qwen/Qwen-Image"
 URLS = ("https://cdn.example/a.png", "https://cdn.example/b.png")
 RESULT = Result(images=URLS, failures=(), task_ids=("t-1", "t-2"), elapsed=3.2)
+
+#: characters of base64 written at a time
+STEP = URI_STEP // 3 * 4
 
 Step = Event | float | Exception  # a float is a pause (seconds)
 
@@ -372,24 +377,23 @@ def test_a_chunk_s_frame_is_the_chunk_encoded_whole(
     assert json.loads(frame.removeprefix("data: "))["choices"][0]["delta"] == delta
 
 
-def inline_result(payload_lines: bool) -> Result:
-    """A result whose first image is a data URI of more than a megabyte of base64 (in lines of
-    76 when `payload_lines`: JSON escapes those), then a link and a small data URI, and a
-    failed task's reason."""
-    data = base64.b64encode(random.Random(7).randbytes(900_000)).decode()
-    if payload_lines:
-        data = "\n".join(data[at : at + 76] for at in range(0, len(data), 76))
-    uri = f"data:image/png;base64,{data}"
-    small = f"data:image/jpeg;base64,{base64.b64encode(b'jpeg').decode()}"
+def inline_result(text: bool) -> Result[str | DataUri]:
+    """A result whose first image is a data URI of more than a megabyte of base64 (made from
+    its bytes, or with `text` a provider's own URI passed on), then a link and a small data
+    URI, and a failed task's reason."""
+    data = random.Random(7).randbytes(900_000)
+    source = f"data:image/png;base64,{base64.b64encode(data).decode()}" if text else data
+    big = DataUri("image/png", 0, 0, source)
+    small = DataUri("image/jpeg", 0, 0, b"jpeg")
     return Result(
-        images=(uri, URLS[0], small), failures=('task 4: "bad" \\ ✗',), task_ids=(), elapsed=1
+        images=(big, URLS[0], small), failures=('task 4: "bad" \\ ✗',), task_ids=(), elapsed=1
     )
 
 
-@pytest.mark.parametrize("payload_lines", [False, True])
-async def test_an_inline_image_streams_as_the_bytes_of_its_whole_frame(payload_lines: bool) -> None:
+@pytest.mark.parametrize("text", [False, True])
+async def test_an_inline_image_streams_as_the_bytes_of_its_whole_frame(text: bool) -> None:
     # Given a result with an image as a data URI (IMAGE_LINKS=inline), the run over
-    result = inline_result(payload_lines)
+    result = inline_result(text)
     completion = Completion(MODEL)
 
     # When it is streamed
@@ -411,28 +415,25 @@ async def test_an_inline_image_streams_as_the_bytes_of_its_whole_frame(payload_l
     )
     body = b"".join(chunk if isinstance(chunk, bytes) else chunk.encode() for chunk in chunks)
     assert body == whole.encode()
-    # And a plain payload is sent a megabyte at a time, never as one piece with its frame
-    if not payload_lines:
-        assert len(chunks) > 3
-        assert max(len(chunk) for chunk in chunks) <= STEP
+    # And the payload is sent a megabyte at a time, never as one piece with its frame
+    assert len(chunks) > 3
+    assert max(len(chunk) for chunk in chunks) <= STEP
     # And the answer ends with its last piece, in the same write
     assert isinstance(chunks[-1], LastChunk) and chunks[-1].endswith(DONE)
 
 
-@pytest.mark.parametrize("payload_lines", [False, True])
-async def test_an_inline_image_is_answered_as_the_bytes_of_its_whole_json(
-    payload_lines: bool,
-) -> None:
+@pytest.mark.parametrize("text", [False, True])
+async def test_an_inline_image_is_answered_as_the_bytes_of_its_whole_json(text: bool) -> None:
     # Given a result with an image as a data URI, answered in one JSON (not streamed)
-    result = inline_result(payload_lines)
+    result = inline_result(text)
     completion = Completion(MODEL)
     around = Around.of(result.images)
     assert around is not None and Around.of(URLS) is None  # links alone: nothing written around
 
     # When its answer is written around the payloads
     pieces = around.pieces(completion.message(markdown(result, around)))
-    # (each data URI's payload a span, but one that needs escaping)
-    assert len([piece for piece in pieces if isinstance(piece, Span)]) == 1 + (not payload_lines)
+    # (each data URI's payload in its place)
+    assert [piece for piece in pieces if isinstance(piece, DataUri)] == list(result.images[::2])
     sent: list[bytes] = []
 
     async def send(message: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Literal
 
 import httpcore
@@ -16,7 +16,7 @@ import pytest
 
 from fakes.server import ServerThread
 from fakes.socketserver import LoopbackServer
-from imagegw.infra.transport import PooledTransport
+from imagegw.infra.transport import GATHER_AT, PooledTransport, gathered
 
 pytestmark = [pytest.mark.anyio, pytest.mark.both_loops]  # either loop: tests/conftest.py
 
@@ -257,3 +257,41 @@ async def test_a_cancelled_request_frees_its_connection(
         # When another request is made / Then it is answered
         answer = await http.get(f"{url}/fast", timeout=httpx.Timeout(10.0, pool=5.0))
         assert answer.text == "ok"
+
+
+async def chunks_of(parts: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+class TooLarge(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("sizes", "declared"),
+    [
+        ([], None),
+        ([10], 10),  # one chunk: that chunk
+        ([GATHER_AT // 2] * 3, None),  # length unknown: joined
+        ([GATHER_AT // 2] * 3, 3 * GATHER_AT // 2),  # into one buffer of its length
+        ([7_000] * 40 + [13], 280_013),
+        ([GATHER_AT] * 2, 3 * GATHER_AT),  # shorter than declared: what came
+    ],
+)
+async def test_a_body_is_gathered_to_its_bytes(sizes: list[int], declared: int | None) -> None:
+    parts = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+
+    body = await gathered(chunks_of(parts), limit=10**7, too_large=TooLarge, declared=declared)
+
+    assert body == b"".join(parts)
+
+
+@pytest.mark.parametrize("declared", [None, 2 * GATHER_AT + 1])
+async def test_a_body_past_the_limit_is_refused_as_it_comes(declared: int | None) -> None:
+    parts = [b"x" * GATHER_AT] * 3
+
+    with pytest.raises(TooLarge):
+        await gathered(
+            chunks_of(parts), limit=2 * GATHER_AT + 1, too_large=TooLarge, declared=declared
+        )

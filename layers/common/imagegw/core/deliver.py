@@ -7,6 +7,10 @@
 - `data`: a data URI of any type, nothing stored (the Images API's `b64_json`; not a setting);
 - `as_is`: what the job already kept (a durable job's result: copies were made by its Store).
 
+A data URI is delivered as a `DataUri` (`imagegw.infra.media`): the image's bytes (or a
+provider's own canonical URI of them, as it came), which the answer writes as base64 a
+part at a time, never the whole URI's text beside them.
+
 A result is paid for: when it cannot be copied (the provider's link fails, or the bucket does),
 the client still gets it, as the provider's own link or, for an image the provider answered
 inline, as a data URI, with a warning in the log. `copy_result` is that rule, for every driver.
@@ -31,8 +35,8 @@ from imagegw.infra.config import Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
 from imagegw.infra.log import logger
 from imagegw.infra.media import (
+    DataUri,
     ImageBytes,
-    canonical_uri,
     check_image,
     decode_data_uri,
     is_data_uri,
@@ -55,6 +59,8 @@ class Stored:
 
 #: a result image: a provider URL or data URI, or a stored copy
 Ref = str | Stored
+#: a result image as the client gets it: a link, or the image as a data URI
+Delivered = str | DataUri
 
 
 def file_link(base_url: str, name: str) -> str:
@@ -108,9 +114,9 @@ async def _fetch_or_keep(ref: str, fetcher: Fetcher, settings: Settings) -> Imag
         return None
 
 
-async def _save_or_keep(image: ImageBytes, ref: str, save: Save) -> Ref:
-    """The stored copy, or when the bucket fails what the provider gave (its link, or the
-    image itself as a data URI)."""
+async def _saved(image: ImageBytes, save: Save) -> Stored | None:
+    """The stored copy, or None when the bucket fails (the caller keeps what the provider
+    gave: its link, or the image itself as a data URI)."""
     try:
         return Stored(await save(image))
     except StorageError as exc:
@@ -118,7 +124,7 @@ async def _save_or_keep(image: ImageBytes, ref: str, save: Save) -> Ref:
             "result not stored: the bucket failed; keeping the provider's link",
             extra={"error": exc.message},
         )
-        return image.data_uri() if is_data_uri(ref) else ref
+        return None
 
 
 async def copy_result(ref: str, *, settings: Settings, fetcher: Fetcher, save: Save) -> Ref:
@@ -126,10 +132,13 @@ async def copy_result(ref: str, *, settings: Settings, fetcher: Fetcher, save: S
     image = await _fetch_or_keep(ref, fetcher, settings)
     if image is None:
         return ref
-    return await _save_or_keep(image, ref, save)
+    stored = await _saved(image, save)
+    if stored is not None:
+        return stored
+    return image.data_uri() if is_data_uri(ref) else ref
 
 
-async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str) -> str:
+async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str) -> Delivered:
     if mode != "data":
         return file_link(base_url, ref.name)
     image = await store.result_bytes(ref.name)
@@ -138,13 +147,7 @@ async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str)
             f"The job's image {ref.name} is no longer stored (ImageRetentionDays).",
             code="result_expired",
         )
-    return image.data_uri()
-
-
-def as_data_uri(ref: str, image: ImageBytes) -> str:
-    """`image` (got from `ref`) as a data URI: `ref` itself when it is that URI already (a
-    provider's base64 answer), so a few megabytes are not decoded and encoded once more."""
-    return ref if is_data_uri(ref) and canonical_uri(ref, image) else image.data_uri()
+    return DataUri.of(image)
 
 
 def saves(refs: Sequence[Ref], mode: LinkMode) -> bool:
@@ -164,17 +167,17 @@ async def deliver(
     fetcher: Fetcher,
     base_url: str,
     mode: LinkMode | None = None,
-) -> tuple[str, ...]:
+) -> tuple[Delivered, ...]:
     """What the client gets for `refs`, as `mode` says (default: IMAGE_LINKS)."""
     how: LinkMode = mode or settings.image_links
 
-    async def one(ref: Ref) -> str:
+    async def one(ref: Ref) -> Delivered:
         if isinstance(ref, Stored):
             return await _stored(ref, how, store, base_url)
         if how == "as_is" or (how == "provider" and not is_data_uri(ref)):
             return ref
         if how == "data":  # the bytes are the answer: no link to fall back on
-            return as_data_uri(ref, await fetch_image(fetcher, ref, settings))
+            return DataUri.of(await fetch_image(fetcher, ref, settings))
         if how != "stored":
             return await copy(ref)
         # the download waits for an upload turn: a burst of results holds no more images
@@ -182,14 +185,16 @@ async def deliver(
         async with store.turn():
             return await copy(ref)
 
-    async def copy(ref: str) -> str:
+    async def copy(ref: str) -> Delivered:
         image = await _fetch_or_keep(ref, fetcher, settings)
         if image is None:
             return ref
         if how == "inline" and image.mime in INLINE_TYPES:
-            return as_data_uri(ref, image)
-        kept = await _save_or_keep(image, ref, store.save_result)
-        return file_link(base_url, kept.name) if isinstance(kept, Stored) else kept
+            return DataUri.of(image)
+        stored = await _saved(image, store.save_result)
+        if stored is not None:
+            return file_link(base_url, stored.name)
+        return DataUri.of(image) if is_data_uri(ref) else ref
 
     if len(refs) == 1:  # one image (most answers): no task to gather
         return (await one(refs[0]),)

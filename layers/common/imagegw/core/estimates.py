@@ -69,12 +69,19 @@ class MemoryEstimates:
         """Nothing waits: the process's memory is the store."""
 
 
-async def learn(estimates: Estimates | None, key: Key, timing: Timing, ended_seen: float) -> None:
-    """A task of `key` ended (seen at `ended_seen`): its run time is one more sample, and its
-    queue time one of the provider's queue."""
+async def learn(
+    estimates: Estimates | None,
+    key: Key,
+    timing: Timing,
+    ended_seen: float,
+    estimate: Estimate | None = None,
+) -> None:
+    """A task of `key` ended (seen at `ended_seen`): its run time is one more sample (its likely
+    end within the span it ended in under `estimate`, the model's estimate it was polled by:
+    `Timing.run_time`), and its queue time one of the provider's queue."""
     if estimates is None:
         return
-    await estimates.record(key, timing.run_time(ended_seen))
+    await estimates.record(key, timing.run_time(ended_seen, estimate))
     queued = queue_time(timing)
     if queued is not None:
         await estimates.record(Key(key.provider, QUEUE_MODEL), queued)

@@ -19,26 +19,25 @@ A client that leaves closes the stream, which stops the polling (`WatchedStream`
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
 from imagegw.access.gate import Reservation
-from imagegw.core.deliver import deliver
+from imagegw.core.deliver import Delivered, deliver
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.spans import Around, dumps, encoded
 from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
-from imagegw.infra.media import decode_data_uri, dimensions, is_data_uri, sniff_mime
+from imagegw.infra.media import DataUri
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.providers.openai_compat import Made, Preview
 from imagegw.runners.gateway import Gateway
-from imagegw.runners.inprocess import Event, Progress
+from imagegw.runners.inprocess import Progress
+from imagegw.runners.pipeline import Event
 from imagegw.runners.quota import settle
 
 QUALITIES: Final = frozenset({"low", "medium", "high", "auto"})
@@ -50,10 +49,6 @@ USAGE: Final = {
     "output_tokens": 0,
     "total_tokens": 0,
 }
-#: base64 characters of an image decoded to read its type and size (48 KiB of the file: a
-#: JPEG's frame header follows its EXIF and colour profile, which are almost always smaller;
-#: else the whole image is decoded)
-HEADER_CHARS: Final = 65536
 
 
 def event(name: str, payload: Mapping[str, Any]) -> str:
@@ -61,12 +56,12 @@ def event(name: str, payload: Mapping[str, Any]) -> str:
     return f"event: {name}\ndata: {dumps(payload)}\n\n"
 
 
-def image_event(name: str, data_uri: str, meta: Mapping[str, Any]) -> Iterator[bytes]:
-    """The bytes of `event(name, {"b64_json": <data_uri's payload>, **meta})`, its `b64_json`
-    first and written as it is (`imagegw.frontends.spans`: no whole copy of the image's few
-    megabytes is made, a megabyte of it is encoded at a time)."""
+def image_event(name: str, image: DataUri, meta: Mapping[str, Any]) -> Iterator[bytes]:
+    """The bytes of `event(name, {"b64_json": <image's payload>, **meta})`, its `b64_json`
+    first and written from the image's bytes (`imagegw.frontends.spans`: no whole copy of its
+    base64 is made, a part of it is encoded at a time)."""
     around = Around()
-    head, *rest = around.pieces({"b64_json": around.payload(data_uri), **meta})
+    head, *rest = around.pieces({"b64_json": around.payload(image), **meta})
     return encoded([f"event: {name}\ndata: {head}", *rest, "\n\n"])
 
 
@@ -81,55 +76,41 @@ def _asked(fields: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str
     return text if text in allowed else "auto"
 
 
-def _header(data_uri: str, max_bytes: int) -> tuple[str | None, tuple[int, int] | None]:
-    """The type and size of the image in `data_uri`, read from the start of its bytes. A
-    streamed image was checked whole when it was made (`imagegw.core.deliver`), so only its
-    header is decoded here, not a second copy of the image; a URI whose start does not decode
-    is decoded and checked whole (`decode_data_uri`, which says what is wrong)."""
-    start = data_uri.find(",") + 1
-    try:
-        head = base64.b64decode(data_uri[start : start + HEADER_CHARS], validate=True)
-    except (binascii.Error, ValueError):
-        head = b""
-    size = dimensions(head)
-    if not head or (size is None and len(data_uri) - start > HEADER_CHARS):
-        image = decode_data_uri(data_uri, max_bytes=max_bytes, what="generated image")
-        return image.mime, dimensions(image.data)
-    return sniff_mime(head), size
-
-
 def details(
-    kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
+    kind: str, image: DataUri, fields: Mapping[str, Any], created_at: int
 ) -> dict[str, Any]:
-    """The `*.completed` event of one image (a data URI) but its `b64_json`."""
-    mime, size = _header(data_uri, max_bytes)
+    """The `*.completed` event of one image but its `b64_json`: its size and type as the
+    image was checked when it was made (`imagegw.core.deliver`)."""
     return {
         "type": f"{kind}.completed",
-        "size": f"{size[0]}x{size[1]}" if size else "auto",
+        "size": f"{image.width}x{image.height}" if image.width and image.height else "auto",
         "quality": _asked(fields, "quality", QUALITIES),
         "background": _asked(fields, "background", BACKGROUNDS),
-        "output_format": FORMATS.get(mime or "", "png"),
+        "output_format": FORMATS.get(image.mime, "png"),
         "created_at": created_at,
         "usage": USAGE,
     }
 
 
 def completed(
-    kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
+    kind: str, image: DataUri, fields: Mapping[str, Any], created_at: int
 ) -> dict[str, Any]:
-    """The `*.completed` event of one image (a data URI)."""
-    return {
-        "b64_json": data_uri[data_uri.find(",") + 1 :],
-        **details(kind, data_uri, fields, created_at, max_bytes),
-    }
+    """The `*.completed` event of one image (what `completed_event` writes)."""
+    return {"b64_json": image.payload_text(), **details(kind, image, fields, created_at)}
 
 
 def completed_event(
-    kind: str, data_uri: str, fields: Mapping[str, Any], created_at: int, max_bytes: int
+    kind: str, image: DataUri, fields: Mapping[str, Any], created_at: int
 ) -> Iterator[bytes]:
     """The bytes of the `*.completed` event of one image (`completed`, sent by `image_event`)."""
-    meta = details(kind, data_uri, fields, created_at, max_bytes)
-    return image_event(f"{kind}.completed", data_uri, meta)
+    return image_event(f"{kind}.completed", image, details(kind, image, fields, created_at))
+
+
+def _streamed(image: Delivered) -> DataUri:
+    """A streamed image, which is always delivered as a data URI (`deliver`'s `data`)."""
+    if isinstance(image, str):
+        raise GatewayError("A streamed image got a link.", code="internal_error", retryable=False)
+    return image
 
 
 async def images_stream(
@@ -139,7 +120,6 @@ async def images_stream(
     n: int,
     fields: Mapping[str, Any],
     keepalive_interval: float,
-    max_bytes: int,
 ) -> AsyncIterator[str | bytes]:
     """The SSE body of a streamed Images API answer (`events` deliver data URIs)."""
     kind = "image_edit" if edit else "image_generation"
@@ -158,11 +138,7 @@ async def images_stream(
                     logger.warning("some images failed", extra={"failures": list(item.failures)})
                 created_at = int(time.time())
                 for ref in item.images[:n]:
-                    if not is_data_uri(ref):
-                        raise GatewayError(
-                            "A streamed image got a link.", code="internal_error", retryable=False
-                        )
-                    for piece in completed_event(kind, ref, fields, created_at, max_bytes):
+                    for piece in completed_event(kind, _streamed(ref), fields, created_at):
                         yield piece
     except Exception as exc:
         if not isinstance(exc, GatewayError):
@@ -208,9 +184,7 @@ async def relayed_stream(
                 )
                 made += 1
                 created_at = int(time.time())
-                for piece in completed_event(
-                    kind, ref, call.fields, created_at, settings.max_result_bytes
-                ):
+                for piece in completed_event(kind, _streamed(ref), call.fields, created_at):
                     yield piece
     except Exception as exc:
         if not isinstance(exc, GatewayError):

@@ -41,7 +41,7 @@ from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.refusals import images_api_words
 from imagegw.runners import pipeline
 from imagegw.runners.gateway import Gateway
-from imagegw.runners.inprocess import Event
+from imagegw.runners.pipeline import Event
 
 _IMAGE_FIELD: Final = re.compile(r"^image(?:\[\d*\])?$")
 _NESTED_FIELD: Final = re.compile(r"^([A-Za-z_]\w*)\[([^\[\]]+)\]$")

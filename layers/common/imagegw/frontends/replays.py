@@ -54,7 +54,8 @@ from imagegw.access.gate import Access
 from imagegw.core.lifecycle import may_still_finish
 from imagegw.errors import GatewayError, render
 from imagegw.infra.log import logger
-from imagegw.runners.inprocess import Event, Progress
+from imagegw.runners.inprocess import Progress
+from imagegw.runners.pipeline import Event
 
 #: how long a failed paid request is answered from memory (seconds)
 REPLAY_WINDOW: Final = 120.0

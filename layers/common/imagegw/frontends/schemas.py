@@ -22,8 +22,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from imagegw.errors import GatewayError, InvalidRequestError
-from imagegw.frontends.spans import Around, Piece
-from imagegw.infra.media import is_data_uri
+from imagegw.frontends.spans import Around, Piece, shown
+from imagegw.infra.media import DataUri
 
 #: a refusal raised inside a model: its `message` (where `{where}` is the field's place,
 #: `messages[0].content`), `param` (None: that place) and `code`, as `request_error` reads them
@@ -410,37 +410,40 @@ class Completion:
         }
 
 
-def _only_data_uris(images: Sequence[str], response_format: ResponseFormat) -> None:
-    if response_format == "b64_json" and not all(is_data_uri(ref) for ref in images):
+def _only_data_uris(images: Sequence[str | DataUri], response_format: ResponseFormat) -> None:
+    if response_format == "b64_json" and not all(isinstance(ref, DataUri) for ref in images):
         raise GatewayError("A b64_json answer got a link.", code="internal_error", retryable=False)
 
 
 def images_response(
-    images: Sequence[str],
+    images: Sequence[str | DataUri],
     response_format: ResponseFormat,
     created: int | None = None,
     around: Around | None = None,
 ) -> dict[str, Any]:
-    """An Images API answer with only `url` items (`images` are links), or only `b64_json`
-    items (`images` are data URIs; their base64 payload is the item, or with `around` its mark:
-    `Around.pieces` writes the answer around the payloads). Never both forms."""
+    """An Images API answer with only `url` items (`images` are links, or data URIs with
+    IMAGE_LINKS=inline), or only `b64_json` items (`images` are data URIs; their base64
+    payload is the item). A data URI's payload is its mark with `around` (`Around.pieces`
+    writes the answer around the payloads), else the whole text. Never both forms."""
     _only_data_uris(images, response_format)
     if response_format == "b64_json":
         data = [
-            {"b64_json": around.payload(ref) if around else ref.partition(",")[2]} for ref in images
+            {"b64_json": around.payload(ref) if around else ref.payload_text()}
+            for ref in images
+            if isinstance(ref, DataUri)
         ]
     else:
-        data = [{"url": ref} for ref in images]
+        data = [{"url": shown(ref, around)} for ref in images]
     return {"created": int(time.time()) if created is None else created, "data": data}
 
 
 @dataclass(frozen=True)
 class ImagesAnswer:
     """A synchronous Images API answer (`images_response`'s), kept as the delivered images
-    until it is sent: `pieces` writes its JSON around each `b64_json` payload, which stays a
-    part of its data URI (`imagegw.frontends.spans`), not a copy."""
+    until it is sent: `pieces` writes its JSON around each image's payload, made from its
+    bytes as it is sent (`imagegw.frontends.spans`), not a copy."""
 
-    images: tuple[str, ...]
+    images: tuple[str | DataUri, ...]
     response_format: ResponseFormat
     created: int = field(default_factory=lambda: int(time.time()))
 

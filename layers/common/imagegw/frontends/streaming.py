@@ -14,14 +14,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from imagegw.core.deliver import Delivered
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.spans import Around, encoded
+from imagegw.frontends.spans import Around, encoded, shown
 from imagegw.infra import apimetrics
 from imagegw.infra.jsontext import encoder_of
 from imagegw.infra.log import logger
-from imagegw.runners.inprocess import Event, Progress, Result
+from imagegw.runners.inprocess import Progress, Result
+from imagegw.runners.pipeline import Event
 
 T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
@@ -55,7 +57,7 @@ class Frames:
         return f'{self.head}{_encode(delta)},"finish_reason":{_encode(finish_reason)}}}]}}\n\n'
 
 
-def markdown(result: Result, around: Around | None = None) -> str:
+def markdown(result: Result[Delivered], around: Around | None = None) -> str:
     """One markdown image per line, then a line per failed task (when some succeeded); with
     `around`, each data URI's payload is its mark (`Around.uri`: the answer is written around
     the payloads, `imagegw.frontends.spans`)."""
@@ -63,12 +65,10 @@ def markdown(result: Result, around: Around | None = None) -> str:
 
 
 def markdown_of(
-    images: Sequence[str], failures: Sequence[str] = (), around: Around | None = None
+    images: Sequence[Delivered], failures: Sequence[str] = (), around: Around | None = None
 ) -> str:
     """`markdown` of links and reasons (a durable chat job's answer is built from its output)."""
-    if around is not None:
-        images = [around.uri(image) for image in images]
-    lines = [f"![image {i}]({url})" for i, url in enumerate(images, 1)]
+    lines = [f"![image {i}]({shown(image, around)})" for i, image in enumerate(images, 1)]
     lines += [f"> {reason}" for reason in failures]
     return "\n".join(lines)
 
@@ -117,7 +117,7 @@ def progress_text(event: Progress) -> str:
     return text + "\n"
 
 
-async def collect(events: AsyncIterator[Event]) -> Result:
+async def collect(events: AsyncIterator[Event]) -> Result[Delivered]:
     """The result of a run (for non-streamed answers). The events are closed once read, so
     their clean-up runs now, not whenever they are garbage-collected."""
     try:
@@ -276,7 +276,7 @@ async def chat_stream(
             else:
                 closed = True
                 # images as data URIs (IMAGE_LINKS=inline): the frame written around their
-                # payloads, sent a megabyte at a time (`imagegw.frontends.spans`), not copied
+                # payloads, sent a part at a time (`imagegw.frontends.spans`), not copied
                 around = Around.of(event.images)
                 final = frames.chunk({"content": markdown(event, around)}) + closing()
                 if around is not None:

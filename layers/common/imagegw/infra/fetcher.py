@@ -58,7 +58,7 @@ from imagegw.infra.config import Settings, declared
 from imagegw.infra.http11 import FramedRequest, request_head
 from imagegw.infra.log import logger
 from imagegw.infra.netstream import AsyncioBackend
-from imagegw.infra.transport import PooledTransport, core_url
+from imagegw.infra.transport import PooledTransport, core_url, gathered
 
 IPAddress = IPv4Address | IPv6Address
 #: host name, port -> the addresses it resolves to
@@ -413,23 +413,21 @@ async def _answered(answer: httpx.Response, limit: int) -> tuple[int, str | None
 
 
 async def _read(answer: httpx.Response, limit: int) -> bytes:
-    """The body of `answer`, read no further than `limit` bytes. The chunks are joined once at
-    the end (a body that came in one chunk is that chunk): the image is never copied while it
-    is read, nor once more into `bytes`."""
+    """The body of `answer`, read no further than `limit` bytes, never held twice while it is
+    read nor copied once more into `bytes` (`gathered`)."""
     declared = answer.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+    length = int(declared) if declared.isascii() and declared.isdigit() else None
+    if length is not None and length > limit:
         raise FetchError(f"declares {declared} bytes, over the limit of {limit}")
     encoding = answer.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):  # a small body could expand without bound
         raise FetchError(f"a compressed answer ({encoding})")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in answer.aiter_raw():
-        size += len(chunk)
-        if size > limit:
-            raise FetchError(f"more than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return await gathered(
+        answer.aiter_raw(),
+        limit=limit,
+        too_large=lambda: FetchError(f"more than the limit of {limit} bytes"),
+        declared=length,
+    )
 
 
 class Fetcher:

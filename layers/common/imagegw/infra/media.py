@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
@@ -27,8 +28,11 @@ MAX_SIDE: Final = 16384
 #: the most pixels of an input image (a decoder's memory: 4 bytes each, 256 MiB)
 MAX_PIXELS: Final = 64 * 1024 * 1024
 
-#: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between)
-URI_STEP: Final = 3 << 18
+#: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between;
+#: 384 KiB, 512 KiB of base64: an answer holds the image and one such part)
+URI_STEP: Final = 3 << 17
+#: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups)
+DECODE_STEP: Final = 1 << 19
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
@@ -55,19 +59,78 @@ class ImageBytes:
     #: the dimensions its header declares (0: not read)
     width: int = field(default=0, compare=False)
     height: int = field(default=0, compare=False)
+    #: the data URI it was decoded from, when that is what its bytes encode to (`canonical_uri`)
+    uri: str = field(default="", compare=False, repr=False)
 
     @property
     def extension(self) -> str:
         return EXTENSIONS[self.mime]
 
     def data_uri(self) -> str:
-        """The image as a `data:` URI. Its base64 is appended a step at a time to the one text
-        (which CPython grows in place): never the whole image's base64 as bytes beside it."""
-        uri = f"data:{self.mime};base64,"
-        view = memoryview(self.data)
+        """The image as a `data:` URI: the one it was decoded from when that is canonical (a
+        client's or a provider's, passed on: not encoded once more), else made from its bytes
+        (`DataUri.text`)."""
+        return self.uri or DataUri.of(self).text()
+
+
+@dataclass(frozen=True, eq=False)
+class DataUri:
+    """An image an answer carries as a `data:` URI, never made into one text: its `head`, then
+    its base64 `payload` written a part at a time, encoded URI_STEP bytes of the image at a
+    time (or, for a provider's own URI of it, passed on as it is: `of`). An answer holds the
+    image's bytes and a part, not the bytes and the whole URI's text beside them."""
+
+    mime: str
+    width: int
+    height: int
+    #: the image's bytes, or a data URI of them that is already what they encode to
+    source: bytes | str
+
+    @classmethod
+    def of(cls, image: ImageBytes) -> DataUri:
+        """`image` as a data URI: the one it was decoded from when that is canonical (a
+        provider's base64 answer: not encoded once more), else its bytes."""
+        return cls(image.mime, image.width, image.height, image.uri or image.data)
+
+    @property
+    def head(self) -> str:
+        """The URI up to its payload: `data:<type>;base64,`."""
+        return f"data:{self.mime};base64,"
+
+    def payload_size(self) -> int:
+        """The characters of the payload."""
+        if isinstance(self.source, str):
+            return len(self.source) - len(self.head)
+        return 4 * -(-len(self.source) // 3)
+
+    def payload(self) -> Iterator[bytes]:
+        """The payload's ASCII bytes, a part (of URI_STEP bytes of the image) at a time."""
+        if isinstance(self.source, str):
+            text, chars = self.source, URI_STEP // 3 * 4
+            for at in range(len(self.head), len(text), chars):
+                yield text[at : at + chars].encode("ascii")
+            return
+        view = memoryview(self.source)
         for at in range(0, len(view), URI_STEP):
-            uri += base64.b64encode(view[at : at + URI_STEP]).decode("ascii")
-        return uri
+            yield base64.b64encode(view[at : at + URI_STEP])
+
+    def payload_text(self) -> str:
+        """The payload as one text, for a value that must hold it whole (an answer not written
+        around its payloads: a batch's output line): the copy `payload` avoids."""
+        if isinstance(self.source, str):
+            return self.source[len(self.head) :]
+        return self._appended("")
+
+    def text(self) -> str:
+        """The whole URI as one text (see `payload_text`)."""
+        return self.source if isinstance(self.source, str) else self._appended(self.head)
+
+    def _appended(self, text: str) -> str:
+        """`text` and the payload: its base64 appended a part at a time to the one text (which
+        CPython grows in place), never the whole image's base64 as bytes beside it."""
+        for part in self.payload():
+            text += part.decode("ascii")
+        return text
 
 
 #: JPEG markers that start a frame (SOF0-SOF15 but DHT, JPG and DAC): they hold the size
@@ -192,27 +255,52 @@ def decode_data_uri(
             f"The {what} is not a base64 data URI (expected data:image/png;base64,...).",
             code="invalid_image",
         )
-    payload = uri[match.end() :]
     # a base64 payload of N chars decodes to about 3N/4 bytes: refuse huge ones before decoding
-    if len(payload) * 3 // 4 > max_bytes + 3:
+    if (len(uri) - match.end()) * 3 // 4 > max_bytes + 3:
         raise PayloadTooLargeError(
             f"The {what} is larger than the limit of {max_bytes} bytes.", code="image_too_large"
         )
-    try:  # plain base64 checked as it is decoded (no ASCII copy of it, no separate scan)
-        data = binascii.a2b_base64(payload, strict_mode=True)
-    except (binascii.Error, ValueError):
+    data = plain_base64(uri, match.end())
+    if data is None:
         try:  # else as before: line breaks dropped, then only base64 characters taken
-            data = base64.b64decode("".join(payload.split()), validate=True)
+            data = base64.b64decode("".join(uri[match.end() :].split()), validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequestError(
                 f"The {what} has invalid base64 data.", code="invalid_image"
             ) from None
-    return check_image(data, max_bytes=max_bytes, what=what, limits=limits)
+    image = check_image(data, max_bytes=max_bytes, what=what, limits=limits)
+    return replace(image, uri=uri) if canonical_uri(uri, image) else image
+
+
+def plain_base64(text: str, start: int) -> bytes | None:
+    """The bytes of `text[start:]` when it is plain base64 (no line breaks, padding only at its
+    end; checked as it is decoded), else None. Decoded DECODE_STEP characters at a time into
+    the one buffer the bytes end in: neither the payload nor the bytes are copied whole (a
+    slice of the text would be a copy of the payload, and joined parts a second of the bytes)."""
+    chars = len(text) - start
+    if chars % 4:
+        return None
+    size = chars // 4 * 3 - (2 if text.endswith("==") else 1 if text.endswith("=") else 0)
+    if size <= 0:
+        return b""
+    out = io.BytesIO()
+    out.seek(size - 1)
+    out.write(b"\0")  # the buffer sized once; getvalue() gives it without a copy
+    out.seek(0)
+    for at in range(start, len(text), DECODE_STEP):
+        part = text[at : at + DECODE_STEP]
+        if at + DECODE_STEP < len(text) and part.endswith("="):
+            return None  # padding inside the payload
+        try:
+            out.write(binascii.a2b_base64(part, strict_mode=True))
+        except (binascii.Error, ValueError):
+            return None
+    return out.getvalue() if out.tell() == size else None
 
 
 def canonical_uri(uri: str, image: ImageBytes) -> bool:
-    """Whether `uri`, a data URI that decoded to `image`, is exactly `image.data_uri()`: its
-    declared type is the one the bytes show and its payload is plain base64 of their length
+    """Whether `uri`, a data URI that decoded to `image`, is exactly what its bytes encode to:
+    its declared type is the one the bytes show and its payload is plain base64 of their length
     (no line breaks, no padding but at its end). Such a URI can be passed on as it is instead
     of being encoded again."""
     head = f"data:{image.mime};base64,"

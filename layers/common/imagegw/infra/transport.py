@@ -40,6 +40,7 @@ For asyncio, which the gateway runs on (uvicorn).
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, MutableMapping
@@ -88,6 +89,44 @@ _ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] =
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 #: what a response read whole keeps of httpcore's extensions
 _KEPT_EXTENSIONS: Final = frozenset({"http_version", "reason_phrase"})
+
+
+#: a body declared longer is read into one buffer of its length (`gathered`)
+GATHER_AT: Final = 1 << 16
+
+
+async def gathered(
+    chunks: AsyncIterable[bytes],
+    *,
+    limit: int,
+    too_large: Callable[[], Exception],
+    declared: int | None = None,
+) -> bytes:
+    """A body's chunks read no further than `limit` bytes (else `too_large()`), as one bytes.
+    A body declared longer than GATHER_AT (a result image) is copied into one buffer sized
+    once by its length as each chunk comes, the chunk then dropped: the body is never held
+    twice (its chunks and their join, for a moment); another is its chunks joined once (a
+    body in one chunk is that chunk)."""
+    size = 0
+    if declared is not None and GATHER_AT < declared <= limit:
+        out = io.BytesIO()
+        out.seek(declared - 1)
+        out.write(b"\0")  # sized once; getvalue() gives this buffer, not a copy of it
+        out.seek(0)
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise too_large()
+            out.write(chunk)
+        out.truncate()
+        return out.getvalue()
+    parts: list[bytes] = []
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def core_url(url: httpx.URL) -> httpcore.URL:
@@ -556,14 +595,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 # a small answer (a poll's) is most often in whole with its head: taken at once
                 content = body.received_whole() if isinstance(body, Body) else None
                 if content is None:
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in stream:
-                        size += len(chunk)
-                        if size > limit:
-                            raise too_large()
-                        chunks.append(chunk)
-                    content = b"".join(chunks)
+                    length = int(declared) if declared is not None and declared.isdigit() else None
+                    content = await gathered(
+                        stream, limit=limit, too_large=too_large, declared=length
+                    )
             finally:
                 await stream.aclose()
         return answer, content

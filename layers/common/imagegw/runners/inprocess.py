@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from imagegw.access import lease
 from imagegw.core.advance import advance, start_leased
@@ -84,17 +84,21 @@ class Progress:
         )
 
 
+#: a result's images: as made (str: links and data URIs), or as delivered (`runners.pipeline`)
+ImageT = TypeVar("ImageT", covariant=True)
+
+
 @dataclass(frozen=True)
-class Result:
+class Result(Generic[ImageT]):
     """Every image made, and the reasons of the tasks that failed (when some succeeded)."""
 
-    images: tuple[str, ...]
+    images: tuple[ImageT, ...]
     failures: tuple[str, ...]
     task_ids: tuple[str, ...]
     elapsed: float
 
 
-Event = Progress | Result
+Event = Progress | Result[str]
 
 
 async def _joined(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:
@@ -126,7 +130,7 @@ class _Forecast:
 
     async def learn(self, timing: Timing, ended_seen: float) -> None:
         """A task ended: its run time (and the provider's queue time) is one more sample."""
-        await learn(self.estimates, self.key, timing, ended_seen)
+        await learn(self.estimates, self.key, timing, ended_seen, self.estimate)
 
     def expected(self, pending: list[int], began: float) -> float | None:
         """About how long the run takes, from `began`, while the `pending` tasks all run."""
@@ -427,7 +431,7 @@ class _Run:
             if pollers:
                 await _joined(pollers)
 
-    def result(self) -> Result:
+    def result(self) -> Result[str]:
         """The result (images in the order of the calls), or the job's one error when none
         was made (`imagegw.core.lifecycle.final_error`)."""
         book = self.book

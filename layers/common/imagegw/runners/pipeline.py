@@ -15,13 +15,16 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from imagegw.core.deliver import LinkMode, deliver, saves
+from imagegw.core.deliver import Delivered, LinkMode, deliver, saves
 from imagegw.core.lifecycle import SUCCEEDED
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.runners.gateway import Gateway
-from imagegw.runners.inprocess import Event, Progress, Result, generate
+from imagegw.runners.inprocess import Progress, Result, generate
+
+#: what `events` yields: the progress, then the result with its images delivered
+Event = Progress | Result[Delivered]
 
 
 async def events(
@@ -63,21 +66,7 @@ async def events(
             generate(provider, staged, settings, estimates=gateway.estimates, resume=resume)
         ) as running:
             async for event in running:
-                if isinstance(event, Result):
-                    if ended is not None and saves(event.images, how):
-                        yield ended  # what the reader waits for now: the copy
-                    stage, task_ids = "delivering", event.task_ids
-                    delivered = await deliver(
-                        event.images,
-                        settings=gateway.settings,
-                        store=gateway.store,
-                        fetcher=gateway.result_fetcher,
-                        base_url=base_url,
-                        mode=link_mode,
-                    )
-                    event = replace(event, images=delivered)
-                    stage = "delivered"
-                else:  # elapsed counts from the request, uploads included
+                if isinstance(event, Progress):  # elapsed counts from the request, uploads too
                     task_ids = event.task_ids or task_ids
                     elapsed = time.monotonic() - began
                     shift = elapsed - event.elapsed
@@ -86,8 +75,22 @@ async def events(
                     if event.state == SUCCEEDED and event.done == event.total:
                         # the result comes next: this is told only if its delivery saves
                         ended = event
-                        continue
-                yield event
+                    else:
+                        yield event
+                    continue
+                if ended is not None and saves(event.images, how):
+                    yield ended  # what the reader waits for now: the copy
+                stage, task_ids = "delivering", event.task_ids
+                delivered = await deliver(
+                    event.images,
+                    settings=gateway.settings,
+                    store=gateway.store,
+                    fetcher=gateway.result_fetcher,
+                    base_url=base_url,
+                    mode=link_mode,
+                )
+                stage = "delivered"
+                yield Result(delivered, event.failures, event.task_ids, event.elapsed)
     except (asyncio.CancelledError, GeneratorExit):
         if stage != "delivered":
             logger.info(

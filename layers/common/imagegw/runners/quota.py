@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from imagegw.errors import GatewayError
-from imagegw.runners.inprocess import Event, Result
+from imagegw.runners.inprocess import Result
+from imagegw.runners.pipeline import Event
 
 if TYPE_CHECKING:
     from imagegw.access.gate import Access

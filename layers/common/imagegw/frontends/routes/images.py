@@ -130,7 +130,6 @@ async def _streamed(
         n=job.n,
         fields=call.fields,
         keepalive_interval=settings.keepalive_interval,
-        max_bytes=settings.max_result_bytes,
     )
     return WatchedStream(body, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 

@@ -489,7 +489,8 @@ async def _observed(
     if task.timing is None:
         return book
     if task.images:
-        await learn(learned, _key(spec, provider), task.timing, now)
+        key = _key(spec, provider)
+        await learn(learned, key, task.timing, now, await learned.get(key))
         return book
     if task.ended:
         return book
