@@ -38,7 +38,7 @@ PROGRESS = 2>&1 | $(PYTHON) tools/pipprogress.py
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
 LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
-.PHONY: key keys revoke token tokens untoken rotate-webhook-secret help run reset test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
+.PHONY: key keys revoke token tokens untoken rotate-webhook-secret help run reset envs test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
   deploy logs delete
 
 help:
@@ -95,6 +95,10 @@ $(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
 	@$(AWS_VENV)/bin/$(PIP) -r tests/aws/requirements.txt -c tests/aws/constraints.txt $(QUIET_PIP)
 	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
+
+# every environment the checks and tests use; independent of one another, so `make -j4 -O envs`
+# (.ci/run) makes them at once, each one's output shown whole when it is done
+envs: $(BIN)/.ready $(SAM_VENV)/.ready $(AWS_VENV)/.ready $(ASL_VALIDATOR)
 
 # make run keeps stored images and ended jobs in .local-state/ (imagegw.infra.localstate)
 LOCAL_STATE := .local-state

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,16 @@ CLIENT_TOKEN = "ms-test-token"
 MODEL = "Qwen/Qwen-Image"
 CHAT_MODEL = "Qwen/Qwen3-VL-30B-A3B-Instruct"  # a chat model: passed through
 QUOTA_MESSAGE = "You have exceeded today's quota for model Qwen/Qwen-Image"
+#: runs the owner commands given on stdin (a JSON list of arguments a line) in turn; stops at the
+#: first that fails, with its status
+ADMIN_EACH = """
+import json, sys
+from imagegw.frontends.admin import main
+for line in sys.stdin:
+    status = main(json.loads(line))
+    if status:
+        sys.exit(status)
+"""
 
 
 @dataclass
@@ -46,37 +56,58 @@ class Local:
     url: str
     log: Path
     access_file: Path | None
+    #: the owner commands run as the owner runs them here (`admin`) at least once
+    run_as_owner: set[str] = field(default_factory=set)
 
-    def admin(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, command: list[str], given: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
             "PYTHONPATH": str(REPO_ROOT / "layers" / "common"),
             "IMAGEGW_LOCAL_ACCESS_FILE": str(self.access_file or "/nonexistent"),
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "imagegw.frontends.admin", *args],
+        return subprocess.run(
+            [sys.executable, *command],
             cwd=REPO_ROOT,
             env=env,
+            input=given,
             capture_output=True,
             text=True,
             timeout=60,
         )
+
+    def admin(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """One owner command, run as the owner runs it."""
+        done = self._run(["-m", "imagegw.frontends.admin", *args])
         if ok:
             assert done.returncode == 0, done.stderr
         return done
+
+    def admin_each(self, *commands: tuple[str, ...]) -> str:
+        """Owner commands a test sets up with, one after the other in one process (each its
+        module's `main`, as `python -m` calls it: one interpreter start, not one a command);
+        each must succeed. What they printed."""
+        done = self._run(["-c", ADMIN_EACH], "".join(json.dumps(c) + "\n" for c in commands))
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def key(self, name: str, *options: str) -> str:
         """A new gateway key: the command's last line."""
         return self.admin("key", name, *options).stdout.strip().splitlines()[-1]
 
     def pool(self, *tokens: str) -> None:
-        """The ModelScope pool is `tokens` (in that order), no other."""
+        """The ModelScope pool is `tokens` (in that order), no other. A command's first use
+        on this server runs as the owner runs it; the rest in one process (`admin_each`)."""
         held = json.loads(self.secret_value())["tokens"].get("modelscope", [])
-        for token in held:
-            self.admin("untoken", "modelscope", token)
-        for token in tokens:
-            self.admin("token", "modelscope", token)
+        commands = [("untoken", "modelscope", t) for t in held]
+        commands += [("token", "modelscope", t) for t in tokens]
+        while commands and commands[0][0] not in self.run_as_owner:
+            self.run_as_owner.add(commands[0][0])
+            self.admin(*commands.pop(0))
+        if commands:
+            self.admin_each(*commands)
 
     def aws(self, service: str) -> Any:
         assert self.access_file is not None
@@ -755,14 +786,18 @@ def keys_by_half(local: Local, name: str) -> tuple[str, str]:
     hash): the one spending the first token, then the one spending the second."""
     table = local.aws("dynamodb")
     halves: dict[int, str] = {}
-    for i in range(40):
-        key = local.key(f"{name}-{i}")
-        hashes = [
-            item["pk"]["S"][4:]
+    for start in range(0, 40, 4):  # four keys at a time (one process, one scan)
+        names = [f"{name}-{i}" for i in range(start, start + 4)]
+        printed = local.admin_each(*[("key", n) for n in names]).splitlines()
+        keys = dict(zip(names, printed[1::2], strict=True))  # each: a heading, then the key
+        assert all(key.startswith("gk-") for key in keys.values()), printed
+        hashes = {
+            item["name"]["S"]: item["pk"]["S"][4:]
             for item in table.scan(TableName=local.env()["ACCESS_TABLE"])["Items"]
-            if item.get("name", {}).get("S") == f"{name}-{i}"
-        ]
-        halves.setdefault(int(hashes[0][:8], 16) % 2, key)
+            if item.get("name", {}).get("S") in keys
+        }
+        for n in names:
+            halves.setdefault(int(hashes[n][:8], 16) % 2, keys[n])
         if len(halves) == 2:
             return halves[0], halves[1]
     raise AssertionError("no two keys with different halves in 40")

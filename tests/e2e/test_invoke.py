@@ -514,6 +514,13 @@ def test_notify_event_to_a_private_address_fails_the_attempt_for_the_retry(
     error = json.loads(b"".join(writes))
     assert error["errorType"] == "WebhookDeliveryError"
     assert json.loads(error["errorMessage"]) == {"attempts": 1, "last_status_code": None}
+    # and it was the address the guarded fetcher refused (the stand-ins' webhook secret read)
+    lines = [
+        json.loads(line) for line in (tmp_path / "log").read_text().splitlines() if line[:1] == "{"
+    ]
+    (refused,) = [line for line in lines if line.get("message") == "webhook not delivered"]
+    assert refused["error"] == "FetchError"
+    assert not [line for line in lines if line.get("message") == "webhook secret unreadable"]
 
 
 def test_make_events_keeps_current_keys_and_seals_copies(run: Invoker, tmp_path: Path) -> None:

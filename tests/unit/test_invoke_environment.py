@@ -26,6 +26,7 @@ STAND_INS = StandIns(
     bucket="invoke-bucket",
     key_arn="arn:aws:kms:us-east-1:123456789012:key/00000000-0000-4000-8000-00000000c0de",
     state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:jobs",
+    webhook_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:webhooks-Ab12",
 )
 STACK_ID = (
     "arn:aws:cloudformation:eu-west-1:111122223333:stack/gw/0a1b2c3d-4e5f-6789-abcd-ef0123456789"
@@ -86,6 +87,16 @@ def test_job_function_against_the_stand_ins(template: Template) -> None:
     assert env["AWS_SAM_LOCAL"] == "true"
     assert "ALLOW_PRIVATE_URLS" not in env
     assert notes == []
+
+
+def test_notify_function_signs_with_the_stand_ins_webhook_secret(template: Template) -> None:
+    # Given the Notify function / When its environment is made against the stand-ins
+    env, _ = environment(template, "JobNotifyFunction")
+
+    # Then its webhook secret is the one the stand-ins hold, read from them, not from AWS
+    assert env["WEBHOOK_SECRET"] == STAND_INS.webhook_secret_arn
+    assert env["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == "http://127.0.0.1:4566"
+    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == "http://127.0.0.1:4566"
 
 
 def test_api_function_against_the_stand_ins(template: Template) -> None:

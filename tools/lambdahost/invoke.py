@@ -66,6 +66,8 @@ STAND_IN_TYPES: Final = {
     "AWS::DynamoDB::Table": "access_table",
     "AWS::SecretsManager::Secret": "access_secret",
 }
+#: the template's secrets that the stand-ins hold, by logical id (rather than by type)
+STAND_IN_SECRETS: Final = {"WebhookSecret": "webhook_secret"}
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,12 @@ def stand_in_target(template: Template, stand_ins: StandIns) -> Target:
             {"Arn": f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{ACCESS_TABLE}"},
         ),
         "access_secret": (access_secret, {"Id": access_secret}),
+        "webhook_secret": (stand_ins.webhook_secret_arn, {"Id": stand_ins.webhook_secret_arn}),
     }
     refs: dict[str, str] = {}
     attributes: dict[tuple[str, str], str] = {}
     for logical_id, resource in template.resources.items():
-        kind = STAND_IN_TYPES.get(str(resource.get("Type")))
+        kind = STAND_IN_SECRETS.get(logical_id) or STAND_IN_TYPES.get(str(resource.get("Type")))
         if kind is None:
             continue
         ref, attrs = values[kind]

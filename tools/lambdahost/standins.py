@@ -12,13 +12,19 @@ session starts them once. Besides the bucket they hold
   real key sealed with it anywhere but on your machine;
 - the job state machine (the repo's ASL file), whose executions are recorded but not run
   (moto's `execute_state_machine` off): the API function's async submissions start one, and the
-  job functions are invoked one at a time with their events instead.
+  job functions are invoked one at a time with their events instead;
+- the deployment's webhook secret (Secrets Manager, a fresh random value, as `make run` makes
+  it), which the Notify functions sign with.
+
+Every AWS service a function calls is pointed at them (`StandIns.aws_environment`): none is
+reached on AWS, and a resource they do not hold is a quick not-found, not a retried connection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import Any, Final
@@ -42,6 +48,7 @@ LOCAL_JOB_KEY_MATERIAL: Final = hashlib.sha256(
     b"lambda-image-gateway: the local stand-in's job key (public; test tokens only)"
 ).digest()
 STATE_MACHINE_NAME: Final = "image-gateway-invoke-jobs"
+WEBHOOK_SECRET_NAME: Final = "image-gateway-invoke-webhooks"  # noqa: S105 (a name, no secret)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class StandIns:
     bucket: str
     key_arn: str
     state_machine_arn: str
+    webhook_secret_arn: str = ""
     region: str = REGION
 
     def aws_environment(self) -> dict[str, str]:
@@ -65,6 +73,8 @@ class StandIns:
             "S3_ENDPOINT_URL": self.endpoint,
             "AWS_ENDPOINT_URL_KMS": self.endpoint,
             "AWS_ENDPOINT_URL_SFN": self.endpoint,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB": self.endpoint,
         }
 
     def client(self, service: str) -> Any:
@@ -112,7 +122,10 @@ def _start() -> StandIns:
         roleArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:role/{STATE_MACHINE_NAME}",
         type="STANDARD",
     )
-    return StandIns(endpoint, env["BUCKET"], key_arn, machine["stateMachineArn"])
+    webhook = partial.client("secretsmanager").create_secret(
+        Name=WEBHOOK_SECRET_NAME, SecretString=secrets.token_urlsafe(48)
+    )
+    return StandIns(endpoint, env["BUCKET"], key_arn, machine["stateMachineArn"], webhook["ARN"])
 
 
 def _job_key(kms: Any) -> str:
