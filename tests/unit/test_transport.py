@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Literal
 
@@ -285,6 +286,21 @@ async def test_a_body_is_gathered_to_its_bytes(sizes: list[int], declared: int |
     body = await gathered(chunks_of(parts), limit=10**7, too_large=TooLarge, declared=declared)
 
     assert body == b"".join(parts)
+
+
+async def test_a_declared_length_holds_no_memory_for_bytes_that_never_came() -> None:
+    # Given a server that declares 8 MiB and sends 100 KB before its answer stops
+    tracemalloc.start()
+    try:
+        body = await gathered(
+            chunks_of([b"x" * 100_000]), limit=10**8, too_large=TooLarge, declared=8 << 20
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then the gateway held about what came (twice it at most), not what was declared
+    assert body == b"x" * 100_000
+    assert peak < 1 << 20
 
 
 @pytest.mark.parametrize("declared", [None, 2 * GATHER_AT + 1])

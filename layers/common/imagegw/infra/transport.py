@@ -91,7 +91,7 @@ _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 _KEPT_EXTENSIONS: Final = frozenset({"http_version", "reason_phrase"})
 
 
-#: a body declared longer is read into one buffer of its length (`gathered`)
+#: a body declared longer is read into one buffer, grown with what came (`gathered`)
 GATHER_AT: Final = 1 << 16
 
 
@@ -103,20 +103,27 @@ async def gathered(
     declared: int | None = None,
 ) -> bytes:
     """A body's chunks read no further than `limit` bytes (else `too_large()`), as one bytes.
-    A body declared longer than GATHER_AT (a result image) is copied into one buffer sized
-    once by its length as each chunk comes, the chunk then dropped: the body is never held
-    twice (its chunks and their join, for a moment); another is its chunks joined once (a
-    body in one chunk is that chunk)."""
+    A body declared longer than GATHER_AT (a result image) is copied into one buffer as each
+    chunk comes, the chunk then dropped: the body is never held twice (its chunks and their
+    join, for a moment); another is its chunks joined once (a body in one chunk is that
+    chunk). The buffer follows the bytes that came, not the length the server declared (a
+    server that declares megabytes and sends none must not make the gateway hold them): it
+    is made twice as large as what came whenever that outgrows it, up to the declared length,
+    which the last growth makes its exact size (getvalue() then gives this buffer, not a
+    copy of it)."""
     size = 0
     if declared is not None and GATHER_AT < declared <= limit:
         out = io.BytesIO()
-        out.seek(declared - 1)
-        out.write(b"\0")  # sized once; getvalue() gives this buffer, not a copy of it
-        out.seek(0)
+        room = 0
         async for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 raise too_large()
+            if size > room:
+                room = max(size, min(declared, 2 * size))
+                out.seek(room - 1)
+                out.write(b"\0")
+                out.seek(size - len(chunk))
             out.write(chunk)
         out.truncate()
         return out.getvalue()
