@@ -224,6 +224,47 @@ def test_a_batch_whose_window_passed_before_its_items_ran_ends_expired_submittin
     ]
 
 
+def test_a_batch_cancelled_while_its_lines_are_checked_runs_no_item_and_ends_cancelled(
+    run: Callable[[], Run],
+    hooked: tuple[World, str],
+    receiver: tuple[WebhookReceiver, str],
+    fake_ms: FakeModelScope,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, deployment = hooked
+    app, url = receiver
+    batches = run()
+    check = batch_steps._check
+
+    async def cancelled_meanwhile(record: Any, key_hash: str | None, kit: Gateway) -> Any:
+        await batches.batches.cancel(OWNER, record["id"])
+        return await check(record, key_hash, kit)
+
+    # Given a batch of 3 requests made with a webhook_url, cancelled by its owner while its
+    # run's first state checks its lines
+    monkeypatch.setattr(batch_steps, "_check", cancelled_meanwhile)
+    created = batches.start([line(f"req-{i}", f"a boat, take {i}") for i in range(3)], url)
+    # When it runs to its end
+    assert batches.wait(created["id"]) == "SUCCEEDED"
+    # Then no item ran (no map, no submission), and the batch ended cancelled with each request
+    # in its error file as batch_cancelled, counted neither completed nor failed
+    assert "Items" not in batches.entered(created["id"])
+    assert batches.entered(created["id"])[:3] == ["Validate", "Valid", "Finalize"]
+    assert fake_ms.submissions == []
+    batch = batches.get(created["id"])
+    assert batch["status"] == "cancelled" and batch["cancelled_at"] is not None
+    assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
+    assert batch["output_file_id"] is None
+    errors = [json.loads(row) for row in batches.content(batch["error_file_id"]).splitlines()]
+    assert [row["custom_id"] for row in errors] == ["req-0", "req-1", "req-2"]
+    assert {row["error"]["code"] for row in errors} == {"batch_cancelled"}
+    assert all(row["response"] is None and row["id"].startswith("batch_req_") for row in errors)
+    # And its webhook_url got one signed batch.cancelled
+    (delivery,) = app.wait_for(1)
+    event = verified(delivery, caller_secret(deployment, OWNER))
+    assert event["type"] == "batch.cancelled" and event["data"] == {"id": created["id"]}
+
+
 def test_a_batch_without_a_webhook_url_ends_without_a_notify_state(
     run: Callable[[], Run], receiver: tuple[WebhookReceiver, str]
 ) -> None:

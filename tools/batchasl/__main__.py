@@ -18,9 +18,10 @@ more state transitions than the job alone (docs/batches.md "Cost"):
 
 Around the map (the outer machine): Validate first (the batch step that reads the input file,
 checks every line and writes the items; nothing is paid before it passes), then the map, or
-the batch's end as `failed`; after the map, Finalize writes the output and error files; and,
-for a batch with a `webhook_url`, a Notify state posting its signed `batch.*` event (the
-job's Notify function and Retry) before the execution ends.
+the batch's end as `failed` (or, for a batch cancelled while its lines were checked, straight
+to Finalize, which writes its items skipped); after the map, Finalize writes the output and
+error files; and, for a batch with a `webhook_url`, a Notify state posting its signed
+`batch.*` event (the job's Notify function and Retry) before the execution ends.
 """
 
 from __future__ import annotations
@@ -196,7 +197,9 @@ def outer_states(job: dict[str, Any]) -> dict[str, Any]:
         },
         "Valid": {
             "Type": "Choice",
-            "Comment": "A batch with a bad line ends failed (telling its webhook_url first).",
+            "Comment": "A batch with a bad line ends failed (telling its webhook_url first); "
+            "one cancelled while its lines were checked runs no item: Finalize writes them "
+            "skipped.",
             "Choices": [
                 {
                     "And": [
@@ -206,6 +209,11 @@ def outer_states(job: dict[str, Any]) -> dict[str, Any]:
                     "Next": "NotifyInvalid",
                 },
                 {"Variable": "$.validated.status", "StringEquals": "failed", "Next": "Invalid"},
+                {
+                    "Variable": "$.validated.status",
+                    "StringEquals": "cancelled",
+                    "Next": "Finalize",
+                },
             ],
             "Default": "Items",
         },
@@ -230,6 +238,7 @@ def outer_states(job: dict[str, Any]) -> dict[str, Any]:
                 "step": "finalize",
                 "batch.$": "$.batch",
                 "total.$": "$.validated.total",
+                "validated.$": "$.validated.status",
             },
             "ResultPath": "$.final",
             "Retry": [*RETRY, transient],

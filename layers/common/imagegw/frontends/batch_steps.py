@@ -7,7 +7,8 @@ starts and ends so that it takes no more state transitions than the job alone:
   line checked as the single request would be (`batch_lines.check_file`, a gateway key's
   allowed models included); the items written as a JSON array for the map, or the batch
   `failed` with `errors.data[]` (line numbers). It writes `validated.json`: until then the
-  batch shows `validating`.
+  batch shows `validating`. A batch cancelled by then answers `cancelled`: the machine goes
+  straight to Finalize, which writes its items skipped, and runs no item.
 - `submit` (the item's Submit): the item (a line planned when the batch was created,
   `batch_lines.Item`) as a job's input (the job's id derived from the batch's and the item's,
   input images placed as a durable job's are, the provider key sealed for that job, a gateway
@@ -18,7 +19,8 @@ starts and ends so that it takes no more state transitions than the job alone:
 - `record`: an item that ended without images: the OpenAI-shaped error with its status, or
   why it was skipped.
 - `finalize`: the output file (one line per succeeded item) and the error file (one line per
-  failed or skipped item), as files of the batch's owner, and the batch's end.
+  failed or skipped item; every item of a batch cancelled while validated), as files of the
+  batch's owner, and the batch's end.
 """
 
 from __future__ import annotations
@@ -113,11 +115,13 @@ async def validate(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
         await store.put(store.run_key(owner, batch_id, "items.json"), body)
         state = {"status": "in_progress", "in_progress_at": now, "total": len(items)}
     await store.put_json(store.run_key(owner, batch_id, "validated.json"), state)
-    logger.info(
-        "batch validated",
-        extra={"batch_id": batch_id, "status": state["status"], "items": len(items)},
-    )
-    return {"status": state["status"], "total": state["total"]}
+    # cancelled while its lines were checked: its items are not run one by one to be skipped
+    # (each a map run and its Lambda calls): Finalize writes them skipped (`finalize`)
+    ran = state["status"]
+    if ran == "in_progress" and await _cancelled(store, batch):
+        ran = "cancelled"
+    logger.info("batch validated", extra={"batch_id": batch_id, "status": ran, "items": len(items)})
+    return {"status": ran, "total": state["total"]}
 
 
 async def _check(
@@ -305,13 +309,7 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     ok = False
     name: str
     if "skip" in state:
-        why = state["skip"]
-        message = (
-            "The batch was cancelled before this request was submitted."
-            if why == "cancelled"
-            else "The batch's completion window ended before this request was submitted."
-        )
-        line.update(response=None, error={"code": f"batch_{why}", "message": message})
+        line.update(_skipped(state["skip"]))
         name = f"results/{index:06d}{SKIPPED}"
     elif "failure" in state or "output" not in state:
         progress = state.get("progress") or {}
@@ -353,6 +351,28 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     return {"index": index, "ok": ok}
 
 
+def _skipped(why: str) -> dict[str, Any]:
+    """An item's line where it was not submitted: `why` is `cancelled` or `expired`."""
+    message = (
+        "The batch was cancelled before this request was submitted."
+        if why == "cancelled"
+        else "The batch's completion window ended before this request was submitted."
+    )
+    return {"response": None, "error": {"code": f"batch_{why}", "message": message}}
+
+
+def _skipped_lines(batch_id: str, items: Any) -> list[bytes]:
+    """The lines of a batch's items, none submitted: cancelled before its items ran."""
+    lines = []
+    for item in items if isinstance(items, list) else ():
+        index = int(item["index"])
+        line = {"id": f"batch_req_{item_job_id(batch_id, index)[4:28]}"}
+        line["custom_id"] = str(item["custom_id"])
+        line.update(_skipped("cancelled"))  # as `record` writes it (`BatchStore.put_json`)
+        lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+    return lines
+
+
 async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     """The output and error files and the batch's end (`final.json`): `{"status", "event"}`,
     the event its webhook_url gets (`batch.completed`, `batch.cancelled`, `batch.expired`)."""
@@ -379,6 +399,11 @@ async def finalize(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
             failed.append(text)
             expired = expired or b'"batch_expired"' in data
     cancelled = await store.get(store.run_key(owner, batch_id, "cancel.json")) is not None
+    if event.get("validated") == "cancelled":  # cancelled while validating: no item ran
+        cancelled = True
+        failed += _skipped_lines(
+            batch_id, await store.get_json(store.run_key(owner, batch_id, "items.json"))
+        )
     output_id = await _save(store, owner, f"{batch_id}_output.jsonl", done)
     error_id = await _save(store, owner, f"{batch_id}_error.jsonl", failed)
     status = "cancelled" if cancelled else "expired" if expired else "completed"
