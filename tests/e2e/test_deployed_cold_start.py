@@ -169,7 +169,7 @@ def test_listing_models_after_readiness_loads_no_http_client_and_no_other_route(
         "uvicorn.main",
         "uvicorn.supervisors",
         "multiprocessing",
-        "logging.config",  # (uvicorn's log configuration is applied without it: serve.py)
+        "logging.config",  # (uvicorn's log configuration is applied without it: infra/serving.py)
         "logging.handlers",
         "socketserver",
     }
@@ -182,7 +182,7 @@ def test_the_build_serves_on_uvloop_with_httptools(profiled_app: Profiled) -> No
     assert "imagegw.frontends.app" in imported  # the profile is there
 
     # Then uvicorn runs on the layer's uvloop and parses with httptools (its `auto` choices,
-    # serve.py), not on asyncio's own loop with h11: they cost 10-15% more CPU a stream
+    # infra/serving.py), not on asyncio's own loop with h11: they cost 10-15% more CPU a stream
     assert {"uvloop", "uvicorn.protocols.http.httptools_impl"} <= imported
     assert "uvicorn.protocols.http.h11_impl" not in imported
 

@@ -96,11 +96,15 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Started:
+    """A task the provider took, by its id."""
+
     task_id: str
 
 
 @dataclass(frozen=True)
 class Running:
+    """A task not ended yet: its state at the provider."""
+
     state: str
     #: the provider's own progress words, shown to people ("position 3 in the queue", "40 %")
     detail: str = ""
@@ -108,12 +112,16 @@ class Running:
 
 @dataclass(frozen=True)
 class Finished:
+    """A task that ended with its images."""
+
     images: tuple[str, ...]
     state: str = "SUCCEED"
 
 
 @dataclass(frozen=True)
 class Failed:
+    """A task that failed, and why."""
+
     reason: str
     state: str = "FAILED"
 

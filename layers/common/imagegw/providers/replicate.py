@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from imagegw.errors import ProviderError
 from imagegw.infra.media import InlineImages
@@ -54,8 +53,10 @@ NSFW: Final = re.compile(r"nsfw|sensitive|safety|content (?:policy|moderat)", re
 RATIOS: Final = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(NamedTuple):
+    """What a Replicate model takes (a record read by its fields: a NamedTuple costs the
+    cold start a third of what a frozen dataclass costs to define)."""
+
     kind: ModelKind
     #: the input field of the edited image (None: takes none)
     image_field: str | None = None
