@@ -195,3 +195,155 @@ def spliced(body: Any) -> list[Sent] | None:
     except ValueError:  # a mark elsewhere too (a key: never by chance): encoded whole
         return None
     return [piece.encode() if isinstance(piece, str) else piece for piece in pieces]
+
+
+#: the steps (strings begun, escapes stepped over) `Apart` takes in a text before it stops
+#: looking for long strings: what a hostile body of many tiny strings costs it is bounded
+LEX_STEPS: Final = 4096
+#: bytes that JSON takes in a string only escaped (a long string holding one is not held apart)
+_CONTROL: Final = bytes(range(0x20))
+
+
+class Apart:
+    """The reading side: a JSON text's UTF-8 bytes read as they arrive (`feed`), each long
+    string in it that is plain (ASCII, SPLICE_AT bytes or more, no escape, no control
+    character: a client's data URI) held apart as its own str (`held`), its place in the text
+    a mark, as `Around` writes one; the rest of the text (`text()`) is short, and parsed alone
+    its value is the whole text's with each held string's mark in its place (`restored` puts
+    them back). So the body is never whole beside its parsed value: a client's 4 MB image is
+    one 5.4 MB str, grown in place a chunk at a time, not the body's bytes, their text and the
+    value's str. After LEX_STEPS steps the rest of the text is kept as it comes."""
+
+    __slots__ = ("around", "escaped", "held", "long", "mark", "plain", "size", "start", "steps")
+
+    def __init__(self) -> None:
+        self.mark = f"\ue000{secrets.token_hex(8)}:"
+        #: the text but the held strings, in pieces (a held string's mark a piece of its own)
+        self.around: list[bytes] = []
+        self.held: list[str] = []
+        #: in a string: the index in `around` of its first piece, else -1
+        self.start = -1
+        #: in a string: its bytes so far, whether they are plain, the str of them once long
+        self.size, self.plain, self.long = 0, True, ""
+        #: the last byte fed was a backslash in a string (the next one is escaped)
+        self.escaped = False
+        self.steps = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """The text's next bytes."""
+        pos, end = 0, len(chunk)
+        while pos < end:
+            if self.steps >= LEX_STEPS:  # no more strings looked for: the rest as it comes
+                self._demote()
+                self.start = -1
+                self.around.append(chunk[pos:] if pos else chunk)
+                return
+            if self.start >= 0:  # in a string
+                pos = self._string(chunk, pos)
+                continue
+            quote = chunk.find(b'"', pos)
+            if quote < 0:
+                self.around.append(chunk[pos:] if pos else chunk)
+                return
+            self.around.append(chunk[pos : quote + 1])
+            self.steps += 1
+            self.start, self.size, self.plain = len(self.around), 0, True
+            pos = quote + 1
+
+    def _string(self, chunk: bytes, pos: int) -> int:
+        """Reads the string begun up to its end or the chunk's: where to read on."""
+        end, at = len(chunk), pos
+        if self.escaped:
+            self.escaped, self.plain, at = False, False, at + 1
+        while True:
+            quote = chunk.find(b'"', at)
+            backslash = chunk.find(b"\\", at, end if quote < 0 else quote)
+            if backslash < 0:
+                break
+            self.plain = False
+            self.steps += 1
+            if backslash + 1 == end or self.steps >= LEX_STEPS:
+                self.escaped, quote = backslash + 1 == end, -1
+                break
+            at = backslash + 2
+        stop = end if quote < 0 else quote
+        self._add(chunk[pos:stop] if pos or stop < end else chunk)
+        if quote < 0:
+            return end
+        if self.long:
+            self.around.append(self._mark(len(self.held)))
+            self.held.append(self.long)
+            self.long = ""
+        self.around.append(b'"')
+        self.start = -1
+        return quote + 1
+
+    def _add(self, part: bytes) -> None:
+        """Part of the string begun: in the text while it is short or not plain, else in the
+        str it is held as, which grows in place (its only reference is the local one)."""
+        self.size += len(part)
+        if self.long:
+            if self.plain and _plain(part):
+                long, self.long = self.long, ""
+                long += part.decode("ascii")
+                self.long = long
+                return
+            self.plain = False
+            self._demote()
+        elif self.plain and self.size >= SPLICE_AT:
+            whole = b"".join([*self.around[self.start :], part])  # (SPLICE_AT and a chunk)
+            if _plain(whole):
+                del self.around[self.start :]
+                self.long = whole.decode("ascii")
+                return
+            self.plain = False
+        self.around.append(part)
+
+    def _demote(self) -> None:
+        """The string begun back in the text (not held after all: a copy, of a string that is
+        not what a client's data URI is)."""
+        if self.long:
+            self.around.append(self.long.encode("ascii"))
+            self.long = ""
+
+    def _mark(self, index: int) -> bytes:
+        return f"{self.mark}{index}\ue000".encode()
+
+    def text(self) -> bytes:
+        """The text read, but each held string its mark (short); its pieces are let go."""
+        text, self.around = b"".join(self.around), []
+        return text
+
+    def whole(self, text: bytes) -> bytes:
+        """The whole text (`text()` with each held string in its place): an error's words."""
+        for index, held in enumerate(self.held):
+            text = text.replace(self._mark(index), held.encode("ascii"), 1)
+        return text
+
+    def restored(self, value: Any) -> Any:
+        """`value`, parsed from `text()`, with each held string in its mark's place."""
+        return _restored(value, self.mark, self.held) if self.held else value
+
+
+def _plain(part: bytes) -> bool:
+    """ASCII without a control character (a backslash or quote is never in a part)."""
+    return part.isascii() and len(part.translate(None, _CONTROL)) == len(part)
+
+
+def _restored(value: Any, mark: str, held: list[str]) -> Any:
+    """`value` with each str that is a mark (`Apart`) its held string, its containers changed
+    in place (a value parsed from the text: no one else's)."""
+    if isinstance(value, str):
+        return held[int(value[len(mark) : -1])] if value.startswith(mark) else value
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, str | list | dict):
+                value[index] = _restored(item, mark, held)
+        return value
+    if isinstance(value, dict):
+        if any(key.startswith(mark) for key in value):
+            return {_restored(k, mark, held): _restored(v, mark, held) for k, v in value.items()}
+        for key, item in value.items():
+            if isinstance(item, str | list | dict):
+                value[key] = _restored(item, mark, held)
+    return value
