@@ -36,7 +36,7 @@ import httpx
 from imagegw.infra.config import Settings
 from imagegw.infra.http11 import FramedRequest, KeptRequest
 from imagegw.infra.media import InlineImages
-from imagegw.infra.spans import TEXT_PART, encoded, size, spliced
+from imagegw.infra.spans import REQUEST_PART, encoded, size, spliced
 from imagegw.infra.transport import Parts, PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
@@ -55,7 +55,7 @@ _NO_BODY: Final = b""
 #: a long data URI of a body that holds images (`InlineImages`: an image a client sent,
 #: passed on) is sent as it is, a part of URI_PART characters at a time, not copied into the
 #: body's text and bytes (`JsonTemplate.request`, `imagegw.infra.spans.spliced`)
-URI_PART: Final = TEXT_PART
+URI_PART: Final = REQUEST_PART
 
 Hook = Callable[..., Awaitable[Any]]
 _T = TypeVar("_T")

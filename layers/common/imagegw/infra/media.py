@@ -32,8 +32,9 @@ MAX_PIXELS: Final = 64 * 1024 * 1024
 #: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between;
 #: 384 KiB, 512 KiB of base64, TEXT_PART: an answer holds the image and one such part)
 URI_STEP: Final = TEXT_PART // 4 * 3
-#: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups)
-DECODE_STEP: Final = 1 << 19
+#: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups; 64 KiB: the
+#: slice and its bytes beside the URI and the image's buffer are small)
+DECODE_STEP: Final = 1 << 16
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 

@@ -28,6 +28,9 @@ from typing import Any, Final, Protocol
 
 #: characters of a payload's text written at a time (512 KiB: a piece holds no more)
 TEXT_PART: Final = 512 * 1024
+#: characters of a request's payload (`AsciiText`) written at a time: a request is written as
+#: fast as the connection takes it, a part and what the socket has not taken yet held at once
+REQUEST_PART: Final = 64 * 1024
 #: a str value this long of a request body that holds images is a payload of its own when it
 #: is a data URI that is its own JSON text (`spliced`)
 SPLICE_AT: Final = 64 * 1024
@@ -60,10 +63,10 @@ Piece = str | Payload
 Sent = Piece | bytes
 
 
-def text_parts(text: str, start: int = 0) -> Iterator[bytes]:
-    """The ASCII bytes of `text[start:]`, TEXT_PART characters at a time (no slice of it whole)."""
-    for at in range(start, len(text), TEXT_PART):
-        yield text[at : at + TEXT_PART].encode("ascii")
+def text_parts(text: str, start: int = 0, step: int = TEXT_PART) -> Iterator[bytes]:
+    """The ASCII bytes of `text[start:]`, `step` characters at a time (no slice of it whole)."""
+    for at in range(start, len(text), step):
+        yield text[at : at + step].encode("ascii")
 
 
 class AsciiText:
@@ -78,7 +81,7 @@ class AsciiText:
         return len(self.text)
 
     def payload(self) -> Iterator[bytes]:
-        return text_parts(self.text)
+        return text_parts(self.text, 0, REQUEST_PART)
 
 
 class Around:
