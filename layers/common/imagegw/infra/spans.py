@@ -9,7 +9,11 @@ Both ways the gateway writes such JSON go through here:
   (`imagegw.infra.media.DataUri`);
 - a provider request carrying a client's data URIs (`spliced`, used by
   `imagegw.infra.clients.JsonTemplate`): each payload the URI as the client sent it
-  (`AsciiText`), its ASCII bytes half a megabyte at a time.
+  (`AsciiText`), its ASCII bytes 64 KiB at a time (REQUEST_PART).
+
+And the reading side (`Apart`): a JSON text read a chunk at a time, each long plain string in
+it (a client's data URI in a request body) held apart as its own str, a mark in its place in
+the short text that is parsed (`imagegw.frontends.inbound.parse_apart`).
 
 How: the value is encoded by `json.dumps` with a mark in each payload's place (`Around`: a
 mark new for each value, no text a client can guess or send), the text is cut at the marks
@@ -26,7 +30,8 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
-#: characters of a payload's text written at a time (512 KiB: a piece holds no more)
+#: characters of an answer's payload written at a time (512 KiB: a piece holds no more;
+#: `imagegw.infra.media.DataUri`)
 TEXT_PART: Final = 512 * 1024
 #: characters of a request's payload (`AsciiText`) written at a time: a request is written as
 #: fast as the connection takes it, a part and what the socket has not taken yet held at once
