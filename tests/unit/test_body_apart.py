@@ -52,6 +52,7 @@ BODIES = [
     chat('"x"', URI).replace(b'"m"', b"NaN"),
     chat('"x"', URI).replace(b'"m"', b"[" * 70 + b"]" * 70),
     chat('"x"', URI)[: len(URI) // 2],  # cut in the URI
+    chat('"x"', URI)[: len(URI) // 2] + b"\xff",
     ('{"b": "' + URI).encode(),
     ('{"b": "' + URI + "\\").encode(),
     b"",

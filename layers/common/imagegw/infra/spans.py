@@ -318,7 +318,9 @@ class Apart:
         return f"{self.mark}{index}\ue000".encode()
 
     def text(self) -> bytes:
-        """The text read, but each held string its mark (short); its pieces are let go."""
+        """The text read, but each held string its mark (short); its pieces are let go. A
+        string the text ends in (cut short) is in it as it came."""
+        self._demote()
         text, self.around = b"".join(self.around), []
         return text
 
