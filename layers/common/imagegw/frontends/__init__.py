@@ -7,7 +7,8 @@
   -> prompt and input images; `prompt_options`: options written in the prompt (`--ar 16:9`);
   `images_api`: the Images API's calls; `streaming`: the streamed chat answer; `job_answers`:
   a durable job as its front end answers it; `passthrough`: chat models relayed to the provider;
-- `spans`: answers carrying images as base64, written around each payload and sent in steps;
+- `spans`: answers carrying images as base64, written around each payload and sent in steps
+  (`imagegw.infra.spans` `Around`, sent by `PiecesResponse`);
 - `web`, `inbound`, `cors`, `paths`, `disconnect`: reading requests safely (key first, bounded
   bodies, checked text), CORS, path prefixes, a client that left;
 - `local` (`make run`) and `admin` (the owner's commands) run the same package from a shell.

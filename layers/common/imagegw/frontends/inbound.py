@@ -19,6 +19,7 @@ import re
 from typing import Any, Final
 
 from imagegw.errors import AuthenticationError, InvalidRequestError
+from imagegw.infra.spans import Apart
 
 #: deepest JSON nesting accepted (the body object is level 1). Chat bodies need ~6 levels,
 #: tool schemas in a pass-through body rarely 20; the bound keeps every later walk cheap.
@@ -41,6 +42,25 @@ _KEY: Final = re.compile(r"[\x21-\x7e]+")
 def parse_json(raw: bytes, *, what: str = "The request body") -> Any:
     """`raw` as JSON (UTF-8, an optional BOM), checked by `check_value`. Raises a 400."""
     return parse_json_text(json_text(raw, what=what), what=what)
+
+
+def parse_apart(apart: Apart, *, what: str = "The request body") -> Any:
+    """The JSON value of a body read by `apart` (its long plain strings held apart as they
+    came: a client's data URI is not in the text `json.loads` parses), as `parse_json` gives it
+    of the whole body: the same value, the same refusals in the same words (a text refused is
+    read again whole for them). The text's bytes are dropped once it is decoded."""
+    raw = apart.text()
+    if not apart.held:
+        text = json_text(raw, what=what)
+        # the body's bytes dropped before it is parsed: its text and the value are alive
+        # together, not the bytes too
+        del raw
+        return parse_json_text(text, what=what)
+    try:
+        value = parse_json(raw, what=what)
+    except InvalidRequestError:
+        return parse_json(apart.whole(raw), what=what)  # the whole text's refusal
+    return apart.restored(value)
 
 
 def json_text(raw: bytes, *, what: str = "The request body") -> str:

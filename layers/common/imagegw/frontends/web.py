@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
-from collections.abc import AsyncGenerator
 from typing import Any, Final
 
 from pydantic import SecretStr
@@ -33,10 +32,11 @@ from imagegw.frontends.inbound import (
     check_header,
     check_key,
     check_text,
-    json_text,
+    parse_apart,
     parse_json_text,
 )
 from imagegw.infra.config import Settings
+from imagegw.infra.spans import Apart
 from imagegw.providers import PROVIDERS
 from imagegw.providers.demo import NO_TOKEN
 from imagegw.redaction import protect
@@ -178,36 +178,19 @@ class _Counted:
         self.request.state.body_sha256 = self.digest.hexdigest()
 
 
-async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    """The request body's chunks, refusing bodies over `limit` bytes as they arrive."""
-    counted = _Counted(request, limit)
-    async for chunk in request.stream():
-        counted.add(chunk)
-        yield chunk
-    counted.whole()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw request body, refusing bodies over `limit` bytes (`limited_stream`, read
-    whole)."""
-    counted = _Counted(request, limit)
-    chunks = []
-    async for chunk in request.stream():
-        counted.add(chunk)
-        chunks.append(chunk)
-    counted.whole()
-    return b"".join(chunks)
-
-
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, refusing bodies over `limit` bytes and anything
-    that could not be sent on as UTF-8 JSON (`inbound.parse_json`)."""
-    raw = await read_body(request, limit)
-    text = json_text(raw)
-    # the body's bytes dropped before it is parsed: its text and the value are alive together,
-    # not the bytes too (a client's 4 MB image is 5.4 MB in each)
-    del raw
-    body = parse_json_text(text)
+    that could not be sent on as UTF-8 JSON (`inbound.parse_json`). Read a chunk at a time,
+    each long plain string in it (a client's data URI) held apart as it comes
+    (`imagegw.infra.spans.Apart`, `inbound.parse_apart`): a client's 4 MB image is one str,
+    not also the body's bytes and their text alive beside it while it is parsed."""
+    counted = _Counted(request, limit)
+    apart = Apart()
+    async for chunk in request.stream():
+        counted.add(chunk)
+        apart.feed(chunk)
+    counted.whole()
+    body = parse_apart(apart)
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     return body

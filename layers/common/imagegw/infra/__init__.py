@@ -5,6 +5,8 @@ HTTP routes.
   never imports one); `log`, `telemetry`, `apimetrics`: logging, tracing and API metrics;
 - `transport`: the shared HTTP client of the providers' APIs; `fetcher`: the one guarded
   fetcher of every URL a client sent (the SSRF guard);
+- `spans`: JSON written around large payloads (an answer's images' base64, a client's data
+  URIs in a provider request), sent a part at a time;
 - `media`: input images (data URIs, types told by their bytes, `InputImage`); `storage`: the
   bucket (staged inputs, stored results); `clients`: the AWS clients; `localstate`: the
   stand-ins `make run` uses;

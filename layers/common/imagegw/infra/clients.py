@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import (
@@ -25,7 +24,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -38,6 +36,7 @@ import httpx
 from imagegw.infra.config import Settings
 from imagegw.infra.http11 import FramedRequest, KeptRequest
 from imagegw.infra.media import InlineImages
+from imagegw.infra.spans import REQUEST_PART, encoded, size, spliced
 from imagegw.infra.transport import Parts, PooledTransport
 
 #: provider requests in flight at once (more wait in a FIFO queue for a slot). The pool's work
@@ -53,13 +52,10 @@ TEMPLATES_KEPT: Final = 256
 _JSON: Final = frozenset({"json", "headers", "timeout"})
 #: a bodiless request's body, as httpx makes it (`bare_request`)
 _NO_BODY: Final = b""
-#: a str value this long of a body that holds images (`InlineImages`) that is a data URI (an
-#: image a client sent, passed on) is sent as it is, a part of URI_PART characters at a time,
-#: not copied into the body's text and bytes (`JsonTemplate.request`)
-SPLICE_AT: Final = 64 * 1024
-URI_PART: Final = 512 * 1024
-#: what JSON escapes in a str (`ensure_ascii=False`): a URI holding none is its JSON as it is
-_ESCAPED: Final = '"\\' + "".join(map(chr, range(0x20)))
+#: a long data URI of a body that holds images (`InlineImages`: an image a client sent,
+#: passed on) is sent as it is, a part of URI_PART characters at a time, not copied into the
+#: body's text and bytes (`JsonTemplate.request`, `imagegw.infra.spans.spliced`)
+URI_PART: Final = REQUEST_PART
 
 Hook = Callable[..., Awaitable[Any]]
 _T = TypeVar("_T")
@@ -114,7 +110,7 @@ class JsonTemplate:
     submission's own CPU). `request(body)` is the request the client would build, its body
     encoded as httpx encodes JSON, its type and length last among its headers; a body that
     holds images (`InlineImages`) is sent as those bytes in parts, each long data URI in it as
-    it is (`_spliced`)."""
+    it is (`imagegw.infra.spans.spliced`)."""
 
     __slots__ = ("extensions", "head", "headers", "method", "url", "wire_url")
 
@@ -136,9 +132,9 @@ class JsonTemplate:
 
     def request(self, body: Any) -> httpx.Request:
         if type(body) is InlineImages:
-            spliced = _spliced(body)
-            if spliced is not None:
-                return self._request(spliced, spliced.length)
+            pieces = spliced(body)
+            if pieces is not None:
+                return self._request(Parts(size(pieces), lambda: encoded(pieces)))
         content = json.dumps(
             body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
@@ -156,10 +152,10 @@ class JsonTemplate:
         request.read()
         return request
 
-    def _request(self, stream: Parts, length: int) -> httpx.Request:
-        """`request` of a body sent in parts (`_spliced`): not read (that would join them)."""
+    def _request(self, stream: Parts) -> httpx.Request:
+        """`request` of a body sent in parts (`spliced`): not read (that would join them)."""
         headers = httpx.Headers(self.headers)
-        headers["Content-Length"] = str(length)
+        headers["Content-Length"] = str(stream.length)
         return httpx.Request(
             self.method, self.url, headers=headers, stream=stream, extensions=self.extensions
         )
@@ -194,57 +190,6 @@ class JsonTemplate:
             content=content,
             extensions=request.extensions,
         )
-
-
-def _spliceable(value: str) -> bool:
-    """A long data URI that is its own JSON text (ASCII, nothing JSON escapes)."""
-    return (
-        len(value) >= SPLICE_AT
-        and value.startswith("data:")
-        and value.isascii()
-        and not any(c in value for c in _ESCAPED)
-    )
-
-
-def _tokened(value: Any, token: str, uris: list[str]) -> Any:
-    """`value` with each long data URI in it made `token` (appended to `uris`), its containers
-    copied, its values not. (A function of the module, not a closure of `_spliced`: a nested
-    function that calls itself is a reference cycle, which would hold the URIs until the
-    collector ran, or for good once frozen: `imagegw.infra.collector`.)"""
-    if isinstance(value, str):
-        if _spliceable(value):
-            uris.append(value)
-            return token
-        return value
-    if isinstance(value, dict):
-        return {key: _tokened(item, token, uris) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_tokened(item, token, uris) for item in value]
-    return value
-
-
-def _spliced(body: Any) -> Parts | None:
-    """`body`'s JSON as `json.dumps(body, ensure_ascii=False, separators=(",", ":"))` encodes
-    it, byte for byte, as parts: the text around its long data URIs (each made a one-off token
-    first, the body's containers copied, its values not), and each URI's ASCII bytes a part
-    of URI_PART characters at a time, made as they are sent. None when it holds none."""
-    token = secrets.token_hex(16)
-    uris: list[str] = []
-    tokened = _tokened(body, token, uris)
-    text = json.dumps(tokened, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    around = text.split(token)
-    if not uris or len(around) != len(uris) + 1:
-        return None  # none, or the token elsewhere (never by chance): encoded whole
-    pieces = [piece.encode() for piece in around]
-
-    def parts() -> Iterator[bytes]:
-        for piece, uri in zip(pieces, uris, strict=False):
-            yield piece
-            for at in range(0, len(uri), URI_PART):
-                yield uri[at : at + URI_PART].encode("ascii")
-        yield pieces[-1]
-
-    return Parts(sum(map(len, pieces)) + sum(map(len, uris)), parts)
 
 
 class BareTemplate:

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
 from imagegw.infra.imageinfo import Unreadable, facts
+from imagegw.infra.spans import TEXT_PART, text_parts
 
 #: MIME type -> file extension, for the formats providers accept
 EXTENSIONS: dict[str, str] = {
@@ -29,10 +30,11 @@ MAX_SIDE: Final = 16384
 MAX_PIXELS: Final = 64 * 1024 * 1024
 
 #: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between;
-#: 384 KiB, 512 KiB of base64: an answer holds the image and one such part)
-URI_STEP: Final = 3 << 17
-#: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups)
-DECODE_STEP: Final = 1 << 19
+#: 384 KiB, 512 KiB of base64, TEXT_PART: an answer holds the image and one such part)
+URI_STEP: Final = TEXT_PART // 4 * 3
+#: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups; 64 KiB: the
+#: slice and its bytes beside the URI and the image's buffer are small)
+DECODE_STEP: Final = 1 << 16
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
@@ -53,9 +55,9 @@ def sniff_mime(data: bytes) -> str | None:
 class InlineImages(dict[str, Any]):
     """A provider request's JSON body that holds images' data URIs (`ImageBytes.data_uri`):
     encoded as any dict, but the provider client sends each long data URI in it as it is, a
-    part at a time, not copied into the body's JSON text and its bytes
-    (`imagegw.infra.clients.JsonTemplate.request`). Any other body is a plain dict: nothing
-    is looked for in it."""
+    part at a time, not copied into the body's JSON text and its bytes (`imagegw.infra.spans`
+    `spliced`, through `imagegw.infra.clients.JsonTemplate.request`). Any other body is a
+    plain dict: nothing is looked for in it."""
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,15 @@ class DataUri:
         return 4 * -(-len(self.source) // 3)
 
     def payload(self) -> Iterator[bytes]:
-        """The payload's ASCII bytes, a part (of URI_STEP bytes of the image) at a time."""
+        """The payload's ASCII bytes, a part (of URI_STEP bytes of the image, TEXT_PART
+        characters of base64) at a time (a payload of `imagegw.infra.spans`)."""
         if isinstance(self.source, str):
-            text, chars = self.source, URI_STEP // 3 * 4
-            for at in range(len(self.head), len(text), chars):
-                yield text[at : at + chars].encode("ascii")
-            return
-        view = memoryview(self.source)
+            return text_parts(self.source, len(self.head))
+        return self._encoded(self.source)
+
+    @staticmethod
+    def _encoded(data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
         for at in range(0, len(view), URI_STEP):
             yield base64.b64encode(view[at : at + URI_STEP])
 

@@ -140,7 +140,8 @@ class Parts(httpx.ByteStream):
     """A body in memory held as parts (`parts()`, made again at each send: a request retried
     on a connection that could not be made sends them anew), `length` bytes in all: a JSON
     body around a client's data URI, the URI's ASCII bytes made a part at a time
-    (`imagegw.infra.clients.JsonTemplate`), never joined into one bytes. The pool sends it as
+    (`imagegw.infra.spans.spliced`, through `imagegw.infra.clients.JsonTemplate`), never
+    joined into one bytes. The pool sends it as
     a body in memory (`PooledTransport.read`, `keep`); `request.read()` would join it, so
     nothing here calls it."""
 
