@@ -11,6 +11,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends.inbound import parse_apart, parse_json
@@ -102,3 +104,53 @@ def test_a_clients_data_uris_are_held_apart_not_parsed() -> None:
     value = parse_apart(apart)
     assert value == json.loads(raw.decode("utf-8-sig"))
     assert value["messages"][0]["content"][1]["image_url"]["url"] == URI
+
+
+#: strings of the kinds a body holds: short ones of any character, and long ones that are plain
+#: (held apart), or not quite (an escape, a control character or a non-ASCII one somewhere)
+_LONG = st.builds(
+    lambda head, size, tail: head + "A" * size + tail,
+    st.text(alphabet="ab/+=:;,", max_size=20),
+    st.integers(min_value=SPLICE_AT - 2, max_value=SPLICE_AT + 70_000),
+    # plain half the time
+    st.one_of(
+        st.sampled_from(["", "="]),
+        st.sampled_from(['"', "\\", "\n", "\x01", "é", "\ue000", "\ud800"]),
+    ),
+)
+_STRINGS = st.one_of(st.text(max_size=12), _LONG)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _STRINGS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_STRINGS, inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    value=_VALUES,
+    long=_LONG,
+    place=st.sampled_from(["first", "last", "key", "deep"]),
+    ascii_only=st.booleans(),
+    spaced=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=200_000), max_size=8),
+)
+def test_any_json_text_cut_anywhere_reads_as_it_parses_whole(
+    value: Any, long: str, place: str, ascii_only: bool, spaced: bool, cuts: list[int]
+) -> None:
+    # Given any JSON text (escaped or not, spaced or not) with a long string somewhere in it
+    # (plain or not quite), cut into chunks anywhere
+    document = {
+        "first": [long, value],
+        "last": {"v": value, "url": long},
+        "key": {long: value},
+        "deep": [[{"a": [value, {"b": long}]}]],
+    }[place]
+    raw = json.dumps(document, ensure_ascii=ascii_only, indent=1 if spaced else None)
+    data = raw.encode("utf-8", "surrogatepass")
+    edges = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    apart = Apart()
+    for start, end in itertools.pairwise(edges):
+        apart.feed(data[start:end])
+    # When it is read apart, Then its value, or its refusal word for word, is the whole text's
+    assert outcome(lambda: parse_apart(apart)) == outcome(lambda: parse_json(data))
