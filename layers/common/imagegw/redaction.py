@@ -105,6 +105,23 @@ def _runs(text: str, secret: str) -> list[tuple[int, int]]:
     return spans
 
 
+@lru_cache(maxsize=256)
+def _screen(secret: str) -> frozenset[str] | None:
+    """What a text holds when `_runs` finds a run of one of the secret's forms in it: one of
+    these (each form's pieces of MIN_RUN characters, or a short form itself); None for a
+    secret of many pieces (`_runs` looks for them by `_may_hold`'s stride)."""
+    screen: set[str] = set()
+    for form in _forms(secret):
+        if len(form) < MIN_RUN:
+            screen.add(form)
+            continue
+        grams = _pieces(form)[0]
+        if len(grams) > FEW_PIECES:
+            return None
+        screen |= grams
+    return frozenset(screen)
+
+
 def redact(text: str, *secrets: str, limit: int | None = MAX_SCAN) -> str:
     """`text` (cut to `limit` first) without the given secrets nor the context's, nor any run
     of MIN_RUN or more of their characters (also in their JSON-escaped form)."""
@@ -113,6 +130,9 @@ def redact(text: str, *secrets: str, limit: int | None = MAX_SCAN) -> str:
     for secret in {*secrets, *_secrets.get()}:
         if len(secret) < MIN_KEY:
             continue
+        screen = _screen(secret)
+        if screen is not None and not any(map(text.__contains__, screen)):
+            continue  # no run of it in the text (most lines of a request)
         for form in _forms(secret):
             spans = _runs(text, form)
             for start, stop in reversed(spans):

@@ -52,14 +52,10 @@ _BOILERPLATE: Final = frozenset(
 
 #: a record's attributes that are not extra fields, as Powertools tells them apart
 _RESERVED: Final = frozenset(RESERVED_LOG_ATTRS)
-#: the fields Powertools renders from a record by default, rendered without `%`
-_RENDERED: Final[dict[str, Any]] = {
-    "%(levelname)s": lambda record, asctime: record.levelname,
-    "%(funcName)s:%(lineno)d": lambda record, asctime: f"{record.funcName}:{record.lineno:d}",
-    "%(asctime)s": lambda record, asctime: asctime,
-}
-#: the fields Powertools fills in after the extra ones (None: left out)
-_AFTER: Final = ("exception", "exception_name", "exception_notes")
+#: the fields Powertools renders from a record by default, rendered here without `%`
+_LEVEL: Final = "%(levelname)s"
+_LOCATION: Final = "%(funcName)s:%(lineno)d"
+_ASCTIME: Final = "%(asctime)s"
 
 #: how a JSON text can begin (json.loads skips whitespace first)
 _JSON_STARTS: Final = frozenset('{["-0123456789tfnNI')
@@ -113,23 +109,34 @@ class JsonFormatter(LambdaPowertoolsFormatter):
         """Powertools' `format` (its fields, their order and values): the structure's keys
         (`log_format`, then the context's), `%`-fields rendered from the record, the extra
         fields, the message (JSON when it reads as JSON), the exception's fields, the trace id,
-        and no field whose value is None."""
+        and no field whose value is None. (Powertools gives the exception's fields None when
+        absent, and leaves every None out at the end: here the keys given None are noted as
+        they are, and those still None at the end left out, the others' order unchanged.)"""
         if record.args or record.exc_info is not None:
             return super().format(record)
         asctime = self.formatTime(record)
         log: dict[str, Any] = {}
+        empty: list[str] = []  # the keys given None
         for keys in (self.log_format, THREAD_LOCAL_KEYS.get()):
             for key, value in keys.items():
                 if value and key in _RESERVED:
-                    render = _RENDERED.get(value) if isinstance(value, str) else None
-                    if render is None:  # rendered (or refused) as Powertools does
+                    if value == _LEVEL:
+                        log[key] = record.levelname
+                    elif value == _LOCATION:
+                        log[key] = f"{record.funcName}:{record.lineno:d}"
+                    elif value == _ASCTIME:
+                        log[key] = asctime
+                    else:  # rendered (or refused) as Powertools does
                         return super().format(record)
-                    log[key] = render(record, asctime)
                 else:
                     log[key] = value
+                    if value is None:
+                        empty.append(key)
         for key, value in record.__dict__.items():
             if key not in _RESERVED:
                 log[key] = value
+                if value is None:
+                    empty.append(key)
         message = record.msg
         if isinstance(message, str):
             try:
@@ -137,12 +144,18 @@ class JsonFormatter(LambdaPowertoolsFormatter):
             except (TypeError, ValueError):  # json.JSONDecodeError included: the text
                 message = record.msg
         log["message"] = message
-        for key in _AFTER:
-            log.setdefault(key, None)
+        if message is None:
+            empty.append("message")
         if self.serialize_stacktrace:
             log["stack_trace"] = None  # what Powertools makes of a record without exc_info
-        log["xray_trace_id"] = self._get_latest_trace_id()
-        return self._encode({key: value for key, value in log.items() if value is not None})
+            empty.append("stack_trace")
+        trace = log["xray_trace_id"] = self._get_latest_trace_id()
+        if trace is None:
+            empty.append("xray_trace_id")
+        for key in empty:
+            if key in log and log[key] is None:
+                del log[key]
+        return self._encode(log)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt or self.datefmt or self.use_rfc3339_iso8601:
