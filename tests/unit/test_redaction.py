@@ -11,12 +11,14 @@ import logging
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from imagegw.errors import ProviderError, TransientJobError, render
 from imagegw.infra.log import logger
 from imagegw.providers.upstream import MAX_MESSAGE, error_for
-from imagegw.redaction import FEW_PIECES, MIN_RUN, protect, redact
+from imagegw.redaction import FEW_PIECES, MIN_KEY, MIN_RUN, protect, redact
 
 KEY = "ms-Zq8rT2vLx9WmP4sKd7YbN3cHf"  # 29 characters
 
@@ -113,3 +115,30 @@ def test_log_lines_are_redacted_with_the_requests_key() -> None:
     written = stream.getvalue()
     assert "provider answered" in written and "boom" in written
     assert leaked_runs(written) == []
+
+
+_KEY_CHARS = st.sampled_from('abcXYZ0189-_./+="\\é猫\n')
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=st.text(_KEY_CHARS, min_size=MIN_KEY, max_size=90),
+    before=st.text(_KEY_CHARS, max_size=40),
+    after=st.text(_KEY_CHARS, max_size=40),
+    start=st.integers(min_value=0, max_value=90),
+    length=st.integers(min_value=MIN_RUN, max_value=90),
+    escaped=st.booleans(),
+)
+def test_no_run_of_a_secret_survives_in_any_text(
+    secret: str, before: str, after: str, start: int, length: int, escaped: bool
+) -> None:
+    # Given a text holding a run of a secret's characters (as it is or JSON-escaped), among
+    # characters of the same alphabet (so runs can also form across its edges)
+    form = json.dumps(secret)[1:-1] if escaped else secret
+    run = form[start % len(form) :][:length]
+    text = before + run + after
+    # When it is redacted, Then no run of MIN_RUN characters of either form is left in it
+    out = redact(text, secret)
+    for shown in {secret, json.dumps(secret)[1:-1]}:
+        pieces = {shown[i : i + MIN_RUN] for i in range(len(shown) - MIN_RUN + 1)}
+        assert not any(out[i : i + MIN_RUN] in pieces for i in range(len(out) - MIN_RUN + 1))
