@@ -87,17 +87,19 @@ $(SAM_VENV)/.ready:
 	@touch $@
 
 # localstack-core (tests/aws/requirements.txt, versions locked by constraints.txt); its code needs
-# Python >= 3.12: the python3.13 put on PATH above
+# Python >= 3.12: the python3.13 put on PATH above. Installed without compiling its ~10,000
+# modules (--no-compile): the emulator compiles the ones it imports as it imports them, while the
+# other tests run, not while they wait for their own environments
 $(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
 	@python3.13 -c pass 2>/dev/null || { echo "the AWS emulator needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
 	@test -x $(AWS_VENV)/bin/python || python3.13 -m venv $(AWS_VENV)
 	@echo "installing the AWS emulator (localstack-core) into $(AWS_VENV)"
-	@$(AWS_VENV)/bin/$(PIP) -r tests/aws/requirements.txt -c tests/aws/constraints.txt $(QUIET_PIP)
+	@$(AWS_VENV)/bin/$(PIP) --no-compile -r tests/aws/requirements.txt -c tests/aws/constraints.txt $(QUIET_PIP)
 	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
 
 # every environment the checks and tests use; independent of one another, so `make -j4 -O envs`
-# (.ci/run) makes them at once, each one's output shown whole when it is done
+# makes them at once (as .ci/run's `make -j8`), each one's output shown whole when it is done
 envs: $(BIN)/.ready $(SAM_VENV)/.ready $(AWS_VENV)/.ready $(ASL_VALIDATOR)
 
 # make run keeps stored images and ended jobs in .local-state/ (imagegw.infra.localstate)
