@@ -171,7 +171,7 @@ check: lint types validate asl
 suite: $(BIN)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(PYTEST) --ignore=tests/aws
 
-# one after another (check, build, build-local, then the tests); `make -j test` runs them at
+# one after another (check, build-local, build, then the tests); `make -j test` runs them at
 # once (.ci/run), the tests as soon as the build they boot (build-local) is made
 test: check build suite
 
