@@ -38,7 +38,7 @@ PROGRESS = 2>&1 | $(PYTHON) tools/pipprogress.py
 # host (tools/lambdahost); ENV_VARS is a file in the format of `sam local invoke --env-vars`
 LAMBDAHOST := PYTHONPATH=layers/common:tools $(BIN)/python -m lambdahost
 
-.PHONY: key keys revoke token tokens untoken rotate-webhook-secret help run reset envs test test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
+.PHONY: key keys revoke token tokens untoken rotate-webhook-secret help run reset envs test suite test-aws check lint format types unit functional e2e validate asl build build-local bench clean invoke events env-json \
   deploy logs delete
 
 help:
@@ -87,17 +87,19 @@ $(SAM_VENV)/.ready:
 	@touch $@
 
 # localstack-core (tests/aws/requirements.txt, versions locked by constraints.txt); its code needs
-# Python >= 3.12: the python3.13 put on PATH above
+# Python >= 3.12: the python3.13 put on PATH above. Installed without compiling its ~10,000
+# modules (--no-compile): the emulator compiles the ones it imports as it imports them, while the
+# other tests run, not while they wait for their own environments
 $(AWS_VENV)/.ready: tests/aws/requirements.txt tests/aws/constraints.txt
 	@python3.13 -c pass 2>/dev/null || { echo "the AWS emulator needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
 	@test -x $(AWS_VENV)/bin/python || python3.13 -m venv $(AWS_VENV)
 	@echo "installing the AWS emulator (localstack-core) into $(AWS_VENV)"
-	@$(AWS_VENV)/bin/$(PIP) -r tests/aws/requirements.txt -c tests/aws/constraints.txt $(QUIET_PIP)
+	@$(AWS_VENV)/bin/$(PIP) --no-compile -r tests/aws/requirements.txt -c tests/aws/constraints.txt $(QUIET_PIP)
 	@$(AWS_VENV)/bin/python -c "import localstack.runtime.main"
 	@touch $@
 
 # every environment the checks and tests use; independent of one another, so `make -j4 -O envs`
-# (.ci/run) makes them at once, each one's output shown whole when it is done
+# makes them at once (as .ci/run's `make -j8`), each one's output shown whole when it is done
 envs: $(BIN)/.ready $(SAM_VENV)/.ready $(AWS_VENV)/.ready $(ASL_VALIDATOR)
 
 # make run keeps stored images and ended jobs in .local-state/ (imagegw.infra.localstate)
@@ -126,14 +128,16 @@ types: $(BIN)/.ready
 validate: $(SAM_VENV)/.ready
 	$(SAM) validate --lint
 
-asl: $(ASL_VALIDATOR)
+asl: $(BIN)/.ready $(ASL_VALIDATOR)
 	@$(BIN)/python tools/batchasl --check || { echo "statemachine/image_batch.asl.json is stale: python tools/batchasl"; exit 1; }
 	$(ASL_VALIDATOR) --json-path statemachine/image_job.asl.json --json-path statemachine/image_batch.asl.json
 
 # `sam build` for the Architecture the stack is deployed with (samconfig.toml's, as `sam deploy
 # --guided` saved it; else the template's default), so the layer's compiled wheels fit it
 BUILT_ARCH := .aws-sam/build.architecture
-build: $(BIN)/.ready $(SAM_VENV)/.ready
+# the two builds share .aws-sam's build graph (build.toml) and cache, so they never run at once:
+# when `make test` asks for both, this one starts once build-local is made (under `make -j` too)
+build: $(BIN)/.ready $(SAM_VENV)/.ready | $(if $(filter test,$(MAKECMDGOALS)),build-local)
 	@python3.13 -c pass 2>/dev/null || { echo "sam build needs python3.13 on PATH (pyenv install 3.13)"; exit 1; }
 	@arch=$$($(STACKTOOL) architecture); echo "sam build for Architecture=$$arch"; \
 	  $(SAM) build --parameter-overrides Architecture=$$arch; echo $$arch > $(BUILT_ARCH)
@@ -163,8 +167,13 @@ e2e: $(BIN)/.ready build-local
 
 check: lint types validate asl
 
-test: check build build-local
+# pytest on every level but the emulator's (tests/aws)
+suite: $(BIN)/.ready build-local
 	SAM_LOCAL_BUILD_DIR=$(LOCAL_BUILD) $(PYTEST) --ignore=tests/aws
+
+# one after another (check, build-local, build, then the tests); `make -j test` runs them at
+# once (.ci/run), the tests as soon as the build they boot (build-local) is made
+test: check build suite
 
 # the stack for this machine deployed with `sam deploy` on the emulator, and used (tests/aws);
 # the tests start and stop the emulator themselves
