@@ -24,10 +24,11 @@ from imagegw.frontends.images_api import (
     provider_options,
 )
 from imagegw.frontends.schemas import ImagesAnswer, ResponseFormat, images_response
-from imagegw.frontends.spans import Around, PiecesResponse, encoded
+from imagegw.frontends.spans import PiecesResponse
 from imagegw.frontends.web import read_form
 from imagegw.infra.config import Settings
 from imagegw.infra.media import URI_STEP, DataUri, ImageBytes, check_image, decode_data_uri
+from imagegw.infra.spans import Around, encoded
 from imagegw.providers.base import ModelKind
 from imagegw.providers.modelscope import ModelScope
 

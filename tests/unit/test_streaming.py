@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from imagegw.errors import ProviderError
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.spans import Around, PiecesResponse, encoded
+from imagegw.frontends.spans import PiecesResponse
 from imagegw.frontends.streaming import (
     DONE,
     Frames,
@@ -26,6 +26,7 @@ from imagegw.frontends.streaming import (
     with_keepalive,
 )
 from imagegw.infra.media import URI_STEP, DataUri
+from imagegw.infra.spans import Around, encoded
 from imagegw.runners.inprocess import Progress, Result
 from imagegw.runners.pipeline import Event
 

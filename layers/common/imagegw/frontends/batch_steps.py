@@ -303,8 +303,7 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     item, batch = state["item"], state["batch"]
     index, custom_id = int(item["index"]), str(item["custom_id"])
     batch_id, owner = batch["id"], batch["owner"]
-    line: dict[str, Any] = {"id": f"batch_req_{item_job_id(batch_id, index)[4:28]}"}
-    line["custom_id"] = custom_id
+    line = _line(batch_id, index, custom_id)
     request_id = item_job_id(batch_id, index)
     ok = False
     name: str
@@ -351,6 +350,11 @@ async def record(event: Mapping[str, Any], kit: Gateway) -> dict[str, Any]:
     return {"index": index, "ok": ok}
 
 
+def _line(batch_id: str, index: int, custom_id: str) -> dict[str, Any]:
+    """The start of an item's line in the output or error file: its id and the caller's."""
+    return {"id": f"batch_req_{item_job_id(batch_id, index)[4:28]}", "custom_id": custom_id}
+
+
 def _skipped(why: str) -> dict[str, Any]:
     """An item's line where it was not submitted: `why` is `cancelled` or `expired`."""
     message = (
@@ -365,9 +369,7 @@ def _skipped_lines(batch_id: str, items: Any) -> list[bytes]:
     """The lines of a batch's items, none submitted: cancelled before its items ran."""
     lines = []
     for item in items if isinstance(items, list) else ():
-        index = int(item["index"])
-        line = {"id": f"batch_req_{item_job_id(batch_id, index)[4:28]}"}
-        line["custom_id"] = str(item["custom_id"])
+        line = _line(batch_id, int(item["index"]), str(item["custom_id"]))
         line.update(_skipped("cancelled"))  # as `record` writes it (`BatchStore.put_json`)
         lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
     return lines

@@ -28,11 +28,12 @@ from imagegw.access.gate import Reservation
 from imagegw.core.deliver import Delivered, deliver
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.images_api import ImagesCall
-from imagegw.frontends.spans import Around, dumps, encoded
+from imagegw.frontends.spans import dumps
 from imagegw.frontends.streaming import DONE, KEEPALIVE, progress_text, with_keepalive
 from imagegw.infra import apimetrics
 from imagegw.infra.log import logger
 from imagegw.infra.media import DataUri
+from imagegw.infra.spans import Around, encoded
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.providers.openai_compat import Made, Preview
 from imagegw.runners.gateway import Gateway

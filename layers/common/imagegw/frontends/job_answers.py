@@ -16,9 +16,9 @@ from typing import Any
 
 from imagegw.core.deliver import deliver
 from imagegw.frontends.schemas import Completion, images_response
-from imagegw.frontends.spans import Around
 from imagegw.frontends.streaming import markdown_of
 from imagegw.infra.fetcher import Fetcher
+from imagegw.infra.spans import Around
 from imagegw.runners.stepfunctions.schema import JobOutput
 from imagegw.runners.stepfunctions.service import Jobs, JobView
 

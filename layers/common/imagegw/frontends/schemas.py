@@ -22,8 +22,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from imagegw.errors import GatewayError, InvalidRequestError
-from imagegw.frontends.spans import Around, Piece, shown
+from imagegw.frontends.spans import shown
 from imagegw.infra.media import DataUri
+from imagegw.infra.spans import Around, Piece
 
 #: a refusal raised inside a model: its `message` (where `{where}` is the field's place,
 #: `messages[0].content`), `param` (None: that place) and `code`, as `request_error` reads them

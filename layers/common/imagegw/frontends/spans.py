@@ -26,8 +26,6 @@ from starlette.types import Receive, Scope, Send
 from imagegw.infra.media import DataUri
 from imagegw.infra.spans import Around, Piece, encoded, size
 
-__all__ = ["Around", "Piece", "PiecesResponse", "dumps", "encoded", "shown"]
-
 
 def dumps(value: Any) -> str:
     """JSON text as the gateway's answers and events write it."""

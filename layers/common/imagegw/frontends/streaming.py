@@ -18,10 +18,11 @@ from imagegw.core.deliver import Delivered
 from imagegw.errors import GatewayError, render
 from imagegw.frontends.disconnect import LastChunk
 from imagegw.frontends.schemas import Completion
-from imagegw.frontends.spans import Around, encoded, shown
+from imagegw.frontends.spans import shown
 from imagegw.infra import apimetrics
 from imagegw.infra.jsontext import encoder_of
 from imagegw.infra.log import logger
+from imagegw.infra.spans import Around, encoded
 from imagegw.runners.inprocess import Progress, Result
 from imagegw.runners.pipeline import Event
 

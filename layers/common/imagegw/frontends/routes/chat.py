@@ -28,12 +28,13 @@ from imagegw.frontends.replays import Paid, replays_of
 from imagegw.frontends.routes.jobs import start_job, wants_job
 from imagegw.frontends.routes.webhooks import not_a_job
 from imagegw.frontends.schemas import ChatRequest, Completion, read
-from imagegw.frontends.spans import Around, PiecesResponse
+from imagegw.frontends.spans import PiecesResponse
 from imagegw.frontends.streaming import chat_stream, collect, markdown
 from imagegw.frontends.waits import refuse_short_wait
 from imagegw.frontends.web import authorize, client_budget, header, public_base_url, read_json
 from imagegw.infra.log import logger
 from imagegw.infra.media import ImageBytes, decode_refs
+from imagegw.infra.spans import Around
 from imagegw.providers.base import GenerationRequest, ModelKind, Provider
 from imagegw.providers.catalogue import TREATMENT_HEADER, treatment
 from imagegw.runners import pipeline

@@ -27,9 +27,10 @@ from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.common import gateway_of
 from imagegw.frontends.images_api import ImagesCall
 from imagegw.frontends.routes.webhooks import checked_webhook_url
-from imagegw.frontends.spans import Around, PiecesResponse
+from imagegw.frontends.spans import PiecesResponse
 from imagegw.frontends.web import anonymous, api_key, authorize, bearer_for, header, public_base_url
 from imagegw.infra.media import ImageBytes
+from imagegw.infra.spans import Around
 from imagegw.infra.urlcheck import check_inputs
 from imagegw.providers.base import GenerationRequest, Provider
 from imagegw.runners.quota import settle
