@@ -62,6 +62,38 @@ async def test_an_answer_past_the_limit_is_abandoned_while_it_streams() -> None:
     assert stream.sent <= MAX_ANSWER_BYTES + stream.chunk
 
 
+async def test_an_answer_read_a_chunk_at_a_time_is_abandoned_at_the_same_limit() -> None:
+    # Given an answer of 200 MB that declares no length, read into a reader as it comes
+    stream = Generated(200 * MB)
+    given: list[int] = []
+    async with client(httpx.Response(200, stream=stream)) as http:
+        # When it is read / Then the gateway stops just past the limit, as for one read whole,
+        # having given the reader no more than the limit
+        with pytest.raises(ProviderError, match="more than 4 MiB"):
+            await send(
+                http,
+                "GET",
+                "http://provider.test/x",
+                title="P",
+                deadline=30,
+                into=lambda chunk: given.append(len(chunk)),
+            )
+    assert stream.sent <= MAX_ANSWER_BYTES + stream.chunk
+    assert 0 < sum(given) <= MAX_ANSWER_BYTES
+
+
+async def test_only_a_200s_body_goes_to_the_reader() -> None:
+    given: list[bytes] = []
+    for status, body in ((200, b'{"data": []}'), (429, b'{"error": {"message": "slow down"}}')):
+        async with client(httpx.Response(status, content=body)) as http:
+            answer = await send(
+                http, "GET", "http://provider.test/x", title="P", deadline=5, into=given.append
+            )
+        # a 200's body went to the reader; an error's is read whole, for its words
+        assert answer.content == (b"" if status == 200 else body)
+    assert b"".join(given) == b'{"data": []}'
+
+
 async def test_an_answer_declaring_more_than_the_limit_is_not_read() -> None:
     stream = Generated(10 * MB)
     answer = httpx.Response(200, headers={"content-length": str(10 * MB)}, stream=stream)

@@ -12,8 +12,10 @@ Both ways the gateway writes such JSON go through here:
   (`AsciiText`), its ASCII bytes 64 KiB at a time (REQUEST_PART).
 
 And the reading side (`Apart`): a JSON text read a chunk at a time, each long plain string in
-it (a client's data URI in a request body) held apart as its own str, a mark in its place in
-the short text that is parsed (`imagegw.frontends.inbound.parse_apart`).
+it held apart as its own str, a mark in its place in the short text that is parsed: a client's
+data URI in a request body (`imagegw.frontends.inbound.parse_apart`), an image's base64 in a
+provider's answer (held after its data URI's head, so it is the URI the gateway passes on:
+`imagegw.providers.openai_compat`).
 
 How: the value is encoded by `json.dumps` with a mark in each payload's place (`Around`: a
 mark new for each value, no text a client can guess or send), the text is cut at the marks
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 
 #: characters of an answer's payload written at a time (512 KiB: a piece holds no more;
@@ -215,20 +217,42 @@ _CONTROL: Final = bytes(range(0x20))
 class Apart:
     """The reading side: a JSON text's UTF-8 bytes read as they arrive (`feed`), each long
     string in it that is plain (ASCII, SPLICE_AT bytes or more, no escape, no control
-    character: a client's data URI) held apart as its own str (`held`), its place in the text
-    a mark, as `Around` writes one; the rest of the text (`text()`) is short, and parsed alone
-    its value is the whole text's with each held string's mark in its place (`restored` puts
-    them back). So the body is never whole beside its parsed value: a client's 4 MB image is
-    one 5.4 MB str, grown in place a chunk at a time, not the body's bytes, their text and the
-    value's str. After LEX_STEPS steps the rest of the text is kept as it comes."""
+    character: a client's data URI, an image's base64) held apart as its own str (`held`), its
+    place in the text a mark, as `Around` writes one; the rest of the text (`text()`) is short,
+    and parsed alone its value is the whole text's with each held string's mark in its place
+    (`restored` puts them back). So the body is never whole beside its parsed value: a client's
+    4 MB image is one 5.4 MB str, grown in place a chunk at a time, not the body's bytes, their
+    text and the value's str. After LEX_STEPS steps the rest of the text is kept as it comes.
 
-    __slots__ = ("around", "escaped", "held", "long", "mark", "plain", "size", "start", "steps")
+    `lead`: the text a held string is held after, given its first bytes (SPLICE_AT or more):
+    a data URI's head before a provider's base64, so the str held is the URI, made as the
+    answer is read rather than copied from the string (`with_lead`); `restored` and `whole`
+    give the string alone."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "around",
+        "escaped",
+        "held",
+        "lead",
+        "lead_size",
+        "leads",
+        "long",
+        "mark",
+        "plain",
+        "size",
+        "start",
+        "steps",
+    )
+
+    def __init__(self, lead: Callable[[bytes], str] | None = None) -> None:
         self.mark = f"\ue000{secrets.token_hex(8)}:"
+        self.lead = lead
         #: the text but the held strings, in pieces (a held string's mark a piece of its own)
         self.around: list[bytes] = []
         self.held: list[str] = []
+        #: the length of each held string's lead, and of the one being held (`lead`)
+        self.leads: list[int] = []
+        self.lead_size = 0
         #: in a string: the index in `around` of its first piece, else -1
         self.start = -1
         #: in a string: its bytes so far, whether they are plain, the str of them once long
@@ -281,6 +305,7 @@ class Apart:
         if self.long:
             self.around.append(self._mark(len(self.held)))
             self.held.append(self.long)
+            self.leads.append(self.lead_size)
             self.long = ""
         self.around.append(b'"')
         self.start = -1
@@ -302,7 +327,9 @@ class Apart:
             whole = b"".join([*self.around[self.start :], part])  # (SPLICE_AT and a chunk)
             if _plain(whole):
                 del self.around[self.start :]
-                self.long = whole.decode("ascii")
+                lead = "" if self.lead is None else self.lead(whole)
+                self.lead_size = len(lead)
+                self.long = lead + whole.decode("ascii")
                 return
             self.plain = False
         self.around.append(part)
@@ -311,7 +338,7 @@ class Apart:
         """The string begun back in the text (not held after all: a copy, of a string that is
         not what a client's data URI is)."""
         if self.long:
-            self.around.append(self.long.encode("ascii"))
+            self.around.append(self.long[self.lead_size :].encode("ascii"))
             self.long = ""
 
     def _mark(self, index: int) -> bytes:
@@ -326,13 +353,26 @@ class Apart:
 
     def whole(self, text: bytes) -> bytes:
         """The whole text (`text()` with each held string in its place): an error's words."""
-        for index, held in enumerate(self.held):
-            text = text.replace(self._mark(index), held.encode("ascii"), 1)
+        for index in range(len(self.held)):
+            text = text.replace(self._mark(index), self.string(index).encode("ascii"), 1)
         return text
+
+    def string(self, index: int) -> str:
+        """The held string `index` alone (without its lead: then a copy)."""
+        lead = self.leads[index]
+        return self.held[index][lead:] if lead else self.held[index]
 
     def restored(self, value: Any) -> Any:
         """`value`, parsed from `text()`, with each held string in its mark's place."""
-        return _restored(value, self.mark, self.held) if self.held else value
+        return _restored(value, self.mark, self.string) if self.held else value
+
+    def with_lead(self, value: str) -> str | None:
+        """The held str, its lead and the string, that `value` (a str of the value parsed from
+        `text()`) is the mark of; None when it is no mark or its string has no lead."""
+        if not value.startswith(self.mark):
+            return None
+        index = int(value[len(self.mark) : -1])
+        return self.held[index] if self.leads[index] else None
 
 
 def _plain(part: bytes) -> bool:
@@ -340,11 +380,11 @@ def _plain(part: bytes) -> bool:
     return part.isascii() and len(part.translate(None, _CONTROL)) == len(part)
 
 
-def _restored(value: Any, mark: str, held: list[str]) -> Any:
-    """`value` with each str that is a mark (`Apart`) its held string, its containers changed
-    in place (a value parsed from the text: no one else's)."""
+def _restored(value: Any, mark: str, held: Callable[[int], str]) -> Any:
+    """`value` with each str that is a mark (`Apart`) its held string (`held(index)`), its
+    containers changed in place (a value parsed from the text: no one else's)."""
     if isinstance(value, str):
-        return held[int(value[len(mark) : -1])] if value.startswith(mark) else value
+        return held(int(value[len(mark) : -1])) if value.startswith(mark) else value
     if isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, str | list | dict):

@@ -101,8 +101,11 @@ async def gathered(
     limit: int,
     too_large: Callable[[], Exception],
     declared: int | None = None,
+    into: Callable[[bytes], None] | None = None,
 ) -> bytes:
-    """A body's chunks read no further than `limit` bytes (else `too_large()`), as one bytes.
+    """A body's chunks read no further than `limit` bytes (else `too_large()`), as one bytes;
+    with `into`, each chunk given to it as it comes and dropped (b"": the caller reads the body
+    there, `imagegw.infra.spans.Apart`).
     A body declared longer than GATHER_AT (a result image) is copied into one buffer as each
     chunk comes, the chunk then dropped: the body is never held twice (its chunks and their
     join, for a moment); another is its chunks joined once (a body in one chunk is that
@@ -112,6 +115,13 @@ async def gathered(
     which the last growth makes its exact size (getvalue() then gives this buffer, not a
     copy of it)."""
     size = 0
+    if into is not None:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise too_large()
+            into(chunk)
+        return b""
     if declared is not None and GATHER_AT < declared <= limit:
         out = io.BytesIO()
         room = 0
@@ -568,16 +578,18 @@ class PooledTransport(httpx.AsyncBaseTransport):
         too_large: Callable[[], Exception],
         content: AsyncIterable[bytes] | None = None,
         kept: KeptRequest | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> Whole | httpx.Response:
         """`read_whole`, an answer read whole given as it came (`Whole`): no httpx object is
         made of an answer of which the caller reads only the status and the body. `kept`: the
-        pool's own form of `request`, made before (`keep`: a task's poll)."""
+        pool's own form of `request`, made before (`keep`: a task's poll). `into`: a 200's
+        body given to it a chunk at a time as it is read, not kept (`read_core`)."""
+        core: httpcore.Request
         if kept is None:
-            body = in_memory(request) if content is None else content
-            return await self._read(
-                _core_request(request, body), request, limit=limit, too_large=too_large
-            )
-        return await self._read(kept, request, limit=limit, too_large=too_large)
+            core = _core_request(request, in_memory(request) if content is None else content)
+        else:
+            core = kept
+        return await self._read(core, request, limit=limit, too_large=too_large, into=into)
 
     async def _read(
         self,
@@ -586,9 +598,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
         *,
         limit: int,
         too_large: Callable[[], Exception],
+        into: Callable[[bytes], None] | None = None,
     ) -> Whole | httpx.Response:
         """`read_whole` of httpx's `request` sent as `core`: an answer read whole as `Whole`."""
-        answer = await self.read_core(core, limit=limit, too_large=too_large)
+        answer = await self.read_core(core, limit=limit, too_large=too_large, into=into)
         if isinstance(answer, httpx.Response):
             answer.request = request
             return answer
@@ -601,12 +614,15 @@ class PooledTransport(httpx.AsyncBaseTransport):
         *,
         limit: int,
         too_large: Callable[[], Exception],
+        into: Callable[[bytes], None] | None = None,
     ) -> tuple[httpcore.Response, bytes] | httpx.Response:
         """httpcore's `request`, built by the caller (a download of a result image: no httpx
         request is made), sent straight to the pool: its answer and its body read whole, no
         further than `limit` bytes (else `too_large()`), or, when its body is encoded, httpx's
-        open and unread response of it (no request set), as `read_whole` gives one. httpcore's
-        errors are raised as httpx's."""
+        open and unread response of it (no request set), as `read_whole` gives one. With
+        `into`, a 200's body is given to it a chunk at a time as it is read, and not kept (its
+        content b""; any other answer's is read whole). httpcore's errors are raised as
+        httpx's."""
         with _HTTPX_ERRORS:
             answer = await self.pool.handle_async_request(core)
             stream = answer.stream
@@ -626,13 +642,18 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 if declared is not None and declared.isdigit() and int(declared) > limit:
                     raise too_large()
                 body = stream.stream
+                if answer.status != 200:
+                    into = None
                 # a small answer (a poll's) is most often in whole with its head: taken at once
                 content = body.received_whole() if isinstance(body, Body) else None
                 if content is None:
                     length = int(declared) if declared is not None and declared.isdigit() else None
                     content = await gathered(
-                        stream, limit=limit, too_large=too_large, declared=length
+                        stream, limit=limit, too_large=too_large, declared=length, into=into
                     )
+                elif into is not None:
+                    into(content)
+                    content = b""
             finally:
                 await stream.aclose()
         return answer, content

@@ -10,6 +10,11 @@ names (`width`/`height`, `negative_prompt`, `num_inference_steps`, `true_cfg_sca
 OpenAI's own models (`gpt-image-*`, `dall-e-*`) refuse names they do not know, so they get
 OpenAI's names only. No `response_format` is sent unless the client gives one: gpt-image models
 refuse it and answer `b64_json`, dall-e answers `url`, seed 003's server ignores it.
+
+A JSON answer is read a chunk at a time as it comes (`imagegw.infra.spans.Apart`): an image's
+`b64_json` is held as its own str, after the head of its data URI (`_lead`), and that str is the
+data URI passed on; only the short rest of the answer is parsed. So a 4 MB image's answer is
+one 5.3 MB str, not the body's bytes, the str parsed from them and the data URI made of that.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from imagegw.errors import InvalidRequestError, ProviderError
 from imagegw.infra.config import BaseUrl, ProviderSettings, Settings
 from imagegw.infra.lazy import httpx
 from imagegw.infra.media import ImageBytes, InputImage, check_image, sniff_mime
+from imagegw.infra.spans import Apart
 from imagegw.providers.base import (
     Finished,
     GenerationRequest,
@@ -134,21 +140,49 @@ def catalog_of(settings: Settings) -> tuple[ModelInfo, ...]:
     )
 
 
-def _items(content: bytes) -> list[_Datum]:
-    """The `data` of a JSON answer; none when it is not one."""
+def _refs(apart: Apart) -> list[str | None]:
+    """The images of a JSON answer read by `apart` (`_lead`), in its `data`'s order: each
+    item's `b64_json` as a data URI, else its `url`; none when the answer is not such JSON."""
     try:
-        return _Images.model_validate_json(content).data
+        items = _Images.model_validate_json(apart.text()).data
     except ValidationError:
         return []
+    refs: list[str | None] = []
+    for item in items:
+        b64 = item.b64_json
+        if b64:  # held with its URI's head: that is the URI; else (short, or not plain) made
+            refs.append(apart.with_lead(b64) or _data_uri(apart.restored(b64)))
+        else:
+            refs.append(apart.restored(item.url))
+    return refs
+
+
+#: the base64 alphabet and its padding: what a long string of an answer starts with for it to
+#: be held as a data URI (`_lead`)
+_BASE64: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def _lead(first: bytes) -> str:
+    """What a long plain string of a JSON answer is held after (`Apart`), given its first
+    bytes: the head `_data_uri` gives it when it starts as base64 does (a `b64_json`: held, it
+    is its data URI), else nothing (a link: held as it is)."""
+    start = first[:64]
+    return "" if start.translate(None, _BASE64) else _head(start.decode("ascii"))
+
+
+def _head(b64: str) -> str:
+    """The head of the data URI of a `b64_json` that starts with `b64`: its type is the one
+    its first bytes show."""
+    try:
+        start = base64.b64decode(b64[:64] + "=" * (-len(b64[:64]) % 4))
+    except (binascii.Error, ValueError):
+        start = b""
+    return f"data:{sniff_mime(start) or 'image/png'};base64,"
 
 
 def _data_uri(b64: str) -> str:
     """A `b64_json` answer as a data URI of the type its bytes show."""
-    try:
-        head = base64.b64decode(b64[:64] + "=" * (-len(b64[:64]) % 4))
-    except (binascii.Error, ValueError):
-        head = b""
-    return f"data:{sniff_mime(head) or 'image/png'};base64,{b64}"
+    return _head(b64) + b64
 
 
 class OpenAICompatible(Provider):
@@ -285,6 +319,7 @@ class OpenAICompatible(Provider):
             "headers": headers,
             "timeout": work_timeout(self.settings),
         }
+        apart = Apart(_lead)  # a 200's body, read into it as it comes
         if request.images:
             data, files = await self._edit_form(request)
             url = f"{self.base_url}/images/edits"
@@ -293,21 +328,18 @@ class OpenAICompatible(Provider):
             url = f"{self.base_url}/images/generations"
             call.update(json={"model": request.model, "prompt": request.prompt, **request.options})
         try:
-            response = await send(self.client, "POST", url, **call)
+            response = await send(self.client, "POST", url, into=apart.feed, **call)
         except httpx.TransportError as exc:
             raise unreachable(self.title, exc, self.settings) from None
         if response.status_code != 200:
             raise error_for(
                 self.title, response, key=request.api_key, model=request.model, known=self.known_ids
             )
-        items = _items(response.content)
-        del response  # its body (the images' base64, as read) freed before the data URIs
-        return Finished(self._images(items))
+        return Finished(self._images(_refs(apart)))
 
-    def _images(self, items: list[_Datum]) -> tuple[str, ...]:
-        """The images of a JSON answer's `data`: `b64_json` first, as a data URI (the answer
-        holds the bytes), else the `url` (fetched, and stored, by `core.deliver`)."""
-        refs = [_data_uri(item.b64_json) if item.b64_json else item.url for item in items]
+    def _images(self, refs: list[str | None]) -> tuple[str, ...]:
+        """The images of a JSON answer's `data` (`_refs`): `b64_json` first, as a data URI (the
+        answer holds the bytes), else the `url` (fetched, and stored, by `core.deliver`)."""
         found = tuple(ref for ref in refs if ref)
         if not found:
             raise ProviderError(f"The {self.title} answered without an image.", code="no_image")
@@ -354,12 +386,13 @@ class OpenAICompatible(Provider):
             limit = image_answer_limit(self.settings)
             async with call as response:
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    whole = await read_answer(response, title=self.title, limit=limit)
+                    apart = Apart(_lead)  # as in `start`
+                    whole = await read_answer(
+                        response, title=self.title, limit=limit, into=apart.feed
+                    )
                     if whole.status_code != 200:
                         raise error_for(self.title, whole, key=request.api_key)
-                    items = _items(whole.content)
-                    del whole  # as in `start`
-                    for ref in self._images(items):
+                    for ref in self._images(_refs(apart)):
                         yield Made(ref)
                     return
                 if response.status_code != 200:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -79,10 +79,17 @@ def too_large(title: str, limit: int) -> ProviderError:
     )
 
 
-async def read_answer(answer: httpx.Response, *, title: str, limit: int) -> httpx.Response:
+async def read_answer(
+    answer: httpx.Response,
+    *,
+    title: str,
+    limit: int,
+    into: Callable[[bytes], None] | None = None,
+) -> httpx.Response:
     """`answer` (opened with `stream=True`) read whole, no further than `limit` bytes of its
-    decoded body (`too_large` past it), as a closed response holding its body. The caller
-    closes `answer`."""
+    decoded body (`too_large` past it), as a closed response holding its body; with `into`, a
+    200's body is given to it a chunk at a time as it is read, and not kept (the response's
+    content is empty: `imagegw.infra.spans.Apart` reads it). The caller closes `answer`."""
     declared = answer.headers.get("content-length", "")
     encoded = answer.headers.get("content-encoding", "identity").strip().lower()
     if (
@@ -98,13 +105,14 @@ async def read_answer(answer: httpx.Response, *, title: str, limit: int) -> http
         raise too_large(title, limit)
     chunks: list[bytes] = []
     size = 0
+    keep = chunks.append if into is None or answer.status_code != 200 else into
     parts = answer.aiter_bytes()
     try:
         async for chunk in parts:
             size += len(chunk)
             if size > limit:
                 raise too_large(title, limit)
-            chunks.append(chunk)
+            keep(chunk)
     finally:  # closed here when the limit stops it, not left for the event loop to finalize
         close = getattr(parts, "aclose", None)
         if close is not None:
@@ -128,15 +136,17 @@ async def send(
     title: str,
     deadline: float,
     limit: int = MAX_ANSWER_BYTES,
+    into: Callable[[bytes], None] | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
     """`client.request(method, url, **kwargs)`, its answer read whole by `read_answer`, all of
     it (its turn, connect, send, the whole body) within `deadline` seconds: past it,
     `AnswerTimeout`. httpx's errors are raised as they are, for the caller to word. The
     request is built once it has its turn (`imagegw.infra.clients.turn`): a burst queues
-    before anything is built."""
+    before anything is built. `into`: a 200's body given to it a chunk at a time as it is
+    read, not kept (`read_answer`)."""
     answer = await exchange(
-        client, method, url, title=title, deadline=deadline, limit=limit, **kwargs
+        client, method, url, title=title, deadline=deadline, limit=limit, into=into, **kwargs
     )
     return as_response(answer)
 
@@ -149,6 +159,7 @@ async def exchange(
     title: str,
     deadline: float,
     limit: int = MAX_ANSWER_BYTES,
+    into: Callable[[bytes], None] | None = None,
     **kwargs: Any,
 ) -> Whole | httpx.Response:
     """`send`, its answer given as it came when it was read whole straight from the pool
@@ -172,6 +183,7 @@ async def exchange(
                 limit=limit,
                 said=deadline,
                 template=template,
+                into=into,
             )
     except TimeoutError:  # no turn within the deadline: nothing was built nor sent
         request = client.build_request(method, url, **kwargs)
@@ -291,10 +303,12 @@ async def _exchange(
     limit: int,
     said: float | None = None,
     template: JsonTemplate | None = None,
+    into: Callable[[bytes], None] | None = None,
 ) -> Whole | httpx.Response:
     """`request` sent through the client, or straight to its pool (as `repeated` says when
     given, else as `direct_transport` finds), and read whole (module docstring). `template`:
-    the one `request` was made from, whose head it is sent with (`JsonTemplate.framed`)."""
+    the one `request` was made from, whose head it is sent with (`JsonTemplate.framed`).
+    `into`: a 200's body given to it as it is read (`read_answer`)."""
     from imagegw.infra.clients import AnswerTimeout, direct_transport  # loaded with the client
 
     direct = direct_transport(client, request) if repeated is None else repeated.direct
@@ -309,7 +323,11 @@ async def _exchange(
                 else:
                     kept = None if template is None else template.framed(direct, request)
                 read = await direct.read(
-                    request, limit=limit, too_large=lambda: too_large(title, limit), kept=kept
+                    request,
+                    limit=limit,
+                    too_large=lambda: too_large(title, limit),
+                    kept=kept,
+                    into=into,
                 )
                 if not isinstance(read, httpx.Response) or read.is_closed:
                     return read  # read whole
@@ -317,7 +335,7 @@ async def _exchange(
             else:
                 answer = await client.send(request, stream=True)
             try:
-                return await read_answer(answer, title=title, limit=limit)
+                return await read_answer(answer, title=title, limit=limit, into=into)
             finally:
                 await answer.aclose()
     except TimeoutError:
