@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
+from imagegw.core.deliver import check_bucket
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.common import gateway_of
@@ -136,6 +137,7 @@ async def start_job(
     caller.check_model(job.model)
     # a private or loopback image URL is refused now, as the synchronous path refuses it
     await check_inputs(inputs, gateway.settings, param="messages" if api == "chat" else "image")
+    check_bucket(gateway.settings, "stored", inputs)  # a job's results are copied to the bucket
     leased = lease.current() if caller.keyed else None
 
     async def reserve() -> Hold | None:
