@@ -119,15 +119,16 @@ async def start_job(
     if idempotency_key is not None and anonymous(caller):
         raise InvalidRequestError(
             "An Idempotency-Key is kept per token, and callers without one cannot be told "
-            "apart: send one as 'Bearer <key>' (the demo takes any), or leave the key out.",
+            "apart: send one as 'Bearer <key>' (the demo takes any but 'demo'), or leave the "
+            "key out.",
             param="Idempotency-Key",
             code="idempotency_key_needs_token",
         )
     if webhook_url not in (None, "") and anonymous(caller):
         raise InvalidRequestError(
             "A webhook is signed with its caller's own secret, and callers without a token "
-            "cannot be told apart: send one as 'Bearer <key>' (the demo takes any), or leave "
-            "'webhook_url' out.",
+            "cannot be told apart: send one as 'Bearer <key>' (the demo takes any but 'demo'), "
+            "or leave 'webhook_url' out.",
             param="webhook_url",
             code="webhook_needs_token",
         )
