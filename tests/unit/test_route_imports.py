@@ -11,6 +11,7 @@ from types import ModuleType
 import httpx
 import pytest
 
+from imagegw.frontends import routes
 from imagegw.frontends.app import create_app
 from imagegw.infra.config import Settings
 
@@ -25,6 +26,8 @@ async def test_a_route_whose_module_fails_to_import_answers_503_once_logged(
     # Given a build missing a module one route's module needs
     monkeypatch.delitem(sys.modules, ROUTE_MODULE, raising=False)
     monkeypatch.setitem(sys.modules, MISSING, None)  # type: ignore[arg-type]
+    package, _, child = MISSING.rpartition(".")
+    monkeypatch.delattr(sys.modules[package], child, raising=False)  # imported by other tests
     real = importlib.import_module
     tried: list[str] = []
 
@@ -34,6 +37,7 @@ async def test_a_route_whose_module_fails_to_import_answers_503_once_logged(
         return real(name, package)
 
     monkeypatch.setattr(importlib, "import_module", counted)
+    monkeypatch.setattr(routes, "_BROKEN", set())  # this process's other apps: not broken
     app = create_app(Settings())
     # When that route is asked for, several times, with and without a provider prefix
     async with httpx.AsyncClient(
