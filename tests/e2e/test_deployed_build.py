@@ -27,9 +27,11 @@ import base64
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -358,3 +360,41 @@ def test_run_times_learned_within_the_write_window_reach_the_table_at_shutdown(
         Key={"pk": {"S": "estimate#modelscope#Qwen/Qwen-Image#default/std"}},
     )
     assert found["Item"]["samples"] == {"N": "2"}, found.get("Item")
+
+
+def _sections(path: Path) -> set[str]:
+    """The section names of the ELF file at `path` (64-bit, little-endian: Lambda's)."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, path
+    shoff = int.from_bytes(data[0x28:0x30], "little")
+    size, count, names = (int.from_bytes(data[at : at + 2], "little") for at in (0x3A, 0x3C, 0x3E))
+
+    def header(index: int) -> tuple[int, int]:  # (name offset, file offset of the section)
+        at = shoff + index * size
+        return int.from_bytes(data[at : at + 4], "little"), int.from_bytes(
+            data[at + 0x18 : at + 0x20], "little"
+        )
+
+    table = header(names)[1]
+    found = set()
+    for index in range(count):
+        start = table + header(index)[0]
+        found.add(data[start : data.index(b"\0", start)].decode())
+    return found
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or not any(shutil.which(t) for t in ("llvm-strip", "strip")),
+    reason="no strip here that reads Lambda's shared objects (layers/common/Makefile)",
+)
+def test_the_layers_compiled_modules_ship_without_debug_information() -> None:
+    # Given the layer as `sam build` made it on a machine with a strip
+    layer = _build_dir() / LAYER / "python"
+    compiled = sorted(p for p in layer.rglob("*.so*") if p.is_file())
+    assert any(p.parent.name == "uvloop" for p in compiled)
+    # Then no compiled module carries debug information (uvloop's was 14 of its 16 MB), and
+    # each keeps its symbol table (they still import: the other tests boot the build on them)
+    for path in compiled:
+        sections = _sections(path)
+        assert not {s for s in sections if s.startswith(".debug_")}, path.name
+        assert ".dynsym" in sections, path.name

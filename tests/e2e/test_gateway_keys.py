@@ -254,6 +254,28 @@ def test_mixed_mode_serves_gateway_keys_with_held_tokens_and_client_tokens_as_th
     assert len(fake.chat_requests) == chats
 
 
+def test_the_demo_placeholder_token_spends_none_of_the_owners_tokens(
+    start_local: Callable[..., Local], fake: FakeModelScope
+) -> None:
+    # Given `make run` (the demo on) in mixed mode with a held ModelScope token, and in keys mode
+    mixed, keys = start_local("mixed"), start_local("keys")
+    mixed.pool("ms-pool-a")
+    before = len(fake.submissions)
+
+    # When a stranger sends the demo's placeholder `demo` as a token to a real provider
+    passed_on = generate(mixed, "demo")
+    refused = generate(keys, "demo")
+
+    # Then in mixed mode it is passed on as the stranger's own token, which ModelScope refuses:
+    # no held token was used
+    assert passed_on.status_code == 401, passed_on.text
+    assert [s["token"] for s in fake.submissions[before:]] == [None]
+    # and in keys mode it is refused from its headers, nothing sent to the provider
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert len(fake.submissions) == before + 1
+
+
 def test_keys_mode_serves_gateway_keys_only_and_a_wrong_key_changes_nothing(
     start_local: Callable[..., Local], fake: FakeModelScope
 ) -> None:

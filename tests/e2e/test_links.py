@@ -143,3 +143,65 @@ def test_a_stream_says_it_saves_only_what_it_stores(
     thinking, content = streamed(gateway(image_links="stored"))
     assert "saving the image · " in thinking
     assert "/v1/files/" in content
+
+
+NO_BUCKET_ASKS = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a red square"}]}),
+    "chat stream": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "a red square"}], "stream": True},
+    ),
+    "images": ("/v1/images/generations", {"prompt": "a red square"}),
+}
+
+
+@pytest.mark.parametrize("mode", ["stored", "inline"])
+@pytest.mark.parametrize("ask", list(NO_BUCKET_ASKS))
+def test_links_that_need_a_bucket_are_refused_without_one_before_the_provider_starts(
+    gateway: Callable[..., str], fake_ms: FakeModelScope, mode: str, ask: str
+) -> None:
+    # Given a hand-made setup without BUCKET, linking results through it
+    base = gateway(bucket=None, image_links=mode)
+    path, body = NO_BUCKET_ASKS[ask]
+    # When a picture is asked for
+    answer = httpx.post(
+        f"{base}{path}",
+        json={"model": "Qwen/Qwen-Image", **body},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    # Then it is refused at once, saying what setting is missing, and nothing was started
+    assert answer.status_code == 500, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "no_bucket"
+    assert error["type"] == "server_error"
+    assert "BUCKET" in error["message"]
+    assert answer.headers["x-should-retry"] == "false"
+    assert fake_ms.tasks == {}
+
+
+def test_provider_links_need_no_bucket(
+    gateway: Callable[..., str], fake_ms: FakeModelScope
+) -> None:
+    link = generate(gateway(bucket=None, image_links="provider"))
+    assert link.startswith(fake_ms.base_url.removesuffix("/v1"))  # type: ignore[attr-defined]
+
+
+def test_an_image_file_to_edit_is_refused_without_a_bucket_before_the_provider_starts(
+    gateway: Callable[..., str], fake_ms: FakeModelScope
+) -> None:
+    # Given a setup without BUCKET that passes the provider's links on
+    base = gateway(bucket=None, image_links="provider")
+    # When an image file is sent to edit (it would be uploaded to the bucket for the provider)
+    answer = httpx.post(
+        f"{base}/v1/images/edits",
+        data={"prompt": "make it blue", "model": "Qwen/Qwen-Image-Edit-2509"},
+        files=[("image", ("a.png", noisy_png(12, 12), "image/png"))],
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    # Then it is refused, saying what setting is missing, and nothing was started
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["error"]["code"] == "no_bucket"
+    assert "BUCKET" in answer.json()["error"]["message"]
+    assert fake_ms.tasks == {}

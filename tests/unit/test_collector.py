@@ -113,6 +113,71 @@ def test_the_start_script_serves_as_uvicorns_command_line_would_without_loading_
     assert Path(after["dir"]) == ROOT / "functions" / "api"
 
 
+#: a value other than the default for each UVICORN_ variable the start script reads
+UVICORN_ENV = {
+    "UVICORN_LOG_LEVEL": "warning",
+    "UVICORN_LOOP": "asyncio",
+    "UVICORN_HTTP": "h11",
+    "UVICORN_TIMEOUT_KEEP_ALIVE": "61",
+    "UVICORN_LIMIT_CONCURRENCY": "900",
+    "UVICORN_BACKLOG": "64",
+    "UVICORN_H11_MAX_INCOMPLETE_EVENT_SIZE": "32768",
+    "UVICORN_FORWARDED_ALLOW_IPS": "10.0.0.0/8",
+    "UVICORN_PROXY_HEADERS": "false",
+    "UVICORN_SERVER_HEADER": "no",
+    "UVICORN_DATE_HEADER": "0",
+    "UVICORN_ROOT_PATH": "/gw",
+}
+
+
+def test_the_start_script_reads_uvicorns_environment_as_its_command_line_did() -> None:
+    # Given the UVICORN_ variables an owner may set on the function
+    from imagegw.infra.serving import ENVIRONMENT
+
+    assert set(UVICORN_ENV) == set(ENVIRONMENT)
+    # When the start script's settings are made, and uvicorn's command line is given run.sh's
+    # former flags in the same environment
+    shown = in_api_function(
+        "import json, runpy\n"
+        "ours = runpy.run_path('serve.py')['config']()\n"
+        "import uvicorn.main\n"
+        "given = {}\n"
+        "uvicorn.main.run = lambda app, **flags: given.update(flags, app=app)\n"
+        "uvicorn.main.main.main(['--host', '127.0.0.1', '--port', '8123', '--no-access-log',\n"
+        "    '--timeout-graceful-shutdown', '2', '--app-dir', '.', 'main:app'],\n"
+        "    standalone_mode=False)\n"
+        "given.pop('app_dir')\n"
+        "theirs = uvicorn.main.Config(**given)\n"
+        "print(json.dumps({k: v == getattr(theirs, k) for k, v in vars(ours).items()}))\n"
+        "print(json.dumps([ours.timeout_keep_alive, ours.root_path, ours.server_header]))\n",
+        PORT="8123",
+        **UVICORN_ENV,
+    )
+    same, values = (json.loads(line) for line in shown.splitlines()[-2:])
+    # Then every setting is what the command line makes of the flags and the environment
+    assert same and all(same.values()), {k: v for k, v in same.items() if not v}
+    assert values == [61, "/gw", False]
+
+
+def test_the_start_script_names_uvicorn_variables_it_does_not_read_or_cannot_use() -> None:
+    code = "import runpy\nrunpy.run_path('serve.py')['config']()\n"
+    env = {k: v for k, v in os.environ.items()}
+    env["PYTHONPATH"] = str(ROOT / "layers" / "common")
+    run = {"cwd": ROOT / "functions" / "api", "capture_output": True, "text": True, "timeout": 60}
+    # A variable with no use here (workers, on loopback behind the Web Adapter) is warned of
+    warned = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "UVICORN_WORKERS": "3"}, **run
+    )  # type: ignore[call-overload]
+    assert warned.returncode == 0
+    assert "UVICORN_WORKERS not read" in warned.stderr
+    # and a value a setting cannot take stops the start, naming the variable
+    for name, value in (("UVICORN_TIMEOUT_KEEP_ALIVE", "soon"), ("UVICORN_LOG_LEVEL", "loud")):
+        failed = subprocess.run([sys.executable, "-c", code], env={**env, name: value}, **run)  # type: ignore[call-overload]
+        assert failed.returncode != 0
+        assert f"{name}='{value}' cannot be used" in failed.stderr
+        assert "Traceback" not in failed.stderr
+
+
 #: the state of the loggers uvicorn's log configuration sets, and of the handlers on them
 LOGGERS_STATE = (
     "import json, logging, sys\n"

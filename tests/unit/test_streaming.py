@@ -445,3 +445,20 @@ async def test_an_inline_image_is_answered_as_the_bytes_of_its_whole_json(text: 
     # Then it is the bytes JSONResponse writes for the whole answer
     assert b"".join(sent) == JSONResponse(completion.message(markdown(result))).body
     assert b"".join(encoded(pieces)) == b"".join(sent)
+
+
+@pytest.mark.both_loops
+async def test_keepalives_keep_coming_when_each_is_due_within_the_loops_millisecond() -> None:
+    # Given events that do not come, and keep-alives due sooner than uvloop's clock ticks (a
+    # keep-alive found due just after a timer was set, under load: uvloop then answers the
+    # timer with a plain handle)
+    async def never() -> AsyncIterator[int]:
+        await asyncio.sleep(30)
+        yield 1
+
+    stream = with_keepalive(never(), 0.0003)
+    try:
+        # When the stream is read, Then keep-alives come, one after another
+        assert [await anext(stream) for _ in range(5)] == [None] * 5
+    finally:
+        await stream.aclose()

@@ -162,6 +162,16 @@ class ConfigurationError(GatewayError):
     retryable = False
 
 
+class BrokenDeploymentError(ConfigurationError):
+    """The deployed build is broken: a module a route needs does not import (a file or a
+    dependency missing from the artifact). No request of the route can be answered until the
+    build is fixed and deployed again: the service is unavailable (503), and retrying does not
+    help."""
+
+    status = 503
+    retryable = False
+
+
 class TransientJobError(Exception):
     """A durable-job step failed in a way worth trying again later: the provider could not be
     reached or answered 5xx while polling, refused a submission for rate (nothing started), or

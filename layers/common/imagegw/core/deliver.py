@@ -41,7 +41,7 @@ from imagegw.infra.media import (
     decode_data_uri,
     is_data_uri,
 )
-from imagegw.infra.storage import ImageStore
+from imagegw.infra.storage import ImageStore, no_bucket
 
 INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg"})
 #: how results are linked: the IMAGE_LINKS values, and modes for callers (see above)
@@ -150,6 +150,20 @@ async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str)
     return DataUri.of(image)
 
 
+#: the modes that store results in the bucket (`inline`: the types it does not inline)
+STORING: Final = frozenset({"stored", "inline"})
+
+
+def check_bucket(settings: Settings, mode: LinkMode, inputs: Sequence[object] = ()) -> None:
+    """Refuse (500 `no_bucket`, `imagegw.infra.storage.no_bucket`) a job that needs the bucket
+    on a setup without BUCKET: results linked by `mode` that stores them, or input image files
+    to upload. Called before anything is reserved or started: the results are paid for."""
+    if settings.bucket:
+        return
+    if mode in STORING or any(isinstance(item, ImageBytes) for item in inputs):
+        raise no_bucket()
+
+
 def saves(refs: Sequence[Ref], mode: LinkMode) -> bool:
     """Whether `deliver(refs, mode=mode)` may store a copy in the bucket (what a stream tells
     its reader it waits for): never for links passed on as they are (`provider`, `as_is`) nor
@@ -191,7 +205,8 @@ async def deliver(
             return ref
         if how == "inline" and image.mime in INLINE_TYPES:
             return DataUri.of(image)
-        stored = await _saved(image, store.save_result)
+        # no bucket (`provider` links: `check_bucket` let it through): kept as it came
+        stored = await _saved(image, store.save_result) if settings.bucket else None
         if stored is not None:
             return file_link(base_url, stored.name)
         return DataUri.of(image) if is_data_uri(ref) else ref

@@ -192,7 +192,26 @@ async def with_keepalive(
     reader = loop.create_task(handover.read(iterator))
     reader.add_done_callback(handover.wake)
     due = loop.time() + interval
-    timer: asyncio.TimerHandle | None = None
+    # the period's timer, and whether it went off: the loop's clock may not show `due` yet when
+    # it does (uvloop's counts milliseconds, and runs a timer due within one at once)
+    timer: asyncio.Handle | None = None
+    rang = False
+
+    def ring() -> None:
+        nonlocal rang
+        rang = True
+        handover.wake()
+
+    def keepalive_due() -> bool:
+        """Whether a keep-alive is due; if so, the next period starts now."""
+        nonlocal due, timer, rang
+        if not (rang or loop.time() >= due):
+            return False
+        if timer is not None:
+            timer.cancel()
+        due, timer, rang = loop.time() + interval, None, False
+        return True
+
     try:
         while True:
             if handover.ready:
@@ -205,20 +224,16 @@ async def with_keepalive(
                         and reader.exception() is None
                     )
                 yield event
-                if loop.time() >= due:
-                    due = loop.time() + interval
+                if keepalive_due():
                     yield None
             elif reader.done():
                 reader.result()  # the events' error, if they failed
                 return
-            elif loop.time() >= due:
-                due = loop.time() + interval
+            elif keepalive_due():
                 yield None
             else:
-                if timer is None or timer.when() != due:
-                    if timer is not None:
-                        timer.cancel()
-                    timer = loop.call_at(due, handover.wake)
+                if timer is None:  # one timer a period
+                    timer = loop.call_at(due, ring)
                 handover.waiter = loop.create_future()
                 await handover.waiter
     finally:

@@ -101,8 +101,8 @@ def _anonymous(request: Request) -> bool:
 
 
 def anonymous(caller: Caller) -> bool:
-    """Whether `caller` is the demo's anonymous caller (no token), whom nothing tells apart
-    from any other anonymous caller."""
+    """Whether `caller` is the demo's anonymous caller (no token, or the placeholder `NO_TOKEN`
+    sent as one: a token anyone could guess), whom nothing tells apart from any other."""
     return not caller.keyed and caller.bearer.get_secret_value() == NO_TOKEN
 
 
@@ -112,7 +112,7 @@ def owner_for(caller: Caller) -> str:
     if anonymous(caller):
         raise AuthenticationError(
             "Files and batches are kept apart by token, and callers without one cannot be told "
-            "apart: send one as 'Bearer <key>' (the demo takes any).",
+            "apart: send one as 'Bearer <key>' (the demo takes any but 'demo').",
             code="missing_api_key",
         )
     return owner_of(caller.bearer.get_secret_value())

@@ -8,8 +8,10 @@ process for the server (below): only the start script imports it.
 - The settings are those of uvicorn's command line with `--host 127.0.0.1 --port $PORT
   --no-access-log --timeout-graceful-shutdown 2 --app-dir <its folder> main:app`, everything
   else at its default: the event loop and HTTP parser `auto` (uvloop and httptools when the
-  layer has them), uvicorn's log configuration, proxy headers from loopback, one process.
-  tests/unit/test_collector.py checks that they equal what that command line makes.
+  layer has them), uvicorn's log configuration, proxy headers from loopback, one process;
+  and the UVICORN_ variables of `ENVIRONMENT`, which that command line read (the others are
+  named in a warning). tests/unit/test_collector.py checks that they equal what that command
+  line makes.
 - The command line itself is not run: importing `uvicorn` runs its `__init__`, which imports it
   (click) and the reload and worker supervisors (multiprocessing), ~12 ms of a cold start's CPU
   a server started with fixed settings never uses. The server's modules are imported from the
@@ -39,14 +41,15 @@ import logging
 import os
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from imagegw.infra.lazy import package_without_init, stand_in
 
 server_package = package_without_init("uvicorn")
 stand_in("logging.config")
 
-from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE, Config  # noqa: E402
+from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG, STARTUP_FAILURE, Config  # noqa: E402
 
 # what uvicorn's own modules read from the package (`uvicorn.lifespan`)
 vars(server_package)["Config"] = Config
@@ -120,15 +123,86 @@ class Settings(Config):
             self.log_config = log_config
 
 
+#: click's spellings of a boolean (`--flag/--no-flag` read from the environment)
+_TRUE: Final = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE: Final = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _flag(value: str) -> bool:
+    spelled = value.strip().lower()
+    if spelled not in _TRUE | _FALSE:
+        raise ValueError("not a boolean (true/false, 1/0, yes/no, on/off)")
+    return spelled in _TRUE
+
+
+def _level(value: str) -> str:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"not one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+#: the variables of uvicorn's command line (UVICORN_ and the option's name) read here, as it
+#: reads them, with the Config setting each sets: those that make sense for a server on
+#: loopback behind the Web Adapter. The address (127.0.0.1:$PORT), the access log (off: the
+#: gateway logs each request itself) and the 2-s graceful shutdown are run.sh's former flags,
+#: which won over the environment then too; the others (workers, reload, TLS, a socket or a
+#: log configuration file...) have no use here, and a warning names any that is set.
+ENVIRONMENT: Final[dict[str, tuple[str, Callable[[str], object]]]] = {
+    "UVICORN_LOG_LEVEL": ("log_level", _level),
+    "UVICORN_LOOP": ("loop", str),
+    "UVICORN_HTTP": ("http", str),
+    "UVICORN_TIMEOUT_KEEP_ALIVE": ("timeout_keep_alive", int),
+    "UVICORN_LIMIT_CONCURRENCY": ("limit_concurrency", int),
+    "UVICORN_BACKLOG": ("backlog", int),
+    "UVICORN_H11_MAX_INCOMPLETE_EVENT_SIZE": ("h11_max_incomplete_event_size", int),
+    "UVICORN_FORWARDED_ALLOW_IPS": ("forwarded_allow_ips", str),
+    "UVICORN_PROXY_HEADERS": ("proxy_headers", _flag),
+    "UVICORN_SERVER_HEADER": ("server_header", _flag),
+    "UVICORN_DATE_HEADER": ("date_header", _flag),
+    "UVICORN_ROOT_PATH": ("root_path", str),
+}
+
+
+def from_environment(env: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
+    """The Config settings `env` asks for (`ENVIRONMENT`; an empty value is unset, as for
+    uvicorn's command line), and the UVICORN_ variables set that are not read here. SystemExit
+    naming the variable when a value is not one its setting takes."""
+    settings: dict[str, object] = {}
+    ignored: list[str] = []
+    for name, value in env.items():
+        if not name.startswith("UVICORN_") or not value:
+            continue
+        known = ENVIRONMENT.get(name)
+        if known is None:
+            ignored.append(name)
+            continue
+        setting, parse = known
+        try:
+            settings[setting] = parse(value)
+        except ValueError as exc:
+            message = str(exc) if parse is not int else "not an integer"
+            raise SystemExit(f"{name}={value[:40]!r} cannot be used: {message}.") from None
+    return settings, sorted(ignored)
+
+
 def config() -> Config:
-    """The server's settings: uvicorn's command line's with run.sh's former flags."""
-    return Settings(
+    """The server's settings: uvicorn's command line's with run.sh's former flags and the
+    UVICORN_ variables of `ENVIRONMENT`, as that command line reads them."""
+    settings, ignored = from_environment(os.environ)
+    made = Settings(
         "main:app",
         host="127.0.0.1",
         port=int(os.environ.get("PORT", "8000")),
         access_log=False,
         timeout_graceful_shutdown=2,
+        **settings,  # type: ignore[arg-type]
     )
+    if ignored:  # (after Config applied the log configuration)
+        logging.getLogger("uvicorn.error").warning(
+            "%s not read by the API function's server (see imagegw.infra.serving)",
+            ", ".join(ignored),
+        )
+    return made
 
 
 def listening(settings: Config) -> socket.socket:

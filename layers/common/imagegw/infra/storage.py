@@ -56,6 +56,17 @@ _HOLDING: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar(
 _PRESENT: Final = frozenset({200, 206, 416})
 _MISSING: Final = frozenset({403, 404})
 
+
+def no_bucket() -> ConfigurationError:
+    """The error for a setup without BUCKET asked to store an image (500 `no_bucket`); the
+    front ends raise it before anything is started (`imagegw.core.deliver.check_bucket`)."""
+    return ConfigurationError(
+        "This gateway has no bucket to store images in: set BUCKET "
+        "(or IMAGE_LINKS=provider, and send image URLs, not image files).",
+        code="no_bucket",
+    )
+
+
 UPLOADS = "uploads/"
 RESULTS = "images/"
 #: the path of a stored result's lasting link: /v1/files/{name}
@@ -171,10 +182,7 @@ class ImageStore:
     @property
     def bucket(self) -> str:
         if not self.settings.bucket:
-            raise ConfigurationError(
-                "This gateway has no bucket for input images: set BUCKET.",
-                code="no_bucket",
-            )
+            raise no_bucket()
         return self.settings.bucket
 
     def _sign_form(self, prefix: str) -> _Form:

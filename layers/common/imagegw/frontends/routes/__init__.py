@@ -6,19 +6,31 @@ models, the job runners) is imported when one of its routes is first called, so 
 is ready after importing only what `GET /healthz` and `GET /v1/models` need
 (docs/architecture.md "Cold start and memory"). Every route but the page's is served at `/v1/...`
 and at `/{provider}/v1/...`.
+
+A module that fails to import (a broken build: a file or a dependency missing from the
+artifact) is tried once: the failure is logged with its cause, and that module's routes answer
+a 503 `deployment_broken` (`BrokenDeploymentError`) from then on, with no traceback or path,
+and without importing it again on every request.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from imagegw.errors import BrokenDeploymentError
+from imagegw.infra.log import logger
+
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+#: the modules that failed to import (each tried once a process)
+_BROKEN: set[str] = set()
 
 #: the page to try the gateway and its assets (`imagegw.frontends.webpage`): no provider prefix
 PAGE: Final = (
@@ -61,11 +73,30 @@ def endpoint(target: str) -> Endpoint:
 
     async def lazy(request: Request) -> Response:
         if not loaded:
-            loaded.append(getattr(importlib.import_module(module), name))
+            loaded.append(getattr(_imported(module), name))
         return await loaded[0](request)
 
     lazy.__name__ = lazy.__qualname__ = name
     return lazy
+
+
+def _imported(module: str) -> ModuleType:
+    """`module`, imported; BrokenDeploymentError when it does not import, then or before."""
+    if module not in _BROKEN:
+        try:
+            return importlib.import_module(module)
+        except Exception as exc:
+            logger.error(
+                "a route's module failed to import: the deployment is broken",
+                extra={"route_module": module, "error": f"{type(exc).__name__}: {exc}"},
+                exc_info=True,
+            )
+            _BROKEN.add(module)
+    raise BrokenDeploymentError(
+        "This gateway's deployment is broken: a part it needs to answer this request failed "
+        "to load. Its logs say why; it must be fixed and deployed again.",
+        code="deployment_broken",
+    )
 
 
 def routes() -> list[Route]:

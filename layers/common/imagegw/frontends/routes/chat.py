@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from imagegw.access.gate import Caller
+from imagegw.core.deliver import check_bucket
 from imagegw.core.plan import IGNORED_HEADER, Ask, ignored_fields, ignored_notice, plan
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import passthrough, prompt_options
@@ -85,6 +86,7 @@ async def chat_completions(request: Request) -> Response:
     inputs = decode_refs(parsed.images, max_bytes=settings.max_image_bytes)
     n = job.n
     base_url = public_base_url(request, settings)  # a bad Host refused before the reservation
+    check_bucket(settings, settings.image_links, inputs)  # no BUCKET: before anything starts
     logger.info(
         "chat generation",
         extra={

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imagegw.access.gate import Caller
+from imagegw.core.deliver import check_bucket
 from imagegw.core.plan import IGNORED_HEADER, ignored_notice
 from imagegw.errors import GatewayError
 from imagegw.frontends import images_api
@@ -51,6 +52,9 @@ def _endpoint(read: Reader) -> Callable[[Request], Awaitable[Response]]:
         caller, key = await authorize(request, provider.name)  # before the body is read
         refuse_short_wait(request, as_job=wants_job(request))
         call = await read(request, gateway.settings)
+        # no BUCKET: refused before anything starts (a stream's images come as their bytes)
+        mode = "data" if call.stream else images_api.link_mode(call, gateway.settings.image_links)
+        check_bucket(gateway.settings, mode, call.images)
         accepted = await accept_async(request, provider, call, auth=(caller, key))
         ignored = ignored_notice(images_api.ignored(provider, call))
         headers = {IGNORED_HEADER: ignored} if ignored else {}

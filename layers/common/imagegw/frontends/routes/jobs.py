@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from imagegw.access import lease
 from imagegw.access.gate import Caller
+from imagegw.core.deliver import check_bucket
 from imagegw.errors import InvalidRequestError
 from imagegw.frontends import images_api, job_answers
 from imagegw.frontends.common import gateway_of
@@ -118,15 +119,16 @@ async def start_job(
     if idempotency_key is not None and anonymous(caller):
         raise InvalidRequestError(
             "An Idempotency-Key is kept per token, and callers without one cannot be told "
-            "apart: send one as 'Bearer <key>' (the demo takes any), or leave the key out.",
+            "apart: send one as 'Bearer <key>' (the demo takes any but 'demo'), or leave the "
+            "key out.",
             param="Idempotency-Key",
             code="idempotency_key_needs_token",
         )
     if webhook_url not in (None, "") and anonymous(caller):
         raise InvalidRequestError(
             "A webhook is signed with its caller's own secret, and callers without a token "
-            "cannot be told apart: send one as 'Bearer <key>' (the demo takes any), or leave "
-            "'webhook_url' out.",
+            "cannot be told apart: send one as 'Bearer <key>' (the demo takes any but 'demo'), "
+            "or leave 'webhook_url' out.",
             param="webhook_url",
             code="webhook_needs_token",
         )
@@ -136,6 +138,7 @@ async def start_job(
     caller.check_model(job.model)
     # a private or loopback image URL is refused now, as the synchronous path refuses it
     await check_inputs(inputs, gateway.settings, param="messages" if api == "chat" else "image")
+    check_bucket(gateway.settings, "stored", inputs)  # a job's results are copied to the bucket
     leased = lease.current() if caller.keyed else None
 
     async def reserve() -> Hold | None:
