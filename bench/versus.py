@@ -9,6 +9,10 @@ the ratio of the medians. No constant from another day is compared with.
 
 Figures (issue 25's targets, ratios gateway / reference):
 - boot: process start → first 200 of GET /v1/models (≤ 0.5);
+- first: the first streamed chat of a cold instance (booted, then at once one generation of an
+  instant provider): the server process's CPU from readiness to `data: [DONE]`, and the wall
+  time, the gateway with stored links (the default) and with provider links, each beside the
+  reference's first chat (no target: what the AWS clients and the first request's imports cost);
 - CPU per 100 streamed 3-s generations, stored links / provider links (≤ 1.5 / ≤ 1.0): the server
   process's user + system time from /proc, 100 streams at once after one warm-up;
 - a non-streamed request to an instant provider (≤ 2.0), and the gateway's answer after an instant
@@ -18,7 +22,7 @@ Figures (issue 25's targets, ratios gateway / reference):
 - with `BENCH_BIG=1`: 1,000 concurrent 3-s streams with stored links, wall time (≤ 1.2) and
   memory per stream (≤ 1.0).
 
-`BENCH_PARTS` (comma-separated, of boot, cpu, instant, mix, big) runs only those parts:
+`BENCH_PARTS` (comma-separated, of boot, first, cpu, instant, mix, big) runs only those parts:
 `BENCH_PARTS=mix` the uneven mix alone, `BENCH_PARTS=big` the 1,000 streams alone.
 """
 
@@ -68,7 +72,7 @@ INSTANT_REQUESTS = 20
 MIX_GENERATIONS, MIX_AT_ONCE, MIX_SEED = 36, 30, 20261206
 BIG_STREAMS = 1000
 TIME_LIMIT = 240.0
-PARTS = ("boot", "cpu", "instant", "mix", "big")
+PARTS = ("boot", "first", "cpu", "instant", "mix", "big")
 WARMUP = "warm-up"
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -317,6 +321,25 @@ def _boot_once(runtime: Lambda, side: Side, s3: dict[str, str]) -> float:
         return booted.ready - booted.began
 
 
+def _first_chat(runtime: Lambda, side: Side, s3: dict[str, str], links: str) -> dict[str, Any]:
+    """A fresh server, ready, then at once one streamed chat of an instant provider: the
+    process's CPU from readiness to its `data: [DONE]`, and that wall time (the reference has
+    provider links only: `links` is the gateway's IMAGE_LINKS)."""
+    with fake_modelscope(task_duration=lambda body: 0.0, pending_seconds=0.0) as (_fake, base):
+        env = {**s3, "IMAGE_LINKS": links, "MODELSCOPE_BASE_URL": base}
+        with side.start(runtime, env) as booted:
+            pid = booted.process.pid
+            cpu = proc_cpu_seconds(pid)
+            began = time.monotonic()
+            outcomes = asyncio.run(_streams(booted.url, 1, f"first {side.name} {links}"))
+            wall = time.monotonic() - began
+            cpu = proc_cpu_seconds(pid) - cpu
+    error = outcomes[0].error
+    if error:
+        raise RuntimeError(f"the first chat of {side.name} failed: {error}")
+    return {"cpu_s": cpu, "wall_s": wall}
+
+
 # ------------------------------------------------------------------------------ the report
 
 
@@ -361,7 +384,8 @@ def run() -> Report:
     verdicts: list[list[str]] = []
     data: dict[str, Any] = {"repeats": REPEATS}
     notes = [
-        f"{REPEATS} repetitions, gateway and reference alternating (boot: {REPEATS + 2}).",
+        f"{REPEATS} repetitions, gateway and reference alternating (boot and first chat: "
+        f"{REPEATS + 2}).",
         "Reference: bench/seedref/app.py (FastAPI + aiohttp, polls every 2 s, provider links).",
         "Gateway: the sam build output booted as Lambda boots it, default settings.",
     ]
@@ -391,6 +415,17 @@ def run() -> Report:
         if "boot" in parts:
             boots = _alternate(runtime, lambda side: _boot_once(runtime, side, s3), REPEATS + 2)
             verdict("boot", compare("boot → first 200 of /v1/models", boots, None))
+
+        for links in ("stored", "provider"):
+            if "first" not in parts:
+                break
+            firsts = _alternate(
+                runtime,
+                lambda side, links=links: _first_chat(runtime, side, s3, links),
+                REPEATS + 2,
+            )
+            compare(f"first chat of a cold instance, CPU s ({links} links)", firsts, "cpu_s")
+            compare(f"first chat of a cold instance, wall ({links} links)", firsts, "wall_s")
 
         for links, key in (("stored", "cpu_stored"), ("provider", "cpu_provider")):
             if "cpu" not in parts:

@@ -187,7 +187,7 @@ def test_the_build_serves_on_uvloop_with_httptools(profiled_app: Profiled) -> No
     assert "uvicorn.protocols.http.h11_impl" not in imported
 
 
-def test_boto3_is_imported_by_the_first_generation_not_before_readiness(
+def test_botocore_is_imported_by_the_first_generation_not_before_readiness_and_boto3_never(
     profiled_app: Profiled, fake_ms: FakeModelScope
 ) -> None:
     # Given the build booted as Lambda boots it, past its readiness check
@@ -197,9 +197,12 @@ def test_boto3_is_imported_by_the_first_generation_not_before_readiness(
     # When the first generation stores its image in the bucket
     _generate(profiled_app.url, "the first one")
 
-    # Then boto3 was not imported before readiness, but for that generation
+    # Then the SDK was not imported before readiness, but for that generation: botocore's
+    # clients (`imagegw.infra.aws`), without boto3's resource layer or s3transfer
     assert sorted(before_ready & set(BOTO)) == []
-    assert "boto3" in profiled_app.imported()
+    imported = set(profiled_app.imported())
+    assert "botocore.client" in imported
+    assert sorted(imported & {"boto3", "s3transfer"}) == []
 
 
 def test_the_first_generation_loads_neither_httpxs_command_line_nor_the_log_configurator(
@@ -212,7 +215,7 @@ def test_the_first_generation_loads_neither_httpxs_command_line_nor_the_log_conf
     # Then httpx was loaded without its command line (click: `imagegw.infra.lazy`), and
     # logging's configurator (which uvicorn's config module imports) was not loaded at all
     imported = set(profiled_app.imported())
-    assert {"httpx._client", "boto3"} <= imported  # the generation's modules are there
+    assert {"httpx._client", "botocore.client"} <= imported  # the generation's modules are there
     assert sorted(imported & {"click", "logging.config", "logging.handlers"}) == []
 
 

@@ -1,5 +1,6 @@
 """The gateway uses httpx and httpcore through their public seams only (issue 19, item 5), which is
-what lets layers/common/requirements.txt give them version ranges instead of pins.
+what lets layers/common/requirements.txt give them version ranges instead of pins; and botocore
+and boto3 too (the runtime's SDK, whose version follows the runtime's: `imagegw.infra.aws`).
 
 The package's source is read (`ast`) for what would tie it to one release of either library:
 an import of a private module (`httpx._transports`, `httpcore._async`), a private name of the
@@ -16,31 +17,40 @@ import ast
 from functools import cache
 from pathlib import Path
 
+import boto3
+import botocore
 import httpcore
 import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "layers" / "common" / "imagegw"
-LIBRARIES = ("httpx", "httpcore")
+LIBRARIES = ("httpx", "httpcore", "botocore", "boto3")
+_MODULES = {"httpx": httpx, "httpcore": httpcore, "botocore": botocore, "boto3": boto3}
+
+
+@cache
+def private_names_of(name: str) -> frozenset[str]:
+    """Every `self._name` the installed library `name` sets or reads (not dunders)."""
+    library = _MODULES[name]
+    assert library.__file__ is not None
+    names: set[str] = set()
+    for source in Path(library.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+                and _private(node.attr)
+            ):
+                names.add(node.attr)
+    return frozenset(names)
 
 
 @cache
 def library_private_names() -> frozenset[str]:
-    """Every `self._name` the installed httpx and httpcore set or read (not dunders)."""
-    names: set[str] = set()
-    for library in (httpx, httpcore):
-        assert library.__file__ is not None
-        for source in Path(library.__file__).parent.rglob("*.py"):
-            for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-                if (
-                    isinstance(node, ast.Attribute)
-                    and isinstance(node.value, ast.Name)
-                    and node.value.id == "self"
-                    and _private(node.attr)
-                ):
-                    names.add(node.attr)
-    return frozenset(names)
+    """Every `self._name` the installed libraries set or read (not dunders)."""
+    return frozenset().union(*(private_names_of(name) for name in LIBRARIES))
 
 
 def _private(name: str) -> bool:
@@ -63,15 +73,16 @@ def private_uses(source: str) -> list[str]:
     tree = ast.parse(source)
     found: list[str] = []
     private = library_private_names()
-    library_classes: set[ast.ClassDef] = {
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ClassDef) and any(_from_library(base) for base in node.bases)
-    }
-    inside: dict[ast.AST, ast.ClassDef] = {}
-    for cls in library_classes:
-        for child in ast.walk(cls):
-            inside[child] = cls
+    # a subclass of a library's class: the private names of that library (its own `self._x`)
+    inside: dict[ast.AST, frozenset[str]] = {}
+    for cls in ast.walk(tree):
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        roots = {_root(base) for base in cls.bases if _from_library(base)}
+        if roots:
+            names = frozenset().union(*(private_names_of(str(root)) for root in roots))
+            for child in ast.walk(cls):
+                inside[child] = names
     for node in ast.walk(tree):
         where = f"line {getattr(node, 'lineno', '?')}: "
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -90,7 +101,7 @@ def private_uses(source: str) -> list[str]:
             if _from_library(owner) and _private(node.attr):
                 found.append(where + ast.unparse(node))
             elif isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
-                if node in inside and node.attr in private:
+                if node.attr in inside.get(node, frozenset()):
                     found.append(where + f"{ast.unparse(node)} in a subclass of the library's")
             elif node.attr in private:
                 found.append(where + ast.unparse(node))
@@ -110,7 +121,7 @@ def private_uses(source: str) -> list[str]:
     return found
 
 
-def test_the_gateway_uses_no_private_part_of_httpx_or_httpcore() -> None:
+def test_the_gateway_uses_no_private_part_of_httpx_httpcore_or_the_aws_sdk() -> None:
     # Given every module of the package / When each is read
     found = {
         str(path.relative_to(ROOT)): uses
@@ -134,6 +145,12 @@ def test_the_gateway_uses_no_private_part_of_httpx_or_httpcore() -> None:
         "    def __init__(self):\n        self._pool = make_pool()",
         "import httpx\nsetattr(httpx.AsyncClient, '__init__', traced_init)",
         "import httpx\nhttpx.AsyncClient.__init__ = traced_init",
+        "import botocore.loaders\nclass L(botocore.loaders.Loader):\n"
+        "    def list_available_services(self, type_name):\n        return self._cache",
+        "import botocore.session\nsession = botocore.session.get_session()\n"
+        "session._register_components()",
+        "def f(client):\n    return client._request_signer",
+        "from botocore import _helpers",
     ],
 )
 def test_the_check_finds_each_kind_of_private_use(source: str) -> None:

@@ -192,13 +192,14 @@ def through_conflicts(write: Callable[[], _T]) -> _T:
 
 
 class AccessTable:
-    """The table's operations (boto3's low-level client, blocking: callers use threads)."""
+    """The table's operations (botocore's low-level client from the process's session,
+    `imagegw.infra.aws`; blocking: callers use threads)."""
 
     def __init__(
         self, name: str, region: str, client: Any = None, *, timeout: float | None = None
     ) -> None:
         """`timeout`: seconds to connect and to read, with one retry only (for callers that
-        would rather do without the table than wait for it); boto3's defaults otherwise."""
+        would rather do without the table than wait for it); botocore's defaults otherwise."""
         self.name = name
         self.region = region
         self._client = client
@@ -207,8 +208,9 @@ class AccessTable:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
             from botocore.config import Config
+
+            from imagegw.infra import aws
 
             options: dict[str, Any] = {"retries": {"max_attempts": 3, "mode": "standard"}}
             if self.timeout is not None:
@@ -217,9 +219,7 @@ class AccessTable:
                     "connect_timeout": self.timeout,
                     "read_timeout": self.timeout,
                 }
-            self._client = boto3.client(
-                "dynamodb", region_name=self.region, config=Config(**options)
-            )
+            self._client = aws.client("dynamodb", region_name=self.region, config=Config(**options))
         return self._client
 
     # ------------------------------------------------------------------ keys

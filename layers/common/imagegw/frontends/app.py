@@ -248,9 +248,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # nothing before readiness that a first request may not need: the S3 client (boto3,
+        # nothing before readiness that a first request may not need: the S3 client (botocore,
         # the heaviest import) is built in the background from the first provider call on,
-        # while the provider works (`Gateway.client`; docs/architecture.md "Cold start and memory")
+        # while the provider works, where results are stored (`Gateway.client`;
+        # docs/architecture.md "Cold start and memory")
         yield
         await gateway.aclose()
 

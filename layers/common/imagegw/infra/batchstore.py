@@ -12,7 +12,7 @@
 
 Each object is written by one party once (the API writes the batch and its cancel, the batch's
 steps the rest), so no read-modify-write races. Another caller's ids are not found: the owner
-is part of every key. boto3 is synchronous: its calls run in a worker thread.
+is part of every key. botocore is synchronous: its calls run in a worker thread.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class BatchStore:
         self.store = store
 
     async def _run(self, what: str, function: Callable[..., T], *args: Any) -> T:
-        """A boto3 call in a worker thread; a failing bucket is a retryable 503 naming no
+        """A botocore call in a worker thread; a failing bucket is a retryable 503 naming no
         secret."""
         _ = self.store.bucket  # no bucket configured: its clear error at once
         try:

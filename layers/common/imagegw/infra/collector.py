@@ -17,7 +17,7 @@ back on. (As a cure for the streams' collections, freezing changed nothing measu
 walk what the streams make.)
 
 What the process loads later, for good, is frozen too once loaded (`Requests`): the routes'
-modules (imported at their first request), boto3 and botocore with their service models (the
+modules (imported at their first request), botocore with its service models (the
 S3 and access table clients, built at the first generation): some 60,000 objects a young
 collection and then a middle one walked again while the first streams ran (a burst of 200
 streams after one warm-up spent some 50 ms more in the collector). After a request that ends

@@ -4,7 +4,7 @@
 against the embedded stand-in (moto's Step Functions, which runs the same ASL file and dispatches
 its Lambda tasks to the real handlers in-process; see `imagegw.frontends.local`). The status
 endpoint reads executions (DescribeExecution, GetExecutionHistory): there is no database of our
-own. Calls are synchronous (boto3); callers run them in a worker thread.
+own. Calls are synchronous (botocore, `imagegw.infra.aws`); callers run them in a worker thread.
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ class StepFunctionsRunner:
     @property
     def sfn(self) -> Any:
         if self._sfn is None:
-            import boto3
             from botocore.config import Config
 
-            self._sfn = boto3.client(
+            from imagegw.infra import aws
+
+            self._sfn = aws.client(
                 "stepfunctions",
                 region_name=self.region,
                 config=Config(retries={"max_attempts": 3, "mode": "standard"}),

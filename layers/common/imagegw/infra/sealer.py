@@ -48,10 +48,11 @@ class KeySealer:
     @property
     def kms(self) -> Any:
         if self._kms is None:
-            import boto3
             from botocore.config import Config
 
-            self._kms = boto3.client(
+            from imagegw.infra import aws
+
+            self._kms = aws.client(
                 "kms",
                 region_name=self.region,
                 config=Config(retries={"max_attempts": 3, "mode": "standard"}),

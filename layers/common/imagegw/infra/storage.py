@@ -11,12 +11,14 @@ after a 403 (rotated credentials); IAM-wise a POST is `s3:PutObject`, as `put_ob
 
 Whether a stored object is there (the lasting link `GET /v1/files/{name}`, an input image that
 is one of the gateway's links) is asked with the presigned URL the caller gets anyway: a GET of
-its first byte through the same pooled connections (`_present`), not a boto3 HeadObject in a
+its first byte through the same pooled connections (`_present`), not a botocore HeadObject in a
 worker thread (its request pipeline: about 2 ms of CPU, and a second thread hop).
 
-The other calls (GET, presigning) are boto3's: synchronous, so they run in a worker thread.
-The client is created on first use, so importing this module does no work and tests can point
-it at moto (a moto *server*, for uploads and checks: they do not go through botocore).
+The other calls (GET, presigning) are botocore's (a low-level client from the process's
+session, `imagegw.infra.aws`: boto3's client without boto3): synchronous, so they run in a
+worker thread. The client is created on first use, so importing this module does no work and
+tests can point it at moto (a moto *server*, for uploads and checks: they do not go through
+botocore).
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class ImageStore:
     def s3(self) -> Any:
         if self._s3 is not None:
             return self._s3
-        with self._lock:  # boto3 calls run in worker threads: build the client once
+        with self._lock:  # botocore calls run in worker threads: build the client once
             if self._s3 is None:
                 self._s3 = self._client()
         return self._s3
@@ -140,7 +142,7 @@ class ImageStore:
     def warm(self) -> None:
         """Build the S3 client in a background thread, once; returns at once.
 
-        Importing boto3 and loading the S3 model is the heaviest step of a cold start (0.1-0.5 s
+        Importing botocore and loading the S3 model is the heaviest step of a cold start (0.1-0.5 s
         of CPU), and a process that serves only provider links may never need it: so it is not
         done before the readiness check, but from the first provider call on (`Gateway.client`),
         while the provider works. A request that needs the client first waits for it (`s3`
@@ -158,13 +160,14 @@ class ImageStore:
             logger.warning("the S3 client could not be built", extra={"error": type(exc).__name__})
 
     def _client(self) -> Any:
-        import boto3
         from botocore.config import Config
+
+        from imagegw.infra import aws
 
         # a custom endpoint (moto, MinIO) is addressed by path; AWS by virtual host, which
         # gives regional URLs a provider can fetch
         style = "path" if self.settings.s3_endpoint_url else "virtual"
-        return boto3.client(
+        return aws.client(
             "s3",
             region_name=self.settings.aws_region,
             endpoint_url=self.settings.s3_endpoint_url,
@@ -406,7 +409,7 @@ class ImageStore:
         return key
 
     async def _run(self, what: str, function: Callable[..., T], *args: Any) -> T:
-        """A boto3 call in a worker thread; any failure of the bucket is a `StorageError`
+        """A botocore call in a worker thread; any failure of the bucket is a `StorageError`
         (503, retryable) whose message names no secret."""
         try:
             return await anyio.to_thread.run_sync(function, *args)
@@ -435,7 +438,7 @@ class ImageStore:
     async def _present(self, url: str) -> bool:
         """Whether the object behind `url`, a presigned GET, is in the bucket: a GET of its
         first byte (`Range: bytes=0-0`) through the loop's pooled connections, no worker thread
-        nor boto3 request (a HEAD cannot use a URL signed for GET; S3 signs no Range header in
+        nor botocore request (a HEAD cannot use a URL signed for GET; S3 signs no Range header in
         it, so the URL serves a range as it serves the whole). Tried again after a connection
         failure or a 5xx; another answer than a range, the whole, an unsatisfiable range (an
         empty object) or a missing key raises `BucketRefused`."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from imagegw.infra.config import Settings
 from imagegw.infra.sealer import KeySealer
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from imagegw.infra.fetcher import Fetcher
     from imagegw.infra.storage import ImageStore
     from imagegw.runners.stepfunctions.service import Jobs
+
+
+#: the link modes (IMAGE_LINKS) whose results are copied into the bucket: there the first
+#: provider call starts building the S3 client (`Gateway._first_provider_call`)
+WARMS_STORE: Final = frozenset({"stored", "inline"})
 
 
 @dataclass(frozen=True)
@@ -143,9 +148,13 @@ class Gateway:
         return self._client
 
     async def _first_provider_call(self, request: httpx.Request) -> None:
-        # the S3 client is built in the background while the provider works
-        # (docs/architecture.md "Cold start and memory"); after the first call this returns at once
-        self.store.warm()
+        # the S3 client is built in the background while the provider works, where results are
+        # copied into the bucket (docs/architecture.md "Cold start and memory"); after the first
+        # call this returns at once. With provider links a request seldom needs the bucket (an
+        # input image, staged before any provider call; a result that came as data): its first
+        # call builds the client then, and a chat of links passed on builds none.
+        if self.settings.image_links in WARMS_STORE:
+            self.store.warm()
 
     def provider(self, name: str | None) -> Provider:
         """The provider a route or a job names, or the default one."""

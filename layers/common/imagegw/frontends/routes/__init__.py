@@ -1,7 +1,7 @@
 """Routes, one module per front end, and the route table that names them.
 
 The table says each route's path, methods and endpoint (`module:function`) without importing
-the module: a front end's module (and what it pulls in: httpx, boto3, the pydantic request
+the module: a front end's module (and what it pulls in: httpx, botocore, the pydantic request
 models, the job runners) is imported when one of its routes is first called, so the API function
 is ready after importing only what `GET /healthz` and `GET /v1/models` need
 (docs/architecture.md "Cold start and memory"). Every route but the page's is served at `/v1/...`

@@ -89,7 +89,7 @@ if TYPE_CHECKING:
 
 Step = Callable[[Mapping[str, Any], Gateway], Awaitable[dict[str, Any]]]
 
-#: seconds between the attempts to save a result image in the bucket within one step (boto3
+#: seconds between the attempts to save a result image in the bucket within one step (botocore
 #: retries each attempt too); no attempt starts later than `SAVE_RETRY_WINDOW` seconds after
 #: the first, well within the task functions' timeouts
 SAVE_RETRY_DELAYS: Final[tuple[float, ...]] = (1.0, 2.0, 4.0, 8.0)
