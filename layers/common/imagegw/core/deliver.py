@@ -31,7 +31,7 @@ from imagegw.errors import (
     ProviderError,
     StorageError,
 )
-from imagegw.infra.config import Settings
+from imagegw.infra.config import STORING_LINKS, Settings
 from imagegw.infra.fetcher import Fetcher, FetchError
 from imagegw.infra.log import logger
 from imagegw.infra.media import (
@@ -150,17 +150,13 @@ async def _stored(ref: Stored, mode: LinkMode, store: ImageStore, base_url: str)
     return DataUri.of(image)
 
 
-#: the modes that store results in the bucket (`inline`: the types it does not inline)
-STORING: Final = frozenset({"stored", "inline"})
-
-
 def check_bucket(settings: Settings, mode: LinkMode, inputs: Sequence[object] = ()) -> None:
     """Refuse (500 `no_bucket`, `imagegw.infra.storage.no_bucket`) a job that needs the bucket
     on a setup without BUCKET: results linked by `mode` that stores them, or input image files
     to upload. Called before anything is reserved or started: the results are paid for."""
     if settings.bucket:
         return
-    if mode in STORING or any(isinstance(item, ImageBytes) for item in inputs):
+    if mode in STORING_LINKS or any(isinstance(item, ImageBytes) for item in inputs):
         raise no_bucket()
 
 

@@ -182,6 +182,11 @@ def _provider_values(source: Mapping[str, str]) -> dict[str, str]:
     return {env: value for env, value in values.items() if value}
 
 
+#: the IMAGE_LINKS values whose results are copied into the bucket (`inline`: the types it does
+#: not inline): a bucket is needed (`imagegw.core.deliver.check_bucket`), and the first provider
+#: call starts building the S3 client (`imagegw.runners.gateway.Gateway`)
+STORING_LINKS: Final = frozenset({"stored", "inline"})
+
 #: seconds of a function's timeout kept for uploads and the answer after the generation's end
 #: (a quarter of it for a function of less than two minutes)
 FUNCTION_MARGIN: Final = 30.0

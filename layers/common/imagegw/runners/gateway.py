@@ -21,9 +21,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from imagegw.infra.config import Settings
+from imagegw.infra.config import STORING_LINKS, Settings
 from imagegw.infra.sealer import KeySealer
 from imagegw.providers import Provider, lookup, priors
 
@@ -35,11 +35,6 @@ if TYPE_CHECKING:
     from imagegw.infra.fetcher import Fetcher
     from imagegw.infra.storage import ImageStore
     from imagegw.runners.stepfunctions.service import Jobs
-
-
-#: the link modes (IMAGE_LINKS) whose results are copied into the bucket: there the first
-#: provider call starts building the S3 client (`Gateway._first_provider_call`)
-WARMS_STORE: Final = frozenset({"stored", "inline"})
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,7 @@ class Gateway:
         # call this returns at once. With provider links a request seldom needs the bucket (an
         # input image, staged before any provider call; a result that came as data): its first
         # call builds the client then, and a chat of links passed on builds none.
-        if self.settings.image_links in WARMS_STORE:
+        if self.settings.image_links in STORING_LINKS:
             self.store.warm()
 
     def provider(self, name: str | None) -> Provider:
