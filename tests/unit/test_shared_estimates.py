@@ -28,7 +28,7 @@ from imagegw.access.shared_estimates import (
     pk_of,
 )
 from imagegw.access.table import ESTIMATE_TTL, AccessTable
-from imagegw.core.estimates import MemoryEstimates, fold, learn
+from imagegw.core.estimates import MemoryEstimates, fold, fold_all, learn
 from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing
 from imagegw.infra.config import Settings
 from imagegw.runners.gateway import Gateway
@@ -393,6 +393,26 @@ async def test_a_burst_s_lookups_predict_with_every_waiting_sample_as_folded_afr
         for _ in range(1 + index % 2):
             # Then each prediction is the table's value with the newest waiting samples
             assert same(await store.get(MODEL), learned(10.0, *waiting))
+
+
+@pytest.mark.parametrize(
+    "old",
+    [None, Estimate(20.0, 6.0, 0), Estimate(12.5, 1.75, 3), Estimate(7.0, 0.4, 500)],
+    ids=["nothing", "a prior", "a short history", "a long history"],
+)
+@pytest.mark.parametrize("count", [0, 1, 2, MAX_PENDING])
+def test_samples_folded_together_predict_exactly_as_folded_one_by_one(
+    old: Estimate | None, count: int
+) -> None:
+    # Given a key's estimate (or none) and samples waiting for the table
+    samples = [0.05 + (index * 37) % 23 * 1.3 for index in range(count)]
+    # When they are folded in at once (a look-up: `SharedEstimates.get`)
+    together = fold_all(old, iter(samples))
+    # Then the prediction is the very one of folding them one by one, to the last bit
+    one_by_one = old
+    for seconds in samples:
+        one_by_one = fold(one_by_one, seconds)
+    assert together == one_by_one
 
 
 class Slow(Counting):

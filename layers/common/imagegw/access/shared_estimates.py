@@ -49,7 +49,7 @@ import anyio
 import anyio.to_thread
 
 from imagegw.access.table import AccessTable
-from imagegw.core.estimates import Estimates, MemoryEstimates, fold
+from imagegw.core.estimates import Estimates, MemoryEstimates, fold_all
 from imagegw.core.schedule import Estimate, Key
 from imagegw.infra.config import Settings
 from imagegw.infra.log import logger
@@ -290,9 +290,7 @@ class SharedEstimates:
 
 
 def _folded(old: Estimate | None, samples: Iterable[float]) -> Estimate | None:
-    for seconds in samples:
-        old = fold(old, seconds)
-    return old
+    return fold_all(old, samples)
 
 
 def estimates_for(settings: Settings, priors: Mapping[tuple[str, str], float]) -> Estimates:

@@ -14,7 +14,7 @@ models (`ModelInfo.seconds`) answer until a model has a history.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final, Protocol
 
 from imagegw.core.schedule import QUEUE_MODEL, Estimate, Key, Timing, queue_time
@@ -46,6 +46,25 @@ def fold(old: Estimate | None, seconds: float) -> Estimate:
     delta = seconds - old.seconds
     variance = (1 - weight) * (old.spread**2 + weight * delta**2)
     return Estimate(old.seconds + weight * delta, math.sqrt(variance), old.samples + 1)
+
+
+def fold_all(old: Estimate | None, samples: Iterable[float]) -> Estimate | None:
+    """`old` with each of `samples` folded in turn (`fold`), the same floats in the same order,
+    but one `Estimate` made, not one a sample: a key's waiting samples (up to 64) are folded
+    again on every look-up once its queue is full (`imagegw.access.shared_estimates`)."""
+    remaining = iter(samples)
+    if old is None or old.samples == 0:
+        first = next(remaining, None)
+        if first is None:
+            return old
+        old = fold(old, first)
+    seconds, spread, count = old.seconds, old.spread, old.samples
+    for sample in remaining:
+        weight = max(WEIGHT, 1.0 / (count + 1))
+        delta = sample - seconds
+        variance = (1 - weight) * (spread**2 + weight * delta**2)
+        seconds, spread, count = seconds + weight * delta, math.sqrt(variance), count + 1
+    return old if count == old.samples else Estimate(seconds, spread, count)
 
 
 class MemoryEstimates:
