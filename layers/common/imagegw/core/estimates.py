@@ -39,32 +39,29 @@ class Estimates(Protocol):
 
 
 def fold(old: Estimate | None, seconds: float) -> Estimate:
-    """`old` with one more sample: an exponentially weighted mean and deviation."""
-    if old is None or old.samples == 0:
-        return Estimate(seconds, FIRST_SPREAD * seconds, 1)
-    weight = max(WEIGHT, 1.0 / (old.samples + 1))
-    delta = seconds - old.seconds
-    variance = (1 - weight) * (old.spread**2 + weight * delta**2)
-    return Estimate(old.seconds + weight * delta, math.sqrt(variance), old.samples + 1)
+    """`old` with one more sample: an exponentially weighted mean and deviation (`fold_all`)."""
+    folded = fold_all(old, (seconds,))
+    assert folded is not None  # one sample folded: an estimate
+    return folded
 
 
 def fold_all(old: Estimate | None, samples: Iterable[float]) -> Estimate | None:
-    """`old` with each of `samples` folded in turn (`fold`), the same floats in the same order,
-    but one `Estimate` made, not one a sample: a key's waiting samples (up to 64) are folded
-    again on every look-up once its queue is full (`imagegw.access.shared_estimates`)."""
-    remaining = iter(samples)
-    if old is None or old.samples == 0:
-        first = next(remaining, None)
-        if first is None:
-            return old
-        old = fold(old, first)
-    seconds, spread, count = old.seconds, old.spread, old.samples
-    for sample in remaining:
+    """`old` with each of `samples` folded in turn: an exponentially weighted mean and
+    deviation (a prior, `samples` 0, gives way to the first sample), one `Estimate` made, not
+    one a sample: a key's waiting samples (up to 64) are folded again on every look-up once its
+    queue is full (`imagegw.access.shared_estimates`)."""
+    seconds, spread, count = (old.seconds, old.spread, old.samples) if old else (0.0, 0.0, 0)
+    for sample in samples:
+        if count == 0:
+            seconds, spread, count = sample, FIRST_SPREAD * sample, 1
+            continue
         weight = max(WEIGHT, 1.0 / (count + 1))
         delta = sample - seconds
         variance = (1 - weight) * (spread**2 + weight * delta**2)
         seconds, spread, count = seconds + weight * delta, math.sqrt(variance), count + 1
-    return old if count == old.samples else Estimate(seconds, spread, count)
+    if count == 0 or (old is not None and count == old.samples):
+        return old
+    return Estimate(seconds, spread, count)
 
 
 class MemoryEstimates:
