@@ -189,3 +189,31 @@ def test_a_broken_image_is_refused_as_before(mode: LinkMode) -> None:
     assert caught.value.message == (
         "The provider's generated image is cut short: not a whole PNG file."
     )
+
+
+def _written(image: DataUri) -> tuple[int, int]:
+    """The bytes of `image`'s payload, written a part at a time; the peak of memory meanwhile."""
+    tracemalloc.start()
+    try:
+        written = sum(len(part) for part in image.payload())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return written, peak
+
+
+def test_a_uri_passed_on_is_written_holding_no_more_than_bytes_encoded() -> None:
+    # Given a 1 MB PNG to answer as data: a provider's URI passed on, and the same image
+    # encoded from its bytes
+    png = noisy_png(600, 600)
+    passed_on = data_uri_image(uri_of(png), max_bytes=LIMIT)
+    encoded = DataUri(passed_on.mime, passed_on.width, passed_on.height, png)
+
+    # When each payload is written, a part at a time
+    written, peak = _written(passed_on)
+    written_encoded, peak_encoded = _written(encoded)
+
+    # Then each is the whole base64, and the URI's parts (a slice and its bytes each) hold no
+    # more at once than the parts encoded from the bytes
+    assert written == written_encoded == len(base64.b64encode(png))
+    assert peak <= peak_encoded

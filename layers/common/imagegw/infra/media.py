@@ -33,6 +33,10 @@ MAX_PIXELS: Final = 64 * 1024 * 1024
 #: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between;
 #: 384 KiB, 512 KiB of base64, TEXT_PART: an answer holds the image and one such part)
 URI_STEP: Final = TEXT_PART // 4 * 3
+#: characters of a data URI passed on as it came written at a time (`DataUri.payload`): a part
+#: is two copies, its slice and their bytes, so half of TEXT_PART holds what a part encoded
+#: from an image's bytes holds
+URI_PART: Final = TEXT_PART // 2
 #: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups; 64 KiB: the
 #: slice and its bytes beside the URI and the image's buffer are small)
 DECODE_STEP: Final = 1 << 16
@@ -116,9 +120,10 @@ class DataUri:
 
     def payload(self) -> Iterator[bytes]:
         """The payload's ASCII bytes, a part (of URI_STEP bytes of the image, TEXT_PART
-        characters of base64) at a time (a payload of `imagegw.infra.spans`)."""
+        characters of base64; of a URI passed on, URI_PART characters) at a time (a payload of
+        `imagegw.infra.spans`)."""
         if isinstance(self.source, str):
-            return text_parts(self.source, len(self.head))
+            return text_parts(self.source, len(self.head), URI_PART)
         return self._encoded(self.source)
 
     @staticmethod
