@@ -9,7 +9,9 @@
 
 A data URI is delivered as a `DataUri` (`imagegw.infra.media`): the image's bytes (or a
 provider's own canonical URI of them, as it came), which the answer writes as base64 a
-part at a time, never the whole URI's text beside them.
+part at a time, never the whole URI's text beside them. A provider's data URI passed on as
+data (`data`, and `inline` for a PNG or JPEG) is checked from its base64
+(`imagegw.infra.media.data_uri_image`): its bytes are never made whole beside it.
 
 A result is paid for: when it cannot be copied (the provider's link fails, or the bucket does),
 the client still gets it, as the provider's own link or, for an image the provider answered
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from imagegw.errors import (
     GatewayError,
@@ -38,6 +40,7 @@ from imagegw.infra.media import (
     DataUri,
     ImageBytes,
     check_image,
+    data_uri_image,
     decode_data_uri,
     is_data_uri,
 )
@@ -46,6 +49,8 @@ from imagegw.infra.storage import ImageStore, no_bucket
 INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg"})
 #: how results are linked: the IMAGE_LINKS values, and modes for callers (see above)
 LinkMode = Literal["provider", "stored", "inline", "data", "as_is"]
+#: what a check of a generated image gives (`provider_made`)
+Checked = TypeVar("Checked", ImageBytes, DataUri)
 #: stores an image in the bucket; its name there (raises StorageError)
 Save = Callable[[ImageBytes], Awaitable[str]]
 
@@ -88,7 +93,7 @@ async def fetch_image(fetcher: Fetcher, ref: str, settings: Settings) -> ImageBy
     )
 
 
-def provider_made(check: Callable[[], ImageBytes]) -> ImageBytes:
+def provider_made(check: Callable[[], Checked]) -> Checked:
     """A generated image checked by `check`: what it finds wrong is the provider's fault (a
     502 `invalid_result`), never the client's 400."""
     try:
@@ -98,6 +103,15 @@ def provider_made(check: Callable[[], ImageBytes]) -> ImageBytes:
             f"The provider's {exc.message[4:] if exc.message.startswith('The ') else exc.message}",
             code="invalid_result",
         ) from None
+
+
+def _passed_on(uri: str, settings: Settings) -> DataUri:
+    """A provider's data URI checked as `fetch_image` checks it, to be passed on as data: its
+    bytes not made whole (`data_uri_image`)."""
+    limit = settings.max_result_bytes
+    return provider_made(
+        lambda: data_uri_image(uri, max_bytes=limit, what="generated image", limits=False)
+    )
 
 
 async def _fetch_or_keep(ref: str, fetcher: Fetcher, settings: Settings) -> ImageBytes | None:
@@ -187,7 +201,13 @@ async def deliver(
         if how == "as_is" or (how == "provider" and not is_data_uri(ref)):
             return ref
         if how == "data":  # the bytes are the answer: no link to fall back on
+            if is_data_uri(ref):
+                return _passed_on(ref, settings)
             return DataUri.of(await fetch_image(fetcher, ref, settings))
+        if how == "inline" and is_data_uri(ref):
+            uri = _passed_on(ref, settings)
+            if uri.mime in INLINE_TYPES:
+                return uri
         if how != "stored":
             return await copy(ref)
         # the download waits for an upload turn: a burst of results holds no more images

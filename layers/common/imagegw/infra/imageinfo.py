@@ -4,6 +4,10 @@ WebP, a JPEG without its end marker, a GIF without its trailer is not).
 
 No image library: the headers are a few fixed fields, and reading them costs nothing beside the
 upload itself (`imagegw.infra.media.check_image` calls it before anything is stored).
+
+What is read is any `Readable`: the bytes, or a data URI's base64 read as them a part at a time
+(`imagegw.infra.media.Base64View`: a provider's image passed on as data is checked without its
+bytes made whole beside its URI).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol, SupportsIndex, overload
 
 _PNG: Final = b"\x89PNG\r\n\x1a\n"
 #: JPEG start-of-frame markers (the ones with dimensions): C0-CF but DHT, JPG and DAC
@@ -29,11 +33,32 @@ class Facts:
     whole: bool
 
 
+class Readable(Protocol):
+    """What is read of an image's bytes (`bytes` is one): its length, a byte, a slice, a
+    prefix, and the last place of a few bytes."""
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, index: SupportsIndex, /) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+    def startswith(self, prefix: bytes | tuple[bytes, ...], /) -> bool: ...
+
+    def rfind(self, sub: bytes, start: SupportsIndex, /) -> int: ...
+
+
+#: bytes read at a time from the end of a GIF for its trailer
+_TAIL: Final = 4096
+
+
 class Unreadable(ValueError):
     """The header cannot be read (too short, or not what its type requires)."""
 
 
-def facts(data: bytes, mime: str) -> Facts:
+def facts(data: Readable, mime: str) -> Facts:
     """The header's facts of `data`, of the type `mime` its first bytes showed. Raises
     Unreadable when the header itself is cut or malformed."""
     try:
@@ -50,7 +75,7 @@ def facts(data: bytes, mime: str) -> Facts:
     raise Unreadable(mime)
 
 
-def _png(data: bytes) -> Facts:
+def _png(data: Readable) -> Facts:
     """IHDR first (its CRC right), then chunks up to IEND, each with all its bytes."""
     length, kind = struct.unpack(">I4s", data[8:16])
     if kind != b"IHDR" or length != 13:
@@ -72,7 +97,7 @@ def _png(data: bytes) -> Facts:
     return Facts(width, height, whole)
 
 
-def _jpeg(data: bytes) -> Facts:
+def _jpeg(data: Readable) -> Facts:
     """The first start-of-frame segment's dimensions; whole when an end marker follows the
     scan data."""
     at = 2
@@ -96,7 +121,7 @@ def _jpeg(data: bytes) -> Facts:
     raise Unreadable("jpeg")
 
 
-def _webp(data: bytes) -> Facts:
+def _webp(data: Readable) -> Facts:
     """The canvas of an extended (VP8X) file, else the lossy or lossless frame's size; whole
     when the file holds as many bytes as its RIFF header says."""
     (size,) = struct.unpack("<I", data[4:8])
@@ -120,7 +145,19 @@ def _webp(data: bytes) -> Facts:
     return Facts(width, height, whole)
 
 
-def _gif(data: bytes) -> Facts:
+def _gif(data: Readable) -> Facts:
     """The logical screen's size; whole when the file ends with the trailer (0x3B)."""
     width, height = struct.unpack("<HH", data[6:10])
-    return Facts(width, height, data.rstrip(b"\0").endswith(b";"))
+    return Facts(width, height, _last_not_nul(data) == 0x3B)
+
+
+def _last_not_nul(data: Readable) -> int:
+    """The last byte of `data` that is not NUL (-1: none), read _TAIL bytes at a time from the
+    end (no copy of the whole)."""
+    end = len(data)
+    while end > 0:
+        tail = data[max(0, end - _TAIL) : end].rstrip(b"\0")
+        if tail:
+            return tail[-1]
+        end -= _TAIL
+    return -1

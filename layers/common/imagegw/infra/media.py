@@ -1,5 +1,6 @@
 """Input images: data-URI decoding, type detection by content, size checks, and the header's
-dimensions and wholeness (`imagegw.infra.imageinfo`)."""
+dimensions and wholeness (`imagegw.infra.imageinfo`). A data URI whose image is passed on as
+it came (`data_uri_image`) is checked from its base64 (`Base64View`), its bytes never whole."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, SupportsIndex, overload
 
 from imagegw.errors import InvalidRequestError, PayloadTooLargeError
-from imagegw.infra.imageinfo import Unreadable, facts
+from imagegw.infra.imageinfo import Readable, Unreadable, facts
 from imagegw.infra.spans import TEXT_PART, text_parts
 
 #: MIME type -> file extension, for the formats providers accept
@@ -32,6 +33,10 @@ MAX_PIXELS: Final = 64 * 1024 * 1024
 #: bytes of an image encoded at a time into its data URI (a multiple of 3: no padding between;
 #: 384 KiB, 512 KiB of base64, TEXT_PART: an answer holds the image and one such part)
 URI_STEP: Final = TEXT_PART // 4 * 3
+#: characters of a data URI passed on as it came written at a time (`DataUri.payload`): a part
+#: is two copies, its slice and their bytes, so half of TEXT_PART holds what a part encoded
+#: from an image's bytes holds
+URI_PART: Final = TEXT_PART // 2
 #: base64 characters of a data URI decoded at a time (a multiple of 4: whole groups; 64 KiB: the
 #: slice and its bytes beside the URI and the image's buffer are small)
 DECODE_STEP: Final = 1 << 16
@@ -39,7 +44,7 @@ DECODE_STEP: Final = 1 << 16
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.I)
 
 
-def sniff_mime(data: bytes) -> str | None:
+def sniff_mime(data: Readable) -> str | None:
     """The image type told by the bytes themselves (PNG, JPEG, WEBP or GIF), else None."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
@@ -115,9 +120,10 @@ class DataUri:
 
     def payload(self) -> Iterator[bytes]:
         """The payload's ASCII bytes, a part (of URI_STEP bytes of the image, TEXT_PART
-        characters of base64) at a time (a payload of `imagegw.infra.spans`)."""
+        characters of base64; of a URI passed on, URI_PART characters) at a time (a payload of
+        `imagegw.infra.spans`)."""
         if isinstance(self.source, str):
-            return text_parts(self.source, len(self.head))
+            return text_parts(self.source, len(self.head), URI_PART)
         return self._encoded(self.source)
 
     @staticmethod
@@ -227,6 +233,12 @@ def check_image(
     """Check size, type and wholeness of raw image bytes, and (`limits`: an input image) that
     its declared dimensions are within what any model takes: a 400 `invalid_image` (a 413 when
     too many bytes) before anything is stored or sent."""
+    mime, width, height = _checked(data, max_bytes=max_bytes, what=what, limits=limits)
+    return ImageBytes(data, mime, width, height)
+
+
+def _checked(data: Readable, *, max_bytes: int, what: str, limits: bool) -> tuple[str, int, int]:
+    """`check_image`'s checks of `data`: its type and dimensions."""
     if len(data) == 0:
         raise InvalidRequestError(f"The {what} is empty.", code="invalid_image")
     if len(data) > max_bytes:
@@ -260,13 +272,28 @@ def check_image(
             f"pixels a side and {MAX_PIXELS // 2**20} megapixels are taken.",
             code="image_dimensions_too_large",
         )
-    return ImageBytes(data, mime, found.width, found.height)
+    return mime, found.width, found.height
 
 
 def decode_data_uri(
     uri: str, *, max_bytes: int, what: str = "image", limits: bool = True
 ) -> ImageBytes:
     """Decode a `data:image/...;base64,...` URI and check what it holds."""
+    start = _payload_start(uri, max_bytes=max_bytes, what=what)
+    data = plain_base64(uri, start)
+    if data is None:
+        try:  # else as before: line breaks dropped, then only base64 characters taken
+            data = base64.b64decode("".join(uri[start:].split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequestError(
+                f"The {what} has invalid base64 data.", code="invalid_image"
+            ) from None
+    image = check_image(data, max_bytes=max_bytes, what=what, limits=limits)
+    return replace(image, uri=uri) if canonical_uri(uri, image) else image
+
+
+def _payload_start(uri: str, *, max_bytes: int, what: str) -> int:
+    """Where the payload of `uri`, a base64 data URI not too large for `max_bytes`, starts."""
     match = _DATA_URI.match(uri)
     if match is None or ";base64" not in match.group("params").lower():
         raise InvalidRequestError(
@@ -278,16 +305,110 @@ def decode_data_uri(
         raise PayloadTooLargeError(
             f"The {what} is larger than the limit of {max_bytes} bytes.", code="image_too_large"
         )
-    data = plain_base64(uri, match.end())
-    if data is None:
-        try:  # else as before: line breaks dropped, then only base64 characters taken
-            data = base64.b64decode("".join(uri[match.end() :].split()), validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequestError(
-                f"The {what} has invalid base64 data.", code="invalid_image"
-            ) from None
-    image = check_image(data, max_bytes=max_bytes, what=what, limits=limits)
-    return replace(image, uri=uri) if canonical_uri(uri, image) else image
+    return match.end()
+
+
+def data_uri_image(
+    uri: str, *, max_bytes: int, what: str = "image", limits: bool = True
+) -> DataUri:
+    """The image a data URI carries, checked as `decode_data_uri` checks it (the same
+    refusals), to be passed on as a data URI: when `uri` is canonical (`canonical_uri`), it
+    is checked from its base64 (`Base64View`) and passed on as it is, its bytes never made
+    whole beside it; else decoded (`decode_data_uri`) and its bytes passed on."""
+    start = _payload_start(uri, max_bytes=max_bytes, what=what)
+    view = Base64View.of(uri, start)
+    if view is not None:
+        mime = sniff_mime(view)
+        head = f"data:{mime};base64,"
+        if mime is not None and start == len(head) and uri.startswith(head):
+            found, width, height = _checked(view, max_bytes=max_bytes, what=what, limits=limits)
+            return DataUri(found, width, height, uri)
+    return DataUri.of(decode_data_uri(uri, max_bytes=max_bytes, what=what, limits=limits))
+
+
+class Base64View:
+    """The bytes a plain base64 payload (`text[start:]`) encodes, read as `bytes` are
+    (`imagegw.infra.imageinfo.Readable`) without being decoded whole: a slice decodes only its
+    own characters (the last BLOCK of bytes read is kept: a header's walk reads near places)."""
+
+    #: bytes decoded at a time for a read within one block (a multiple of 3)
+    BLOCK: Final = DECODE_STEP // 4 * 3
+
+    __slots__ = ("_block", "_cached", "size", "start", "text")
+
+    def __init__(self, text: str, start: int, size: int) -> None:
+        self.text, self.start, self.size = text, start, size
+        self._block, self._cached = -1, b""
+
+    @classmethod
+    def of(cls, text: str, start: int) -> Base64View | None:
+        """The view of `text[start:]` when it is plain base64 (as `plain_base64` takes it: its
+        whole checked, a part at a time), else None."""
+        size = _plain_size(text, start)
+        if size is None:
+            return None
+        try:
+            found = sum(len(part) for part in _plain_parts(text, start))
+        except ValueError:
+            return None
+        return cls(text, start, size) if found == size else None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _decoded(self, first: int, end: int) -> bytes:
+        """Bytes `first` to `end` (0 <= first <= end <= size)."""
+        if first >= end:
+            return b""
+        block = first // self.BLOCK
+        if (end - 1) // self.BLOCK == block:
+            if block != self._block:
+                at = self.start + block * DECODE_STEP
+                self._cached = binascii.a2b_base64(self.text[at : at + DECODE_STEP])
+                self._block = block
+            base = block * self.BLOCK
+            return self._cached[first - base : end - base]
+        group = first // 3
+        chars = self.text[self.start + group * 4 : self.start + -(-end // 3) * 4]
+        return binascii.a2b_base64(chars)[first - group * 3 : end - group * 3]
+
+    @overload
+    def __getitem__(self, index: SupportsIndex, /) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+    def __getitem__(self, index: SupportsIndex | slice, /) -> int | bytes:
+        if isinstance(index, slice):
+            first, end, step = index.indices(self.size)
+            if step != 1:
+                raise ValueError("a step is not read")
+            return self._decoded(first, max(first, end))
+        at = index.__index__()
+        if at < 0:
+            at += self.size
+        if not 0 <= at < self.size:
+            raise IndexError("index out of range")
+        return self._decoded(at, at + 1)[0]
+
+    def startswith(self, prefix: bytes | tuple[bytes, ...], /) -> bool:
+        prefixes = prefix if isinstance(prefix, tuple) else (prefix,)
+        return any(self[: len(p)] == p for p in prefixes)
+
+    def rfind(self, sub: bytes, start: SupportsIndex, /) -> int:
+        """The last place of `sub` at or after `start` (-1: none), read BLOCK bytes at a time
+        from the end."""
+        first = max(0, start.__index__())
+        end = self.size
+        while end - first >= len(sub):
+            at = max(first, end - self.BLOCK)
+            found = self._decoded(at, end).rfind(sub)
+            if found >= 0:
+                return at + found
+            if at == first:
+                break
+            end = at + len(sub) - 1
+        return -1
 
 
 def plain_base64(text: str, start: int) -> bytes | None:
@@ -295,25 +416,39 @@ def plain_base64(text: str, start: int) -> bytes | None:
     end; checked as it is decoded), else None. Decoded DECODE_STEP characters at a time into
     the one buffer the bytes end in: neither the payload nor the bytes are copied whole (a
     slice of the text would be a copy of the payload, and joined parts a second of the bytes)."""
-    chars = len(text) - start
-    if chars % 4:
+    size = _plain_size(text, start)
+    if size is None:
         return None
-    size = chars // 4 * 3 - (2 if text.endswith("==") else 1 if text.endswith("=") else 0)
     if size <= 0:
         return b""
     out = io.BytesIO()
     out.seek(size - 1)
     out.write(b"\0")  # the buffer sized once; getvalue() gives it without a copy
     out.seek(0)
+    try:
+        for part in _plain_parts(text, start):
+            out.write(part)
+    except ValueError:
+        return None
+    return out.getvalue() if out.tell() == size else None
+
+
+def _plain_size(text: str, start: int) -> int | None:
+    """The bytes `text[start:]` encodes if it is plain base64; None when it cannot be."""
+    chars = len(text) - start
+    if chars % 4:
+        return None
+    return chars // 4 * 3 - (2 if text.endswith("==") else 1 if text.endswith("=") else 0)
+
+
+def _plain_parts(text: str, start: int) -> Iterator[bytes]:
+    """The bytes of `text[start:]`, DECODE_STEP characters at a time; a ValueError where it
+    is not plain base64 (padding inside it, a character out of the alphabet)."""
     for at in range(start, len(text), DECODE_STEP):
         part = text[at : at + DECODE_STEP]
         if at + DECODE_STEP < len(text) and part.endswith("="):
-            return None  # padding inside the payload
-        try:
-            out.write(binascii.a2b_base64(part, strict_mode=True))
-        except (binascii.Error, ValueError):
-            return None
-    return out.getvalue() if out.tell() == size else None
+            raise ValueError("padding inside the payload")
+        yield binascii.a2b_base64(part, strict_mode=True)  # (binascii.Error: a ValueError)
 
 
 def canonical_uri(uri: str, image: ImageBytes) -> bool:
