@@ -6,7 +6,9 @@ texts and the delivered images (`imagegw.infra.media.DataUri`), made by `Around`
 (`imagegw.infra.spans`, the mechanism the provider client also sends a client's data URIs
 with), and each image's base64 is made from its bytes half a megabyte at a time as it is sent
 (`DataUri.payload`): an answer holds the image's bytes and half a megabyte of its base64, not
-its whole data URI. `PiecesResponse` sends such an answer.
+its whole data URI; or, for a provider's canonical data URI passed on as it came, that URI
+and a quarter of a megabyte of it at a time, not its bytes (`imagegw.infra.media.URI_PART`).
+`PiecesResponse` sends such an answer.
 
 A payload is plain base64 (encoded by the gateway, or a provider's own checked and passed on
 only when canonical, `imagegw.infra.media.canonical_uri`), which JSON takes as it is. The
