@@ -82,6 +82,18 @@ def test_what_loading_made_is_frozen_and_the_collector_is_on_after_it() -> None:
             gc.disable()
 
 
+#: Python that gives uvicorn's command line run.sh's former flags and keeps the settings it
+#: makes (`given`, its app directory among them), running nothing
+THEIRS = (
+    "import uvicorn.main\n"
+    "given = {}\n"
+    "uvicorn.main.run = lambda app, **flags: given.update(flags, app=app)\n"
+    "uvicorn.main.main.main(['--host', '127.0.0.1', '--port', '8123', '--no-access-log',\n"
+    "    '--timeout-graceful-shutdown', '2', '--app-dir', '.', 'main:app'],\n"
+    "    standalone_mode=False)\n"
+)
+
+
 def test_the_start_script_serves_as_uvicorns_command_line_would_without_loading_it() -> None:
     # When the start script's Python is run as run.sh runs it (its server's settings made, not
     # served), and uvicorn's command line is then given the flags run.sh used to pass it
@@ -91,13 +103,8 @@ def test_the_start_script_serves_as_uvicorns_command_line_would_without_loading_
         "ours = script['config']()\n"
         "loaded = sorted({'click', 'uvicorn.main', 'multiprocessing'} & set(sys.modules))\n"
         "print(json.dumps({'collector_on': gc.isenabled(), 'loaded': loaded}))\n"
-        "import uvicorn.main\n"
-        "given = {}\n"
-        "uvicorn.main.run = lambda app, **flags: given.update(flags, app=app)\n"
-        "uvicorn.main.main.main(['--host', '127.0.0.1', '--port', '8123', '--no-access-log',\n"
-        "    '--timeout-graceful-shutdown', '2', '--app-dir', '.', 'main:app'],\n"
-        "    standalone_mode=False)\n"
-        "app_dir = given.pop('app_dir')\n"
+        + THEIRS
+        + "app_dir = given.pop('app_dir')\n"
         "theirs = uvicorn.main.Config(**given)\n"
         "same = {k: v == getattr(theirs, k) for k, v in vars(ours).items()}\n"
         "print(json.dumps({'same': same, 'app_dir': app_dir == '.', 'dir': script['APP_DIR']}))\n",
@@ -139,14 +146,7 @@ def test_the_start_script_reads_uvicorns_environment_as_its_command_line_did() -
     # former flags in the same environment
     shown = in_api_function(
         "import json, runpy\n"
-        "ours = runpy.run_path('serve.py')['config']()\n"
-        "import uvicorn.main\n"
-        "given = {}\n"
-        "uvicorn.main.run = lambda app, **flags: given.update(flags, app=app)\n"
-        "uvicorn.main.main.main(['--host', '127.0.0.1', '--port', '8123', '--no-access-log',\n"
-        "    '--timeout-graceful-shutdown', '2', '--app-dir', '.', 'main:app'],\n"
-        "    standalone_mode=False)\n"
-        "given.pop('app_dir')\n"
+        "ours = runpy.run_path('serve.py')['config']()\n" + THEIRS + "given.pop('app_dir')\n"
         "theirs = uvicorn.main.Config(**given)\n"
         "print(json.dumps({k: v == getattr(theirs, k) for k, v in vars(ours).items()}))\n"
         "print(json.dumps([ours.timeout_keep_alive, ours.root_path, ours.server_header]))\n",
